@@ -1,0 +1,348 @@
+"""Class activation maps: from features, from ViT token grids, normalisation, multi-scale + flip, CAM -> mask.
+
+All functions follow the library's tensor conventions (see the *Conventions* docs page):
+``cams`` are B×C×h×w foreground maps (no background channel), ``labels`` are B×C multi-hot image labels,
+``masks`` are B×H×W int64 with 0 = background and c+1 = foreground class c.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_finite, check_labels, check_positive, check_tensor, shape_str
+
+__all__ = [
+    "cam_from_features",
+    "tokens_to_map",
+    "normalize_cams",
+    "cams_to_mask",
+    "multiscale_cams",
+    "MultiScaleCAM",
+    "CAMNormalize",
+]
+
+Reduce = Literal["sum", "mean", "max"]
+
+
+def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """All class activation maps of a linear classifier in one differentiable pass.
+
+    For a classifier ``logits = W · pool(features) + b`` the CAM of class c is ``W_c · features`` (+ ``b_c``),
+    computed for every class at once with one einsum, so gradients flow into both the features and the
+    classifier weights (Zhou et al., CVPR 2016).
+
+    Args:
+        features: backbone feature maps.
+        weight: classifier weights, C×D or C×D×1×1 (a 1×1 convolution's weight).
+        bias: optional class biases of length C.
+
+    Shape:
+        - features: B×D×h×w
+        - weight: C×D or C×D×1×1
+        - output: B×C×h×w (raw, not ReLU'd or normalised; see :func:`normalize_cams`)
+
+    Example:
+        >>> feats = torch.randn(2, 8, 4, 4)
+        >>> head = torch.nn.Conv2d(8, 20, 1, bias=False)
+        >>> cam_from_features(feats, head.weight).shape
+        torch.Size([2, 20, 4, 4])
+    """
+    check_tensor(features, "features", 4, layout="B×D×h×w", floating=True)
+    check_tensor(weight, "weight", (2, 4), layout="C×D or C×D×1×1", floating=True)
+    if weight.ndim == 4:
+        if weight.shape[2:] != (1, 1):
+            raise ValueError(f"weight must be C×D×1×1 when 4-D, got {shape_str(weight)}")
+        weight = weight.flatten(1)
+    if weight.shape[1] != features.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels but features have "
+                         f"{features.shape[1]} (features {shape_str(features)}, weight {shape_str(weight)})")
+    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
+    if bias is not None:
+        check_tensor(bias, "bias", 1, layout="C")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has {bias.shape[0]} entries, expected {weight.shape[0]}")
+        cams = cams + bias.to(cams.dtype).view(1, -1, 1, 1)
+    return cams
+
+
+def tokens_to_map(
+    tokens: Tensor,
+    image_hw: tuple[int, int],
+    patch_size: int | tuple[int, int],
+    num_prefix_tokens: int = 1,
+) -> Tensor:
+    """Turn a ViT token sequence into a B×D×h×w feature grid.
+
+    The grid size is computed from the image size and the patch size (h = H // p_h, w = W // p_w),
+    never hard-coded, and ``num_prefix_tokens`` leading tokens (class, distillation and register
+    tokens) are dropped.
+
+    Args:
+        tokens: transformer output tokens.
+        image_hw: (H, W) of the image fed to the ViT.
+        patch_size: patch size p or (p_h, p_w).
+        num_prefix_tokens: number of non-patch tokens at the start of the sequence (1 for a class
+            token, 2 for DeiT's class + distillation tokens, 1 + R with R register tokens, 0 for none).
+
+    Shape:
+        - tokens: B×N×D with N = num_prefix_tokens + h·w
+        - output: B×D×h×w
+
+    Example:
+        >>> tokens = torch.randn(2, 1 + 4 * 6, 16)
+        >>> tokens_to_map(tokens, (64, 96), 16).shape
+        torch.Size([2, 16, 4, 6])
+    """
+    check_tensor(tokens, "tokens", 3, layout="B×N×D")
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    if num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+    h, w = int(image_hw[0]) // ph, int(image_hw[1]) // pw
+    expected = num_prefix_tokens + h * w
+    if tokens.shape[1] != expected:
+        raise ValueError(
+            f"tokens has {tokens.shape[1]} tokens, expected {expected} = {num_prefix_tokens} prefix + "
+            f"{h}×{w} patches for image {tuple(image_hw)} and patch size {(ph, pw)}"
+        )
+    grid = tokens[:, num_prefix_tokens:, :]
+    return grid.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def normalize_cams(cams: Tensor, mode: Literal["max", "minmax"] = "max", eps: float = 1e-5) -> Tensor:
+    """ReLU and per-map normalisation of CAMs into [0, 1].
+
+    ``"max"`` (the WSSS default, IRN ``make_cam``): ``relu(cam) / (max(relu(cam)) + eps)`` per image
+    and class. ``"minmax"`` (ToCo/AFA ``multi_scale_cam``): ``(relu(cam) - min) / (max - min + eps)``.
+    An all-zero map stays zero. The reduction runs in float32 and the result keeps the input dtype.
+
+    Shape:
+        - cams: B×C×H×W (any leading shape …×H×W works)
+        - output: same shape as ``cams``
+
+    Example:
+        >>> cams = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]]]])
+        >>> normalize_cams(cams, eps=0.0)
+        tensor([[[[1.0000, 0.0000],
+                  [0.5000, 0.0000]]]])
+    """
+    check_tensor(cams, "cams", floating=True)
+    if cams.ndim < 2:
+        raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
+    check_finite(cams, "cams")
+    if mode not in ("max", "minmax"):
+        raise ValueError(f"mode must be 'max' or 'minmax', got {mode!r}")
+    x = F.relu(cams.float())
+    flat = x.flatten(-2)
+    mx = flat.amax(-1, keepdim=True).unsqueeze(-1)
+    if mode == "minmax":
+        mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
+        x = x - mn
+        mx = mx - mn
+    return (x / (mx + eps)).to(cams.dtype)
+
+
+def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0.15) -> Tensor:
+    """Seed masks from CAMs with a constant background score (IRN seed rule).
+
+    A constant background plane ``bg_score`` is stacked under the class maps and the argmax is taken;
+    classes absent from ``labels`` can never win; ties go to the background (argmax takes the first
+    index), so a pixel is foreground class c iff ``cam_c > bg_score`` and c is its largest present map.
+
+    Args:
+        cams: foreground CAMs, normally normalised to [0, 1] with :func:`normalize_cams`.
+        labels: multi-hot image labels; ``None`` treats every class as present.
+        bg_score: the constant background score (IRN ``cam_eval_thres`` 0.15).
+
+    Shape:
+        - cams: B×C×H×W
+        - labels: B×C
+        - output: B×H×W int64 with values in 0..C (0 = background, c+1 = class c)
+
+    Example:
+        >>> cams = torch.tensor([[[[0.9, 0.1]], [[0.5, 0.2]]]])  # B=1, C=2, 1×2 pixels
+        >>> cams_to_mask(cams, torch.tensor([[0.0, 1.0]]), bg_score=0.15)
+        tensor([[[2, 2]]])
+    """
+    check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
+    check_finite(cams, "cams")
+    if labels is not None:
+        lf = check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
+        present = lf.to(cams.device).bool()[:, :, None, None]
+        scores = cams.float().masked_fill(~present, float("-inf"))
+    else:
+        scores = cams.float()
+    fg_val, fg_idx = scores.max(dim=1)
+    return torch.where(fg_val > bg_score, fg_idx + 1, torch.zeros_like(fg_idx)).long()
+
+
+def _reduce(stack: Tensor, how: str) -> Tensor:
+    if how == "sum":
+        return stack.sum(0)
+    if how == "mean":
+        return stack.mean(0)
+    return stack.amax(0)
+
+
+def multiscale_cams(
+    fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+    out_size: tuple[int, int] | None = None,
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+    reduce: Reduce = "sum",
+    flip_reduce: Reduce | None = None,
+    no_grad: bool = True,
+    return_all: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Batched multi-scale + flip inference for any callable returning per-class maps.
+
+    For each scale s the images are resized to ``round(s·H) × round(s·W)``; with ``flip=True`` the
+    horizontally flipped copy is run in the same batch (one call of ``fn`` per scale, batch 2B). The
+    flipped output is flipped back, every output is resized to ``out_size`` (default: the input size)
+    and the maps are fused. Defaults are IRN's ``make_cam``: scales (1.0, 0.5, 1.5, 2.0), flip,
+    bilinear, summed. ToCo/AFA fuse the flip pair by max and the scales by sum:
+    ``reduce="sum", flip_reduce="max"``.
+
+    ``fn`` may return raw maps (B×K×h×w); apply ReLU/normalisation/softmax inside ``fn`` if the
+    method does that per scale (IRN applies ReLU per scale inside its CAM head).
+
+    Args:
+        fn: callable mapping B'×3×h'×w' images to B'×K×h''×w'' maps.
+        images: input batch.
+        scales: positive scale factors.
+        flip: also run the horizontal flip.
+        out_size: (H, W) of the fused maps; default the input's size.
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (``align_corners=False``) for resizing both the
+            inputs and the outputs.
+        reduce: how to fuse across scales (and flips unless ``flip_reduce`` is given).
+        flip_reduce: how to fuse each flip pair before the scale reduction.
+        no_grad: run under ``torch.no_grad()`` (default); set False for a differentiable fusion.
+        return_all: also return the list of aligned per-scale maps (flip pair fused), for inspection.
+
+    Shape:
+        - images: B×3×H×W
+        - output: B×K×out_H×out_W (and a list of ``len(scales)`` such tensors with ``return_all``)
+
+    Example:
+        >>> net = torch.nn.Conv2d(3, 4, 3, padding=1)
+        >>> multiscale_cams(net, torch.rand(2, 3, 32, 32), scales=(1.0, 0.5)).shape
+        torch.Size([2, 4, 32, 32])
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    if len(scales) == 0:
+        raise ValueError("scales must contain at least one scale, got an empty sequence")
+    for s in scales:
+        check_positive(float(s), "scales")
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    for name, val in (("reduce", reduce), ("flip_reduce", flip_reduce)):
+        if val is not None and val not in ("sum", "mean", "max"):
+            raise ValueError(f"{name} must be 'sum', 'mean' or 'max', got {val!r}")
+    B, _, H, W = images.shape
+    oh, ow = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
+
+    ctx = torch.no_grad() if no_grad else torch.enable_grad()
+    per_scale: list[Tensor] = []
+    flat: list[Tensor] = []
+    with ctx:
+        for s in scales:
+            size = (max(1, round(H * float(s))), max(1, round(W * float(s))))
+            x = images if size == (H, W) else F.interpolate(
+                images, size=size, mode=interpolation, align_corners=False)
+            if flip:
+                x = torch.cat([x, x.flip(-1)], dim=0)
+            out = fn(x)
+            if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
+                got = shape_str(out) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"fn must return a {x.shape[0]}×K×h×w tensor for a batch of "
+                                 f"{x.shape[0]} images, got {got}")
+            if out.shape[-2:] != (oh, ow):
+                out = F.interpolate(out, size=(oh, ow), mode=interpolation, align_corners=False)
+            if flip:
+                a, b = out[:B], out[B:].flip(-1)
+                if flip_reduce is None:
+                    flat.extend([a, b])
+                    pair = _reduce(torch.stack([a, b]), reduce)
+                else:
+                    pair = _reduce(torch.stack([a, b]), flip_reduce)
+                    flat.append(pair)
+            else:
+                pair = out
+                flat.append(out)
+            per_scale.append(pair)
+        fused = _reduce(torch.stack(flat), reduce)
+    if return_all:
+        return fused, per_scale
+    return fused
+
+
+class MultiScaleCAM(nn.Module):
+    """Module form of :func:`multiscale_cams`: wraps a model and stores the inference options.
+
+    Shape:
+        - images: B×3×H×W
+        - output: B×K×H×W (or ``out_size``)
+
+    Example:
+        >>> msc = MultiScaleCAM(torch.nn.Conv2d(3, 4, 1), scales=(1.0, 0.5), flip=True)
+        >>> msc(torch.rand(1, 3, 16, 16)).shape
+        torch.Size([1, 4, 16, 16])
+    """
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+        flip: bool = True,
+        interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+        reduce: Reduce = "sum",
+        flip_reduce: Reduce | None = None,
+        no_grad: bool = True,
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        self.model = model
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = flip
+        self.interpolation = interpolation
+        self.reduce = reduce
+        self.flip_reduce = flip_reduce
+        self.no_grad = no_grad
+
+    def forward(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
+        out = multiscale_cams(self.model, images, self.scales, self.flip, out_size, self.interpolation,
+                              self.reduce, self.flip_reduce, self.no_grad)
+        assert isinstance(out, Tensor)
+        return out
+
+
+class CAMNormalize(nn.Module):
+    """Module form of :func:`normalize_cams`.
+
+    Shape:
+        - cams: B×C×H×W
+        - output: same shape, values in [0, 1]
+
+    Example:
+        >>> CAMNormalize()(torch.randn(1, 3, 4, 4)).amax().item() <= 1.0
+        True
+    """
+
+    def __init__(self, mode: Literal["max", "minmax"] = "max", eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mode = mode
+        self.eps = eps
+
+    def forward(self, cams: Tensor) -> Tensor:
+        return normalize_cams(cams, self.mode, self.eps)

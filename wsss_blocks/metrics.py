@@ -1,0 +1,318 @@
+"""Segmentation metrics: confusion matrix, IoU / mIoU, accuracy and background-threshold sweeps.
+
+Policies (see the *Conventions* docs page):
+
+- one confusion matrix is accumulated over the whole dataset (never a per-image average);
+- rows are ground truth, columns are predictions, int64 counts;
+- ground-truth pixels equal to ``ignore_index`` (255 on VOC) are dropped;
+- ``average="union"`` (default, as torchmetrics ``MulticlassJaccardIndex``) averages IoU over classes
+  whose union is non-empty; ``average="gt"`` averages over classes with at least one ground-truth pixel
+  (ToCo/AFA ``utils/evaluate.py`` ``scores``). They agree whenever every predicted class is in the GT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_finite, check_labels, check_masks, check_tensor, shape_str
+
+__all__ = [
+    "confusion_matrix",
+    "scores_from_confusion",
+    "SegmentationMetric",
+    "ThresholdSweep",
+    "SweepResult",
+    "sweep_bg_threshold",
+    "DEFAULT_BG_THRESHOLDS",
+]
+
+PredIgnore = Literal["error", "drop", "background"]
+
+#: Background scores swept by default: 0.00, 0.05, ..., 0.95.
+DEFAULT_BG_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+
+
+def _prepare(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None,
+             pred_ignore: PredIgnore) -> tuple[Tensor, Tensor]:
+    check_tensor(pred, "pred")
+    check_tensor(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {shape_str(pred)} and "
+                         f"{shape_str(target)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pred_ignore not in ("error", "drop", "background"):
+        raise ValueError(f"pred_ignore must be 'error', 'drop' or 'background', got {pred_ignore!r}")
+    check_masks(target, "target", num_classes, ignore_index)
+    pred = pred.long()
+    target = target.long()
+    if ignore_index is not None and pred_ignore != "error":
+        is_ign = pred == ignore_index
+        if pred_ignore == "background":
+            pred = pred.masked_fill(is_ign, 0)
+        else:
+            target = target.masked_fill(is_ign, ignore_index)
+            pred = pred.masked_fill(is_ign, 0)
+    check_masks(pred, "pred", num_classes, None)
+    return pred, target
+
+
+def confusion_matrix(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int | None = 255,
+    pred_ignore: PredIgnore = "error",
+) -> Tensor:
+    """Confusion matrix of integer label maps (rows = target, cols = prediction), int64, on the input device.
+
+    Args:
+        pred: predicted labels in ``[0, num_classes)``.
+        target: ground-truth labels in ``[0, num_classes)`` or ``ignore_index``.
+        num_classes: number of classes including background (21 on VOC).
+        ignore_index: ground-truth value that is not scored (``None``: none).
+        pred_ignore: what to do with predictions equal to ``ignore_index``: ``"error"`` (default),
+            ``"drop"`` (ignore those pixels, AFA ``pseudo_scores``) or ``"background"`` (count them as
+            class 0, IRN ``eval_sem_seg``).
+
+    Shape:
+        - pred, target: any identical shape, e.g. B×H×W
+        - output: num_classes×num_classes int64
+
+    Example:
+        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 255]), 2)
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    pred, target = _prepare(pred, target, num_classes, ignore_index, pred_ignore)
+    keep = (target >= 0) & (target < num_classes)
+    idx = target[keep] * num_classes + pred[keep]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "union") -> dict[str, Tensor]:
+    """IoU per class, mIoU, pixel accuracy and mean accuracy from a confusion matrix.
+
+    Classes excluded from the mean get IoU ``nan`` in the per-class vector.
+
+    Returns:
+        dict with ``iou`` (K float64, nan where excluded), ``miou``, ``pixel_acc``, ``mean_acc``
+        (0-d float64 tensors, fractions in [0, 1]).
+
+    Example:
+        >>> s = scores_from_confusion(torch.tensor([[3, 1], [0, 4]]))
+        >>> round(float(s["miou"]), 4)
+        0.775
+    """
+    check_tensor(confmat, "confmat", 2, layout="K×K")
+    if confmat.shape[0] != confmat.shape[1]:
+        raise ValueError(f"confmat must be square, got {shape_str(confmat)}")
+    if average not in ("union", "gt"):
+        raise ValueError(f"average must be 'union' or 'gt', got {average!r}")
+    cm = confmat.double()
+    tp = cm.diagonal()
+    gt = cm.sum(1)
+    pr = cm.sum(0)
+    union = gt + pr - tp
+    valid = union > 0 if average == "union" else gt > 0
+    iou = torch.where(valid, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    total = cm.sum()
+    has_gt = gt > 0
+    acc = torch.where(has_gt, tp / gt.clamp_min(1), torch.full_like(tp, float("nan")))
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=cm.device)
+    return {
+        "iou": iou,
+        "miou": iou[valid].mean() if bool(valid.any()) else nan,
+        "pixel_acc": tp.sum() / total if total > 0 else nan,
+        "mean_acc": acc[has_gt].mean() if bool(has_gt.any()) else nan,
+    }
+
+
+class SegmentationMetric(nn.Module):
+    """Dataset-level segmentation metric accumulated in one confusion matrix (a buffer, so ``.to()`` works).
+
+    Example:
+        >>> m = SegmentationMetric(num_classes=3)
+        >>> m.update(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]]))
+        >>> round(float(m.compute()["miou"]), 4)
+        0.5
+    """
+
+    confmat: Tensor
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255,
+                 average: Literal["union", "gt"] = "union", pred_ignore: PredIgnore = "error") -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.average: Literal["union", "gt"] = average
+        self.pred_ignore: PredIgnore = pred_ignore
+        self.register_buffer("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long))
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch of predictions (any shape equal to ``target``'s)."""
+        cm = confusion_matrix(pred, target, self.num_classes, self.ignore_index, self.pred_ignore)
+        self.confmat += cm.to(self.confmat.device)
+
+    def compute(self) -> dict[str, Tensor]:
+        """Scores over everything seen since the last :meth:`reset`."""
+        return scores_from_confusion(self.confmat, self.average)
+
+    def reset(self) -> None:
+        self.confmat.zero_()
+
+    def sync(self) -> None:
+        """Sum the confusion matrix over processes when ``torch.distributed`` is initialised."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.confmat)
+
+
+@dataclass
+class SweepResult:
+    """Result of a background-threshold sweep."""
+
+    thresholds: list[float]
+    miou: list[float]
+    best_threshold: float
+    best_miou: float
+    confmats: Tensor  # T×K×K int64
+
+    def table(self) -> str:
+        """A printable two-column table with the best row marked."""
+        lines = ["bg_threshold  mIoU(%)"]
+        for t, m in zip(self.thresholds, self.miou):
+            mark = "  <- best" if t == self.best_threshold else ""
+            lines.append(f"{t:12.2f}  {100 * m:7.2f}{mark}")
+        return "\n".join(lines)
+
+
+class ThresholdSweep(nn.Module):
+    """Accumulates one confusion matrix per background score in a single pass over the data.
+
+    For each pixel the largest present-class CAM value ``m`` and its class ``a`` are computed once; the
+    prediction for background score ``t`` is ``a + 1`` if ``m > t`` and 0 otherwise (exactly
+    :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many thresholds lie below ``m``,
+    so all T confusion matrices cost O(pixels + T·K²) instead of T passes.
+
+    Example:
+        >>> sw = ThresholdSweep(num_classes=2, thresholds=(0.1, 0.5))
+        >>> cams = torch.tensor([[[[0.3, 0.9]]]])
+        >>> sw.update(cams, torch.ones(1, 1), torch.tensor([[[0, 1]]]))
+        >>> sw.compute().best_threshold
+        0.5
+    """
+
+    counts: Tensor
+
+    def __init__(self, num_classes: int, thresholds: Sequence[float] = DEFAULT_BG_THRESHOLDS,
+                 ignore_index: int | None = 255, average: Literal["union", "gt"] = "union") -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
+        if len(thresholds) == 0:
+            raise ValueError("thresholds must not be empty")
+        ts = [float(t) for t in thresholds]
+        if sorted(ts) != ts or len(set(ts)) != len(ts):
+            raise ValueError(f"thresholds must be strictly increasing, got {ts}")
+        self.num_classes = num_classes
+        self.thresholds = ts
+        self.ignore_index = ignore_index
+        self.average: Literal["union", "gt"] = average
+        T, K = len(ts), num_classes
+        self.register_buffer("_t", torch.tensor(ts, dtype=torch.float32), persistent=False)
+        # counts[g, a, j]: GT class g, best present fg class a (0..K-2), j = #thresholds strictly below m
+        self.register_buffer("counts", torch.zeros(K, K - 1, T + 1, dtype=torch.long))
+
+    def update(self, cams: Tensor, labels: Tensor | None, target: Tensor) -> None:
+        """Add a batch: ``cams`` B×C×H×W (C = num_classes - 1), ``labels`` B×C, ``target`` B×H×W."""
+        check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
+        check_finite(cams, "cams")
+        C = self.num_classes - 1
+        if cams.shape[1] != C:
+            raise ValueError(f"cams has {cams.shape[1]} classes, expected {C} (num_classes - 1)")
+        check_tensor(target, "target", 3, layout="B×H×W")
+        if target.shape != (cams.shape[0], *cams.shape[2:]):
+            raise ValueError(f"target must have shape {(cams.shape[0], *cams.shape[2:])} to match cams, "
+                             f"got {shape_str(target)}")
+        check_masks(target, "target", self.num_classes, self.ignore_index)
+        scores = cams.float()
+        if labels is not None:
+            lf = check_labels(labels, "labels", batch=cams.shape[0], num_classes=C)
+            scores = scores.masked_fill(~lf.to(cams.device).bool()[:, :, None, None], float("-inf"))
+        m, a = scores.max(dim=1)
+        t = self.get_buffer("_t").to(cams.device)
+        j = torch.searchsorted(t, m.contiguous().flatten(), right=False).view_as(m)
+        g = target.long()
+        keep = (g >= 0) & (g < self.num_classes)
+        T1 = len(self.thresholds) + 1
+        idx = (g[keep] * C + a[keep]) * T1 + j[keep]
+        binc = torch.bincount(idx, minlength=self.num_classes * C * T1)
+        self.counts += binc.view(self.num_classes, C, T1).to(self.counts.device)
+
+    def confmats(self) -> Tensor:
+        """T×K×K confusion matrices, one per threshold."""
+        K, T = self.num_classes, len(self.thresholds)
+        # a pixel is foreground for threshold i iff j > i: suffix sums over j
+        suffix = self.counts.flip(-1).cumsum(-1).flip(-1)  # suffix[..., i] = sum_{j >= i}
+        fg = suffix[:, :, 1:].permute(2, 0, 1)  # T×K×C: pixels predicted as class a+1
+        total = self.counts.sum(-1)  # K×C
+        out = torch.zeros(T, K, K, dtype=torch.long, device=self.counts.device)
+        out[:, :, 1:] = fg
+        out[:, :, 0] = (total.unsqueeze(0) - fg).sum(-1)
+        return out
+
+    def compute(self) -> SweepResult:
+        cms = self.confmats()
+        mious = [float(scores_from_confusion(cm, self.average)["miou"]) for cm in cms]
+        finite = [m if m == m else -1.0 for m in mious]
+        best = max(range(len(mious)), key=lambda i: finite[i])
+        return SweepResult(self.thresholds, mious, self.thresholds[best], mious[best], cms)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+
+def sweep_bg_threshold(
+    data: Iterable[tuple[Tensor, Tensor | None, Tensor]] | tuple[Tensor, Tensor | None, Tensor],
+    num_classes: int,
+    thresholds: Sequence[float] = DEFAULT_BG_THRESHOLDS,
+    ignore_index: int | None = 255,
+    average: Literal["union", "gt"] = "union",
+) -> SweepResult:
+    """Evaluate CAMs against ground truth for every background score in one pass; return the table and the best.
+
+    Args:
+        data: either one ``(cams, labels, target)`` triple of batched tensors or an iterable of such
+            triples (e.g. one per image, so CAMs of different sizes can be streamed). ``cams`` should be
+            normalised to [0, 1] (:func:`wsss_blocks.cam.normalize_cams`).
+        num_classes: number of classes including background (21 on VOC).
+        thresholds: background scores to try, strictly increasing.
+
+    Shape:
+        - cams: B×C×H×W with C = num_classes - 1; labels: B×C; target: B×H×W
+
+    Example:
+        >>> cams = torch.tensor([[[[0.3, 0.9]]]])
+        >>> r = sweep_bg_threshold((cams, torch.ones(1, 1), torch.tensor([[[0, 1]]])), 2, (0.1, 0.5))
+        >>> r.best_threshold, r.best_miou
+        (0.5, 1.0)
+    """
+    sweep = ThresholdSweep(num_classes, thresholds, ignore_index, average)
+    if isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], Tensor):
+        items: Iterable[tuple[Tensor, Tensor | None, Tensor]] = [data]  # type: ignore[list-item]
+    else:
+        items = data  # type: ignore[assignment]
+    moved = False
+    for cams, labels, target in items:
+        if not moved:
+            sweep.to(cams.device)
+            moved = True
+        sweep.update(cams, labels, target)
+    return sweep.compute()
