@@ -37,29 +37,20 @@ PredIgnore = Literal["error", "drop", "background"]
 DEFAULT_BG_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
 
 
-def _prepare(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None,
-             pred_ignore: PredIgnore) -> tuple[Tensor, Tensor]:
-    check_tensor(pred, "pred")
-    check_tensor(target, "target")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {shape_str(pred)} and "
-                         f"{shape_str(target)}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if pred_ignore not in ("error", "drop", "background"):
-        raise ValueError(f"pred_ignore must be 'error', 'drop' or 'background', got {pred_ignore!r}")
-    check_masks(target, "target", num_classes, ignore_index)
-    pred = pred.long()
-    target = target.long()
-    if ignore_index is not None and pred_ignore != "error":
-        is_ign = pred == ignore_index
-        if pred_ignore == "background":
-            pred = pred.masked_fill(is_ign, 0)
-        else:
-            target = target.masked_fill(is_ign, ignore_index)
-            pred = pred.masked_fill(is_ign, 0)
-    check_masks(pred, "pred", num_classes, None)
-    return pred, target
+def _bad_value(x: Tensor, name: str, num_classes: int, ignore_index: int | None) -> ValueError:
+    valid = (x >= 0) & (x < num_classes)
+    if ignore_index is not None:
+        valid |= x == ignore_index
+    bad = x[~valid]
+    extra = f" and ignore_index {ignore_index}" if ignore_index is not None else ""
+    return ValueError(f"{name} has value {int(bad[0])} outside [0, {num_classes - 1}]{extra}")
+
+
+def _check_int(x: object, name: str) -> Tensor:
+    x = check_tensor(x, name)
+    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")
+    return x
 
 
 def confusion_matrix(
@@ -89,10 +80,36 @@ def confusion_matrix(
         tensor([[1, 0],
                 [0, 1]])
     """
-    pred, target = _prepare(pred, target, num_classes, ignore_index, pred_ignore)
-    keep = (target >= 0) & (target < num_classes)
-    idx = target[keep] * num_classes + pred[keep]
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    pred = _check_int(pred, "pred")
+    target = _check_int(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {shape_str(pred)} and "
+                         f"{shape_str(target)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pred_ignore not in ("error", "drop", "background"):
+        raise ValueError(f"pred_ignore must be 'error', 'drop' or 'background', got {pred_ignore!r}")
+    K = num_classes
+    g = target.reshape(-1).long()
+    p = pred.reshape(-1).long()
+    if g.numel() == 0:
+        return torch.zeros(K, K, dtype=torch.long, device=target.device)
+    # ignored ground truth goes to an extra row K that is dropped at the end
+    if ignore_index is not None:
+        g = torch.where(g == ignore_index, K, g)
+    lo, hi = torch.aminmax(g)
+    if int(lo) < 0 or int(hi) > K or (ignore_index is None and int(hi) == K):
+        raise _bad_value(target, "target", K, ignore_index)
+    if ignore_index is not None and pred_ignore != "error":
+        p_ign = p == ignore_index
+        p = p.masked_fill(p_ign, 0)
+        if pred_ignore == "drop":
+            g = g.masked_fill(p_ign, K)
+    lo, hi = torch.aminmax(p)
+    if int(lo) < 0 or int(hi) >= K:
+        raise _bad_value(p, "pred", K, None)
+    counts = torch.bincount(g * K + p, minlength=(K + 1) * K)
+    return counts[: K * K].reshape(K, K)
 
 
 def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "union") -> dict[str, Tensor]:
