@@ -1,0 +1,63 @@
+"""Models for the reference trainer: backbones by name, ResNet-38, MiT, CAM/segmentation heads, networks.
+
+Importing this package needs only torch; torchvision and timm are imported when a backbone of theirs is
+built. Pretrained weights are read from local files only (``pretrained=`` paths); nothing downloads.
+"""
+
+from .backbones import (
+    LoadReport,
+    TimmBackbone,
+    TinyBackbone,
+    TorchvisionResNet,
+    available_backbones,
+    build_backbone,
+    deeplab_pytorch_key_map,
+    get_key_map,
+    load_pretrained,
+    read_state_dict,
+    register_key_map,
+    set_bn_eval,
+)
+from .heads import ASPPv2, CAMHead, DeepLabV3PlusHead, SegFormerHead, global_pool
+from .mit import MIT_CONFIGS, MixTransformer, mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5, mit_tiny
+from .networks import CAMNet, DeepLabV2, DeepLabV3Plus, SegFormer, msc_forward, param_groups
+from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map
+
+__all__ = [
+    "LoadReport",
+    "TimmBackbone",
+    "TinyBackbone",
+    "TorchvisionResNet",
+    "available_backbones",
+    "build_backbone",
+    "deeplab_pytorch_key_map",
+    "get_key_map",
+    "load_pretrained",
+    "read_state_dict",
+    "register_key_map",
+    "set_bn_eval",
+    "ASPPv2",
+    "CAMHead",
+    "DeepLabV3PlusHead",
+    "SegFormerHead",
+    "global_pool",
+    "MIT_CONFIGS",
+    "MixTransformer",
+    "mit_b0",
+    "mit_b1",
+    "mit_b2",
+    "mit_b3",
+    "mit_b4",
+    "mit_b5",
+    "mit_tiny",
+    "CAMNet",
+    "DeepLabV2",
+    "DeepLabV3Plus",
+    "SegFormer",
+    "msc_forward",
+    "param_groups",
+    "ResNet38",
+    "load_resnet38",
+    "mxnet_resnet38_name",
+    "resnet38_key_map",
+]

@@ -1,0 +1,719 @@
+"""Backbones by name, and checkpoint loading that reports what it did.
+
+Every backbone in this package follows one small protocol so that heads compose with any of them:
+
+* ``forward(images)`` returns a **list of feature maps**, shallow to deep (B×C_i×h_i×w_i);
+* ``out_channels`` (tuple of int) and ``strides`` (tuple of int) describe those maps.
+
+:func:`build_backbone` builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
+(``"mit_b1"`` ...), torchvision ResNets (``"resnet50"``, ``"resnet101"``, ... with
+``replace_stride_with_dilation`` for output stride 8 or 16), any timm model (``"timm:<name>"``, built with
+``features_only=True``) and a tiny CNN for tests (``"tiny"``). Pretrained weights come **only from a local
+path** (``pretrained=``); nothing is ever downloaded.
+
+:func:`load_pretrained` loads a checkpoint file or state dict into a model through an optional key map. It
+refuses, with a message naming the keys, a checkpoint from another architecture (too few keys match), from
+another class count (shape mismatch) or with missing/unexpected keys (``strict``), and returns a
+:class:`LoadReport` listing what was loaded, missing and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._checks import require
+
+__all__ = [
+    "LoadReport",
+    "KeyMap",
+    "read_state_dict",
+    "load_pretrained",
+    "register_key_map",
+    "get_key_map",
+    "deeplab_pytorch_key_map",
+    "build_backbone",
+    "available_backbones",
+    "TorchvisionResNet",
+    "TimmBackbone",
+    "TinyBackbone",
+    "set_bn_eval",
+]
+
+logger = logging.getLogger(__name__)
+
+KeyMap = Union[None, str, Mapping[str, Union[str, None]], Callable[[str], Union[str, None]]]  # noqa: UP007
+
+#: Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
+#: EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
+_WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "Net", "params", "module")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint reading
+# ----------------------------------------------------------------------------------------------------------
+def _unwrap(obj: Any) -> dict[str, Tensor]:
+    """Descend through wrapper dicts until a flat name -> tensor mapping is reached."""
+    depth = 0
+    while isinstance(obj, Mapping) and depth < 4:
+        if obj and all(isinstance(v, (Tensor, np.ndarray)) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj, depth = inner, depth + 1
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint must hold a state dict (name -> tensor), got {type(obj).__name__}")
+    out: dict[str, Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, Tensor):
+            out[str(k)] = v
+        elif isinstance(v, np.ndarray):
+            out[str(k)] = torch.from_numpy(np.ascontiguousarray(v))
+    if not out:
+        raise ValueError("checkpoint holds no tensors; top-level keys were "
+                         f"{sorted(map(str, obj.keys()))[:10]}")
+    return out
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
+                    ) -> dict[str, Tensor]:
+    """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``)
+    or pass a mapping through, unwrapping the usual containers and stripping DataParallel ``module.``.
+
+    Args:
+        source: a local path, or an already loaded (possibly nested) dict.
+        weights_only: passed to :func:`torch.load`. Keep ``True`` unless you trust the file; some old
+            checkpoints pickle extra Python objects and need ``False``.
+
+    Returns:
+        A flat ``{name: tensor}`` dict on the CPU.
+
+    Example:
+        >>> sd = read_state_dict({"state_dict": {"module.fc.weight": torch.ones(2, 3)}})
+        >>> list(sd)
+        ['fc.weight']
+    """
+    if isinstance(source, Mapping):
+        sd = _unwrap(source)
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained weights not found: {path!r} (pretrained= takes a local file; "
+                                    "nothing is downloaded)")
+        lower = path.lower()
+        if lower.endswith(".safetensors"):
+            st = require("safetensors.torch", "train", "reading .safetensors checkpoints")
+            sd = _unwrap(st.load_file(path, device="cpu"))
+        elif lower.endswith(".params"):
+            try:
+                mx = require("mxnet", "train", "reading MXNet .params checkpoints")
+            except ImportError as exc:
+                raise ImportError(
+                    f"{path!r} is an MXNet .params file. Convert it once where mxnet is installed: "
+                    "`sd = {k: v.asnumpy() for k, v in mxnet.nd.load(path).items()}` and pass that dict "
+                    "(or save it with torch.save) to load_pretrained; the MXNet key names are mapped."
+                ) from exc
+            sd = _unwrap({k: v.asnumpy() for k, v in mx.nd.load(path).items()})
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+            except Exception as exc:  # pickle errors come in many types
+                hint = (" The file pickles Python objects besides tensors; if you trust it, pass "
+                        "weights_only=False." if weights_only else "")
+                raise ValueError(f"could not read checkpoint {path!r}: {exc}.{hint}") from exc
+            sd = _unwrap(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------------------
+# key maps
+# ----------------------------------------------------------------------------------------------------------
+_KEY_MAPS: dict[str, Callable[[str], str | None]] = {}
+
+
+def register_key_map(name: str, fn: Callable[[str], str | None]) -> None:
+    """Register a named checkpoint key map (usable as ``key_map="name"`` and from YAML configs)."""
+    _KEY_MAPS[name] = fn
+
+
+def get_key_map(key_map: KeyMap) -> Callable[[str], str | None]:
+    """Turn a key map given as ``None``, a registered name, a prefix dict or a callable into a callable.
+
+    A dict maps checkpoint-key **prefixes** to model-key prefixes (the first matching, longest prefix wins);
+    a value of ``None`` drops the key. A callable returns the model key or ``None`` to drop it.
+    """
+    if key_map is None:
+        return lambda k: k
+    if isinstance(key_map, str):
+        if key_map not in _KEY_MAPS:
+            raise ValueError(f"key_map {key_map!r} is not a registered key map; known: {sorted(_KEY_MAPS)}")
+        return _KEY_MAPS[key_map]
+    if isinstance(key_map, Mapping):
+        items = sorted(key_map.items(), key=lambda kv: -len(kv[0]))
+
+        def by_prefix(k: str) -> str | None:
+            for old, new in items:
+                if k.startswith(old):
+                    return None if new is None else new + k[len(old):]
+            return k
+
+        return by_prefix
+    if callable(key_map):
+        return key_map
+    raise TypeError(f"key_map must be None, a name, a dict or a callable, got {type(key_map).__name__}")
+
+
+_DEEPLAB_BRANCH = {"reduce": "1", "conv3x3": "2", "increase": "3"}
+
+
+def deeplab_pytorch_key_map(key: str, *, prefix: str = "", head_prefix: str | None = None) -> str | None:
+    """Map kazuto1011/deeplab-pytorch ResNet-101 keys (``deeplabv1_resnet101-coco.pth``,
+    ``deeplabv2_resnet101_msc-vocaug-20000.pth``) to torchvision ResNet keys.
+
+    ``layer1.conv1.{conv,bn}`` -> ``conv1``/``bn1``; ``layer{L}.block{B}.{reduce,conv3x3,increase}.{conv,bn}``
+    -> ``layer{L-1}.{B-1}.{conv,bn}{1,2,3}``; ``shortcut`` (older releases: ``proj``) -> ``downsample.{0,1}``;
+    ``aspp.c{i}`` -> ``{head_prefix}convs.{i}`` (dropped when ``head_prefix`` is None); the DeepLab-v1 ``fc``
+    classifier of the COCO init is dropped. A leading ``base.`` (the MSC wrapper) is removed.
+
+    Example:
+        >>> deeplab_pytorch_key_map("base.layer3.block1.reduce.bn.running_mean")
+        'layer2.0.bn1.running_mean'
+    """
+    if key.startswith("base."):
+        key = key[len("base."):]
+    m = re.fullmatch(r"layer1\.conv1\.(conv|bn)\.(\w+)", key)
+    if m:
+        return f"{prefix}{'conv1' if m.group(1) == 'conv' else 'bn1'}.{m.group(2)}"
+    m = re.fullmatch(r"layer(\d)\.block(\d+)\.(reduce|conv3x3|increase|shortcut|proj)\.(conv|bn)\.(\w+)", key)
+    if m:
+        layer, block, branch, kind, param = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5)
+        base = f"{prefix}layer{layer - 1}.{block - 1}."
+        if branch in ("shortcut", "proj"):
+            return base + f"downsample.{0 if kind == 'conv' else 1}.{param}"
+        return base + f"{kind}{_DEEPLAB_BRANCH[branch]}.{param}"
+    m = re.fullmatch(r"aspp\.(?:stages\.)?c(\d+)\.(weight|bias)", key)
+    if m:
+        return None if head_prefix is None else f"{head_prefix}convs.{m.group(1)}.{m.group(2)}"
+    if key.startswith("fc.") or key.startswith("layer1.pool"):
+        return None
+    return key
+
+
+register_key_map("deeplab_pytorch", deeplab_pytorch_key_map)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did. ``str(report)`` gives a one-paragraph summary."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    source: str = "<state dict>"
+
+    def __str__(self) -> str:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        if self.missing:
+            parts.append(f"missing in checkpoint ({len(self.missing)}): {few(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unused checkpoint keys ({len(self.unexpected)}): {few(self.unexpected)}")
+        if self.dropped:
+            parts.append(f"dropped by key map ({len(self.dropped)})")
+        return "; ".join(parts)
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(key.startswith(p) or re.fullmatch(p, key) is not None for p in patterns)
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    key_map: KeyMap = None,
+    *,
+    strict: bool = True,
+    allow_missing: Sequence[str] = (),
+    ignore_unexpected: Sequence[str] = (),
+    min_match: float = 0.5,
+    weights_only: bool = True,
+) -> LoadReport:
+    """Load a checkpoint into ``model`` through a key map, with clear errors.
+
+    Steps: read and unwrap the checkpoint (:func:`read_state_dict`), rename every key with ``key_map``
+    (``None`` result = drop), then check against ``model.state_dict()``:
+
+    1. fewer than ``min_match`` of the model's tensors found -> ``ValueError`` ("another architecture"),
+       listing example keys of both sides;
+    2. a key present on both sides with different shapes -> ``ValueError`` naming the keys and shapes (a
+       classifier whose first dimension differs is reported as a class-count mismatch);
+    3. with ``strict``: model keys missing from the checkpoint (other than ``allow_missing`` prefixes/regexes
+       and BatchNorm ``num_batches_tracked``) or checkpoint keys the model does not have (other than
+       ``ignore_unexpected``) -> ``ValueError``.
+
+    Values are copied in place (cast to the parameter's dtype and device). Nothing downloads.
+
+    Args:
+        model: the module to fill.
+        source: local checkpoint path or a (nested) state dict.
+        key_map: ``None``, a registered name (e.g. ``"mxnet_resnet38"``, ``"deeplab_pytorch"``), a prefix
+            dict or a callable; see :func:`get_key_map`.
+        strict: fail on missing or unexpected keys (after the allow/ignore lists).
+        allow_missing: model-key prefixes or regexes that may stay at their initial values (new heads).
+        ignore_unexpected: checkpoint-key prefixes or regexes (after mapping) to drop silently, e.g.
+            ``("head.",)`` for an ImageNet classifier.
+        min_match: minimum fraction of the model's tensors that must be found in the checkpoint.
+        weights_only: see :func:`read_state_dict`.
+
+    Returns:
+        A :class:`LoadReport`.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> report = load_pretrained(net, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)})
+        >>> report.loaded
+        ['weight', 'bias']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not 0.0 <= min_match <= 1.0:
+        raise ValueError(f"min_match must lie in [0, 1], got {min_match}")
+    src_name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+    raw = read_state_dict(source, weights_only=weights_only)
+    fn = get_key_map(key_map)
+
+    mapped: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for k, v in raw.items():
+        new = fn(k)
+        if new is None:
+            dropped.append(k)
+            continue
+        if new in mapped:
+            raise ValueError(f"key_map maps two checkpoint keys onto the same model key {new!r}")
+        mapped[new] = v
+
+    target = model.state_dict()
+    ignorable_missing = [r".*num_batches_tracked", *allow_missing]
+    common = [k for k in target if k in mapped]
+    n_needed = sum(1 for k in target if not k.endswith("num_batches_tracked"))
+    n_found = sum(1 for k in common if not k.endswith("num_batches_tracked"))
+    if n_needed and n_found < min_match * n_needed:
+        ex_ckpt = list(mapped)[:5] or list(raw)[:5]
+        raise ValueError(
+            f"checkpoint {src_name} does not fit {type(model).__name__}: only {n_found} of its {n_needed} "
+            f"tensors were found (min_match={min_match}); it looks like a checkpoint of another architecture "
+            f"or needs a key_map. Checkpoint keys (after mapping) start with {ex_ckpt}; model keys start "
+            f"with {[k for k in target][:5]}.")
+
+    bad = [(k, tuple(mapped[k].shape), tuple(target[k].shape)) for k in common
+           if mapped[k].shape != target[k].shape]
+    if bad:
+        lines = []
+        for k, s_ck, s_mod in bad[:8]:
+            note = ""
+            if len(s_ck) == len(s_mod) and s_ck[1:] == s_mod[1:] and s_ck[:1] != s_mod[:1]:
+                note = (f" (checkpoint has {s_ck[0]} output channels/classes, model has {s_mod[0]}: "
+                        "another class count?)")
+            lines.append(f"  {k}: checkpoint {s_ck} vs model {s_mod}{note}")
+        raise ValueError(f"checkpoint {src_name} has {len(bad)} tensors whose shape differs from "
+                         f"{type(model).__name__}:\n" + "\n".join(lines))
+
+    missing = [k for k in target if k not in mapped]
+    unexpected = [k for k in mapped if k not in target]
+    real_missing = [k for k in missing if not _matches(k, ignorable_missing)]
+    real_unexpected = [k for k in unexpected if not _matches(k, ignore_unexpected)]
+    if strict and (real_missing or real_unexpected):
+        msg = [f"checkpoint {src_name} does not match {type(model).__name__} exactly (strict=True):"]
+        if real_missing:
+            msg.append(f"  missing in checkpoint ({len(real_missing)}): {real_missing[:10]}")
+        if real_unexpected:
+            msg.append(f"  unexpected in checkpoint ({len(real_unexpected)}): {real_unexpected[:10]}")
+        msg.append("  Pass allow_missing=/ignore_unexpected= for keys that are meant to differ, a key_map to "
+                   "rename, or strict=False.")
+        raise ValueError("\n".join(msg))
+
+    with torch.no_grad():
+        for k in common:
+            target[k].copy_(mapped[k].to(dtype=target[k].dtype))
+    report = LoadReport(loaded=common, missing=missing, unexpected=unexpected, dropped=dropped,
+                        source=src_name)
+    if missing or unexpected:
+        logger.info("load_pretrained: %s", report)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------------------
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def set_bn_eval(module: nn.Module, freeze_affine: bool = True) -> nn.Module:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics are used and not updated)
+    and, with ``freeze_affine``, stop gradients to their weight and bias. Call it after ``model.train()``.
+
+    This is the "frozen BN" of PSA/SEAM/L2G/EPS (ResNet-38) and of deeplab-pytorch (``freeze_bn``).
+
+    Example:
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+        >>> _ = set_bn_eval(m)
+        >>> m[1].training, m[1].weight.requires_grad
+        (False, False)
+    """
+    for m in module.modules():
+        if isinstance(m, _BN_TYPES):
+            m.eval()
+            if freeze_affine:
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tiny CNN
+# ----------------------------------------------------------------------------------------------------------
+class TinyBackbone(nn.Module):
+    """A few-layer CNN with the backbone protocol, for CPU tests and the synthetic presets.
+
+    Each stage is ``conv3×3 (stride 2 until output_stride is reached, else dilation 2) -> BN -> ReLU ->
+    conv3×3 -> BN -> ReLU``. Not from a paper; it stands in for ResNet-38 / ResNet-101 where minutes of CPU
+    must suffice.
+
+    Args:
+        widths: output channels of each stage.
+        output_stride: total stride of the last stage (a power of two, at most ``2**len(widths)``).
+        in_channels: image channels.
+
+    Shape:
+        - images: B×in_channels×H×W
+        - output: list of B×widths[i]×H/strides[i]×W/strides[i]
+
+    Example:
+        >>> bb = TinyBackbone(widths=(8, 16, 32), output_stride=8)
+        >>> [f.shape[1:] for f in bb(torch.randn(2, 3, 32, 32))]
+        [torch.Size([8, 16, 16]), torch.Size([16, 8, 8]), torch.Size([32, 4, 4])]
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), output_stride: int = 8, in_channels: int = 3):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if not widths or any(w <= 0 for w in widths):
+            raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths}")
+        if output_stride < 1 or output_stride & (output_stride - 1) or output_stride > 2 ** len(widths):
+            raise ValueError(f"output_stride must be a power of two <= 2**len(widths) = {2 ** len(widths)}, "
+                             f"got {output_stride}")
+        stages, strides, stride, dilation, cin = [], [], 1, 1, in_channels
+        for w in widths:
+            if stride < output_stride:
+                s, d = 2, 1
+                stride *= 2
+            else:
+                s, d = 1, 2
+                dilation = d
+            stages.append(nn.Sequential(
+                nn.Conv2d(cin, w, 3, s, padding=dilation if s == 1 else 1,
+                          dilation=dilation if s == 1 else 1, bias=False),
+                nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)))
+            strides.append(stride)
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.out_channels: tuple[int, ...] = widths
+        self.strides: tuple[int, ...] = tuple(strides)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        feats, x = [], images
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torchvision ResNets
+# ----------------------------------------------------------------------------------------------------------
+_TV_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+               "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+def _dilation_flags(output_stride: int) -> list[bool]:
+    flags = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+    if output_stride not in flags:
+        raise ValueError(f"output_stride must be 8, 16 or 32 for a ResNet, got {output_stride}")
+    return flags[output_stride]
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet as a multi-level feature extractor (``conv1 ... layer4``, no ``fc``).
+
+    Module names equal torchvision's, so torchvision ImageNet checkpoints load without a key map (their
+    ``fc.*`` keys are ignored). ``output_stride`` 8 or 16 dilates the last stages through torchvision's
+    ``replace_stride_with_dilation``.
+
+    ``style="caffe"`` turns the network into the MSRA/caffe ResNet that DeepLab-v2 (deeplab-pytorch, the
+    WSSS segmentation standard) uses, so its ``deeplabv1_resnet101-coco.pth`` init computes the same
+    function: the stride-2 of each downsampling block moves from the 3×3 to the first 1×1 conv, the stem
+    max-pool uses ``ceil_mode=True``, and every block of a dilated stage uses that stage's dilation
+    (torchvision keeps the previous dilation in a stage's first block). Load such checkpoints with
+    ``key_map="deeplab_pytorch"``.
+
+    Args:
+        name: a torchvision ResNet name (``"resnet50"``, ``"resnet101"``, ...).
+        output_stride: 8, 16 or 32.
+        style: ``"pytorch"`` (torchvision) or ``"caffe"`` (deeplab-pytorch layout).
+        out_indices: which of ``(layer1, layer2, layer3, layer4)`` = ``(1, 2, 3, 4)`` to return.
+        layers, width_per_group: override the block counts and width (used by :meth:`tiny`).
+
+    Shape:
+        - images: B×3×H×W
+        - output: list of B×C_i×h_i×w_i for each of ``out_indices``
+
+    Example:
+        >>> bb = TorchvisionResNet.tiny(output_stride=8)
+        >>> [tuple(f.shape[1:]) for f in bb(torch.randn(1, 3, 32, 32))]
+        [(256, 8, 8), (512, 4, 4), (1024, 4, 4), (2048, 4, 4)]
+    """
+
+    def __init__(self, name: str = "resnet101", output_stride: int = 8, style: str = "pytorch",
+                 out_indices: Sequence[int] = (1, 2, 3, 4), layers: Sequence[int] | None = None,
+                 width_per_group: int = 64):
+        super().__init__()
+        tvm = require("torchvision.models", "train", "torchvision backbones")
+        if style not in ("pytorch", "caffe"):
+            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(i not in (1, 2, 3, 4) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of (1, 2, 3, 4), got {out_indices}")
+        dil = _dilation_flags(output_stride)
+        if layers is not None:
+            resnet_mod = require("torchvision.models.resnet", "train")
+            block = resnet_mod.Bottleneck if name not in ("resnet18", "resnet34") else resnet_mod.BasicBlock
+            net = resnet_mod.ResNet(block, list(layers), replace_stride_with_dilation=dil,
+                                    width_per_group=width_per_group)
+        else:
+            if name not in _TV_RESNETS:
+                raise ValueError(f"unknown torchvision ResNet {name!r}; known: {list(_TV_RESNETS)}")
+            net = getattr(tvm, name)(weights=None, replace_stride_with_dilation=dil)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.name, self.style, self.output_stride = name, style, output_stride
+        self.out_indices = out_indices
+        self._dilate = tuple(dil)
+        if style == "caffe":
+            self._to_caffe_style()
+        chans, strides, s = [], [], 4
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            last = layer[-1]
+            chans.append(last.conv3.out_channels if hasattr(last, "conv3") else last.conv2.out_channels)
+            if i > 1 and not dil[i - 2]:
+                s *= 2
+            strides.append(s)
+        self.out_channels: tuple[int, ...] = tuple(chans[i - 1] for i in out_indices)
+        self.strides: tuple[int, ...] = tuple(strides[i - 1] for i in out_indices)
+
+    @classmethod
+    def tiny(cls, output_stride: int = 8, style: str = "pytorch", **kwargs: Any) -> TorchvisionResNet:
+        """A one-block-per-stage, narrow Bottleneck ResNet (same channels 256..2048) for CPU tests."""
+        kwargs.setdefault("layers", (1, 1, 1, 1))
+        kwargs.setdefault("width_per_group", 8)
+        return cls("resnet_tiny", output_stride=output_stride, style=style, **kwargs)
+
+    def _to_caffe_style(self) -> None:
+        self.maxpool.ceil_mode = True
+        dilation = 1
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            first = layer[0]
+            if not hasattr(first, "conv3"):
+                raise ValueError("style='caffe' needs a Bottleneck ResNet (resnet50 and deeper)")
+            if first.conv2.stride != (1, 1):
+                first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+            if i > 0 and self._dilate[i - 1]:
+                dilation *= 2
+            for blk in layer:
+                blk.conv2.dilation = blk.conv2.padding = (dilation, dilation)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        feats = []
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            x = layer(x)
+            if i in self.out_indices:
+                feats.append(x)
+            if i >= max(self.out_indices):
+                break
+        return feats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timm
+# ----------------------------------------------------------------------------------------------------------
+class TimmBackbone(nn.Module):
+    """Any timm model built with ``features_only=True``, behind the backbone protocol.
+
+    Weights come from a local file only: the file is read by :func:`read_state_dict` and handed to timm as
+    an in-memory state dict (``pretrained_cfg_overlay``), so timm's own key filters (e.g. for ViTs) apply
+    and nothing is downloaded.
+
+    Args:
+        name: a timm model name (see ``timm.list_models()``).
+        pretrained: local checkpoint path or ``None``.
+        output_stride: passed to timm when given (models that support dilation).
+        out_indices: feature levels to return (timm's meaning); default all.
+        **kwargs: further ``timm.create_model`` arguments.
+
+    Shape:
+        - images: B×3×H×W
+        - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info``
+
+    Example:
+        >>> bb = TimmBackbone("resnet18", out_indices=(3, 4))
+        >>> bb.out_channels, bb.strides
+        ((256, 512), (16, 32))
+    """
+
+    def __init__(self, name: str, pretrained: str | os.PathLike | None = None, *,
+                 output_stride: int | None = None, out_indices: Sequence[int] | None = None, **kwargs: Any):
+        super().__init__()
+        timm = require("timm", "train", "timm backbones")
+        if not timm.is_model(name.split(".")[0]):
+            raise ValueError(f"{name!r} is not a timm model name (timm.list_models() lists them)")
+        kw: dict[str, Any] = dict(features_only=True, **kwargs)
+        if output_stride is not None:
+            kw["output_stride"] = output_stride
+        if out_indices is not None:
+            kw["out_indices"] = tuple(out_indices)
+        if pretrained is not None:
+            sd = read_state_dict(pretrained)
+            kw.update(pretrained=True,
+                      pretrained_cfg_overlay=dict(state_dict=sd, source="", file=None, url=None, hf_hub_id=None))
+        else:
+            kw["pretrained"] = False
+        try:
+            self.body = timm.create_model(name, **kw)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {pretrained!r} does not fit timm model {name!r}: {exc}") from exc
+        self.name = name
+        self.out_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
+        self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        out = self.body(images)
+        if isinstance(out, Mapping):
+            out = list(out.values())
+        feats = list(out)
+        # NHWC-output models (some ViT/Swin variants) are turned into NCHW
+        return [f.permute(0, 3, 1, 2) if f.ndim == 4 and f.shape[1] != c and f.shape[-1] == c else f
+                for f, c in zip(feats, self.out_channels)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# factory
+# ----------------------------------------------------------------------------------------------------------
+_MIT_NAMES = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny")
+
+
+def available_backbones() -> list[str]:
+    """Names :func:`build_backbone` understands besides ``"timm:<any timm model>"``."""
+    return ["tiny", "resnet38d", "resnet38d_tiny", *_MIT_NAMES, *_TV_RESNETS, "resnet_tiny"]
+
+
+def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] | None = None, *,
+                   output_stride: int | None = None, key_map: KeyMap = None, strict: bool = True,
+                   **kwargs: Any) -> nn.Module:
+    """Build a backbone by name and optionally fill it from a local checkpoint.
+
+    Names:
+
+    * ``"resnet38d"`` — the wide ResNet-38 of PSA/SEAM/L2G/EPS (:class:`~wsss_blocks.models.resnet38.ResNet38`,
+      output stride 8); checkpoints with the converted ``.pth`` names or the MXNet names of
+      ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` load automatically. ``"resnet38d_tiny"``: 1/16 width.
+    * ``"mit_b0"`` ... ``"mit_b5"`` — SegFormer MiT encoders (:mod:`wsss_blocks.models.mit`); the SegFormer
+      release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
+    * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision (:class:`TorchvisionResNet`,
+      ``output_stride`` 8/16/32, ``style="caffe"`` for the DeepLab layout); ``"resnet_tiny"`` for tests.
+    * ``"timm:<name>"`` — any timm model with ``features_only=True`` (:class:`TimmBackbone`).
+    * ``"tiny"`` — :class:`TinyBackbone`.
+
+    Args:
+        name: backbone name (see above).
+        pretrained: local checkpoint path or state dict; ``None`` = random init. Never downloads.
+        output_stride: total stride of the deepest map where the family allows choosing it.
+        key_map: extra key map for the checkpoint (see :func:`load_pretrained`).
+        strict: strict loading (classifier keys of ImageNet checkpoints are always ignored).
+        **kwargs: passed to the backbone class.
+
+    Returns:
+        An ``nn.Module`` whose forward returns a list of feature maps and that has ``out_channels`` and
+        ``strides``.
+
+    Example:
+        >>> bb = build_backbone("tiny", widths=(8, 16), output_stride=4)
+        >>> bb.out_channels, bb.strides
+        ((8, 16), (2, 4))
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    ignore: tuple[str, ...] = ()
+    module: nn.Module
+    if name == "tiny":
+        if output_stride is not None:
+            kwargs["output_stride"] = output_stride
+        module = TinyBackbone(**kwargs)
+    elif name in ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38"):
+        from .resnet38 import ResNet38, resnet38_key_map
+
+        if output_stride not in (None, 8):
+            raise ValueError(f"ResNet-38 has output stride 8 only, got output_stride={output_stride}")
+        module = ResNet38.tiny(**kwargs) if name.endswith("_tiny") else ResNet38(**kwargs)
+        if key_map is None:
+            key_map = resnet38_key_map
+        ignore = ("linear1000", "fc8.", "fc.", "head.")
+    elif name in _MIT_NAMES:
+        from . import mit
+
+        if output_stride is not None:
+            strides = {32: (4, 2, 2, 2), 16: (4, 2, 2, 1)}
+            if output_stride not in strides:
+                raise ValueError(f"MiT output_stride must be 16 or 32, got {output_stride}")
+            kwargs.setdefault("strides", strides[output_stride])
+        module = getattr(mit, name)(**kwargs)
+        ignore = ("head.",)
+    elif name in _TV_RESNETS or name == "resnet_tiny":
+        os_ = 8 if output_stride is None else output_stride
+        if name == "resnet_tiny":
+            module = TorchvisionResNet.tiny(output_stride=os_, **kwargs)
+        else:
+            module = TorchvisionResNet(name, output_stride=os_, **kwargs)
+        ignore = ("fc.",)
+    elif name.startswith("timm:"):
+        path = None if pretrained is None or isinstance(pretrained, Mapping) else pretrained
+        if isinstance(pretrained, Mapping):
+            raise TypeError("timm backbones take pretrained= as a local file path")
+        return TimmBackbone(name[len("timm:"):], path, output_stride=output_stride, **kwargs)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; known: {available_backbones()} or 'timm:<timm model>'")
+    if pretrained is not None:
+        load_pretrained(module, pretrained, key_map, strict=strict, ignore_unexpected=ignore)
+    return module
+
