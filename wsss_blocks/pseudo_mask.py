@@ -1,0 +1,876 @@
+"""PMM pseudo-mask blocks: coefficient-of-variation smoothing, proportional pseudo-masks, cyclic pseudo-masks.
+
+From "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation" (Li et al., ICCV 2021; official code
+``Eli-YiLi/PMM`` for the pseudo-masks and ``Eli-YiLi/WSSS_MMSeg`` for the segmentation stage). The
+reference for every default is ``specs/spec_pmm.md`` (sections 4, 5 and 8.3):
+
+- :func:`cov_smooth` (CVS, ``PMM:pipline/refine_cam.py`` ``get_CoV`` + the power in ``ppmg``) raises each
+  class map to the power ``1 - 0.3·CoV``; it is a per-class gamma, not a spatial filter.
+- :func:`proportional_pseudo_mask` (PPMG, ``refine_cam.py`` ``ppmg``) gives every present class its own
+  binary dense-CRF foreground and resolves overlaps by each pixel's share of its class's CAM mass, so a
+  small, weakly activated object is not swallowed by a large, strongly activated one.
+- :class:`CyclicPseudoMask` (CP, ``WSSS_MMSeg:tools/run_wsss.sh`` + ``encoder_decoder.py`` ``aug_test``)
+  relabels the training set with a trained segmentation model (multi-scale + flip + slide + CRF) and
+  writes the new masks atomically into a new directory, resumably.
+
+The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import (
+    check_finite,
+    check_labels,
+    check_positive,
+    check_range,
+    check_tensor,
+    require,
+    shape_str,
+)
+
+__all__ = [
+    "cov_smooth",
+    "CoVSmooth",
+    "proportional_pseudo_mask",
+    "ProportionalPseudoMask",
+    "PseudoMaskParts",
+    "CyclicPseudoMask",
+    "PMM_BINARY_CRF",
+    "PMM_CYCLIC_CRF",
+]
+
+#: Released parameters of the per-class 2-label CRF in PPMG (``PMM:pipline/refine_cam.py``
+#: ``crf_inference``): 10 mean-field iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10.
+#: Keys follow :class:`wsss_blocks.crf.DenseCRF`.
+PMM_BINARY_CRF: dict[str, float] = {
+    "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
+}
+
+#: Released parameters of the CRF applied to the averaged softmax when the cyclic pseudo-masks are
+#: predicted (``WSSS_MMSeg:mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults):
+#: 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4.
+PMM_CYCLIC_CRF: dict[str, float] = {
+    "iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0,
+}
+
+# CAMs normalised by PMM's multi-crop min-max step can dip a hair below 0 (spec_pmm.md §3.2); accept
+# that much slack around [0, 1] before calling the input "not normalised".
+_RANGE_TOL = 1e-3
+_NORMALISE_HINT = ("PMM expects per-class CAMs normalised to [0, 1]; apply "
+                   "wsss_blocks.cam.normalize_cams(cams) (or normalize_cams(cams, mode='minmax')) first")
+_CRF_CLIP = 1e-5  # pydensecrf unary_from_softmax clip, as used by the release
+
+
+def _check_range01(x: Tensor, name: str) -> None:
+    """One pass (aminmax) range check of CAMs against [0, 1] with PMM's slack; NaN/Inf are rejected."""
+    if x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
+        check_finite(x, name)  # raises with NaN/Inf counts
+    if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; {_NORMALISE_HINT}")
+
+
+def _check_cams01(cams: object, name: str, ndim: int | None = None, layout: str | None = None) -> Tensor:
+    x = check_tensor(cams, name, ndim, layout=layout, floating=True)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have at least 2 dims (…×H×W), got shape {shape_str(x)}")
+    _check_range01(x, name)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Coefficient-of-variation smoothing (CVS)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cov(x: Tensor, thresh: float, scale: float, eps: float) -> Tensor:
+    """scale·std/mean over pixels with x > thresh (population std), 0 where none qualifies. x: float32."""
+    active = (x > thresh).to(x.dtype)
+    n = active.sum(dim=(-2, -1))
+    denom = n.clamp_min(1.0)
+    mean = (x * active).sum(dim=(-2, -1)) / denom
+    var = (((x - mean[..., None, None]) * active) ** 2).sum(dim=(-2, -1)) / denom
+    cov = scale * var.sqrt() / (mean + eps)
+    return torch.where(n > 0, cov, torch.zeros_like(cov))
+
+
+@overload
+def cov_smooth(cams: Tensor, thresh: float = ..., scale: float = ..., min_exponent: float | None = ...,
+               eps: float = ..., return_cov: Literal[False] = ...) -> Tensor: ...
+@overload
+def cov_smooth(cams: Tensor, thresh: float = ..., scale: float = ..., min_exponent: float | None = ...,
+               eps: float = ..., *, return_cov: Literal[True]) -> tuple[Tensor, Tensor]: ...
+def cov_smooth(
+    cams: Tensor,
+    thresh: float = 0.05,
+    scale: float = 0.3,
+    min_exponent: float | None = None,
+    eps: float = 1e-8,
+    return_cov: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Coefficient-of-variation smoothing: raise each class map to the power ``1 - scale·CoV``.
+
+    PMM (Li et al., ICCV 2021), CVS. Per image and class, over the activated pixels
+    ``P = {x : A(x) > thresh}``::
+
+        cv  = scale · std_P(A) / (mean_P(A) + eps)      (population std; cv = 0 when P is empty)
+        out = (A · [A >= thresh]) ** (1 - cv)
+
+    Because ``A`` lies in [0, 1] and the exponent is below 1, the map is *raised*: weak activations are
+    lifted more than strong ones, and more so for peaky (high-CoV) maps. Defaults are the release
+    (``PMM:pipline/refine_cam.py`` ``get_CoV``, ``--cam_thresh 0.05``, ``--cv_scale 0.3``).
+
+    The release never clamps the exponent. For maps in [0, 1] with ``thresh=0.05`` the CoV cannot exceed
+    about 2.2, so ``1 - 0.3·CoV > 0.34`` and nothing goes wrong; with a larger ``scale`` or a smaller
+    ``thresh`` the exponent can reach 0 (zeros become 1) or go negative (zeros become ``inf``).
+    ``min_exponent`` (e.g. ``0.05``) floors it; ``None`` keeps the released behaviour.
+
+    The statistics are computed in float32 (the release runs them in float16 on its stored CAMs); the
+    result has the input dtype. It runs on any device, batched over all leading dims, with no loops.
+    Not meant to be differentiated (the power has an infinite slope at 0).
+
+    Args:
+        cams: class maps normalised to [0, 1] (see :func:`wsss_blocks.cam.normalize_cams`).
+        thresh: activation threshold ``t`` for the CoV statistics and for zeroing before the power.
+        scale: factor folded into the CoV (``cv_scale``).
+        min_exponent: optional floor for ``1 - cv``; ``None`` = release (no clamp).
+        eps: added to the mean in the CoV denominator (release: 1e-8).
+        return_cov: also return the per-map ``cv`` (scale already folded in).
+
+    Shape:
+        - cams: …×H×W, e.g. B×C×H×W
+        - output: same shape as ``cams``; with ``return_cov`` also ``cv`` of shape … (e.g. B×C)
+
+    Example:
+        >>> cams = torch.tensor([[[0.0, 0.2], [0.4, 0.8]]])
+        >>> out, cv = cov_smooth(cams, return_cov=True)
+        >>> round(cv.item(), 4)  # 0.3 * std([.2,.4,.8]) / mean([.2,.4,.8])
+        0.1604
+        >>> bool((out >= cams).all())
+        True
+    """
+    x = _check_cams01(cams, "cams")
+    if not scale >= 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    out, cv = _cov_smooth(x.float(), float(thresh), float(scale), min_exponent, float(eps))
+    out = out.to(x.dtype)
+    if return_cov:
+        return out, cv
+    return out
+
+
+def _cov_smooth(xf: Tensor, thresh: float, scale: float, min_exponent: float | None,
+                eps: float) -> tuple[Tensor, Tensor]:
+    """Unchecked CVS on float32 maps: (smoothed, cv)."""
+    cv = _cov(xf, thresh, scale, eps)
+    exponent = 1.0 - cv
+    if min_exponent is not None:
+        exponent = exponent.clamp_min(float(min_exponent))
+    kept = xf * (xf >= thresh).to(xf.dtype)
+    return kept.pow(exponent[..., None, None]), cv
+
+
+class CoVSmooth(nn.Module):
+    """Module form of :func:`cov_smooth` (PMM coefficient-of-variation smoothing).
+
+    Shape:
+        - cams: …×H×W in [0, 1]
+        - output: same shape
+
+    Example:
+        >>> CoVSmooth()(torch.rand(2, 20, 8, 8)).shape
+        torch.Size([2, 20, 8, 8])
+    """
+
+    def __init__(self, thresh: float = 0.05, scale: float = 0.3, min_exponent: float | None = None,
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        self.thresh = thresh
+        self.scale = scale
+        self.min_exponent = min_exponent
+        self.eps = eps
+
+    def forward(self, cams: Tensor) -> Tensor:
+        return cov_smooth(cams, self.thresh, self.scale, self.min_exponent, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"thresh={self.thresh}, scale={self.scale}, min_exponent={self.min_exponent}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dense CRF glue (library DenseCRF when available, else pydensecrf directly)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _to_uint8_images(image: Tensor) -> Tensor:
+    """B×3×H×W float in [0, 1] or uint8 -> B×3×H×W uint8 (the colour scale the released sigmas assume)."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _pydensecrf(image_u8: Tensor, probs: Tensor, params: Mapping[str, Any]) -> Tensor:
+    """Reference path: one pydensecrf ``DenseCRF2D`` per map (CPU, numpy), as in the release."""
+    dcrf = require("pydensecrf.densecrf", "crf", "the PMM dense CRF")
+    n, k, h, w = probs.shape
+    imgs = image_u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    p = probs.detach().float().cpu().numpy()
+    out = np.empty((n, k, h, w), dtype=np.float32)
+    iters = int(params.get("iterations", 10))
+    for i in range(n):
+        unary = -np.log(np.clip(p[i], _CRF_CLIP, 1.0)).reshape(k, -1)
+        d = dcrf.DenseCRF2D(w, h, k)
+        d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+        d.addPairwiseGaussian(sxy=float(params["pos_xy"]), compat=float(params["pos_w"]))
+        d.addPairwiseBilateral(sxy=float(params["bi_xy"]), srgb=float(params["bi_rgb"]),
+                               rgbim=np.ascontiguousarray(imgs[i]), compat=float(params["bi_w"]))
+        out[i] = np.asarray(d.inference(iters), dtype=np.float32).reshape(k, h, w)
+    return torch.from_numpy(out).to(device=probs.device)
+
+
+def _dense_crf(image_u8: Tensor, probs: Tensor, params: Mapping[str, Any]) -> Tensor:
+    """Run a dense CRF on N images (N×3×H×W uint8) with N×K×H×W probabilities; returns N×K×H×W posteriors.
+
+    Uses :class:`wsss_blocks.crf.DenseCRF` when that module is available (backend ``"auto"``: pydensecrf on
+    CPU when installed, its PyTorch permutohedral backend on GPU or without pydensecrf); otherwise, or
+    with ``backend="pydensecrf-direct"``, calls pydensecrf directly with the same parameters. The unary is
+    ``-log(clip(p, 1e-5, 1))`` of the probabilities as given (no renormalisation), as in the release.
+    """
+    if probs.shape[0] == 0:
+        return probs.new_zeros(probs.shape)
+    backend = params.get("backend", "auto")
+    if backend != "pydensecrf-direct":
+        try:
+            from .crf import DenseCRF  # type: ignore[attr-defined]
+        except ImportError:
+            backend = "pydensecrf-direct"
+    if backend == "pydensecrf-direct":
+        return _pydensecrf(image_u8, probs, params)
+    kwargs = {k: v for k, v in params.items() if k != "backend"}
+    kwargs.setdefault("sum_to_one", "ignore")
+    crf = DenseCRF(backend=backend, **kwargs)
+    return crf(image_u8, probs.float()).to(probs.device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Proportional pseudo-mask generation (PPMG)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PseudoMaskParts:
+    """Intermediate results of :func:`proportional_pseudo_mask` (``return_parts=True``).
+
+    Attributes:
+        mask: B×H×W int64 pseudo-masks (0 background, c+1 class c).
+        smoothed: B×C×H×W float32 CoV-smoothed maps ``Ã`` of the present classes (0 for absent ones).
+        cov: B×C coefficients of variation, scale folded in (0 for absent classes).
+        foreground: B×C×H×W bool per-class binary foregrounds ``F_c`` (all False for absent classes).
+        importance: B×C×H×W float32 ``A_c / (1 + Σ A_c·F_c)`` (0 for absent classes).
+        scores: B×(C+1)×H×W float32 the argmax scores (channel 0 = background; absent classes ``-inf``).
+    """
+
+    mask: Tensor
+    smoothed: Tensor
+    cov: Tensor
+    foreground: Tensor
+    importance: Tensor
+    scores: Tensor
+
+
+ForegroundFn = Callable[[Tensor, "Tensor | None"], Tensor]
+
+
+@overload
+def proportional_pseudo_mask(
+    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., cam_thresh: float = ...,
+    cv_scale: float = ..., fg_thresh: float = ..., foreground: Literal["crf", "threshold"] | ForegroundFn = ...,
+    crf_params: Mapping[str, Any] | None = ..., min_exponent: float | None = ...,
+    return_parts: Literal[False] = ...) -> Tensor: ...
+@overload
+def proportional_pseudo_mask(
+    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., cam_thresh: float = ...,
+    cv_scale: float = ..., fg_thresh: float = ..., foreground: Literal["crf", "threshold"] | ForegroundFn = ...,
+    crf_params: Mapping[str, Any] | None = ..., min_exponent: float | None = ...,
+    *, return_parts: Literal[True]) -> PseudoMaskParts: ...
+def proportional_pseudo_mask(
+    cams: Tensor,
+    labels: Tensor,
+    image01: Tensor | None = None,
+    alpha: float = 11.0,
+    cam_thresh: float = 0.05,
+    cv_scale: float = 0.3,
+    fg_thresh: float = 0.5,
+    foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
+    crf_params: Mapping[str, Any] | None = None,
+    min_exponent: float | None = None,
+    return_parts: bool = False,
+) -> Tensor | PseudoMaskParts:
+    """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
+
+    PMM (Li et al., ICCV 2021), PPMG (``PMM:pipline/refine_cam.py`` ``ppmg``; spec_pmm.md §5). For every
+    class c present in ``labels``, independently:
+
+    1. ``Ã_c = cov_smooth(A_c)`` (threshold ``cam_thresh``, scale ``cv_scale``);
+    2. per-class background ``B_c = (1 - Ã_c) ** alpha`` (from this class alone, not the max over classes);
+    3. binary foreground ``F_c = [Q_c(fg) > fg_thresh]`` where ``Q_c`` is a 2-label dense CRF on
+       ``[B_c, Ã_c]`` (unary ``-log(clip(p, 1e-5))``, released parameters :data:`PMM_BINARY_CRF`);
+    4. importance ``I_c = A_c / (1 + Σ_x A_c(x) F_c(x))``, with the **raw** CAM ``A_c``.
+
+    Then ``score_0 = Π_c (1 - F_c)`` (1 where no class claims the pixel), ``score_c = F_c · I_c`` and the
+    mask is the argmax with ties to the lowest index: unclaimed pixels are background, a pixel claimed by
+    several classes goes to the class for which it carries the largest share of the class's total
+    activation, and a claimed pixel whose CAM is 0 becomes background. Absent classes never appear; an
+    image with no present class is all background. There is no ignore label.
+
+    ``foreground="threshold"`` skips the CRF and thresholds its initial state,
+    ``Ã / (Ã + B)`` (both clipped at 1e-5) ``> fg_thresh``, i.e. a CRF with zero iterations; it needs no
+    image. A callable ``foreground(probs, image_u8)`` receives the N×2×H×W ``[B_c, Ã_c]`` stacks of the N
+    present (image, class) pairs and the matching N×3×H×W uint8 images (``None`` without ``image01``) and
+    returns N×H×W foreground probabilities (thresholded at ``fg_thresh``) or a bool mask.
+
+    Defaults are the release: α = 11 (``run.py`` stages D/E; the argparse default 24 is for the stage-B
+    joint CRF), ``cam_thresh`` 0.05, ``cv_scale`` 0.3, ``fg_thresh`` 0.5.
+
+    Args:
+        cams: foreground CAMs normalised per image and class to [0, 1] (PMM min-max normalises;
+            :func:`wsss_blocks.cam.normalize_cams`). Values a hair below 0 (≥ -1e-3) are tolerated.
+            Only the maps of present classes are read (and range-checked).
+        labels: multi-hot image labels; only present classes get a foreground.
+        image01: RGB images in [0, 1] (or uint8 0..255) at the CAM resolution; required for ``"crf"``.
+        alpha: power of the per-class background.
+        cam_thresh: CVS threshold.
+        cv_scale: CVS scale.
+        fg_thresh: threshold on the foreground posterior.
+        foreground: ``"crf"`` (release), ``"threshold"`` or a callable (see above).
+        crf_params: dense-CRF parameters (keyword arguments of :class:`wsss_blocks.crf.DenseCRF`:
+            ``iterations``, ``pos_w``, ``pos_xy``, ``bi_w``, ``bi_xy``, ``bi_rgb``, optionally ``backend``
+            (``"auto"``, ``"torch"``, ``"pydensecrf"``, or ``"pydensecrf-direct"`` to bypass the library
+            CRF) and its other options); default :data:`PMM_BINARY_CRF`. The probabilities are used as
+            given (``sum_to_one="ignore"``, the release). The sigmas assume a 0..255 colour scale
+            (``image01`` is converted).
+        min_exponent: passed to :func:`cov_smooth` (``None`` = release).
+        return_parts: return a :class:`PseudoMaskParts` with the intermediate maps instead of the mask.
+
+    Shape:
+        - cams: B×C×H×W
+        - labels: B×C
+        - image01: B×3×H×W
+        - output: B×H×W int64 with values in {0} ∪ {c+1 : labels[b, c] = 1}
+
+    Example:
+        >>> cams = torch.zeros(1, 2, 4, 4)
+        >>> cams[0, 0, :, :2] = 0.9   # class 0: left half
+        >>> cams[0, 1, 1:3, 3] = 0.6  # class 1: a small, weaker blob on the right
+        >>> proportional_pseudo_mask(cams, torch.tensor([[1.0, 1.0]]), foreground="threshold")
+        tensor([[[1, 1, 0, 0],
+                 [1, 1, 0, 2],
+                 [1, 1, 0, 2],
+                 [1, 1, 0, 0]]])
+    """
+    x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
+    B, C, H, W = x.shape
+    lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
+    check_positive(float(alpha), "alpha")
+    if not 0.0 <= fg_thresh < 1.0:
+        raise ValueError(f"fg_thresh must lie in [0, 1), got {fg_thresh}")
+    if isinstance(foreground, str):
+        if foreground not in ("crf", "threshold"):
+            raise ValueError(f"foreground must be 'crf', 'threshold' or a callable, got {foreground!r}")
+    elif not callable(foreground):
+        raise TypeError(f"foreground must be 'crf', 'threshold' or a callable, got {type(foreground).__name__}")
+    img_u8: Tensor | None = None
+    if image01 is not None:
+        check_tensor(image01, "image01", 4, layout="B×3×H×W")
+        if image01.shape[0] != B or image01.shape[1] != 3 or tuple(image01.shape[-2:]) != (H, W):
+            raise ValueError(f"image01 must have shape ({B}, 3, {H}, {W}) to match cams {shape_str(x)}, got "
+                             f"{shape_str(image01)}; resize the CAMs to the image (or the image to the CAMs)")
+        if image01.dtype != torch.uint8:
+            if not image01.is_floating_point():
+                raise TypeError(f"image01 must be float in [0, 1] or uint8, got dtype {image01.dtype}")
+            check_range(image01, "image01", 0.0, 1.0, hint="pass RGB scaled to [0, 1] or a uint8 image")
+        img_u8 = _to_uint8_images(image01)
+    elif foreground == "crf":
+        raise ValueError("image01 is required for foreground='crf' (the dense CRF is image-guided); "
+                         "pass foreground='threshold' to build pseudo-masks without an image")
+    params = dict(PMM_BINARY_CRF if crf_params is None else crf_params)
+    if foreground == "crf":
+        missing = {"pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb"} - set(params)
+        if missing:
+            raise ValueError(f"crf_params is missing {sorted(missing)}; start from PMM_BINARY_CRF")
+
+    # Everything below runs on the N present (image, class) maps only (VOC: ~1.5 per image, not 20);
+    # only those maps are read, so only they are range-checked.
+    present = lab.bool()
+    bi, ci = present.nonzero(as_tuple=True)  # present pairs, ascending: ties go to the lower class id
+    xp = x[bi, ci].float()  # N×H×W raw CAMs A_c
+    _check_range01(xp, "cams")
+    smoothed, cv = _cov_smooth(xp, float(cam_thresh), float(cv_scale), min_exponent, 1e-8)
+    # (1 - Ã)^α; the clamp only matters for inputs within the tolerance above 1 (a no-op on [0, 1]).
+    bg = (1.0 - smoothed).clamp_min(0.0).pow(float(alpha))
+    fg = torch.zeros(xp.shape, dtype=torch.bool, device=x.device)
+    if bi.numel() > 0:
+        probs = torch.stack([bg, smoothed], dim=1)  # N×2×H×W, channel 1 = foreground
+        if foreground == "threshold":
+            pc = probs.clamp(_CRF_CLIP, 1.0)
+            fg = (pc[:, 1] / pc.sum(1)) > fg_thresh
+        elif foreground == "crf":
+            assert img_u8 is not None
+            fg = _dense_crf(img_u8[bi], probs, params)[:, 1].to(x.device) > fg_thresh
+        else:
+            res = foreground(probs, None if img_u8 is None else img_u8[bi])  # type: ignore[operator]
+            if not isinstance(res, Tensor) or tuple(res.shape) != (probs.shape[0], H, W):
+                got = shape_str(res) if isinstance(res, Tensor) else type(res).__name__
+                raise ValueError(f"foreground callable must return a {probs.shape[0]}×{H}×{W} tensor, got {got}")
+            fg = res.to(x.device) if res.dtype == torch.bool else res.to(x.device) > fg_thresh
+
+    fgf = fg.to(torch.float32)
+    importance = xp / (1.0 + (xp * fgf).sum(dim=(-2, -1), keepdim=True))  # raw CAM over its own fg mass
+    cls_scores = fgf * importance  # N×H×W
+    claimed = torch.zeros(B, H, W, dtype=torch.float32, device=x.device).index_add_(0, bi, fgf)
+    bg_score = (claimed == 0).to(torch.float32)  # background: claimed by no class
+    # argmax over [bg, present classes] with ties to the lowest index, without a B×(C+1)×H×W tensor
+    idx = bi[:, None, None].expand(-1, H, W)
+    best = bg_score.scatter_reduce(0, idx, cls_scores, "amax", include_self=True)
+    big = torch.iinfo(torch.int64).max
+    cand = torch.where(cls_scores == best[bi], (ci + 1)[:, None, None], big)
+    first = torch.full((B, H, W), big, dtype=torch.int64, device=x.device).scatter_reduce_(
+        0, idx, cand, "amin", include_self=True)
+    mask = torch.where(bg_score == best, torch.zeros_like(first), first)
+    if return_parts:
+        def full(v: Tensor, fill: float | bool = 0.0) -> Tensor:
+            out = torch.full((B, C) + tuple(v.shape[1:]), fill, dtype=v.dtype, device=x.device)
+            out[bi, ci] = v
+            return out
+
+        scores = torch.full((B, C + 1, H, W), float("-inf"), dtype=torch.float32, device=x.device)
+        scores[bi, ci + 1] = cls_scores
+        scores[:, 0] = bg_score
+        return PseudoMaskParts(mask=mask, smoothed=full(smoothed), cov=full(cv), foreground=full(fg, False),
+                               importance=full(importance), scores=scores)
+    return mask
+
+
+class ProportionalPseudoMask(nn.Module):
+    """Module form of :func:`proportional_pseudo_mask` (PMM PPMG) storing the hyper-parameters.
+
+    Shape:
+        - cams: B×C×H×W in [0, 1]; labels: B×C; image01: B×3×H×W (optional for ``"threshold"``)
+        - output: B×H×W int64
+
+    Example:
+        >>> ppmg = ProportionalPseudoMask(foreground="threshold")
+        >>> ppmg(torch.rand(2, 20, 8, 8), torch.eye(20)[:2]).shape
+        torch.Size([2, 8, 8])
+    """
+
+    def __init__(
+        self,
+        alpha: float = 11.0,
+        cam_thresh: float = 0.05,
+        cv_scale: float = 0.3,
+        fg_thresh: float = 0.5,
+        foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
+        crf_params: Mapping[str, Any] | None = None,
+        min_exponent: float | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive(float(alpha), "alpha")
+        self.alpha = alpha
+        self.cam_thresh = cam_thresh
+        self.cv_scale = cv_scale
+        self.fg_thresh = fg_thresh
+        self.foreground = foreground
+        self.crf_params = dict(PMM_BINARY_CRF if crf_params is None else crf_params)
+        self.min_exponent = min_exponent
+
+    def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
+        return proportional_pseudo_mask(cams, labels, image01, self.alpha, self.cam_thresh, self.cv_scale,
+                                        self.fg_thresh, self.foreground, self.crf_params, self.min_exponent)
+
+    def extra_repr(self) -> str:
+        fg = self.foreground if isinstance(self.foreground, str) else "callable"
+        return f"alpha={self.alpha}, cam_thresh={self.cam_thresh}, cv_scale={self.cv_scale}, foreground={fg}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cyclic pseudo-masks (CP)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rescale_factor(h: int, w: int, img_scale: tuple[int, int], ratio: float) -> float:
+    """mmcv ``Resize(keep_ratio=True)`` factor for ``img_scale`` times ``ratio`` (MultiScaleFlipAug)."""
+    long_edge, short_edge = max(img_scale) * ratio, min(img_scale) * ratio
+    return min(long_edge / max(h, w), short_edge / min(h, w))
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _slide_logits(model: Callable[[Tensor], Tensor], x: Tensor, crop: tuple[int, int],
+                  stride: tuple[int, int]) -> Tensor:
+    """mmseg ``slide_inference``: average the logits of overlapping crops (all crops in one batch)."""
+    B, _, H, W = x.shape
+    ch, cw = crop
+    sh, sw = stride
+    hg = max(H - ch + sh - 1, 0) // sh + 1
+    wg = max(W - cw + sw - 1, 0) // sw + 1
+    boxes = []
+    for i in range(hg):  # a handful of windows, not pixels
+        for j in range(wg):
+            y2, x2 = min(i * sh + ch, H), min(j * sw + cw, W)
+            boxes.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in boxes], dim=0)
+    out = _resize(model(crops), tuple(crops.shape[-2:]))
+    logits = out.new_zeros(B, out.shape[1], H, W)
+    count = out.new_zeros(1, 1, H, W)
+    for n, (y1, y2, x1, x2) in enumerate(boxes):
+        logits[:, :, y1:y2, x1:x2] += out[n * B:(n + 1) * B]
+        count[:, :, y1:y2, x1:x2] += 1
+    return logits / count
+
+
+class CyclicPseudoMask:
+    """PMM cyclic pseudo-masks: relabel the training set with a trained segmentation model.
+
+    PMM (Li et al., ICCV 2021), CP (``WSSS_MMSeg:tools/run_wsss.sh``, ``*_cp.py`` configs,
+    ``mmseg/models/segmentors/encoder_decoder.py`` ``aug_test``; spec_pmm.md §8.3). The released cycle is
+    run once: train the segmentation model on the PPMG masks with PUF, pick the best checkpoint
+    (:meth:`select_checkpoint`), predict every training image with multi-scale + flip + slide inference
+    and a dense CRF, and train a *fresh* model on those predictions with plain cross-entropy
+    (:meth:`loss_for_round`). This helper does the prediction step:
+
+    - per image, for each ratio r the image is resized as mmseg's ``Resize(img_scale·r, keep_ratio)``
+      (``img_scale=None``: by r itself), run whole or by sliding windows (``slide=(crop, stride)``, logits
+      averaged over overlaps), resized back, softmaxed; the flipped pass is flipped back; all softmaxes
+      are averaged (via :func:`wsss_blocks.cam.multiscale_cams` with ``reduce="mean"``);
+    - optional dense CRF on the averaged probabilities (:data:`PMM_CYCLIC_CRF`), then argmax;
+    - ``policy="replace"`` (release): the prediction replaces the old mask entirely; every pixel gets a
+      label, and nothing is intersected with the image labels, fused with the old mask or thresholded.
+      ``policy="restrict"`` (opt-in): classes absent from the image labels get probability 0 before the
+      CRF and can never win the argmax.
+
+    Masks are written as ``<out_root>/<name>.png`` (uint8 class indices; greyscale like the release
+    unless ``palette=True``) through :func:`wsss_blocks.data.io.save_label_png`, which writes to a
+    temporary file and renames it, so a crash never leaves a partial mask. A finished mask is never
+    recomputed: rerunning after an interruption resumes where it stopped (``overwrite=True`` redoes all).
+    ``out_root`` must differ from the old mask folder: new masks go next to the old ones, never over them.
+
+    Defaults are the release's test pipeline: ratios (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) of
+    ``img_scale=(2048, 512)``, flip, slide crop 512 stride 480, CRF on. For small images use
+    ``img_scale=None, slide=None``.
+
+    Args:
+        scales: test ratios (multiplying ``img_scale``, or the image size when ``img_scale`` is None).
+        flip: add horizontally flipped passes.
+        img_scale: mmseg ``img_scale`` (long, short) for the keep-ratio resize, or None.
+        slide: ``(crop, stride)`` in pixels (ints or (h, w) pairs) for sliding-window inference, or None
+            for whole-image inference.
+        crf: apply the dense CRF to the averaged probabilities.
+        crf_params: CRF parameters (default :data:`PMM_CYCLIC_CRF`).
+        policy: ``"replace"`` (release) or ``"restrict"`` (to the image labels; needs ``labels``).
+        preprocess: callable applied to the B×3×H×W [0, 1] images before the model (e.g. ImageNet
+            normalisation); the CRF always sees the raw [0, 1] image.
+        palette: write palette PNGs instead of greyscale (same pixel values).
+        overwrite: recompute masks that already exist.
+
+    Shape:
+        - model input: B×3×h×w (after ``preprocess``); model output: B×K×h'×w' logits, channel 0 =
+          background, K = C + 1
+        - :meth:`predict`: image01 B×3×H×W in [0, 1] -> B×K×H×W probabilities
+        - dataset samples: ``name`` (str), ``image`` 3×H×W float in [0, 1] (or ``image01``), ``labels``
+          C multi-hot (for ``policy="restrict"``)
+
+    Example:
+        >>> import tempfile
+        >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
+        >>> data = [{"name": "img0", "image": torch.rand(3, 16, 20)}]
+        >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=False)
+        >>> root = cp.relabel(net, data, tempfile.mkdtemp() + "/cyclic_mask")
+        >>> sorted(p.name for p in root.iterdir()), cp.last_run["written"]
+        (['img0.png'], 1)
+    """
+
+    def __init__(
+        self,
+        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+        flip: bool = True,
+        img_scale: tuple[int, int] | None = (2048, 512),
+        slide: tuple[int | tuple[int, int], int | tuple[int, int]] | None = (512, 480),
+        crf: bool = True,
+        crf_params: Mapping[str, Any] | None = None,
+        policy: Literal["replace", "restrict"] = "replace",
+        preprocess: Callable[[Tensor], Tensor] | None = None,
+        palette: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        if len(scales) == 0:
+            raise ValueError("scales must contain at least one ratio, got an empty sequence")
+        for s in scales:
+            check_positive(float(s), "scales")
+        if img_scale is not None:
+            if len(img_scale) != 2 or min(img_scale) <= 0:
+                raise ValueError(f"img_scale must be a (long, short) pair of positive ints or None, got {img_scale}")
+        self._crop: tuple[int, int] | None = None
+        self._stride: tuple[int, int] | None = None
+        if slide is not None:
+            if len(slide) != 2:
+                raise ValueError(f"slide must be (crop, stride) or None, got {slide}")
+            crop = (slide[0], slide[0]) if isinstance(slide[0], int) else tuple(slide[0])
+            stride = (slide[1], slide[1]) if isinstance(slide[1], int) else tuple(slide[1])
+            if min(crop) <= 0 or min(stride) <= 0:
+                raise ValueError(f"slide crop and stride must be positive, got {slide}")
+            self._crop = (int(crop[0]), int(crop[1]))
+            self._stride = (int(stride[0]), int(stride[1]))
+        if policy not in ("replace", "restrict"):
+            raise ValueError(f"policy must be 'replace' (release) or 'restrict', got {policy!r}")
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess must be callable or None, got {type(preprocess).__name__}")
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = bool(flip)
+        self.img_scale = None if img_scale is None else (int(img_scale[0]), int(img_scale[1]))
+        self.slide = slide
+        self.crf = bool(crf)
+        self.crf_params = dict(PMM_CYCLIC_CRF if crf_params is None else crf_params)
+        self.policy = policy
+        self.preprocess = preprocess
+        self.palette = bool(palette)
+        self.overwrite = bool(overwrite)
+        self.last_run: dict[str, int] = {"written": 0, "skipped": 0}
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def predict(self, model: Callable[[Tensor], Tensor], image01: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Test-time-augmented (and CRF-refined) class probabilities for a batch of same-size images.
+
+        Args:
+            model: segmentation model returning B×K×h×w logits (channel 0 = background).
+            image01: RGB images in [0, 1].
+            labels: B×C image labels (used by ``policy="restrict"``; K must be C + 1).
+
+        Shape:
+            - image01: B×3×H×W
+            - output: B×K×H×W probabilities (each pixel sums to 1)
+        """
+        from .cam import multiscale_cams
+
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
+        if image01.shape[1] != 3:
+            raise ValueError(f"image01 must have 3 channels (B×3×H×W), got {shape_str(image01)}")
+        check_range(image01, "image01", 0.0, 1.0,
+                    hint="pass raw RGB in [0, 1] and put the model's normalisation in preprocess=")
+        B, _, H, W = image01.shape
+        x = image01 if self.preprocess is None else self.preprocess(image01)
+        if self.img_scale is None:
+            scales: Sequence[float] = self.scales
+        else:
+            scales = [_rescale_factor(H, W, self.img_scale, r) for r in self.scales]
+
+        crop, stride = self._crop, self._stride
+
+        def fn(z: Tensor) -> Tensor:
+            if crop is not None and stride is not None:
+                logits = _slide_logits(model, z, crop, stride)
+            else:
+                logits = _resize(model(z), tuple(z.shape[-2:]))
+            return torch.softmax(_resize(logits.float(), (H, W)), dim=1)
+
+        probs = multiscale_cams(fn, x, scales=scales, flip=self.flip, out_size=(H, W), reduce="mean")
+        assert isinstance(probs, Tensor)
+        if self.policy == "restrict":
+            if labels is None:
+                raise ValueError("policy='restrict' needs the image labels (labels=None given)")
+            lab = check_labels(labels, "labels", batch=B, num_classes=probs.shape[1] - 1).to(probs.device)
+            keep = torch.cat([torch.ones_like(lab[:, :1]), lab], dim=1)[:, :, None, None]
+            probs = probs * keep
+            probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        if self.crf:
+            probs = _dense_crf(_to_uint8_images(image01), probs, self.crf_params)
+            if self.policy == "restrict":
+                probs = probs * keep
+                probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return probs
+
+    def predict_mask(self, model: Callable[[Tensor], Tensor], image01: Tensor,
+                     labels: Tensor | None = None) -> Tensor:
+        """Argmax of :meth:`predict` (with ``policy="restrict"`` absent classes can never win).
+
+        Shape:
+            - image01: B×3×H×W
+            - output: B×H×W int64
+        """
+        probs = self.predict(model, image01, labels)
+        if self.policy == "restrict":
+            assert labels is not None
+            lab = labels.to(probs.device).bool()
+            keep = torch.cat([torch.ones_like(lab[:, :1]), lab], dim=1)[:, :, None, None]
+            probs = probs.masked_fill(~keep, float("-inf"))
+        return probs.argmax(dim=1)
+
+    # -- the relabelling pass ------------------------------------------------------------------------
+
+    def relabel(
+        self,
+        model: Callable[[Tensor], Tensor],
+        dataset: Iterable[Mapping[str, Any]],
+        out_root: str | os.PathLike | None = None,
+        old_root: str | os.PathLike | None = None,
+        device: torch.device | str | None = None,
+    ) -> Path:
+        """Predict every sample and write ``<out_root>/<name>.png``; return ``out_root``.
+
+        Finished masks are skipped (resume). When ``dataset`` has a ``names`` list and integer indexing
+        (like :class:`wsss_blocks.data.VOCSegmentation`), finished samples are not even loaded.
+        ``self.last_run`` holds the ``written`` and ``skipped`` counts of the latest call.
+
+        Args:
+            model: segmentation model (B×3×h×w -> B×K×h'×w' logits). An ``nn.Module`` in training mode is
+                switched to eval for the pass and restored afterwards.
+            dataset: samples with ``name``, ``image`` (3×H×W in [0, 1]; or ``image01``) and, for
+                ``policy="restrict"``, ``labels``.
+            out_root: folder for the new masks; default ``<old_root>_cyclic`` next to ``old_root``.
+            old_root: the current pseudo-mask folder (only used to refuse writing over it and to name
+                the default ``out_root``).
+            device: where to run the model (default: the images' device, i.e. CPU for a dataset).
+
+        Returns:
+            The folder holding the new masks.
+        """
+        from .data.io import save_label_png
+
+        if out_root is None:
+            if old_root is None:
+                raise ValueError("give out_root (the folder for the new masks) or old_root (then the new "
+                                 "masks go to '<old_root>_cyclic' next to it)")
+            old = Path(old_root)
+            out = old.parent / f"{old.name}_cyclic"
+        else:
+            out = Path(out_root)
+        if old_root is not None and out.resolve() == Path(old_root).resolve():
+            raise ValueError(f"out_root {str(out)!r} is the old mask folder; cyclic pseudo-masks are written "
+                             f"next to the old ones, never over them: choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
+
+        module = model if isinstance(model, nn.Module) else None
+        was_training = module.training if module is not None else False
+        if module is not None:
+            module.eval()
+        written = skipped = 0
+        try:
+            for sample in self._iter_pending(dataset, out):
+                if sample is None:
+                    skipped += 1
+                    continue
+                name = sample.get("name")
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"each sample needs a non-empty string 'name', got {name!r}")
+                path = out / f"{name}.png"
+                if path.exists() and not self.overwrite:
+                    skipped += 1
+                    continue
+                img = sample.get("image01", sample.get("image"))
+                if not isinstance(img, Tensor) or img.ndim != 3:
+                    got = shape_str(img) if isinstance(img, Tensor) else type(img).__name__
+                    raise ValueError(f"sample {name!r}: 'image' must be a 3×H×W tensor in [0, 1], got {got}")
+                img = img[None].float()
+                if device is not None:
+                    img = img.to(device)
+                lab = sample.get("labels")
+                lab_t = None
+                if lab is not None and self.policy == "restrict":
+                    lab_t = torch.as_tensor(lab, dtype=torch.float32, device=img.device)[None]
+                mask = self.predict_mask(model, img, lab_t)[0]
+                if int(mask.max()) > 255:
+                    raise ValueError(f"model predicts {int(mask.max()) + 1} classes; PNG masks hold at most 256")
+                save_label_png(path, mask.to(torch.uint8).cpu().numpy(), palette=self.palette)
+                written += 1
+        finally:
+            if module is not None:
+                module.train(was_training)
+            self.last_run = {"written": written, "skipped": skipped}
+        return out
+
+    def _iter_pending(self, dataset: Iterable[Mapping[str, Any]], out: Path) -> Iterable[Mapping[str, Any] | None]:
+        names = getattr(dataset, "names", None)
+        if (not self.overwrite and isinstance(names, Sequence) and hasattr(dataset, "__getitem__")
+                and hasattr(dataset, "__len__") and len(names) == len(dataset)):  # type: ignore[arg-type]
+            for i, name in enumerate(names):
+                if (out / f"{name}.png").exists():
+                    yield None
+                else:
+                    yield dataset[i]  # type: ignore[index]
+        else:
+            yield from dataset
+
+    # -- the rest of the cycle -----------------------------------------------------------------------
+
+    @staticmethod
+    def select_checkpoint(history: Iterable[Mapping[str, Any]], key: str = "miou") -> Mapping[str, Any]:
+        """The evaluation record with the highest ``key`` (PMM ``tools/pick_best_pth.py``: best VOC val mIoU).
+
+        Args:
+            history: records such as ``{"iter": 2000, "miou": 0.61, "path": "iter_2000.pth"}``.
+            key: the score to maximise; ties keep the earliest record.
+
+        Example:
+            >>> CyclicPseudoMask.select_checkpoint([{"iter": 2, "miou": .5}, {"iter": 4, "miou": .6}])["iter"]
+            4
+        """
+        best: Mapping[str, Any] | None = None
+        for rec in history:
+            if key not in rec:
+                raise ValueError(f"history record {dict(rec)!r} has no {key!r} entry")
+            score = float(rec[key])
+            if math.isnan(score):
+                continue
+            if best is None or score > float(best[key]):
+                best = rec
+        if best is None:
+            raise ValueError("history holds no record with a finite score to select from")
+        return best
+
+    @staticmethod
+    def loss_for_round(round_index: int, dataset: Literal["voc", "coco"] = "voc", weight: float = 1.0,
+                       ignore_index: int = 255) -> nn.Module:
+        """The released loss per round: PUF on the PPMG masks (round 0), plain CE on cyclic masks (1+).
+
+        Example:
+            >>> CyclicPseudoMask.loss_for_round(1).mode is None
+            True
+        """
+        from .losses import PretendedUnderFittingLoss
+
+        if round_index < 0:
+            raise ValueError(f"round_index must be >= 0, got {round_index}")
+        if dataset not in ("voc", "coco"):
+            raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
+        preset = {"voc": 0.5, "coco": 0.8}[dataset]
+        mode: Literal["clamp"] | None = "clamp" if round_index == 0 else None
+        return PretendedUnderFittingLoss(beta=preset, k=preset, mode=mode, weight=weight,
+                                         ignore_index=ignore_index)
+
+    def __repr__(self) -> str:
+        return (f"CyclicPseudoMask(scales={self.scales}, flip={self.flip}, img_scale={self.img_scale}, "
+                f"slide={self.slide}, crf={self.crf}, policy={self.policy!r})")
