@@ -1,0 +1,86 @@
+"""VOC-format data for WSSS: readers (VOC 2012, COCO 2014), a synthetic VOC-format dataset,
+joint transforms and atomic label/image IO.
+
+PIL is needed to read and write files (the ``train`` extra); it is imported lazily, so importing
+this package only needs torch and numpy.
+"""
+
+from wsss_blocks.data.coco import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    COCO_NUM_CLASSES,
+    COCOSegmentation,
+    coco_id_to_contiguous,
+    contiguous_to_coco_id,
+)
+from wsss_blocks.data.io import (
+    atomic_write,
+    load_image,
+    load_label_png,
+    save_image,
+    save_label_png,
+    voc_palette,
+)
+from wsss_blocks.data.synthetic import make_synthetic_voc, render_synthetic_sample, synthetic_class_names
+from wsss_blocks.data.transforms import (
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRescale,
+    RandomResizeLong,
+    sample_generator,
+)
+from wsss_blocks.data.voc import (
+    IGNORE_INDEX,
+    VOC_CLASSES,
+    VOC_NUM_CLASSES,
+    VOCSegmentation,
+    class_names_file,
+    derive_train_aug,
+    labels_from_annotation,
+    labels_from_mask,
+    load_cls_labels,
+    read_split_list,
+    save_cls_labels,
+    write_split_list,
+)
+
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "COCO_CLASSES",
+    "COCO_NUM_CLASSES",
+    "COCOSegmentation",
+    "coco_id_to_contiguous",
+    "contiguous_to_coco_id",
+    "atomic_write",
+    "load_image",
+    "load_label_png",
+    "save_image",
+    "save_label_png",
+    "voc_palette",
+    "make_synthetic_voc",
+    "render_synthetic_sample",
+    "synthetic_class_names",
+    "ColorJitter",
+    "Compose",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomRescale",
+    "RandomResizeLong",
+    "sample_generator",
+    "IGNORE_INDEX",
+    "VOC_CLASSES",
+    "VOC_NUM_CLASSES",
+    "VOCSegmentation",
+    "class_names_file",
+    "derive_train_aug",
+    "labels_from_annotation",
+    "labels_from_mask",
+    "load_cls_labels",
+    "read_split_list",
+    "save_cls_labels",
+    "write_split_list",
+]

@@ -1,0 +1,476 @@
+"""Joint data augmentation for WSSS sample dicts (``image``, ``mask``, ``saliency``), pure PyTorch.
+
+Every transform takes a sample dict and returns a new dict; geometric transforms move ``image``
+(float C×H×W), ``mask`` (int64 H×W) and ``saliency`` (float 1×H×W) together, other keys pass through
+unchanged. Leading batch dimensions are allowed (one set of random parameters for the whole batch).
+
+Randomness comes from a ``torch.Generator``: pass ``generator=`` at construction or per call (the
+call argument wins); with neither, torch's global RNG is used, which ``DataLoader`` seeds per worker.
+:func:`sample_generator` makes a generator seeded per (seed, epoch, index) for fully reproducible
+per-sample augmentation independent of worker count.
+
+Example:
+    >>> import torch
+    >>> from wsss_blocks.data.transforms import Compose, RandomRescale, RandomCrop, RandomHorizontalFlip
+    >>> from wsss_blocks.data.transforms import Normalize
+    >>> t = Compose([RandomRescale((0.5, 2.0)), RandomHorizontalFlip(), Normalize(), RandomCrop(64)])
+    >>> s = {"image": torch.rand(3, 50, 40), "mask": torch.zeros(50, 40, dtype=torch.long)}
+    >>> out = t(s, generator=torch.Generator().manual_seed(0))
+    >>> tuple(out["image"].shape), tuple(out["mask"].shape)
+    ((3, 64, 64), (64, 64))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsss_blocks._checks import check_positive, check_tensor
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "JointTransform",
+    "Compose",
+    "RandomRescale",
+    "RandomResizeLong",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "ColorJitter",
+    "Normalize",
+    "sample_generator",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Sample = dict[str, Any]
+
+
+def sample_generator(seed: int, index: int, epoch: int = 0, device: str | torch.device = "cpu"
+                     ) -> torch.Generator:
+    """A generator seeded from ``(seed, epoch, index)``: reproducible per-sample augmentation.
+
+    Example:
+        >>> a = torch.rand(2, generator=sample_generator(0, index=5, epoch=1))
+        >>> b = torch.rand(2, generator=sample_generator(0, index=5, epoch=1))
+        >>> bool(torch.equal(a, b))
+        True
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=device)
+    g.manual_seed(int(state[0]) << 31 ^ int(state[1]))
+    return g
+
+
+def _check_sample(sample: object, name: str = "sample") -> Sample:
+    if not isinstance(sample, dict):
+        raise TypeError(f"{name} must be a dict with an 'image' entry, got {type(sample).__name__}")
+    if "image" not in sample:
+        raise ValueError(f"{name} must contain an 'image' entry, got keys {sorted(sample)}")
+    check_tensor(sample["image"], f"{name}['image']", (3, 4), layout="C×H×W or B×C×H×W")
+    hw = tuple(sample["image"].shape[-2:])
+    for key in ("mask", "saliency"):
+        if key in sample and sample[key] is not None:
+            t = check_tensor(sample[key], f"{name}[{key!r}]")
+            if tuple(t.shape[-2:]) != hw:
+                raise ValueError(f"{name}[{key!r}] has spatial size {tuple(t.shape[-2:])}, but the image has {hw}")
+    return sample
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+class JointTransform:
+    """Base class: ``__call__(sample, generator=None)`` with a construction-time default generator."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
+        return generator if generator is not None else self.generator
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        _check_sample(sample)
+        return self.apply(dict(sample), self._gen(generator))
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "generator")
+        return f"{type(self).__name__}({args})"
+
+
+class Compose(JointTransform):
+    """Apply transforms in order, passing one generator through all of them.
+
+    Plain callables ``f(sample) -> sample`` may be mixed in; they get no generator.
+
+    Example:
+        >>> t = Compose([RandomHorizontalFlip(p=1.0), Normalize(mean=(0, 0, 0), std=(1, 1, 1))])
+        >>> out = t({"image": torch.arange(2.).view(1, 1, 2).expand(3, 1, 2)})
+        >>> out["image"].tolist()[0] == [[1.0, 0.0]]
+        True
+    """
+
+    def __init__(self, transforms: Sequence[Callable[..., Sample]], generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.transforms = list(transforms)
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        for t in self.transforms:
+            sample = t(sample, generator=generator) if isinstance(t, JointTransform) else t(sample)
+        return sample
+
+
+def _resize(sample: Sample, size: tuple[int, int], interpolation: str, antialias: bool) -> Sample:
+    def run(x: Tensor, mode: str, aa: bool) -> Tensor:
+        lead = x.shape[:-2]
+        x4 = x.reshape(-1, 1, *x.shape[-2:]) if x.ndim < 4 else x
+        kwargs: dict[str, Any] = {}
+        if mode in ("bilinear", "bicubic"):
+            kwargs = {"align_corners": False, "antialias": aa}
+        y = F.interpolate(x4, size=size, mode=mode, **kwargs)
+        return y.reshape(*lead, *size) if x.ndim < 4 else y
+
+    img = sample["image"]
+    out = run(img, interpolation, antialias)
+    if interpolation == "bicubic":
+        out = out.clamp(float(img.min()), float(img.max())) if img.numel() else out
+    sample["image"] = out
+    if sample.get("mask") is not None:
+        m = sample["mask"]
+        sample["mask"] = run(m.float(), "nearest-exact", False).round().to(m.dtype)
+    if sample.get("saliency") is not None:
+        sample["saliency"] = run(sample["saliency"], "bilinear", antialias)
+    return sample
+
+
+class RandomRescale(JointTransform):
+    """Rescale image, mask and saliency by one random factor (ToCo/AFA ``random_scaling``).
+
+    The factor is uniform in ``scale_range`` or, with ``scales``, drawn uniformly from that list
+    (DeepLab-style discrete scales). Image and saliency use ``interpolation``; masks use
+    nearest-exact, so no new label values appear. Output size = ``round(H·s) × round(W·s)``.
+
+    Args:
+        scale_range: ``(low, high)`` bounds of the uniform factor; default ``(0.5, 2.0)`` (ToCo).
+        scales: optional list of discrete factors; overrides ``scale_range``.
+        interpolation: ``"bilinear"`` (default) or ``"bicubic"``.
+        antialias: antialias when downscaling (PIL-like); default False.
+        generator: default ``torch.Generator``.
+
+    Shape:
+        - image ``(*, C, H, W)`` -> ``(*, C, H', W')``; mask ``(*, H, W)``; saliency ``(*, 1, H, W)``.
+
+    Example:
+        >>> s = RandomRescale(scales=[2.0])({"image": torch.rand(3, 4, 5)})
+        >>> tuple(s["image"].shape)
+        (3, 8, 10)
+    """
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), scales: Sequence[float] | None = None,
+                 interpolation: str = "bilinear", antialias: bool = False,
+                 generator: torch.Generator | None = None):
+        super().__init__(generator)
+        if scales is not None:
+            scales = [float(s) for s in scales]
+            if not scales:
+                raise ValueError("scales must be a non-empty list of positive factors, got []")
+            for s in scales:
+                check_positive(s, "scales")
+        lo, hi = (float(v) for v in scale_range)
+        check_positive(lo, "scale_range[0]")
+        if hi < lo:
+            raise ValueError(f"scale_range must be (low, high) with low <= high, got {scale_range}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self.scale_range = (lo, hi)
+        self.scales = scales
+        self.interpolation = interpolation
+        self.antialias = antialias
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        if self.scales is not None:
+            i = int(torch.randint(len(self.scales), (), generator=generator))
+            s = self.scales[i]
+        else:
+            s = _uniform(*self.scale_range, generator)
+        h, w = sample["image"].shape[-2:]
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        if size == (h, w):
+            return sample
+        return _resize(sample, size, self.interpolation, self.antialias)
+
+
+class RandomResizeLong(JointTransform):
+    """Resize so the long side is a random integer in ``[min_long, max_long]`` (IRN/PSA style).
+
+    IRN trains its CAM network with ``resize_long=(320, 640)``.
+
+    Shape:
+        - image ``(*, C, H, W)`` -> ``(*, C, H', W')`` with ``max(H', W')`` in the range.
+
+    Example:
+        >>> s = RandomResizeLong(10, 10)({"image": torch.rand(3, 4, 5)})
+        >>> tuple(s["image"].shape)
+        (3, 8, 10)
+    """
+
+    def __init__(self, min_long: int = 320, max_long: int = 640, interpolation: str = "bilinear",
+                 antialias: bool = False, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        if not (1 <= min_long <= max_long):
+            raise ValueError(f"need 1 <= min_long <= max_long, got min_long={min_long}, max_long={max_long}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self.min_long, self.max_long = int(min_long), int(max_long)
+        self.interpolation = interpolation
+        self.antialias = antialias
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        target = int(torch.randint(self.min_long, self.max_long + 1, (), generator=generator))
+        h, w = sample["image"].shape[-2:]
+        s = target / max(h, w)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        if size == (h, w):
+            return sample
+        return _resize(sample, size, self.interpolation, self.antialias)
+
+
+class RandomCrop(JointTransform):
+    """Random crop to ``size``; smaller inputs are padded first, at a random position.
+
+    As ToCo/AFA ``random_crop``: the image is placed at a random offset inside a canvas of
+    ``max(H, h) × max(W, w)`` filled with the pad values, then a random ``h × w`` window is taken.
+    Padded mask pixels get ``pad_mask_value`` (255 = ignore), so they never count in a loss.
+    Apply after :class:`Normalize` to pad with the mean colour (``pad_image_value=0``), as ToCo does.
+
+    Args:
+        size: crop size, int or ``(h, w)``.
+        pad_image_value: value for padded image pixels.
+        pad_mask_value: value for padded mask pixels (ignore index).
+        pad_saliency_value: value for padded saliency pixels.
+        generator: default ``torch.Generator``.
+
+    Shape:
+        - image ``(*, C, H, W)`` -> ``(*, C, h, w)``; mask ``(*, h, w)``; saliency ``(*, 1, h, w)``.
+
+    Example:
+        >>> s = RandomCrop(4)({"image": torch.ones(3, 2, 2), "mask": torch.ones(2, 2, dtype=torch.long)})
+        >>> int((s["mask"] == 255).sum()), float(s["image"].sum())
+        (12, 12.0)
+    """
+
+    def __init__(self, size: int | tuple[int, int], pad_image_value: float = 0.0, pad_mask_value: int = 255,
+                 pad_saliency_value: float = 0.0, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or any(int(v) != v or v < 1 for v in hw):
+            raise ValueError(f"size must be a positive int or (h, w), got {size!r}")
+        self.size = (int(hw[0]), int(hw[1]))
+        self.pad_image_value = float(pad_image_value)
+        self.pad_mask_value = int(pad_mask_value)
+        self.pad_saliency_value = float(pad_saliency_value)
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        ch, cw = self.size
+        h, w = sample["image"].shape[-2:]
+        H, W = max(h, ch), max(w, cw)
+        oy = int(torch.randint(H - h + 1, (), generator=generator))
+        ox = int(torch.randint(W - w + 1, (), generator=generator))
+        y0 = int(torch.randint(H - ch + 1, (), generator=generator))
+        x0 = int(torch.randint(W - cw + 1, (), generator=generator))
+        pad = (ox, W - w - ox, oy, H - h - oy)
+        values = {"image": self.pad_image_value, "mask": self.pad_mask_value, "saliency": self.pad_saliency_value}
+        for key, value in values.items():
+            x = sample.get(key)
+            if x is None:
+                continue
+            if any(pad):
+                x = F.pad(x, pad, mode="constant", value=value)
+            sample[key] = x[..., y0:y0 + ch, x0:x0 + cw]
+        return sample
+
+
+class RandomHorizontalFlip(JointTransform):
+    """Flip image, mask and saliency left-right with probability ``p``.
+
+    Example:
+        >>> out = RandomHorizontalFlip(p=1.0)({"image": torch.tensor([[[1., 2.]]] * 3)})
+        >>> out["image"].tolist()[0] == [[2.0, 1.0]]
+        True
+    """
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must lie in [0, 1], got {p}")
+        self.p = float(p)
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        if float(torch.rand((), generator=generator)) >= self.p:
+            return sample
+        for key in ("image", "mask", "saliency"):
+            if sample.get(key) is not None:
+                sample[key] = sample[key].flip(-1)
+        return sample
+
+
+def _grayscale(img: Tensor) -> Tensor:
+    r, g, b = img.unbind(-3)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def rgb_to_hsv(img: Tensor) -> Tensor:
+    """RGB in [0, 1] to HSV in [0, 1] (hue as a fraction of a turn), channel dim -3.
+
+    Example:
+        >>> rgb_to_hsv(torch.tensor([0., 1., 1.]).view(3, 1, 1)).flatten().tolist()
+        [0.5, 1.0, 1.0]
+    """
+    r, g, b = img.unbind(-3)
+    maxc, argmax = img.max(dim=-3)
+    minc = img.amin(dim=-3)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hr = ((g - b) / safe) % 6
+    hg = (b - r) / safe + 2
+    hb = (r - g) / safe + 4
+    h = torch.where(argmax == 0, hr, torch.where(argmax == 1, hg, hb))
+    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h)) % 1.0
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    return torch.stack([h, s, maxc], dim=-3)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_hsv`.
+
+    Example:
+        >>> hsv_to_rgb(torch.tensor([0.5, 1., 1.]).view(3, 1, 1)).flatten().tolist()
+        [0.0, 1.0, 1.0]
+    """
+    h, s, v = hsv.unbind(-3)
+    h6 = (h % 1.0) * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long() % 6
+    p = v * (1 - s)
+    q = v * (1 - s * f)
+    t = v * (1 - s * (1 - f))
+    # rows: sector i -> (r, g, b)
+    choices = torch.stack([
+        torch.stack([v, t, p], -1), torch.stack([q, v, p], -1), torch.stack([p, v, t], -1),
+        torch.stack([p, q, v], -1), torch.stack([t, p, v], -1), torch.stack([v, p, q], -1)], dim=-2)
+    idx = i.unsqueeze(-1).unsqueeze(-1).expand(*i.shape, 1, 3)
+    rgb = choices.gather(-2, idx).squeeze(-2)
+    return rgb.movedim(-1, -3)
+
+
+class ColorJitter(JointTransform):
+    """Random brightness, contrast, saturation (and hue) on the image only, in random order.
+
+    Factors are uniform in ``[max(0, 1 - x), 1 + x]`` (hue shift uniform in ``[-hue, hue]`` turns),
+    applied in a random order like torchvision's ``ColorJitter``; the image must be in [0, 1] (put
+    this before :class:`Normalize`). Defaults 0.3/0.3/0.3/0 are PSA/IRN-family values; ToCo adds hue 0.1.
+
+    Shape:
+        - image ``(*, 3, H, W)`` in [0, 1]; unchanged shape.
+
+    Example:
+        >>> img = torch.full((3, 2, 2), 0.5)
+        >>> out = ColorJitter(brightness=(2.0, 2.0), contrast=0, saturation=0)({"image": img})["image"]
+        >>> float(out.max())
+        1.0
+    """
+
+    def __init__(self, brightness: float | tuple[float, float] = 0.3, contrast: float | tuple[float, float] = 0.3,
+                 saturation: float | tuple[float, float] = 0.3, hue: float = 0.0,
+                 generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.brightness = self._range(brightness, "brightness")
+        self.contrast = self._range(contrast, "contrast")
+        self.saturation = self._range(saturation, "saturation")
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must lie in [0, 0.5], got {hue}")
+        self.hue = float(hue)
+
+    @staticmethod
+    def _range(x: float | tuple[float, float], name: str) -> tuple[float, float]:
+        if isinstance(x, (tuple, list)):
+            lo, hi = float(x[0]), float(x[1])
+        else:
+            if x < 0:
+                raise ValueError(f"{name} must be >= 0, got {x}")
+            lo, hi = max(0.0, 1.0 - float(x)), 1.0 + float(x)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"{name} range must satisfy 0 <= low <= high, got ({lo}, {hi})")
+        return lo, hi
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        img = sample["image"]
+        if not img.is_floating_point() or img.shape[-3] != 3:
+            raise ValueError(f"ColorJitter needs a float RGB image (3 channels) in [0, 1], got dtype {img.dtype} "
+                             f"and shape {tuple(img.shape)}")
+        order = torch.randperm(4, generator=generator).tolist()
+        b = _uniform(*self.brightness, generator)
+        c = _uniform(*self.contrast, generator)
+        s = _uniform(*self.saturation, generator)
+        hshift = _uniform(-self.hue, self.hue, generator)
+        for op in order:
+            if op == 0 and self.brightness != (1.0, 1.0):
+                img = (img * b).clamp(0, 1)
+            elif op == 1 and self.contrast != (1.0, 1.0):
+                mean = _grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
+                img = (c * img + (1 - c) * mean).clamp(0, 1)
+            elif op == 2 and self.saturation != (1.0, 1.0):
+                img = (s * img + (1 - s) * _grayscale(img)).clamp(0, 1)
+            elif op == 3 and self.hue > 0:
+                hsv = rgb_to_hsv(img)
+                hsv = torch.cat([(hsv[..., :1, :, :] + hshift) % 1.0, hsv[..., 1:, :, :]], dim=-3)
+                img = hsv_to_rgb(hsv)
+        sample["image"] = img
+        return sample
+
+
+class Normalize(JointTransform):
+    """Subtract ``mean`` and divide by ``std`` per channel (ImageNet statistics by default).
+
+    Shape:
+        - image ``(*, C, H, W)``; unchanged shape. Mask and saliency are untouched.
+
+    Example:
+        >>> out = Normalize()({"image": torch.ones(3, 1, 1)})["image"].flatten()
+        >>> tuple(round(v, 3) for v in out.tolist())
+        (2.249, 2.429, 2.64)
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__(None)
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std must have the same length, got {len(mean)} and {len(std)}")
+        for v in std:
+            check_positive(float(v), "std")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        img = sample["image"]
+        if img.shape[-3] != len(self.mean):
+            raise ValueError(f"image has {img.shape[-3]} channels but mean/std have {len(self.mean)} entries")
+        if not img.is_floating_point():
+            raise TypeError(f"Normalize needs a floating-point image, got dtype {img.dtype}")
+        mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+        sample["image"] = (img - mean) / std
+        return sample
+
