@@ -25,13 +25,18 @@ def test_import_does_not_pull_optional_dependencies():
     code = (
         "import sys, torch\n"
         "before = set(sys.modules)\n"
-        "import wsss_blocks, wsss_blocks.cam, wsss_blocks.metrics\n"
+        "import wsss_blocks, wsss_blocks.models, wsss_blocks.data, wsss_blocks.crf\n"
         "import wsss_blocks as wb\n"
         f"heavy = {HEAVY!r}\n"
         "print(','.join(m for m in heavy if m in sys.modules and m not in before))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"import wsss_blocks pulled in: {out.stdout.strip()}"
+
+
+def test_public_api_is_exported():
+    for name in wsss_blocks.__all__:
+        assert hasattr(wsss_blocks, name), name
 
 
 def test_require_names_the_extra():

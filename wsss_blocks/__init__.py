@@ -1,3 +1,66 @@
-"""wsss-blocks: building blocks for weakly supervised semantic segmentation."""
+"""wsss-blocks: building blocks for weakly supervised semantic segmentation.
+
+The blocks are re-exported here; importing the package needs only torch, einops and NumPy
+(torchvision, timm, pydensecrf, SciPy and Pillow are imported lazily by the parts that need them).
+"""
+
+from .cam import (
+    CAMNormalize,
+    MultiScaleCAM,
+    cam_from_features,
+    cams_to_mask,
+    multiscale_cams,
+    normalize_cams,
+    tokens_to_map,
+)
+from .local_global import (
+    LocalPatchSampler,
+    LocalToGlobalTransfer,
+    l2g_loss,
+    l2g_target,
+    l2g_transfer,
+    roi_align,
+)
+from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
+from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
+from .pseudo_mask import (
+    CoVSmooth,
+    CyclicPseudoMask,
+    ProportionalPseudoMask,
+    cov_smooth,
+    proportional_pseudo_mask,
+)
 
 __version__ = "0.1.0.dev0"
+
+__all__ = [
+    "__version__",
+    # CAM core
+    "cam_from_features",
+    "tokens_to_map",
+    "normalize_cams",
+    "cams_to_mask",
+    "multiscale_cams",
+    "MultiScaleCAM",
+    "CAMNormalize",
+    # metrics
+    "confusion_matrix",
+    "SegmentationMetric",
+    "ThresholdSweep",
+    "sweep_bg_threshold",
+    # L2G
+    "LocalPatchSampler",
+    "LocalToGlobalTransfer",
+    "l2g_target",
+    "l2g_loss",
+    "l2g_transfer",
+    "roi_align",
+    # PMM
+    "cov_smooth",
+    "CoVSmooth",
+    "proportional_pseudo_mask",
+    "ProportionalPseudoMask",
+    "PretendedUnderFittingLoss",
+    "pretended_underfitting_loss",
+    "CyclicPseudoMask",
+]
