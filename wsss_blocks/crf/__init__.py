@@ -1,0 +1,43 @@
+"""Dense CRF: one front end (:class:`DenseCRF`, :func:`dense_crf`) over two backends.
+
+* ``"pydensecrf"`` — Krähenbühl's C++ code through ``pydensecrf`` (the ``crf`` extra), CPU;
+  :func:`pool_map` runs a dataset through it in a process pool.
+* ``"torch"`` — :mod:`wsss_blocks.crf.permutohedral`, a batched pure-PyTorch permutohedral lattice with
+  the same energy, normalisation and mean-field update, on CPU or CUDA.
+
+Released parameter sets are in :data:`PRESETS` (sources in :data:`PRESET_SOURCES`).
+"""
+
+from .dense_crf import (
+    BACKENDS,
+    PRESET_SOURCES,
+    PRESETS,
+    DenseCRF,
+    dense_crf,
+    dense_crf_from_unary,
+    resolve_backend,
+    unary_from_labels,
+    unary_from_probs,
+)
+from .permutohedral import PairwiseOperator, PermutohedralLattice, build_lattice, lattice_filter, mean_field
+from .pydensecrf_backend import pool_map, pydensecrf_available, pydensecrf_inference
+
+__all__ = [
+    "BACKENDS",
+    "PRESETS",
+    "PRESET_SOURCES",
+    "DenseCRF",
+    "dense_crf",
+    "dense_crf_from_unary",
+    "unary_from_probs",
+    "unary_from_labels",
+    "resolve_backend",
+    "PermutohedralLattice",
+    "build_lattice",
+    "lattice_filter",
+    "PairwiseOperator",
+    "mean_field",
+    "pydensecrf_available",
+    "pydensecrf_inference",
+    "pool_map",
+]
