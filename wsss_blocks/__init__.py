@@ -13,6 +13,7 @@ from .cam import (
     normalize_cams,
     tokens_to_map,
 )
+from .crf import DenseCRF, dense_crf
 from .local_global import (
     LocalPatchSampler,
     LocalToGlobalTransfer,
@@ -48,6 +49,9 @@ __all__ = [
     "SegmentationMetric",
     "ThresholdSweep",
     "sweep_bg_threshold",
+    # dense CRF
+    "DenseCRF",
+    "dense_crf",
     # L2G
     "LocalPatchSampler",
     "LocalToGlobalTransfer",

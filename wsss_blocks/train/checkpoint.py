@@ -21,7 +21,7 @@ import torch
 from ..data.io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
-           "check_output_dir", "CheckpointError"]
+           "check_output_dir", "CheckpointError", "save_model_file"]
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -123,3 +123,24 @@ def check_output_dir(folder: str | os.PathLike, min_free_mb: float = 100.0) -> P
         raise OSError(f"output folder {str(folder)!r} has only {free_mb:.0f} MiB free; "
                       f"need at least {min_free_mb:.0f} MiB")
     return folder
+
+
+def save_model_file(path: str | os.PathLike, model_state: dict[str, Any], *, method: str, num_classes: int,
+                    step: int, **meta: Any) -> Path:
+    """Write a stage's final weights (``{"model": state_dict, ...}``) atomically in the checkpoint format.
+
+    :func:`load_checkpoint` reads it back with the same method / class-count checks.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_model_file(os.path.join(tempfile.mkdtemp(), "model.pt"), {}, method="baseline",
+        ...                     num_classes=20, step=3)
+        >>> load_checkpoint(p, method="baseline", num_classes=20)["step"]
+        3
+    """
+    path = Path(path)
+    payload = dict(meta, model=model_state, method=method, num_classes=num_classes, step=step,
+                   format="wsss-blocks/1")
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
+    return path
