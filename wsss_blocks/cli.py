@@ -1,0 +1,143 @@
+"""The ``wsss-blocks`` console command: the reference trainer's stages from the shell.
+
+Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=value``, ``--out DIR``)::
+
+    wsss-blocks train-cam   --config baseline_synthetic --out runs/b [--resume]
+    wsss-blocks eval-cams   --config baseline_synthetic --out runs/b     # CAM mIoU threshold sweep
+    wsss-blocks make-pseudo --config baseline_synthetic --out runs/b     # resumable pseudo masks
+    wsss-blocks train-seg   --config baseline_synthetic --out runs/b [--resume]
+    wsss-blocks eval-seg    --config baseline_synthetic --out runs/b [--set seg.crf=true]
+    wsss-blocks reproduce   --method l2g --data-root VOC2012 [--sbd-root ...] [--pretrained ...] [--quick]
+    wsss-blocks configs                                                   # list packaged configs
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m wsss_blocks.cli train-cam ...``. Configuration, data and
+checkpoint problems are reported as one ``error:`` line (exit status 2) before any training starts;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    p.add_argument("--config", "-c", required=True, help="packaged config name (e.g. baseline_synthetic) or YAML path")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set cam.lr=0.01 (repeatable)")
+    p.add_argument("--out", "-o", required=out_required, help="run folder (stages write into <out>/cam, ...)")
+    p.add_argument("--quick", action="store_true", help="apply the config's quick_overrides (short sanity run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="wsss-blocks", description="wsss-blocks reference trainer")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-cam", help="stage 1: train the CAM network")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+
+    p = sub.add_parser("eval-cams", help="CAM mIoU sweep over background scores on data.cam_eval_split")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="recompute even if cam_sweep.json is up to date")
+
+    p = sub.add_parser("make-pseudo", help="stage 2: write pseudo masks (skips existing files)")
+    _common(p)
+
+    p = sub.add_parser("train-seg", help="stage 3: train the segmentation network on the pseudo masks")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+
+    p = sub.add_parser("eval-seg", help="evaluate the segmentation network (multi-scale, optional CRF)")
+    _common(p)
+    p.add_argument("--split", default=None, help="split to evaluate (default data.val_split)")
+
+    p = sub.add_parser("reproduce", help="all stages + the final table next to the paper's numbers")
+    p.add_argument("--method", "-m", default="baseline", help="baseline, l2g, ppl, pmm, smaf or tscd")
+    p.add_argument("--data-root", default=None, help="VOC2012 root; omit for the synthetic preset on CPU")
+    p.add_argument("--dataset", default="voc", choices=("voc", "coco"), help="with --data-root")
+    p.add_argument("--sbd-root", default=None, help="SegmentationClassAug folder if not under --data-root")
+    p.add_argument("--pretrained", default=None, help="local CAM-backbone checkpoint (nothing downloads)")
+    p.add_argument("--seg-pretrained", default=None, help="local segmentation-network checkpoint")
+    p.add_argument("--config", "-c", default=None, help="use this config instead of <method>_<dataset>")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", "-o", default=None, help="run folder (default runs/<preset>)")
+    p.add_argument("--quick", action="store_true", help="short sanity run (the preset's quick_overrides)")
+    p.add_argument("--no-resume", action="store_true", help="refuse to reuse stages already in --out")
+
+    sub.add_parser("configs", help="list the packaged configs")
+    return parser
+
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+                                                 TypeError, OSError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "configs":
+        from .train.config import list_packaged_configs
+
+        print("\n".join(list_packaged_configs()))
+        return 0
+    if args.command == "reproduce":
+        from .train.reproduce import reproduce
+
+        reproduce(args.method, args.data_root, dataset=args.dataset, sbd_root=args.sbd_root,
+                  pretrained=args.pretrained, seg_pretrained=args.seg_pretrained, out=args.out, quick=args.quick,
+                  config=args.config, overrides=args.overrides, resume=not args.no_resume)
+        return 0
+    from .train.schema import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides, quick=args.quick)
+    if args.command == "train-cam":
+        from .train.cam_stage import train_cam
+
+        print(train_cam(cfg, args.out, resume=args.resume))
+    elif args.command == "eval-cams":
+        from .train.pseudo_stage import eval_cams
+
+        res = eval_cams(cfg, args.out, force=args.force)
+        print(f"CAM mIoU on {res['split']} ({res['num_images']} images): best {100 * res['best_miou']:.2f} at "
+              f"bg {res['best_threshold']:.2f}"
+              + (f"; {100 * res['miou_at_bg']:.2f} at bg {res['bg_score']:.2f}" if "miou_at_bg" in res else ""))
+    elif args.command == "make-pseudo":
+        from .train.pseudo_stage import make_pseudo_masks
+
+        res = make_pseudo_masks(cfg, args.out)
+        print(json.dumps({k: v for k, v in res.items() if k != "pseudo_per_class_iou"}, indent=1))
+    elif args.command == "train-seg":
+        from .train.seg_stage import train_seg
+
+        print(train_seg(cfg, args.out, resume=args.resume))
+    elif args.command == "eval-seg":
+        from .train.seg_stage import eval_seg
+
+        res = eval_seg(cfg, args.out, split=args.split)
+        print(f"segmentation mIoU on {res['split']} ({res['num_images']} images): {100 * res['miou']:.2f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wsss-blocks`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from .train.distributed import cleanup
+
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Stage 1: train the method's classification network (all of its phases) and write ``<out>/cam/model.pt``.
+
+Layout of ``<out>/cam``: ``checkpoints/step_*.pt`` (atomic, every ``runtime.checkpoint_every`` steps),
+``log.jsonl`` (metrics), ``curves.png`` (loss plot), ``overlays/<phase>_epoch_*.png`` (CAMs of a few
+fixed training images per epoch) and ``model.pt`` (final weights, method and class count recorded).
+
+Example (CPU, a few seconds):
+    >>> import tempfile
+    >>> from wsss_blocks.train.schema import load_run_config
+    >>> cfg = load_run_config("baseline_synthetic", ["cam.steps=2", "runtime.progress=false",
+    ...                       "data.synthetic.num_train=8", "data.synthetic.num_val=2", "cam.batch_size=4"])
+    >>> path = train_cam(cfg, tempfile.mkdtemp())
+    >>> path.name
+    'model.pt'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..cam import normalize_cams
+from .checkpoint import check_output_dir, load_checkpoint, save_model_file
+from .config import to_dict
+from .datasets import cam_train_transform, check_splits, data_root, open_split
+from .distributed import DistEnv, barrier, init_distributed
+from .loop import (
+    AugmentedDataset,
+    Hook,
+    MetricLogger,
+    PhaseSpec,
+    configure_determinism,
+    normalize_images,
+    resolve_resume,
+    run_phase,
+    set_seed,
+    total_steps_for,
+)
+from .methods import CAMMethod, PhaseContext
+from .schema import RunConfig, dump_run_config
+
+__all__ = ["train_cam", "prepare_env", "build_method", "restore_method", "stage_dir"]
+
+
+def stage_dir(out_dir: str | os.PathLike, stage: str) -> Path:
+    return Path(out_dir) / stage
+
+
+def prepare_env(cfg: RunConfig, env: DistEnv | None = None) -> DistEnv:
+    """Initialise (or reuse) the process group, determinism flags and CPU thread count."""
+    env = env if env is not None else init_distributed(cfg.runtime.device)
+    configure_determinism(cfg.runtime.deterministic)
+    if cfg.runtime.threads:
+        torch.set_num_threads(int(cfg.runtime.threads))
+    return env
+
+
+def build_method(cfg: RunConfig, env: DistEnv) -> CAMMethod:
+    """Seed with ``runtime.seed`` and construct the configured method on the run's device."""
+    set_seed(cfg.runtime.seed)
+    cls = cfg.method_class()
+    method = cls(cfg, cfg.method_config(), cfg.data.num_classes)
+    return method.to(env.device)
+
+
+def _phase_ctx(method: CAMMethod, i: int, steps: int, out: Path, env: DistEnv, resuming: bool,
+               dataset: Any) -> PhaseContext:
+    return PhaseContext(phase=method.phases[i], index=i, total_steps=steps, out_dir=out, device=env.device,
+                        resuming=resuming, dataset=dataset)
+
+
+def restore_method(cfg: RunConfig, model_path: str | os.PathLike, env: DistEnv) -> CAMMethod:
+    """Rebuild the method (all phases' structure) and load the CAM stage's final weights; eval mode.
+
+    Raises ``CheckpointError`` if the file belongs to another method or class count.
+    """
+    ck = load_checkpoint(model_path, method=cfg.method, num_classes=cfg.data.num_classes, map_location="cpu")
+    method = build_method(cfg, env)
+    steps = ck.get("phase_steps") or [0] * len(method.phases)
+    for i in range(len(method.phases)):
+        method.on_phase_start(_phase_ctx(method, i, int(steps[i]) if i < len(steps) else 0,
+                                         Path(model_path).parent, env, True, None))
+    method.to(env.device)
+    method.load_state_dict(ck["model"])
+    if ck.get("extra") is not None:
+        method.load_extra_state(ck["extra"])
+    return method.eval()
+
+
+def _overlay_callback(method: CAMMethod, cfg: RunConfig, out: Path, phase: str, env: DistEnv) -> Any:
+    if not cfg.runtime.plots or cfg.cam.overlay_samples <= 0:
+        return None
+    samples: list[dict[str, Any]] = []
+    last_plot = [time.time()]
+
+    def draw(epoch: int, gstep: int) -> None:
+        from ..viz import plot_curves, save_cam_overlays
+
+        if not samples:
+            ds = open_split(cfg, cfg.data.train_split, return_mask=False, limit=cfg.cam.overlay_samples)
+            samples.extend(ds[i] for i in range(min(len(ds), cfg.cam.overlay_samples)))
+        method.eval()
+        imgs, cams, labels = [], [], []
+        with torch.no_grad():
+            for s in samples:
+                img = s["image"]
+                h, w = img.shape[-2:]
+                if max(h, w) > 320:
+                    sc = 320 / max(h, w)
+                    img = F.interpolate(img[None], size=(round(h * sc), round(w * sc)), mode="bilinear",
+                                        align_corners=False)[0]
+                x = normalize_images(img[None].to(env.device), cfg.data.normalize)
+                cam = method.cam_fn(x).float()
+                cam = F.interpolate(cam, size=img.shape[-2:], mode="bilinear", align_corners=False)
+                imgs.append(img)
+                cams.append(normalize_cams(cam)[0].cpu())
+                labels.append(s["labels"])
+        path = out / "overlays" / f"{phase}_epoch_{epoch + 1:03d}.png"
+        _save_rows(path, imgs, cams, labels, save_cam_overlays)
+        if time.time() - last_plot[0] > 60.0:  # matplotlib is slow: redraw the curves at most once a minute
+            plot_curves(out / "log.jsonl", out / "curves.png", title=f"{cfg.method}: CAM stage")
+            last_plot[0] = time.time()
+
+    return draw
+
+
+def _save_rows(path: Path, imgs: list[torch.Tensor], cams: list[torch.Tensor], labels: list[torch.Tensor],
+               save: Any) -> None:
+    # images may differ in size: write one grid row per sample via save_cam_overlays' tiling
+    from ..data.io import save_image
+    from ..viz import cam_overlay, image_grid, to_uint8_image
+
+    if len({tuple(i.shape) for i in imgs}) == 1:
+        save(path, torch.stack(imgs), torch.stack(cams), torch.stack(labels))
+        return
+    rows = []
+    for im, cm, lb in zip(imgs, cams, labels):
+        row = [to_uint8_image(im)]
+        for c in torch.nonzero(lb > 0).flatten().tolist()[:3]:
+            row.append(cam_overlay(im, cm[c]))
+        rows.append(row)
+    save_image(path, image_grid(rows), fsync=False)
+
+
+def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, hooks: Sequence[Hook] = (),
+              env: DistEnv | None = None) -> Path:
+    """Train the CAM stage of ``cfg.method``; return the path of ``<out_dir>/cam/model.pt``.
+
+    Everything that can be checked is checked before the first step: the output folder is writable and
+    has free space, every split exists, ``method_args`` fit the method, and with ``resume=True`` the latest
+    checkpoint belongs to this method and class count. Without ``resume``, an output folder that already
+    holds checkpoints is refused (pass ``resume=True`` or another folder).
+
+    Args:
+        cfg: the run config.
+        out_dir: run folder (the stage writes into ``out_dir/cam``).
+        resume: continue from the newest checkpoint (a finished stage is skipped).
+        hooks: called after every optimizer step (see :func:`wsss_blocks.train.loop.run_phase`).
+        env: an already initialised :class:`DistEnv` (default: detect torchrun).
+    """
+    env = prepare_env(cfg, env)
+    out = stage_dir(out_dir, "cam")
+    if env.is_main:
+        check_output_dir(out, cfg.runtime.min_free_mb)
+    barrier()
+    cfg.method_config()
+    root = data_root(cfg, env)
+    check_splits(cfg, ("cam",), env)
+    final = out / "model.pt"
+    finished, resume_ck = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
+    if finished:
+        return final
+    if env.is_main:
+        dump_run_config(cfg, out / "config.yaml")
+
+    base = open_split(cfg, cfg.data.train_split, return_mask=False, saliency=cfg.data.saliency_dir is not None,
+                      limit=cfg.data.max_train_images, root=root)
+    dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
+    method = build_method(cfg, env)
+    logger = MetricLogger(out / "log.jsonl", enabled=env.is_main)
+    default_steps = total_steps_for(cfg.cam, len(dataset))
+    rp = int(resume_ck["phase_index"]) if resume_ck is not None else -1
+    offset = 0
+    phase_steps: list[int] = []
+    t0 = time.time()
+    for i, phase in enumerate(method.phases):
+        steps = int(method.phase_steps(phase, default_steps))
+        phase_steps.append(steps)
+        resuming = i <= rp
+        method.on_phase_start(_phase_ctx(method, i, steps, out, env, resuming, base))
+        method.to(env.device)
+        if i < rp:
+            offset += steps
+            continue
+        if not resuming:
+            set_seed(cfg.runtime.seed + 1 + i + 1000 * env.rank)
+        spec = PhaseSpec(
+            stage="cam", phase=phase, module=method, step_fn=method.training_step,
+            param_groups=method.param_groups(cfg.cam.lr, cfg.cam.weight_decay), dataset=dataset, optim=cfg.cam,
+            total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
+            normalize=cfg.data.normalize, phase_index=i, step_offset=offset,
+            extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state,
+            on_epoch_end=_overlay_callback(method, cfg, out, phase, env), config=to_dict(cfg))
+        run_phase(spec, cfg.runtime, env, out, logger, resume=resume_ck if i == rp else None, hooks=hooks)
+        offset += steps
+    if env.is_main:
+        save_model_file(final, method.state_dict(), method=cfg.method, num_classes=cfg.data.num_classes,
+                        step=offset, phase_steps=phase_steps, extra=method.extra_state_for_checkpoint(),
+                        config=to_dict(cfg))
+        if cfg.runtime.plots:
+            from ..viz import plot_curves
+
+            plot_curves(out / "log.jsonl", out / "curves.png", title=f"{cfg.method}: CAM stage")
+        summary = {"steps": offset, "phase_steps": phase_steps, "seconds": round(time.time() - t0, 2),
+                   "world_size": env.world_size, "device": str(env.device)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    barrier()
+    return final

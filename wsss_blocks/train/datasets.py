@@ -1,0 +1,157 @@
+"""Dataset plumbing of the reference trainer: data root resolution (incl. the synthetic cache), split
+readers with early, clear errors, the training augmentation pipelines and size-grouped inference batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data import COCOSegmentation, VOCSegmentation, make_synthetic_voc
+from ..data.transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip, RandomRescale, RandomResizeLong
+from .config import ConfigError
+from .distributed import DistEnv, barrier, shard_indices
+from .schema import RunConfig
+
+__all__ = ["default_cache_dir", "data_root", "open_split", "cam_train_transform", "seg_train_transform",
+           "iter_inference_batches", "check_splits"]
+
+_PAD = -1.0  # matches loop._PAD: padded pixels become the `valid` mask
+
+
+def default_cache_dir() -> Path:
+    """``$WSSS_BLOCKS_CACHE`` or ``~/.cache/wsss_blocks``."""
+    env = os.environ.get("WSSS_BLOCKS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "wsss_blocks"
+
+
+def data_root(cfg: RunConfig, env: DistEnv | None = None) -> Path:
+    """The dataset root; for ``dataset: synthetic`` without a root, generate (once) into the cache folder.
+
+    With ``env`` (all ranks must call it then), generation happens on the main rank and the others wait at a
+    barrier; without ``env`` the caller generates (or finds the cache) itself.
+    """
+    d = cfg.data
+    if d.dataset != "synthetic":
+        if d.root is None:
+            raise ConfigError(f"data.root is required for dataset {d.dataset!r} (the folder holding JPEGImages)")
+        root = Path(d.root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
+        return root
+    s = d.synthetic
+    params: dict[str, Any] = {"num_train": s.num_train, "num_val": s.num_val, "image_size": s.image_size,
+              "num_classes": s.num_classes, "seed": s.seed, "max_objects": s.max_objects}
+    if d.root is not None:
+        root = Path(d.root).expanduser()
+    else:
+        tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+        base = Path(s.cache_dir).expanduser() if s.cache_dir else default_cache_dir()
+        root = base / f"synthetic_voc_{tag}"
+    if env is None or env.is_main:
+        make_synthetic_voc(root, **params)  # a no-op when the cache already matches
+    if env is not None:
+        barrier()
+    return root
+
+
+def open_split(cfg: RunConfig, split: str, *, return_mask: bool, mask_dir: str | os.PathLike | None = None,
+               saliency: bool = False, limit: int | None = None, return_labels: bool = True,
+               root: Path | None = None) -> Any:
+    """Open one split as a VOC/COCO reader (files checked now: a missing folder or list fails here)."""
+    d = cfg.data
+    root = data_root(cfg) if root is None else root
+    sal = d.saliency_dir if saliency else None
+    labels_file = d.labels_file
+    ds: Any
+    if d.dataset == "coco":
+        ds = COCOSegmentation(root, split, mask_dir=mask_dir, labels_file=labels_file, saliency_dir=sal,
+                              return_mask=return_mask, return_labels=return_labels, image_ext=d.image_ext,
+                              raw_category_ids=d.coco_raw_category_ids)
+    else:
+        mdir = mask_dir if mask_dir is not None else (d.mask_dir or d.sbd_root)
+        ds = VOCSegmentation(root, split, mask_dir=mdir, labels_file=labels_file, saliency_dir=sal,
+                             return_mask=return_mask, return_labels=return_labels, image_ext=d.image_ext)
+    if ds.num_classes != d.num_classes:
+        raise ConfigError(f"data.num_classes is {d.num_classes} but the {d.dataset} reader has "
+                          f"{ds.num_classes} classes")
+    if limit is not None:
+        ds.names = ds.names[:limit]
+    if len(ds) == 0:
+        raise ValueError(f"split {split!r} under {str(root)!r} is empty")
+    return ds
+
+
+def check_splits(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"), env: DistEnv | None = None
+                 ) -> None:
+    """Open every split the given stages will read, so missing folders/lists fail before any training."""
+    root = data_root(cfg, env)
+    d = cfg.data
+    if "cam" in stages or "pseudo" in stages:
+        open_split(cfg, d.train_split, return_mask=False, saliency=d.saliency_dir is not None,
+                   limit=d.max_train_images, root=root)
+    if "pseudo" in stages:
+        open_split(cfg, d.cam_eval_split, return_mask=True, limit=d.max_eval_images, root=root)
+    if "seg" in stages:
+        open_split(cfg, d.val_split, return_mask=True, limit=d.max_eval_images, root=root)
+
+
+def cam_train_transform(cfg: RunConfig) -> Compose:
+    """IRN-style CAM augmentation: random long-side resize and/or rescale, flip, colour jitter, crop."""
+    c = cfg.cam
+    ts: list[Any] = []
+    if c.resize_long is not None:
+        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1])))
+    if c.scale_range is not None:
+        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1]))))
+    if c.hflip:
+        ts.append(RandomHorizontalFlip())
+    if c.color_jitter is not None:
+        b, ct, s, h = c.color_jitter
+        ts.append(ColorJitter(b, ct, s, h))
+    ts.append(RandomCrop(c.crop_size, pad_image_value=_PAD))
+    return Compose(ts)
+
+
+def seg_train_transform(cfg: RunConfig) -> Compose:
+    """deeplab-pytorch augmentation: discrete random scale, crop (mask padded with 255), flip."""
+    s = cfg.seg
+    ts: list[Any] = []
+    if s.scales:
+        ts.append(RandomRescale(scales=list(s.scales)))
+    ts.append(RandomCrop(s.crop_size, pad_image_value=_PAD, pad_mask_value=255))
+    if s.hflip:
+        ts.append(RandomHorizontalFlip())
+    return Compose(ts)
+
+
+def iter_inference_batches(ds: Dataset, env: DistEnv, batch_size: int = 1, indices: Sequence[int] | None = None,
+                           num_workers: int = 0) -> Iterator[list[dict[str, Any]]]:
+    """This rank's share of ``ds`` (every ``world_size``-th sample), in lists of same-sized samples.
+
+    Consecutive samples of equal image size are grouped up to ``batch_size`` (VOC images differ in
+    size; synthetic ones do not). Yields lists of raw sample dicts.
+    """
+    idx = list(indices) if indices is not None else list(range(len(ds)))  # type: ignore[arg-type]
+    mine = [idx[i] for i in shard_indices(len(idx), env.rank, env.world_size)]
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=None,
+                                             num_workers=num_workers)
+        source: Any = iter(loader)
+    else:
+        source = (ds[i] for i in mine)
+    group: list[dict[str, Any]] = []
+    for s in source:
+        if group and (len(group) >= batch_size or s["image"].shape != group[0]["image"].shape):
+            yield group
+            group = []
+        group.append(s)
+    if group:
+        yield group

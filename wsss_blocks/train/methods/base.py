@@ -1,0 +1,202 @@
+"""The method interface of the reference trainer: one :class:`CAMMethod` subclass per paper.
+
+A method owns its networks and losses and tells the generic loop three things: how to compute the
+training loss of a batch (:meth:`CAMMethod.training_step`), which parameters get which learning rate
+(:meth:`CAMMethod.param_groups`), and how to turn an image batch into class activation maps at inference
+(:meth:`CAMMethod.cam_fn`, used with :func:`wsss_blocks.cam.multiscale_cams`). Optionally it changes the
+pseudo-mask rule (:meth:`CAMMethod.pseudo_masks`), trains in several phases (:attr:`CAMMethod.phases`,
+:meth:`CAMMethod.on_phase_start`) or predicts segmentation itself (:meth:`CAMMethod.seg_fn`, TSCD).
+
+Everything else (data, optimizer, poly schedule, AMP, DDP, checkpoints, logging) is the loop's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ...cam import cams_to_mask
+
+__all__ = ["CAMMethod", "PhaseContext", "NoConfig"]
+
+
+@dataclass
+class NoConfig:
+    """Method-specific arguments of a method that has none."""
+
+
+@dataclass
+class PhaseContext:
+    """What :meth:`CAMMethod.on_phase_start` gets to know about the run.
+
+    Attributes:
+        phase: the phase's name (an entry of :attr:`CAMMethod.phases`).
+        index: its position in :attr:`CAMMethod.phases`.
+        total_steps: the number of optimizer steps this phase will run.
+        out_dir: the CAM stage's output folder (write phase artefacts here, atomically).
+        device: the device the method lives on.
+        resuming: True when the loop re-enters an already started phase to restore a checkpoint; the
+            hook must then only rebuild structure (the checkpoint's weights are loaded right after).
+        dataset: the (un-augmented) training dataset, for methods that precompute something over it.
+    """
+
+    phase: str
+    index: int
+    total_steps: int
+    out_dir: Path
+    device: torch.device
+    resuming: bool = False
+    dataset: Any = None
+
+
+class CAMMethod(nn.Module):
+    """Base class of a WSSS method in the reference trainer (subclass it and register it).
+
+    Class attributes:
+        name: registry name (``"baseline"``, ``"l2g"``, ...).
+        Config: dataclass of the method's own arguments; its defaults are the released values. The run
+            config's ``method_args`` mapping is validated against it (unknown keys are rejected).
+        paper_numbers: the paper's reported numbers, keys ``cam_miou``, ``pseudo_miou``, ``val_miou``
+            (``None`` where not reported), for the final table of :func:`wsss_blocks.train.reproduce`.
+        paper_source: one line saying where ``paper_numbers`` come from (paper table, split, backbone).
+        phases: names of the training phases, run in order, each with a fresh optimizer and poly
+            schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``.
+        cam_normalization: ``"max"`` (IRN) or ``"minmax"`` (ToCo/AFA) normalisation of the fused CAMs
+            before the threshold sweep and :meth:`pseudo_masks`.
+        has_segmentation: True if :meth:`seg_fn` predicts segmentation (TSCD); the segmentation stage then
+            may evaluate the method directly (``seg.source: method``) instead of training DeepLab.
+
+    Constructor: ``__init__(run_cfg, method_cfg, num_classes)`` — ``run_cfg`` is the whole
+    :class:`~wsss_blocks.train.schema.RunConfig` (read ``run_cfg.model``, ``run_cfg.data`` ...),
+    ``method_cfg`` an instance of :attr:`Config`, ``num_classes`` the foreground class count C.
+
+    Tensor conventions (DESIGN.md): a batch is a dict with ``image`` (B×3×H×W, normalised), ``image01``
+    (B×3×H×W in [0, 1]), ``labels`` (B×C multi-hot float), ``index`` (B int64 dataset indices), ``name``
+    (list of str) and, when the data config names a saliency folder, ``saliency`` (B×1×H×W in [0, 1]).
+    Training batches never contain ground-truth masks.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> import torch.nn.functional as F
+        >>> class Tiny(CAMMethod):
+        ...     name = "tiny_example"
+        ...     def __init__(self, run_cfg, method_cfg, num_classes):
+        ...         super().__init__(run_cfg, method_cfg, num_classes)
+        ...         self.net = nn.Conv2d(3, num_classes, 1)
+        ...     def training_step(self, batch, step, total_steps):
+        ...         logits = self.net(batch["image"]).mean((2, 3))
+        ...         return {"loss": F.multilabel_soft_margin_loss(logits, batch["labels"])}
+        ...     def cam_fn(self, images):
+        ...         return F.relu(self.net(images))
+        >>> m = Tiny(None, NoConfig(), 3)
+        >>> out = m.training_step({"image": torch.rand(2, 3, 8, 8), "labels": torch.ones(2, 3)}, 0, 1)
+        >>> sorted(out), m.cam_fn(torch.rand(1, 3, 8, 8)).shape
+        (['loss'], torch.Size([1, 3, 8, 8]))
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    paper_numbers: ClassVar[dict[str, float | None]] = {}
+    paper_source: ClassVar[str] = ""
+    phases: ClassVar[tuple[str, ...]] = ("cam",)
+    cam_normalization: ClassVar[str] = "max"
+    has_segmentation: ClassVar[bool] = False
+
+    def __init__(self, run_cfg: Any, method_cfg: Any, num_classes: int):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not isinstance(method_cfg, self.Config):
+            raise TypeError(f"method_cfg of {type(self).__name__} must be a {self.Config.__name__}, "
+                            f"got {type(method_cfg).__name__}")
+        self.run_cfg: Any = run_cfg
+        self.cfg: Any = method_cfg
+        self.num_classes = num_classes
+
+    # ------------------------------------------------------------------ required
+    def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
+        """Loss of one batch. ``step`` counts optimizer steps within the current phase (0-based).
+
+        Returns a dict that must contain ``"loss"`` (scalar tensor with gradient); every other scalar
+        entry is logged (detach them). Called in train mode, under autocast when AMP is on.
+        """
+        raise NotImplementedError
+
+    def cam_fn(self, images: Tensor) -> Tensor:
+        """Non-negative B×C×h×w CAMs of (normalised) images, for inference and pseudo-mask generation.
+
+        Called in eval mode under ``torch.no_grad``, possibly on a flipped and rescaled batch of 2B
+        images (see :func:`wsss_blocks.cam.multiscale_cams`). Apply the method's per-scale ReLU here.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ optional
+    def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (each with ``params``, ``lr``, ``weight_decay``, ``lr_mult``).
+
+        The default applies :func:`wsss_blocks.models.param_groups` with the PSA/IRN convention
+        (pretrained backbone 1×, backbone biases 2×, new layers 10×/20×); every submodule named
+        ``backbone`` or ``encoder`` (at any depth) counts as pretrained. The poly schedule multiplies each
+        group's ``lr_mult`` by ``base_lr * (1 - step/total) ** power``.
+        """
+        from ...models import param_groups
+
+        prefixes = tuple(f"{n}." for n, _ in self.named_modules()
+                         if n and n.rsplit(".", 1)[-1] in ("backbone", "encoder"))
+        return param_groups(self, base_lr, weight_decay=weight_decay, backbone_prefixes=prefixes or ("backbone.",))
+
+    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
+        """Pseudo masks from fused, normalised CAMs (the method's rule).
+
+        Args:
+            cams: B×C×H×W in [0, 1] at image size (multi-scale + flip, normalised per
+                :attr:`cam_normalization`; absent classes zeroed).
+            labels: B×C multi-hot image labels.
+            image01: B×3×H×W raw images in [0, 1] (for refiners / CRF).
+            cfg: the run's pseudo-stage config; ``cfg.bg_score`` holds the background score in use (the
+                swept best one when ``pseudo.bg_score`` is ``"sweep"``).
+
+        Returns:
+            B×H×W int64 masks: 0 background, c+1 class c, 255 ignore.
+
+        The default is the IRN seed rule :func:`wsss_blocks.cam.cams_to_mask` with ``cfg.bg_score``.
+        """
+        return cams_to_mask(cams, labels, float(cfg.bg_score))
+
+    def phase_steps(self, phase: str, default_steps: int) -> int:
+        """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase."""
+        return default_steps
+
+    def on_phase_start(self, ctx: PhaseContext) -> None:
+        """Hook run before each phase's optimizer is built (e.g. freeze a teacher, build a student).
+
+        Must be deterministic and must only build structure when ``ctx.resuming`` is True (the loop
+        calls it for every phase up to the resumed one, then loads the checkpoint's weights).
+        """
+
+    def seg_fn(self, images: Tensor) -> Tensor:
+        """Segmentation logits B×(C+1)×h×w, channel 0 = background (only if :attr:`has_segmentation`)."""
+        raise NotImplementedError(f"method {self.name!r} does not predict segmentation")
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def make_config(cls, args: Mapping[str, Any] | None = None) -> Any:
+        """Validate a ``method_args`` mapping against :attr:`Config` (unknown keys -> ConfigError)."""
+        from ..config import from_dict
+
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+        return from_dict(cls.Config, dict(args or {}), path="method_args")
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (e.g. a progressive schedule's position); default none."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state_for_checkpoint` returned."""

@@ -1,0 +1,249 @@
+"""Stage 2: multi-scale + flip CAMs, CAM mIoU sweep, and pseudo masks written atomically and resumably.
+
+1. **CAM evaluation** (``eval_cams``): CAMs of the ``data.cam_eval_split`` images (IRN: VOC *train*, 1,464
+   images, against ``SegmentationClass``) with :func:`wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
+   flip, summed), normalised (:func:`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
+   zeroed; the constant-background mIoU is accumulated for every ``pseudo.sweep_thresholds`` value in one
+   pass (:class:`wsss_blocks.metrics.ThresholdSweep`, the streaming form of
+   :func:`wsss_blocks.metrics.sweep_bg_threshold`; counts summed over DDP ranks). Written to
+   ``<out>/pseudo/cam_sweep.json``.
+2. **Pseudo masks** (``make_pseudo_masks``): the same CAMs for every image of ``pseudo.split`` (default
+   ``data.train_split``), turned into masks by the method's rule (:meth:`CAMMethod.pseudo_masks`; default the
+   IRN seed rule with ``pseudo.bg_score``, or the swept best score when it is ``"sweep"``), saved as palette
+   PNGs with :func:`wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted
+   run continues where it stopped. Pseudo masks of images in the evaluation split are scored against GT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from ..cam import multiscale_cams, normalize_cams
+from ..data.io import atomic_write, load_label_png, save_label_png
+from ..metrics import SegmentationMetric, ThresholdSweep
+from .cam_stage import prepare_env, restore_method, stage_dir
+from .checkpoint import check_output_dir
+from .datasets import data_root, iter_inference_batches, open_split
+from .distributed import DistEnv, all_reduce_sum, barrier
+from .loop import normalize_images
+from .methods import CAMMethod
+from .schema import RunConfig
+
+
+def _num(v: float) -> float | None:
+    """JSON-safe float: NaN (class absent from GT and prediction) -> None."""
+    return None if v != v else float(v)
+
+
+__all__ = ["compute_cams", "eval_cams", "make_pseudo_masks"]
+
+
+def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    """Fused, normalised CAMs (B×C×H×W in [0, 1], absent classes 0) of a batch of same-sized images."""
+    p = cfg.pseudo
+    x = normalize_images(image01, cfg.data.normalize)
+    use_amp = cfg.runtime.amp and image01.device.type == "cuda"
+    with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
+        fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
+                                out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
+                                flip_reduce=p.flip_reduce)
+    cams = normalize_cams(cast(torch.Tensor, fused).float(), mode=method.cam_normalization)  # type: ignore[arg-type]
+    return cams * labels.to(cams.dtype)[:, :, None, None]
+
+
+def _stack(group: list[dict[str, Any]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    img = torch.stack([s["image"] for s in group]).to(device)
+    lab = torch.stack([s["labels"] for s in group]).to(device)
+    return img, lab
+
+
+def _model(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv) -> CAMMethod:
+    path = stage_dir(out_dir, "cam") / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no CAM model at {str(path)!r}; run the CAM stage (train-cam) first")
+    return restore_method(cfg, path, env)
+
+
+def _thresholds(cfg: RunConfig) -> list[float]:
+    ts = {round(float(t), 6) for t in cfg.pseudo.sweep_thresholds}
+    if cfg.pseudo.bg_score != "sweep":
+        ts.add(round(float(cfg.pseudo.bg_score), 6))
+    return sorted(ts)
+
+
+def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None,
+              method: CAMMethod | None = None, force: bool = False,
+              keep: dict[str, torch.Tensor] | None = None, keep_budget_mb: float = 256.0) -> dict[str, Any]:
+    """CAM mIoU on ``data.cam_eval_split`` for every background score; cached in ``cam_sweep.json``.
+
+    With ``keep`` (a dict), the computed CAMs are also stored there by image name (on the CPU, up to
+    ``keep_budget_mb``) so that :func:`make_pseudo_masks` does not compute them twice.
+
+    Returns a dict with ``best_threshold``, ``best_miou``, ``miou_at_bg`` (at a numeric ``pseudo.bg_score``),
+    ``thresholds``, ``miou`` and ``num_images``.
+    """
+    env = prepare_env(cfg, env)
+    out = stage_dir(out_dir, "pseudo")
+    if env.is_main:
+        check_output_dir(out, cfg.runtime.min_free_mb)
+    barrier()
+    cache = out / "cam_sweep.json"
+    model_file = stage_dir(out_dir, "cam") / "model.pt"
+    ts = _thresholds(cfg)
+    key = {"model_mtime": model_file.stat().st_mtime if model_file.is_file() else None, "thresholds": ts,
+           "split": cfg.data.cam_eval_split, "limit": cfg.data.max_eval_images,
+           "scales": list(cfg.pseudo.scales), "flip": cfg.pseudo.flip}
+    if cache.is_file() and not force:
+        cached: dict[str, Any] = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached
+    method = method if method is not None else _model(cfg, out_dir, env)
+    ds = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images,
+                    root=data_root(cfg, env))
+    sweep = ThresholdSweep(cfg.data.num_classes + 1, ts).to(env.device)
+    n = 0
+    kept_mb = 0.0
+    t0 = time.time()
+    with torch.no_grad():
+        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size, num_workers=0),
+                               len(ds), "eval-cams", env, cfg):
+            img, lab = _stack(group, env.device)
+            cams = compute_cams(method, img, lab, cfg)
+            gt = torch.stack([s["mask"] for s in group]).to(env.device)
+            sweep.update(cams, lab, gt)
+            n += len(group)
+            if keep is not None:
+                for s, c in zip(group, cams):
+                    if kept_mb + c.numel() * 4 / 2**20 <= keep_budget_mb:
+                        keep[s["name"]] = c.cpu()
+                        kept_mb += c.numel() * 4 / 2**20
+    all_reduce_sum(sweep.counts)
+    cnt = torch.tensor([n], device=env.device)
+    all_reduce_sum(cnt)
+    r = sweep.compute()
+    res: dict[str, Any] = {"key": key, "best_threshold": r.best_threshold, "best_miou": r.best_miou,
+                           "thresholds": r.thresholds, "miou": r.miou, "num_images": int(cnt.item()),
+                           "split": cfg.data.cam_eval_split, "seconds": round(time.time() - t0, 2)}
+    if cfg.pseudo.bg_score != "sweep":
+        i = r.thresholds.index(round(float(cfg.pseudo.bg_score), 6))
+        res["miou_at_bg"] = r.miou[i]
+        res["bg_score"] = float(cfg.pseudo.bg_score)
+    if env.is_main:
+        with atomic_write(cache, "w") as f:
+            json.dump(res, f, indent=1)
+        (out / "cam_sweep.txt").write_text(r.table() + "\n")
+    barrier()
+    return res
+
+
+def _progress(it: Any, total: int, desc: str, env: DistEnv, cfg: RunConfig) -> Any:
+    if not (env.is_main and cfg.runtime.progress):
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return it
+
+    def gen() -> Any:
+        with tqdm(total=(total + env.world_size - 1) // env.world_size, desc=desc, dynamic_ncols=True,
+                  mininterval=1.0) as bar:
+            for g in it:
+                yield g
+                bar.update(len(g))
+
+    return gen()
+
+
+def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None) -> dict[str, Any]:
+    """Run the CAM sweep (if needed) and write ``<out>/pseudo/masks/<name>.png`` for ``pseudo.split``.
+
+    Existing mask files are kept (resumable); delete the folder to regenerate. Returns the summary
+    (also written to ``<out>/pseudo/summary.json``): ``cam_miou`` (at the background score in use),
+    ``cam_best_miou``/``cam_best_threshold`` (sweep), ``bg_score``, ``pseudo_miou`` (pseudo masks of the
+    evaluation-split images against GT), ``num_masks``, ``num_written``, ``num_scored``.
+    """
+    env = prepare_env(cfg, env)
+    out = stage_dir(out_dir, "pseudo")
+    if env.is_main:
+        check_output_dir(out, cfg.runtime.min_free_mb)
+    barrier()
+    root = data_root(cfg, env)
+    split = cfg.pseudo.split or cfg.data.train_split
+    ds = open_split(cfg, split, return_mask=False, limit=cfg.data.max_train_images, root=root)
+    ev = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
+    method = _model(cfg, out_dir, env)
+    kept: dict[str, torch.Tensor] = {}
+    sweep = eval_cams(cfg, out_dir, env, method=method, keep=kept)
+    bg = float(sweep["best_threshold"]) if cfg.pseudo.bg_score == "sweep" else float(cfg.pseudo.bg_score)
+    pcfg = dataclasses.replace(cfg.pseudo, bg_score=bg)
+    mask_dir = out / "masks"
+    eval_index = {n: i for i, n in enumerate(ev.names)}
+    metric = SegmentationMetric(cfg.data.num_classes + 1).to(env.device)
+    written = scored = 0
+    t0 = time.time()
+    with torch.no_grad():
+        todo: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            nonlocal written
+            if not todo:
+                return
+            img, lab = _stack(todo, env.device)
+            if all(s["name"] in kept for s in todo):
+                cams = torch.stack([kept.pop(s["name"]) for s in todo]).to(env.device)
+            else:
+                cams = compute_cams(method, img, lab, cfg)
+            masks = method.pseudo_masks(cams, lab, img, pcfg)
+            for k, (s, m) in enumerate(zip(todo, masks.cpu())):
+                save_label_png(mask_dir / f"{s['name']}.png", m.to(torch.uint8).numpy(), palette=True)
+                if cfg.pseudo.save_cams:
+                    import numpy as np
+
+                    with atomic_write(mask_dir.parent / "cams" / f"{s['name']}.npy", "wb") as f:
+                        np.save(f, cams[k].half().cpu().numpy())
+                written += 1
+            todo.clear()
+
+        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size), len(ds), "pseudo-masks",
+                               env, cfg):
+            for s in group:
+                if not (mask_dir / f"{s['name']}.png").is_file():
+                    todo.append(s)
+            flush()
+            for s in group:
+                i = eval_index.get(s["name"])
+                if i is not None:
+                    pred = torch.from_numpy(load_label_png(mask_dir / f"{s['name']}.png")).to(env.device)
+                    gt = ev.load_mask(i)
+                    metric.update(pred.long(), torch.from_numpy(gt).to(env.device))
+                    scored += 1
+    all_reduce_sum(metric.confmat)
+    counts = torch.tensor([written, scored], device=env.device)
+    all_reduce_sum(counts)
+    pseudo = metric.compute()
+    summary = {
+        "cam_miou": float(sweep["miou_at_bg"]) if "miou_at_bg" in sweep else float(sweep["best_miou"]),
+        "cam_best_miou": float(sweep["best_miou"]), "cam_best_threshold": float(sweep["best_threshold"]),
+        "bg_score": bg, "cam_eval_split": cfg.data.cam_eval_split, "cam_eval_images": sweep["num_images"],
+        "pseudo_miou": float(pseudo["miou"]) if int(counts[1]) else None,
+        "pseudo_per_class_iou": [_num(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
+        "num_masks": len(ds), "num_written": int(counts[0]), "num_scored": int(counts[1]),
+        "mask_dir": str(mask_dir), "seconds": round(time.time() - t0, 2),
+    }
+    if env.is_main:
+        with atomic_write(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
+    barrier()
+    return summary
+
+
+def pseudo_mask_dir(out_dir: str | os.PathLike) -> Path:
+    """Where :func:`make_pseudo_masks` writes the masks."""
+    return stage_dir(out_dir, "pseudo") / "masks"

@@ -1,0 +1,257 @@
+"""The run configuration of the reference trainer: one YAML file per method × dataset.
+
+A :class:`RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseudo`` (pseudo-mask stage),
+``seg`` (segmentation stage), ``runtime`` — plus ``method`` (a registered method name) and
+``method_args`` (a mapping validated by that method's own ``Config`` dataclass). Loading is strict:
+unknown keys are rejected with the closest valid key suggested (:mod:`wsss_blocks.train.config`).
+
+Example:
+    >>> cfg = load_run_config({"method": "baseline", "cam": {"steps": 5}}, ["cam.lr=0.01"])
+    >>> cfg.cam.steps, cfg.cam.lr, type(cfg.method_config()).__name__
+    (5, 0.01, 'BaselineConfig')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import ConfigError, from_dict, load_config, to_dict
+
+__all__ = ["DataConfig", "SyntheticDataConfig", "OptimConfig", "CAMStageConfig", "PseudoStageConfig",
+           "SegStageConfig", "RuntimeConfig", "RunConfig", "load_run_config", "dump_run_config",
+           "ConfigError", "DEFAULT_SWEEP"]
+
+#: background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)
+DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Parameters of :func:`wsss_blocks.data.make_synthetic_voc` (used when ``data.dataset: synthetic``)."""
+
+    num_train: int = 200
+    num_val: int = 50
+    image_size: int = 96
+    num_classes: int = 6
+    seed: int = 0
+    max_objects: int = 3
+    cache_dir: str | None = None  # default $WSSS_BLOCKS_CACHE or ~/.cache/wsss_blocks
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and which splits play which role (VOC layout, see :mod:`wsss_blocks.data`)."""
+
+    dataset: Literal["voc", "coco", "synthetic"] = "voc"
+    root: str | None = None              # VOC2012 root (JPEGImages, ...); synthetic: generated when None
+    mask_dir: str | None = None          # GT masks, default SegmentationClassAug then SegmentationClass
+    sbd_root: str | None = None          # folder of SBD-converted masks (SegmentationClassAug) if elsewhere
+    labels_file: str | None = "cls_labels.npy"  # image labels; None = derived from masks
+    saliency_dir: str | None = None      # saliency PNGs (L2G, SMAF/EPS)
+    image_ext: str = ".jpg"
+    train_split: str = "train_aug"       # CAM training and pseudo masks
+    cam_eval_split: str = "train"        # CAM / pseudo-mask mIoU (IRN: VOC train, 1,464 images)
+    val_split: str = "val"               # segmentation evaluation
+    num_classes: int = 20                # foreground classes (VOC 20, COCO 80)
+    max_train_images: int | None = None  # cap for quick runs (first N names of each split)
+    max_eval_images: int | None = None
+    normalize: Literal["imagenet", "caffe"] = "imagenet"
+    coco_raw_category_ids: bool = False  # COCO masks hold raw category ids 1..90 (coco2voc output)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and poly schedule, shared by the CAM and segmentation stages."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    warmup_ratio: float = 1e-6           # lr factor at step 0 of a linear warm-up
+    grad_clip: float | None = None
+    batch_size: int = 16                 # global batch (split over DDP ranks)
+    steps: int | None = None             # optimizer steps; None = epochs × (len(train) // batch_size)
+    epochs: int = 5
+    accumulate: int = 1                  # gradient accumulation (deeplab-pytorch iter_size)
+
+
+@dataclass
+class CAMStageConfig(OptimConfig):
+    """CAM-stage network and augmentation (see :mod:`wsss_blocks.train.cam_stage`)."""
+
+    backbone: str = "resnet50"
+    pretrained: str | None = None        # local backbone checkpoint; nothing downloads
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    resize_long: tuple[int, int] | None = (320, 640)
+    scale_range: tuple[float, float] | None = None
+    crop_size: int = 512
+    hflip: bool = True
+    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
+    overlay_samples: int = 4             # fixed samples drawn as CAM overlays each epoch
+
+
+@dataclass
+class PseudoStageConfig:
+    """Multi-scale CAM inference, CAM mIoU sweep and pseudo-mask rule parameters."""
+
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    reduce: Literal["sum", "mean", "max"] = "sum"
+    flip_reduce: Literal["sum", "mean", "max"] | None = None
+    bg_score: float | Literal["sweep"] = 0.15   # constant background score, or the swept best one
+    sweep_thresholds: tuple[float, ...] = DEFAULT_SWEEP
+    split: str | None = None             # which split gets pseudo masks; None = data.train_split
+    save_cams: bool = False              # also write float16 .npy CAMs next to the masks
+    batch_size: int = 1                  # images of equal size are batched up to this many
+
+
+@dataclass
+class SegStageConfig(OptimConfig):
+    """Segmentation network on pseudo masks and its evaluation (see :mod:`wsss_blocks.train.seg_stage`)."""
+
+    source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
+    model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
+    backbone: str = "resnet101"
+    pretrained: str | None = None
+    style: Literal["caffe", "pytorch"] = "caffe"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: Literal["imagenet", "caffe"] = "caffe"
+    crop_size: int = 321
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    hflip: bool = True
+    msc_train: tuple[float, ...] = (0.5, 0.75)   # DeepLab-v2 MSC inputs during training (() = off)
+    loss: Literal["ce", "puf"] = "ce"
+    loss_at: Literal["logits", "labels"] = "logits"  # "logits": nearest-resize masks to each output
+    #                                                  (deeplab-pytorch); "labels": upsample logits (ToCo/AFA)
+    loss_args: dict[str, Any] = field(default_factory=dict)   # PretendedUnderFittingLoss arguments
+    eval_scales: tuple[float, ...] = (1.0, 0.5, 0.75)
+    eval_flip: bool = False
+    eval_scale_reduce: Literal["max", "sum", "mean"] = "max"
+    eval_flip_reduce: Literal["max", "sum", "mean"] = "mean"
+    crf: bool = False
+    crf_params: dict[str, Any] = field(default_factory=dict)  # DenseCRF arguments (preset or values)
+
+
+@dataclass
+class RuntimeConfig:
+    """Seeds, device, precision, checkpointing and logging."""
+
+    seed: int = 0
+    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    amp: bool = True                     # mixed precision, CUDA only (ignored on CPU)
+    deterministic: bool = False
+    num_workers: int = 2
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    progress: bool = True                # tqdm bars
+    plots: bool = True                   # loss / mIoU PNG and CAM overlays
+    sync_bn: bool = False                # convert BatchNorm to SyncBatchNorm under DDP
+    find_unused_parameters: bool = True  # DDP option
+    threads: int | None = None           # torch.set_num_threads on CPU
+    min_free_mb: float = 100.0           # refuse to start when the output disk has less free space
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs. ``method_args`` is validated by the method's ``Config`` dataclass."""
+
+    method: str = "baseline"
+    data: DataConfig = field(default_factory=DataConfig)
+    cam: CAMStageConfig = field(default_factory=CAMStageConfig)
+    pseudo: PseudoStageConfig = field(default_factory=PseudoStageConfig)
+    seg: SegStageConfig = field(default_factory=SegStageConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    quick_overrides: list[str] = field(default_factory=list)   # applied by ``--quick``
+    description: str = ""
+
+    def method_class(self) -> Any:
+        """The registered :class:`~wsss_blocks.train.methods.base.CAMMethod` subclass."""
+        from .methods import get_method
+
+        return get_method(self.method)
+
+    def method_config(self) -> Any:
+        """``method_args`` validated into the method's ``Config`` dataclass."""
+        return self.method_class().make_config(self.method_args)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+
+def _validate(cfg: RunConfig) -> RunConfig:
+    cfg.method_config()  # raises ConfigError for unknown/wrongly typed method_args, ValueError for method
+    if cfg.data.num_classes < 1:
+        raise ConfigError(f"data.num_classes must be >= 1, got {cfg.data.num_classes}")
+    for sec in ("cam", "seg"):
+        o = getattr(cfg, sec)
+        if o.batch_size < 1:
+            raise ConfigError(f"{sec}.batch_size must be >= 1, got {o.batch_size}")
+        if o.steps is not None and o.steps < 1:
+            raise ConfigError(f"{sec}.steps must be >= 1 or null, got {o.steps}")
+        if o.epochs < 1:
+            raise ConfigError(f"{sec}.epochs must be >= 1, got {o.epochs}")
+        if o.lr <= 0:
+            raise ConfigError(f"{sec}.lr must be > 0, got {o.lr}")
+        if o.accumulate < 1:
+            raise ConfigError(f"{sec}.accumulate must be >= 1, got {o.accumulate}")
+    if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):
+        raise ConfigError(f"pseudo.scales must be positive, got {cfg.pseudo.scales}")
+    if cfg.runtime.checkpoint_every < 1 or cfg.runtime.log_every < 1:
+        raise ConfigError("runtime.checkpoint_every and runtime.log_every must be >= 1")
+    return cfg
+
+
+def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
+                    quick: bool = False) -> RunConfig:
+    """Load a :class:`RunConfig` from a YAML path, a packaged config name or a mapping.
+
+    Args:
+        source: YAML file, packaged name (``"baseline_synthetic"``) or mapping.
+        overrides: ``section.key=value`` strings (values parsed as YAML), applied after the file.
+        quick: also apply the config's ``quick_overrides`` (before ``overrides``).
+
+    Raises:
+        ConfigError: unknown key (with the closest valid one), wrong type, bad ``method_args``.
+        ValueError: unknown method name.
+        FileNotFoundError: missing config file.
+    """
+    src: str | Path | Mapping[str, Any] = source if isinstance(source, (str, Path, Mapping)) else Path(source)
+    cfg = load_config(RunConfig, src, overrides)
+    if quick and cfg.quick_overrides:
+        data = to_dict(cfg)
+        from .config import apply_overrides
+
+        apply_overrides(data, list(cfg.quick_overrides) + list(overrides))
+        cfg = from_dict(RunConfig, data)
+    return _validate(cfg)
+
+
+def dump_run_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically) — the record of what a run used."""
+    from .._checks import require
+    from ..data.io import atomic_write
+
+    yaml = require("yaml", "train", "YAML configs")
+    path = Path(path)
+    with atomic_write(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    return path
+
+
+def replace(cfg: RunConfig, **sections: Any) -> RunConfig:
+    """Shallow ``dataclasses.replace`` helper for the top level."""
+    return dataclasses.replace(cfg, **sections)
