@@ -183,7 +183,7 @@ def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike, title:
                 mious.setdefault(key, []).append((step, float(v)))
     if not losses and not mious:
         return None
-    matplotlib = require("matplotlib", "viz", "training plots")
+    matplotlib = require("matplotlib", "train", "training plots")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
