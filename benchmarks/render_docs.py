@@ -1,0 +1,530 @@
+"""Render the "Benchmarks" docs page and its bar chart from the committed JSON results.
+
+Usage::
+
+    python -m benchmarks.render_docs                                  # benchmarks/results -> docs/benchmarks.md
+    python -m benchmarks.render_docs --results /tmp/results --out /tmp/benchmarks.md
+
+Reads every ``*.json`` in the results folder: ``speed_<device>[_quick].json`` from ``benchmarks.speed``,
+the per-family files some ``bench_<family>.py`` scripts write, and ``quality_*.json`` from
+``benchmarks.quality``. Writes one table per family and device (median time, baseline, time ratio, peak
+memory, target, PASS/FAIL) with the hardware, thread count, versions and date from each file's config
+header, the quality tables, and a bar chart of the time ratios (``docs/img/benchmarks_overhead.png``).
+
+Which file a table comes from: for each device and family the runner's full run wins, then a family's own
+full run, then quick (smoke-size) runs; files at the same level are all shown, files not shown are listed.
+The output depends only on the JSON files (no clock, no absolute paths), so re-rendering is reproducible.
+Broken or partial files are listed as skipped; a device without results says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS_DIR = HERE / "results"
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+IMG_NAME = "benchmarks_overhead.png"
+
+NO_GPU = "not measured (no GPU in this session)"
+
+# keys rendered in their own columns (or never rendered)
+_TIME_KEYS = ("median_ms", "min_ms")
+_BASE_TIME_KEYS = ("baseline_median_ms", "baseline_ms")
+_MEM_KEYS = ("peak_mem_mb",)
+_BASE_MEM_KEYS = ("baseline_mem_mb", "baseline_peak_mem_mb")
+_SKIP = {"name", "params", "family", "target", "passed", "ratio", "samples_ms", *_TIME_KEYS, *_BASE_TIME_KEYS,
+         *_MEM_KEYS, *_BASE_MEM_KEYS}
+
+DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU (CUDA)"}
+
+# tiers: which source wins for a (device, family) pair
+_TIER_NAMES = {0: "runner, full", 1: "family script, full", 2: "runner, quick", 3: "family script, quick"}
+
+
+@dataclass
+class Source:
+    """One JSON result file."""
+
+    file: str                      # file name (relative: output must not depend on where the folder is)
+    kind: str                      # "speed" (runner), "family", "quality"
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    quick: bool
+    device: str                    # "cpu" or "cuda"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tier(self) -> int:
+        return (0 if self.kind == "speed" else 1) + (2 if self.quick else 0)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _device_of(config: dict[str, Any], stem: str) -> str:
+    dev = str(config.get("device", "")).lower()
+    if dev.startswith("cuda"):
+        return "cuda"
+    if dev:
+        return "cpu" if dev.startswith("cpu") else dev.split(":")[0]
+    tokens = stem.lower().split("_")
+    return "cuda" if ("cuda" in tokens or "gpu" in tokens) else "cpu"
+
+
+def _family_of_file(stem: str) -> str:
+    s = stem[len("bench_"):] if stem.startswith("bench_") else stem
+    return s.split("_")[0] or stem
+
+
+def load_sources(results: Path) -> tuple[list[Source], list[str]]:
+    """Parse every ``*.json`` in ``results``; returns the usable sources and ``"file: reason"`` for the rest."""
+    sources: list[Source] = []
+    skipped: list[str] = []
+    if not results.is_dir():
+        return sources, [f"{results.name}/: folder not found"]
+    for path in sorted(results.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            skipped.append(f"{path.name}: not readable JSON ({type(e).__name__})")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            skipped.append(f"{path.name}: no 'rows' list")
+            continue
+        rows = [r for r in data["rows"] if isinstance(r, dict)]
+        if not rows:
+            skipped.append(f"{path.name}: no rows")
+            continue
+        cfg = data.get("config")
+        config: dict[str, Any] = cfg if isinstance(cfg, dict) else {}
+        stem = path.stem
+        if stem.startswith("quality"):
+            kind = "quality"
+        elif stem.startswith("speed") or all(r.get("family") for r in rows):
+            kind = "speed"  # the runner's output (also under another name, e.g. results/<device>.json)
+        else:
+            kind = "family"
+        quick = data.get("quick")
+        if not isinstance(quick, bool):
+            quick = "quick" in stem.split("_")
+        extra = {k: v for k, v in data.items() if k not in ("rows", "config")}
+        sources.append(Source(path.name, kind, config, rows, quick, _device_of(config, stem), extra))
+    return sources, skipped
+
+
+def family_of(row: dict[str, Any], src: Source) -> str:
+    fam = row.get("family")
+    return str(fam) if fam else _family_of_file(Path(src.file).stem)
+
+
+def select(sources: Sequence[Source]) -> dict[str, dict[str, list[tuple[Source, list[dict[str, Any]]]]]]:
+    """``{device: {family: [(source, rows), ...]}}`` keeping, per pair, only the best tier's files."""
+    cand: dict[tuple[str, str], list[tuple[Source, list[dict[str, Any]]]]] = {}
+    for src in sources:
+        if src.kind == "quality":
+            continue
+        by_fam: dict[str, list[dict[str, Any]]] = {}
+        for r in src.rows:
+            by_fam.setdefault(family_of(r, src), []).append(r)
+        for fam, rows in by_fam.items():
+            cand.setdefault((src.device, fam), []).append((src, rows))
+    out: dict[str, dict[str, list[tuple[Source, list[dict[str, Any]]]]]] = {}
+    for (dev, fam), items in sorted(cand.items()):
+        best = min(s.tier for s, _ in items)
+        out.setdefault(dev, {})[fam] = sorted([(s, r) for s, r in items if s.tier == best], key=lambda t: t[0].file)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- formatting
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt_num(v: Any) -> str:
+    """Compact, deterministic number formatting (3 significant digits, no exponent below 1e6)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if not _finite(v):
+        return "–"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-3:
+        return f"{v:.2e}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _first(row: dict[str, Any], keys: Sequence[str]) -> tuple[str | None, Any]:
+    for k in keys:
+        if _finite(row.get(k)):
+            return k, row[k]
+    return None, None
+
+
+def row_ratio(row: dict[str, Any]) -> float | None:
+    """Our time / baseline time: the row's ``ratio``, else computed from its times, else ``1 / speedup``."""
+    if _finite(row.get("ratio")):
+        return float(row["ratio"])
+    _, t = _first(row, _TIME_KEYS)
+    _, b = _first(row, _BASE_TIME_KEYS)
+    if t is not None and b:
+        return float(t) / float(b)
+    if _finite(row.get("speedup")) and row["speedup"]:
+        return 1.0 / float(row["speedup"])
+    return None
+
+
+def verdict(row: dict[str, Any]) -> str:
+    p = row.get("passed")
+    if p is True:
+        return "**PASS**"
+    if p is False:
+        return "**FAIL**"
+    return "not checked" if row.get("target") else ""
+
+
+def hardware_line(src: Source) -> str:
+    """``Measured on ...`` sentence from a file's config header (what, where, when)."""
+    c = src.config
+    if not c:
+        return f"Source `{src.file}`: hardware and date unknown (the file has no config header)."
+    name = c.get("device_name") or "unknown device"
+    threads = c.get("threads")
+    cpus = c.get("cpu_count")
+    parts = [f"`{name}` ({c.get('device', src.device)})"]
+    if threads is not None:
+        parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}"
+                     + (f" of {cpus} CPU cores" if cpus is not None else ""))
+    vers = ", ".join(f"{k} {c[k]}" for k in ("torch", "wsss_blocks", "python") if c.get(k))
+    if vers:
+        parts.append(vers)
+    date = c.get("date", "date unknown")
+    if src.kind == "quality":
+        mode = "quick budget (the presets' quick_overrides)" if src.quick else "the presets' full budget"
+    else:
+        mode = "quick mode (smoke-test sizes, not the targets' working sizes)" if src.quick else "full sizes"
+    return f"Measured on {', '.join(parts)}; {date}; {mode}. Source: `{src.file}`."
+
+
+def _other(row: dict[str, Any]) -> str:
+    bits = []
+    for k in sorted(row):
+        if k in _SKIP:
+            continue
+        v = row[k]
+        if isinstance(v, bool) or _finite(v):
+            bits.append(f"{k} {fmt_num(v)}")
+        elif isinstance(v, str) and len(v) <= 40:
+            bits.append(f"{k} {v}")
+    return ", ".join(bits)
+
+
+SPEED_COLUMNS = ["benchmark", "parameters", "median ms", "baseline ms", "ratio", "peak MiB", "baseline MiB",
+                 "target", "result", "other figures"]
+
+
+def speed_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(SPEED_COLUMNS) + " |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        tk, t = _first(r, _TIME_KEYS)
+        time_txt = fmt_num(t) if tk != "min_ms" else f"min {fmt_num(t)}"
+        _, b = _first(r, _BASE_TIME_KEYS)
+        _, m = _first(r, _MEM_KEYS)
+        _, bm = _first(r, _BASE_MEM_KEYS)
+        ratio = row_ratio(r)
+        cells = [r.get("name", "?"), r.get("params", ""), time_txt, fmt_num(b), fmt_num(ratio), fmt_num(m),
+                 fmt_num(bm), r.get("target", ""), verdict(r), _other(r)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def quality_table(src: Source) -> str:
+    order = ("baseline", "l2g", "ppl", "pmm", "smaf", "tscd")
+    rows = sorted(src.rows, key=lambda r: (order.index(r["method"]) if r.get("method") in order else len(order),
+                                       str(r.get("method", ""))))
+    paper = any(_finite(r.get(k)) for r in rows for k in ("paper_cam_miou_pct", "paper_pseudo_miou_pct",
+                                                           "paper_seg_miou_pct"))
+    paper = paper and not str(src.file).startswith("quality_synthetic")
+    cols = ["method", "CAM mIoU", "bg score", "pseudo-mask mIoU", "segmentation mIoU"]
+    if paper:
+        cols += ["paper CAM", "paper pseudo-mask", "paper segmentation"]
+    cols += ["data", "CAM steps", "seg. steps", "wall s"]
+    dated = any(r.get("date") for r in rows)
+    if dated:
+        cols.append("date")
+    align = "|---|" + "---:|" * (7 if paper else 4) + "---|---:|---:|---:|" + ("---|" if dated else "")
+    lines = ["| " + " | ".join(cols) + " |", align]
+
+    def pct(v: Any) -> str:
+        return f"{v:.1f}" if _finite(v) else "–"
+
+    for r in rows:
+        if r.get("error"):
+            cells = [r.get("method", "?"), f"failed: {r['error']}"] + [""] * (len(cols) - 2)
+        else:
+            bg = r.get("bg_score")
+            bg_txt = (f"{bg:.2f}" if _finite(bg) else "–") + (" (swept on "
+                                                               f"{r.get('cam_eval_split', 'train')})"
+                                                               if r.get("bg_rule") == "sweep" and _finite(bg) else "")
+            cells = [r.get("method", "?"), pct(r.get("cam_miou_pct")), bg_txt, pct(r.get("pseudo_miou_pct")),
+                     pct(r.get("seg_miou_pct"))]
+            if paper:
+                cells += [pct(r.get("paper_cam_miou_pct")), pct(r.get("paper_pseudo_miou_pct")),
+                          pct(r.get("paper_seg_miou_pct"))]
+            seg = "own head" if r.get("seg_source") == "method" else fmt_num(r.get("seg_steps"))
+            cells += [r.get("data", ""), fmt_num(r.get("cam_steps")), seg, fmt_num(r.get("seconds"))]
+            if dated:
+                cells.append(str(r.get("date", ""))[:10])
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ chart
+
+
+def chart_entries(selected: dict[str, dict[str, list[tuple[Source, list[dict[str, Any]]]]]]
+                  ) -> list[tuple[str, float, bool | None]]:
+    """``(label, ratio, passed)`` for every shown row with a finite positive time ratio, in page order."""
+    out = []
+    for dev in sorted(selected, key=_dev_key):
+        for fam, items in selected[dev].items():
+            for src, rows in items:
+                for r in rows:
+                    ratio = row_ratio(r)
+                    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+                        continue
+                    label = f"{fam}: {r.get('name', '?')} [{dev}{', quick' if src.quick else ''}]"
+                    passed = r.get("passed") if isinstance(r.get("passed"), bool) else None
+                    out.append((label, ratio, passed, str(r.get("params", ""))))
+    counts: dict[str, int] = {}
+    for e in out:
+        counts[e[0]] = counts.get(e[0], 0) + 1
+    seen: dict[str, int] = {}
+    final = []
+    for label, ratio, passed, params in out:
+        if counts[label] > 1:  # same benchmark at several sizes: say which
+            p = params if len(params) <= 32 else params[:31] + "…"
+            label = f"{label} {p}" if p else label
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label} #{seen[label]}"
+        final.append((label, ratio, passed))
+    return final
+
+
+def render_chart(entries: Sequence[tuple[str, float, bool | None]], path: Path) -> Path:
+    """Horizontal bar chart of time ratios (log scale, line at 1 = baseline); deterministic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with plt.rc_context({"font.size": 8}):
+        if not entries:
+            fig, ax = plt.subplots(figsize=(7, 1.5))
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no time ratios measured yet", ha="center", va="center")
+        else:
+            n = len(entries)
+            fig, ax = plt.subplots(figsize=(9, 0.28 * n + 1.4))
+            colors = {True: "#2e7d32", False: "#c62828", None: "#78909c"}
+            ys = list(range(n))[::-1]
+            ratios = [e[1] for e in entries]
+            ax.barh(ys, ratios, color=[colors[e[2]] for e in entries], height=0.7)
+            ax.set_yticks(ys)
+            ax.set_yticklabels([e[0] for e in entries])
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            lo, hi = min(ratios + [1.0]), max(ratios + [1.0])
+            ax.set_xlim(lo / 3, hi * 6)
+            for y, r in zip(ys, ratios):
+                ax.text(r * 1.08, y, f"{fmt_num(r)}×", va="center", fontsize=7)
+            ax.set_xlabel("time / baseline time (log scale; < 1 is faster than the baseline)")
+            ax.set_title("Time relative to the baseline: green PASS, red FAIL, grey no target")
+            ax.grid(axis="x", which="major", linewidth=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, metadata={"Software": None})
+        plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- page
+
+
+def _dev_key(dev: str) -> tuple[int, str]:
+    return ({"cpu": 0, "cuda": 1}.get(dev, 2), dev)
+
+
+def expected_families() -> list[str]:
+    """Families with a ``bench_<family>.py`` script beside this file."""
+    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+
+
+def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
+                families: Sequence[str] | None = None) -> str:
+    """The markdown page (pure function of its inputs)."""
+    families = expected_families() if families is None else list(families)
+    selected = select(sources)
+    L: list[str] = []
+    add = L.append
+    add("# Benchmarks")
+    add("")
+    add("Generated by `python -m benchmarks.render_docs` from the JSON files in `benchmarks/results/`; do not "
+        "edit by hand. Every table states the machine, torch thread count, versions and date of its figures, "
+        "read from its file's config header. Times are medians after warm-up (`benchmarks/harness.py`); "
+        "**ratio** is our time divided by the baseline's time in the same process (lower is better); peak "
+        "memory is `torch.cuda.max_memory_allocated` on GPU and the resident-set high-water mark on CPU "
+        "(MiB). Targets are printed as PASS/FAIL; they are never asserted in tests.")
+    add("")
+    add("Reproduce: `python -m benchmarks.speed --device cpu` (or `--device cuda`, `--quick` for a smoke run), "
+        "`python -m benchmarks.quality`, then `python -m benchmarks.render_docs`.")
+    add("")
+
+    # targets summary
+    add("## Targets")
+    add("")
+    lines = []
+    for dev in sorted(selected, key=_dev_key):
+        for fam, items in selected[dev].items():
+            for src, rows in items:
+                for r in rows:
+                    if isinstance(r.get("passed"), bool):
+                        status = "PASS" if r["passed"] else "FAIL"
+                        date = src.config.get("date", "date unknown")
+                        lines.append(f"- **{status}** [{dev}/{fam}] {_cell(r.get('name', '?'))}: "
+                                     f"{_cell(r.get('target', ''))} (`{src.file}`, {date}"
+                                     f"{', quick sizes' if src.quick else ''})")
+    L.extend(lines or ["No target was checked in the results shown."])
+    add("")
+
+    # chart
+    add("## Time relative to the baselines")
+    add("")
+    add(f"![time ratio of each block to its baseline]({img_rel})")
+    add("")
+    add("One bar per row with a baseline, from the tables below (same files, same hardware lines). The "
+        "baseline is named in each row's target or parameters: a ResNet-50 forward+backward at the same "
+        "batch for training-time overheads, pydensecrf for the CRF, the straightforward implementation of "
+        "the released algorithm for PAR/VARM.")
+    add("")
+
+    for dev in ("cpu", "cuda") + tuple(sorted(d for d in selected if d not in ("cpu", "cuda"))):
+        title = DEVICE_TITLES.get(dev, dev)
+        add(f"## {title}")
+        add("")
+        fams = selected.get(dev, {})
+        if not fams:
+            add(f"{title}: {NO_GPU}." if dev == "cuda" else f"{title}: not measured (no result file).")
+            add("")
+            continue
+        missing = [f for f in families if f not in fams]
+        if missing:
+            add(f"Not measured on {title}: {', '.join(missing)}.")
+            add("")
+        for fam, items in fams.items():
+            add(f"### {fam}")
+            add("")
+            for src, rows in items:
+                add(hardware_line(src))
+                add("")
+                add(speed_table(rows))
+                add("")
+
+    # quality
+    add("## Quality")
+    add("")
+    qual_all = [s for s in sources if s.kind == "quality"]
+    full_names = {Path(s.file).stem for s in qual_all if not s.quick}
+    qual = sorted((s for s in qual_all
+                   if not (s.quick and Path(s.file).stem.removesuffix("_quick") in full_names)),
+                  key=lambda s: s.file)
+    if not qual:
+        add("Not measured yet (run `python -m benchmarks.quality`).")
+        add("")
+    for src in qual:
+        add(f"### {Path(src.file).stem}")
+        add("")
+        add(hardware_line(src))
+        add("")
+        add("mIoU in percent. CAM and pseudo-mask mIoU on the CAM evaluation split (training images), "
+            "segmentation mIoU on the validation split. Each method runs its packaged preset through "
+            "`wsss_blocks.train.reproduce` (the code path of `examples/reproduce_voc.py`) with fixed seeds "
+            "and the preset's step budget; no per-method tuning. Where a preset sweeps the background score "
+            "(\"swept\"), the score is chosen on the CAM evaluation split itself, so that CAM mIoU is the best "
+            "of the sweep (as papers report it); the validation split is never used for a choice."
+            + (" Synthetic-data numbers are not comparable with the papers' VOC numbers."
+               if src.file.startswith("quality_synthetic") else ""))
+        add("")
+        add(quality_table(src))
+        secs = [r["seconds"] for r in src.rows if _finite(r.get("seconds"))]
+        if secs:
+            add("")
+            add(f"Total wall time of the runs: {fmt_num(sum(secs))} s.")
+        add("")
+
+    # bookkeeping
+    shown = {src.file for fams in selected.values() for items in fams.values() for src, _ in items}
+    shown |= {s.file for s in qual}
+    unused = sorted(s.file for s in sources if s.file not in shown)
+    if unused or skipped:
+        add("## Other result files")
+        add("")
+        for f in unused:
+            add(f"- `{f}`: not shown (a fuller or the runner's result for the same families is shown instead)")
+        for s in skipped:
+            add(f"- skipped `{s.split(':', 1)[0]}`:{s.split(':', 1)[1] if ':' in s else ''}")
+        add("")
+    return "\n".join(L).rstrip() + "\n"
+
+
+def render(results: Path | str = RESULTS_DIR, out: Path | str = DEFAULT_OUT,
+           img: Path | str | None = None, families: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Write the page and the chart; returns their paths."""
+    results, out = Path(results), Path(out)
+    img_path = Path(img) if img is not None else out.parent / "img" / IMG_NAME
+    sources, skipped = load_sources(results)
+    render_chart(chart_entries(select(sources)), img_path)
+    img_rel = Path(os.path.relpath(img_path.resolve(), out.parent.resolve())).as_posix()
+    text = render_page(sources, skipped, img_rel, families)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out, img_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.render_docs", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default=str(RESULTS_DIR), help="folder with the JSON results")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown page to write")
+    ap.add_argument("--img", default=None, help=f"chart PNG (default <out folder>/img/{IMG_NAME})")
+    args = ap.parse_args(argv)
+    page, img = render(args.results, args.out, args.img)
+    print(f"wrote {page} and {img}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
