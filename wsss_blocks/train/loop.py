@@ -122,8 +122,8 @@ def normalize_images(image01: Tensor, mode: str = "imagenet") -> Tensor:
     """Network input from images in [0, 1]: ``"imagenet"`` (mean/std, RGB) or ``"caffe"`` (BGR·255 − mean).
 
     Example:
-        >>> normalize_images(torch.zeros(1, 3, 1, 1), "caffe").flatten().tolist()
-        [-104.00800323486328, -116.66899871826172, -122.67500244140625]
+        >>> [round(v, 3) for v in normalize_images(torch.zeros(1, 3, 1, 1), "caffe").flatten().tolist()]
+        [-104.008, -116.669, -122.675]
     """
     if mode == "imagenet":
         mean = torch.tensor(IMAGENET_MEAN, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
