@@ -1,0 +1,400 @@
+"""SMAF in the reference trainer: an EPS-style first stage, then self-training on fused multi-scale attention.
+
+Yang, Zhu, Zhang, "A Self-Training Framework Based on Multi-Scale Attention Fusion for Weakly Supervised
+Semantic Segmentation", arXiv 2305.05841, 2023 (official code bupt-ai-cz/SMAF; ``shared/specs/spec_smaf.md``).
+The first stage is EPS (Lee et al., "Railroad is not a Train: Saliency as Pseudo-pixel Supervision for Weakly
+Supervised Semantic Segmentation", CVPR 2021; official code halbielee/EPS), which the SMAF release expects as a
+pre-trained checkpoint (spec §1 step 1, §10 pitfall 1).
+
+Two phases (:attr:`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
+
+1. ``"eps"`` — the classification network (ResNet-38 + SMAF's head ``4096 → 128 → BN → ReLU → C+1``, background
+   **last**) trained with the multi-label soft-margin loss on the GAP of the foreground maps plus, when
+   ``eps_saliency`` is on, EPS's saliency loss (:func:`eps_saliency_loss`; EPS ``eps.py``, ``module/train.py``
+   ``train_eps``; ``script/voc12_eps.sh``: tau 0.4, lambda 0.5, 20k iterations, batch 8, crop 448). Without
+   saliency (``eps_saliency: false``) the phase is EPS's own classification-only path (``train_cls``) on the same
+   C+1 network — an **inferred** fallback: the background channel then gets no direct signal.
+2. ``"self_train"`` — a frozen copy of the phase-1 network is the teacher; the student (the phase-1 network
+   itself, so it starts from the same weights as released) learns ``100 · MSE(softmax(student), T)`` at 1/4 of
+   the crop resolution (:func:`~wsss_blocks.multiscale_fusion.smaf_loss`), where T is the denoised, reactivated
+   fused multi-scale map of the teacher (:func:`~wsss_blocks.multiscale_fusion.multiscale_attention_fusion`,
+   :func:`~wsss_blocks.multiscale_fusion.smaf_target`; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
+   class-aware sum, per-class max, background 0.2).
+
+Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs of :meth:`SMAFMethod.cam_fn`
+(per-pass softmax over C+1, background dropped, summed, per-class max) thresholded at 0.2 with
+:func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_labels`, refined by the released hard-label dense CRF
+(:meth:`wsss_blocks.crf.DenseCRF.smaf`).
+
+**Deviation (documented, unavoidable in the shared trainer):** the release fuses the teacher maps once, offline,
+on each full image and aligns them with every training crop (resize, flip, zero-padded crop; spec §5.1). The
+trainer's augmentation does not expose the crop geometry to methods, so here the teacher fuses its maps on the
+training crop itself, online (padded pixels are masked to background before the per-class max, which runs over
+the valid region). The maths of the target (denoise + reactivate + 100·MSE at crop/4) is the released one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...models import build_backbone, param_groups, set_bn_eval
+from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_labels, smaf_target
+from . import register_method
+from .base import CAMMethod, PhaseContext
+
+__all__ = ["SMAFConfig", "SMAFMethod", "SMAFNet", "eps_saliency_loss", "RESNET38_NAMES"]
+
+#: backbone names that build the library's ResNet-38 (``frozen``/``freeze_bn`` go to its constructor)
+RESNET38_NAMES = ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
+
+
+def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float = 0.4, lam: float = 0.5
+                      ) -> Tensor:
+    """EPS saliency loss: the saliency map predicted from the class maps vs the off-the-shelf saliency map.
+
+    Lee et al., "Railroad is not a Train: Saliency as Pseudo-pixel Supervision for WSSS", CVPR 2021 (official
+    ``eps.py`` ``get_eps_loss``). With ``P = softmax(cam_logits)`` over the C+1 channels (background **last**) and
+    the saliency ``S`` resized to the map size (nearest):
+
+    * a present class c counts as foreground when ``sum(round(P_c)·round(S)) / sum(round(P_c) + 1e-4) > tau``
+      (its rounded map overlaps the saliency; computed without gradient), otherwise its map is added to the
+      background;
+    * ``fg = Σ_{c fg} P_c``, ``bg = P_bg + Σ_{c present, not fg} P_c``;
+    * predicted saliency ``lam·fg + (1 − lam)·(1 − bg)``, loss = MSE to ``S``.
+
+    Args:
+        cam_logits: raw class maps with the background channel last.
+        saliency: saliency maps in [0, 1] (any size; resized with nearest interpolation as released).
+        labels: multi-hot image labels (C classes, no background).
+        tau: overlap threshold (EPS VOC script 0.4, ``script/voc12_eps.sh``).
+        lam: foreground/background blending (EPS default 0.5; COCO script 0.9).
+
+    Shape:
+        - cam_logits: B×(C+1)×h×w
+        - saliency: B×1×H×W
+        - labels: B×C
+        - output: scalar
+
+    Example:
+        >>> cam = torch.randn(2, 4, 8, 8, requires_grad=True)
+        >>> loss = eps_saliency_loss(cam, torch.rand(2, 1, 16, 16), torch.tensor([[1., 0, 0], [0, 1, 1]]))
+        >>> loss.backward(); loss.ndim, cam.grad is not None
+        (0, True)
+    """
+    if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
+        raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
+                         f"and {tuple(saliency.shape)}")
+    b, k, h, w = cam_logits.shape
+    if labels.shape != (b, k - 1):
+        raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
+                         f"(background last), got {tuple(labels.shape)}")
+    dtype = torch.promote_types(cam_logits.dtype, torch.float32)  # float32 under AMP, float64 stays float64
+    sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
+    probs = torch.softmax(cam_logits.to(dtype), dim=1)
+    fg_probs, bg_prob = probs[:, :-1], probs[:, -1:]
+    with torch.no_grad():
+        hard = torch.round(fg_probs)
+        overlap = (hard * torch.round(sal)).flatten(2).sum(-1) / (hard + 1e-4).flatten(2).sum(-1)
+        present = labels.to(probs.device) > 0.5
+        fg_sel = (present & (overlap > tau)).to(probs.dtype)[:, :, None, None]
+        bg_sel = (present & ~(overlap > tau)).to(probs.dtype)[:, :, None, None]
+    fg_map = (fg_probs * fg_sel).sum(1, keepdim=True)
+    bg_map = bg_prob + (fg_probs * bg_sel).sum(1, keepdim=True)
+    pred = fg_map * lam + (1.0 - bg_map) * (1.0 - lam)
+    return F.mse_loss(pred, sal)
+
+
+class SMAFNet(nn.Module):
+    """SMAF's classification network (``models/EPS.py``): backbone + ``cov_feat`` (1×1, no bias) → BN → ReLU →
+    ``fc8`` (1×1, no bias) with C + 1 outputs, background last; logits = GAP of the maps.
+
+    ``head="eps"`` is the official EPS head (a single bias-free 1×1 conv ``fc8``), for EPS checkpoints.
+    Initialisation as released: Xavier-uniform ``cov_feat`` and ``fc8``.
+
+    Shape:
+        - images: B×3×H×W
+        - :meth:`cam_logits`: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
+          ``cams`` B×(C+1)×h×w
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: Literal["smaf", "eps"] = "smaf",
+                 head_channels: int = 128):
+        super().__init__()
+        cin = int(backbone.out_channels[-1])  # type: ignore[index]
+        self.backbone = backbone
+        self.head = head
+        self.num_classes = num_classes
+        if head == "smaf":
+            self.cov_feat = nn.Conv2d(cin, head_channels, 1, bias=False)
+            self.bn = nn.BatchNorm2d(head_channels)
+            self.fc8 = nn.Conv2d(head_channels, num_classes + 1, 1, bias=False)
+            nn.init.xavier_uniform_(self.cov_feat.weight)
+        elif head == "eps":
+            self.fc8 = nn.Conv2d(cin, num_classes + 1, 1, bias=False)
+        else:
+            raise ValueError(f"head must be 'smaf' or 'eps', got {head!r}")
+        nn.init.xavier_uniform_(self.fc8.weight)
+
+    def cam_logits(self, images: Tensor) -> Tensor:
+        x = self.backbone(images)[-1]
+        if self.head == "smaf":
+            x = F.relu(self.bn(self.cov_feat(x)))
+        return self.fc8(x)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        cams = self.cam_logits(images)
+        return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
+
+
+@dataclass
+class SMAFConfig:
+    """Arguments of SMAF (defaults = the released VOC setting; spec_smaf.md, EPS ``script/voc12_eps.sh``).
+
+    Attributes:
+        head: ``"smaf"`` (released SMAF head, 4096 → 128 → BN → ReLU → C+1; spec §2) or ``"eps"`` (official EPS
+            single 1×1 conv; load EPS weights with it).
+        head_channels: width of the SMAF head (128).
+        frozen: backbone modules without gradient (EPS/SMAF: conv1a, b2, b2_1, b2_2; spec §2).
+        freeze_bn: every BatchNorm (also the head's) in eval mode with frozen affine parameters (spec §2).
+        eps_saliency: phase 1 adds EPS's saliency loss (released; needs ``data.saliency_dir``). ``false`` =
+            **inferred** fallback: classification loss only (EPS's ``train_cls`` loss on the C+1 network).
+        eps_tau: EPS overlap threshold (``voc12_eps.sh`` ``--tau 0.4``).
+        eps_lambda: EPS blending ratio (``main.py`` default ``--lam 0.5``; COCO script 0.9).
+        eps_color_jitter: colour jitter (brightness, contrast, saturation, hue) of phase 1 (EPS
+            ``metadata/dataset.py``: 0.3, 0.3, 0.3, 0.1), applied by the method to each training crop; the SMAF
+            phase has none (spec §6.2), so ``cam.color_jitter`` stays off. ``null`` disables it.
+        eps_steps: phase-1 iterations (``voc12_eps.sh`` ``--max_iters 20000``); ``null`` = ``cam.steps``.
+        self_train_steps: phase-2 iterations (SMAF ``parser_train.py`` 20,000; spec §6.3); ``null`` = ``cam.steps``.
+        target_scales: teacher scales (0.5, 1.0, 1.5, 2.0; spec §3).
+        target_flip: teacher flips (8 passes in all; spec §3).
+        target_image_interpolation: how the teacher's inputs are resized (released PIL bicubic; spec §3).
+        target_bg_score: constant background of the target (0.2; spec §5.2).
+        target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448; spec §5.2).
+        loss_weight: weight of the MSE (100; spec §6.1).
+        pseudo_crf: refine the pseudo masks with the hard-label dense CRF (released on; spec §7.1).
+        crf_preset: :class:`wsss_blocks.crf.DenseCRF` preset of that CRF (``"smaf"``: gt_prob 0.7, Gaussian 3/3,
+            bilateral 50/5/10, 10 iterations; spec §7.1).
+        crf_backend: ``"auto"`` (pydensecrf if installed, else PyTorch), ``"torch"`` or ``"pydensecrf"``.
+    """
+
+    head: Literal["smaf", "eps"] = "smaf"
+    head_channels: int = 128
+    frozen: tuple[str, ...] = ("conv1a", "b2", "b2_1", "b2_2")
+    freeze_bn: bool = True
+    eps_saliency: bool = True
+    eps_tau: float = 0.4
+    eps_lambda: float = 0.5
+    eps_color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)
+    eps_steps: int | None = None
+    self_train_steps: int | None = None
+    target_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    target_flip: bool = True
+    target_image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    target_bg_score: float = 0.2
+    target_scale_factor: float = 0.25
+    loss_weight: float = 100.0
+    pseudo_crf: bool = True
+    crf_preset: str = "smaf"
+    crf_backend: Literal["auto", "torch", "pydensecrf"] = "auto"
+
+
+def _build_backbone(run_cfg: Any, c: SMAFConfig) -> nn.Module:
+    cam = run_cfg.cam if run_cfg is not None else None
+    name = cam.backbone if cam is not None else "resnet38d_tiny"
+    pre = cam.pretrained if cam is not None else None
+    kw = dict(cam.backbone_kwargs) if cam is not None else {}
+    if name in RESNET38_NAMES:
+        kw.setdefault("frozen", tuple(c.frozen))
+        kw.setdefault("freeze_bn", bool(c.freeze_bn))
+        return build_backbone(name, pre, **kw)
+    bb = build_backbone(name, pre, **kw)
+    for f in c.frozen:
+        mod = getattr(bb, f, None)
+        if not isinstance(mod, nn.Module):
+            raise ValueError(f"method_args.frozen names {f!r}, which backbone {name!r} does not have (top-level "
+                             f"modules: {[n for n, _ in bb.named_children()]})")
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    return bb
+
+
+@register_method
+class SMAFMethod(CAMMethod):
+    """SMAF: EPS pre-training (phase ``"eps"``) + self-training on fused multi-scale attention (``"self_train"``).
+
+    Paper: Yang et al., "A Self-Training Framework Based on Multi-Scale Attention Fusion for Weakly Supervised
+    Semantic Segmentation", arXiv 2305.05841, 2023; first stage: Lee et al., EPS, CVPR 2021.
+
+    Gradients: phase ``"eps"`` trains ``net`` (minus the frozen layers); phase ``"self_train"`` trains ``net``
+    (the student) only — ``teacher`` is a frozen copy made at the start of the phase and its fused maps are
+    computed without autograd.
+
+    Shape:
+        - batch["image"]: B×3×H×W; batch["labels"]: B×C; batch["saliency"]: B×1×H×W (``eps_saliency``);
+          batch["valid"]: B×H×W (unpadded pixels, optional)
+        - cam_fn output: B×C×H/8×W/8 foreground softmax probabilities (background dropped)
+
+    Example:
+        >>> import torch
+        >>> from wsss_blocks.train.schema import load_run_config
+        >>> cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},
+        ...     "method_args": {"eps_saliency": False, "frozen": ["conv1a"], "target_scales": [1.0]}})
+        >>> m = SMAFMethod(cfg, cfg.method_config(), 20)
+        >>> m.on_phase_start(PhaseContext("eps", 0, 10, None, torch.device("cpu")))
+        >>> batch = {"image": torch.randn(2, 3, 32, 32), "labels": torch.eye(20)[:2]}
+        >>> sorted(m.training_step(batch, 0, 10))
+        ['loss', 'loss_cls']
+        >>> m.on_phase_start(PhaseContext("self_train", 1, 10, None, torch.device("cpu")))
+        >>> sorted(m.training_step(batch, 0, 10)), tuple(m.cam_fn(torch.randn(1, 3, 32, 32)).shape)
+        (['loss', 'loss_smaf'], (1, 20, 4, 4))
+    """
+
+    name = "smaf"
+    cfg: SMAFConfig
+    Config = SMAFConfig
+    phases = ("eps", "self_train")
+    cam_normalization = "max"
+    paper_numbers = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
+    paper_source = ("SMAF (arXiv'23) abstract: VOC val 72.4 (test 72.4), DeepLab-v2 R101, EPS saliency; pseudo "
+                    "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the committed evalue_crf.out "
+                    "(spec_smaf.md §9). No CAM-only number is reported.")
+
+    def __init__(self, run_cfg: Any, method_cfg: SMAFConfig, num_classes: int):
+        super().__init__(run_cfg, method_cfg, num_classes)
+        c = method_cfg
+        if c.loss_weight < 0 or not 0 < c.target_scale_factor <= 1 or c.target_bg_score <= 0:
+            raise ValueError(f"need loss_weight >= 0, 0 < target_scale_factor <= 1 and target_bg_score > 0, got "
+                             f"{c.loss_weight}, {c.target_scale_factor}, {c.target_bg_score}")
+        if not c.target_scales or any(s <= 0 for s in c.target_scales):
+            raise ValueError(f"method_args.target_scales must be positive, got {c.target_scales}")
+        if c.eps_saliency and run_cfg is not None and getattr(run_cfg.data, "saliency_dir", None) is None:
+            raise ValueError("SMAF with method_args.eps_saliency=true (the released EPS first stage) needs saliency "
+                             "maps: set data.saliency_dir (PFAN maps in EPS), or method_args.eps_saliency=false for "
+                             "the classification-only first stage (an inferred fallback, see the docs)")
+        for name, v in (("eps_steps", c.eps_steps), ("self_train_steps", c.self_train_steps)):
+            if v is not None and v < 1:
+                raise ValueError(f"method_args.{name} must be >= 1 or null, got {v}")
+        self.net = SMAFNet(_build_backbone(run_cfg, c), num_classes, c.head, c.head_channels)
+        self.teacher: SMAFNet | None = None
+        self._phase = "eps"
+        self._jitter: Any = None
+        if c.eps_color_jitter is not None:
+            from ...data.transforms import ColorJitter
+
+            bri, con, sat, hue = c.eps_color_jitter
+            self._jitter = ColorJitter(bri, con, sat, hue)
+        self._normalize = getattr(getattr(run_cfg, "data", None), "normalize", "imagenet")
+        if c.freeze_bn:
+            set_bn_eval(self.net)
+
+    # ----------------------------------------------------------------------------------------- structure
+    def train(self, mode: bool = True) -> SMAFMethod:
+        super().train(mode)
+        if self.cfg.freeze_bn:
+            set_bn_eval(self.net)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def phase_steps(self, phase: str, default_steps: int) -> int:
+        v = self.cfg.eps_steps if phase == "eps" else self.cfg.self_train_steps
+        return default_steps if v is None else int(v)
+
+    def on_phase_start(self, ctx: PhaseContext) -> None:
+        """``"eps"``: nothing to build. ``"self_train"``: freeze a copy of the network as the teacher."""
+        self._phase = ctx.phase
+        if ctx.phase == "self_train":
+            teacher = copy.deepcopy(self.net)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher.eval()
+
+    def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        # PSA/EPS PolyOptimizer groups: backbone weights 1x (wd), biases 2x (no wd), cov_feat + fc8 10x (wd),
+        # their (absent) biases 20x; BN is not optimised (frozen). The teacher is never optimised.
+        return param_groups(self.net, base_lr, weight_decay=weight_decay, head_lr_mult=10.0,
+                            backbone_prefixes=("backbone.",))
+
+    # ----------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
+        if self._phase == "self_train":
+            return self._self_train_step(batch)
+        return self._eps_step(batch)
+
+    def _eps_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        images = batch["image"]
+        if self._jitter is not None and "image01" in batch:
+            images = self._jittered(batch)
+        labels = batch["labels"].float()
+        out = self.net(images)
+        loss_cls = F.multilabel_soft_margin_loss(out["logits"][:, :-1], labels)
+        if not self.cfg.eps_saliency:
+            return {"loss": loss_cls, "loss_cls": loss_cls.detach()}
+        sal = batch.get("saliency")
+        if sal is None:
+            raise ValueError("SMAF with eps_saliency=true got a batch without 'saliency'; set data.saliency_dir or "
+                             "method_args.eps_saliency=false")
+        loss_sal = eps_saliency_loss(out["cams"], sal, labels, self.cfg.eps_tau, self.cfg.eps_lambda)
+        return {"loss": loss_cls + loss_sal, "loss_cls": loss_cls.detach(), "loss_sal": loss_sal.detach()}
+
+    def _jittered(self, batch: dict[str, Any]) -> Tensor:
+        """EPS colour jitter on each crop (global torch RNG, checkpointed by the loop), padding kept at 0."""
+        from ..loop import normalize_images
+
+        img01 = batch["image01"].float()
+        out = torch.stack([self._jitter({"image": im})["image"] for im in img01])
+        x = normalize_images(out, self._normalize)
+        valid = batch.get("valid")
+        if valid is not None:
+            x = x * valid[:, None].to(x.dtype)
+        return x.to(batch["image"].dtype)
+
+    def fused_target(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+        """The teacher's denoised, reactivated target at ``target_scale_factor`` of the crop (background first).
+
+        Fusion on the crop (see the module docstring): per-pass softmax over C+1, background dropped, bilinear
+        upsampling, class mask, sum over scales and flips; padded pixels zeroed; per-class max over the crop.
+        """
+        if self.teacher is None:
+            raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
+        c = self.cfg
+        fused = multiscale_attention_fusion(
+            self.teacher.cam_logits, images, labels, scales=tuple(c.target_scales), flip=c.target_flip,
+            activation="softmax", bg_channel="last", reduce="sum", normalize="none",
+            image_interpolation=c.target_image_interpolation, no_grad=True, eval_mode=False)
+        assert isinstance(fused, Tensor)
+        fused = fused.float()
+        if valid is not None:
+            fused = fused * valid[:, None].to(fused.dtype)
+        fused = fused / (fused.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+        return smaf_target(fused, labels, bg_value=c.target_bg_score, scale_factor=c.target_scale_factor,
+                           align_corners=True)
+
+    def _self_train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        images = batch["image"]
+        labels = batch["labels"].float()
+        target = self.fused_target(images, labels, batch.get("valid"))
+        logits = self.net.cam_logits(images)
+        loss = smaf_loss(logits.float(), target, weight=self.cfg.loss_weight, bg_channel="last", align_corners=True)
+        return {"loss": loss, "loss_smaf": loss.detach()}
+
+    # ----------------------------------------------------------------------------------------- inference
+    def cam_fn(self, images: Tensor) -> Tensor:
+        """Per-pass softmax over the C+1 channels with the background (last) dropped (SMAF fusion order)."""
+        return torch.softmax(self.net.cam_logits(images).float(), dim=1)[:, :-1]
+
+    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
+        """``argmax([bg, A_0..A_{C-1}])`` with ``bg = cfg.bg_score`` (released 0.2), then the hard-label CRF."""
+        crf: Any = False
+        if self.cfg.pseudo_crf:
+            from ...crf import DenseCRF
+
+            crf = DenseCRF.preset(self.cfg.crf_preset, backend=self.cfg.crf_backend)
+        return smaf_pseudo_labels(cams, labels, bg_threshold=float(cfg.bg_score), image=image01, crf=crf,
+                                  gt_prob=getattr(crf, "gt_prob", 0.7))

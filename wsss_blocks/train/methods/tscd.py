@@ -1,0 +1,448 @@
+"""TSCD in the reference trainer: end-to-end MiT-B1 SegFormer with VARM labels, SCD and affinity from attention.
+
+Xu, Wang, Sun, Xu, Meng, Zhang, "Self Correspondence Distillation for End-to-End Weakly-Supervised Semantic
+Segmentation", AAAI 2023 (official code Rongtao-Xu/RepresentationLearning ``SCD-AAAI2023``), built on AFA (Ru et
+al., "Learning Affinity from Attention", CVPR 2022, rulixiang/afa). Spec: ``shared/specs/spec_scd.md`` §1–§4.
+
+One phase; every step (released ``scripts/dist_train_voc.py`` L296-360, spec §1, §3):
+
+1. Forward the crop ``x`` (grad): MiT-B1 (strides 4, 2, 2, 1) features, the SegFormer decoder's logits (stride 4,
+   C + 1 channels, background 0), the classification logits (bias-free 1×1 classifier on the global-**max**-pooled
+   last map) and the attention affinity ``A = sigmoid(attn_proj(cat(raw q·kᵀ of the last two blocks)))`` (TSCD
+   does not symmetrise it; AFA does: ``attn_symmetric``).
+2. ``T`` = multi-scale CAM of ``x`` (scales 1, 0.5, 1.5; flip pair fused by max; ReLU; summed; per-channel
+   min-max), no grad, computed in train mode as released.
+3. The SCD view ``x' = ↓0.3(x)`` (bilinear, ``align_corners=True``): a second forward **with grad** (seg logits
+   S') and its multi-scale CAM ``T'`` (no grad).
+4. ``Y`` = reliable pseudo labels: ``[τ; T]`` softmax over background + present classes, refined by
+   :class:`~wsss_blocks.refine.VariationAwareRefine` at half resolution, τ_h 0.55 / τ_l 0.35, ignore band
+   (:func:`~wsss_blocks.refine.reliable_pseudo_labels`), padding ignored.
+5. Losses: ``L_cls`` (multi-label soft margin); ``L_seg`` (½ CE background + ½ CE foreground on ``Y``, logits
+   upsampled to the crop with ``align_corners=True``); ``L_aff``
+   (:func:`~wsss_blocks.correspondence.affinity_from_attention_loss`, radius 8 on the /16 grid); ``L_reg`` (Tang et
+   al.'s dense-CRF energy loss, :func:`dense_energy_loss`); ``L_SCD``
+   (:func:`~wsss_blocks.correspondence.self_correspondence_loss` between ``(T, S)`` and ``(T', S')``); ``L_ER``
+   (``mean |↓0.3(T) − T'|`` over channels 1.., gradient-free as released).
+   Steps ``0 … cam_iters`` (inclusive): ``L = L_cls + 0·(L_seg + L_reg + L_aff)``; afterwards
+   ``L = L_cls + 0.1 L_seg + 0.01 L_reg + 0.1 L_aff + 0.1 L_SCD + 0.1 L_ER``.
+
+The segmentation head is the method's prediction (:attr:`TSCDMethod.has_segmentation`; ``seg.source: method``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...cam import cams_to_mask
+from ...correspondence import affinity_from_attention_loss, equivariant_regularization, self_correspondence_loss
+from ...models import SegFormer, param_groups
+from ...models.heads import global_pool
+from ...refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
+from . import register_method
+from .base import CAMMethod
+
+__all__ = ["TSCDConfig", "TSCDMethod", "balanced_seg_loss", "dense_energy_loss", "multiscale_minmax_cam",
+           "img_box_from_valid"]
+
+
+def balanced_seg_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255, empty_is_zero: bool = True
+                      ) -> Tensor:
+    """AFA/TSCD segmentation loss: ``½ CE(background pixels) + ½ CE(foreground pixels)``, 255 ignored.
+
+    Each cross entropy is averaged over its own pixels (released ``get_seg_loss``). With no background (or no
+    foreground) pixel the released mean is 0/0 = NaN; ``empty_is_zero`` (default, a fix) makes that half 0.
+
+    Shape:
+        - logits: B×K×H×W; labels: B×H×W int64 (0 background, 1..K-1 classes, ``ignore_index``)
+        - output: scalar
+
+    Example:
+        >>> y = torch.tensor([[[0, 1], [255, 1]]])
+        >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
+        True
+    """
+    bg = labels.masked_fill(labels != 0, ignore_index)
+    fg = labels.masked_fill(labels == 0, ignore_index)
+    out = []
+    for part in (bg, fg):
+        if empty_is_zero and not bool((part != ignore_index).any()):
+            out.append(logits.sum() * 0.0)
+        else:
+            out.append(F.cross_entropy(logits, part, ignore_index=ignore_index))
+    return 0.5 * (out[0] + out[1])
+
+
+class _DenseEnergy(torch.autograd.Function):
+    """Tang et al.'s dense-CRF energy with the released approximate gradient ``−2·g⊙(W S)/B`` (rloss)."""
+
+    @staticmethod
+    def forward(ctx: Any, probs: Tensor, image_hwc: Tensor, roi: Tensor, unlabeled: Tensor, sigma_rgb: float,
+                sigma_xy: float) -> Tensor:
+        from ...crf.permutohedral import bilateral_features, build_lattice, lattice_filter
+
+        b, k, h, w = probs.shape
+        gate = roi - probs.amax(dim=1)
+        gate = gate.masked_fill(unlabeled, 1.0).clamp(min=0.0)
+        s = probs * roi[:, None]
+        lattice = build_lattice(bilateral_features(image_hwc, sigma_xy, sigma_rgb), pad_like_pydensecrf=False)
+        ws = lattice_filter(lattice, s.permute(0, 2, 3, 1).reshape(b * h * w, k))
+        ws = ws.view(b, h, w, k).permute(0, 3, 1, 2) * gate[:, None]
+        ctx.save_for_backward(ws, roi)
+        ctx.batch = b
+        return -(s * ws).sum() / b
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ws, roi = ctx.saved_tensors
+        return -2.0 * grad * ws / ctx.batch * roi[:, None], None, None, None, None, None
+
+
+def dense_energy_loss(probs: Tensor, image255: Tensor, labels: Tensor, roi: Tensor | None = None,
+                      weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
+                      scale_factor: float = 0.5, ignore_index: int = 255) -> Tensor:
+    """Dense-CRF energy loss of Tang et al. ("On Regularized Losses for Weakly-supervised CNN Segmentation",
+    ECCV 2018) as used by TSCD (``DenseEnergyLoss(weight=1e-7, sigma_rgb=15, sigma_xy=100, scale_factor=0.5)``).
+
+    Downscale (image, ROI and labels nearest; probabilities bilinear) by ``scale_factor``, then
+    ``E = −Σ_k ⟨S_k, g ⊙ (W S_k)⟩ / B`` with S the probabilities inside the ROI, W the bilateral Gaussian
+    (σ_xy·scale_factor px, σ_rgb on 0–255 colours, computed with the library's permutohedral lattice — the same
+    ``Permutohedral::compute`` the released CPU extension calls) and the gate ``g = max(0, roi − max_k S_k)``, 1 on
+    ignored pixels. The gradient is the released ``−2·g⊙(W S)/B`` (g treated as a constant). Returns
+    ``weight · E``.
+
+    Shape:
+        - probs: B×K×H×W softmax; image255: B×3×H×W in 0..255; labels: B×H×W; roi: B×H×W {0, 1} (None = all 1)
+        - output: scalar
+
+    Example:
+        >>> p = torch.softmax(torch.randn(1, 3, 16, 16), 1).requires_grad_()
+        >>> loss = dense_energy_loss(p, torch.rand(1, 3, 16, 16) * 255, torch.zeros(1, 16, 16, dtype=torch.long))
+        >>> loss.backward(); bool(loss < 0), p.grad.shape
+        (True, torch.Size([1, 3, 16, 16]))
+    """
+    b = probs.shape[0]
+    if roi is None:
+        roi = torch.ones(b, *probs.shape[-2:], device=probs.device)
+    img = F.interpolate(image255.float(), scale_factor=scale_factor, mode="nearest")
+    p = F.interpolate(probs.float(), scale_factor=scale_factor, mode="bilinear", align_corners=False)
+    r = F.interpolate(roi[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
+    y = F.interpolate(labels[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        e = _DenseEnergy.apply(p, img.permute(0, 2, 3, 1).contiguous(), r, y.long() == ignore_index,
+                               float(sigma_rgb), float(sigma_xy) * scale_factor)
+    return weight * e
+
+
+def multiscale_minmax_cam(cam_fn: Any, images: Tensor, scales: tuple[float, ...] = (1.0, 0.5, 1.5)) -> Tensor:
+    """AFA/TSCD ``multi_scale_cam``: no-grad CAMs at each scale on ``[x; flip x]``, upsampled (bilinear) to the
+    input size, flip pair fused by max, ReLU, summed over scales, per-channel min-max normalised.
+
+    Sizes are ``int(s·H) × int(s·W)`` (floor) as released; ``cam_fn`` returns raw CAMs.
+
+    Shape:
+        - images: B×3×H×W; output: B×C×H×W in [0, 1]
+    """
+    b, _, h, w = images.shape
+    total: Tensor | None = None
+    with torch.no_grad():
+        for s in scales:
+            x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
+                                                      align_corners=False)
+            cam = cam_fn(torch.cat([x, x.flip(-1)], dim=0)).float()
+            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+            cam = F.relu(torch.maximum(cam[:b], cam[b:].flip(-1)))
+            total = cam if total is None else total + cam
+        assert total is not None
+        total = total - total.amin(dim=(-2, -1), keepdim=True)
+        return total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+def img_box_from_valid(valid: Tensor) -> Tensor:
+    """B×4 ``(r0, r1, c0, c1)`` bounding boxes of the unpadded region of each crop (``img_box`` of the release).
+
+    Example:
+        >>> v = torch.zeros(1, 4, 5, dtype=torch.bool); v[:, 1:3, 0:4] = True
+        >>> img_box_from_valid(v).tolist()
+        [[1, 3, 0, 4]]
+    """
+    rows = valid.any(dim=2).to(torch.int8)
+    cols = valid.any(dim=1).to(torch.int8)
+    h, w = valid.shape[-2:]
+    r0 = rows.argmax(dim=1)
+    r1 = h - rows.flip(1).argmax(dim=1)
+    c0 = cols.argmax(dim=1)
+    c1 = w - cols.flip(1).argmax(dim=1)
+    return torch.stack([r0, r1, c0, c1], dim=1)
+
+
+def _min_input_size(encoder: Any) -> int:
+    """Smallest image side for which every MiT stage's grid is at least its spatial-reduction kernel."""
+    for size in range(1, 4096):
+        s = size
+        ok = True
+        for i in range(1, 5):
+            conv = getattr(encoder, f"patch_embed{i}").proj
+            k, st, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            s = (s + 2 * pad - k) // st + 1
+            sr = getattr(getattr(encoder, f"block{i}")[0].attn, "sr_ratio", 1)
+            if s < max(1, sr):
+                ok = False
+                break
+        if ok:
+            return size
+    return 4096
+
+
+@dataclass
+class TSCDConfig:
+    """Arguments of TSCD (defaults = the released VOC setting; spec_scd.md §1–§3, SCD ``configs/voc_attn_reg.yaml``).
+
+    Attributes:
+        strides: MiT patch-embedding strides (4, 2, 2, 1): last stage at 1/16 (spec §3.1).
+        embed_dim: SegFormer decoder width (256; spec §3.1).
+        drop_path_rate: MiT stochastic depth (0.1; spec §3.1).
+        pooling: classifier pooling, ``"gmp"`` (released default) or ``"gap"`` (spec §3.1).
+        attn_symmetric: feed A + Aᵀ to ``attn_proj`` (AFA); TSCD dropped it (False; spec §3.5).
+        cam_scales: scales of the training CAMs (1, 0.5, 1.5; config ``cam.scales``).
+        cam_iters: last classification-only iteration (2000 VOC, ``n_iter <= cam_iters``; spec §1.4, §3.4).
+        cls_weight, seg_weight, aff_weight, reg_weight, scd_weight, er_weight: loss weights after ``cam_iters``
+            (1.0, 0.1, 0.1, 0.01, 0.1, 0.1; spec §3.4, SCD ``dist_train_voc.py`` L353).
+        tau_high, tau_low: background scores of the reliable labels (0.55 / 0.35; spec §2.4).
+        refiner: ``"varm"`` (TSCD) or ``"par"`` (AFA) for the reliable labels.
+        refine_num_iter, refine_dilations, refine_down_scale: 10, (1, 2, 4, 8, 12, 24), 2 (spec §2.1).
+        aff_radius: Chebyshev radius of the affinity pairs on the /16 grid (8; spec §3.4).
+        scd_view_scale: the SCD view ``x' = ↓s(x)`` (0.3; spec §1.1).
+        scd_num_samples: N, N×N points per view (40; spec §1.3).
+        er_grad: give L_ER a gradient through the single-scale CAM of ``x'`` (paper intent); released False
+            (inert: both CAMs are no-grad; spec §1.5).
+        seg_align_corners: upsampling of the seg logits to the crop (TSCD True, AFA False; spec §3.4).
+        seg_loss_empty_is_zero: a half of the balanced CE with no pixels counts 0 instead of NaN (a fix of the
+            released 0/0; spec §7 pitfall 13).
+        reg_energy_weight, reg_sigma_rgb, reg_sigma_xy, reg_scale_factor: ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``
+            (spec §3.4).
+        cam_pass_runs_decoder: the no-grad CAM passes also run the decoder in train mode, so its BatchNorm
+            running statistics see them, as in the release (its ``cam_only`` forward computes ``seg`` too);
+            False skips that work.
+        pseudo_rule: stage-2 masks: ``"refined"`` (the VARM labels the seg head trains on) or ``"threshold"``
+            (constant background ``pseudo.bg_score``, the release's ``cam_to_label`` 0.45).
+        pseudo_ignore: for ``"refined"``: ``"background"`` writes the ignore band as background (IRN's
+            convention for scoring), ``"keep"`` keeps 255.
+    """
+
+    strides: tuple[int, int, int, int] = (4, 2, 2, 1)
+    embed_dim: int = 256
+    drop_path_rate: float = 0.1
+    pooling: Literal["gmp", "gap"] = "gmp"
+    attn_symmetric: bool = False
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    cam_iters: int = 2000
+    cls_weight: float = 1.0
+    seg_weight: float = 0.1
+    aff_weight: float = 0.1
+    reg_weight: float = 0.01
+    scd_weight: float = 0.1
+    er_weight: float = 0.1
+    tau_high: float = 0.55
+    tau_low: float = 0.35
+    refiner: Literal["varm", "par"] = "varm"
+    refine_num_iter: int = 10
+    refine_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    refine_down_scale: int = 2
+    aff_radius: int = 8
+    scd_view_scale: float = 0.3
+    scd_num_samples: int = 40
+    er_grad: bool = False
+    seg_align_corners: bool = True
+    seg_loss_empty_is_zero: bool = True
+    reg_energy_weight: float = 1e-7
+    reg_sigma_rgb: float = 15.0
+    reg_sigma_xy: float = 100.0
+    reg_scale_factor: float = 0.5
+    cam_pass_runs_decoder: bool = True
+    pseudo_rule: Literal["refined", "threshold"] = "refined"
+    pseudo_ignore: Literal["background", "keep"] = "background"
+
+
+@register_method
+class TSCDMethod(CAMMethod):
+    """TSCD: end-to-end SegFormer (MiT-B1) with VARM-refined labels, SCD loss and affinity from attention.
+
+    Paper: Xu et al., "Self Correspondence Distillation for End-to-End Weakly-Supervised Semantic Segmentation",
+    AAAI 2023; network and recipe of Ru et al., "Learning Affinity from Attention" (AFA), CVPR 2022.
+
+    Gradients: the CAM teachers ``T``/``T'`` and the labels ``Y`` carry none (no-grad CAM passes); ``L_SCD``
+    reaches the encoder and decoder through the two segmentation forwards only (never the classifier);
+    ``L_cls`` trains encoder + classifier; ``L_aff`` the encoder + ``attn_proj``; ``L_seg``/``L_reg`` encoder +
+    decoder. Encoder LayerNorms stay fixed through lr 0 (released param groups).
+
+    Shape:
+        - batch["image"]: B×3×S×S (S a multiple of 16); batch["image01"]: B×3×S×S; batch["labels"]: B×C;
+          batch["valid"]: B×S×S (optional)
+        - cam_fn: B×C×S/16×S/16 (ReLU'd raw CAMs); seg_fn: B×(C+1)×S/4×S/4 logits, channel 0 = background
+
+    Example:
+        >>> import torch
+        >>> from wsss_blocks.train.schema import load_run_config
+        >>> cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 32,
+        ...                                                    "backbone_kwargs": {"sr_ratios": [1, 1, 1, 1]}},
+        ...     "method_args": {"embed_dim": 16, "scd_num_samples": 4, "cam_iters": 0}})
+        >>> m = TSCDMethod(cfg, cfg.method_config(), 20)
+        >>> x01 = torch.rand(2, 3, 32, 32)
+        >>> out = m.training_step({"image": x01 - 0.5, "image01": x01, "labels": torch.eye(20)[:2]}, 1, 10)
+        >>> sorted(out)[:4], tuple(m.seg_fn(x01).shape)
+        (['loss', 'loss_aff', 'loss_cls', 'loss_er'], (2, 21, 8, 8))
+    """
+
+    name = "tscd"
+    cfg: TSCDConfig
+    Config = TSCDConfig
+    cam_normalization = "minmax"
+    has_segmentation = True
+    paper_numbers = {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3}
+    paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3},
+                                "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1}}
+    paper_source = ("TSCD (AAAI'23) MiT-B1, VOC val 67.3 (test 67.5), COCO val 40.1, multi-scale + flip + CRF "
+                    "(DuPL Tab. 2 / paper listings; spec_scd.md §6). No CAM or pseudo-label number is reported.")
+
+    def __init__(self, run_cfg: Any, method_cfg: TSCDConfig, num_classes: int):
+        super().__init__(run_cfg, method_cfg, num_classes)
+        c = method_cfg
+        for name in ("cls_weight", "seg_weight", "aff_weight", "reg_weight", "scd_weight", "er_weight"):
+            if getattr(c, name) < 0:
+                raise ValueError(f"method_args.{name} must be >= 0, got {getattr(c, name)}")
+        if not 0 < c.scd_view_scale < 1:
+            raise ValueError(f"method_args.scd_view_scale must lie in (0, 1), got {c.scd_view_scale}")
+        if c.tau_low > c.tau_high:
+            raise ValueError(f"method_args.tau_low must be <= tau_high, got {c.tau_low} > {c.tau_high}")
+        cam = run_cfg.cam if run_cfg is not None else None
+        enc = cam.backbone if cam is not None else "mit_tiny"
+        if not enc.startswith("mit_"):
+            raise ValueError(f"TSCD needs a MiT encoder as cam.backbone (mit_b1 released, mit_tiny for tests), "
+                             f"got {enc!r}")
+        kw = dict(cam.backbone_kwargs) if cam is not None else {}
+        kw.setdefault("drop_path_rate", c.drop_path_rate)
+        self.net = SegFormer(num_classes + 1, encoder=enc, pretrained=cam.pretrained if cam is not None else None,
+                             strides=tuple(c.strides), embed_dim=c.embed_dim, cam_classes=num_classes,
+                             pooling=c.pooling, attn_proj=True, encoder_kwargs=kw)
+        self.stride = int(self.net.encoder.strides[-1])
+        crop = int(cam.crop_size) if cam is not None else None
+        if crop is not None and crop % self.stride:
+            raise ValueError(f"cam.crop_size must be a multiple of the encoder's output stride {self.stride} "
+                             f"(the affinity labels live on the /{self.stride} token grid), got {crop}")
+        if crop is not None:
+            smallest = int(int(crop * c.scd_view_scale) * min(c.cam_scales))
+            need = _min_input_size(self.net.encoder)
+            if smallest < need:
+                raise ValueError(
+                    f"the smallest CAM pass (crop {crop} x scd_view_scale {c.scd_view_scale} x min(cam_scales) "
+                    f"{min(c.cam_scales)} = {smallest} px) is too small for the encoder's spatial-reduction "
+                    f"convolutions (needs >= {need} px); use a larger cam.crop_size or smaller sr_ratios "
+                    f"(cam.backbone_kwargs)")
+        if c.refiner == "varm":
+            self.refiner: Any = VariationAwareRefine(tuple(c.refine_dilations), c.refine_num_iter)
+        else:
+            self.refiner = PixelAdaptiveRefine(tuple(c.refine_dilations), c.refine_num_iter)
+
+    # ----------------------------------------------------------------------------------------- network parts
+    def _cam_raw(self, images: Tensor) -> Tensor:
+        """Raw CAMs (classifier weights applied pixel-wise to the last map), as the release's ``cam_only``."""
+        feats = self.net.encoder(images)
+        if self.cfg.cam_pass_runs_decoder and self.training:
+            self.net.decoder(feats)  # the release computes seg here too: its BN statistics see these passes
+        assert self.net.classifier is not None
+        return F.conv2d(feats[-1], self.net.classifier.weight)
+
+    def _cls_logits(self, last: Tensor) -> Tensor:
+        assert self.net.classifier is not None
+        return global_pool(last, self.cfg.pooling) @ self.net.classifier.weight.flatten(1).t()
+
+    def _attn_pred(self, attns: list[Tensor]) -> Tensor:
+        a = torch.cat(attns[-2:], dim=1) if len(attns) >= 2 else attns[-1]
+        if self.cfg.attn_symmetric:
+            a = a + a.transpose(-2, -1)
+        assert self.net.attn_proj is not None
+        return torch.sigmoid(self.net.attn_proj(a))[:, 0]
+
+    # ----------------------------------------------------------------------------------------- training
+    def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        # AFA/TSCD get_param_groups: encoder 1x (wd), encoder norms lr 0 / wd 0, classifier + attn_proj 10x (wd),
+        # decoder 10x (wd) (SCD dist_train_voc.py L254-284; spec §3.6).
+        return param_groups(self.net, base_lr, weight_decay=weight_decay, head_lr_mult=10.0, head_bias_mult=10.0,
+                            bias_lr_mult=1.0, bias_weight_decay=None, norm_lr_mult=0.0, norm_weight_decay=0.0,
+                            backbone_prefixes=("encoder.",))
+
+    def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
+        c = self.cfg
+        x = batch["image"]
+        img01 = batch["image01"].float()
+        labels = batch["labels"].float()
+        valid = batch.get("valid")
+        box = img_box_from_valid(valid) if valid is not None else None
+
+        feats, attns = self.net.encoder(x, return_attn=True)
+        seg = self.net.decoder(feats)
+        loss_cls = F.multilabel_soft_margin_loss(self._cls_logits(feats[-1]).float(), labels)
+        cams = multiscale_minmax_cam(self._cam_raw, x, tuple(c.cam_scales))
+        attn_pred = self._attn_pred(attns).float()
+
+        x2 = F.interpolate(x, scale_factor=c.scd_view_scale, mode="bilinear", align_corners=True)
+        feats2 = self.net.encoder(x2)
+        seg2 = self.net.decoder(feats2)
+        cams2 = multiscale_minmax_cam(self._cam_raw, x2, tuple(c.cam_scales))
+        if c.er_grad:
+            assert self.net.classifier is not None
+            cam2g = F.relu(F.conv2d(feats2[-1], self.net.classifier.weight)).float()
+            cam2g = F.interpolate(cam2g, size=cams2.shape[-2:], mode="bilinear", align_corners=False)
+            cam2g = cam2g - cam2g.amin(dim=(-2, -1), keepdim=True)
+            cam2g = cam2g / (cam2g.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+            loss_er = equivariant_regularization(cams, cam2g, skip_first_channel=True)
+        else:
+            loss_er = equivariant_regularization(cams, cams2, skip_first_channel=True)
+
+        segs = F.interpolate(seg.float(), size=cams.shape[-2:], mode="bilinear", align_corners=c.seg_align_corners)
+        # S' is compared with T' (= the CAM of x', the size of ↓0.3(T)), released L327
+        segs2 = F.interpolate(seg2.float(), size=cams2.shape[-2:], mode="bilinear", align_corners=True)
+        loss_scd = self_correspondence_loss(cams, cams2, segs, segs2, num_samples=c.scd_num_samples)
+        assert isinstance(loss_scd, Tensor)
+
+        y = reliable_pseudo_labels(self.refiner, img01, cams, labels, img_box=box, tau_high=c.tau_high,
+                                   tau_low=c.tau_low, down_scale=c.refine_down_scale)
+        loss_aff = affinity_from_attention_loss(attn_pred, y, radius=c.aff_radius, stride=self.stride)
+        loss_seg = balanced_seg_loss(segs, y, empty_is_zero=c.seg_loss_empty_is_zero)
+        roi = valid.float() if valid is not None else None
+        loss_reg = dense_energy_loss(torch.softmax(segs, dim=1), img01 * 255.0, y, roi,
+                                     weight=c.reg_energy_weight, sigma_rgb=c.reg_sigma_rgb, sigma_xy=c.reg_sigma_xy,
+                                     scale_factor=c.reg_scale_factor)
+        if step <= c.cam_iters:
+            loss = c.cls_weight * loss_cls + 0.0 * (loss_seg + loss_reg + loss_aff)
+        else:
+            loss = (c.cls_weight * loss_cls + c.seg_weight * loss_seg + c.reg_weight * loss_reg
+                    + c.aff_weight * loss_aff + c.scd_weight * loss_scd + c.er_weight * loss_er)
+        return {"loss": loss, "loss_cls": loss_cls.detach(), "loss_seg": loss_seg.detach(),
+                "loss_aff": loss_aff.detach(), "loss_reg": loss_reg.detach(), "loss_scd": loss_scd.detach(),
+                "loss_er": loss_er.detach()}
+
+    # ----------------------------------------------------------------------------------------- inference
+    def cam_fn(self, images: Tensor) -> Tensor:
+        """ReLU'd raw CAMs at stride 16 (the trainer fuses scales/flips; use ``pseudo.flip_reduce: max``)."""
+        return F.relu(self._cam_raw(images))
+
+    def seg_fn(self, images: Tensor) -> Tensor:
+        """Segmentation logits B×(C+1)×H/4×W/4 (channel 0 = background)."""
+        return self.net.decoder(self.net.encoder(images))
+
+    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
+        """``"refined"``: the VARM reliable labels (τ_h/τ_l) the seg head trains on; ``"threshold"``: the
+        constant-background rule with ``cfg.bg_score`` (released ``cam_to_label`` 0.45)."""
+        if self.cfg.pseudo_rule == "threshold":
+            return cams_to_mask(cams, labels, float(cfg.bg_score))
+        y = reliable_pseudo_labels(self.refiner, image01.float(), cams.float(), labels, tau_high=self.cfg.tau_high,
+                                   tau_low=self.cfg.tau_low, down_scale=self.cfg.refine_down_scale)
+        if self.cfg.pseudo_ignore == "background":
+            y = y.masked_fill(y == 255, 0)
+        return y
