@@ -24,6 +24,16 @@ from .local_global import (
 )
 from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
 from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
+from .patch_learning import (
+    PatchDestruction,
+    PatchLearning,
+    ProgressiveSchedule,
+    merge_patches,
+    patch_learning,
+    puzzle_reconstruction_loss,
+    split_patches,
+    tile_images,
+)
 from .pseudo_mask import (
     CoVSmooth,
     CyclicPseudoMask,
@@ -59,6 +69,15 @@ __all__ = [
     "l2g_loss",
     "l2g_transfer",
     "roi_align",
+    # PPL
+    "PatchDestruction",
+    "PatchLearning",
+    "ProgressiveSchedule",
+    "patch_learning",
+    "split_patches",
+    "merge_patches",
+    "tile_images",
+    "puzzle_reconstruction_loss",
     # PMM
     "cov_smooth",
     "CoVSmooth",
