@@ -250,3 +250,19 @@ def test_compile_smoke():
     f = torch.compile(normalize_cams, backend="eager")
     x = torch.randn(1, 2, 4, 4)
     torch.testing.assert_close(f(x), normalize_cams(x))
+
+
+def test_multiscale_antialias_only_changes_downscaled_inputs():
+    x = torch.rand(1, 3, 16, 16)
+    seen = {}
+
+    def record(im):
+        seen.setdefault(im.shape[-1], []).append(im[:1].clone())
+        return im[:, :1]
+
+    multiscale_cams(record, x, scales=(1.0, 0.5), flip=False, antialias=False)
+    multiscale_cams(record, x, scales=(1.0, 0.5), flip=False, antialias=True)
+    assert torch.equal(seen[16][0], seen[16][1])  # the unscaled input is untouched
+    assert not torch.allclose(seen[8][0], seen[8][1])  # antialiased downscale differs
+    # antialiased 2x downscale of a random image is smoother: lower variance than plain bilinear
+    assert seen[8][1].var() < seen[8][0].var()

@@ -201,6 +201,7 @@ def multiscale_cams(
     flip_reduce: Reduce | None = None,
     no_grad: bool = True,
     return_all: bool = False,
+    antialias: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Batched multi-scale + flip inference for any callable returning per-class maps.
 
@@ -226,6 +227,8 @@ def multiscale_cams(
         flip_reduce: how to fuse each flip pair before the scale reduction.
         no_grad: run under ``torch.no_grad()`` (default); set False for a differentiable fusion.
         return_all: also return the list of aligned per-scale maps (flip pair fused), for inspection.
+        antialias: antialias the input downscaling (closer to PIL resizing; off as in the releases'
+            tensor pipelines).
 
     Shape:
         - images: B×3×H×W
@@ -253,12 +256,19 @@ def multiscale_cams(
 
     ctx = torch.no_grad() if no_grad else torch.enable_grad()
     per_scale: list[Tensor] = []
-    flat: list[Tensor] = []
+    acc: Tensor | None = None  # running reduction: never stacks all passes
+    count = 0
+
+    def accumulate(acc: Tensor | None, x: Tensor) -> Tensor:
+        if acc is None:
+            return x
+        return torch.maximum(acc, x) if reduce == "max" else acc + x
+
     with ctx:
         for s in scales:
             size = (max(1, round(H * float(s))), max(1, round(W * float(s))))
             x = images if size == (H, W) else F.interpolate(
-                images, size=size, mode=interpolation, align_corners=False)
+                images, size=size, mode=interpolation, align_corners=False, antialias=antialias)
             if flip:
                 x = torch.cat([x, x.flip(-1)], dim=0)
             out = fn(x)
@@ -271,16 +281,23 @@ def multiscale_cams(
             if flip:
                 a, b = out[:B], out[B:].flip(-1)
                 if flip_reduce is None:
-                    flat.extend([a, b])
-                    pair = _reduce(torch.stack([a, b]), reduce)
+                    acc = accumulate(accumulate(acc, a), b)
+                    count += 2
+                    if return_all:
+                        per_scale.append(_reduce(torch.stack([a, b]), reduce))
                 else:
                     pair = _reduce(torch.stack([a, b]), flip_reduce)
-                    flat.append(pair)
+                    acc = accumulate(acc, pair)
+                    count += 1
+                    if return_all:
+                        per_scale.append(pair)
             else:
-                pair = out
-                flat.append(out)
-            per_scale.append(pair)
-        fused = _reduce(torch.stack(flat), reduce)
+                acc = accumulate(acc, out)
+                count += 1
+                if return_all:
+                    per_scale.append(out)
+        assert acc is not None
+        fused = acc / count if reduce == "mean" else acc
     if return_all:
         return fused, per_scale
     return fused
