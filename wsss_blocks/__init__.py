@@ -24,6 +24,16 @@ from .local_global import (
 )
 from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
 from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
+from .multiscale_fusion import (
+    MultiScaleAttentionFusion,
+    SMAFLoss,
+    denoise,
+    multiscale_attention_fusion,
+    reactivate,
+    smaf_loss,
+    smaf_pseudo_labels,
+    smaf_target,
+)
 from .patch_learning import (
     PatchDestruction,
     PatchLearning,
@@ -86,4 +96,13 @@ __all__ = [
     "PretendedUnderFittingLoss",
     "pretended_underfitting_loss",
     "CyclicPseudoMask",
+    # SMAF
+    "MultiScaleAttentionFusion",
+    "multiscale_attention_fusion",
+    "denoise",
+    "reactivate",
+    "smaf_target",
+    "smaf_loss",
+    "SMAFLoss",
+    "smaf_pseudo_labels",
 ]
