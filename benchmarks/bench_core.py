@@ -6,6 +6,7 @@ Run: ``python -m benchmarks.bench_core [--device cpu|cuda] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
 import torch
@@ -99,9 +100,14 @@ def bench_multiscale(device: str, quick: bool) -> dict[str, Any]:
     def fused() -> None:
         multiscale_cams(lambda im: torch.relu(model(im)), x, scales=scales, flip=True)
 
-    reps = 3 if quick else 2
-    t_bare = time_fn(bare, device, warmup=1, repeats=reps)["median_ms"]
-    t_ms = time_fn(fused, device, warmup=1, repeats=reps)["median_ms"]
+    reps = 3
+    # interleave A/B so both see the same machine load (medians of alternating runs)
+    bare_s, fused_s = [], []
+    bare(), fused()
+    for _ in range(reps):
+        bare_s.append(time_fn(bare, device, warmup=0, repeats=1)["median_ms"])
+        fused_s.append(time_fn(fused, device, warmup=0, repeats=1)["median_ms"])
+    t_bare, t_ms = statistics.median(bare_s), statistics.median(fused_s)
     row: dict[str, Any] = {
         "name": "multiscale_cams",
         "params": f"{'tiny CNN' if quick else 'ResNet-50'} {batch}x3x{size}^2, 4 scales + flip",

@@ -147,3 +147,24 @@ def test_metrics_on_cuda():
     cm = confusion_matrix(pred, gt, 21)
     assert cm.is_cuda
     np.testing.assert_array_equal(cm.cpu().numpy(), _np_confusion(pred.cpu().numpy(), gt.cpu().numpy(), 21))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([torch.uint8, torch.int64, torch.int32]),
+       st.sampled_from(["error", "drop", "background"]))
+def test_fast_and_general_paths_agree(seed, dtype, policy):
+    """The 8-bit fast path equals the general path (forced with an ignore index outside 0..255)."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 22))
+    gt = rng.integers(0, k, size=(2, 5, 6))
+    gt[rng.random(gt.shape) < 0.2] = 255
+    pred = rng.integers(0, k, size=gt.shape)
+    if policy != "error":
+        pred[rng.random(gt.shape) < 0.2] = 255
+    fast = confusion_matrix(torch.from_numpy(pred).to(dtype), torch.from_numpy(gt).to(dtype), k,
+                            pred_ignore=policy)
+    gt_general = np.where(gt == 255, 1000, gt)
+    pred_general = np.where(pred == 255, 1000, pred)
+    general = confusion_matrix(torch.from_numpy(pred_general), torch.from_numpy(gt_general), k,
+                               ignore_index=1000, pred_ignore=policy)
+    assert torch.equal(fast, general)

@@ -53,6 +53,45 @@ def _check_int(x: object, name: str) -> Tensor:
     return x
 
 
+def _fits_byte(x: Tensor) -> bool:
+    if x.dtype == torch.uint8:
+        return True
+    lo, hi = torch.aminmax(x)
+    return int(lo) >= 0 and int(hi) <= 255
+
+
+def _confusion_small_values(p: Tensor, g: Tensor, K: int, ignore_index: int | None,
+                            pred_ignore: PredIgnore) -> Tensor | None:
+    """Fast path for label values in [0, 255]: one int32 index ``256·g + p`` and one bincount.
+
+    The 256×256 histogram holds everything: rows ≥ K other than the ignore row are invalid targets,
+    columns ≥ K other than a tolerated ignore column are invalid predictions. Returns None when the
+    values or the ignore index do not fit the 8-bit layout (the general path then runs).
+    """
+    if K > 256 or (ignore_index is not None and not K <= ignore_index <= 255):
+        return None
+    if not (_fits_byte(g) and _fits_byte(p)):
+        return None
+    hist = torch.bincount(g.int() * 256 + p.int(), minlength=65536).view(256, 256)
+    rows = hist.sum(1)
+    rows[:K] = 0
+    if ignore_index is not None:
+        rows[ignore_index] = 0
+    if bool(rows.any()):
+        raise _bad_value(g, "target", K, ignore_index)
+    cols = hist.sum(0)
+    cols[:K] = 0
+    if ignore_index is not None and pred_ignore != "error":
+        cols[ignore_index] = 0
+    if bool(cols.any()):
+        bad = int(torch.nonzero(cols)[0, 0])
+        raise ValueError(f"pred has value {bad} outside [0, {K - 1}]")
+    cm = hist[:K, :K].clone().long()
+    if ignore_index is not None and pred_ignore == "background":
+        cm[:, 0] += hist[:K, ignore_index]
+    return cm
+
+
 def confusion_matrix(
     pred: Tensor,
     target: Tensor,
@@ -90,10 +129,13 @@ def confusion_matrix(
     if pred_ignore not in ("error", "drop", "background"):
         raise ValueError(f"pred_ignore must be 'error', 'drop' or 'background', got {pred_ignore!r}")
     K = num_classes
+    if target.numel() == 0:
+        return torch.zeros(K, K, dtype=torch.long, device=target.device)
+    fast = _confusion_small_values(pred.reshape(-1), target.reshape(-1), K, ignore_index, pred_ignore)
+    if fast is not None:
+        return fast
     g = target.reshape(-1).long()
     p = pred.reshape(-1).long()
-    if g.numel() == 0:
-        return torch.zeros(K, K, dtype=torch.long, device=target.device)
     # ignored ground truth goes to an extra row K that is dropped at the end
     if ignore_index is not None:
         g = torch.where(g == ignore_index, K, g)
