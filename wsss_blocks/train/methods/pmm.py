@@ -1,0 +1,285 @@
+"""PMM in the reference trainer: SEAM-style ResNet-38 CAM training + proportional pseudo-masks (PPMG with CoV).
+
+Li, Kuang, Liu, Chen, Zhang, "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation", ICCV 2021
+(official code Eli-YiLi/PMM and Eli-YiLi/WSSS_MMSeg; ``shared/specs/spec_pmm.md``).
+
+- **CAM stage** = the released stage A (``PMM:pipeline/train_cam.py``, spec §2.1–§2.3): ResNet-38 (b7 dilation
+  2, conv1a/b2 frozen, frozen BN) with the SEAM head — fc8 (K = C + 1 channels, **background first**, behind
+  Dropout2d 0.5) and the PCM, whose output ``cam_rv`` refines the detached, normalised, arg-max-suppressed
+  CAM. Each batch runs at full size and downscaled ×0.3; the loss is
+  ``L_cls + L_minpool + L_er + L_ecr`` (classification on GAP of fc8, PMM's adaptive min-pooling on
+  ``cam_rv``, the equivariance L1 between the two scales, and the top-20 % equivariant cross regularisation).
+- **CAMs** (:meth:`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels (spec §3.1,
+  pitfall 6), multi-scale + flip summed and min-max normalised per class (``cam_normalization="minmax"``).
+- **Pseudo masks** (:meth:`PMMMethod.pseudo_masks`): :func:`wsss_blocks.pseudo_mask.proportional_pseudo_mask`
+  — CoV smoothing, per-class binary dense CRF foregrounds with the background ``(1 − Ã_c)^11`` and overlaps
+  resolved by each pixel's share of its class's CAM mass (spec §4, §5). ``foreground="threshold"`` replaces
+  the CRF by its initial state (no image needed).
+- **Segmentation options** (seg-stage keys, spec §8.2–§8.3): ``seg.loss: puf`` with ``seg.loss_args``
+  (pretended under-fitting: β = k = 0.5 on VOC, 0.8 on COCO); cyclic pseudo-masks are a seg-stage round
+  (see ``docs/trainer_methods.md``).
+
+Not reproduced: the release's stage B/C (CRF rough masks and a ScaleNet-101 retrained on multi-crop tiles)
+and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (issue #7: ScaleNet gains
+~4 CAM points).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...models import set_bn_eval
+from ...pseudo_mask import proportional_pseudo_mask
+from . import register_method
+from .base import CAMMethod
+from .l2g import PixelCorrelation, build_frozen_backbone
+
+__all__ = ["PMMConfig", "PMMMethod", "SEAMNet", "max_norm", "max_onehot", "adaptive_min_pooling_loss",
+           "seam_pcm_input"]
+
+
+def max_norm(p: Tensor, eps: float = 1e-5) -> Tensor:
+    """SEAM ``visualization.max_norm``: ``relu(relu(p) − min − ε) / (max − min + ε)`` per map (min/max of relu(p)).
+
+    Shape:
+        - p: B×K×H×W; output: same
+    """
+    p = F.relu(p)
+    mx = p.amax(dim=(2, 3), keepdim=True)
+    mn = p.amin(dim=(2, 3), keepdim=True)
+    return F.relu(p - mn - eps) / (mx - mn + eps)
+
+
+def max_onehot(x: Tensor) -> Tensor:
+    """SEAM ``max_onehot``: zero every foreground channel (1..K−1) below the per-pixel foreground max.
+
+    Channel 0 (background) is kept. Ties keep every maximal channel, as released.
+    """
+    fg = x[:, 1:]
+    fg = fg * (fg == fg.amax(dim=1, keepdim=True)).to(fg.dtype)
+    return torch.cat([x[:, :1], fg], dim=1)
+
+
+def adaptive_min_pooling_loss(x: Tensor) -> Tensor:
+    """PMM's adaptive min-pooling loss (``PMM:pipeline/train_cam.py`` lines 12–20, spec §2.2).
+
+    Per image: the per-pixel max over the channels of ``x`` (the label-masked foreground ``cam_rv``), the
+    ``k = ⌊HW/4⌋`` smallest of those values, ReLU, summed; divided by ``k·N``.
+
+    Shape:
+        - x: N×C×H×W; output: scalar
+    """
+    n, _, h, w = x.shape
+    k = max(1, (h * w) // 4)
+    m = x.amax(dim=1).reshape(n, -1)
+    low = torch.topk(m, k=k, dim=-1, largest=False).values
+    return F.relu(low).sum() / (k * n)
+
+
+@torch.no_grad()
+def seam_pcm_input(cam: Tensor) -> Tensor:
+    """The detached map the SEAM PCM propagates (spec §2.1): ReLU, divide by the per-map max (+1e-5) after
+    subtracting 1e-5, background channel 0 := 1 − max over the foreground, non-max foreground channels := 0.
+
+    Shape:
+        - cam: B×K×h×w (channel 0 = background); output: same, in [0, 1]
+    """
+    c = F.relu(cam.detach().float())
+    mx = c.amax(dim=(2, 3), keepdim=True) + 1e-5
+    c = F.relu(c - 1e-5) / mx
+    fg = c[:, 1:]
+    top = fg.amax(dim=1, keepdim=True)
+    fg = torch.where(fg < top, torch.zeros_like(fg), fg)
+    return torch.cat([1.0 - top, fg], dim=1)
+
+
+class SEAMNet(nn.Module):
+    """ResNet-38 + SEAM head as in ``PMM:network/resnet38_SEAM.py`` (spec §2.1).
+
+    ``forward`` returns ``(cam, cam_rv)`` at the feature resolution (B×K×h×w, K = C + 1, channel 0 =
+    background): ``cam = fc8(Dropout2d(conv6))`` and ``cam_rv = PCM(seam_pcm_input(cam))`` (ReLU after
+    f8_3/f8_4, as SEAM/PMM). ``cam_rv`` carries gradient only into the PCM convolutions.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        chans = tuple(int(c) for c in backbone.out_channels)  # type: ignore[union-attr]
+        if len(chans) < 3:
+            raise ValueError(f"SEAMNet needs a backbone with at least 3 feature maps, got {len(chans)}")
+        self.backbone = backbone
+        self.dropout7 = nn.Dropout2d(dropout)
+        self.fc8 = nn.Conv2d(chans[-1], num_classes + 1, 1, bias=False)
+        nn.init.xavier_uniform_(self.fc8.weight)
+        self.pcm = PixelCorrelation(chans[-3], chans[-2], relu_features=True)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.backbone(images)
+        cam = self.fc8(self.dropout7(maps[-1])).float()
+        cam_rv = self.pcm(seam_pcm_input(cam), images, maps[-3], maps[-2])
+        return cam, cam_rv
+
+
+@dataclass
+class PMMConfig:
+    """Arguments of PMM (defaults = the release; spec_pmm.md).
+
+    Attributes:
+        frozen: backbone modules without gradient (``resnet38_SEAM.py``: conv1a, b2, b2_1, b2_2).
+        freeze_bn: frozen BatchNorm (released).
+        b7_dilation: dilation of ResNet-38's b7 (SEAM/PMM 2; spec §2.1).
+        dropout: Dropout2d rate in front of fc8 (0.5).
+        downscale: scale of the second view (0.3, ``train_cam.py``).
+        min_pool_weight, er_weight, ecr_weight: loss weights (all 1 in the release).
+        ecr_topk: fraction of the largest ECR entries averaged (0.2).
+        cam_source: ``"pcm"`` (``cam_rv``, released) or ``"fc8"`` (plain CAM) for inference.
+        alpha: power of the per-class background in PPMG (11 in run.py stages D/E; spec §5).
+        cam_thresh: CoV threshold t (0.05; spec §4).
+        cv_scale: CoV scale s (0.3; spec §4).
+        fg_thresh: threshold on the CRF foreground posterior (0.5; spec §5).
+        foreground: ``"crf"`` (released per-class binary dense CRF) or ``"threshold"`` (its initial state).
+        crf_params: dense-CRF parameters; ``None`` = :data:`wsss_blocks.pseudo_mask.PMM_BINARY_CRF`
+            (10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10).
+        min_exponent: floor of the CoV exponent ``1 − cv`` (``None`` = release, no clamp).
+    """
+
+    frozen: tuple[str, ...] = ("conv1a", "b2", "b2_1", "b2_2")
+    freeze_bn: bool = True
+    b7_dilation: int = 2
+    dropout: float = 0.5
+    downscale: float = 0.3
+    min_pool_weight: float = 1.0
+    er_weight: float = 1.0
+    ecr_weight: float = 1.0
+    ecr_topk: float = 0.2
+    cam_source: Literal["pcm", "fc8"] = "pcm"
+    alpha: float = 11.0
+    cam_thresh: float = 0.05
+    cv_scale: float = 0.3
+    fg_thresh: float = 0.5
+    foreground: Literal["crf", "threshold"] = "crf"
+    crf_params: dict[str, Any] | None = None
+    min_exponent: float | None = None
+
+
+def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+@register_method
+class PMMMethod(CAMMethod):
+    """PMM: SEAM-style ResNet-38 CAM training (stage A) and PPMG pseudo-masks with CoV smoothing.
+
+    Paper: Li et al., "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation", ICCV 2021.
+    Release: Eli-YiLi/PMM (CAM, PPMG), Eli-YiLi/WSSS_MMSeg (PUF, cyclic pseudo-masks); spec_pmm.md.
+
+    Shape:
+        - batch["image"]: B×3×H×W; batch["labels"]: B×C
+        - cam_fn output: B×C×H/8×W/8 (``cam_rv`` foreground channels), non-negative
+        - pseudo_masks: B×H×W int64 (0 background, c+1 class c; no ignore label)
+
+    Example:
+        >>> import torch
+        >>> from wsss_blocks.train.schema import load_run_config
+        >>> cfg = load_run_config({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},
+        ...                        "method_args": {"frozen": ["conv1a"], "foreground": "threshold"}})
+        >>> m = PMMMethod(cfg, cfg.method_config(), 20)
+        >>> out = m.training_step({"image": torch.randn(2, 3, 64, 64), "labels": torch.eye(20)[:2]}, 0, 10)
+        >>> sorted(out)
+        ['loss', 'loss_cls', 'loss_ecr', 'loss_er', 'loss_minpool']
+        >>> tuple(m.cam_fn(torch.randn(1, 3, 64, 64)).shape)
+        (1, 20, 8, 8)
+    """
+
+    name = "pmm"
+    Config = PMMConfig
+    cfg: PMMConfig
+    paper_numbers = {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0}
+    paper_numbers_by_dataset = {"voc": {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0},
+                                "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.2}}
+    paper_source = ("PMM (ICCV'21): CAM 53.93 = ResNet-38d multi-crop test (Table 1 via issue #7), PPMG 61.49 on VOC "
+                    "*val* (Table 2 via issue #13), val 70.0 = Res2Net-101 PSPNet (abstract; ResNet-38 PSPNet 68.5); "
+                    "COCO val 40.2 (spec_pmm.md §9)")
+    cam_normalization = "minmax"
+
+    def __init__(self, run_cfg: Any, method_cfg: PMMConfig, num_classes: int):
+        super().__init__(run_cfg, method_cfg, num_classes)
+        c = method_cfg
+        if not 0.0 < c.downscale < 1.0:
+            raise ValueError(f"method_args.downscale must be in (0, 1), got {c.downscale}")
+        if not 0.0 < c.ecr_topk <= 1.0:
+            raise ValueError(f"method_args.ecr_topk must be in (0, 1], got {c.ecr_topk}")
+        if c.alpha <= 0:
+            raise ValueError(f"method_args.alpha must be > 0, got {c.alpha}")
+        cam = run_cfg.cam if run_cfg is not None else None
+        bb = build_frozen_backbone(cam.backbone if cam is not None else "resnet38d_tiny",
+                                   cam.pretrained if cam is not None else None,
+                                   dict(cam.backbone_kwargs) if cam is not None else {}, c.frozen, c.freeze_bn,
+                                   b7_dilation=c.b7_dilation)
+        self.net = SEAMNet(bb, num_classes, dropout=c.dropout)
+        if c.freeze_bn:
+            set_bn_eval(self)
+
+    def train(self, mode: bool = True) -> PMMMethod:
+        super().train(mode)
+        if self.cfg.freeze_bn:
+            set_bn_eval(self)
+        return self
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The loss terms of one batch with their gradients: ``cls``, ``minpool``, ``er``, ``ecr`` (unweighted)."""
+        c = self.cfg
+        x1 = batch["image"]
+        y = batch["labels"].float()
+        n, _, H, W = x1.shape
+        x2 = F.interpolate(x1, scale_factor=c.downscale, mode="bilinear", align_corners=True)
+        lab = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)[:, :, None, None]
+
+        cam1, rv1 = self.net(x1)
+        cam1, rv1 = _up(cam1, (H, W)), _up(rv1, (H, W))
+        cls1 = F.multilabel_soft_margin_loss(cam1.mean(dim=(2, 3))[:, 1:], y)
+        minp1 = adaptive_min_pooling_loss((rv1 * lab)[:, 1:])
+        size2 = (int(x2.shape[-2]), int(x2.shape[-1]))
+        cam1 = _up(max_norm(cam1), size2) * lab
+        rv1 = _up(max_norm(rv1), size2) * lab
+
+        cam2, rv2 = self.net(x2)
+        cam2, rv2 = _up(cam2, size2), _up(rv2, size2)
+        cls2 = F.multilabel_soft_margin_loss(cam2.mean(dim=(2, 3))[:, 1:], y)
+        minp2 = adaptive_min_pooling_loss((rv2 * lab)[:, 1:])
+        cam2 = max_norm(cam2) * lab
+        rv2 = max_norm(rv2) * lab
+
+        loss_er = (cam1[:, 1:] - cam2[:, 1:]).abs().mean()
+        bg1 = 1.0 - cam1[:, 1:].amax(dim=1, keepdim=True)
+        bg2 = 1.0 - cam2[:, 1:].amax(dim=1, keepdim=True)
+        t1 = max_onehot(torch.cat([bg1, cam1[:, 1:]], dim=1).detach())
+        t2 = max_onehot(torch.cat([bg2, cam2[:, 1:]], dim=1).detach())
+        k = max(1, int(lab.shape[1] * size2[0] * size2[1] * c.ecr_topk))
+        ecr1 = torch.topk((t2 - rv1).abs().reshape(n, -1), k=k, dim=-1).values.mean()
+        ecr2 = torch.topk((t1 - rv2).abs().reshape(n, -1), k=k, dim=-1).values.mean()
+
+        return {"cls": (cls1 + cls2) / 2, "minpool": (minp1 + minp2) / 2, "er": loss_er, "ecr": ecr1 + ecr2}
+
+    def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
+        c = self.cfg
+        p = self.losses(batch)
+        loss = p["cls"] + c.min_pool_weight * p["minpool"] + c.er_weight * p["er"] + c.ecr_weight * p["ecr"]
+        return {"loss": loss, "loss_cls": p["cls"].detach(), "loss_minpool": p["minpool"].detach(),
+                "loss_er": p["er"].detach(), "loss_ecr": p["ecr"].detach()}
+
+    def cam_fn(self, images: Tensor) -> Tensor:
+        cam, rv = self.net(images)
+        out = rv if self.cfg.cam_source == "pcm" else cam
+        return F.relu(out[:, 1:])
+
+    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
+        c = self.cfg
+        return proportional_pseudo_mask(cams.float().clamp(0.0, 1.0), labels, image01.float().clamp(0.0, 1.0),
+                                        alpha=c.alpha, cam_thresh=c.cam_thresh, cv_scale=c.cv_scale,
+                                        fg_thresh=c.fg_thresh, foreground=c.foreground, crf_params=c.crf_params,
+                                        min_exponent=c.min_exponent)
