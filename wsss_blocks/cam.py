@@ -46,7 +46,7 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
         - weight: C×D or C×D×1×1
         - output: B×C×h×w (raw, not ReLU'd or normalised; see :func:`normalize_cams`)
 
-    Example:
+    Examples:
         >>> feats = torch.randn(2, 8, 4, 4)
         >>> head = torch.nn.Conv2d(8, 20, 1, bias=False)
         >>> cam_from_features(feats, head.weight).shape
@@ -93,7 +93,7 @@ def tokens_to_map(
         - tokens: B×N×D with N = num_prefix_tokens + h·w
         - output: B×D×h×w
 
-    Example:
+    Examples:
         >>> tokens = torch.randn(2, 1 + 4 * 6, 16)
         >>> tokens_to_map(tokens, (64, 96), 16).shape
         torch.Size([2, 16, 4, 6])
@@ -126,7 +126,7 @@ def normalize_cams(cams: Tensor, mode: Literal["max", "minmax"] = "max", eps: fl
         - cams: B×C×H×W (any leading shape …×H×W works)
         - output: same shape as ``cams``
 
-    Example:
+    Examples:
         >>> cams = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]]]])
         >>> normalize_cams(cams, eps=0.0)
         tensor([[[[1.0000, 0.0000],
@@ -165,7 +165,7 @@ def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0
         - labels: B×C
         - output: B×H×W int64 with values in 0..C (0 = background, c+1 = class c)
 
-    Example:
+    Examples:
         >>> cams = torch.tensor([[[[0.9, 0.1]], [[0.5, 0.2]]]])  # B=1, C=2, 1×2 pixels
         >>> cams_to_mask(cams, torch.tensor([[0.0, 1.0]]), bg_score=0.15)
         tensor([[[2, 2]]])
@@ -234,7 +234,7 @@ def multiscale_cams(
         - images: B×3×H×W
         - output: B×K×out_H×out_W (and a list of ``len(scales)`` such tensors with ``return_all``)
 
-    Example:
+    Examples:
         >>> net = torch.nn.Conv2d(3, 4, 3, padding=1)
         >>> multiscale_cams(net, torch.rand(2, 3, 32, 32), scales=(1.0, 0.5)).shape
         torch.Size([2, 4, 32, 32])
@@ -310,7 +310,7 @@ class MultiScaleCAM(nn.Module):
         - images: B×3×H×W
         - output: B×K×H×W (or ``out_size``)
 
-    Example:
+    Examples:
         >>> msc = MultiScaleCAM(torch.nn.Conv2d(3, 4, 1), scales=(1.0, 0.5), flip=True)
         >>> msc(torch.rand(1, 3, 16, 16)).shape
         torch.Size([1, 4, 16, 16])
@@ -351,7 +351,7 @@ class CAMNormalize(nn.Module):
         - cams: B×C×H×W
         - output: same shape, values in [0, 1]
 
-    Example:
+    Examples:
         >>> CAMNormalize()(torch.randn(1, 3, 4, 4)).amax().item() <= 1.0
         True
     """

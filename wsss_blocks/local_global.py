@@ -142,7 +142,7 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int | tuple[int, int]
         - rois: R×5
         - output: R×K×h×w
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import roi_align
         >>> feats = torch.arange(16.0).view(1, 1, 4, 4)
@@ -262,7 +262,7 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
     Shape:
         - output: B×N×4 int64 ``(x1, y1, x2, y2)`` with ``x2 = x1 + p``, ``y2 = y1 + p``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import sample_patch_boxes
         >>> g = torch.Generator().manual_seed(0)
@@ -311,7 +311,7 @@ def boxes_to_rois(boxes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         - boxes: B×N×4
         - output: B·N×5 (image-major: the N boxes of image 0 first)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import boxes_to_rois
         >>> boxes_to_rois(torch.tensor([[[0, 0, 2, 2]], [[1, 1, 3, 3]]])).tolist()
@@ -347,7 +347,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
         - images: B×3×H×W, boxes: B×N×4, labels: B×C, saliency: B×1×H×W
         - output: see :class:`LocalPatches`
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import crop_local_patches
         >>> imgs = torch.arange(2 * 3 * 4 * 4.0).view(2, 3, 4, 4)
@@ -452,7 +452,7 @@ class LocalPatchSampler(nn.Module):
         - output: dict, see :class:`LocalPatches` (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
           ``patch_saliency`` B·N×1×p×p or None, ``rois`` B·N×5, ``boxes`` B×N×4)
 
-    Example:
+    Examples:
         >>> import torch
         >>> import torch.nn.functional as F
         >>> from wsss_blocks.local_global import LocalPatchSampler
@@ -660,7 +660,7 @@ def l2g_target(local_cams: Tensor, rois: Tensor, image_labels: Tensor, patch_sal
         - patch_saliency: R×1×(stride·h)×(stride·w) or R×1×h×w, optional
         - output: R×K×h×w, detached, values in [0, 1], at most one non-zero channel per pixel (keep_max)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import l2g_target
         >>> cams = torch.tensor([[[[2.0, 1.0]], [[4.0, 0.0]], [[1.0, 3.0]]]])  # 1 patch, K=3 (bg last), 1×2
@@ -732,8 +732,14 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
         patch_saliency: optional saliency crops (enables the released shape-transfer target).
         stride: output stride of both networks (spatial scale 1/stride).
         weight: λ (VOC 10, COCO 30).
-        fg_threshold, bg_channel, keep_max, bg_target, saliency_resize, empty_saliency_fallback, eps,
-            num_classes: see :func:`l2g_target`.
+        fg_threshold: see :func:`l2g_target`.
+        bg_channel: see :func:`l2g_target`.
+        keep_max: see :func:`l2g_target`.
+        bg_target: see :func:`l2g_target`.
+        saliency_resize: see :func:`l2g_target`.
+        empty_saliency_fallback: see :func:`l2g_target`.
+        eps: see :func:`l2g_target`.
+        num_classes: see :func:`l2g_target`.
         roi_aligned: ``aligned`` flag of RoIAlign (``False`` = released half-cell shift).
         sampling_ratio: RoIAlign samples per bin (``-1`` = adaptive, released).
 
@@ -743,7 +749,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
         - rois: R×5; image_labels: B×C; patch_saliency: R×1×(stride·h)×(stride·w), optional
         - output: :class:`L2GOutput` (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import l2g_transfer
         >>> g = torch.zeros(1, 3, 4, 4, requires_grad=True)  # uniform softmax everywhere
@@ -787,7 +793,7 @@ def l2g_loss(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_labe
         - global_logits: B×K×H'×W'; local_cams: R×K×h×w; rois: R×5; image_labels: B×C
         - output: scalar
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import l2g_loss
         >>> g = torch.randn(1, 21, 56, 56, requires_grad=True)
@@ -833,7 +839,7 @@ class LocalToGlobalTransfer(nn.Module):
         - rois: B·N×5; image_labels: B×C; patch_saliency: B·N×1×p×p (p = stride·h), optional
         - output: scalar loss (gradient only into ``global_logits``)
 
-    Example:
+    Examples:
         >>> import torch
         >>> import torch.nn.functional as F
         >>> from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer

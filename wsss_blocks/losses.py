@@ -94,7 +94,7 @@ def pretended_underfitting_loss(
         - target: N×H×W (the logits' shape without dim 1)
         - output: scalar (and a 0-dim bool tensor with ``return_active``)
 
-    Example:
+    Examples:
         >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # 1×2×1×2, confident
         >>> target = torch.tensor([[[0, 0]]])                        # second pixel disagrees (CE ≈ 8)
         >>> loss, active = pretended_underfitting_loss(logits, target, beta=5.0, k=0.5, return_active=True)
@@ -164,7 +164,7 @@ class PretendedUnderFittingLoss(nn.Module):
         - target: N×H×W int64
         - output: scalar
 
-    Example:
+    Examples:
         >>> crit = PretendedUnderFittingLoss()          # VOC: beta = k = 0.5
         >>> logits = torch.randn(2, 21, 8, 8, requires_grad=True)
         >>> target = torch.randint(0, 21, (2, 8, 8))

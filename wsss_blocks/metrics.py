@@ -114,7 +114,7 @@ def confusion_matrix(
         - pred, target: any identical shape, e.g. B×H×W
         - output: num_classes×num_classes int64
 
-    Example:
+    Examples:
         >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 255]), 2)
         tensor([[1, 0],
                 [0, 1]])
@@ -163,7 +163,7 @@ def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "un
         dict with ``iou`` (K float64, nan where excluded), ``miou``, ``pixel_acc``, ``mean_acc``
         (0-d float64 tensors, fractions in [0, 1]).
 
-    Example:
+    Examples:
         >>> s = scores_from_confusion(torch.tensor([[3, 1], [0, 4]]))
         >>> round(float(s["miou"]), 4)
         0.775
@@ -195,7 +195,7 @@ def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "un
 class SegmentationMetric(nn.Module):
     """Dataset-level segmentation metric accumulated in one confusion matrix (a buffer, so ``.to()`` works).
 
-    Example:
+    Examples:
         >>> m = SegmentationMetric(num_classes=3)
         >>> m.update(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]]))
         >>> round(float(m.compute()["miou"]), 4)
@@ -260,7 +260,7 @@ class ThresholdSweep(nn.Module):
     :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many thresholds lie below ``m``,
     so all T confusion matrices cost O(pixels + T·K²) instead of T passes.
 
-    Example:
+    Examples:
         >>> sw = ThresholdSweep(num_classes=2, thresholds=(0.1, 0.5))
         >>> cams = torch.tensor([[[[0.3, 0.9]]]])
         >>> sw.update(cams, torch.ones(1, 1), torch.tensor([[[0, 1]]]))
@@ -357,7 +357,7 @@ def sweep_bg_threshold(
     Shape:
         - cams: B×C×H×W with C = num_classes - 1; labels: B×C; target: B×H×W
 
-    Example:
+    Examples:
         >>> cams = torch.tensor([[[[0.3, 0.9]]]])
         >>> r = sweep_bg_threshold((cams, torch.ones(1, 1), torch.tensor([[[0, 1]]])), 2, (0.1, 0.5))
         >>> r.best_threshold, r.best_miou

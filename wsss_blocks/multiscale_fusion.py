@@ -223,7 +223,7 @@ def multiscale_attention_fusion(
         - output: B×C×H×W (or ``out_size``), in [0, 1] with ``normalize="max"`` (max ≈ 1 for present
           classes, 0 for absent ones); per-scale maps: list of ``len(scales)`` B×C×H×W tensors
 
-    Example:
+    Examples:
         >>> net = torch.nn.Conv2d(3, 21, 1)  # 20 classes + background last, like EPS/SMAF
         >>> labels = torch.zeros(2, 20); labels[0, 3] = 1; labels[1, [5, 7]] = 1
         >>> fused = multiscale_attention_fusion(net, torch.randn(2, 3, 32, 32), labels)
@@ -313,7 +313,7 @@ class MultiScaleAttentionFusion(nn.Module):
         - labels: B×C
         - output: B×C×H×W (``out_size`` if given); with ``return_per_scale`` also a list of per-scale maps
 
-    Example:
+    Examples:
         >>> fusion = MultiScaleAttentionFusion()
         >>> net = torch.nn.Conv2d(3, 21, 1)
         >>> labels = torch.zeros(1, 20); labels[0, 0] = 1
@@ -397,7 +397,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_value: float = 0.2) -> Tensor:
         - labels: B×C
         - output: B×(C+1)×H×W, channel 0 = ``bg_value``, channel c+1 = ``labels[:, c] · maps[:, c]``
 
-    Example:
+    Examples:
         >>> denoise(torch.tensor([[[[0.5]], [[0.9]]]]), torch.tensor([[1.0, 0.0]])).flatten().tolist()
         [0.20000000298023224, 0.5, 0.0]
     """
@@ -418,7 +418,7 @@ def reactivate(scores: Tensor, eps: float = 0.0) -> Tensor:
         - scores: B×K×H×W (any channel layout)
         - output: same shape; per pixel ``max_k output = 1`` (exactly, for ``eps=0``)
 
-    Example:
+    Examples:
         >>> reactivate(torch.tensor([[[[0.2]], [[0.5]], [[0.1]]]])).flatten().tolist()
         [0.4000000059604645, 1.0, 0.20000000298023224]
     """
@@ -463,7 +463,7 @@ def smaf_target(
         - output: B×(C+1)×H'×W', channel 0 = background; per pixel the max is 1. Pixels where every
           foreground value is below ``bg_value`` get background 1 and ``A_c / bg_value`` elsewhere.
 
-    Example:
+    Examples:
         >>> t = smaf_target(torch.full((1, 2, 8, 8), 0.1), torch.ones(1, 2), scale_factor=0.25)
         >>> t.shape, t[0, :, 0, 0].tolist()
         (torch.Size([1, 3, 2, 2]), [1.0, 0.5, 0.5])
@@ -511,7 +511,7 @@ def smaf_loss(
         - target: B×(C+1)×H×W
         - output: scalar
 
-    Example:
+    Examples:
         >>> target = smaf_target(torch.rand(2, 20, 16, 16), torch.ones(2, 20))
         >>> logits = torch.randn(2, 21, 8, 8, requires_grad=True)
         >>> loss = smaf_loss(logits, target)
@@ -544,7 +544,7 @@ class SMAFLoss(nn.Module):
         - target: B×(C+1)×H×W (background first)
         - output: scalar
 
-    Example:
+    Examples:
         >>> crit = SMAFLoss()
         >>> target = smaf_target(torch.rand(1, 2, 8, 8), torch.ones(1, 2))
         >>> crit(torch.randn(1, 3, 4, 4), target).ndim
@@ -605,7 +605,7 @@ def smaf_pseudo_labels(
         - image: B×3×H×W (float) or B×H×W×3 (uint8)
         - output: B×H×W int64, 0 = background, c + 1 = class c
 
-    Example:
+    Examples:
         >>> maps = torch.tensor([[[[0.9, 0.1]], [[0.5, 0.3]]]])
         >>> smaf_pseudo_labels(maps, torch.tensor([[1.0, 1.0]])).tolist()
         [[[1, 2]]]

@@ -129,7 +129,7 @@ def split_patches(
         - x: B×C×H×W
         - output: (G·B)×C×⌈H/g_h⌉×⌈W/g_w⌉ with G = g_h·g_w
 
-    Example:
+    Examples:
         >>> x = torch.arange(16.0).view(1, 1, 4, 4)
         >>> split_patches(x, 2)[:, 0]
         tensor([[[ 0.,  1.],
@@ -191,7 +191,7 @@ def merge_patches(
         - patches: (G·B)×C'×h'×w'
         - output: B×C'×(g_h·h')×(g_w·w'), or B×C'×H_out×W_out with ``out_size``
 
-    Example:
+    Examples:
         >>> x = torch.randn(2, 3, 6, 4)
         >>> torch.equal(merge_patches(split_patches(x, (3, 2)), 2, (3, 2)), x)
         True
@@ -256,7 +256,7 @@ class PatchDestruction(nn.Module):
         - forward: B×C×H×W → B×C'×H'×W' (the merge of ``fn``'s output; padding is cropped back assuming
           ``fn`` has an integer stride per axis (output ⌈H/s⌉), else pass ``out_size``; ``fn=None`` returns x)
 
-    Example:
+    Examples:
         >>> pd = PatchDestruction(grid=2)
         >>> x = torch.randn(2, 8, 6, 6)
         >>> pd.split(x).shape
@@ -324,7 +324,7 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
     The modules are the model's own (weights shared, not copied). Pooling and the ImageNet head are left
     out. For other backbones build the list by hand: any ordered sequence of ``nn.Module``.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> net = nn.Module()
         >>> net.stem, net.stages = nn.Conv2d(3, 8, 2, 2), nn.Sequential(nn.Identity(), nn.Identity())
@@ -579,7 +579,7 @@ def patch_learning(
         - cams, full_cams, parts[…]: B×K×h×w with h×w = F_N's size
         - features: B×(P·D)×h×w
 
-    Example:
+    Examples:
         >>> stages = [torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 16, 3, 2, 1)]
         >>> w = torch.randn(5, 2 * 16)
         >>> out = patch_learning(stages, torch.randn(2, 3, 32, 32), w, insert_after=1)
@@ -685,7 +685,7 @@ class PatchLearning(nn.Module):
         - images: B×3×H×W
         - output: :class:`PatchLearningOutput` (logits B×K, cams B×K×h×w, …)
 
-    Example:
+    Examples:
         >>> stages = [torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 16, 3, 2, 1)]
         >>> net = PatchLearning(stages, insert_after=1, num_classes=5, feat_dim=16)
         >>> out = net(torch.randn(2, 3, 32, 32))
@@ -858,7 +858,7 @@ class ProgressiveSchedule:
         mode: ``"sequential"`` or ``"cyclic"``.
         total_epochs: length of the schedule; default ``sum(epochs_per_stage)``.
 
-    Example:
+    Examples:
         >>> sched = ProgressiveSchedule([2, 3, 4], epochs_per_stage=2)
         >>> points = [sched.step(e)[0].insert_after for e in range(6)]
         >>> points
@@ -960,7 +960,7 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
         - images: B×C×H×W
         - output: (G·B)×C×H/g_h×W/g_w
 
-    Example:
+    Examples:
         >>> tile_images(torch.randn(2, 3, 8, 8)).shape
         torch.Size([8, 3, 4, 4])
     """
@@ -994,7 +994,7 @@ def puzzle_reconstruction_loss(
         - labels: B×K
         - output: scalar
 
-    Example:
+    Examples:
         >>> a = torch.zeros(1, 2, 2, 2); b = torch.ones(1, 2, 2, 2)
         >>> puzzle_reconstruction_loss(a, b, torch.tensor([[1.0, 0.0]]))
         tensor(0.5000)
@@ -1034,7 +1034,7 @@ class PuzzleReconstructionLoss(nn.Module):
     Shape:
         - cams, merged_cams: B×K×h×w; labels: B×K; output: scalar
 
-    Example:
+    Examples:
         >>> PuzzleReconstructionLoss()(torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2), torch.ones(1, 2))
         tensor(1.)
     """
@@ -1059,7 +1059,7 @@ def puzzle_alpha(step: int, max_step: int, alpha: float = 1.0, ramp: float = 0.5
 
     Argparse defaults α = 1, ramp 0.5 [R]; the README's best VOC run uses α = 4.
 
-    Example:
+    Examples:
         >>> puzzle_alpha(25, 100, alpha=4.0), puzzle_alpha(80, 100, alpha=4.0)
         (2.0, 4.0)
     """

@@ -155,7 +155,7 @@ def cov_smooth(
         - cams: …×H×W, e.g. B×C×H×W
         - output: same shape as ``cams``; with ``return_cov`` also ``cv`` of shape … (e.g. B×C)
 
-    Example:
+    Examples:
         >>> cams = torch.tensor([[[0.0, 0.2], [0.4, 0.8]]])
         >>> out, cv = cov_smooth(cams, return_cov=True)
         >>> round(cv.item(), 4)  # 0.3 * std([.2,.4,.8]) / mean([.2,.4,.8])
@@ -193,7 +193,7 @@ class CoVSmooth(nn.Module):
         - cams: …×H×W in [0, 1]
         - output: same shape
 
-    Example:
+    Examples:
         >>> CoVSmooth()(torch.rand(2, 20, 8, 8)).shape
         torch.Size([2, 20, 8, 8])
     """
@@ -374,7 +374,7 @@ def proportional_pseudo_mask(
         - image01: B×3×H×W
         - output: B×H×W int64 with values in {0} ∪ {c+1 : labels[b, c] = 1}
 
-    Example:
+    Examples:
         >>> cams = torch.zeros(1, 2, 4, 4)
         >>> cams[0, 0, :, :2] = 0.9   # class 0: left half
         >>> cams[0, 1, 1:3, 3] = 0.6  # class 1: a small, weaker blob on the right
@@ -474,7 +474,7 @@ class ProportionalPseudoMask(nn.Module):
         - cams: B×C×H×W in [0, 1]; labels: B×C; image01: B×3×H×W (optional for ``"threshold"``)
         - output: B×H×W int64
 
-    Example:
+    Examples:
         >>> ppmg = ProportionalPseudoMask(foreground="threshold")
         >>> ppmg(torch.rand(2, 20, 8, 8), torch.eye(20)[:2]).shape
         torch.Size([2, 8, 8])
@@ -601,7 +601,7 @@ class CyclicPseudoMask:
         - dataset samples: ``name`` (str), ``image`` 3×H×W float in [0, 1] (or ``image01``), ``labels``
           C multi-hot (for ``policy="restrict"``)
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
         >>> data = [{"name": "img0", "image": torch.rand(3, 16, 20)}]
@@ -834,7 +834,7 @@ class CyclicPseudoMask:
             history: records such as ``{"iter": 2000, "miou": 0.61, "path": "iter_2000.pth"}``.
             key: the score to maximise; ties keep the earliest record.
 
-        Example:
+        Examples:
             >>> CyclicPseudoMask.select_checkpoint([{"iter": 2, "miou": .5}, {"iter": 4, "miou": .6}])["iter"]
             4
         """
@@ -856,7 +856,7 @@ class CyclicPseudoMask:
                        ignore_index: int = 255) -> nn.Module:
         """The released loss per round: PUF on the PPMG masks (round 0), plain CE on cyclic masks (1+).
 
-        Example:
+        Examples:
             >>> CyclicPseudoMask.loss_for_round(1).mode is None
             True
         """

@@ -4,7 +4,7 @@ Everything works on tensors/arrays and returns ``uint8`` H×W×3 arrays; writing
 :func:`wsss_blocks.data.save_image`) and plotting uses matplotlib with the ``Agg`` backend. Both are
 imported lazily, so ``import wsss_blocks`` never needs them.
 
-Example:
+Examples:
     >>> import torch
     >>> colorize_mask(torch.tensor([[0, 1], [15, 255]])).shape
     (2, 2, 3)
@@ -34,7 +34,7 @@ def _np(x: Tensor | np.ndarray) -> np.ndarray:
 def to_uint8_image(image01: Tensor | np.ndarray) -> np.ndarray:
     """A 3×H×W (or H×W×3) float image in [0, 1] -> H×W×3 ``uint8``.
 
-    Example:
+    Examples:
         >>> to_uint8_image(torch.ones(3, 2, 2))[0, 0].tolist()
         [255, 255, 255]
     """
@@ -53,7 +53,7 @@ def colorize_mask(mask: Tensor | np.ndarray, palette: np.ndarray | None = None) 
         - mask: H×W integer
         - output: H×W×3 uint8
 
-    Example:
+    Examples:
         >>> colorize_mask(np.array([[1]]))[0, 0].tolist()
         [128, 0, 0]
     """
@@ -71,7 +71,7 @@ def colorize_mask(mask: Tensor | np.ndarray, palette: np.ndarray | None = None) 
 def heatmap(cam: Tensor | np.ndarray) -> np.ndarray:
     """A H×W map in [0, 1] -> H×W×3 ``uint8`` "jet"-like colours (blue = 0, red = 1), no matplotlib needed.
 
-    Example:
+    Examples:
         >>> heatmap(np.array([[0.0, 1.0]]))[0].tolist()
         [[0, 0, 128], [128, 0, 0]]
     """
@@ -91,7 +91,7 @@ def cam_overlay(image01: Tensor | np.ndarray, cam: Tensor | np.ndarray, alpha: f
         - image01: 3×H×W float in [0, 1]; cam: h×w in [0, 1]
         - output: H×W×3 uint8
 
-    Example:
+    Examples:
         >>> cam_overlay(torch.zeros(3, 4, 4), torch.ones(2, 2)).shape
         (4, 4, 3)
     """
@@ -111,7 +111,7 @@ def cam_overlay(image01: Tensor | np.ndarray, cam: Tensor | np.ndarray, alpha: f
 def image_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
     """Tile H×W×3 ``uint8`` tiles into a grid (rows may differ in length; tiles are top-left aligned).
 
-    Example:
+    Examples:
         >>> image_grid([[np.zeros((2, 2, 3), np.uint8)] * 2]).shape
         (6, 10, 3)
     """

@@ -216,7 +216,7 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
     Shape:
         probs: ``(B, K, H, W)`` (any shape); output: same shape, float32.
 
-    Example:
+    Examples:
         >>> u = unary_from_probs(torch.tensor([[[[1.0]], [[0.0]]]]))
         >>> tuple(round(float(v), 3) for v in u.flatten())
         (-0.0, 11.513)
@@ -237,7 +237,7 @@ def unary_from_labels(labels: Tensor, num_classes: int, gt_prob: float = 0.7,
     Shape:
         labels: ``(B, H, W)`` integer in ``[0, K)`` (or ``ignore_index``); output ``(B, K, H, W)`` float32.
 
-    Example:
+    Examples:
         >>> u = unary_from_labels(torch.tensor([[[0, 1]]]), num_classes=2, gt_prob=0.75)
         >>> tuple(round(v, 4) for v in u[0, :, 0, 0].tolist())  # -log 0.75, -log 0.25
         (0.2877, 1.3863)
@@ -319,7 +319,7 @@ def dense_crf_from_unary(image: Tensor, unary: Tensor, *, iterations: int = 10, 
     Returns:
         ``(B, K, H, W)`` float32 marginals on ``unary``'s device.
 
-    Example:
+    Examples:
         >>> img = torch.zeros(8, 8, 3, dtype=torch.uint8)
         >>> q = dense_crf_from_unary(img, torch.zeros(1, 2, 8, 8), backend="torch")
         >>> torch.allclose(q, torch.full_like(q, 0.5))
@@ -382,7 +382,7 @@ def dense_crf(image: Tensor, probs: Tensor, *, iterations: int = 10, pos_w: floa
         - probs: ``(B, K, H, W)`` or ``(K, H, W)``.
         - output: same as ``probs``; rows sum to 1 over K.
 
-    Example:
+    Examples:
         >>> img = torch.zeros(16, 16, 3, dtype=torch.uint8); img[:, 8:] = 255
         >>> p = torch.full((1, 2, 16, 16), 0.5); p[:, 0, :, :8] = 0.6; p[:, 1, :, :8] = 0.4
         >>> q = dense_crf(img, p, backend="torch")
@@ -429,7 +429,7 @@ class DenseCRF(nn.Module):
         - image: ``(B, H, W, 3)`` uint8 / ``(B, 3, H, W)`` float in [0, 1] (or unbatched).
         - probs: ``(B, K, H, W)`` or ``(K, H, W)``; output: same shape as ``probs``.
 
-    Example:
+    Examples:
         >>> crf = DenseCRF.preset("deeplab", backend="torch")
         >>> img = torch.randint(0, 256, (1, 12, 10, 3), dtype=torch.uint8)
         >>> probs = torch.softmax(torch.randn(1, 3, 12, 10), dim=1)
@@ -546,7 +546,7 @@ class DenseCRF(nn.Module):
         Returns:
             ``(B, K, H, W)`` float32 marginals (``argmax(1)`` gives IRN's/SMAF's refined labels).
 
-        Example:
+        Examples:
             >>> img = torch.zeros(6, 6, 3, dtype=torch.uint8)
             >>> DenseCRF.irn(backend="torch").from_labels(img, torch.zeros(6, 6, dtype=torch.long),
             ...                                            num_classes=3).argmax(1).unique().tolist()

@@ -196,7 +196,7 @@ def build_lattice(features: Tensor, pad_like_pydensecrf: bool = True) -> Permuto
     Shape:
         features: ``(B, N, d)`` or ``(N, d)``; the lattice covers ``P = B * N`` pixels.
 
-    Example:
+    Examples:
         >>> lat = build_lattice(torch.zeros(1, 1), pad_like_pydensecrf=False)  # one point, d = 1
         >>> lat.num_points, lat.weights.tolist()
         (2, [[1.0, 0.0]])
@@ -414,7 +414,7 @@ def lattice_filter(lattice: PermutohedralLattice, values: Tensor) -> Tensor:
     Shape:
         values: ``(P, K)`` with ``P = lattice.num_pixels``; output ``(P, K)`` float32.
 
-    Example:
+    Examples:
         >>> lat = build_lattice(torch.zeros(1, 1), pad_like_pydensecrf=False)
         >>> round(float(lattice_filter(lat, torch.ones(1, 1))), 4)  # 1.25 after the blur, times 2/3
         0.8333
@@ -485,7 +485,7 @@ def mean_field(unary: Tensor, operator: PairwiseOperator, iterations: int) -> Te
     Returns:
         ``(P, K)`` float32 marginals.
 
-    Example:
+    Examples:
         >>> lat = build_lattice(torch.rand(6, 2))
         >>> q = mean_field(torch.rand(6, 3), PairwiseOperator([lat], [3.0]), iterations=5)
         >>> q.shape, bool(torch.allclose(q.sum(1), torch.ones(6)))

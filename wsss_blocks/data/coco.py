@@ -13,7 +13,7 @@ Label PNGs made by ``alicranck/coco2voc`` store the **raw COCO category id** (1.
 contiguous); the masks distributed with ToCo/AFA are already contiguous 1..80. Pass
 ``raw_category_ids=True`` for the former: values are remapped with :func:`coco_id_to_contiguous`.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> coco_id_to_contiguous(np.array([0, 1, 13, 90, 255])).tolist()
     [0, 1, 12, 80, 255]
@@ -102,7 +102,7 @@ def coco_id_to_contiguous(ids: Any, unknown: str = "error") -> Any:
     Shape:
         - Input: any. Output: same as input.
 
-    Example:
+    Examples:
         >>> import torch
         >>> coco_id_to_contiguous(torch.tensor([[1, 90], [0, 44]])).tolist()
         [[1, 80], [0, 40]]
@@ -113,7 +113,7 @@ def coco_id_to_contiguous(ids: Any, unknown: str = "error") -> Any:
 def contiguous_to_coco_id(values: Any, unknown: str = "error") -> Any:
     """Inverse of :func:`coco_id_to_contiguous`: mask values 0..80 (and 255) to raw category ids.
 
-    Example:
+    Examples:
         >>> contiguous_to_coco_id(80)
         90
     """
@@ -192,7 +192,7 @@ class COCOSegmentation(_LabelPNGDataset):
         - ``image``: ``(3, H, W)`` float in [0, 1]; ``labels``: ``(80,)``; ``mask``: ``(H, W)``
           int64 in 0..80 and 255; ``saliency``: ``(1, H, W)``.
 
-    Example:
+    Examples:
         >>> import tempfile, os, numpy as np
         >>> from wsss_blocks.data.io import save_image, save_label_png
         >>> root = tempfile.mkdtemp()

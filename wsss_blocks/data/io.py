@@ -6,7 +6,7 @@ interrupted run never leaves a half-written file under the final name.
 
 PIL is an optional dependency (the ``train`` extra); it is imported lazily inside the functions.
 
-Example:
+Examples:
     >>> import numpy as np, tempfile, os
     >>> from wsss_blocks.data.io import save_label_png, load_label_png
     >>> mask = np.array([[0, 1], [15, 255]], dtype=np.uint8)
@@ -58,7 +58,7 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     Shape:
         - Output: ``(num_colors, 3)``.
 
-    Example:
+    Examples:
         >>> voc_palette()[[0, 1, 15, 255]].tolist()
         [[0, 0, 0], [128, 0, 0], [192, 128, 128], [224, 224, 192]]
     """
@@ -92,7 +92,7 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
     Yields:
         The open temporary file object.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "list.txt")
         >>> with atomic_write(p, "w") as f:
@@ -161,7 +161,7 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
     Shape:
         - mask: ``(H, W)``.
 
-    Example:
+    Examples:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "a.png")
         >>> save_label_png(p, np.zeros((4, 5), dtype=np.uint8))
@@ -221,7 +221,7 @@ def load_label_png(path: PathLike) -> np.ndarray:
     Shape:
         - Output: ``(H, W)``.
 
-    Example:
+    Examples:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "b.png")
         >>> save_label_png(p, np.full((2, 2), 20, dtype=np.uint8), palette=False)
@@ -252,7 +252,7 @@ def load_image(path: PathLike) -> np.ndarray:
     Shape:
         - Output: ``(H, W, 3)``.
 
-    Example:
+    Examples:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "c.png")
         >>> save_image(p, np.zeros((3, 4, 3), dtype=np.uint8))
@@ -281,7 +281,7 @@ def save_image(path: PathLike, array: np.ndarray | torch.Tensor, quality: int = 
     Shape:
         - array: ``(H, W, 3)`` or ``(H, W)``.
 
-    Example:
+    Examples:
         >>> import numpy as np, tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "d.png")
         >>> save_image(p, np.full((2, 2, 3), 7, dtype=np.uint8))

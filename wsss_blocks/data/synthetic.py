@@ -25,7 +25,7 @@ Names follow the VOC pattern (``2030_000000`` for train_aug, ``2031_000000`` for
 integer name encoding works too. Of the 20 VOC class slots, the first ``num_classes`` are used
 (default 6: aeroplane, bicycle, bird, boat, bottle, bus); the others never occur.
 
-Example:
+Examples:
     >>> import tempfile
     >>> from wsss_blocks.data import make_synthetic_voc, VOCSegmentation
     >>> root = make_synthetic_voc(tempfile.mkdtemp(), num_train=6, num_val=2, image_size=48, seed=0)
@@ -62,7 +62,7 @@ _N_PATTERNS = 6
 def synthetic_class_names(num_classes: int = 6) -> tuple[str, ...]:
     """VOC class names of the slots the synthetic data uses (the first ``num_classes``).
 
-    Example:
+    Examples:
         >>> synthetic_class_names(5)
         ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle')
     """
@@ -154,7 +154,7 @@ def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_
     Shape:
         - image: ``(S, S, 3)``; mask: ``(S, S)``; saliency: ``(S, S)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img, mask, sal = render_synthetic_sample(np.random.default_rng(0), 32)
         >>> img.shape, mask.dtype.name, int(mask.max()) <= 6
@@ -255,7 +255,7 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
     Returns:
         The dataset root, ready for ``VOCSegmentation(root, split=...)``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> root = make_synthetic_voc(tempfile.mkdtemp(), num_train=2, num_val=1, image_size=32)
         >>> sorted(p.name for p in (root / "ImageSets" / "Segmentation").iterdir())

@@ -9,7 +9,7 @@ call argument wins); with neither, torch's global RNG is used, which ``DataLoade
 :func:`sample_generator` makes a generator seeded per (seed, epoch, index) for fully reproducible
 per-sample augmentation independent of worker count.
 
-Example:
+Examples:
     >>> import torch
     >>> from wsss_blocks.data.transforms import Compose, RandomRescale, RandomCrop, RandomHorizontalFlip
     >>> from wsss_blocks.data.transforms import Normalize
@@ -58,7 +58,7 @@ def sample_generator(seed: int, index: int, epoch: int = 0, device: str | torch.
                      ) -> torch.Generator:
     """A generator seeded from ``(seed, epoch, index)``: reproducible per-sample augmentation.
 
-    Example:
+    Examples:
         >>> a = torch.rand(2, generator=sample_generator(0, index=5, epoch=1))
         >>> b = torch.rand(2, generator=sample_generator(0, index=5, epoch=1))
         >>> bool(torch.equal(a, b))
@@ -115,7 +115,7 @@ class Compose(JointTransform):
 
     Plain callables ``f(sample) -> sample`` may be mixed in; they get no generator.
 
-    Example:
+    Examples:
         >>> t = Compose([RandomHorizontalFlip(p=1.0), Normalize(mean=(0, 0, 0), std=(1, 1, 1))])
         >>> out = t({"image": torch.arange(2.).view(1, 1, 2).expand(3, 1, 2)})
         >>> out["image"].tolist()[0] == [[1.0, 0.0]]
@@ -172,7 +172,7 @@ class RandomRescale(JointTransform):
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, H', W')``; mask ``(*, H, W)``; saliency ``(*, 1, H, W)``.
 
-    Example:
+    Examples:
         >>> s = RandomRescale(scales=[2.0])({"image": torch.rand(3, 4, 5)})
         >>> tuple(s["image"].shape)
         (3, 8, 10)
@@ -220,7 +220,7 @@ class RandomResizeLong(JointTransform):
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, H', W')`` with ``max(H', W')`` in the range.
 
-    Example:
+    Examples:
         >>> s = RandomResizeLong(10, 10)({"image": torch.rand(3, 4, 5)})
         >>> tuple(s["image"].shape)
         (3, 8, 10)
@@ -265,7 +265,7 @@ class RandomCrop(JointTransform):
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, h, w)``; mask ``(*, h, w)``; saliency ``(*, 1, h, w)``.
 
-    Example:
+    Examples:
         >>> s = RandomCrop(4)({"image": torch.ones(3, 2, 2), "mask": torch.ones(2, 2, dtype=torch.long)})
         >>> int((s["mask"] == 255).sum()), float(s["image"].sum())
         (12, 12.0)
@@ -305,7 +305,7 @@ class RandomCrop(JointTransform):
 class RandomHorizontalFlip(JointTransform):
     """Flip image, mask and saliency left-right with probability ``p``.
 
-    Example:
+    Examples:
         >>> out = RandomHorizontalFlip(p=1.0)({"image": torch.tensor([[[1., 2.]]] * 3)})
         >>> out["image"].tolist()[0] == [[2.0, 1.0]]
         True
@@ -334,7 +334,7 @@ def _grayscale(img: Tensor) -> Tensor:
 def rgb_to_hsv(img: Tensor) -> Tensor:
     """RGB in [0, 1] to HSV in [0, 1] (hue as a fraction of a turn), channel dim -3.
 
-    Example:
+    Examples:
         >>> rgb_to_hsv(torch.tensor([0., 1., 1.]).view(3, 1, 1)).flatten().tolist()
         [0.5, 1.0, 1.0]
     """
@@ -355,7 +355,7 @@ def rgb_to_hsv(img: Tensor) -> Tensor:
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_hsv`.
 
-    Example:
+    Examples:
         >>> hsv_to_rgb(torch.tensor([0.5, 1., 1.]).view(3, 1, 1)).flatten().tolist()
         [0.0, 1.0, 1.0]
     """
@@ -386,7 +386,7 @@ class ColorJitter(JointTransform):
     Shape:
         - image ``(*, 3, H, W)`` in [0, 1]; unchanged shape.
 
-    Example:
+    Examples:
         >>> img = torch.full((3, 2, 2), 0.5)
         >>> out = ColorJitter(brightness=(2.0, 2.0), contrast=0, saturation=0)({"image": img})["image"]
         >>> float(out.max())
@@ -448,7 +448,7 @@ class Normalize(JointTransform):
     Shape:
         - image ``(*, C, H, W)``; unchanged shape. Mask and saliency are untouched.
 
-    Example:
+    Examples:
         >>> out = Normalize()({"image": torch.ones(3, 1, 1)})["image"].flatten()
         >>> tuple(round(v, 3) for v in out.tolist())
         (2.249, 2.429, 2.64)

@@ -14,7 +14,7 @@ Samples are dicts with ``image`` (float 3×H×W in [0, 1]), ``labels`` (float (2
 background entry), ``mask`` (int64 H×W: 0 background, c + 1 for class c, 255 ignore), ``name`` and an
 optional ``saliency`` (float 1×H×W in [0, 1]). See ``docs/data.md``.
 
-Example:
+Examples:
     >>> import tempfile
     >>> from wsss_blocks.data import make_synthetic_voc, VOCSegmentation
     >>> root = make_synthetic_voc(tempfile.mkdtemp(), num_train=4, num_val=2, image_size=32)
@@ -72,7 +72,7 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 def class_names_file(dataset: str) -> Path:
     """Path of the packaged class-name list (one name per line) for ``"voc"`` or ``"coco"``.
 
-    Example:
+    Examples:
         >>> class_names_file("voc").read_text().split("\\n")[0]
         'aeroplane'
     """
@@ -88,7 +88,7 @@ def decode_voc_name(token: str | int) -> str:
     Accepts plain names, paths (``/JPEGImages/2007_000032.jpg``, the first column of DeepLab-style
     list files), and IRN's integer encoding (``2007000032``: 10 digits, underscore after the year).
 
-    Example:
+    Examples:
         >>> decode_voc_name(2007000032), decode_voc_name("/JPEGImages/2008_000008.jpg")
         ('2007_000032', '2008_000008')
     """
@@ -129,7 +129,7 @@ def read_split_list(path: PathLike) -> list[str]:
 def write_split_list(path: PathLike, names: Iterable[str]) -> Path:
     """Write image names one per line (atomically), in the given order; return the path.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = write_split_list(os.path.join(tempfile.mkdtemp(), "a.txt"), ["2007_000032"])
         >>> read_split_list(p)
@@ -269,7 +269,7 @@ def labels_from_annotation(xml_path: PathLike, class_names: Sequence[str] = VOC_
 def labels_from_mask(mask: np.ndarray | torch.Tensor, num_classes: int = VOC_NUM_CLASSES) -> np.ndarray:
     """Image-level labels from a mask: classes present = unique values minus 0 and 255, minus 1.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> labels_from_mask(np.array([[0, 1], [15, 255]]))[[0, 14]].tolist()
         [1.0, 1.0]
@@ -474,7 +474,7 @@ class VOCSegmentation(_LabelPNGDataset):
         - ``mask``: ``(H, W)`` int64, values 0..20 and 255.
         - ``saliency``: ``(1, H, W)`` float in [0, 1].
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from wsss_blocks.data import make_synthetic_voc
         >>> root = make_synthetic_voc(tempfile.mkdtemp(), num_train=3, num_val=2, image_size=32)

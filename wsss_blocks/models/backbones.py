@@ -97,7 +97,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
     Returns:
         A flat ``{name: tensor}`` dict on the CPU.
 
-    Example:
+    Examples:
         >>> sd = read_state_dict({"state_dict": {"module.fc.weight": torch.ones(2, 3)}})
         >>> list(sd)
         ['fc.weight']
@@ -186,7 +186,7 @@ def deeplab_pytorch_key_map(key: str, *, prefix: str = "", head_prefix: str | No
     ``aspp.c{i}`` -> ``{head_prefix}convs.{i}`` (dropped when ``head_prefix`` is None); the DeepLab-v1 ``fc``
     classifier of the COCO init is dropped. A leading ``base.`` (the MSC wrapper) is removed.
 
-    Example:
+    Examples:
         >>> deeplab_pytorch_key_map("base.layer3.block1.reduce.bn.running_mean")
         'layer2.0.bn1.running_mean'
     """
@@ -285,7 +285,7 @@ def load_pretrained(
     Returns:
         A :class:`LoadReport`.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(3, 2)
         >>> report = load_pretrained(net, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)})
         >>> report.loaded
@@ -372,7 +372,7 @@ def set_bn_eval(module: nn.Module, freeze_affine: bool = True) -> nn.Module:
 
     This is the "frozen BN" of PSA/SEAM/L2G/EPS (ResNet-38) and of deeplab-pytorch (``freeze_bn``).
 
-    Example:
+    Examples:
         >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
         >>> _ = set_bn_eval(m)
         >>> m[1].training, m[1].weight.requires_grad
@@ -406,7 +406,7 @@ class TinyBackbone(nn.Module):
         - images: B×in_channels×H×W
         - output: list of B×widths[i]×H/strides[i]×W/strides[i]
 
-    Example:
+    Examples:
         >>> bb = TinyBackbone(widths=(8, 16, 32), output_stride=8)
         >>> [f.shape[1:] for f in bb(torch.randn(2, 3, 32, 32))]
         [torch.Size([8, 16, 16]), torch.Size([16, 8, 8]), torch.Size([32, 4, 4])]
@@ -483,13 +483,14 @@ class TorchvisionResNet(nn.Module):
         output_stride: 8, 16 or 32.
         style: ``"pytorch"`` (torchvision) or ``"caffe"`` (deeplab-pytorch layout).
         out_indices: which of ``(layer1, layer2, layer3, layer4)`` = ``(1, 2, 3, 4)`` to return.
-        layers, width_per_group: override the block counts and width (used by :meth:`tiny`).
+        layers: override the block counts (used by :meth:`tiny`).
+        width_per_group: override the width (used by :meth:`tiny`).
 
     Shape:
         - images: B×3×H×W
         - output: list of B×C_i×h_i×w_i for each of ``out_indices``
 
-    Example:
+    Examples:
         >>> bb = TorchvisionResNet.tiny(output_stride=8)
         >>> [tuple(f.shape[1:]) for f in bb(torch.randn(1, 3, 32, 32))]
         [(256, 8, 8), (512, 4, 4), (1024, 4, 4), (2048, 4, 4)]
@@ -586,7 +587,7 @@ class TimmBackbone(nn.Module):
         - images: B×3×H×W
         - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info``
 
-    Example:
+    Examples:
         >>> bb = TimmBackbone("resnet18", out_indices=(3, 4))
         >>> bb.out_channels, bb.strides
         ((256, 512), (16, 32))
@@ -667,7 +668,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
         An ``nn.Module`` whose forward returns a list of feature maps and that has ``out_channels`` and
         ``strides``.
 
-    Example:
+    Examples:
         >>> bb = build_backbone("tiny", widths=(8, 16), output_stride=4)
         >>> bb.out_channels, bb.strides
         ((8, 16), (2, 4))

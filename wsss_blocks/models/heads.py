@@ -36,7 +36,7 @@ def global_pool(features: Tensor, pooling: Pooling = "gap") -> Tensor:
         - features: B×D×h×w
         - output: B×D
 
-    Example:
+    Examples:
         >>> x = torch.arange(8.0).view(1, 2, 2, 2)
         >>> global_pool(x, "gap"), global_pool(x, "gmp")
         (tensor([[1.5000, 5.5000]]), tensor([[3., 7.]]))
@@ -71,7 +71,7 @@ class CAMHead(nn.Module):
         - features: B×D×h×w
         - output: dict ``logits`` B×K, ``cams`` B×K×h×w, ``features`` B×D'×h×w (all carry gradients)
 
-    Example:
+    Examples:
         >>> head = CAMHead(8, 20)
         >>> out = head(torch.randn(2, 8, 4, 4))
         >>> out["logits"].shape, out["cams"].shape
@@ -128,7 +128,7 @@ class ASPPv2(nn.Module):
         - features: B×D×h×w
         - output: B×K×h×w (same resolution; the network upsamples)
 
-    Example:
+    Examples:
         >>> aspp = ASPPv2(16, 21)
         >>> aspp(torch.randn(1, 16, 8, 8)).shape
         torch.Size([1, 21, 8, 8])
@@ -193,7 +193,7 @@ class SegFormerHead(nn.Module):
         - features: list of four B×C_i×h_i×w_i maps, the first the finest
         - output: B×K×h_1×w_1 (stride 4 for MiT)
 
-    Example:
+    Examples:
         >>> head = SegFormerHead((8, 16, 24, 32), 21, embed_dim=16)
         >>> feats = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((8, 16, 24, 32), (4, 8, 16, 16))]
         >>> head(feats).shape
@@ -261,7 +261,7 @@ class DeepLabV3PlusHead(nn.Module):
         - features: list whose first entry is the low-level map B×C_l×h_l×w_l and last the high-level map
         - output: B×K×h_l×w_l
 
-    Example:
+    Examples:
         >>> head = DeepLabV3PlusHead(32, 8, 21, aspp_channels=16, low_level_reduced=4)
         >>> head([torch.randn(2, 8, 16, 16), torch.randn(2, 32, 4, 4)]).shape
         torch.Size([2, 21, 16, 16])

@@ -171,7 +171,7 @@ class MixTransformer(nn.Module):
           raw attention-logit tensor per block (q·kᵀ before scaling and softmax, B×heads×N_k×N_k; for
           ``sr_ratio > 1`` the query grid is average-pooled to the key grid, as in AFA).
 
-    Example:
+    Examples:
         >>> enc = mit_tiny()
         >>> feats, attns = enc(torch.randn(1, 3, 32, 32), return_attn=True)
         >>> [tuple(f.shape[1:]) for f in feats], tuple(attns[-1].shape)

@@ -65,7 +65,9 @@ class CAMNet(nn.Module):
         pretrained: local backbone checkpoint (only with a backbone name). Nothing downloads.
         feature_index: which backbone map feeds the head (default the deepest, ``-1``).
         pooling: ``"gap"`` or ``"gmp"``; see :class:`~wsss_blocks.models.heads.CAMHead`.
-        dropout, hidden_channels, init: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
+        dropout: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
+        hidden_channels: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
+        init: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
         backbone_kwargs: extra arguments for ``build_backbone`` (e.g. ``output_stride=16``).
 
     Shape:
@@ -73,7 +75,7 @@ class CAMNet(nn.Module):
         - output: dict ``logits`` B×K, ``cams`` B×K×h×w (raw, with gradient), ``features`` B×D×h×w and
           ``feature_maps`` (the backbone's list)
 
-    Example:
+    Examples:
         >>> net = CAMNet("tiny", num_classes=20)
         >>> out = net(torch.randn(2, 3, 32, 32))
         >>> out["logits"].shape, out["cams"].shape
@@ -137,7 +139,7 @@ class DeepLabV2(nn.Module):
         - images: B×3×H×W (released normalisation: BGR, mean subtracted, no std)
         - output: B×K×⌈H/8⌉×⌈W/8⌉ logits (not upsampled, like the release)
 
-    Example:
+    Examples:
         >>> net = DeepLabV2(num_classes=21, backbone="resnet_tiny")
         >>> net(torch.randn(1, 3, 33, 33)).shape
         torch.Size([1, 21, 5, 5])
@@ -209,7 +211,7 @@ def msc_forward(model: Callable[[Tensor], Tensor], images: Tensor, scales: Seque
         - images: B×3×H×W
         - output: list ``[logits_1x, logits_s1, ..., logits_max]``; each B×K×h_s×w_s, the last at 1× size
 
-    Example:
+    Examples:
         >>> net = DeepLabV2(21, backbone="resnet_tiny")
         >>> [o.shape[-1] for o in msc_forward(net, torch.randn(1, 3, 64, 64))]
         [9, 5, 7, 9]
@@ -255,7 +257,7 @@ class SegFormer(nn.Module):
           ``return_attn=True`` ``attns`` (one raw-logit map per block) and, with ``attn_proj``,
           ``attn_pred`` B×N×N in (0, 1) (N = h·w of the last stage)
 
-    Example:
+    Examples:
         >>> net = SegFormer(21, encoder="mit_tiny", embed_dim=16, cam_classes=20)
         >>> out = net(torch.randn(1, 3, 32, 32), return_attn=True)
         >>> out["seg"].shape, out["logits"].shape, out["attn_pred"].shape
@@ -331,7 +333,7 @@ class DeepLabV3Plus(nn.Module):
         - images: B×3×H×W
         - output: B×K×H×W
 
-    Example:
+    Examples:
         >>> net = DeepLabV3Plus(21, backbone="tiny", output_stride=8, aspp_channels=16)
         >>> net(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 21, 32, 32])
@@ -407,7 +409,7 @@ def param_groups(model: nn.Module, base_lr: float, *, weight_decay: float = 0.0,
         norm_weight_decay: decay of the backbone norm group; ``None`` = ``weight_decay``.
         backbone_prefixes: name prefixes of the pretrained part.
 
-    Example:
+    Examples:
         >>> net = CAMNet("tiny", num_classes=3)
         >>> [(g["name"], g["lr"]) for g in param_groups(net, 0.01)]
         [('backbone_weight', 0.01), ('backbone_bias', 0.02), ('head_weight', 0.1)]

@@ -114,7 +114,7 @@ class ResNet38(nn.Module):
         - images: B×3×H×W
         - output: list ``[conv3, conv4, conv5, conv6]`` of B×C_i×⌈H/s_i⌉×⌈W/s_i⌉
 
-    Example:
+    Examples:
         >>> net = ResNet38.tiny()
         >>> [tuple(f.shape[1:]) for f in net(torch.randn(1, 3, 32, 32))]
         [(16, 8, 8), (32, 4, 4), (64, 4, 4), (256, 4, 4)]
@@ -219,7 +219,7 @@ def mxnet_resnet38_name(key: str) -> str | None:
     ``conv1a_weight`` -> ``conv1a.weight``; the ImageNet classifier ``linear1000_*`` -> ``None`` (dropped).
     Names that are not MXNet-style are returned unchanged.
 
-    Example:
+    Examples:
         >>> mxnet_resnet38_name("aux:bn6a_branch2b2_moving_mean")
         'b6.bn_branch2b2.running_mean'
     """
@@ -257,7 +257,7 @@ def load_resnet38(model: ResNet38, source: str | os.PathLike | Mapping[str, Any]
 
     Classifier keys (``linear1000``, ``fc8``) are ignored; everything else must match (``strict``).
 
-    Example:
+    Examples:
         >>> net = ResNet38.tiny()
         >>> sd = {k: v.clone() for k, v in net.state_dict().items()}
         >>> load_resnet38(net, sd).missing

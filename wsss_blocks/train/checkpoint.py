@@ -51,7 +51,7 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any], *, method:
                     step: int, keep_last: int = 2) -> Path:
     """Write ``folder/step_<step>.pt`` atomically and keep only the ``keep_last`` newest; return the path.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> d = tempfile.mkdtemp()
         >>> p = save_checkpoint(d, {"model": {}}, method="baseline", num_classes=20, step=5)
@@ -131,7 +131,7 @@ def save_model_file(path: str | os.PathLike, model_state: dict[str, Any], *, met
 
     :func:`load_checkpoint` reads it back with the same method / class-count checks.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = save_model_file(os.path.join(tempfile.mkdtemp(), "model.pt"), {}, method="baseline",
         ...                     num_classes=20, step=3)

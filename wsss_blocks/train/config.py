@@ -167,7 +167,7 @@ def list_packaged_configs() -> list[str]:
 def load_config(cls: type[T], source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> T:
     """Load ``cls`` from a YAML path, a packaged config name or a mapping, then apply overrides.
 
-    Example:
+    Examples:
         >>> @dataclasses.dataclass
         ... class Opt:
         ...     lr: float = 0.1

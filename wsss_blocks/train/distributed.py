@@ -61,7 +61,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
     Returns a single-process :class:`DistEnv` without torchrun.
 
-    Example:
+    Examples:
         >>> env = init_distributed("cpu")
         >>> env.world_size, env.is_main
         (1, True)
@@ -103,7 +103,7 @@ def epoch_batches(num_samples: int, batch_size: int, epoch: int, seed: int, rank
         world_size: the number of processes.
         shuffle: permute (True) or keep dataset order.
 
-    Example:
+    Examples:
         >>> epoch_batches(10, 4, epoch=0, seed=0, shuffle=False, rank=1, world_size=2)
         [[2, 3], [6, 7]]
     """

@@ -78,7 +78,7 @@ def poly_factor(step: int, total: int, power: float = 0.9, warmup_steps: int = 0
     The poly part is IRN/PSA's ``PolyOptimizer`` (factor computed before the ``step``-th update); the
     warm-up is ToCo/AFA's ``PolyWarmupAdamW`` (linear from ``warmup_ratio`` to 1 over ``warmup_steps``).
 
-    Example:
+    Examples:
         >>> poly_factor(0, 10), round(poly_factor(5, 10, power=1.0), 3)
         (1.0, 0.5)
     """
@@ -121,7 +121,7 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> f
 def normalize_images(image01: Tensor, mode: str = "imagenet") -> Tensor:
     """Network input from images in [0, 1]: ``"imagenet"`` (mean/std, RGB) or ``"caffe"`` (BGR·255 − mean).
 
-    Example:
+    Examples:
         >>> [round(v, 3) for v in normalize_images(torch.zeros(1, 3, 1, 1), "caffe").flatten().tolist()]
         [-104.008, -116.669, -122.675]
     """

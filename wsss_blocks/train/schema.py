@@ -5,7 +5,7 @@ A :class:`RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseu
 ``method_args`` (a mapping validated by that method's own ``Config`` dataclass). Loading is strict:
 unknown keys are rejected with the closest valid key suggested (:mod:`wsss_blocks.train.config`).
 
-Example:
+Examples:
     >>> cfg = load_run_config({"method": "baseline", "cam": {"steps": 5}}, ["cam.lr=0.01"])
     >>> cfg.cam.steps, cfg.cam.lr, type(cfg.method_config()).__name__
     (5, 0.01, 'BaselineConfig')

@@ -4,7 +4,7 @@ A method is a :class:`~wsss_blocks.train.methods.base.CAMMethod` subclass regist
 with :func:`register_method`. :func:`get_method` imports ``wsss_blocks.train.methods.<name>`` on first use,
 so a method module registers itself when it is imported.
 
-Example:
+Examples:
     >>> get_method("baseline").name
     'baseline'
 """

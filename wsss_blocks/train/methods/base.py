@@ -81,7 +81,7 @@ class CAMMethod(nn.Module):
     (list of str) and, when the data config names a saliency folder, ``saliency`` (B×1×H×W in [0, 1]).
     Training batches never contain ground-truth masks.
 
-    Example:
+    Examples:
         >>> from dataclasses import dataclass
         >>> import torch.nn.functional as F
         >>> class Tiny(CAMMethod):

@@ -76,7 +76,7 @@ class BaselineCAM(CAMMethod):
         - batch["image"]: B×3×H×W; batch["labels"]: B×C
         - cam_fn output: B×C×H/16×W/16 (ResNet-50, output stride 16), non-negative
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"cam": {"backbone": "tiny"},

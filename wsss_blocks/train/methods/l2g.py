@@ -229,7 +229,7 @@ class L2GMethod(CAMMethod):
           B×1×H×W (with ``use_saliency``)
         - cam_fn output: B×C×H/8×W/8 foreground maps of the global network (raw unless ``relu_per_scale``)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "l2g", "cam": {"backbone": "resnet38d_tiny"},

@@ -182,7 +182,7 @@ class PMMMethod(CAMMethod):
         - cam_fn output: B×C×H/8×W/8 (``cam_rv`` foreground channels), non-negative
         - pseudo_masks: B×H×W int64 (0 background, c+1 class c; no ignore label)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},

@@ -100,7 +100,7 @@ class PPLMethod(CAMMethod):
         - batch["image"]: B×3×H×W; batch["labels"]: B×C
         - cam_fn output: B×C×⌈H/R⌉×⌈W/R⌉ (R = the backbone's output stride), non-negative
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "ppl", "cam": {"backbone": "tiny", "backbone_kwargs": {

@@ -81,7 +81,7 @@ def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau:
         - labels: B×C
         - output: scalar
 
-    Example:
+    Examples:
         >>> cam = torch.randn(2, 4, 8, 8, requires_grad=True)
         >>> loss = eps_saliency_loss(cam, torch.rand(2, 1, 16, 16), torch.tensor([[1., 0, 0], [0, 1, 1]]))
         >>> loss.backward(); loss.ndim, cam.grad is not None
@@ -240,7 +240,7 @@ class SMAFMethod(CAMMethod):
           batch["valid"]: B×H×W (unpadded pixels, optional)
         - cam_fn output: B×C×H/8×W/8 foreground softmax probabilities (background dropped)
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},

@@ -61,7 +61,7 @@ def balanced_seg_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255, e
         - logits: B×K×H×W; labels: B×H×W int64 (0 background, 1..K-1 classes, ``ignore_index``)
         - output: scalar
 
-    Example:
+    Examples:
         >>> y = torch.tensor([[[0, 1], [255, 1]]])
         >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
         True
@@ -119,7 +119,7 @@ def dense_energy_loss(probs: Tensor, image255: Tensor, labels: Tensor, roi: Tens
         - probs: B×K×H×W softmax; image255: B×3×H×W in 0..255; labels: B×H×W; roi: B×H×W {0, 1} (None = all 1)
         - output: scalar
 
-    Example:
+    Examples:
         >>> p = torch.softmax(torch.randn(1, 3, 16, 16), 1).requires_grad_()
         >>> loss = dense_energy_loss(p, torch.rand(1, 3, 16, 16) * 255, torch.zeros(1, 16, 16, dtype=torch.long))
         >>> loss.backward(); bool(loss < 0), p.grad.shape
@@ -165,7 +165,7 @@ def multiscale_minmax_cam(cam_fn: Any, images: Tensor, scales: tuple[float, ...]
 def img_box_from_valid(valid: Tensor) -> Tensor:
     """B×4 ``(r0, r1, c0, c1)`` bounding boxes of the unpadded region of each crop (``img_box`` of the release).
 
-    Example:
+    Examples:
         >>> v = torch.zeros(1, 4, 5, dtype=torch.bool); v[:, 1:3, 0:4] = True
         >>> img_box_from_valid(v).tolist()
         [[1, 3, 0, 4]]
@@ -285,7 +285,7 @@ class TSCDMethod(CAMMethod):
           batch["valid"]: B×S×S (optional)
         - cam_fn: B×C×S/16×S/16 (ReLU'd raw CAMs); seg_fn: B×(C+1)×S/4×S/4 logits, channel 0 = background
 
-    Example:
+    Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 32,
