@@ -13,6 +13,7 @@ from .cam import (
     normalize_cams,
     tokens_to_map,
 )
+from .correspondence import AffinityFromAttentionLoss, SelfCorrespondenceDistillation, scd_weight
 from .crf import DenseCRF, dense_crf
 from .local_global import (
     LocalPatchSampler,
@@ -51,6 +52,7 @@ from .pseudo_mask import (
     cov_smooth,
     proportional_pseudo_mask,
 )
+from .refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
 
 __version__ = "0.1.0.dev0"
 
@@ -105,4 +107,11 @@ __all__ = [
     "smaf_loss",
     "SMAFLoss",
     "smaf_pseudo_labels",
+    # SCD / TSCD / AFA
+    "SelfCorrespondenceDistillation",
+    "scd_weight",
+    "AffinityFromAttentionLoss",
+    "PixelAdaptiveRefine",
+    "VariationAwareRefine",
+    "reliable_pseudo_labels",
 ]
