@@ -147,7 +147,7 @@ def test_puf_never_exceeds_plain_ce(seed, beta, k):
     plain = F.cross_entropy(logits, target)
     for mode in ("clamp", "ignore"):
         loss, on = pretended_underfitting_loss(logits, target, beta=beta, k=k, mode=mode, return_active=True)
-        assert loss <= plain + 1e-6
+        assert loss <= plain * (1 + 1e-5) + 1e-6  # float32 sums in another order: relative slack
         assert bool(on) == bool(plain < beta)
         if bool(on):
             assert loss <= k + 1e-6
