@@ -125,8 +125,9 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
         f_med, b_med = statistics.median(t["fast_wall"]), statistics.median(t["base_wall"])
         speedup = b_med / f_med
         mem_ratio = fast_mem / base_mem if base_mem > 0 else float("nan")
-        passed = (harness.check_target(speedup, SPEED_TARGET) and harness.check_target(mem_ratio, MEM_TARGET, False)
-                  and harness.check_target(t["diff"], DIFF_TARGET, False))
+        passed = None if quick else (  # the targets are defined for the full configuration only
+            harness.check_target(speedup, SPEED_TARGET) and harness.check_target(mem_ratio, MEM_TARGET, False)
+            and harness.check_target(t["diff"], DIFF_TARGET, False))
         rows.append({
             "name": name, "params": params, "threads": torch.get_num_threads(),
             "median_ms": f_med, "cpu_ms": statistics.median(t["fast_cpu"]), "peak_mem_mb": fast_mem,
@@ -163,7 +164,7 @@ def main() -> None:
                               extra={"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
                                      "loadavg_after": os.getloadavg()})
     print(f"wrote {path}")
-    for r in rows:
+    for r in ([] if args.quick else rows):
         print(harness.pass_fail_line(f"{r['name']} speedup", r["speedup"], SPEED_TARGET, unit="x"))
         print(harness.pass_fail_line(f"{r['name']} memory ratio", r["mem_ratio"], MEM_TARGET, False))
         print(harness.pass_fail_line(f"{r['name']} max abs diff", r["max_abs_diff"], DIFF_TARGET, False))

@@ -131,7 +131,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--root", default=None, help="dataset folder (default: a temporary folder)")
     parser.add_argument("--figure", default=None, help="save an overlay figure (PNG) here")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.num_train, args.epochs, args.size = 24, 1, 48
     torch.manual_seed(args.seed)
@@ -181,6 +184,7 @@ def main() -> None:
     print("|---|---|---|")
     reliable = {}
     bands = [(0.55, 0.35), (round(min(best_varm + 0.1, 0.95), 2), round(max(best_varm - 0.1, 0.05), 2))]
+    bands = list(dict.fromkeys(bands))
     with torch.no_grad():
         for th, tl in bands:
             reliable[(th, tl)] = refined_labels(varm, images, cams, labels, th, tl)
@@ -191,7 +195,7 @@ def main() -> None:
         best_cam = max(sweep["CAM"], key=sweep["CAM"].__getitem__)
         rows = {f"CAM (bg {best_cam:.2f})": masks["CAM"][best_cam],
                 f"CAM + VARM (bg {best_varm:.2f})": masks["CAM + VARM"][best_varm],
-                f"reliable {bands[1][0]:.2f}/{bands[1][1]:.2f}": reliable[bands[1]]}
+                f"reliable {bands[-1][0]:.2f}/{bands[-1][1]:.2f}": reliable[bands[-1]]}
         save_figure(args.figure, images, target, rows, picks=list(range(min(4, len(images)))))
 
 

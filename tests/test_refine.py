@@ -168,6 +168,21 @@ def test_refiners_equal_released_algorithm(shape, map_hw, dil, num_iter):
     assert (fast_varm - fast_par).abs().max() > 1e-3  # the two refiners really differ
 
 
+def test_weights_equal_released_weights_at_every_pixel():
+    """Including the border pixels, where neighbours clamp and the variation term has its release quirks."""
+    img = _rand(2, 3, 13, 17, seed=6)
+    dil = (1, 2, 5)
+    neigh = baseline.baseline_neighbours(img, dil)
+    below = torch.cat([neigh[:, :, :, 1:, :], neigh[:, :, :, -1:, :]], dim=3)
+    right = torch.cat([neigh[:, :, :, :, 1:], neigh[:, :, :, :, -1:]], dim=4)
+    variation = ((neigh - below) ** 2 + (neigh - right) ** 2).mean(dim=1)
+    logits = baseline._appearance(img, neigh, 4.0, None)[:, 0]
+    expected = F.softmax(logits, dim=1) - 0.01 * F.softmax(variation, dim=1)
+    ours = refine_affinity(img, dil, appearance_temperature=None, appearance_scale=4.0, pos_weight=0.0,
+                           variation_weight=0.01)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
 def test_varm_configured_as_par_equals_par():
     """Spec test 3: appearance_scale = 1/0.3, no variation term, plus PAR's position term."""
     for dtype, tol in [(torch.float64, 1e-10), (torch.float32, 1e-5)]:

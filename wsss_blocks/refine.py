@@ -219,17 +219,26 @@ def refine_affinity(
 def _gather_neighbours(x: Tensor, offsets: Sequence[tuple[int, int]]) -> Tensor:
     """B×C×K×H×W neighbours of a (small, few-channel) tensor in one indexing op, replicate edge.
 
-    The padded input is viewed (zero-copy, overlapping strides) as B×C×(2P+1)×(2P+1)×H×W, the full stencil of
-    every pixel, and indexed at the K offsets. Used for the guide image, one image at a time; never for maps.
+    Used for the guide image, one image at a time; never for maps.
     """
-    b, c, h, w = x.shape
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    padded = F.pad(x, [pad] * 4, mode="replicate").contiguous()
+    padded = F.pad(x, [pad] * 4, mode="replicate")
+    return _gather_padded(padded, pad, offsets, x.shape[-2], x.shape[-1])
+
+
+def _gather_padded(padded: Tensor, pad: int, offsets: Sequence[tuple[int, int]], h: int, w: int) -> Tensor:
+    """Index a tensor padded by ``pad`` at the K offsets of every pixel: B×C×K×H×W.
+
+    The padded input is viewed (zero-copy, overlapping strides) as B×C×(2P+1)×(2P+1)×H×W, the full stencil of
+    every pixel, and indexed at the offsets in one op.
+    """
+    padded = padded.contiguous()
+    b, c = padded.shape[:2]
     sb, sc, sh, sw = padded.stride()
     span = 2 * pad + 1
     stencil = padded.as_strided((b, c, span, span, h, w), (sb, sc, sh, sw, sh, sw))
-    rows = torch.tensor([dy + pad for dy, _ in offsets], device=x.device)
-    cols = torch.tensor([dx + pad for _, dx in offsets], device=x.device)
+    rows = torch.tensor([dy + pad for dy, _ in offsets], device=padded.device)
+    cols = torch.tensor([dx + pad for _, dx in offsets], device=padded.device)
     return stencil[:, :, rows, cols]
 
 
@@ -258,6 +267,31 @@ def _affinity(image: Tensor, dilations: tuple[int, ...], temperature: float | No
     return aff
 
 
+def _variation(image: Tensor, offsets: Sequence[tuple[int, int]]) -> Tensor:
+    """1×K×H×W VARM variation ``g_k``: mean over channels of the squared forward differences at each neighbour.
+
+    The release takes the differences on its stacked neighbour maps: for output pixel (i, j) and neighbour k
+    the vertical term is ``(I(cy(i+dy), cx(j+dx)) - I(cy(i+1+dy), cx(j+dx)))^2`` (``cy``/``cx`` clamp to the
+    image) and 0 on the last output row; likewise horizontally. That is the image's own vertical difference map
+    (zero outside rows 0..H-2, replicate across columns) read at the neighbour, so both maps are computed once
+    and gathered like the image itself.
+    """
+    _, _, h, w = image.shape
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    vert = image.new_zeros(1, 1, h, w)
+    torch.mean((image[..., :-1, :] - image[..., 1:, :]).pow_(2), dim=1, keepdim=True, out=vert[..., :-1, :])
+    horiz = image.new_zeros(1, 1, h, w)
+    torch.mean((image[..., :, :-1] - image[..., :, 1:]).pow_(2), dim=1, keepdim=True, out=horiz[..., :, :-1])
+    # Out-of-image rows (columns) of the vertical (horizontal) map are 0: both neighbours clamp to one pixel.
+    vert_pad = F.pad(F.pad(vert, [pad, pad, 0, 0], mode="replicate"), [0, 0, pad, pad])
+    horiz_pad = F.pad(F.pad(horiz, [0, 0, pad, pad], mode="replicate"), [pad, pad, 0, 0])
+    g = _gather_padded(vert_pad, pad, offsets, h, w)[:, 0]
+    g[..., -1, :] = 0  # the last output row compares each neighbour map with itself
+    gh = _gather_padded(horiz_pad, pad, offsets, h, w)[:, 0]
+    gh[..., :, -1] = 0
+    return g.add_(gh)
+
+
 def _affinity_one(image: Tensor, offsets: Sequence[tuple[int, int]], temperature: float | None,
                   scale: float | None, pos: Tensor | None, pos_weight: float, variation_weight: float,
                   eps: float) -> Tensor:
@@ -268,20 +302,7 @@ def _affinity_one(image: Tensor, offsets: Sequence[tuple[int, int]], temperature
     # Unbiased std over the K neighbours (centre excluded), two-pass (torch.std over a non-innermost dim is
     # several times slower than this on CPU).
     std = (nb - nb.sum(dim=2, keepdim=True).div_(n)).pow_(2).sum(dim=2, keepdim=True).div_(n - 1).sqrt_()
-    var_soft = None
-    if variation_weight != 0.0:
-        # Squared forward differences of each neighbour map, taken on the stacked neighbour maps as released:
-        # the last row (column) of the output grid is compared with itself, i.e. contributes 0.
-        g = nb.new_zeros(1, n, h, w)
-        for ch in range(c):
-            nc = nb[:, ch]
-            d = nc[..., :-1, :] - nc[..., 1:, :]
-            g[..., :-1, :].addcmul_(d, d)
-            d = nc[..., :, :-1] - nc[..., :, 1:]
-            g[..., :, :-1].addcmul_(d, d)
-            del d
-        var_soft = torch.softmax(g.div_(c), dim=1)
-        del g
+    var_soft = torch.softmax(_variation(image, offsets), dim=1) if variation_weight != 0.0 else None
     # Appearance logits in the released operation order: -(|dI| / (std + eps) / w1)^2 (or * 4), mean over RGB.
     z = nb.sub_(image.unsqueeze(2)).abs_().div_(std.add_(eps))
     if temperature is not None:
