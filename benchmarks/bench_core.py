@@ -11,11 +11,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import peak_memory, print_table, time_fn, write_json
+from benchmarks.harness import check_target, peak_memory, print_table, time_fn, write_json
+from wsss_blocks._checks import check_finite, check_labels, check_masks, check_tensor
 from wsss_blocks.cam import multiscale_cams
 from wsss_blocks.metrics import DEFAULT_BG_THRESHOLDS, SegmentationMetric, ThresholdSweep
+from wsss_blocks.train.schema import DEFAULT_SWEEP
 
 MIOU_TARGET_S = 2.0  # issue 10: mIoU over 1,449 VOC-size label maps in under 2 s on CPU
+SWEEP_IMAGE_TARGET_MS = 20.0  # ThresholdSweep.update on one 375x500 image, 21 classes, one CPU thread
 
 
 def _label_maps(n: int, hw: tuple[int, int], device: str, seed: int = 0) -> tuple[list, list]:
@@ -70,6 +73,68 @@ def bench_sweep(device: str, quick: bool) -> dict[str, Any]:
             "peak_mem_mb": peak_memory(run, device)}
 
 
+def _legacy_sweep_update(sweep: ThresholdSweep, cams: torch.Tensor, labels: torch.Tensor | None,
+                         target: torch.Tensor) -> None:
+    """ThresholdSweep.update as it was before the fast path (kept here as the benchmark's baseline only):
+    full validation, a masked float copy of all C maps, ``max`` with indices over C, ``searchsorted`` and
+    an int64 index built by boolean masking."""
+    check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
+    check_finite(cams, "cams")
+    check_masks(target, "target", sweep.num_classes, sweep.ignore_index)
+    C = sweep.num_classes - 1
+    scores = cams.float()
+    if labels is not None:
+        lf = check_labels(labels, "labels", batch=cams.shape[0], num_classes=C)
+        scores = scores.masked_fill(~lf.to(cams.device).bool()[:, :, None, None], float("-inf"))
+    m, a = scores.max(dim=1)
+    t = torch.tensor(sweep.thresholds, dtype=torch.float32, device=cams.device)
+    j = torch.searchsorted(t, m.contiguous().flatten(), right=False).view_as(m)
+    g = target.long()
+    keep = (g >= 0) & (g < sweep.num_classes)
+    T1 = len(sweep.thresholds) + 1
+    idx = (g[keep] * C + a[keep]) * T1 + j[keep]
+    binc = torch.bincount(idx, minlength=sweep.num_classes * C * T1)
+    sweep.counts += binc.view(sweep.num_classes, C, T1).to(sweep.counts.device)
+
+
+def bench_sweep_image(device: str, thresholds: tuple[float, ...], repeats: int = 15) -> dict[str, Any]:
+    """ThresholdSweep.update on one VOC-size image (21 classes, 3 present) against the pre-fast-path update,
+    interleaved A/B so both see the same machine load; checks that both count the same."""
+    g = torch.Generator().manual_seed(3)
+    cams = torch.rand(1, 20, 375, 500, generator=g).to(device)
+    labels = torch.zeros(1, 20)
+    labels[0, [2, 7, 14]] = 1.0  # VOC images hold 1.5 classes on average; 3 is on the heavy side
+    labels = labels.to(device)
+    target = _label_maps(1, (375, 500), device, seed=4)[1][0].unsqueeze(0)
+    fast, legacy = ThresholdSweep(21, thresholds).to(device), ThresholdSweep(21, thresholds).to(device)
+    fast.update(cams, labels, target)
+    _legacy_sweep_update(legacy, cams, labels, target)
+    if not torch.equal(fast.counts, legacy.counts):
+        raise AssertionError("fast and legacy ThresholdSweep.update disagree")
+
+    def run_fast() -> None:
+        fast.update(cams, labels, target)
+
+    def run_legacy() -> None:
+        _legacy_sweep_update(legacy, cams, labels, target)
+
+    fast_s, legacy_s = [], []
+    for _ in range(repeats):
+        fast_s.append(time_fn(run_fast, device, warmup=0, repeats=1)["median_ms"])
+        legacy_s.append(time_fn(run_legacy, device, warmup=0, repeats=1)["median_ms"])
+    t_fast, t_legacy = statistics.median(fast_s), statistics.median(legacy_s)
+    row: dict[str, Any] = {
+        "name": f"bg_threshold_sweep_image_T{len(thresholds)}",
+        "params": f"1 image 375x500, K=21 (3 present), {len(thresholds)} thresholds, "
+                  f"{torch.get_num_threads()} thread(s)",
+        "median_ms": t_fast, "baseline_ms": t_legacy, "ratio": t_fast / t_legacy,
+        "peak_mem_mb": peak_memory(run_fast, device)}
+    if torch.device(device).type == "cpu":
+        row.update(target=f"< {SWEEP_IMAGE_TARGET_MS:g} ms per image",
+                   passed=check_target(t_fast, SWEEP_IMAGE_TARGET_MS, higher_is_better=False))
+    return row
+
+
 def bench_multiscale(device: str, quick: bool) -> dict[str, Any]:
     """Multi-scale + flip CAM inference vs the sum of the bare forward passes it runs."""
     if quick:
@@ -103,7 +168,8 @@ def bench_multiscale(device: str, quick: bool) -> dict[str, Any]:
     reps = 3
     # interleave A/B so both see the same machine load (medians of alternating runs)
     bare_s, fused_s = [], []
-    bare(), fused()
+    bare()
+    fused()
     for _ in range(reps):
         bare_s.append(time_fn(bare, device, warmup=0, repeats=1)["median_ms"])
         fused_s.append(time_fn(fused, device, warmup=0, repeats=1)["median_ms"])
@@ -118,8 +184,11 @@ def bench_multiscale(device: str, quick: bool) -> dict[str, Any]:
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
-    """All core benchmark rows."""
-    return [bench_miou(device, quick), bench_sweep(device, quick), bench_multiscale(device, quick)]
+    """All core benchmark rows (the per-image sweep rows, fast vs pre-fast-path update, only in full mode)."""
+    rows = [bench_miou(device, quick), bench_sweep(device, quick), bench_multiscale(device, quick)]
+    if not quick:
+        rows += [bench_sweep_image(device, DEFAULT_SWEEP), bench_sweep_image(device, DEFAULT_BG_THRESHOLDS)]
+    return rows
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ Run: ``python examples/pmm_pseudo_masks.py`` (a few minutes on 2 CPU cores; ``--
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
+import sys
 import time
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -29,50 +29,12 @@ import torch.nn.functional as F
 
 from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
 from wsss_blocks.crf import DenseCRF
-from wsss_blocks.data import VOCSegmentation, make_synthetic_voc
 from wsss_blocks.metrics import SegmentationMetric, sweep_bg_threshold
-from wsss_blocks.models.backbones import TinyBackbone
-from wsss_blocks.models.heads import CAMHead
 from wsss_blocks.pseudo_mask import proportional_pseudo_mask
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-class TinyCAMNet(torch.nn.Module):
-    def __init__(self, num_classes: int = 20) -> None:
-        super().__init__()
-        self.backbone = TinyBackbone(widths=(32, 64, 128), output_stride=8)
-        self.head = CAMHead(128, num_classes)
-
-    def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.backbone((images01 - MEAN.to(images01)) / STD.to(images01))[-1])
-
-
-def load_all(ds: VOCSegmentation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    samples = [ds[i] for i in range(len(ds))]
-    return (torch.stack([s["image"] for s in samples]), torch.stack([s["labels"] for s in samples]),
-            torch.stack([s["mask"] for s in samples]))
-
-
-def train(net: TinyCAMNet, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int,
-          gen: torch.Generator) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    net.train()
-    for ep in range(epochs):
-        perm = torch.randperm(images.shape[0], generator=gen)
-        total = 0.0
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            x, y = images[idx], labels[idx]
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.multilabel_soft_margin_loss(net(x)["logits"], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * x.shape[0]
-        print(f"  epoch {ep + 1}/{epochs}: classification loss {total / images.shape[0]:.4f}")
+if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny_cam import common_parser, prepare_run, train_tiny_cam  # noqa: E402  (examples/_tiny_cam.py)
 
 
 def joint_crf_mask(cams: torch.Tensor, labels: torch.Tensor, images01: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -97,35 +59,16 @@ def miou(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-train", type=int, default=240)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
-    parser.add_argument("--root", default=None, help="dataset folder (default: a temporary folder)")
+    parser = common_parser(__doc__.splitlines()[0], num_train=240, size=64)
     parser.add_argument("--cache", default=None, help="save the CAMs to this .pt file, or reuse it if it exists")
     args = parser.parse_args()
-    if args.quick:
-        args.num_train, args.epochs, args.size = 32, 1, 48
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-
-    root = make_synthetic_voc(args.root or tempfile.mkdtemp(prefix="pmm_synth_"), num_train=args.num_train,
-                              num_val=8, image_size=args.size, seed=args.seed)
-    ds = VOCSegmentation(root, split="train_aug", labels_file="cls_labels.npy")
-    images, labels, target = load_all(ds)
-    print(f"synthetic VOC: {len(ds)} train_aug images of {args.size}×{args.size} at {root}")
+    gen, images, labels, target = prepare_run(args, quick=(32, 1, 48), prefix="pmm_synth_")  # seeds torch
 
     if args.cache and os.path.exists(args.cache):
         cams = torch.load(args.cache)["cams"]
         print(f"loaded CAMs from {args.cache}")
     else:
-        net = TinyCAMNet()
-        t0 = time.perf_counter()
-        train(net, images, labels, args.epochs, batch=16, gen=gen)
-        print(f"trained the CAM network in {time.perf_counter() - t0:.1f} s")
-        net.eval()
+        net = train_tiny_cam(images, labels, args.epochs, gen, batch=16)  # in eval mode
         with torch.no_grad():
             raw = multiscale_cams(lambda x: F.relu(net(x)["cams"]), images, scales=(1.0, 0.5, 1.5), flip=True)
         assert isinstance(raw, torch.Tensor)
@@ -161,7 +104,7 @@ def main() -> None:
         results[f"PMM proportional, {name}, alpha 11 (release)"] = per_alpha[11.0]
         results[f"PMM proportional, {name}, best alpha {best_a:g} (oracle)"] = per_alpha[best_a]
         table = ", ".join(f"{a:g}: {v:.1f}" for a, v in per_alpha.items())
-        print(f"PMM {name}: mIoU per alpha {{{table}}} ({dt / len(alphas):.1f} s per pass over {len(ds)} images)")
+        print(f"PMM {name}: mIoU per alpha {{{table}}} ({dt / len(alphas):.1f} s per pass over {len(images)} images)")
 
     print("\npseudo-mask mIoU on the synthetic train_aug set (21 VOC labels, classes with non-empty union):")
     for name, value in results.items():

@@ -19,59 +19,22 @@ Run: ``python examples/varm_refine_cams.py`` (a few minutes on 2 CPU cores; ``--
 
 from __future__ import annotations
 
-import argparse
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
-from wsss_blocks.data import VOCSegmentation, make_synthetic_voc
 from wsss_blocks.metrics import SegmentationMetric
-from wsss_blocks.models.backbones import TinyBackbone
-from wsss_blocks.models.heads import CAMHead
 from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny_cam import common_parser, prepare_run, train_tiny_cam  # noqa: E402  (examples/_tiny_cam.py)
+
 TAUS = [round(0.05 * i, 2) for i in range(1, 20)]
-
-
-class TinyCAMNet(torch.nn.Module):
-    def __init__(self, num_classes: int = 20) -> None:
-        super().__init__()
-        self.backbone = TinyBackbone(widths=(32, 64, 128), output_stride=8)
-        self.head = CAMHead(128, num_classes)
-
-    def forward(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.backbone((images01 - MEAN.to(images01)) / STD.to(images01))[-1])
-
-
-def load_all(ds: VOCSegmentation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    samples = [ds[i] for i in range(len(ds))]
-    return (torch.stack([s["image"] for s in samples]), torch.stack([s["labels"] for s in samples]),
-            torch.stack([s["mask"] for s in samples]))
-
-
-def train(net: TinyCAMNet, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int,
-          gen: torch.Generator) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    net.train()
-    for ep in range(epochs):
-        perm = torch.randperm(images.shape[0], generator=gen)
-        total = 0.0
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            x, y = images[idx], labels[idx]
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.multilabel_soft_margin_loss(net(x)["logits"], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * x.shape[0]
-        print(f"  epoch {ep + 1}/{epochs}: classification loss {total / images.shape[0]:.4f}")
 
 
 def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -123,35 +86,14 @@ def save_figure(path: str, images, target, rows: dict[str, torch.Tensor], picks:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument("--root", default=None, help="dataset folder (default: a temporary folder)")
+    parser = common_parser(__doc__.splitlines()[0], num_train=200, size=96)
     parser.add_argument("--figure", default=None, help="save an overlay figure (PNG) here")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        args.num_train, args.epochs, args.size = 24, 1, 48
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-
-    root = make_synthetic_voc(args.root or tempfile.mkdtemp(prefix="varm_synth_"), num_train=args.num_train,
-                              num_val=8, image_size=args.size, seed=args.seed)
-    ds = VOCSegmentation(root, split="train_aug", labels_file="cls_labels.npy")
-    images, labels, target = load_all(ds)
-    print(f"synthetic VOC: {len(ds)} train_aug images of {args.size}×{args.size} at {root}")
-
-    net = TinyCAMNet()
-    t0 = time.perf_counter()
-    train(net, images, labels, args.epochs, batch=16, gen=gen)
-    print(f"trained the CAM network in {time.perf_counter() - t0:.1f} s")
-
-    net.eval()
+    gen, images, labels, target = prepare_run(args, quick=(24, 1, 48), prefix="varm_synth_")  # seeds torch
+    net = train_tiny_cam(images, labels, args.epochs, gen, batch=16)  # in eval mode
     with torch.no_grad():
         cams = multiscale_cams(lambda x: net(x)["cams"], images, scales=(1.0, 0.5, 1.5), flip=True,
                                reduce="sum", flip_reduce="max")

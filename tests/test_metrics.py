@@ -168,3 +168,86 @@ def test_fast_and_general_paths_agree(seed, dtype, policy):
     general = confusion_matrix(torch.from_numpy(pred_general), torch.from_numpy(gt_general), k,
                                ignore_index=1000, pred_ignore=policy)
     assert torch.equal(fast, general)
+
+
+def _reference_sweep(cams, labels, target, num_classes, thresholds, ignore_index=255):
+    """Straightforward reference: one cams_to_mask + confusion_matrix per threshold."""
+    return torch.stack([confusion_matrix(cams_to_mask(cams, labels, t), target, num_classes, ignore_index)
+                        for t in thresholds])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([torch.float32, torch.float64, torch.float16]),
+       st.sampled_from([torch.uint8, torch.int32, torch.int64]))
+def test_threshold_sweep_fast_path_matches_reference(seed, cam_dtype, target_dtype):
+    """Every threshold's confusion matrix equals cams_to_mask + confusion_matrix: ties exactly at a threshold,
+    ties between classes, values outside [0, 1], ignore pixels, absent classes, images with no class."""
+    rng = np.random.default_rng(seed)
+    B, C = int(rng.integers(1, 4)), int(rng.integers(1, 7))
+    H, W = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    K = C + 1
+    thresholds = np.unique(np.round(rng.uniform(-0.2, 1.2, size=int(rng.integers(1, 12))), 2)).tolist()
+    # values on a coarse grid so that many pixels tie with a threshold and classes tie with each other
+    grid = np.array(thresholds + [-0.5, 0.0, 0.25, 0.5, 1.0, 1.5], dtype=np.float32)
+    cams = torch.from_numpy(rng.choice(grid, size=(B, C, H, W))).to(cam_dtype)
+    noisy = torch.from_numpy(rng.random((B, C, H, W)) < 0.3)
+    cams = torch.where(noisy, torch.from_numpy(rng.uniform(-0.3, 1.3, (B, C, H, W))).to(cam_dtype), cams)
+    labels = torch.from_numpy(rng.random((B, C)) < 0.5).float()
+    labels[0] = 0.0  # an image with no present class: every pixel is background
+    if B > 1:
+        labels[1] = 1.0  # an image with every class present
+    target = rng.integers(0, K, size=(B, H, W))
+    target[rng.random(target.shape) < 0.25] = 255
+    target = torch.from_numpy(target).to(target_dtype)
+    sw = ThresholdSweep(K, thresholds)
+    sw.update(cams, labels, target)
+    sw.update(cams, None, target)  # labels=None: every class present
+    expected = (_reference_sweep(cams, labels, target, K, thresholds)
+                + _reference_sweep(cams, None, target, K, thresholds))
+    assert torch.equal(sw.confmats(), expected)
+    res = sw.compute()
+    for i, cm in enumerate(expected):
+        ref = float(scores_from_confusion(cm)["miou"])
+        assert (res.miou[i] == ref) or (math.isnan(res.miou[i]) and math.isnan(ref))
+
+
+def test_threshold_sweep_exact_ties_and_dense_thresholds():
+    # ties at a threshold are background (cams_to_mask uses a strict >), also for -0.0 vs 0.0
+    cams = torch.tensor([[[[0.0, -0.0, 0.3, 0.30000001, 0.7, 0.2]]]])
+    target = torch.tensor([[[0, 0, 1, 1, 1, 255]]])
+    sw = ThresholdSweep(2, (-0.0, 0.3, 0.7))
+    sw.update(cams, torch.ones(1, 1), target)
+    cms = sw.confmats()
+    # t=-0.0: the two zeros are background; t=0.3: 0.3 and float32(0.30000001) == float32(0.3) tie -> bg
+    assert cms[0].tolist() == [[2, 0], [0, 3]]
+    assert cms[1].tolist() == [[2, 0], [2, 1]]
+    assert cms[2].tolist() == [[2, 0], [3, 0]]
+    assert torch.equal(cms, _reference_sweep(cams, torch.ones(1, 1), target, 2, (-0.0, 0.3, 0.7)))
+    # thresholds packed closer than the float32 lookup resolves (the binary-search fallback)
+    g = torch.Generator().manual_seed(3)
+    dense = [0.5 + 1e-5 * i for i in range(12)]
+    cams = 0.5 + 1.3e-4 * torch.rand(2, 3, 5, 12, generator=g)
+    cams[0, :, 0, :len(dense)] = torch.tensor(dense)  # exact ties
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    target = torch.randint(0, 4, (2, 5, 12), generator=g)
+    sw = ThresholdSweep(4, dense)
+    assert sw._most > 4
+    sw.update(cams, labels, target)
+    assert torch.equal(sw.confmats(), _reference_sweep(cams, labels, target, 4, dense))
+
+
+@pytest.mark.parametrize("ignore_index", [-1, 255, 1000, None])
+def test_threshold_sweep_ignore_index_values(ignore_index):
+    g = torch.Generator().manual_seed(5)
+    cams = torch.rand(2, 3, 4, 5, generator=g)
+    labels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    target = torch.randint(0, 4, (2, 4, 5), generator=g)
+    if ignore_index is not None:
+        target[0, 0] = ignore_index
+    ths = (0.1, 0.4, 0.6)
+    sw = ThresholdSweep(4, ths, ignore_index=ignore_index)
+    sw.update(cams, labels, target)
+    ref = torch.stack([confusion_matrix(cams_to_mask(cams, labels, t), target, 4,
+                                        ignore_index if ignore_index is not None else None) for t in ths])
+    assert torch.equal(sw.confmats(), ref)
+    assert int(ref[0].sum()) == 40 - (5 if ignore_index is not None else 0)

@@ -707,6 +707,33 @@ def test_read_state_dict_unwrapping_and_errors(tmp_path):
         load_pretrained("net", {})  # type: ignore[arg-type]
 
 
+def test_read_state_dict_missing_reader_names_the_pip_package(tmp_path, monkeypatch):
+    """safetensors and mxnet are in no extra: the ImportError must name the pip package, not an extra."""
+    st_file = tmp_path / "w.safetensors"
+    st_file.write_bytes(b"unused")
+    mx_file = tmp_path / "w.params"
+    mx_file.write_bytes(b"unused")
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "mxnet", None)
+    with pytest.raises(ImportError, match=r"install it with `pip install safetensors`") as st_err:
+        read_state_dict(st_file)
+    with pytest.raises(ImportError, match=r"`pip install mxnet`") as mx_err:
+        read_state_dict(mx_file)
+    for err in (st_err, mx_err):
+        assert "wsss-blocks[" not in str(err.value)
+        assert isinstance(err.value.__cause__, ImportError)
+    assert "mxnet.nd.load(path)" in str(mx_err.value)  # the conversion hint is kept
+
+
+def test_read_state_dict_safetensors_roundtrip(tmp_path):
+    st_torch = pytest.importorskip("safetensors.torch")
+    sd = {"module.fc.weight": torch.arange(6.0).view(2, 3), "module.fc.bias": torch.tensor([1.0, -1.0])}
+    st_torch.save_file(sd, str(tmp_path / "w.safetensors"))
+    out = read_state_dict(tmp_path / "w.safetensors")
+    assert sorted(out) == ["fc.bias", "fc.weight"]
+    assert torch.equal(out["fc.weight"], sd["module.fc.weight"]) and torch.equal(out["fc.bias"], sd["module.fc.bias"])
+
+
 def test_timm_backbone_loads_local_file_without_download(tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
     import timm.models._builder as builder

@@ -19,6 +19,7 @@ another class count (shape mismatch) or with missing/unexpected keys (``strict``
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -84,6 +85,18 @@ def _unwrap(obj: Any) -> dict[str, Tensor]:
     return out
 
 
+def _require_package(module: str, package: str, purpose: str) -> Any:
+    """Import an optional dependency that no wsss-blocks extra installs; the error names the pip package.
+
+    (:func:`wsss_blocks._checks.require` points to an extra, which would be wrong advice here.)
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is needed for {purpose} and no wsss-blocks extra installs it; "
+                          f"install it with `pip install {package}`") from exc
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
                     ) -> dict[str, Tensor]:
     """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``)
@@ -111,14 +124,15 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
                                     "nothing is downloaded)")
         lower = path.lower()
         if lower.endswith(".safetensors"):
-            st = require("safetensors.torch", "train", "reading .safetensors checkpoints")
+            st = _require_package("safetensors.torch", "safetensors", "reading .safetensors checkpoints")
             sd = _unwrap(st.load_file(path, device="cpu"))
         elif lower.endswith(".params"):
             try:
-                mx = require("mxnet", "train", "reading MXNet .params checkpoints")
+                mx = importlib.import_module("mxnet")
             except ImportError as exc:
                 raise ImportError(
-                    f"{path!r} is an MXNet .params file. Convert it once where mxnet is installed: "
+                    f"{path!r} is an MXNet .params file and reading it needs mxnet, which no wsss-blocks extra "
+                    "installs: `pip install mxnet`. Or convert it once where mxnet is installed: "
                     "`sd = {k: v.asnumpy() for k, v in mxnet.nd.load(path).items()}` and pass that dict "
                     "(or save it with torch.save) to load_pretrained; the MXNet key names are mapped."
                 ) from exc
