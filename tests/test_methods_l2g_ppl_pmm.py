@@ -5,6 +5,7 @@ Spec references (``shared/specs/…``) are given as ``file:line`` next to every 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -70,7 +71,7 @@ def _common_deeplab(cfg):
     assert s.model == "deeplabv2" and s.backbone == "resnet101"
     assert s.lr == 2.5e-4                                   # spec_l2g.md:244, protocol_and_sota.md:245
     assert s.momentum == 0.9 and s.weight_decay == 5e-4     # spec_l2g.md:245
-    assert s.poly_power == 0.9                              # spec_l2g.md:245
+    assert s.poly_power == 0.9 and s.lr_update_every == 10  # spec_l2g.md:245
     assert s.crop_size == 321                               # spec_l2g.md:246
     assert s.scales == (0.5, 0.75, 1.0, 1.25, 1.5)          # spec_l2g.md:246
     assert s.msc_train == (0.5, 0.75)                       # spec_l2g.md:249, :253
@@ -98,6 +99,9 @@ def test_l2g_voc_config_equals_release():
     assert c.backbone == "resnet38d"                        # spec_l2g.md:69-79
     assert c.batch_size == 3                                # spec_l2g.md:193
     assert c.epochs == 10 and c.steps is None               # spec_l2g.md:194
+    assert c.lr_schedule == "step" and c.lr_decay_epochs == (5,) and c.lr_decay_gamma == 0.1   # spec_l2g.md:198
+    assert c.resize_short == (512, 512) and c.resize_long is None and c.interpolation == "bicubic"  # :45, :201
+    assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
     assert c.optimizer == "sgd" and c.momentum == 0.9 and c.nesterov is True and c.weight_decay == 5e-4  # :195
     assert c.lr == 1e-3                                     # spec_l2g.md:196
     assert c.crop_size == 448                               # spec_l2g.md:200
@@ -131,7 +135,10 @@ def test_l2g_coco_config_equals_release():
     assert c.batch_size == 12                               # spec_l2g.md:193
     assert c.epochs == 15                                   # spec_l2g.md:194
     assert c.lr == 0.1                                      # spec_l2g.md:196
-    assert c.poly_power == 0.7                              # spec_l2g.md:198
+    assert c.poly_power == 0.7 and c.lr_schedule == "poly"  # spec_l2g.md:198
+    assert c.resize == (448, 448) and c.resize_long is None  # warped to 448², spec_l2g.md:45
+    assert cfg.data.mean == (0.471, 0.448, 0.408) and cfg.data.std == (0.234, 0.239, 0.242)   # spec_l2g.md:203
+    assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
     # PolyOptimizer bug kept: momentum = 5e-4, weight decay 0, no Nesterov (spec_l2g.md:208-209)
     assert c.momentum == 5e-4 and c.weight_decay == 0.0 and c.nesterov is False
     assert c.crop_size == 448 and c.hflip is False          # spec_l2g.md:200, :202
@@ -188,6 +195,11 @@ def test_pmm_voc_config_equals_release():
     assert s.loss == "puf" and s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}   # spec_pmm.md:292
     assert s.steps == 20000                                 # spec_pmm.md:266-267
     assert s.eval_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and s.eval_flip is True  # spec_pmm.md:272
+    assert c.interpolation == "bicubic"                     # spec_pmm.md:102
+    assert p.score_eval_split is True                       # PPMG scored on VOC val (spec_pmm.md:354-355)
+    # cyclic pseudo-masks (spec_pmm.md:299-316): best val of round 0 (every 2k), relabel with CRF, fresh net, plain CE
+    assert s.eval_every == 2000 and s.cyclic_rounds == 1 and s.cyclic_select == "best"
+    assert s.cyclic_loss == "ce" and s.cyclic_policy == "replace" and s.cyclic_crf is True
     _assert_crf_deeplab(s.crf_params)                       # spec_pmm.md:274-275
     from wsss_blocks.pseudo_mask import PMM_BINARY_CRF
 
@@ -525,3 +537,10 @@ def test_synthetic_preset_runs_all_three_stages(method, synth_cache, tmp_path):
     masks = sorted((tmp_path / "run" / "pseudo" / "masks").glob("*.png"))
     assert len(masks) == 16
     assert (tmp_path / "run" / "cam" / "model.pt").is_file() and (tmp_path / "run" / "seg" / "model.pt").is_file()
+    if method == "pmm":  # the preset runs one cyclic pseudo-mask round, relabelled by the best round-0 model
+        assert (tmp_path / "run" / "seg" / "best.pt").is_file()
+        assert len(list((tmp_path / "run" / "seg" / "cyclic_masks_r1").glob("*.png"))) == 16
+        assert res["ours"]["val_miou"] == pytest.approx(json.loads(
+            (tmp_path / "run" / "seg" / "eval_val.json").read_text())["miou"])
+        assert json.loads((tmp_path / "run" / "seg" / "eval_val.json").read_text())["model"].endswith(
+            "round1/model.pt")

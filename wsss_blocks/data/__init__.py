@@ -23,6 +23,7 @@ from wsss_blocks.data.io import (
 )
 from wsss_blocks.data.synthetic import make_synthetic_voc, render_synthetic_sample, synthetic_class_names
 from wsss_blocks.data.transforms import (
+    GEOMETRY_FIELDS,
     ColorJitter,
     Compose,
     Normalize,
@@ -30,6 +31,11 @@ from wsss_blocks.data.transforms import (
     RandomHorizontalFlip,
     RandomRescale,
     RandomResizeLong,
+    RandomResizeShort,
+    RecordGeometry,
+    Resize,
+    apply_geometry,
+    identity_geometry,
     sample_generator,
 )
 from wsss_blocks.data.voc import (
@@ -70,6 +76,12 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomRescale",
     "RandomResizeLong",
+    "RandomResizeShort",
+    "Resize",
+    "RecordGeometry",
+    "apply_geometry",
+    "identity_geometry",
+    "GEOMETRY_FIELDS",
     "sample_generator",
     "IGNORE_INDEX",
     "VOC_CLASSES",

@@ -9,6 +9,11 @@ call argument wins); with neither, torch's global RNG is used, which ``DataLoade
 :func:`sample_generator` makes a generator seeded per (seed, epoch, index) for fully reproducible
 per-sample augmentation independent of worker count.
 
+Geometry recording (opt-in): a sample carrying a ``geom`` entry (put there by :class:`RecordGeometry`, or
+by ``Compose(..., record_geometry=True)``) gets it updated by every geometric transform, so that any
+full-image map (e.g. SMAF's offline fused teacher maps) can later be cut exactly like the image with
+:func:`apply_geometry`. Recording changes neither the outputs nor the random draws of any transform.
+
 Examples:
     >>> import torch
     >>> from wsss_blocks.data.transforms import Compose, RandomRescale, RandomCrop, RandomHorizontalFlip
@@ -39,11 +44,17 @@ __all__ = [
     "Compose",
     "RandomRescale",
     "RandomResizeLong",
+    "RandomResizeShort",
+    "Resize",
     "RandomCrop",
     "RandomHorizontalFlip",
     "ColorJitter",
     "Normalize",
     "sample_generator",
+    "RecordGeometry",
+    "GEOMETRY_FIELDS",
+    "identity_geometry",
+    "apply_geometry",
     "rgb_to_hsv",
     "hsv_to_rgb",
 ]
@@ -110,10 +121,157 @@ class JointTransform:
         return f"{type(self).__name__}({args})"
 
 
+#: the entries of a recorded ``geom`` vector, in order (see :class:`RecordGeometry`)
+GEOMETRY_FIELDS = ("orig_h", "orig_w", "resized_h", "resized_w", "flipped", "top", "left", "crop_h", "crop_w")
+
+
+def identity_geometry(image: Tensor) -> Tensor:
+    """The geometry of an untouched image: resized = original size, not flipped, the whole image as the crop.
+
+    Examples:
+        >>> identity_geometry(torch.zeros(3, 4, 5)).tolist()
+        [4, 5, 4, 5, 0, 0, 0, 4, 5]
+    """
+    h, w = (int(v) for v in image.shape[-2:])
+    return torch.tensor([h, w, h, w, 0, 0, 0, h, w], dtype=torch.long)
+
+
+def _geometry(sample: Sample) -> list[int] | None:
+    g = sample.get("geom")
+    if g is None:
+        return None
+    if not isinstance(g, Tensor) or g.shape != (len(GEOMETRY_FIELDS),):
+        got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+        raise ValueError(f"sample['geom'] must be a tensor of {len(GEOMETRY_FIELDS)} entries {GEOMETRY_FIELDS} "
+                         f"(from RecordGeometry), got {got}")
+    return [int(v) for v in g.tolist()]
+
+
+def _set_geometry(sample: Sample, values: list[int]) -> None:
+    sample["geom"] = torch.tensor(values, dtype=torch.long)
+
+
+def _geom_resize(sample: Sample, size: tuple[int, int]) -> None:
+    """Record a resize of the current image to ``size`` (only before any crop: a crop followed by a resize is
+    not expressible as one resize + flip + crop of the original)."""
+    g = _geometry(sample)
+    if g is None:
+        return
+    oh, ow, rh, rw, fl, top, left, ch, cw = g
+    if (top, left, ch, cw) != (0, 0, rh, rw):
+        raise ValueError(f"geometry recording supports resizing only before cropping, but sample['geom'] already "
+                         f"records a crop (top={top}, left={left}, crop {ch}×{cw} of {rh}×{rw}); put the resize "
+                         f"before the crop in the pipeline")
+    _set_geometry(sample, [oh, ow, size[0], size[1], fl, 0, 0, size[0], size[1]])
+
+
+def _geom_flip(sample: Sample) -> None:
+    """Record a horizontal flip of the current crop window (= the mirrored window of the mirrored image)."""
+    g = _geometry(sample)
+    if g is None:
+        return
+    oh, ow, rh, rw, fl, top, left, ch, cw = g
+    _set_geometry(sample, [oh, ow, rh, rw, 1 - fl, top, rw - left - cw, ch, cw])
+
+
+def _geom_crop(sample: Sample, dy: int, dx: int, size: tuple[int, int]) -> None:
+    """Record a crop whose pixel (0, 0) is pixel (dy, dx) of the current image (negative = padding)."""
+    g = _geometry(sample)
+    if g is None:
+        return
+    oh, ow, rh, rw, fl, top, left, _, _ = g
+    _set_geometry(sample, [oh, ow, rh, rw, fl, top + dy, left + dx, size[0], size[1]])
+
+
+def apply_geometry(x: Tensor, geom: Tensor | Sequence[int], mode: str = "bilinear", align_corners: bool | None = True,
+                   pad_value: float = 0.0) -> Tensor:
+    """Cut a full-image map exactly like a recorded augmentation: resize, optional flip, crop with padding.
+
+    ``geom`` is the vector recorded by :class:`RecordGeometry` (entries :data:`GEOMETRY_FIELDS`): the map,
+    of the original image size, is resized to ``resized_h × resized_w`` with ``mode`` (released SMAF:
+    bilinear, ``align_corners=True``, spec_smaf.md §5.1), flipped left-right if ``flipped``, and the window
+    ``[top, top + crop_h) × [left, left + crop_w)`` is taken, positions outside the resized map filled with
+    ``pad_value`` (released: 0, which the SMAF target turns into pure background).
+
+    With ``mode="bilinear", align_corners=False`` (the transforms' own image interpolation) the result equals
+    the augmented image of a resize → flip → crop pipeline exactly; two successive resizes are recorded as
+    one (the map is resized once, from the original size to the final size).
+
+    Args:
+        x: map(s) at the original image size.
+        geom: the recorded geometry (9 integers).
+        mode: ``"bilinear"``, ``"bicubic"``, ``"nearest"`` or ``"nearest-exact"``.
+        align_corners: for bilinear/bicubic (ignored for nearest modes).
+        pad_value: value of the padded positions.
+
+    Shape:
+        - x: ``(*, H, W)`` with (H, W) = (orig_h, orig_w) and at least one leading dimension
+        - output: ``(*, crop_h, crop_w)``
+
+    Examples:
+        >>> g = torch.tensor([2, 2, 2, 2, 1, -1, 0, 3, 2])  # flipped, one padded row on top
+        >>> apply_geometry(torch.tensor([[[1., 2.], [3., 4.]]]), g).tolist()
+        [[[0.0, 0.0], [2.0, 1.0], [4.0, 3.0]]]
+    """
+    g = [int(v) for v in (geom.tolist() if isinstance(geom, Tensor) else geom)]
+    if len(g) != len(GEOMETRY_FIELDS):
+        raise ValueError(f"geom must have {len(GEOMETRY_FIELDS)} entries {GEOMETRY_FIELDS}, got {len(g)}")
+    oh, ow, rh, rw, fl, top, left, ch, cw = g
+    if min(oh, ow, rh, rw, ch, cw) < 1 or fl not in (0, 1):
+        raise ValueError(f"geom has non-positive sizes or a flip flag other than 0/1: {dict(zip(GEOMETRY_FIELDS, g))}")
+    check_tensor(x, "x", None)
+    if x.ndim < 3 or tuple(x.shape[-2:]) != (oh, ow):
+        raise ValueError(f"x must be (*, H, W) at the recorded original size ({oh}, {ow}) with a leading "
+                         f"dimension, got shape {tuple(x.shape)}")
+    if mode not in ("bilinear", "bicubic", "nearest", "nearest-exact"):
+        raise ValueError(f"mode must be 'bilinear', 'bicubic', 'nearest' or 'nearest-exact', got {mode!r}")
+    if (rh, rw) != (oh, ow):
+        lead = x.shape[:-2]
+        x4 = x.reshape(-1, 1, oh, ow) if x.ndim != 4 else x
+        kw: dict[str, Any] = {"align_corners": align_corners} if mode in ("bilinear", "bicubic") else {}
+        y = F.interpolate(x4.float() if not x4.is_floating_point() else x4, size=(rh, rw), mode=mode, **kw)
+        x = y.to(x.dtype).reshape(*lead, rh, rw)
+    if fl:
+        x = x.flip(-1)
+    out = x.new_full((*x.shape[:-2], ch, cw), float(pad_value))
+    y0, y1 = max(top, 0), min(top + ch, rh)
+    x0, x1 = max(left, 0), min(left + cw, rw)
+    if y1 > y0 and x1 > x0:
+        out[..., y0 - top:y1 - top, x0 - left:x1 - left] = x[..., y0:y1, x0:x1]
+    return out
+
+
+class RecordGeometry(JointTransform):
+    """Start recording the geometry of the following transforms in ``sample["geom"]`` (no randomness).
+
+    Sets ``geom`` to the identity geometry of the current image (:func:`identity_geometry`);
+    :class:`RandomRescale`, :class:`RandomResizeLong`, :class:`RandomHorizontalFlip` and :class:`RandomCrop`
+    then update it, so that :func:`apply_geometry` cuts any map of the original image exactly like the image.
+    The vector (int64, entries :data:`GEOMETRY_FIELDS`) says: resize the original ``orig_h × orig_w`` to
+    ``resized_h × resized_w``, flip left-right if ``flipped``, take the ``crop_h × crop_w`` window at
+    ``(top, left)`` (negative or overflowing = padding). Resizes must come before crops.
+
+    Shape:
+        - adds ``geom``: ``(9,)`` int64
+
+    Examples:
+        >>> t = Compose([RecordGeometry(), RandomHorizontalFlip(p=1.0), RandomCrop(4)])
+        >>> s = t({"image": torch.rand(3, 2, 3)}, generator=torch.Generator().manual_seed(0))
+        >>> len(s["geom"]), s["geom"][:5].tolist()
+        (9, [2, 3, 2, 3, 1])
+    """
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        sample["geom"] = identity_geometry(sample["image"])
+        return sample
+
+
 class Compose(JointTransform):
     """Apply transforms in order, passing one generator through all of them.
 
-    Plain callables ``f(sample) -> sample`` may be mixed in; they get no generator.
+    Plain callables ``f(sample) -> sample`` may be mixed in; they get no generator. With
+    ``record_geometry=True`` the sample's ``geom`` entry is started first (as :class:`RecordGeometry` does),
+    so the geometric transforms record what they did (see :func:`apply_geometry`).
 
     Examples:
         >>> t = Compose([RandomHorizontalFlip(p=1.0), Normalize(mean=(0, 0, 0), std=(1, 1, 1))])
@@ -122,11 +280,15 @@ class Compose(JointTransform):
         True
     """
 
-    def __init__(self, transforms: Sequence[Callable[..., Sample]], generator: torch.Generator | None = None):
+    def __init__(self, transforms: Sequence[Callable[..., Sample]], generator: torch.Generator | None = None,
+                 record_geometry: bool = False):
         super().__init__(generator)
         self.transforms = list(transforms)
+        self.record_geometry = bool(record_geometry)
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        if self.record_geometry and sample.get("geom") is None:
+            sample["geom"] = identity_geometry(sample["image"])
         for t in self.transforms:
             sample = t(sample, generator=generator) if isinstance(t, JointTransform) else t(sample)
         return sample
@@ -142,6 +304,7 @@ def _resize(sample: Sample, size: tuple[int, int], interpolation: str, antialias
         y = F.interpolate(x4, size=size, mode=mode, **kwargs)
         return y.reshape(*lead, *size) if x.ndim < 4 else y
 
+    _geom_resize(sample, size)
     img = sample["image"]
     out = run(img, interpolation, antialias)
     if interpolation == "bicubic":
@@ -291,6 +454,7 @@ class RandomCrop(JointTransform):
         y0 = int(torch.randint(H - ch + 1, (), generator=generator))
         x0 = int(torch.randint(W - cw + 1, (), generator=generator))
         pad = (ox, W - w - ox, oy, H - h - oy)
+        _geom_crop(sample, y0 - oy, x0 - ox, (ch, cw))
         values = {"image": self.pad_image_value, "mask": self.pad_mask_value, "saliency": self.pad_saliency_value}
         for key, value in values.items():
             x = sample.get(key)
@@ -320,6 +484,7 @@ class RandomHorizontalFlip(JointTransform):
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if float(torch.rand((), generator=generator)) >= self.p:
             return sample
+        _geom_flip(sample)
         for key in ("image", "mask", "saliency"):
             if sample.get(key) is not None:
                 sample[key] = sample[key].flip(-1)
@@ -474,3 +639,71 @@ class Normalize(JointTransform):
         sample["image"] = (img - mean) / std
         return sample
 
+
+
+class RandomResizeShort(JointTransform):
+    """Resize so the short side is a random integer in ``[min_short, max_short]``, keeping the aspect ratio.
+
+    L2G's VOC global view: the short side to 512 (bicubic) before the random 448 crop
+    (``L2G:LoadData.py`` 351-356, spec_l2g.md §5).
+
+    Shape:
+        - image ``(*, C, H, W)`` -> ``(*, C, H', W')`` with ``min(H', W')`` in the range.
+
+    Examples:
+        >>> s = RandomResizeShort(8, 8)({"image": torch.rand(3, 4, 5)})
+        >>> tuple(s["image"].shape)
+        (3, 8, 10)
+    """
+
+    def __init__(self, min_short: int = 512, max_short: int = 512, interpolation: str = "bilinear",
+                 antialias: bool = False, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        if not (1 <= min_short <= max_short):
+            raise ValueError(f"need 1 <= min_short <= max_short, got min_short={min_short}, max_short={max_short}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self.min_short, self.max_short = int(min_short), int(max_short)
+        self.interpolation = interpolation
+        self.antialias = antialias
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        target = int(torch.randint(self.min_short, self.max_short + 1, (), generator=generator))
+        h, w = sample["image"].shape[-2:]
+        s = target / min(h, w)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        if size == (h, w):
+            return sample
+        return _resize(sample, size, self.interpolation, self.antialias)
+
+
+class Resize(JointTransform):
+    """Warp image, mask and saliency to a fixed ``(H, W)``; the aspect ratio is not kept.
+
+    L2G's COCO global view: the whole image warped to 448×448 (``L2G:utils/transforms/transforms.py``
+    138-147, spec_l2g.md §5). Masks use nearest-exact, so no new label values appear.
+
+    Shape:
+        - image ``(*, C, H, W)`` -> ``(*, C, size[0], size[1])``.
+
+    Examples:
+        >>> s = Resize((6, 6))({"image": torch.rand(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.long)})
+        >>> tuple(s["image"].shape), tuple(s["mask"].shape)
+        ((3, 6, 6), (6, 6))
+    """
+
+    def __init__(self, size: int | tuple[int, int], interpolation: str = "bilinear", antialias: bool = False):
+        super().__init__(None)
+        hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(hw) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self.size = hw
+        self.interpolation = interpolation
+        self.antialias = antialias
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        if tuple(sample["image"].shape[-2:]) == self.size:
+            return sample
+        return _resize(sample, self.size, self.interpolation, self.antialias)

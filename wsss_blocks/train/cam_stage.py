@@ -37,6 +37,7 @@ from .loop import (
     MetricLogger,
     PhaseSpec,
     configure_determinism,
+    data_normalization,
     normalize_images,
     resolve_resume,
     run_phase,
@@ -116,7 +117,7 @@ def _overlay_callback(method: CAMMethod, cfg: RunConfig, out: Path, phase: str, 
                     sc = 320 / max(h, w)
                     img = F.interpolate(img[None], size=(round(h * sc), round(w * sc)), mode="bilinear",
                                         align_corners=False)[0]
-                x = normalize_images(img[None].to(env.device), cfg.data.normalize)
+                x = normalize_images(img[None].to(env.device), data_normalization(cfg.data))
                 cam = method.cam_fn(x).float()
                 cam = F.interpolate(cam, size=img.shape[-2:], mode="bilinear", align_corners=False)
                 imgs.append(img)
@@ -205,7 +206,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
             stage="cam", phase=phase, module=method, step_fn=method.training_step,
             param_groups=method.param_groups(cfg.cam.lr, cfg.cam.weight_decay), dataset=dataset, optim=cfg.cam,
             total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
-            normalize=cfg.data.normalize, phase_index=i, step_offset=offset,
+            normalize=data_normalization(cfg.data), phase_index=i, step_offset=offset,
             extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state,
             on_epoch_end=_overlay_callback(method, cfg, out, phase, env), config=to_dict(cfg))
         run_phase(spec, cfg.runtime, env, out, logger, resume=resume_ck if i == rp else None, hooks=hooks)

@@ -15,7 +15,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import COCOSegmentation, VOCSegmentation, make_synthetic_voc
-from ..data.transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip, RandomRescale, RandomResizeLong
+from ..data.transforms import (
+    ColorJitter,
+    Compose,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRescale,
+    RandomResizeLong,
+    RandomResizeShort,
+    Resize,
+)
 from .config import ConfigError
 from .distributed import DistEnv, barrier, shard_indices
 from .schema import RunConfig
@@ -104,20 +113,26 @@ def check_splits(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"
 
 
 def cam_train_transform(cfg: RunConfig) -> Compose:
-    """IRN-style CAM augmentation: random long-side resize and/or rescale, flip, colour jitter, crop."""
+    """IRN-style CAM augmentation: a fixed warp, random long- or short-side resize and/or rescale, flip, colour
+    jitter, crop (image resizing with ``cam.interpolation``)."""
     c = cfg.cam
     ts: list[Any] = []
+    interp = c.interpolation
+    if c.resize is not None:
+        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp))
     if c.resize_long is not None:
-        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1])))
+        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp))
+    if c.resize_short is not None:
+        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp))
     if c.scale_range is not None:
-        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1]))))
+        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp))
     if c.hflip:
         ts.append(RandomHorizontalFlip())
     if c.color_jitter is not None:
         b, ct, s, h = c.color_jitter
         ts.append(ColorJitter(b, ct, s, h))
     ts.append(RandomCrop(c.crop_size, pad_image_value=_PAD))
-    return Compose(ts)
+    return Compose(ts, record_geometry=True)  # batch["geom"]: crop geometry (SMAF offline targets)
 
 
 def seg_train_transform(cfg: RunConfig) -> Compose:

@@ -38,7 +38,8 @@ from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .distributed import DistEnv, all_gather_object, barrier, epoch_batches, reduce_mean_dict, wrap_ddp
 from .schema import OptimConfig, RuntimeConfig
 
-__all__ = ["set_seed", "configure_determinism", "poly_factor", "build_optimizer", "set_lr", "normalize_images",
+__all__ = ["set_seed", "configure_determinism", "poly_factor", "lr_factor", "data_normalization",
+           "build_optimizer", "set_lr", "normalize_images",
            "AugmentedDataset", "MetricLogger", "PhaseSpec", "run_phase", "steps_per_epoch", "to_device",
            "CAFFE_MEAN_BGR"]
 
@@ -89,6 +90,33 @@ def poly_factor(step: int, total: int, power: float = 0.9, warmup_steps: int = 0
     return max(0.0, 1.0 - step / total) ** power
 
 
+def lr_factor(step: int, total: int, optim: OptimConfig, steps_per_epoch: int) -> float:
+    """Learning-rate factor of ``optim``'s schedule at ``step`` (before that step's update).
+
+    ``lr_schedule: poly`` is :func:`poly_factor`; ``step`` multiplies by ``lr_decay_gamma`` at the start of each
+    epoch in ``lr_decay_epochs`` (0-based; L2G ``--decay_points 5``: ×0.1 from the sixth epoch on). The
+    warm-up applies to both. With ``lr_update_every = k`` the factor changes only every k steps
+    (deeplab-pytorch recomputes its poly lr every 10 iterations).
+
+    Examples:
+        >>> from wsss_blocks.train.schema import OptimConfig
+        >>> o = OptimConfig(lr_schedule="step", lr_decay_epochs=(2,), lr_decay_gamma=0.1)
+        >>> [round(lr_factor(s, 40, o, steps_per_epoch=10), 3) for s in (0, 19, 20, 39)]
+        [1.0, 1.0, 0.1, 0.1]
+    """
+    every = max(1, int(optim.lr_update_every))
+    s = step - step % every
+    if optim.warmup_steps > 0 and s < optim.warmup_steps:
+        return poly_factor(s, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
+    if optim.lr_schedule == "poly":
+        return poly_factor(s, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
+    if optim.lr_schedule == "step":
+        spe = max(1, int(steps_per_epoch))
+        passed = sum(1 for e in optim.lr_decay_epochs if s >= int(e) * spe)
+        return float(optim.lr_decay_gamma) ** passed
+    raise ValueError(f"lr_schedule must be 'poly' or 'step', got {optim.lr_schedule!r}")
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over parameter groups carrying ``lr_mult``.
 
@@ -118,21 +146,46 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> f
 
 
 # ---------------------------------------------------------------------------------------------- data
-def normalize_images(image01: Tensor, mode: str = "imagenet") -> Tensor:
-    """Network input from images in [0, 1]: ``"imagenet"`` (mean/std, RGB) or ``"caffe"`` (BGR·255 − mean).
+Normalization = str | tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def normalize_images(image01: Tensor, mode: Normalization = "imagenet") -> Tensor:
+    """Network input from images in [0, 1]: ``"imagenet"`` (mean/std, RGB), ``"caffe"`` (BGR·255 − mean) or an
+    explicit ``(mean, std)`` pair of RGB triples in [0, 1] units (e.g. L2G's COCO statistics).
 
     Examples:
         >>> [round(v, 3) for v in normalize_images(torch.zeros(1, 3, 1, 1), "caffe").flatten().tolist()]
         [-104.008, -116.669, -122.675]
+        >>> normalize_images(torch.full((1, 3, 1, 1), 0.5), ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))).flatten().tolist()
+        [0.0, 0.0, 0.0]
     """
-    if mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
+    if isinstance(mode, tuple):
+        if len(mode) != 2 or len(mode[0]) != 3 or len(mode[1]) != 3:
+            raise ValueError(f"normalize as (mean, std) needs two RGB triples, got {mode!r}")
+        if min(mode[1]) <= 0:
+            raise ValueError(f"normalize std must be positive, got {mode[1]!r}")
+        mean = torch.tensor(mode[0], dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
+        std = torch.tensor(mode[1], dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
         return (image01 - mean) / std
+    if mode == "imagenet":
+        return normalize_images(image01, (IMAGENET_MEAN, IMAGENET_STD))  # type: ignore[arg-type]
     if mode == "caffe":
         mean = torch.tensor(CAFFE_MEAN_BGR, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
         return image01.flip(1) * 255.0 - mean
-    raise ValueError(f"normalize must be 'imagenet' or 'caffe', got {mode!r}")
+    raise ValueError(f"normalize must be 'imagenet', 'caffe' or a (mean, std) pair, got {mode!r}")
+
+
+def data_normalization(data: Any) -> Normalization:
+    """The input normalisation of a :class:`~wsss_blocks.train.schema.DataConfig`: ``data.normalize`` or, when
+    ``data.mean`` / ``data.std`` are set (with ``normalize: imagenet``), that ``(mean, std)`` pair."""
+    if data.mean is None and data.std is None:
+        return str(data.normalize)
+    if data.normalize != "imagenet":
+        raise ValueError(f"data.mean / data.std replace the ImageNet statistics and need data.normalize: imagenet, "
+                         f"got {data.normalize!r}")
+    mean = tuple(float(v) for v in (data.mean if data.mean is not None else IMAGENET_MEAN))
+    std = tuple(float(v) for v in (data.std if data.std is not None else IMAGENET_STD))
+    return (mean, std)  # type: ignore[return-value]
 
 
 _PAD = -1.0  # sentinel for padded image pixels (images live in [0, 1])
@@ -305,7 +358,7 @@ class PhaseSpec:
     total_steps: int
     ckpt_method: str
     num_classes: int
-    normalize: str = "imagenet"
+    normalize: Normalization = "imagenet"
     phase_index: int = 0
     step_offset: int = 0
     extra_state: Callable[[], dict[str, Any]] | None = None
@@ -389,7 +442,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     it = iter(loader)
     try:
         while step < total:
-            factor = poly_factor(step, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
+            factor = lr_factor(step, total, optim, spe)
             lr = set_lr(optimizer, optim.lr, factor)
             optimizer.zero_grad(set_to_none=True)
             indices: list[int] = []

@@ -32,7 +32,7 @@ from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
 from .datasets import data_root, iter_inference_batches, open_split
 from .distributed import DistEnv, all_reduce_sum, barrier
-from .loop import normalize_images
+from .loop import data_normalization, normalize_images
 from .methods import CAMMethod
 from .schema import RunConfig
 
@@ -48,12 +48,12 @@ __all__ = ["compute_cams", "eval_cams", "make_pseudo_masks"]
 def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
     """Fused, normalised CAMs (B×C×H×W in [0, 1], absent classes 0) of a batch of same-sized images."""
     p = cfg.pseudo
-    x = normalize_images(image01, cfg.data.normalize)
+    x = normalize_images(image01, data_normalization(cfg.data))
     use_amp = cfg.runtime.amp and image01.device.type == "cuda"
     with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
         fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
                                 out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
-                                flip_reduce=p.flip_reduce)
+                                flip_reduce=p.flip_reduce, interpolation=p.interpolation)
     cams = normalize_cams(cast(torch.Tensor, fused).float(), mode=method.cam_normalization)  # type: ignore[arg-type]
     return cams * labels.to(cams.dtype)[:, :, None, None]
 
@@ -99,7 +99,8 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     ts = _thresholds(cfg)
     key = {"model_mtime": model_file.stat().st_mtime if model_file.is_file() else None, "thresholds": ts,
            "split": cfg.data.cam_eval_split, "limit": cfg.data.max_eval_images,
-           "scales": list(cfg.pseudo.scales), "flip": cfg.pseudo.flip}
+           "scales": list(cfg.pseudo.scales), "flip": cfg.pseudo.flip, "reduce": cfg.pseudo.reduce,
+           "flip_reduce": cfg.pseudo.flip_reduce, "interpolation": cfg.pseudo.interpolation}
     if cache.is_file() and not force:
         cached: dict[str, Any] = json.loads(cache.read_text())
         if cached.get("key") == key:
@@ -167,7 +168,12 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     Existing mask files are kept (resumable); delete the folder to regenerate. Returns the summary
     (also written to ``<out>/pseudo/summary.json``): ``cam_miou`` (at the background score in use),
     ``cam_best_miou``/``cam_best_threshold`` (sweep), ``bg_score``, ``pseudo_miou`` (pseudo masks of the
-    evaluation-split images against GT), ``num_masks``, ``num_written``, ``num_scored``.
+    evaluation-split images against GT; mask pixels equal to 255 count as ``pseudo.pred_ignore`` says),
+    ``num_masks``, ``num_written``, ``num_scored``, ``num_eval_written``.
+
+    With ``pseudo.score_eval_split`` the ``data.cam_eval_split`` images that are not in ``pseudo.split`` get
+    masks as well (written to ``<out>/pseudo/eval_masks``, not used for training) and are scored, so the
+    pseudo-mask mIoU covers the whole evaluation split (PMM reports PPMG on VOC val, outside train_aug).
     """
     env = prepare_env(cfg, env)
     out = stage_dir(out_dir, "pseudo")
@@ -184,10 +190,48 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     bg = float(sweep["best_threshold"]) if cfg.pseudo.bg_score == "sweep" else float(cfg.pseudo.bg_score)
     pcfg = dataclasses.replace(cfg.pseudo, bg_score=bg)
     mask_dir = out / "masks"
-    eval_index = {n: i for i, n in enumerate(ev.names)}
-    metric = SegmentationMetric(cfg.data.num_classes + 1).to(env.device)
-    written = scored = 0
+    metric = SegmentationMetric(cfg.data.num_classes + 1, pred_ignore=cfg.pseudo.pred_ignore).to(env.device)
     t0 = time.time()
+    eval_written = 0
+    written, scored = _write_and_score(cfg, env, method, pcfg, ds, ev, mask_dir, kept, metric, "pseudo-masks")
+    if cfg.pseudo.score_eval_split:
+        # cam_eval_split images outside pseudo.split get masks too (pseudo/eval_masks), so the pseudo-mask mIoU
+        # covers the whole evaluation split (PMM scores its PPMG masks on VOC val)
+        train_names = set(ds.names)
+        extra = [n for n in ev.names if n not in train_names]
+        if extra:
+            ev_only = open_split(cfg, cfg.data.cam_eval_split, return_mask=False, limit=cfg.data.max_eval_images,
+                                 root=root)
+            ev_only.names = extra
+            eval_written, s2 = _write_and_score(cfg, env, method, pcfg, ev_only, ev, out / "eval_masks", kept,
+                                                metric, "eval-masks")
+            scored += s2
+    all_reduce_sum(metric.confmat)
+    counts = torch.tensor([written, scored, eval_written], device=env.device)
+    all_reduce_sum(counts)
+    pseudo = metric.compute()
+    summary = {
+        "cam_miou": float(sweep["miou_at_bg"]) if "miou_at_bg" in sweep else float(sweep["best_miou"]),
+        "cam_best_miou": float(sweep["best_miou"]), "cam_best_threshold": float(sweep["best_threshold"]),
+        "bg_score": bg, "cam_eval_split": cfg.data.cam_eval_split, "cam_eval_images": sweep["num_images"],
+        "pseudo_miou": float(pseudo["miou"]) if int(counts[1]) else None,
+        "pseudo_per_class_iou": [_num(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
+        "num_masks": len(ds), "num_written": int(counts[0]), "num_scored": int(counts[1]),
+        "num_eval_written": int(counts[2]), "pred_ignore": cfg.pseudo.pred_ignore,
+        "mask_dir": str(mask_dir), "seconds": round(time.time() - t0, 2),
+    }
+    if env.is_main:
+        with atomic_write(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
+    barrier()
+    return summary
+
+
+def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, pcfg: Any, ds: Any, ev: Any, mask_dir: Path,
+                     kept: dict[str, torch.Tensor], metric: SegmentationMetric, desc: str) -> tuple[int, int]:
+    """Write the missing masks of ``ds`` to ``mask_dir`` (resumable) and score those of ``ev``'s images."""
+    eval_index = {n: i for i, n in enumerate(ev.names)}
+    written = scored = 0
     with torch.no_grad():
         todo: list[dict[str, Any]] = []
 
@@ -211,8 +255,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
                 written += 1
             todo.clear()
 
-        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size), len(ds), "pseudo-masks",
-                               env, cfg):
+        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size), len(ds), desc, env, cfg):
             for s in group:
                 if not (mask_dir / f"{s['name']}.png").is_file():
                     todo.append(s)
@@ -224,24 +267,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
                     gt = ev.load_mask(i)
                     metric.update(pred.long(), torch.from_numpy(gt).to(env.device))
                     scored += 1
-    all_reduce_sum(metric.confmat)
-    counts = torch.tensor([written, scored], device=env.device)
-    all_reduce_sum(counts)
-    pseudo = metric.compute()
-    summary = {
-        "cam_miou": float(sweep["miou_at_bg"]) if "miou_at_bg" in sweep else float(sweep["best_miou"]),
-        "cam_best_miou": float(sweep["best_miou"]), "cam_best_threshold": float(sweep["best_threshold"]),
-        "bg_score": bg, "cam_eval_split": cfg.data.cam_eval_split, "cam_eval_images": sweep["num_images"],
-        "pseudo_miou": float(pseudo["miou"]) if int(counts[1]) else None,
-        "pseudo_per_class_iou": [_num(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
-        "num_masks": len(ds), "num_written": int(counts[0]), "num_scored": int(counts[1]),
-        "mask_dir": str(mask_dir), "seconds": round(time.time() - t0, 2),
-    }
-    if env.is_main:
-        with atomic_write(out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=1)
-    barrier()
-    return summary
+    return written, scored
 
 
 def pseudo_mask_dir(out_dir: str | os.PathLike) -> Path:

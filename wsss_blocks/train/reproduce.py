@@ -31,7 +31,7 @@ from .pseudo_stage import make_pseudo_masks
 from .schema import RunConfig, dump_run_config, load_run_config
 from .seg_stage import eval_seg, train_seg
 
-__all__ = ["reproduce", "preset_name", "format_table"]
+__all__ = ["reproduce", "preset_name", "format_table", "paper_numbers"]
 
 
 def preset_name(method: str, dataset: str | None) -> str:
@@ -51,7 +51,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("CAM mIoU", f"{info['cam_eval_split']}, bg {info['bg_score']:.2f}", ours["cam_miou"], paper.get("cam_miou")),
         ("pseudo-mask mIoU", info["cam_eval_split"], ours["pseudo_miou"], paper.get("pseudo_miou")),
-        ("segmentation mIoU", info["val_split"] + (" +CRF" if info.get("crf") else ""), ours["val_miou"],
+        ("segmentation mIoU", info["val_split"] + (" +CRF" if info.get("crf") else "")
+         + (f" +{info['cyclic_rounds']} cyclic" if info.get("cyclic_rounds") else ""), ours["val_miou"],
          paper.get("val_miou")),
     ]
     w0 = max(len(r[0]) for r in rows)
@@ -60,13 +61,62 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'':{w0}}  {'split':{w1}}  {'ours':>6}  {'paper':>6}"]
     for name, split, o, p in rows:
         lines.append(f"{name:{w0}}  {split:{w1}}  {_fmt(o):>6}  {_fmt(p):>6}")
+    if info.get("seg_rounds"):
+        parts = [f"round {r['round']}: best {_fmt(r['best_val'])} at step {r['best_step']}, last {_fmt(r['last_val'])}"
+                 for r in info["seg_rounds"]]
+        lines.append("(val mIoU during training — " + "; ".join(parts) + ")")
     if info.get("cam_best_miou") is not None:
         lines.append(f"(CAM sweep best: {_fmt(info['cam_best_miou'])} at bg {info['cam_best_threshold']:.2f})")
     if result.get("paper_source"):
         lines.append(f"paper: {result['paper_source']}")
     if "_synthetic" in result["preset"]:
         lines.append("note: paper numbers are on PASCAL VOC 2012; synthetic-data numbers are not comparable.")
+    elif result.get("paper_dataset") == "coco":
+        lines.append("note: paper numbers are on MS-COCO 2014.")
     return "\n".join(lines)
+
+
+def _seg_round_history(cfg: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Per segmentation round, the best and last val mIoU logged by ``seg.eval_every`` (empty without it)."""
+    from .loop import MetricLogger
+    from .seg_stage import seg_round_dir
+
+    if cfg.seg.source == "method" or cfg.seg.eval_every is None:
+        return []
+    out = []
+    for r in range(cfg.seg.cyclic_rounds + 1):
+        recs = [x for x in MetricLogger(seg_round_dir(out_dir, r) / "log.jsonl", enabled=False).records()
+                if "val_miou" in x and "phase_step" in x]
+        if not recs:
+            continue
+        best = max(recs, key=lambda x: (float(x["val_miou"]), -int(x["phase_step"])))
+        out.append({"round": r, "best_val": float(best["val_miou"]), "best_step": int(best["phase_step"]),
+                    "last_val": float(recs[-1]["val_miou"]), "last_step": int(recs[-1]["phase_step"])})
+    return out
+
+
+def _paper_dataset(cls: Any, dataset: str) -> str:
+    by = getattr(cls, "paper_numbers_by_dataset", None) or {}
+    return dataset if dataset in by else "voc"
+
+
+def paper_numbers(cls: Any, dataset: str) -> dict[str, float | None]:
+    """The paper's numbers for ``dataset`` (``paper_numbers_by_dataset``), VOC's for synthetic data.
+
+    A method without numbers for ``dataset`` gets ``None`` entries (never another dataset's numbers), except
+    for ``synthetic``, whose runs are shown next to the VOC numbers with a note that they do not compare.
+
+    Examples:
+        >>> from wsss_blocks.train.methods import get_method
+        >>> paper_numbers(get_method("pmm"), "coco")["val_miou"], paper_numbers(get_method("pmm"), "voc")["val_miou"]
+        (40.2, 70.0)
+    """
+    by = getattr(cls, "paper_numbers_by_dataset", None) or {}
+    if dataset in by:
+        return dict(by[dataset])
+    if dataset in ("voc", "synthetic"):
+        return dict(cls.paper_numbers)
+    return {"cam_miou": None, "pseudo_miou": None, "val_miou": None}
 
 
 def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = None, *, dataset: str = "voc",
@@ -132,15 +182,18 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     train_seg(cfg, out_dir, resume=resume, env=env, evaluate=False)
     seg = eval_seg(cfg, out_dir, env=env)
     times["seg"] = time.time() - t
+    rounds = _seg_round_history(cfg, out_dir) if env.is_main else []
     result = {
         "method": cfg.method, "preset": tag, "out": str(out_dir), "device": str(env.device),
         "world_size": env.world_size,
         "ours": {"cam_miou": pseudo["cam_miou"], "pseudo_miou": pseudo["pseudo_miou"], "val_miou": seg["miou"]},
-        "paper": dict(cls.paper_numbers), "paper_source": getattr(cls, "paper_source", ""),
+        "paper": paper_numbers(cls, cfg.data.dataset), "paper_dataset": _paper_dataset(cls, cfg.data.dataset),
+        "paper_source": getattr(cls, "paper_source", ""),
         "info": {"cam_eval_split": cfg.data.cam_eval_split, "bg_score": pseudo["bg_score"],
                  "cam_best_miou": pseudo["cam_best_miou"], "cam_best_threshold": pseudo["cam_best_threshold"],
-                 "val_split": cfg.data.val_split, "crf": cfg.seg.crf, "cam_eval_images": pseudo["cam_eval_images"],
-                 "val_images": seg["num_images"]},
+                 "val_split": cfg.data.val_split, "crf": cfg.seg.crf, "cyclic_rounds": cfg.seg.cyclic_rounds,
+                 "cam_eval_images": pseudo["cam_eval_images"],
+                 "val_images": seg["num_images"], "seg_rounds": rounds},
         "stage_seconds": {k: round(v, 1) for k, v in times.items()},
         "seconds": round(time.time() - t0, 1),
     }

@@ -61,6 +61,8 @@ class DataConfig:
     max_train_images: int | None = None  # cap for quick runs (first N names of each split)
     max_eval_images: int | None = None
     normalize: Literal["imagenet", "caffe"] = "imagenet"
+    mean: tuple[float, float, float] | None = None   # RGB mean in [0, 1] replacing ImageNet's (normalize: imagenet)
+    std: tuple[float, float, float] | None = None    # RGB std replacing ImageNet's (normalize: imagenet)
     coco_raw_category_ids: bool = False  # COCO masks hold raw category ids 1..90 (coco2voc output)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
@@ -75,7 +77,11 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["poly", "step"] = "poly"   # "step": lr × lr_decay_gamma at each of lr_decay_epochs
     poly_power: float = 0.9
+    lr_decay_epochs: tuple[int, ...] = ()  # step schedule: epochs (0-based) at whose start the lr is multiplied
+    lr_decay_gamma: float = 0.1
+    lr_update_every: int = 1             # recompute the lr every N steps (deeplab-pytorch: 10)
     warmup_steps: int = 0
     warmup_ratio: float = 1e-6           # lr factor at step 0 of a linear warm-up
     grad_clip: float | None = None
@@ -93,6 +99,9 @@ class CAMStageConfig(OptimConfig):
     pretrained: str | None = None        # local backbone checkpoint; nothing downloads
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     resize_long: tuple[int, int] | None = (320, 640)
+    resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])
+    resize: tuple[int, int] | None = None         # warp to a fixed (H, W), aspect not kept (L2G COCO: [448, 448])
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"   # image resizing in the augmentation
     scale_range: tuple[float, float] | None = None
     crop_size: int = 512
     hflip: bool = True
@@ -108,11 +117,16 @@ class PseudoStageConfig:
     flip: bool = True
     reduce: Literal["sum", "mean", "max"] = "sum"
     flip_reduce: Literal["sum", "mean", "max"] | None = None
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"   # resizing of each pass's input and maps (L2G: bicubic)
     bg_score: float | Literal["sweep"] = 0.15   # constant background score, or the swept best one
     sweep_thresholds: tuple[float, ...] = DEFAULT_SWEEP
     split: str | None = None             # which split gets pseudo masks; None = data.train_split
     save_cams: bool = False              # also write float16 .npy CAMs next to the masks
     batch_size: int = 1                  # images of equal size are batched up to this many
+    pred_ignore: Literal["error", "drop", "background"] = "background"  # scoring masks holding 255 (ignore):
+    #                                     "background" counts them as background, "drop" leaves them out
+    score_eval_split: bool = False       # also write (pseudo/eval_masks) and score masks of cam_eval_split images
+    #                                     outside pseudo.split (PMM reports its PPMG mIoU on VOC val)
 
 
 @dataclass
@@ -139,8 +153,18 @@ class SegStageConfig(OptimConfig):
     eval_flip: bool = False
     eval_scale_reduce: Literal["max", "sum", "mean"] = "max"
     eval_flip_reduce: Literal["max", "sum", "mean"] = "mean"
+    eval_resize_long: int | None = None  # resize the image's long side to this before multi-scale eval
+    #                                      (ToCo/TSCD: 512); logits are resized back to the original size
     crf: bool = False
     crf_params: dict[str, Any] = field(default_factory=dict)  # DenseCRF arguments (preset or values)
+    eval_every: int | None = None        # evaluate val every N steps and keep the best model (best.pt)
+    cyclic_rounds: int = 0               # PMM cyclic pseudo-masks: relabel train with the best model, retrain
+    cyclic_loss: Literal["ce", "puf"] = "ce"    # loss of the cyclic rounds (release: plain CE)
+    cyclic_select: Literal["best", "last"] = "best"   # which model of a round relabels (release: best val)
+    cyclic_scales: tuple[float, ...] | None = None    # relabelling scales (None = eval_scales)
+    cyclic_flip: bool | None = None                   # relabelling flip (None = eval_flip)
+    cyclic_crf: bool | None = None                    # relabelling CRF (None = crf), with crf_params
+    cyclic_policy: Literal["replace", "restrict"] = "replace"   # release: replace (no label restriction)
 
 
 @dataclass
@@ -208,6 +232,39 @@ def _validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{sec}.lr must be > 0, got {o.lr}")
         if o.accumulate < 1:
             raise ConfigError(f"{sec}.accumulate must be >= 1, got {o.accumulate}")
+        if o.lr_update_every < 1:
+            raise ConfigError(f"{sec}.lr_update_every must be >= 1, got {o.lr_update_every}")
+        if o.lr_schedule == "step" and not o.lr_decay_epochs:
+            raise ConfigError(f"{sec}.lr_schedule 'step' needs {sec}.lr_decay_epochs (e.g. [5]), got []")
+        if any(e < 1 for e in o.lr_decay_epochs):
+            raise ConfigError(f"{sec}.lr_decay_epochs must be >= 1 (0-based epoch starts), got {o.lr_decay_epochs}")
+    resizes = [k for k in ("resize", "resize_long", "resize_short") if getattr(cfg.cam, k) is not None]
+    if len(resizes) > 1:
+        raise ConfigError(f"set at most one of cam.resize, cam.resize_long, cam.resize_short; got {resizes} "
+                          f"(set the others to null)")
+    for k in ("resize_long", "resize_short"):
+        v = getattr(cfg.cam, k)
+        if v is not None and not 1 <= v[0] <= v[1]:
+            raise ConfigError(f"cam.{k} must be [low, high] with 1 <= low <= high, got {list(v)}")
+    if cfg.data.mean is not None or cfg.data.std is not None:
+        if cfg.data.normalize != "imagenet":
+            raise ConfigError(f"data.mean / data.std replace the ImageNet statistics and need data.normalize: "
+                              f"imagenet, got {cfg.data.normalize!r}")
+        if cfg.data.std is not None and min(cfg.data.std) <= 0:
+            raise ConfigError(f"data.std must be positive, got {list(cfg.data.std)}")
+    s = cfg.seg
+    if s.cyclic_rounds < 0:
+        raise ConfigError(f"seg.cyclic_rounds must be >= 0, got {s.cyclic_rounds}")
+    if s.eval_every is not None and s.eval_every < 1:
+        raise ConfigError(f"seg.eval_every must be >= 1 or null, got {s.eval_every}")
+    if s.cyclic_rounds > 0 and s.source == "method":
+        raise ConfigError("seg.cyclic_rounds needs a trained segmentation network (seg.source: deeplab), "
+                          "got seg.source: method")
+    if s.cyclic_rounds > 0 and s.cyclic_select == "best" and s.eval_every is None:
+        raise ConfigError("seg.cyclic_select 'best' picks the best val checkpoint and needs seg.eval_every (release: "
+                          "2000); set seg.eval_every or seg.cyclic_select: last")
+    if s.eval_resize_long is not None and s.eval_resize_long < 1:
+        raise ConfigError(f"seg.eval_resize_long must be >= 1 or null, got {s.eval_resize_long}")
     if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):
         raise ConfigError(f"pseudo.scales must be positive, got {cfg.pseudo.scales}")
     if cfg.runtime.checkpoint_every < 1 or cfg.runtime.log_every < 1:

@@ -33,12 +33,14 @@ from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir, load_checkpoint, save_model_file
 from .config import to_dict
 from .datasets import data_root, iter_inference_batches, open_split, seg_train_transform
-from .distributed import DistEnv, all_reduce_sum, barrier
+from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .loop import (
     AugmentedDataset,
     Hook,
     MetricLogger,
+    Normalization,
     PhaseSpec,
+    data_normalization,
     normalize_images,
     resolve_resume,
     run_phase,
@@ -54,7 +56,7 @@ def _num(v: float) -> float | None:
     return None if v != v else float(v)
 
 
-__all__ = ["build_seg_model", "seg_logits", "train_seg", "eval_seg"]
+__all__ = ["build_seg_model", "seg_logits", "train_seg", "eval_seg", "seg_model_path", "seg_round_dir"]
 
 _LIBRARY_BACKBONES = ("tiny", "resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
 
@@ -93,18 +95,20 @@ def _resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
-def _make_criterion(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor]:
-    if cfg.seg.loss == "puf":
+def _make_criterion(cfg: RunConfig, loss: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    loss = cfg.seg.loss if loss is None else loss
+    if loss == "puf":
         from ..losses import PretendedUnderFittingLoss
 
         return PretendedUnderFittingLoss(**dict(cfg.seg.loss_args))
-    if cfg.seg.loss_args:
+    if cfg.seg.loss_args and cfg.seg.loss != "puf":
         raise ValueError(f"seg.loss_args apply to seg.loss 'puf' only, got {sorted(cfg.seg.loss_args)} with 'ce'")
     return lambda logits, target: F.cross_entropy(logits, target, ignore_index=255)
 
 
-def _seg_step_fn(cfg: RunConfig, model: nn.Module) -> Callable[[dict[str, Any], int, int], dict[str, Tensor]]:
-    crit = _make_criterion(cfg)
+def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None
+                 ) -> Callable[[dict[str, Any], int, int], dict[str, Tensor]]:
+    crit = _make_criterion(cfg, loss)
     msc = tuple(cfg.seg.msc_train)
 
     at_logits = cfg.seg.loss_at == "logits"
@@ -130,13 +134,159 @@ def _seg_step_fn(cfg: RunConfig, model: nn.Module) -> Callable[[dict[str, Any], 
     return step
 
 
+def seg_round_dir(out_dir: str | os.PathLike, round_index: int) -> Path:
+    """Folder of segmentation round ``round_index``: ``<out>/seg`` (round 0), ``<out>/seg/round<r>`` after."""
+    base = stage_dir(out_dir, "seg")
+    return base if round_index == 0 else base / f"round{round_index}"
+
+
+def seg_model_path(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
+    """The reported segmentation model: ``model.pt`` of the last round (``seg.cyclic_rounds`` + 1 rounds)."""
+    return seg_round_dir(out_dir, cfg.seg.cyclic_rounds) / "model.pt"
+
+
+def _load_seg_model(cfg: RunConfig, path: Path, env: DistEnv) -> nn.Module:
+    ck = load_checkpoint(path, method=f"seg/{cfg.seg.model}", num_classes=cfg.data.num_classes + 1)
+    model = build_seg_model(cfg).to(env.device)
+    model.load_state_dict(ck["model"])
+    return model
+
+
+def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, phase: str, every: int, env: DistEnv,
+              logger: MetricLogger, k: int) -> Hook:
+    """Evaluate val every ``every`` steps (and at the end); keep the best weights in ``<rdir>/best.pt``.
+
+    ``best.pt`` holds the best model ever evaluated in this folder (ties keep the earlier one), with its step
+    and mIoU; the mIoU of every evaluation is logged (``val_miou``) with its step.
+    """
+    ds_cache: dict[str, Any] = {}
+    best_path = rdir / "best.pt"
+
+    def hook(info: dict[str, Any]) -> None:
+        step, total = int(info["phase_step"]), int(info["total"])
+        if step % every != 0 and step != total:
+            return
+        if "ds" not in ds_cache:
+            ds_cache["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
+                                        root=data_root(cfg, env))
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            res = _evaluate(cfg, _logits_fn(model), cfg.seg.normalize, ds_cache["ds"], env, f"val@{step}")
+        model.train(was_training)
+        miou = float(res["miou"])
+        logger.log({"stage": "seg", "phase": phase, "phase_step": step, "step": step, "val_miou": miou})
+        if env.is_main:
+            if "best" not in ds_cache:  # the best mIoU evaluated so far in this folder (an earlier run's too)
+                ds_cache["best"] = float("-inf")
+                if best_path.is_file():
+                    prev = load_checkpoint(best_path, method=f"seg/{cfg.seg.model}", num_classes=k)
+                    ds_cache["best"] = float(prev.get("val_miou", float("-inf")))
+            if miou > ds_cache["best"]:
+                save_model_file(best_path, model.state_dict(), method=f"seg/{cfg.seg.model}", num_classes=k,
+                                step=step, val_miou=miou, config=to_dict(cfg))
+                ds_cache["best"] = miou
+        barrier()
+
+    return hook
+
+
+def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, masks: Path, env: DistEnv,
+                 resume: bool, hooks: Sequence[Hook]) -> tuple[Path, nn.Module | None]:
+    """Train one segmentation round on ``masks``; returns (``model.pt`` path, the model if trained now)."""
+    rdir = seg_round_dir(out_dir, round_index)
+    if env.is_main:
+        check_output_dir(rdir, cfg.runtime.min_free_mb)
+    barrier()
+    tag = f"seg/{cfg.seg.model}"
+    k = cfg.data.num_classes + 1
+    final = rdir / "model.pt"
+    finished, resume_ck = resolve_resume(rdir, tag, k, resume, "seg")
+    if finished:
+        return final, None
+    root = data_root(cfg, env)
+    base = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=True, mask_dir=masks,
+                      limit=cfg.data.max_train_images, root=root)
+    open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
+    dataset = AugmentedDataset(base, seg_train_transform(cfg), cfg.runtime.seed + 17)
+    set_seed(cfg.runtime.seed + 17)
+    model = build_seg_model(cfg).to(env.device)
+    from ..models import param_groups
+
+    groups = param_groups(model, cfg.seg.lr, weight_decay=cfg.seg.weight_decay)
+    steps = total_steps_for(cfg.seg, len(dataset))
+    logger = MetricLogger(rdir / "log.jsonl", enabled=env.is_main)
+    if resume_ck is None:
+        set_seed(cfg.runtime.seed + 18 + 1000 * env.rank)
+    loss = cfg.seg.loss if round_index == 0 else cfg.seg.cyclic_loss
+    phase = "seg" if round_index == 0 else f"seg_round{round_index}"
+    all_hooks = list(hooks)
+    if cfg.seg.eval_every is not None:
+        all_hooks.insert(0, _val_hook(cfg, model, rdir, phase, int(cfg.seg.eval_every), env, logger, k))
+    t0 = time.time()
+    spec = PhaseSpec(stage="seg", phase=phase, module=model, step_fn=_seg_step_fn(cfg, model, loss),
+                     param_groups=groups, dataset=dataset, optim=cfg.seg, total_steps=steps, ckpt_method=tag,
+                     num_classes=k, normalize=cfg.seg.normalize, config=to_dict(cfg))
+    run_phase(spec, cfg.runtime, env, rdir, logger, resume=resume_ck, hooks=all_hooks)
+    if env.is_main:
+        save_model_file(final, model.state_dict(), method=tag, num_classes=k, step=steps, config=to_dict(cfg),
+                        seconds=round(time.time() - t0, 2), round=round_index, loss=loss)
+    barrier()
+    return final, model
+
+
+def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: DistEnv) -> Path:
+    """PMM cyclic pseudo-masks: predict the training split with the previous round's selected model."""
+    from ..pseudo_mask import CyclicPseudoMask
+
+    s = cfg.seg
+    prev = seg_round_dir(out_dir, round_index - 1)
+    path = prev / "model.pt"
+    if s.cyclic_select == "best":
+        path = prev / "best.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"seg.cyclic_select is 'best' but {str(path)!r} does not exist (it is written "
+                                    f"by the seg.eval_every evaluations)")
+    model = _load_seg_model(cfg, path, env).eval()
+    norm: Normalization = s.normalize
+    cp = CyclicPseudoMask(scales=tuple(s.cyclic_scales if s.cyclic_scales is not None else s.eval_scales),
+                          flip=s.eval_flip if s.cyclic_flip is None else s.cyclic_flip, img_scale=None, slide=None,
+                          crf=s.crf if s.cyclic_crf is None else s.cyclic_crf, policy=s.cyclic_policy,
+                          preprocess=lambda x: normalize_images(x, norm), palette=True)
+    out = stage_dir(out_dir, "seg") / f"cyclic_masks_r{round_index}"
+    ds = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=False,
+                    limit=cfg.data.max_train_images, root=data_root(cfg, env))
+    ds.names = [ds.names[i] for i in shard_indices(len(ds.names), env.rank, env.world_size)]
+    fn = _logits_fn(model)
+    use_amp = cfg.runtime.amp and env.device.type == "cuda"
+    with torch.no_grad(), torch.autocast(device_type=env.device.type, dtype=torch.float16, enabled=use_amp):
+        cp.relabel(fn, ds, out, old_root=pseudo_mask_dir(out_dir), device=env.device)
+    counts = torch.tensor([cp.last_run["written"], cp.last_run["skipped"]], device=env.device)
+    all_reduce_sum(counts)
+    barrier()
+    if env.is_main:
+        with atomic_write(out.parent / f"cyclic_masks_r{round_index}.json", "w") as f:
+            json.dump({"round": round_index, "model": str(path), "written": int(counts[0]),
+                       "skipped": int(counts[1]), "policy": s.cyclic_policy}, f, indent=1)
+    return out
+
+
 def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, hooks: Sequence[Hook] = (),
               env: DistEnv | None = None, evaluate: bool = True) -> Path:
-    """Train the segmentation network on ``<out_dir>/pseudo/masks``; return ``<out_dir>/seg/model.pt``.
+    """Train the segmentation network on ``<out_dir>/pseudo/masks``; return the reported model's path.
 
     With ``seg.source: method`` nothing is trained (the CAM stage's model is returned). Checks before the
     first step: writable output, pseudo masks present for every training image, resumable checkpoint of
     the same network and class count. With ``evaluate`` the val mIoU is computed at the end (``eval_seg``).
+
+    ``seg.eval_every``: val mIoU every N steps (logged as ``val_miou``); the best weights go to ``best.pt``.
+    ``seg.cyclic_rounds`` (PMM cyclic pseudo-masks, spec_pmm.md §8.3): after round 0 (``seg/``, trained with
+    ``seg.loss`` on the pseudo masks) each round r relabels the training split with the previous round's
+    ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
+    :class:`wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
+    mean of softmaxes, CRF :data:`~wsss_blocks.pseudo_mask.PMM_CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
+    The reported model is the last round's ``model.pt`` (:func:`seg_model_path`).
     """
     env = prepare_env(cfg, env)
     if cfg.seg.source == "method":
@@ -151,42 +301,23 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     masks = pseudo_mask_dir(out_dir)
     if not masks.is_dir():
         raise FileNotFoundError(f"no pseudo masks at {str(masks)!r}; run make-pseudo first")
-    tag = f"seg/{cfg.seg.model}"
-    k = cfg.data.num_classes + 1
-    final = out / "model.pt"
-    finished, resume_ck = resolve_resume(out, tag, k, resume, "seg")
-    if finished:
-        return final
-    root = data_root(cfg, env)
-    base = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=True, mask_dir=masks,
-                      limit=cfg.data.max_train_images, root=root)
-    open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
-    dataset = AugmentedDataset(base, seg_train_transform(cfg), cfg.runtime.seed + 17)
-    set_seed(cfg.runtime.seed + 17)
-    model = build_seg_model(cfg).to(env.device)
-    from ..models import param_groups
-
-    groups = param_groups(model, cfg.seg.lr, weight_decay=cfg.seg.weight_decay)
-    steps = total_steps_for(cfg.seg, len(dataset))
-    logger = MetricLogger(out / "log.jsonl", enabled=env.is_main)
-    if resume_ck is None:
-        set_seed(cfg.runtime.seed + 18 + 1000 * env.rank)
-    t0 = time.time()
-    spec = PhaseSpec(stage="seg", phase="seg", module=model, step_fn=_seg_step_fn(cfg, model), param_groups=groups,
-                     dataset=dataset, optim=cfg.seg, total_steps=steps, ckpt_method=tag, num_classes=k,
-                     normalize=cfg.seg.normalize, config=to_dict(cfg))
-    run_phase(spec, cfg.runtime, env, out, logger, resume=resume_ck, hooks=hooks)
-    if env.is_main:
-        save_model_file(final, model.state_dict(), method=tag, num_classes=k, step=steps, config=to_dict(cfg),
-                        seconds=round(time.time() - t0, 2))
-    barrier()
+    final, model = _train_round(cfg, out_dir, 0, masks, env, resume, hooks)
+    for r in range(1, cfg.seg.cyclic_rounds + 1):
+        if resume and (seg_round_dir(out_dir, r) / "model.pt").is_file():
+            final, model = seg_round_dir(out_dir, r) / "model.pt", None
+            continue
+        masks = _relabel(cfg, out_dir, r, env)
+        final, model = _train_round(cfg, out_dir, r, masks, env, resume, hooks)
     if evaluate:
         res = eval_seg(cfg, out_dir, env, model=model)
-        logger.log({"stage": "seg", "phase": "eval", "step": steps, "val_miou": res["miou"]})
+        logger = MetricLogger(final.parent / "log.jsonl", enabled=env.is_main)
+        step = int(load_checkpoint(final, map_location="cpu").get("step", 0)) if env.is_main else 0
+        logger.log({"stage": "seg", "phase": "eval", "step": step, "val_miou": res["miou"]})
         if env.is_main and cfg.runtime.plots:
             from ..viz import plot_curves
 
-            plot_curves(out / "log.jsonl", out / "curves.png", title=f"{cfg.method}: segmentation stage")
+            plot_curves(final.parent / "log.jsonl", final.parent / "curves.png",
+                        title=f"{cfg.method}: segmentation stage")
     return final
 
 
@@ -210,53 +341,39 @@ def _crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
     return run
 
 
-def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None, model: nn.Module | None = None,
-             split: str | None = None) -> dict[str, Any]:
-    """mIoU of the trained segmentation network (or the method's own head) on ``data.val_split``.
+def _logits_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    def fn(x: Tensor) -> Tensor:
+        return seg_logits(model, x)
 
-    Writes ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``, ``pixel_acc``, the
-    inference settings and the image count.
-    """
-    env = prepare_env(cfg, env)
-    out = stage_dir(out_dir, "seg")
-    if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
-    barrier()
-    split = split or cfg.data.val_split
-    k = cfg.data.num_classes + 1
-    normalize = cfg.seg.normalize
-    if cfg.seg.source == "method":
-        method = restore_method(cfg, stage_dir(out_dir, "cam") / "model.pt", env)
-        if not method.has_segmentation:
-            raise ValueError(f"seg.source is 'method' but method {cfg.method!r} has no segmentation head")
-        fn: Callable[[Tensor], Tensor] = method.seg_fn
-        normalize = cfg.data.normalize
-    else:
-        if model is None:
-            path = out / "model.pt"
-            if not path.is_file():
-                raise FileNotFoundError(f"no segmentation model at {str(path)!r}; run train-seg first")
-            ck = load_checkpoint(path, method=f"seg/{cfg.seg.model}", num_classes=k)
-            model = build_seg_model(cfg).to(env.device)
-            model.load_state_dict(ck["model"])
-        model.eval()
-        net = model
+    return fn
 
-        def fn(x: Tensor) -> Tensor:
-            return seg_logits(net, x)
 
-    ds = open_split(cfg, split, return_mask=True, limit=cfg.data.max_eval_images, root=data_root(cfg, env))
+def _resize_long(x: Tensor, long_side: int) -> Tensor:
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    s = long_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    if size == (h, w):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _evaluate(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normalize: Normalization, ds: Any, env: DistEnv,
+              desc: str) -> dict[str, Any]:
+    """mIoU of ``fn`` (normalised images -> B×K×h×w logits) on ``ds`` with the ``seg`` eval settings (all ranks)."""
     crf = _crf_fn(cfg)
+    k = cfg.data.num_classes + 1
     metric = SegmentationMetric(k).to(env.device)
     s = cfg.seg
     use_amp = cfg.runtime.amp and env.device.type == "cuda"
     t0 = time.time()
     n = 0
     with torch.no_grad():
-        for group in _progress(iter_inference_batches(ds, env, 1), len(ds), f"eval-seg:{split}", env, cfg):
+        for group in _progress(iter_inference_batches(ds, env, 1), len(ds), desc, env, cfg):
             img = torch.stack([g["image"] for g in group]).to(env.device)
             gt = torch.stack([g["mask"] for g in group]).to(env.device)
             x = normalize_images(img, normalize)
+            if s.eval_resize_long is not None:
+                x = _resize_long(x, int(s.eval_resize_long))
             with torch.autocast(device_type=env.device.type, dtype=torch.float16, enabled=use_amp):
                 logits = multiscale_cams(fn, x, scales=tuple(s.eval_scales), flip=s.eval_flip,
                                          out_size=(int(img.shape[-2]), int(img.shape[-1])), reduce=s.eval_scale_reduce,
@@ -270,10 +387,46 @@ def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = N
     cnt = torch.tensor([n], device=env.device)
     all_reduce_sum(cnt)
     sc = metric.compute()
-    res = {"split": split, "miou": float(sc["miou"]), "iou": [_num(v) for v in sc["iou"].tolist()],
-           "pixel_acc": float(sc["pixel_acc"]), "num_images": int(cnt.item()),
-           "scales": list(s.eval_scales), "flip": s.eval_flip, "crf": s.crf, "source": s.source,
-           "seconds": round(time.time() - t0, 2)}
+    return {"miou": float(sc["miou"]), "iou": [_num(v) for v in sc["iou"].tolist()],
+            "pixel_acc": float(sc["pixel_acc"]), "num_images": int(cnt.item()), "seconds": round(time.time() - t0, 2)}
+
+
+def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None, model: nn.Module | None = None,
+             split: str | None = None) -> dict[str, Any]:
+    """mIoU of the trained segmentation network (or the method's own head) on ``data.val_split``.
+
+    The network is the reported one (:func:`seg_model_path`: the last cyclic round's ``model.pt``) unless
+    ``model`` is given. Writes ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``,
+    ``pixel_acc``, the inference settings and the image count.
+    """
+    env = prepare_env(cfg, env)
+    out = stage_dir(out_dir, "seg")
+    if env.is_main:
+        check_output_dir(out, cfg.runtime.min_free_mb)
+    barrier()
+    split = split or cfg.data.val_split
+    normalize: Normalization = cfg.seg.normalize
+    if cfg.seg.source == "method":
+        method = restore_method(cfg, stage_dir(out_dir, "cam") / "model.pt", env)
+        if not method.has_segmentation:
+            raise ValueError(f"seg.source is 'method' but method {cfg.method!r} has no segmentation head")
+        fn: Callable[[Tensor], Tensor] = method.seg_fn
+        normalize = data_normalization(cfg.data)
+        model_file = stage_dir(out_dir, "cam") / "model.pt"
+    else:
+        model_file = seg_model_path(cfg, out_dir)
+        if model is None:
+            if not model_file.is_file():
+                raise FileNotFoundError(f"no segmentation model at {str(model_file)!r}; run train-seg first")
+            model = _load_seg_model(cfg, model_file, env)
+        model.eval()
+        fn = _logits_fn(model)
+    ds = open_split(cfg, split, return_mask=True, limit=cfg.data.max_eval_images, root=data_root(cfg, env))
+    r = _evaluate(cfg, fn, normalize, ds, env, f"eval-seg:{split}")
+    s = cfg.seg
+    res = {"split": split, **r, "scales": list(s.eval_scales), "flip": s.eval_flip, "crf": s.crf,
+           "source": s.source, "resize_long": s.eval_resize_long, "model": str(model_file),
+           "cyclic_rounds": s.cyclic_rounds}
     if env.is_main:
         with atomic_write(out / f"eval_{split}.json", "w") as f:
             json.dump(res, f, indent=1)
