@@ -66,6 +66,9 @@ SMAF_VOC = {
     "method_args.head_channels": 128,         # :45
     "method_args.frozen": ("conv1a", "b2", "b2_1", "b2_2"),  # :50
     "method_args.freeze_bn": True,            # :50-54
+    "method_args.target_mode": "offline",     # :27-29 (fused once per full image), :101-106 (cut per crop)
+    "method_args.offline_dtype": "float32",   # :86, :252
+    "method_args.offline_align_corners": True,  # :104
     "method_args.target_scales": (0.5, 1.0, 1.5, 2.0),  # :61
     "method_args.target_flip": True,          # :61 (8 passes)
     "method_args.target_image_interpolation": "bicubic",  # :63
@@ -110,6 +113,7 @@ TSCD_VOC = {
     "seg.eval_flip": True,                    # :340
     "seg.eval_flip_reduce": "mean",           # :340
     "seg.eval_scale_reduce": "max",           # :343
+    "seg.eval_resize_long": 512,              # :339
     "seg.crf": True,                          # :345
     "runtime.seed": 1,                        # :304
     "runtime.deterministic": True,            # :304
@@ -301,7 +305,7 @@ def test_smaf_eps_phase_without_saliency_is_classification_only():
 
 
 def test_smaf_self_train_teacher_frozen_and_target():
-    m = _smaf().train()
+    m = _smaf(target_mode="online").train()
     m.on_phase_start(_ctx("eps", 0))
     m.on_phase_start(_ctx("self_train", 1))
     assert m.teacher is not None and not m.teacher.training
@@ -321,7 +325,7 @@ def test_smaf_self_train_teacher_frozen_and_target():
 
 
 def test_smaf_target_values_and_padding():
-    m = _smaf()
+    m = _smaf(target_mode="online")
     m.on_phase_start(_ctx("self_train", 1))
     b = _batch(pad=8)
     t = m.fused_target(b["image"], b["labels"], b["valid"])
@@ -333,7 +337,7 @@ def test_smaf_target_values_and_padding():
 
 
 def test_smaf_loss_matches_release_formula():
-    m = _smaf().eval()
+    m = _smaf(target_mode="online").eval()
     m.on_phase_start(_ctx("self_train", 1))
     b = _batch()
     with torch.no_grad():
@@ -554,6 +558,8 @@ def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
 
 
 def test_smaf_resume_inside_self_training_matches_uninterrupted(tmp_path):
+    import numpy as np
+
     from wsss_blocks.train.cam_stage import train_cam
 
     ov = TINY + ["method_args.eps_steps=2", "method_args.self_train_steps=3", "cam.batch_size=4",
@@ -573,5 +579,10 @@ def test_smaf_resume_inside_self_training_matches_uninterrupted(tmp_path):
         train_cam(cfg, tmp_path / "b", hooks=[crash])
     resumed = torch.load(train_cam(cfg, tmp_path / "b", resume=True), weights_only=False)["model"]
     assert any(k.startswith("teacher.") for k in resumed)
+    # offline targets (the default): one stored full-image map per training image, identical in both runs
+    maps_a = sorted((tmp_path / "a" / "cam" / "fused_cams").glob("*.npy"))
+    maps_b = sorted((tmp_path / "b" / "cam" / "fused_cams").glob("*.npy"))
+    assert len(maps_a) == 16 and [p.name for p in maps_a] == [p.name for p in maps_b]
+    assert all(np.array_equal(np.load(a), np.load(b)) for a, b in zip(maps_a, maps_b))
     for k, v in full.items():
         torch.testing.assert_close(resumed[k], v, msg=k)

@@ -26,19 +26,31 @@ Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs o
 :func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_labels`, refined by the released hard-label dense CRF
 (:meth:`wsss_blocks.crf.DenseCRF.smaf`).
 
-**Deviation (documented, unavoidable in the shared trainer):** the release fuses the teacher maps once, offline,
-on each full image and aligns them with every training crop (resize, flip, zero-padded crop; spec §5.1). The
-trainer's augmentation does not expose the crop geometry to methods, so here the teacher fuses its maps on the
-training crop itself, online (padded pixels are masked to background before the per-class max, which runs over
-the valid region). The maths of the target (denoise + reactivate + 100·MSE at crop/4) is the released one.
+Teacher targets (``target_mode``):
+
+* ``"offline"`` (default, released): at the start of the self-training phase the frozen teacher fuses its maps
+  once per **full** training image (``gen_fused_cam.py``; spec §3-§4) and :meth:`SMAFMethod.precompute_fused_maps`
+  stores them under ``<cam stage>/fused_cams/<name>.npy`` (present classes only, ascending class order,
+  ``C_present × H × W``; existing files are kept, so an interrupted run resumes). Each training crop's target is
+  cut from its image's stored map with the crop's recorded geometry (``batch["geom"]``, see
+  :class:`wsss_blocks.data.transforms.RecordGeometry`): bilinear resize with ``align_corners=True`` to the
+  image's random-resized size, flip, crop with zero padding (``VOC_dataset.py`` ``transform_with_mask``; spec
+  §5.1), then denoised and reactivated at 1/4 of the crop (spec §5.2); padding becomes pure background.
+* ``"online"``: the approximation of earlier versions — the teacher fuses its maps on each training crop
+  itself (padded pixels masked to background before the per-class max, which runs over the valid region).
+  No files, no geometry needed, but 8 teacher passes per crop and step and a per-crop (not per-image) max.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,7 +60,10 @@ from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_ps
 from . import register_method
 from .base import CAMMethod, PhaseContext
 
-__all__ = ["SMAFConfig", "SMAFMethod", "SMAFNet", "eps_saliency_loss", "RESNET38_NAMES"]
+__all__ = ["SMAFConfig", "SMAFMethod", "SMAFNet", "eps_saliency_loss", "RESNET38_NAMES", "FUSED_DIR"]
+
+#: sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)
+FUSED_DIR = "fused_cams"
 
 #: backbone names that build the library's ResNet-38 (``frozen``/``freeze_bn`` go to its constructor)
 RESNET38_NAMES = ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
@@ -171,6 +186,17 @@ class SMAFConfig:
             phase has none (spec §6.2), so ``cam.color_jitter`` stays off. ``null`` disables it.
         eps_steps: phase-1 iterations (``voc12_eps.sh`` ``--max_iters 20000``); ``null`` = ``cam.steps``.
         self_train_steps: phase-2 iterations (SMAF ``parser_train.py`` 20,000; spec §6.3); ``null`` = ``cam.steps``.
+        target_mode: ``"offline"`` (released): the teacher's maps are fused once per full training image at the
+            start of the self-training phase, stored, and cut to each crop with its recorded geometry (spec §1
+            step 2, §5.1). ``"online"``: fused on each training crop at every step (an approximation).
+        offline_dtype: storage type of the offline maps: ``"float32"`` (released ``np.save`` of float32 arrays;
+            about 10-12 GB for VOC train_aug, spec §10.11) or ``"float16"`` (half the disk; max error 2.4e-4).
+        offline_batch_size: images per teacher call while precomputing (consecutive images of equal size are
+            batched; released 1). Larger values only change speed (and float rounding).
+        offline_align_corners: the map resize to the crop's random-resized size uses bilinear with
+            ``align_corners=True`` as released (``VOC_dataset.py``; spec §5.1), although the image itself is
+            resized with half-pixel centres; ``false`` aligns the map exactly with the trainer's image resize.
+        offline_cache_mb: keep loaded offline maps in memory up to this many MB (0 = read each batch from disk).
         target_scales: teacher scales (0.5, 1.0, 1.5, 2.0; spec §3).
         target_flip: teacher flips (8 passes in all; spec §3).
         target_image_interpolation: how the teacher's inputs are resized (released PIL bicubic; spec §3).
@@ -193,6 +219,11 @@ class SMAFConfig:
     eps_color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)
     eps_steps: int | None = None
     self_train_steps: int | None = None
+    target_mode: Literal["offline", "online"] = "offline"
+    offline_dtype: Literal["float32", "float16"] = "float32"
+    offline_batch_size: int = 1
+    offline_align_corners: bool = True
+    offline_cache_mb: float = 256.0
     target_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     target_flip: bool = True
     target_image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
@@ -233,18 +264,21 @@ class SMAFMethod(CAMMethod):
 
     Gradients: phase ``"eps"`` trains ``net`` (minus the frozen layers); phase ``"self_train"`` trains ``net``
     (the student) only — ``teacher`` is a frozen copy made at the start of the phase and its fused maps are
-    computed without autograd.
+    computed without autograd (offline: once per training image, stored under ``<cam>/fused_cams``).
 
     Shape:
         - batch["image"]: B×3×H×W; batch["labels"]: B×C; batch["saliency"]: B×1×H×W (``eps_saliency``);
-          batch["valid"]: B×H×W (unpadded pixels, optional)
+          batch["valid"]: B×H×W (unpadded pixels, optional); ``target_mode: offline`` also needs
+          batch["geom"]: B×9 (crop geometry, :class:`wsss_blocks.data.transforms.RecordGeometry`) and
+          batch["name"] (B image names)
         - cam_fn output: B×C×H/8×W/8 foreground softmax probabilities (background dropped)
 
     Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},
-        ...     "method_args": {"eps_saliency": False, "frozen": ["conv1a"], "target_scales": [1.0]}})
+        ...     "method_args": {"eps_saliency": False, "frozen": ["conv1a"], "target_scales": [1.0],
+        ...                     "target_mode": "online"}})
         >>> m = SMAFMethod(cfg, cfg.method_config(), 20)
         >>> m.on_phase_start(PhaseContext("eps", 0, 10, None, torch.device("cpu")))
         >>> batch = {"image": torch.randn(2, 3, 32, 32), "labels": torch.eye(20)[:2]}
@@ -280,6 +314,13 @@ class SMAFMethod(CAMMethod):
         for name, v in (("eps_steps", c.eps_steps), ("self_train_steps", c.self_train_steps)):
             if v is not None and v < 1:
                 raise ValueError(f"method_args.{name} must be >= 1 or null, got {v}")
+        if c.target_mode not in ("offline", "online"):
+            raise ValueError(f"method_args.target_mode must be 'offline' or 'online', got {c.target_mode!r}")
+        if c.offline_dtype not in ("float32", "float16"):
+            raise ValueError(f"method_args.offline_dtype must be 'float32' or 'float16', got {c.offline_dtype!r}")
+        if c.offline_batch_size < 1 or c.offline_cache_mb < 0:
+            raise ValueError(f"need method_args.offline_batch_size >= 1 and offline_cache_mb >= 0, got "
+                             f"{c.offline_batch_size} and {c.offline_cache_mb}")
         self.net = SMAFNet(_build_backbone(run_cfg, c), num_classes, c.head, c.head_channels)
         self.teacher: SMAFNet | None = None
         self._phase = "eps"
@@ -290,6 +331,12 @@ class SMAFMethod(CAMMethod):
             bri, con, sat, hue = c.eps_color_jitter
             self._jitter = ColorJitter(bri, con, sat, hue)
         self._normalize = getattr(getattr(run_cfg, "data", None), "normalize", "imagenet")
+        self._progress = bool(getattr(getattr(run_cfg, "runtime", None), "progress", False))
+        # offline targets: folder of the stored maps, the un-augmented training set (to rebuild a missing map)
+        self._fused_dir: Path | None = None
+        self._fused_dataset: Any = None
+        self._fused_cache: dict[str, Tensor] = {}
+        self._fused_cache_bytes = 0
         if c.freeze_bn:
             set_bn_eval(self.net)
 
@@ -307,13 +354,31 @@ class SMAFMethod(CAMMethod):
         return default_steps if v is None else int(v)
 
     def on_phase_start(self, ctx: PhaseContext) -> None:
-        """``"eps"``: nothing to build. ``"self_train"``: freeze a copy of the network as the teacher."""
+        """``"eps"``: nothing to build. ``"self_train"``: freeze a copy of the network as the teacher and, with
+        ``target_mode: offline`` on a fresh (not resuming) phase, store its fused map of every training image
+        (:meth:`precompute_fused_maps`; all ranks take part under DDP)."""
         self._phase = ctx.phase
         if ctx.phase == "self_train":
             teacher = copy.deepcopy(self.net)
             for p in teacher.parameters():
                 p.requires_grad_(False)
             self.teacher = teacher.eval()
+            if self.cfg.target_mode != "offline":
+                return
+            self._fused_dir = Path(ctx.out_dir) / FUSED_DIR if ctx.out_dir is not None else None
+            self._fused_dataset = ctx.dataset
+            self._fused_cache, self._fused_cache_bytes = {}, 0
+            if ctx.resuming:
+                # the checkpoint's teacher weights are loaded after this hook: a map that is missing (deleted
+                # files) is rebuilt from ctx.dataset when a batch needs it (_load_fused)
+                if self._fused_dir is not None and ctx.dataset is not None:  # training, not restore_method
+                    self._check_fused_meta(self._fused_dir)
+                return
+            if ctx.dataset is None or ctx.out_dir is None:
+                raise ValueError("SMAF with method_args.target_mode='offline' needs the training dataset and the "
+                                 "CAM stage folder in the 'self_train' PhaseContext (dataset, out_dir) to store the "
+                                 "teacher's fused maps; use target_mode='online' to fuse on each crop instead")
+            self.precompute_fused_maps(ctx.dataset, self._fused_dir)
 
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # PSA/EPS PolyOptimizer groups: backbone weights 1x (wd), biases 2x (no wd), cov_feat + fc8 10x (wd),
@@ -355,12 +420,9 @@ class SMAFMethod(CAMMethod):
             x = x * valid[:, None].to(x.dtype)
         return x.to(batch["image"].dtype)
 
-    def fused_target(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-        """The teacher's denoised, reactivated target at ``target_scale_factor`` of the crop (background first).
-
-        Fusion on the crop (see the module docstring): per-pass softmax over C+1, background dropped, bilinear
-        upsampling, class mask, sum over scales and flips; padded pixels zeroed; per-class max over the crop.
-        """
+    def _teacher_fused(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Released fusion with the teacher: per-pass softmax over C+1, background dropped, bilinear upsampling,
+        class mask, sum over scales and flips; ``valid`` zeroes padded pixels; per-class max + 1e-5 (spec §4)."""
         if self.teacher is None:
             raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
         c = self.cfg
@@ -372,14 +434,207 @@ class SMAFMethod(CAMMethod):
         fused = fused.float()
         if valid is not None:
             fused = fused * valid[:, None].to(fused.dtype)
-        fused = fused / (fused.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+        return fused / (fused.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+    def fused_target(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``target_mode: online``: the teacher's denoised, reactivated target fused on the crop itself, at
+        ``target_scale_factor`` of the crop (background first).
+
+        Fusion on the crop (see the module docstring): per-pass softmax over C+1, background dropped, bilinear
+        upsampling, class mask, sum over scales and flips; padded pixels zeroed; per-class max over the crop.
+        """
+        fused = self._teacher_fused(images, labels, valid)
+        c = self.cfg
         return smaf_target(fused, labels, bg_value=c.target_bg_score, scale_factor=c.target_scale_factor,
+                           align_corners=True)
+
+    # ----------------------------------------------------------------------------------------- offline maps
+    def _fused_meta(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"format": "present classes (ascending), C_present x H x W, per-class max normalised",
+                "num_classes": int(self.num_classes), "scales": [float(v) for v in c.target_scales],
+                "flip": bool(c.target_flip), "image_interpolation": c.target_image_interpolation,
+                "normalize": self._normalize, "dtype": c.offline_dtype}
+
+    def _check_fused_meta(self, folder: Path) -> None:
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            return
+        found = json.loads(meta_path.read_text())
+        want = self._fused_meta()
+        if found != want:
+            diff = {k: (found.get(k), want.get(k)) for k in sorted(set(found) | set(want))
+                    if found.get(k) != want.get(k)}
+            raise ValueError(f"the stored SMAF fused maps in {str(folder)!r} were made with other settings "
+                             f"(stored, now): {diff}; delete that folder or restore the settings")
+
+    @staticmethod
+    def _fused_path(folder: Path, name: str) -> Path:
+        return folder / f"{name}.npy"
+
+    def precompute_fused_maps(self, dataset: Any, folder: str | Path) -> int:
+        """Store the teacher's fused map of every image of ``dataset`` under ``folder`` (released offline step).
+
+        For each image (full resolution, not augmented): the released multi-scale fusion (scales
+        ``target_scales`` × flips, softmax before upsampling, class mask, sum) and the per-class max over the
+        **whole image** (``gen_fused_cam.py``; spec §3-§4); the present classes (ascending) are written as one
+        ``C_present × H × W`` array of ``offline_dtype`` to ``folder/<name>.npy`` (atomic). Existing files are
+        skipped, so an interrupted run resumes. Under DDP every rank does its share (``shard_indices``) and
+        all wait at a barrier. ``folder/meta.json`` records the settings and is checked on later runs.
+
+        Returns:
+            The number of maps this rank wrote.
+        """
+        from ...data.io import atomic_write
+        from ..distributed import barrier, shard_indices
+
+        folder = Path(folder)
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self._check_fused_meta(folder)
+        if rank == 0 and not (folder / "meta.json").is_file():
+            with atomic_write(folder / "meta.json", "w", fsync=False) as f:
+                f.write(json.dumps(self._fused_meta(), indent=1))
+        mine = shard_indices(len(dataset), rank, world)
+        names = getattr(dataset, "names", None)
+        if names is not None:  # skip finished images without loading them
+            mine = [i for i in mine if not self._fused_path(folder, str(names[i])).is_file()]
+        pbar = None
+        if self._progress and rank == 0 and mine:
+            try:
+                from tqdm.auto import tqdm
+
+                pbar = tqdm(total=len(mine), desc="smaf:fused_maps", dynamic_ncols=True, mininterval=1.0)
+            except ImportError:  # pragma: no cover - tqdm is a train dependency
+                pbar = None
+        try:
+            written = self._store_fused(dataset, folder, mine, pbar)
+        finally:
+            if pbar is not None:
+                pbar.close()
+        barrier()
+        return written
+
+    def _store_fused(self, dataset: Any, folder: Path, indices: Sequence[int], pbar: Any = None) -> int:
+        """Compute and write the maps of ``indices`` not on disk yet (this process only, no barrier)."""
+        from ...data.io import atomic_write
+        from ..loop import normalize_images
+
+        if self.teacher is None:
+            raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
+        device = next(self.teacher.parameters()).device
+        written = 0
+        group: list[dict[str, Any]] = []
+
+        def flush() -> int:
+            images = torch.stack([g["image"] for g in group]).to(device)
+            labels = torch.stack([g["labels"] for g in group]).float().to(device)
+            with torch.autocast(device_type=device.type, enabled=False):  # fp32 teacher, also inside a step
+                fused = self._teacher_fused(normalize_images(images.float(), self._normalize), labels)
+            for g, f, lab in zip(group, fused, labels):
+                present = torch.nonzero(lab > 0.5).flatten()
+                arr = f.index_select(0, present).cpu().numpy().astype(self.cfg.offline_dtype)
+                with atomic_write(self._fused_path(folder, str(g["name"])), "wb", fsync=False) as fh:
+                    np.save(fh, arr)
+            if pbar is not None:
+                pbar.update(len(group))
+            return len(group)
+
+        for i in indices:
+            smp = dataset[int(i)]
+            if self._fused_path(folder, str(smp["name"])).is_file():
+                continue
+            if group and (len(group) >= self.cfg.offline_batch_size or smp["image"].shape != group[0]["image"].shape):
+                written += flush()
+                group = []
+            group.append(smp)
+        if group:
+            written += flush()
+        return written
+
+    def _load_fused(self, name: str, index: int | None) -> Tensor:
+        """The stored map of one image (C_present × H × W, float32, CPU); rebuilt if the file is missing."""
+        hit = self._fused_cache.get(name)
+        if hit is not None:
+            return hit
+        if self._fused_dir is None:
+            raise ValueError("SMAF offline targets need the stored fused maps, but the 'self_train' phase started "
+                             "without an output folder (PhaseContext.out_dir); use target_mode='online' or start "
+                             "the phase through train_cam")
+        path = self._fused_path(self._fused_dir, name)
+        if not path.is_file():
+            if self._fused_dataset is None or index is None:
+                raise FileNotFoundError(f"SMAF fused map {str(path)!r} is missing and cannot be rebuilt (no "
+                                        f"training dataset or batch['index']); rerun the self-training phase")
+            self._store_fused(self._fused_dataset, self._fused_dir, [int(index)])
+        arr = torch.from_numpy(np.load(path).astype(np.float32))
+        nbytes = arr.numel() * 4
+        if self._fused_cache_bytes + nbytes <= self.cfg.offline_cache_mb * 2**20:
+            self._fused_cache[name] = arr
+            self._fused_cache_bytes += nbytes
+        return arr
+
+    def offline_target(self, labels: Tensor, geom: Tensor, names: Sequence[str],
+                       indices: Sequence[int] | None = None) -> Tensor:
+        """``target_mode: offline``: each crop's target cut from its image's stored full-image map.
+
+        The map (present classes) is resized to the crop's random-resized size (bilinear,
+        ``align_corners=offline_align_corners``, released True), flipped, cropped with zero padding
+        (:func:`wsss_blocks.data.transforms.apply_geometry`; spec §5.1), then denoised and reactivated at
+        ``target_scale_factor`` of the crop (spec §5.2): padded pixels get a one-hot background target.
+
+        Shape:
+            - labels: B×C; geom: B×9 (``batch["geom"]``); names: B strings
+            - output: B×(C+1)×h×w (background first), h×w = ``target_scale_factor`` × the crop size
+        """
+        from ...data.transforms import GEOMETRY_FIELDS, apply_geometry
+
+        if geom.ndim != 2 or geom.shape[1] != len(GEOMETRY_FIELDS) or geom.shape[0] != labels.shape[0]:
+            raise ValueError(f"batch['geom'] must be B×{len(GEOMETRY_FIELDS)} {GEOMETRY_FIELDS} for B = "
+                             f"{labels.shape[0]}, got shape {tuple(geom.shape)}")
+        if len(names) != labels.shape[0]:
+            raise ValueError(f"batch['name'] must hold {labels.shape[0]} names, got {len(names)}")
+        g = geom.detach().cpu().long()
+        sizes = {(int(r[7]), int(r[8])) for r in g}
+        if len(sizes) != 1:
+            raise ValueError(f"the crops of one batch must have one size, got {sorted(sizes)}")
+        ch, cw = sizes.pop()
+        C = labels.shape[1]
+        lab = labels.detach().float().cpu()
+        maps = torch.zeros(labels.shape[0], C, ch, cw)
+        for b in range(labels.shape[0]):
+            present = torch.nonzero(lab[b] > 0.5).flatten()
+            arr = self._load_fused(str(names[b]), None if indices is None else int(indices[b]))
+            oh, ow = int(g[b, 0]), int(g[b, 1])
+            if arr.ndim != 3 or arr.shape[0] != present.numel() or tuple(arr.shape[1:]) != (oh, ow):
+                raise ValueError(f"stored SMAF fused map of {names[b]!r} has shape {tuple(arr.shape)}, but the "
+                                 f"image has {present.numel()} present classes and size ({oh}, {ow}); the map "
+                                 f"folder belongs to another dataset or run")
+            if present.numel():
+                maps[b, present] = apply_geometry(arr, g[b], mode="bilinear",
+                                                  align_corners=self.cfg.offline_align_corners, pad_value=0.0)
+        c = self.cfg
+        maps = maps.to(labels.device)
+        return smaf_target(maps, labels.float(), bg_value=c.target_bg_score, scale_factor=c.target_scale_factor,
                            align_corners=True)
 
     def _self_train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         images = batch["image"]
         labels = batch["labels"].float()
-        target = self.fused_target(images, labels, batch.get("valid"))
+        if self.cfg.target_mode == "offline":
+            geom = batch.get("geom")
+            if geom is None or "name" not in batch:
+                raise ValueError("SMAF with method_args.target_mode='offline' needs batch['geom'] (the crop "
+                                 "geometry recorded by the CAM augmentation: Compose(..., record_geometry=True) or "
+                                 "RecordGeometry) and batch['name']; got keys " + str(sorted(batch)) +
+                                 "; use target_mode='online' for batches without geometry")
+            index = batch.get("index")
+            idx = [int(i) for i in index] if index is not None else None
+            names = list(batch["name"]) if not isinstance(batch["name"], str) else [batch["name"]]
+            target = self.offline_target(labels, geom, names, idx)
+        else:
+            target = self.fused_target(images, labels, batch.get("valid"))
         logits = self.net.cam_logits(images)
         loss = smaf_loss(logits.float(), target, weight=self.cfg.loss_weight, bg_channel="last", align_corners=True)
         return {"loss": loss, "loss_smaf": loss.detach()}
