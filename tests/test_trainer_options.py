@@ -350,3 +350,55 @@ def test_table_shows_the_paper_numbers_of_the_dataset_that_ran():
     row = next(line for line in table.splitlines() if line.startswith("segmentation mIoU"))
     assert "val +CRF +1 cyclic" in row and row.split()[-2:] == ["35.0", "40.2"]
     assert "MS-COCO" in table
+
+
+# ------------------------------------------------------------------------------------------ DDP
+def _ddp_seg_worker(rank, world, port, overrides, out, result_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from wsss_blocks.train.checkpoint import load_checkpoint
+    from wsss_blocks.train.distributed import cleanup
+    from wsss_blocks.train.seg_stage import train_seg
+
+    cfg = load_run_config("baseline_synthetic", overrides)
+    try:
+        final = train_seg(cfg, out, evaluate=True)
+        torch.save({"state": load_checkpoint(final)["model"]}, f"{result_dir}/seg_rank{rank}.pt")
+    finally:
+        cleanup()
+
+
+@pytest.mark.timeout(300)  # a collective called on one rank only would hang instead of failing
+def test_ddp_cyclic_round_shards_the_relabelling_and_keeps_ranks_identical(tiny, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from wsss_blocks.train.cam_stage import train_cam
+    from wsss_blocks.train.datasets import open_split
+    from wsss_blocks.train.pseudo_stage import make_pseudo_masks
+
+    extra = ["cam.steps=2", "seg.eval_every=2", "seg.cyclic_rounds=1", "seg.steps=3", "runtime.device=cpu"]
+    cfg = _cfg(tiny, *extra)
+    train_cam(cfg, tmp_path / "run")
+    make_pseudo_masks(cfg, tmp_path / "run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_ddp_seg_worker, args=(2, port, [*tiny, *extra], str(tmp_path / "run"), str(tmp_path)),
+                       nprocs=2, join=True, start_method=method)
+    r0 = torch.load(tmp_path / "seg_rank0.pt", weights_only=False)["state"]
+    r1 = torch.load(tmp_path / "seg_rank1.pt", weights_only=False)["state"]
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    train = open_split(cfg, "train_aug", return_mask=False)
+    cyc = tmp_path / "run" / "seg" / "cyclic_masks_r1"
+    assert sorted(p.stem for p in cyc.glob("*.png")) == sorted(train.names)  # both shards written, nothing twice
+    info = json.loads((cyc.parent / "cyclic_masks_r1.json").read_text())
+    assert info["written"] == len(train) and info["skipped"] == 0
+    res = json.loads((tmp_path / "run" / "seg" / "eval_val.json").read_text())
+    assert res["num_images"] == 4 and res["model"].endswith("round1/model.pt")
