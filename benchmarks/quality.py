@@ -164,6 +164,8 @@ def run_quality(methods: Sequence[str], data_root: str | None = None, dataset: s
             "val_split": rinfo.get("val_split"),
             "val_images": rinfo.get("val_images"),
             "crf": rinfo.get("crf"),
+            "cyclic_rounds": rinfo.get("cyclic_rounds", 0),
+            "seg_rounds": rinfo.get("seg_rounds") or [],
             "paper_cam_miou_pct": _pct(paper.get("cam_miou")),
             "paper_pseudo_miou_pct": _pct(paper.get("pseudo_miou")),
             "paper_seg_miou_pct": _pct(paper.get("val_miou")),
@@ -306,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['method']}: {r['data']}; CAM mIoU and pseudo-mask mIoU on {r.get('cam_eval_split')} "
                   f"({r.get('cam_eval_images')} images), segmentation on {r.get('val_split')} "
                   f"({r.get('val_images')} images); run in {r['out']}")
+            for h in r.get("seg_rounds") or []:
+                print(f"    seg round {h['round']}: val {_cell(_pct(h['best_val']))} best (step {h['best_step']}), "
+                      f"{_cell(_pct(h['last_val']))} last (step {h['last_step']})")
     if data_root is None:
         print("note: the papers' numbers are on PASCAL VOC 2012; synthetic-data numbers are not comparable.")
     print(f"wall time: {wall:.0f} s")

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: seeded generators and CUDA skipping."""
+"""Shared pytest fixtures: seeded generators, CUDA skipping and the tiny synthetic trainer run."""
 
 from __future__ import annotations
 
@@ -27,3 +27,32 @@ def _seed():
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Trainer runs set torch's thread count (runtime.threads); give the next test the original one."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+#: overrides of ``baseline_synthetic`` for a trainer run of a few seconds (16 train / 4 val images of 32 px)
+TRAINER_TINY = [
+    "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.image_size=32",
+    "data.synthetic.num_classes=5",
+    "cam.backbone_kwargs={widths: [8, 8, 16], output_stride: 4}", "cam.batch_size=4", "cam.steps=4",
+    "cam.resize_long=[28, 36]", "cam.crop_size=32",
+    "pseudo.scales=[1.0, 0.5]", "pseudo.batch_size=8",
+    "seg.backbone_kwargs={widths: [8, 8, 16], output_stride: 8}", "seg.batch_size=4", "seg.steps=3",
+    "seg.crop_size=32", "seg.msc_train=[0.5]", "seg.eval_scales=[1.0]",
+    "runtime.progress=false", "runtime.plots=false", "runtime.checkpoint_every=2", "runtime.log_every=1",
+    "runtime.threads=1", "runtime.min_free_mb=1",
+]
+
+
+@pytest.fixture(scope="session")
+def trainer_tiny(tmp_path_factory):
+    """:data:`TRAINER_TINY` plus a session-wide synthetic data cache (generated once)."""
+    cache = tmp_path_factory.mktemp("trainer_cache")
+    return [*TRAINER_TINY, f"data.synthetic.cache_dir={cache}"]

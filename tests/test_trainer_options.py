@@ -19,30 +19,10 @@ from wsss_blocks.train.schema import OptimConfig, load_run_config
 pytest.importorskip("PIL")
 pytest.importorskip("yaml")
 
-TINY = [
-    "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.image_size=32",
-    "data.synthetic.num_classes=5",
-    "cam.backbone_kwargs={widths: [8, 8, 16], output_stride: 4}", "cam.batch_size=4", "cam.steps=4",
-    "cam.resize_long=[28, 36]", "cam.crop_size=32",
-    "pseudo.scales=[1.0, 0.5]", "pseudo.batch_size=8",
-    "seg.backbone_kwargs={widths: [8, 8, 16], output_stride: 8}", "seg.batch_size=4", "seg.steps=4",
-    "seg.crop_size=32", "seg.msc_train=[0.5]", "seg.eval_scales=[1.0]",
-    "runtime.progress=false", "runtime.plots=false", "runtime.checkpoint_every=2", "runtime.log_every=1",
-    "runtime.threads=1", "runtime.min_free_mb=1",
-]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return [*TINY, f"data.synthetic.cache_dir={cache}"]
+@pytest.fixture
+def tiny(trainer_tiny):
+    """The tiny synthetic run of tests/conftest.py with 4 segmentation steps (evaluations at steps 2 and 4)."""
+    return [*trainer_tiny, "seg.steps=4"]
 
 
 def _cfg(tiny, *extra):

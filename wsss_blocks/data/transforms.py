@@ -375,7 +375,33 @@ class RandomRescale(JointTransform):
         return _resize(sample, size, self.interpolation, self.antialias)
 
 
-class RandomResizeLong(JointTransform):
+class _RandomResizeSide(JointTransform):
+    """Resize so that one side (``"long"`` or ``"short"``) is a random integer in ``[low, high]``, keeping the
+    aspect ratio (shared by :class:`RandomResizeLong` and :class:`RandomResizeShort`)."""
+
+    side = "long"
+
+    def _setup(self, low: int, high: int, interpolation: str, antialias: bool) -> None:
+        name = f"min_{self.side}", f"max_{self.side}"
+        if not (1 <= low <= high):
+            raise ValueError(f"need 1 <= {name[0]} <= {name[1]}, got {name[0]}={low}, {name[1]}={high}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        self._low, self._high = int(low), int(high)
+        self.interpolation = interpolation
+        self.antialias = antialias
+
+    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
+        target = int(torch.randint(self._low, self._high + 1, (), generator=generator))
+        h, w = sample["image"].shape[-2:]
+        s = target / (max(h, w) if self.side == "long" else min(h, w))
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        if size == (h, w):
+            return sample
+        return _resize(sample, size, self.interpolation, self.antialias)
+
+
+class RandomResizeLong(_RandomResizeSide):
     """Resize so the long side is a random integer in ``[min_long, max_long]`` (IRN/PSA style).
 
     IRN trains its CAM network with ``resize_long=(320, 640)``.
@@ -389,25 +415,13 @@ class RandomResizeLong(JointTransform):
         (3, 8, 10)
     """
 
+    side = "long"
+
     def __init__(self, min_long: int = 320, max_long: int = 640, interpolation: str = "bilinear",
                  antialias: bool = False, generator: torch.Generator | None = None):
         super().__init__(generator)
-        if not (1 <= min_long <= max_long):
-            raise ValueError(f"need 1 <= min_long <= max_long, got min_long={min_long}, max_long={max_long}")
-        if interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
-        self.min_long, self.max_long = int(min_long), int(max_long)
-        self.interpolation = interpolation
-        self.antialias = antialias
-
-    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
-        target = int(torch.randint(self.min_long, self.max_long + 1, (), generator=generator))
-        h, w = sample["image"].shape[-2:]
-        s = target / max(h, w)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        if size == (h, w):
-            return sample
-        return _resize(sample, size, self.interpolation, self.antialias)
+        self._setup(min_long, max_long, interpolation, antialias)
+        self.min_long, self.max_long = self._low, self._high
 
 
 class RandomCrop(JointTransform):
@@ -641,7 +655,7 @@ class Normalize(JointTransform):
 
 
 
-class RandomResizeShort(JointTransform):
+class RandomResizeShort(_RandomResizeSide):
     """Resize so the short side is a random integer in ``[min_short, max_short]``, keeping the aspect ratio.
 
     L2G's VOC global view: the short side to 512 (bicubic) before the random 448 crop
@@ -656,25 +670,13 @@ class RandomResizeShort(JointTransform):
         (3, 8, 10)
     """
 
+    side = "short"
+
     def __init__(self, min_short: int = 512, max_short: int = 512, interpolation: str = "bilinear",
                  antialias: bool = False, generator: torch.Generator | None = None):
         super().__init__(generator)
-        if not (1 <= min_short <= max_short):
-            raise ValueError(f"need 1 <= min_short <= max_short, got min_short={min_short}, max_short={max_short}")
-        if interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
-        self.min_short, self.max_short = int(min_short), int(max_short)
-        self.interpolation = interpolation
-        self.antialias = antialias
-
-    def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
-        target = int(torch.randint(self.min_short, self.max_short + 1, (), generator=generator))
-        h, w = sample["image"].shape[-2:]
-        s = target / min(h, w)
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        if size == (h, w):
-            return sample
-        return _resize(sample, size, self.interpolation, self.antialias)
+        self._setup(min_short, max_short, interpolation, antialias)
+        self.min_short, self.max_short = self._low, self._high
 
 
 class Resize(JointTransform):
