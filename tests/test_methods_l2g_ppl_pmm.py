@@ -102,6 +102,7 @@ def test_l2g_voc_config_equals_release():
     assert c.lr_schedule == "step" and c.lr_decay_epochs == (5,) and c.lr_decay_gamma == 0.1   # spec_l2g.md:198
     assert c.resize_short == (512, 512) and c.resize_long is None and c.interpolation == "bicubic"  # :45, :201
     assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
+    assert c.shuffle is False                               # spec_l2g.md:204
     assert c.optimizer == "sgd" and c.momentum == 0.9 and c.nesterov is True and c.weight_decay == 5e-4  # :195
     assert c.lr == 1e-3                                     # spec_l2g.md:196
     assert c.crop_size == 448                               # spec_l2g.md:200
@@ -139,6 +140,7 @@ def test_l2g_coco_config_equals_release():
     assert c.resize == (448, 448) and c.resize_long is None  # warped to 448², spec_l2g.md:45
     assert cfg.data.mean == (0.471, 0.448, 0.408) and cfg.data.std == (0.234, 0.239, 0.242)   # spec_l2g.md:203
     assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
+    assert c.shuffle is False                               # spec_l2g.md:204
     # PolyOptimizer bug kept: momentum = 5e-4, weight decay 0, no Nesterov (spec_l2g.md:208-209)
     assert c.momentum == 5e-4 and c.weight_decay == 0.0 and c.nesterov is False
     assert c.crop_size == 448 and c.hflip is False          # spec_l2g.md:200, :202

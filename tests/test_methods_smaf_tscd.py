@@ -40,6 +40,7 @@ SMAF_VOC = {
     "cam.poly_power": 0.9,                    # :149
     "cam.crop_size": 448,                     # :153
     "cam.resize_long": (256, 512),            # :142
+    "cam.interpolation": "bicubic",           # :142
     "cam.hflip": True,                        # :143
     "cam.color_jitter": None,                 # :143 (self-training: no jitter)
     "data.train_split": "train_aug",          # :141

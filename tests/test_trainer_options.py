@@ -59,6 +59,18 @@ def test_step_schedule_reaches_the_optimizer(tiny, tmp_path):
     assert lrs[5] == pytest.approx(0.01) and lrs[6] == pytest.approx(0.01)
 
 
+def test_shuffle_false_keeps_the_dataset_order(tiny, tmp_path):
+    from wsss_blocks.train.cam_stage import train_cam
+
+    seen = []
+    cfg = _cfg(tiny, "cam.shuffle=false", "cam.steps=5")
+    train_cam(cfg, tmp_path, hooks=[lambda info: seen.append(info["indices"])])
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [0, 1, 2, 3]]
+    shuffled = []
+    train_cam(_cfg(tiny, "cam.steps=4"), tmp_path / "b", hooks=[lambda info: shuffled.append(info["indices"])])
+    assert sorted(sum(shuffled, [])) == list(range(16)) and sum(shuffled, []) != list(range(16))
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["cam.lr_schedule=step"], "lr_decay_epochs"),
     (["cam.lr_update_every=0"], "lr_update_every"),

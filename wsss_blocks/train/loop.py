@@ -237,8 +237,10 @@ def steps_per_epoch(num_samples: int, batch_size: int, accumulate: int = 1) -> i
 class _BatchStream:
     """Infinite batch sampler over epochs, starting at optimizer step ``start``."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int, start: int, accumulate: int):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int, start: int, accumulate: int,
+                 shuffle: bool = True):
         self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.shuffle = shuffle
         self.acc = accumulate
         self.spe = steps_per_epoch(n, batch_size, accumulate)
         if self.spe < 1:
@@ -249,7 +251,7 @@ class _BatchStream:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, pos = divmod(self.start, self.spe)
         while True:
-            batches = epoch_batches(self.n, self.bs, epoch, self.seed, self.rank, self.world)
+            batches = epoch_batches(self.n, self.bs, epoch, self.seed, self.rank, self.world, shuffle=self.shuffle)
             for b in batches[pos * self.acc: self.spe * self.acc]:
                 yield [(epoch, i) for i in b]
             epoch, pos = epoch + 1, 0
@@ -425,7 +427,8 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     stepper = wrap_ddp(_StepModule(module, spec.step_fn), env, runtime.find_unused_parameters)
     n = len(spec.dataset)
     data_seed = runtime.seed + 1_000_003 * spec.phase_index
-    stream = _BatchStream(n, optim.batch_size, data_seed, env.rank, env.world_size, start, optim.accumulate)
+    stream = _BatchStream(n, optim.batch_size, data_seed, env.rank, env.world_size, start, optim.accumulate,
+                          shuffle=optim.shuffle)
     spe = stream.spe
     loader = DataLoader(spec.dataset, batch_sampler=stream, num_workers=runtime.num_workers,
                         collate_fn=default_collate, pin_memory=device.type == "cuda",

@@ -89,6 +89,7 @@ class OptimConfig:
     steps: int | None = None             # optimizer steps; None = epochs × (len(train) // batch_size)
     epochs: int = 5
     accumulate: int = 1                  # gradient accumulation (deeplab-pytorch iter_size)
+    shuffle: bool = True                 # a new seeded sample order every epoch (false: dataset order, L2G's release)
 
 
 @dataclass
