@@ -478,6 +478,14 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
                if src.file.startswith("quality_synthetic") else ""))
         add("")
         add(quality_table(src))
+        for r in src.rows:
+            rounds = r.get("seg_rounds") or []
+            if len(rounds) > 1:  # PMM cyclic pseudo-mask rounds: the table shows the last round's model
+                parts = [f"round {h['round']} {fmt_num(100 * h['best_val'])} best (step {h['best_step']}), "
+                         f"{fmt_num(100 * h['last_val'])} last" for h in rounds]
+                add("")
+                add(f"{r['method']}: segmentation val mIoU per cyclic round: " + "; ".join(parts)
+                    + ". The table reports the last round's last model.")
         secs = [r["seconds"] for r in src.rows if _finite(r.get("seconds"))]
         if secs:
             add("")

@@ -330,3 +330,17 @@ def test_merge_keeps_other_methods_and_refuses_other_hardware(monkeypatch, tmp_p
     assert "--merge:" in err and "different device_name" in err
     assert quality.main(["--methods", "l2g", "--seed", "1", "--out", str(tmp_path / "d"), "--results",
                          str(tmp_path / "fresh"), "--merge"]) == 0  # nothing to merge with: plain write
+
+
+def test_quality_page_lists_the_cyclic_rounds(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    rounds = [{"round": 0, "best_val": 0.198, "best_step": 300, "last_val": 0.19, "last_step": 400},
+              {"round": 1, "best_val": 0.124, "best_step": 400, "last_val": 0.124, "last_step": 400}]
+    _write(d, "quality_synthetic.json", [{"method": "pmm", "seg_miou_pct": 12.4, "seg_rounds": rounds},
+                                         {"method": "baseline", "seg_miou_pct": 32.6, "seg_rounds": rounds[:1]}])
+    sources, _ = rd.load_sources(d)
+    text = rd.render_page(sources, [], img_rel="x.png", families=["core"])
+    assert ("pmm: segmentation val mIoU per cyclic round: round 0 19.8 best (step 300), 19.0 last; "
+            "round 1 12.4 best (step 400), 12.4 last.") in text
+    assert "baseline: segmentation val mIoU per cyclic round" not in text  # one round: nothing to list
