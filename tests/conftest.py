@@ -56,3 +56,24 @@ def trainer_tiny(tmp_path_factory):
     """:data:`TRAINER_TINY` plus a session-wide synthetic data cache (generated once)."""
     cache = tmp_path_factory.mktemp("trainer_cache")
     return [*TRAINER_TINY, f"data.synthetic.cache_dir={cache}"]
+
+
+@pytest.fixture
+def seg_run_pair():
+    """``make(cfg, root) -> (a, b)``: CAM stage and pseudo masks in ``root/a``; ``root/b`` shares them (symlinks),
+    so that two segmentation stages (e.g. uninterrupted and crashed-then-resumed) start from the same masks."""
+    import os
+
+    def make(cfg, root):
+        from wsss_blocks.train.cam_stage import train_cam
+        from wsss_blocks.train.pseudo_stage import make_pseudo_masks
+
+        a, b = root / "a", root / "b"
+        train_cam(cfg, a)
+        make_pseudo_masks(cfg, a)
+        b.mkdir()
+        for d in ("cam", "pseudo"):
+            os.symlink(a / d, b / d)
+        return a, b
+
+    return make

@@ -137,17 +137,11 @@ def test_without_resume_a_changed_start_changes_weights(tiny, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
-def test_seg_stage_resume_is_bit_exact(tiny, tmp_path):
-    from wsss_blocks.train.cam_stage import train_cam
-    from wsss_blocks.train.pseudo_stage import make_pseudo_masks
+def test_seg_stage_resume_is_bit_exact(tiny, tmp_path, seg_run_pair):
     from wsss_blocks.train.seg_stage import train_seg
 
     cfg = _cfg(tiny, "cam.steps=2", "seg.steps=5", "runtime.deterministic=true")
-    train_cam(cfg, tmp_path / "a")
-    make_pseudo_masks(cfg, tmp_path / "a")
-    (tmp_path / "b").mkdir()
-    for d in ("cam", "pseudo"):
-        os.symlink(tmp_path / "a" / d, tmp_path / "b" / d)
+    seg_run_pair(cfg, tmp_path)
     ref = _state(train_seg(cfg, tmp_path / "a", evaluate=False))
 
     def hook(info):

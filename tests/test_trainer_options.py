@@ -279,19 +279,11 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
     assert hist[0]["last_val"] == pytest.approx(evals[4]) and hist[1]["last_step"] == 4
 
 
-def test_cyclic_rounds_resume_bit_exact_and_reuse_finished_rounds(tiny, tmp_path):
-    import os
-
-    from wsss_blocks.train.cam_stage import train_cam
-    from wsss_blocks.train.pseudo_stage import make_pseudo_masks
+def test_cyclic_rounds_resume_bit_exact_and_reuse_finished_rounds(tiny, tmp_path, seg_run_pair):
     from wsss_blocks.train.seg_stage import train_seg
 
     cfg = _cfg(tiny, "cam.steps=2", "seg.eval_every=2", "seg.cyclic_rounds=1", "runtime.deterministic=true")
-    train_cam(cfg, tmp_path / "a")
-    make_pseudo_masks(cfg, tmp_path / "a")
-    (tmp_path / "b").mkdir()
-    for d in ("cam", "pseudo"):
-        os.symlink(tmp_path / "a" / d, tmp_path / "b" / d)
+    seg_run_pair(cfg, tmp_path)
     ref = _state(train_seg(cfg, tmp_path / "a", evaluate=False))
 
     def hook(info):
