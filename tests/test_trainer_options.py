@@ -386,3 +386,13 @@ def test_ddp_cyclic_round_shards_the_relabelling_and_keeps_ranks_identical(tiny,
     assert info["written"] == len(train) and info["skipped"] == 0
     res = json.loads((tmp_path / "run" / "seg" / "eval_val.json").read_text())
     assert res["num_images"] == 4 and res["model"].endswith("round1/model.pt")
+
+
+def test_smaf_uses_the_custom_normalisation_statistics():
+    from wsss_blocks.train.methods.smaf import SMAFMethod
+
+    cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},
+                           "data": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+                           "method_args": {"eps_saliency": False, "frozen": ["conv1a"]}})
+    m = SMAFMethod(cfg, cfg.method_config(), 20)
+    assert m._fused_meta()["normalize"] == [[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]  # stored maps record it

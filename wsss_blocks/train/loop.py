@@ -106,9 +106,7 @@ def lr_factor(step: int, total: int, optim: OptimConfig, steps_per_epoch: int) -
     """
     every = max(1, int(optim.lr_update_every))
     s = step - step % every
-    if optim.warmup_steps > 0 and s < optim.warmup_steps:
-        return poly_factor(s, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
-    if optim.lr_schedule == "poly":
+    if optim.lr_schedule == "poly" or s < optim.warmup_steps:  # poly_factor holds the linear warm-up
         return poly_factor(s, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
     if optim.lr_schedule == "step":
         spe = max(1, int(steps_per_epoch))
@@ -185,6 +183,8 @@ def data_normalization(data: Any) -> Normalization:
                          f"got {data.normalize!r}")
     mean = tuple(float(v) for v in (data.mean if data.mean is not None else IMAGENET_MEAN))
     std = tuple(float(v) for v in (data.std if data.std is not None else IMAGENET_STD))
+    if min(std) <= 0:
+        raise ValueError(f"data.std must be positive, got {list(std)}")
     return (mean, std)  # type: ignore[return-value]
 
 

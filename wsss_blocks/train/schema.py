@@ -247,12 +247,12 @@ def _validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg.cam, k)
         if v is not None and not 1 <= v[0] <= v[1]:
             raise ConfigError(f"cam.{k} must be [low, high] with 1 <= low <= high, got {list(v)}")
-    if cfg.data.mean is not None or cfg.data.std is not None:
-        if cfg.data.normalize != "imagenet":
-            raise ConfigError(f"data.mean / data.std replace the ImageNet statistics and need data.normalize: "
-                              f"imagenet, got {cfg.data.normalize!r}")
-        if cfg.data.std is not None and min(cfg.data.std) <= 0:
-            raise ConfigError(f"data.std must be positive, got {list(cfg.data.std)}")
+    from .loop import data_normalization
+
+    try:
+        data_normalization(cfg.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     s = cfg.seg
     if s.cyclic_rounds < 0:
         raise ConfigError(f"seg.cyclic_rounds must be >= 0, got {s.cyclic_rounds}")

@@ -159,33 +159,33 @@ def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, phase: str, every: i
     ``best.pt`` holds the best model ever evaluated in this folder (ties keep the earlier one), with its step
     and mIoU; the mIoU of every evaluation is logged (``val_miou``) with its step.
     """
-    ds_cache: dict[str, Any] = {}
+    state: dict[str, Any] = {}
     best_path = rdir / "best.pt"
 
     def hook(info: dict[str, Any]) -> None:
         step, total = int(info["phase_step"]), int(info["total"])
         if step % every != 0 and step != total:
             return
-        if "ds" not in ds_cache:
-            ds_cache["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
+        if "ds" not in state:
+            state["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
                                         root=data_root(cfg, env))
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-            res = _evaluate(cfg, _logits_fn(model), cfg.seg.normalize, ds_cache["ds"], env, f"val@{step}")
+            res = _evaluate(cfg, _logits_fn(model), cfg.seg.normalize, state["ds"], env, f"val@{step}")
         model.train(was_training)
         miou = float(res["miou"])
         logger.log({"stage": "seg", "phase": phase, "phase_step": step, "step": step, "val_miou": miou})
         if env.is_main:
-            if "best" not in ds_cache:  # the best mIoU evaluated so far in this folder (an earlier run's too)
-                ds_cache["best"] = float("-inf")
+            if "best" not in state:  # the best mIoU evaluated so far in this folder (an earlier run's too)
+                state["best"] = float("-inf")
                 if best_path.is_file():
                     prev = load_checkpoint(best_path, method=f"seg/{cfg.seg.model}", num_classes=k)
-                    ds_cache["best"] = float(prev.get("val_miou", float("-inf")))
-            if miou > ds_cache["best"]:
+                    state["best"] = float(prev.get("val_miou", float("-inf")))
+            if miou > state["best"]:
                 save_model_file(best_path, model.state_dict(), method=f"seg/{cfg.seg.model}", num_classes=k,
                                 step=step, val_miou=miou, config=to_dict(cfg))
-                ds_cache["best"] = miou
+                state["best"] = miou
         barrier()
 
     return hook
@@ -257,9 +257,13 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
     ds = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=False,
                     limit=cfg.data.max_train_images, root=data_root(cfg, env))
     ds.names = [ds.names[i] for i in shard_indices(len(ds.names), env.rank, env.world_size)]
-    fn = _logits_fn(model)
     use_amp = cfg.runtime.amp and env.device.type == "cuda"
-    with torch.no_grad(), torch.autocast(device_type=env.device.type, dtype=torch.float16, enabled=use_amp):
+
+    def fn(x: Tensor) -> Tensor:  # AMP for the network only; softmax averaging and the CRF stay in float32
+        with torch.autocast(device_type=env.device.type, dtype=torch.float16, enabled=use_amp):
+            return seg_logits(model, x)
+
+    with torch.no_grad():
         cp.relabel(fn, ds, out, old_root=pseudo_mask_dir(out_dir), device=env.device)
     counts = torch.tensor([cp.last_run["written"], cp.last_run["skipped"]], device=env.device)
     all_reduce_sum(counts)

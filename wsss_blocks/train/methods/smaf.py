@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from ...models import build_backbone, param_groups, set_bn_eval
 from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_labels, smaf_target
+from ..loop import Normalization, data_normalization
 from . import register_method
 from .base import CAMMethod, PhaseContext
 
@@ -330,7 +331,8 @@ class SMAFMethod(CAMMethod):
 
             bri, con, sat, hue = c.eps_color_jitter
             self._jitter = ColorJitter(bri, con, sat, hue)
-        self._normalize = getattr(getattr(run_cfg, "data", None), "normalize", "imagenet")
+        data_cfg = getattr(run_cfg, "data", None)
+        self._normalize: Normalization = data_normalization(data_cfg) if data_cfg is not None else "imagenet"
         self._progress = bool(getattr(getattr(run_cfg, "runtime", None), "progress", False))
         # offline targets: folder of the stored maps, the un-augmented training set (to rebuild a missing map)
         self._fused_dir: Path | None = None
@@ -454,7 +456,7 @@ class SMAFMethod(CAMMethod):
         return {"format": "present classes (ascending), C_present x H x W, per-class max normalised",
                 "num_classes": int(self.num_classes), "scales": [float(v) for v in c.target_scales],
                 "flip": bool(c.target_flip), "image_interpolation": c.target_image_interpolation,
-                "normalize": self._normalize, "dtype": c.offline_dtype}
+                "normalize": json.loads(json.dumps(self._normalize)), "dtype": c.offline_dtype}
 
     def _check_fused_meta(self, folder: Path) -> None:
         meta_path = folder / "meta.json"
@@ -519,15 +521,16 @@ class SMAFMethod(CAMMethod):
     def _store_fused(self, dataset: Any, folder: Path, indices: Sequence[int], pbar: Any = None) -> int:
         """Compute and write the maps of ``indices`` not on disk yet (this process only, no barrier)."""
         from ...data.io import atomic_write
+        from ..datasets import iter_inference_batches
+        from ..distributed import DistEnv
         from ..loop import normalize_images
 
         if self.teacher is None:
             raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
         device = next(self.teacher.parameters()).device
         written = 0
-        group: list[dict[str, Any]] = []
 
-        def flush() -> int:
+        def flush(group: list[dict[str, Any]]) -> int:
             images = torch.stack([g["image"] for g in group]).to(device)
             labels = torch.stack([g["labels"] for g in group]).float().to(device)
             with torch.autocast(device_type=device.type, enabled=False):  # fp32 teacher, also inside a step
@@ -541,16 +544,10 @@ class SMAFMethod(CAMMethod):
                 pbar.update(len(group))
             return len(group)
 
-        for i in indices:
-            smp = dataset[int(i)]
-            if self._fused_path(folder, str(smp["name"])).is_file():
-                continue
-            if group and (len(group) >= self.cfg.offline_batch_size or smp["image"].shape != group[0]["image"].shape):
-                written += flush()
-                group = []
-            group.append(smp)
-        if group:
-            written += flush()
+        for batch in iter_inference_batches(dataset, DistEnv(), self.cfg.offline_batch_size, indices=indices):
+            group = [g for g in batch if not self._fused_path(folder, str(g["name"])).is_file()]
+            if group:
+                written += flush(group)
         return written
 
     def _load_fused(self, name: str, index: int | None) -> Tensor:
