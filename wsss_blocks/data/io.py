@@ -19,7 +19,10 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,9 @@ from wsss_blocks._checks import require
 __all__ = [
     "voc_palette",
     "atomic_write",
+    "DiskFullError",
+    "as_disk_full",
+    "remove_stale_temporaries",
     "save_label_png",
     "load_label_png",
     "load_image",
@@ -73,6 +79,54 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return pal.astype(np.uint8)
 
 
+class DiskFullError(OSError):
+    """A file could not be written because its disk (or the user's quota) is full; the message names the file."""
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+#: the temporary names of `atomic_write`: ``.<name>.<8 random characters of mkstemp>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) means that the disk is full.
+
+    ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail ...] unexpected pos`` with the
+    ``OSError`` of the failed write as its context, so the whole chain is searched.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, (OSError, RuntimeError)):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < 2**16
+    return False
+
+
+def _disk_full_error(path: Path, exc: BaseException) -> DiskFullError:
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free in {str(path.parent)!r}"
+    return DiskFullError(errno.ENOSPC, f"could not write {str(path)!r}: the disk is full{free}; free some space "
+                                       f"and rerun (finished files are kept)", str(path))
+
+
+def as_disk_full(exc: BaseException, path: PathLike) -> DiskFullError | None:
+    """The `DiskFullError` naming ``path`` when ``exc`` means that the disk is full, else None.
+
+    For writers that cannot use `atomic_write` (appending to a log): ``raise err from exc`` when not None.
+    """
+    path = Path(path)
+    if isinstance(exc, DiskFullError):
+        return exc
+    return _disk_full_error(path, exc) if _disk_full(exc, path.parent) else None
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
                  fsync: bool = True) -> Iterator[IO[Any]]:
@@ -80,7 +134,9 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
 
     The temporary file lives in the same folder (same file system), so the final ``os.replace`` is
     atomic: readers see either the old file or the complete new one, never a partial write. If the
-    ``with`` body raises, the temporary file is removed and ``path`` is left untouched.
+    ``with`` body raises, the temporary file is removed and ``path`` is left untouched. A process killed
+    in the middle leaves the temporary file ``.<name>.<random>.tmp`` behind;
+    `remove_stale_temporaries` deletes such files.
 
     Args:
         path: final file name.
@@ -91,6 +147,9 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
 
     Yields:
         The open temporary file object.
+
+    Raises:
+        DiskFullError: the disk is full (an ``OSError`` whose message names ``path``).
 
     Examples:
         >>> import tempfile, os
@@ -104,10 +163,20 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if _disk_full(exc, path.parent):
+                raise _disk_full_error(path, exc) from exc
+            raise
     elif not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} for {str(path)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as exc:
+        if _disk_full(exc, path.parent):
+            raise _disk_full_error(path, exc) from exc
+        raise
     try:
         # mkstemp creates 0600 files; give the result the usual umask-based permissions
         umask = os.umask(0)
@@ -120,10 +189,38 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, Exception) and not isinstance(exc, DiskFullError) and _disk_full(exc, path.parent):
+            raise _disk_full_error(path, exc) from exc
         raise
+
+
+def remove_stale_temporaries(folder: PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that interrupted `atomic_write` calls left in ``folder``; return them.
+
+    Only names of the form ``.<name>.<8 random characters>.tmp`` are touched. Call it when no other
+    process writes into ``folder`` (a resuming run does, before its first write).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".a.png.k3j_x9q2.tmp").write_bytes(b""), (d / "a.png").write_bytes(b"x")
+        >>> [p.name for p in remove_stale_temporaries(d)], sorted(p.name for p in d.iterdir())
+        (['.a.png.k3j_x9q2.tmp'], ['a.png'])
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = []
+    for p in found:
+        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return sorted(removed)
 
 
 def _to_numpy(x: object, name: str) -> np.ndarray:
