@@ -4,8 +4,6 @@ readers with early, clear errors, the training augmentation pipelines and size-g
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,18 +25,13 @@ from ..data.transforms import (
 )
 from .config import ConfigError
 from .distributed import DistEnv, barrier, shard_indices
+from .paths import absolute, default_cache_dir, synthetic_params, synthetic_root
 from .schema import RunConfig
 
 __all__ = ["default_cache_dir", "data_root", "open_split", "cam_train_transform", "seg_train_transform",
            "iter_inference_batches", "check_splits"]
 
 _PAD = -1.0  # matches loop._PAD: padded pixels become the `valid` mask
-
-
-def default_cache_dir() -> Path:
-    """``$WSSS_BLOCKS_CACHE`` or ``~/.cache/wsss_blocks``."""
-    env = os.environ.get("WSSS_BLOCKS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "wsss_blocks"
 
 
 def data_root(cfg: RunConfig, env: DistEnv | None = None) -> Path:
@@ -51,21 +44,13 @@ def data_root(cfg: RunConfig, env: DistEnv | None = None) -> Path:
     if d.dataset != "synthetic":
         if d.root is None:
             raise ConfigError(f"data.root is required for dataset {d.dataset!r} (the folder holding JPEGImages)")
-        root = Path(d.root).expanduser()
+        root = absolute(d.root)
         if not root.is_dir():
             raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
         return root
-    s = d.synthetic
-    params: dict[str, Any] = {"num_train": s.num_train, "num_val": s.num_val, "image_size": s.image_size,
-              "num_classes": s.num_classes, "seed": s.seed, "max_objects": s.max_objects}
-    if d.root is not None:
-        root = Path(d.root).expanduser()
-    else:
-        tag = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-        base = Path(s.cache_dir).expanduser() if s.cache_dir else default_cache_dir()
-        root = base / f"synthetic_voc_{tag}"
+    root = synthetic_root(d)
     if env is None or env.is_main:
-        make_synthetic_voc(root, **params)  # a no-op when the cache already matches
+        make_synthetic_voc(root, **synthetic_params(d))  # a no-op when the cache already matches
     if env is not None:
         barrier()
     return root

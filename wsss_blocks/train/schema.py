@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError, from_dict, load_config, to_dict
+from .paths import resolve_paths
 
 __all__ = ["DataConfig", "SyntheticDataConfig", "OptimConfig", "CAMStageConfig", "PseudoStageConfig",
            "SegStageConfig", "RuntimeConfig", "RunConfig", "load_run_config", "dump_run_config",
@@ -277,6 +278,10 @@ def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Se
                     quick: bool = False) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML path, a packaged config name or a mapping.
 
+    Every path in the result is absolute (`wsss_blocks.train.paths.resolve_paths`): relative ones are
+    taken from the working directory, and dataset-internal ones (``data.mask_dir``, ``data.saliency_dir``,
+    ``data.labels_file``) from ``data.root``.
+
     Args:
         source: YAML file, packaged name (``"baseline_synthetic"``) or mapping.
         overrides: ``section.key=value`` strings (values parsed as YAML), applied after the file.
@@ -295,7 +300,7 @@ def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Se
 
         apply_overrides(data, list(cfg.quick_overrides) + list(overrides))
         cfg = from_dict(RunConfig, data)
-    return _validate(cfg)
+    return resolve_paths(_validate(cfg))
 
 
 def dump_run_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
