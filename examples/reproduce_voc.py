@@ -13,7 +13,9 @@ Without ``--data-root`` the synthetic VOC-format dataset is generated once into 
 (``$WSSS_BLOCKS_CACHE`` or ``~/.cache/wsss_blocks``) and the method's ``<method>_synthetic`` preset runs
 on the CPU. With ``--data-root`` the ``<method>_voc`` (or, with ``--dataset coco``, ``<method>_coco``) config
 with the released settings runs, and the table shows that dataset's paper numbers; use a GPU.
-Rerunning with the same ``--out`` reuses finished stages and resumes interrupted ones.
+Rerunning with the same ``--out`` reuses finished stages and resumes interrupted ones; when a setting a stage
+depends on changed, the run stops before writing anything and names the changed keys (``--restart-from STAGE``
+redoes that stage and the ones after it).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sbd-root", default=None, help="SegmentationClassAug folder when it is not under --data-root")
     p.add_argument("--pretrained", default=None, help="local CAM-backbone checkpoint (nothing is downloaded)")
     p.add_argument("--seg-pretrained", default=None, help="local segmentation-network checkpoint")
-    p.add_argument("--out", default=None, help="run folder (default runs/<method>_<dataset>)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<method>_<dataset> in the working directory)")
+    p.add_argument("--restart-from", choices=("cam", "pseudo", "seg"), default=None,
+                   help="delete this stage and the stages after it in --out and redo them")
     p.add_argument("--quick", action="store_true", help="short sanity run (the preset's quick_overrides)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set cam.steps=100 (repeatable)")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     res = reproduce(args.method, args.data_root, dataset=args.dataset, sbd_root=args.sbd_root,
                     pretrained=args.pretrained, seg_pretrained=args.seg_pretrained, out=args.out, quick=args.quick,
-                    overrides=args.overrides)
+                    overrides=args.overrides, restart_from=args.restart_from)
     print(f"wall time: {time.time() - t0:.0f} s; results in {res['out']}/results.json", flush=True)
     return res
 
@@ -56,6 +60,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (ValueError, TypeError, OSError) as e:  # config, data, checkpoint, disk: one line, like the CLI
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

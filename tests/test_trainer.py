@@ -385,7 +385,8 @@ def test_cli_help_and_commands(tiny, tmp_path, capsys):
     assert main(["train-cam", "--config", "baseline_synthetic", "--out", str(tmp_path), *sets,
                  "--set", "cam.steps=1"]) == 0
     assert (tmp_path / "cam" / "model.pt").is_file()
-    assert main(["eval-cams", "--config", "baseline_synthetic", "--out", str(tmp_path), *sets]) == 0
+    assert main(["eval-cams", "--config", "baseline_synthetic", "--out", str(tmp_path), *sets,
+                 "--set", "cam.steps=1"]) == 0
     assert "CAM mIoU on train (16 images)" in capsys.readouterr().out
     # a bad key is one clear error line and exit status 2, before anything runs
     assert main(["train-cam", "--config", "baseline_synthetic", "--out", str(tmp_path / "x"),

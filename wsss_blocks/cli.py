@@ -8,11 +8,14 @@ Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=val
     wsss-blocks train-seg   --config baseline_synthetic --out runs/b [--resume]
     wsss-blocks eval-seg    --config baseline_synthetic --out runs/b [--set seg.crf=true]
     wsss-blocks reproduce   --method l2g --data-root VOC2012 [--sbd-root ...] [--pretrained ...] [--quick]
+                            [--restart-from cam|pseudo|seg]
     wsss-blocks configs                                                   # list packaged configs
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m wsss_blocks.cli train-cam ...``. Configuration, data and
 checkpoint problems are reported as one ``error:`` line (exit status 2) before any training starts;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Relative paths are taken from the working directory. A run folder
+whose stages were made with other settings is refused before anything is written; the line names the
+changed keys (``reproduce --restart-from STAGE`` redoes that stage and the later ones).
 """
 
 from __future__ import annotations
@@ -67,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-pretrained", default=None, help="local segmentation-network checkpoint")
     p.add_argument("--config", "-c", default=None, help="use this config instead of <method>_<dataset>")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", "-o", default=None, help="run folder (default runs/<preset>)")
+    p.add_argument("--out", "-o", default=None, help="run folder (default runs/<preset> in the working directory)")
     p.add_argument("--quick", action="store_true", help="short sanity run (the preset's quick_overrides)")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse stages already in --out")
+    p.add_argument("--restart-from", choices=("cam", "pseudo", "seg"), default=None,
+                   help="delete this stage and the stages after it in --out and redo them")
 
     sub.add_parser("configs", help="list the packaged configs")
     return parser
@@ -90,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(args.method, args.data_root, dataset=args.dataset, sbd_root=args.sbd_root,
                   pretrained=args.pretrained, seg_pretrained=args.seg_pretrained, out=args.out, quick=args.quick,
-                  config=args.config, overrides=args.overrides, resume=not args.no_resume)
+                  config=args.config, overrides=args.overrides, resume=not args.no_resume,
+                  restart_from=args.restart_from)
         return 0
     from .train.schema import load_run_config
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..cam import normalize_cams
-from .checkpoint import check_output_dir, load_checkpoint, save_model_file
+from ..data.io import atomic_write
+from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
 from .datasets import cam_train_transform, check_splits, data_root, open_split
 from .distributed import DistEnv, barrier, init_distributed
@@ -39,12 +40,13 @@ from .loop import (
     configure_determinism,
     data_normalization,
     normalize_images,
-    resolve_resume,
     run_phase,
     set_seed,
     total_steps_for,
 )
 from .methods import CAMMethod, PhaseContext
+from .paths import absolute, resolve_paths
+from .run_folder import check_run_folder, prepare_stage_folder
 from .schema import RunConfig, dump_run_config
 
 __all__ = ["train_cam", "prepare_env", "build_method", "restore_method", "stage_dir"]
@@ -89,7 +91,7 @@ def restore_method(cfg: RunConfig, model_path: str | os.PathLike, env: DistEnv) 
         method.on_phase_start(_phase_ctx(method, i, int(steps[i]) if i < len(steps) else 0,
                                          Path(model_path).parent, env, True, None))
     method.to(env.device)
-    method.load_state_dict(ck["model"])
+    load_model_state(method, ck["model"], model_path)
     if ck.get("extra") is not None:
         method.load_extra_state(ck["extra"])
     return method.eval()
@@ -166,18 +168,27 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         hooks: called after every optimizer step (see :func:`wsss_blocks.train.loop.run_phase`).
         env: an already initialised :class:`DistEnv` (default: detect torchrun).
     """
+    cfg = resolve_paths(cfg)
+    out_dir = absolute(out_dir)
     env = prepare_env(cfg, env)
     out = stage_dir(out_dir, "cam")
+    # checks (nothing is written until all of them passed)
     if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
-    barrier()
+        check_output_dir(out, cfg.runtime.min_free_mb, create=False)
     cfg.method_config()
     root = data_root(cfg, env)
     check_splits(cfg, ("cam",), env)
     final = out / "model.pt"
-    finished, resume_ck = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
-    if finished:
+    start = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
+    check_run_folder(cfg, out_dir, "cam")
+    barrier()
+    if env.is_main:
+        prepare_stage_folder(cfg, out_dir, "cam")
+        set_aside(start.unreadable)
+    barrier()
+    if start.finished:
         return final
+    resume_ck = start.checkpoint
     if env.is_main:
         dump_run_config(cfg, out / "config.yaml")
 
@@ -221,6 +232,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
             plot_curves(out / "log.jsonl", out / "curves.png", title=f"{cfg.method}: CAM stage")
         summary = {"steps": offset, "phase_steps": phase_steps, "seconds": round(time.time() - t0, 2),
                    "world_size": env.world_size, "device": str(env.device)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        with atomic_write(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
     barrier()
     return final

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..data.io import as_disk_full
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, sample_generator
-from .checkpoint import rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistEnv, all_gather_object, barrier, epoch_batches, reduce_mean_dict, wrap_ddp
 from .schema import OptimConfig, RuntimeConfig
 
@@ -272,9 +273,15 @@ class MetricLogger:
             return
         rec = {k: (float(v) if isinstance(v, (np.floating, Tensor)) else v) for k, v in record.items()}
         rec.setdefault("time", round(time.time(), 3))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+        except OSError as e:
+            full = as_disk_full(e, self.path)
+            if full is not None:
+                raise full from e
+            raise
 
     def drop_after(self, stage: str, phase: str, step: int) -> None:
         """Remove records of ``stage``/``phase`` beyond ``step`` (written by a run that crashed later)."""
@@ -402,8 +409,12 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp) if use_amp else None
     start = 0
     if resume is not None:
-        module.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        src = resume.get("_file", "the resumed checkpoint")
+        load_model_state(module, resume["model"], src)
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {src!r} holds the optimizer state of other parameters ({e})") from e
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         if spec.load_extra_state is not None and resume.get("extra") is not None:
@@ -437,7 +448,8 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     ckpt_dir = out_dir / "checkpoints"
     train_mode = spec.train_mode or (lambda m: m.train())
     train_mode(module)
-    pbar = _progress(total, start, f"{spec.stage}:{spec.phase}", env.is_main and runtime.progress)
+    desc = spec.stage if spec.phase == spec.stage else f"{spec.stage}:{spec.phase}"
+    pbar = _progress(total, start, desc, env.is_main and runtime.progress)
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -548,34 +560,3 @@ def total_steps_for(optim: OptimConfig, num_samples: int) -> int:
         raise ValueError(f"the training set has {num_samples} images, fewer than one batch of "
                          f"{optim.batch_size} × accumulate {optim.accumulate}")
     return int(math.prod((optim.epochs, spe)))
-
-
-def resolve_resume(out: Path, method: str, num_classes: int, resume: bool, stage: str
-                   ) -> tuple[bool, dict[str, Any] | None]:
-    """Decide how a stage starts: ``(finished, checkpoint)``.
-
-    * ``out/model.pt`` exists: with ``resume`` the stage is finished (the file is validated); without it
-      a ``FileExistsError`` is raised (no silent overwrite).
-    * checkpoints exist: with ``resume`` the newest is loaded and validated (method, class count, stage);
-      without it a ``FileExistsError``.
-    * nothing: start fresh.
-    """
-    from .checkpoint import latest_checkpoint, load_checkpoint
-
-    final = out / "model.pt"
-    if final.is_file():
-        if resume:
-            load_checkpoint(final, method=method, num_classes=num_classes)
-            return True, None
-        raise FileExistsError(f"{str(final)!r} exists: this stage already finished; pass resume=True (--resume) "
-                              f"to reuse it, or choose another output folder")
-    ck_path = latest_checkpoint(out / "checkpoints")
-    if ck_path is None:
-        return False, None
-    if not resume:
-        raise FileExistsError(f"output folder {str(out)!r} holds checkpoints of an earlier run; pass "
-                              f"resume=True (--resume) to continue it, or choose another output folder")
-    ck = load_checkpoint(ck_path, method=method, num_classes=num_classes, map_location="cpu")
-    if ck.get("stage") != stage:
-        raise ValueError(f"{str(ck_path)!r} is a {ck.get('stage')!r}-stage checkpoint, not a {stage!r} one")
-    return False, ck

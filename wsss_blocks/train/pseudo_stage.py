@@ -34,6 +34,8 @@ from .datasets import data_root, iter_inference_batches, open_split
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .loop import data_normalization, normalize_images
 from .methods import CAMMethod
+from .paths import absolute, resolve_paths
+from .run_folder import check_run_folder, fingerprint, prepare_stage_folder, stage_settings
 from .schema import RunConfig
 
 
@@ -89,15 +91,19 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     Returns a dict with ``best_threshold``, ``best_miou``, ``miou_at_bg`` (at a numeric ``pseudo.bg_score``),
     ``thresholds``, ``miou`` and ``num_images``.
     """
+    cfg = resolve_paths(cfg)
+    out_dir = absolute(out_dir)
     env = prepare_env(cfg, env)
     out = stage_dir(out_dir, "pseudo")
     if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
+        check_output_dir(out, cfg.runtime.min_free_mb, create=False)
+    check_run_folder(cfg, out_dir, "cam")
     barrier()
     cache = out / "cam_sweep.json"
     model_file = stage_dir(out_dir, "cam") / "model.pt"
     ts = _thresholds(cfg)
-    key = {"model_mtime": model_file.stat().st_mtime if model_file.is_file() else None, "thresholds": ts,
+    key = {"model_mtime": model_file.stat().st_mtime if model_file.is_file() else None,
+           "cam_fingerprint": fingerprint(stage_settings(cfg, "cam")), "thresholds": ts,
            "split": cfg.data.cam_eval_split, "limit": cfg.data.max_eval_images,
            "scales": list(cfg.pseudo.scales), "flip": cfg.pseudo.flip, "reduce": cfg.pseudo.reduce,
            "flip_reduce": cfg.pseudo.flip_reduce, "interpolation": cfg.pseudo.interpolation}
@@ -139,7 +145,8 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     if env.is_main:
         with atomic_write(cache, "w") as f:
             json.dump(res, f, indent=1)
-        (out / "cam_sweep.txt").write_text(r.table() + "\n")
+        with atomic_write(out / "cam_sweep.txt", "w") as f:
+            f.write(r.table() + "\n")
     barrier()
     return res
 
@@ -175,16 +182,23 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     masks as well (written to ``<out>/pseudo/eval_masks``, not used for training) and are scored, so the
     pseudo-mask mIoU covers the whole evaluation split (PMM reports PPMG on VOC val, outside train_aug).
     """
+    cfg = resolve_paths(cfg)
+    out_dir = absolute(out_dir)
     env = prepare_env(cfg, env)
     out = stage_dir(out_dir, "pseudo")
+    # checks (nothing is written until all of them passed)
     if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
-    barrier()
+        check_output_dir(out, cfg.runtime.min_free_mb, create=False)
     root = data_root(cfg, env)
     split = cfg.pseudo.split or cfg.data.train_split
     ds = open_split(cfg, split, return_mask=False, limit=cfg.data.max_train_images, root=root)
     ev = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
+    check_run_folder(cfg, out_dir, "pseudo")
     method = _model(cfg, out_dir, env)
+    barrier()
+    if env.is_main:
+        prepare_stage_folder(cfg, out_dir, "pseudo")
+    barrier()
     kept: dict[str, torch.Tensor] = {}
     sweep = eval_cams(cfg, out_dir, env, method=method, keep=kept)
     bg = float(sweep["best_threshold"]) if cfg.pseudo.bg_score == "sweep" else float(cfg.pseudo.bg_score)

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.io import atomic_write
+from ..data.io import atomic_write, remove_stale_temporaries
 from .cam_stage import prepare_env, train_cam
 from .checkpoint import check_output_dir
 from .config import packaged_config
 from .datasets import check_splits
 from .distributed import DistEnv, barrier
+from .paths import absolute
 from .pseudo_stage import make_pseudo_masks
+from .run_folder import check_run_folder, run_stages
 from .schema import RunConfig, dump_run_config, load_run_config
 from .seg_stage import eval_seg, train_seg
 
@@ -123,8 +126,15 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
               sbd_root: str | os.PathLike | None = None, pretrained: str | os.PathLike | None = None,
               seg_pretrained: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               quick: bool = False, config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-              resume: bool = True, env: DistEnv | None = None, verbose: bool = True) -> dict[str, Any]:
+              resume: bool = True, restart_from: str | None = None, env: DistEnv | None = None,
+              verbose: bool = True) -> dict[str, Any]:
     """All stages of ``method`` and the final table; returns a dict (also written to ``<out>/results.json``).
+
+    Every check runs before the first write, so a refused run leaves ``out`` as it was: the output folder
+    is writable, every split exists, and each stage already in ``out`` was made with the settings it depends
+    on now (its ``fingerprint.json``, see `wsss_blocks.train.run_folder`). A finished stage with unchanged
+    settings is reused, an interrupted one resumes; a stage made with other settings stops the run with one
+    line naming the changed keys, unless ``restart_from`` redoes it.
 
     Args:
         method: registered method name (``baseline``, ``l2g``, ``ppl``, ``pmm``, ``smaf``, ``tscd``).
@@ -133,42 +143,62 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
         sbd_root: folder of SBD masks (``SegmentationClassAug``) when not under ``data_root``.
         pretrained: local backbone checkpoint of the CAM network (``cam.pretrained``).
         seg_pretrained: local checkpoint of the segmentation network (``seg.pretrained``).
-        out: run folder (default ``runs/<preset>[_quick]``).
+        out: run folder (default ``runs/<preset>[_quick]``); relative paths (here and in every path
+            argument) are taken from the working directory.
         quick: apply the preset's ``quick_overrides`` (a short sanity run).
         config: a YAML file or packaged name to use instead of the preset.
         overrides: extra ``section.key=value`` overrides (applied last).
-        resume: reuse finished stages and continue interrupted ones in ``out``.
-        env: an initialised :class:`DistEnv` (default: detect torchrun).
+        resume: reuse finished stages and continue interrupted ones in ``out``; False refuses a folder
+            that holds any stage.
+        restart_from: ``"cam"``, ``"pseudo"`` or ``"seg"``: delete that stage and the stages after it in ``out``
+            and redo them (the stages before it must match the config).
+        env: an initialised `DistEnv` (default: detect torchrun).
         verbose: print the table.
 
     Returns:
         ``{"method", "preset", "ours": {cam_miou, pseudo_miou, val_miou}, "paper": {...}, "info": {...},
         "stage_seconds": {...}, "seconds", "device", "out"}`` (mIoU as fractions in [0, 1]).
     """
-    preset = str(config) if config is not None else preset_name(method, None if data_root is None else dataset)
+    preset = str(absolute(config)) if config is not None and Path(config).suffix else (
+        str(config) if config is not None else preset_name(method, None if data_root is None else dataset))
     ov: list[str] = []
     if data_root is not None:
-        ov.append(f"data.root={Path(data_root).expanduser()}")
+        ov.append(f"data.root={absolute(data_root)}")
     if sbd_root is not None:
-        ov.append(f"data.sbd_root={Path(sbd_root).expanduser()}")
+        ov.append(f"data.sbd_root={absolute(sbd_root)}")
     if pretrained is not None:
-        ov.append(f"cam.pretrained={Path(pretrained).expanduser()}")
+        ov.append(f"cam.pretrained={absolute(pretrained)}")
     if seg_pretrained is not None:
-        ov.append(f"seg.pretrained={Path(seg_pretrained).expanduser()}")
+        ov.append(f"seg.pretrained={absolute(seg_pretrained)}")
     ov.extend(overrides)
     cfg: RunConfig = load_run_config(preset, ov, quick=quick)
     if cfg.method != method and config is None:
         raise ValueError(f"preset {preset!r} is for method {cfg.method!r}, not {method!r}")
     tag = Path(preset).stem + ("_quick" if quick else "")
-    out_dir = Path(out) if out is not None else Path("runs") / tag
+    out_dir = absolute(out if out is not None else Path("runs") / tag)
     env = prepare_env(cfg, env)
-    # every check that can fail does so before the first training step
+    # every check that can fail does so before the first write
+    stages = run_stages(cfg)
+    if restart_from is not None and restart_from not in stages:
+        raise ValueError(f"restart_from must be one of {list(stages)} for this config, got {restart_from!r}")
+    states = check_run_folder(cfg, out_dir, stages[-1], restart_from=restart_from,
+                              fresh=() if resume else stages, hint="reproduce")
     if env.is_main:
-        check_output_dir(out_dir, cfg.runtime.min_free_mb)
-        dump_run_config(cfg, out_dir / "config.yaml")
-    barrier()
+        check_output_dir(out_dir, cfg.runtime.min_free_mb, create=False)
     check_splits(cfg, ("cam", "pseudo", "seg"), env)
     cls = cfg.method_class()
+    barrier()
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir, recursive=False)
+        for name in ("results.json", "results.txt"):  # rewritten at the end; never left over from another run
+            (out_dir / name).unlink(missing_ok=True)
+        if restart_from is not None:
+            for st in states[stages.index(restart_from):]:
+                if st.folder.exists():
+                    shutil.rmtree(st.folder)
+        dump_run_config(cfg, out_dir / "config.yaml")
+    barrier()
 
     t0 = time.time()
     times: dict[str, float] = {}
@@ -201,7 +231,8 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
         with atomic_write(out_dir / "results.json", "w") as f:
             json.dump(result, f, indent=1)
         table = format_table(result)
-        (out_dir / "results.txt").write_text(table + "\n")
+        with atomic_write(out_dir / "results.txt", "w") as f:
+            f.write(table + "\n")
         if verbose:
             print(table, flush=True)
     barrier()

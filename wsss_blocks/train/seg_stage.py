@@ -30,7 +30,7 @@ from ..cam import multiscale_cams
 from ..data.io import atomic_write
 from ..metrics import SegmentationMetric
 from .cam_stage import prepare_env, restore_method, stage_dir
-from .checkpoint import check_output_dir, load_checkpoint, save_model_file
+from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
 from .datasets import data_root, iter_inference_batches, open_split, seg_train_transform
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
@@ -42,12 +42,13 @@ from .loop import (
     PhaseSpec,
     data_normalization,
     normalize_images,
-    resolve_resume,
     run_phase,
     set_seed,
     total_steps_for,
 )
+from .paths import absolute, resolve_paths
 from .pseudo_stage import _progress, pseudo_mask_dir
+from .run_folder import check_run_folder, prepare_stage_folder
 from .schema import RunConfig
 
 
@@ -148,7 +149,7 @@ def seg_model_path(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
 def _load_seg_model(cfg: RunConfig, path: Path, env: DistEnv) -> nn.Module:
     ck = load_checkpoint(path, method=f"seg/{cfg.seg.model}", num_classes=cfg.data.num_classes + 1)
     model = build_seg_model(cfg).to(env.device)
-    model.load_state_dict(ck["model"])
+    load_model_state(model, ck["model"], path)
     return model
 
 
@@ -195,15 +196,18 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
                  resume: bool, hooks: Sequence[Hook]) -> tuple[Path, nn.Module | None]:
     """Train one segmentation round on ``masks``; returns (``model.pt`` path, the model if trained now)."""
     rdir = seg_round_dir(out_dir, round_index)
-    if env.is_main:
-        check_output_dir(rdir, cfg.runtime.min_free_mb)
-    barrier()
     tag = f"seg/{cfg.seg.model}"
     k = cfg.data.num_classes + 1
     final = rdir / "model.pt"
-    finished, resume_ck = resolve_resume(rdir, tag, k, resume, "seg")
-    if finished:
+    start = resolve_resume(rdir, tag, k, resume, "seg")
+    barrier()
+    if env.is_main:
+        rdir.mkdir(parents=True, exist_ok=True)
+        set_aside(start.unreadable)
+    barrier()
+    if start.finished:
         return final, None
+    resume_ck = start.checkpoint
     root = data_root(cfg, env)
     base = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=True, mask_dir=masks,
                       limit=cfg.data.max_train_images, root=root)
@@ -292,19 +296,27 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
     The reported model is the last round's ``model.pt`` (:func:`seg_model_path`).
     """
+    cfg = resolve_paths(cfg)
+    out_dir = absolute(out_dir)
     env = prepare_env(cfg, env)
     if cfg.seg.source == "method":
+        check_run_folder(cfg, out_dir, "cam")
         path = stage_dir(out_dir, "cam") / "model.pt"
         if not path.is_file():
             raise FileNotFoundError(f"no CAM-stage model at {str(path)!r}; run train-cam first")
         return path
     out = stage_dir(out_dir, "seg")
+    # checks (nothing is written until all of them passed)
     if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
-    barrier()
+        check_output_dir(out, cfg.runtime.min_free_mb, create=False)
     masks = pseudo_mask_dir(out_dir)
     if not masks.is_dir():
         raise FileNotFoundError(f"no pseudo masks at {str(masks)!r}; run make-pseudo first")
+    check_run_folder(cfg, out_dir, "seg", fresh=() if resume else ("seg",))
+    barrier()
+    if env.is_main:
+        prepare_stage_folder(cfg, out_dir, "seg")
+    barrier()
     final, model = _train_round(cfg, out_dir, 0, masks, env, resume, hooks)
     for r in range(1, cfg.seg.cyclic_rounds + 1):
         if resume and (seg_round_dir(out_dir, r) / "model.pt").is_file():
@@ -403,10 +415,13 @@ def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = N
     ``model`` is given. Writes ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``,
     ``pixel_acc``, the inference settings and the image count.
     """
+    cfg = resolve_paths(cfg)
+    out_dir = absolute(out_dir)
     env = prepare_env(cfg, env)
     out = stage_dir(out_dir, "seg")
     if env.is_main:
-        check_output_dir(out, cfg.runtime.min_free_mb)
+        check_output_dir(out, cfg.runtime.min_free_mb, create=False)
+    check_run_folder(cfg, out_dir, "seg" if cfg.seg.source != "method" else "cam", for_eval=True)
     barrier()
     split = split or cfg.data.val_split
     normalize: Normalization = cfg.seg.normalize
