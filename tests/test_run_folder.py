@@ -402,7 +402,7 @@ def full_disk(monkeypatch):
 
 
 def test_disk_full_names_the_file(full_disk, tmp_path):
-    from wsss_blocks.train.loop import MetricLogger
+    from wsss_blocks.train.reporting import MetricLogger
 
     full_disk()
     with pytest.raises(DiskFullError) as e:  # torch.save reports it as "RuntimeError: ... unexpected pos"

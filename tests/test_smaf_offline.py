@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsss_blocks.data.normalization import normalize_images
 from wsss_blocks.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, RandomResizeLong, identity_geometry
 from wsss_blocks.multiscale_fusion import smaf_target
-from wsss_blocks.train.loop import normalize_images
 from wsss_blocks.train.methods import PhaseContext
 from wsss_blocks.train.methods.smaf import FUSED_DIR, SMAFMethod
 from wsss_blocks.train.schema import load_run_config

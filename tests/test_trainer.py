@@ -270,7 +270,7 @@ def test_baseline_voc_config_equals_released_values():
 
 
 def test_quick_overrides_and_total_steps():
-    from wsss_blocks.train.loop import total_steps_for
+    from wsss_blocks.train.optim import total_steps_for
 
     cfg = load_run_config("baseline_synthetic", quick=True)
     assert cfg.cam.steps == 150 and cfg.data.synthetic.num_train == 96
@@ -279,7 +279,8 @@ def test_quick_overrides_and_total_steps():
 
 
 def test_poly_schedule_and_normalisation():
-    from wsss_blocks.train.loop import normalize_images, poly_factor
+    from wsss_blocks.data.normalization import normalize_images
+    from wsss_blocks.train.optim import poly_factor
 
     assert poly_factor(0, 100) == 1.0
     assert poly_factor(50, 100, power=0.9) == pytest.approx(0.5 ** 0.9)
@@ -292,8 +293,7 @@ def test_poly_schedule_and_normalisation():
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index(tiny):
-    from wsss_blocks.train.datasets import cam_train_transform, open_split
-    from wsss_blocks.train.loop import AugmentedDataset
+    from wsss_blocks.train.datasets import AugmentedDataset, cam_train_transform, open_split
 
     cfg = _cfg(tiny, "cam.crop_size=40")
     ds = AugmentedDataset(open_split(cfg, "train_aug", return_mask=False), cam_train_transform(cfg), seed=3)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from wsss_blocks.data import load_label_png
+from wsss_blocks.data.normalization import data_normalization, normalize_images
 from wsss_blocks.metrics import SegmentationMetric
 from wsss_blocks.train.config import ConfigError
-from wsss_blocks.train.loop import data_normalization, lr_factor, normalize_images
+from wsss_blocks.train.optim import lr_factor
 from wsss_blocks.train.schema import OptimConfig, load_run_config
 
 pytest.importorskip("PIL")

@@ -10,5 +10,17 @@ from .reproduce import reproduce
 from .schema import RunConfig, load_run_config
 from .seg_stage import eval_seg, train_seg
 
-__all__ = ["train_cam", "eval_cams", "make_pseudo_masks", "train_seg", "eval_seg", "reproduce", "RunConfig",
-           "load_run_config", "CAMMethod", "get_method", "register_method", "available_methods"]
+__all__ = [
+           "CAMMethod",
+           "RunConfig",
+           "available_methods",
+           "eval_cams",
+           "eval_seg",
+           "get_method",
+           "load_run_config",
+           "make_pseudo_masks",
+           "register_method",
+           "reproduce",
+           "train_cam",
+           "train_seg",
+]

@@ -26,33 +26,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..cam import normalize_cams
-from ..data.io import atomic_write
+from wsss_blocks.cam import normalize_cams
+from wsss_blocks.data.io import atomic_write
+from wsss_blocks.data.normalization import data_normalization, normalize_images
+
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import cam_train_transform, check_splits, data_root, open_split
+from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split
 from .distributed import DistEnv, barrier, init_distributed
-from .loop import (
-    AugmentedDataset,
-    Hook,
-    MetricLogger,
-    PhaseSpec,
-    configure_determinism,
-    data_normalization,
-    normalize_images,
-    run_phase,
-    set_seed,
-    total_steps_for,
-)
+from .loop import Hook, PhaseSpec, configure_determinism, run_phase, set_seed
 from .methods import CAMMethod, PhaseContext
+from .optim import total_steps_for
 from .paths import absolute, resolve_paths
+from .reporting import MetricLogger
 from .run_folder import check_run_folder, prepare_stage_folder
 from .schema import RunConfig, dump_run_config
 
-__all__ = ["train_cam", "prepare_env", "build_method", "restore_method", "stage_dir"]
+__all__ = ["build_method", "prepare_env", "restore_method", "stage_dir", "train_cam"]
 
 
 def stage_dir(out_dir: str | os.PathLike, stage: str) -> Path:
+    """The folder of ``stage`` (``cam``, ``pseudo``, ``seg``) in run folder ``out_dir``."""
     return Path(out_dir) / stage
 
 
@@ -104,7 +98,7 @@ def _overlay_callback(method: CAMMethod, cfg: RunConfig, out: Path, phase: str, 
     last_plot = [time.time()]
 
     def draw(epoch: int, gstep: int) -> None:
-        from ..viz import plot_curves, save_cam_overlays
+        from wsss_blocks.viz import plot_curves, save_cam_overlays
 
         if not samples:
             ds = open_split(cfg, cfg.data.train_split, return_mask=False, limit=cfg.cam.overlay_samples)
@@ -137,8 +131,8 @@ def _overlay_callback(method: CAMMethod, cfg: RunConfig, out: Path, phase: str, 
 def _save_rows(path: Path, imgs: list[torch.Tensor], cams: list[torch.Tensor], labels: list[torch.Tensor],
                save: Any) -> None:
     # images may differ in size: write one grid row per sample via save_cam_overlays' tiling
-    from ..data.io import save_image
-    from ..viz import cam_overlay, image_grid, to_uint8_image
+    from wsss_blocks.data.io import save_image
+    from wsss_blocks.viz import cam_overlay, image_grid, to_uint8_image
 
     if len({tuple(i.shape) for i in imgs}) == 1:
         save(path, torch.stack(imgs), torch.stack(cams), torch.stack(labels))
@@ -165,8 +159,8 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         cfg: the run config.
         out_dir: run folder (the stage writes into ``out_dir/cam``).
         resume: continue from the newest checkpoint (a finished stage is skipped).
-        hooks: called after every optimizer step (see :func:`wsss_blocks.train.loop.run_phase`).
-        env: an already initialised :class:`DistEnv` (default: detect torchrun).
+        hooks: called after every optimizer step (see `wsss_blocks.train.loop.run_phase`).
+        env: an already initialised `DistEnv` (default: detect torchrun).
     """
     cfg = resolve_paths(cfg)
     out_dir = absolute(out_dir)
@@ -227,7 +221,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
                         step=offset, phase_steps=phase_steps, extra=method.extra_state_for_checkpoint(),
                         config=to_dict(cfg))
         if cfg.runtime.plots:
-            from ..viz import plot_curves
+            from wsss_blocks.viz import plot_curves
 
             plot_curves(out / "log.jsonl", out / "curves.png", title=f"{cfg.method}: CAM stage")
         summary = {"steps": offset, "phase_steps": phase_steps, "seconds": round(time.time() - t0, 2),

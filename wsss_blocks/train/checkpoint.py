@@ -2,7 +2,7 @@
 
 A checkpoint is a dict saved with ``torch.save`` to a temporary file in the same folder and renamed
 into place, so a crash never leaves half a file. It records the method, the class count and the step,
-and :func:`load_checkpoint` refuses a checkpoint from another method or class count before any weights
+and `load_checkpoint` refuses a checkpoint from another method or class count before any weights
 are touched.
 """
 
@@ -20,11 +20,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.io import atomic_write
+from wsss_blocks.data.io import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "rng_state",
-           "set_rng_state", "check_output_dir", "CheckpointError", "UnreadableCheckpointError", "save_model_file",
-           "load_model_state", "ResumePoint", "resolve_resume", "set_aside"]
+__all__ = [
+    "CheckpointError",
+    "ResumePoint",
+    "UnreadableCheckpointError",
+    "check_output_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_state",
+    "resolve_resume",
+    "rng_state",
+    "save_checkpoint",
+    "save_model_file",
+    "set_aside",
+    "set_rng_state",
+]
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -47,6 +60,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generator states of `rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
@@ -107,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, *, method: str | None = None, num_c
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling error means a corrupt file
+    except Exception as e:  # any unpickling error means a corrupt file
         msg = str(e).splitlines()[0] if str(e) else ""
         raise UnreadableCheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or corrupt: "
                                         f"{type(e).__name__}: {msg})") from e
@@ -190,7 +204,7 @@ def save_model_file(path: str | os.PathLike, model_state: dict[str, Any], *, met
                     step: int, **meta: Any) -> Path:
     """Write a stage's final weights (``{"model": state_dict, ...}``) atomically in the checkpoint format.
 
-    :func:`load_checkpoint` reads it back with the same method / class-count checks.
+    `load_checkpoint` reads it back with the same method / class-count checks.
 
     Examples:
         >>> import tempfile, os

@@ -17,10 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._checks import require
+from wsss_blocks._checks import require
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_config", "packaged_config", "list_packaged_configs",
-           "apply_overrides"]
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "from_dict",
+    "list_packaged_configs",
+    "load_config",
+    "packaged_config",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -160,6 +167,7 @@ def packaged_config(name: str) -> Path:
 
 
 def list_packaged_configs() -> list[str]:
+    """Names of the packaged configs (``wsss-blocks configs``)."""
     root = resources.files("wsss_blocks") / "configs"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 

@@ -1,19 +1,21 @@
-"""Dataset plumbing of the reference trainer: data root resolution (incl. the synthetic cache), split
-readers with early, clear errors, the training augmentation pipelines and size-grouped inference batches.
+"""Dataset plumbing of the reference trainer.
+
+Data root resolution (including the synthetic cache), split readers with early, clear errors, the training
+augmentation pipelines with their deterministic per-sample wrapper, and size-grouped inference batches.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from ..data import COCOSegmentation, VOCSegmentation, make_synthetic_voc
-from ..data.transforms import (
+from wsss_blocks.data import COCOSegmentation, VOCSegmentation, make_synthetic_voc
+from wsss_blocks.data.transforms import (
     ColorJitter,
     Compose,
     RandomCrop,
@@ -22,16 +24,25 @@ from ..data.transforms import (
     RandomResizeLong,
     RandomResizeShort,
     Resize,
+    sample_generator,
 )
+
 from .config import ConfigError
 from .distributed import DistEnv, barrier, shard_indices
 from .paths import absolute, default_cache_dir, synthetic_params, synthetic_root
 from .schema import RunConfig
 
-__all__ = ["default_cache_dir", "data_root", "open_split", "cam_train_transform", "seg_train_transform",
-           "iter_inference_batches", "check_splits"]
+__all__ = [
+    "cam_train_transform",
+    "check_splits",
+    "data_root",
+    "default_cache_dir",
+    "iter_inference_batches",
+    "open_split",
+    "seg_train_transform",
+]
 
-_PAD = -1.0  # matches loop._PAD: padded pixels become the `valid` mask
+_PAD = -1.0  # sentinel for padded image pixels (images live in [0, 1]); AugmentedDataset turns it into `valid`
 
 
 def data_root(cfg: RunConfig, env: DistEnv | None = None) -> Path:
@@ -97,9 +108,44 @@ def check_splits(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"
         open_split(cfg, d.val_split, return_mask=True, limit=d.max_eval_images, root=root)
 
 
+class AugmentedDataset(Dataset):
+    """Wraps a VOC-style dataset: per-sample deterministic augmentation and a ``valid`` (not padded) mask.
+
+    Indexed by ``(epoch, index)`` pairs; the transform gets ``sample_generator(seed, index, epoch)``, so
+    the augmentation of a sample depends only on (seed, epoch, index) — not on workers, ranks or resumption.
+    Random crops pad the image with a sentinel that becomes the ``valid`` mask; after normalisation the
+    trainer sets padded pixels to 0 (the mean colour, as PSA/IRN/deeplab pad the normalised image).
+
+    Output keys: ``image01`` (3×h×w in [0, 1], padding 0), ``valid`` (h×w bool), ``index``, ``name``,
+    ``labels`` and, when the base dataset gives them, ``mask`` and ``saliency``.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[..., dict[str, Any]] | None, seed: int):
+        self.base = base
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        s = dict(self.base[index])
+        if self.transform is not None:
+            s = self.transform(s, generator=sample_generator(self.seed, index, epoch))
+        img = s.pop("image")
+        valid = img[0] != _PAD
+        s["image01"] = img.clamp(min=0.0)
+        s["valid"] = valid
+        s["index"] = int(index)
+        return s
+
+
 def cam_train_transform(cfg: RunConfig) -> Compose:
-    """IRN-style CAM augmentation: a fixed warp, random long- or short-side resize and/or rescale, flip, colour
-    jitter, crop (image resizing with ``cam.interpolation``)."""
+    """IRN-style CAM augmentation (image resizing with ``cam.interpolation``).
+
+    A fixed warp, random long- or short-side resize and/or rescale, flip, colour jitter, crop.
+    """
     c = cfg.cam
     ts: list[Any] = []
     interp = c.interpolation

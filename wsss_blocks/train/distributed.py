@@ -13,15 +13,27 @@ single-process batch, and a resumed run can restart exactly at batch ``k`` of ep
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistEnv", "init_distributed", "resolve_device", "epoch_batches", "shard_indices", "all_reduce_sum",
-           "reduce_mean_dict", "barrier", "all_gather_object", "broadcast_object", "cleanup", "wrap_ddp"]
+__all__ = [
+    "DistEnv",
+    "all_gather_object",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "epoch_batches",
+    "init_distributed",
+    "reduce_mean_dict",
+    "resolve_device",
+    "shard_indices",
+    "wrap_ddp",
+]
 
 
 @dataclass
@@ -31,15 +43,17 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
 
     @property
     def distributed(self) -> bool:
+        """More than one process (DDP)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes files and shows progress."""
         return self.rank == 0
 
 
@@ -59,7 +73,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto") -> DistEnv:
     """Detect torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``) and initialise the process group once.
 
-    Returns a single-process :class:`DistEnv` without torchrun.
+    Returns a single-process `DistEnv` without torchrun.
 
     Examples:
         >>> env = init_distributed("cpu")
@@ -147,6 +161,7 @@ def reduce_mean_dict(values: dict[str, float], device: torch.device) -> dict[str
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
     if _active():
         dist.barrier()
 

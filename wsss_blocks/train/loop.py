@@ -3,25 +3,24 @@
 What it guarantees:
 
 * **Bit-exact resumption.** The sample order of every epoch is a permutation seeded with
-  ``seed + epoch`` (:func:`wsss_blocks.train.distributed.epoch_batches`), augmentation draws from a
-  per-sample generator seeded with ``(seed, epoch, index)`` (:func:`wsss_blocks.data.transforms.sample_generator`),
-  the learning rate is a pure function of the step (poly with optional linear warm-up), and a checkpoint
+  ``seed + epoch`` (`wsss_blocks.train.distributed.epoch_batches`), augmentation draws from a per-sample
+  generator seeded with ``(seed, epoch, index)`` (`wsss_blocks.data.transforms.sample_generator`), the
+  learning rate is a pure function of the step (`wsss_blocks.train.optim.lr_factor`), and a checkpoint
   holds model, optimizer, AMP scaler, the Python/NumPy/torch RNG states of every rank and the step. A run
   resumed from step ``k`` therefore continues with exactly the batches, augmentations, random draws and
   learning rates of the uninterrupted run (in deterministic mode on the same hardware).
 * **Atomic checkpoints** every ``runtime.checkpoint_every`` steps and at the end of each phase
-  (:func:`wsss_blocks.train.checkpoint.save_checkpoint`).
-* DDP through torchrun (:mod:`wsss_blocks.train.distributed`), AMP on CUDA only, tqdm progress with ETA,
-  a JSONL metric log, a loss/mIoU plot and per-epoch callbacks (CAM overlays).
+  (`wsss_blocks.train.checkpoint.save_checkpoint`).
+* DDP through torchrun (`wsss_blocks.train.distributed`), AMP on CUDA only, a tqdm bar with ETA and a
+  JSONL metric log (`wsss_blocks.train.reporting`), per-epoch callbacks (CAM overlays).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,26 +30,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
-from ..data.io import as_disk_full
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, sample_generator
+from wsss_blocks.data.normalization import Normalization, normalize_images
+
 from .checkpoint import CheckpointError, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .datasets import AugmentedDataset
 from .distributed import DistEnv, all_gather_object, barrier, epoch_batches, reduce_mean_dict, wrap_ddp
+from .optim import build_optimizer, lr_factor, set_lr, steps_per_epoch
+from .reporting import MetricLogger, phase_label, progress_bar
 from .schema import OptimConfig, RuntimeConfig
 
-__all__ = ["set_seed", "configure_determinism", "poly_factor", "lr_factor", "data_normalization",
-           "build_optimizer", "set_lr", "normalize_images",
-           "AugmentedDataset", "MetricLogger", "PhaseSpec", "run_phase", "steps_per_epoch", "to_device",
-           "CAFFE_MEAN_BGR"]
+__all__ = ["Hook", "PhaseSpec", "configure_determinism", "run_phase", "save_phase_checkpoint", "set_seed",
+           "to_device"]
 
-#: deeplab-pytorch / caffe mean in BGR order, 0..255 scale
-CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
-
+#: called after every optimizer step with the step's information (see `run_phase`)
 Hook = Callable[[dict[str, Any]], None]
 
 
-# ---------------------------------------------------------------------------------------------- seeding
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device)."""
     random.seed(seed)
@@ -72,167 +69,9 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-# ---------------------------------------------------------------------------------------------- schedule
-def poly_factor(step: int, total: int, power: float = 0.9, warmup_steps: int = 0, warmup_ratio: float = 1e-6
-                ) -> float:
-    """Learning-rate factor at ``step``: linear warm-up from ``warmup_ratio``, then ``(1 - step/total)**power``.
-
-    The poly part is IRN/PSA's ``PolyOptimizer`` (factor computed before the ``step``-th update); the
-    warm-up is ToCo/AFA's ``PolyWarmupAdamW`` (linear from ``warmup_ratio`` to 1 over ``warmup_steps``).
-
-    Examples:
-        >>> poly_factor(0, 10), round(poly_factor(5, 10, power=1.0), 3)
-        (1.0, 0.5)
-    """
-    if total < 1:
-        raise ValueError(f"total steps must be >= 1, got {total}")
-    if warmup_steps > 0 and step < warmup_steps:
-        return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
-    return max(0.0, 1.0 - step / total) ** power
-
-
-def lr_factor(step: int, total: int, optim: OptimConfig, steps_per_epoch: int) -> float:
-    """Learning-rate factor of ``optim``'s schedule at ``step`` (before that step's update).
-
-    ``lr_schedule: poly`` is :func:`poly_factor`; ``step`` multiplies by ``lr_decay_gamma`` at the start of each
-    epoch in ``lr_decay_epochs`` (0-based; L2G ``--decay_points 5``: ×0.1 from the sixth epoch on). The
-    warm-up applies to both. With ``lr_update_every = k`` the factor changes only every k steps
-    (deeplab-pytorch recomputes its poly lr every 10 iterations).
-
-    Examples:
-        >>> from wsss_blocks.train.schema import OptimConfig
-        >>> o = OptimConfig(lr_schedule="step", lr_decay_epochs=(2,), lr_decay_gamma=0.1)
-        >>> [round(lr_factor(s, 40, o, steps_per_epoch=10), 3) for s in (0, 19, 20, 39)]
-        [1.0, 1.0, 0.1, 0.1]
-    """
-    every = max(1, int(optim.lr_update_every))
-    s = step - step % every
-    if optim.lr_schedule == "poly" or s < optim.warmup_steps:  # poly_factor holds the linear warm-up
-        return poly_factor(s, total, optim.poly_power, optim.warmup_steps, optim.warmup_ratio)
-    if optim.lr_schedule == "step":
-        spe = max(1, int(steps_per_epoch))
-        passed = sum(1 for e in optim.lr_decay_epochs if s >= int(e) * spe)
-        return float(optim.lr_decay_gamma) ** passed
-    raise ValueError(f"lr_schedule must be 'poly' or 'step', got {optim.lr_schedule!r}")
-
-
-def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over parameter groups carrying ``lr_mult``.
-
-    Each group keeps its own ``weight_decay``; its ``lr`` is reset by :func:`set_lr` every step.
-    """
-    groups = [dict(g) for g in groups if list(g["params"])]
-    if not groups:
-        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
-    for g in groups:
-        g.setdefault("lr_mult", 1.0)
-        g.setdefault("weight_decay", cfg.weight_decay)
-        g["lr"] = cfg.lr * g["lr_mult"]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(float(cfg.betas[0]), float(cfg.betas[1])),
-                                 weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
-
-
-def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
-    """Set every group's ``lr = base_lr * lr_mult * factor``; return the base group's lr."""
-    for g in optimizer.param_groups:
-        g["lr"] = base_lr * float(g.get("lr_mult", 1.0)) * factor
-    return base_lr * factor
-
-
-# ---------------------------------------------------------------------------------------------- data
-Normalization = str | tuple[tuple[float, float, float], tuple[float, float, float]]
-
-
-def normalize_images(image01: Tensor, mode: Normalization = "imagenet") -> Tensor:
-    """Network input from images in [0, 1]: ``"imagenet"`` (mean/std, RGB), ``"caffe"`` (BGR·255 − mean) or an
-    explicit ``(mean, std)`` pair of RGB triples in [0, 1] units (e.g. L2G's COCO statistics).
-
-    Examples:
-        >>> [round(v, 3) for v in normalize_images(torch.zeros(1, 3, 1, 1), "caffe").flatten().tolist()]
-        [-104.008, -116.669, -122.675]
-        >>> normalize_images(torch.full((1, 3, 1, 1), 0.5), ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))).flatten().tolist()
-        [0.0, 0.0, 0.0]
-    """
-    if isinstance(mode, tuple):
-        if len(mode) != 2 or len(mode[0]) != 3 or len(mode[1]) != 3:
-            raise ValueError(f"normalize as (mean, std) needs two RGB triples, got {mode!r}")
-        if min(mode[1]) <= 0:
-            raise ValueError(f"normalize std must be positive, got {mode[1]!r}")
-        mean = torch.tensor(mode[0], dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
-        std = torch.tensor(mode[1], dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
-        return (image01 - mean) / std
-    if mode == "imagenet":
-        return normalize_images(image01, (IMAGENET_MEAN, IMAGENET_STD))  # type: ignore[arg-type]
-    if mode == "caffe":
-        mean = torch.tensor(CAFFE_MEAN_BGR, dtype=image01.dtype, device=image01.device).view(1, 3, 1, 1)
-        return image01.flip(1) * 255.0 - mean
-    raise ValueError(f"normalize must be 'imagenet', 'caffe' or a (mean, std) pair, got {mode!r}")
-
-
-def data_normalization(data: Any) -> Normalization:
-    """The input normalisation of a :class:`~wsss_blocks.train.schema.DataConfig`: ``data.normalize`` or, when
-    ``data.mean`` / ``data.std`` are set (with ``normalize: imagenet``), that ``(mean, std)`` pair."""
-    if data.mean is None and data.std is None:
-        return str(data.normalize)
-    if data.normalize != "imagenet":
-        raise ValueError(f"data.mean / data.std replace the ImageNet statistics and need data.normalize: imagenet, "
-                         f"got {data.normalize!r}")
-    mean = tuple(float(v) for v in (data.mean if data.mean is not None else IMAGENET_MEAN))
-    std = tuple(float(v) for v in (data.std if data.std is not None else IMAGENET_STD))
-    if min(std) <= 0:
-        raise ValueError(f"data.std must be positive, got {list(std)}")
-    return (mean, std)  # type: ignore[return-value]
-
-
-_PAD = -1.0  # sentinel for padded image pixels (images live in [0, 1])
-
-
-class AugmentedDataset(Dataset):
-    """Wraps a VOC-style dataset: per-sample deterministic augmentation and a ``valid`` (not padded) mask.
-
-    Indexed by ``(epoch, index)`` pairs; the transform gets ``sample_generator(seed, index, epoch)``, so
-    the augmentation of a sample depends only on (seed, epoch, index) — not on workers, ranks or resumption.
-    Random crops pad the image with a sentinel that becomes the ``valid`` mask; after normalisation the
-    trainer sets padded pixels to 0 (the mean colour, as PSA/IRN/deeplab pad the normalised image).
-
-    Output keys: ``image01`` (3×h×w in [0, 1], padding 0), ``valid`` (h×w bool), ``index``, ``name``,
-    ``labels`` and, when the base dataset gives them, ``mask`` and ``saliency``.
-    """
-
-    def __init__(self, base: Dataset, transform: Callable[..., dict[str, Any]] | None, seed: int):
-        self.base = base
-        self.transform = transform
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, int(key))
-        s = dict(self.base[index])
-        if self.transform is not None:
-            s = self.transform(s, generator=sample_generator(self.seed, index, epoch))
-        img = s.pop("image")
-        valid = img[0] != _PAD
-        s["image01"] = img.clamp(min=0.0)
-        s["valid"] = valid
-        s["index"] = int(index)
-        return s
-
-
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Move every tensor of a batch dict to ``device`` (non-blocking)."""
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-
-
-def steps_per_epoch(num_samples: int, batch_size: int, accumulate: int = 1) -> int:
-    """Optimizer steps in one epoch (the incomplete last batch is dropped, like the releases)."""
-    return (num_samples // batch_size) // accumulate
 
 
 class _BatchStream:
@@ -258,72 +97,6 @@ class _BatchStream:
             epoch, pos = epoch + 1, 0
 
 
-# ---------------------------------------------------------------------------------------------- logging
-class MetricLogger:
-    """Append-only JSONL metric log (one JSON object per line, flushed); only the main rank writes."""
-
-    def __init__(self, path: str | os.PathLike, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        rec = {k: (float(v) if isinstance(v, (np.floating, Tensor)) else v) for k, v in record.items()}
-        rec.setdefault("time", round(time.time(), 3))
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-        except OSError as e:
-            full = as_disk_full(e, self.path)
-            if full is not None:
-                raise full from e
-            raise
-
-    def drop_after(self, stage: str, phase: str, step: int) -> None:
-        """Remove records of ``stage``/``phase`` beyond ``step`` (written by a run that crashed later)."""
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of a killed run
-            if r.get("stage") == stage and r.get("phase") == phase and r.get("phase_step", -1) > step:
-                continue
-            keep.append(json.dumps(r))
-        from ..data.io import atomic_write
-
-        with atomic_write(self.path, "w", fsync=False) as f:
-            f.write("".join(line + "\n" for line in keep))
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a train dependency
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
-
-
-# ---------------------------------------------------------------------------------------------- the loop
 class _StepModule(nn.Module):
     """Lets DDP wrap an arbitrary ``step_fn(batch, step, total)`` that runs ``inner``'s submodules."""
 
@@ -338,7 +111,7 @@ class _StepModule(nn.Module):
 
 @dataclass
 class PhaseSpec:
-    """One training phase for :func:`run_phase`.
+    """One training phase for `run_phase`.
 
     Attributes:
         stage: ``"cam"`` or ``"seg"`` (log/checkpoint tag).
@@ -347,7 +120,7 @@ class PhaseSpec:
         module: the module whose ``state_dict`` is checkpointed (the method or the segmentation net).
         step_fn: ``(batch, step, total) -> dict`` with a ``"loss"`` entry.
         param_groups: optimizer groups (with ``lr_mult``).
-        dataset: an :class:`AugmentedDataset`.
+        dataset: an `AugmentedDataset`.
         optim: optimizer/schedule settings; ``total_steps`` the phase length.
         normalize: ``"imagenet"`` or ``"caffe"`` for the ``image`` entry of each batch.
         ckpt_method, num_classes: recorded in checkpoints and checked on resume.
@@ -423,8 +196,6 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
         if len(rngs) == env.world_size:
             set_rng_state(rngs[env.rank])
         elif rngs:
-            import warnings
-
             warnings.warn(f"checkpoint was written by {len(rngs)} processes, this run has {env.world_size}: "
                           "RNG states are not restored exactly", stacklevel=2)
             set_rng_state(rngs[0])
@@ -448,8 +219,8 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     ckpt_dir = out_dir / "checkpoints"
     train_mode = spec.train_mode or (lambda m: m.train())
     train_mode(module)
-    desc = spec.stage if spec.phase == spec.stage else f"{spec.stage}:{spec.phase}"
-    pbar = _progress(total, start, desc, env.is_main and runtime.progress)
+    desc = phase_label(spec.stage, spec.phase)
+    pbar = progress_bar(total, desc, env.is_main and runtime.progress, initial=start, smoothing=0.1)
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -498,8 +269,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
             gstep = spec.step_offset + step
             for k, v in metrics.items():
                 window.setdefault(k, []).append(v)
-            if pbar is not None:
-                pbar.update(1)
+            pbar.update(1)
             if step % runtime.log_every == 0 or step == total:
                 mean = {k: sum(v) / len(v) for k, v in window.items()}
                 mean = reduce_mean_dict(mean, device)
@@ -508,8 +278,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
                 el = time.perf_counter() - t0
                 logger.log({"stage": spec.stage, "phase": spec.phase, "phase_step": step, "step": gstep,
                             "lr": lr, **mean, "sec_per_step": el / max(1, step - start)})
-                if pbar is not None:
-                    pbar.set_postfix({k: f"{v:.4f}" for k, v in list(mean.items())[:3]} | {"lr": f"{lr:.2e}"})
+                pbar.set_postfix({k: f"{v:.4f}" for k, v in list(mean.items())[:3]} | {"lr": f"{lr:.2e}"})
             if step % runtime.checkpoint_every == 0 or step == total:
                 save_phase_checkpoint(spec, module, optimizer, scaler, step, runtime, env, ckpt_dir)
             if spe and step % spe == 0 and spec.on_epoch_end is not None and env.is_main:
@@ -521,8 +290,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
             for h in hooks:
                 h(info)
     finally:
-        if pbar is not None:
-            pbar.close()
+        pbar.close()
         del it
     return last
 
@@ -549,14 +317,3 @@ def save_phase_checkpoint(spec: PhaseSpec, module: nn.Module, optimizer: torch.o
         save_checkpoint(ckpt_dir, state, method=spec.ckpt_method, num_classes=spec.num_classes,
                         step=spec.step_offset + step, keep_last=runtime.keep_checkpoints)
     barrier()
-
-
-def total_steps_for(optim: OptimConfig, num_samples: int) -> int:
-    """``optim.steps`` if set, else ``epochs × steps_per_epoch`` (IRN's ``max_step``)."""
-    if optim.steps is not None:
-        return int(optim.steps)
-    spe = steps_per_epoch(num_samples, optim.batch_size, optim.accumulate)
-    if spe < 1:
-        raise ValueError(f"the training set has {num_samples} images, fewer than one batch of "
-                         f"{optim.batch_size} × accumulate {optim.accumulate}")
-    return int(math.prod((optim.epochs, spe)))

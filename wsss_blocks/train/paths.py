@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .schema import DataConfig, RunConfig
 
-__all__ = ["absolute", "default_cache_dir", "synthetic_params", "synthetic_root", "resolve_paths"]
+__all__ = ["absolute", "default_cache_dir", "resolve_paths", "synthetic_params", "synthetic_root"]
 
 
 def absolute(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Path:

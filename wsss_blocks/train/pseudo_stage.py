@@ -1,16 +1,16 @@
 """Stage 2: multi-scale + flip CAMs, CAM mIoU sweep, and pseudo masks written atomically and resumably.
 
 1. **CAM evaluation** (``eval_cams``): CAMs of the ``data.cam_eval_split`` images (IRN: VOC *train*, 1,464
-   images, against ``SegmentationClass``) with :func:`wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
-   flip, summed), normalised (:func:`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
+   images, against ``SegmentationClass``) with `wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
+   flip, summed), normalised (`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
    zeroed; the constant-background mIoU is accumulated for every ``pseudo.sweep_thresholds`` value in one
-   pass (:class:`wsss_blocks.metrics.ThresholdSweep`, the streaming form of
-   :func:`wsss_blocks.metrics.sweep_bg_threshold`; counts summed over DDP ranks). Written to
+   pass (`wsss_blocks.metrics.ThresholdSweep`, the streaming form of
+   `wsss_blocks.metrics.sweep_bg_threshold`; counts summed over DDP ranks). Written to
    ``<out>/pseudo/cam_sweep.json``.
 2. **Pseudo masks** (``make_pseudo_masks``): the same CAMs for every image of ``pseudo.split`` (default
-   ``data.train_split``), turned into masks by the method's rule (:meth:`CAMMethod.pseudo_masks`; default the
+   ``data.train_split``), turned into masks by the method's rule (`CAMMethod.pseudo_masks`; default the
    IRN seed rule with ``pseudo.bg_score``, or the swept best score when it is ``"sweep"``), saved as palette
-   PNGs with :func:`wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted
+   PNGs with `wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted
    run continues where it stopped. Pseudo masks of images in the evaluation split are scored against GT.
 """
 
@@ -25,26 +25,22 @@ from typing import Any, cast
 
 import torch
 
-from ..cam import multiscale_cams, normalize_cams
-from ..data.io import atomic_write, load_label_png, save_label_png
-from ..metrics import SegmentationMetric, ThresholdSweep
+from wsss_blocks.cam import multiscale_cams, normalize_cams
+from wsss_blocks.data.io import atomic_write, load_label_png, save_label_png
+from wsss_blocks.data.normalization import data_normalization, normalize_images
+from wsss_blocks.metrics import SegmentationMetric, ThresholdSweep
+
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
 from .datasets import data_root, iter_inference_batches, open_split
-from .distributed import DistEnv, all_reduce_sum, barrier
-from .loop import data_normalization, normalize_images
+from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .methods import CAMMethod
 from .paths import absolute, resolve_paths
+from .reporting import json_float, track
 from .run_folder import check_run_folder, fingerprint, prepare_stage_folder, stage_settings
 from .schema import RunConfig
 
-
-def _num(v: float) -> float | None:
-    """JSON-safe float: NaN (class absent from GT and prediction) -> None."""
-    return None if v != v else float(v)
-
-
-__all__ = ["compute_cams", "eval_cams", "make_pseudo_masks"]
+__all__ = ["compute_cams", "eval_cams", "make_pseudo_masks", "pseudo_mask_dir"]
 
 
 def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
@@ -86,7 +82,7 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     """CAM mIoU on ``data.cam_eval_split`` for every background score; cached in ``cam_sweep.json``.
 
     With ``keep`` (a dict), the computed CAMs are also stored there by image name (on the CPU, up to
-    ``keep_budget_mb``) so that :func:`make_pseudo_masks` does not compute them twice.
+    ``keep_budget_mb``) so that `make_pseudo_masks` does not compute them twice.
 
     Returns a dict with ``best_threshold``, ``best_miou``, ``miou_at_bg`` (at a numeric ``pseudo.bg_score``),
     ``thresholds``, ``miou`` and ``num_images``.
@@ -119,8 +115,9 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     kept_mb = 0.0
     t0 = time.time()
     with torch.no_grad():
-        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size, num_workers=0),
-                               len(ds), "eval-cams", env, cfg):
+        batches = iter_inference_batches(ds, env, cfg.pseudo.batch_size, num_workers=0)
+        share = len(shard_indices(len(ds), env.rank, env.world_size))
+        for group in track(batches, share, "eval-cams", env.is_main and cfg.runtime.progress):
             img, lab = _stack(group, env.device)
             cams = compute_cams(method, img, lab, cfg)
             gt = torch.stack([s["mask"] for s in group]).to(env.device)
@@ -149,24 +146,6 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
             f.write(r.table() + "\n")
     barrier()
     return res
-
-
-def _progress(it: Any, total: int, desc: str, env: DistEnv, cfg: RunConfig) -> Any:
-    if not (env.is_main and cfg.runtime.progress):
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-
-    def gen() -> Any:
-        with tqdm(total=(total + env.world_size - 1) // env.world_size, desc=desc, dynamic_ncols=True,
-                  mininterval=1.0) as bar:
-            for g in it:
-                yield g
-                bar.update(len(g))
-
-    return gen()
 
 
 def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None) -> dict[str, Any]:
@@ -229,7 +208,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
         "cam_best_miou": float(sweep["best_miou"]), "cam_best_threshold": float(sweep["best_threshold"]),
         "bg_score": bg, "cam_eval_split": cfg.data.cam_eval_split, "cam_eval_images": sweep["num_images"],
         "pseudo_miou": float(pseudo["miou"]) if int(counts[1]) else None,
-        "pseudo_per_class_iou": [_num(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
+        "pseudo_per_class_iou": [json_float(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
         "num_masks": len(ds), "num_written": int(counts[0]), "num_scored": int(counts[1]),
         "num_eval_written": int(counts[2]), "pred_ignore": cfg.pseudo.pred_ignore,
         "mask_dir": str(mask_dir), "seconds": round(time.time() - t0, 2),
@@ -269,7 +248,9 @@ def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, pcfg: Any,
                 written += 1
             todo.clear()
 
-        for group in _progress(iter_inference_batches(ds, env, cfg.pseudo.batch_size), len(ds), desc, env, cfg):
+        batches = iter_inference_batches(ds, env, cfg.pseudo.batch_size)
+        share = len(shard_indices(len(ds), env.rank, env.world_size))
+        for group in track(batches, share, desc, env.is_main and cfg.runtime.progress):
             for s in group:
                 if not (mask_dir / f"{s['name']}.png").is_file():
                     todo.append(s)
@@ -285,5 +266,5 @@ def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, pcfg: Any,
 
 
 def pseudo_mask_dir(out_dir: str | os.PathLike) -> Path:
-    """Where :func:`make_pseudo_masks` writes the masks."""
+    """Where `make_pseudo_masks` writes the masks."""
     return stage_dir(out_dir, "pseudo") / "masks"

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.io import atomic_write, remove_stale_temporaries
+from wsss_blocks.data.io import atomic_write, remove_stale_temporaries
+
 from .cam_stage import prepare_env, train_cam
 from .checkpoint import check_output_dir
 from .config import packaged_config
@@ -30,11 +31,12 @@ from .datasets import check_splits
 from .distributed import DistEnv, barrier
 from .paths import absolute
 from .pseudo_stage import make_pseudo_masks
+from .reporting import MetricLogger
 from .run_folder import check_run_folder, run_stages
 from .schema import RunConfig, dump_run_config, load_run_config
-from .seg_stage import eval_seg, train_seg
+from .seg_stage import eval_seg, seg_round_dir, train_seg
 
-__all__ = ["reproduce", "preset_name", "format_table", "paper_numbers"]
+__all__ = ["format_table", "paper_numbers", "preset_name", "reproduce"]
 
 
 def preset_name(method: str, dataset: str | None) -> str:
@@ -81,9 +83,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _seg_round_history(cfg: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Per segmentation round, the best and last val mIoU logged by ``seg.eval_every`` (empty without it)."""
-    from .loop import MetricLogger
-    from .seg_stage import seg_round_dir
-
     if cfg.seg.source == "method" or cfg.seg.eval_every is None:
         return []
     out = []

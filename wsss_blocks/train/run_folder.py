@@ -44,14 +44,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.io import atomic_write, remove_stale_temporaries
+from wsss_blocks.data.io import atomic_write, remove_stale_temporaries
+
 from .config import to_dict
 from .paths import absolute
 from .schema import RunConfig
 
-__all__ = ["STAGES", "RECORD_NAME", "IGNORED_KEYS", "StaleRunError", "StageState", "stage_settings",
-           "fingerprint", "changed_keys", "inspect_stage", "check_run_folder", "write_record", "run_stages",
-           "prepare_stage_folder"]
+__all__ = [
+    "IGNORED_KEYS",
+    "RECORD_NAME",
+    "STAGES",
+    "StageState",
+    "StaleRunError",
+    "changed_keys",
+    "check_run_folder",
+    "fingerprint",
+    "inspect_stage",
+    "prepare_stage_folder",
+    "run_stages",
+    "stage_settings",
+    "write_record",
+]
 
 #: the stages of a run, in order; each one's settings include the previous one's
 STAGES = ("cam", "pseudo", "seg")

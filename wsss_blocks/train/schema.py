@@ -1,9 +1,9 @@
 """The run configuration of the reference trainer: one YAML file per method × dataset.
 
-A :class:`RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseudo`` (pseudo-mask stage),
+A `RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseudo`` (pseudo-mask stage),
 ``seg`` (segmentation stage), ``runtime`` — plus ``method`` (a registered method name) and
 ``method_args`` (a mapping validated by that method's own ``Config`` dataclass). Loading is strict:
-unknown keys are rejected with the closest valid key suggested (:mod:`wsss_blocks.train.config`).
+unknown keys are rejected with the closest valid key suggested (`wsss_blocks.train.config`).
 
 Examples:
     >>> cfg = load_run_config({"method": "baseline", "cam": {"steps": 5}}, ["cam.lr=0.01"])
@@ -20,12 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from wsss_blocks.data.normalization import data_normalization
+
 from .config import ConfigError, from_dict, load_config, to_dict
 from .paths import resolve_paths
 
-__all__ = ["DataConfig", "SyntheticDataConfig", "OptimConfig", "CAMStageConfig", "PseudoStageConfig",
-           "SegStageConfig", "RuntimeConfig", "RunConfig", "load_run_config", "dump_run_config",
-           "ConfigError", "DEFAULT_SWEEP"]
+__all__ = [
+    "DEFAULT_SWEEP",
+    "CAMStageConfig",
+    "ConfigError",
+    "DataConfig",
+    "OptimConfig",
+    "PseudoStageConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "SegStageConfig",
+    "SyntheticDataConfig",
+    "dump_run_config",
+    "load_run_config",
+]
 
 #: background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
@@ -33,7 +46,7 @@ DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
 
 @dataclass
 class SyntheticDataConfig:
-    """Parameters of :func:`wsss_blocks.data.make_synthetic_voc` (used when ``data.dataset: synthetic``)."""
+    """Parameters of `wsss_blocks.data.make_synthetic_voc` (used when ``data.dataset: synthetic``)."""
 
     num_train: int = 200
     num_val: int = 50
@@ -46,14 +59,14 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and which splits play which role (VOC layout, see :mod:`wsss_blocks.data`)."""
+    """Where the data is and which splits play which role (VOC layout, see `wsss_blocks.data`)."""
 
     dataset: Literal["voc", "coco", "synthetic"] = "voc"
     root: str | None = None              # VOC2012 root (JPEGImages, ...); synthetic: generated when None
-    mask_dir: str | None = None          # GT masks, default SegmentationClassAug then SegmentationClass
-    sbd_root: str | None = None          # folder of SBD-converted masks (SegmentationClassAug) if elsewhere
+    mask_dir: str | None = None          # GT masks (in root), default SegmentationClassAug then SegmentationClass
+    sbd_root: str | None = None          # folder of SBD-converted masks (SegmentationClassAug) outside root
     labels_file: str | None = "cls_labels.npy"  # image labels; None = derived from masks
-    saliency_dir: str | None = None      # saliency PNGs (L2G, SMAF/EPS)
+    saliency_dir: str | None = None      # saliency PNGs (in root; L2G, SMAF/EPS)
     image_ext: str = ".jpg"
     train_split: str = "train_aug"       # CAM training and pseudo masks
     cam_eval_split: str = "train"        # CAM / pseudo-mask mIoU (IRN: VOC train, 1,464 images)
@@ -95,7 +108,7 @@ class OptimConfig:
 
 @dataclass
 class CAMStageConfig(OptimConfig):
-    """CAM-stage network and augmentation (see :mod:`wsss_blocks.train.cam_stage`)."""
+    """CAM-stage network and augmentation (see `wsss_blocks.train.cam_stage`)."""
 
     backbone: str = "resnet50"
     pretrained: str | None = None        # local backbone checkpoint; nothing downloads
@@ -133,7 +146,7 @@ class PseudoStageConfig:
 
 @dataclass
 class SegStageConfig(OptimConfig):
-    """Segmentation network on pseudo masks and its evaluation (see :mod:`wsss_blocks.train.seg_stage`)."""
+    """Segmentation network on pseudo masks and its evaluation (see `wsss_blocks.train.seg_stage`)."""
 
     source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
     model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
@@ -204,7 +217,7 @@ class RunConfig:
     description: str = ""
 
     def method_class(self) -> Any:
-        """The registered :class:`~wsss_blocks.train.methods.base.CAMMethod` subclass."""
+        """The registered `wsss_blocks.train.methods.base.CAMMethod` subclass."""
         from .methods import get_method
 
         return get_method(self.method)
@@ -215,6 +228,7 @@ class RunConfig:
 
     @property
     def num_classes(self) -> int:
+        """Foreground classes (``data.num_classes``)."""
         return self.data.num_classes
 
 
@@ -248,8 +262,6 @@ def _validate(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg.cam, k)
         if v is not None and not 1 <= v[0] <= v[1]:
             raise ConfigError(f"cam.{k} must be [low, high] with 1 <= low <= high, got {list(v)}")
-    from .loop import data_normalization
-
     try:
         data_normalization(cfg.data)
     except ValueError as e:
@@ -276,7 +288,7 @@ def _validate(cfg: RunConfig) -> RunConfig:
 
 def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
                     quick: bool = False) -> RunConfig:
-    """Load a :class:`RunConfig` from a YAML path, a packaged config name or a mapping.
+    """Load a `RunConfig` from a YAML path, a packaged config name or a mapping.
 
     Every path in the result is absolute (`wsss_blocks.train.paths.resolve_paths`): relative ones are
     taken from the working directory, and dataset-internal ones (``data.mask_dir``, ``data.saliency_dir``,
@@ -305,8 +317,8 @@ def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Se
 
 def dump_run_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) — the record of what a run used."""
-    from .._checks import require
-    from ..data.io import atomic_write
+    from wsss_blocks._checks import require
+    from wsss_blocks.data.io import atomic_write
 
     yaml = require("yaml", "train", "YAML configs")
     path = Path(path)

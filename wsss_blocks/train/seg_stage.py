@@ -1,16 +1,16 @@
 """Stage 3: train a segmentation network on the pseudo masks and evaluate it on the validation split.
 
-Training (``train_seg``) follows deeplab-pytorch ``configs/voc12.yaml`` by default (protocol §5): DeepLab-v2
+Training (``train_seg``) follows deeplab-pytorch ``configs/voc12.yaml`` by default: DeepLab-v2
 (ResNet-101 + ASPP 6/12/18/24) on ``data.train_split`` with the pseudo masks of stage 2, random scale
 (0.5 … 1.5) + crop 321 + flip, MSC inputs (×1, ×0.5, ×0.75 and their max, the loss summed over all four),
 cross-entropy with ignore 255 — or PMM's pretended under-fitting loss (``seg.loss: puf``,
-:class:`wsss_blocks.losses.PretendedUnderFittingLoss`) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
+`wsss_blocks.losses.PretendedUnderFittingLoss`) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
 weight decay 5e-4, poly 0.9, 20k iterations of batch 5 × 2 accumulated.
 
 Evaluation (``eval_seg``): logits at ``seg.eval_scales`` (optionally + flip) resized to the image, fused
-(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF (:class:`wsss_blocks.crf.DenseCRF`
+(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF (`wsss_blocks.crf.DenseCRF`
 with ``seg.crf_params``), argmax, mIoU over ``data.val_split``. With ``seg.source: method`` (TSCD) the
-method's own segmentation head (:meth:`CAMMethod.seg_fn`) is evaluated and nothing is trained here.
+method's own segmentation head (`CAMMethod.seg_fn`) is evaluated and nothing is trained here.
 """
 
 from __future__ import annotations
@@ -26,45 +26,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cam import multiscale_cams
-from ..data.io import atomic_write
-from ..metrics import SegmentationMetric
+from wsss_blocks.cam import multiscale_cams
+from wsss_blocks.data.io import atomic_write
+from wsss_blocks.data.normalization import Normalization, data_normalization, normalize_images
+from wsss_blocks.metrics import SegmentationMetric
+
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import data_root, iter_inference_batches, open_split, seg_train_transform
+from .datasets import AugmentedDataset, data_root, iter_inference_batches, open_split, seg_train_transform
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
-from .loop import (
-    AugmentedDataset,
-    Hook,
-    MetricLogger,
-    Normalization,
-    PhaseSpec,
-    data_normalization,
-    normalize_images,
-    run_phase,
-    set_seed,
-    total_steps_for,
-)
+from .loop import Hook, PhaseSpec, run_phase, set_seed
+from .optim import total_steps_for
 from .paths import absolute, resolve_paths
-from .pseudo_stage import _progress, pseudo_mask_dir
+from .pseudo_stage import pseudo_mask_dir
+from .reporting import MetricLogger, json_float, track
 from .run_folder import check_run_folder, prepare_stage_folder
 from .schema import RunConfig
 
-
-def _num(v: float) -> float | None:
-    """JSON-safe float: NaN (class absent from GT and prediction) -> None."""
-    return None if v != v else float(v)
-
-
-__all__ = ["build_seg_model", "seg_logits", "train_seg", "eval_seg", "seg_model_path", "seg_round_dir"]
+__all__ = ["build_seg_model", "eval_seg", "seg_logits", "seg_model_path", "seg_round_dir", "train_seg"]
 
 _LIBRARY_BACKBONES = ("tiny", "resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
 
 
 def build_seg_model(cfg: RunConfig) -> nn.Module:
     """The segmentation network of ``cfg.seg`` with C + 1 outputs (channel 0 = background)."""
-    from ..models import DeepLabV2, DeepLabV3Plus, SegFormer, build_backbone
+    from wsss_blocks.models import DeepLabV2, DeepLabV3Plus, SegFormer, build_backbone
 
     s = cfg.seg
     k = cfg.data.num_classes + 1
@@ -99,7 +86,7 @@ def _resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
 def _make_criterion(cfg: RunConfig, loss: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     loss = cfg.seg.loss if loss is None else loss
     if loss == "puf":
-        from ..losses import PretendedUnderFittingLoss
+        from wsss_blocks.losses import PretendedUnderFittingLoss
 
         return PretendedUnderFittingLoss(**dict(cfg.seg.loss_args))
     if cfg.seg.loss_args and cfg.seg.loss != "puf":
@@ -125,7 +112,7 @@ def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None
     def step(batch: dict[str, Any], step: int, total: int) -> dict[str, Tensor]:
         x, y = batch["image"], batch["mask"].long()
         if cfg.seg.model == "deeplabv2" and msc:
-            from ..models import msc_forward
+            from wsss_blocks.models import msc_forward
 
             outs = msc_forward(model, x, msc)
             losses = [loss_of(o, y) for o in outs]
@@ -215,7 +202,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
     dataset = AugmentedDataset(base, seg_train_transform(cfg), cfg.runtime.seed + 17)
     set_seed(cfg.runtime.seed + 17)
     model = build_seg_model(cfg).to(env.device)
-    from ..models import param_groups
+    from wsss_blocks.models import param_groups
 
     groups = param_groups(model, cfg.seg.lr, weight_decay=cfg.seg.weight_decay)
     steps = total_steps_for(cfg.seg, len(dataset))
@@ -241,7 +228,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
 
 def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: DistEnv) -> Path:
     """PMM cyclic pseudo-masks: predict the training split with the previous round's selected model."""
-    from ..pseudo_mask import CyclicPseudoMask
+    from wsss_blocks.pseudo_mask import CyclicPseudoMask
 
     s = cfg.seg
     prev = seg_round_dir(out_dir, round_index - 1)
@@ -288,13 +275,14 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     the same network and class count. With ``evaluate`` the val mIoU is computed at the end (``eval_seg``).
 
     ``seg.eval_every``: val mIoU every N steps (logged as ``val_miou``); the best weights go to ``best.pt``.
-    ``seg.cyclic_rounds`` (PMM cyclic pseudo-masks, spec_pmm.md §8.3): after round 0 (``seg/``, trained with
-    ``seg.loss`` on the pseudo masks) each round r relabels the training split with the previous round's
+    ``seg.cyclic_rounds`` (PMM's cyclic pseudo-masks, WSSS_MMSeg ``tools/run_wsss.sh`` and
+    ``tools/pick_best_pth.py``): after round 0 (``seg/``, trained with ``seg.loss`` on the pseudo masks) each
+    round r relabels the training split with the previous round's
     ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
-    :class:`wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
-    mean of softmaxes, CRF :data:`~wsss_blocks.pseudo_mask.PMM_CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    `wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
+    mean of softmaxes, CRF `wsss_blocks.pseudo_mask.PMM_CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
-    The reported model is the last round's ``model.pt`` (:func:`seg_model_path`).
+    The reported model is the last round's ``model.pt`` (`seg_model_path`).
     """
     cfg = resolve_paths(cfg)
     out_dir = absolute(out_dir)
@@ -330,7 +318,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         step = int(load_checkpoint(final, map_location="cpu").get("step", 0)) if env.is_main else 0
         logger.log({"stage": "seg", "phase": "eval", "step": step, "val_miou": res["miou"]})
         if env.is_main and cfg.runtime.plots:
-            from ..viz import plot_curves
+            from wsss_blocks.viz import plot_curves
 
             plot_curves(final.parent / "log.jsonl", final.parent / "curves.png",
                         title=f"{cfg.method}: segmentation stage")
@@ -338,14 +326,14 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
 
 
 def _crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
-    """``(image01 B×3×H×W, probs B×K×H×W) -> refined probs`` with :class:`wsss_blocks.crf.DenseCRF`.
+    """``(image01 B×3×H×W, probs B×K×H×W) -> refined probs`` with `wsss_blocks.crf.DenseCRF`.
 
     ``seg.crf_params`` holds DenseCRF arguments; a ``preset`` entry names a released parameter set
     (``deeplab``, ``afa``, ``toco``, ...) that the other entries override.
     """
     if not cfg.seg.crf:
         return None
-    from ..crf import DenseCRF
+    from wsss_blocks.crf import DenseCRF
 
     params = dict(cfg.seg.crf_params)
     name = params.pop("preset", None)
@@ -375,7 +363,7 @@ def _resize_long(x: Tensor, long_side: int) -> Tensor:
 
 def _evaluate(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normalize: Normalization, ds: Any, env: DistEnv,
               desc: str) -> dict[str, Any]:
-    """mIoU of ``fn`` (normalised images -> B×K×h×w logits) on ``ds`` with the ``seg`` eval settings (all ranks)."""
+    """MIoU of ``fn`` (normalised images -> B×K×h×w logits) on ``ds`` with the ``seg`` eval settings (all ranks)."""
     crf = _crf_fn(cfg)
     k = cfg.data.num_classes + 1
     metric = SegmentationMetric(k).to(env.device)
@@ -384,7 +372,8 @@ def _evaluate(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normalize: Normali
     t0 = time.time()
     n = 0
     with torch.no_grad():
-        for group in _progress(iter_inference_batches(ds, env, 1), len(ds), desc, env, cfg):
+        share = len(shard_indices(len(ds), env.rank, env.world_size))
+        for group in track(iter_inference_batches(ds, env, 1), share, desc, env.is_main and cfg.runtime.progress):
             img = torch.stack([g["image"] for g in group]).to(env.device)
             gt = torch.stack([g["mask"] for g in group]).to(env.device)
             x = normalize_images(img, normalize)
@@ -403,15 +392,15 @@ def _evaluate(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normalize: Normali
     cnt = torch.tensor([n], device=env.device)
     all_reduce_sum(cnt)
     sc = metric.compute()
-    return {"miou": float(sc["miou"]), "iou": [_num(v) for v in sc["iou"].tolist()],
+    return {"miou": float(sc["miou"]), "iou": [json_float(v) for v in sc["iou"].tolist()],
             "pixel_acc": float(sc["pixel_acc"]), "num_images": int(cnt.item()), "seconds": round(time.time() - t0, 2)}
 
 
 def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None, model: nn.Module | None = None,
              split: str | None = None) -> dict[str, Any]:
-    """mIoU of the trained segmentation network (or the method's own head) on ``data.val_split``.
+    """MIoU of the trained segmentation network (or the method's own head) on ``data.val_split``.
 
-    The network is the reported one (:func:`seg_model_path`: the last cyclic round's ``model.pt``) unless
+    The network is the reported one (`seg_model_path`: the last cyclic round's ``model.pt``) unless
     ``model`` is given. Writes ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``,
     ``pixel_acc``, the inference settings and the image count.
     """

@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...data.normalization import Normalization, data_normalization
 from ...models import build_backbone, param_groups, set_bn_eval
 from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_labels, smaf_target
-from ..loop import Normalization, data_normalization
 from . import register_method
 from .base import CAMMethod, PhaseContext
 
@@ -412,7 +412,7 @@ class SMAFMethod(CAMMethod):
 
     def _jittered(self, batch: dict[str, Any]) -> Tensor:
         """EPS colour jitter on each crop (global torch RNG, checkpointed by the loop), padding kept at 0."""
-        from ..loop import normalize_images
+        from ...data.normalization import normalize_images
 
         img01 = batch["image01"].float()
         out = torch.stack([self._jitter({"image": im})["image"] for im in img01])
@@ -521,9 +521,9 @@ class SMAFMethod(CAMMethod):
     def _store_fused(self, dataset: Any, folder: Path, indices: Sequence[int], pbar: Any = None) -> int:
         """Compute and write the maps of ``indices`` not on disk yet (this process only, no barrier)."""
         from ...data.io import atomic_write
+        from ...data.normalization import normalize_images
         from ..datasets import iter_inference_batches
         from ..distributed import DistEnv
-        from ..loop import normalize_images
 
         if self.teacher is None:
             raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
