@@ -60,6 +60,7 @@ def setup_commands(text: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    """Print the commands of README.md (or ``argv[1]``); exit status 1 with one ``error:`` line otherwise."""
     path = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[1] / "README.md"
     try:
         commands = setup_commands(path.read_text(encoding="utf-8"))
