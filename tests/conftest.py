@@ -1,6 +1,11 @@
-"""Shared pytest fixtures: seeded generators, CUDA skipping and the tiny synthetic trainer run."""
+"""Shared pytest fixtures: seeded generators, CUDA skipping, the tiny synthetic trainer run and a real HTTP
+file server on 127.0.0.1 for the download tests."""
 
 from __future__ import annotations
+
+import http.server
+import socket
+import threading
 
 import pytest
 import torch
@@ -77,3 +82,75 @@ def seg_run_pair():
         return a, b
 
     return make
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a real HTTP server on 127.0.0.1 (stdlib http.server in a thread) for the download code
+# ----------------------------------------------------------------------------------------------------------
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server API)
+        srv = self.server
+        path = self.path.split("?")[0]
+        rng = self.headers.get("Range")
+        entry = {"path": path, "range": rng, "status": 404, "sent": 0}
+        srv.log.append(entry)
+        data = srv.files.get(path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = 0
+        if rng and path not in srv.no_range:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                entry["status"] = 416
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            entry["status"] = 206
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            entry["status"] = 200
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        cut = srv.drop_after.pop(path, None)  # drop the connection once, after `cut` body bytes
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            entry["sent"] = cut
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+        entry["sent"] = len(body)
+
+
+@pytest.fixture
+def http_server():
+    """A threaded HTTP/1.1 server on 127.0.0.1 serving ``srv.files`` (``{"/path": bytes}``).
+
+    It honours ``Range`` (206 + ``Content-Range``) except for paths in ``srv.no_range``, drops the connection once
+    after ``srv.drop_after[path]`` body bytes, and appends ``{"path", "range", "status", "sent"}`` to ``srv.log``
+    for every request. ``srv.url`` is its base URL.
+    """
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
+    srv.files, srv.log, srv.no_range, srv.drop_after = {}, [], set(), {}
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()

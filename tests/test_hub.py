@@ -1,16 +1,12 @@
-"""wsss_blocks.hub against a real HTTP server on 127.0.0.1 (stdlib http.server in a thread).
-
-The handler serves files the tests write, honours ``Range`` (206 + Content-Range) unless told not to, can
-drop the connection after a number of body bytes, and logs every request with the bytes it sent.
+"""wsss_blocks.hub against a real HTTP server on 127.0.0.1 (stdlib http.server in a thread, the
+``http_server`` fixture of tests/conftest.py): it serves files the tests write, honours ``Range`` unless told
+not to, can drop the connection after a number of body bytes, and logs every request.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,67 +15,10 @@ from wsss_blocks import hub
 from wsss_blocks.hub import ChecksumError, DownloadError, OfflineError, download, verify_file
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):  # noqa: N802 (http.server API)
-        srv = self.server
-        path = self.path.split("?")[0]
-        rng = self.headers.get("Range")
-        entry = {"path": path, "range": rng, "status": 404, "sent": 0}
-        srv.log.append(entry)
-        data = srv.files.get(path)
-        if data is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        start = 0
-        if rng and path not in srv.no_range:
-            start = int(rng.split("=")[1].split("-")[0])
-            if start >= len(data):
-                entry["status"] = 416
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            entry["status"] = 206
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            entry["status"] = 200
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        cut = srv.drop_after.pop(path, None)  # drop the connection once, after `cut` body bytes
-        if cut is not None:
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            entry["sent"] = cut
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-        entry["sent"] = len(body)
-
-
 @pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.files, srv.log, srv.no_range, srv.drop_after = {}, [], set(), {}
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(http_server):
+    """The shared 127.0.0.1 file server of tests/conftest.py."""
+    return http_server
 
 
 @pytest.fixture(autouse=True)
