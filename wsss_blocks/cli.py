@@ -36,11 +36,55 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--quick", action="store_true", help="apply the config's quick_overrides (short sanity run)")
 
 
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    """``wsss-blocks data prepare voc|coco|saliency``, ``data check``, ``data sources`` (run by data/prepare.py)."""
+    p = sub.add_parser("data", help="download and prepare VOC 2012 + SBD, COCO 2014, saliency maps")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = dsub.add_parser("prepare", help="download, verify, extract and convert a dataset (resumable)")
+    psub = prep.add_subparsers(dest="prepare_what", required=True, metavar="DATASET")
+
+    def opts(q: argparse.ArgumentParser, archives_help: str) -> None:
+        q.add_argument("--root", required=True, help="folder to prepare into (created if needed)")
+        q.add_argument("--archives", default=None, help=archives_help)
+        q.add_argument("--download-dir", default=None, help="where downloads go (default ROOT/archives)")
+        q.add_argument("--quiet", action="store_true", help="print only errors")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    official = "folder with the official archives under their official names (used instead of downloading)"
+    q = psub.add_parser("voc", help="PASCAL VOC 2012 + SBD: SegmentationClassAug, train_aug, cls_labels.npy")
+    opts(q, official)
+    q.add_argument("--no-verify", action="store_true", help="skip the published MD5 checks")
+    q.add_argument("--no-sbd", action="store_true", help="VOC 2012 only (no SBD, no train_aug)")
+    q.add_argument("--remove-archives", action="store_true", help="delete the downloads once prepared")
+    q = psub.add_parser("coco", help="MS COCO 2014: VOC-style label PNGs (80 classes), splits, cls_labels.npy")
+    opts(q, official)
+    q.add_argument("--no-verify", action="store_true", help="skip checksum checks (COCO publishes none)")
+    q.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
+    q.add_argument("--convention", default="coco2voc", choices=("coco2voc", "recam"),
+                   help="overlap/crowd rules of the label PNGs (default coco2voc: smallest object wins, crowd "
+                        "is foreground, unannotated images skipped)")
+    q.add_argument("--raw-category-ids", action="store_true", help="write raw COCO ids 1..90 instead of 1..80")
+    q.add_argument("--workers", type=int, default=1, help="processes rendering masks")
+    q.add_argument("--remove-archives", action="store_true", help="delete the downloads once prepared")
+    q = psub.add_parser("saliency", help="install a released saliency-map set (wsss-blocks data sources)")
+    q.add_argument("name", help="poolnet-voc, poolnet-coco, pfan-voc or pfan-coco")
+    opts(q, "folder holding the set's archive (sets with a direct link only)")
+    q.add_argument("--from", dest="source", default=None, help="the downloaded archive or folder of PNG maps")
+
+    q = dsub.add_parser("check", help="say what a data root lacks and which command prepares it")
+    q.add_argument("data_root")
+    q.add_argument("--dataset", default="voc", choices=("voc", "coco"))
+    q.add_argument("--saliency-dir", default=None, help="also check this saliency folder (e.g. Sal)")
+    q.add_argument("--labels-file", default="cls_labels.npy", help="image-label file expected under the root")
+    dsub.add_parser("sources", help="the official archives (URL, published hash) and the saliency sets")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="wsss-blocks", description="wsss-blocks reference trainer")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_parser(sub)
 
     p = sub.add_parser("train-cam", help="stage 1: train the CAM network")
     _common(p)
@@ -85,6 +129,10 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, 
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from .data.prepare import run_cli
+
+        return run_cli(args)
     if args.command == "configs":
         from .train.config import list_packaged_configs
 

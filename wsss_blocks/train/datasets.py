@@ -96,16 +96,22 @@ def open_split(cfg: RunConfig, split: str, *, return_mask: bool, mask_dir: str |
 
 def check_splits(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"), env: DistEnv | None = None
                  ) -> None:
-    """Open every split the given stages will read, so missing folders/lists fail before any training."""
-    root = data_root(cfg, env)
+    """Open every split the given stages will read, so missing folders/lists fail before any training.
+
+    On VOC/COCO a failure names the missing preparation step and the ``wsss-blocks data prepare`` command.
+    """
+    from ..data.prepare import explain_unprepared
+
     d = cfg.data
-    if "cam" in stages or "pseudo" in stages:
-        open_split(cfg, d.train_split, return_mask=False, saliency=d.saliency_dir is not None,
-                   limit=d.max_train_images, root=root)
-    if "pseudo" in stages:
-        open_split(cfg, d.cam_eval_split, return_mask=True, limit=d.max_eval_images, root=root)
-    if "seg" in stages:
-        open_split(cfg, d.val_split, return_mask=True, limit=d.max_eval_images, root=root)
+    with explain_unprepared(d.root, d.dataset, saliency_dir=d.saliency_dir, labels_file=d.labels_file):
+        root = data_root(cfg, env)
+        if "cam" in stages or "pseudo" in stages:
+            open_split(cfg, d.train_split, return_mask=False, saliency=d.saliency_dir is not None,
+                       limit=d.max_train_images, root=root)
+        if "pseudo" in stages:
+            open_split(cfg, d.cam_eval_split, return_mask=True, limit=d.max_eval_images, root=root)
+        if "seg" in stages:
+            open_split(cfg, d.val_split, return_mask=True, limit=d.max_eval_images, root=root)
 
 
 class AugmentedDataset(Dataset):
