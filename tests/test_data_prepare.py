@@ -234,6 +234,11 @@ def test_voc_from_http_server(http_server, monkeypatch, tmp_path, tiny_voc, caps
     assert sorted(p.name for p in (tmp_path / "data" / "archives").iterdir() if not p.name.endswith(".lock")) == [
         "VOCtrainval_11-May-2012.tar", "benchmark.tgz"]
     assert P.diagnose_voc_root(data_root) is None
+    # --remove-archives on the finished folder deletes the downloads and nothing else
+    n = len(http_server.log)
+    assert P.prepare_voc(tmp_path / "data", remove_archives=True, progress=False, verbose=False).ran == []
+    assert list((tmp_path / "data" / "archives").iterdir()) == [] and len(http_server.log) == n
+    _check_voc_result(data_root, tiny_voc)
 
 
 def test_voc_rerun_is_a_noop(http_server, monkeypatch, tmp_path, tiny_voc, capsys):
@@ -396,6 +401,8 @@ def test_unprepared_roots_are_diagnosed(http_server, monkeypatch, tmp_path, tiny
                                                  r"train_aug\); run `wsss-blocks data prepare voc --root "):
         check_splits(l2g(data_root))
     assert "holds VOCdevkit/VOC2012; pass --data-root" in P.diagnose_voc_root(root)
+    with pytest.raises(ValueError, match=f"is a VOC2012 folder itself; pass --root {root} "):
+        P.prepare_voc(data_root, progress=False, verbose=False)  # the data root given as --root
     P.prepare_voc(root, progress=False, verbose=False)  # now with SBD
     assert P.diagnose_voc_root(data_root) is None
     # L2G reads PoolNet saliency maps from Sal: the message names the set, its page and the command

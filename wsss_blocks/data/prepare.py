@@ -644,6 +644,10 @@ def prepare_voc(root: PathLike, *, archives: PathLike | None = None, download_di
         ValueError: a corrupt input (named), or counts that differ from the official ones.
     """
     root = Path(root).expanduser().absolute()
+    if (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir():
+        where = (f"pass --root {root.parent.parent} (the folder holding VOCdevkit)" if root.parent.name == "VOCdevkit"
+                 else "move it to <DIR>/VOCdevkit/VOC2012 and pass --root <DIR>")
+        raise ValueError(f"root {str(root)!r} is a VOC2012 folder itself; {where}")
     root.mkdir(parents=True, exist_ok=True)
     arch = Path(archives).expanduser().absolute() if archives is not None else None
     if arch is not None and not arch.is_dir():
