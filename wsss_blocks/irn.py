@@ -224,24 +224,26 @@ class PathIndex:
         """``(D, L_max)`` int64 flat offsets of the (padded) path points relative to the source."""
         return self._flat(self.path_offsets)
 
+    def length_groups(self) -> list[tuple[int, int, int]]:
+        """``(start, stop, length)`` of each run of equal path lengths in the direction order."""
+        lengths = self.path_lengths.tolist()
+        groups, start = [], 0
+        while start < len(lengths):
+            stop = start
+            while stop < len(lengths) and lengths[stop] == lengths[start]:
+                stop += 1
+            groups.append((start, stop, int(lengths[start])))
+            start = stop
+        return groups
+
     def path_indices(self) -> list[Tensor]:
         """The released layout: one ``(n_paths, length, S)`` int64 index array per path length.
 
         This is ``PathIndex.path_indices`` of the release (used there by ``edge_to_affinity``). It holds
         ``sum(length) * S`` indices (191 MB at r = 10 on 128×128); the blocks here never build it.
         """
-        out: list[Tensor] = []
         flat = self.path_flat_offsets()
-        lengths = self.path_lengths.tolist()
-        start = 0
-        while start < len(lengths):
-            n = lengths[start]
-            stop = start
-            while stop < len(lengths) and lengths[stop] == n:
-                stop += 1
-            out.append(self.src_indices.view(1, 1, -1) + flat[start:stop, :n, None])
-            start = stop
-        return out
+        return [self.src_indices.view(1, 1, -1) + flat[a:b, :n, None] for a, b, n in self.length_groups()]
 
     def to(self, device: torch.device | str) -> PathIndex:
         """A copy with the index tensors on ``device``."""
@@ -646,9 +648,10 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
     """Pair affinities from a class-boundary map: ``a = 1 - max`` of the boundary on the path between the pixels.
 
     IRN ``misc/indexing.py`` ``edge_to_affinity`` (= ``AffinityDisplacementLoss.to_affinity``). The maximum
-    over each path is located without gradient, then the boundary is gathered once at that point, so the
-    gradient reaches exactly the maximising pixel (the first one on the path when values tie, as
-    ``max_pool2d`` routes it) and memory is ``O(B·D·S)`` instead of the release's ``O(B·D·L·S)``.
+    over each path is located without gradient, one path length at a time, then the boundary is gathered
+    once at that point, so the gradient reaches exactly the maximising pixel (the first one on the path when
+    values tie, as ``max_pool2d`` routes it) and the autograd graph holds ``O(B·D·S)`` instead of the
+    release's ``O(B·D·L·S)``.
 
     Args:
         boundary: boundary probabilities in ``[0, 1]`` (a sigmoid output).
@@ -677,17 +680,17 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
     flat = x.reshape(B, -1)
     offs = pi.path_flat_offsets()  # D×L
     src = pi.src_indices
+    best_idx = torch.empty(B, pi.num_directions, src.numel(), dtype=torch.int64, device=x.device)
     with torch.no_grad():
         fd = flat.detach()
-        best_idx = (src.view(1, -1) + offs[:, :1]).expand(-1, src.numel())  # destination first
-        best_val = fd[:, best_idx.reshape(-1)].view(B, *best_idx.shape)
-        best_idx = best_idx.unsqueeze(0).expand(B, -1, -1).clone()
-        for k in range(1, offs.shape[1]):
-            idx_k = src.view(1, -1) + offs[:, k:k + 1]
-            v = fd[:, idx_k.reshape(-1)].view(B, *idx_k.shape)
-            upd = v > best_val  # strict: the first maximum on the path wins, as max_pool2d
-            best_val = torch.where(upd, v, best_val)
-            best_idx = torch.where(upd, idx_k.unsqueeze(0), best_idx)
+        for start, stop, n in pi.length_groups():  # one path length at a time: transient memory of one group
+            g_offs = offs[start:stop, :n]  # G×n
+            idx = src.view(1, 1, -1) + g_offs[:, :, None]  # G×n×S
+            vals = torch.index_select(fd, 1, idx.reshape(-1)).view(B, *idx.shape)
+            # the release's max_pool2d over the path axis, keeping its argmax (first maximum on ties)
+            _, where = F.max_pool2d(vals, (n, 1), return_indices=True)  # B×G×1×S, index = k·S + s
+            k = torch.div(where.squeeze(2), src.numel(), rounding_mode="floor")
+            best_idx[:, start:stop] = g_offs.unsqueeze(0).expand(B, -1, -1).gather(2, k) + src
     return 1.0 - flat.gather(1, best_idx.reshape(B, -1)).view(B, *best_idx.shape[1:])
 
 
