@@ -15,6 +15,19 @@ from .cam import (
 )
 from .correspondence import AffinityFromAttentionLoss, SelfCorrespondenceDistillation, scd_weight
 from .crf import DenseCRF, dense_crf
+from .irn import (
+    BoundaryAffinityLoss,
+    ConfidentSeedMask,
+    PathIndex,
+    RandomWalk,
+    affinity_targets,
+    boundary_affinity_loss,
+    boundary_to_affinity,
+    confident_seed_mask,
+    irn_multiscale_cams,
+    random_walk,
+    random_walk_mask,
+)
 from .local_global import (
     LocalPatchSampler,
     LocalToGlobalTransfer,
@@ -114,4 +127,16 @@ __all__ = [
     "PixelAdaptiveRefine",
     "VariationAwareRefine",
     "reliable_pseudo_labels",
+    # IRN
+    "irn_multiscale_cams",
+    "confident_seed_mask",
+    "ConfidentSeedMask",
+    "PathIndex",
+    "affinity_targets",
+    "boundary_to_affinity",
+    "boundary_affinity_loss",
+    "BoundaryAffinityLoss",
+    "random_walk",
+    "random_walk_mask",
+    "RandomWalk",
 ]

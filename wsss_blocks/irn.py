@@ -4,16 +4,16 @@ Ahn, Cho, Kwak, "Weakly Supervised Learning of Instance Segmentation with Inter-
 (arXiv 1904.05044); official code ``jiwoon-ahn/irn`` (commit ``a2ece00``). The semantic half of IRN turns
 CAMs into pseudo masks in four steps, each a block here:
 
-1. :func:`confident_seed_mask` — confident foreground (CAM above 0.30 after a label CRF), confident
+1. `confident_seed_mask` — confident foreground (CAM above 0.30 after a label CRF), confident
    background (every CAM below 0.05 after a label CRF), ignore in between (``step/cam_to_ir_label.py``).
-2. :func:`affinity_targets` — for every pixel pair within a radius (10 at stride 4, the :class:`PathIndex`
+2. `affinity_targets` — for every pixel pair within a radius (10 at stride 4, the `PathIndex`
    half-disc), positive pairs (same label; background and foreground apart) and negative pairs (different
    labels), ignoring 255 (``voc12/dataloader.py`` ``GetAffinityLabelFromIndices``).
-3. :func:`boundary_to_affinity` and :func:`boundary_affinity_loss` — the affinity of a pair is one minus the
+3. `boundary_to_affinity` and `boundary_affinity_loss` — the affinity of a pair is one minus the
    largest class-boundary probability on the discrete line between them; IRNet's boundary branch
-   (:class:`wsss_blocks.models.irnet.IRNet`) is trained so that positive pairs get affinity 1 and negative
+   (`wsss_blocks.models.irnet.IRNet`) is trained so that positive pairs get affinity 1 and negative
    pairs 0 (``misc/indexing.py`` ``edge_to_affinity``, ``net/resnet50_irn.py``, ``step/train_irn.py``).
-4. :func:`random_walk` and :func:`random_walk_mask` — the CAMs, damped on boundaries, are propagated with
+4. `random_walk` and `random_walk_mask` — the CAMs, damped on boundaries, are propagated with
    the transition matrix ``T = A^beta / colsum`` (radius 5, beta 10) for ``2**exp_times`` = 256 steps, then
    upsampled, normalised by their global maximum and compared with a constant background score 0.25
    (``misc/indexing.py`` ``propagate_to_edge``, ``step/make_sem_seg_labels.py``).
@@ -21,7 +21,7 @@ CAMs into pseudo masks in four steps, each a block here:
 The random walk never builds the dense ``hw × hw`` matrix of the release (552 MB for a VOC image): ``T`` has
 ``2·34 + 1 = 69`` non-zeros per column at radius 5, so the walk is 256 sparse products with memory linear in
 the number of pixels (``method="sparse"``). ``method="dense"`` squares the dense matrix as the release does.
-:func:`irn_multiscale_cams` reproduces the two CAM resolutions the steps consume (``step/make_cam.py``).
+`irn_multiscale_cams` reproduces the two CAM resolutions the steps consume (``step/make_cam.py``).
 """
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ class PathIndex:
     Ahn et al., CVPR 2019, ``misc/indexing.py`` ``PathIndex``. Sources are the pixels of rows
     ``[0, H - rf)`` and columns ``[rf, W - rf)`` with ``rf = ceil(r) - 1`` (no top margin: every direction
     points down or right), flattened row-major; ``dst_indices[d, s]`` is source ``s`` moved by direction
-    ``d`` (:func:`path_offsets` order). The path of a direction is every grid point within distance 1 of the
+    ``d`` (`path_offsets` order). The path of a direction is every grid point within distance 1 of the
     segment, destination first, source last. Built with loops over the few directions only; use
-    :func:`path_index` for a cached instance.
+    `path_index` for a cached instance.
 
     Attributes:
         radius: the pair radius ``r``.
@@ -265,7 +265,7 @@ def _path_index_cached(radius: int, h: int, w: int, device: str) -> PathIndex:
 
 
 def path_index(radius: int, size: tuple[int, int], device: torch.device | str = "cpu") -> PathIndex:
-    """A cached :class:`PathIndex` for ``(radius, size)`` on ``device`` (built once per process).
+    """A cached `PathIndex` for ``(radius, size)`` on ``device`` (built once per process).
 
     Examples:
         >>> path_index(5, (20, 30)) is path_index(5, (20, 30))
@@ -296,8 +296,8 @@ class IRNCams:
     """The two CAM resolutions of IRN's ``make_cam``.
 
     Attributes:
-        cams: ``(B, C, h, w)`` at stride 4 (:func:`strided_size`), consumed by the random walk.
-        high_res: ``(B, C, H, W)`` at full resolution, consumed by :func:`confident_seed_mask`.
+        cams: ``(B, C, h, w)`` at stride 4 (`strided_size`), consumed by the random walk.
+        high_res: ``(B, C, H, W)`` at full resolution, consumed by `confident_seed_mask`.
     """
 
     cams: Tensor
@@ -340,7 +340,7 @@ def irn_multiscale_cams(
             support when shrinking); the remaining difference to the release is its uint8 rounding.
 
     Returns:
-        :class:`IRNCams` with ``cams`` ``(B, C, h, w)`` and ``high_res`` ``(B, C, H, W)``, float32, values in
+        `IRNCams` with ``cams`` ``(B, C, h, w)`` and ``high_res`` ``(B, C, H, W)``, float32, values in
         ``[0, 1)``.
 
     Shape:
@@ -429,7 +429,7 @@ def confident_seed_mask(
 
     Args:
         cams: full-resolution CAMs normalised to ``[0, 1]`` per class (IRN ``high_res``,
-            :func:`irn_multiscale_cams`).
+            `irn_multiscale_cams`).
         labels: multi-hot image labels; absent classes never win.
         image01: RGB images in ``[0, 1]`` for the CRF (rounded to uint8 as the released code reads them);
             required when ``crf`` is on.
@@ -579,7 +579,7 @@ def downsample_mask(mask: Tensor, scale_factor: float = 0.25) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class AffinityTargets:
-    """Pair targets of IRN's affinity loss, one entry per (direction, source) of a :class:`PathIndex`.
+    """Pair targets of IRN's affinity loss, one entry per (direction, source) of a `PathIndex`.
 
     Attributes:
         bg_pos: ``(B, D, S)`` bool, both pixels background.
@@ -605,7 +605,7 @@ def affinity_targets(seed_mask: Tensor, radius: int | PathIndex = TRAIN_RADIUS, 
                      ignore_index: int = 255) -> AffinityTargets:
     """Positive and negative pixel-pair targets from a seed mask (IRN ``GetAffinityLabelFromIndices``).
 
-    For every pair (source ``s``, destination ``s + d``) of the radius-``r`` :class:`PathIndex`: a pair is
+    For every pair (source ``s``, destination ``s + d``) of the radius-``r`` `PathIndex`: a pair is
     valid when neither pixel is ``ignore_index``; ``bg_pos`` = valid, equal labels, source background;
     ``fg_pos`` = valid, equal labels, source foreground; ``neg`` = valid, different labels. The release
     tests validity as ``label < 21`` (VOC); ``!= ignore_index`` is the same on VOC masks and also works for
@@ -613,12 +613,12 @@ def affinity_targets(seed_mask: Tensor, radius: int | PathIndex = TRAIN_RADIUS, 
 
     Args:
         seed_mask: stride-4 seed masks (0 background, ``c + 1`` class, ``ignore_index`` unsure), e.g.
-            :func:`confident_seed_mask` cropped and passed through :func:`downsample_mask`.
-        radius: the pair radius (10 as released) or a prebuilt :class:`PathIndex` for this grid.
+            `confident_seed_mask` cropped and passed through `downsample_mask`.
+        radius: the pair radius (10 as released) or a prebuilt `PathIndex` for this grid.
         ignore_index: label of unusable pixels.
 
     Returns:
-        :class:`AffinityTargets` of bool ``(B, D, S)`` tensors (1/4 of the release's float32 memory).
+        `AffinityTargets` of bool ``(B, D, S)`` tensors (1/4 of the release's float32 memory).
 
     Shape:
         - seed_mask: ``(B, h, w)``
@@ -655,7 +655,7 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
 
     Args:
         boundary: boundary probabilities in ``[0, 1]`` (a sigmoid output).
-        radius: the pair radius or a :class:`PathIndex` for this grid.
+        radius: the pair radius or a `PathIndex` for this grid.
 
     Returns:
         ``(B, D, S)`` affinities (float32, or float64 for float64 input); differentiable w.r.t. ``boundary``.
@@ -776,7 +776,7 @@ def boundary_affinity_loss(
     """IRN's class-boundary loss: pair affinities from the boundary map against the seed-mask pair targets.
 
     Ahn et al., CVPR 2019, ``net/resnet50_irn.py`` lines 205-213 and ``step/train_irn.py`` lines 58-69.
-    With ``a`` = :func:`boundary_to_affinity` of ``sigmoid(boundary_logits)``::
+    With ``a`` = `boundary_to_affinity` of ``sigmoid(boundary_logits)``::
 
         L_bg+ = sum_{bg_pos} -log(a + eps) / (|bg_pos| + eps)      (likewise L_fg+ over fg_pos)
         L-    = sum_{neg} -log(1 + eps - a) / (|neg| + eps)
@@ -789,9 +789,9 @@ def boundary_affinity_loss(
 
     Args:
         boundary_logits: logits of IRNet's boundary branch at stride 4.
-        targets: :class:`AffinityTargets` (e.g. computed in the data loader, as the release does) or the
+        targets: `AffinityTargets` (e.g. computed in the data loader, as the release does) or the
             stride-4 seed mask ``(B, h, w)`` to compute them from.
-        radius: the pair radius (10) or a :class:`PathIndex` for this grid.
+        radius: the pair radius (10) or a `PathIndex` for this grid.
         eps: 1e-5 as released.
         ignore_index: unusable label when ``targets`` is a seed mask.
 
@@ -800,7 +800,7 @@ def boundary_affinity_loss(
 
     Shape:
         - boundary_logits: ``(B, 1, h, w)``
-        - targets: ``(B, h, w)`` or :class:`AffinityTargets` of ``(B, D, S)``
+        - targets: ``(B, h, w)`` or `AffinityTargets` of ``(B, D, S)``
         - output: ``()``
 
     Examples:
@@ -822,7 +822,7 @@ class BoundaryAffinityLoss(nn.Module):
         ignore_index: unusable label of seed masks (255).
 
     Shape:
-        - boundary_logits: ``(B, 1, h, w)``; targets: ``(B, h, w)`` or :class:`AffinityTargets`
+        - boundary_logits: ``(B, 1, h, w)``; targets: ``(B, h, w)`` or `AffinityTargets`
         - output: scalar
 
     Examples:
@@ -970,7 +970,7 @@ def random_walk(
     """IRN's random walk: propagate CAMs over the boundary-aware transition matrix for ``2**exp_times`` steps.
 
     Ahn et al., CVPR 2019, ``misc/indexing.py`` ``propagate_to_edge`` (called with radius 5, beta 10,
-    exp_times 8 by ``step/make_sem_seg_labels.py``). With ``A_ij`` = :func:`boundary_to_affinity` for pixel
+    exp_times 8 by ``step/make_sem_seg_labels.py``). With ``A_ij`` = `boundary_to_affinity` for pixel
     pairs within ``radius`` (full disc, ``A_ii = 1``, the release pads the boundary with 1 so pairs never
     leave the image)::
 
@@ -987,7 +987,7 @@ def random_walk(
     w.r.t. ``boundary`` through the seed damping only).
 
     Args:
-        cams: stride-4 CAMs (IRN ``cam``: :func:`irn_multiscale_cams`), normally in ``[0, 1]``.
+        cams: stride-4 CAMs (IRN ``cam``: `irn_multiscale_cams`), normally in ``[0, 1]``.
         boundary: boundary probabilities of the same grid (IRNet's flip-averaged sigmoid map).
         labels: multi-hot labels; when given, only present classes are walked (absent ones come out 0),
             which is what the release does by storing present classes only.
@@ -1067,7 +1067,7 @@ def random_walk_mask(
     and labels it with its first class).
 
     Args:
-        walked: :func:`random_walk` output.
+        walked: `random_walk` output.
         labels: multi-hot image labels.
         image_size: ``(H, W)`` to crop to; default the full upsampled size.
         bg_score: the background score (``sem_seg_bg_thres`` 0.25).
@@ -1114,8 +1114,8 @@ def random_walk_mask(
 class RandomWalk(nn.Module):
     """IRN's random walk and semantic-label step with the released hyperparameters.
 
-    ``forward(cams, boundary, labels, image_size)`` returns the pseudo mask (:func:`random_walk` then
-    :func:`random_walk_mask`); :meth:`walk` returns the propagated maps only.
+    ``forward(cams, boundary, labels, image_size)`` returns the pseudo mask (`random_walk` then
+    `random_walk_mask`); `walk` returns the propagated maps only.
 
     Args:
         radius: neighbourhood radius (5).
@@ -1151,7 +1151,7 @@ class RandomWalk(nn.Module):
         self.scale_factor = _float_arg(scale_factor, "scale_factor", low=0.0, strict_low=True)
 
     def walk(self, cams: Tensor, boundary: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The propagated maps ``(B, C, h, w)`` (see :func:`random_walk`)."""
+        """The propagated maps ``(B, C, h, w)`` (see `random_walk`)."""
         return random_walk(cams, boundary, labels, radius=self.radius, beta=self.beta, exp_times=self.exp_times,
                            damp_seeds=self.damp_seeds, method=self.method)
 

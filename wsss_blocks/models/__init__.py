@@ -19,6 +19,7 @@ from .backbones import (
     set_bn_eval,
 )
 from .heads import ASPPv2, CAMHead, DeepLabV3PlusHead, SegFormerHead, global_pool
+from .irnet import BoundaryHead, IRNet, irnet_key_map
 from .mit import MIT_CONFIGS, MixTransformer, mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5, mit_tiny
 from .networks import CAMNet, DeepLabV2, DeepLabV3Plus, SegFormer, msc_forward, param_groups
 from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map
@@ -41,6 +42,9 @@ __all__ = [
     "DeepLabV3PlusHead",
     "SegFormerHead",
     "global_pool",
+    "BoundaryHead",
+    "IRNet",
+    "irnet_key_map",
     "MIT_CONFIGS",
     "MixTransformer",
     "mit_b0",

@@ -90,7 +90,7 @@ _DROPPED_PREFIXES = ("stage", "fc_dp", "mean_shift", "path_indices", "disp_targe
 
 
 def irnet_key_map(key: str) -> str | None:
-    """Map released IRN checkpoint keys (``res50_irn.pth``) and torchvision ResNet-50 keys to :class:`IRNet`.
+    """Map released IRN checkpoint keys (``res50_irn.pth``) and torchvision ResNet-50 keys to `IRNet`.
 
     ``fc_edge*`` -> ``edge.fc_edge*``; the release's ``resnet50.*`` stays; torchvision's ``conv1``/``bn1``/
     ``layer*`` get the ``resnet50.`` prefix; the release's duplicate ``stage*`` aliases, the displacement
@@ -116,13 +116,13 @@ class IRNet(nn.Module):
     ResNet-50 (the release's layout: stride in the 3×3 conv) with the last stage at stride 1 and no dilation,
     so the deepest maps have stride 16. It is **frozen** as released: every BatchNorm uses its running
     statistics (``FixedBatchNorm``), the backbone stays in eval mode in ``train()``, its parameters take no
-    gradient and its stage outputs are detached. Only :attr:`edge` (the :class:`BoundaryHead`) trains. The
+    gradient and its stage outputs are detached. Only `edge` (the `BoundaryHead`) trains. The
     release initialises the backbone from torchvision's ImageNet ResNet-50 (``resnet50-19c8e357.pth``), not
     from the CAM network.
 
     Args:
         pretrained: local checkpoint: torchvision ImageNet ResNet-50 weights, or a released IRN checkpoint
-            (``res50_irn.pth``), see :meth:`load_pretrained`. Nothing downloads.
+            (``res50_irn.pth``), see `load_pretrained`. Nothing downloads.
         layers: blocks per stage ((3, 4, 6, 3) = ResNet-50).
         width_per_group: torchvision's bottleneck width (64; smaller for tests).
         strides: strides of the stem conv and of layers 2, 3, 4 ((2, 2, 2, 1) as released).
@@ -171,8 +171,8 @@ class IRNet(nn.Module):
     def load_pretrained(self, source: str | os.PathLike | Mapping[str, Any], strict: bool = True) -> LoadReport:
         """Load torchvision ResNet-50 ImageNet weights (backbone only) or a released IRN checkpoint.
 
-        Keys go through :func:`irnet_key_map`; with backbone-only weights the boundary branch keeps its
-        initialisation. Returns the :class:`~wsss_blocks.models.backbones.LoadReport`.
+        Keys go through `irnet_key_map`; with backbone-only weights the boundary branch keeps its
+        initialisation. Returns the [LoadReport][wsss_blocks.models.backbones.LoadReport].
         """
         return load_pretrained(self, source, irnet_key_map, strict=strict, allow_missing=("edge.",))
 
