@@ -1,4 +1,4 @@
-"""Models for the reference trainer: backbones by name, ResNet-38, MiT, CAM/segmentation heads, networks.
+"""Models for the reference trainer: backbones by name, ResNet-38, MiT, Res2Net, ScaleNet, heads, networks.
 
 Importing this package needs only torch; torchvision and timm are imported when a backbone of theirs is
 built. Pretrained weights are read from local files only (``pretrained=`` paths); nothing downloads.
@@ -22,7 +22,10 @@ from .heads import ASPPv2, CAMHead, DeepLabV3PlusHead, SegFormerHead, global_poo
 from .irnet import BoundaryHead, IRNet, irnet_key_map
 from .mit import MIT_CONFIGS, MixTransformer, mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5, mit_tiny
 from .networks import CAMNet, DeepLabV2, DeepLabV3Plus, SegFormer, msc_forward, param_groups
+from .pspnet import ConvModule, FCNHead, PSPHead, PSPNet, slide_inference
+from .res2net import Bottle2neck, Res2Net, res2net101_v1b
 from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map
+from .scalenet import SCALENET101_STRUCTURE, SABlock, ScaleNet, scalenet101
 
 __all__ = [
     "LoadReport",
@@ -60,6 +63,18 @@ __all__ = [
     "SegFormer",
     "msc_forward",
     "param_groups",
+    "ConvModule",
+    "FCNHead",
+    "PSPHead",
+    "PSPNet",
+    "slide_inference",
+    "Bottle2neck",
+    "Res2Net",
+    "res2net101_v1b",
+    "SCALENET101_STRUCTURE",
+    "SABlock",
+    "ScaleNet",
+    "scalenet101",
     "ResNet38",
     "load_resnet38",
     "mxnet_resnet38_name",
