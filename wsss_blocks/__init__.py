@@ -38,6 +38,15 @@ from .local_global import (
 )
 from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
 from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
+from .multi_crop import (
+    MultiCropCAM,
+    multi_crop_boxes,
+    multi_crop_cams,
+    rough_mask_cams,
+    rough_masks,
+    sample_multi_crop_tile,
+    tile_labels,
+)
 from .multiscale_fusion import (
     MultiScaleAttentionFusion,
     SMAFLoss,
@@ -111,6 +120,13 @@ __all__ = [
     "PretendedUnderFittingLoss",
     "pretended_underfitting_loss",
     "CyclicPseudoMask",
+    "rough_mask_cams",
+    "rough_masks",
+    "multi_crop_boxes",
+    "tile_labels",
+    "sample_multi_crop_tile",
+    "multi_crop_cams",
+    "MultiCropCAM",
     # SMAF
     "MultiScaleAttentionFusion",
     "multiscale_attention_fusion",
