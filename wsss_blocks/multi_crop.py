@@ -288,6 +288,7 @@ def multi_crop_cams(
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 2, 1)
+        >>> _ = torch.nn.init.constant_(net.weight, 0.5), torch.nn.init.zeros_(net.bias)  # positive maps
         >>> cams = multi_crop_cams(net, torch.rand(1, 3, 40, 50), torch.tensor([[1.0, 0.0]]), (1.0, 2.0),
         ...                        crop_size=32, stride=24)
         >>> tuple(cams.shape), round(float(cams[0, 0].max()), 4), float(cams[0, 1].abs().max())
