@@ -264,9 +264,10 @@ def multi_crop_cams(
     output ``cam_rv[:, 1:]``) is resized bilinearly (``align_corners=False``) back to the tile's box,
     multiplied by the labels, unflipped and added into the box; a counter counts the tiles per pixel. Then
     ``S = sum / max(count, 1)`` and per class, with ``m = min S`` and ``M = max S``: values below
-    ``m + 1e-5`` become 0 and ``A = (S - m) / (M - m + 1e-5)`` (the release's normalisation: a class whose
-    minimum is above 0 gets negative values at its minimum pixels). The release stores the maps as float16;
-    they are returned in float32 here.
+    ``m + 1e-5`` become 0 and ``A = (S - m) / (M - m + 1e-5)``. This is the release's normalisation, kept
+    as is: a class whose minimum is above 0 gets negative values at its minimum pixels, and a class that is
+    negative everywhere gets values above 1 there. The release stores the maps as float16; they are returned
+    in float32 here.
 
     Args:
         fn: callable mapping ``(N, 3, crop, crop)`` tiles to ``(N, C, h, w)`` foreground class maps.
