@@ -24,6 +24,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test touches the network: registry weights that are not in a test's cache fail fast (tests of the
+    downloader use the ``http_server`` fixture, which lifts this)."""
+    monkeypatch.setenv("WSSS_BLOCKS_OFFLINE", "1")
+    monkeypatch.delenv("WSSS_BLOCKS_MIRROR", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
@@ -138,13 +146,14 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_server():
+def http_server(monkeypatch):
     """A threaded HTTP/1.1 server on 127.0.0.1 serving ``srv.files`` (``{"/path": bytes}``).
 
     It honours ``Range`` (206 + ``Content-Range``) except for paths in ``srv.no_range``, drops the connection once
     after ``srv.drop_after[path]`` body bytes, and appends ``{"path", "range", "status", "sent"}`` to ``srv.log``
-    for every request. ``srv.url`` is its base URL.
+    for every request. ``srv.url`` is its base URL. ``WSSS_BLOCKS_OFFLINE`` (set for every other test) is lifted.
     """
+    monkeypatch.delenv("WSSS_BLOCKS_OFFLINE", raising=False)  # 127.0.0.1 is the network of these tests
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
     srv.files, srv.log, srv.no_range, srv.drop_after = {}, [], set(), {}
     srv.daemon_threads = True

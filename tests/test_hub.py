@@ -182,6 +182,7 @@ def test_existing_wrong_file_is_reported_not_replaced(server, tmp_path):
 def test_file_urls_and_cache_dir(tmp_path, monkeypatch):
     src = tmp_path / "src.bin"
     src.write_bytes(b"abc" * 100)
+    monkeypatch.setenv(hub.OFFLINE_ENV, "1")  # a file:// URL is not the network: still read offline
     out = download(src.as_uri(), tmp_path / "dst" / "src.bin", sha256=_sha(b"abc" * 100), progress=False)
     assert out.read_bytes() == b"abc" * 100
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "c"))

@@ -1,7 +1,7 @@
 """Verified, resumable downloads into the wsss-blocks cache (standard library only).
 
-:func:`download` is the one way files reach the cache, for pretrained weights
-(:mod:`wsss_blocks.models.weights`) and for datasets alike. For each call it
+`download` is the one way files reach the cache, for pretrained weights
+(`wsss_blocks.models.weights`) and for datasets alike. For each call it
 
 1. returns at once when the destination already exists and matches the expected size and hashes;
 2. tries the URLs in order (``$WSSS_BLOCKS_MIRROR/<file name>`` first when that variable is set, then the
@@ -14,9 +14,9 @@
 
 Environment variables:
 
-* ``WSSS_BLOCKS_CACHE``: cache root (default ``~/.cache/wsss_blocks``), see :func:`cache_dir`.
-* ``WSSS_BLOCKS_OFFLINE=1``: never touch the network. A file that is not already in place raises
-  :class:`OfflineError`, which says where to put it.
+* ``WSSS_BLOCKS_CACHE``: cache root (default ``~/.cache/wsss_blocks``), see `cache_dir`.
+* ``WSSS_BLOCKS_OFFLINE=1``: never touch the network (only ``file://`` URLs are still read). A file that is
+  not already in place raises `OfflineError`, which says where to put it.
 * ``WSSS_BLOCKS_MIRROR=URL``: fetch ``URL/<file name>`` **before** the original hosts (for machines behind a
   firewall with an internal mirror). If the mirror does not have the file, the original URLs are still tried;
   every failure is listed in the final error.
@@ -351,10 +351,11 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike, *, sha256: str 
         desc: progress-bar label (default the file name).
 
     Returns:
-        ``dest`` as a :class:`~pathlib.Path`.
+        ``dest`` as a `Path`.
 
     Raises:
-        OfflineError: ``dest`` is missing and ``WSSS_BLOCKS_OFFLINE`` is set (nothing is requested).
+        OfflineError: ``dest`` is missing and ``WSSS_BLOCKS_OFFLINE`` is set (nothing is requested; ``file://``
+            URLs are still read).
         ChecksumError: the file in place, or every downloaded copy, has the wrong size or hash; the message
             gives the expected and actual values. A downloaded copy is deleted; a file that was already at
             ``dest`` is left for you to inspect (delete it to download again).
@@ -378,9 +379,12 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike, *, sha256: str 
         return dest
     candidates = mirror_urls(mirror_name or name) + list(urls)
     if is_offline():
-        where = f" (source: {candidates[0]})" if candidates else ""
-        raise OfflineError(f"{name} is not at {dest} and {OFFLINE_ENV}=1 forbids downloading it: put the file "
-                           f"there yourself{where}, or unset {OFFLINE_ENV}")
+        local = [u for u in candidates if u.lower().startswith("file:")]
+        if not local:
+            where = f" (source: {candidates[0]})" if candidates else ""
+            raise OfflineError(f"{name} is not at {dest} and {OFFLINE_ENV}=1 forbids downloading it: put the file "
+                               f"there yourself{where}, or unset {OFFLINE_ENV}")
+        candidates = local
     if not candidates:
         raise DownloadError(f"{name} is not at {dest} and no URL is known for it")
     dest.parent.mkdir(parents=True, exist_ok=True)
