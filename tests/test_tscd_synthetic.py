@@ -100,7 +100,7 @@ def test_synthetic_preset_network_has_a_stride2_16_channel_stem(quick):
 
 
 def test_voc_preset_network_is_unchanged():
-    cfg = load_run_config("tscd_voc")
+    cfg = load_run_config("tscd_voc", ["cam.pretrained=none"])  # the network only; mit-b1-imagenet is not needed
     m = TSCDMethod(cfg, cfg.method_config(), cfg.data.num_classes)
     stem = m.net.encoder.patch_embed1.proj
     assert (stem.stride, stem.out_channels, stem.kernel_size) == ((4, 4), 64, (7, 7))  # MiT-B1

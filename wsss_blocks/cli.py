@@ -10,6 +10,10 @@ Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=val
     wsss-blocks reproduce   --method l2g --data-root VOC2012 [--sbd-root ...] [--pretrained ...] [--quick]
                             [--restart-from cam|pseudo|seg]
     wsss-blocks configs                                                   # list packaged configs
+    wsss-blocks weights list [--files]                                    # the weights registry
+    wsss-blocks weights fetch NAME [NAME ...] [--force]                   # download + verify into the cache
+    wsss-blocks weights convert NAME FILE [--out OUT.pth]                 # a local/foreign copy -> the cache
+    wsss-blocks weights path NAME | forget NAME [--delete]
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m wsss_blocks.cli train-cam ...``. Configuration, data and
 checkpoint problems are reported as one ``error:`` line (exit status 2) before any training starts;
@@ -110,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="VOC2012 root; omit for the synthetic preset on CPU")
     p.add_argument("--dataset", default="voc", choices=("voc", "coco"), help="with --data-root")
     p.add_argument("--sbd-root", default=None, help="SegmentationClassAug folder if not under --data-root")
-    p.add_argument("--pretrained", default=None, help="local CAM-backbone checkpoint (nothing downloads)")
-    p.add_argument("--seg-pretrained", default=None, help="local segmentation-network checkpoint")
+    p.add_argument("--pretrained", default=None,
+                   help="CAM-backbone weights: a registry name (wsss-blocks weights list), a file, or none")
+    p.add_argument("--seg-pretrained", default=None,
+                   help="segmentation-network weights: a registry name, a file, or none")
     p.add_argument("--config", "-c", default=None, help="use this config instead of <method>_<dataset>")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", "-o", default=None, help="run folder (default runs/<preset> in the working directory)")
@@ -121,7 +127,72 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete this stage and the stages after it in --out and redo them")
 
     sub.add_parser("configs", help="list the packaged configs")
+
+    p = sub.add_parser("weights", help="the registry of released initialisations: list, fetch, convert")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    q = wsub.add_parser("list", help="one row per entry: name, hash (or 'unpinned'), size, download, cached")
+    q.add_argument("--files", action="store_true", help="print 'NAME FILENAME' per entry only")
+    q = wsub.add_parser("fetch", help="download (and convert) into the cache and verify")
+    q.add_argument("names", nargs="+", metavar="NAME")
+    q.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q = wsub.add_parser("convert", help="verify or convert a local file (caffemodel, HF copy, .params) into "
+                                        "the cache, or with --out to a PyTorch state dict in library names")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("source", metavar="FILE")
+    q.add_argument("--out", default=None, help="write here instead of the cache")
+    q = wsub.add_parser("path", help="print where the file of NAME lives (or must be put)")
+    q.add_argument("name", metavar="NAME")
+    q = wsub.add_parser("forget", help="drop the recorded hash of an unpinned entry (its next copy is the new "
+                                       "reference)")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--delete", action="store_true", help="also delete the cached file")
     return parser
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from .models import weights as W
+
+    cmd = args.weights_command
+    if cmd == "list":
+        entries = list(W.WEIGHTS.values())
+        if args.files:
+            for e in entries:
+                print(f"{e.name} {e.file_name}")
+            return 0
+        recs = W.recorded_hashes()
+        rows = [("name", "hash", "size", "download", "cached", "file")]
+        for e in entries:
+            how = "auto" if e.urls else "auto+convert" if e.sources else "manual"
+            cached = "recorded" if e.file_name in recs and e.path.is_file() else "yes" if e.path.is_file() else "no"
+            rows.append((e.name, e.hash_label, str(e.size) if e.size is not None else "-", how, cached, e.file_name))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+        print(lines[0], file=sys.stderr)  # header and cache folder on stderr: stdout has one row per entry
+        print("\n".join(lines[1:]))
+        print(f"(cache: {W.weights_dir()}; 'unpinned': no published hash, the first verified copy is recorded)",
+              file=sys.stderr)
+        return 0
+    if cmd == "fetch":
+        for name in args.names:
+            W.get_weights_entry(name)  # unknown names fail before any download
+        for name in args.names:
+            path = W.fetch_weights(name, progress=not args.no_progress, force=args.force)
+            e = W.get_weights_entry(name)
+            rec = W.recorded_hashes().get(e.file_name, {})
+            print(f"{name}: {path} (sha256 {rec.get('sha256', '?')}, verified)")
+        return 0
+    if cmd == "convert":
+        print(W.convert_weights(args.name, args.source, out=args.out))
+        return 0
+    if cmd == "path":
+        print(W.get_weights_entry(args.name).path)
+        return 0
+    if cmd == "forget":
+        gone = W.forget_weights(args.name, delete_file=args.delete)
+        print(f"{args.name}: forgot {', '.join(gone) if gone else 'nothing (no recorded hash)'}")
+        return 0
+    raise ValueError(f"unknown weights action {cmd!r}")
 
 
 _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
@@ -138,6 +209,8 @@ def _run(args: argparse.Namespace) -> int:
 
         print("\n".join(list_packaged_configs()))
         return 0
+    if args.command == "weights":
+        return _weights(args)
     if args.command == "reproduce":
         from .train.reproduce import reproduce
 

@@ -1,7 +1,10 @@
 """Models for the reference trainer: backbones by name, ResNet-38, MiT, Res2Net, ScaleNet, heads, networks.
 
 Importing this package needs only torch; torchvision and timm are imported when a backbone of theirs is
-built. Pretrained weights are read from local files only (``pretrained=`` paths); nothing downloads.
+built. ``pretrained=`` takes a local file, a state dict or the name of a released initialisation of the
+weights registry (`wsss_blocks.models.weights`: fetched, verified and converted into the cache on first
+use); MXNet ``.params`` and Caffe ``.caffemodel`` files are read without those frameworks
+(`wsss_blocks.models.converters`).
 """
 
 from .backbones import (
@@ -13,6 +16,7 @@ from .backbones import (
     build_backbone,
     deeplab_pytorch_key_map,
     get_key_map,
+    is_random_init,
     load_pretrained,
     read_state_dict,
     register_key_map,
@@ -24,8 +28,18 @@ from .mit import MIT_CONFIGS, MixTransformer, mit_b0, mit_b1, mit_b2, mit_b3, mi
 from .networks import CAMNet, DeepLabV2, DeepLabV3Plus, SegFormer, msc_forward, param_groups
 from .pspnet import ConvModule, FCNHead, PSPHead, PSPNet, slide_inference
 from .res2net import Bottle2neck, Res2Net, res2net101_v1b
-from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map
+from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map, seam_resnet38_key_map
 from .scalenet import SCALENET101_STRUCTURE, SABlock, ScaleNet, scalenet101
+from .weights import (
+    WEIGHTS,
+    WeightsEntry,
+    WeightsUnavailableError,
+    check_run_weights,
+    convert_weights,
+    fetch_weights,
+    get_weights_entry,
+    resolve_weights,
+)
 
 __all__ = [
     "LoadReport",
@@ -36,6 +50,7 @@ __all__ = [
     "build_backbone",
     "deeplab_pytorch_key_map",
     "get_key_map",
+    "is_random_init",
     "load_pretrained",
     "read_state_dict",
     "register_key_map",
@@ -79,4 +94,13 @@ __all__ = [
     "load_resnet38",
     "mxnet_resnet38_name",
     "resnet38_key_map",
+    "seam_resnet38_key_map",
+    "WEIGHTS",
+    "WeightsEntry",
+    "WeightsUnavailableError",
+    "check_run_weights",
+    "convert_weights",
+    "fetch_weights",
+    "get_weights_entry",
+    "resolve_weights",
 ]

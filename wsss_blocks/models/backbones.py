@@ -8,8 +8,10 @@ Every backbone in this package follows one small protocol so that heads compose 
 :func:`build_backbone` builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
 (``"mit_b1"`` ...), torchvision ResNets (``"resnet50"``, ``"resnet101"``, ... with
 ``replace_stride_with_dilation`` for output stride 8 or 16), any timm model (``"timm:<name>"``, built with
-``features_only=True``) and a tiny CNN for tests (``"tiny"``). Pretrained weights come **only from a local
-path** (``pretrained=``); nothing is ever downloaded.
+``features_only=True``) and a tiny CNN for tests (``"tiny"``). ``pretrained=`` takes a local file, a state
+dict, or the name of a released initialisation of the weights registry (`wsss_blocks.models.weights`,
+e.g. ``"resnet50-imagenet"``), which is downloaded and verified into the cache on first use; ``None`` or
+``"none"`` means random initialisation.
 
 :func:`load_pretrained` loads a checkpoint file or state dict into a model through an optional key map. It
 refuses, with a message naming the keys, a checkpoint from another architecture (too few keys match), from
@@ -38,6 +40,7 @@ __all__ = [
     "KeyMap",
     "read_state_dict",
     "load_pretrained",
+    "is_random_init",
     "register_key_map",
     "get_key_map",
     "deeplab_pytorch_key_map",
@@ -97,13 +100,29 @@ def _require_package(module: str, package: str, purpose: str) -> Any:
                           f"install it with `pip install {package}`") from exc
 
 
+def is_random_init(pretrained: Any) -> bool:
+    """True for ``None`` and the string ``"none"`` (any case): no initialisation, random weights.
+
+    Examples:
+        >>> is_random_init(None), is_random_init("none"), is_random_init("resnet50-imagenet")
+        (True, True, False)
+    """
+    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in ("none", ""))
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
                     ) -> dict[str, Tensor]:
-    """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``)
-    or pass a mapping through, unwrapping the usual containers and stripping DataParallel ``module.``.
+    """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``),
+    a weights-registry name, or pass a mapping through, unwrapping the usual containers and stripping
+    DataParallel ``module.``.
+
+    MXNet ``.params`` files are read with NumPy alone (`read_mxnet_params`);
+    their names are kept (``arg:res4b5_branch2b1_weight``) for the key maps. A string that is not an existing
+    file but a registry name (``wsss-blocks weights list``) is resolved to its verified file in the cache,
+    which is downloaded first if needed (`wsss_blocks.models.weights.resolve_weights`).
 
     Args:
-        source: a local path, or an already loaded (possibly nested) dict.
+        source: a local path, a registry name, or an already loaded (possibly nested) dict.
         weights_only: passed to :func:`torch.load`. Keep ``True`` unless you trust the file; some old
             checkpoints pickle extra Python objects and need ``False``.
 
@@ -120,23 +139,17 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained weights not found: {path!r} (pretrained= takes a local file; "
-                                    "nothing is downloaded)")
+            from .weights import resolve_weights
+
+            path = os.fspath(resolve_weights(path))
         lower = path.lower()
         if lower.endswith(".safetensors"):
             st = _require_package("safetensors.torch", "safetensors", "reading .safetensors checkpoints")
             sd = _unwrap(st.load_file(path, device="cpu"))
-        elif lower.endswith(".params"):
-            try:
-                mx = importlib.import_module("mxnet")
-            except ImportError as exc:
-                raise ImportError(
-                    f"{path!r} is an MXNet .params file and reading it needs mxnet, which no wsss-blocks extra "
-                    "installs: `pip install mxnet`. Or convert it once where mxnet is installed: "
-                    "`sd = {k: v.asnumpy() for k, v in mxnet.nd.load(path).items()}` and pass that dict "
-                    "(or save it with torch.save) to load_pretrained; the MXNet key names are mapped."
-                ) from exc
-            sd = _unwrap({k: v.asnumpy() for k, v in mx.nd.load(path).items()})
+        elif lower.endswith(".params") or _is_mxnet_file(path):
+            from .converters import read_mxnet_params
+
+            sd = _unwrap(read_mxnet_params(path))
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=weights_only)
@@ -148,6 +161,12 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _is_mxnet_file(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return len(head) == 8 and int.from_bytes(head, "little") == 0x112
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,13 +251,36 @@ register_key_map("deeplab_pytorch", deeplab_pytorch_key_map)
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LoadReport:
-    """What :func:`load_pretrained` did. ``str(report)`` gives a one-paragraph summary."""
+    """What `load_pretrained` did. ``str(report)`` gives a one-paragraph summary, `lines` one line
+    per key.
+
+    Attributes:
+        loaded: model keys that received a checkpoint tensor.
+        missing: model keys the checkpoint does not have (kept at their initial values).
+        unexpected: checkpoint keys (after mapping) the model does not have (ignored).
+        dropped: checkpoint keys the key map dropped.
+        source: the checkpoint's path (or ``"<state dict>"``).
+        renamed: checkpoint key -> model key, for every key the key map kept.
+        reasons: key -> why it was dropped, ignored or left missing (from ``load_pretrained(reasons=...)``).
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     source: str = "<state dict>"
+    renamed: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Every key with what happened to it: ``loaded  ck -> model``, ``dropped  ck (reason)``,
+        ``ignored  ck (reason)`` and ``missing  model_key (reason)``."""
+        back = {v: k for k, v in self.renamed.items()}
+        out = [f"loaded   {back.get(k, k)} -> {k}" for k in self.loaded]
+        out += [f"dropped  {k} ({self.reasons.get(k, 'dropped by the key map')})" for k in self.dropped]
+        out += [f"ignored  {back.get(k, k)} ({self.reasons.get(k, 'not in the model')})" for k in self.unexpected]
+        out += [f"missing  {k} ({self.reasons.get(k, 'kept at its initial value')})" for k in self.missing]
+        return out
 
     def __str__(self) -> str:
         def few(keys: list[str]) -> str:
@@ -268,6 +310,7 @@ def load_pretrained(
     ignore_unexpected: Sequence[str] = (),
     min_match: float = 0.5,
     weights_only: bool = True,
+    reasons: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` through a key map, with clear errors.
 
@@ -282,11 +325,12 @@ def load_pretrained(
        and BatchNorm ``num_batches_tracked``) or checkpoint keys the model does not have (other than
        ``ignore_unexpected``) -> ``ValueError``.
 
-    Values are copied in place (cast to the parameter's dtype and device). Nothing downloads.
+    Values are copied in place (cast to the parameter's dtype and device).
 
     Args:
         model: the module to fill.
-        source: local checkpoint path or a (nested) state dict.
+        source: local checkpoint path, weights-registry name (see `read_state_dict`) or a (nested)
+            state dict.
         key_map: ``None``, a registered name (e.g. ``"mxnet_resnet38"``, ``"deeplab_pytorch"``), a prefix
             dict or a callable; see :func:`get_key_map`.
         strict: fail on missing or unexpected keys (after the allow/ignore lists).
@@ -295,6 +339,8 @@ def load_pretrained(
             ``("head.",)`` for an ImageNet classifier.
         min_match: minimum fraction of the model's tensors that must be found in the checkpoint.
         weights_only: see :func:`read_state_dict`.
+        reasons: prefix or regex -> explanation, recorded in `LoadReport.reasons` for every dropped,
+            ignored or missing key it matches (checkpoint keys for dropped ones, model keys otherwise).
 
     Returns:
         A :class:`LoadReport`.
@@ -315,6 +361,7 @@ def load_pretrained(
 
     mapped: dict[str, Tensor] = {}
     dropped: list[str] = []
+    renamed: dict[str, str] = {}
     for k, v in raw.items():
         new = fn(k)
         if new is None:
@@ -323,6 +370,7 @@ def load_pretrained(
         if new in mapped:
             raise ValueError(f"key_map maps two checkpoint keys onto the same model key {new!r}")
         mapped[new] = v
+        renamed[k] = new
 
     target = model.state_dict()
     ignorable_missing = [r".*num_batches_tracked", *allow_missing]
@@ -367,8 +415,13 @@ def load_pretrained(
     with torch.no_grad():
         for k in common:
             target[k].copy_(mapped[k].to(dtype=target[k].dtype))
+    why: dict[str, str] = {}
+    for pattern, text in (reasons or {}).items():
+        for k in (*dropped, *unexpected, *missing):
+            if k not in why and _matches(k, (pattern,)):
+                why[k] = text
     report = LoadReport(loaded=common, missing=missing, unexpected=unexpected, dropped=dropped,
-                        source=src_name)
+                        source=src_name, renamed=renamed, reasons=why)
     if missing or unexpected:
         logger.info("load_pretrained: %s", report)
     return report
@@ -586,13 +639,13 @@ class TorchvisionResNet(nn.Module):
 class TimmBackbone(nn.Module):
     """Any timm model built with ``features_only=True``, behind the backbone protocol.
 
-    Weights come from a local file only: the file is read by :func:`read_state_dict` and handed to timm as
-    an in-memory state dict (``pretrained_cfg_overlay``), so timm's own key filters (e.g. for ViTs) apply
-    and nothing is downloaded.
+    Weights are read by `read_state_dict` (a local file or a weights-registry name) and handed to timm
+    as an in-memory state dict (``pretrained_cfg_overlay``), so timm's own key filters (e.g. for ViTs) apply
+    and timm itself downloads nothing.
 
     Args:
         name: a timm model name (see ``timm.list_models()``).
-        pretrained: local checkpoint path or ``None``.
+        pretrained: local checkpoint path, weights-registry name, or ``None``/``"none"``.
         output_stride: passed to timm when given (models that support dilation).
         out_indices: feature levels to return (timm's meaning); default all.
         **kwargs: further ``timm.create_model`` arguments.
@@ -618,8 +671,8 @@ class TimmBackbone(nn.Module):
             kw["output_stride"] = output_stride
         if out_indices is not None:
             kw["out_indices"] = tuple(out_indices)
-        if pretrained is not None:
-            sd = read_state_dict(pretrained)
+        if not is_random_init(pretrained):
+            sd = read_state_dict(pretrained)  # type: ignore[arg-type]
             kw.update(pretrained=True,
                       pretrained_cfg_overlay=dict(state_dict=sd, source="", file=None, url=None, hf_hub_id=None))
         else:
@@ -672,7 +725,8 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
 
     Args:
         name: backbone name (see above).
-        pretrained: local checkpoint path or state dict; ``None`` = random init. Never downloads.
+        pretrained: local checkpoint path, state dict or weights-registry name (downloaded and verified on
+            first use, see `wsss_blocks.models.weights`); ``None`` or ``"none"`` = random init.
         output_stride: total stride of the deepest map where the family allows choosing it.
         key_map: extra key map for the checkpoint (see :func:`load_pretrained`).
         strict: strict loading (classifier keys of ImageNet checkpoints are always ignored).
@@ -689,6 +743,8 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if is_random_init(pretrained):
+        pretrained = None
     ignore: tuple[str, ...] = ()
     module: nn.Module
     if name == "tiny":

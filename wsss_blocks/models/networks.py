@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from .._checks import check_positive, check_tensor
 from ..cam import cam_from_features
-from .backbones import TinyBackbone, build_backbone, deeplab_pytorch_key_map, load_pretrained, set_bn_eval
+from .backbones import (
+    TinyBackbone,
+    build_backbone,
+    deeplab_pytorch_key_map,
+    is_random_init,
+    load_pretrained,
+    set_bn_eval,
+)
 from .heads import ASPPv2, CAMHead, DeepLabV3PlusHead, SegFormerHead, global_pool
 from .mit import MixTransformer
 
@@ -39,7 +46,7 @@ def _strides(bb: nn.Module) -> tuple[int, ...]:
 
 def _resolve_backbone(backbone: str | nn.Module, pretrained: Any, kwargs: dict[str, Any]) -> nn.Module:
     if isinstance(backbone, nn.Module):
-        if pretrained is not None:
+        if not is_random_init(pretrained):
             raise ValueError("pretrained= applies to a backbone given by name; load weights into your "
                              "module yourself (load_pretrained) when you pass a module")
         bb = backbone
@@ -62,7 +69,7 @@ class CAMNet(nn.Module):
             ``"resnet50"``, ``"mit_b1"``, ``"timm:..."``, ``"tiny"``) or a module following the backbone
             protocol.
         num_classes: classifier outputs K (VOC: 20; 21 where the method keeps a background channel).
-        pretrained: local backbone checkpoint (only with a backbone name). Nothing downloads.
+        pretrained: backbone checkpoint: a local file or a weights-registry name (only with a backbone name).
         feature_index: which backbone map feeds the head (default the deepest, ``-1``).
         pooling: ``"gap"`` or ``"gmp"``; see :class:`~wsss_blocks.models.heads.CAMHead`.
         dropout: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
@@ -161,10 +168,10 @@ class DeepLabV2(nn.Module):
         self.head = ASPPv2(_channels(self.backbone)[-1], num_classes, rates)
         self.num_classes = num_classes
         self.freeze_bn = bool(freeze_bn)
-        if pretrained is not None:
+        if not is_random_init(pretrained):
             if not isinstance(backbone, str):
                 raise ValueError("pretrained= needs a backbone given by name")
-            self.load_pretrained(pretrained)
+            self.load_pretrained(cast(Any, pretrained))
         if self.freeze_bn:
             set_bn_eval(self)
 
@@ -278,7 +285,7 @@ class SegFormer(nn.Module):
                 raise ValueError(f"encoder must name a MiT (mit_b0..mit_b5, mit_tiny), got {encoder!r}")
             self.encoder: MixTransformer = enc
         elif isinstance(encoder, MixTransformer):
-            if pretrained is not None:
+            if not is_random_init(pretrained):
                 raise ValueError("pretrained= needs an encoder given by name")
             self.encoder = encoder
         else:

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from .backbones import LoadReport, load_pretrained, register_key_map, set_bn_eval
 
-__all__ = ["ResNet38", "resnet38_key_map", "load_resnet38", "mxnet_resnet38_name"]
+__all__ = ["ResNet38", "resnet38_key_map", "load_resnet38", "mxnet_resnet38_name", "seam_resnet38_key_map",
+           "SEAM_LOAD_REASONS"]
 
 
 class _Block(nn.Module):
@@ -249,6 +250,45 @@ def resnet38_key_map(key: str) -> str | None:
 
 register_key_map("resnet38", resnet38_key_map)
 register_key_map("mxnet_resnet38", resnet38_key_map)
+
+
+def seam_resnet38_key_map(key: str) -> str | None:
+    """Key map of SEAM / PMM CAM checkpoints (``resnet38_SEAM.pth``) into a network with ``backbone``
+    (ResNet-38), ``fc8`` and ``pcm`` (``f8_3``, ``f8_4``, ``f9``), such as PMM's ``SEAMNet``.
+
+    The release (Eli-YiLi/PMM ``pipeline/train_cam.py:91-97``) loads the file with ``strict=False`` into
+    ``network/resnet38_SEAM.py``'s ``Net``, whose ``fc8``, ``f8_3``, ``f8_4`` and ``f9`` have the same names
+    and shapes as in the file, so all of them start from the checkpoint; this map keeps that. ImageNet
+    ResNet-38 weights (MXNet or converted names) map to the backbone; their classifier is dropped.
+
+    Examples:
+        >>> seam_resnet38_key_map("f9.weight"), seam_resnet38_key_map("b4_5.conv_branch2a.weight")
+        ('pcm.f9.weight', 'backbone.b4_5.conv_branch2a.weight')
+        >>> seam_resnet38_key_map("fc8.weight"), seam_resnet38_key_map("arg:linear1000_bias") is None
+        ('fc8.weight', True)
+    """
+    k = mxnet_resnet38_name(key)
+    if k is None or k.startswith(("fc.", "head.")):
+        return None
+    if k.startswith("fc8."):
+        return k
+    if k.startswith(("f8_3.", "f8_4.", "f9.")):
+        return "pcm." + k
+    return "backbone." + k
+
+
+register_key_map("seam_resnet38", seam_resnet38_key_map)
+
+#: reasons recorded in the load report of a SEAM/PMM network (``load_pretrained(..., reasons=...)``)
+SEAM_LOAD_REASONS = {
+    "arg:linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
+    "linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
+    "fc.": "ImageNet classifier, not part of the CAM network",
+    "head.": "ImageNet classifier, not part of the CAM network",
+    "fc8.": "the checkpoint has no SEAM classifier (an ImageNet model): fc8 keeps its initialisation",
+    "pcm.": "the checkpoint has no PCM (an ImageNet model): f8_3/f8_4/f9 keep their initialisation",
+    r".*num_batches_tracked": "BatchNorm step counter, unused (frozen BatchNorm)",
+}
 
 
 def load_resnet38(model: ResNet38, source: str | os.PathLike | Mapping[str, Any], *, strict: bool = True

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from wsss_blocks.cam import normalize_cams
 from wsss_blocks.data.io import atomic_write
 from wsss_blocks.data.normalization import data_normalization, normalize_images
+from wsss_blocks.models.weights import check_run_weights
 
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
@@ -174,6 +175,8 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     check_splits(cfg, ("cam",), env)
     final = out / "model.pt"
     start = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
+    if env.is_main and not start.finished:  # every initialisation fetched and verified before the first step
+        check_run_weights(cfg, ("cam",), progress=cfg.runtime.progress)
     check_run_folder(cfg, out_dir, "cam")
     barrier()
     if env.is_main:

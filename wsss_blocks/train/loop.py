@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from wsss_blocks.data.normalization import Normalization, normalize_images
+from wsss_blocks.models.weights import missing_init_hint
 
 from .checkpoint import CheckpointError, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .datasets import AugmentedDataset
@@ -249,8 +250,9 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
                                        f"{sorted(out)}")
                     loss = out["loss"]
                     if not torch.isfinite(loss.detach()).all():
-                        raise FloatingPointError(f"{spec.stage}:{spec.phase} loss is {float(loss)} at step "
-                                                 f"{step}; lower the learning rate or check the data")
+                        raise FloatingPointError(f"{spec.stage}:{spec.phase} loss is {float(loss.detach())} at step "
+                                                 f"{step}; lower the learning rate or check the data"
+                                                 + missing_init_hint(spec.config, spec.stage))
                     scaled = loss.float() / optim.accumulate
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 for k, v in _scalar_metrics(out).items():

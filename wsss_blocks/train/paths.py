@@ -7,7 +7,9 @@ pseudo-mask folder to a dataset reader that resolves relative folders against th
 folder is made absolute by the stage functions. The rules:
 
 * ``data.root``, ``data.sbd_root``, ``data.synthetic.cache_dir``, ``cam.pretrained``, ``seg.pretrained`` (and
-  the run folder, the config file): relative to the caller's working directory; ``~`` is expanded.
+  the run folder, the config file): relative to the caller's working directory; ``~`` is expanded. A
+  ``pretrained`` value that is a bare name (no folder, no file of that name in the working directory) stays
+  as it is: a weights-registry name such as ``resnet38-imagenet``, or ``none``.
 * ``data.mask_dir``, ``data.saliency_dir``, ``data.labels_file``: folders and files *inside the dataset*,
   relative to ``data.root`` (the generated dataset for ``dataset: synthetic``), as the dataset readers have
   always read them; ``labels_file`` is taken from the working directory when it exists there, as the
@@ -72,6 +74,16 @@ def _opt(path: str | None, base: str | os.PathLike[str] | None = None) -> str | 
     return None if path is None else str(absolute(path, base))
 
 
+def _weights(value: str | None, base: Path) -> str | None:
+    """A ``pretrained`` value: a path made absolute, a bare name (registry name, ``none``) kept."""
+    if value is None:
+        return None
+    bare = os.sep not in value and "/" not in value and not value.startswith("~")
+    if bare and not absolute(value, base).exists():
+        return value
+    return str(absolute(value, base))
+
+
 def resolve_paths(cfg: RunConfig, cwd: str | os.PathLike[str] | None = None) -> RunConfig:
     """A copy of ``cfg`` whose paths are absolute (rules in the module docstring); idempotent.
 
@@ -101,6 +113,6 @@ def resolve_paths(cfg: RunConfig, cwd: str | os.PathLike[str] | None = None) -> 
             labels = str(here if here.exists() else absolute(labels, root))
         d = dataclasses.replace(d, mask_dir=_opt(d.mask_dir, root), saliency_dir=_opt(d.saliency_dir, root),
                                 labels_file=labels)
-    cam = dataclasses.replace(cfg.cam, pretrained=_opt(cfg.cam.pretrained, base))
-    seg = dataclasses.replace(cfg.seg, pretrained=_opt(cfg.seg.pretrained, base))
+    cam = dataclasses.replace(cfg.cam, pretrained=_weights(cfg.cam.pretrained, base))
+    seg = dataclasses.replace(cfg.seg, pretrained=_weights(cfg.seg.pretrained, base))
     return dataclasses.replace(cfg, data=d, cam=cam, seg=seg)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss_blocks.data.io import atomic_write, remove_stale_temporaries
+from wsss_blocks.models.weights import check_run_weights
 
 from .cam_stage import prepare_env, train_cam
 from .checkpoint import check_output_dir
@@ -140,8 +141,9 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
         data_root: VOC2012 (or COCO) root; ``None`` = synthetic data and the ``_synthetic`` preset.
         dataset: ``"voc"`` or ``"coco"`` (with ``data_root``).
         sbd_root: folder of SBD masks (``SegmentationClassAug``) when not under ``data_root``.
-        pretrained: local backbone checkpoint of the CAM network (``cam.pretrained``).
-        seg_pretrained: local checkpoint of the segmentation network (``seg.pretrained``).
+        pretrained: CAM-network backbone weights (``cam.pretrained``): a weights-registry name, a file, or
+            ``"none"`` (random; real-data presets name their released weights already).
+        seg_pretrained: segmentation-network weights (``seg.pretrained``), as ``pretrained``.
         out: run folder (default ``runs/<preset>[_quick]``); relative paths (here and in every path
             argument) are taken from the working directory.
         quick: apply the preset's ``quick_overrides`` (a short sanity run).
@@ -166,9 +168,9 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     if sbd_root is not None:
         ov.append(f"data.sbd_root={absolute(sbd_root)}")
     if pretrained is not None:
-        ov.append(f"cam.pretrained={absolute(pretrained)}")
+        ov.append(f"cam.pretrained={os.fspath(pretrained)}")  # names stay names; paths made absolute on load
     if seg_pretrained is not None:
-        ov.append(f"seg.pretrained={absolute(seg_pretrained)}")
+        ov.append(f"seg.pretrained={os.fspath(seg_pretrained)}")
     ov.extend(overrides)
     cfg: RunConfig = load_run_config(preset, ov, quick=quick)
     if cfg.method != method and config is None:
@@ -185,6 +187,8 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     if env.is_main:
         check_output_dir(out_dir, cfg.runtime.min_free_mb, create=False)
     check_splits(cfg, ("cam", "pseudo", "seg"), env)
+    if env.is_main:  # every initialisation is fetched and verified before the first write and step
+        check_run_weights(cfg, ("cam", "seg"), progress=cfg.runtime.progress)
     cls = cfg.method_class()
     barrier()
     if env.is_main:

@@ -111,7 +111,7 @@ class CAMStageConfig(OptimConfig):
     """CAM-stage network and augmentation (see `wsss_blocks.train.cam_stage`)."""
 
     backbone: str = "resnet50"
-    pretrained: str | None = None        # local backbone checkpoint; nothing downloads
+    pretrained: str | None = None        # weights-registry name, file or "none" (models/weights.py)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     resize_long: tuple[int, int] | None = (320, 640)
     resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])

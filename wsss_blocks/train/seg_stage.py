@@ -30,6 +30,7 @@ from wsss_blocks.cam import multiscale_cams
 from wsss_blocks.data.io import atomic_write
 from wsss_blocks.data.normalization import Normalization, data_normalization, normalize_images
 from wsss_blocks.metrics import SegmentationMetric
+from wsss_blocks.models.weights import check_run_weights
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
@@ -303,6 +304,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     check_run_folder(cfg, out_dir, "seg", fresh=() if resume else ("seg",))
     barrier()
     if env.is_main:
+        check_run_weights(cfg, ("seg",), progress=cfg.runtime.progress)  # before the first write and step 1
         prepare_stage_folder(cfg, out_dir, "seg")
     barrier()
     final, model = _train_round(cfg, out_dir, 0, masks, env, resume, hooks)

@@ -27,13 +27,14 @@ and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...models import set_bn_eval
+from ...models import is_random_init, load_pretrained, set_bn_eval
+from ...models.resnet38 import SEAM_LOAD_REASONS
 from ...pseudo_mask import proportional_pseudo_mask
 from . import register_method
 from .base import CAMMethod
@@ -216,11 +217,16 @@ class PMMMethod(CAMMethod):
         if c.alpha <= 0:
             raise ValueError(f"method_args.alpha must be > 0, got {c.alpha}")
         cam = run_cfg.cam if run_cfg is not None else None
-        bb = build_frozen_backbone(cam.backbone if cam is not None else "resnet38d_tiny",
-                                   cam.pretrained if cam is not None else None,
+        bb = build_frozen_backbone(cam.backbone if cam is not None else "resnet38d_tiny", None,
                                    dict(cam.backbone_kwargs) if cam is not None else {}, c.frozen, c.freeze_bn,
                                    b7_dilation=c.b7_dilation)
         self.net = SEAMNet(bb, num_classes, dropout=c.dropout)
+        # The release loads its init (resnet38_SEAM.pth: backbone, fc8 and the PCM's f8_3/f8_4/f9) with
+        # strict=False into the whole SEAM network (PMM pipeline/train_cam.py:91-97), so all of it is used;
+        # an ImageNet ResNet-38 fills the backbone only. init_report lists every key.
+        pre = cam.pretrained if cam is not None else None
+        self.init_report = None if is_random_init(pre) else load_pretrained(
+            self.net, cast(Any, pre), "seam_resnet38", allow_missing=("fc8.", "pcm."), reasons=SEAM_LOAD_REASONS)
         if c.freeze_bn:
             set_bn_eval(self)
 
