@@ -777,3 +777,27 @@ def test_recorded_hashes_file_is_json(http_server, monkeypatch, cache):
     (cache / "recorded_hashes.json").write_text("{not json")
     with pytest.raises(ValueError, match="recorded_hashes.json is not valid JSON"):
         W.recorded_hashes()
+
+
+def test_check_keys_fit_the_library_models():
+    """Every entry's tensor checks describe the full-size model it initialises (built on the meta device)."""
+    import torchvision
+
+    from wsss_blocks.models import get_key_map, mit_b1
+
+    with torch.device("meta"):
+        deeplab = DeepLabV2(21, backbone="resnet101").backbone
+        models = {"resnet50-imagenet": torchvision.models.resnet50(),
+                  "resnet101-imagenet": torchvision.models.resnet101(),
+                  "resnet38-imagenet": ResNet38(), "resnet38-seam": ResNet38(b7_dilation=2),
+                  "mit-b1-imagenet": mit_b1(),
+                  "deeplabv1-resnet101-coco": deeplab, "deeplabv1-resnet101-imagenet": deeplab}
+    assert set(models) == set(W.WEIGHTS)
+    for name, model in models.items():
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        for key, shape in W.WEIGHTS[name].check_keys.items():
+            assert shapes[key] == shape, (name, key)
+    # the DeepLab checks are written in library names: a deeplab-pytorch file passes them through its key map
+    fn = get_key_map("deeplab_pytorch")
+    assert fn("layer4.block23.increase.conv.weight") == "layer3.22.conv3.weight"
+    assert fn("layer5.block3.increase.bn.running_var") == "layer4.2.bn3.running_var"

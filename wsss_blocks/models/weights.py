@@ -282,7 +282,7 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         title="DeepLab ResNet-101 caffe init trained on MS-COCO (init.caffemodel), deeplab-pytorch names",
         model="seg.backbone resnet101, style caffe (DeepLabV2; key map deeplab_pytorch, its fc is dropped)",
         origin="kazuto1011/deeplab-pytorch scripts/setup_caffemodels.sh:4-10 and convert.py:176-179 "
-               "(`python convert.py --dataset coco`); configs/voc12.yaml INIT_MODEL",
+               "(`python convert.py --dataset coco`); configs/voc12.yaml:34 INIT_MODEL",
         license=_DEEPLAB_LICENSE,
         key_map="deeplab_pytorch",
         check_keys=_DEEPLAB_CHECK,
