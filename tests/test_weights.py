@@ -801,3 +801,14 @@ def test_check_keys_fit_the_library_models():
     fn = get_key_map("deeplab_pytorch")
     assert fn("layer4.block23.increase.conv.weight") == "layer3.22.conv3.weight"
     assert fn("layer5.block3.increase.bn.running_var") == "layer4.2.bn3.running_var"
+
+
+def test_cli_fetch_several_reports_each_failure(http_server, monkeypatch, cache, capsys):
+    http_server.files["/w/ok.pth"] = _torch_bytes(_tiny_backbone_sd())
+    monkeypatch.setitem(W.WEIGHTS, "test-ok", _entry("test-ok", http_server, "/w/ok.pth"))
+    monkeypatch.setitem(W.WEIGHTS, "test-gone", _entry("test-gone", http_server, "/w/gone.pth"))
+    assert main(["weights", "fetch", "test-gone", "test-ok", "--no-progress"]) == 2
+    io_ = capsys.readouterr()
+    assert io_.out.startswith(f"test-ok: {cache / 'test-ok.pth'}")
+    err = io_.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: weights 'test-gone' are not available") and "HTTP 404" in err[0]

@@ -176,12 +176,20 @@ def _weights(args: argparse.Namespace) -> int:
     if cmd == "fetch":
         for name in args.names:
             W.get_weights_entry(name)  # unknown names fail before any download
+        failed = 0
         for name in args.names:
-            path = W.fetch_weights(name, progress=not args.no_progress, force=args.force)
+            try:
+                path = W.fetch_weights(name, progress=not args.no_progress, force=args.force)
+            except _USER_ERRORS as err:
+                if args.debug or len(args.names) == 1:
+                    raise
+                print(f"error: {err}", file=sys.stderr)  # one line per weight; the others are still fetched
+                failed += 1
+                continue
             e = W.get_weights_entry(name)
             rec = W.recorded_hashes().get(e.file_name, {})
             print(f"{name}: {path} (sha256 {rec.get('sha256', '?')}, verified)")
-        return 0
+        return 2 if failed else 0
     if cmd == "convert":
         print(W.convert_weights(args.name, args.source, out=args.out))
         return 0

@@ -233,7 +233,8 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         key_map="resnet38",
         check_keys=_R38_CHECK,
         pages=("https://github.com/itijyou/ademxapp",
-               "https://drive.google.com/file/d/1WvSkPfAtfPzyxcgG58a1RlRayMYb3FBc"),
+               "https://drive.google.com/file/d/1WvSkPfAtfPzyxcgG58a1RlRayMYb3FBc",
+               "https://pan.baidu.com/share/init?surl=vP8O0RPJKXM0HPhVCn7wXw (Baidu code t4ce)"),
         manual="ademxapp's download link (cloudstor.aarnet.edu.au/plus/index.php/s/NOPhJ247fhVDnZH) is on a "
                "service that has closed; copies are shared by halbielee/EPS (README:79, Google Drive, "
                "'ImageNet-pretrained Model') and PengtaoJiang/L2G (README:42, Baidu code t4ce). Any copy with "
@@ -250,7 +251,7 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         key_map="resnet38",
         check_keys={"conv1a.weight": (64, 3, 3, 3), "b7.conv_branch2b2.weight": (4096, 2048, 1, 1)},
         pages=("https://1drv.ms/f/s!Agn5nXKXMkK5aigB0g238YxuTxs",
-               "https://pan.baidu.com/s/1GL3zXZuapuXmH9E7Xy8-Fg"),
+               "https://pan.baidu.com/s/1GL3zXZuapuXmH9E7Xy8-Fg (Baidu code mtci)"),
         manual="Eli-YiLi/PMM README:25 'pretrained models' folder (OneDrive, or Baidu with code mtci): take "
                "resnet38_SEAM.pth. SEAM's own release folder (YudeWang/SEAM README:27, Google Drive "
                "1jWsV5Yev-PwKgvvtUM3GnY0ogb50-qKa or Baidu code 6nmo) holds SEAM's trained model.",
