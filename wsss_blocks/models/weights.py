@@ -719,6 +719,9 @@ def _fields(cfg: Any, stages: Sequence[str]) -> list[tuple[str, Any, str, str]]:
     return out
 
 
+_REPORTED: set[str] = set()
+
+
 def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, download: bool = True,
                       progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Path | None]:
     """Resolve and verify every initialisation of a run before its first training step.
@@ -736,7 +739,7 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
         stages: which of ``"cam"``, ``"seg"`` to check.
         download: fetch missing registry files.
         progress: tqdm bars while downloading.
-        log: called with one line per resolved weight (default: print to stderr).
+        log: called with one line per resolved weight (default: print to stderr, once per process).
 
     Returns:
         ``{"cam.pretrained": path or None, ...}``.
@@ -766,7 +769,10 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
             continue
         path = resolve_weights(value, download=download, progress=progress, field_name=field_name)
         result[field_name] = path
-        say(f"weights: {field_name} = {value} -> {path} (verified)")
+        line = f"weights: {field_name} = {value} -> {path} (verified)"
+        if log is not None or line not in _REPORTED:  # the stages of one run check again: say it once
+            _REPORTED.add(line)
+            say(line)
     return result
 
 
