@@ -812,3 +812,16 @@ def test_cli_fetch_several_reports_each_failure(http_server, monkeypatch, cache,
     assert io_.out.startswith(f"test-ok: {cache / 'test-ok.pth'}")
     err = io_.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: weights 'test-gone' are not available") and "HTTP 404" in err[0]
+
+
+def test_caffemodel_converter_without_heads_keeps_the_resnet_only(tmp_path):
+    net = DeepLabV2(21, backbone="resnet_tiny")
+    data, expected = _msra_resnet_caffemodel(net, seed=11)
+    sd = caffemodel_to_deeplab(data, heads=False)
+    assert "fc.weight" not in sd and set(sd) == {k for k in caffemodel_to_deeplab(data) if not k.startswith("fc.")}
+    NetParameter = _caffe_messages()
+    dup = NetParameter()
+    dup.ParseFromString(data)
+    dup.layer.append(dup.layer[1])  # conv1 twice: a second layer cannot silently overwrite the first
+    with pytest.raises(ValueError, match="maps onto 'layer1.conv1.conv', which an earlier layer filled"):
+        caffemodel_to_deeplab(dup.SerializeToString())

@@ -310,7 +310,8 @@ def caffe_to_deeplab_name(layer: str) -> str | None:
     return f"layer{stage}.block{block}.{_BRANCH[toks[1][6:]]}.{'conv' if kind == 'res' else 'bn'}"
 
 
-def caffemodel_to_deeplab(layers: list[CaffeLayer] | str | os.PathLike | bytes) -> dict[str, Tensor]:
+def caffemodel_to_deeplab(layers: list[CaffeLayer] | str | os.PathLike | bytes, *, heads: bool = True
+                          ) -> dict[str, Tensor]:
     """The deeplab-pytorch state dict of a DeepLab-v2 / MSRA ResNet-101 caffemodel (``convert.py`` semantics).
 
     Convolution and InnerProduct blobs become ``<name>.weight`` (and ``.bias``); a BatchNorm layer's mean and
@@ -319,6 +320,13 @@ def caffemodel_to_deeplab(layers: list[CaffeLayer] | str | os.PathLike | bytes) 
     half- and three-quarter-scale copies of the multi-scale VOC model (``res05``, ``res075``) are skipped,
     as in ``convert.py``. The result loads into `DeepLabV2` through the
     ``deeplab_pytorch`` key map.
+
+    Args:
+        layers: parsed layers, a caffemodel path or its bytes.
+        heads: keep the classifier layers (``fc*`` -> ``fc`` or ``aspp.c*``). ``False`` keeps the ResNet only,
+            which is what an initialisation needs: deeplab-pytorch loads its init with the ASPP skipped
+            (``main.py``, ``strict=False``) and this library drops the DeepLab-v1 ``fc``; the class count and
+            layout of a release's classifier then do not matter.
 
     Raises:
         ValueError: a Scale layer without a preceding BatchNorm, or a layer name with weights that is not
@@ -346,6 +354,11 @@ def caffemodel_to_deeplab(layers: list[CaffeLayer] | str | os.PathLike | bytes) 
             unknown.append(f"{layer.name} ({typ})")
             prev_type = typ
             continue
+        if not heads and (target == "fc" or target.startswith("aspp.")):
+            prev_type = typ
+            continue
+        if target != "fc" and (f"{target}.weight" in out or f"{target}.running_mean" in out):
+            raise ValueError(f"caffemodel layer {layer.name!r} maps onto {target!r}, which an earlier layer filled")
         if "BatchNorm" in typ:
             factor = float(b[2].reshape(-1)[0]) if len(b) > 2 else 1.0
             scale = 0.0 if factor == 0 else 1.0 / factor

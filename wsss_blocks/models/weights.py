@@ -475,8 +475,8 @@ def _convert(converter: Converter, src: Path, member: str | None = None) -> dict
                 names = [n for n in z.namelist() if n == want or n.rsplit("/", 1)[-1] == want]
                 if not names:
                     raise ValueError(f"{src} has no {want} (members: {z.namelist()[:10]})")
-                return caffemodel_to_deeplab(read_caffemodel(z.read(names[0])))
-        return caffemodel_to_deeplab(read_caffemodel(src))
+                return caffemodel_to_deeplab(read_caffemodel(z.read(names[0])), heads=False)
+        return caffemodel_to_deeplab(read_caffemodel(src), heads=False)
     if converter == "hf-segformer":
         return hf_segformer_to_mit(read_state_dict(src))
     raise ValueError(f"unknown converter {converter!r}")
