@@ -444,6 +444,9 @@ def test_every_real_data_config_names_registry_weights():
             assert cfg.seg.pretrained in W.WEIGHTS, (name, cfg.seg.pretrained)
             seen.add(cfg.seg.pretrained)
     assert seen == set(W.WEIGHTS) - {"resnet101-imagenet"}
+    # names and "none" survive the loader's path resolution; paths become absolute
+    assert load_run_config("l2g_voc", ["cam.pretrained=none"]).cam.pretrained == "none"
+    assert load_run_config("l2g_voc", ["cam.pretrained=w/x.pth"]).cam.pretrained == str(Path.cwd() / "w" / "x.pth")
     for name in _packaged("_synthetic"):  # synthetic presets: random init, unchanged
         cfg = load_run_config(name)
         assert cfg.cam.pretrained is None and cfg.seg.pretrained is None, name
