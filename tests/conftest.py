@@ -4,6 +4,7 @@ file server on 127.0.0.1 for the download tests."""
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 
@@ -15,12 +16,27 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--parity-device", default=os.environ.get("WSSS_PARITY_DEVICE", "cuda"),
+        help="device of the parity tests (tests/test_cuda_parity.py, marker 'parity'): 'cuda' (default; "
+             "skipped without a GPU) or 'cpu', which runs the same comparisons CPU against CPU to check the "
+             "tests themselves. Default: $WSSS_PARITY_DEVICE or cuda.")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     has_cuda = torch.cuda.is_available()
+    parity_off_gpu = torch.device(config.getoption("--parity-device")).type != "cuda"
     for item in items:
-        if "cuda" in item.keywords and not has_cuda:
+        if "cuda" in item.keywords and not has_cuda and not (parity_off_gpu and "parity" in item.keywords):
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def parity_device(request) -> torch.device:
+    """The device the parity tests compare against CPU float64/float32 references (``--parity-device``)."""
+    return torch.device(request.config.getoption("--parity-device"))
 
 
 @pytest.fixture(autouse=True)
