@@ -6,8 +6,10 @@ Usage::
     python -m benchmarks.render_docs --results /tmp/results --out /tmp/benchmarks.md
 
 Reads every ``*.json`` in the results folder: ``speed_<device>[_quick].json`` from ``benchmarks.speed``,
-the per-family files some ``bench_<family>.py`` scripts write, and ``quality_*.json`` from
-``benchmarks.quality``. Writes one table per family and device (median time, baseline, time ratio, peak
+the per-family files some ``bench_<family>.py`` scripts write, ``quality_*.json`` from
+``benchmarks.quality`` and ``gpu_<device>[_quick].json`` from the GPU suite ``benchmarks.gpu`` (its own
+section: the goals and per-section tables of a full CUDA run, "unmeasured" without one, and a status line per
+dry run). Writes one table per family and device (median time, baseline, time ratio, peak
 memory, target, PASS/FAIL) with the hardware, thread count, versions and date from each file's config
 header, the quality tables, and a bar chart of the time ratios (``docs/img/benchmarks_overhead.png``).
 
@@ -42,8 +44,8 @@ _TIME_KEYS = ("median_ms", "min_ms")
 _BASE_TIME_KEYS = ("baseline_median_ms", "baseline_ms")
 _MEM_KEYS = ("peak_mem_mb",)
 _BASE_MEM_KEYS = ("baseline_mem_mb", "baseline_peak_mem_mb")
-_SKIP = {"name", "params", "family", "target", "passed", "ratio", "samples_ms", *_TIME_KEYS, *_BASE_TIME_KEYS,
-         *_MEM_KEYS, *_BASE_MEM_KEYS}
+_SKIP = {"name", "params", "family", "section", "todo", "target", "passed", "ratio", "samples_ms", *_TIME_KEYS,
+         *_BASE_TIME_KEYS, *_MEM_KEYS, *_BASE_MEM_KEYS}
 
 DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU (CUDA)"}
 
@@ -56,7 +58,7 @@ class Source:
     """One JSON result file."""
 
     file: str                      # file name (relative: output must not depend on where the folder is)
-    kind: str                      # "speed" (runner), "family", "quality"
+    kind: str                      # "speed" (runner), "family", "quality", "gpu" (benchmarks.gpu)
     config: dict[str, Any]
     rows: list[dict[str, Any]]
     quick: bool
@@ -102,6 +104,13 @@ def load_sources(results: Path) -> tuple[list[Source], list[str]]:
             skipped.append(f"{path.name}: no 'rows' list")
             continue
         rows = [r for r in data["rows"] if isinstance(r, dict)]
+        if data.get("suite") == "gpu":  # the GPU suite's file: shown in its own section, even without rows
+            cfg_g = data.get("config")
+            config_g: dict[str, Any] = cfg_g if isinstance(cfg_g, dict) else {}
+            extra_g = {k: v for k, v in data.items() if k not in ("rows", "config")}
+            sources.append(Source(path.name, "gpu", config_g, rows, bool(data.get("quick")),
+                                  _device_of(config_g, path.stem), extra_g))
+            continue
         if not rows:
             skipped.append(f"{path.name}: no rows")
             continue
@@ -131,7 +140,7 @@ def select(sources: Sequence[Source]) -> dict[str, dict[str, list[tuple[Source, 
     """``{device: {family: [(source, rows), ...]}}`` keeping, per pair, only the best tier's files."""
     cand: dict[tuple[str, str], list[tuple[Source, list[dict[str, Any]]]]] = {}
     for src in sources:
-        if src.kind == "quality":
+        if src.kind in ("quality", "gpu"):
             continue
         by_fam: dict[str, list[dict[str, Any]]] = {}
         for r in src.rows:
@@ -156,6 +165,8 @@ def fmt_num(v: Any) -> str:
     """Compact, deterministic number formatting (3 significant digits, no exponent below 1e6)."""
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, int) and abs(v) < 1e6:
+        return str(v)
     if not _finite(v):
         return "–"
     a = abs(v)
@@ -300,6 +311,161 @@ def quality_table(src: Source) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ GPU suite
+#: the goals the GPU suite (``python -m benchmarks.gpu``) checks, shown as unmeasured until a GPU run exists
+GPU_GOALS: tuple[tuple[str, str], ...] = (
+    ("tests", "`pytest -m cuda`: every CUDA-marked test passes (device/dtype parity of the blocks that claim "
+              "CUDA support)"),
+    ("crf", "dense CRF on the GPU, batch 8: >= 30x pydensecrf (one CPU core) per image, 375x500, K=21, "
+            "10 iterations, afa and deeplab presets"),
+    ("crf", "dense CRF: argmax agreement with pydensecrf >= 99.5 % (scikit-image photos)"),
+    ("refine", "PAR and VARM at (2, 21, 224, 224) and (8, 21, 448, 448): >= 20x faster, <= 1/8 peak "
+               "`max_memory_allocated`, equal to 1e-5, against the release-shaped algorithm on the same GPU"),
+    ("pseudo", "pseudo masks of VOC train_aug (10,582 images) in < 15 min on one GPU, for every method's VOC "
+               "config (CAMs, CoV/PPMG, SMAF, CRF as configured)"),
+)
+
+GPU_HOWTO = (
+    "**How to run on a rented GPU.** On a machine with one CUDA GPU (H100/H200 class), in a checkout with the "
+    "development environment installed (`pip install -e '.[dev]'`, which brings pytest, pydensecrf and "
+    "scikit-image), run `python -m benchmarks.gpu`. It needs no dataset, no weight file and no internet (random "
+    "weights, scikit-image photos and in-memory images at VOC sizes); the expected wall time is about 5-7 "
+    "minutes including start-up (an estimate: the target is under 8). It writes "
+    "`benchmarks/results/gpu_cuda.json` after every finished row and section and re-renders this page after "
+    "every section, so a run cut short keeps what it finished. Each section runs in its own process under "
+    "`--timeout-per-section` (default 300 s); a failed section is recorded with its error and the others "
+    "continue (exit code 1). `--sections crf,refine --merge` reruns a subset and keeps the other sections' "
+    "results from the same machine and versions. Commit the JSON file and this page. The same code at toy sizes "
+    "runs on the CPU with `python -m benchmarks.gpu --device cpu --quick` (under 3 minutes; CI runs it).")
+
+_GOAL_FIGURES = (("tests_passed", "{} passed"), ("tests_failed", "{} failed"), ("tests_skipped", "{} skipped"),
+                 ("agreement_pct", "agreement {} %"), ("speedup", "{}x"), ("mem_ratio", "memory ratio {}"),
+                 ("max_abs_diff", "max abs diff {}"), ("projected_train_aug_min", "train_aug {} min"),
+                 ("images_per_s", "{} images/s"))
+
+
+def _num_text(v: Any) -> str:
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else fmt_num(v)
+
+
+def goal_figure(row: dict[str, Any]) -> str:
+    """The figures a goal row is judged on, in words (``"41.2x"``, ``"agreement 99.9 %"``, ...)."""
+    parts = [fmt.format(_num_text(row[k])) for k, fmt in _GOAL_FIGURES if _finite(row.get(k))]
+    return ", ".join(parts)
+
+
+def _gpu_sources(sources: Sequence[Source]) -> tuple[Source | None, list[Source]]:
+    """(the newest full CUDA run, the other GPU-suite files: dry runs, quick or CPU runs)."""
+    gpu = [s for s in sources if s.kind == "gpu"]
+    full = [s for s in gpu if s.device == "cuda" and not s.quick]
+    best = max(full, key=lambda s: (str(s.config.get("date", "")), s.file)) if full else None
+    return best, sorted((s for s in gpu if s is not best), key=lambda s: s.file)
+
+
+def _sections(src: Source) -> list[dict[str, Any]]:
+    secs = src.extra.get("sections")
+    return [x for x in secs if isinstance(x, dict) and x.get("name")] if isinstance(secs, list) else []
+
+
+def section_status_line(src: Source) -> str:
+    """``tests ok (12 s), crf failed (RuntimeError: ...), ...`` for the sections that ran."""
+    bits = []
+    for sec in _sections(src):
+        if sec.get("status") in ("not run", None):
+            continue
+        txt = f"{sec['name']} {sec['status']}"
+        extra = [f"{fmt_num(sec['seconds'])} s"] if _finite(sec.get("seconds")) else []
+        for r in src.rows:  # the test counts are the tests section's result
+            if r.get("section") == sec["name"] and _finite(r.get("tests_passed")):
+                extra.append(", ".join(f"{r.get(k)} {w}" for k, w in (("tests_passed", "passed"),
+                                       ("tests_failed", "failed"), ("tests_skipped", "skipped"))))
+        if sec.get("status") != "ok" and sec.get("error"):
+            err = str(sec["error"]).splitlines()[0]
+            extra.append(err if len(err) <= 120 else err[:119] + "…")
+        bits.append(txt + (f" ({'; '.join(extra)})" if extra else ""))
+    return ", ".join(bits) or "no section ran"
+
+
+def gpu_target_lines(sources: Sequence[Source]) -> list[str]:
+    """Lines of the page's Targets list for the GPU suite: its goals, or "unmeasured" ones without a GPU run."""
+    full, _ = _gpu_sources(sources)
+    if full is None:
+        return [f"- **unmeasured** [gpu suite/{sec}] {_cell(goal)} (no GPU run yet)" for sec, goal in GPU_GOALS]
+    date = full.config.get("date", "date unknown")
+    return [f"- **{'PASS' if r['passed'] else 'FAIL'}** [gpu suite/{r.get('section', '?')}] "
+            f"{_cell(r.get('name', '?'))}: {_cell(r.get('target', ''))} (`{full.file}`, {date})" for r in full.rows
+            if isinstance(r.get("passed"), bool)]
+
+
+def gpu_section(sources: Sequence[Source]) -> list[str]:
+    """The "GPU suite" part of the page."""
+    full, others = _gpu_sources(sources)
+    L = ["## GPU suite", "", GPU_HOWTO, ""]
+    if full is None:
+        L += ["GPU figures: **unmeasured** (no GPU run yet; `benchmarks/results/gpu_cuda.json` does not exist). "
+              "The goals it will check:", ""]
+        L += ["| section | goal | result |", "|---|---|---|"]
+        L += [f"| {sec} | {_cell(goal)} | unmeasured |" for sec, goal in GPU_GOALS]
+        L += ["", "Also measured, without a goal: images/s of multi-scale + flip CAMs (ResNet-38 and ResNet-50 at "
+              "375x500, AMP off and on) and, for every method's VOC config, steps/s and peak memory of a training "
+              "step at its real batch and crop, with the projected time of each training phase.", ""]
+    else:
+        L += [hardware_line(full), ""]
+        wall = full.extra.get("wall_s")
+        done = "complete" if full.extra.get("complete") else "**incomplete**"
+        L += [f"Sections: {section_status_line(full)}; {done}"
+              + (f", {fmt_num(wall)} s in all." if _finite(wall) else "."), ""]
+        goals = [r for r in full.rows if isinstance(r.get("passed"), bool)]
+        L += ["### Goals", ""]
+        if goals:
+            L += ["| section | benchmark | figure | target | result |", "|---|---|---|---|---|"]
+            L += [f"| {_cell(r.get('section', '?'))} | {_cell(r.get('name', '?'))} | {_cell(goal_figure(r))} | "
+                  f"{_cell(r.get('target', ''))} | {verdict(r)} |" for r in goals]
+        else:
+            L.append("No goal row was measured (see the sections' errors above).")
+        L.append("")
+        notes = full.extra.get("notes")
+        if isinstance(notes, list) and notes:
+            L += [f"- {_cell(n)}" for n in notes] + [""]
+        for sec in _sections(full):
+            rows = [r for r in full.rows if r.get("section") == sec["name"]]
+            if not rows and sec.get("status") in ("not run", None):
+                continue
+            L += [f"### {sec.get('title') or sec['name']}", ""]
+            status = f"Section `{sec['name']}`: {sec.get('status', '?')}"
+            if _finite(sec.get("seconds")):
+                status += f" in {fmt_num(sec['seconds'])} s"
+            if sec.get("error"):
+                status += f"; {_cell(str(sec['error']).splitlines()[0])}"
+            if sec.get("merged_from"):
+                status += f" (kept from an earlier run started {sec.get('started', '?')})"
+            L += [status + ".", ""]
+            if rows:
+                L += [speed_table(rows), ""]
+            for r in rows:
+                if r.get("todo"):
+                    L.append(f"- {_cell(r.get('name', '?'))}: TODO: {_cell(r['todo'])}")
+                if r.get("failed_tests"):
+                    L.append(f"- failed tests: {_cell(', '.join(map(str, r['failed_tests'])))}")
+            if any(r.get("todo") or r.get("failed_tests") for r in rows):
+                L.append("")
+    if others:
+        L += ["Dry runs of the suite (the same code at toy sizes or off the GPU; they show that the suite works, "
+              "not the goals):", ""]
+        for src in others:
+            c = src.config
+            where = f"`{c.get('device_name', 'unknown device')}` ({c.get('device', src.device)})"
+            threads = c.get("threads")
+            mode = "quick sizes" if src.quick else "full sizes"
+            wall = src.extra.get("wall_s")
+            L.append(f"- `{src.file}`: {where}"
+                     + (f", {threads} torch thread{'s' if threads != 1 else ''}" if threads is not None else "")
+                     + f", {mode}, {c.get('date', 'date unknown')}: {section_status_line(src)}"
+                     + (f"; {fmt_num(wall)} s in all" if _finite(wall) else "") + ".")
+        L.append("")
+    return L
+
+
 # ------------------------------------------------------------------------------------------------ chart
 
 
@@ -417,6 +583,7 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
                                      f"{_cell(r.get('target', ''))} (`{src.file}`, {date}"
                                      f"{', quick sizes' if src.quick else ''})")
     L.extend(lines or ["No target was checked in the results shown."])
+    L.extend(gpu_target_lines(sources))
     add("")
 
     # chart
@@ -451,6 +618,8 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
                 add("")
                 add(speed_table(rows))
                 add("")
+
+    L.extend(gpu_section(sources))
 
     # quality
     add("## Quality")
@@ -494,7 +663,7 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
 
     # bookkeeping
     shown = {src.file for fams in selected.values() for items in fams.values() for src, _ in items}
-    shown |= {s.file for s in qual}
+    shown |= {s.file for s in qual} | {s.file for s in sources if s.kind == "gpu"}
     unused = sorted(s.file for s in sources if s.file not in shown)
     if unused or skipped:
         add("## Other result files")
