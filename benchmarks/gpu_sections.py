@@ -258,6 +258,10 @@ def section_refine(device: str, quick: bool) -> Iterator[Row]:
     from benchmarks.par_baseline import baseline_par, baseline_varm
     from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine
 
+    # float32 means float32 here: the baseline gathers neighbours with convolutions, which cuDNN runs in TF32 (10
+    # mantissa bits) on Ampere and newer GPUs by default; that would make "equal to 1e-5" a test of TF32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     shapes = ((1, 5, 48, 48), (2, 5, 64, 64)) if quick else ((2, 21, 224, 224), (8, 21, 448, 448))
     iters = 3 if quick else 10
     base_repeats, fast_per_base = (1, 2) if quick else (3, 3)
@@ -290,7 +294,7 @@ def section_refine(device: str, quick: bool) -> Iterator[Row]:
             speedup = b_med / f_med
             mem_ratio = f_mem / b_mem if b_mem > 0 else float("nan")
             yield {"name": f"{name} ({b}, {c}, {h}, {w})", "params": f"B={b} C={c} {h}x{w}, {iters} iterations, "
-                   f"dilations (1, 2, 4, 8, 12, 24), {device}", "median_ms": f_med, "baseline_ms": b_med,
+                   f"dilations (1, 2, 4, 8, 12, 24), {device}, TF32 off", "median_ms": f_med, "baseline_ms": b_med,
                    "peak_mem_mb": f_mem, "baseline_mem_mb": b_mem, "speedup": speedup, "mem_ratio": mem_ratio,
                    "max_abs_diff": diff,
                    "target": f"speedup >= {REFINE_SPEED_GOAL:g}, memory ratio <= 1/8, max abs diff <= "
@@ -344,6 +348,24 @@ def section_cams(device: str, quick: bool) -> Iterator[Row]:
         free_memory()
 
 
+def per_method(methods: tuple[str, ...], run: Callable[[str], list[Row]]) -> Iterator[Row]:
+    """Rows of ``run(method)`` for every method; a method that raises (e.g. out of memory) gets an error row and
+    the others still run; the section then fails, naming every failed method, with all finished rows kept."""
+    errors = []
+    for m in methods:
+        try:
+            rows = run(m)
+        except Exception as e:  # noqa: BLE001 - isolate the methods of one section from each other
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            errors.append(f"{m}: {msg}")
+            rows = [{"name": f"{m}_voc", "error": msg}]
+            print(f"{m} failed:", msg, flush=True)
+        free_memory()
+        yield from rows
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(methods)} methods failed: " + "; ".join(errors))
+
+
 # ------------------------------------------------------------------------------------------------ 5. pseudo masks
 #: a TODO hook for PPL's IRN random-walk refiner (being added to the library): when the PPL config names an
 #: IRN step, its per-batch refinement belongs in the timed region below, after ``pseudo_masks``.
@@ -372,70 +394,73 @@ def _restored_method(cfg: Any, env: Any, out_dir: Path) -> Any:
 
 def section_pseudo(device: str, quick: bool, methods: tuple[str, ...] = METHODS) -> Iterator[Row]:
     """The pseudo-mask pass of each ``<method>_voc`` config on random weights; projected VOC train_aug time."""
+    n, warm = (1, 1) if quick else (24, 2)
+    samples = InMemoryVOC(voc_like_samples(n + warm, quick))
+    yield from per_method(methods, lambda m: [_pseudo_method(m, device, quick, samples, warm)])
+
+
+def _pseudo_method(m: str, device: str, quick: bool, samples: InMemoryVOC, warm: int) -> Row:
     from wsss_blocks.train.datasets import iter_inference_batches
     from wsss_blocks.train.distributed import DistEnv
     from wsss_blocks.train.pseudo_stage import compute_cams
     from wsss_blocks.train.schema import load_run_config
 
-    n, warm = (1, 1) if quick else (24, 2)
     env = DistEnv(device=torch.device(device))
-    samples = InMemoryVOC(voc_like_samples(n + warm, quick))
-    for m in methods:
-        # quick: two scales keep the CPU dry run of the three ResNet-38 configs within seconds
-        cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else []))
-        bg = cfg.pseudo.bg_score
-        bg_note = ""
-        if bg == "sweep":  # the value does not change the cost; the sweep picks it on the CAM evaluation split
-            bg, bg_note = 0.15, " (pseudo.bg_score sweep: 0.15 used)"
-        pcfg = dataclasses.replace(cfg.pseudo, bg_score=float(bg))
-        with tempfile.TemporaryDirectory() as tmp:
-            t_build = time.perf_counter()
-            method = _restored_method(cfg, env, Path(tmp))
-            build_s = time.perf_counter() - t_build
-            mem = PeakMemory(device)
-            cam_s = mask_s = 0.0
-            count = 0
-            with torch.no_grad():
-                for k, group in enumerate(iter_inference_batches(samples, env, cfg.pseudo.batch_size)):
-                    img = torch.stack([s["image"] for s in group]).to(device)
-                    lab = torch.stack([s["labels"] for s in group]).to(device)
-                    if k < warm:  # warm-up (cuDNN autotuning, allocator, lazy imports)
-                        method.pseudo_masks(compute_cams(method, img, lab, cfg), lab, img, pcfg).cpu()
-                        if k == warm - 1:
-                            mem.start()
-                        continue
-                    sync(device)
-                    t0 = time.perf_counter()
-                    cams = compute_cams(method, img, lab, cfg)
-                    sync(device)
-                    t1 = time.perf_counter()
-                    masks = method.pseudo_masks(cams, lab, img, pcfg)
-                    if IRN_HOOK is not None:  # TODO(PPL IRN refiner): time the random walk here when configured
-                        masks = IRN_HOOK(method, cams, lab, img)
-                    masks.to(torch.uint8).cpu()
-                    sync(device)
-                    t2 = time.perf_counter()
-                    cam_s += t1 - t0
-                    mask_s += t2 - t1
-                    count += len(group)
-            peak = mem.mib()
-            del method
-            free_memory()
-        per_image = (cam_s + mask_s) / count
-        train_aug_min = VOC_TRAIN_AUG * per_image / 60
-        stage_min = train_aug_min + VOC_CAM_EVAL * cam_s / count / 60
-        crf = _crf_note(m, cfg)
-        yield {"name": f"{m}_voc pseudo masks", "params": f"{count} images at VOC sizes (batch "
-               f"{cfg.pseudo.batch_size}), scales {tuple(cfg.pseudo.scales)}{' + flip' if cfg.pseudo.flip else ''}, "
-               f"{cfg.cam.backbone}, AMP {'on' if cfg.runtime.amp and torch.device(device).type == 'cuda' else 'off'}"
-               f"{crf}, random weights{bg_note}",
-               "median_ms": per_image * 1e3, "cam_ms": cam_s / count * 1e3, "mask_ms": mask_s / count * 1e3,
-               "images_per_s": 1.0 / per_image, "projected_train_aug_min": train_aug_min,
-               "projected_stage_min": stage_min, "build_s": build_s, "peak_mem_mb": peak,
-               "target": f"VOC train_aug ({VOC_TRAIN_AUG:,} images) < {PSEUDO_GOAL_MIN:g} min",
-               "passed": train_aug_min < PSEUDO_GOAL_MIN,
-               **({"todo": "PPL's IRN random walk is not in the library yet: not timed"} if m == "ppl"
-                  and IRN_HOOK is None else {})}
+    # quick: two scales keep the CPU dry run of the three ResNet-38 configs within seconds
+    cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else []))
+    bg = cfg.pseudo.bg_score
+    bg_note = ""
+    if bg == "sweep":  # the value does not change the cost; the sweep picks it on the CAM evaluation split
+        bg, bg_note = 0.15, " (pseudo.bg_score sweep: 0.15 used)"
+    pcfg = dataclasses.replace(cfg.pseudo, bg_score=float(bg))
+    with tempfile.TemporaryDirectory() as tmp:
+        t_build = time.perf_counter()
+        method = _restored_method(cfg, env, Path(tmp))
+        build_s = time.perf_counter() - t_build
+        mem = PeakMemory(device)
+        cam_s = mask_s = 0.0
+        count = 0
+        with torch.no_grad():
+            for k, group in enumerate(iter_inference_batches(samples, env, cfg.pseudo.batch_size)):
+                img = torch.stack([s["image"] for s in group]).to(device)
+                lab = torch.stack([s["labels"] for s in group]).to(device)
+                if k < warm:  # warm-up (cuDNN autotuning, allocator, lazy imports)
+                    method.pseudo_masks(compute_cams(method, img, lab, cfg), lab, img, pcfg).cpu()
+                    if k == warm - 1:
+                        mem.start()
+                    continue
+                sync(device)
+                t0 = time.perf_counter()
+                cams = compute_cams(method, img, lab, cfg)
+                sync(device)
+                t1 = time.perf_counter()
+                masks = method.pseudo_masks(cams, lab, img, pcfg)
+                if IRN_HOOK is not None:  # TODO(PPL IRN refiner): time the random walk here when configured
+                    masks = IRN_HOOK(method, cams, lab, img)
+                masks.to(torch.uint8).cpu()
+                sync(device)
+                t2 = time.perf_counter()
+                cam_s += t1 - t0
+                mask_s += t2 - t1
+                count += len(group)
+        peak = mem.mib()
+        del method
+        free_memory()
+    per_image = (cam_s + mask_s) / count
+    train_aug_min = VOC_TRAIN_AUG * per_image / 60
+    stage_min = train_aug_min + VOC_CAM_EVAL * cam_s / count / 60
+    crf = _crf_note(m, cfg)
+    return {"name": f"{m}_voc pseudo masks", "params": f"{count} images at VOC sizes (batch "
+           f"{cfg.pseudo.batch_size}), scales {tuple(cfg.pseudo.scales)}{' + flip' if cfg.pseudo.flip else ''}, "
+           f"{cfg.cam.backbone}, AMP {'on' if cfg.runtime.amp and torch.device(device).type == 'cuda' else 'off'}"
+           f"{crf}, random weights{bg_note}",
+           "median_ms": per_image * 1e3, "cam_ms": cam_s / count * 1e3, "mask_ms": mask_s / count * 1e3,
+           "images_per_s": 1.0 / per_image, "projected_train_aug_min": train_aug_min,
+           "projected_stage_min": stage_min, "build_s": build_s, "peak_mem_mb": peak,
+           "target": f"VOC train_aug ({VOC_TRAIN_AUG:,} images) < {PSEUDO_GOAL_MIN:g} min",
+           "passed": train_aug_min < PSEUDO_GOAL_MIN,
+           **({"todo": "PPL's IRN random walk is not in the library yet: not timed"} if m == "ppl"
+              and IRN_HOOK is None else {})}
 
 
 def _crf_note(method: str, cfg: Any) -> str:
@@ -476,10 +501,8 @@ def _train_overrides(m: str, device: str, quick: bool) -> list[str]:
 
 def section_train(device: str, quick: bool, methods: tuple[str, ...] = METHODS) -> Iterator[Row]:
     """Training steps of each ``<method>_voc`` config (every phase) through ``run_phase``: steps/s, peak memory."""
-    for m in methods:
-        rows = _train_method(m, device, quick)  # returns: its networks and optimizers are garbage now
-        free_memory()
-        yield from rows
+    # _train_method returns its rows: the method's networks and optimizer are garbage before the next one
+    yield from per_method(methods, lambda m: _train_method(m, device, quick))
 
 
 def _train_method(m: str, device: str, quick: bool) -> list[Row]:

@@ -565,7 +565,8 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
         "(MiB). Targets are printed as PASS/FAIL; they are never asserted in tests.")
     add("")
     add("Reproduce: `python -m benchmarks.speed --device cpu` (or `--device cuda`, `--quick` for a smoke run), "
-        "`python -m benchmarks.quality`, then `python -m benchmarks.render_docs`.")
+        "`python -m benchmarks.gpu` on a GPU (see [GPU suite](#gpu-suite)), `python -m benchmarks.quality`, then "
+        "`python -m benchmarks.render_docs`.")
     add("")
 
     # targets summary

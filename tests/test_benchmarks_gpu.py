@@ -231,3 +231,34 @@ def test_gpu_file_without_rows_is_shown_not_skipped(tmp_path):
     text = rd.render(res, tmp_path / "p.md", families=[])[0].read_text()
     assert "Sections: tests timeout (300 s; stopped after 300 s (--timeout-per-section); 0 rows kept)" in text
     assert "No goal row was measured" in text and "skipped `gpu_cuda.json`" not in text
+
+
+def test_per_method_isolates_a_failing_method():
+    from benchmarks.gpu_sections import per_method
+
+    def run(m):
+        if m == "b":
+            raise MemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore text")
+        return [{"name": f"{m} row"}]
+
+    rows = []
+    with pytest.raises(RuntimeError, match=r"^1 of 3 methods failed: b: MemoryError: CUDA out of memory\. Tried"):
+        for r in per_method(("a", "b", "c"), run):
+            rows.append(r)
+    assert rows == [{"name": "a row"}, {"name": "b_voc", "error": "MemoryError: CUDA out of memory. Tried to "
+                                                                  "allocate 2 GiB"}, {"name": "c row"}]
+
+
+def test_voc_like_samples_are_deterministic_voc_sized_and_labelled():
+    import torch
+
+    from benchmarks.gpu_sections import VOC_SIZES, voc_like_samples
+
+    a, b = voc_like_samples(6, False, saliency=True), voc_like_samples(6, False, saliency=True)
+    for s, t in zip(a, b):
+        assert torch.equal(s["image"], t["image"]) and torch.equal(s["labels"], t["labels"])
+        assert tuple(s["image"].shape[1:]) in VOC_SIZES and s["image"].shape[0] == 3
+        assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
+        assert 1 <= int(s["labels"].sum()) <= 3 and s["labels"].shape == (20,)
+        assert s["saliency"].shape == (1, *s["image"].shape[1:])
+    assert len({tuple(s["image"].shape) for s in a}) > 1 and len({s["name"] for s in a}) == 6
