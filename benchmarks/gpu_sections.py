@@ -507,18 +507,14 @@ def section_train(device: str, quick: bool, methods: tuple[str, ...] = METHODS) 
 
 def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     """Every phase of ``m``'s VOC config as ``train_cam`` runs it, stopped after warm-up + measured steps."""
+    from wsss_blocks.data.normalization import data_normalization
     from wsss_blocks.train.cam_stage import build_method, prepare_env
-    from wsss_blocks.train.datasets import cam_train_transform
+    from wsss_blocks.train.datasets import AugmentedDataset, cam_train_transform
     from wsss_blocks.train.distributed import DistEnv
-    from wsss_blocks.train.loop import (
-        AugmentedDataset,
-        MetricLogger,
-        PhaseSpec,
-        data_normalization,
-        run_phase,
-        total_steps_for,
-    )
+    from wsss_blocks.train.loop import PhaseSpec, run_phase
     from wsss_blocks.train.methods import PhaseContext
+    from wsss_blocks.train.optim import total_steps_for
+    from wsss_blocks.train.reporting import MetricLogger
     from wsss_blocks.train.schema import load_run_config
 
     warmup, repeats = (1, 1) if quick else (2, 5)
