@@ -141,6 +141,16 @@ def case_cam_from_features(device, dtype):
 
 
 @case()
+def case_tokens_to_map(device, dtype):
+    from wsss_blocks.cam import tokens_to_map
+
+    tokens = randn(2, 2 + 4 * 6, 8)
+    out = tokens_to_map(dev(tokens, device), (64, 96), 16, num_prefix_tokens=2)
+    on_device(out, device)
+    same(out.cpu().to(F64), rounded(tokens_to_map(tokens, (64, 96), 16, num_prefix_tokens=2), F32), "tokens_to_map")
+
+
+@case()
 def case_normalize_cams(device, dtype):
     from wsss_blocks.cam import normalize_cams
 
@@ -563,7 +573,8 @@ def test_parity(name: str, mode: str, parity_device: torch.device, no_tf32: None
 def test_every_claimed_block_has_a_case():
     """The blocks whose docs claim CUDA (and AMP) support are all covered; half modes where AMP is claimed.
     (Runs everywhere: it checks the case table, not a device.)"""
-    must = {"cam_from_features", "multiscale_cams", "confusion_matrix_and_metric", "threshold_sweep",
+    must = {"cam_from_features", "tokens_to_map", "normalize_cams", "cams_to_mask", "multiscale_cams",
+            "confusion_matrix_and_metric", "threshold_sweep",
             "dense_crf_torch_backend", "pixel_adaptive_refine", "variation_aware_refine", "self_correspondence_loss",
             "affinity_from_attention_loss", "roi_align", "l2g_transfer", "cov_smooth", "proportional_pseudo_mask",
             "multiscale_attention_fusion", "smaf_pseudo_labels", "split_merge_tile_patches", "patch_learning"}
