@@ -2,7 +2,7 @@
 
 Every section takes ``(device, quick)`` and yields row dicts as it finishes them (the runner saves each row at
 once, so a section stopped by its timeout keeps its finished rows). ``quick`` runs the same code at toy sizes
-(the CPU dry run). Rows that carry ``target`` and ``passed`` are the goals of issue 20; ``passed`` is computed
+(the CPU dry run). Rows that carry ``target`` and ``passed`` are the suite's goals; ``passed`` is computed
 in quick mode too (to exercise the code), but only full-size GPU figures are the goals' evidence.
 
 Sections (in suite order):
@@ -322,6 +322,7 @@ def section_cams(device: str, quick: bool) -> Iterator[Row]:
     warmup, repeats = (0, 1) if quick else (1, 3)
     scales = (1.0, 0.5, 1.5, 2.0)
     pool = photo_pool(((h, w),))[(h, w)]
+    fp32 = "float32" + (" (cuDNN TF32 convolutions, torch's default)" if torch.device(device).type == "cuda" else "")
     for backbone, kwargs in (("resnet38d", {}), ("resnet50", {"output_stride": 16})):
         torch.manual_seed(0)
         net = CAMNet(backbone, 20, None, backbone_kwargs=kwargs).to(device).eval()
@@ -340,7 +341,7 @@ def section_cams(device: str, quick: bool) -> Iterator[Row]:
                 per_image = st["median_ms"] / b
                 yield {"name": f"{backbone} batch {b} AMP {'on' if amp else 'off'}",
                        "params": f"{b}x3x{h}x{w}, scales {scales} + flip, "
-                                 f"{'autocast ' + str(_amp_dtype(device)).replace('torch.', '') if amp else 'float32'}"
+                                 f"{'autocast ' + str(_amp_dtype(device)).replace('torch.', '') if amp else fp32}"
                                  f", random weights",
                        "median_ms": per_image, "batch_ms": st["median_ms"], "images_per_s": 1e3 / per_image,
                        "peak_mem_mb": mem, "samples_ms": st["samples_ms"]}
