@@ -9,9 +9,9 @@ Usage::
 Sections, in this order (``benchmarks/gpu_sections.py`` documents each): ``tests`` (``pytest -m cuda``),
 ``crf`` (torch dense CRF on the GPU vs pydensecrf, agreement), ``refine`` (PAR/VARM vs the release-shaped
 algorithm), ``cams`` (multi-scale + flip CAMs, ResNet-38/50, AMP off/on), ``pseudo`` (the pseudo-mask pass of
-every ``<method>_voc`` config, projected to VOC train_aug) and ``train`` (training steps of every
-``<method>_voc`` config at its real batch and crop). Everything runs on random weights, scikit-image photos
-and in-memory VOC-size images: no dataset, no weight file, no download.
+every ``<method>_voc`` config, projected to VOC train_aug, and PPL's CAMs + IRN's random walk) and ``train``
+(training steps of every ``<method>_voc`` config at its real batch and crop). Everything runs on random
+weights, scikit-image photos and in-memory VOC-size images: no dataset, no weight file, no download.
 
 Each section runs in its own Python process (isolation: a crash, a CUDA error or an out-of-memory in one
 section cannot take the others down, and each starts with empty GPU memory) under ``--timeout-per-section``.

@@ -322,7 +322,7 @@ GPU_GOALS: tuple[tuple[str, str], ...] = (
     ("refine", "PAR and VARM at (2, 21, 224, 224) and (8, 21, 448, 448): >= 20x faster, <= 1/8 peak "
                "`max_memory_allocated`, equal to 1e-5, against the release-shaped algorithm on the same GPU"),
     ("pseudo", "pseudo masks of VOC train_aug (10,582 images) in < 15 min on one GPU, for every method's VOC "
-               "config (CAMs, CoV/PPMG, SMAF, CRF as configured)"),
+               "config (CAMs, CoV/PPMG, SMAF, VARM, CRF as configured) and for PPL's CAMs + IRN's random walk"),
 )
 
 GPU_HOWTO = (
