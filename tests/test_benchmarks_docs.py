@@ -57,11 +57,11 @@ def test_page_tables_hardware_and_pass_fail(results, tmp_path):
     assert text.count(hw) == 2  # core and crf tables both come from speed_cpu.json
     assert "Source: `bench_refine_cpu.json`." in text
     # exact rows: ratio from the row's times, memory columns, verdicts, leftover figures
-    assert ("| crf_speed | 64x64 | 150 | 100 | 1.5 | 12.5 | 10.0 | torch/pydensecrf <= 2 | **FAIL** |  |"
-            in text)
-    assert "| miou | 1449 maps | 812 | – | – | 3 | – | < 2 s | **PASS** |  |" in text
-    assert "| agreement |  | – | – | – | – | – | agreement >= 99.5 % | not checked | agreement_pct 99.8 |" in text
-    assert "| PAR | B=2 | 20.0 | 80.0 | 0.25 | 5 | 50.0 |  |  | clock cpu, speedup 4 |" in text
+    # (six columns: parameters next to the name, ours / baseline in one cell, target and verdict in one)
+    assert "| crf_speed (64x64) | 150 / 100 | 1.5 | 12.5 / 10.0 | torch/pydensecrf <= 2: **FAIL** |  |" in text
+    assert "| miou (1449 maps) | 812 | – | 3 | < 2 s: **PASS** |  |" in text
+    assert "| agreement | – | – | – | agreement >= 99.5 %: not checked | agreement_pct 99.8 |" in text
+    assert "| PAR (B=2) | 20.0 / 80.0 | 0.25 | 5 / 50.0 |  | clock cpu, speedup 4 |" in text
     # target summary lines with source and date
     assert ("- **PASS** [cpu/core] miou: < 2 s (`speed_cpu.json`, 2030-01-02T03:04:05+00:00)" in text)
     assert ("- **FAIL** [cpu/crf] crf_speed: torch/pydensecrf <= 2 (`speed_cpu.json`, "
@@ -99,7 +99,7 @@ def test_gpu_results_and_quick_fallback(tmp_path):
     assert "no GPU in this session" not in text
     gpu = text[text.index("## GPU (CUDA)"):]
     assert "Measured on `NVIDIA H100` (cuda), 16 torch threads of 16 CPU cores" in gpu
-    assert "| crf_gpu |  | 2 | 60.0 | 0.0333 |" in gpu
+    assert "| crf_gpu | 2 / 60.0 | 0.0333 | – | >= 20x faster: **PASS** |  |" in gpu
     assert "Not measured on GPU (CUDA): core." in gpu
     cpu = text[text.index("## CPU"):text.index("## GPU (CUDA)")]
     assert "quick mode (smoke-test sizes, not the targets' working sizes). Source: `speed_cpu_quick.json`." in cpu
