@@ -47,7 +47,7 @@ _NOT_TEXT = {"script", "style"}
 _CODE = {"code", "pre", "kbd", "samp"}
 _MATH_DELIMS = re.compile(r"\\\(|\\\[|\$\$")
 _ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|obj|exc|const|ref|term|doc|any):`(?=[^`\s])")
-_INTERNAL = re.compile(r"spec_[A-Za-z0-9_]*\.md|protocol_and_sota|DESIGN\.md|shared/specs|\bspecs?(?:'s)?\s*§")
+_INTERNAL = re.compile(r"spec_[A-Za-z0-9_*]*\.md|protocol_and_sota|DESIGN\.md|shared/specs|\bspecs?(?:'s)?\s*§")
 _BULLET_START = re.compile(r"^\s*[-*] \S")
 _BULLET_LINE = re.compile(r"\n\s*[-*] \S")
 _EXTERNAL_URL = re.compile(r"^(?:https?:)?//", re.IGNORECASE)

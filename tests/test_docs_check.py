@@ -101,10 +101,12 @@ def test_internal_documents_in_text_code_and_links(chk):
 <p><code>protocol_and_sota.md</code></p>
 <p>see <a href="../../shared/specs/x.md">the spec</a></p>
 <p>DESIGN.md and the spec §10.14 and the spec's §3</p>
+<p>sources in <code>spec_*.md:line</code></p>
 <p>a specification and specs of the model are fine</p>
 """
     assert _found(chk, body) == [(4, "internal-doc"), (5, "internal-doc"), (6, "internal-doc"),
-                                 (7, "internal-doc"), (7, "internal-doc"), (7, "internal-doc")]
+                                 (7, "internal-doc"), (7, "internal-doc"), (7, "internal-doc"),
+                                 (8, "internal-doc")]
 
 
 def test_resources_from_other_sites(chk):
