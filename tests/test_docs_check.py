@@ -1,4 +1,4 @@
-"""The built-site checker (.ci/check_docs_html.py) on tiny HTML pages: each defect found at its line, clean pages pass."""
+"""The built-site checker (.ci/check_docs_html.py) on tiny pages: every defect at its line, clean pages pass."""
 
 from __future__ import annotations
 
