@@ -212,7 +212,7 @@ def test_page_with_gpu_results_renders_goals_and_tables(tmp_path):
             "2030-02-03T00:00:00+00:00)") in text
     # one table per section that ran, with its status; ratio = our time / baseline time as on the whole page
     assert "### Dense CRF\n\nSection `crf`: ok in 50.0 s.\n" in text
-    assert "| crf[afa] cuda batch 8 vs pydensecrf | 375x500 | 40.0 | 1600 | 0.025 |" in text
+    assert "| crf[afa] cuda batch 8 vs pydensecrf (375x500) | 40.0 / 1600 | 0.025 | – | >= 30x: **PASS** |" in text
     assert "Section `pseudo`: failed in 9 s; RuntimeError: CUDA out of memory." in text
     assert "- ppl_voc pseudo masks: TODO: PPL's IRN random walk is not in the library yet: not timed" in text
     assert "### Training steps" not in text  # not run, no rows
