@@ -23,7 +23,8 @@ Every ``*.html`` file under SITE_DIR is parsed (standard library only) and these
     a mention of a document readers cannot open (``spec_*.md``, ``protocol_and_sota``, ``DESIGN.md``,
     ``shared/specs``, "spec §..."), in the text or in a link.
 ``external``
-    a script, stylesheet or image loaded from another site: the documentation must work offline.
+    a script, stylesheet or image loaded from another site, or mkdocs-material's repository widget (it fetches
+    the repository's facts from api.github.com): the documentation must work offline.
 
 ``--allow-sphinx-roles`` and ``--allow-internal-docs`` report those two kinds as a count per page without
 failing. Exit status: 0 clean (or only allowed findings), 1 errors found, 2 bad usage (no site there).
@@ -120,6 +121,8 @@ class _PageParser(HTMLParser):
             self.external.append((line, f"<link rel=stylesheet href={a['href']}>"))
         if tag == "img" and _EXTERNAL_URL.match(a.get("src", "")):
             self.external.append((line, f"<img src={a['src']}>"))
+        if a.get("data-md-component") == "source":  # mkdocs-material then fetches the repository's facts
+            self.external.append((line, "the repository facts (data-md-component=\"source\": api.github.com)"))
         if tag in _VOID:
             return
         is_math = "arithmatex" in a.get("class", "").split()

@@ -115,8 +115,10 @@ def test_resources_from_other_sites(chk):
 <img src="http://example.org/x.png">
 <a href="https://github.com/wsss-blocks/wsss-blocks">a link to another site is fine</a>
 <img src="../img/local.png">
+<a href="https://github.com/wsss-blocks/wsss-blocks" class="md-source" data-md-component="source">repo</a>
+<a href="https://github.com/wsss-blocks/wsss-blocks" class="md-source">repo</a>
 """
-    assert _found(chk, body) == [(4, "external"), (5, "external"), (6, "external")]
+    assert _found(chk, body) == [(4, "external"), (5, "external"), (6, "external"), (9, "external")]
 
 
 def test_line_numbers_follow_multiline_text(chk):
