@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from benchmarks.harness import check_target, config_header, peak_memory, print_table, time_fn, write_json
-from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer, roi_align
+from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer
+from wsss_blocks.ops import roi_align
 
 TARGET_RATIO = 0.10
 

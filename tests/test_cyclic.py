@@ -1,4 +1,5 @@
-"""Tests for PMM's cyclic pseudo-mask helper (wsss_blocks.pseudo_mask.CyclicPseudoMask)."""
+"""Tests for PMM's cyclic pseudo masks: the block (wsss_blocks.pseudo_mask.CyclicPseudoMask) and the trainer's
+relabelling round around it (wsss_blocks.train.cyclic)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import wsss_blocks.data.io as wio
 from wsss_blocks.losses import PretendedUnderFittingLoss
 from wsss_blocks.pseudo_mask import PMM_CYCLIC_CRF, CyclicPseudoMask, _rescale_factor, _slide_logits
+from wsss_blocks.train.cyclic import loss_for_round, relabel, select_checkpoint
 
 pytest.importorskip("PIL")
 
@@ -112,9 +114,9 @@ def test_restrict_policy_versus_release_replace():
 
     x = torch.rand(1, 3, 6, 6)
     labels = torch.tensor([[1.0, 0.0, 0.0]])
-    replace = CyclicPseudoMask(**FAST).predict_mask(Always3(), x, labels)
+    replace = CyclicPseudoMask(**FAST)(Always3(), x, labels)
     assert (replace == 3).all()  # release: the prediction replaces the mask, labels are not used
-    restrict = CyclicPseudoMask(**FAST, policy="restrict").predict_mask(Always3(), x, labels)
+    restrict = CyclicPseudoMask(**FAST, policy="restrict")(Always3(), x, labels)
     assert (restrict == 1).all()
     probs = CyclicPseudoMask(**FAST, policy="restrict").predict(Always3(), x, labels)
     assert (probs[:, 2:] == 0).all()
@@ -155,24 +157,25 @@ def test_relabel_writes_predictions_next_to_old_masks(tmp_path):
     old = tmp_path / "ppmg"
     old.mkdir()
     cp = CyclicPseudoMask(**FAST)
-    root = cp.relabel(net, ds, old_root=old)
+    res = relabel(cp, net, ds, old_root=old)
+    root = res.out_root
     assert root == tmp_path / "ppmg_cyclic"
     assert sorted(os.listdir(root)) == [f"img{i}.png" for i in range(4)]
     assert net.training  # mode restored
     for i in range(4):
         saved = wio.load_label_png(root / f"img{i}.png")
-        expected = cp.predict_mask(net, ds.images[i][None])[0].numpy()
+        expected = cp(net, ds.images[i][None])[0].numpy()
         np.testing.assert_array_equal(saved, expected)
-    assert cp.last_run == {"written": 4, "skipped": 0}
+    assert (res.written, res.skipped) == (4, 0)
 
 
 def test_relabel_refuses_to_overwrite_the_old_masks(tmp_path):
     old = tmp_path / "ppmg"
     old.mkdir()
     with pytest.raises(ValueError, match="never over them"):
-        CyclicPseudoMask(**FAST).relabel(PixelNet(), CountingDataset(), out_root=old, old_root=old)
+        relabel(CyclicPseudoMask(**FAST), PixelNet(), CountingDataset(), out_root=old, old_root=old)
     with pytest.raises(ValueError, match="give out_root"):
-        CyclicPseudoMask(**FAST).relabel(PixelNet(), CountingDataset())
+        relabel(CyclicPseudoMask(**FAST), PixelNet(), CountingDataset())
 
 
 def test_relabel_resumes_without_rewriting(tmp_path, monkeypatch):
@@ -180,23 +183,23 @@ def test_relabel_resumes_without_rewriting(tmp_path, monkeypatch):
     out = tmp_path / "cyclic"
     ds = CountingDataset()
     cp = CyclicPseudoMask(**FAST)
-    cp.relabel(net, [ds[0], ds[1]], out)  # an earlier, partial run (plain list: no names attribute)
+    relabel(cp, net, [ds[0], ds[1]], out)  # an earlier, partial run (plain list: no names attribute)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     writes = []
     real_save = wio.save_label_png
     monkeypatch.setattr(wio, "save_label_png", lambda path, *a, **k: (writes.append(os.path.basename(path)),
                                                                        real_save(path, *a, **k)))
     ds.loads = 0
-    cp.relabel(net, ds, out)
+    res = relabel(cp, net, ds, out)
     assert writes == ["img2.png", "img3.png"]
     assert ds.loads == 2  # finished samples are not even loaded
-    assert cp.last_run == {"written": 2, "skipped": 2}
+    assert (res.written, res.skipped) == (2, 2)
     for name, t in mtimes.items():
         assert (out / name).stat().st_mtime_ns == t
     writes.clear()
-    cp.relabel(net, ds, out)
-    assert writes == [] and cp.last_run == {"written": 0, "skipped": 4}
-    CyclicPseudoMask(**FAST, overwrite=True).relabel(net, ds, out)
+    res = relabel(cp, net, ds, out)
+    assert writes == [] and (res.written, res.skipped) == (0, 4)
+    relabel(CyclicPseudoMask(**FAST), net, ds, out, overwrite=True)
     assert len(writes) == 4
 
 
@@ -219,14 +222,13 @@ def test_relabel_crash_leaves_no_partial_files(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", flaky_save)
     cp = CyclicPseudoMask(**FAST)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        cp.relabel(net, ds, out)
+        relabel(cp, net, ds, out)
     assert sorted(os.listdir(out)) == ["img0.png", "img1.png"]  # no partial img2.png, no temp files
     for name in ("img0.png", "img1.png"):
         assert wio.load_label_png(out / name).shape == (12, 16)
-    assert cp.last_run == {"written": 2, "skipped": 0}
     monkeypatch.setattr(Image.Image, "save", real_save)
-    cp.relabel(net, ds, out)
-    assert cp.last_run == {"written": 3, "skipped": 2}
+    res = relabel(cp, net, ds, out)
+    assert (res.written, res.skipped) == (3, 2)  # the two masks written before the crash are kept
     assert sorted(os.listdir(out)) == [f"img{i}.png" for i in range(5)]
 
 
@@ -238,20 +240,20 @@ def test_relabel_restrict_policy_uses_sample_labels(tmp_path):
             return out
 
     ds = CountingDataset(n=2)
-    root = CyclicPseudoMask(**FAST, policy="restrict").relabel(Always3(), ds, tmp_path / "r")
+    root = relabel(CyclicPseudoMask(**FAST, policy="restrict"), Always3(), ds, tmp_path / "r").out_root
     assert set(np.unique(wio.load_label_png(root / "img0.png")).tolist()) <= {0, 1}
-    root = CyclicPseudoMask(**FAST).relabel(Always3(), ds, tmp_path / "p")
+    root = relabel(CyclicPseudoMask(**FAST), Always3(), ds, tmp_path / "p").out_root
     assert (wio.load_label_png(root / "img0.png") == 3).all()
 
 
 def test_relabel_bad_samples(tmp_path):
     with pytest.raises(ValueError, match="'name'"):
-        CyclicPseudoMask(**FAST).relabel(PixelNet(), [{"image": torch.rand(3, 4, 4)}], tmp_path / "a")
+        relabel(CyclicPseudoMask(**FAST), PixelNet(), [{"image": torch.rand(3, 4, 4)}], tmp_path / "a")
     with pytest.raises(ValueError, match="3×H×W"):
-        CyclicPseudoMask(**FAST).relabel(PixelNet(), [{"name": "x", "image": torch.rand(4, 4)}], tmp_path / "b")
+        relabel(CyclicPseudoMask(**FAST), PixelNet(), [{"name": "x", "image": torch.rand(4, 4)}], tmp_path / "b")
     normalised = (torch.rand(3, 4, 4) - 0.45) / 0.22
     with pytest.raises(ValueError, match="preprocess"):
-        CyclicPseudoMask(**FAST).relabel(PixelNet(), [{"name": "x", "image": normalised}], tmp_path / "c")
+        relabel(CyclicPseudoMask(**FAST), PixelNet(), [{"name": "x", "image": normalised}], tmp_path / "c")
 
 
 def test_preprocess_is_applied_before_the_model_only():
@@ -280,27 +282,27 @@ def test_constructor_validation():
     cp = CyclicPseudoMask()
     assert cp.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and cp.flip and cp.crf
     assert cp.img_scale == (2048, 512) and cp.slide == (512, 480) and cp.policy == "replace"
-    assert "CyclicPseudoMask(" in repr(cp)
+    assert repr(cp).startswith("CyclicPseudoMask(") and "policy='replace'" in repr(cp)
 
 
 def test_select_checkpoint_and_round_losses():
     hist = [{"iter": 2000, "miou": 0.58, "path": "a"}, {"iter": 4000, "miou": 0.61, "path": "b"},
             {"iter": 6000, "miou": float("nan"), "path": "c"}, {"iter": 8000, "miou": 0.61, "path": "d"}]
-    assert CyclicPseudoMask.select_checkpoint(hist)["path"] == "b"
+    assert select_checkpoint(hist)["path"] == "b"
     with pytest.raises(ValueError, match="no 'miou'"):
-        CyclicPseudoMask.select_checkpoint([{"iter": 1}])
+        select_checkpoint([{"iter": 1}])
     with pytest.raises(ValueError, match="no record"):
-        CyclicPseudoMask.select_checkpoint([])
-    r0 = CyclicPseudoMask.loss_for_round(0)
-    r1 = CyclicPseudoMask.loss_for_round(1)
+        select_checkpoint([])
+    r0 = loss_for_round(0)
+    r1 = loss_for_round(1)
     assert isinstance(r0, PretendedUnderFittingLoss) and r0.mode == "clamp" and r0.beta == 0.5
     assert r1.mode is None
-    assert CyclicPseudoMask.loss_for_round(0, "coco").k == 0.8
+    assert loss_for_round(0, "coco").k == 0.8
     logits = torch.randn(1, 3, 4, 4)
     target = torch.randint(0, 3, (1, 4, 4))
     torch.testing.assert_close(r1(logits, target), F.cross_entropy(logits, target))
     with pytest.raises(ValueError, match="round_index"):
-        CyclicPseudoMask.loss_for_round(-1)
+        loss_for_round(-1)
 
 
 @pytest.mark.crf
@@ -312,4 +314,4 @@ def test_restrict_policy_with_crf_keeps_a_distribution():
     probs = cp.predict(PixelNet(), x, labels)
     assert (probs[:, [1, 3]] == 0).all()
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 8, 8))
-    assert set(cp.predict_mask(PixelNet(), x, labels).unique().tolist()) <= {0, 2}
+    assert set(cp(PixelNet(), x, labels).unique().tolist()) <= {0, 2}

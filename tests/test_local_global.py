@@ -21,9 +21,9 @@ from wsss_blocks.local_global import (
     l2g_loss,
     l2g_target,
     l2g_transfer,
-    roi_align,
     sample_patch_boxes,
 )
+from wsss_blocks.ops import roi_align
 
 ROOT = Path(__file__).resolve().parent.parent
 HYP = settings(max_examples=25, deadline=None)
@@ -143,7 +143,7 @@ def test_roi_align_malformed_box_aligned_gives_zeros():
 
 def test_roi_align_bad_input():
     x = torch.randn(1, 2, 4, 4)
-    with pytest.raises(ValueError, match="rois must have shape R×5"):
+    with pytest.raises(ValueError, match="boxes must have shape R×5"):
         roi_align(x, torch.zeros(3, 4), 2)
     with pytest.raises(ValueError, match="features must have shape"):
         roi_align(x[0], torch.zeros(3, 5), 2)

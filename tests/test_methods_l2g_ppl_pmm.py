@@ -12,10 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsss_blocks.cam import normalize_cams
+from wsss_blocks.losses import adaptive_min_pooling_loss
+from wsss_blocks.models import seam_pcm_input
 from wsss_blocks.train.config import ConfigError
 from wsss_blocks.train.methods import get_method
 from wsss_blocks.train.methods.l2g import L2GMethod
-from wsss_blocks.train.methods.pmm import PMMMethod, adaptive_min_pooling_loss, max_norm, max_onehot, seam_pcm_input
+from wsss_blocks.train.methods.pmm import PMMMethod, _max_onehot
 from wsss_blocks.train.methods.ppl import PPLMethod
 from wsss_blocks.train.schema import load_run_config
 
@@ -423,9 +426,9 @@ def test_max_norm_and_max_onehot_values():
     p = torch.tensor([[[[-1.0, 0.0], [2.0, 4.0]]]])
     e = 1e-5
     expect = torch.tensor([[[[0.0, 0.0], [(2 - e) / (4 + e), (4 - e) / (4 + e)]]]])
-    torch.testing.assert_close(max_norm(p), expect)
+    torch.testing.assert_close(normalize_cams(p, "seam_minmax"), expect)  # SEAM's max_norm
     x = torch.tensor([[[[0.9]], [[0.2]], [[0.5]], [[0.5]]]])     # bg, then 3 foreground channels
-    assert max_onehot(x).flatten().tolist() == pytest.approx([0.9, 0.0, 0.5, 0.5])
+    assert _max_onehot(x).flatten().tolist() == pytest.approx([0.9, 0.0, 0.5, 0.5])
 
 
 def test_adaptive_min_pooling_loss_values():

@@ -14,15 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsss_blocks.losses import balanced_seg_loss, dense_energy_loss, eps_saliency_loss
+from wsss_blocks.ops import boxes_from_mask
 from wsss_blocks.train.methods import PhaseContext, get_method
-from wsss_blocks.train.methods.smaf import SMAFMethod, eps_saliency_loss
-from wsss_blocks.train.methods.tscd import (
-    TSCDMethod,
-    balanced_seg_loss,
-    dense_energy_loss,
-    img_box_from_valid,
-    multiscale_minmax_cam,
-)
+from wsss_blocks.train.methods.smaf import SMAFMethod
+from wsss_blocks.train.methods.tscd import TSCDMethod
 from wsss_blocks.train.schema import load_run_config
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -396,18 +392,40 @@ def test_balanced_seg_loss_hand_values_and_guard():
     assert float(balanced_seg_loss(logits, only_bg)) == pytest.approx(0.5 * ce_all_bg, rel=1e-6)
 
 
+def _released_multi_scale_cam(cam_fn, images, scales):
+    """Transcription of AFA/TSCD ``multi_scale_cam`` (SCD ``utils/camutils.py`` L85-147): no-grad CAMs of
+    ``[x; flip x]`` at ``int(s·H)`` sizes, upsampled (bilinear), flip pair fused by max, ReLU, summed over
+    scales, per-channel min-max normalised."""
+    b, _, h, w = images.shape
+    total = None
+    with torch.no_grad():
+        for s in scales:
+            x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
+                                                      align_corners=False)
+            cam = cam_fn(torch.cat([x, x.flip(-1)], dim=0)).float()
+            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+            cam = F.relu(torch.maximum(cam[:b], cam[b:].flip(-1)))
+            total = cam if total is None else total + cam
+        total = total - total.amin(dim=(-2, -1), keepdim=True)
+        return total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
 def test_img_box_and_multiscale_minmax_cam():
     v = torch.zeros(2, 6, 7, dtype=torch.bool)
     v[0, 1:4, 2:7] = True
     v[1] = True
-    assert img_box_from_valid(v).tolist() == [[1, 4, 2, 7], [0, 6, 0, 7]]
+    assert boxes_from_mask(v).tolist() == [[2, 1, 7, 4], [0, 0, 7, 6]]  # (x1, y1, x2, y2)
+    m = _tscd().train()
+    for h, w in ((64, 64), (67, 45)):  # 67·0.5 = 33.5, 45·1.5 = 67.5: floor (released) and round differ
+        x = torch.randn(2, 3, h, w)
+        cam = m._training_cams(x)
+        torch.testing.assert_close(cam, _released_multi_scale_cam(m._cam_raw, x, m.cfg.cam_scales))
+        assert cam.requires_grad is False
     x = torch.randn(2, 3, 8, 8)
-    cam = multiscale_minmax_cam(lambda z: z[:, :2], x, (1.0,))
     ref = torch.maximum(x[:, :2], x[:, :2]).relu()  # flip pair max of an equivariant map = the map
     ref = ref - ref.amin((2, 3), keepdim=True)
     ref = ref / (ref.amax((2, 3), keepdim=True) + 1e-5)
-    torch.testing.assert_close(cam, ref)
-    assert cam.requires_grad is False
+    torch.testing.assert_close(_released_multi_scale_cam(lambda z: z[:, :2], x, (1.0,)), ref)
 
 
 def test_dense_energy_loss_gradient_is_released_formula():
@@ -415,12 +433,13 @@ def test_dense_energy_loss_gradient_is_released_formula():
 
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(2, 3, 8, 8, generator=g), 1).requires_grad_()
-    img = torch.rand(2, 3, 8, 8, generator=g) * 255
+    img01 = torch.rand(2, 3, 8, 8, generator=g)
+    img = img01 * 255
     y = torch.zeros(2, 8, 8, dtype=torch.long)
     y[:, :2] = 255
     roi = torch.ones(2, 8, 8)
     roi[1, :, 6:] = 0
-    loss = dense_energy_loss(p, img, y, roi, weight=1.0, scale_factor=1.0, sigma_xy=4.0, sigma_rgb=30.0)
+    loss = dense_energy_loss(p, img01, y, roi, weight=1.0, scale_factor=1.0, sigma_xy=4.0, sigma_rgb=30.0)
     loss.backward()
     with torch.no_grad():
         s = p * roi[:, None]

@@ -14,16 +14,13 @@ from wsss_blocks.patch_learning import (
     PatchDestruction,
     PatchLearning,
     ProgressiveSchedule,
-    PuzzleReconstructionLoss,
     StageSpec,
     backbone_stages,
     merge_patches,
     patch_learning,
-    puzzle_alpha,
-    puzzle_reconstruction_loss,
     split_patches,
-    tile_images,
 )
+from wsss_blocks.puzzle_cam import PuzzleReconstructionLoss, puzzle_alpha, puzzle_reconstruction_loss, tile_images
 
 
 # --------------------------------------------------------------------------- helpers

@@ -12,17 +12,19 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsss_blocks.refine import (
+from wsss_blocks.propagation import (
     DEFAULT_DILATIONS,
-    PixelAdaptiveRefine,
-    VariationAwareRefine,
     _propagate_shifted,
     _sparse_operator,
     dilated_neighbours,
     neighbour_offsets,
-    pixel_adaptive_refine,
     propagate,
     refine_affinity,
+)
+from wsss_blocks.refine import (
+    PixelAdaptiveRefine,
+    VariationAwareRefine,
+    pixel_adaptive_refine,
     reliable_pseudo_labels,
     variation_aware_refine,
 )
@@ -356,11 +358,12 @@ def test_reliable_labels_equal_released_per_image_loop():
     img = torch.rand(3, 3, 32, 36, generator=g)
     cams = torch.rand(3, 6, 32, 36, generator=g)
     labels = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0], [1, 1, 0, 0, 1, 1]], dtype=torch.float32)
-    box = torch.tensor([[0, 32, 0, 36], [2, 30, 4, 36], [0, 20, 0, 10]])
-    ours = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, box)
+    box = torch.tensor([[0, 32, 0, 36], [2, 30, 4, 36], [0, 20, 0, 10]])  # released img_box: (r0, r1, c0, c1)
+    boxes = box[:, [2, 0, 3, 1]]  # the library's (x1, y1, x2, y2)
+    ours = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, boxes)
     ref = _released_reliable_labels(img, cams, labels, box, 0.55, 0.35, baseline.baseline_varm)
     assert torch.equal(ours, ref)
-    ours_par = reliable_pseudo_labels(PixelAdaptiveRefine(), img, cams, labels, box, tau_high=0.7, tau_low=0.25)
+    ours_par = reliable_pseudo_labels(PixelAdaptiveRefine(), img, cams, labels, boxes, tau_high=0.7, tau_low=0.25)
     ref_par = _released_reliable_labels(img, cams, labels, box, 0.7, 0.25, baseline.baseline_par)
     assert torch.equal(ours_par, ref_par)
 
@@ -401,14 +404,14 @@ def test_reliable_labels_never_assign_absent_classes(seed, present):
 def test_reliable_labels_box_and_bad_input():
     img, cams = _rand(2, 3, 16, 16), _rand(2, 4, 16, 16, seed=1)
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
-    box = torch.tensor([[0, 8, 0, 16], [4, 16, 2, 10]])
+    box = torch.tensor([[0, 0, 16, 8], [2, 4, 10, 16]])  # (x1, y1, x2, y2)
     y = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, box)
     assert bool((y[0, 8:] == 255).all()) and bool((y[1, :4] == 255).all()) and bool((y[1, :, 10:] == 255).all())
     with pytest.raises(ValueError, match="labels has batch size 1, expected 2"):
         reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels[:1])
     with pytest.raises(ValueError, match="tau_low must be <= tau_high"):
         reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, tau_high=0.3, tau_low=0.5)
-    with pytest.raises(ValueError, match="img_box must have shape B×4"):
+    with pytest.raises(ValueError, match="boxes must have shape B×4"):
         reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, box[:1])
     with pytest.raises(TypeError, match="refiner must be a DilatedNeighbourRefine"):
         reliable_pseudo_labels(torch.nn.Identity(), img, cams, labels)  # type: ignore[arg-type]

@@ -265,7 +265,7 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
     for i in (0, 5):
         s = train[i]
         with torch.no_grad():
-            want = cp.predict_mask(lambda x: seg_logits(env_model, x), s["image"][None])[0]
+            want = cp(lambda x: seg_logits(env_model, x), s["image"][None])[0]
         got = torch.from_numpy(load_label_png(cyc / f"{s['name']}.png")).long()
         assert torch.equal(got, want)
     info = json.loads((seg / "cyclic_masks_r1.json").read_text())

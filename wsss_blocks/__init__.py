@@ -34,7 +34,6 @@ from .local_global import (
     l2g_loss,
     l2g_target,
     l2g_transfer,
-    roi_align,
 )
 from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
 from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
@@ -57,15 +56,14 @@ from .multiscale_fusion import (
     smaf_pseudo_labels,
     smaf_target,
 )
+from .ops import roi_align
 from .patch_learning import (
     PatchDestruction,
     PatchLearning,
     ProgressiveSchedule,
     merge_patches,
     patch_learning,
-    puzzle_reconstruction_loss,
     split_patches,
-    tile_images,
 )
 from .pseudo_mask import (
     CoVSmooth,
@@ -74,6 +72,7 @@ from .pseudo_mask import (
     cov_smooth,
     proportional_pseudo_mask,
 )
+from .puzzle_cam import puzzle_reconstruction_loss, tile_images
 from .refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
 
 __version__ = "0.1.0.dev0"

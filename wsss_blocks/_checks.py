@@ -22,6 +22,7 @@ __all__ = [
     "check_masks",
     "check_same_batch",
     "check_positive",
+    "check_pair",
     "shape_str",
     "require",
 ]
@@ -120,6 +121,24 @@ def check_positive(value: float, name: str, strict: bool = True) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
     if not strict and not value >= 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """``value`` as a positive ``(h, w)`` pair (an int gives a square); ``ValueError`` names ``name``.
+
+    Examples:
+        >>> check_pair(3, "size"), check_pair((2, 5), "size")
+        ((3, 3), (2, 5))
+    """
+    if isinstance(value, int):
+        out = (value, value)
+    else:
+        out = tuple(int(v) for v in value)  # type: ignore[assignment]
+        if len(out) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
+    if out[0] <= 0 or out[1] <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return out  # type: ignore[return-value]
 
 
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:

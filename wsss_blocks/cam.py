@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 Reduce = Literal["sum", "mean", "max"]
+NormMode = Literal["max", "minmax", "seam_minmax"]
+_NORM_MODES = ("max", "minmax", "seam_minmax")
 
 
 def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -115,11 +117,13 @@ def tokens_to_map(
     return grid.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
-def normalize_cams(cams: Tensor, mode: Literal["max", "minmax"] = "max", eps: float = 1e-5) -> Tensor:
+def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> Tensor:
     """ReLU and per-map normalisation of CAMs into [0, 1].
 
     ``"max"`` (the WSSS default, IRN ``make_cam``): ``relu(cam) / (max(relu(cam)) + eps)`` per image
     and class. ``"minmax"`` (ToCo/AFA ``multi_scale_cam``): ``(relu(cam) - min) / (max - min + eps)``.
+    ``"seam_minmax"`` (SEAM/PMM ``tool/visualization.py`` ``max_norm``, a min-max despite its name):
+    ``relu(relu(cam) - min - eps) / (max - min + eps)``, min and max of ``relu(cam)``.
     An all-zero map stays zero. The reduction runs in float32 and the result keeps the input dtype.
 
     Shape:
@@ -136,11 +140,14 @@ def normalize_cams(cams: Tensor, mode: Literal["max", "minmax"] = "max", eps: fl
     if cams.ndim < 2:
         raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
     check_finite(cams, "cams")
-    if mode not in ("max", "minmax"):
-        raise ValueError(f"mode must be 'max' or 'minmax', got {mode!r}")
+    if mode not in _NORM_MODES:
+        raise ValueError(f"mode must be 'max', 'minmax' or 'seam_minmax', got {mode!r}")
     x = F.relu(cams.float())
     flat = x.flatten(-2)
     mx = flat.amax(-1, keepdim=True).unsqueeze(-1)
+    if mode == "seam_minmax":
+        mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
+        return (F.relu(x - mn - eps) / (mx - mn + eps)).to(cams.dtype)
     if mode == "minmax":
         mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
         x = x - mn
@@ -202,10 +209,12 @@ def multiscale_cams(
     no_grad: bool = True,
     return_all: bool = False,
     antialias: bool = False,
+    size_rounding: Literal["round", "floor"] = "round",
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Batched multi-scale + flip inference for any callable returning per-class maps.
 
-    For each scale s the images are resized to ``round(s·H) × round(s·W)``; with ``flip=True`` the
+    For each scale s the images are resized to ``round(s·H) × round(s·W)`` (``size_rounding="floor"``:
+    ``int(s·H) × int(s·W)``, as AFA/ToCo/TSCD's ``multi_scale_cam``); with ``flip=True`` the
     horizontally flipped copy is run in the same batch (one call of ``fn`` per scale, batch 2B). The
     flipped output is flipped back, every output is resized to ``out_size`` (default: the input size)
     and the maps are fused. Defaults are IRN's ``make_cam``: scales (1.0, 0.5, 1.5, 2.0), flip,
@@ -229,6 +238,7 @@ def multiscale_cams(
         return_all: also return the list of aligned per-scale maps (flip pair fused), for inspection.
         antialias: antialias the input downscaling (closer to PIL resizing; off as in the releases'
             tensor pipelines).
+        size_rounding: ``"round"`` (IRN's ``pil_rescale``) or ``"floor"`` (AFA/ToCo/TSCD) of the scaled size.
 
     Shape:
         - images: B×3×H×W
@@ -248,6 +258,8 @@ def multiscale_cams(
         check_positive(float(s), "scales")
     if interpolation not in ("bilinear", "bicubic"):
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    if size_rounding not in ("round", "floor"):
+        raise ValueError(f"size_rounding must be 'round' or 'floor', got {size_rounding!r}")
     for name, val in (("reduce", reduce), ("flip_reduce", flip_reduce)):
         if val is not None and val not in ("sum", "mean", "max"):
             raise ValueError(f"{name} must be 'sum', 'mean' or 'max', got {val!r}")
@@ -266,7 +278,10 @@ def multiscale_cams(
 
     with ctx:
         for s in scales:
-            size = (max(1, round(H * float(s))), max(1, round(W * float(s))))
+            if size_rounding == "floor":
+                size = (max(1, int(H * float(s))), max(1, int(W * float(s))))
+            else:
+                size = (max(1, round(H * float(s))), max(1, round(W * float(s))))
             x = images if size == (H, W) else F.interpolate(
                 images, size=size, mode=interpolation, align_corners=False, antialias=antialias)
             if flip:
@@ -356,7 +371,7 @@ class CAMNormalize(nn.Module):
         True
     """
 
-    def __init__(self, mode: Literal["max", "minmax"] = "max", eps: float = 1e-5) -> None:
+    def __init__(self, mode: NormMode = "max", eps: float = 1e-5) -> None:
         super().__init__()
         self.mode = mode
         self.eps = eps

@@ -1,13 +1,17 @@
-"""Shared segmentation losses.
+"""Losses of the WSSS methods, each as a function and an ``nn.Module``.
 
 - :func:`pretended_underfitting_loss` / :class:`PretendedUnderFittingLoss`: PMM's pretended under-fitting
   (PUF) cross-entropy (Li et al., ICCV 2021; ``Eli-YiLi/WSSS_MMSeg``
-  ``mmseg/models/losses/cross_entropy_loss.py``; ``specs/spec_pmm.md`` §8.2).
+  ``mmseg/models/losses/cross_entropy_loss.py``).
+- :func:`adaptive_min_pooling_loss` / :class:`AdaptiveMinPoolingLoss`: PMM's CAM-stage min-pooling term.
+- :func:`balanced_seg_loss` / :class:`BalancedSegLoss`: AFA/TSCD's background/foreground balanced CE.
+- :func:`dense_energy_loss` / :class:`DenseEnergyLoss`: Tang et al.'s dense-CRF energy, as TSCD uses it.
+- :func:`eps_saliency_loss` / :class:`EPSSaliencyLoss`: EPS's saliency loss (SMAF's first stage).
 """
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +19,18 @@ from torch import Tensor, nn
 
 from ._checks import check_masks, check_tensor, shape_str
 
-__all__ = ["pretended_underfitting_loss", "PretendedUnderFittingLoss"]
+__all__ = [
+    "pretended_underfitting_loss",
+    "PretendedUnderFittingLoss",
+    "adaptive_min_pooling_loss",
+    "AdaptiveMinPoolingLoss",
+    "balanced_seg_loss",
+    "BalancedSegLoss",
+    "dense_energy_loss",
+    "DenseEnergyLoss",
+    "eps_saliency_loss",
+    "EPSSaliencyLoss",
+]
 
 PUFMode = Literal["clamp", "pow", "ignore"]
 
@@ -216,3 +231,297 @@ class PretendedUnderFittingLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, k={self.k}, mode={self.mode!r}, ignore_index={self.ignore_index}, "
                 f"weight={self.weight}, denominator={self.denominator!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AFA/TSCD balanced segmentation cross-entropy
+# ----------------------------------------------------------------------------------------------------------------
+def balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, empty_is_zero: bool = True
+                      ) -> Tensor:
+    """AFA/TSCD segmentation loss: ``½ CE(background pixels) + ½ CE(foreground pixels)``, ``ignore_index`` ignored.
+
+    Each cross entropy is averaged over its own pixels (``get_seg_loss`` of AFA's and SCD's
+    ``scripts/dist_train_voc.py``). With no background (or no foreground) pixel the released mean is 0/0 = NaN;
+    ``empty_is_zero`` (default, a fix) makes that half 0.
+
+    Args:
+        logits: segmentation logits, channel 0 = background.
+        target: pseudo mask (0 background, c+1 class c, ``ignore_index`` ignored).
+        ignore_index: ignored target value.
+        empty_is_zero: an empty half contributes 0 instead of NaN (released: NaN).
+
+    Shape:
+        - logits: B×K×H×W
+        - target: B×H×W int64
+        - output: scalar
+
+    Examples:
+        >>> y = torch.tensor([[[0, 1], [255, 1]]])
+        >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
+        True
+    """
+    check_tensor(logits, "logits", 4, layout="B×K×H×W", floating=True)
+    check_tensor(target, "target", 3, layout="B×H×W")
+    if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"target must have shape {(logits.shape[0], *logits.shape[2:])} (logits "
+                         f"{shape_str(logits)} without the class dim), got {shape_str(target)}")
+    return _balanced_seg_loss(logits, target, ignore_index, empty_is_zero)
+
+
+def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_is_zero: bool) -> Tensor:
+    bg = target.masked_fill(target != 0, ignore_index)
+    fg = target.masked_fill(target == 0, ignore_index)
+    out = []
+    for part in (bg, fg):
+        if empty_is_zero and not bool((part != ignore_index).any()):
+            out.append(logits.sum() * 0.0)
+        else:
+            out.append(F.cross_entropy(logits, part, ignore_index=ignore_index))
+    return 0.5 * (out[0] + out[1])
+
+
+class BalancedSegLoss(nn.Module):
+    """Module form of :func:`balanced_seg_loss` (AFA/TSCD ``get_seg_loss``).
+
+    Shape:
+        - logits: B×K×H×W; target: B×H×W int64; output: scalar
+
+    Examples:
+        >>> BalancedSegLoss()(torch.zeros(1, 3, 2, 2), torch.tensor([[[0, 1], [255, 1]]])).item() > 0
+        True
+    """
+
+    def __init__(self, ignore_index: int = 255, empty_is_zero: bool = True) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+        self.empty_is_zero = bool(empty_is_zero)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return balanced_seg_loss(logits, target, self.ignore_index, self.empty_is_zero)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense-CRF energy loss (Tang et al.), as TSCD uses it
+# ----------------------------------------------------------------------------------------------------------------
+class _DenseEnergy(torch.autograd.Function):
+    """Tang et al.'s dense-CRF energy with the released approximate gradient ``−2·g⊙(W S)/B`` (rloss)."""
+
+    @staticmethod
+    def forward(ctx: Any, probs: Tensor, image_hwc: Tensor, valid_mask: Tensor, unlabeled: Tensor,
+                sigma_rgb: float, sigma_xy: float) -> Tensor:
+        from .crf.permutohedral import bilateral_features, build_lattice, lattice_filter
+
+        b, k, h, w = probs.shape
+        gate = valid_mask - probs.amax(dim=1)
+        gate = gate.masked_fill(unlabeled, 1.0).clamp(min=0.0)
+        s = probs * valid_mask[:, None]
+        lattice = build_lattice(bilateral_features(image_hwc, sigma_xy, sigma_rgb), pad_like_pydensecrf=False)
+        ws = lattice_filter(lattice, s.permute(0, 2, 3, 1).reshape(b * h * w, k))
+        ws = ws.view(b, h, w, k).permute(0, 3, 1, 2) * gate[:, None]
+        ctx.save_for_backward(ws, valid_mask)
+        ctx.batch = b
+        return -(s * ws).sum() / b
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ws, valid_mask = ctx.saved_tensors
+        return -2.0 * grad * ws / ctx.batch * valid_mask[:, None], None, None, None, None, None
+
+
+def dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mask: Tensor | None = None,
+                      weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
+                      scale_factor: float = 0.5, ignore_index: int = 255) -> Tensor:
+    """Dense-CRF energy loss of Tang et al. as TSCD uses it (``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
+
+    Tang, Perazzi, Djelouah, Ben Ayed, Schroers, Boykov, "On Regularized Losses for Weakly-supervised CNN
+    Segmentation", ECCV 2018 (rloss). Downscale (image, valid mask and target nearest; probabilities bilinear)
+    by ``scale_factor``, then ``E = −Σ_k ⟨S_k, g ⊙ (W S_k)⟩ / B`` with S the probabilities inside the valid
+    region, W the bilateral Gaussian (σ_xy·scale_factor px, σ_rgb on 0–255 colours, computed with the
+    library's permutohedral lattice — the same ``Permutohedral::compute`` the released CPU extension calls) and
+    the gate ``g = max(0, valid − max_k S_k)``, 1 on pixels whose target is ``ignore_index``. The gradient is
+    the released ``−2·g⊙(W S)/B`` (g treated as a constant). Returns ``weight · E``.
+
+    Args:
+        probs: softmax probabilities of the segmentation head.
+        image01: the crop, RGB in [0, 1] (scaled to 0–255 inside, as released).
+        target: pseudo mask; only its ``ignore_index`` pixels matter (gate 1 there).
+        valid_mask: {0, 1} unpadded region; ``None`` = every pixel.
+        weight: loss weight (released 1e-7).
+        sigma_rgb: colour bandwidth on 0–255 colours (released 15).
+        sigma_xy: spatial bandwidth in full-resolution pixels (released 100).
+        scale_factor: downscaling before the energy (released 0.5).
+        ignore_index: the target's ignore value.
+
+    Shape:
+        - probs: B×K×H×W; image01: B×3×H×W; target: B×H×W; valid_mask: B×H×W
+        - output: scalar
+
+    Examples:
+        >>> p = torch.softmax(torch.randn(1, 3, 16, 16), 1).requires_grad_()
+        >>> loss = dense_energy_loss(p, torch.rand(1, 3, 16, 16), torch.zeros(1, 16, 16, dtype=torch.long))
+        >>> loss.backward(); bool(loss < 0), p.grad.shape
+        (True, torch.Size([1, 3, 16, 16]))
+    """
+    check_tensor(probs, "probs", 4, layout="B×K×H×W", floating=True)
+    check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
+    check_tensor(target, "target", 3, layout="B×H×W")
+    b = probs.shape[0]
+    if valid_mask is None:
+        valid_mask = torch.ones(b, *probs.shape[-2:], device=probs.device)
+    img = F.interpolate(image01.float(), scale_factor=scale_factor, mode="nearest") * 255.0
+    p = F.interpolate(probs.float(), scale_factor=scale_factor, mode="bilinear", align_corners=False)
+    r = F.interpolate(valid_mask[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
+    y = F.interpolate(target[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        e = _DenseEnergy.apply(p, img.permute(0, 2, 3, 1).contiguous(), r, y.long() == ignore_index,
+                               float(sigma_rgb), float(sigma_xy) * scale_factor)
+    return weight * e
+
+
+class DenseEnergyLoss(nn.Module):
+    """Module form of :func:`dense_energy_loss` (defaults: TSCD's ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
+
+    Shape:
+        - probs: B×K×H×W; image01: B×3×H×W; target: B×H×W; valid_mask: B×H×W (optional); output: scalar
+
+    Examples:
+        >>> p = torch.softmax(torch.randn(1, 3, 8, 8), 1)
+        >>> DenseEnergyLoss()(p, torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long)).ndim
+        0
+    """
+
+    def __init__(self, weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
+                 scale_factor: float = 0.5, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.weight = float(weight)
+        self.sigma_rgb = float(sigma_rgb)
+        self.sigma_xy = float(sigma_xy)
+        self.scale_factor = float(scale_factor)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, probs: Tensor, image01: Tensor, target: Tensor, valid_mask: Tensor | None = None) -> Tensor:
+        return dense_energy_loss(probs, image01, target, valid_mask, self.weight, self.sigma_rgb, self.sigma_xy,
+                                 self.scale_factor, self.ignore_index)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EPS saliency loss
+# ----------------------------------------------------------------------------------------------------------------
+def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float = 0.4, lam: float = 0.5
+                      ) -> Tensor:
+    """EPS saliency loss: the saliency map predicted from the class maps vs the off-the-shelf saliency map.
+
+    Lee et al., "Railroad is not a Train: Saliency as Pseudo-pixel Supervision for Weakly Supervised Semantic
+    Segmentation", CVPR 2021 (``halbielee/EPS`` ``eps.py`` ``get_eps_loss``). With ``P = softmax(cam_logits)``
+    over the C+1 channels (background **last**) and the saliency ``S`` resized to the map size (nearest):
+
+    * a present class c counts as foreground when ``sum(round(P_c)·round(S)) / sum(round(P_c) + 1e-4) > tau``
+      (its rounded map overlaps the saliency; computed without gradient), otherwise its map is added to the
+      background;
+    * ``fg = Σ_{c fg} P_c``, ``bg = P_bg + Σ_{c present, not fg} P_c``;
+    * predicted saliency ``lam·fg + (1 − lam)·(1 − bg)``, loss = MSE to ``S``.
+
+    Args:
+        cam_logits: raw class maps with the background channel last.
+        saliency: saliency maps in [0, 1] (any size; resized with nearest interpolation as released).
+        labels: multi-hot image labels (C classes, no background).
+        tau: overlap threshold (EPS VOC script 0.4, ``script/voc12_eps.sh``).
+        lam: foreground/background blending (EPS default 0.5; COCO script 0.9).
+
+    Shape:
+        - cam_logits: B×(C+1)×h×w
+        - saliency: B×1×H×W
+        - labels: B×C
+        - output: scalar
+
+    Examples:
+        >>> cam = torch.randn(2, 4, 8, 8, requires_grad=True)
+        >>> loss = eps_saliency_loss(cam, torch.rand(2, 1, 16, 16), torch.tensor([[1., 0, 0], [0, 1, 1]]))
+        >>> loss.backward(); loss.ndim, cam.grad is not None
+        (0, True)
+    """
+    if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
+        raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
+                         f"and {tuple(saliency.shape)}")
+    b, k, h, w = cam_logits.shape
+    if labels.shape != (b, k - 1):
+        raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
+                         f"(background last), got {tuple(labels.shape)}")
+    dtype = torch.promote_types(cam_logits.dtype, torch.float32)  # float32 under AMP, float64 stays float64
+    sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
+    probs = torch.softmax(cam_logits.to(dtype), dim=1)
+    fg_probs, bg_prob = probs[:, :-1], probs[:, -1:]
+    with torch.no_grad():
+        hard = torch.round(fg_probs)
+        overlap = (hard * torch.round(sal)).flatten(2).sum(-1) / (hard + 1e-4).flatten(2).sum(-1)
+        present = labels.to(probs.device) > 0.5
+        fg_sel = (present & (overlap > tau)).to(probs.dtype)[:, :, None, None]
+        bg_sel = (present & ~(overlap > tau)).to(probs.dtype)[:, :, None, None]
+    fg_map = (fg_probs * fg_sel).sum(1, keepdim=True)
+    bg_map = bg_prob + (fg_probs * bg_sel).sum(1, keepdim=True)
+    pred = fg_map * lam + (1.0 - bg_map) * (1.0 - lam)
+    return F.mse_loss(pred, sal)
+
+
+class EPSSaliencyLoss(nn.Module):
+    """Module form of :func:`eps_saliency_loss` (EPS, Lee et al., CVPR 2021; VOC release tau 0.4, lam 0.5).
+
+    Shape:
+        - cam_logits: B×(C+1)×h×w (background last); saliency: B×1×H×W; labels: B×C; output: scalar
+
+    Examples:
+        >>> crit = EPSSaliencyLoss()
+        >>> crit(torch.randn(1, 3, 4, 4), torch.rand(1, 1, 8, 8), torch.tensor([[1.0, 0.0]])).ndim
+        0
+    """
+
+    def __init__(self, tau: float = 0.4, lam: float = 0.5) -> None:
+        super().__init__()
+        self.tau = float(tau)
+        self.lam = float(lam)
+
+    def forward(self, cam_logits: Tensor, saliency: Tensor, labels: Tensor) -> Tensor:
+        return eps_saliency_loss(cam_logits, saliency, labels, self.tau, self.lam)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PMM adaptive min-pooling loss
+# ----------------------------------------------------------------------------------------------------------------
+def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
+    """PMM's adaptive min-pooling loss on label-masked foreground maps (``Eli-YiLi/PMM`` ``pipeline/train_cam.py``
+    lines 12–20).
+
+    Per image: the per-pixel max over the channels of ``cams`` (PMM passes the label-masked foreground PCM maps
+    ``cam_rv``), the ``k = ⌊HW/4⌋`` smallest of those values, ReLU, summed; divided by ``k·N``. It pushes the
+    quarter of each image that the network considers least foreground towards zero.
+
+    Shape:
+        - cams: N×C×H×W
+        - output: scalar
+
+    Examples:
+        >>> cams = torch.zeros(1, 2, 2, 2); cams[0, 0, 0, 0] = 4.0; cams[0, 1] = 1.0
+        >>> adaptive_min_pooling_loss(cams)  # the smallest quarter (1 of 4 pixels) of max = [4, 1, 1, 1]
+        tensor(1.)
+    """
+    check_tensor(cams, "cams", 4, layout="N×C×H×W", floating=True)
+    n, _, h, w = cams.shape
+    k = max(1, (h * w) // 4)
+    m = cams.amax(dim=1).reshape(n, -1)
+    low = torch.topk(m, k=k, dim=-1, largest=False).values
+    return F.relu(low).sum() / (k * n)
+
+
+class AdaptiveMinPoolingLoss(nn.Module):
+    """Module form of :func:`adaptive_min_pooling_loss` (PMM, Li et al., ICCV 2021).
+
+    Shape:
+        - cams: N×C×H×W; output: scalar
+
+    Examples:
+        >>> AdaptiveMinPoolingLoss()(torch.ones(2, 3, 4, 4))
+        tensor(1.)
+    """
+
+    def forward(self, cams: Tensor) -> Tensor:
+        return adaptive_min_pooling_loss(cams)

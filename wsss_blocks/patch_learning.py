@@ -10,7 +10,8 @@ Every choice that the abstract and figures do not fix is an explicit, documented
 - ``[S]`` stated in the abstract or a figure caption;
 - ``[F]`` drawn in a figure;
 - ``[I]`` inferred by this implementation (ablate it);
-- ``[R]`` taken from the nearest public reference, Puzzle-CAM (Jo & Yu, ICIP 2021, OFRIN/PuzzleCAM).
+- ``[R]`` taken from the nearest public reference, Puzzle-CAM (Jo & Yu, ICIP 2021, OFRIN/PuzzleCAM; its blocks
+  are in :mod:`wsss_blocks.puzzle_cam`).
 
 Blocks:
 
@@ -23,8 +24,6 @@ Blocks:
   explicit multi-granularity fusion: several insertion points with a gradient cut at each branch input).
 - :class:`ProgressiveSchedule`: moves the insertion point from low to high stages over training
   (stage-by-stage, or PMG-style every stage on every batch).
-- :func:`tile_images`, :func:`puzzle_reconstruction_loss`, :func:`puzzle_alpha`: the Puzzle-CAM
-  companion (image tiling, reconstruction loss and its weight ramp), the closest published baseline.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_tensor, shape_str
-from .cam import cam_from_features, normalize_cams
+from ._checks import check_tensor, shape_str
+from .cam import cam_from_features
 
 __all__ = [
     "split_patches",
@@ -52,10 +51,6 @@ __all__ = [
     "backbone_stages",
     "StageSpec",
     "ProgressiveSchedule",
-    "tile_images",
-    "puzzle_reconstruction_loss",
-    "PuzzleReconstructionLoss",
-    "puzzle_alpha",
 ]
 
 Grid = int | tuple[int, int]
@@ -944,129 +939,3 @@ class ProgressiveSchedule:
         pts = [st.insert_after for st in self.stages]
         return (f"ProgressiveSchedule(stages={pts}, epochs_per_stage={list(self.epochs_per_stage)}, "
                 f"mode={self.mode!r}, total_epochs={self.total_epochs})")
-
-
-# --------------------------------------------------------------------------- Puzzle-CAM companion
-def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> Tensor:
-    """Puzzle-CAM image tiling: cut each image into a g×g grid of tiles stacked along the batch axis.
-
-    Puzzle-CAM (Jo & Yu, ICIP 2021) runs the whole classifier on the tiles of the input image and
-    compares the merged tile CAMs with the full-image CAMs (:func:`puzzle_reconstruction_loss`). Default
-    2×2 tiles in tile-major order, as ``core/puzzle_utils.py`` ``tile_features`` [R]; merge the tile
-    outputs with ``merge_patches(out, B, grid, order="tile_major")``. Unlike the release, sizes not
-    divisible by the grid raise instead of producing extra tiles (the released crops are 512, divisible).
-
-    Shape:
-        - images: B×C×H×W
-        - output: (G·B)×C×H/g_h×W/g_w
-
-    Examples:
-        >>> tile_images(torch.randn(2, 3, 8, 8)).shape
-        torch.Size([8, 3, 4, 4])
-    """
-    check_tensor(images, "images", 4, layout="B×C×H×W")
-    return split_patches(images, grid, order, "error")
-
-
-def puzzle_reconstruction_loss(
-    cams: Tensor,
-    merged_cams: Tensor,
-    labels: Tensor | None = None,
-    p: Literal[1, 2] = 1,
-    mask: Literal["masking", "selection", "none"] = "masking",
-    level: Literal["feature", "cam"] = "feature",
-) -> Tensor:
-    """Puzzle-CAM reconstruction loss between full-image CAMs and merged tile CAMs.
-
-    From OFRIN/PuzzleCAM ``train_classification_with_puzzle.py`` [R] (defaults = its argparse defaults):
-    elementwise |A − Ã|^p (L1 default, ``p=2`` for L2), with
-
-    - ``"masking"`` (default): multiplied by the image label y_{b,k} and averaged over **all** B·K·h·w
-      entries (absent classes contribute zeros to the mean);
-    - ``"selection"``: averaged over the present classes of each image, then over the batch;
-    - ``"none"``: plain mean over every entry (``labels`` may be None).
-
-    ``level="cam"`` first applies ReLU and per-map max normalisation (``make_cam``, eps 1e-5) to both.
-    Gradients flow into both inputs (nothing is detached in Puzzle-CAM).
-
-    Shape:
-        - cams, merged_cams: B×K×h×w
-        - labels: B×K
-        - output: scalar
-
-    Examples:
-        >>> a = torch.zeros(1, 2, 2, 2); b = torch.ones(1, 2, 2, 2)
-        >>> puzzle_reconstruction_loss(a, b, torch.tensor([[1.0, 0.0]]))
-        tensor(0.5000)
-    """
-    check_tensor(cams, "cams", 4, layout="B×K×h×w", floating=True)
-    check_tensor(merged_cams, "merged_cams", 4, layout="B×K×h×w", floating=True)
-    if cams.shape != merged_cams.shape:
-        raise ValueError(f"cams and merged_cams must have the same shape, got {shape_str(cams)} and "
-                         f"{shape_str(merged_cams)}")
-    check_finite(cams, "cams")
-    check_finite(merged_cams, "merged_cams")
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-    _check_choice(mask, "mask", ("masking", "selection", "none"))
-    _check_choice(level, "level", ("feature", "cam"))
-    a, b = cams, merged_cams
-    if level == "cam":
-        a, b = normalize_cams(a, "max", 1e-5), normalize_cams(b, "max", 1e-5)
-    diff = (a - b).abs() if p == 1 else (a - b).pow(2)
-    if mask == "none":
-        return diff.mean()
-    if labels is None:
-        raise ValueError(f"labels are required for mask={mask!r}")
-    y = check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1]).to(diff)
-    if mask == "masking":
-        return (diff * y[:, :, None, None]).mean()
-    per_class = diff.flatten(2).mean(-1)  # B×K
-    n = y.sum(1)
-    if bool((n == 0).any()):
-        raise ValueError("mask='selection' needs at least one present class per image (an image has none)")
-    return ((per_class * y).sum(1) / n).mean()
-
-
-class PuzzleReconstructionLoss(nn.Module):
-    """Module form of :func:`puzzle_reconstruction_loss` (Puzzle-CAM, Jo & Yu, ICIP 2021).
-
-    Shape:
-        - cams, merged_cams: B×K×h×w; labels: B×K; output: scalar
-
-    Examples:
-        >>> PuzzleReconstructionLoss()(torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2), torch.ones(1, 2))
-        tensor(1.)
-    """
-
-    def __init__(self, p: Literal[1, 2] = 1, mask: Literal["masking", "selection", "none"] = "masking",
-                 level: Literal["feature", "cam"] = "feature") -> None:
-        super().__init__()
-        if p not in (1, 2):
-            raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-        _check_choice(mask, "mask", ("masking", "selection", "none"))
-        _check_choice(level, "level", ("feature", "cam"))
-        self.p: Literal[1, 2] = p
-        self.mask: Literal["masking", "selection", "none"] = mask
-        self.level: Literal["feature", "cam"] = level
-
-    def forward(self, cams: Tensor, merged_cams: Tensor, labels: Tensor | None = None) -> Tensor:
-        return puzzle_reconstruction_loss(cams, merged_cams, labels, self.p, self.mask, self.level)
-
-
-def puzzle_alpha(step: int, max_step: int, alpha: float = 1.0, ramp: float = 0.5) -> float:
-    """Puzzle-CAM's reconstruction-loss weight: α_t = min(α·t / (T·ramp), α); ``ramp=0`` gives constant α.
-
-    Argparse defaults α = 1, ramp 0.5 [R]; the README's best VOC run uses α = 4.
-
-    Examples:
-        >>> puzzle_alpha(25, 100, alpha=4.0), puzzle_alpha(80, 100, alpha=4.0)
-        (2.0, 4.0)
-    """
-    if max_step < 1:
-        raise ValueError(f"max_step must be >= 1, got {max_step}")
-    if ramp < 0:
-        raise ValueError(f"ramp must be >= 0, got {ramp}")
-    if ramp == 0:
-        return float(alpha)
-    return float(min(alpha * step / (max_step * ramp), alpha))

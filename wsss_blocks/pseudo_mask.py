@@ -10,8 +10,8 @@ reference for every default is ``specs/spec_pmm.md`` (sections 4, 5 and 8.3):
   binary dense-CRF foreground and resolves overlaps by each pixel's share of its class's CAM mass, so a
   small, weakly activated object is not swallowed by a large, strongly activated one.
 - :class:`CyclicPseudoMask` (CP, ``WSSS_MMSeg:tools/run_wsss.sh`` + ``encoder_decoder.py`` ``aug_test``)
-  relabels the training set with a trained segmentation model (multi-scale + flip + slide + CRF) and
-  writes the new masks atomically into a new directory, resumably.
+  predicts the new pseudo masks of the training set with a trained segmentation model (multi-scale + flip +
+  slide + CRF); :func:`wsss_blocks.train.cyclic.relabel` writes them for a whole dataset.
 
 The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
 """
@@ -19,10 +19,8 @@ The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -550,15 +548,15 @@ def _slide_logits(model: Callable[[Tensor], Tensor], x: Tensor, crop: tuple[int,
     return logits / count
 
 
-class CyclicPseudoMask:
-    """PMM cyclic pseudo-masks: relabel the training set with a trained segmentation model.
+class CyclicPseudoMask(nn.Module):
+    """PMM cyclic pseudo-masks: the test-time-augmented, CRF-refined prediction that relabels the training set.
 
-    PMM (Li et al., ICCV 2021), CP (``WSSS_MMSeg:tools/run_wsss.sh``, ``*_cp.py`` configs,
-    ``mmseg/models/segmentors/encoder_decoder.py`` ``aug_test``; spec_pmm.md §8.3). The released cycle is
-    run once: train the segmentation model on the PPMG masks with PUF, pick the best checkpoint
-    (:meth:`select_checkpoint`), predict every training image with multi-scale + flip + slide inference
-    and a dense CRF, and train a *fresh* model on those predictions with plain cross-entropy
-    (:meth:`loss_for_round`). This helper does the prediction step:
+    PMM (Li et al., ICCV 2021), CP (``Eli-YiLi/WSSS_MMSeg`` ``tools/run_wsss.sh``, ``*_cp.py`` configs,
+    ``mmseg/models/segmentors/encoder_decoder.py`` ``aug_test``). The released cycle is run once: train the
+    segmentation model on the PPMG masks with PUF, pick the best checkpoint, predict every training image with
+    multi-scale + flip + slide inference and a dense CRF, and train a *fresh* model on those predictions with
+    plain cross-entropy. This block is the prediction step (the trainer's
+    :func:`wsss_blocks.train.cyclic.relabel` writes it for a whole dataset):
 
     - per image, for each ratio r the image is resized as mmseg's ``Resize(img_scale·r, keep_ratio)``
       (``img_scale=None``: by r itself), run whole or by sliding windows (``slide=(crop, stride)``, logits
@@ -570,15 +568,9 @@ class CyclicPseudoMask:
       ``policy="restrict"`` (opt-in): classes absent from the image labels get probability 0 before the
       CRF and can never win the argmax.
 
-    Masks are written as ``<out_root>/<name>.png`` (uint8 class indices; greyscale like the release
-    unless ``palette=True``) through :func:`wsss_blocks.data.io.save_label_png`, which writes to a
-    temporary file and renames it, so a crash never leaves a partial mask. A finished mask is never
-    recomputed: rerunning after an interruption resumes where it stopped (``overwrite=True`` redoes all).
-    ``out_root`` must differ from the old mask folder: new masks go next to the old ones, never over them.
-
     Defaults are the release's test pipeline: ratios (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) of
     ``img_scale=(2048, 512)``, flip, slide crop 512 stride 480, CRF on. For small images use
-    ``img_scale=None, slide=None``.
+    ``img_scale=None, slide=None``. The segmentation model is passed at call time.
 
     Args:
         scales: test ratios (multiplying ``img_scale``, or the image size when ``img_scale`` is None).
@@ -591,24 +583,18 @@ class CyclicPseudoMask:
         policy: ``"replace"`` (release) or ``"restrict"`` (to the image labels; needs ``labels``).
         preprocess: callable applied to the B×3×H×W [0, 1] images before the model (e.g. ImageNet
             normalisation); the CRF always sees the raw [0, 1] image.
-        palette: write palette PNGs instead of greyscale (same pixel values).
-        overwrite: recompute masks that already exist.
 
     Shape:
         - model input: B×3×h×w (after ``preprocess``); model output: B×K×h'×w' logits, channel 0 =
           background, K = C + 1
-        - :meth:`predict`: image01 B×3×H×W in [0, 1] -> B×K×H×W probabilities
-        - dataset samples: ``name`` (str), ``image`` 3×H×W float in [0, 1] (or ``image01``), ``labels``
-          C multi-hot (for ``policy="restrict"``)
+        - image01: B×3×H×W in [0, 1]; labels: B×C (for ``policy="restrict"``)
+        - :meth:`predict`: B×K×H×W probabilities; ``forward``: B×H×W int64 mask
 
     Examples:
-        >>> import tempfile
         >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
-        >>> data = [{"name": "img0", "image": torch.rand(3, 16, 20)}]
         >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=False)
-        >>> root = cp.relabel(net, data, tempfile.mkdtemp() + "/cyclic_mask")
-        >>> sorted(p.name for p in root.iterdir()), cp.last_run["written"]
-        (['img0.png'], 1)
+        >>> cp(net, torch.rand(2, 3, 16, 20)).shape
+        torch.Size([2, 16, 20])
     """
 
     def __init__(
@@ -621,9 +607,8 @@ class CyclicPseudoMask:
         crf_params: Mapping[str, Any] | None = None,
         policy: Literal["replace", "restrict"] = "replace",
         preprocess: Callable[[Tensor], Tensor] | None = None,
-        palette: bool = False,
-        overwrite: bool = False,
     ) -> None:
+        super().__init__()
         if len(scales) == 0:
             raise ValueError("scales must contain at least one ratio, got an empty sequence")
         for s in scales:
@@ -654,9 +639,6 @@ class CyclicPseudoMask:
         self.crf_params = dict(PMM_CYCLIC_CRF if crf_params is None else crf_params)
         self.policy = policy
         self.preprocess = preprocess
-        self.palette = bool(palette)
-        self.overwrite = bool(overwrite)
-        self.last_run: dict[str, int] = {"written": 0, "skipped": 0}
 
     # -- inference -----------------------------------------------------------------------------------
 
@@ -713,9 +695,8 @@ class CyclicPseudoMask:
                 probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return probs
 
-    def predict_mask(self, model: Callable[[Tensor], Tensor], image01: Tensor,
-                     labels: Tensor | None = None) -> Tensor:
-        """Argmax of :meth:`predict` (with ``policy="restrict"`` absent classes can never win).
+    def forward(self, model: Callable[[Tensor], Tensor], image01: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The pseudo mask: argmax of :meth:`predict` (with ``policy="restrict"`` absent classes can never win).
 
         Shape:
             - image01: B×3×H×W
@@ -729,148 +710,6 @@ class CyclicPseudoMask:
             probs = probs.masked_fill(~keep, float("-inf"))
         return probs.argmax(dim=1)
 
-    # -- the relabelling pass ------------------------------------------------------------------------
-
-    def relabel(
-        self,
-        model: Callable[[Tensor], Tensor],
-        dataset: Iterable[Mapping[str, Any]],
-        out_root: str | os.PathLike | None = None,
-        old_root: str | os.PathLike | None = None,
-        device: torch.device | str | None = None,
-    ) -> Path:
-        """Predict every sample and write ``<out_root>/<name>.png``; return ``out_root``.
-
-        Finished masks are skipped (resume). When ``dataset`` has a ``names`` list and integer indexing
-        (like :class:`wsss_blocks.data.VOCSegmentation`), finished samples are not even loaded.
-        ``self.last_run`` holds the ``written`` and ``skipped`` counts of the latest call.
-
-        Args:
-            model: segmentation model (B×3×h×w -> B×K×h'×w' logits). An ``nn.Module`` in training mode is
-                switched to eval for the pass and restored afterwards.
-            dataset: samples with ``name``, ``image`` (3×H×W in [0, 1]; or ``image01``) and, for
-                ``policy="restrict"``, ``labels``.
-            out_root: folder for the new masks; default ``<old_root>_cyclic`` next to ``old_root``.
-            old_root: the current pseudo-mask folder (only used to refuse writing over it and to name
-                the default ``out_root``).
-            device: where to run the model (default: the images' device, i.e. CPU for a dataset).
-
-        Returns:
-            The folder holding the new masks.
-        """
-        from .data.io import save_label_png
-
-        if out_root is None:
-            if old_root is None:
-                raise ValueError("give out_root (the folder for the new masks) or old_root (then the new "
-                                 "masks go to '<old_root>_cyclic' next to it)")
-            old = Path(old_root)
-            out = old.parent / f"{old.name}_cyclic"
-        else:
-            out = Path(out_root)
-        if old_root is not None and out.resolve() == Path(old_root).resolve():
-            raise ValueError(f"out_root {str(out)!r} is the old mask folder; cyclic pseudo-masks are written "
-                             f"next to the old ones, never over them: choose another folder")
-        out.mkdir(parents=True, exist_ok=True)
-
-        module = model if isinstance(model, nn.Module) else None
-        was_training = module.training if module is not None else False
-        if module is not None:
-            module.eval()
-        written = skipped = 0
-        try:
-            for sample in self._iter_pending(dataset, out):
-                if sample is None:
-                    skipped += 1
-                    continue
-                name = sample.get("name")
-                if not isinstance(name, str) or not name:
-                    raise ValueError(f"each sample needs a non-empty string 'name', got {name!r}")
-                path = out / f"{name}.png"
-                if path.exists() and not self.overwrite:
-                    skipped += 1
-                    continue
-                img = sample.get("image01", sample.get("image"))
-                if not isinstance(img, Tensor) or img.ndim != 3:
-                    got = shape_str(img) if isinstance(img, Tensor) else type(img).__name__
-                    raise ValueError(f"sample {name!r}: 'image' must be a 3×H×W tensor in [0, 1], got {got}")
-                img = img[None].float()
-                if device is not None:
-                    img = img.to(device)
-                lab = sample.get("labels")
-                lab_t = None
-                if lab is not None and self.policy == "restrict":
-                    lab_t = torch.as_tensor(lab, dtype=torch.float32, device=img.device)[None]
-                mask = self.predict_mask(model, img, lab_t)[0]
-                if int(mask.max()) > 255:
-                    raise ValueError(f"model predicts {int(mask.max()) + 1} classes; PNG masks hold at most 256")
-                save_label_png(path, mask.to(torch.uint8).cpu().numpy(), palette=self.palette)
-                written += 1
-        finally:
-            if module is not None:
-                module.train(was_training)
-            self.last_run = {"written": written, "skipped": skipped}
-        return out
-
-    def _iter_pending(self, dataset: Iterable[Mapping[str, Any]], out: Path) -> Iterable[Mapping[str, Any] | None]:
-        names = getattr(dataset, "names", None)
-        if (not self.overwrite and isinstance(names, Sequence) and hasattr(dataset, "__getitem__")
-                and hasattr(dataset, "__len__") and len(names) == len(dataset)):  # type: ignore[arg-type]
-            for i, name in enumerate(names):
-                if (out / f"{name}.png").exists():
-                    yield None
-                else:
-                    yield dataset[i]  # type: ignore[index]
-        else:
-            yield from dataset
-
-    # -- the rest of the cycle -----------------------------------------------------------------------
-
-    @staticmethod
-    def select_checkpoint(history: Iterable[Mapping[str, Any]], key: str = "miou") -> Mapping[str, Any]:
-        """The evaluation record with the highest ``key`` (PMM ``tools/pick_best_pth.py``: best VOC val mIoU).
-
-        Args:
-            history: records such as ``{"iter": 2000, "miou": 0.61, "path": "iter_2000.pth"}``.
-            key: the score to maximise; ties keep the earliest record.
-
-        Examples:
-            >>> CyclicPseudoMask.select_checkpoint([{"iter": 2, "miou": .5}, {"iter": 4, "miou": .6}])["iter"]
-            4
-        """
-        best: Mapping[str, Any] | None = None
-        for rec in history:
-            if key not in rec:
-                raise ValueError(f"history record {dict(rec)!r} has no {key!r} entry")
-            score = float(rec[key])
-            if math.isnan(score):
-                continue
-            if best is None or score > float(best[key]):
-                best = rec
-        if best is None:
-            raise ValueError("history holds no record with a finite score to select from")
-        return best
-
-    @staticmethod
-    def loss_for_round(round_index: int, dataset: Literal["voc", "coco"] = "voc", weight: float = 1.0,
-                       ignore_index: int = 255) -> nn.Module:
-        """The released loss per round: PUF on the PPMG masks (round 0), plain CE on cyclic masks (1+).
-
-        Examples:
-            >>> CyclicPseudoMask.loss_for_round(1).mode is None
-            True
-        """
-        from .losses import PretendedUnderFittingLoss
-
-        if round_index < 0:
-            raise ValueError(f"round_index must be >= 0, got {round_index}")
-        if dataset not in ("voc", "coco"):
-            raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
-        preset = {"voc": 0.5, "coco": 0.8}[dataset]
-        mode: Literal["clamp"] | None = "clamp" if round_index == 0 else None
-        return PretendedUnderFittingLoss(beta=preset, k=preset, mode=mode, weight=weight,
-                                         ignore_index=ignore_index)
-
-    def __repr__(self) -> str:
-        return (f"CyclicPseudoMask(scales={self.scales}, flip={self.flip}, img_scale={self.img_scale}, "
-                f"slide={self.slide}, crf={self.crf}, policy={self.policy!r})")
+    def extra_repr(self) -> str:
+        return (f"scales={self.scales}, flip={self.flip}, img_scale={self.img_scale}, slide={self.slide}, "
+                f"crf={self.crf}, policy={self.policy!r}")

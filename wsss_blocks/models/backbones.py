@@ -25,26 +25,25 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._checks import require
+from .registry import KeyMap, backbone_entry, get_key_map, register_key_map, registered_backbones
 
 __all__ = [
     "LoadReport",
-    "KeyMap",
     "read_state_dict",
     "load_pretrained",
     "is_random_init",
-    "register_key_map",
-    "get_key_map",
     "deeplab_pytorch_key_map",
     "build_backbone",
+    "build_frozen_backbone",
     "available_backbones",
     "TorchvisionResNet",
     "TimmBackbone",
@@ -53,8 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-KeyMap = Union[None, str, Mapping[str, Union[str, None]], Callable[[str], Union[str, None]]]  # noqa: UP007
 
 #: Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
 #: EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
@@ -172,41 +169,6 @@ def _is_mxnet_file(path: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # key maps
 # ----------------------------------------------------------------------------------------------------------
-_KEY_MAPS: dict[str, Callable[[str], str | None]] = {}
-
-
-def register_key_map(name: str, fn: Callable[[str], str | None]) -> None:
-    """Register a named checkpoint key map (usable as ``key_map="name"`` and from YAML configs)."""
-    _KEY_MAPS[name] = fn
-
-
-def get_key_map(key_map: KeyMap) -> Callable[[str], str | None]:
-    """Turn a key map given as ``None``, a registered name, a prefix dict or a callable into a callable.
-
-    A dict maps checkpoint-key **prefixes** to model-key prefixes (the first matching, longest prefix wins);
-    a value of ``None`` drops the key. A callable returns the model key or ``None`` to drop it.
-    """
-    if key_map is None:
-        return lambda k: k
-    if isinstance(key_map, str):
-        if key_map not in _KEY_MAPS:
-            raise ValueError(f"key_map {key_map!r} is not a registered key map; known: {sorted(_KEY_MAPS)}")
-        return _KEY_MAPS[key_map]
-    if isinstance(key_map, Mapping):
-        items = sorted(key_map.items(), key=lambda kv: -len(kv[0]))
-
-        def by_prefix(k: str) -> str | None:
-            for old, new in items:
-                if k.startswith(old):
-                    return None if new is None else new + k[len(old):]
-            return k
-
-        return by_prefix
-    if callable(key_map):
-        return key_map
-    raise TypeError(f"key_map must be None, a name, a dict or a callable, got {type(key_map).__name__}")
-
-
 _DEEPLAB_BRANCH = {"reduce": "1", "conv3x3": "2", "increase": "3"}
 
 
@@ -698,12 +660,9 @@ class TimmBackbone(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # factory
 # ----------------------------------------------------------------------------------------------------------
-_MIT_NAMES = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny")
-
-
 def available_backbones() -> list[str]:
     """Names :func:`build_backbone` understands besides ``"timm:<any timm model>"``."""
-    return ["tiny", "resnet38d", "resnet38d_tiny", *_MIT_NAMES, *_TV_RESNETS, "resnet_tiny"]
+    return ["tiny", *registered_backbones(), *_TV_RESNETS, "resnet_tiny"]
 
 
 def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] | None = None, *,
@@ -722,6 +681,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
       ``output_stride`` 8/16/32, ``style="caffe"`` for the DeepLab layout); ``"resnet_tiny"`` for tests.
     * ``"timm:<name>"`` — any timm model with ``features_only=True`` (:class:`TimmBackbone`).
     * ``"tiny"`` — :class:`TinyBackbone`.
+    * any name registered with :func:`wsss_blocks.models.registry.register_backbone`.
 
     Args:
         name: backbone name (see above).
@@ -747,29 +707,16 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
         pretrained = None
     ignore: tuple[str, ...] = ()
     module: nn.Module
-    if name == "tiny":
+    entry = backbone_entry(name)
+    if entry is not None:
+        module = entry.build(output_stride=output_stride, **kwargs)
+        if key_map is None:
+            key_map = entry.key_map
+        ignore = entry.ignore_unexpected
+    elif name == "tiny":
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
         module = TinyBackbone(**kwargs)
-    elif name in ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38"):
-        from .resnet38 import ResNet38, resnet38_key_map
-
-        if output_stride not in (None, 8):
-            raise ValueError(f"ResNet-38 has output stride 8 only, got output_stride={output_stride}")
-        module = ResNet38.tiny(**kwargs) if name.endswith("_tiny") else ResNet38(**kwargs)
-        if key_map is None:
-            key_map = resnet38_key_map
-        ignore = ("linear1000", "fc8.", "fc.", "head.")
-    elif name in _MIT_NAMES:
-        from . import mit
-
-        if output_stride is not None:
-            strides = {32: (4, 2, 2, 2), 16: (4, 2, 2, 1)}
-            if output_stride not in strides:
-                raise ValueError(f"MiT output_stride must be 16 or 32, got {output_stride}")
-            kwargs.setdefault("strides", strides[output_stride])
-        module = getattr(mit, name)(**kwargs)
-        ignore = ("head.",)
     elif name in _TV_RESNETS or name == "resnet_tiny":
         os_ = 8 if output_stride is None else output_stride
         if name == "resnet_tiny":
@@ -788,3 +735,42 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
         load_pretrained(module, pretrained, key_map, strict=strict, ignore_unexpected=ignore)
     return module
 
+
+
+def build_frozen_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] | None,
+                          backbone_kwargs: Mapping[str, Any], frozen: Sequence[str], freeze_bn: bool,
+                          **native_defaults: Any) -> nn.Module:
+    """Build a backbone and freeze the named top-level modules and (optionally) every BatchNorm.
+
+    Families that freeze natively (ResNet-38: ``native_freezing`` in the registry) get ``frozen=`` and
+    ``freeze_bn=`` (plus ``native_defaults`` such as ``b7_dilation``) as constructor arguments unless
+    ``backbone_kwargs`` sets them; for other backbones each name must be a top-level submodule, whose
+    parameters stop receiving gradients, and ``freeze_bn`` applies :func:`set_bn_eval`.
+
+    Raises:
+        ValueError: a name in ``frozen`` that the backbone does not have.
+
+    Examples:
+        >>> bb = build_frozen_backbone("tiny", None, {"widths": (4, 8, 8)}, ("stages",), freeze_bn=False)
+        >>> any(p.requires_grad for p in bb.parameters())
+        False
+    """
+    kw = dict(backbone_kwargs)
+    entry = backbone_entry(name)
+    if entry is not None and entry.native_freezing:
+        kw.setdefault("frozen", tuple(frozen))
+        kw.setdefault("freeze_bn", bool(freeze_bn))
+        for k, v in native_defaults.items():
+            kw.setdefault(k, v)
+        return build_backbone(name, pretrained, **kw)
+    bb = build_backbone(name, pretrained, **kw)
+    for f in frozen:
+        mod = getattr(bb, f, None)
+        if not isinstance(mod, nn.Module):
+            names = [n for n, _ in bb.named_children()]
+            raise ValueError(f"frozen module {f!r} does not exist in backbone {name!r} (top-level modules: {names})")
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    if freeze_bn:
+        set_bn_eval(bb)
+    return bb

@@ -23,6 +23,8 @@ import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import register_backbone
+
 __all__ = ["MixTransformer", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny",
            "MIT_CONFIGS"]
 
@@ -285,3 +287,19 @@ def mit_tiny(**kwargs: Any) -> MixTransformer:
     """A 4-stage MiT with 8-32 channels for CPU tests (same module names as MiT-B1, other shapes)."""
     kwargs.setdefault("drop_path_rate", 0.0)
     return _build("mit_tiny", **kwargs)
+
+
+def _registry_builder(variant: Any) -> Any:
+    def build(output_stride: int | None = None, **kwargs: Any) -> MixTransformer:
+        if output_stride is not None:
+            strides = {32: (4, 2, 2, 2), 16: (4, 2, 2, 1)}
+            if output_stride not in strides:
+                raise ValueError(f"MiT output_stride must be 16 or 32, got {output_stride}")
+            kwargs.setdefault("strides", strides[output_stride])
+        return variant(**kwargs)
+
+    return build
+
+
+for _variant in (mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5, mit_tiny):
+    register_backbone(_variant.__name__, _registry_builder(_variant), ignore_unexpected=("head.",))

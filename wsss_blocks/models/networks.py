@@ -34,7 +34,8 @@ from .backbones import (
 from .heads import ASPPv2, CAMHead, DeepLabV3PlusHead, SegFormerHead, global_pool
 from .mit import MixTransformer
 
-__all__ = ["CAMNet", "DeepLabV2", "msc_forward", "SegFormer", "DeepLabV3Plus", "TinyBackbone", "param_groups"]
+__all__ = ["CAMNet", "SMAFNet", "DeepLabV2", "msc_forward", "SegFormer", "DeepLabV3Plus", "TinyBackbone",
+           "param_groups"]
 
 def _channels(bb: nn.Module) -> tuple[int, ...]:
     return tuple(int(c) for c in cast(Any, bb).out_channels)
@@ -115,6 +116,55 @@ class CAMNet(nn.Module):
     def cams(self, images: Tensor) -> Tensor:
         """Only the raw CAMs (B×K×h×w); handy as the ``fn`` of :func:`wsss_blocks.cam.multiscale_cams`."""
         return self.forward(images)["cams"]
+
+
+class SMAFNet(nn.Module):
+    """SMAF's classification network (``bupt-ai-cz/SMAF`` ``models/EPS.py``): backbone + ``cov_feat`` (1×1, no
+    bias) → BN → ReLU → ``fc8`` (1×1, no bias) with C + 1 outputs, background last; logits = GAP of the maps.
+
+    ``head="eps"`` is the official EPS head (``halbielee/EPS`` ``network/resnet38_eps.py``: a single bias-free 1×1
+    conv ``fc8``), for EPS checkpoints. Initialisation as released: Xavier-uniform ``cov_feat`` and ``fc8``.
+
+    Shape:
+        - images: B×3×H×W
+        - :meth:`cam_logits`: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
+          ``cams`` B×(C+1)×h×w
+
+    Examples:
+        >>> from wsss_blocks.models import ResNet38
+        >>> out = SMAFNet(ResNet38.tiny(), num_classes=20)(torch.randn(1, 3, 32, 32))
+        >>> out["logits"].shape, out["cams"].shape
+        (torch.Size([1, 21]), torch.Size([1, 21, 4, 4]))
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: Literal["smaf", "eps"] = "smaf",
+                 head_channels: int = 128):
+        super().__init__()
+        cin = int(backbone.out_channels[-1])  # type: ignore[index]
+        self.backbone = backbone
+        self.head = head
+        self.num_classes = num_classes
+        if head == "smaf":
+            self.cov_feat = nn.Conv2d(cin, head_channels, 1, bias=False)
+            self.bn = nn.BatchNorm2d(head_channels)
+            self.fc8 = nn.Conv2d(head_channels, num_classes + 1, 1, bias=False)
+            nn.init.xavier_uniform_(self.cov_feat.weight)
+        elif head == "eps":
+            self.fc8 = nn.Conv2d(cin, num_classes + 1, 1, bias=False)
+        else:
+            raise ValueError(f"head must be 'smaf' or 'eps', got {head!r}")
+        nn.init.xavier_uniform_(self.fc8.weight)
+
+    def cam_logits(self, images: Tensor) -> Tensor:
+        """Raw B×(C+1)×h×w class maps, background last."""
+        x = self.backbone(images)[-1]
+        if self.head == "smaf":
+            x = F.relu(self.bn(self.cov_feat(x)))
+        return self.fc8(x)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        cams = self.cam_logits(images)
+        return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
 
 
 class DeepLabV2(nn.Module):

@@ -42,7 +42,8 @@ import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import LoadReport, load_pretrained, register_key_map, set_bn_eval
+from .backbones import LoadReport, load_pretrained, set_bn_eval
+from .registry import register_backbone, register_key_map
 
 __all__ = ["ResNet38", "resnet38_key_map", "load_resnet38", "mxnet_resnet38_name", "seam_resnet38_key_map",
            "SEAM_LOAD_REASONS"]
@@ -289,6 +290,23 @@ SEAM_LOAD_REASONS = {
     "pcm.": "the checkpoint has no PCM (an ImageNet model): f8_3/f8_4/f9 keep their initialisation",
     r".*num_batches_tracked": "BatchNorm step counter, unused (frozen BatchNorm)",
 }
+
+
+def _build(output_stride: int | None = None, *, tiny: bool = False, **kwargs: Any) -> ResNet38:
+    if output_stride not in (None, 8):
+        raise ValueError(f"ResNet-38 has output stride 8 only, got output_stride={output_stride}")
+    return ResNet38.tiny(**kwargs) if tiny else ResNet38(**kwargs)
+
+
+def _build_tiny(output_stride: int | None = None, **kwargs: Any) -> ResNet38:
+    return _build(output_stride, tiny=True, **kwargs)
+
+
+_RESNET38_IGNORE = ("linear1000", "fc8.", "fc.", "head.")
+register_backbone("resnet38d", _build, key_map=resnet38_key_map, ignore_unexpected=_RESNET38_IGNORE,
+                  native_freezing=True, aliases=("resnet38", "wide_resnet38"))
+register_backbone("resnet38d_tiny", _build_tiny, key_map=resnet38_key_map, ignore_unexpected=_RESNET38_IGNORE,
+                  native_freezing=True)
 
 
 def load_resnet38(model: ResNet38, source: str | os.PathLike | Mapping[str, Any], *, strict: bool = True

@@ -231,6 +231,8 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
     """PMM cyclic pseudo-masks: predict the training split with the previous round's selected model."""
     from wsss_blocks.pseudo_mask import CyclicPseudoMask
 
+    from .cyclic import relabel
+
     s = cfg.seg
     prev = seg_round_dir(out_dir, round_index - 1)
     path = prev / "model.pt"
@@ -244,7 +246,7 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
     cp = CyclicPseudoMask(scales=tuple(s.cyclic_scales if s.cyclic_scales is not None else s.eval_scales),
                           flip=s.eval_flip if s.cyclic_flip is None else s.cyclic_flip, img_scale=None, slide=None,
                           crf=s.crf if s.cyclic_crf is None else s.cyclic_crf, policy=s.cyclic_policy,
-                          preprocess=lambda x: normalize_images(x, norm), palette=True)
+                          preprocess=lambda x: normalize_images(x, norm))
     out = stage_dir(out_dir, "seg") / f"cyclic_masks_r{round_index}"
     ds = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=False,
                     limit=cfg.data.max_train_images, root=data_root(cfg, env))
@@ -256,8 +258,8 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
             return seg_logits(model, x)
 
     with torch.no_grad():
-        cp.relabel(fn, ds, out, old_root=pseudo_mask_dir(out_dir), device=env.device)
-    counts = torch.tensor([cp.last_run["written"], cp.last_run["skipped"]], device=env.device)
+        res = relabel(cp, fn, ds, out, old_root=pseudo_mask_dir(out_dir), device=env.device, palette=True)
+    counts = torch.tensor([res.written, res.skipped], device=env.device)
     all_reduce_sum(counts)
     barrier()
     if env.is_main:
@@ -281,7 +283,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     round r relabels the training split with the previous round's
     ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
     `wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
-    mean of softmaxes, CRF `wsss_blocks.pseudo_mask.PMM_CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    mean of softmaxes, CRF `wsss_blocks.pseudo_mask.CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
     The reported model is the last round's ``model.pt`` (`seg_model_path`).
     """

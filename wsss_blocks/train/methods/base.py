@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ...cam import cams_to_mask
+from ...models import set_bn_eval
 
 __all__ = ["CAMMethod", "PhaseContext", "NoConfig"]
 
@@ -118,6 +119,19 @@ class CAMMethod(nn.Module):
         self.run_cfg: Any = run_cfg
         self.cfg: Any = method_cfg
         self.num_classes = num_classes
+
+    @property
+    def freeze_bn(self) -> bool:
+        """Whether every BatchNorm stays in eval mode with frozen affine parameters (``cfg.freeze_bn``)."""
+        return bool(getattr(self.cfg, "freeze_bn", False))
+
+    def train(self, mode: bool = True) -> CAMMethod:
+        """Set train/eval mode; with :attr:`freeze_bn` every BatchNorm stays in eval mode (running statistics
+        used, not updated) with frozen affine parameters, the "frozen BN" of PSA/SEAM/IRN."""
+        super().train(mode)
+        if self.freeze_bn:
+            set_bn_eval(self)
+        return self
 
     # ------------------------------------------------------------------ required
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:

@@ -102,11 +102,6 @@ class BaselineCAM(CAMMethod):
         if method_cfg.freeze_bn:
             set_bn_eval(self.net)
 
-    def train(self, mode: bool = True) -> BaselineCAM:
-        super().train(mode)
-        if self.cfg.freeze_bn:
-            set_bn_eval(self.net)
-        return self
 
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         logits = self.net(batch["image"])["logits"]

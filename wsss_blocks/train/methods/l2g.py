@@ -25,150 +25,18 @@ background argmax (``gen_gt.py``, ``thr = 0.25``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...local_global import LocalPatchSampler, LocalToGlobalTransfer
-from ...models import build_backbone, set_bn_eval
+from ...models import L2GNet, build_frozen_backbone, set_bn_eval
 from . import register_method
 from .base import CAMMethod
 
-__all__ = ["L2GConfig", "L2GMethod", "L2GNet", "PixelCorrelation", "build_frozen_backbone", "RESNET38_NAMES"]
-
-#: backbone names that build the library's ResNet-38 (``frozen``/``freeze_bn`` go to its constructor)
-RESNET38_NAMES = ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
-
-
-def build_frozen_backbone(name: str, pretrained: Any, backbone_kwargs: dict[str, Any], frozen: Sequence[str],
-                          freeze_bn: bool, **resnet38_defaults: Any) -> nn.Module:
-    """Build a backbone and freeze the named top-level modules and (optionally) every BatchNorm.
-
-    For ResNet-38 the names go to its constructor (``frozen=``, ``freeze_bn=``, plus ``resnet38_defaults``
-    such as ``b7_dilation``) unless ``backbone_kwargs`` sets them; for other backbones each name must be a
-    top-level submodule (e.g. ``"stages"`` is not useful, ``TinyBackbone`` has only ``stages``).
-
-    Raises:
-        ValueError: a name in ``frozen`` that the backbone does not have.
-    """
-    kw = dict(backbone_kwargs)
-    if name in RESNET38_NAMES:
-        kw.setdefault("frozen", tuple(frozen))
-        kw.setdefault("freeze_bn", bool(freeze_bn))
-        for k, v in resnet38_defaults.items():
-            kw.setdefault(k, v)
-        return build_backbone(name, pretrained, **kw)
-    bb = build_backbone(name, pretrained, **kw)
-    for f in frozen:
-        mod = getattr(bb, f, None)
-        if not isinstance(mod, nn.Module):
-            names = [n for n, _ in bb.named_children()]
-            raise ValueError(f"frozen module {f!r} does not exist in backbone {name!r} (top-level modules: {names})")
-        for p in mod.parameters():
-            p.requires_grad_(False)
-    if freeze_bn:
-        set_bn_eval(bb)
-    return bb
-
-
-class PixelCorrelation(nn.Module):
-    """SEAM's pixel correlation module (PCM) as used by L2G and PMM: an image-guided affinity over the map.
-
-    Features ``f = f9([image↓ ; f8_3(mid) ; f8_4(high)])`` (``mid``/``high`` detached, image bilinearly
-    resized with ``align_corners=True``), L2-normalised per pixel (ε 1e-5); affinity ``A = ReLU(fᵀf)`` with
-    every column divided by its sum (+1e-5); output ``x·A`` for a B×K×h×w input ``x``. The convolutions have
-    no bias; init as released (f8_3/f8_4 Kaiming normal, f9 Xavier uniform with gain 4). ``relu_features``:
-    SEAM/PMM apply a ReLU after f8_3 and f8_4, L2G does not. The affinity is computed in float32.
-
-    Shape:
-        - x: B×K×h×w; image: B×3×H×W; mid: B×C_mid×h'×w'; high: B×C_high×h''×w'' (resized to h×w if needed)
-        - output: B×K×h×w
-    """
-
-    def __init__(self, mid_channels: int, high_channels: int, relu_features: bool = False):
-        super().__init__()
-        self.f8_3 = nn.Conv2d(mid_channels, 64, 1, bias=False)
-        self.f8_4 = nn.Conv2d(high_channels, 128, 1, bias=False)
-        self.f9 = nn.Conv2d(192 + 3, 192, 1, bias=False)
-        nn.init.kaiming_normal_(self.f8_3.weight)
-        nn.init.kaiming_normal_(self.f8_4.weight)
-        nn.init.xavier_uniform_(self.f9.weight, gain=4)
-        self.relu_features = relu_features
-
-    def affinity(self, image: Tensor, mid: Tensor, high: Tensor, hw: tuple[int, int]) -> Tensor:
-        """Column-normalised B×hw×hw affinity (float32)."""
-        a = self.f8_3(mid.detach())
-        b = self.f8_4(high.detach())
-        if self.relu_features:
-            a, b = F.relu(a), F.relu(b)
-        if tuple(a.shape[-2:]) != hw:
-            a = F.interpolate(a, size=hw, mode="bilinear", align_corners=True)
-        if tuple(b.shape[-2:]) != hw:
-            b = F.interpolate(b, size=hw, mode="bilinear", align_corners=True)
-        xs = F.interpolate(image, size=hw, mode="bilinear", align_corners=True)
-        f = self.f9(torch.cat([xs.to(a.dtype), a, b], dim=1))
-        with torch.autocast(device_type=f.device.type, enabled=False):
-            f = f.float().flatten(2)
-            f = f / (f.norm(dim=1, keepdim=True) + 1e-5)
-            aff = F.relu(torch.bmm(f.transpose(1, 2), f))
-            return aff / (aff.sum(dim=1, keepdim=True) + 1e-5)
-
-    def propagate(self, x: Tensor, aff: Tensor) -> Tensor:
-        """``x · A`` for B×K×h×w maps and a B×hw×hw affinity (float32 result)."""
-        b, k, h, w = x.shape
-        return torch.bmm(x.float().flatten(2), aff).view(b, k, h, w)
-
-    def forward(self, x: Tensor, image: Tensor, mid: Tensor, high: Tensor) -> Tensor:
-        return self.propagate(x, self.affinity(image, mid, high, (int(x.shape[-2]), int(x.shape[-1]))))
-
-
-class L2GNet(nn.Module):
-    """One L2G network (``models/resnet38.py`` ``Net``): backbone + bias-free fc8 (K = C + 1, bg last) + PCM.
-
-    ``forward`` returns ``F = fc8(conv6) + PCM(fc8(conv6))`` (B×K×h×w, float32). The release propagates the
-    4096-d conv6 features and applies fc8 afterwards; fc8 is linear and bias-free, so propagating its
-    output is the same function at K/4096 of the cost. ``logits`` = spatial mean of the foreground
-    channels (the background row of fc8 gets no classification signal, as released).
-
-    Args:
-        backbone: module with the backbone protocol (list of maps, ``out_channels``, ``strides``).
-        num_classes: C (foreground classes).
-        pcm: add the PCM term (released: True).
-        pcm_indices: which backbone maps feed f8_3 and f8_4 (ResNet-38: conv4, conv5 = maps 1 and 2).
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, pcm: bool = True,
-                 pcm_indices: tuple[int, int] = (-3, -2)):
-        super().__init__()
-        chans = tuple(int(c) for c in backbone.out_channels)  # type: ignore[union-attr]
-        strides = tuple(int(s) for s in backbone.strides)  # type: ignore[union-attr]
-        if len(chans) < 3:
-            raise ValueError(f"L2GNet needs a backbone with at least 3 feature maps (PCM uses two mid-level maps), "
-                             f"got {len(chans)}")
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.stride = strides[-1]
-        self.fc8 = nn.Conv2d(chans[-1], num_classes + 1, 1, bias=False)
-        nn.init.xavier_uniform_(self.fc8.weight)
-        self.pcm_indices = pcm_indices
-        self.pcm = PixelCorrelation(chans[pcm_indices[0]], chans[pcm_indices[1]]) if pcm else None
-
-    def forward(self, images: Tensor) -> Tensor:
-        maps = self.backbone(images)
-        cam = self.fc8(maps[-1])
-        if self.pcm is None:
-            return cam.float()
-        return cam.float() + self.pcm(cam, images, maps[self.pcm_indices[0]], maps[self.pcm_indices[1]])
-
-    @staticmethod
-    def logits(maps: Tensor) -> Tensor:
-        """B×C logits: spatial mean of the foreground channels (all but the last)."""
-        return maps[:, :-1].mean(dim=(2, 3))
-
+__all__ = ["L2GConfig", "L2GMethod"]
 
 @dataclass
 class L2GConfig:
@@ -282,11 +150,6 @@ class L2GMethod(CAMMethod):
         if c.freeze_bn:
             set_bn_eval(self)
 
-    def train(self, mode: bool = True) -> L2GMethod:
-        super().train(mode)
-        if self.cfg.freeze_bn:
-            set_bn_eval(self)
-        return self
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The loss terms of one batch, **with** their gradients (``training_step`` sums and detaches them).

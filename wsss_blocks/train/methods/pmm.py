@@ -31,32 +31,20 @@ from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ...models import is_random_init, load_pretrained, set_bn_eval
+from ...cam import normalize_cams
+from ...losses import adaptive_min_pooling_loss
+from ...models import SEAMNet, build_frozen_backbone, is_random_init, load_pretrained, set_bn_eval
 from ...models.resnet38 import SEAM_LOAD_REASONS
 from ...pseudo_mask import proportional_pseudo_mask
 from . import register_method
 from .base import CAMMethod
-from .l2g import PixelCorrelation, build_frozen_backbone
 
-__all__ = ["PMMConfig", "PMMMethod", "SEAMNet", "max_norm", "max_onehot", "adaptive_min_pooling_loss",
-           "seam_pcm_input"]
+__all__ = ["PMMConfig", "PMMMethod"]
 
 
-def max_norm(p: Tensor, eps: float = 1e-5) -> Tensor:
-    """SEAM ``visualization.max_norm``: ``relu(relu(p) − min − ε) / (max − min + ε)`` per map (min/max of relu(p)).
-
-    Shape:
-        - p: B×K×H×W; output: same
-    """
-    p = F.relu(p)
-    mx = p.amax(dim=(2, 3), keepdim=True)
-    mn = p.amin(dim=(2, 3), keepdim=True)
-    return F.relu(p - mn - eps) / (mx - mn + eps)
-
-
-def max_onehot(x: Tensor) -> Tensor:
+def _max_onehot(x: Tensor) -> Tensor:
     """SEAM ``max_onehot``: zero every foreground channel (1..K−1) below the per-pixel foreground max.
 
     Channel 0 (background) is kept. Ties keep every maximal channel, as released.
@@ -64,65 +52,6 @@ def max_onehot(x: Tensor) -> Tensor:
     fg = x[:, 1:]
     fg = fg * (fg == fg.amax(dim=1, keepdim=True)).to(fg.dtype)
     return torch.cat([x[:, :1], fg], dim=1)
-
-
-def adaptive_min_pooling_loss(x: Tensor) -> Tensor:
-    """PMM's adaptive min-pooling loss (``PMM:pipeline/train_cam.py`` lines 12–20, spec §2.2).
-
-    Per image: the per-pixel max over the channels of ``x`` (the label-masked foreground ``cam_rv``), the
-    ``k = ⌊HW/4⌋`` smallest of those values, ReLU, summed; divided by ``k·N``.
-
-    Shape:
-        - x: N×C×H×W; output: scalar
-    """
-    n, _, h, w = x.shape
-    k = max(1, (h * w) // 4)
-    m = x.amax(dim=1).reshape(n, -1)
-    low = torch.topk(m, k=k, dim=-1, largest=False).values
-    return F.relu(low).sum() / (k * n)
-
-
-@torch.no_grad()
-def seam_pcm_input(cam: Tensor) -> Tensor:
-    """The detached map the SEAM PCM propagates (spec §2.1): ReLU, divide by the per-map max (+1e-5) after
-    subtracting 1e-5, background channel 0 := 1 − max over the foreground, non-max foreground channels := 0.
-
-    Shape:
-        - cam: B×K×h×w (channel 0 = background); output: same, in [0, 1]
-    """
-    c = F.relu(cam.detach().float())
-    mx = c.amax(dim=(2, 3), keepdim=True) + 1e-5
-    c = F.relu(c - 1e-5) / mx
-    fg = c[:, 1:]
-    top = fg.amax(dim=1, keepdim=True)
-    fg = torch.where(fg < top, torch.zeros_like(fg), fg)
-    return torch.cat([1.0 - top, fg], dim=1)
-
-
-class SEAMNet(nn.Module):
-    """ResNet-38 + SEAM head as in ``PMM:network/resnet38_SEAM.py`` (spec §2.1).
-
-    ``forward`` returns ``(cam, cam_rv)`` at the feature resolution (B×K×h×w, K = C + 1, channel 0 =
-    background): ``cam = fc8(Dropout2d(conv6))`` and ``cam_rv = PCM(seam_pcm_input(cam))`` (ReLU after
-    f8_3/f8_4, as SEAM/PMM). ``cam_rv`` carries gradient only into the PCM convolutions.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5):
-        super().__init__()
-        chans = tuple(int(c) for c in backbone.out_channels)  # type: ignore[union-attr]
-        if len(chans) < 3:
-            raise ValueError(f"SEAMNet needs a backbone with at least 3 feature maps, got {len(chans)}")
-        self.backbone = backbone
-        self.dropout7 = nn.Dropout2d(dropout)
-        self.fc8 = nn.Conv2d(chans[-1], num_classes + 1, 1, bias=False)
-        nn.init.xavier_uniform_(self.fc8.weight)
-        self.pcm = PixelCorrelation(chans[-3], chans[-2], relu_features=True)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        maps = self.backbone(images)
-        cam = self.fc8(self.dropout7(maps[-1])).float()
-        cam_rv = self.pcm(seam_pcm_input(cam), images, maps[-3], maps[-2])
-        return cam, cam_rv
 
 
 @dataclass
@@ -230,11 +159,6 @@ class PMMMethod(CAMMethod):
         if c.freeze_bn:
             set_bn_eval(self)
 
-    def train(self, mode: bool = True) -> PMMMethod:
-        super().train(mode)
-        if self.cfg.freeze_bn:
-            set_bn_eval(self)
-        return self
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The loss terms of one batch with their gradients: ``cls``, ``minpool``, ``er``, ``ecr`` (unweighted)."""
@@ -250,21 +174,21 @@ class PMMMethod(CAMMethod):
         cls1 = F.multilabel_soft_margin_loss(cam1.mean(dim=(2, 3))[:, 1:], y)
         minp1 = adaptive_min_pooling_loss((rv1 * lab)[:, 1:])
         size2 = (int(x2.shape[-2]), int(x2.shape[-1]))
-        cam1 = _up(max_norm(cam1), size2) * lab
-        rv1 = _up(max_norm(rv1), size2) * lab
+        cam1 = _up(normalize_cams(cam1, "seam_minmax"), size2) * lab
+        rv1 = _up(normalize_cams(rv1, "seam_minmax"), size2) * lab
 
         cam2, rv2 = self.net(x2)
         cam2, rv2 = _up(cam2, size2), _up(rv2, size2)
         cls2 = F.multilabel_soft_margin_loss(cam2.mean(dim=(2, 3))[:, 1:], y)
         minp2 = adaptive_min_pooling_loss((rv2 * lab)[:, 1:])
-        cam2 = max_norm(cam2) * lab
-        rv2 = max_norm(rv2) * lab
+        cam2 = normalize_cams(cam2, "seam_minmax") * lab
+        rv2 = normalize_cams(rv2, "seam_minmax") * lab
 
         loss_er = (cam1[:, 1:] - cam2[:, 1:]).abs().mean()
         bg1 = 1.0 - cam1[:, 1:].amax(dim=1, keepdim=True)
         bg2 = 1.0 - cam2[:, 1:].amax(dim=1, keepdim=True)
-        t1 = max_onehot(torch.cat([bg1, cam1[:, 1:]], dim=1).detach())
-        t2 = max_onehot(torch.cat([bg2, cam2[:, 1:]], dim=1).detach())
+        t1 = _max_onehot(torch.cat([bg1, cam1[:, 1:]], dim=1).detach())
+        t2 = _max_onehot(torch.cat([bg2, cam2[:, 1:]], dim=1).detach())
         k = max(1, int(lab.shape[1] * size2[0] * size2[1] * c.ecr_topk))
         ecr1 = torch.topk((t2 - rv1).abs().reshape(n, -1), k=k, dim=-1).values.mean()
         ecr2 = torch.topk((t1 - rv2).abs().reshape(n, -1), k=k, dim=-1).values.mean()

@@ -171,11 +171,6 @@ class PPLMethod(CAMMethod):
         if c.freeze_bn:
             set_bn_eval(self)
 
-    def train(self, mode: bool = True) -> PPLMethod:
-        super().train(mode)
-        if self.cfg.freeze_bn:
-            set_bn_eval(self)
-        return self
 
     # ------------------------------------------------------------------ helpers
     def _pad(self, x: Tensor) -> Tensor:

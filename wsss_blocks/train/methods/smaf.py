@@ -50,123 +50,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.normalization import Normalization, data_normalization
-from ...models import build_backbone, param_groups, set_bn_eval
+from ...losses import eps_saliency_loss
+from ...models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
 from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_labels, smaf_target
+from ..smaf_store import FusedMapStore
 from . import register_method
 from .base import CAMMethod, PhaseContext
 
-__all__ = ["SMAFConfig", "SMAFMethod", "SMAFNet", "eps_saliency_loss", "RESNET38_NAMES", "FUSED_DIR"]
+__all__ = ["SMAFConfig", "SMAFMethod", "FUSED_DIR"]
 
 #: sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)
 FUSED_DIR = "fused_cams"
-
-#: backbone names that build the library's ResNet-38 (``frozen``/``freeze_bn`` go to its constructor)
-RESNET38_NAMES = ("resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
-
-
-def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float = 0.4, lam: float = 0.5
-                      ) -> Tensor:
-    """EPS saliency loss: the saliency map predicted from the class maps vs the off-the-shelf saliency map.
-
-    Lee et al., "Railroad is not a Train: Saliency as Pseudo-pixel Supervision for WSSS", CVPR 2021 (official
-    ``eps.py`` ``get_eps_loss``). With ``P = softmax(cam_logits)`` over the C+1 channels (background **last**) and
-    the saliency ``S`` resized to the map size (nearest):
-
-    * a present class c counts as foreground when ``sum(round(P_c)·round(S)) / sum(round(P_c) + 1e-4) > tau``
-      (its rounded map overlaps the saliency; computed without gradient), otherwise its map is added to the
-      background;
-    * ``fg = Σ_{c fg} P_c``, ``bg = P_bg + Σ_{c present, not fg} P_c``;
-    * predicted saliency ``lam·fg + (1 − lam)·(1 − bg)``, loss = MSE to ``S``.
-
-    Args:
-        cam_logits: raw class maps with the background channel last.
-        saliency: saliency maps in [0, 1] (any size; resized with nearest interpolation as released).
-        labels: multi-hot image labels (C classes, no background).
-        tau: overlap threshold (EPS VOC script 0.4, ``script/voc12_eps.sh``).
-        lam: foreground/background blending (EPS default 0.5; COCO script 0.9).
-
-    Shape:
-        - cam_logits: B×(C+1)×h×w
-        - saliency: B×1×H×W
-        - labels: B×C
-        - output: scalar
-
-    Examples:
-        >>> cam = torch.randn(2, 4, 8, 8, requires_grad=True)
-        >>> loss = eps_saliency_loss(cam, torch.rand(2, 1, 16, 16), torch.tensor([[1., 0, 0], [0, 1, 1]]))
-        >>> loss.backward(); loss.ndim, cam.grad is not None
-        (0, True)
-    """
-    if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
-        raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
-                         f"and {tuple(saliency.shape)}")
-    b, k, h, w = cam_logits.shape
-    if labels.shape != (b, k - 1):
-        raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
-                         f"(background last), got {tuple(labels.shape)}")
-    dtype = torch.promote_types(cam_logits.dtype, torch.float32)  # float32 under AMP, float64 stays float64
-    sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
-    probs = torch.softmax(cam_logits.to(dtype), dim=1)
-    fg_probs, bg_prob = probs[:, :-1], probs[:, -1:]
-    with torch.no_grad():
-        hard = torch.round(fg_probs)
-        overlap = (hard * torch.round(sal)).flatten(2).sum(-1) / (hard + 1e-4).flatten(2).sum(-1)
-        present = labels.to(probs.device) > 0.5
-        fg_sel = (present & (overlap > tau)).to(probs.dtype)[:, :, None, None]
-        bg_sel = (present & ~(overlap > tau)).to(probs.dtype)[:, :, None, None]
-    fg_map = (fg_probs * fg_sel).sum(1, keepdim=True)
-    bg_map = bg_prob + (fg_probs * bg_sel).sum(1, keepdim=True)
-    pred = fg_map * lam + (1.0 - bg_map) * (1.0 - lam)
-    return F.mse_loss(pred, sal)
-
-
-class SMAFNet(nn.Module):
-    """SMAF's classification network (``models/EPS.py``): backbone + ``cov_feat`` (1×1, no bias) → BN → ReLU →
-    ``fc8`` (1×1, no bias) with C + 1 outputs, background last; logits = GAP of the maps.
-
-    ``head="eps"`` is the official EPS head (a single bias-free 1×1 conv ``fc8``), for EPS checkpoints.
-    Initialisation as released: Xavier-uniform ``cov_feat`` and ``fc8``.
-
-    Shape:
-        - images: B×3×H×W
-        - :meth:`cam_logits`: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
-          ``cams`` B×(C+1)×h×w
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, head: Literal["smaf", "eps"] = "smaf",
-                 head_channels: int = 128):
-        super().__init__()
-        cin = int(backbone.out_channels[-1])  # type: ignore[index]
-        self.backbone = backbone
-        self.head = head
-        self.num_classes = num_classes
-        if head == "smaf":
-            self.cov_feat = nn.Conv2d(cin, head_channels, 1, bias=False)
-            self.bn = nn.BatchNorm2d(head_channels)
-            self.fc8 = nn.Conv2d(head_channels, num_classes + 1, 1, bias=False)
-            nn.init.xavier_uniform_(self.cov_feat.weight)
-        elif head == "eps":
-            self.fc8 = nn.Conv2d(cin, num_classes + 1, 1, bias=False)
-        else:
-            raise ValueError(f"head must be 'smaf' or 'eps', got {head!r}")
-        nn.init.xavier_uniform_(self.fc8.weight)
-
-    def cam_logits(self, images: Tensor) -> Tensor:
-        x = self.backbone(images)[-1]
-        if self.head == "smaf":
-            x = F.relu(self.bn(self.cov_feat(x)))
-        return self.fc8(x)
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        cams = self.cam_logits(images)
-        return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
-
 
 @dataclass
 class SMAFConfig:
@@ -238,22 +137,9 @@ class SMAFConfig:
 
 def _build_backbone(run_cfg: Any, c: SMAFConfig) -> nn.Module:
     cam = run_cfg.cam if run_cfg is not None else None
-    name = cam.backbone if cam is not None else "resnet38d_tiny"
-    pre = cam.pretrained if cam is not None else None
-    kw = dict(cam.backbone_kwargs) if cam is not None else {}
-    if name in RESNET38_NAMES:
-        kw.setdefault("frozen", tuple(c.frozen))
-        kw.setdefault("freeze_bn", bool(c.freeze_bn))
-        return build_backbone(name, pre, **kw)
-    bb = build_backbone(name, pre, **kw)
-    for f in c.frozen:
-        mod = getattr(bb, f, None)
-        if not isinstance(mod, nn.Module):
-            raise ValueError(f"method_args.frozen names {f!r}, which backbone {name!r} does not have (top-level "
-                             f"modules: {[n for n, _ in bb.named_children()]})")
-        for p in mod.parameters():
-            p.requires_grad_(False)
-    return bb
+    return build_frozen_backbone(cam.backbone if cam is not None else "resnet38d_tiny",
+                                 cam.pretrained if cam is not None else None,
+                                 dict(cam.backbone_kwargs) if cam is not None else {}, c.frozen, c.freeze_bn)
 
 
 @register_method
@@ -334,19 +220,15 @@ class SMAFMethod(CAMMethod):
         data_cfg = getattr(run_cfg, "data", None)
         self._normalize: Normalization = data_normalization(data_cfg) if data_cfg is not None else "imagenet"
         self._progress = bool(getattr(getattr(run_cfg, "runtime", None), "progress", False))
-        # offline targets: folder of the stored maps, the un-augmented training set (to rebuild a missing map)
-        self._fused_dir: Path | None = None
+        # offline targets: the stored maps, the un-augmented training set (to rebuild a missing map)
+        self._fused_store: FusedMapStore | None = None
         self._fused_dataset: Any = None
-        self._fused_cache: dict[str, Tensor] = {}
-        self._fused_cache_bytes = 0
         if c.freeze_bn:
             set_bn_eval(self.net)
 
     # ----------------------------------------------------------------------------------------- structure
     def train(self, mode: bool = True) -> SMAFMethod:
         super().train(mode)
-        if self.cfg.freeze_bn:
-            set_bn_eval(self.net)
         if self.teacher is not None:
             self.teacher.eval()
         return self
@@ -367,20 +249,20 @@ class SMAFMethod(CAMMethod):
             self.teacher = teacher.eval()
             if self.cfg.target_mode != "offline":
                 return
-            self._fused_dir = Path(ctx.out_dir) / FUSED_DIR if ctx.out_dir is not None else None
+            self._fused_store = self._store_at(Path(ctx.out_dir) / FUSED_DIR) if ctx.out_dir is not None else None
             self._fused_dataset = ctx.dataset
-            self._fused_cache, self._fused_cache_bytes = {}, 0
             if ctx.resuming:
                 # the checkpoint's teacher weights are loaded after this hook: a map that is missing (deleted
                 # files) is rebuilt from ctx.dataset when a batch needs it (_load_fused)
-                if self._fused_dir is not None and ctx.dataset is not None:  # training, not restore_method
-                    self._check_fused_meta(self._fused_dir)
+                if self._fused_store is not None and ctx.dataset is not None:  # training, not restore_method
+                    self._fused_store.check_meta()
                 return
-            if ctx.dataset is None or ctx.out_dir is None:
+            if ctx.dataset is None or self._fused_store is None:
                 raise ValueError("SMAF with method_args.target_mode='offline' needs the training dataset and the "
                                  "CAM stage folder in the 'self_train' PhaseContext (dataset, out_dir) to store the "
                                  "teacher's fused maps; use target_mode='online' to fuse on each crop instead")
-            self.precompute_fused_maps(ctx.dataset, self._fused_dir)
+            self._fused_store.precompute(ctx.dataset, self._fuse_full_images, self._teacher_device(),
+                                         self.cfg.offline_batch_size, show_progress=self._progress)
 
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # PSA/EPS PolyOptimizer groups: backbone weights 1x (wd), biases 2x (no wd), cov_feat + fc8 10x (wd),
@@ -458,119 +340,55 @@ class SMAFMethod(CAMMethod):
                 "flip": bool(c.target_flip), "image_interpolation": c.target_image_interpolation,
                 "normalize": json.loads(json.dumps(self._normalize)), "dtype": c.offline_dtype}
 
-    def _check_fused_meta(self, folder: Path) -> None:
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            return
-        found = json.loads(meta_path.read_text())
-        want = self._fused_meta()
-        if found != want:
-            diff = {k: (found.get(k), want.get(k)) for k in sorted(set(found) | set(want))
-                    if found.get(k) != want.get(k)}
-            raise ValueError(f"the stored SMAF fused maps in {str(folder)!r} were made with other settings "
-                             f"(stored, now): {diff}; delete that folder or restore the settings")
+    def _store_at(self, folder: str | Path) -> FusedMapStore:
+        return FusedMapStore(folder, self._fused_meta(), self.cfg.offline_dtype, self.cfg.offline_cache_mb)
 
-    @staticmethod
-    def _fused_path(folder: Path, name: str) -> Path:
-        return folder / f"{name}.npy"
+    def _fuse_full_images(self, image01: Tensor, labels: Tensor) -> Tensor:
+        """The teacher's fused maps of un-augmented images in [0, 1] (float32, also inside an AMP step)."""
+        from ...data.normalization import normalize_images
+
+        with torch.autocast(device_type=image01.device.type, enabled=False):
+            return self._teacher_fused(normalize_images(image01, self._normalize), labels)
+
+    def _teacher_device(self) -> torch.device:
+        if self.teacher is None:
+            raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
+        return next(self.teacher.parameters()).device
 
     def precompute_fused_maps(self, dataset: Any, folder: str | Path) -> int:
         """Store the teacher's fused map of every image of ``dataset`` under ``folder`` (released offline step).
 
         For each image (full resolution, not augmented): the released multi-scale fusion (scales
         ``target_scales`` × flips, softmax before upsampling, class mask, sum) and the per-class max over the
-        **whole image** (``gen_fused_cam.py``; spec §3-§4); the present classes (ascending) are written as one
-        ``C_present × H × W`` array of ``offline_dtype`` to ``folder/<name>.npy`` (atomic). Existing files are
-        skipped, so an interrupted run resumes. Under DDP every rank does its share (``shard_indices``) and
-        all wait at a barrier. ``folder/meta.json`` records the settings and is checked on later runs.
+        **whole image** (SMAF ``gen_fused_cam.py`` lines 195–206); the present classes (ascending) are written
+        as one ``C_present × H × W`` array of ``offline_dtype`` to ``folder/<name>.npy`` (atomic), see
+        :class:`wsss_blocks.train.smaf_store.FusedMapStore`. Existing files are skipped, so an interrupted run
+        resumes. Under DDP every rank does its share and all wait at a barrier. ``folder/meta.json`` records the
+        settings and is checked on later runs.
 
         Returns:
             The number of maps this rank wrote.
         """
-        from ...data.io import atomic_write
-        from ..distributed import barrier, shard_indices
-
-        folder = Path(folder)
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        self._check_fused_meta(folder)
-        if rank == 0 and not (folder / "meta.json").is_file():
-            with atomic_write(folder / "meta.json", "w", fsync=False) as f:
-                f.write(json.dumps(self._fused_meta(), indent=1))
-        mine = shard_indices(len(dataset), rank, world)
-        names = getattr(dataset, "names", None)
-        if names is not None:  # skip finished images without loading them
-            mine = [i for i in mine if not self._fused_path(folder, str(names[i])).is_file()]
-        pbar = None
-        if self._progress and rank == 0 and mine:
-            try:
-                from tqdm.auto import tqdm
-
-                pbar = tqdm(total=len(mine), desc="smaf:fused_maps", dynamic_ncols=True, mininterval=1.0)
-            except ImportError:  # pragma: no cover - tqdm is a train dependency
-                pbar = None
-        try:
-            written = self._store_fused(dataset, folder, mine, pbar)
-        finally:
-            if pbar is not None:
-                pbar.close()
-        barrier()
-        return written
-
-    def _store_fused(self, dataset: Any, folder: Path, indices: Sequence[int], pbar: Any = None) -> int:
-        """Compute and write the maps of ``indices`` not on disk yet (this process only, no barrier)."""
-        from ...data.io import atomic_write
-        from ...data.normalization import normalize_images
-        from ..datasets import iter_inference_batches
-        from ..distributed import DistEnv
-
-        if self.teacher is None:
-            raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
-        device = next(self.teacher.parameters()).device
-        written = 0
-
-        def flush(group: list[dict[str, Any]]) -> int:
-            images = torch.stack([g["image"] for g in group]).to(device)
-            labels = torch.stack([g["labels"] for g in group]).float().to(device)
-            with torch.autocast(device_type=device.type, enabled=False):  # fp32 teacher, also inside a step
-                fused = self._teacher_fused(normalize_images(images.float(), self._normalize), labels)
-            for g, f, lab in zip(group, fused, labels):
-                present = torch.nonzero(lab > 0.5).flatten()
-                arr = f.index_select(0, present).cpu().numpy().astype(self.cfg.offline_dtype)
-                with atomic_write(self._fused_path(folder, str(g["name"])), "wb", fsync=False) as fh:
-                    np.save(fh, arr)
-            if pbar is not None:
-                pbar.update(len(group))
-            return len(group)
-
-        for batch in iter_inference_batches(dataset, DistEnv(), self.cfg.offline_batch_size, indices=indices):
-            group = [g for g in batch if not self._fused_path(folder, str(g["name"])).is_file()]
-            if group:
-                written += flush(group)
-        return written
+        store = self._store_at(folder)
+        return store.precompute(dataset, self._fuse_full_images, self._teacher_device(),
+                                self.cfg.offline_batch_size, show_progress=self._progress)
 
     def _load_fused(self, name: str, index: int | None) -> Tensor:
         """The stored map of one image (C_present × H × W, float32, CPU); rebuilt if the file is missing."""
-        hit = self._fused_cache.get(name)
-        if hit is not None:
-            return hit
-        if self._fused_dir is None:
+        store = self._fused_store
+        if store is None:
             raise ValueError("SMAF offline targets need the stored fused maps, but the 'self_train' phase started "
                              "without an output folder (PhaseContext.out_dir); use target_mode='online' or start "
                              "the phase through train_cam")
-        path = self._fused_path(self._fused_dir, name)
-        if not path.is_file():
-            if self._fused_dataset is None or index is None:
-                raise FileNotFoundError(f"SMAF fused map {str(path)!r} is missing and cannot be rebuilt (no "
-                                        f"training dataset or batch['index']); rerun the self-training phase")
-            self._store_fused(self._fused_dataset, self._fused_dir, [int(index)])
-        arr = torch.from_numpy(np.load(path).astype(np.float32))
-        nbytes = arr.numel() * 4
-        if self._fused_cache_bytes + nbytes <= self.cfg.offline_cache_mb * 2**20:
-            self._fused_cache[name] = arr
-            self._fused_cache_bytes += nbytes
-        return arr
+        rebuild = None
+        if self._fused_dataset is not None and index is not None:
+            dataset, i = self._fused_dataset, int(index)
+
+            def rebuild() -> int:
+                return store.fill(dataset, [i], self._fuse_full_images, self._teacher_device(),
+                                  self.cfg.offline_batch_size)
+
+        return store.load(name, rebuild)
 
     def offline_target(self, labels: Tensor, geom: Tensor, names: Sequence[str],
                        indices: Sequence[int] | None = None) -> Tensor:

@@ -38,146 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...cam import cams_to_mask
+from ...cam import cams_to_mask, multiscale_cams, normalize_cams
 from ...correspondence import affinity_from_attention_loss, equivariant_regularization, self_correspondence_loss
+from ...losses import balanced_seg_loss, dense_energy_loss
 from ...models import SegFormer, param_groups
 from ...models.heads import global_pool
+from ...ops import boxes_from_mask
 from ...refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
 from . import register_method
 from .base import CAMMethod
 
-__all__ = ["TSCDConfig", "TSCDMethod", "balanced_seg_loss", "dense_energy_loss", "multiscale_minmax_cam",
-           "img_box_from_valid"]
-
-
-def balanced_seg_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255, empty_is_zero: bool = True
-                      ) -> Tensor:
-    """AFA/TSCD segmentation loss: ``½ CE(background pixels) + ½ CE(foreground pixels)``, 255 ignored.
-
-    Each cross entropy is averaged over its own pixels (released ``get_seg_loss``). With no background (or no
-    foreground) pixel the released mean is 0/0 = NaN; ``empty_is_zero`` (default, a fix) makes that half 0.
-
-    Shape:
-        - logits: B×K×H×W; labels: B×H×W int64 (0 background, 1..K-1 classes, ``ignore_index``)
-        - output: scalar
-
-    Examples:
-        >>> y = torch.tensor([[[0, 1], [255, 1]]])
-        >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
-        True
-    """
-    bg = labels.masked_fill(labels != 0, ignore_index)
-    fg = labels.masked_fill(labels == 0, ignore_index)
-    out = []
-    for part in (bg, fg):
-        if empty_is_zero and not bool((part != ignore_index).any()):
-            out.append(logits.sum() * 0.0)
-        else:
-            out.append(F.cross_entropy(logits, part, ignore_index=ignore_index))
-    return 0.5 * (out[0] + out[1])
-
-
-class _DenseEnergy(torch.autograd.Function):
-    """Tang et al.'s dense-CRF energy with the released approximate gradient ``−2·g⊙(W S)/B`` (rloss)."""
-
-    @staticmethod
-    def forward(ctx: Any, probs: Tensor, image_hwc: Tensor, roi: Tensor, unlabeled: Tensor, sigma_rgb: float,
-                sigma_xy: float) -> Tensor:
-        from ...crf.permutohedral import bilateral_features, build_lattice, lattice_filter
-
-        b, k, h, w = probs.shape
-        gate = roi - probs.amax(dim=1)
-        gate = gate.masked_fill(unlabeled, 1.0).clamp(min=0.0)
-        s = probs * roi[:, None]
-        lattice = build_lattice(bilateral_features(image_hwc, sigma_xy, sigma_rgb), pad_like_pydensecrf=False)
-        ws = lattice_filter(lattice, s.permute(0, 2, 3, 1).reshape(b * h * w, k))
-        ws = ws.view(b, h, w, k).permute(0, 3, 1, 2) * gate[:, None]
-        ctx.save_for_backward(ws, roi)
-        ctx.batch = b
-        return -(s * ws).sum() / b
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        ws, roi = ctx.saved_tensors
-        return -2.0 * grad * ws / ctx.batch * roi[:, None], None, None, None, None, None
-
-
-def dense_energy_loss(probs: Tensor, image255: Tensor, labels: Tensor, roi: Tensor | None = None,
-                      weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
-                      scale_factor: float = 0.5, ignore_index: int = 255) -> Tensor:
-    """Dense-CRF energy loss of Tang et al. ("On Regularized Losses for Weakly-supervised CNN Segmentation",
-    ECCV 2018) as used by TSCD (``DenseEnergyLoss(weight=1e-7, sigma_rgb=15, sigma_xy=100, scale_factor=0.5)``).
-
-    Downscale (image, ROI and labels nearest; probabilities bilinear) by ``scale_factor``, then
-    ``E = −Σ_k ⟨S_k, g ⊙ (W S_k)⟩ / B`` with S the probabilities inside the ROI, W the bilateral Gaussian
-    (σ_xy·scale_factor px, σ_rgb on 0–255 colours, computed with the library's permutohedral lattice — the same
-    ``Permutohedral::compute`` the released CPU extension calls) and the gate ``g = max(0, roi − max_k S_k)``, 1 on
-    ignored pixels. The gradient is the released ``−2·g⊙(W S)/B`` (g treated as a constant). Returns
-    ``weight · E``.
-
-    Shape:
-        - probs: B×K×H×W softmax; image255: B×3×H×W in 0..255; labels: B×H×W; roi: B×H×W {0, 1} (None = all 1)
-        - output: scalar
-
-    Examples:
-        >>> p = torch.softmax(torch.randn(1, 3, 16, 16), 1).requires_grad_()
-        >>> loss = dense_energy_loss(p, torch.rand(1, 3, 16, 16) * 255, torch.zeros(1, 16, 16, dtype=torch.long))
-        >>> loss.backward(); bool(loss < 0), p.grad.shape
-        (True, torch.Size([1, 3, 16, 16]))
-    """
-    b = probs.shape[0]
-    if roi is None:
-        roi = torch.ones(b, *probs.shape[-2:], device=probs.device)
-    img = F.interpolate(image255.float(), scale_factor=scale_factor, mode="nearest")
-    p = F.interpolate(probs.float(), scale_factor=scale_factor, mode="bilinear", align_corners=False)
-    r = F.interpolate(roi[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
-    y = F.interpolate(labels[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
-    with torch.autocast(device_type=probs.device.type, enabled=False):
-        e = _DenseEnergy.apply(p, img.permute(0, 2, 3, 1).contiguous(), r, y.long() == ignore_index,
-                               float(sigma_rgb), float(sigma_xy) * scale_factor)
-    return weight * e
-
-
-def multiscale_minmax_cam(cam_fn: Any, images: Tensor, scales: tuple[float, ...] = (1.0, 0.5, 1.5)) -> Tensor:
-    """AFA/TSCD ``multi_scale_cam``: no-grad CAMs at each scale on ``[x; flip x]``, upsampled (bilinear) to the
-    input size, flip pair fused by max, ReLU, summed over scales, per-channel min-max normalised.
-
-    Sizes are ``int(s·H) × int(s·W)`` (floor) as released; ``cam_fn`` returns raw CAMs.
-
-    Shape:
-        - images: B×3×H×W; output: B×C×H×W in [0, 1]
-    """
-    b, _, h, w = images.shape
-    total: Tensor | None = None
-    with torch.no_grad():
-        for s in scales:
-            x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
-                                                      align_corners=False)
-            cam = cam_fn(torch.cat([x, x.flip(-1)], dim=0)).float()
-            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-            cam = F.relu(torch.maximum(cam[:b], cam[b:].flip(-1)))
-            total = cam if total is None else total + cam
-        assert total is not None
-        total = total - total.amin(dim=(-2, -1), keepdim=True)
-        return total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
-
-
-def img_box_from_valid(valid: Tensor) -> Tensor:
-    """B×4 ``(r0, r1, c0, c1)`` bounding boxes of the unpadded region of each crop (``img_box`` of the release).
-
-    Examples:
-        >>> v = torch.zeros(1, 4, 5, dtype=torch.bool); v[:, 1:3, 0:4] = True
-        >>> img_box_from_valid(v).tolist()
-        [[1, 3, 0, 4]]
-    """
-    rows = valid.any(dim=2).to(torch.int8)
-    cols = valid.any(dim=1).to(torch.int8)
-    h, w = valid.shape[-2:]
-    r0 = rows.argmax(dim=1)
-    r1 = h - rows.flip(1).argmax(dim=1)
-    c0 = cols.argmax(dim=1)
-    c1 = w - cols.flip(1).argmax(dim=1)
-    return torch.stack([r0, r1, c0, c1], dim=1)
+__all__ = ["TSCDConfig", "TSCDMethod"]
 
 
 def _min_input_size(encoder: Any) -> int:
@@ -357,6 +228,21 @@ class TSCDMethod(CAMMethod):
         assert self.net.classifier is not None
         return F.conv2d(feats[-1], self.net.classifier.weight)
 
+    def _training_cams(self, images: Tensor) -> Tensor:
+        """The release's ``multi_scale_cam`` (SCD ``utils/camutils.py`` L85-147): no-grad CAMs at ``cam_scales``
+        (``int(s·H)`` sizes) upsampled to the input, flip pair fused by max, ReLU, summed, per-channel min-max
+        normalised."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+
+        def cam_at_input_size(z: Tensor) -> Tensor:  # upsampled, then ReLU (released order)
+            cam = F.interpolate(self._cam_raw(z).float(), size=size, mode="bilinear", align_corners=False)
+            return F.relu(cam)
+
+        fused = multiscale_cams(cam_at_input_size, images, tuple(self.cfg.cam_scales), flip=True, reduce="sum",
+                                flip_reduce="max", size_rounding="floor")
+        assert isinstance(fused, Tensor)
+        return normalize_cams(fused, "minmax")
+
     def _cls_logits(self, last: Tensor) -> Tensor:
         assert self.net.classifier is not None
         return global_pool(last, self.cfg.pooling) @ self.net.classifier.weight.flatten(1).t()
@@ -382,18 +268,18 @@ class TSCDMethod(CAMMethod):
         img01 = batch["image01"].float()
         labels = batch["labels"].float()
         valid = batch.get("valid")
-        box = img_box_from_valid(valid) if valid is not None else None
+        boxes = boxes_from_mask(valid) if valid is not None else None
 
         feats, attns = self.net.encoder(x, return_attn=True)
         seg = self.net.decoder(feats)
         loss_cls = F.multilabel_soft_margin_loss(self._cls_logits(feats[-1]).float(), labels)
-        cams = multiscale_minmax_cam(self._cam_raw, x, tuple(c.cam_scales))
+        cams = self._training_cams(x)
         attn_pred = self._attn_pred(attns).float()
 
         x2 = F.interpolate(x, scale_factor=c.scd_view_scale, mode="bilinear", align_corners=True)
         feats2 = self.net.encoder(x2)
         seg2 = self.net.decoder(feats2)
-        cams2 = multiscale_minmax_cam(self._cam_raw, x2, tuple(c.cam_scales))
+        cams2 = self._training_cams(x2)
         if c.er_grad:
             assert self.net.classifier is not None
             cam2g = F.relu(F.conv2d(feats2[-1], self.net.classifier.weight)).float()
@@ -410,7 +296,7 @@ class TSCDMethod(CAMMethod):
         loss_scd = self_correspondence_loss(cams, cams2, segs, segs2, num_samples=c.scd_num_samples)
         assert isinstance(loss_scd, Tensor)
 
-        y = reliable_pseudo_labels(self.refiner, img01, cams, labels, img_box=box, tau_high=c.tau_high,
+        y = reliable_pseudo_labels(self.refiner, img01, cams, labels, boxes=boxes, tau_high=c.tau_high,
                                    tau_low=c.tau_low, down_scale=c.refine_down_scale)
         loss_aff = affinity_from_attention_loss(attn_pred, y, radius=c.aff_radius, stride=self.stride)
         loss_seg = balanced_seg_loss(segs, y, empty_is_zero=c.seg_loss_empty_is_zero)
