@@ -14,11 +14,11 @@ import torch
 from benchmarks.harness import check_target, peak_memory, print_table, time_fn, write_json
 from wsss_blocks._checks import check_finite, check_labels, check_masks, check_tensor
 from wsss_blocks.cam import multiscale_cams
-from wsss_blocks.metrics import DEFAULT_BG_THRESHOLDS, SegmentationMetric, ThresholdSweep
+from wsss_blocks.metrics import DEFAULT_BG_SCORES, BgScoreSweep, SegmentationMetric
 from wsss_blocks.train.schema import DEFAULT_SWEEP
 
 MIOU_TARGET_S = 2.0  # issue 10: mIoU over 1,449 VOC-size label maps in under 2 s on CPU
-SWEEP_IMAGE_TARGET_MS = 20.0  # ThresholdSweep.update on one 375x500 image, 21 classes, one CPU thread
+SWEEP_IMAGE_TARGET_MS = 20.0  # BgScoreSweep.update on one 375x500 image, 21 classes, one CPU thread
 
 
 def _label_maps(n: int, hw: tuple[int, int], device: str, seed: int = 0) -> tuple[list, list]:
@@ -59,7 +59,7 @@ def bench_sweep(device: str, quick: bool) -> dict[str, Any]:
     cams = [torch.rand(1, 20, 375, 500, generator=g).to(device) for _ in range(n)]
     labels = [(torch.rand(1, 20, generator=g) > 0.85).float().to(device) for _ in range(n)]
     _, gts = _label_maps(n, (375, 500), device, seed=2)
-    sweep = ThresholdSweep(21, DEFAULT_BG_THRESHOLDS).to(device)
+    sweep = BgScoreSweep(21, DEFAULT_BG_SCORES).to(device)
 
     def run() -> None:
         sweep.reset()
@@ -68,14 +68,14 @@ def bench_sweep(device: str, quick: bool) -> dict[str, Any]:
         sweep.compute()
 
     stats = time_fn(run, device, warmup=1, repeats=3)
-    return {"name": "bg_threshold_sweep", "params": f"{n} images 375x500, {len(DEFAULT_BG_THRESHOLDS)} thresholds",
+    return {"name": "bg_threshold_sweep", "params": f"{n} images 375x500, {len(DEFAULT_BG_SCORES)} thresholds",
             "median_ms": stats["median_ms"], "per_image_ms": stats["median_ms"] / n,
             "peak_mem_mb": peak_memory(run, device)}
 
 
-def _legacy_sweep_update(sweep: ThresholdSweep, cams: torch.Tensor, labels: torch.Tensor | None,
+def _legacy_sweep_update(sweep: BgScoreSweep, cams: torch.Tensor, labels: torch.Tensor | None,
                          target: torch.Tensor) -> None:
-    """ThresholdSweep.update as it was before the fast path (kept here as the benchmark's baseline only):
+    """BgScoreSweep.update as it was before the fast path (kept here as the benchmark's baseline only):
     full validation, a masked float copy of all C maps, ``max`` with indices over C, ``searchsorted`` and
     an int64 index built by boolean masking."""
     check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
@@ -87,18 +87,18 @@ def _legacy_sweep_update(sweep: ThresholdSweep, cams: torch.Tensor, labels: torc
         lf = check_labels(labels, "labels", batch=cams.shape[0], num_classes=C)
         scores = scores.masked_fill(~lf.to(cams.device).bool()[:, :, None, None], float("-inf"))
     m, a = scores.max(dim=1)
-    t = torch.tensor(sweep.thresholds, dtype=torch.float32, device=cams.device)
+    t = torch.tensor(sweep.bg_scores, dtype=torch.float32, device=cams.device)
     j = torch.searchsorted(t, m.contiguous().flatten(), right=False).view_as(m)
     g = target.long()
     keep = (g >= 0) & (g < sweep.num_classes)
-    T1 = len(sweep.thresholds) + 1
+    T1 = len(sweep.bg_scores) + 1
     idx = (g[keep] * C + a[keep]) * T1 + j[keep]
     binc = torch.bincount(idx, minlength=sweep.num_classes * C * T1)
     sweep.counts += binc.view(sweep.num_classes, C, T1).to(sweep.counts.device)
 
 
 def bench_sweep_image(device: str, thresholds: tuple[float, ...], repeats: int = 15) -> dict[str, Any]:
-    """ThresholdSweep.update on one VOC-size image (21 classes, 3 present) against the pre-fast-path update,
+    """BgScoreSweep.update on one VOC-size image (21 classes, 3 present) against the pre-fast-path update,
     interleaved A/B so both see the same machine load; checks that both count the same."""
     g = torch.Generator().manual_seed(3)
     cams = torch.rand(1, 20, 375, 500, generator=g).to(device)
@@ -106,11 +106,11 @@ def bench_sweep_image(device: str, thresholds: tuple[float, ...], repeats: int =
     labels[0, [2, 7, 14]] = 1.0  # VOC images hold 1.5 classes on average; 3 is on the heavy side
     labels = labels.to(device)
     target = _label_maps(1, (375, 500), device, seed=4)[1][0].unsqueeze(0)
-    fast, legacy = ThresholdSweep(21, thresholds).to(device), ThresholdSweep(21, thresholds).to(device)
+    fast, legacy = BgScoreSweep(21, thresholds).to(device), BgScoreSweep(21, thresholds).to(device)
     fast.update(cams, labels, target)
     _legacy_sweep_update(legacy, cams, labels, target)
     if not torch.equal(fast.counts, legacy.counts):
-        raise AssertionError("fast and legacy ThresholdSweep.update disagree")
+        raise AssertionError("fast and legacy BgScoreSweep.update disagree")
 
     def run_fast() -> None:
         fast.update(cams, labels, target)
@@ -187,7 +187,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     """All core benchmark rows (the per-image sweep rows, fast vs pre-fast-path update, only in full mode)."""
     rows = [bench_miou(device, quick), bench_sweep(device, quick), bench_multiscale(device, quick)]
     if not quick:
-        rows += [bench_sweep_image(device, DEFAULT_SWEEP), bench_sweep_image(device, DEFAULT_BG_THRESHOLDS)]
+        rows += [bench_sweep_image(device, DEFAULT_SWEEP), bench_sweep_image(device, DEFAULT_BG_SCORES)]
     return rows
 
 

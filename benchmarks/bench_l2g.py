@@ -59,7 +59,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
 
     def loss_fwd_bwd() -> None:
         global_logits.grad = None
-        l2g(global_logits, local_maps, views["rois"], labels, views["patch_saliency"]).backward()
+        l2g(global_logits, local_maps, views["boxes"], labels, views["patch_saliency"]).backward()
 
     def step() -> None:
         v = sampler(images, labels, saliency)
@@ -95,7 +95,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     from torchvision.ops import roi_align as tv_roi_align
 
     feats = global_logits.detach().clone().requires_grad_()
-    rois = views["rois"]
+    rois = views["boxes"]
     hw = p // s
 
     def ours() -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from benchmarks.harness import config_header, peak_memory, print_table, time_fn, write_json
 from wsss_blocks.losses import PretendedUnderFittingLoss
-from wsss_blocks.pseudo_mask import PMM_BINARY_CRF, cov_smooth, proportional_pseudo_mask
+from wsss_blocks.pseudo_mask import cov_smooth, proportional_pseudo_mask
 
 
 def _inputs(h: int, w: int, present: int, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -111,11 +111,13 @@ def _ppmg_rows(h: int, w: int, present: int, device: str, warmup: int, repeats: 
                  "peak_mem_mb": peak_memory(thr, device)})
 
     if importlib.util.find_spec("pydensecrf") is not None:
-        direct = dict(PMM_BINARY_CRF, backend="pydensecrf-direct")
+        from wsss_blocks.crf import DenseCRF
+
+        direct = DenseCRF.pmm_binary(backend="pydensecrf")
         cams_c, labels_c, image_c = cams.cpu(), labels.cpu(), image.cpu()
 
         def crf_direct() -> torch.Tensor:
-            out = proportional_pseudo_mask(cams_c, labels_c, image_c, crf_params=direct)
+            out = proportional_pseudo_mask(cams_c, labels_c, image_c, crf=direct)
             assert isinstance(out, torch.Tensor)
             return out
 

@@ -33,7 +33,7 @@ def main(steps: int = 5) -> list[dict]:
         local_maps = local_net(views["patches"])  # B·N × K × 8 × 8
         loss_cls = F.multilabel_soft_margin_loss(local_maps[:, :C].mean((2, 3)), views["patch_labels"])
         global_maps = global_net(images)  # B × K × 12 × 12; no classification loss on the global net
-        loss_kt = l2g(global_maps, local_maps, views["rois"], labels, views["patch_saliency"])
+        loss_kt = l2g(global_maps, local_maps, views["boxes"], labels, views["patch_saliency"])
         opt.zero_grad()
         loss_kt.backward(retain_graph=True)  # (only to show which network the transfer loss reaches)
         g_kt = sum(float(p.grad.abs().sum()) for p in global_net.parameters() if p.grad is not None)

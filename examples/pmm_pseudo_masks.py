@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
 from wsss_blocks.crf import DenseCRF
-from wsss_blocks.metrics import SegmentationMetric, sweep_bg_threshold
+from wsss_blocks.metrics import SegmentationMetric, sweep_bg_score
 from wsss_blocks.pseudo_mask import proportional_pseudo_mask
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
@@ -78,8 +78,8 @@ def main() -> None:
 
     results: dict[str, float] = {}
     results["usual argmax, bg score 0.15"] = miou(cams_to_mask(cams, labels, bg_score=0.15), target)
-    sweep = sweep_bg_threshold((cams, labels, target), num_classes=21)
-    results[f"usual argmax, best bg score {sweep.best_threshold:.2f} (oracle)"] = 100.0 * sweep.best_miou
+    sweep = sweep_bg_score((cams, labels, target), num_classes=21)
+    results[f"usual argmax, best bg score {sweep.best_bg_score:.2f} (oracle)"] = 100.0 * sweep.best_miou
 
     # The usual rule with a CRF: one joint dense CRF over [(1 - max_c A_c)^alpha, A_present] (PSA / PMM stage B
     # ``crf_with_alpha``, PSA's CRF parameters), argmax; alpha swept on the same images (oracle).

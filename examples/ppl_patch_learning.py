@@ -36,7 +36,7 @@ from torch import nn
 
 from wsss_blocks.cam import normalize_cams
 from wsss_blocks.data import VOCSegmentation, make_synthetic_voc
-from wsss_blocks.metrics import sweep_bg_threshold
+from wsss_blocks.metrics import sweep_bg_score
 from wsss_blocks.patch_learning import PatchLearning, ProgressiveSchedule
 
 
@@ -80,9 +80,9 @@ def evaluate(net: PatchLearning, images: torch.Tensor, labels: torch.Tensor, mas
             continue
         cams = F.interpolate(torch.cat(maps), size=masks.shape[-2:], mode="bilinear", align_corners=False)
         cams = normalize_cams(cams) * labels[:, :, None, None]
-        res = sweep_bg_threshold((cams, labels, masks), num_classes + 1)
+        res = sweep_bg_score((cams, labels, masks), num_classes + 1)
         out[name] = 100 * res.best_miou
-        out[name + "_thr"] = res.best_threshold
+        out[name + "_thr"] = res.best_bg_score
     net.train()
     return out
 

@@ -6,7 +6,7 @@ Run: ``python examples/quickstart_core.py``. CI runs it against the installed wh
 import torch
 
 from wsss_blocks.cam import cam_from_features, cams_to_mask, multiscale_cams, normalize_cams
-from wsss_blocks.metrics import SegmentationMetric, sweep_bg_threshold
+from wsss_blocks.metrics import SegmentationMetric, sweep_bg_score
 
 torch.manual_seed(0)
 backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU())
@@ -29,4 +29,4 @@ masks = cams_to_mask(cams, labels, bg_score=0.15)
 metric = SegmentationMetric(num_classes=21)
 metric.update(masks, target)
 print(f"seed mIoU at bg 0.15: {100 * float(metric.compute()['miou']):.2f}")
-print(sweep_bg_threshold((cams, labels, target), num_classes=21).table())
+print(sweep_bg_score((cams, labels, target), num_classes=21).table())

@@ -3,7 +3,7 @@
 1. Train a tiny EPS-like CAM network (C + 1 outputs, background last) for a few hundred steps on the synthetic
    VOC-format dataset: multi-label loss on the pooled class logits + a saliency loss on 1 - p(background)
    (a simplified EPS objective), with random flips and random rescaling (0.5-1.5x) as EPS/SMAF train.
-2. Compare CAM mIoU on the val split (best background threshold from ``sweep_bg_threshold``) of the
+2. Compare CAM mIoU on the val split (best background threshold from ``sweep_bg_score``) of the
    single-scale softmax maps and of the SMAF fusion (scales 0.5/1/1.5/2 + flips, sum, per-class max).
 3. Self-train a copy of the network for a few hundred steps against the SMAF target
    (``smaf_target`` + ``smaf_loss``, released weight 100) and report its single-scale mIoU.
@@ -24,8 +24,8 @@ from torch import nn
 
 from wsss_blocks.data import make_synthetic_voc
 from wsss_blocks.data.voc import VOCSegmentation
-from wsss_blocks.metrics import sweep_bg_threshold
-from wsss_blocks.multiscale_fusion import MultiScaleAttentionFusion, smaf_loss, smaf_pseudo_labels, smaf_target
+from wsss_blocks.metrics import sweep_bg_score
+from wsss_blocks.multiscale_fusion import MultiScaleAttentionFusion, smaf_loss, smaf_pseudo_mask, smaf_target
 
 NUM_CLASSES = 6  # synthetic data uses the first 6 VOC class slots
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -121,11 +121,11 @@ def self_train(student, teacher_maps, images, labels, steps, batch, gen):
 
 
 def evaluate(name, maps, labels, masks):
-    r = sweep_bg_threshold((maps, labels, masks), num_classes=NUM_CLASSES + 1)
-    at_02 = r.miou[r.thresholds.index(0.2)]
-    print(f"{name:<38} best mIoU {100 * r.best_miou:5.2f} (bg {r.best_threshold:.2f})   "
+    r = sweep_bg_score((maps, labels, masks), num_classes=NUM_CLASSES + 1)
+    at_02 = r.miou[r.bg_scores.index(0.2)]
+    print(f"{name:<38} best mIoU {100 * r.best_miou:5.2f} (bg {r.best_bg_score:.2f})   "
           f"mIoU at bg 0.20 {100 * at_02:5.2f}")
-    return r.best_miou, r.best_threshold, at_02
+    return r.best_miou, r.best_bg_score, at_02
 
 
 def main() -> None:
@@ -158,7 +158,7 @@ def main() -> None:
     print(f"student self-trained: {steps // 2} steps in {time.perf_counter() - t0:.1f} s")
     res["student"] = evaluate("student, single scale", single(student, va_img, va_lab), va_lab, va_mask)
     res["student_fused"] = evaluate("student, SMAF fusion", fusion(student, va_img, va_lab), va_lab, va_mask)
-    pseudo = smaf_pseudo_labels(fusion(student, va_img, va_lab), va_lab)  # threshold 0.2, no CRF
+    pseudo = smaf_pseudo_mask(fusion(student, va_img, va_lab), va_lab)  # threshold 0.2, no CRF
     print(f"pseudo masks (student fused, bg 0.2): {pseudo.shape[0]} maps, classes {pseudo.unique().tolist()}")
 
 

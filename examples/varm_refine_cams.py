@@ -7,7 +7,7 @@
    - before: argmax over [background score tau, CAMs of the present classes] (:func:`wsss_blocks.cam.cams_to_mask`);
    - after: the same [tau; CAMs] map, softmaxed over the valid keys and refined at half resolution by
      :class:`~wsss_blocks.refine.VariationAwareRefine` (and, for comparison, :class:`PixelAdaptiveRefine`),
-     i.e. :func:`~wsss_blocks.refine.reliable_pseudo_labels` with ``tau_high = tau_low = tau``;
+     i.e. :func:`~wsss_blocks.refine.reliable_pseudo_mask` with ``high_threshold = low_threshold = tau``;
    each at the released background score and at the best score of a sweep on the same images (an oracle
    for every row alike);
 5. scores the reliable labels with the ignore band (released thresholds 0.55 / 0.35 and the band around the
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
 from wsss_blocks.metrics import SegmentationMetric
-from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
+from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,9 +47,10 @@ def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     return {"miou": 100.0 * float(metric.compute()["miou"]), "ignored": ignored}
 
 
-def refined_labels(refiner, images, cams, labels, tau_high, tau_low, batch=32) -> torch.Tensor:
-    outs = [reliable_pseudo_labels(refiner, images[i:i + batch], cams[i:i + batch], labels[i:i + batch],
-                                   tau_high=tau_high, tau_low=tau_low) for i in range(0, len(images), batch)]
+def refined_masks(refiner, images, cams, labels, high_threshold, low_threshold, batch=32) -> torch.Tensor:
+    outs = [reliable_pseudo_mask(refiner, images[i:i + batch], cams[i:i + batch], labels[i:i + batch],
+                                 high_threshold=high_threshold, low_threshold=low_threshold)
+            for i in range(0, len(images), batch)]
     return torch.cat(outs)
 
 
@@ -107,8 +108,8 @@ def main() -> None:
     with torch.no_grad():
         for tau in TAUS:
             masks["CAM"][tau] = cams_to_mask(cams, labels, bg_score=tau)
-            masks["CAM + PAR"][tau] = refined_labels(par, images, cams, labels, tau, tau)
-            masks["CAM + VARM"][tau] = refined_labels(varm, images, cams, labels, tau, tau)
+            masks["CAM + PAR"][tau] = refined_masks(par, images, cams, labels, tau, tau)
+            masks["CAM + VARM"][tau] = refined_masks(varm, images, cams, labels, tau, tau)
             for k in sweep:
                 sweep[k][tau] = scores(masks[k][tau], target)["miou"]
     print(f"refined {len(TAUS)} background scores × 2 refiners in {time.perf_counter() - t0:.1f} s")
@@ -129,7 +130,7 @@ def main() -> None:
     bands = list(dict.fromkeys(bands))
     with torch.no_grad():
         for th, tl in bands:
-            reliable[(th, tl)] = refined_labels(varm, images, cams, labels, th, tl)
+            reliable[(th, tl)] = refined_masks(varm, images, cams, labels, th, tl)
             s = scores(reliable[(th, tl)], target)
             print(f"| {th:.2f} / {tl:.2f} | {s['miou']:.1f} | {s['ignored']:.1f} % |")
 

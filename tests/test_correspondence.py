@@ -14,7 +14,7 @@ from wsss_blocks.correspondence import (
     AffinityFromAttentionLoss,
     SelfCorrespondenceDistillation,
     affinity_from_attention_loss,
-    affinity_labels,
+    attention_affinity_targets,
     equivariant_regularization,
     radius_mask,
     sample_points,
@@ -217,7 +217,7 @@ def test_radius_mask_equals_released_loops(h, w, radius):
 
 def test_affinity_labels_hand_checked():
     y = torch.tensor([[[0, 0, 1, 255]]])  # 1×4 grid, stride 1
-    lab = affinity_labels(y, radius=2, stride=1)
+    lab = attention_affinity_targets(y, radius=2, stride=1)
     assert lab[0].tolist() == [
         [1, 1, 0, 255],
         [1, 1, 0, 255],
@@ -228,7 +228,7 @@ def test_affinity_labels_hand_checked():
     big = torch.zeros(1, 32, 32, dtype=torch.long)
     big[:, :16, :16] = 3
     big[:, 0, 16] = 3  # top-left pixel of cell (0, 1)
-    small_lab = affinity_labels(big, radius=8, stride=16)
+    small_lab = attention_affinity_targets(big, radius=8, stride=16)
     assert small_lab.shape == (1, 4, 4)
     assert small_lab[0, 0].tolist() == [1, 1, 0, 0]
 
@@ -255,9 +255,9 @@ def test_affinity_loss_released_defaults_and_bad_input():
         AffinityFromAttentionLoss()(torch.rand(2, 16, 16), y)
     with pytest.raises(ValueError, match=r"aff_pred must lie in \[0.0, 1.0\]"):
         AffinityFromAttentionLoss()(aff * 3, y)
-    with pytest.raises(TypeError, match="pseudo_label must be an integer tensor"):
+    with pytest.raises(TypeError, match="pseudo_mask must be an integer tensor"):
         AffinityFromAttentionLoss()(aff, y.float())
-    with pytest.raises(ValueError, match="aff_pred and pseudo_label must have the same batch size"):
+    with pytest.raises(ValueError, match="aff_pred and pseudo_mask must have the same batch size"):
         AffinityFromAttentionLoss()(aff[:1], y)
     with pytest.raises(ValueError, match="radius must be an int >= 0"):
         AffinityFromAttentionLoss(radius=-1)

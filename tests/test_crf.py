@@ -25,7 +25,7 @@ from wsss_blocks.crf import (
     pydensecrf_available,
     pydensecrf_inference,
     resolve_backend,
-    unary_from_labels,
+    unary_from_mask,
     unary_from_probs,
 )
 from wsss_blocks.crf.permutohedral import bilateral_features, grid_features
@@ -195,8 +195,9 @@ def test_zero_iterations_and_zero_weights_return_the_clipped_normalised_probs():
     p = smooth_probs(1, 4, 20, 24)
     clipped = p.clamp(1e-5, 1.0)
     expected = clipped / clipped.sum(1, keepdim=True)  # softmax(-U) with U = -log(clip(p))
-    torch.testing.assert_close(dense_crf(img, p, iterations=0, backend="torch"), expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(dense_crf(img, p, pos_w=0, bi_w=0), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dense_crf(None, p, iterations=0, backend="torch", image_uint8=img), expected,
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dense_crf(None, p, pos_w=0, bi_w=0, image_uint8=img), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_mean_field_single_kernel_hand_check():
@@ -218,7 +219,7 @@ def test_output_rows_sum_to_one(h, w, k, b, seed, preset):
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 256, (b, h, w, 3), generator=g, dtype=torch.uint8)
     p = torch.softmax(torch.randn(b, k, h, w, generator=g) * 3, 1)
-    q = DenseCRF.preset(preset, backend="torch")(img, p)
+    q = DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img)
     assert q.shape == p.shape and bool((q >= 0).all())
     torch.testing.assert_close(q.sum(1), torch.ones(b, h, w), rtol=0, atol=1e-5)
 
@@ -232,7 +233,7 @@ def test_uniform_image_with_confident_unaries_keeps_labels(preset):
     lab[:, 25:, 40:] = 2
     lab[:, :10, :10] = 3
     p = torch.full((1, k, h, w), 0.05 / (k - 1)).scatter_(1, lab[:, None], 0.95)
-    q = DenseCRF.preset(preset, backend="torch")(img, p)
+    q = DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img)
     assert torch.equal(q.argmax(1), lab)
 
 
@@ -247,7 +248,7 @@ def test_labels_snap_to_a_strong_colour_edge(preset):
     p1 = torch.sigmoid((torch.arange(w).float() - (w / 2 + 6)) / 4).expand(1, h, w)  # edge 6 px off
     p = torch.stack([1 - p1, p1], 1)
     before = (p.argmax(1) == truth).float().mean()
-    after = (DenseCRF.preset(preset, backend="torch")(img, p).argmax(1) == truth).float().mean()
+    after = (DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img).argmax(1) == truth).float().mean()
     assert float(before) < 0.9 and float(after) == 1.0
 
 
@@ -255,25 +256,28 @@ def test_batch_equals_single_images_and_input_layouts_agree():
     img = photos(23, 31)[:2]
     p = smooth_probs(2, 6, 23, 31, seed=1)
     crf = DenseCRF.deeplab(backend="torch")
-    batched = crf(img, p)
-    single = torch.cat([crf(img[i], p[i])[None] for i in range(2)])
+    batched = crf(None, p, image_uint8=img)
+    single = torch.cat([crf(None, p[i], image_uint8=img[i])[None] for i in range(2)])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
     as_float = crf(img.permute(0, 3, 1, 2).float() / 255, p)
     torch.testing.assert_close(as_float, batched)
-    torch.testing.assert_close(crf(img.permute(0, 3, 1, 2).contiguous(), p), batched)  # uint8 channel-first
-    torch.testing.assert_close(crf(img.numpy(), p.numpy()), batched)
-    q64 = crf(img, p.double())
-    assert q64.dtype == torch.float64 and crf(img[0], p[0]).shape == (6, 23, 31)
+    channel_first = img.permute(0, 3, 1, 2).contiguous()
+    torch.testing.assert_close(crf(None, p, image_uint8=channel_first), batched)  # uint8 channel-first
+    torch.testing.assert_close(crf(None, p.numpy(), image_uint8=img.numpy()), batched)
+    q64 = crf(None, p.double(), image_uint8=img)
+    assert q64.dtype == torch.float64 and crf(None, p[0], image_uint8=img[0]).shape == (6, 23, 31)
 
 
 def test_renormalize_and_ignore_modes():
     img = photos(16, 20)[:1]
     p = smooth_probs(1, 3, 16, 20, seed=2)
-    ref = dense_crf(img, p, backend="torch")
-    torch.testing.assert_close(dense_crf(img, 0.5 * p, backend="torch", sum_to_one="renormalize"), ref)
+    ref = dense_crf(None, p, backend="torch", image_uint8=img)
+    renorm = dense_crf(None, 0.5 * p, backend="torch", sum_to_one="renormalize", image_uint8=img)
+    torch.testing.assert_close(renorm, ref)
     # "ignore" = pydensecrf unary_from_softmax: -log(clip(p)) without renormalising
-    half = dense_crf(img, 0.5 * p, backend="torch", sum_to_one="ignore")
-    torch.testing.assert_close(half, dense_crf_from_unary(img, unary_from_probs(0.5 * p), backend="torch"))
+    half = dense_crf(None, 0.5 * p, backend="torch", sum_to_one="ignore", image_uint8=img)
+    torch.testing.assert_close(half, dense_crf_from_unary(None, unary_from_probs(0.5 * p), backend="torch",
+                                                          image_uint8=img))
     assert not torch.allclose(half, ref)
 
 
@@ -281,7 +285,7 @@ def test_unaries_match_pydensecrf_formulas():
     p = torch.tensor([[[[1.0, 0.0, 0.3]], [[0.0, 1.0, 0.7]]]])
     expected = -np.log(np.clip(p.numpy(), 1e-5, 1.0)).astype(np.float32)
     np.testing.assert_allclose(unary_from_probs(p).numpy(), expected, rtol=1e-6)
-    u = unary_from_labels(torch.tensor([[[0, 2, 255]]]), num_classes=3, gt_prob=0.7, ignore_index=255)
+    u = unary_from_mask(torch.tensor([[[0, 2, 255]]]), num_classes=3, gt_prob=0.7, ignore_index=255)
     n_e, p_e = -np.log(0.3 / 2), -np.log(0.7)
     np.testing.assert_allclose(u[0, :, 0, 0].numpy(), [p_e, n_e, n_e], rtol=1e-7)
     np.testing.assert_allclose(u[0, :, 0, 1].numpy(), [n_e, n_e, p_e], rtol=1e-7)
@@ -295,7 +299,7 @@ def test_from_labels_keeps_a_label_map_on_a_matching_image():
     lab[:, :, 15:] = 1
     noisy = lab.clone()
     noisy[:, 5:8, 3:6] = 1  # a small wrong blob inside a uniform region is removed
-    out = DenseCRF.irn(backend="torch").from_labels(img, noisy, num_classes=2).argmax(1)
+    out = DenseCRF.irn(backend="torch").from_mask(None, noisy, num_classes=2, image_uint8=img).argmax(1)
     assert torch.equal(out, lab)
 
 
@@ -340,39 +344,47 @@ def test_bad_inputs_raise_clear_errors():
     img = torch.zeros(1, 8, 10, 3, dtype=torch.uint8)
     p = torch.full((1, 3, 8, 10), 1 / 3)
     with pytest.raises(ValueError, match="same spatial size"):
-        dense_crf(img, torch.full((1, 3, 8, 11), 1 / 3), backend="torch")
+        dense_crf(None, torch.full((1, 3, 8, 11), 1 / 3), backend="torch", image_uint8=img)
     with pytest.raises(ValueError, match="same batch size"):
-        dense_crf(img, torch.full((2, 3, 8, 10), 1 / 3), backend="torch")
+        dense_crf(None, torch.full((2, 3, 8, 10), 1 / 3), backend="torch", image_uint8=img)
     with pytest.raises(ValueError, match="sum to 1"):
-        dense_crf(img, p * 0.9, backend="torch")
+        dense_crf(None, p * 0.9, backend="torch", image_uint8=img)
     with pytest.raises(ValueError, match="non-negative"):
-        dense_crf(img, p - 0.5, backend="torch", sum_to_one="ignore")
+        dense_crf(None, p - 0.5, backend="torch", sum_to_one="ignore", image_uint8=img)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        dense_crf(img, p * 4, backend="torch", sum_to_one="ignore")
+        dense_crf(None, p * 4, backend="torch", sum_to_one="ignore", image_uint8=img)
     nan = p.clone()
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        dense_crf(img, nan, backend="torch")
+        dense_crf(None, nan, backend="torch", image_uint8=img)
     with pytest.raises(ValueError, match="at least K = 2"):
-        dense_crf(img, torch.ones(1, 1, 8, 10), backend="torch")
+        dense_crf(None, torch.ones(1, 1, 8, 10), backend="torch", image_uint8=img)
     with pytest.raises(ValueError, match="renormalised"):
-        dense_crf(img, torch.zeros(1, 3, 8, 10), backend="torch", sum_to_one="renormalize")
+        dense_crf(None, torch.zeros(1, 3, 8, 10), backend="torch", sum_to_one="renormalize", image_uint8=img)
     with pytest.raises(ValueError, match="sum_to_one must be"):
-        dense_crf(img, p, sum_to_one="yes")
+        dense_crf(None, p, sum_to_one="yes", image_uint8=img)
     with pytest.raises(ValueError, match="B×K×H×W or K×H×W"):
-        dense_crf(img, p[0, 0])
+        dense_crf(None, p[0, 0], image_uint8=img)
     with pytest.raises(TypeError, match="floating-point"):
-        dense_crf(img, torch.ones(1, 3, 8, 10, dtype=torch.long))
+        dense_crf(None, torch.ones(1, 3, 8, 10, dtype=torch.long), image_uint8=img)
     with pytest.raises(TypeError, match="torch.Tensor or numpy"):
         dense_crf([[0]], p)
     with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
-        dense_crf(torch.zeros(1, 8, 10, 4, dtype=torch.uint8), p)
-    with pytest.raises(ValueError, match="image must lie in \\[0.0, 1.0\\]"):
+        dense_crf(None, p, image_uint8=torch.zeros(1, 8, 10, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="image01 must lie in \\[0.0, 1.0\\]"):
         dense_crf(torch.full((1, 3, 8, 10), 2.0), p)
     with pytest.raises(TypeError, match="uint8"):
         dense_crf(torch.zeros(1, 8, 10, 3, dtype=torch.int32), p)
+    with pytest.raises(TypeError, match="pass uint8 images as image_uint8="):
+        dense_crf(img, p)
+    with pytest.raises(TypeError, match="image_uint8 must have dtype uint8"):
+        dense_crf(None, p, image_uint8=img.float())
+    with pytest.raises(ValueError, match="exactly one of them"):
+        dense_crf(None, p)
+    with pytest.raises(ValueError, match="exactly one of them"):
+        dense_crf(img.permute(0, 3, 1, 2).float() / 255, p, image_uint8=img)
     with pytest.raises(ValueError, match="pos_xy must be"):
-        dense_crf(img, p, pos_xy=0)
+        dense_crf(None, p, pos_xy=0, image_uint8=img)
     with pytest.raises(ValueError, match="bi_w must be"):
         DenseCRF(bi_w=-1)
     with pytest.raises(ValueError, match="iterations must be"):
@@ -384,14 +396,14 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="gt_prob must be"):
         DenseCRF(gt_prob=1.0)
     with pytest.raises(ValueError, match="unary must have at least K = 2"):
-        dense_crf_from_unary(img, torch.zeros(1, 1, 8, 10))
+        dense_crf_from_unary(None, torch.zeros(1, 1, 8, 10), image_uint8=img)
     crf = DenseCRF(backend="torch")
-    with pytest.raises(ValueError, match=r"labels has value 3 outside \[0, 2\]"):
-        crf.from_labels(img, torch.full((1, 8, 10), 3), num_classes=3)
+    with pytest.raises(ValueError, match=r"mask has value 3 outside \[0, 2\]"):
+        crf.from_mask(None, torch.full((1, 8, 10), 3), num_classes=3, image_uint8=img)
     with pytest.raises(TypeError, match="integer tensor"):
-        crf.from_labels(img, torch.zeros(1, 8, 10), num_classes=3)
+        crf.from_mask(None, torch.zeros(1, 8, 10), num_classes=3, image_uint8=img)
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
-        crf.from_labels(img, torch.zeros(1, 8, 10, dtype=torch.long), num_classes=1)
+        crf.from_mask(None, torch.zeros(1, 8, 10, dtype=torch.long), num_classes=1, image_uint8=img)
 
 
 # -------------------------------------------------------------------------------- parity with pydensecrf
@@ -408,8 +420,8 @@ def test_torch_matches_pydensecrf_on_photographs(preset):
     _dcrf()
     img = photos(45, 61)  # 45*61 is not a multiple of 4: exercises pydensecrf's phantom lattice points
     p = smooth_probs(4, 21, 45, 61, seed=5)
-    ref = DenseCRF.preset(preset, backend="pydensecrf")(img, p)
-    out = DenseCRF.preset(preset, backend="torch")(img, p)
+    ref = DenseCRF.preset(preset, backend="pydensecrf")(None, p, image_uint8=img)
+    out = DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img)
     agree = (ref.argmax(1) == out.argmax(1)).float().mean()
     assert float(agree) >= 0.995
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
@@ -443,7 +455,8 @@ def test_pydensecrf_backend_is_the_usual_recipe():
     d.addPairwiseGaussian(sxy=3, compat=3)
     d.addPairwiseBilateral(sxy=64, srgb=5, rgbim=np.ascontiguousarray(img.numpy()), compat=4)
     expected = np.asarray(d.inference(10)).reshape(5, 30, 40)
-    np.testing.assert_allclose(DenseCRF(backend="pydensecrf")(img, p).numpy(), expected, rtol=0, atol=1e-6)
+    out = DenseCRF(backend="pydensecrf")(None, p, image_uint8=img)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.crf
@@ -452,8 +465,8 @@ def test_from_labels_matches_pydensecrf(preset):
     _dcrf()
     img = photos(41, 53)
     lab = smooth_probs(4, 21, 41, 53, seed=6).argmax(1)
-    ref = DenseCRF.preset(preset, backend="pydensecrf").from_labels(img, lab, num_classes=21)
-    out = DenseCRF.preset(preset, backend="torch").from_labels(img, lab, num_classes=21)
+    ref = DenseCRF.preset(preset, backend="pydensecrf").from_mask(None, lab, num_classes=21, image_uint8=img)
+    out = DenseCRF.preset(preset, backend="torch").from_mask(None, lab, num_classes=21, image_uint8=img)
     assert float((ref.argmax(1) == out.argmax(1)).float().mean()) >= 0.995
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
@@ -464,13 +477,14 @@ def test_other_normalizations_and_pmm_binary_match_pydensecrf(normalization):
     _dcrf()
     img = photos(33, 47)[:2]
     p = smooth_probs(2, 4, 33, 47, seed=7)
-    ref = DenseCRF(backend="pydensecrf", normalization=normalization)(img, p)
-    out = DenseCRF(backend="torch", normalization=normalization)(img, p)
+    ref = DenseCRF(backend="pydensecrf", normalization=normalization)(None, p, image_uint8=img)
+    out = DenseCRF(backend="torch", normalization=normalization)(None, p, image_uint8=img)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-3)
     assert float((ref.argmax(1) == out.argmax(1)).float().mean()) >= 0.995
     two = torch.stack([p[:, 0] ** 2, p[:, 1].sqrt()], 1)  # PPMG stack [B_c, A_c]: does not sum to 1
-    torch.testing.assert_close(DenseCRF.pmm_binary(backend="torch")(img, two),
-                               DenseCRF.pmm_binary(backend="pydensecrf")(img, two), rtol=0, atol=1e-4)
+    torch.testing.assert_close(DenseCRF.pmm_binary(backend="torch")(None, two, image_uint8=img),
+                               DenseCRF.pmm_binary(backend="pydensecrf")(None, two, image_uint8=img),
+                               rtol=0, atol=1e-4)
 
 
 @pytest.mark.crf
@@ -479,7 +493,7 @@ def test_pool_map_equals_forward():
     img = photos(24, 28)
     p = smooth_probs(4, 3, 24, 28, seed=8)
     crf = DenseCRF.afa(backend="pydensecrf")
-    expected = crf(img, p)
+    expected = crf(None, p, image_uint8=img)
     jobs = [(img[i], p[i]) for i in range(4)]
     inline = list(crf.pool_map(jobs, processes=0))
     pooled = list(crf.pool_map(iter(jobs), processes=2))
@@ -497,9 +511,9 @@ def test_cuda_torch_backend_matches_cpu():
     p = smooth_probs(4, 21, 45, 57, seed=9)
     for preset in ("afa", "deeplab"):
         crf = DenseCRF.preset(preset, backend="auto")
-        gpu = crf(img.cuda(), p.cuda())
+        gpu = crf(None, p.cuda(), image_uint8=img.cuda())
         assert gpu.is_cuda
-        cpu = DenseCRF.preset(preset, backend="torch")(img, p)
+        cpu = DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
 
 

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import wsss_blocks.data.io as wio
+from wsss_blocks.crf import PRESETS
 from wsss_blocks.losses import PretendedUnderFittingLoss
-from wsss_blocks.pseudo_mask import PMM_CYCLIC_CRF, CyclicPseudoMask, _rescale_factor, _slide_logits
+from wsss_blocks.pseudo_mask import CYCLIC_CRF, CyclicPseudoMask, _rescale_factor, _slide_logits
 from wsss_blocks.train.cyclic import loss_for_round, relabel, select_checkpoint
 
 pytest.importorskip("PIL")
 
-FAST = dict(scales=(1.0,), flip=False, img_scale=None, slide=None, crf=False)
+FAST = dict(scales=(1.0,), flip=False, img_scale=None, slide=None, crf=None)
 
 
 class PixelNet(torch.nn.Module):
@@ -63,7 +64,7 @@ def test_predict_single_pass_is_softmax():
 def test_predict_flip_and_scales_average_softmaxes():
     net = torch.nn.Conv2d(3, 4, 3, padding=1)  # not flip-equivariant
     x = torch.rand(1, 3, 8, 10)
-    cp = CyclicPseudoMask(scales=(1.0, 0.5), flip=True, img_scale=None, slide=None, crf=False)
+    cp = CyclicPseudoMask(scales=(1.0, 0.5), flip=True, img_scale=None, slide=None, crf=None)
     probs = cp.predict(net, x)
     half = F.interpolate(x, size=(4, 5), mode="bilinear", align_corners=False)
     up = lambda z: F.interpolate(z, size=(8, 10), mode="bilinear", align_corners=False)
@@ -81,8 +82,8 @@ def test_slide_inference_matches_whole_for_a_pixelwise_model():
         whole = net(x)
         slid = _slide_logits(net, x, crop=(6, 8), stride=(5, 6))  # overlapping windows, edge-anchored
     torch.testing.assert_close(slid, whole, rtol=1e-5, atol=1e-5)
-    cp = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=(6, 5), crf=False)
-    ref = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=False)
+    cp = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=(6, 5), crf=None)
+    ref = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=None)
     torch.testing.assert_close(cp.predict(net, x), ref.predict(net, x), rtol=1e-5, atol=1e-5)
 
 
@@ -133,9 +134,9 @@ def test_predict_with_crf_matches_pydensecrf_on_the_average():
     net = PixelNet()
     x = torch.rand(1, 3, 10, 12)
     x[:, :, :, 6:] *= 0.2
-    cp = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=True)
+    cp = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=CYCLIC_CRF)
     probs = cp.predict(net, x)
-    avg = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=False).predict(net, x)
+    avg = CyclicPseudoMask(scales=(1.0,), flip=True, img_scale=None, slide=None, crf=None).predict(net, x)
     img = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     d = dcrf.DenseCRF2D(12, 10, 4)
     d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(avg[0].numpy(), 1e-5, 1)).reshape(4, -1)))
@@ -143,8 +144,8 @@ def test_predict_with_crf_matches_pydensecrf_on_the_average():
     d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=img, compat=4)
     ref = np.array(d.inference(10)).reshape(4, 10, 12)
     np.testing.assert_allclose(probs[0].numpy(), ref, rtol=1e-3, atol=1e-3)
-    assert PMM_CYCLIC_CRF == {"iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0,
-                              "bi_rgb": 3.0}
+    assert {k: PRESETS[CYCLIC_CRF][k] for k in ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")} == {
+        "iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0}
 
 
 # ------------------------------------------------------------------------------------------ relabel
@@ -280,7 +281,7 @@ def test_constructor_validation():
     with pytest.raises(ValueError, match="img_scale"):
         CyclicPseudoMask(img_scale=(2048, 0))
     cp = CyclicPseudoMask()
-    assert cp.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and cp.flip and cp.crf
+    assert cp.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and cp.flip and cp.crf is not None
     assert cp.img_scale == (2048, 512) and cp.slide == (512, 480) and cp.policy == "replace"
     assert repr(cp).startswith("CyclicPseudoMask(") and "policy='replace'" in repr(cp)
 
@@ -310,7 +311,7 @@ def test_restrict_policy_with_crf_keeps_a_distribution():
     pytest.importorskip("pydensecrf")
     x = torch.rand(1, 3, 8, 8)
     labels = torch.tensor([[0.0, 1.0, 0.0]])
-    cp = CyclicPseudoMask(scales=(1.0,), flip=False, img_scale=None, slide=None, crf=True, policy="restrict")
+    cp = CyclicPseudoMask(scales=(1.0,), flip=False, img_scale=None, slide=None, crf=CYCLIC_CRF, policy="restrict")
     probs = cp.predict(PixelNet(), x, labels)
     assert (probs[:, [1, 3]] == 0).all()
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 8, 8))

@@ -16,7 +16,7 @@ import wsss_blocks.local_global as lg
 from wsss_blocks.local_global import (
     LocalPatchSampler,
     LocalToGlobalTransfer,
-    boxes_to_rois,
+    boxes_to_roi_format,
     crop_local_patches,
     l2g_loss,
     l2g_target,
@@ -69,7 +69,7 @@ def test_roi_align_matches_torchvision_released_l2g_setting():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 21, 56, 56, generator=g)
     boxes = sample_patch_boxes(3, (448, 448), 6, 320, generator=g)
-    rois = boxes_to_rois(boxes)
+    rois = boxes_to_roi_format(boxes)
     ours = roi_align(x, rois, 40, 1 / 8)
     torch.testing.assert_close(ours, ops.roi_align(x, rois, (40, 40), 1 / 8.0), atol=1e-5, rtol=0)
 
@@ -193,7 +193,7 @@ def test_sampler_reproducible_with_generator_and_patch_equals_image_slice():
         assert torch.equal(a["patches"][n], imgs[bi, :, y1:y2, x1:x2])
         assert torch.equal(a["patch_saliency"][n], sal_norm[bi, :, y1:y2, x1:x2])
         assert torch.equal(a["patch_labels"][n], labels[bi])
-        assert a["rois"][n].tolist() == [float(bi), x1, y1, x2, y2]
+        assert boxes_to_roi_format(a["boxes"])[n].tolist() == [float(bi), x1, y1, x2, y2]
     assert float(a["patch_saliency"].max()) > 0.99  # max-normalised per image as released
 
 
@@ -232,7 +232,7 @@ def test_sampler_presets_and_resize():
     r = LocalPatchSampler(4, 16, resize_to=8)(torch.randn(1, 3, 20, 20), torch.ones(1, 2),
                                               torch.rand(1, 1, 20, 20))
     assert r["patches"].shape == (4, 3, 8, 8) and r["patch_saliency"].shape == (4, 1, 8, 8)
-    assert r["rois"][:, 3:].sub(r["rois"][:, 1:3]).eq(16).all()  # rois stay in global pixels
+    assert r["boxes"][..., 2:].sub(r["boxes"][..., :2]).eq(16).all()  # boxes stay in global pixels
 
 
 def test_sampler_bad_input():
@@ -445,7 +445,7 @@ def test_loss_matches_release_transcription(coco):
     labels[:, 0] = 1
     crop_sals = torch.rand(B * N, 1, 320, 320, generator=g)
     mode = "random" if coco else "corners+random"
-    rois = boxes_to_rois(sample_patch_boxes(B, 448, N, 320, mode, generator=g))
+    rois = boxes_to_roi_format(sample_patch_boxes(B, 448, N, 320, mode, generator=g))
     l2g = LocalToGlobalTransfer.coco(num_classes=C) if coco else LocalToGlobalTransfer(num_classes=C)
     ours = l2g(feat, feat_local, rois, labels, crop_sals)
     ref = _release_step_loss(feat, feat_local, rois, labels, crop_sals, N, 0.1 if coco else 0.001,
@@ -548,12 +548,12 @@ def test_cuda_matches_cpu():
     glob = torch.randn(2, 4, 8, 8, generator=g)
     cams = torch.randn(10, 4, 5, 5, generator=g)
     m = LocalToGlobalTransfer(3)
-    ref = m(glob, cams, views["rois"], labels, views["patch_saliency"])
+    ref = m(glob, cams, views["boxes"], labels, views["patch_saliency"])
     views_c = LocalPatchSampler(5, 40, generator=torch.Generator().manual_seed(0))(
         imgs.cuda(), labels.cuda(), sal.cuda())
-    assert views_c["patches"].is_cuda and views_c["rois"].is_cuda
+    assert views_c["patches"].is_cuda and views_c["boxes"].is_cuda
     torch.testing.assert_close(views_c["patches"].cpu(), views["patches"])
-    out = m(glob.cuda(), cams.cuda(), views_c["rois"], labels.cuda(), views_c["patch_saliency"])
+    out = m(glob.cuda(), cams.cuda(), views_c["boxes"], labels.cuda(), views_c["patch_saliency"])
     assert out.is_cuda
     torch.testing.assert_close(out.cpu(), ref, atol=1e-5, rtol=1e-5)
 
@@ -586,16 +586,16 @@ def test_loss_bad_input():
     m = LocalToGlobalTransfer(3)
     bad_rois = rois.clone()
     bad_rois[2, 0] = 2
-    with pytest.raises(ValueError, match=r"rois\[:, 0\] must hold integer batch indices in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"boxes\[:, 0\] must hold integer batch indices in \[0, 1\]"):
         m(glob, cams, bad_rois, labels)
     bad_rois[2, 0] = 0.5
     with pytest.raises(ValueError, match="integer batch indices"):
         m(glob, cams, bad_rois, labels)
-    with pytest.raises(ValueError, match="rois has 2 rows but local_cams has 3 patches"):
+    with pytest.raises(ValueError, match="boxes has 2 rows but local_cams has 3 patches"):
         m(glob, cams, rois[:2], labels)
-    with pytest.raises(ValueError, match="local_cams has 4 channels but image_labels has 5 classes"):
+    with pytest.raises(ValueError, match="local_cams has 4 channels but labels has 5 classes"):
         l2g_loss(glob, cams, rois, torch.ones(2, 5))
-    with pytest.raises(ValueError, match="image_labels has 5 classes, expected 3"):
+    with pytest.raises(ValueError, match="labels has 5 classes, expected 3"):
         m(glob, cams, rois, torch.ones(2, 5))
     with pytest.raises(ValueError, match="global_logits has 5 channels but local_cams has 4"):
         m(torch.randn(2, 5, 6, 6), cams, rois, labels)
@@ -642,3 +642,17 @@ def test_example_training_step_runs():
         assert rec["loss_kt"] > 0
     # the transfer loss trains only the global network, the classification loss only the local one
     assert history[-1]["global_grad_from_kt"] > 0 and history[-1]["local_grad_from_kt"] == 0.0
+
+
+def test_boxes_per_image_equal_roi_rows():
+    """B×N×4 per-image boxes (what the sampler gives) and the R×5 RoIAlign rows are the same boxes."""
+    g = torch.Generator().manual_seed(3)
+    boxes = torch.tensor([[[0, 0, 16, 16], [8, 8, 24, 24]], [[4, 0, 20, 16], [0, 8, 16, 24]]])
+    glob, cams = torch.randn(2, 4, 6, 6, generator=g), torch.randn(4, 4, 2, 2, generator=g)
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    m = LocalToGlobalTransfer(3)
+    a = m.transfer(glob, cams, boxes, labels)
+    b = m.transfer(glob, cams, boxes_to_roi_format(boxes), labels)
+    assert torch.equal(a.target, b.target) and torch.equal(a.loss, b.loss)
+    with pytest.raises(ValueError, match=r"boxes must have shape B×N×4 = \(2, 2, 4\)"):
+        m(glob, cams, boxes[:, :1], labels)

@@ -188,12 +188,12 @@ def test_pmm_voc_config_equals_release():
     assert c.poly_power == 0.9                              # spec_pmm.md:96
     assert c.resize_long == (448, 768) and c.crop_size == 448 and c.hflip is True   # spec_pmm.md:102-103
     assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)           # spec_pmm.md:102
-    assert m.downscale == 0.3                               # spec_pmm.md:76
+    assert m.view_scale_factor == 0.3                       # spec_pmm.md:76
     assert m.ecr_topk == 0.2                                # spec_pmm.md:87-88
     assert m.cam_source == "pcm"                            # spec_pmm.md:127-128, :349
     assert m.alpha == 11.0                                  # spec_pmm.md:172, :208
-    assert m.cam_thresh == 0.05 and m.cv_scale == 0.3       # spec_pmm.md:155-156, :207
-    assert m.fg_thresh == 0.5 and m.foreground == "crf"     # spec_pmm.md:177-181, :208
+    assert m.fg_threshold == 0.05 and m.cv_scale == 0.3     # spec_pmm.md:155-156, :207
+    assert m.posterior_threshold == 0.5 and m.foreground == "crf"   # spec_pmm.md:177-181, :208
     assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True and p.reduce == "sum"   # spec_pmm.md:127-129
     assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))  # spec_pmm.md:224-225
     assert cfg.data.cam_eval_split == "val"                 # spec_pmm.md:216-220
@@ -206,11 +206,12 @@ def test_pmm_voc_config_equals_release():
     assert s.eval_every == 2000 and s.cyclic_rounds == 1 and s.cyclic_select == "best"
     assert s.cyclic_loss == "ce" and s.cyclic_policy == "replace" and s.cyclic_crf is True
     _assert_crf_deeplab(s.crf_params)                       # spec_pmm.md:274-275
-    from wsss_blocks.pseudo_mask import PMM_BINARY_CRF
+    from wsss_blocks.crf import PRESETS
 
     # spec_pmm.md:180-181: per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
-    assert m.crf_params is None and PMM_BINARY_CRF == {"iterations": 10, "pos_w": 10.0, "pos_xy": 3.0,
-                                                       "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0}
+    assert m.crf_params == {"preset": "pmm-binary"} and PRESETS["pmm-binary"] == {
+        "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
+        "sum_to_one": "ignore"}
 
 
 def test_pmm_coco_config_equals_release():
@@ -510,8 +511,8 @@ def test_pmm_cam_fn_and_pseudo_masks():
 
 
 def test_pmm_bad_inputs():
-    with pytest.raises(ValueError, match="downscale"):
-        _pmm(downscale=1.5)
+    with pytest.raises(ValueError, match="view_scale_factor"):
+        _pmm(view_scale_factor=1.5)
     with pytest.raises(ValueError, match="ecr_topk"):
         _pmm(ecr_topk=0.0)
     with pytest.raises(ConfigError, match="foreground"):

@@ -72,8 +72,8 @@ SMAF_VOC = {
     "method_args.target_bg_score": 0.2,       # :112
     "method_args.target_scale_factor": 0.25,  # :109 (448 -> 112)
     "method_args.loss_weight": 100.0,         # :134
-    "method_args.pseudo_crf": True,           # :187
-    "method_args.crf_preset": "smaf",         # :187-189
+    "method_args.crf": True,                  # :187
+    "method_args.crf_params": {"preset": "smaf", "backend": "auto"},  # :187-189
     "method_args.eps_saliency": True,         # :23-24
     "method_args.eps_tau": 0.4,               # EPS script/voc12_eps.sh --tau 0.4
     "method_args.eps_lambda": 0.5,            # EPS main.py --lam 0.5
@@ -128,14 +128,14 @@ TSCD_VOC = {
     "method_args.reg_weight": 0.01,           # :241
     "method_args.scd_weight": 0.1,            # :86, :242
     "method_args.er_weight": 0.1,             # :93, :243
-    "method_args.tau_high": 0.55,             # :164
-    "method_args.tau_low": 0.35,              # :164
+    "method_args.high_threshold": 0.55,       # :164
+    "method_args.low_threshold": 0.35,        # :164
     "method_args.refiner": "varm",            # :136
     "method_args.refine_num_iter": 10,        # :109
     "method_args.refine_dilations": (1, 2, 4, 8, 12, 24),  # :104
-    "method_args.refine_down_scale": 2,       # :112
+    "method_args.refine_scale_factor": 0.5,   # :112 (half resolution)
     "method_args.aff_radius": 8,              # :257
-    "method_args.scd_view_scale": 0.3,        # :41-42
+    "method_args.scd_view_scale_factor": 0.3,  # :41-42
     "method_args.scd_num_samples": 40,        # :58
     "method_args.er_grad": False,             # :94-95
     "method_args.seg_align_corners": True,    # :246
@@ -176,11 +176,11 @@ def test_released_crf_values():
     from wsss_blocks.crf import DenseCRF
 
     smaf = load_run_config("smaf_voc")
-    crf = DenseCRF.preset(smaf.method_config().crf_preset)
+    crf = DenseCRF.from_config(smaf.method_config().crf_params)
     assert {k: getattr(crf, k) for k in SMAF_CRF} == SMAF_CRF
+
     def seg_crf(cfg):
-        params = dict(cfg.seg.crf_params)
-        crf = DenseCRF.preset(params.pop("preset"), **params)
+        crf = DenseCRF.from_config(cfg.seg.crf_params)
         return {k: getattr(crf, k) for k in DEEPLAB_CRF}
 
     assert seg_crf(smaf) == DEEPLAB_CRF
@@ -356,7 +356,7 @@ def test_smaf_cam_fn_and_pseudo_masks():
     cams[0, 0, :2] = 0.9
     cams[0, 1, 2:, :2] = 0.19  # below 0.2 -> background
     cfg = type("P", (), {"bg_score": 0.2})()
-    m.cfg.pseudo_crf = False
+    m.cfg.crf = False
     mask = m.pseudo_masks(cams, torch.tensor([[1.0, 1.0, 0.0]]), torch.rand(1, 3, 4, 4), cfg)
     expect = torch.zeros(1, 4, 4, dtype=torch.long)
     expect[0, :2] = 1
@@ -543,8 +543,8 @@ def test_tscd_bad_input():
     with pytest.raises(ValueError, match="MiT encoder"):
         cfg = load_run_config({"method": "tscd", "cam": {"backbone": "resnet38d_tiny"}})
         TSCDMethod(cfg, cfg.method_config(), 3)
-    with pytest.raises(ValueError, match="tau_low"):
-        _tscd(tau_low=0.6)
+    with pytest.raises(ValueError, match="low_threshold must be <= high_threshold"):
+        _tscd(low_threshold=0.6)
 
 
 # ------------------------------------------------------------------------------------------------ (c) end to end

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from wsss_blocks.cam import cams_to_mask
 from wsss_blocks.metrics import (
+    BgScoreSweep,
     SegmentationMetric,
-    ThresholdSweep,
     confusion_matrix,
     scores_from_confusion,
-    sweep_bg_threshold,
+    sweep_bg_score,
 )
 
 
@@ -99,13 +99,13 @@ def test_threshold_sweep_equals_per_threshold_cams_to_mask():
     target = torch.randint(0, 5, (3, 6, 7), generator=g)
     target[0, 0, :3] = 255
     ths = (0.0, 0.1, 0.25, 0.5, 0.9)
-    res = sweep_bg_threshold((cams, labels, target), 5, ths)
+    res = sweep_bg_score((cams, labels, target), 5, ths)
     for i, t in enumerate(ths):
         ref = confusion_matrix(cams_to_mask(cams, labels, t), target, 5)
         assert torch.equal(res.confmats[i], ref), t
         assert res.miou[i] == pytest.approx(float(scores_from_confusion(ref)["miou"]))
     assert res.best_miou == max(res.miou)
-    assert res.best_threshold == ths[res.miou.index(max(res.miou))]
+    assert res.best_bg_score == ths[res.miou.index(max(res.miou))]
     assert "<- best" in res.table()
 
 
@@ -114,18 +114,18 @@ def test_threshold_sweep_streaming_and_exact_values():
     cams = torch.tensor([[[[0.3, 0.9]]]])
     items = [(cams, torch.ones(1, 1), torch.tensor([[[0, 1]]])),
              (cams * 0 + 0.6, torch.ones(1, 1), torch.tensor([[[1, 1]]]))]
-    r = sweep_bg_threshold(items, 2, (0.2, 0.5, 0.7))
+    r = sweep_bg_score(items, 2, (0.2, 0.5, 0.7))
     # t=0.2: all fg -> bg IoU 0/..; t=0.5: preds [0,1],[1,1] -> perfect; t=0.7: preds [0,1],[0,0]
     assert r.miou[1] == pytest.approx(1.0)
-    assert r.best_threshold == 0.5
+    assert r.best_bg_score == 0.5
     assert r.miou[0] == pytest.approx((0.0 + 3 / 4) / 2)
     assert r.miou[2] == pytest.approx((1 / 3 + 1 / 3) / 2)
 
 
 def test_threshold_sweep_bad_input():
-    with pytest.raises(ValueError, match="thresholds must be strictly increasing"):
-        ThresholdSweep(3, (0.5, 0.1))
-    sw = ThresholdSweep(3)
+    with pytest.raises(ValueError, match="bg_scores must be strictly increasing"):
+        BgScoreSweep(3, (0.5, 0.1))
+    sw = BgScoreSweep(3)
     with pytest.raises(ValueError, match="cams has 3 classes, expected 2"):
         sw.update(torch.rand(1, 3, 2, 2), None, torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="target must have shape"):
@@ -199,7 +199,7 @@ def test_threshold_sweep_fast_path_matches_reference(seed, cam_dtype, target_dty
     target = rng.integers(0, K, size=(B, H, W))
     target[rng.random(target.shape) < 0.25] = 255
     target = torch.from_numpy(target).to(target_dtype)
-    sw = ThresholdSweep(K, thresholds)
+    sw = BgScoreSweep(K, thresholds)
     sw.update(cams, labels, target)
     sw.update(cams, None, target)  # labels=None: every class present
     expected = (_reference_sweep(cams, labels, target, K, thresholds)
@@ -215,7 +215,7 @@ def test_threshold_sweep_exact_ties_and_dense_thresholds():
     # ties at a threshold are background (cams_to_mask uses a strict >), also for -0.0 vs 0.0
     cams = torch.tensor([[[[0.0, -0.0, 0.3, 0.30000001, 0.7, 0.2]]]])
     target = torch.tensor([[[0, 0, 1, 1, 1, 255]]])
-    sw = ThresholdSweep(2, (-0.0, 0.3, 0.7))
+    sw = BgScoreSweep(2, (-0.0, 0.3, 0.7))
     sw.update(cams, torch.ones(1, 1), target)
     cms = sw.confmats()
     # t=-0.0: the two zeros are background; t=0.3: 0.3 and float32(0.30000001) == float32(0.3) tie -> bg
@@ -230,7 +230,7 @@ def test_threshold_sweep_exact_ties_and_dense_thresholds():
     cams[0, :, 0, :len(dense)] = torch.tensor(dense)  # exact ties
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
     target = torch.randint(0, 4, (2, 5, 12), generator=g)
-    sw = ThresholdSweep(4, dense)
+    sw = BgScoreSweep(4, dense)
     assert sw._most > 4
     sw.update(cams, labels, target)
     assert torch.equal(sw.confmats(), _reference_sweep(cams, labels, target, 4, dense))
@@ -245,7 +245,7 @@ def test_threshold_sweep_ignore_index_values(ignore_index):
     if ignore_index is not None:
         target[0, 0] = ignore_index
     ths = (0.1, 0.4, 0.6)
-    sw = ThresholdSweep(4, ths, ignore_index=ignore_index)
+    sw = BgScoreSweep(4, ths, ignore_index=ignore_index)
     sw.update(cams, labels, target)
     ref = torch.stack([confusion_matrix(cams_to_mask(cams, labels, t), target, 4,
                                         ignore_index if ignore_index is not None else None) for t in ths])

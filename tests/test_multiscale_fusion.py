@@ -17,7 +17,7 @@ from wsss_blocks.multiscale_fusion import (
     multiscale_attention_fusion,
     reactivate,
     smaf_loss,
-    smaf_pseudo_labels,
+    smaf_pseudo_mask,
     smaf_target,
 )
 from wsss_blocks.multiscale_fusion import _hard_label_probs as hard_label_probs
@@ -359,13 +359,13 @@ def test_fusion_bad_input():
 # --------------------------------------------------------------------------- denoise / reactivate
 def test_denoise_background_value_and_masking():
     maps = torch.tensor([[[[0.5, 0.1]], [[0.9, 0.3]]]])
-    out = denoise(maps, torch.tensor([[1.0, 0.0]]), bg_value=0.2)
+    out = denoise(maps, torch.tensor([[1.0, 0.0]]), bg_score=0.2)
     assert out.shape == (1, 3, 1, 2)
     assert out[0, 0].tolist() == [[pytest.approx(0.2), pytest.approx(0.2)]]
     assert bool((out[:, 0] == torch.tensor(0.2)).all())
     assert out[0, 1].tolist() == [[0.5, pytest.approx(0.1)]]
     assert out[0, 2].tolist() == [[0.0, 0.0]]
-    assert bool((denoise(maps, torch.ones(1, 2), bg_value=0.35)[:, 0] == torch.tensor(0.35)).all())
+    assert bool((denoise(maps, torch.ones(1, 2), bg_score=0.35)[:, 0] == torch.tensor(0.35)).all())
 
 
 def test_reactivate_exact_small_case():
@@ -505,10 +505,10 @@ def test_loss_compiles_eager():
 def test_pseudo_labels_threshold_and_ties():
     maps = torch.tensor([[[[0.9, 0.1, 0.2, 0.5]], [[0.5, 0.3, 0.2, 0.5]], [[1.0, 1.0, 1.0, 1.0]]]])
     labels = torch.tensor([[1.0, 1.0, 0.0]])  # class 2 absent: never wins
-    out = smaf_pseudo_labels(maps, labels)
+    out = smaf_pseudo_mask(maps, labels)
     assert out.tolist() == [[[1, 2, 0, 1]]]  # 0.2 == threshold -> background; fg tie -> lower class
     assert out.dtype == torch.int64
-    assert smaf_pseudo_labels(maps, labels, bg_threshold=0.6).tolist() == [[[1, 0, 0, 0]]]
+    assert smaf_pseudo_mask(maps, labels, bg_score=0.6).tolist() == [[[1, 0, 0, 0]]]
 
 
 def test_hard_label_probs_values():
@@ -527,16 +527,21 @@ def test_pseudo_labels_with_a_crf_callable():
 
     maps = torch.tensor([[[[0.9, 0.1]], [[0.1, 0.6]]]])
     image = torch.rand(1, 3, 1, 2)
-    out = smaf_pseudo_labels(maps, torch.ones(1, 2), image=image, crf=fake_crf)
+    out = smaf_pseudo_mask(maps, torch.ones(1, 2), image01=image, crf=fake_crf)
     assert seen["image"] is image
     torch.testing.assert_close(seen["probs"], hard_label_probs(torch.tensor([[[1, 2]]]), 3, 0.7))
     assert out.tolist() == [[[1, 0]]]  # reversed: label 1 -> 1, label 2 -> 0
-    with pytest.raises(ValueError, match="image is required when crf is set"):
-        smaf_pseudo_labels(maps, torch.ones(1, 2), crf=fake_crf)
-    with pytest.raises(ValueError, match=r"image must have shape \(1, 3, 1, 2\)"):
-        smaf_pseudo_labels(maps, torch.ones(1, 2), image=torch.rand(1, 3, 2, 2), crf=fake_crf)
+    with pytest.raises(ValueError, match="an image is required when crf is set"):
+        smaf_pseudo_mask(maps, torch.ones(1, 2), crf=fake_crf)
+    with pytest.raises(ValueError, match=r"image01 must have shape \(1, 3, 1, 2\)"):
+        smaf_pseudo_mask(maps, torch.ones(1, 2), image01=torch.rand(1, 3, 2, 2), crf=fake_crf)
+    with pytest.raises(ValueError, match=r"image_uint8 must have shape \(1, 1, 2, 3\)"):
+        smaf_pseudo_mask(maps, torch.ones(1, 2), image_uint8=torch.zeros(1, 3, 1, 2, dtype=torch.uint8), crf=fake_crf)
+    with pytest.raises(ValueError, match="not both"):
+        smaf_pseudo_mask(maps, torch.ones(1, 2), image01=image, image_uint8=torch.zeros(1, 1, 2, 3, dtype=torch.uint8),
+                         crf=fake_crf)
     with pytest.raises(ValueError, match="crf must return probabilities"):
-        smaf_pseudo_labels(maps, torch.ones(1, 2), image=image, crf=lambda i, p: p[:, :2])
+        smaf_pseudo_mask(maps, torch.ones(1, 2), image01=image, crf=lambda i, p: p[:, :2])
 
 
 @pytest.mark.crf
@@ -563,11 +568,11 @@ def test_pseudo_labels_crf_torch_backend():
     crf_mod = pytest.importorskip("wsss_blocks.crf")
     image, maps, labels = _two_region_case()
     crf = crf_mod.DenseCRF.smaf(backend="torch")
-    out = smaf_pseudo_labels(maps, labels, image=image, crf=crf)
+    out = smaf_pseudo_mask(maps, labels, image01=image, crf=crf)
     assert out.shape == (1, 24, 24) and out.dtype == torch.int64
-    assert smaf_pseudo_labels(maps, labels).eq(1).sum() == 24 * 15  # before: 15 columns
+    assert smaf_pseudo_mask(maps, labels).eq(1).sum() == 24 * 15  # before: 15 columns
     assert bool((out[0, :, 12:] == 1).all()) and bool((out[0, :, :12] == 0).all())  # after: the edge
-    u = crf_mod.unary_from_labels(torch.tensor([[[0, 1, 2]]]), 3, 0.7)
+    u = crf_mod.unary_from_mask(torch.tensor([[[0, 1, 2]]]), 3, 0.7)
     torch.testing.assert_close(-torch.log(hard_label_probs(torch.tensor([[[0, 1, 2]]]), 3, 0.7)), u)
 
 
@@ -576,10 +581,10 @@ def test_pseudo_labels_released_crf_pydensecrf():
     pytest.importorskip("pydensecrf")
     crf_mod = pytest.importorskip("wsss_blocks.crf")
     image, maps, labels = _two_region_case()
-    out = smaf_pseudo_labels(maps, labels, image=image, crf=True)
-    ref = crf_mod.DenseCRF.smaf(backend="pydensecrf").from_labels(
-        (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8), smaf_pseudo_labels(maps, labels),
-        num_classes=3).argmax(1)
+    out = smaf_pseudo_mask(maps, labels, image01=image, crf="smaf")
+    ref = crf_mod.DenseCRF.smaf(backend="pydensecrf").from_mask(
+        None, smaf_pseudo_mask(maps, labels), num_classes=3,
+        image_uint8=(image[0].permute(1, 2, 0) * 255).round().to(torch.uint8)).argmax(1)
     assert torch.equal(out, ref)
     assert bool((out[0, :, 12:] == 1).all()) and bool((out[0, :, :12] == 0).all())
 

@@ -553,15 +553,15 @@ def test_puzzle_reconstruction_loss_hand_computed():
     # |a-b|·y summed = (1+3) + (0+4) + (1+1) = 10 over 8 entries
     assert float(puzzle_reconstruction_loss(a, b, y)) == pytest.approx(10 / 8)
     # selection: image 0 -> mean(1,3)=2; image 1 -> mean(0,4,1,1)=1.5; batch mean 1.75
-    assert float(puzzle_reconstruction_loss(a, b, y, mask="selection")) == pytest.approx(1.75)
-    assert float(puzzle_reconstruction_loss(a, b, mask="none")) == pytest.approx(14 / 8)
+    assert float(puzzle_reconstruction_loss(a, b, y, class_mode="selection")) == pytest.approx(1.75)
+    assert float(puzzle_reconstruction_loss(a, b, class_mode="none")) == pytest.approx(14 / 8)
     assert float(puzzle_reconstruction_loss(a, b, y, p=2)) == pytest.approx((1 + 9 + 16 + 1 + 1) / 8)
     # level="cam": make_cam (relu / (max + 1e-5)) on both before the L1
     c = torch.tensor([[[[2.0, -1.0]]]])
     d = torch.tensor([[[[1.0, 1.0]]]])
     expect = (normalize_cams(c) - normalize_cams(d)).abs().mean()
     torch.testing.assert_close(puzzle_reconstruction_loss(c, d, torch.ones(1, 1), level="cam"), expect)
-    assert float(PuzzleReconstructionLoss(mask="selection")(a, b, y)) == pytest.approx(1.75)
+    assert float(PuzzleReconstructionLoss(class_mode="selection")(a, b, y)) == pytest.approx(1.75)
 
 
 def test_puzzle_reconstruction_loss_gradcheck():
@@ -593,7 +593,7 @@ def test_puzzle_bad_input():
     a = torch.zeros(1, 2, 2, 2)
     with pytest.raises(ValueError, match=r"cams and merged_cams must have the same shape, got \(1, 2, 2, 2\) and"):
         puzzle_reconstruction_loss(a, torch.zeros(1, 2, 2, 3), torch.ones(1, 2))
-    with pytest.raises(ValueError, match="labels are required for mask='masking'"):
+    with pytest.raises(ValueError, match="labels are required for class_mode='masking'"):
         puzzle_reconstruction_loss(a, a)
     with pytest.raises(ValueError, match="labels has 3 classes, expected 2"):
         puzzle_reconstruction_loss(a, a, torch.ones(1, 3))
@@ -602,7 +602,7 @@ def test_puzzle_bad_input():
     with pytest.raises(ValueError, match="cams contains non-finite values"):
         puzzle_reconstruction_loss(a + float("nan"), a, torch.ones(1, 2))
     with pytest.raises(ValueError, match="needs at least one present class per image"):
-        puzzle_reconstruction_loss(a, a, torch.zeros(1, 2), mask="selection")
+        puzzle_reconstruction_loss(a, a, torch.zeros(1, 2), class_mode="selection")
     with pytest.raises(ValueError, match=r"grid \(2, 2\) does not divide x of spatial size 5×5"):
         tile_images(torch.zeros(1, 3, 5, 5))
     with pytest.raises(ValueError, match="max_step must be >= 1"):

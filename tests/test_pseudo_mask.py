@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsss_blocks.cam import cams_to_mask
+from wsss_blocks.crf import DenseCRF
 from wsss_blocks.pseudo_mask import (
-    PMM_BINARY_CRF,
     CoVSmooth,
     ProportionalPseudoMask,
     PseudoMaskParts,
@@ -50,11 +50,11 @@ def test_cov_exponent_is_one_minus_cv():
 
 def test_cov_scale_is_folded_in_and_eps_in_denominator():
     a = torch.tensor([[0.2, 0.6]])
-    _, cv1 = cov_smooth(a, scale=1.0, eps=0.0, return_cov=True)
-    _, cv3 = cov_smooth(a, scale=0.3, eps=0.0, return_cov=True)
+    _, cv1 = cov_smooth(a, cv_scale=1.0, eps=0.0, return_cov=True)
+    _, cv3 = cov_smooth(a, cv_scale=0.3, eps=0.0, return_cov=True)
     assert cv1.item() == pytest.approx(0.2 / 0.4, rel=1e-6)  # std .2, mean .4
     assert cv3.item() == pytest.approx(0.3 * 0.5, rel=1e-6)
-    _, cve = cov_smooth(a, scale=1.0, eps=0.1, return_cov=True)
+    _, cve = cov_smooth(a, cv_scale=1.0, eps=0.1, return_cov=True)
     assert cve.item() == pytest.approx(0.2 / 0.5, rel=1e-6)
 
 
@@ -97,9 +97,9 @@ def test_cov_scale_invariance(seed, c):
     """CoV is scale invariant: cv(c·A; c·t) = cv(A; t), hence out(c·A; c·t) = c^(1-cv) · out(A; t)."""
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(2, 6, 6, generator=g, dtype=torch.float64) ** 2
-    out1, cv1 = cov_smooth(a, thresh=0.05, return_cov=True)
-    out2, cv2 = cov_smooth(a * c, thresh=0.05 * c, eps=0.0, return_cov=True)
-    _, cv1e = cov_smooth(a, thresh=0.05, eps=0.0, return_cov=True)
+    out1, cv1 = cov_smooth(a, fg_threshold=0.05, return_cov=True)
+    out2, cv2 = cov_smooth(a * c, fg_threshold=0.05 * c, eps=0.0, return_cov=True)
+    _, cv1e = cov_smooth(a, fg_threshold=0.05, eps=0.0, return_cov=True)
     torch.testing.assert_close(cv2, cv1e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out2, (c ** (1 - cv2))[:, None, None] * cov_smooth(a, eps=0.0), rtol=1e-4, atol=1e-6)
     assert torch.isfinite(out1).all() and torch.isfinite(cv1).all()
@@ -122,10 +122,10 @@ def test_cov_raises_kept_activations(seed):
 def test_cov_min_exponent_guard():
     """Release: no clamp, so a huge scale gives a negative exponent and 0 -> inf; min_exponent floors it."""
     a = torch.tensor([[0.0, 0.1], [0.1, 1.0]])
-    out, cv = cov_smooth(a, scale=5.0, return_cov=True)
+    out, cv = cov_smooth(a, cv_scale=5.0, return_cov=True)
     assert 1 - cv.item() < 0
     assert torch.isinf(out[0, 0])  # 0 ** negative, exactly what the release would compute
-    guarded, _ = cov_smooth(a, scale=5.0, min_exponent=0.1, return_cov=True)
+    guarded, _ = cov_smooth(a, cv_scale=5.0, min_exponent=0.1, return_cov=True)
     assert torch.isfinite(guarded).all()
     torch.testing.assert_close(guarded, a ** 0.1)
 
@@ -140,9 +140,9 @@ def test_cov_dtypes_follow_input():
 
 def test_cov_module_matches_function():
     a = torch.rand(2, 3, 4, 4)
-    m = CoVSmooth(thresh=0.1, scale=0.5)
-    torch.testing.assert_close(m(a), cov_smooth(a, thresh=0.1, scale=0.5))
-    assert "thresh=0.1" in repr(m)
+    m = CoVSmooth(fg_threshold=0.1, cv_scale=0.5)
+    torch.testing.assert_close(m(a), cov_smooth(a, fg_threshold=0.1, cv_scale=0.5))
+    assert "fg_threshold=0.1" in repr(m)
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.5])
@@ -158,7 +158,7 @@ def test_cov_tolerates_tiny_negative_values_and_rejects_bad_args():
     a[0, 0, 0, 0] = -1e-5  # PMM's min-max step produces these
     assert cov_smooth(a)[0, 0, 0, 0] == 0
     with pytest.raises(ValueError, match="scale"):
-        cov_smooth(a, scale=-1.0)
+        cov_smooth(a, cv_scale=-1.0)
     with pytest.raises(TypeError, match="floating"):
         cov_smooth(torch.ones(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="NaN"):
@@ -334,13 +334,17 @@ def test_ppmg_bad_inputs():
         proportional_pseudo_mask(cams, labels, foreground="otsu")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="B×C×H×W"):
         proportional_pseudo_mask(cams[0], labels, foreground="threshold")
-    with pytest.raises(ValueError, match="crf_params is missing"):
-        proportional_pseudo_mask(cams, labels, image, crf_params={"iterations": 3})
+    with pytest.raises(ValueError, match="unknown CRF preset"):
+        proportional_pseudo_mask(cams, labels, image, crf="pmm")
+    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF or a preset name"):
+        proportional_pseudo_mask(cams, labels, image, crf={"iterations": 3})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="image01 must be float RGB in"):
+        proportional_pseudo_mask(cams, labels, (image * 255).round().to(torch.uint8))
     with pytest.raises(ValueError, match="foreground callable"):
         proportional_pseudo_mask(cams, labels, foreground=lambda p, i: torch.ones(3))
 
 
-def test_ppmg_uint8_image_accepted_by_callable():
+def test_ppmg_callable_receives_uint8_images():
     cams, labels, image = _weak_small_next_to_strong_large()
     seen = {}
 
@@ -418,12 +422,12 @@ def test_ppmg_crf_small_object_and_zero_iterations():
     assert (mask[0, 6:9, 9:12] == 3).all()
     assert 2 not in mask.unique().tolist()
     # a CRF with zero mean-field iterations returns its initialisation: the threshold mode
-    zero = dict(PMM_BINARY_CRF, iterations=0)
+    zero = DenseCRF.pmm_binary(iterations=0)
     torch.manual_seed(0)
     cams2 = torch.rand(1, 3, 12, 12) ** 2
     lab2 = torch.ones(1, 3)
     img2 = torch.rand(1, 3, 12, 12)
-    assert torch.equal(proportional_pseudo_mask(cams2, lab2, img2, crf_params=zero),
+    assert torch.equal(proportional_pseudo_mask(cams2, lab2, img2, crf=zero),
                        proportional_pseudo_mask(cams2, lab2, foreground="threshold"))
 
 
@@ -438,15 +442,15 @@ def test_ppmg_cuda_threshold_matches_cpu():
 
 
 def test_crf_parameter_sets_match_the_library_presets():
-    crf = pytest.importorskip("wsss_blocks.crf")
-    if not hasattr(crf, "PRESETS"):
-        pytest.skip("wsss_blocks.crf has no PRESETS")
-    from wsss_blocks.pseudo_mask import PMM_CYCLIC_CRF
+    from wsss_blocks.crf import PRESETS
+    from wsss_blocks.pseudo_mask import CYCLIC_CRF, PPMG_CRF
 
-    binary = {k: v for k, v in crf.PRESETS["pmm-binary"].items() if k in PMM_BINARY_CRF}
-    assert binary == PMM_BINARY_CRF == {"iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0,
-                                        "bi_xy": 80.0, "bi_rgb": 13.0}
-    assert {k: v for k, v in crf.PRESETS["deeplab"].items() if k in PMM_CYCLIC_CRF} == PMM_CYCLIC_CRF
+    keys = ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")
+    assert PPMG_CRF == "pmm-binary" and PRESETS[PPMG_CRF]["sum_to_one"] == "ignore"  # used as given
+    assert {k: PRESETS[PPMG_CRF][k] for k in keys} == {"iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0,
+                                                      "bi_xy": 80.0, "bi_rgb": 13.0}
+    assert CYCLIC_CRF == "deeplab" and {k: PRESETS[CYCLIC_CRF][k] for k in keys} == {
+        "iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0}
 
 
 @pytest.mark.crf
@@ -459,8 +463,26 @@ def test_ppmg_library_crf_backends_agree_with_direct_pydensecrf():
     g = torch.Generator().manual_seed(5)
     image = (image + 0.05 * torch.rand(image.shape, generator=g)).clamp(0, 1)
     cams = (cams * (0.8 + 0.2 * torch.rand(cams.shape, generator=g))).clamp(0, 1)
-    direct = proportional_pseudo_mask(cams, labels, image, crf_params=dict(PMM_BINARY_CRF, backend="pydensecrf-direct"))
-    lib = proportional_pseudo_mask(cams, labels, image, crf_params=dict(PMM_BINARY_CRF, backend="pydensecrf"))
+    direct = proportional_pseudo_mask(cams, labels, image, foreground=_direct_pydensecrf_foreground)
+    lib = proportional_pseudo_mask(cams, labels, image, crf=DenseCRF.pmm_binary(backend="pydensecrf"))
     assert torch.equal(direct, lib)
-    torch_be = proportional_pseudo_mask(cams, labels, image, crf_params=dict(PMM_BINARY_CRF, backend="torch"))
+    torch_be = proportional_pseudo_mask(cams, labels, image, crf=DenseCRF.pmm_binary(backend="torch"))
     assert (torch_be == direct).float().mean() >= 0.98
+
+
+def _direct_pydensecrf_foreground(probs, image_u8):
+    """The released per-class CRF called directly (``Eli-YiLi/PMM`` ``pipline/refine_cam.py`` ``crf_inference``):
+    one pydensecrf ``DenseCRF2D`` per N×2×H×W ``[B_c, Ã_c]`` stack, foreground posterior out."""
+    import pydensecrf.densecrf as dcrf
+
+    n, k, h, w = probs.shape
+    imgs = image_u8.permute(0, 2, 3, 1).contiguous().numpy()
+    p = probs.float().numpy()
+    out = np.empty((n, h, w), dtype=np.float32)
+    for i in range(n):
+        d = dcrf.DenseCRF2D(w, h, k)
+        d.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(p[i], 1e-5, 1.0)).reshape(k, -1), dtype=np.float32))
+        d.addPairwiseGaussian(sxy=3.0, compat=10.0)
+        d.addPairwiseBilateral(sxy=80.0, srgb=13.0, rgbim=np.ascontiguousarray(imgs[i]), compat=10.0)
+        out[i] = np.asarray(d.inference(10), dtype=np.float32).reshape(k, h, w)[1]
+    return torch.from_numpy(out)

@@ -25,7 +25,7 @@ from wsss_blocks.refine import (
     PixelAdaptiveRefine,
     VariationAwareRefine,
     pixel_adaptive_refine,
-    reliable_pseudo_labels,
+    reliable_pseudo_mask,
     variation_aware_refine,
 )
 
@@ -285,7 +285,7 @@ def test_gradients_flow_into_maps():
 
 def test_module_reprs_and_engine_sharing():
     par, varm = PixelAdaptiveRefine(), VariationAwareRefine()
-    assert "w1=0.3" in repr(par) and "appearance_scale=4.0" in repr(varm)
+    assert "appearance_temperature=0.3" in repr(par) and "appearance_scale=4.0" in repr(varm)
     assert par.num_neighbours == varm.num_neighbours == 48
     x = _rand(1, 2, 6, 6)
     assert par.neighbours(x).shape == (1, 2, 48, 6, 6)
@@ -321,8 +321,8 @@ def test_bad_input_raises_clear_errors():
         PixelAdaptiveRefine()(img, maps[0])
     with pytest.raises(ValueError, match="maps contains non-finite values"):
         PixelAdaptiveRefine()(img, maps / 0)
-    with pytest.raises(ValueError, match="w1 must be > 0"):
-        PixelAdaptiveRefine(w1=0.0)
+    with pytest.raises(ValueError, match="appearance_temperature must be > 0"):
+        PixelAdaptiveRefine(appearance_temperature=0.0)
     with pytest.raises(ValueError, match="affinity must have shape"):
         propagate(maps, torch.rand(2, 8, 8, 8), DEFAULT_DILATIONS)
     with pytest.raises(ValueError, match="exactly one of appearance_temperature and appearance_scale"):
@@ -360,10 +360,11 @@ def test_reliable_labels_equal_released_per_image_loop():
     labels = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0], [1, 1, 0, 0, 1, 1]], dtype=torch.float32)
     box = torch.tensor([[0, 32, 0, 36], [2, 30, 4, 36], [0, 20, 0, 10]])  # released img_box: (r0, r1, c0, c1)
     boxes = box[:, [2, 0, 3, 1]]  # the library's (x1, y1, x2, y2)
-    ours = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, boxes)
+    ours = reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels, boxes)
     ref = _released_reliable_labels(img, cams, labels, box, 0.55, 0.35, baseline.baseline_varm)
     assert torch.equal(ours, ref)
-    ours_par = reliable_pseudo_labels(PixelAdaptiveRefine(), img, cams, labels, boxes, tau_high=0.7, tau_low=0.25)
+    ours_par = reliable_pseudo_mask(PixelAdaptiveRefine(), img, cams, labels, boxes, high_threshold=0.7,
+                                    low_threshold=0.25)
     ref_par = _released_reliable_labels(img, cams, labels, box, 0.7, 0.25, baseline.baseline_par)
     assert torch.equal(ours_par, ref_par)
 
@@ -375,11 +376,11 @@ def test_reliable_labels_ignore_band_between_thresholds():
     img[:, 1, :, 12:24] = 1.0
     img[:, 2, :, 24:] = 1.0
     cams = torch.zeros(1, 4, h, w)
-    cams[:, 2, :, :12] = 0.9  # above tau_high: foreground class 2 -> label 3
+    cams[:, 2, :, :12] = 0.9  # above high_threshold: foreground class 2 -> label 3
     cams[:, 2, :, 12:24] = 0.45  # between the thresholds: ignore
-    cams[:, 2, :, 24:] = 0.1  # below tau_low: background
+    cams[:, 2, :, 24:] = 0.1  # below low_threshold: background
     labels = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
-    y = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels)
+    y = reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels)
     interior = slice(3, 9), slice(15, 21), slice(27, 33)
     assert bool((y[0, :, interior[0]] == 3).all())
     assert bool((y[0, :, interior[1]] == 255).all())
@@ -394,7 +395,7 @@ def test_reliable_labels_never_assign_absent_classes(seed, present):
     labels = torch.tensor([present], dtype=torch.float32)
     cams = torch.rand(1, 5, 16, 16, generator=g) * 0.3
     cams[:, ~labels[0].bool()] = 1.0  # absent classes have the strongest CAMs everywhere
-    y = reliable_pseudo_labels(PixelAdaptiveRefine(num_iter=3), img, cams, labels)
+    y = reliable_pseudo_mask(PixelAdaptiveRefine(num_iter=3), img, cams, labels)
     allowed = {0, 255} | {c + 1 for c in range(5) if present[c]}
     assert set(y.unique().tolist()) <= allowed
     if not any(present):
@@ -405,15 +406,15 @@ def test_reliable_labels_box_and_bad_input():
     img, cams = _rand(2, 3, 16, 16), _rand(2, 4, 16, 16, seed=1)
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
     box = torch.tensor([[0, 0, 16, 8], [2, 4, 10, 16]])  # (x1, y1, x2, y2)
-    y = reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, box)
+    y = reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels, box)
     assert bool((y[0, 8:] == 255).all()) and bool((y[1, :4] == 255).all()) and bool((y[1, :, 10:] == 255).all())
     with pytest.raises(ValueError, match="labels has batch size 1, expected 2"):
-        reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels[:1])
-    with pytest.raises(ValueError, match="tau_low must be <= tau_high"):
-        reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, tau_high=0.3, tau_low=0.5)
+        reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels[:1])
+    with pytest.raises(ValueError, match="low_threshold must be <= high_threshold"):
+        reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels, high_threshold=0.3, low_threshold=0.5)
     with pytest.raises(ValueError, match="boxes must have shape B×4"):
-        reliable_pseudo_labels(VariationAwareRefine(), img, cams, labels, box[:1])
+        reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels, box[:1])
     with pytest.raises(TypeError, match="refiner must be a DilatedNeighbourRefine"):
-        reliable_pseudo_labels(torch.nn.Identity(), img, cams, labels)  # type: ignore[arg-type]
+        reliable_pseudo_mask(torch.nn.Identity(), img, cams, labels)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"image01 must lie in \[0.0, 1.0\]"):
-        reliable_pseudo_labels(VariationAwareRefine(), img * 255, cams, labels)
+        reliable_pseudo_mask(VariationAwareRefine(), img * 255, cams, labels)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from wsss_blocks.cam import cam_from_features, multiscale_cams, normalize_cams
 from wsss_blocks.data import VOCSegmentation, make_synthetic_voc
 from wsss_blocks.data.transforms import rgb_to_hsv
-from wsss_blocks.metrics import sweep_bg_threshold
+from wsss_blocks.metrics import sweep_bg_score
 
 IMAGE_SIZE = 64
 NUM_TRAIN = 240
@@ -96,10 +96,10 @@ def _run(tmp_path):
         acc = float(((net(x_all) > 0).float() == labels).float().mean())
         cams = torch.cat([normalize_cams(multiscale_cams(net.cams, x_all[i:i + 40], scales=(1.0, 0.5, 1.5)))
                           for i in range(0, len(x_all), 40)])  # IRN-style: summed over scales and flips
-    result = sweep_bg_threshold((cams, labels, masks), num_classes=21)
-    baseline = sweep_bg_threshold((torch.zeros_like(cams), labels, masks), num_classes=21, thresholds=(0.5,))
+    result = sweep_bg_score((cams, labels, masks), num_classes=21)
+    baseline = sweep_bg_score((torch.zeros_like(cams), labels, masks), num_classes=21, bg_scores=(0.5,))
     print(f"\ntrain label accuracy {acc:.3f}; CAM mIoU best {100 * result.best_miou:.1f}% "
-          f"at bg {result.best_threshold:.2f}; all-background {100 * baseline.best_miou:.1f}%")
+          f"at bg {result.best_bg_score:.2f}; all-background {100 * baseline.best_miou:.1f}%")
 
     assert acc > 0.9  # the classifier learned the image labels
     assert 0.08 < baseline.best_miou < 0.16  # all-background: bg IoU ~0.8 spread over 7 classes
@@ -107,7 +107,7 @@ def _run(tmp_path):
     assert result.best_miou < 0.70  # well below 100 %: CAMs alone do not segment the objects
 
     # the reason: CAMs cover the class-specific heads and miss much of the generic bodies
-    pred_fg = cams.max(1).values > result.best_threshold
+    pred_fg = cams.max(1).values > result.best_bg_score
     fg = masks > 0
     head = (rgb_to_hsv(images)[:, 1] > 0.6) & fg
     body = fg & ~head

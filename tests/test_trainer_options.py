@@ -259,7 +259,7 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
     train = open_split(cfg, "train_aug", return_mask=False)
     cyc = seg / "cyclic_masks_r1"
     assert sorted(p.stem for p in cyc.glob("*.png")) == sorted(train.names)
-    cp = CyclicPseudoMask(scales=(1.0, 0.5), flip=True, img_scale=None, slide=None, crf=False,
+    cp = CyclicPseudoMask(scales=(1.0, 0.5), flip=True, img_scale=None, slide=None, crf=None,
                           preprocess=lambda x: normalize_images(x, "imagenet"))
     env_model.eval()
     for i in (0, 5):

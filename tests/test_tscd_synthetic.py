@@ -73,7 +73,8 @@ def test_synthetic_preset_keeps_the_released_method_behaviour():
     # the released recipe (spec_scd.md §1-§3) is untouched
     assert (c.cls_weight, c.seg_weight, c.aff_weight, c.reg_weight, c.scd_weight, c.er_weight) == (
         1.0, 0.1, 0.1, 0.01, 0.1, 0.1)
-    assert (c.tau_high, c.tau_low, c.refiner, c.pooling, c.attn_symmetric) == (0.55, 0.35, "varm", "gmp", False)
+    assert (c.high_threshold, c.low_threshold, c.refiner, c.pooling, c.attn_symmetric) == (0.55, 0.35, "varm", "gmp",
+                                                                                           False)
     assert (syn.cam.optimizer, syn.cam.poly_power, syn.cam.scale_range, syn.pseudo.bg_score) == (
         "adamw", 1.0, (0.5, 2.0), 0.45)
     # the classification-only warm-up keeps the release's share of the schedule (2000 of 20000)
@@ -95,7 +96,7 @@ def test_synthetic_preset_network_has_a_stride2_16_channel_stem(quick):
         assert tuple(m.cam_fn(x).shape) == (2, 20, s // 8, s // 8)  # 12×12 CAMs on the 96-px crops
         assert tuple(m.seg_fn(x).shape) == (2, 21, s // 2, s // 2)  # the decoder works at the first stage's stride
         # the SCD view (x0.3) of the smallest training-time CAM scale passes the encoder's size check
-        small = int(int(s * cfg.method_config().scd_view_scale) * min(cfg.method_config().cam_scales))
+        small = int(int(s * cfg.method_config().scd_view_scale_factor) * min(cfg.method_config().cam_scales))
         assert m.cam_fn(torch.rand(1, 3, small, small)).shape[-1] >= 1
 
 

@@ -36,7 +36,7 @@ from .local_global import (
     l2g_transfer,
 )
 from .losses import PretendedUnderFittingLoss, pretended_underfitting_loss
-from .metrics import SegmentationMetric, ThresholdSweep, confusion_matrix, sweep_bg_threshold
+from .metrics import BgScoreSweep, SegmentationMetric, confusion_matrix, sweep_bg_score
 from .multi_crop import (
     MultiCropCAM,
     multi_crop_boxes,
@@ -53,7 +53,7 @@ from .multiscale_fusion import (
     multiscale_attention_fusion,
     reactivate,
     smaf_loss,
-    smaf_pseudo_labels,
+    smaf_pseudo_mask,
     smaf_target,
 )
 from .ops import roi_align
@@ -73,7 +73,7 @@ from .pseudo_mask import (
     proportional_pseudo_mask,
 )
 from .puzzle_cam import puzzle_reconstruction_loss, tile_images
-from .refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
+from .refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask
 
 __version__ = "0.1.0.dev0"
 
@@ -90,8 +90,8 @@ __all__ = [
     # metrics
     "confusion_matrix",
     "SegmentationMetric",
-    "ThresholdSweep",
-    "sweep_bg_threshold",
+    "BgScoreSweep",
+    "sweep_bg_score",
     # dense CRF
     "DenseCRF",
     "dense_crf",
@@ -134,14 +134,14 @@ __all__ = [
     "smaf_target",
     "smaf_loss",
     "SMAFLoss",
-    "smaf_pseudo_labels",
+    "smaf_pseudo_mask",
     # SCD / TSCD / AFA
     "SelfCorrespondenceDistillation",
     "scd_weight",
     "AffinityFromAttentionLoss",
     "PixelAdaptiveRefine",
     "VariationAwareRefine",
-    "reliable_pseudo_labels",
+    "reliable_pseudo_mask",
     # IRN
     "irn_multiscale_cams",
     "confident_seed_mask",

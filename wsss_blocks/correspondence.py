@@ -30,7 +30,7 @@ __all__ = [
     "SelfCorrespondenceDistillation",
     "equivariant_regularization",
     "radius_mask",
-    "affinity_labels",
+    "attention_affinity_targets",
     "affinity_from_attention_loss",
     "AffinityFromAttentionLoss",
 ]
@@ -347,77 +347,78 @@ def radius_mask(h: int, w: int, radius: int = 8, device: torch.device | str | No
     return ((r[:, None] - r[None, :]).abs() <= radius) & ((c[:, None] - c[None, :]).abs() <= radius)
 
 
-def affinity_labels(pseudo_label: Tensor, radius: int = 8, stride: int = 16, ignore_index: int = 255) -> Tensor:
-    """Pairwise affinity targets from a pseudo label (AFA/TSCD ``cams_to_refine_label``).
+def attention_affinity_targets(pseudo_mask: Tensor, radius: int = 8, stride: int = 16,
+                               ignore_index: int = 255) -> Tensor:
+    """Pairwise affinity targets from a pseudo mask (AFA/TSCD ``cams_to_refine_label``).
 
-    The label is downsampled by nearest interpolation to (H // stride, W // stride); a pair is 1 if both labels
+    The mask is downsampled by nearest interpolation to (H // stride, W // stride); a pair is 1 if both labels
     are equal (background-background pairs count as positive, self-pairs included), 0 otherwise, and
     ``ignore_index`` outside the radius window or if either pixel is ignored.
 
     Shape:
-        - pseudo_label: B×H×W integer
+        - pseudo_mask: B×H×W integer
         - output: B×n×n int64, n = (H // stride)·(W // stride)
 
     Examples:
         >>> y = torch.tensor([[[0, 0, 1, 1]] * 2])  # 2×4, stride 1
-        >>> affinity_labels(y, radius=1, stride=1)[0, 0].tolist()
+        >>> attention_affinity_targets(y, radius=1, stride=1)[0, 0].tolist()
         [1, 1, 255, 255, 1, 1, 255, 255]
     """
-    check_tensor(pseudo_label, "pseudo_label", 3, layout="B×H×W")
-    if pseudo_label.is_floating_point() or pseudo_label.dtype == torch.bool:
-        raise TypeError(f"pseudo_label must be an integer tensor, got dtype {pseudo_label.dtype}")
+    check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
+    if pseudo_mask.is_floating_point() or pseudo_mask.dtype == torch.bool:
+        raise TypeError(f"pseudo_mask must be an integer tensor, got dtype {pseudo_mask.dtype}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
-    b, h, w = pseudo_label.shape
+    b, h, w = pseudo_mask.shape
     hs, ws = h // stride, w // stride
     if hs < 1 or ws < 1:
-        raise ValueError(f"pseudo_label of size {h}×{w} is smaller than stride {stride}")
-    small = F.interpolate(pseudo_label[:, None].float(), size=(hs, ws), mode="nearest").view(b, -1).long()
+        raise ValueError(f"pseudo_mask of size {h}×{w} is smaller than stride {stride}")
+    small = F.interpolate(pseudo_mask[:, None].float(), size=(hs, ws), mode="nearest").view(b, -1).long()
     same = small[:, :, None] == small[:, None, :]
     out = same.long()
     ignored = (small == ignore_index)
-    bad = ~radius_mask(hs, ws, radius, device=pseudo_label.device)[None] | ignored[:, :, None] | ignored[:, None, :]
+    bad = ~radius_mask(hs, ws, radius, device=pseudo_mask.device)[None] | ignored[:, :, None] | ignored[:, None, :]
     return out.masked_fill_(bad, ignore_index)
 
 
-def affinity_from_attention_loss(aff_pred: Tensor, pseudo_label: Tensor, radius: int = 8, stride: int = 16,
+def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int = 8, stride: int = 16,
                                  ignore_index: int = 255) -> Tensor:
     """AFA/TSCD affinity loss: ``0.5·sum_pos(1 - A)/(N+ + 1) + 0.5·sum_neg A/(N- + 1)`` (counts over the batch).
 
-    An L1 loss on the sigmoid affinity (not BCE), with the targets of :func:`affinity_labels` (released
+    An L1 loss on the sigmoid affinity (not BCE), with the targets of :func:`attention_affinity_targets` (released
     ``get_aux_loss`` with ``cams_to_refine_label`` and ``get_mask_by_radius``; spec §3.4). Gradients flow into
     ``aff_pred`` only.
 
     Args:
         aff_pred: predicted affinity in [0, 1] (sigmoid of the projected attention).
-        pseudo_label: refined pseudo labels at crop resolution (255 = ignore).
+        pseudo_mask: refined pseudo mask at crop resolution (255 = ignore).
         radius: Chebyshev radius of the pair window on the /stride grid (released 8).
         stride: downsampling of the label to the token grid (released 16).
         ignore_index: ignored label value.
 
     Shape:
         - aff_pred: B×n×n with n = (H // stride)·(W // stride)
-        - pseudo_label: B×H×W integer
+        - pseudo_mask: B×H×W integer
         - output: scalar
 
     Examples:
         >>> y = torch.zeros(1, 64, 64, dtype=torch.long); y[:, :, 32:] = 1
-        >>> perfect = affinity_labels(y).clamp(max=1).float()  # 4×4 grid, n = 16
+        >>> perfect = attention_affinity_targets(y).clamp(max=1).float()  # 4×4 grid, n = 16
         >>> float(affinity_from_attention_loss(perfect, y))
         0.0
     """
     check_tensor(aff_pred, "aff_pred", 3, layout="B×n×n", floating=True)
     check_range(aff_pred.detach(), "aff_pred", 0.0, 1.0, hint="pass the sigmoid of the attention projection")
-    check_tensor(pseudo_label, "pseudo_label", 3, layout="B×H×W")
-    check_same_batch(aff_pred, "aff_pred", pseudo_label, "pseudo_label")
+    check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
+    check_same_batch(aff_pred, "aff_pred", pseudo_mask, "pseudo_mask")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
-    h, w = pseudo_label.shape[-2:]
+    h, w = pseudo_mask.shape[-2:]
     n = (h // stride) * (w // stride)
     if aff_pred.shape[1:] != (n, n):
         raise ValueError(f"aff_pred must have shape B×n×n with n = ({h}//{stride})·({w}//{stride}) = {n} for "
-                         f"pseudo_label {shape_str(pseudo_label)}, got {shape_str(aff_pred)}")
-    target = affinity_labels(pseudo_label, radius, stride, ignore_index)
+                         f"pseudo_mask {shape_str(pseudo_mask)}, got {shape_str(aff_pred)}")
+    target = attention_affinity_targets(pseudo_mask, radius, stride, ignore_index)
     pos = (target == 1).to(aff_pred.dtype)
     neg = (target == 0).to(aff_pred.dtype)
     pos_loss = (pos * (1 - aff_pred)).sum() / (pos.sum() + 1)
@@ -429,7 +430,7 @@ class AffinityFromAttentionLoss(nn.Module):
     """Affinity-from-attention loss of AFA (Ru et al., CVPR 2022), TSCD's ``aux_loss``.
 
     Pulls the predicted pairwise affinity to 1 on same-label pairs and to 0 on different-label pairs of the
-    pseudo label downsampled (nearest) to the token grid, within a Chebyshev radius; see
+    pseudo mask downsampled (nearest) to the token grid, within a Chebyshev radius; see
     :func:`affinity_from_attention_loss`.
 
     Args:
@@ -439,7 +440,7 @@ class AffinityFromAttentionLoss(nn.Module):
 
     Shape:
         - aff_pred: B×n×n in [0, 1], n = (H // stride)·(W // stride)
-        - pseudo_label: B×H×W integer
+        - pseudo_mask: B×H×W integer
         - output: scalar
 
     Examples:
@@ -459,8 +460,8 @@ class AffinityFromAttentionLoss(nn.Module):
         self.stride = stride
         self.ignore_index = ignore_index
 
-    def forward(self, aff_pred: Tensor, pseudo_label: Tensor) -> Tensor:
-        return affinity_from_attention_loss(aff_pred, pseudo_label, self.radius, self.stride, self.ignore_index)
+    def forward(self, aff_pred: Tensor, pseudo_mask: Tensor) -> Tensor:
+        return affinity_from_attention_loss(aff_pred, pseudo_mask, self.radius, self.stride, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}, stride={self.stride}, ignore_index={self.ignore_index}"

@@ -436,7 +436,7 @@ def confident_seed_mask(
         high_threshold: background score of the confident-foreground cut (``conf_fg_thres`` 0.30).
         low_threshold: background score of the confident-background cut (``conf_bg_thres`` 0.05).
         crf: ``True`` for the released label CRF, ``False`` to skip it, or a
-            [DenseCRF][wsss_blocks.crf.DenseCRF] whose ``from_labels`` is used instead.
+            [DenseCRF][wsss_blocks.crf.DenseCRF] whose ``from_mask`` is used instead.
         crf_backend: backend of the default CRF (``"auto"``, ``"pydensecrf"`` or ``"torch"``).
         ignore_index: the label of the unsure band (255).
 
@@ -468,7 +468,7 @@ def confident_seed_mask(
         crf_module = DenseCRF.preset("irn", backend=crf_backend)
     elif crf is False or crf is None:
         crf_module = None
-    elif isinstance(crf, nn.Module) and hasattr(crf, "from_labels"):
+    elif isinstance(crf, nn.Module) and hasattr(crf, "from_mask"):
         crf_module = crf
     else:
         raise TypeError(f"crf must be True, False or a DenseCRF, got {type(crf).__name__}")
@@ -493,8 +493,8 @@ def confident_seed_mask(
             lab = torch.cat([sel.new_full((1, H, W), t), sel]).argmax(0)
             if crf_module is not None:
                 assert image01 is not None
-                q = crf_module.from_labels(image01[b:b + 1], lab[None],  # type: ignore[operator]
-                                           num_classes=int(keys.numel()))
+                q = crf_module.from_mask(image01[b:b + 1], lab[None],  # type: ignore[operator]
+                                         num_classes=int(keys.numel()))
                 lab = q[0].argmax(0).to(cams.device)
             cuts.append(keys[lab])
         fg, bg = cuts

@@ -10,7 +10,7 @@ crop's box, a target built from the (detached) local CAMs. The pieces:
 
 - :class:`LocalPatchSampler` / :func:`sample_patch_boxes` / :func:`crop_local_patches`: the released crop
   boxes (four fixed corners plus random ones for VOC, all random for COCO, or a uniform grid) and the
-  crops, replicated labels and saliency crops, plus RoIAlign-format ``rois``.
+  crops, replicated labels, saliency crops and the boxes.
 - :class:`LocalToGlobalTransfer` / :func:`l2g_target` / :func:`l2g_loss` / :func:`l2g_transfer`: the
   transfer target (ReLU → per-map max-norm → absent-class zeroing → per-pixel keep-max → threshold →
   saliency shape transfer) and the loss ``λ · MSE(softmax(RoIAlign(global logits)), target)``.
@@ -39,7 +39,7 @@ from .ops import roi_align
 __all__ = [
     "sample_patch_boxes",
     "crop_local_patches",
-    "boxes_to_rois",
+    "boxes_to_roi_format",
     "LocalPatches",
     "LocalPatchSampler",
     "l2g_target",
@@ -76,14 +76,12 @@ class LocalPatches(TypedDict):
     - ``patches``: B·N×3×p×p crops (or ``resize_to``), image-major (patches of image 0 first).
     - ``patch_labels``: B·N×C, each image's label vector replicated N times.
     - ``patch_saliency``: B·N×1×p×p saliency crops, or ``None`` when no saliency was given.
-    - ``rois``: B·N×5 float ``(batch_index, x1, y1, x2, y2)`` in global-view pixels (RoIAlign format).
-    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)``.
+    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)`` in global-view pixels (what :func:`l2g_transfer` takes).
     """
 
     patches: Tensor
     patch_labels: Tensor
     patch_saliency: Tensor | None
-    rois: Tensor
     boxes: Tensor
 
 
@@ -172,7 +170,7 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
     return boxes.to(device) if device is not None else boxes
 
 
-def boxes_to_rois(boxes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+def boxes_to_roi_format(boxes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Flatten B×N×4 boxes to B·N×5 RoIAlign rows ``(batch_index, x1, y1, x2, y2)``.
 
     Shape:
@@ -181,8 +179,8 @@ def boxes_to_rois(boxes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
     Examples:
         >>> import torch
-        >>> from wsss_blocks.local_global import boxes_to_rois
-        >>> boxes_to_rois(torch.tensor([[[0, 0, 2, 2]], [[1, 1, 3, 3]]])).tolist()
+        >>> from wsss_blocks.local_global import boxes_to_roi_format
+        >>> boxes_to_roi_format(torch.tensor([[[0, 0, 2, 2]], [[1, 1, 3, 3]]])).tolist()
         [[0.0, 0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 1.0, 3.0, 3.0]]
     """
     check_tensor(boxes, "boxes", 3, layout="B×N×4")
@@ -208,7 +206,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
         labels: multi-hot image labels (no background entry).
         saliency: optional saliency maps in [0, 1].
         resize_to: optional side to bilinearly resize the crops to (experiments only; not released).
-            ``rois`` stay in global-view pixels.
+            ``boxes`` stay in global-view pixels.
         saliency_max_norm: per-image max-normalise the saliency before cropping (released behaviour).
 
     Shape:
@@ -270,10 +268,8 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
             patch_sal = F.interpolate(patch_sal, size=(resize_to, resize_to), mode="bilinear",
                                       align_corners=False)
     patch_labels = lab.to(images.device).repeat_interleave(N, dim=0)
-    rois_dtype = images.dtype if images.dtype == torch.float64 else torch.float32
-    boxes = boxes.to(images.device)
     return LocalPatches(patches=patches, patch_labels=patch_labels, patch_saliency=patch_sal,
-                        rois=boxes_to_rois(boxes, rois_dtype), boxes=boxes)
+                        boxes=boxes.to(images.device))
 
 
 def _check_global_saliency(saliency: Tensor | None, B: int, H: int, W: int) -> Tensor | None:
@@ -318,7 +314,7 @@ class LocalPatchSampler(nn.Module):
         - labels: B×C
         - saliency: B×1×H×W in [0, 1], optional
         - output: dict, see :class:`LocalPatches` (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
-          ``patch_saliency`` B·N×1×p×p or None, ``rois`` B·N×5, ``boxes`` B×N×4)
+          ``patch_saliency`` B·N×1×p×p or None, ``boxes`` B×N×4)
 
     Examples:
         >>> import torch
@@ -328,8 +324,8 @@ class LocalPatchSampler(nn.Module):
         >>> sampler = LocalPatchSampler(num_patches=6, patch_size=32, generator=g)
         >>> images, labels = torch.randn(2, 3, 48, 48), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
         >>> views = sampler(images, labels)
-        >>> views["patches"].shape, views["rois"].shape
-        (torch.Size([12, 3, 32, 32]), torch.Size([12, 5]))
+        >>> views["patches"].shape, views["boxes"].shape
+        (torch.Size([12, 3, 32, 32]), torch.Size([2, 6, 4]))
         >>> # the local network is trained with the usual multi-label loss on the replicated labels:
         >>> local_logits = torch.randn(12, 3, requires_grad=True)
         >>> loss_cls = F.multilabel_soft_margin_loss(local_logits, views["patch_labels"])
@@ -401,37 +397,43 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _check_rois(rois: object, num_rois: int, batch: int) -> Tensor:
-    rois = check_tensor(rois, "rois", 2, layout="R×5")
-    if rois.shape[1] != 5:
-        raise ValueError(f"rois must have shape R×5 (batch_index, x1, y1, x2, y2), got {shape_str(rois)}")
-    if rois.shape[0] != num_rois:
-        raise ValueError(f"rois has {rois.shape[0]} rows but local_cams has {num_rois} patches "
-                         f"(rois {shape_str(rois)}); each patch needs its box")
-    check_finite(rois, "rois")
-    if rois.shape[0]:
-        idx = rois[:, 0]
+def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype) -> Tensor:
+    """``boxes`` given as B×N×4 per-image boxes (B·N = R) or as R×5 RoIAlign rows; returns the R×5 rows."""
+    boxes = check_tensor(boxes, "boxes", (2, 3), layout="B×N×4 or R×5")
+    if boxes.ndim == 3:
+        if boxes.shape[2] != 4 or boxes.shape[0] * boxes.shape[1] != num_patches or boxes.shape[0] != batch:
+            raise ValueError(f"boxes must have shape B×N×4 = ({batch}, {num_patches // max(batch, 1)}, 4) for B = "
+                             f"{batch} images and {num_patches} patches in local_cams, got {shape_str(boxes)}")
+        return boxes_to_roi_format(boxes, dtype)
+    if boxes.shape[1] != 5:
+        raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got {shape_str(boxes)}")
+    if boxes.shape[0] != num_patches:
+        raise ValueError(f"boxes has {boxes.shape[0]} rows but local_cams has {num_patches} patches "
+                         f"(boxes {shape_str(boxes)}); each patch needs its box")
+    check_finite(boxes, "boxes")
+    if boxes.shape[0]:
+        idx = boxes[:, 0]
         if not bool((idx == idx.round()).all()) or float(idx.min()) < 0 or float(idx.max()) > batch - 1:
-            raise ValueError(f"rois[:, 0] must hold integer batch indices in [0, {batch - 1}] "
+            raise ValueError(f"boxes[:, 0] must hold integer batch indices in [0, {batch - 1}] "
                              f"(batch size {batch}), got values in "
                              f"[{float(idx.min()):g}, {float(idx.max()):g}]")
-    return rois
+    return boxes
 
 
-def _check_target_inputs(local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
                          patch_saliency: Tensor | None, bg_channel: str, stride: int,
                          num_classes: int | None) -> tuple[Tensor, Tensor, Tensor | None]:
     check_tensor(local_cams, "local_cams", 4, layout="B·N×K×h×w", floating=True)
     check_finite(local_cams, "local_cams")
-    lab = check_labels(image_labels, "image_labels", num_classes=num_classes)
+    lab = check_labels(labels, "labels", num_classes=num_classes)
     C = lab.shape[1]
     K = local_cams.shape[1]
     expect_k = C if bg_channel == "none" else C + 1
     if K != expect_k:
-        raise ValueError(f"local_cams has {K} channels but image_labels has {C} classes; with "
+        raise ValueError(f"local_cams has {K} channels but labels has {C} classes; with "
                          f"bg_channel={bg_channel!r} expected K = {expect_k} "
-                         f"(local_cams {shape_str(local_cams)}, image_labels {shape_str(lab)})")
-    rois = _check_rois(rois, local_cams.shape[0], lab.shape[0])
+                         f"(local_cams {shape_str(local_cams)}, labels {shape_str(lab)})")
+    rois = _check_boxes(boxes, local_cams.shape[0], lab.shape[0], _compute_dtype(local_cams))
     if patch_saliency is not None:
         check_tensor(patch_saliency, "patch_saliency", 4, layout="B·N×1×p×p", floating=True)
         R, _, h, w = local_cams.shape
@@ -482,18 +484,18 @@ def _resize_saliency(sal: Tensor, hw: tuple[int, int], mode: str) -> Tensor:
     return F.interpolate(sal, size=hw, mode="area")
 
 
-def l2g_target(local_cams: Tensor, rois: Tensor, image_labels: Tensor, patch_saliency: Tensor | None = None,
+def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency: Tensor | None = None,
                *, stride: int = 8, bg_channel: BgChannel = "last", keep_max: bool = True,
                fg_threshold: float = 0.001, bg_target: BgTarget = "binary",
                saliency_resize: SaliencyResize = "nearest", empty_saliency_fallback: bool = False,
                eps: float = 1e-8, num_classes: int | None = None) -> Tensor:
     """The L2G transfer target from local CAMs (spec §4 steps 1–5), detached.
 
-    For every patch n (image ``b = rois[n, 0]``) and channel k:
+    For every patch n (of image b) and channel k:
 
     1. ``T = max(F_local, 0)`` (stop-gradient);
     2. ``T[n,k] /= max_uv T[n,k] + eps`` (background channel included);
-    3. ``T[n,c] = 0`` for foreground classes c absent from ``image_labels[b]``;
+    3. ``T[n,c] = 0`` for foreground classes c absent from ``labels[b]``;
     4. ``keep_max``: keep only the per-pixel argmax channel over all K channels (ties go to the lowest
        channel index; the release uses an unstable sort, so its tie-breaking is unspecified);
     5. with saliency s (``patch_saliency`` resized to h×w, nearest by default = pixel ``(8u, 8v)``):
@@ -507,8 +509,10 @@ def l2g_target(local_cams: Tensor, rois: Tensor, image_labels: Tensor, patch_sal
 
     Args:
         local_cams: raw local-network maps (logits/CAMs; ReLU and normalisation are applied here).
-        rois: ``(batch_index, x1, y1, x2, y2)`` per patch; the batch index selects the image labels.
-        image_labels: multi-hot image labels without background.
+        boxes: the patch boxes, B×N×4 ``(x1, y1, x2, y2)`` per image (patches image-major, as
+            :class:`LocalPatchSampler` gives them), or R×5 rows ``(batch_index, x1, y1, x2, y2)`` (the
+            ``Tensor[K, 5]`` form of ``torchvision.ops.roi_align``); the image index selects the labels.
+        labels: multi-hot image labels without background.
         patch_saliency: optional saliency crops in [0, 1], at patch resolution (``stride·h``) or h×w.
         stride: output stride of the local network (used for the saliency size check).
         bg_channel: where the background channel is: ``"last"`` (official network), ``"first"`` or
@@ -519,12 +523,12 @@ def l2g_target(local_cams: Tensor, rois: Tensor, image_labels: Tensor, patch_sal
         saliency_resize: how saliency is resized to h×w: ``"nearest"`` (released), ``"bilinear"``, ``"area"``.
         empty_saliency_fallback: the paper's L_at fallback for patches with empty saliency.
         eps: added to the per-map maximum (1e-8 as released).
-        num_classes: optional C to check ``image_labels`` against.
+        num_classes: optional C to check ``labels`` against.
 
     Shape:
         - local_cams: R×K×h×w with R = B·N, K = C + 1 (or C with ``bg_channel="none"``)
-        - rois: R×5
-        - image_labels: B×C
+        - boxes: B×N×4 or R×5
+        - labels: B×C
         - patch_saliency: R×1×(stride·h)×(stride·w) or R×1×h×w, optional
         - output: R×K×h×w, detached, values in [0, 1], at most one non-zero channel per pixel (keep_max)
 
@@ -539,7 +543,7 @@ def l2g_target(local_cams: Tensor, rois: Tensor, image_labels: Tensor, patch_sal
     _check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
     _check_choice(bg_target, "bg_target", _BG_TARGETS)
     _check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
-    lab, rois, sal = _check_target_inputs(local_cams, rois, image_labels, patch_saliency, bg_channel, stride,
+    lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     return _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
                          saliency_resize, empty_saliency_fallback, eps)
@@ -570,7 +574,7 @@ def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | N
     return t
 
 
-def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None, *, stride: int = 8, weight: float = 10.0,
                  fg_threshold: float = 0.001, bg_channel: BgChannel = "last", keep_max: bool = True,
                  bg_target: BgTarget = "binary", saliency_resize: SaliencyResize = "nearest",
@@ -578,7 +582,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
                  eps: float = 1e-8, num_classes: int | None = None) -> L2GOutput:
     """L2G local-to-global transfer: loss, target and global probabilities (spec §4).
 
-    ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, rois))[n,k,u,v] − A[n,k,u,v])²``
+    ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, boxes))[n,k,u,v] − A[n,k,u,v])²``
     with ``A`` = :func:`l2g_target`. RoIAlign pools each patch's box out of the global map to the local
     map's size h×w with ``spatial_scale = 1/stride``; released: torchvision defaults
     (``sampling_ratio=-1``, one sample per bin for 320→40, ``aligned=False``, which samples the global map
@@ -595,8 +599,8 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
     Args:
         global_logits: global-network output maps (logits; softmax is applied here).
         local_cams: local-network output maps on the patches (raw).
-        rois: ``(batch_index, x1, y1, x2, y2)`` in global-view pixels, one per patch.
-        image_labels: multi-hot image labels (no background).
+        boxes: the patch boxes in global-view pixels, B×N×4 per image or R×5 rows (see :func:`l2g_target`).
+        labels: multi-hot image labels (no background).
         patch_saliency: optional saliency crops (enables the released shape-transfer target).
         stride: output stride of both networks (spatial scale 1/stride).
         weight: λ (VOC 10, COCO 30).
@@ -614,15 +618,15 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
     Shape:
         - global_logits: B×K×H'×W' (H' = H/stride)
         - local_cams: R×K×h×w, R = B·N
-        - rois: R×5; image_labels: B×C; patch_saliency: R×1×(stride·h)×(stride·w), optional
+        - boxes: B×N×4 or R×5; labels: B×C; patch_saliency: R×1×(stride·h)×(stride·w), optional
         - output: :class:`L2GOutput` (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
 
     Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import l2g_transfer
         >>> g = torch.zeros(1, 3, 4, 4, requires_grad=True)  # uniform softmax everywhere
-        >>> rois = torch.tensor([[0.0, 0.0, 0.0, 16.0, 16.0]])
-        >>> out = l2g_transfer(g, torch.ones(1, 3, 2, 2), rois, torch.tensor([[1.0, 1.0]]), keep_max=False)
+        >>> boxes = torch.tensor([[[0, 0, 16, 16]]])  # one image, one patch
+        >>> out = l2g_transfer(g, torch.ones(1, 3, 2, 2), boxes, torch.tensor([[1.0, 1.0]]), keep_max=False)
         >>> round(out.loss.item(), 4)  # 10 · mean((1/3 − 1)²)
         4.4444
     """
@@ -631,12 +635,12 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
     _check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    lab, rois, sal = _check_target_inputs(local_cams, rois, image_labels, patch_saliency, bg_channel, stride,
+    lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     check_tensor(global_logits, "global_logits", 4, layout="B×K×H'×W'", floating=True)
     check_finite(global_logits, "global_logits")
     if global_logits.shape[0] != lab.shape[0]:
-        raise ValueError(f"global_logits and image_labels must have the same batch size, got "
+        raise ValueError(f"global_logits and labels must have the same batch size, got "
                          f"{shape_str(global_logits)} and {shape_str(lab)}")
     if global_logits.shape[1] != local_cams.shape[1]:
         raise ValueError(f"global_logits has {global_logits.shape[1]} channels but local_cams has "
@@ -653,25 +657,25 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_
     return L2GOutput(loss=loss, target=target, global_probs=probs)
 
 
-def l2g_loss(global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+def l2g_loss(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
              patch_saliency: Tensor | None = None, **kwargs: Any) -> Tensor:
     """Scalar L2G transfer loss; same arguments as :func:`l2g_transfer` (which also returns the target).
 
     Shape:
-        - global_logits: B×K×H'×W'; local_cams: R×K×h×w; rois: R×5; image_labels: B×C
+        - global_logits: B×K×H'×W'; local_cams: R×K×h×w; boxes: B×N×4 or R×5; labels: B×C
         - output: scalar
 
     Examples:
         >>> import torch
         >>> from wsss_blocks.local_global import l2g_loss
         >>> g = torch.randn(1, 21, 56, 56, requires_grad=True)
-        >>> rois = torch.tensor([[0.0, 64.0, 0.0, 384.0, 320.0]])
+        >>> boxes = torch.tensor([[0.0, 64.0, 0.0, 384.0, 320.0]])  # R×5 rows work too
         >>> labels = torch.zeros(1, 20); labels[0, 3] = 1
-        >>> loss = l2g_loss(g, torch.randn(1, 21, 40, 40), rois, labels, torch.rand(1, 1, 320, 320))
+        >>> loss = l2g_loss(g, torch.randn(1, 21, 40, 40), boxes, labels, torch.rand(1, 1, 320, 320))
         >>> loss.backward(); g.grad.shape
         torch.Size([1, 21, 56, 56])
     """
-    return l2g_transfer(global_logits, local_cams, rois, image_labels, patch_saliency, **kwargs).loss
+    return l2g_transfer(global_logits, local_cams, boxes, labels, patch_saliency, **kwargs).loss
 
 
 class LocalToGlobalTransfer(nn.Module):
@@ -704,7 +708,7 @@ class LocalToGlobalTransfer(nn.Module):
     Shape:
         - global_logits: B×K×H'×W'
         - local_cams: B·N×K×h×w, K = C + 1 (C with ``bg_channel="none"``)
-        - rois: B·N×5; image_labels: B×C; patch_saliency: B·N×1×p×p (p = stride·h), optional
+        - boxes: B×N×4 (or B·N×5 rows); labels: B×C; patch_saliency: B·N×1×p×p (p = stride·h), optional
         - output: scalar loss (gradient only into ``global_logits``)
 
     Examples:
@@ -722,7 +726,7 @@ class LocalToGlobalTransfer(nn.Module):
         >>> views = sampler(images, labels, sal)
         >>> local_maps = local_net(views["patches"])  # 8×4×4×4
         >>> loss_cls = F.multilabel_soft_margin_loss(local_maps[:, :-1].mean((2, 3)), views["patch_labels"])
-        >>> loss_kt = l2g(global_net(images), local_maps, views["rois"], labels, views["patch_saliency"])
+        >>> loss_kt = l2g(global_net(images), local_maps, views["boxes"], labels, views["patch_saliency"])
         >>> (loss_cls + loss_kt).backward()
     """
 
@@ -768,21 +772,21 @@ class LocalToGlobalTransfer(nn.Module):
                 "empty_saliency_fallback": self.empty_saliency_fallback, "eps": self.eps,
                 "stride": self.stride, "num_classes": self.num_classes}
 
-    def build_target(self, local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+    def build_target(self, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                      patch_saliency: Tensor | None = None) -> Tensor:
         """Detached R×K×h×w target (spec §4 steps 1–5); see :func:`l2g_target`."""
-        return l2g_target(local_cams, rois, image_labels, patch_saliency, **self._kwargs())
+        return l2g_target(local_cams, boxes, labels, patch_saliency, **self._kwargs())
 
-    def transfer(self, global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+    def transfer(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None) -> L2GOutput:
         """Loss plus target and global probabilities; see :func:`l2g_transfer`."""
-        return l2g_transfer(global_logits, local_cams, rois, image_labels, patch_saliency,
+        return l2g_transfer(global_logits, local_cams, boxes, labels, patch_saliency,
                             weight=self.weight, roi_aligned=self.roi_aligned,
                             sampling_ratio=self.sampling_ratio, **self._kwargs())
 
-    def forward(self, global_logits: Tensor, local_cams: Tensor, rois: Tensor, image_labels: Tensor,
+    def forward(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                 patch_saliency: Tensor | None = None) -> Tensor:
-        return self.transfer(global_logits, local_cams, rois, image_labels, patch_saliency).loss
+        return self.transfer(global_logits, local_cams, boxes, labels, patch_saliency).loss
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, stride={self.stride}, weight={self.weight}, "

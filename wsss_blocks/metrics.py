@@ -1,4 +1,4 @@
-"""Segmentation metrics: confusion matrix, IoU / mIoU, accuracy and background-threshold sweeps.
+"""Segmentation metrics: confusion matrix, IoU / mIoU, accuracy and background-score sweeps.
 
 Policies (see the *Conventions* docs page):
 
@@ -25,16 +25,16 @@ __all__ = [
     "confusion_matrix",
     "scores_from_confusion",
     "SegmentationMetric",
-    "ThresholdSweep",
+    "BgScoreSweep",
     "SweepResult",
-    "sweep_bg_threshold",
-    "DEFAULT_BG_THRESHOLDS",
+    "sweep_bg_score",
+    "DEFAULT_BG_SCORES",
 ]
 
 PredIgnore = Literal["error", "drop", "background"]
 
 #: Background scores swept by default: 0.00, 0.05, ..., 0.95.
-DEFAULT_BG_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+DEFAULT_BG_SCORES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
 
 
 def _bad_value(x: Tensor, name: str, num_classes: int, ignore_index: int | None) -> ValueError:
@@ -235,20 +235,28 @@ class SegmentationMetric(nn.Module):
 
 @dataclass
 class SweepResult:
-    """Result of a background-threshold sweep."""
+    """Result of a background-score sweep (:func:`sweep_bg_score`, :class:`BgScoreSweep`).
 
-    thresholds: list[float]
+    Attributes:
+        bg_scores: the constant background scores tried, increasing.
+        miou: the mIoU at each score.
+        best_bg_score: the score with the highest mIoU (the first on ties).
+        best_miou: that mIoU.
+        confmats: T×K×K int64 confusion matrices, one per score.
+    """
+
+    bg_scores: list[float]
     miou: list[float]
-    best_threshold: float
+    best_bg_score: float
     best_miou: float
-    confmats: Tensor  # T×K×K int64
+    confmats: Tensor
 
     def table(self) -> str:
         """A printable two-column table with the best row marked."""
-        lines = ["bg_threshold  mIoU(%)"]
-        for t, m in zip(self.thresholds, self.miou):
-            mark = "  <- best" if t == self.best_threshold else ""
-            lines.append(f"{t:12.2f}  {100 * m:7.2f}{mark}")
+        lines = ["bg_score  mIoU(%)"]
+        for t, m in zip(self.bg_scores, self.miou):
+            mark = "  <- best" if t == self.best_bg_score else ""
+            lines.append(f"{t:8.2f}  {100 * m:7.2f}{mark}")
         return "\n".join(lines)
 
 
@@ -331,39 +339,39 @@ def _count_below(table: tuple[Tensor, Tensor, int], m: Tensor) -> Tensor:
     return j.view(m.shape)
 
 
-class ThresholdSweep(nn.Module):
+class BgScoreSweep(nn.Module):
     """Accumulates one confusion matrix per background score in a single pass over the data.
 
     For each pixel the largest present-class CAM value ``m`` and its class ``a`` are computed once; the
     prediction for background score ``t`` is ``a + 1`` if ``m > t`` and 0 otherwise (exactly
-    :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many thresholds lie below ``m``,
+    :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many scores lie below ``m``,
     so all T confusion matrices cost O(pixels + T·K²) instead of T passes, and every one is exact.
-    An update reads only the present classes' maps, finds the threshold bin with a table lookup on the
+    An update reads only the present classes' maps, finds the score bin with a table lookup on the
     value's float32 bit pattern, and counts with one int32 index and one ``bincount`` (a few ms for a
-    375×500 image with 21 classes on one CPU thread, whatever the number of thresholds).
+    375×500 image with 21 classes on one CPU thread, whatever the number of scores).
 
     Examples:
-        >>> sw = ThresholdSweep(num_classes=2, thresholds=(0.1, 0.5))
+        >>> sw = BgScoreSweep(num_classes=2, bg_scores=(0.1, 0.5))
         >>> cams = torch.tensor([[[[0.3, 0.9]]]])
         >>> sw.update(cams, torch.ones(1, 1), torch.tensor([[[0, 1]]]))
-        >>> sw.compute().best_threshold
+        >>> sw.compute().best_bg_score
         0.5
     """
 
     counts: Tensor
 
-    def __init__(self, num_classes: int, thresholds: Sequence[float] = DEFAULT_BG_THRESHOLDS,
+    def __init__(self, num_classes: int, bg_scores: Sequence[float] = DEFAULT_BG_SCORES,
                  ignore_index: int | None = 255, average: Literal["union", "gt"] = "union") -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-        if len(thresholds) == 0:
-            raise ValueError("thresholds must not be empty")
-        ts = [float(t) for t in thresholds]
+        if len(bg_scores) == 0:
+            raise ValueError("bg_scores must not be empty")
+        ts = [float(t) for t in bg_scores]
         if sorted(ts) != ts or len(set(ts)) != len(ts):
-            raise ValueError(f"thresholds must be strictly increasing, got {ts}")
+            raise ValueError(f"bg_scores must be strictly increasing, got {ts}")
         self.num_classes = num_classes
-        self.thresholds = ts
+        self.bg_scores = ts
         self.ignore_index = ignore_index
         self.average: Literal["union", "gt"] = average
         T, K = len(ts), num_classes
@@ -401,7 +409,7 @@ class ThresholdSweep(nn.Module):
         else:  # thresholds packed closer than the 16-bit buckets resolve: binary search
             t = self.get_buffer("_t").to(cams.device)
             j = torch.searchsorted(t, m.contiguous().flatten(), right=False).view_as(m)
-        K, T1 = self.num_classes, len(self.thresholds) + 1
+        K, T1 = self.num_classes, len(self.bg_scores) + 1
         # one index and one bincount; pixels whose GT is not a class (ignore) go to an extra row K, dropped
         n_bins = (K + 1) * C * T1
         itype = torch.int32 if n_bins < 2**31 else torch.int64
@@ -413,8 +421,8 @@ class ThresholdSweep(nn.Module):
         self.counts += binc.view(K, C, T1).to(self.counts.device)
 
     def confmats(self) -> Tensor:
-        """T×K×K confusion matrices, one per threshold."""
-        K, T = self.num_classes, len(self.thresholds)
+        """T×K×K confusion matrices, one per background score."""
+        K, T = self.num_classes, len(self.bg_scores)
         # a pixel is foreground for threshold i iff j > i: suffix sums over j
         suffix = self.counts.flip(-1).cumsum(-1).flip(-1)  # suffix[..., i] = sum_{j >= i}
         fg = suffix[:, :, 1:].permute(2, 0, 1)  # T×K×C: pixels predicted as class a+1
@@ -429,16 +437,16 @@ class ThresholdSweep(nn.Module):
         mious = [float(scores_from_confusion(cm, self.average)["miou"]) for cm in cms]
         finite = [m if m == m else -1.0 for m in mious]
         best = max(range(len(mious)), key=lambda i: finite[i])
-        return SweepResult(self.thresholds, mious, self.thresholds[best], mious[best], cms)
+        return SweepResult(self.bg_scores, mious, self.bg_scores[best], mious[best], cms)
 
     def reset(self) -> None:
         self.counts.zero_()
 
 
-def sweep_bg_threshold(
+def sweep_bg_score(
     data: Iterable[tuple[Tensor, Tensor | None, Tensor]] | tuple[Tensor, Tensor | None, Tensor],
     num_classes: int,
-    thresholds: Sequence[float] = DEFAULT_BG_THRESHOLDS,
+    bg_scores: Sequence[float] = DEFAULT_BG_SCORES,
     ignore_index: int | None = 255,
     average: Literal["union", "gt"] = "union",
 ) -> SweepResult:
@@ -449,18 +457,18 @@ def sweep_bg_threshold(
             triples (e.g. one per image, so CAMs of different sizes can be streamed). ``cams`` should be
             normalised to [0, 1] (:func:`wsss_blocks.cam.normalize_cams`).
         num_classes: number of classes including background (21 on VOC).
-        thresholds: background scores to try, strictly increasing.
+        bg_scores: constant background scores to try, strictly increasing.
 
     Shape:
         - cams: B×C×H×W with C = num_classes - 1; labels: B×C; target: B×H×W
 
     Examples:
         >>> cams = torch.tensor([[[[0.3, 0.9]]]])
-        >>> r = sweep_bg_threshold((cams, torch.ones(1, 1), torch.tensor([[[0, 1]]])), 2, (0.1, 0.5))
-        >>> r.best_threshold, r.best_miou
+        >>> r = sweep_bg_score((cams, torch.ones(1, 1), torch.tensor([[[0, 1]]])), 2, (0.1, 0.5))
+        >>> r.best_bg_score, r.best_miou
         (0.5, 1.0)
     """
-    sweep = ThresholdSweep(num_classes, thresholds, ignore_index, average)
+    sweep = BgScoreSweep(num_classes, bg_scores, ignore_index, average)
     if isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], Tensor):
         items: Iterable[tuple[Tensor, Tensor | None, Tensor]] = [data]  # type: ignore[list-item]
     else:

@@ -12,8 +12,8 @@ Supervised Semantic Segmentation" (arXiv 2305.05841, 2023; code bupt-ai-cz/SMAF)
 3. **Reactivation** (:func:`reactivate`): divide by the per-pixel maximum so the winning channel is 1.
 4. **Self-training** (:func:`smaf_loss`): 100 × MSE between the student's softmax and the target at 1/4 of
    the crop resolution, the student's logits upsampled bilinearly with ``align_corners=True``.
-5. **Pseudo masks** (:func:`smaf_pseudo_labels`): argmax over [0.2, A_0, …, A_{C-1}], optionally refined by
-   a dense CRF that starts from the hard labels (``unary_from_labels``, gt_prob 0.7).
+5. **Pseudo masks** (:func:`smaf_pseudo_mask`): argmax over [0.2, A_0, …, A_{C-1}], optionally refined by
+   a dense CRF that starts from the hard labels (pydensecrf ``unary_from_labels``, gt_prob 0.7).
 
 The multi-scale + flip loop is :func:`wsss_blocks.cam.multiscale_cams`; this module only supplies the
 per-pass activation (softmax / ReLU / none, background channel dropped, maps upsampled in the released
@@ -27,7 +27,7 @@ network keeps it).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from ._checks import (
 )
 from .cam import cams_to_mask, multiscale_cams
 
+if TYPE_CHECKING:
+    from .crf import DenseCRF
+
 __all__ = [
     "multiscale_attention_fusion",
     "MultiScaleAttentionFusion",
@@ -51,7 +54,7 @@ __all__ = [
     "smaf_target",
     "smaf_loss",
     "SMAFLoss",
-    "smaf_pseudo_labels",
+    "smaf_pseudo_mask",
 ]
 
 BgChannel = Literal["last", "first", "none"]
@@ -381,7 +384,7 @@ class MultiScaleAttentionFusion(nn.Module):
                 f"bg_channel={self.bg_channel!r}, reduce={self.reduce!r}, normalize={self.normalize!r}")
 
 
-def denoise(maps: Tensor, labels: Tensor, bg_value: float = 0.2) -> Tensor:
+def denoise(maps: Tensor, labels: Tensor, bg_score: float = 0.2) -> Tensor:
     """Class-aware denoising: zero absent classes and add a constant background score (SMAF).
 
     The released target (``adaptation_modelv2.py`` ``step``) discards the network's background and uses
@@ -390,12 +393,12 @@ def denoise(maps: Tensor, labels: Tensor, bg_value: float = 0.2) -> Tensor:
     Args:
         maps: fused foreground maps, normally from :func:`multiscale_attention_fusion`.
         labels: multi-hot image labels.
-        bg_value: the constant background score (released 0.2).
+        bg_score: the constant background score (released 0.2).
 
     Shape:
         - maps: B×C×H×W
         - labels: B×C
-        - output: B×(C+1)×H×W, channel 0 = ``bg_value``, channel c+1 = ``labels[:, c] · maps[:, c]``
+        - output: B×(C+1)×H×W, channel 0 = ``bg_score``, channel c+1 = ``labels[:, c] · maps[:, c]``
 
     Examples:
         >>> denoise(torch.tensor([[[[0.5]], [[0.9]]]]), torch.tensor([[1.0, 0.0]])).flatten().tolist()
@@ -403,7 +406,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_value: float = 0.2) -> Tensor:
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
     lf = check_labels(labels, "labels", batch=maps.shape[0], num_classes=maps.shape[1])
-    bg = maps.new_full((maps.shape[0], 1, *maps.shape[-2:]), float(bg_value))
+    bg = maps.new_full((maps.shape[0], 1, *maps.shape[-2:]), float(bg_score))
     return torch.cat([bg, maps * lf.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]], dim=1)
 
 
@@ -436,7 +439,7 @@ def reactivate(scores: Tensor, eps: float = 0.0) -> Tensor:
 def smaf_target(
     maps: Tensor,
     labels: Tensor,
-    bg_value: float = 0.2,
+    bg_score: float = 0.2,
     size: tuple[int, int] | None = None,
     scale_factor: float | None = None,
     align_corners: bool = True,
@@ -452,7 +455,7 @@ def smaf_target(
     Args:
         maps: fused foreground maps aligned with the student's input crop.
         labels: multi-hot image labels.
-        bg_value: constant background score (released 0.2).
+        bg_score: constant background score (released 0.2).
         size: optional output (H, W).
         scale_factor: optional scale factor instead of ``size`` (released 0.25).
         align_corners: bilinear resize mode (released True).
@@ -461,7 +464,7 @@ def smaf_target(
         - maps: B×C×H×W
         - labels: B×C
         - output: B×(C+1)×H'×W', channel 0 = background; per pixel the max is 1. Pixels where every
-          foreground value is below ``bg_value`` get background 1 and ``A_c / bg_value`` elsewhere.
+          foreground value is below ``bg_score`` get background 1 and ``A_c / bg_score`` elsewhere.
 
     Examples:
         >>> t = smaf_target(torch.full((1, 2, 8, 8), 0.1), torch.ones(1, 2), scale_factor=0.25)
@@ -481,7 +484,7 @@ def smaf_target(
         elif scale_factor is not None:
             check_positive(float(scale_factor), "scale_factor")
             m = F.interpolate(m, scale_factor=float(scale_factor), mode="bilinear", align_corners=align_corners)
-        return reactivate(denoise(m, labels, bg_value))
+        return reactivate(denoise(m, labels, bg_score))
 
 
 def smaf_loss(
@@ -571,70 +574,81 @@ def _hard_label_probs(masks: Tensor, num_labels: int, gt_prob: float = 0.7) -> T
     return torch.where(onehot, torch.tensor(gt_prob), torch.tensor(other)).to(device=masks.device)
 
 
-def smaf_pseudo_labels(
+def smaf_pseudo_mask(
     maps: Tensor,
     labels: Tensor,
-    bg_threshold: float = 0.2,
-    image: Tensor | None = None,
-    crf: object = False,
+    bg_score: float = 0.2,
+    image01: Tensor | None = None,
+    crf: DenseCRF | str | Callable[[Tensor, Tensor], Tensor] | None = None,
     gt_prob: float = 0.7,
+    *,
+    image_uint8: Tensor | None = None,
 ) -> Tensor:
-    """SMAF pseudo masks: constant background threshold, optionally refined by the released dense CRF.
+    """SMAF pseudo masks: constant background score, optionally refined by the released dense CRF.
 
     Released (``gen_pseudo_mask.py``): ``argmax([0.2, A_0, …, A_{C-1}])`` over the fused, max-normalised
     maps of the present classes (ties go to background), then a DenseCRF whose unary comes from these hard
-    labels (``unary_from_labels``, gt_prob 0.7, zero_unsure False, all C + 1 labels), Gaussian term sxy 3 /
-    compat 3, bilateral term sxy 50 / srgb 5 / compat 10 on the original RGB, 10 mean-field iterations,
-    and the argmax of Q (:meth:`wsss_blocks.crf.DenseCRF.smaf` + ``from_labels``).
+    labels (pydensecrf ``unary_from_labels``, gt_prob 0.7, zero_unsure False, all C + 1 labels), Gaussian term
+    sxy 3 / compat 3, bilateral term sxy 50 / srgb 5 / compat 10 on the original RGB, 10 mean-field iterations,
+    and the argmax of Q (``crf="smaf"``: :meth:`wsss_blocks.crf.DenseCRF.smaf` + ``from_mask``).
 
     Args:
         maps: fused foreground maps (:func:`multiscale_attention_fusion`), normally in [0, 1].
         labels: multi-hot image labels; absent classes never win.
-        bg_threshold: background score (released 0.2).
-        image: the RGB image for the CRF: B×3×H×W float in [0, 1] or B×H×W×3 uint8 (needed with ``crf``).
-        crf: ``False`` (no CRF); ``True`` (``wsss_blocks.crf.DenseCRF.smaf()``, pydensecrf backend when the
-            ``[crf]`` extra is installed, else the PyTorch one); a configured ``DenseCRF`` (anything with a
-            ``from_labels(image, labels, gt_prob=, num_classes=)`` method); or any callable
-            ``crf(image, probs) -> probs`` receiving the hard-label probabilities (label ``gt_prob``, the
+        bg_score: background score (released 0.2).
+        image01: the RGB image for the CRF, float in [0, 1] (or give ``image_uint8``); needed with ``crf``.
+        crf: ``None`` (no CRF); a :class:`wsss_blocks.crf.DenseCRF` (or a preset name such as ``"smaf"``, the
+            release) refining the hard labels with its ``from_mask``; or any callable
+            ``crf(image01, probs) -> probs`` receiving the hard-label probabilities (label ``gt_prob``, the
             other C labels ``(1 - gt_prob) / C`` each).
         gt_prob: confidence given to the hard labels in the CRF unary (released 0.7).
+        image_uint8: the image as loaded instead of ``image01``: B×H×W×3 uint8.
 
     Shape:
         - maps: B×C×H×W
         - labels: B×C
-        - image: B×3×H×W (float) or B×H×W×3 (uint8)
+        - image01: B×3×H×W; image_uint8: B×H×W×3
         - output: B×H×W int64, 0 = background, c + 1 = class c
 
     Examples:
         >>> maps = torch.tensor([[[[0.9, 0.1]], [[0.5, 0.3]]]])
-        >>> smaf_pseudo_labels(maps, torch.tensor([[1.0, 1.0]])).tolist()
+        >>> smaf_pseudo_mask(maps, torch.tensor([[1.0, 1.0]])).tolist()
         [[[1, 2]]]
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
-    hard = cams_to_mask(maps, labels, bg_score=bg_threshold)
-    if crf is False or crf is None:
+    hard = cams_to_mask(maps, labels, bg_score=bg_score)
+    if crf is None:
         return hard
-    if image is None:
-        raise ValueError("image is required when crf is set: pass the RGB batch (B×3×H×W float in [0, 1] or "
-                         "B×H×W×3 uint8)")
-    check_tensor(image, "image", 4, layout="B×3×H×W or B×H×W×3")
     B, _, H, W = maps.shape
-    if image.shape[0] != B or (tuple(image.shape[1:]) not in ((3, H, W), (H, W, 3))):
-        raise ValueError(f"image must have shape {(B, 3, H, W)} (float) or {(B, H, W, 3)} (uint8) to match maps, "
-                         f"got {shape_str(image)}")
+    if image01 is None and image_uint8 is None:
+        raise ValueError("an image is required when crf is set: pass image01 (B×3×H×W float in [0, 1]) or "
+                         "image_uint8 (B×H×W×3 uint8)")
+    if image01 is not None and image_uint8 is not None:
+        raise ValueError("give the image either as image01 or as image_uint8, not both")
+    if image01 is not None:
+        check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
+        if tuple(image01.shape) != (B, 3, H, W):
+            raise ValueError(f"image01 must have shape {(B, 3, H, W)} to match maps, got {shape_str(image01)}")
+    else:
+        check_tensor(image_uint8, "image_uint8", 4, layout="B×H×W×3")
+        if tuple(image_uint8.shape) != (B, H, W, 3):
+            raise ValueError(f"image_uint8 must have shape {(B, H, W, 3)} to match maps, got "
+                             f"{shape_str(image_uint8)}")
     if not 0 < gt_prob < 1:
         raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
     K = maps.shape[1] + 1
-    if crf is True:
+    if isinstance(crf, str):
         from .crf import DenseCRF  # lazy: the CRF package is only needed here
 
-        crf = DenseCRF.smaf()
-    if hasattr(crf, "from_labels"):
-        q = crf.from_labels(image, hard, gt_prob=gt_prob, num_classes=K)
+        crf = DenseCRF.preset(crf)
+    if hasattr(crf, "from_mask"):
+        q = crf.from_mask(image01, hard, gt_prob=gt_prob, num_classes=K, image_uint8=image_uint8)
     elif callable(crf):
+        image = image01 if image01 is not None else image_uint8
         q = crf(image, _hard_label_probs(hard, K, gt_prob))
     else:
-        raise TypeError(f"crf must be a bool, a DenseCRF or a callable crf(image, probs), got {type(crf).__name__}")
+        raise TypeError(f"crf must be None, a DenseCRF, a preset name or a callable crf(image01, probs), got "
+                        f"{type(crf).__name__}")
     if not isinstance(q, Tensor) or tuple(q.shape) != (B, K, H, W):
         got = shape_str(q) if isinstance(q, Tensor) else type(q).__name__
         raise ValueError(f"crf must return probabilities of shape {(B, K, H, W)}, got {got}")

@@ -881,21 +881,22 @@ class ProgressiveSchedule:
                 _grid_pair(specs[-1].grid, f"stages[{i}].grid")
         _check_choice(mode, "mode", ("sequential", "cyclic"))
         if isinstance(epochs_per_stage, int) and not isinstance(epochs_per_stage, bool):
-            eps = [int(epochs_per_stage)] * len(specs)
+            epochs = [int(epochs_per_stage)] * len(specs)
         else:
-            eps = [int(e) for e in cast(Sequence[int], epochs_per_stage)]
-            if len(eps) != len(specs):
-                raise ValueError(f"epochs_per_stage has {len(eps)} entries, expected one per stage ({len(specs)})")
-        if any(e < 1 for e in eps):
-            raise ValueError(f"epochs_per_stage must be >= 1, got {eps}")
+            epochs = [int(e) for e in cast(Sequence[int], epochs_per_stage)]
+            if len(epochs) != len(specs):
+                raise ValueError(f"epochs_per_stage has {len(epochs)} entries, expected one per stage "
+                                 f"({len(specs)})")
+        if any(e < 1 for e in epochs):
+            raise ValueError(f"epochs_per_stage must be >= 1, got {epochs}")
         self.stages: tuple[StageSpec, ...] = tuple(specs)
         self.mode = mode
-        self.epochs_per_stage: tuple[int, ...] = tuple(eps)
-        self.total_epochs = int(sum(eps) if total_epochs is None else total_epochs)
+        self.epochs_per_stage: tuple[int, ...] = tuple(epochs)
+        self.total_epochs = int(sum(epochs) if total_epochs is None else total_epochs)
         if self.total_epochs < 1:
             raise ValueError(f"total_epochs must be >= 1, got {total_epochs}")
         bounds, acc = [], 0
-        for e in eps:
+        for e in epochs:
             acc += e
             bounds.append(acc)
         self._bounds = tuple(bounds)

@@ -19,11 +19,10 @@ The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,9 +33,11 @@ from ._checks import (
     check_positive,
     check_range,
     check_tensor,
-    require,
     shape_str,
 )
+
+if TYPE_CHECKING:
+    from .crf import DenseCRF
 
 __all__ = [
     "cov_smooth",
@@ -45,23 +46,9 @@ __all__ = [
     "ProportionalPseudoMask",
     "PseudoMaskParts",
     "CyclicPseudoMask",
-    "PMM_BINARY_CRF",
-    "PMM_CYCLIC_CRF",
+    "PPMG_CRF",
+    "CYCLIC_CRF",
 ]
-
-#: Released parameters of the per-class 2-label CRF in PPMG (``PMM:pipline/refine_cam.py``
-#: ``crf_inference``): 10 mean-field iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10.
-#: Keys follow :class:`wsss_blocks.crf.DenseCRF`.
-PMM_BINARY_CRF: dict[str, float] = {
-    "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
-}
-
-#: Released parameters of the CRF applied to the averaged softmax when the cyclic pseudo-masks are
-#: predicted (``WSSS_MMSeg:mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults):
-#: 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4.
-PMM_CYCLIC_CRF: dict[str, float] = {
-    "iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0,
-}
 
 # CAMs normalised by PMM's multi-crop min-max step can dip a hair below 0 (spec_pmm.md §3.2); accept
 # that much slack around [0, 1] before calling the input "not normalised".
@@ -69,6 +56,14 @@ _RANGE_TOL = 1e-3
 _NORMALISE_HINT = ("PMM expects per-class CAMs normalised to [0, 1]; apply "
                    "wsss_blocks.cam.normalize_cams(cams) (or normalize_cams(cams, mode='minmax')) first")
 _CRF_CLIP = 1e-5  # pydensecrf unary_from_softmax clip, as used by the release
+#: Name of the :class:`wsss_blocks.crf.DenseCRF` preset of PPMG's per-class 2-label CRF (``Eli-YiLi/PMM``
+#: ``pipline/refine_cam.py`` ``crf_inference``: 10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13
+#: compat 10, probabilities used as given).
+PPMG_CRF = "pmm-binary"
+#: Name of the preset of the CRF on the averaged softmax of the cyclic relabelling (``Eli-YiLi/WSSS_MMSeg``
+#: ``mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults: 10 iterations, Gaussian sxy 1 compat 3,
+#: bilateral sxy 67 srgb 3 compat 4, the deeplab-pytorch values).
+CYCLIC_CRF = "deeplab"
 
 
 def _check_range01(x: Tensor, name: str) -> None:
@@ -95,46 +90,46 @@ def _check_cams01(cams: object, name: str, ndim: int | None = None, layout: str 
 # ----------------------------------------------------------------------------------------------------
 
 
-def _cov(x: Tensor, thresh: float, scale: float, eps: float) -> Tensor:
-    """scale·std/mean over pixels with x > thresh (population std), 0 where none qualifies. x: float32."""
-    active = (x > thresh).to(x.dtype)
+def _cov(x: Tensor, fg_threshold: float, cv_scale: float, eps: float) -> Tensor:
+    """cv_scale·std/mean over pixels with x > fg_threshold (population std), 0 where none qualifies. x: float32."""
+    active = (x > fg_threshold).to(x.dtype)
     n = active.sum(dim=(-2, -1))
     denom = n.clamp_min(1.0)
     mean = (x * active).sum(dim=(-2, -1)) / denom
     var = (((x - mean[..., None, None]) * active) ** 2).sum(dim=(-2, -1)) / denom
-    cov = scale * var.sqrt() / (mean + eps)
+    cov = cv_scale * var.sqrt() / (mean + eps)
     return torch.where(n > 0, cov, torch.zeros_like(cov))
 
 
 @overload
-def cov_smooth(cams: Tensor, thresh: float = ..., scale: float = ..., min_exponent: float | None = ...,
+def cov_smooth(cams: Tensor, fg_threshold: float = ..., cv_scale: float = ..., min_exponent: float | None = ...,
                eps: float = ..., return_cov: Literal[False] = ...) -> Tensor: ...
 @overload
-def cov_smooth(cams: Tensor, thresh: float = ..., scale: float = ..., min_exponent: float | None = ...,
+def cov_smooth(cams: Tensor, fg_threshold: float = ..., cv_scale: float = ..., min_exponent: float | None = ...,
                eps: float = ..., *, return_cov: Literal[True]) -> tuple[Tensor, Tensor]: ...
 def cov_smooth(
     cams: Tensor,
-    thresh: float = 0.05,
-    scale: float = 0.3,
+    fg_threshold: float = 0.05,
+    cv_scale: float = 0.3,
     min_exponent: float | None = None,
     eps: float = 1e-8,
     return_cov: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Coefficient-of-variation smoothing: raise each class map to the power ``1 - scale·CoV``.
+    """Coefficient-of-variation smoothing: raise each class map to the power ``1 - cv_scale·CoV``.
 
     PMM (Li et al., ICCV 2021), CVS. Per image and class, over the activated pixels
-    ``P = {x : A(x) > thresh}``::
+    ``P = {x : A(x) > fg_threshold}``::
 
-        cv  = scale · std_P(A) / (mean_P(A) + eps)      (population std; cv = 0 when P is empty)
-        out = (A · [A >= thresh]) ** (1 - cv)
+        cv  = cv_scale · std_P(A) / (mean_P(A) + eps)      (population std; cv = 0 when P is empty)
+        out = (A · [A >= fg_threshold]) ** (1 - cv)
 
     Because ``A`` lies in [0, 1] and the exponent is below 1, the map is *raised*: weak activations are
     lifted more than strong ones, and more so for peaky (high-CoV) maps. Defaults are the release
     (``PMM:pipline/refine_cam.py`` ``get_CoV``, ``--cam_thresh 0.05``, ``--cv_scale 0.3``).
 
-    The release never clamps the exponent. For maps in [0, 1] with ``thresh=0.05`` the CoV cannot exceed
-    about 2.2, so ``1 - 0.3·CoV > 0.34`` and nothing goes wrong; with a larger ``scale`` or a smaller
-    ``thresh`` the exponent can reach 0 (zeros become 1) or go negative (zeros become ``inf``).
+    The release never clamps the exponent. For maps in [0, 1] with ``fg_threshold=0.05`` the CoV cannot exceed
+    about 2.2, so ``1 - 0.3·CoV > 0.34`` and nothing goes wrong; with a larger ``cv_scale`` or a smaller
+    ``fg_threshold`` the exponent can reach 0 (zeros become 1) or go negative (zeros become ``inf``).
     ``min_exponent`` (e.g. ``0.05``) floors it; ``None`` keeps the released behaviour.
 
     The statistics are computed in float32 (the release runs them in float16 on its stored CAMs); the
@@ -143,11 +138,12 @@ def cov_smooth(
 
     Args:
         cams: class maps normalised to [0, 1] (see :func:`wsss_blocks.cam.normalize_cams`).
-        thresh: activation threshold ``t`` for the CoV statistics and for zeroing before the power.
-        scale: factor folded into the CoV (``cv_scale``).
+        fg_threshold: activation threshold ``t`` for the CoV statistics and for zeroing before the power
+            (PMM's ``--cam_thresh``).
+        cv_scale: factor folded into the CoV (PMM's ``--cv_scale``).
         min_exponent: optional floor for ``1 - cv``; ``None`` = release (no clamp).
         eps: added to the mean in the CoV denominator (release: 1e-8).
-        return_cov: also return the per-map ``cv`` (scale already folded in).
+        return_cov: also return the per-map ``cv`` (``cv_scale`` already folded in).
 
     Shape:
         - cams: …×H×W, e.g. B×C×H×W
@@ -162,25 +158,25 @@ def cov_smooth(
         True
     """
     x = _check_cams01(cams, "cams")
-    if not scale >= 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
+    if not cv_scale >= 0:
+        raise ValueError(f"cv_scale must be >= 0, got {cv_scale}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    out, cv = _cov_smooth(x.float(), float(thresh), float(scale), min_exponent, float(eps))
+    out, cv = _cov_smooth(x.float(), float(fg_threshold), float(cv_scale), min_exponent, float(eps))
     out = out.to(x.dtype)
     if return_cov:
         return out, cv
     return out
 
 
-def _cov_smooth(xf: Tensor, thresh: float, scale: float, min_exponent: float | None,
+def _cov_smooth(xf: Tensor, fg_threshold: float, cv_scale: float, min_exponent: float | None,
                 eps: float) -> tuple[Tensor, Tensor]:
     """Unchecked CVS on float32 maps: (smoothed, cv)."""
-    cv = _cov(xf, thresh, scale, eps)
+    cv = _cov(xf, fg_threshold, cv_scale, eps)
     exponent = 1.0 - cv
     if min_exponent is not None:
         exponent = exponent.clamp_min(float(min_exponent))
-    kept = xf * (xf >= thresh).to(xf.dtype)
+    kept = xf * (xf >= fg_threshold).to(xf.dtype)
     return kept.pow(exponent[..., None, None]), cv
 
 
@@ -196,74 +192,40 @@ class CoVSmooth(nn.Module):
         torch.Size([2, 20, 8, 8])
     """
 
-    def __init__(self, thresh: float = 0.05, scale: float = 0.3, min_exponent: float | None = None,
+    def __init__(self, fg_threshold: float = 0.05, cv_scale: float = 0.3, min_exponent: float | None = None,
                  eps: float = 1e-8) -> None:
         super().__init__()
-        self.thresh = thresh
-        self.scale = scale
+        self.fg_threshold = fg_threshold
+        self.cv_scale = cv_scale
         self.min_exponent = min_exponent
         self.eps = eps
 
     def forward(self, cams: Tensor) -> Tensor:
-        return cov_smooth(cams, self.thresh, self.scale, self.min_exponent, self.eps)
+        return cov_smooth(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
 
     def extra_repr(self) -> str:
-        return f"thresh={self.thresh}, scale={self.scale}, min_exponent={self.min_exponent}"
+        return f"fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, min_exponent={self.min_exponent}"
 
 
 # ----------------------------------------------------------------------------------------------------
-# Dense CRF glue (library DenseCRF when available, else pydensecrf directly)
+# Dense CRF glue
 # ----------------------------------------------------------------------------------------------------
 
 
-def _to_uint8_images(image: Tensor) -> Tensor:
-    """B×3×H×W float in [0, 1] or uint8 -> B×3×H×W uint8 (the colour scale the released sigmas assume)."""
-    if image.dtype == torch.uint8:
-        return image
-    return (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+def _to_uint8_images(image01: Tensor) -> Tensor:
+    """B×3×H×W float in [0, 1] -> B×3×H×W uint8 (the colour scale the released sigmas assume)."""
+    return (image01.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _pydensecrf(image_u8: Tensor, probs: Tensor, params: Mapping[str, Any]) -> Tensor:
-    """Reference path: one pydensecrf ``DenseCRF2D`` per map (CPU, numpy), as in the release."""
-    dcrf = require("pydensecrf.densecrf", "crf", "the PMM dense CRF")
-    n, k, h, w = probs.shape
-    imgs = image_u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    p = probs.detach().float().cpu().numpy()
-    out = np.empty((n, k, h, w), dtype=np.float32)
-    iters = int(params.get("iterations", 10))
-    for i in range(n):
-        unary = -np.log(np.clip(p[i], _CRF_CLIP, 1.0)).reshape(k, -1)
-        d = dcrf.DenseCRF2D(w, h, k)
-        d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-        d.addPairwiseGaussian(sxy=float(params["pos_xy"]), compat=float(params["pos_w"]))
-        d.addPairwiseBilateral(sxy=float(params["bi_xy"]), srgb=float(params["bi_rgb"]),
-                               rgbim=np.ascontiguousarray(imgs[i]), compat=float(params["bi_w"]))
-        out[i] = np.asarray(d.inference(iters), dtype=np.float32).reshape(k, h, w)
-    return torch.from_numpy(out).to(device=probs.device)
+def _as_crf(crf: DenseCRF | str, name: str = "crf") -> DenseCRF:
+    """A :class:`wsss_blocks.crf.DenseCRF` from a module or a preset name."""
+    from .crf import DenseCRF
 
-
-def _dense_crf(image_u8: Tensor, probs: Tensor, params: Mapping[str, Any]) -> Tensor:
-    """Run a dense CRF on N images (N×3×H×W uint8) with N×K×H×W probabilities; returns N×K×H×W posteriors.
-
-    Uses :class:`wsss_blocks.crf.DenseCRF` when that module is available (backend ``"auto"``: pydensecrf on
-    CPU when installed, its PyTorch permutohedral backend on GPU or without pydensecrf); otherwise, or
-    with ``backend="pydensecrf-direct"``, calls pydensecrf directly with the same parameters. The unary is
-    ``-log(clip(p, 1e-5, 1))`` of the probabilities as given (no renormalisation), as in the release.
-    """
-    if probs.shape[0] == 0:
-        return probs.new_zeros(probs.shape)
-    backend = params.get("backend", "auto")
-    if backend != "pydensecrf-direct":
-        try:
-            from .crf import DenseCRF  # type: ignore[attr-defined]
-        except ImportError:
-            backend = "pydensecrf-direct"
-    if backend == "pydensecrf-direct":
-        return _pydensecrf(image_u8, probs, params)
-    kwargs = {k: v for k, v in params.items() if k != "backend"}
-    kwargs.setdefault("sum_to_one", "ignore")
-    crf = DenseCRF(backend=backend, **kwargs)
-    return crf(image_u8, probs.float()).to(probs.device)
+    if isinstance(crf, str):
+        return DenseCRF.preset(crf)
+    if not isinstance(crf, DenseCRF):
+        raise TypeError(f"{name} must be a wsss_blocks.crf.DenseCRF or a preset name, got {type(crf).__name__}")
+    return crf
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -297,38 +259,38 @@ ForegroundFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
 @overload
 def proportional_pseudo_mask(
-    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., cam_thresh: float = ...,
-    cv_scale: float = ..., fg_thresh: float = ..., foreground: Literal["crf", "threshold"] | ForegroundFn = ...,
-    crf_params: Mapping[str, Any] | None = ..., min_exponent: float | None = ...,
-    return_parts: Literal[False] = ...) -> Tensor: ...
+    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., fg_threshold: float = ...,
+    cv_scale: float = ..., posterior_threshold: float = ...,
+    foreground: Literal["crf", "threshold"] | ForegroundFn = ..., crf: DenseCRF | str = ...,
+    min_exponent: float | None = ..., return_parts: Literal[False] = ...) -> Tensor: ...
 @overload
 def proportional_pseudo_mask(
-    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., cam_thresh: float = ...,
-    cv_scale: float = ..., fg_thresh: float = ..., foreground: Literal["crf", "threshold"] | ForegroundFn = ...,
-    crf_params: Mapping[str, Any] | None = ..., min_exponent: float | None = ...,
-    *, return_parts: Literal[True]) -> PseudoMaskParts: ...
+    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., fg_threshold: float = ...,
+    cv_scale: float = ..., posterior_threshold: float = ...,
+    foreground: Literal["crf", "threshold"] | ForegroundFn = ..., crf: DenseCRF | str = ...,
+    min_exponent: float | None = ..., *, return_parts: Literal[True]) -> PseudoMaskParts: ...
 def proportional_pseudo_mask(
     cams: Tensor,
     labels: Tensor,
     image01: Tensor | None = None,
     alpha: float = 11.0,
-    cam_thresh: float = 0.05,
+    fg_threshold: float = 0.05,
     cv_scale: float = 0.3,
-    fg_thresh: float = 0.5,
+    posterior_threshold: float = 0.5,
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
-    crf_params: Mapping[str, Any] | None = None,
+    crf: DenseCRF | str = PPMG_CRF,
     min_exponent: float | None = None,
     return_parts: bool = False,
 ) -> Tensor | PseudoMaskParts:
     """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
 
-    PMM (Li et al., ICCV 2021), PPMG (``PMM:pipline/refine_cam.py`` ``ppmg``; spec_pmm.md §5). For every
-    class c present in ``labels``, independently:
+    PMM (Li et al., ICCV 2021), PPMG (``Eli-YiLi/PMM`` ``pipline/refine_cam.py`` ``ppmg``). For every class c
+    present in ``labels``, independently:
 
-    1. ``Ã_c = cov_smooth(A_c)`` (threshold ``cam_thresh``, scale ``cv_scale``);
+    1. ``Ã_c = cov_smooth(A_c)`` (threshold ``fg_threshold``, scale ``cv_scale``);
     2. per-class background ``B_c = (1 - Ã_c) ** alpha`` (from this class alone, not the max over classes);
-    3. binary foreground ``F_c = [Q_c(fg) > fg_thresh]`` where ``Q_c`` is a 2-label dense CRF on
-       ``[B_c, Ã_c]`` (unary ``-log(clip(p, 1e-5))``, released parameters :data:`PMM_BINARY_CRF`);
+    3. binary foreground ``F_c = [Q_c(fg) > posterior_threshold]`` where ``Q_c`` is a 2-label dense CRF on
+       ``[B_c, Ã_c]`` (unary ``-log(clip(p, 1e-5))``, released parameters: preset ``"pmm-binary"``);
     4. importance ``I_c = A_c / (1 + Σ_x A_c(x) F_c(x))``, with the **raw** CAM ``A_c``.
 
     Then ``score_0 = Π_c (1 - F_c)`` (1 where no class claims the pixel), ``score_c = F_c · I_c`` and the
@@ -338,31 +300,28 @@ def proportional_pseudo_mask(
     image with no present class is all background. There is no ignore label.
 
     ``foreground="threshold"`` skips the CRF and thresholds its initial state,
-    ``Ã / (Ã + B)`` (both clipped at 1e-5) ``> fg_thresh``, i.e. a CRF with zero iterations; it needs no
-    image. A callable ``foreground(probs, image_u8)`` receives the N×2×H×W ``[B_c, Ã_c]`` stacks of the N
+    ``Ã / (Ã + B)`` (both clipped at 1e-5) ``> posterior_threshold``, i.e. a CRF with zero iterations; it needs
+    no image. A callable ``foreground(probs, image_uint8)`` receives the N×2×H×W ``[B_c, Ã_c]`` stacks of the N
     present (image, class) pairs and the matching N×3×H×W uint8 images (``None`` without ``image01``) and
-    returns N×H×W foreground probabilities (thresholded at ``fg_thresh``) or a bool mask.
+    returns N×H×W foreground probabilities (thresholded at ``posterior_threshold``) or a bool mask.
 
     Defaults are the release: α = 11 (``run.py`` stages D/E; the argparse default 24 is for the stage-B
-    joint CRF), ``cam_thresh`` 0.05, ``cv_scale`` 0.3, ``fg_thresh`` 0.5.
+    joint CRF), ``fg_threshold`` 0.05 (``--cam_thresh``), ``cv_scale`` 0.3, ``posterior_threshold`` 0.5.
 
     Args:
         cams: foreground CAMs normalised per image and class to [0, 1] (PMM min-max normalises;
             :func:`wsss_blocks.cam.normalize_cams`). Values a hair below 0 (≥ -1e-3) are tolerated.
             Only the maps of present classes are read (and range-checked).
         labels: multi-hot image labels; only present classes get a foreground.
-        image01: RGB images in [0, 1] (or uint8 0..255) at the CAM resolution; required for ``"crf"``.
+        image01: RGB images, float in [0, 1], at the CAM resolution; required for ``"crf"``.
         alpha: power of the per-class background.
-        cam_thresh: CVS threshold.
+        fg_threshold: CVS threshold on the CAM (PMM's ``--cam_thresh``).
         cv_scale: CVS scale.
-        fg_thresh: threshold on the foreground posterior.
+        posterior_threshold: threshold on the foreground posterior (PMM's ``fg_thresh``).
         foreground: ``"crf"`` (release), ``"threshold"`` or a callable (see above).
-        crf_params: dense-CRF parameters (keyword arguments of :class:`wsss_blocks.crf.DenseCRF`:
-            ``iterations``, ``pos_w``, ``pos_xy``, ``bi_w``, ``bi_xy``, ``bi_rgb``, optionally ``backend``
-            (``"auto"``, ``"torch"``, ``"pydensecrf"``, or ``"pydensecrf-direct"`` to bypass the library
-            CRF) and its other options); default :data:`PMM_BINARY_CRF`. The probabilities are used as
-            given (``sum_to_one="ignore"``, the release). The sigmas assume a 0..255 colour scale
-            (``image01`` is converted).
+        crf: the dense CRF of ``foreground="crf"``: a :class:`wsss_blocks.crf.DenseCRF` or a preset name
+            (default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
+            ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
         min_exponent: passed to :func:`cov_smooth` (``None`` = release).
         return_parts: return a :class:`PseudoMaskParts` with the intermediate maps instead of the mask.
 
@@ -386,8 +345,8 @@ def proportional_pseudo_mask(
     B, C, H, W = x.shape
     lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
     check_positive(float(alpha), "alpha")
-    if not 0.0 <= fg_thresh < 1.0:
-        raise ValueError(f"fg_thresh must lie in [0, 1), got {fg_thresh}")
+    if not 0.0 <= posterior_threshold < 1.0:
+        raise ValueError(f"posterior_threshold must lie in [0, 1), got {posterior_threshold}")
     if isinstance(foreground, str):
         if foreground not in ("crf", "threshold"):
             raise ValueError(f"foreground must be 'crf', 'threshold' or a callable, got {foreground!r}")
@@ -399,19 +358,15 @@ def proportional_pseudo_mask(
         if image01.shape[0] != B or image01.shape[1] != 3 or tuple(image01.shape[-2:]) != (H, W):
             raise ValueError(f"image01 must have shape ({B}, 3, {H}, {W}) to match cams {shape_str(x)}, got "
                              f"{shape_str(image01)}; resize the CAMs to the image (or the image to the CAMs)")
-        if image01.dtype != torch.uint8:
-            if not image01.is_floating_point():
-                raise TypeError(f"image01 must be float in [0, 1] or uint8, got dtype {image01.dtype}")
-            check_range(image01, "image01", 0.0, 1.0, hint="pass RGB scaled to [0, 1] or a uint8 image")
+        if not image01.is_floating_point():
+            raise TypeError(f"image01 must be float RGB in [0, 1], got dtype {image01.dtype}; convert uint8 images "
+                            f"with image.float() / 255")
+        check_range(image01, "image01", 0.0, 1.0, hint="pass RGB scaled to [0, 1]")
         img_u8 = _to_uint8_images(image01)
     elif foreground == "crf":
         raise ValueError("image01 is required for foreground='crf' (the dense CRF is image-guided); "
                          "pass foreground='threshold' to build pseudo-masks without an image")
-    params = dict(PMM_BINARY_CRF if crf_params is None else crf_params)
-    if foreground == "crf":
-        missing = {"pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb"} - set(params)
-        if missing:
-            raise ValueError(f"crf_params is missing {sorted(missing)}; start from PMM_BINARY_CRF")
+    dense = _as_crf(crf) if foreground == "crf" else None
 
     # Everything below runs on the N present (image, class) maps only (VOC: ~1.5 per image, not 20);
     # only those maps are read, so only they are range-checked.
@@ -419,7 +374,7 @@ def proportional_pseudo_mask(
     bi, ci = present.nonzero(as_tuple=True)  # present pairs, ascending: ties go to the lower class id
     xp = x[bi, ci].float()  # N×H×W raw CAMs A_c
     _check_range01(xp, "cams")
-    smoothed, cv = _cov_smooth(xp, float(cam_thresh), float(cv_scale), min_exponent, 1e-8)
+    smoothed, cv = _cov_smooth(xp, float(fg_threshold), float(cv_scale), min_exponent, 1e-8)
     # (1 - Ã)^α; the clamp only matters for inputs within the tolerance above 1 (a no-op on [0, 1]).
     bg = (1.0 - smoothed).clamp_min(0.0).pow(float(alpha))
     fg = torch.zeros(xp.shape, dtype=torch.bool, device=x.device)
@@ -427,16 +382,17 @@ def proportional_pseudo_mask(
         probs = torch.stack([bg, smoothed], dim=1)  # N×2×H×W, channel 1 = foreground
         if foreground == "threshold":
             pc = probs.clamp(_CRF_CLIP, 1.0)
-            fg = (pc[:, 1] / pc.sum(1)) > fg_thresh
+            fg = (pc[:, 1] / pc.sum(1)) > posterior_threshold
         elif foreground == "crf":
-            assert img_u8 is not None
-            fg = _dense_crf(img_u8[bi], probs, params)[:, 1].to(x.device) > fg_thresh
+            assert img_u8 is not None and dense is not None
+            post = dense(None, probs.float(), image_uint8=img_u8[bi])
+            fg = post[:, 1].to(x.device) > posterior_threshold
         else:
             res = foreground(probs, None if img_u8 is None else img_u8[bi])  # type: ignore[operator]
             if not isinstance(res, Tensor) or tuple(res.shape) != (probs.shape[0], H, W):
                 got = shape_str(res) if isinstance(res, Tensor) else type(res).__name__
                 raise ValueError(f"foreground callable must return a {probs.shape[0]}×{H}×{W} tensor, got {got}")
-            fg = res.to(x.device) if res.dtype == torch.bool else res.to(x.device) > fg_thresh
+            fg = res.to(x.device) if res.dtype == torch.bool else res.to(x.device) > posterior_threshold
 
     fgf = fg.to(torch.float32)
     importance = xp / (1.0 + (xp * fgf).sum(dim=(-2, -1), keepdim=True))  # raw CAM over its own fg mass
@@ -481,30 +437,30 @@ class ProportionalPseudoMask(nn.Module):
     def __init__(
         self,
         alpha: float = 11.0,
-        cam_thresh: float = 0.05,
+        fg_threshold: float = 0.05,
         cv_scale: float = 0.3,
-        fg_thresh: float = 0.5,
+        posterior_threshold: float = 0.5,
         foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
-        crf_params: Mapping[str, Any] | None = None,
+        crf: DenseCRF | str = PPMG_CRF,
         min_exponent: float | None = None,
     ) -> None:
         super().__init__()
         check_positive(float(alpha), "alpha")
         self.alpha = alpha
-        self.cam_thresh = cam_thresh
+        self.fg_threshold = fg_threshold
         self.cv_scale = cv_scale
-        self.fg_thresh = fg_thresh
+        self.posterior_threshold = posterior_threshold
         self.foreground = foreground
-        self.crf_params = dict(PMM_BINARY_CRF if crf_params is None else crf_params)
+        self.crf = _as_crf(crf)
         self.min_exponent = min_exponent
 
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
-        return proportional_pseudo_mask(cams, labels, image01, self.alpha, self.cam_thresh, self.cv_scale,
-                                        self.fg_thresh, self.foreground, self.crf_params, self.min_exponent)
+        return proportional_pseudo_mask(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
+                                        self.posterior_threshold, self.foreground, self.crf, self.min_exponent)
 
     def extra_repr(self) -> str:
         fg = self.foreground if isinstance(self.foreground, str) else "callable"
-        return f"alpha={self.alpha}, cam_thresh={self.cam_thresh}, cv_scale={self.cv_scale}, foreground={fg}"
+        return f"alpha={self.alpha}, fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, foreground={fg}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -562,7 +518,7 @@ class CyclicPseudoMask(nn.Module):
       (``img_scale=None``: by r itself), run whole or by sliding windows (``slide=(crop, stride)``, logits
       averaged over overlaps), resized back, softmaxed; the flipped pass is flipped back; all softmaxes
       are averaged (via :func:`wsss_blocks.cam.multiscale_cams` with ``reduce="mean"``);
-    - optional dense CRF on the averaged probabilities (:data:`PMM_CYCLIC_CRF`), then argmax;
+    - optional dense CRF on the averaged probabilities (preset ``"deeplab"``, the release's values), then argmax;
     - ``policy="replace"`` (release): the prediction replaces the old mask entirely; every pixel gets a
       label, and nothing is intersected with the image labels, fused with the old mask or thresholded.
       ``policy="restrict"`` (opt-in): classes absent from the image labels get probability 0 before the
@@ -578,8 +534,8 @@ class CyclicPseudoMask(nn.Module):
         img_scale: mmseg ``img_scale`` (long, short) for the keep-ratio resize, or None.
         slide: ``(crop, stride)`` in pixels (ints or (h, w) pairs) for sliding-window inference, or None
             for whole-image inference.
-        crf: apply the dense CRF to the averaged probabilities.
-        crf_params: CRF parameters (default :data:`PMM_CYCLIC_CRF`).
+        crf: the dense CRF on the averaged probabilities: a :class:`wsss_blocks.crf.DenseCRF`, a preset name
+            (default ``"deeplab"``: WSSS_MMSeg's ``DenseCRF`` defaults) or ``None`` for no CRF.
         policy: ``"replace"`` (release) or ``"restrict"`` (to the image labels; needs ``labels``).
         preprocess: callable applied to the B×3×H×W [0, 1] images before the model (e.g. ImageNet
             normalisation); the CRF always sees the raw [0, 1] image.
@@ -592,7 +548,7 @@ class CyclicPseudoMask(nn.Module):
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
-        >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=False)
+        >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=None)
         >>> cp(net, torch.rand(2, 3, 16, 20)).shape
         torch.Size([2, 16, 20])
     """
@@ -603,8 +559,7 @@ class CyclicPseudoMask(nn.Module):
         flip: bool = True,
         img_scale: tuple[int, int] | None = (2048, 512),
         slide: tuple[int | tuple[int, int], int | tuple[int, int]] | None = (512, 480),
-        crf: bool = True,
-        crf_params: Mapping[str, Any] | None = None,
+        crf: DenseCRF | str | None = CYCLIC_CRF,
         policy: Literal["replace", "restrict"] = "replace",
         preprocess: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
@@ -635,8 +590,7 @@ class CyclicPseudoMask(nn.Module):
         self.flip = bool(flip)
         self.img_scale = None if img_scale is None else (int(img_scale[0]), int(img_scale[1]))
         self.slide = slide
-        self.crf = bool(crf)
-        self.crf_params = dict(PMM_CYCLIC_CRF if crf_params is None else crf_params)
+        self.crf = None if crf is None else _as_crf(crf)
         self.policy = policy
         self.preprocess = preprocess
 
@@ -688,8 +642,8 @@ class CyclicPseudoMask(nn.Module):
             keep = torch.cat([torch.ones_like(lab[:, :1]), lab], dim=1)[:, :, None, None]
             probs = probs * keep
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        if self.crf:
-            probs = _dense_crf(_to_uint8_images(image01), probs, self.crf_params)
+        if self.crf is not None:
+            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01)).to(probs.device)
             if self.policy == "restrict":
                 probs = probs * keep
                 probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -712,4 +666,4 @@ class CyclicPseudoMask(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"scales={self.scales}, flip={self.flip}, img_scale={self.img_scale}, slide={self.slide}, "
-                f"crf={self.crf}, policy={self.policy!r}")
+                f"crf={self.crf is not None}, policy={self.policy!r}")

@@ -24,7 +24,7 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
 
     Puzzle-CAM (Jo & Yu, ICIP 2021) runs the whole classifier on the tiles of the input image and
     compares the merged tile CAMs with the full-image CAMs (:func:`puzzle_reconstruction_loss`). Default
-    2×2 tiles in tile-major order, as ``core/puzzle_utils.py`` ``tile_features`` [R]; merge the tile
+    2×2 tiles in tile-major order, as ``core/puzzle_utils.py`` ``tile_features``; merge the tile
     outputs with ``merge_patches(out, B, grid, order="tile_major")``. Unlike the release, sizes not
     divisible by the grid raise instead of producing extra tiles (the released crops are 512, divisible).
 
@@ -45,13 +45,13 @@ def puzzle_reconstruction_loss(
     merged_cams: Tensor,
     labels: Tensor | None = None,
     p: Literal[1, 2] = 1,
-    mask: Literal["masking", "selection", "none"] = "masking",
+    class_mode: Literal["masking", "selection", "none"] = "masking",
     level: Literal["feature", "cam"] = "feature",
 ) -> Tensor:
     """Puzzle-CAM reconstruction loss between full-image CAMs and merged tile CAMs.
 
-    From OFRIN/PuzzleCAM ``train_classification_with_puzzle.py`` [R] (defaults = its argparse defaults):
-    elementwise |A − Ã|^p (L1 default, ``p=2`` for L2), with
+    From OFRIN/PuzzleCAM ``train_classification_with_puzzle.py`` (defaults = its argparse defaults):
+    elementwise |A − Ã|^p (L1 default, ``p=2`` for L2), with ``class_mode`` (the release's ``re_loss_option``)
 
     - ``"masking"`` (default): multiplied by the image label y_{b,k} and averaged over **all** B·K·h·w
       entries (absent classes contribute zeros to the mean);
@@ -80,23 +80,23 @@ def puzzle_reconstruction_loss(
     check_finite(merged_cams, "merged_cams")
     if p not in (1, 2):
         raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-    _check_choice(mask, "mask", ("masking", "selection", "none"))
+    _check_choice(class_mode, "class_mode", ("masking", "selection", "none"))
     _check_choice(level, "level", ("feature", "cam"))
     a, b = cams, merged_cams
     if level == "cam":
         a, b = normalize_cams(a, "max", 1e-5), normalize_cams(b, "max", 1e-5)
     diff = (a - b).abs() if p == 1 else (a - b).pow(2)
-    if mask == "none":
+    if class_mode == "none":
         return diff.mean()
     if labels is None:
-        raise ValueError(f"labels are required for mask={mask!r}")
+        raise ValueError(f"labels are required for class_mode={class_mode!r}")
     y = check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1]).to(diff)
-    if mask == "masking":
+    if class_mode == "masking":
         return (diff * y[:, :, None, None]).mean()
     per_class = diff.flatten(2).mean(-1)  # B×K
     n = y.sum(1)
     if bool((n == 0).any()):
-        raise ValueError("mask='selection' needs at least one present class per image (an image has none)")
+        raise ValueError("class_mode='selection' needs at least one present class per image (an image has none)")
     return ((per_class * y).sum(1) / n).mean()
 
 
@@ -111,25 +111,25 @@ class PuzzleReconstructionLoss(nn.Module):
         tensor(1.)
     """
 
-    def __init__(self, p: Literal[1, 2] = 1, mask: Literal["masking", "selection", "none"] = "masking",
+    def __init__(self, p: Literal[1, 2] = 1, class_mode: Literal["masking", "selection", "none"] = "masking",
                  level: Literal["feature", "cam"] = "feature") -> None:
         super().__init__()
         if p not in (1, 2):
             raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-        _check_choice(mask, "mask", ("masking", "selection", "none"))
+        _check_choice(class_mode, "class_mode", ("masking", "selection", "none"))
         _check_choice(level, "level", ("feature", "cam"))
         self.p: Literal[1, 2] = p
-        self.mask: Literal["masking", "selection", "none"] = mask
+        self.class_mode: Literal["masking", "selection", "none"] = class_mode
         self.level: Literal["feature", "cam"] = level
 
     def forward(self, cams: Tensor, merged_cams: Tensor, labels: Tensor | None = None) -> Tensor:
-        return puzzle_reconstruction_loss(cams, merged_cams, labels, self.p, self.mask, self.level)
+        return puzzle_reconstruction_loss(cams, merged_cams, labels, self.p, self.class_mode, self.level)
 
 
 def puzzle_alpha(step: int, max_step: int, alpha: float = 1.0, ramp: float = 0.5) -> float:
     """Puzzle-CAM's reconstruction-loss weight: α_t = min(α·t / (T·ramp), α); ``ramp=0`` gives constant α.
 
-    Argparse defaults α = 1, ramp 0.5 [R]; the README's best VOC run uses α = 4.
+    Argparse defaults α = 1, ramp 0.5; the README's best VOC run uses α = 4.
 
     Examples:
         >>> puzzle_alpha(25, 100, alpha=4.0), puzzle_alpha(80, 100, alpha=4.0)

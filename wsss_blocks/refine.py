@@ -10,7 +10,7 @@ Both refiners propagate a soft K-channel map over 48 dilated neighbours (8 direc
   ``w2`` = w = 0.01).
 * :class:`VariationAwareRefine` — VARM of TSCD (Xu et al., AAAI 2023): sharper colour kernel (x4), no
   position prior, minus ``0.01 * softmax(image variation at the neighbour)``.
-* :func:`reliable_pseudo_labels` — the AFA/TSCD high/low background-threshold labels with an ignore band.
+* :func:`reliable_pseudo_mask` — the AFA/TSCD high/low background-score pseudo mask with an ignore band.
 
 Released code: AFA ``wetr/PAR.py``, ToCo ``model/PAR.py``, SCD ``network/VARM.py``, SCD ``utils/camutils.py``
 ``refine_cams_with_bkg_v2``.
@@ -40,18 +40,19 @@ __all__ = [
     "variation_aware_refine",
     "PixelAdaptiveRefine",
     "VariationAwareRefine",
-    "reliable_pseudo_labels",
+    "reliable_pseudo_mask",
 ]
 
 
 def pixel_adaptive_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAULT_DILATIONS,
-                          num_iter: int = 10, w1: float = 0.3, w2: float = 0.01, w_pos: float | None = None,
-                          eps: float = 1e-8) -> Tensor:
+                          num_iter: int = 10, appearance_temperature: float = 0.3, pos_weight: float = 0.01,
+                          pos_temperature: float | None = None, eps: float = 1e-8) -> Tensor:
     """PAR (AFA/ToCo): refine soft class maps with colour- and distance-aware dilated neighbours.
 
     Released behaviour (AFA ``wetr/PAR.py`` L64-91, identical in ToCo ``model/PAR.py``):
-    ``a = softmax(-mean_c(|dI|/(sigma+1e-8)/w1)^2) + w2·softmax(-(rho/(sigma_rho+1e-8)/w1)^2)`` (weights
-    sum to 1.01), then 10 steps ``P <- sum_k a_k P_k``. Maps are first resized to the image with bilinear
+    ``a = softmax(-mean_c(|dI|/(sigma+1e-8)/t)^2) + w·softmax(-(rho/(sigma_rho+1e-8)/t)^2)`` with the appearance
+    temperature t (the release's ``w1`` = 0.3) and the position weight w (``w2`` = 0.01); the weights sum to 1.01.
+    Then 10 steps ``P <- sum_k a_k P_k``. Maps are first resized to the image with bilinear
     ``align_corners=True``; the output is not renormalised. See :class:`PixelAdaptiveRefine`.
 
     Args:
@@ -59,9 +60,11 @@ def pixel_adaptive_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int
         maps: soft class maps (e.g. softmax over background + present classes), any spatial size.
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
         num_iter: propagation steps (released: 10).
-        w1: appearance temperature; also the position temperature unless ``w_pos`` is given (as released).
-        w2: weight of the position softmax (released: 0.01).
-        w_pos: separate position temperature (paper's w2); ``None`` reuses ``w1`` as the release does.
+        appearance_temperature: the appearance temperature (AFA's ``w1``, released 0.3); also the position
+            temperature unless ``pos_temperature`` is given (as released).
+        pos_weight: weight of the position softmax (AFA's ``w2``, released 0.01).
+        pos_temperature: a separate position temperature (the paper's); ``None`` reuses
+            ``appearance_temperature`` as the release does.
         eps: added to the standard deviations.
 
     Shape:
@@ -75,11 +78,13 @@ def pixel_adaptive_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int
         >>> pixel_adaptive_refine(image, probs).shape
         torch.Size([1, 3, 32, 32])
     """
-    _check_number(w1, "w1", strict=True)
-    _check_number(w2, "w2", strict=False)
-    wp = _check_number(w1 if w_pos is None else w_pos, "w_pos", strict=True)
-    return refine_maps(image01, maps, dilations, num_iter, appearance_temperature=w1, appearance_scale=None,
-                       pos_weight=w2, pos_temperature=wp, variation_weight=0.0, clamp_negative=False, eps=eps)
+    _check_number(appearance_temperature, "appearance_temperature", strict=True)
+    _check_number(pos_weight, "pos_weight", strict=False)
+    tp = _check_number(appearance_temperature if pos_temperature is None else pos_temperature, "pos_temperature",
+                       strict=True)
+    return refine_maps(image01, maps, dilations, num_iter, appearance_temperature=appearance_temperature,
+                       appearance_scale=None, pos_weight=pos_weight, pos_temperature=tp, variation_weight=0.0,
+                       clamp_negative=False, eps=eps)
 
 
 def variation_aware_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAULT_DILATIONS,
@@ -98,7 +103,7 @@ def variation_aware_refine(image01: Tensor, maps: Tensor, dilations: Sequence[in
         maps: soft class maps, any spatial size (resized bilinearly, ``align_corners=True``).
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
         num_iter: propagation steps (released: 10).
-        appearance_scale: multiplies ``|dI|/sigma`` (released: 4, i.e. PAR with w1 = 0.25).
+        appearance_scale: multiplies ``|dI|/sigma`` (released: 4, i.e. PAR with appearance_temperature = 0.25).
         variation_weight: weight of the subtracted variation softmax (released: 0.01).
         clamp_negative: clamp negative weights to 0 (released: False).
         pos_weight: optional PAR-style position term (released VARM: 0). With ``appearance_scale=1/0.3``,
@@ -130,17 +135,18 @@ def variation_aware_refine(image01: Tensor, maps: Tensor, dilations: Sequence[in
 class PixelAdaptiveRefine(DilatedNeighbourRefine):
     """PAR: pixel-adaptive refinement of AFA (Ru et al., CVPR 2022), reused by ToCo (CVPR 2023).
 
-    Weights: ``softmax_k(-mean_c(|I_k - I|/(sigma+1e-8)/w1)^2) + w2·softmax_k(-(rho_k/(sigma_rho+1e-8)/w1)^2)``
-    over 48 dilated neighbours (sum 1.01), propagated 10 times. Equals the released ``PAR`` to float rounding
+    Weights: ``softmax_k(-mean_c(|I_k - I|/(sigma+1e-8)/t)^2) + w·softmax_k(-(rho_k/(sigma_rho+1e-8)/t)^2)``
+    (t = ``appearance_temperature``, AFA's ``w1``; w = ``pos_weight``, AFA's ``w2``) over 48 dilated neighbours
+    (sum 1.01), propagated 10 times. Equals the released ``PAR`` to float rounding
     (see ``benchmarks/par_baseline.py``) while never building the B×C×48×H×W tensors; see
     :func:`pixel_adaptive_refine` for the arguments.
 
     Args:
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
         num_iter: propagation steps (released: 10).
-        w1: appearance (and, as released, position) temperature, 0.3.
-        w2: weight of the position softmax, 0.01.
-        w_pos: separate position temperature; ``None`` (released) reuses ``w1``.
+        appearance_temperature: appearance (and, as released, position) temperature, 0.3 (AFA's ``w1``).
+        pos_weight: weight of the position softmax, 0.01 (AFA's ``w2``).
+        pos_temperature: a separate position temperature; ``None`` (released) reuses ``appearance_temperature``.
         eps: added to the standard deviations.
 
     Shape:
@@ -157,20 +163,25 @@ class PixelAdaptiveRefine(DilatedNeighbourRefine):
         torch.Size([2, 4, 32, 32])
     """
 
-    def __init__(self, dilations: Sequence[int] = DEFAULT_DILATIONS, num_iter: int = 10, w1: float = 0.3,
-                 w2: float = 0.01, w_pos: float | None = None, eps: float = 1e-8):
+    def __init__(self, dilations: Sequence[int] = DEFAULT_DILATIONS, num_iter: int = 10,
+                 appearance_temperature: float = 0.3, pos_weight: float = 0.01, pos_temperature: float | None = None,
+                 eps: float = 1e-8):
         super().__init__(dilations, num_iter, eps)
-        self.w1 = _check_number(w1, "w1", strict=True)
-        self.w2 = _check_number(w2, "w2", strict=False)
-        self.w_pos = None if w_pos is None else _check_number(w_pos, "w_pos", strict=True)
+        self.appearance_temperature = _check_number(appearance_temperature, "appearance_temperature", strict=True)
+        self.pos_weight = _check_number(pos_weight, "pos_weight", strict=False)
+        self.pos_temperature = (None if pos_temperature is None
+                                else _check_number(pos_temperature, "pos_temperature", strict=True))
 
     def affinity_kwargs(self) -> dict[str, Any]:
-        return {"appearance_temperature": self.w1, "appearance_scale": None, "pos_weight": self.w2,
-                "pos_temperature": self.w1 if self.w_pos is None else self.w_pos, "variation_weight": 0.0,
-                "clamp_negative": False, "eps": self.eps}
+        t = self.appearance_temperature
+        return {"appearance_temperature": t, "appearance_scale": None, "pos_weight": self.pos_weight,
+                "pos_temperature": t if self.pos_temperature is None else self.pos_temperature,
+                "variation_weight": 0.0, "clamp_negative": False, "eps": self.eps}
 
     def extra_repr(self) -> str:
-        return f"dilations={self.dilations}, num_iter={self.num_iter}, w1={self.w1}, w2={self.w2}, w_pos={self.w_pos}"
+        return (f"dilations={self.dilations}, num_iter={self.num_iter}, "
+                f"appearance_temperature={self.appearance_temperature}, pos_weight={self.pos_weight}, "
+                f"pos_temperature={self.pos_temperature}")
 
 
 class VariationAwareRefine(DilatedNeighbourRefine):
@@ -184,7 +195,7 @@ class VariationAwareRefine(DilatedNeighbourRefine):
     Args:
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
         num_iter: propagation steps (released: 10).
-        appearance_scale: multiplies ``|dI|/sigma`` (released: 4.0; PAR's 1/w1 = 3.33).
+        appearance_scale: multiplies ``|dI|/sigma`` (released: 4.0; PAR's 1/appearance_temperature = 3.33).
         variation_weight: weight of the subtracted variation softmax (released: 0.01).
         clamp_negative: clamp negative weights at 0 (released: False).
         pos_weight: optional PAR position term (released: 0).
@@ -240,21 +251,21 @@ def _box_mask(boxes: Tensor | None, b: int, h: int, w: int, device: torch.device
     return (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
 
 
-def reliable_pseudo_labels(
+def reliable_pseudo_mask(
     refiner: DilatedNeighbourRefine,
     image01: Tensor,
     cams: Tensor,
     labels: Tensor,
     boxes: Tensor | None = None,
-    tau_high: float = 0.55,
-    tau_low: float = 0.35,
-    down_scale: int = 2,
+    high_threshold: float = 0.55,
+    low_threshold: float = 0.35,
+    scale_factor: float = 0.5,
     ignore_index: int = 255,
 ) -> Tensor:
-    """Refined pseudo labels with an ignore band (AFA/TSCD ``refine_cams_with_bkg_v2``).
+    """Refined pseudo mask with an ignore band (AFA/TSCD ``refine_cams_with_bkg_v2``).
 
-    For each background constant tau in (``tau_high``, ``tau_low``): prepend tau to the CAMs, downsample by
-    ``down_scale`` (bilinear, ``align_corners=False``), softmax over background + **present** classes only
+    For each constant background score in (``high_threshold``, ``low_threshold``): prepend it to the CAMs,
+    resize by ``scale_factor`` (bilinear, ``align_corners=False``), softmax over background + **present** classes only
     (temperature 1), refine with ``refiner`` on the image downsampled the same way, upsample to H×W (bilinear,
     ``align_corners=False``), argmax. Combine: the high label where it is foreground; background only where both
     say background; ``ignore_index`` elsewhere (foreground in the low label only) and outside ``boxes``.
@@ -265,13 +276,13 @@ def reliable_pseudo_labels(
     Args:
         refiner: a :class:`VariationAwareRefine` (TSCD) or :class:`PixelAdaptiveRefine` (AFA, ToCo).
         image01: the crop, RGB in [0, 1].
-        cams: per-channel min-max normalised CAMs in [0, 1] (any spatial size; resized to H/down_scale).
+        cams: per-channel min-max normalised CAMs in [0, 1] (any spatial size; resized to the refinement size).
         labels: multi-hot image labels, no background entry.
         boxes: optional B×4 ``(x1, y1, x2, y2)`` valid (unpadded) region per image (end exclusive, e.g. from
             :func:`wsss_blocks.ops.boxes_from_mask`); outside it the label is ignore.
-        tau_high: high background score (AFA/TSCD 0.55; ToCo 0.70).
-        tau_low: low background score (AFA/TSCD 0.35; ToCo 0.25).
-        down_scale: refinement runs at (H // down_scale, W // down_scale) (released: 2).
+        high_threshold: high background score (AFA/TSCD 0.55; ToCo 0.70; the release's ``bkg_thre_h``).
+        low_threshold: low background score (AFA/TSCD 0.35; ToCo 0.25; ``bkg_thre_l``).
+        scale_factor: refinement runs at ``(⌊H·scale_factor⌋, ⌊W·scale_factor⌋)`` (released: 0.5, i.e. ``H // 2``).
         ignore_index: label of the ignore band and of pixels outside the box.
 
     Shape:
@@ -285,7 +296,7 @@ def reliable_pseudo_labels(
         >>> image = torch.rand(2, 3, 32, 32)
         >>> cams = torch.rand(2, 20, 32, 32)
         >>> labels = torch.zeros(2, 20); labels[0, 3] = 1; labels[1, [5, 7]] = 1
-        >>> y = reliable_pseudo_labels(VariationAwareRefine(), image, cams, labels)
+        >>> y = reliable_pseudo_mask(VariationAwareRefine(), image, cams, labels)
         >>> y.shape, y.dtype
         (torch.Size([2, 32, 32]), torch.int64)
     """
@@ -298,16 +309,19 @@ def reliable_pseudo_labels(
     check_same_batch(cams, "cams", image01, "image01")
     b, c = cams.shape[:2]
     lab = check_labels(labels, "labels", batch=b, num_classes=c).to(cams.device)
-    for name, v in (("tau_high", tau_high), ("tau_low", tau_low)):
+    for name, v in (("high_threshold", high_threshold), ("low_threshold", low_threshold)):
         _check_number(v, name, strict=False)
-    if tau_low > tau_high:
-        raise ValueError(f"tau_low must be <= tau_high, got tau_low={tau_low} and tau_high={tau_high}")
-    if isinstance(down_scale, bool) or not isinstance(down_scale, int) or down_scale < 1:
-        raise ValueError(f"down_scale must be an int >= 1, got {down_scale!r}")
+    if low_threshold > high_threshold:
+        raise ValueError(f"low_threshold must be <= high_threshold, got low_threshold={low_threshold} and "
+                         f"high_threshold={high_threshold}")
+    _check_number(scale_factor, "scale_factor", strict=True)
+    if scale_factor > 1:
+        raise ValueError(f"scale_factor must lie in (0, 1], got {scale_factor}")
     h, w = image01.shape[-2:]
-    hs, ws = h // down_scale, w // down_scale
+    # floor(H·s) with a guard against float error (s = 1/2 gives exactly H // 2)
+    hs, ws = int(h * scale_factor + 1e-6), int(w * scale_factor + 1e-6)
     if hs < 1 or ws < 1:
-        raise ValueError(f"image01 of size {h}×{w} is too small for down_scale={down_scale}")
+        raise ValueError(f"image01 of size {h}×{w} is too small for scale_factor={scale_factor}")
     box = _box_mask(boxes, b, h, w, image01.device)
 
     dtype = _work_dtype(image01, cams)
@@ -321,7 +335,7 @@ def reliable_pseudo_labels(
     slot_valid = torch.gather(keys_valid, 1, order)  # B×n_keys
 
     maps = []
-    for tau in (tau_high, tau_low):
+    for tau in (high_threshold, low_threshold):
         with_bg = torch.cat([small_cams.new_full((b, 1, hs, ws), tau), small_cams], dim=1)
         sel = torch.gather(with_bg, 1, order.view(b, n_keys, 1, 1).expand(b, n_keys, hs, ws))
         sel = sel.masked_fill(~slot_valid.view(b, n_keys, 1, 1), float("-inf")).softmax(dim=1)

@@ -16,7 +16,7 @@ from .dense_crf import (
     dense_crf,
     dense_crf_from_unary,
     resolve_backend,
-    unary_from_labels,
+    unary_from_mask,
     unary_from_probs,
 )
 from .permutohedral import PairwiseOperator, PermutohedralLattice, build_lattice, lattice_filter, mean_field
@@ -30,7 +30,7 @@ __all__ = [
     "dense_crf",
     "dense_crf_from_unary",
     "unary_from_probs",
-    "unary_from_labels",
+    "unary_from_mask",
     "resolve_backend",
     "PermutohedralLattice",
     "build_lattice",

@@ -50,7 +50,7 @@ __all__ = [
     "dense_crf",
     "dense_crf_from_unary",
     "unary_from_probs",
-    "unary_from_labels",
+    "unary_from_mask",
     "resolve_backend",
 ]
 
@@ -108,12 +108,13 @@ def _as_tensor(x: object, name: str) -> Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
-def _prepare_image(image: object) -> Tensor:
-    """Any accepted image layout -> (B, H, W, 3) uint8."""
-    img = _as_tensor(image, "image")
+def _image_any(image: object, name: str) -> Tensor:
+    """An RGB image by dtype: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` recognised) or float in [0, 1]
+    ``3×H×W`` / ``B×3×H×W`` -> (B, H, W, 3) uint8."""
+    img = _as_tensor(image, name)
     shape = tuple(img.shape)
     if img.ndim not in (3, 4):
-        raise ValueError(f"image must have shape H×W×3 / B×H×W×3 (uint8) or 3×H×W / B×3×H×W (float in "
+        raise ValueError(f"{name} must have shape H×W×3 / B×H×W×3 (uint8) or 3×H×W / B×3×H×W (float in "
                          f"[0, 1]), got {img.ndim}-D tensor of shape {shape}")
     if img.ndim == 3:
         img = img[None]
@@ -123,13 +124,31 @@ def _prepare_image(image: object) -> Tensor:
     elif img.is_floating_point():
         if img.shape[1] == 3 or img.shape[-1] != 3:
             img = img.permute(0, 2, 3, 1)
-        check_range(img, "image", 0.0, 1.0, hint="float images must be RGB in [0, 1]; pass uint8 for 0..255")
+        check_range(img, name, 0.0, 1.0, hint="float images must be RGB in [0, 1]")
         img = (img.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     else:
-        raise TypeError(f"image must be uint8 (0..255) or floating point in [0, 1], got dtype {img.dtype}")
+        raise TypeError(f"{name} must be uint8 (0..255) or floating point in [0, 1], got dtype {img.dtype}")
     if img.shape[-1] != 3:
-        raise ValueError(f"image must have 3 (RGB) channels (H×W×3 uint8 or 3×H×W float), got shape {shape}")
+        raise ValueError(f"{name} must have 3 (RGB) channels (H×W×3 uint8 or 3×H×W float), got shape {shape}")
     return img.contiguous()
+
+
+def _prepare_image(image01: object, image_uint8: object = None) -> Tensor:
+    """The guide image given as ``image01`` (float RGB in [0, 1], ``3×H×W`` / ``B×3×H×W``) or as ``image_uint8``
+    (``H×W×3`` / ``B×H×W×3`` uint8, as loaded; ``B×3×H×W`` recognised), exactly one -> (B, H, W, 3) uint8."""
+    if (image01 is None) == (image_uint8 is None):
+        raise ValueError("give the image either as image01 (float RGB in [0, 1]) or as image_uint8 (uint8 "
+                         "0..255), exactly one of them")
+    if image01 is not None:
+        t = _as_tensor(image01, "image01")
+        if not t.is_floating_point():
+            raise TypeError(f"image01 must be floating point RGB in [0, 1], got dtype {t.dtype}; pass uint8 "
+                            f"images as image_uint8=")
+        return _image_any(t, "image01")
+    t = _as_tensor(image_uint8, "image_uint8")
+    if t.dtype != torch.uint8:
+        raise TypeError(f"image_uint8 must have dtype uint8, got {t.dtype}; pass float RGB in [0, 1] as image01")
+    return _image_any(t, "image_uint8")
 
 
 def _prepare_probs(probs: object, sum_to_one: str, sum_tol: float) -> tuple[Tensor, bool]:
@@ -191,10 +210,10 @@ def _check_params(iterations: int, pos_w: float, pos_xy: float, bi_w: float, bi_
 
 def _match(image: Tensor, unary: Tensor) -> None:
     if image.shape[0] != unary.shape[0]:
-        raise ValueError(f"image and probs must have the same batch size, got image {tuple(image.shape)} "
+        raise ValueError(f"the image and probs must have the same batch size, got image {tuple(image.shape)} "
                          f"(B×H×W×3) and probs {tuple(unary.shape)} (B×K×H×W)")
     if image.shape[1:3] != unary.shape[2:]:
-        raise ValueError(f"image and probs must have the same spatial size, got image H×W = "
+        raise ValueError(f"the image and probs must have the same spatial size, got image H×W = "
                          f"{tuple(image.shape[1:3])} and probs H×W = {tuple(unary.shape[2:])}")
 
 
@@ -226,19 +245,18 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
     return -torch.log(probs.float().clamp(clip, 1.0))
 
 
-def unary_from_labels(labels: Tensor, num_classes: int, gt_prob: float = 0.7,
-                      ignore_index: int | None = None) -> Tensor:
-    """Hard-label unary energies of pydensecrf ``unary_from_labels(..., zero_unsure=False)``.
+def unary_from_mask(mask: Tensor, num_classes: int, gt_prob: float = 0.7, ignore_index: int | None = None) -> Tensor:
+    """Hard-label unary energies of pydensecrf ``unary_from_labels(..., zero_unsure=False)`` from a label mask.
 
     The labelled class gets ``-log(gt_prob)``, every other class ``-log((1 - gt_prob) / (K - 1))``.
     Pixels equal to ``ignore_index`` (an extension; pydensecrf has only ``zero_unsure`` for label 0) get
     the uniform energy ``-log(1 / K)``, as pydensecrf gives its "unsure" pixels.
 
     Shape:
-        labels: ``(B, H, W)`` integer in ``[0, K)`` (or ``ignore_index``); output ``(B, K, H, W)`` float32.
+        mask: ``(B, H, W)`` integer in ``[0, K)`` (or ``ignore_index``); output ``(B, K, H, W)`` float32.
 
     Examples:
-        >>> u = unary_from_labels(torch.tensor([[[0, 1]]]), num_classes=2, gt_prob=0.75)
+        >>> u = unary_from_mask(torch.tensor([[[0, 1]]]), num_classes=2, gt_prob=0.75)
         >>> tuple(round(v, 4) for v in u[0, :, 0, 0].tolist())  # -log 0.75, -log 0.25
         (0.2877, 1.3863)
     """
@@ -246,15 +264,15 @@ def unary_from_labels(labels: Tensor, num_classes: int, gt_prob: float = 0.7,
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if not 0.0 < gt_prob < 1.0:
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    lab = labels.long()
+    if mask.is_floating_point() or mask.dtype == torch.bool:
+        raise TypeError(f"mask must be an integer tensor, got dtype {mask.dtype}")
+    lab = mask.long()
     valid = (lab >= 0) & (lab < num_classes)
     ign = (lab == ignore_index) if ignore_index is not None else torch.zeros_like(valid)
     if not bool((valid | ign).all()):
         bad = lab[~(valid | ign)][0]
         extra = f" or ignore_index {ignore_index}" if ignore_index is not None else ""
-        raise ValueError(f"labels has value {int(bad)} outside [0, {num_classes - 1}]{extra}")
+        raise ValueError(f"mask has value {int(bad)} outside [0, {num_classes - 1}]{extra}")
     n_energy = float(np.float32(-math.log((1.0 - gt_prob) / (num_classes - 1))))
     p_energy = float(np.float32(-math.log(gt_prob)))
     u = torch.full((*lab.shape[:1], num_classes, *lab.shape[1:]), n_energy, dtype=torch.float32,
@@ -298,14 +316,14 @@ def _pydensecrf_backend(image: Tensor, unary: Tensor, iterations: int, pos_w: fl
 
 
 @torch.no_grad()
-def dense_crf_from_unary(image: Tensor, unary: Tensor, *, iterations: int = 10, pos_w: float = 3.0,
-                         pos_xy: float = 3.0, bi_w: float = 4.0, bi_xy: float = 64.0, bi_rgb: float = 5.0,
-                         backend: str = "auto", normalization: str = "symmetric") -> Tensor:
-    """Dense-CRF marginals from unary energies (``-log p`` or :func:`unary_from_labels`).
+def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: Tensor | None = None,
+                         iterations: int = 10, pos_w: float = 3.0, pos_xy: float = 3.0, bi_w: float = 4.0,
+                         bi_xy: float = 64.0, bi_rgb: float = 5.0, backend: str = "auto",
+                         normalization: str = "symmetric") -> Tensor:
+    """Dense-CRF marginals from unary energies (``-log p`` or :func:`unary_from_mask`).
 
     Args:
-        image: RGB image(s): uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` uint8 is recognised too) or
-            float in [0, 1] ``3×H×W`` / ``B×3×H×W``.
+        image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W``; ``None`` when ``image_uint8`` is given.
         unary: ``(B, K, H, W)`` float unary energies (finite), K >= 2.
         iterations: mean-field iterations.
         pos_w: Potts weight of the Gaussian position kernel (0 leaves it out).
@@ -315,18 +333,19 @@ def dense_crf_from_unary(image: Tensor, unary: Tensor, *, iterations: int = 10, 
         bi_rgb: bilateral colour standard deviation (0..255 units).
         backend: ``"auto"``, ``"torch"`` or ``"pydensecrf"``.
         normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"`` (see :func:`dense_crf`).
+        image_uint8: the image as loaded instead: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` is recognised).
 
     Returns:
         ``(B, K, H, W)`` float32 marginals on ``unary``'s device.
 
     Examples:
         >>> img = torch.zeros(8, 8, 3, dtype=torch.uint8)
-        >>> q = dense_crf_from_unary(img, torch.zeros(1, 2, 8, 8), backend="torch")
+        >>> q = dense_crf_from_unary(None, torch.zeros(1, 2, 8, 8), image_uint8=img, backend="torch")
         >>> torch.allclose(q, torch.full_like(q, 0.5))
         True
     """
     _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
-    img = _prepare_image(image)
+    img = _prepare_image(image01, image_uint8)
     u = _as_tensor(unary, "unary")
     if u.ndim != 4 or not u.is_floating_point():
         raise ValueError(f"unary must be a float B×K×H×W tensor, got dtype {u.dtype} and shape {shape_str(u)}")
@@ -345,17 +364,17 @@ def dense_crf_from_unary(image: Tensor, unary: Tensor, *, iterations: int = 10, 
 
 
 @torch.no_grad()
-def dense_crf(image: Tensor, probs: Tensor, *, iterations: int = 10, pos_w: float = 3.0, pos_xy: float = 3.0,
-              bi_w: float = 4.0, bi_xy: float = 64.0, bi_rgb: float = 5.0, backend: str = "auto",
-              sum_to_one: str = "check", sum_tol: float = 1e-3, clip: float = 1e-5,
+def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | None = None, iterations: int = 10,
+              pos_w: float = 3.0, pos_xy: float = 3.0, bi_w: float = 4.0, bi_xy: float = 64.0, bi_rgb: float = 5.0,
+              backend: str = "auto", sum_to_one: str = "check", sum_tol: float = 1e-3, clip: float = 1e-5,
               normalization: str = "symmetric") -> Tensor:
     """Refine class probabilities with a fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011).
 
     The defaults are the AFA/TSCD test-time setting (the ``"afa"`` preset); see :data:`PRESETS`.
 
     Args:
-        image: RGB image(s): uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` uint8 is recognised too) or
-            float in [0, 1] ``3×H×W`` / ``B×3×H×W`` (rounded to uint8, as the released sigmas assume).
+        image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W`` (rounded to 0..255, as the released
+            sigmas assume); ``None`` when ``image_uint8`` is given.
         probs: ``(B, K, H, W)`` or ``(K, H, W)`` probabilities (e.g. a softmax), K >= 2, in [0, 1].
         iterations: mean-field iterations.
         pos_w: Potts weight of the Gaussian position kernel (``compat`` of ``addPairwiseGaussian``);
@@ -372,18 +391,19 @@ def dense_crf(image: Tensor, probs: Tensor, *, iterations: int = 10, pos_w: floa
         clip: the unary is ``-log(clip(p, clip, 1))`` (pydensecrf ``unary_from_softmax`` default 1e-5).
         normalization: kernel normalisation, ``"symmetric"`` (pydensecrf's default), ``"after"``,
             ``"before"`` or ``"none"``.
+        image_uint8: the image as loaded instead: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` is recognised).
 
     Returns:
         Refined marginals, float32 (or ``probs``' floating dtype), same shape and device as ``probs``.
         No gradients flow.
 
     Shape:
-        - image: ``(B, H, W, 3)`` uint8 or ``(B, 3, H, W)`` float (or the unbatched forms).
+        - image01: ``(B, 3, H, W)`` float (or ``(3, H, W)``); image_uint8: ``(B, H, W, 3)`` (or ``(H, W, 3)``).
         - probs: ``(B, K, H, W)`` or ``(K, H, W)``.
         - output: same as ``probs``; rows sum to 1 over K.
 
     Examples:
-        >>> img = torch.zeros(16, 16, 3, dtype=torch.uint8); img[:, 8:] = 255
+        >>> img = torch.zeros(1, 3, 16, 16); img[..., 8:] = 1.0
         >>> p = torch.full((1, 2, 16, 16), 0.5); p[:, 0, :, :8] = 0.6; p[:, 1, :, :8] = 0.4
         >>> q = dense_crf(img, p, backend="torch")
         >>> q.shape, bool(torch.allclose(q.sum(1), torch.ones(1, 16, 16)))
@@ -392,8 +412,8 @@ def dense_crf(image: Tensor, probs: Tensor, *, iterations: int = 10, pos_w: floa
     _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
     p, squeeze = _prepare_probs(probs, sum_to_one, sum_tol)
     out_dtype = probs.dtype if isinstance(probs, Tensor) else torch.float32
-    q = dense_crf_from_unary(image, unary_from_probs(p, clip), iterations=iterations, pos_w=pos_w,
-                             pos_xy=pos_xy, bi_w=bi_w, bi_xy=bi_xy, bi_rgb=bi_rgb, backend=backend,
+    q = dense_crf_from_unary(image01, unary_from_probs(p, clip), image_uint8=image_uint8, iterations=iterations,
+                             pos_w=pos_w, pos_xy=pos_xy, bi_w=bi_w, bi_xy=bi_xy, bi_rgb=bi_rgb, backend=backend,
                              normalization=normalization)
     q = q.to(out_dtype) if out_dtype.is_floating_point else q
     return q[0] if squeeze else q
@@ -405,11 +425,12 @@ class DenseCRF(nn.Module):
 
     Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
     NeurIPS 2011. Holds the hyperparameters; :meth:`forward` refines probabilities
-    (:func:`dense_crf`), :meth:`from_labels` refines hard label maps (IRN/SMAF style),
+    (:func:`dense_crf`), :meth:`from_mask` refines hard label masks (IRN/SMAF style),
     :meth:`from_unary` takes unary energies, :meth:`pool_map` runs a dataset through pydensecrf in a
     process pool. Presets: ``DenseCRF.preset(name)`` or the classmethods ``deeplab``, ``afa``, ``toco``,
     ``toco_label``, ``psa``, ``irn``, ``pmm_binary``, ``smaf``, ``l2g_test`` (values and sources in
-    :data:`PRESETS` / :data:`PRESET_SOURCES`). Default values = the ``"afa"`` preset.
+    :data:`PRESETS` / :data:`PRESET_SOURCES`); :meth:`from_config` builds one from a config mapping (a
+    ``preset`` name plus overrides, as the trainer's ``crf_params``). Default values = the ``"afa"`` preset.
 
     Args:
         iterations: mean-field iterations.
@@ -423,15 +444,15 @@ class DenseCRF(nn.Module):
         sum_tol: tolerance of the sum check.
         clip: lower clip of the probabilities in the unary.
         normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"``.
-        gt_prob: confidence of the labelled class in :meth:`from_labels` (pydensecrf ``gt_prob``).
+        gt_prob: confidence of the labelled class in :meth:`from_mask` (pydensecrf ``gt_prob``).
 
     Shape:
-        - image: ``(B, H, W, 3)`` uint8 / ``(B, 3, H, W)`` float in [0, 1] (or unbatched).
+        - image01: ``(B, 3, H, W)`` float in [0, 1]; or image_uint8: ``(B, H, W, 3)`` uint8 (or unbatched).
         - probs: ``(B, K, H, W)`` or ``(K, H, W)``; output: same shape as ``probs``.
 
     Examples:
         >>> crf = DenseCRF.preset("deeplab", backend="torch")
-        >>> img = torch.randint(0, 256, (1, 12, 10, 3), dtype=torch.uint8)
+        >>> img = torch.rand(1, 3, 12, 10)
         >>> probs = torch.softmax(torch.randn(1, 3, 12, 10), dim=1)
         >>> crf(img, probs).shape
         torch.Size([1, 3, 12, 10])
@@ -467,6 +488,19 @@ class DenseCRF(nn.Module):
         return cls(**{**PRESETS[key], **overrides})
 
     @classmethod
+    def from_config(cls, params: Mapping[str, Any] | None = None) -> DenseCRF:
+        """A CRF from a config mapping: an optional ``preset`` name plus :class:`DenseCRF` arguments that override
+        it (no ``preset``: the arguments alone). This is how the trainer's ``crf_params`` keys are read.
+
+        Examples:
+            >>> DenseCRF.from_config({"preset": "smaf", "backend": "torch"}).bi_xy
+            50.0
+        """
+        kw = dict(params or {})
+        name = kw.pop("preset", None)
+        return cls.preset(str(name), **kw) if name is not None else cls(**kw)
+
+    @classmethod
     def deeplab(cls, **overrides: Any) -> DenseCRF:
         """deeplab-pytorch / CLIP-ES: 10 it., Gaussian 1 px w 3, bilateral 67 px / 3 w 4."""
         return cls.preset("deeplab", **overrides)
@@ -498,7 +532,7 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def irn(cls, **overrides: Any) -> DenseCRF:
-        """IRN ``crf_inference_label`` (use :meth:`from_labels`): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
+        """IRN ``crf_inference_label`` (use :meth:`from_mask`): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
         return cls.preset("irn", **overrides)
 
     @classmethod
@@ -508,7 +542,7 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def smaf(cls, **overrides: Any) -> DenseCRF:
-        """SMAF pseudo-mask CRF (use :meth:`from_labels`): same values as IRN's label CRF."""
+        """SMAF pseudo-mask CRF (use :meth:`from_mask`): same values as IRN's label CRF."""
         return cls.preset("smaf", **overrides)
 
     @classmethod
@@ -521,55 +555,58 @@ class DenseCRF(nn.Module):
         return dict(iterations=self.iterations, pos_w=self.pos_w, pos_xy=self.pos_xy, bi_w=self.bi_w,
                     bi_xy=self.bi_xy, bi_rgb=self.bi_rgb, normalization=self.normalization)
 
-    def forward(self, image: Tensor, probs: Tensor) -> Tensor:
+    def forward(self, image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
         """Refined probabilities (same shape as ``probs``); see :func:`dense_crf`."""
-        return dense_crf(image, probs, backend=self.backend, sum_to_one=self.sum_to_one, sum_tol=self.sum_tol,
-                         clip=self.clip, **self._params())
+        return dense_crf(image01, probs, image_uint8=image_uint8, backend=self.backend, sum_to_one=self.sum_to_one,
+                         sum_tol=self.sum_tol, clip=self.clip, **self._params())
 
-    def from_unary(self, image: Tensor, unary: Tensor) -> Tensor:
+    def from_unary(self, image01: Tensor | None, unary: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
         """Marginals ``(B, K, H, W)`` from unary energies; see :func:`dense_crf_from_unary`."""
-        return dense_crf_from_unary(image, unary, backend=self.backend, **self._params())
+        return dense_crf_from_unary(image01, unary, image_uint8=image_uint8, backend=self.backend, **self._params())
 
-    def from_labels(self, image: Tensor, labels: Tensor, gt_prob: float | None = None,
-                    num_classes: int | None = None, ignore_index: int | None = None) -> Tensor:
-        """Refine hard label maps (pydensecrf ``unary_from_labels``, ``zero_unsure=False``).
+    def from_mask(self, image01: Tensor | None, mask: Tensor, gt_prob: float | None = None,
+                  num_classes: int | None = None, ignore_index: int | None = None, *,
+                  image_uint8: Tensor | None = None) -> Tensor:
+        """Refine hard label masks (pydensecrf ``unary_from_labels``, ``zero_unsure=False``).
 
         Args:
-            image: as in :meth:`forward`.
-            labels: ``(B, H, W)`` or ``(H, W)`` integer labels in ``[0, K)``.
+            image01: as in :meth:`forward` (``None`` when ``image_uint8`` is given).
+            mask: ``(B, H, W)`` or ``(H, W)`` integer labels in ``[0, K)``.
             gt_prob: confidence of the given label (default: this module's ``gt_prob``, 0.7 as in IRN
                 and SMAF).
-            num_classes: K; default ``labels.max() + 1`` (pass it explicitly when a label can be absent:
+            num_classes: K; default ``mask.max() + 1`` (pass it explicitly when a label can be absent:
                 K changes the energies).
             ignore_index: label value that gets a uniform unary (not in pydensecrf; optional).
+            image_uint8: the image as loaded instead, uint8 ``(B, H, W, 3)`` or ``(H, W, 3)``.
 
         Returns:
             ``(B, K, H, W)`` float32 marginals (``argmax(1)`` gives IRN's/SMAF's refined labels).
 
         Examples:
             >>> img = torch.zeros(6, 6, 3, dtype=torch.uint8)
-            >>> DenseCRF.irn(backend="torch").from_labels(img, torch.zeros(6, 6, dtype=torch.long),
-            ...                                            num_classes=3).argmax(1).unique().tolist()
+            >>> DenseCRF.irn(backend="torch").from_mask(None, torch.zeros(6, 6, dtype=torch.long), num_classes=3,
+            ...                                          image_uint8=img).argmax(1).unique().tolist()
             [0]
         """
-        lab = _as_tensor(labels, "labels")
+        lab = _as_tensor(mask, "mask")
         if lab.ndim not in (2, 3):
-            raise ValueError(f"labels must have shape B×H×W or H×W, got {lab.ndim}-D tensor of shape "
+            raise ValueError(f"mask must have shape B×H×W or H×W, got {lab.ndim}-D tensor of shape "
                              f"{shape_str(lab)}")
         if lab.ndim == 2:
             lab = lab[None]
         if num_classes is None:
             valid = lab[lab != ignore_index] if ignore_index is not None else lab
             num_classes = int(valid.max()) + 1 if valid.numel() else 2
-        unary = unary_from_labels(lab, num_classes, self.gt_prob if gt_prob is None else gt_prob,
-                                  ignore_index=ignore_index)
-        return self.from_unary(image, unary)
+        unary = unary_from_mask(lab, num_classes, self.gt_prob if gt_prob is None else gt_prob,
+                                ignore_index=ignore_index)
+        return self.from_unary(image01, unary, image_uint8=image_uint8)
 
     def pool_map(self, jobs: Iterable[tuple[Any, Any]], *, processes: int | None = None, chunksize: int = 1,
                  labels_only: bool = False) -> Iterator[np.ndarray]:
         """Refine a stream of ``(image, probs)`` pairs with pydensecrf in a process pool (for datasets).
 
-        ``image``: ``(H, W, 3)`` uint8 (or any layout :meth:`forward` accepts, one image); ``probs``:
+        ``image``: ``(H, W, 3)`` uint8 as loaded, or ``(3, H, W)`` float RGB in [0, 1] (told apart by dtype);
+        ``probs``:
         ``(K, H, W)``. Probabilities are checked per item with this module's ``sum_to_one`` rule. Yields
         ``(K, H, W)`` float32 numpy marginals in input order (``(H, W)`` label maps with
         ``labels_only``). See :func:`wsss_blocks.crf.pydensecrf_backend.pool_map`.
@@ -578,7 +615,7 @@ class DenseCRF(nn.Module):
         def prepared() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for image, probs in jobs:
                 p, _ = _prepare_probs(probs, self.sum_to_one, self.sum_tol)
-                img = _prepare_image(image)
+                img = _image_any(image, "image")
                 _match(img, p)
                 yield img[0].cpu().numpy(), unary_from_probs(p[0], self.clip).cpu().numpy()
 

@@ -79,7 +79,7 @@ def relabel(
         >>> import tempfile
         >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
         >>> data = [{"name": "img0", "image": torch.rand(3, 16, 20)}]
-        >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=False)
+        >>> cp = CyclicPseudoMask(scales=(1.0, 0.5), img_scale=None, slide=None, crf=None)
         >>> res = relabel(cp, net, data, tempfile.mkdtemp() + "/cyclic_mask")
         >>> sorted(p.name for p in res.out_root.iterdir()), res.written
         (['img0.png'], 1)

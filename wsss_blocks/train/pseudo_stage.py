@@ -4,8 +4,8 @@
    images, against ``SegmentationClass``) with `wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
    flip, summed), normalised (`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
    zeroed; the constant-background mIoU is accumulated for every ``pseudo.sweep_thresholds`` value in one
-   pass (`wsss_blocks.metrics.ThresholdSweep`, the streaming form of
-   `wsss_blocks.metrics.sweep_bg_threshold`; counts summed over DDP ranks). Written to
+   pass (`wsss_blocks.metrics.BgScoreSweep`, the streaming form of
+   `wsss_blocks.metrics.sweep_bg_score`; counts summed over DDP ranks). Written to
    ``<out>/pseudo/cam_sweep.json``.
 2. **Pseudo masks** (``make_pseudo_masks``): the same CAMs for every image of ``pseudo.split`` (default
    ``data.train_split``), turned into masks by the method's rule (`CAMMethod.pseudo_masks`; default the
@@ -28,7 +28,7 @@ import torch
 from wsss_blocks.cam import multiscale_cams, normalize_cams
 from wsss_blocks.data.io import atomic_write, load_label_png, save_label_png
 from wsss_blocks.data.normalization import data_normalization, normalize_images
-from wsss_blocks.metrics import SegmentationMetric, ThresholdSweep
+from wsss_blocks.metrics import BgScoreSweep, SegmentationMetric
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
@@ -110,7 +110,7 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     method = method if method is not None else _model(cfg, out_dir, env)
     ds = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images,
                     root=data_root(cfg, env))
-    sweep = ThresholdSweep(cfg.data.num_classes + 1, ts).to(env.device)
+    sweep = BgScoreSweep(cfg.data.num_classes + 1, ts).to(env.device)
     n = 0
     kept_mb = 0.0
     t0 = time.time()
@@ -132,11 +132,11 @@ def eval_cams(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = 
     cnt = torch.tensor([n], device=env.device)
     all_reduce_sum(cnt)
     r = sweep.compute()
-    res: dict[str, Any] = {"key": key, "best_threshold": r.best_threshold, "best_miou": r.best_miou,
-                           "thresholds": r.thresholds, "miou": r.miou, "num_images": int(cnt.item()),
+    res: dict[str, Any] = {"key": key, "best_threshold": r.best_bg_score, "best_miou": r.best_miou,
+                           "thresholds": r.bg_scores, "miou": r.miou, "num_images": int(cnt.item()),
                            "split": cfg.data.cam_eval_split, "seconds": round(time.time() - t0, 2)}
     if cfg.pseudo.bg_score != "sweep":
-        i = r.thresholds.index(round(float(cfg.pseudo.bg_score), 6))
+        i = r.bg_scores.index(round(float(cfg.pseudo.bg_score), 6))
         res["miou_at_bg"] = r.miou[i]
         res["bg_score"] = float(cfg.pseudo.bg_score)
     if env.is_main:

@@ -229,7 +229,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
 
 def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: DistEnv) -> Path:
     """PMM cyclic pseudo-masks: predict the training split with the previous round's selected model."""
-    from wsss_blocks.pseudo_mask import CyclicPseudoMask
+    from wsss_blocks.pseudo_mask import CYCLIC_CRF, CyclicPseudoMask
 
     from .cyclic import relabel
 
@@ -245,7 +245,8 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
     norm: Normalization = s.normalize
     cp = CyclicPseudoMask(scales=tuple(s.cyclic_scales if s.cyclic_scales is not None else s.eval_scales),
                           flip=s.eval_flip if s.cyclic_flip is None else s.cyclic_flip, img_scale=None, slide=None,
-                          crf=s.crf if s.cyclic_crf is None else s.cyclic_crf, policy=s.cyclic_policy,
+                          crf=CYCLIC_CRF if (s.crf if s.cyclic_crf is None else s.cyclic_crf) else None,
+                          policy=s.cyclic_policy,
                           preprocess=lambda x: normalize_images(x, norm))
     out = stage_dir(out_dir, "seg") / f"cyclic_masks_r{round_index}"
     ds = open_split(cfg, cfg.pseudo.split or cfg.data.train_split, return_mask=False,
@@ -283,7 +284,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     round r relabels the training split with the previous round's
     ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
     `wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
-    mean of softmaxes, CRF `wsss_blocks.pseudo_mask.CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    mean of softmaxes, CRF preset `wsss_blocks.pseudo_mask.CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
     The reported model is the last round's ``model.pt`` (`seg_model_path`).
     """
@@ -339,9 +340,7 @@ def _crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
         return None
     from wsss_blocks.crf import DenseCRF
 
-    params = dict(cfg.seg.crf_params)
-    name = params.pop("preset", None)
-    crf = DenseCRF.preset(str(name), **params) if name is not None else DenseCRF(**params)
+    crf = DenseCRF.from_config(cfg.seg.crf_params)
 
     def run(image01: Tensor, probs: Tensor) -> Tensor:
         return crf(image01.float().clamp(0, 1), probs.float())

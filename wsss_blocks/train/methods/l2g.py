@@ -171,7 +171,7 @@ class L2GMethod(CAMMethod):
         local_maps = self.local_net(views["patches"])
         cls_local = F.multilabel_soft_margin_loss(L2GNet.logits(local_maps), views["patch_labels"].float())
         global_maps = self.global_net(images)
-        kt = self.transfer(global_maps, local_maps, views["rois"], labels, views["patch_saliency"])
+        kt = self.transfer(global_maps, local_maps, views["boxes"], labels, views["patch_saliency"])
         cls_global = F.multilabel_soft_margin_loss(L2GNet.logits(global_maps), labels)
         return {"cls_local": cls_local, "kt": kt, "cls_global": cls_global}
 

@@ -26,7 +26,7 @@ and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...cam import normalize_cams
+from ...crf import DenseCRF
 from ...losses import adaptive_min_pooling_loss
 from ...models import SEAMNet, build_frozen_backbone, is_random_init, load_pretrained, set_bn_eval
 from ...models.resnet38 import SEAM_LOAD_REASONS
-from ...pseudo_mask import proportional_pseudo_mask
+from ...pseudo_mask import PPMG_CRF, proportional_pseudo_mask
 from . import register_method
 from .base import CAMMethod
 
@@ -63,17 +64,18 @@ class PMMConfig:
         freeze_bn: frozen BatchNorm (released).
         b7_dilation: dilation of ResNet-38's b7 (SEAM/PMM 2; spec §2.1).
         dropout: Dropout2d rate in front of fc8 (0.5).
-        downscale: scale of the second view (0.3, ``train_cam.py``).
+        view_scale_factor: scale factor of the second, downscaled view (0.3, ``train_cam.py``).
         min_pool_weight, er_weight, ecr_weight: loss weights (all 1 in the release).
         ecr_topk: fraction of the largest ECR entries averaged (0.2).
         cam_source: ``"pcm"`` (``cam_rv``, released) or ``"fc8"`` (plain CAM) for inference.
         alpha: power of the per-class background in PPMG (11 in run.py stages D/E; spec §5).
-        cam_thresh: CoV threshold t (0.05; spec §4).
+        fg_threshold: CoV threshold t on the CAM (``--cam_thresh`` 0.05; spec §4).
         cv_scale: CoV scale s (0.3; spec §4).
-        fg_thresh: threshold on the CRF foreground posterior (0.5; spec §5).
+        posterior_threshold: threshold on the CRF foreground posterior (``fg_thresh`` 0.5; spec §5).
         foreground: ``"crf"`` (released per-class binary dense CRF) or ``"threshold"`` (its initial state).
-        crf_params: dense-CRF parameters; ``None`` = :data:`wsss_blocks.pseudo_mask.PMM_BINARY_CRF`
-            (10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10).
+        crf_params: the dense CRF of ``foreground: crf``, as everywhere in the configs: a ``preset`` name plus
+            :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: pmm-binary}``: 10 iterations, Gaussian sxy 3
+            compat 10, bilateral sxy 80 srgb 13 compat 10, probabilities used as given).
         min_exponent: floor of the CoV exponent ``1 − cv`` (``None`` = release, no clamp).
     """
 
@@ -81,18 +83,18 @@ class PMMConfig:
     freeze_bn: bool = True
     b7_dilation: int = 2
     dropout: float = 0.5
-    downscale: float = 0.3
+    view_scale_factor: float = 0.3
     min_pool_weight: float = 1.0
     er_weight: float = 1.0
     ecr_weight: float = 1.0
     ecr_topk: float = 0.2
     cam_source: Literal["pcm", "fc8"] = "pcm"
     alpha: float = 11.0
-    cam_thresh: float = 0.05
+    fg_threshold: float = 0.05
     cv_scale: float = 0.3
-    fg_thresh: float = 0.5
+    posterior_threshold: float = 0.5
     foreground: Literal["crf", "threshold"] = "crf"
-    crf_params: dict[str, Any] | None = None
+    crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": PPMG_CRF})
     min_exponent: float | None = None
 
 
@@ -139,8 +141,8 @@ class PMMMethod(CAMMethod):
     def __init__(self, run_cfg: Any, method_cfg: PMMConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
         c = method_cfg
-        if not 0.0 < c.downscale < 1.0:
-            raise ValueError(f"method_args.downscale must be in (0, 1), got {c.downscale}")
+        if not 0.0 < c.view_scale_factor < 1.0:
+            raise ValueError(f"method_args.view_scale_factor must be in (0, 1), got {c.view_scale_factor}")
         if not 0.0 < c.ecr_topk <= 1.0:
             raise ValueError(f"method_args.ecr_topk must be in (0, 1], got {c.ecr_topk}")
         if c.alpha <= 0:
@@ -156,9 +158,9 @@ class PMMMethod(CAMMethod):
         pre = cam.pretrained if cam is not None else None
         self.init_report = None if is_random_init(pre) else load_pretrained(
             self.net, cast(Any, pre), "seam_resnet38", allow_missing=("fc8.", "pcm."), reasons=SEAM_LOAD_REASONS)
+        self._crf = DenseCRF.from_config(c.crf_params)
         if c.freeze_bn:
             set_bn_eval(self)
-
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The loss terms of one batch with their gradients: ``cls``, ``minpool``, ``er``, ``ecr`` (unweighted)."""
@@ -166,7 +168,7 @@ class PMMMethod(CAMMethod):
         x1 = batch["image"]
         y = batch["labels"].float()
         n, _, H, W = x1.shape
-        x2 = F.interpolate(x1, scale_factor=c.downscale, mode="bilinear", align_corners=True)
+        x2 = F.interpolate(x1, scale_factor=c.view_scale_factor, mode="bilinear", align_corners=True)
         lab = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)[:, :, None, None]
 
         cam1, rv1 = self.net(x1)
@@ -210,6 +212,6 @@ class PMMMethod(CAMMethod):
     def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
         c = self.cfg
         return proportional_pseudo_mask(cams.float().clamp(0.0, 1.0), labels, image01.float().clamp(0.0, 1.0),
-                                        alpha=c.alpha, cam_thresh=c.cam_thresh, cv_scale=c.cv_scale,
-                                        fg_thresh=c.fg_thresh, foreground=c.foreground, crf_params=c.crf_params,
-                                        min_exponent=c.min_exponent)
+                                        alpha=c.alpha, fg_threshold=c.fg_threshold, cv_scale=c.cv_scale,
+                                        posterior_threshold=c.posterior_threshold, foreground=c.foreground,
+                                        crf=self._crf, min_exponent=c.min_exponent)

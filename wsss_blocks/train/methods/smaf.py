@@ -23,7 +23,7 @@ Two phases (:attr:`SMAFMethod.phases`), each with a fresh optimizer and poly sch
 
 Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs of :meth:`SMAFMethod.cam_fn`
 (per-pass softmax over C+1, background dropped, summed, per-class max) thresholded at 0.2 with
-:func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_labels`, refined by the released hard-label dense CRF
+:func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_mask`, refined by the released hard-label dense CRF
 (:meth:`wsss_blocks.crf.DenseCRF.smaf`).
 
 Teacher targets (``target_mode``):
@@ -46,7 +46,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from ...data.normalization import Normalization, data_normalization
 from ...losses import eps_saliency_loss
 from ...models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
-from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_labels, smaf_target
+from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_mask, smaf_target
 from ..smaf_store import FusedMapStore
 from . import register_method
 from .base import CAMMethod, PhaseContext
@@ -103,10 +103,10 @@ class SMAFConfig:
         target_bg_score: constant background of the target (0.2; spec §5.2).
         target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448; spec §5.2).
         loss_weight: weight of the MSE (100; spec §6.1).
-        pseudo_crf: refine the pseudo masks with the hard-label dense CRF (released on; spec §7.1).
-        crf_preset: :class:`wsss_blocks.crf.DenseCRF` preset of that CRF (``"smaf"``: gt_prob 0.7, Gaussian 3/3,
-            bilateral 50/5/10, 10 iterations; spec §7.1).
-        crf_backend: ``"auto"`` (pydensecrf if installed, else PyTorch), ``"torch"`` or ``"pydensecrf"``.
+        crf: refine the pseudo masks with the hard-label dense CRF (released on; spec §7.1).
+        crf_params: that CRF, as everywhere in the configs: a ``preset`` name plus
+            :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: smaf, backend: auto}``: gt_prob 0.7, Gaussian
+            3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if installed, else PyTorch).
     """
 
     head: Literal["smaf", "eps"] = "smaf"
@@ -130,9 +130,8 @@ class SMAFConfig:
     target_bg_score: float = 0.2
     target_scale_factor: float = 0.25
     loss_weight: float = 100.0
-    pseudo_crf: bool = True
-    crf_preset: str = "smaf"
-    crf_backend: Literal["auto", "torch", "pydensecrf"] = "auto"
+    crf: bool = True
+    crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": "smaf", "backend": "auto"})
 
 
 def _build_backbone(run_cfg: Any, c: SMAFConfig) -> nn.Module:
@@ -329,7 +328,7 @@ class SMAFMethod(CAMMethod):
         """
         fused = self._teacher_fused(images, labels, valid)
         c = self.cfg
-        return smaf_target(fused, labels, bg_value=c.target_bg_score, scale_factor=c.target_scale_factor,
+        return smaf_target(fused, labels, bg_score=c.target_bg_score, scale_factor=c.target_scale_factor,
                            align_corners=True)
 
     # ----------------------------------------------------------------------------------------- offline maps
@@ -431,7 +430,7 @@ class SMAFMethod(CAMMethod):
                                                   align_corners=self.cfg.offline_align_corners, pad_value=0.0)
         c = self.cfg
         maps = maps.to(labels.device)
-        return smaf_target(maps, labels.float(), bg_value=c.target_bg_score, scale_factor=c.target_scale_factor,
+        return smaf_target(maps, labels.float(), bg_score=c.target_bg_score, scale_factor=c.target_scale_factor,
                            align_corners=True)
 
     def _self_train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -461,10 +460,10 @@ class SMAFMethod(CAMMethod):
 
     def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
         """``argmax([bg, A_0..A_{C-1}])`` with ``bg = cfg.bg_score`` (released 0.2), then the hard-label CRF."""
-        crf: Any = False
-        if self.cfg.pseudo_crf:
+        crf = None
+        if self.cfg.crf:
             from ...crf import DenseCRF
 
-            crf = DenseCRF.preset(self.cfg.crf_preset, backend=self.cfg.crf_backend)
-        return smaf_pseudo_labels(cams, labels, bg_threshold=float(cfg.bg_score), image=image01, crf=crf,
-                                  gt_prob=getattr(crf, "gt_prob", 0.7))
+            crf = DenseCRF.from_config(self.cfg.crf_params)
+        return smaf_pseudo_mask(cams, labels, bg_score=float(cfg.bg_score), image01=image01, crf=crf,
+                                gt_prob=crf.gt_prob if crf is not None else 0.7)

@@ -16,7 +16,7 @@ One phase; every step (released ``scripts/dist_train_voc.py`` L296-360, spec §1
    S') and its multi-scale CAM ``T'`` (no grad).
 4. ``Y`` = reliable pseudo labels: ``[τ; T]`` softmax over background + present classes, refined by
    :class:`~wsss_blocks.refine.VariationAwareRefine` at half resolution, τ_h 0.55 / τ_l 0.35, ignore band
-   (:func:`~wsss_blocks.refine.reliable_pseudo_labels`), padding ignored.
+   (:func:`~wsss_blocks.refine.reliable_pseudo_mask`), padding ignored.
 5. Losses: ``L_cls`` (multi-label soft margin); ``L_seg`` (½ CE background + ½ CE foreground on ``Y``, logits
    upsampled to the crop with ``align_corners=True``); ``L_aff``
    (:func:`~wsss_blocks.correspondence.affinity_from_attention_loss`, radius 8 on the /16 grid); ``L_reg`` (Tang et
@@ -44,7 +44,7 @@ from ...losses import balanced_seg_loss, dense_energy_loss
 from ...models import SegFormer, param_groups
 from ...models.heads import global_pool
 from ...ops import boxes_from_mask
-from ...refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels
+from ...refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask
 from . import register_method
 from .base import CAMMethod
 
@@ -83,11 +83,12 @@ class TSCDConfig:
         cam_iters: last classification-only iteration (2000 VOC, ``n_iter <= cam_iters``; spec §1.4, §3.4).
         cls_weight, seg_weight, aff_weight, reg_weight, scd_weight, er_weight: loss weights after ``cam_iters``
             (1.0, 0.1, 0.1, 0.01, 0.1, 0.1; spec §3.4, SCD ``dist_train_voc.py`` L353).
-        tau_high, tau_low: background scores of the reliable labels (0.55 / 0.35; spec §2.4).
+        high_threshold, low_threshold: background scores of the reliable pseudo mask (0.55 / 0.35; spec §2.4).
         refiner: ``"varm"`` (TSCD) or ``"par"`` (AFA) for the reliable labels.
-        refine_num_iter, refine_dilations, refine_down_scale: 10, (1, 2, 4, 8, 12, 24), 2 (spec §2.1).
+        refine_num_iter, refine_dilations, refine_scale_factor: 10, (1, 2, 4, 8, 12, 24), 0.5 (the refinement
+            runs at half the crop size; spec §2.1).
         aff_radius: Chebyshev radius of the affinity pairs on the /16 grid (8; spec §3.4).
-        scd_view_scale: the SCD view ``x' = ↓s(x)`` (0.3; spec §1.1).
+        scd_view_scale_factor: the SCD view ``x' = ↓s(x)`` (0.3; spec §1.1).
         scd_num_samples: N, N×N points per view (40; spec §1.3).
         er_grad: give L_ER a gradient through the single-scale CAM of ``x'`` (paper intent); released False
             (inert: both CAMs are no-grad; spec §1.5).
@@ -118,14 +119,14 @@ class TSCDConfig:
     reg_weight: float = 0.01
     scd_weight: float = 0.1
     er_weight: float = 0.1
-    tau_high: float = 0.55
-    tau_low: float = 0.35
+    high_threshold: float = 0.55
+    low_threshold: float = 0.35
     refiner: Literal["varm", "par"] = "varm"
     refine_num_iter: int = 10
     refine_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
-    refine_down_scale: int = 2
+    refine_scale_factor: float = 0.5
     aff_radius: int = 8
-    scd_view_scale: float = 0.3
+    scd_view_scale_factor: float = 0.3
     scd_num_samples: int = 40
     er_grad: bool = False
     seg_align_corners: bool = True
@@ -186,10 +187,11 @@ class TSCDMethod(CAMMethod):
         for name in ("cls_weight", "seg_weight", "aff_weight", "reg_weight", "scd_weight", "er_weight"):
             if getattr(c, name) < 0:
                 raise ValueError(f"method_args.{name} must be >= 0, got {getattr(c, name)}")
-        if not 0 < c.scd_view_scale < 1:
-            raise ValueError(f"method_args.scd_view_scale must lie in (0, 1), got {c.scd_view_scale}")
-        if c.tau_low > c.tau_high:
-            raise ValueError(f"method_args.tau_low must be <= tau_high, got {c.tau_low} > {c.tau_high}")
+        if not 0 < c.scd_view_scale_factor < 1:
+            raise ValueError(f"method_args.scd_view_scale_factor must lie in (0, 1), got {c.scd_view_scale_factor}")
+        if c.low_threshold > c.high_threshold:
+            raise ValueError(f"method_args.low_threshold must be <= high_threshold, got {c.low_threshold} > "
+                             f"{c.high_threshold}")
         cam = run_cfg.cam if run_cfg is not None else None
         enc = cam.backbone if cam is not None else "mit_tiny"
         if not enc.startswith("mit_"):
@@ -206,11 +208,12 @@ class TSCDMethod(CAMMethod):
             raise ValueError(f"cam.crop_size must be a multiple of the encoder's output stride {self.stride} "
                              f"(the affinity labels live on the /{self.stride} token grid), got {crop}")
         if crop is not None:
-            smallest = int(int(crop * c.scd_view_scale) * min(c.cam_scales))
+            smallest = int(int(crop * c.scd_view_scale_factor) * min(c.cam_scales))
             need = _min_input_size(self.net.encoder)
             if smallest < need:
                 raise ValueError(
-                    f"the smallest CAM pass (crop {crop} x scd_view_scale {c.scd_view_scale} x min(cam_scales) "
+                    f"the smallest CAM pass (crop {crop} x scd_view_scale_factor {c.scd_view_scale_factor} x "
+                    f"min(cam_scales) "
                     f"{min(c.cam_scales)} = {smallest} px) is too small for the encoder's spatial-reduction "
                     f"convolutions (needs >= {need} px); use a larger cam.crop_size or smaller sr_ratios "
                     f"(cam.backbone_kwargs)")
@@ -276,7 +279,7 @@ class TSCDMethod(CAMMethod):
         cams = self._training_cams(x)
         attn_pred = self._attn_pred(attns).float()
 
-        x2 = F.interpolate(x, scale_factor=c.scd_view_scale, mode="bilinear", align_corners=True)
+        x2 = F.interpolate(x, scale_factor=c.scd_view_scale_factor, mode="bilinear", align_corners=True)
         feats2 = self.net.encoder(x2)
         seg2 = self.net.decoder(feats2)
         cams2 = self._training_cams(x2)
@@ -296,12 +299,12 @@ class TSCDMethod(CAMMethod):
         loss_scd = self_correspondence_loss(cams, cams2, segs, segs2, num_samples=c.scd_num_samples)
         assert isinstance(loss_scd, Tensor)
 
-        y = reliable_pseudo_labels(self.refiner, img01, cams, labels, boxes=boxes, tau_high=c.tau_high,
-                                   tau_low=c.tau_low, down_scale=c.refine_down_scale)
+        y = reliable_pseudo_mask(self.refiner, img01, cams, labels, boxes=boxes, high_threshold=c.high_threshold,
+                                 low_threshold=c.low_threshold, scale_factor=c.refine_scale_factor)
         loss_aff = affinity_from_attention_loss(attn_pred, y, radius=c.aff_radius, stride=self.stride)
         loss_seg = balanced_seg_loss(segs, y, empty_is_zero=c.seg_loss_empty_is_zero)
         roi = valid.float() if valid is not None else None
-        loss_reg = dense_energy_loss(torch.softmax(segs, dim=1), img01 * 255.0, y, roi,
+        loss_reg = dense_energy_loss(torch.softmax(segs, dim=1), img01, y, roi,
                                      weight=c.reg_energy_weight, sigma_rgb=c.reg_sigma_rgb, sigma_xy=c.reg_sigma_xy,
                                      scale_factor=c.reg_scale_factor)
         if step <= c.cam_iters:
@@ -327,8 +330,9 @@ class TSCDMethod(CAMMethod):
         constant-background rule with ``cfg.bg_score`` (released ``cam_to_label`` 0.45)."""
         if self.cfg.pseudo_rule == "threshold":
             return cams_to_mask(cams, labels, float(cfg.bg_score))
-        y = reliable_pseudo_labels(self.refiner, image01.float(), cams.float(), labels, tau_high=self.cfg.tau_high,
-                                   tau_low=self.cfg.tau_low, down_scale=self.cfg.refine_down_scale)
+        y = reliable_pseudo_mask(self.refiner, image01.float(), cams.float(), labels,
+                                 high_threshold=self.cfg.high_threshold, low_threshold=self.cfg.low_threshold,
+                                 scale_factor=self.cfg.refine_scale_factor)
         if self.cfg.pseudo_ignore == "background":
             y = y.masked_fill(y == 255, 0)
         return y
