@@ -14,6 +14,7 @@ from wsss_blocks.cam import (
     cam_from_features,
     cams_to_mask,
     multiscale_cams,
+    multiscale_cams_detailed,
     normalize_cams,
     tokens_to_map,
 )
@@ -220,10 +221,14 @@ def test_multiscale_batched_equals_per_image_loop():
     torch.testing.assert_close(full, loop, atol=1e-5, rtol=1e-5)
 
 
-def test_multiscale_out_size_return_all_and_grad():
+def test_multiscale_out_size_detailed_and_grad():
     net = torch.nn.Conv2d(3, 2, 1)
     x = torch.rand(1, 3, 8, 8)
-    fused, per = multiscale_cams(net, x, scales=(1.0, 0.5), out_size=(4, 6), return_all=True)
+    detailed = multiscale_cams_detailed(net, x, scales=(1.0, 0.5), out_size=(4, 6))
+    fused, per = detailed.fused, detailed.per_scale
+    assert torch.equal(fused, multiscale_cams(net, x, scales=(1.0, 0.5), out_size=(4, 6)))
+    module = MultiScaleCAM(net, scales=(1.0, 0.5)).detailed(x, out_size=(4, 6))
+    assert torch.equal(module.fused, fused) and all(torch.equal(a, b) for a, b in zip(module.per_scale, per))
     assert fused.shape == (1, 2, 4, 6) and len(per) == 2 and per[1].shape == (1, 2, 4, 6)
     torch.testing.assert_close(fused, per[0] + per[1])
     assert not fused.requires_grad

@@ -20,6 +20,7 @@ from wsss_blocks.correspondence import (
     sample_points,
     scd_weight,
     self_correspondence_loss,
+    self_correspondence_loss_detailed,
 )
 
 
@@ -88,8 +89,10 @@ def test_scd_invariant_to_positive_rescaling(seed, kt, ks):
 def test_scd_centred_rows_have_the_batch_mean(seed):
     ta, tb, sa, sb = _views(seed)
     ca, cb = sample_points(2, 5, generator=_g(seed + 1)), sample_points(2, 5, generator=_g(seed + 2))
-    _, raw, _ = self_correspondence_loss(ta, tb, sa, sb, ca, cb, pointwise_center=False, return_maps=True)
-    _, centred, cd = self_correspondence_loss(ta, tb, sa, sb, ca, cb, return_maps=True)
+    raw = self_correspondence_loss_detailed(ta, tb, sa, sb, ca, cb, pointwise_center=False).teacher_corr
+    out = self_correspondence_loss_detailed(ta, tb, sa, sb, ca, cb)
+    centred, cd = out.teacher_corr, out.student_corr
+    assert torch.equal(out.loss, self_correspondence_loss(ta, tb, sa, sb, ca, cb))
     row_means = centred.mean(dim=(3, 4))
     torch.testing.assert_close(row_means, torch.full_like(row_means, float(raw.mean())), rtol=0, atol=1e-6)
     assert centred.shape == cd.shape == (2, 5, 5, 5, 5)

@@ -10,7 +10,18 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsss_blocks.losses import PretendedUnderFittingLoss, pretended_underfitting_loss
+from wsss_blocks.losses import (
+    PretendedUnderFittingLoss,
+    pretended_underfitting_loss,
+    pretended_underfitting_loss_detailed,
+)
+
+
+def _puf(*args, **kwargs):
+    """(loss, active) of pretended_underfitting_loss_detailed; the loss equals pretended_underfitting_loss's."""
+    out = pretended_underfitting_loss_detailed(*args, **kwargs)
+    assert torch.equal(out.loss, pretended_underfitting_loss(*args, **kwargs))
+    return out.loss, out.active
 
 
 def _fitted_batch(wrong: int = 3, k_classes: int = 4, hw: int = 6, dtype=torch.float64):
@@ -30,7 +41,7 @@ def _fitted_batch(wrong: int = 3, k_classes: int = 4, hw: int = 6, dtype=torch.f
 def test_puf_above_gate_equals_plain_ce():
     logits = torch.randn(2, 5, 4, 4) * 0.1  # untrained: mean CE ≈ log 5 > 0.5
     target = torch.randint(0, 5, (2, 4, 4))
-    loss, active = pretended_underfitting_loss(logits, target, return_active=True)
+    loss, active = _puf(logits, target)
     assert not bool(active)
     torch.testing.assert_close(loss, F.cross_entropy(logits, target))
 
@@ -40,7 +51,7 @@ def test_puf_below_gate_clamps_and_zeroes_gradients_exactly():
     logits.requires_grad_(True)
     ce = F.cross_entropy(logits, target, reduction="none")
     assert ce.mean() < 0.5 and (ce.view(-1)[wrong] > 0.5).all()
-    loss, active = pretended_underfitting_loss(logits, target, return_active=True)
+    loss, active = _puf(logits, target)
     assert bool(active)
     expected = ce.clamp(max=0.5).mean()
     torch.testing.assert_close(loss, expected)
@@ -60,10 +71,9 @@ def test_puf_gate_is_strict():
     logits = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
     target = torch.zeros(1, 2, 2, dtype=torch.int64)
     mean_ce = F.cross_entropy(logits, target)
-    _, on = pretended_underfitting_loss(logits, target, beta=mean_ce.item(), k=0.1, return_active=True)
+    _, on = _puf(logits, target, beta=mean_ce.item(), k=0.1)
     assert not bool(on)
-    loss, on = pretended_underfitting_loss(logits, target, beta=math.nextafter(mean_ce.item(), 1.0), k=0.1,
-                                           return_active=True)
+    loss, on = _puf(logits, target, beta=math.nextafter(mean_ce.item(), 1.0), k=0.1)
     assert bool(on)
     assert loss.item() == pytest.approx(0.1)
 
@@ -95,8 +105,8 @@ def test_puf_padding_shifts_the_gate():
     logits[:, 0] = 1.0
     target = torch.zeros(1, 4, 4, dtype=torch.int64)  # CE = log(1 + 2/e) ≈ 0.551 per valid pixel
     target[:, :, 2:] = 255
-    _, on_all = pretended_underfitting_loss(logits, target, return_active=True)
-    _, on_valid = pretended_underfitting_loss(logits, target, denominator="valid", return_active=True)
+    _, on_all = _puf(logits, target)
+    _, on_valid = _puf(logits, target, denominator="valid")
     assert bool(on_all) and not bool(on_valid)
 
 
@@ -146,7 +156,7 @@ def test_puf_never_exceeds_plain_ce(seed, beta, k):
     target = torch.randint(0, 4, (2, 5, 5), generator=g)
     plain = F.cross_entropy(logits, target)
     for mode in ("clamp", "ignore"):
-        loss, on = pretended_underfitting_loss(logits, target, beta=beta, k=k, mode=mode, return_active=True)
+        loss, on = _puf(logits, target, beta=beta, k=k, mode=mode)
         assert loss <= plain * (1 + 1e-5) + 1e-6  # float32 sums in another order: relative slack
         assert bool(on) == bool(plain < beta)
         if bool(on):

@@ -15,6 +15,7 @@ from wsss_blocks.multiscale_fusion import (
     SMAFLoss,
     denoise,
     multiscale_attention_fusion,
+    multiscale_attention_fusion_detailed,
     reactivate,
     smaf_loss,
     smaf_pseudo_mask,
@@ -174,7 +175,11 @@ def test_per_scale_maps_sum_to_unnormalised_fusion():
     C = 3
     net = PixelNet(C + 1)
     images, labels = torch.randn(2, 3, 8, 8), labels_for(2, C, [{0, 1}, {2}])
-    fused, per_scale = multiscale_attention_fusion(net, images, labels, normalize="none", return_per_scale=True)
+    out = multiscale_attention_fusion_detailed(net, images, labels, normalize="none")
+    fused, per_scale = out.fused, out.per_scale
+    assert torch.equal(fused, multiscale_attention_fusion(net, images, labels, normalize="none"))
+    module = MultiScaleAttentionFusion(normalize="none").detailed(net, images, labels)
+    assert torch.equal(module.fused, fused) and all(torch.equal(a, b) for a, b in zip(module.per_scale, per_scale))
     assert len(per_scale) == 4 and all(p.shape == (2, C, 8, 8) for p in per_scale)
     torch.testing.assert_close(sum(per_scale), fused)
     assert bool((per_scale[0][~labels.bool()] == 0).all())
@@ -185,9 +190,9 @@ def test_skip_absent_is_bit_identical(bg):
     C = 6
     net = StridedNet(C + (bg != "none")).eval()
     images, labels = torch.randn(3, 3, 16, 12), labels_for(3, C, [{1}, {1, 4}, set()])
-    kw = dict(bg_channel=bg, return_per_scale=True)
-    fast, fast_per = multiscale_attention_fusion(net, images, labels, skip_absent=True, **kw)
-    full, full_per = multiscale_attention_fusion(net, images, labels, skip_absent=False, **kw)
+    fast_out = multiscale_attention_fusion_detailed(net, images, labels, bg_channel=bg, skip_absent=True)
+    full_out = multiscale_attention_fusion_detailed(net, images, labels, bg_channel=bg, skip_absent=False)
+    fast, fast_per, full, full_per = fast_out.fused, fast_out.per_scale, full_out.fused, full_out.per_scale
     assert torch.equal(fast, full)
     assert all(torch.equal(a, b) for a, b in zip(fast_per, full_per))
     assert bool((fast[2] == 0).all()) and bool((fast[:, [0, 2, 3, 5]] == 0).all())
@@ -294,7 +299,8 @@ def test_reduce_variants(reduce):
     net = PixelNet(3)
     x, y = torch.randn(1, 3, 8, 8), torch.ones(1, 2)
     s = multiscale_attention_fusion(net, x, y, reduce="sum", normalize="none")
-    out, per = multiscale_attention_fusion(net, x, y, reduce=reduce, normalize="none", return_per_scale=True)
+    detailed = multiscale_attention_fusion_detailed(net, x, y, reduce=reduce, normalize="none")
+    out, per = detailed.fused, detailed.per_scale
     if reduce == "mean":
         torch.testing.assert_close(out, s / 8)
         torch.testing.assert_close(multiscale_attention_fusion(net, x, y, reduce="mean"),
@@ -330,7 +336,7 @@ def test_fusion_bad_input():
         multiscale_attention_fusion(net, x, y, scales=(-0.5,))
     with pytest.raises(ValueError, match="scales must contain at least one scale"):
         multiscale_attention_fusion(net, x, y, scales=())
-    with pytest.raises(ValueError, match="scales must be a non-empty sequence of values > 0"):
+    with pytest.raises(ValueError, match=r"scales must all be > 0, got \(0.5, 0.0\)"):
         MultiScaleAttentionFusion(scales=(0.5, 0.0))
     with pytest.raises(ValueError, match=r"model returned 21 channels but labels have C=19 classes.*= 20"):
         multiscale_attention_fusion(net, x, torch.zeros(1, 19))

@@ -17,8 +17,17 @@ from wsss_blocks.pseudo_mask import (
     ProportionalPseudoMask,
     PseudoMaskParts,
     cov_smooth,
+    cov_smooth_detailed,
     proportional_pseudo_mask,
+    proportional_pseudo_mask_detailed,
 )
+
+
+def _cov(*args, **kwargs):
+    """(smoothed, cv) of cov_smooth_detailed; the smoothed maps equal cov_smooth's."""
+    out = cov_smooth_detailed(*args, **kwargs)
+    assert torch.equal(out.smoothed, cov_smooth(*args, **kwargs))
+    return out.smoothed, out.cov
 
 # ------------------------------------------------------------------------------------------ cov_smooth
 
@@ -30,7 +39,7 @@ MAP_3X3 = [[0.0, 0.04, 0.05],
 def test_cov_hand_computed_3x3():
     """P = {A > 0.05} = {.1,.2,.4,.5,.8,1}: mean .5, population var .1, cv = .3·√.1/.5."""
     a = torch.tensor(MAP_3X3)
-    out, cv = cov_smooth(a, return_cov=True)
+    out, cv = _cov(a)
     expected_cv = 0.3 * math.sqrt(0.1) / 0.5  # 0.18973665961
     assert cv.shape == ()
     assert cv.item() == pytest.approx(expected_cv, rel=1e-6)
@@ -43,18 +52,18 @@ def test_cov_hand_computed_3x3():
 
 def test_cov_exponent_is_one_minus_cv():
     a = torch.rand(2, 3, 6, 6) * 0.9 + 0.1  # all above the threshold
-    out, cv = cov_smooth(a, return_cov=True)
+    out, cv = _cov(a)
     exponent = torch.log(out) / torch.log(a)
     torch.testing.assert_close(exponent, (1 - cv)[..., None, None].expand_as(a), rtol=1e-4, atol=1e-4)
 
 
 def test_cov_scale_is_folded_in_and_eps_in_denominator():
     a = torch.tensor([[0.2, 0.6]])
-    _, cv1 = cov_smooth(a, cv_scale=1.0, eps=0.0, return_cov=True)
-    _, cv3 = cov_smooth(a, cv_scale=0.3, eps=0.0, return_cov=True)
+    _, cv1 = _cov(a, cv_scale=1.0, eps=0.0)
+    _, cv3 = _cov(a, cv_scale=0.3, eps=0.0)
     assert cv1.item() == pytest.approx(0.2 / 0.4, rel=1e-6)  # std .2, mean .4
     assert cv3.item() == pytest.approx(0.3 * 0.5, rel=1e-6)
-    _, cve = cov_smooth(a, cv_scale=1.0, eps=0.1, return_cov=True)
+    _, cve = _cov(a, cv_scale=1.0, eps=0.1)
     assert cve.item() == pytest.approx(0.2 / 0.5, rel=1e-6)
 
 
@@ -62,7 +71,7 @@ def test_cov_empty_and_all_zero_maps_no_nan():
     cams = torch.zeros(2, 3, 5, 5)
     cams[0, 1] = 0.03  # activated nowhere (all below t)
     cams[1, 2, 2, 2] = 0.7  # a single active pixel: std 0
-    out, cv = cov_smooth(cams, return_cov=True)
+    out, cv = _cov(cams)
     assert torch.isfinite(out).all() and torch.isfinite(cv).all()
     assert cv.abs().max() == 0
     expected = torch.zeros_like(cams)
@@ -77,10 +86,10 @@ def test_cov_constant_map_is_unchanged():
 
 def test_cov_batched_equals_per_image():
     cams = torch.rand(3, 4, 7, 9) ** 3
-    batched, cv = cov_smooth(cams, return_cov=True)
+    batched, cv = _cov(cams)
     for b in range(3):
         for c in range(4):
-            o, v = cov_smooth(cams[b, c], return_cov=True)
+            o, v = _cov(cams[b, c])
             torch.testing.assert_close(batched[b, c], o)
             torch.testing.assert_close(cv[b, c], v)
 
@@ -97,9 +106,9 @@ def test_cov_scale_invariance(seed, c):
     """CoV is scale invariant: cv(c·A; c·t) = cv(A; t), hence out(c·A; c·t) = c^(1-cv) · out(A; t)."""
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(2, 6, 6, generator=g, dtype=torch.float64) ** 2
-    out1, cv1 = cov_smooth(a, fg_threshold=0.05, return_cov=True)
-    out2, cv2 = cov_smooth(a * c, fg_threshold=0.05 * c, eps=0.0, return_cov=True)
-    _, cv1e = cov_smooth(a, fg_threshold=0.05, eps=0.0, return_cov=True)
+    out1, cv1 = _cov(a, fg_threshold=0.05)
+    out2, cv2 = _cov(a * c, fg_threshold=0.05 * c, eps=0.0)
+    _, cv1e = _cov(a, fg_threshold=0.05, eps=0.0)
     torch.testing.assert_close(cv2, cv1e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out2, (c ** (1 - cv2))[:, None, None] * cov_smooth(a, eps=0.0), rtol=1e-4, atol=1e-6)
     assert torch.isfinite(out1).all() and torch.isfinite(cv1).all()
@@ -111,7 +120,7 @@ def test_cov_raises_kept_activations(seed):
     """On [0, 1] maps the exponent is in (0, 1], so kept pixels never decrease and stay in [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(3, 8, 8, generator=g) ** 4
-    out, cv = cov_smooth(a, return_cov=True)
+    out, cv = _cov(a)
     kept = a >= 0.05
     assert (cv >= 0).all() and (cv < 1).all()
     assert (out[kept] >= a[kept] - 1e-7).all()
@@ -122,10 +131,10 @@ def test_cov_raises_kept_activations(seed):
 def test_cov_min_exponent_guard():
     """Release: no clamp, so a huge scale gives a negative exponent and 0 -> inf; min_exponent floors it."""
     a = torch.tensor([[0.0, 0.1], [0.1, 1.0]])
-    out, cv = cov_smooth(a, cv_scale=5.0, return_cov=True)
+    out, cv = _cov(a, cv_scale=5.0)
     assert 1 - cv.item() < 0
     assert torch.isinf(out[0, 0])  # 0 ** negative, exactly what the release would compute
-    guarded, _ = cov_smooth(a, cv_scale=5.0, min_exponent=0.1, return_cov=True)
+    guarded, _ = _cov(a, cv_scale=5.0, min_exponent=0.1)
     assert torch.isfinite(guarded).all()
     torch.testing.assert_close(guarded, a ** 0.1)
 
@@ -208,7 +217,7 @@ def test_ppmg_small_weak_object_keeps_its_pixels():
 def test_ppmg_importance_uses_raw_cam_and_own_foreground_mass():
     cams, labels, _ = _weak_small_next_to_strong_large()
     cams[0, 0, 2:14, 1:6] = 0.7  # make class 0 non-constant so CVS changes the map
-    parts = proportional_pseudo_mask(cams, labels, foreground="threshold", return_parts=True)
+    parts = proportional_pseudo_mask_detailed(cams, labels, foreground="threshold")
     assert isinstance(parts, PseudoMaskParts)
     fg = parts.foreground.float()
     mass = (cams * fg).sum((-2, -1), keepdim=True)
@@ -217,7 +226,7 @@ def test_ppmg_importance_uses_raw_cam_and_own_foreground_mass():
     assert not parts.foreground[0, 1].any()  # absent class: no foreground, no maps
     assert parts.smoothed[0, 1].abs().max() == 0 and parts.cov[0, 1] == 0
     torch.testing.assert_close(parts.smoothed, cov_smooth(cams) * keep)
-    _, cv = cov_smooth(cams, return_cov=True)
+    _, cv = _cov(cams)
     torch.testing.assert_close(parts.cov, cv * labels)
     assert parts.cov[0, 0] > 0
     assert torch.equal(parts.mask, parts.scores.argmax(1))
@@ -228,7 +237,7 @@ def test_ppmg_threshold_mode_is_the_crf_initial_state():
     """threshold foreground = [clip(Ã)/(clip(Ã)+clip((1-Ã)^α)) > 0.5]; at α=11 that is Ã > s* ≈ 0.155."""
     levels = [0.0, 0.1, 0.15, 0.16, 0.3, 1.0]
     a = torch.tensor(levels).view(1, 6, 1, 1).expand(1, 6, 2, 2).contiguous()  # constant maps: cv = 0, Ã = A
-    parts = proportional_pseudo_mask(a, torch.ones(1, 6), foreground="threshold", return_parts=True)
+    parts = proportional_pseudo_mask_detailed(a, torch.ones(1, 6), foreground="threshold")
     s = parts.smoothed[0, :, 0, 0]
     torch.testing.assert_close(s, torch.tensor(levels))
     bg = (1 - s).pow(11.0)
@@ -281,7 +290,7 @@ def test_ppmg_absent_classes_never_appear(seed):
         allowed = {0} | {c + 1 for c in range(5) if labels[b, c] == 1}
         assert set(mask[b].unique().tolist()) <= allowed
     # unclaimed pixels (no class fg) are background, claimed ones with positive CAM are foreground
-    parts = proportional_pseudo_mask(cams, labels, foreground="threshold", return_parts=True)
+    parts = proportional_pseudo_mask_detailed(cams, labels, foreground="threshold")
     claimed = parts.foreground.any(1)
     assert (parts.mask[~claimed] == 0).all()
     # the mask is the argmax (first maximal index) of the documented score stack

@@ -8,6 +8,7 @@ All functions follow the library's tensor conventions (see the *Conventions* doc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,6 +23,8 @@ __all__ = [
     "normalize_cams",
     "cams_to_mask",
     "multiscale_cams",
+    "multiscale_cams_detailed",
+    "MultiScaleOutput",
     "MultiScaleCAM",
     "CAMNormalize",
 ]
@@ -197,6 +200,20 @@ def _reduce(stack: Tensor, how: str) -> Tensor:
     return stack.amax(0)
 
 
+@dataclass
+class MultiScaleOutput:
+    """Result of :func:`multiscale_cams_detailed`.
+
+    Attributes:
+        fused: B×K×out_H×out_W maps fused over scales (and flips), as :func:`multiscale_cams` returns them.
+        per_scale: ``len(scales)`` B×K×out_H×out_W maps, one per scale, aligned to ``out_size``, the flip pair
+            already combined (with ``flip_reduce``, or ``reduce`` when it is ``None``).
+    """
+
+    fused: Tensor
+    per_scale: list[Tensor]
+
+
 def multiscale_cams(
     fn: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -207,10 +224,9 @@ def multiscale_cams(
     reduce: Reduce = "sum",
     flip_reduce: Reduce | None = None,
     no_grad: bool = True,
-    return_all: bool = False,
     antialias: bool = False,
     size_rounding: Literal["round", "floor"] = "round",
-) -> Tensor | tuple[Tensor, list[Tensor]]:
+) -> Tensor:
     """Batched multi-scale + flip inference for any callable returning per-class maps.
 
     For each scale s the images are resized to ``round(s·H) × round(s·W)`` (``size_rounding="floor"``:
@@ -219,7 +235,7 @@ def multiscale_cams(
     flipped output is flipped back, every output is resized to ``out_size`` (default: the input size)
     and the maps are fused. Defaults are IRN's ``make_cam``: scales (1.0, 0.5, 1.5, 2.0), flip,
     bilinear, summed. ToCo/AFA fuse the flip pair by max and the scales by sum:
-    ``reduce="sum", flip_reduce="max"``.
+    ``reduce="sum", flip_reduce="max"``. :func:`multiscale_cams_detailed` also returns the per-scale maps.
 
     ``fn`` may return raw maps (B×K×h×w); apply ReLU/normalisation/softmax inside ``fn`` if the
     method does that per scale (IRN applies ReLU per scale inside its CAM head).
@@ -235,23 +251,68 @@ def multiscale_cams(
         reduce: how to fuse across scales (and flips unless ``flip_reduce`` is given).
         flip_reduce: how to fuse each flip pair before the scale reduction.
         no_grad: run under ``torch.no_grad()`` (default); set False for a differentiable fusion.
-        return_all: also return the list of aligned per-scale maps (flip pair fused), for inspection.
         antialias: antialias the input downscaling (closer to PIL resizing; off as in the releases'
             tensor pipelines).
         size_rounding: ``"round"`` (IRN's ``pil_rescale``) or ``"floor"`` (AFA/ToCo/TSCD) of the scaled size.
 
     Shape:
         - images: B×3×H×W
-        - output: B×K×out_H×out_W (and a list of ``len(scales)`` such tensors with ``return_all``)
+        - output: B×K×out_H×out_W
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 4, 3, padding=1)
         >>> multiscale_cams(net, torch.rand(2, 3, 32, 32), scales=(1.0, 0.5)).shape
         torch.Size([2, 4, 32, 32])
     """
+    _check_multiscale_args(fn, images, scales, interpolation, reduce, flip_reduce, size_rounding)
+    return _multiscale(fn, images, scales, flip, out_size, interpolation, reduce, flip_reduce, no_grad, antialias,
+                       size_rounding, None)
+
+
+def multiscale_cams_detailed(
+    fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+    out_size: tuple[int, int] | None = None,
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+    reduce: Reduce = "sum",
+    flip_reduce: Reduce | None = None,
+    no_grad: bool = True,
+    antialias: bool = False,
+    size_rounding: Literal["round", "floor"] = "round",
+) -> MultiScaleOutput:
+    """:func:`multiscale_cams` plus the aligned per-scale maps (flip pair combined), for inspection.
+
+    Arguments as in :func:`multiscale_cams`.
+
+    Shape:
+        - images: B×3×H×W
+        - output: :class:`MultiScaleOutput` (``fused`` B×K×out_H×out_W, ``per_scale`` ``len(scales)`` such maps)
+
+    Examples:
+        >>> net = torch.nn.Conv2d(3, 4, 1)
+        >>> out = multiscale_cams_detailed(net, torch.rand(1, 3, 16, 16), scales=(1.0, 0.5), flip=False)
+        >>> len(out.per_scale), torch.allclose(out.fused, out.per_scale[0] + out.per_scale[1])
+        (2, True)
+    """
+    _check_multiscale_args(fn, images, scales, interpolation, reduce, flip_reduce, size_rounding)
+    per_scale: list[Tensor] = []
+    fused = _multiscale(fn, images, scales, flip, out_size, interpolation, reduce, flip_reduce, no_grad, antialias,
+                        size_rounding, per_scale)
+    return MultiScaleOutput(fused=fused, per_scale=per_scale)
+
+
+def _check_multiscale_args(fn: object, images: Tensor, scales: Sequence[float], interpolation: str, reduce: str,
+                           flip_reduce: str | None, size_rounding: str) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    _check_multiscale_options(scales, interpolation, reduce, flip_reduce, size_rounding)
+
+
+def _check_multiscale_options(scales: Sequence[float], interpolation: str, reduce: str, flip_reduce: str | None,
+                              size_rounding: str) -> None:
     if len(scales) == 0:
         raise ValueError("scales must contain at least one scale, got an empty sequence")
     for s in scales:
@@ -263,11 +324,16 @@ def multiscale_cams(
     for name, val in (("reduce", reduce), ("flip_reduce", flip_reduce)):
         if val is not None and val not in ("sum", "mean", "max"):
             raise ValueError(f"{name} must be 'sum', 'mean' or 'max', got {val!r}")
+
+
+def _multiscale(fn: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float], flip: bool,
+                out_size: tuple[int, int] | None, interpolation: str, reduce: str, flip_reduce: str | None,
+                no_grad: bool, antialias: bool, size_rounding: str, per_scale: list[Tensor] | None) -> Tensor:
+    """The unchecked multi-scale loop; appends each scale's aligned map to ``per_scale`` when given."""
     B, _, H, W = images.shape
     oh, ow = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
 
     ctx = torch.no_grad() if no_grad else torch.enable_grad()
-    per_scale: list[Tensor] = []
     acc: Tensor | None = None  # running reduction: never stacks all passes
     count = 0
 
@@ -298,28 +364,36 @@ def multiscale_cams(
                 if flip_reduce is None:
                     acc = accumulate(accumulate(acc, a), b)
                     count += 2
-                    if return_all:
+                    if per_scale is not None:
                         per_scale.append(_reduce(torch.stack([a, b]), reduce))
                 else:
                     pair = _reduce(torch.stack([a, b]), flip_reduce)
                     acc = accumulate(acc, pair)
                     count += 1
-                    if return_all:
+                    if per_scale is not None:
                         per_scale.append(pair)
             else:
                 acc = accumulate(acc, out)
                 count += 1
-                if return_all:
+                if per_scale is not None:
                     per_scale.append(out)
         assert acc is not None
-        fused = acc / count if reduce == "mean" else acc
-    if return_all:
-        return fused, per_scale
-    return fused
+        return acc / count if reduce == "mean" else acc
 
 
 class MultiScaleCAM(nn.Module):
     """Module form of :func:`multiscale_cams`: wraps a model and stores the inference options.
+
+    Args:
+        model: the callable run at every scale (an ``nn.Module`` is registered as a submodule).
+        scales: see :func:`multiscale_cams`.
+        flip: see :func:`multiscale_cams`.
+        interpolation: see :func:`multiscale_cams`.
+        reduce: see :func:`multiscale_cams`.
+        flip_reduce: see :func:`multiscale_cams`.
+        no_grad: see :func:`multiscale_cams`.
+        antialias: see :func:`multiscale_cams`.
+        size_rounding: see :func:`multiscale_cams`.
 
     Shape:
         - images: B×3×H×W
@@ -340,23 +414,35 @@ class MultiScaleCAM(nn.Module):
         reduce: Reduce = "sum",
         flip_reduce: Reduce | None = None,
         no_grad: bool = True,
+        antialias: bool = False,
+        size_rounding: Literal["round", "floor"] = "round",
     ) -> None:
         super().__init__()
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
+        _check_multiscale_options(scales, interpolation, reduce, flip_reduce, size_rounding)
         self.model = model
         self.scales = tuple(float(s) for s in scales)
         self.flip = flip
-        self.interpolation = interpolation
-        self.reduce = reduce
-        self.flip_reduce = flip_reduce
+        self.interpolation: Literal["bilinear", "bicubic"] = interpolation
+        self.reduce: Reduce = reduce
+        self.flip_reduce: Reduce | None = flip_reduce
         self.no_grad = no_grad
+        self.antialias = antialias
+        self.size_rounding: Literal["round", "floor"] = size_rounding
 
     def forward(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
-        out = multiscale_cams(self.model, images, self.scales, self.flip, out_size, self.interpolation,
-                              self.reduce, self.flip_reduce, self.no_grad)
-        assert isinstance(out, Tensor)
-        return out
+        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        return _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
+                           self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, None)
+
+    def detailed(self, images: Tensor, out_size: tuple[int, int] | None = None) -> MultiScaleOutput:
+        """Fused and per-scale maps; see :func:`multiscale_cams_detailed`."""
+        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        per_scale: list[Tensor] = []
+        fused = _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
+                            self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, per_scale)
+        return MultiScaleOutput(fused=fused, per_scale=per_scale)
 
 
 class CAMNormalize(nn.Module):

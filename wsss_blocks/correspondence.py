@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ __all__ = [
     "scd_weight",
     "sample_points",
     "self_correspondence_loss",
+    "self_correspondence_loss_detailed",
+    "SCDOutput",
     "SelfCorrespondenceDistillation",
     "equivariant_regularization",
     "radius_mask",
@@ -122,8 +125,7 @@ def self_correspondence_loss(
     align_corners: bool = True,
     padding_mode: str = "border",
     generator: torch.Generator | None = None,
-    return_maps: bool = False,
-) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+) -> Tensor:
     """SCD loss (TSCD): distil cross-view CAM correspondence (teacher) into seg-logit correspondence (student).
 
     For each image, N×N points ``P`` are drawn in view a and N×N points ``Q`` in view b (independently,
@@ -153,10 +155,9 @@ def self_correspondence_loss(
         align_corners: of ``grid_sample`` (released True).
         padding_mode: of ``grid_sample`` (released ``"border"``).
         generator: randomness for the points.
-        return_maps: also return ``F~`` and ``C`` (B×N×N×N×N, detached).
 
     Returns:
-        The scalar loss, or ``(loss, F~, C)`` with ``return_maps=True``.
+        The scalar loss (:func:`self_correspondence_loss_detailed` also returns ``F~`` and ``C``).
 
     Shape:
         - teacher_a: B×Ct×Ha×Wa, teacher_b: B×Ct×Hb×Wb
@@ -173,6 +174,58 @@ def self_correspondence_loss(
         >>> loss.backward()
         >>> loss.ndim, seg.grad is not None
         (0, True)
+    """
+    return self_correspondence_loss_detailed(
+        teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, num_samples=num_samples,
+        zero_clamp=zero_clamp, pointwise_center=pointwise_center, shift=shift, eps=eps, align_corners=align_corners,
+        padding_mode=padding_mode, generator=generator).loss
+
+
+@dataclass
+class SCDOutput:
+    """Result of :func:`self_correspondence_loss_detailed`.
+
+    Attributes:
+        loss: the scalar SCD loss (gradient into the students).
+        teacher_corr: ``F~``, the centred teacher correspondence, B×N×N×N×N (detached).
+        student_corr: ``C``, the student correspondence, B×N×N×N×N (detached).
+    """
+
+    loss: Tensor
+    teacher_corr: Tensor
+    student_corr: Tensor
+
+
+def self_correspondence_loss_detailed(
+    teacher_a: Tensor,
+    teacher_b: Tensor,
+    student_a: Tensor,
+    student_b: Tensor,
+    coords_a: Tensor | None = None,
+    coords_b: Tensor | None = None,
+    *,
+    num_samples: int = 40,
+    zero_clamp: bool = True,
+    pointwise_center: bool = True,
+    shift: float = 0.0,
+    eps: float = 1e-10,
+    align_corners: bool = True,
+    padding_mode: str = "border",
+    generator: torch.Generator | None = None,
+) -> SCDOutput:
+    """:func:`self_correspondence_loss` plus both correspondence maps; the arguments are the same.
+
+    Shape:
+        - teacher_a/b, student_a/b: as in :func:`self_correspondence_loss`
+        - output: :class:`SCDOutput` (scalar ``loss``; ``teacher_corr``, ``student_corr`` B×N×N×N×N)
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> out = self_correspondence_loss_detailed(torch.rand(1, 4, 8, 8), torch.rand(1, 4, 5, 5),
+        ...                                         torch.randn(1, 3, 8, 8), torch.randn(1, 3, 5, 5),
+        ...                                         num_samples=3, generator=g)
+        >>> out.teacher_corr.shape
+        torch.Size([1, 3, 3, 3, 3])
     """
     names = ("teacher_a", "teacher_b", "student_a", "student_b")
     tensors = (teacher_a, teacher_b, student_a, student_b)
@@ -220,9 +273,7 @@ def self_correspondence_loss(
         sb = _sample(student_b.to(dtype), coords_b, align_corners, padding_mode)
         cd = _correlation(sa, sb, eps)
         loss = -(cd.clamp(min=0) if zero_clamp else cd).mul(fd).mean()
-    if return_maps:
-        return loss, fd, cd.detach()
-    return loss
+    return SCDOutput(loss=loss, teacher_corr=fd, student_corr=cd.detach())
 
 
 class SelfCorrespondenceDistillation(nn.Module):
@@ -284,13 +335,17 @@ class SelfCorrespondenceDistillation(nn.Module):
 
     def forward(self, teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor,
                 coords_a: Tensor | None = None, coords_b: Tensor | None = None,
-                generator: torch.Generator | None = None, return_maps: bool = False
-                ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        return self_correspondence_loss(
+                generator: torch.Generator | None = None) -> Tensor:
+        return self.detailed(teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, generator).loss
+
+    def detailed(self, teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor,
+                 coords_a: Tensor | None = None, coords_b: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> SCDOutput:
+        """Loss and both correspondence maps; see :func:`self_correspondence_loss_detailed`."""
+        return self_correspondence_loss_detailed(
             teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, num_samples=self.num_samples,
             zero_clamp=self.zero_clamp, pointwise_center=self.pointwise_center, shift=self.shift, eps=self.eps,
-            align_corners=self.align_corners, padding_mode=self.padding_mode, generator=generator,
-            return_maps=return_maps)
+            align_corners=self.align_corners, padding_mode=self.padding_mode, generator=generator)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, zero_clamp={self.zero_clamp}, "

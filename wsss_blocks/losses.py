@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from ._checks import check_masks, check_tensor, shape_str
 
 __all__ = [
     "pretended_underfitting_loss",
+    "pretended_underfitting_loss_detailed",
+    "PUFOutput",
     "PretendedUnderFittingLoss",
     "adaptive_min_pooling_loss",
     "AdaptiveMinPoolingLoss",
@@ -46,16 +49,6 @@ def _check_puf_args(beta: float, k: float, mode: str | None, denominator: str) -
         raise ValueError(f"denominator must be 'all' (release) or 'valid', got {denominator!r}")
 
 
-@overload
-def pretended_underfitting_loss(
-    logits: Tensor, target: Tensor, beta: float = ..., k: float = ..., mode: PUFMode | None = ...,
-    ignore_index: int = ..., class_weight: Tensor | None = ..., denominator: Literal["all", "valid"] = ...,
-    return_active: Literal[False] = ...) -> Tensor: ...
-@overload
-def pretended_underfitting_loss(
-    logits: Tensor, target: Tensor, beta: float = ..., k: float = ..., mode: PUFMode | None = ...,
-    ignore_index: int = ..., class_weight: Tensor | None = ..., denominator: Literal["all", "valid"] = ...,
-    *, return_active: Literal[True]) -> tuple[Tensor, Tensor]: ...
 def pretended_underfitting_loss(
     logits: Tensor,
     target: Tensor,
@@ -65,8 +58,7 @@ def pretended_underfitting_loss(
     ignore_index: int = 255,
     class_weight: Tensor | None = None,
     denominator: Literal["all", "valid"] = "all",
-    return_active: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> Tensor:
     """Pixel cross-entropy with PMM's pretended under-fitting (PUF) gate.
 
     PMM (Li et al., ICCV 2021), PUF (``WSSS_MMSeg:mmseg/models/losses/cross_entropy_loss.py``)::
@@ -102,18 +94,55 @@ def pretended_underfitting_loss(
         ignore_index: target value that contributes 0.
         class_weight: optional K per-class weights (mmseg ``class_weight``; multiplies ℓ_i, not N).
         denominator: ``"all"`` (release) or ``"valid"``.
-        return_active: also return the gate as a 0-dim bool tensor.
 
     Shape:
         - logits: N×K×H×W (any N×K×… works)
         - target: N×H×W (the logits' shape without dim 1)
-        - output: scalar (and a 0-dim bool tensor with ``return_active``)
+        - output: scalar
 
     Examples:
         >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # 1×2×1×2, confident
         >>> target = torch.tensor([[[0, 0]]])                        # second pixel disagrees (CE ≈ 8)
-        >>> loss, active = pretended_underfitting_loss(logits, target, beta=5.0, k=0.5, return_active=True)
-        >>> bool(active), round(loss.item(), 4)  # mean CE ≈ 4 < 5, so the wrong pixel is capped at 0.5
+        >>> round(pretended_underfitting_loss(logits, target, beta=5.0, k=0.5).item(), 4)  # wrong pixel capped
+        0.2502
+    """
+    return pretended_underfitting_loss_detailed(logits, target, beta, k, mode, ignore_index, class_weight,
+                                                denominator).loss
+
+
+@dataclass
+class PUFOutput:
+    """Result of :func:`pretended_underfitting_loss_detailed`.
+
+    Attributes:
+        loss: the scalar loss (with gradient into the logits).
+        active: 0-dim bool tensor, whether the PUF gate was on (mean CE below ``beta``).
+    """
+
+    loss: Tensor
+    active: Tensor
+
+
+def pretended_underfitting_loss_detailed(
+    logits: Tensor,
+    target: Tensor,
+    beta: float = 0.5,
+    k: float = 0.5,
+    mode: PUFMode | None = "clamp",
+    ignore_index: int = 255,
+    class_weight: Tensor | None = None,
+    denominator: Literal["all", "valid"] = "all",
+) -> PUFOutput:
+    """:func:`pretended_underfitting_loss` plus whether its gate was on; the arguments are the same.
+
+    Shape:
+        - logits: N×K×H×W; target: N×H×W
+        - output: :class:`PUFOutput` (scalar ``loss``, 0-dim bool ``active``)
+
+    Examples:
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> out = pretended_underfitting_loss_detailed(logits, torch.tensor([[[0, 0]]]), beta=5.0, k=0.5)
+        >>> bool(out.active), round(out.loss.item(), 4)  # mean CE ≈ 4 < 5: the gate is on
         (True, 0.2502)
     """
     _check_puf_args(beta, k, mode, denominator)
@@ -153,9 +182,7 @@ def pretended_underfitting_loss(
         else:  # ignore
             puf = ce * (ce <= k).to(ce.dtype)
         out = torch.where(active, puf.sum() / n, mean_ce)
-    if return_active:
-        return out, active
-    return out
+    return PUFOutput(loss=out, active=active)
 
 
 class PretendedUnderFittingLoss(nn.Module):
@@ -222,11 +249,10 @@ class PretendedUnderFittingLoss(nn.Module):
         return cls(**params)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        loss, active = pretended_underfitting_loss(
-            logits, target, self.beta, self.k, self.mode, self.ignore_index, self.class_weight,
-            self.denominator, return_active=True)
-        self.last_active.copy_(active.to(self.last_active.device))
-        return self.weight * loss
+        out = pretended_underfitting_loss_detailed(logits, target, self.beta, self.k, self.mode, self.ignore_index,
+                                                   self.class_weight, self.denominator)
+        self.last_active.copy_(out.active.to(self.last_active.device))
+        return self.weight * out.loss
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, k={self.k}, mode={self.mode!r}, ignore_index={self.ignore_index}, "

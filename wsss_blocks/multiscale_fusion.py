@@ -27,6 +27,7 @@ network keeps it).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -41,13 +42,15 @@ from ._checks import (
     check_tensor,
     shape_str,
 )
-from .cam import cams_to_mask, multiscale_cams
+from .cam import cams_to_mask, multiscale_cams, multiscale_cams_detailed
 
 if TYPE_CHECKING:
     from .crf import DenseCRF
 
 __all__ = [
     "multiscale_attention_fusion",
+    "multiscale_attention_fusion_detailed",
+    "FusionOutput",
     "MultiScaleAttentionFusion",
     "denoise",
     "reactivate",
@@ -170,9 +173,8 @@ def multiscale_attention_fusion(
     activate_before_resize: bool = True,
     no_grad: bool = True,
     eval_mode: bool = True,
-    return_per_scale: bool = False,
     skip_absent: bool = True,
-) -> Tensor | tuple[Tensor, list[Tensor]]:
+) -> Tensor:
     """Fused multi-scale, class-aware attention maps of any CAM network (SMAF teacher, ``gen_fused_cam.py``).
 
     For every scale s the batch is resized to ``round(s·H) × round(s·W)`` (with ``flip`` the flipped copy
@@ -184,6 +186,7 @@ def multiscale_attention_fusion(
     ``F_c = y_c · Σ_s Σ_φ φ⁻¹(Up(softmax(f(φ(I_s))))_c)``,  ``A_c = F_c / (max_x F_c(x) + eps)``.
 
     The scale/flip loop is :func:`wsss_blocks.cam.multiscale_cams` (batched: one model call per scale).
+    :func:`multiscale_attention_fusion_detailed` also returns the per-scale maps.
 
     Paper: Yang et al., "A Self-Training Framework Based on Multi-Scale Attention Fusion for WSSS", 2023.
 
@@ -209,22 +212,20 @@ def multiscale_attention_fusion(
         no_grad: run the model without autograd (teacher; default).
         eval_mode: put an ``nn.Module`` model (every submodule) into eval mode for the call and restore each
             submodule's previous mode afterwards (released: ``model.eval()``).
-        return_per_scale: also return the per-scale maps (flip pair combined with ``reduce``, activated,
-            masked, upsampled, **not** normalised), for inspection.
         skip_absent: after the activation, upsample and fuse only the classes present somewhere in the
             batch and write zeros for the rest (the released code keeps only present classes too). The maps
             are identical either way; this saves most of the per-pixel work (VOC images hold 1.5 of 20
             classes on average). Set False to carry all C channels (e.g. under ``torch.compile``).
 
     Returns:
-        The fused maps, or ``(fused, per_scale)`` with ``return_per_scale``. No gradient with ``no_grad``.
+        The fused maps. No gradient with ``no_grad``.
 
     Shape:
         - images: B×3×H×W
         - labels: B×C
         - model output: B'×K×h'×w'
         - output: B×C×H×W (or ``out_size``), in [0, 1] with ``normalize="max"`` (max ≈ 1 for present
-          classes, 0 for absent ones); per-scale maps: list of ``len(scales)`` B×C×H×W tensors
+          classes, 0 for absent ones)
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 21, 1)  # 20 classes + background last, like EPS/SMAF
@@ -233,10 +234,64 @@ def multiscale_attention_fusion(
         >>> fused.shape, fused[0, 3].max() > 0.99, fused[0, 4].abs().max().item()
         (torch.Size([2, 20, 32, 32]), tensor(True), 0.0)
     """
-    if not callable(model):
-        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
-    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
-    lf = check_labels(labels, "labels", batch=images.shape[0])
+    _check_fusion_options(scales, activation, bg_channel, reduce, normalize, image_interpolation, eps)
+    return _fusion(model, images, labels, scales, flip, activation, bg_channel, reduce, normalize, eps, out_size,
+                   image_interpolation, activate_before_resize, no_grad, eval_mode, skip_absent, None)
+
+
+@dataclass
+class FusionOutput:
+    """Result of :func:`multiscale_attention_fusion_detailed`.
+
+    Attributes:
+        fused: B×C×H×W fused maps, as :func:`multiscale_attention_fusion` returns them.
+        per_scale: ``len(scales)`` B×C×H×W maps, one per scale (flip pair combined with ``reduce``, activated,
+            masked, upsampled, **not** normalised), for inspection.
+    """
+
+    fused: Tensor
+    per_scale: list[Tensor]
+
+
+def multiscale_attention_fusion_detailed(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    scales: Sequence[float] = SMAF_SCALES,
+    flip: bool = True,
+    activation: Activation = "softmax",
+    bg_channel: BgChannel = "last",
+    reduce: Reduce = "sum",
+    normalize: Normalize = "max",
+    eps: float = 1e-5,
+    out_size: tuple[int, int] | None = None,
+    image_interpolation: Literal["bilinear", "bicubic"] = "bicubic",
+    activate_before_resize: bool = True,
+    no_grad: bool = True,
+    eval_mode: bool = True,
+    skip_absent: bool = True,
+) -> FusionOutput:
+    """:func:`multiscale_attention_fusion` plus the per-scale maps; the arguments are the same.
+
+    Shape:
+        - images: B×3×H×W; labels: B×C
+        - output: :class:`FusionOutput` (``fused`` B×C×H×W, ``per_scale`` ``len(scales)`` B×C×H×W maps)
+
+    Examples:
+        >>> net = torch.nn.Conv2d(3, 3, 1)
+        >>> out = multiscale_attention_fusion_detailed(net, torch.randn(1, 3, 8, 8), torch.ones(1, 2), scales=(1.0,))
+        >>> out.fused.shape, len(out.per_scale)
+        (torch.Size([1, 2, 8, 8]), 1)
+    """
+    _check_fusion_options(scales, activation, bg_channel, reduce, normalize, image_interpolation, eps)
+    per_scale: list[Tensor] = []
+    fused = _fusion(model, images, labels, scales, flip, activation, bg_channel, reduce, normalize, eps, out_size,
+                    image_interpolation, activate_before_resize, no_grad, eval_mode, skip_absent, per_scale)
+    return FusionOutput(fused=fused, per_scale=per_scale)
+
+
+def _check_fusion_options(scales: Sequence[float], activation: str, bg_channel: str, reduce: str, normalize: str,
+                          image_interpolation: str, eps: float) -> None:
     _check_choice(activation, "activation", ("softmax", "relu", "none"))
     _check_choice(bg_channel, "bg_channel", ("last", "first", "none"))
     _check_choice(reduce, "reduce", ("sum", "mean", "max"))
@@ -248,6 +303,17 @@ def multiscale_attention_fusion(
         if not float(s) > 0:
             raise ValueError(f"scales must all be > 0, got {tuple(scales)}")
     check_positive(eps, "eps", strict=False)
+
+
+def _fusion(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, scales: Sequence[float], flip: bool,
+            activation: str, bg_channel: str, reduce: str, normalize: str, eps: float,
+            out_size: tuple[int, int] | None, image_interpolation: str, activate_before_resize: bool, no_grad: bool,
+            eval_mode: bool, skip_absent: bool, per_scale: list[Tensor] | None) -> Tensor:
+    """The fusion with its options checked; appends the per-scale maps to ``per_scale`` when given."""
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
+    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    lf = check_labels(labels, "labels", batch=images.shape[0])
     H, W = images.shape[-2:]
     osize = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
     if osize[0] < 1 or osize[1] < 1:
@@ -268,25 +334,30 @@ def multiscale_attention_fusion(
     if eval_mode and isinstance(model, nn.Module):
         restore = [(m, m.training) for m in model.modules()]
         model.eval()
+    raw: list[Tensor] = []
+    sc = tuple(float(s) for s in scales)
     try:
-        out = multiscale_cams(fn, images, scales=tuple(float(s) for s in scales), flip=flip, out_size=osize,
-                              interpolation=image_interpolation, reduce=reduce, flip_reduce=None,
-                              no_grad=no_grad, return_all=return_per_scale)
+        if per_scale is None:
+            fused = multiscale_cams(fn, images, sc, flip=flip, out_size=osize, interpolation=image_interpolation,
+                                    reduce=reduce, no_grad=no_grad)
+        else:
+            out = multiscale_cams_detailed(fn, images, sc, flip=flip, out_size=osize,
+                                           interpolation=image_interpolation, reduce=reduce, no_grad=no_grad)
+            fused, raw = out.fused, out.per_scale
     finally:
         for m, was_training in restore:
             m.training = was_training
-    fused, per_scale = out if isinstance(out, tuple) else (out, [])
     present = lf.to(device=fused.device, dtype=fused.dtype)[:, :, None, None]
     if keep is not None:
         present = present.index_select(1, keep)
     # Masking after the (linear or max) fusion equals the released per-pass masking with {0, 1} labels.
     fused = _normalize(fused * present, normalize, eps)
-    per_scale = [m * present for m in per_scale]
     if keep is not None:
         fused = _scatter_classes(fused, keep, C)
-        per_scale = [_scatter_classes(m, keep, C) for m in per_scale]
-    if return_per_scale:
-        return fused, per_scale
+    if per_scale is not None:
+        for m in raw:
+            m = m * present
+            per_scale.append(_scatter_classes(m, keep, C) if keep is not None else m)
     return fused
 
 
@@ -308,13 +379,13 @@ class MultiScaleAttentionFusion(nn.Module):
 
     The constructor arguments (``scales``, ``flip``, ``activation``, ``bg_channel``, ``reduce``, ``normalize``,
     ``eps``, ``image_interpolation``, ``activate_before_resize``, ``no_grad``, ``eval_mode``, ``skip_absent``)
-    and the call arguments (``model``, ``images``, ``labels``, ``out_size``, ``return_per_scale``) are those
-    of :func:`multiscale_attention_fusion`.
+    and the call arguments (``model``, ``images``, ``labels``, ``out_size``) are those of
+    :func:`multiscale_attention_fusion`; :meth:`detailed` also returns the per-scale maps.
 
     Shape:
         - images: B×3×H×W
         - labels: B×C
-        - output: B×C×H×W (``out_size`` if given); with ``return_per_scale`` also a list of per-scale maps
+        - output: B×C×H×W (``out_size`` if given)
 
     Examples:
         >>> fusion = MultiScaleAttentionFusion()
@@ -340,14 +411,7 @@ class MultiScaleAttentionFusion(nn.Module):
         skip_absent: bool = True,
     ) -> None:
         super().__init__()
-        if len(scales) == 0 or not all(float(s) > 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of values > 0, got {tuple(scales)}")
-        _check_choice(activation, "activation", ("softmax", "relu", "none"))
-        _check_choice(bg_channel, "bg_channel", ("last", "first", "none"))
-        _check_choice(reduce, "reduce", ("sum", "mean", "max"))
-        _check_choice(normalize, "normalize", ("max", "minmax", "none"))
-        _check_choice(image_interpolation, "image_interpolation", ("bilinear", "bicubic"))
-        check_positive(eps, "eps", strict=False)
+        _check_fusion_options(scales, activation, bg_channel, reduce, normalize, image_interpolation, eps)
         self.scales = tuple(float(s) for s in scales)
         self.flip = flip
         self.activation: Activation = activation
@@ -366,18 +430,20 @@ class MultiScaleAttentionFusion(nn.Module):
         """Forward passes per image (released: 8)."""
         return len(self.scales) * (2 if self.flip else 1)
 
-    def forward(
-        self,
-        model: Callable[[Tensor], Tensor],
-        images: Tensor,
-        labels: Tensor,
-        out_size: tuple[int, int] | None = None,
-        return_per_scale: bool = False,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        return multiscale_attention_fusion(
-            model, images, labels, self.scales, self.flip, self.activation, self.bg_channel, self.reduce,
-            self.normalize, self.eps, out_size, self.image_interpolation, self.activate_before_resize,
-            self.no_grad, self.eval_mode, return_per_scale, self.skip_absent)
+    def forward(self, model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor,
+                out_size: tuple[int, int] | None = None) -> Tensor:
+        return _fusion(model, images, labels, self.scales, self.flip, self.activation, self.bg_channel, self.reduce,
+                       self.normalize, self.eps, out_size, self.image_interpolation, self.activate_before_resize,
+                       self.no_grad, self.eval_mode, self.skip_absent, None)
+
+    def detailed(self, model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor,
+                 out_size: tuple[int, int] | None = None) -> FusionOutput:
+        """Fused and per-scale maps; see :func:`multiscale_attention_fusion_detailed`."""
+        per_scale: list[Tensor] = []
+        fused = _fusion(model, images, labels, self.scales, self.flip, self.activation, self.bg_channel,
+                        self.reduce, self.normalize, self.eps, out_size, self.image_interpolation,
+                        self.activate_before_resize, self.no_grad, self.eval_mode, self.skip_absent, per_scale)
+        return FusionOutput(fused=fused, per_scale=per_scale)
 
     def extra_repr(self) -> str:
         return (f"scales={self.scales}, flip={self.flip}, activation={self.activation!r}, "

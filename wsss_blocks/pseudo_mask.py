@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cov_smooth",
+    "cov_smooth_detailed",
+    "CoVSmoothOutput",
     "CoVSmooth",
     "proportional_pseudo_mask",
+    "proportional_pseudo_mask_detailed",
     "ProportionalPseudoMask",
     "PseudoMaskParts",
     "CyclicPseudoMask",
@@ -101,20 +104,13 @@ def _cov(x: Tensor, fg_threshold: float, cv_scale: float, eps: float) -> Tensor:
     return torch.where(n > 0, cov, torch.zeros_like(cov))
 
 
-@overload
-def cov_smooth(cams: Tensor, fg_threshold: float = ..., cv_scale: float = ..., min_exponent: float | None = ...,
-               eps: float = ..., return_cov: Literal[False] = ...) -> Tensor: ...
-@overload
-def cov_smooth(cams: Tensor, fg_threshold: float = ..., cv_scale: float = ..., min_exponent: float | None = ...,
-               eps: float = ..., *, return_cov: Literal[True]) -> tuple[Tensor, Tensor]: ...
 def cov_smooth(
     cams: Tensor,
     fg_threshold: float = 0.05,
     cv_scale: float = 0.3,
     min_exponent: float | None = None,
     eps: float = 1e-8,
-    return_cov: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> Tensor:
     """Coefficient-of-variation smoothing: raise each class map to the power ``1 - cv_scale·CoV``.
 
     PMM (Li et al., ICCV 2021), CVS. Per image and class, over the activated pixels
@@ -143,19 +139,44 @@ def cov_smooth(
         cv_scale: factor folded into the CoV (PMM's ``--cv_scale``).
         min_exponent: optional floor for ``1 - cv``; ``None`` = release (no clamp).
         eps: added to the mean in the CoV denominator (release: 1e-8).
-        return_cov: also return the per-map ``cv`` (``cv_scale`` already folded in).
 
     Shape:
         - cams: …×H×W, e.g. B×C×H×W
-        - output: same shape as ``cams``; with ``return_cov`` also ``cv`` of shape … (e.g. B×C)
+        - output: same shape as ``cams``
 
     Examples:
         >>> cams = torch.tensor([[[0.0, 0.2], [0.4, 0.8]]])
-        >>> out, cv = cov_smooth(cams, return_cov=True)
-        >>> round(cv.item(), 4)  # 0.3 * std([.2,.4,.8]) / mean([.2,.4,.8])
-        0.1604
-        >>> bool((out >= cams).all())
+        >>> bool((cov_smooth(cams) >= cams).all())
         True
+    """
+    return cov_smooth_detailed(cams, fg_threshold, cv_scale, min_exponent, eps).smoothed
+
+
+@dataclass
+class CoVSmoothOutput:
+    """Result of :func:`cov_smooth_detailed`.
+
+    Attributes:
+        smoothed: the smoothed maps, shape and dtype of the input.
+        cov: the per-map coefficient of variation with ``cv_scale`` folded in, float32, shape … (e.g. B×C).
+    """
+
+    smoothed: Tensor
+    cov: Tensor
+
+
+def cov_smooth_detailed(cams: Tensor, fg_threshold: float = 0.05, cv_scale: float = 0.3,
+                        min_exponent: float | None = None, eps: float = 1e-8) -> CoVSmoothOutput:
+    """:func:`cov_smooth` plus the per-map ``cv`` (``cv_scale`` folded in); the arguments are the same.
+
+    Shape:
+        - cams: …×H×W
+        - output: :class:`CoVSmoothOutput` (``smoothed`` like ``cams``, ``cov`` of shape …)
+
+    Examples:
+        >>> out = cov_smooth_detailed(torch.tensor([[[0.0, 0.2], [0.4, 0.8]]]))
+        >>> round(out.cov.item(), 4)  # 0.3 * std([.2,.4,.8]) / mean([.2,.4,.8])
+        0.1604
     """
     x = _check_cams01(cams, "cams")
     if not cv_scale >= 0:
@@ -163,10 +184,7 @@ def cov_smooth(
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     out, cv = _cov_smooth(x.float(), float(fg_threshold), float(cv_scale), min_exponent, float(eps))
-    out = out.to(x.dtype)
-    if return_cov:
-        return out, cv
-    return out
+    return CoVSmoothOutput(smoothed=out.to(x.dtype), cov=cv)
 
 
 def _cov_smooth(xf: Tensor, fg_threshold: float, cv_scale: float, min_exponent: float | None,
@@ -203,6 +221,10 @@ class CoVSmooth(nn.Module):
     def forward(self, cams: Tensor) -> Tensor:
         return cov_smooth(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
 
+    def detailed(self, cams: Tensor) -> CoVSmoothOutput:
+        """Smoothed maps and the per-map ``cv``; see :func:`cov_smooth_detailed`."""
+        return cov_smooth_detailed(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
+
     def extra_repr(self) -> str:
         return f"fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, min_exponent={self.min_exponent}"
 
@@ -235,7 +257,7 @@ def _as_crf(crf: DenseCRF | str, name: str = "crf") -> DenseCRF:
 
 @dataclass
 class PseudoMaskParts:
-    """Intermediate results of :func:`proportional_pseudo_mask` (``return_parts=True``).
+    """Result of :func:`proportional_pseudo_mask_detailed`: the mask and its intermediate maps.
 
     Attributes:
         mask: B×H×W int64 pseudo-masks (0 background, c+1 class c).
@@ -257,18 +279,6 @@ class PseudoMaskParts:
 ForegroundFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
 
-@overload
-def proportional_pseudo_mask(
-    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., fg_threshold: float = ...,
-    cv_scale: float = ..., posterior_threshold: float = ...,
-    foreground: Literal["crf", "threshold"] | ForegroundFn = ..., crf: DenseCRF | str = ...,
-    min_exponent: float | None = ..., return_parts: Literal[False] = ...) -> Tensor: ...
-@overload
-def proportional_pseudo_mask(
-    cams: Tensor, labels: Tensor, image01: Tensor | None = ..., alpha: float = ..., fg_threshold: float = ...,
-    cv_scale: float = ..., posterior_threshold: float = ...,
-    foreground: Literal["crf", "threshold"] | ForegroundFn = ..., crf: DenseCRF | str = ...,
-    min_exponent: float | None = ..., *, return_parts: Literal[True]) -> PseudoMaskParts: ...
 def proportional_pseudo_mask(
     cams: Tensor,
     labels: Tensor,
@@ -280,8 +290,7 @@ def proportional_pseudo_mask(
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
     crf: DenseCRF | str = PPMG_CRF,
     min_exponent: float | None = None,
-    return_parts: bool = False,
-) -> Tensor | PseudoMaskParts:
+) -> Tensor:
     """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
 
     PMM (Li et al., ICCV 2021), PPMG (``Eli-YiLi/PMM`` ``pipline/refine_cam.py`` ``ppmg``). For every class c
@@ -323,7 +332,6 @@ def proportional_pseudo_mask(
             (default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
             ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
         min_exponent: passed to :func:`cov_smooth` (``None`` = release).
-        return_parts: return a :class:`PseudoMaskParts` with the intermediate maps instead of the mask.
 
     Shape:
         - cams: B×C×H×W
@@ -341,6 +349,42 @@ def proportional_pseudo_mask(
                  [1, 1, 0, 2],
                  [1, 1, 0, 0]]])
     """
+    return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
+                 min_exponent, parts=False).mask
+
+
+def proportional_pseudo_mask_detailed(
+    cams: Tensor,
+    labels: Tensor,
+    image01: Tensor | None = None,
+    alpha: float = 11.0,
+    fg_threshold: float = 0.05,
+    cv_scale: float = 0.3,
+    posterior_threshold: float = 0.5,
+    foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
+    crf: DenseCRF | str = PPMG_CRF,
+    min_exponent: float | None = None,
+) -> PseudoMaskParts:
+    """:func:`proportional_pseudo_mask` plus its intermediate maps; the arguments are the same.
+
+    Shape:
+        - cams: B×C×H×W; labels: B×C; image01: B×3×H×W
+        - output: :class:`PseudoMaskParts` (``mask`` B×H×W int64, per-class maps B×C×H×W, ``scores`` B×(C+1)×H×W)
+
+    Examples:
+        >>> cams = torch.zeros(1, 2, 4, 4); cams[0, 0, :, :2] = 0.9
+        >>> parts = proportional_pseudo_mask_detailed(cams, torch.tensor([[1.0, 0.0]]), foreground="threshold")
+        >>> parts.mask[0, 0].tolist(), parts.foreground.shape
+        ([1, 1, 0, 0], torch.Size([1, 2, 4, 4]))
+    """
+    return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
+                 min_exponent, parts=True)
+
+
+def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float, cv_scale: float,
+          posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn, crf: DenseCRF | str,
+          min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+    """PPMG; the per-class maps of the result are filled only with ``parts`` (else they are empty)."""
     x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     B, C, H, W = x.shape
     lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
@@ -407,7 +451,7 @@ def proportional_pseudo_mask(
     first = torch.full((B, H, W), big, dtype=torch.int64, device=x.device).scatter_reduce_(
         0, idx, cand, "amin", include_self=True)
     mask = torch.where(bg_score == best, torch.zeros_like(first), first)
-    if return_parts:
+    if parts:
         def full(v: Tensor, fill: float | bool = 0.0) -> Tensor:
             out = torch.full((B, C) + tuple(v.shape[1:]), fill, dtype=v.dtype, device=x.device)
             out[bi, ci] = v
@@ -418,7 +462,8 @@ def proportional_pseudo_mask(
         scores[:, 0] = bg_score
         return PseudoMaskParts(mask=mask, smoothed=full(smoothed), cov=full(cv), foreground=full(fg, False),
                                importance=full(importance), scores=scores)
-    return mask
+    empty = mask.new_empty(0)
+    return PseudoMaskParts(mask=mask, smoothed=empty, cov=empty, foreground=empty, importance=empty, scores=empty)
 
 
 class ProportionalPseudoMask(nn.Module):
@@ -457,6 +502,12 @@ class ProportionalPseudoMask(nn.Module):
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
         return proportional_pseudo_mask(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
                                         self.posterior_threshold, self.foreground, self.crf, self.min_exponent)
+
+    def detailed(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> PseudoMaskParts:
+        """The mask and its intermediate maps; see :func:`proportional_pseudo_mask_detailed`."""
+        return proportional_pseudo_mask_detailed(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
+                                                 self.posterior_threshold, self.foreground, self.crf,
+                                                 self.min_exponent)
 
     def extra_repr(self) -> str:
         fg = self.foreground if isinstance(self.foreground, str) else "callable"

@@ -313,7 +313,6 @@ class SMAFMethod(CAMMethod):
             self.teacher.cam_logits, images, labels, scales=tuple(c.target_scales), flip=c.target_flip,
             activation="softmax", bg_channel="last", reduce="sum", normalize="none",
             image_interpolation=c.target_image_interpolation, no_grad=True, eval_mode=False)
-        assert isinstance(fused, Tensor)
         fused = fused.float()
         if valid is not None:
             fused = fused * valid[:, None].to(fused.dtype)

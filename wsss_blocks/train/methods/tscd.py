@@ -297,7 +297,6 @@ class TSCDMethod(CAMMethod):
         # S' is compared with T' (= the CAM of x', the size of ↓0.3(T)), released L327
         segs2 = F.interpolate(seg2.float(), size=cams2.shape[-2:], mode="bilinear", align_corners=True)
         loss_scd = self_correspondence_loss(cams, cams2, segs, segs2, num_samples=c.scd_num_samples)
-        assert isinstance(loss_scd, Tensor)
 
         y = reliable_pseudo_mask(self.refiner, img01, cams, labels, boxes=boxes, high_threshold=c.high_threshold,
                                  low_threshold=c.low_threshold, scale_factor=c.refine_scale_factor)
