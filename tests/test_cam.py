@@ -114,7 +114,7 @@ def test_normalize_keeps_dtype(dtype):
 def test_normalize_bad_input():
     with pytest.raises(ValueError, match="cams contains non-finite values \\(1 NaN"):
         normalize_cams(torch.tensor([[[[float("nan"), 1.0]]]]))
-    with pytest.raises(ValueError, match="mode must be 'max', 'minmax' or 'seam_minmax'"):
+    with pytest.raises(ValueError, match="mode must be one of 'max', 'minmax', 'seam_minmax'"):
         normalize_cams(torch.rand(1, 1, 2, 2), mode="sum")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating-point"):
         normalize_cams(torch.ones(1, 1, 2, 2, dtype=torch.long))

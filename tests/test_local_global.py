@@ -617,7 +617,7 @@ def test_loss_bad_input():
         LocalToGlobalTransfer(3, bg_channel="middle")
     with pytest.raises(ValueError, match="bg_target must be one of"):
         l2g_target(cams, rois, labels, bg_target="hard")
-    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         LocalToGlobalTransfer(0)
     with pytest.raises(TypeError, match="local_cams must be a torch.Tensor"):
         m(glob, cams.numpy(), rois, labels)

@@ -175,7 +175,7 @@ def test_split_merge_bad_input():
         split_patches(x[..., :6], 2, order="row")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"patches has 6 samples, expected G·B = 4·2 = 8"):
         merge_patches(torch.randn(6, 1, 2, 2), 2, 2)
-    with pytest.raises(ValueError, match="batch must be a positive int"):
+    with pytest.raises(ValueError, match="batch must be an int >= 1, got 0"):
         merge_patches(torch.randn(4, 1, 2, 2), 0, 2)
     with pytest.raises(ValueError, match=r"out_size \(5, 4\) must lie within the merged size 4×4"):
         merge_patches(torch.randn(4, 1, 2, 2), 1, 2, out_size=(5, 4))
@@ -597,7 +597,7 @@ def test_puzzle_bad_input():
         puzzle_reconstruction_loss(a, a)
     with pytest.raises(ValueError, match="labels has 3 classes, expected 2"):
         puzzle_reconstruction_loss(a, a, torch.ones(1, 3))
-    with pytest.raises(ValueError, match="p must be 1"):
+    with pytest.raises(ValueError, match="p must be one of 1, 2, got 3"):
         puzzle_reconstruction_loss(a, a, torch.ones(1, 2), p=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cams contains non-finite values"):
         puzzle_reconstruction_loss(a + float("nan"), a, torch.ones(1, 2))

@@ -4,6 +4,7 @@ The blocks are re-exported here; importing the package needs only torch, einops 
 (torchvision, timm, pydensecrf, SciPy and Pillow are imported lazily by the parts that need them).
 """
 
+from ._checks import checks, checks_enabled, set_checks
 from .cam import (
     CAMNormalize,
     MultiScaleCAM,
@@ -79,6 +80,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
+    # validation switch
+    "set_checks",
+    "checks_enabled",
+    "checks",
     # CAM core
     "cam_from_features",
     "tokens_to_map",

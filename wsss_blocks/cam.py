@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_positive, check_tensor, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_number,
+    check_positive,
+    check_tensor,
+    shape_str,
+)
 
 __all__ = [
     "cam_from_features",
@@ -107,8 +116,7 @@ def tokens_to_map(
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
-    if num_prefix_tokens < 0:
-        raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+    check_int(num_prefix_tokens, "num_prefix_tokens", minimum=0)
     h, w = int(image_hw[0]) // ph, int(image_hw[1]) // pw
     expected = num_prefix_tokens + h * w
     if tokens.shape[1] != expected:
@@ -139,12 +147,17 @@ def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> T
         tensor([[[[1.0000, 0.0000],
                   [0.5000, 0.0000]]]])
     """
+    check_choice(mode, "mode", _NORM_MODES)
+    check_number(eps, "eps", 0.0)
+    return _normalize_cams(cams, mode, eps)
+
+
+def _normalize_cams(cams: Tensor, mode: str, eps: float) -> Tensor:
+    """:func:`normalize_cams` with checked options: checks ``cams`` and normalises."""
     check_tensor(cams, "cams", floating=True)
     if cams.ndim < 2:
         raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
     check_finite(cams, "cams")
-    if mode not in _NORM_MODES:
-        raise ValueError(f"mode must be 'max', 'minmax' or 'seam_minmax', got {mode!r}")
     x = F.relu(cams.float())
     flat = x.flatten(-2)
     mx = flat.amax(-1, keepdim=True).unsqueeze(-1)
@@ -317,13 +330,11 @@ def _check_multiscale_options(scales: Sequence[float], interpolation: str, reduc
         raise ValueError("scales must contain at least one scale, got an empty sequence")
     for s in scales:
         check_positive(float(s), "scales")
-    if interpolation not in ("bilinear", "bicubic"):
-        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
-    if size_rounding not in ("round", "floor"):
-        raise ValueError(f"size_rounding must be 'round' or 'floor', got {size_rounding!r}")
-    for name, val in (("reduce", reduce), ("flip_reduce", flip_reduce)):
-        if val is not None and val not in ("sum", "mean", "max"):
-            raise ValueError(f"{name} must be 'sum', 'mean' or 'max', got {val!r}")
+    check_choice(interpolation, "interpolation", ("bilinear", "bicubic"))
+    check_choice(size_rounding, "size_rounding", ("round", "floor"))
+    check_choice(reduce, "reduce", ("sum", "mean", "max"))
+    if flip_reduce is not None:
+        check_choice(flip_reduce, "flip_reduce", ("sum", "mean", "max"))
 
 
 def _multiscale(fn: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float], flip: bool,
@@ -459,8 +470,9 @@ class CAMNormalize(nn.Module):
 
     def __init__(self, mode: NormMode = "max", eps: float = 1e-5) -> None:
         super().__init__()
-        self.mode = mode
-        self.eps = eps
+        check_choice(mode, "mode", _NORM_MODES)
+        self.mode: NormMode = mode
+        self.eps = check_number(eps, "eps", 0.0)
 
     def forward(self, cams: Tensor) -> Tensor:
-        return normalize_cams(cams, self.mode, self.eps)
+        return _normalize_cams(cams, self.mode, self.eps)

@@ -13,14 +13,23 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_range, check_same_batch, check_tensor, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    check_range,
+    check_same_batch,
+    check_tensor,
+    compute_dtype,
+    shape_str,
+)
 
 __all__ = [
     "SCD_WEIGHT",
@@ -55,13 +64,6 @@ def scd_weight(iteration: int, weight: float = SCD_WEIGHT, start_iter: int = SCD
         (0.0, 0.1)
     """
     return 0.0 if iteration <= start_iter else float(weight)
-
-
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 def sample_points(batch: int, num_samples: int = 40, *, generator: torch.Generator | None = None,
@@ -227,6 +229,21 @@ def self_correspondence_loss_detailed(
         >>> out.teacher_corr.shape
         torch.Size([1, 3, 3, 3, 3])
     """
+    _check_scd_options(num_samples, padding_mode, shift)
+    return _scd(teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, num_samples, zero_clamp,
+                pointwise_center, shift, eps, align_corners, padding_mode, generator)
+
+
+def _check_scd_options(num_samples: int, padding_mode: str, shift: float) -> None:
+    check_int(num_samples, "num_samples", minimum=1)
+    check_choice(padding_mode, "padding_mode", ("zeros", "border", "reflection"))
+    check_number(shift, "shift")
+
+
+def _scd(teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor, coords_a: Tensor | None,
+         coords_b: Tensor | None, num_samples: int, zero_clamp: bool, pointwise_center: bool, shift: float,
+         eps: float, align_corners: bool, padding_mode: str, generator: torch.Generator | None) -> SCDOutput:
+    """:func:`self_correspondence_loss_detailed` with checked options."""
     names = ("teacher_a", "teacher_b", "student_a", "student_b")
     tensors = (teacher_a, teacher_b, student_a, student_b)
     for name, t in zip(names, tensors):
@@ -240,14 +257,8 @@ def self_correspondence_loss_detailed(
     if student_a.shape[1] != student_b.shape[1]:
         raise ValueError(f"student_a and student_b must have the same channels, got {shape_str(student_a)} and "
                          f"{shape_str(student_b)}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    if padding_mode not in ("zeros", "border", "reflection"):
-        raise ValueError(f"padding_mode must be 'zeros', 'border' or 'reflection', got {padding_mode!r}")
-    if not math.isfinite(shift):
-        raise ValueError(f"shift must be finite, got {shift}")
     b = teacher_a.shape[0]
-    dtype = _float_dtype(*tensors)
+    dtype = compute_dtype(*tensors)
     device = student_a.device
     if coords_a is None:
         coords_a = sample_points(b, num_samples, generator=generator, device=device, dtype=dtype)
@@ -315,10 +326,7 @@ class SelfCorrespondenceDistillation(nn.Module):
                  shift: float = 0.0, eps: float = 1e-10, align_corners: bool = True, padding_mode: str = "border",
                  weight: float = SCD_WEIGHT, start_iter: int = SCD_START_ITER):
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        if padding_mode not in ("zeros", "border", "reflection"):
-            raise ValueError(f"padding_mode must be 'zeros', 'border' or 'reflection', got {padding_mode!r}")
+        _check_scd_options(num_samples, padding_mode, shift)
         self.num_samples = num_samples
         self.zero_clamp = zero_clamp
         self.pointwise_center = pointwise_center
@@ -342,10 +350,9 @@ class SelfCorrespondenceDistillation(nn.Module):
                  coords_a: Tensor | None = None, coords_b: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SCDOutput:
         """Loss and both correspondence maps; see :func:`self_correspondence_loss_detailed`."""
-        return self_correspondence_loss_detailed(
-            teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, num_samples=self.num_samples,
-            zero_clamp=self.zero_clamp, pointwise_center=self.pointwise_center, shift=self.shift, eps=self.eps,
-            align_corners=self.align_corners, padding_mode=self.padding_mode, generator=generator)
+        return _scd(teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, self.num_samples,
+                    self.zero_clamp, self.pointwise_center, self.shift, self.eps, self.align_corners,
+                    self.padding_mode, generator)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, zero_clamp={self.zero_clamp}, "
@@ -393,8 +400,7 @@ def radius_mask(h: int, w: int, radius: int = 8, device: torch.device | str | No
         >>> radius_mask(2, 2, 0).int().tolist()
         [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     """
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-        raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+    check_int(radius, "radius", minimum=0)
     if h < 1 or w < 1:
         raise ValueError(f"h and w must be >= 1, got {h} and {w}")
     r = torch.arange(h, device=device).repeat_interleave(w)
@@ -422,8 +428,7 @@ def attention_affinity_targets(pseudo_mask: Tensor, radius: int = 8, stride: int
     check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
     if pseudo_mask.is_floating_point() or pseudo_mask.dtype == torch.bool:
         raise TypeError(f"pseudo_mask must be an integer tensor, got dtype {pseudo_mask.dtype}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    check_int(stride, "stride", minimum=1)
     b, h, w = pseudo_mask.shape
     hs, ws = h // stride, w // stride
     if hs < 1 or ws < 1:
@@ -462,12 +467,21 @@ def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: 
         >>> float(affinity_from_attention_loss(perfect, y))
         0.0
     """
+    _check_affinity_options(radius, stride)
+    return _affinity_loss(aff_pred, pseudo_mask, radius, stride, ignore_index)
+
+
+def _check_affinity_options(radius: int, stride: int) -> None:
+    check_int(radius, "radius", minimum=0)
+    check_int(stride, "stride", minimum=1)
+
+
+def _affinity_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int, stride: int, ignore_index: int) -> Tensor:
+    """:func:`affinity_from_attention_loss` with checked options."""
     check_tensor(aff_pred, "aff_pred", 3, layout="B×n×n", floating=True)
     check_range(aff_pred.detach(), "aff_pred", 0.0, 1.0, hint="pass the sigmoid of the attention projection")
     check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
     check_same_batch(aff_pred, "aff_pred", pseudo_mask, "pseudo_mask")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     h, w = pseudo_mask.shape[-2:]
     n = (h // stride) * (w // stride)
     if aff_pred.shape[1:] != (n, n):
@@ -507,16 +521,13 @@ class AffinityFromAttentionLoss(nn.Module):
 
     def __init__(self, radius: int = 8, stride: int = 16, ignore_index: int = 255):
         super().__init__()
-        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        _check_affinity_options(radius, stride)
         self.radius = radius
         self.stride = stride
         self.ignore_index = ignore_index
 
     def forward(self, aff_pred: Tensor, pseudo_mask: Tensor) -> Tensor:
-        return affinity_from_attention_loss(aff_pred, pseudo_mask, self.radius, self.stride, self.ignore_index)
+        return _affinity_loss(aff_pred, pseudo_mask, self.radius, self.stride, self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}, stride={self.stride}, ignore_index={self.ignore_index}"

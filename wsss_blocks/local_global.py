@@ -33,7 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_pair, check_range, check_tensor, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_number,
+    check_pair,
+    check_range,
+    check_tensor,
+    checks_enabled,
+    compute_dtype,
+    shape_str,
+)
 from .ops import roi_align
 
 __all__ = [
@@ -58,11 +70,6 @@ _MODES = ("corners+random", "random", "grid")
 _BG_CHANNELS = ("last", "first", "none")
 _BG_TARGETS = ("binary", "soft")
 _SAL_RESIZE = ("nearest", "bilinear", "area")
-
-
-def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,10 +145,15 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
         >>> boxes[0, :4].tolist()  # the four corners come first
         [[0, 0, 320, 320], [0, 128, 320, 448], [128, 0, 448, 320], [128, 128, 448, 448]]
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-    H, W = check_pair(image_hw, "image_hw")
     _check_sampler_args(num_patches, patch_size, mode)
+    return _sample_boxes(batch_size, image_hw, num_patches, patch_size, mode, generator, device)
+
+
+def _sample_boxes(batch_size: int, image_hw: int | tuple[int, int], num_patches: int, patch_size: int, mode: str,
+                  generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+    """:func:`sample_patch_boxes` with checked sampler options."""
+    check_int(batch_size, "batch_size", minimum=0)
+    H, W = check_pair(image_hw, "image_hw")
     if patch_size > H or patch_size > W:
         raise ValueError(f"patch_size {patch_size} is larger than the image (H, W) = ({H}, {W}); "
                          f"every patch must fit inside the global view")
@@ -284,11 +296,9 @@ def _check_global_saliency(saliency: Tensor | None, B: int, H: int, W: int) -> T
 
 
 def _check_sampler_args(num_patches: int, patch_size: int, mode: str) -> None:
-    _check_choice(mode, "mode", _MODES)
-    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-        raise ValueError(f"num_patches must be a positive int, got {num_patches!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    check_choice(mode, "mode", _MODES)
+    check_int(num_patches, "num_patches", minimum=1)
+    check_int(patch_size, "patch_size", minimum=1)
     if mode == "corners+random" and num_patches < 4:
         raise ValueError(f"num_patches must be >= 4 with mode='corners+random' (the four corners come "
                          f"first), got {num_patches}; use mode='random' for fewer patches")
@@ -336,8 +346,8 @@ class LocalPatchSampler(nn.Module):
                  saliency_max_norm: bool = True) -> None:
         super().__init__()
         _check_sampler_args(num_patches, patch_size, mode)
-        if resize_to is not None and (not isinstance(resize_to, int) or resize_to < 1):
-            raise ValueError(f"resize_to must be None or a positive int, got {resize_to!r}")
+        if resize_to is not None:
+            check_int(resize_to, "resize_to", minimum=1)
         self.num_patches = num_patches
         self.patch_size = patch_size
         self.mode: SamplerMode = mode
@@ -355,8 +365,8 @@ class LocalPatchSampler(nn.Module):
     def sample_boxes(self, batch_size: int, image_hw: int | tuple[int, int] = (448, 448),
                      device: torch.device | str | None = None) -> Tensor:
         """B×N×4 int64 boxes ``(x1, y1, x2, y2)``; see :func:`sample_patch_boxes`."""
-        return sample_patch_boxes(batch_size, image_hw, self.num_patches, self.patch_size, self.mode,
-                                  generator=self.generator, device=device)
+        return _sample_boxes(batch_size, image_hw, self.num_patches, self.patch_size, self.mode, self.generator,
+                             device)
 
     def forward(self, images: Tensor, labels: Tensor, saliency: Tensor | None = None) -> LocalPatches:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
@@ -393,10 +403,6 @@ class L2GOutput:
     global_probs: Tensor
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype) -> Tensor:
     """``boxes`` given as B×N×4 per-image boxes (B·N = R) or as R×5 RoIAlign rows; returns the R×5 rows."""
     boxes = check_tensor(boxes, "boxes", (2, 3), layout="B×N×4 or R×5")
@@ -406,12 +412,13 @@ def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype
                              f"{batch} images and {num_patches} patches in local_cams, got {shape_str(boxes)}")
         return boxes_to_roi_format(boxes, dtype)
     if boxes.shape[1] != 5:
-        raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got {shape_str(boxes)}")
+        raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got "
+                         f"{shape_str(boxes)}")
     if boxes.shape[0] != num_patches:
         raise ValueError(f"boxes has {boxes.shape[0]} rows but local_cams has {num_patches} patches "
                          f"(boxes {shape_str(boxes)}); each patch needs its box")
     check_finite(boxes, "boxes")
-    if boxes.shape[0]:
+    if boxes.shape[0] and checks_enabled():
         idx = boxes[:, 0]
         if not bool((idx == idx.round()).all()) or float(idx.min()) < 0 or float(idx.max()) > batch - 1:
             raise ValueError(f"boxes[:, 0] must hold integer batch indices in [0, {batch - 1}] "
@@ -433,7 +440,7 @@ def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
         raise ValueError(f"local_cams has {K} channels but labels has {C} classes; with "
                          f"bg_channel={bg_channel!r} expected K = {expect_k} "
                          f"(local_cams {shape_str(local_cams)}, labels {shape_str(lab)})")
-    rois = _check_boxes(boxes, local_cams.shape[0], lab.shape[0], _compute_dtype(local_cams))
+    rois = _check_boxes(boxes, local_cams.shape[0], lab.shape[0], compute_dtype(local_cams))
     if patch_saliency is not None:
         check_tensor(patch_saliency, "patch_saliency", 4, layout="B·N×1×p×p", floating=True)
         R, _, h, w = local_cams.shape
@@ -540,9 +547,23 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
         >>> t[0, :, 0].tolist()  # keep-max: class 0 wins pixel 0, background wins pixel 1
         [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
-    _check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
-    _check_choice(bg_target, "bg_target", _BG_TARGETS)
-    _check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    return _target(local_cams, boxes, labels, patch_saliency, stride, bg_channel, keep_max, fg_threshold, bg_target,
+                   saliency_resize, empty_saliency_fallback, eps, num_classes)
+
+
+def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, saliency_resize: str, eps: float) -> None:
+    check_int(stride, "stride", minimum=1)
+    check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
+    check_choice(bg_target, "bg_target", _BG_TARGETS)
+    check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
+    check_number(eps, "eps", 0.0, strict=True)
+
+
+def _target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency: Tensor | None, stride: int,
+            bg_channel: str, keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
+            empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> Tensor:
+    """:func:`l2g_target` with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     return _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
@@ -553,7 +574,7 @@ def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | N
                   keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
                   empty_fallback: bool, eps: float) -> Tensor:
     with torch.no_grad():
-        dtype = _compute_dtype(local_cams)
+        dtype = compute_dtype(local_cams)
         cams = local_cams.detach().to(dtype)
         if bg_channel == "first":
             cams = torch.roll(cams, shifts=-1, dims=1)
@@ -630,11 +651,18 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         >>> round(out.loss.item(), 4)  # 10 · mean((1/3 − 1)²)
         4.4444
     """
-    _check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
-    _check_choice(bg_target, "bg_target", _BG_TARGETS)
-    _check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    check_number(weight, "weight", 0.0)
+    return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, stride, weight, fg_threshold,
+                     bg_channel, keep_max, bg_target, saliency_resize, roi_aligned, sampling_ratio,
+                     empty_saliency_fallback, eps, num_classes)
+
+
+def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
+              patch_saliency: Tensor | None, stride: int, weight: float, fg_threshold: float, bg_channel: str,
+              keep_max: bool, bg_target: str, saliency_resize: str, roi_aligned: bool, sampling_ratio: int,
+              empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> L2GOutput:
+    """:func:`l2g_transfer` with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     check_tensor(global_logits, "global_logits", 4, layout="B×K×H'×W'", floating=True)
@@ -650,7 +678,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
                            saliency_resize, empty_saliency_fallback, eps)
     h, w = local_cams.shape[-2:]
     with torch.autocast(device_type=global_logits.device.type, enabled=False):
-        logits = global_logits.to(_compute_dtype(global_logits))
+        logits = global_logits.to(compute_dtype(global_logits))
         aligned = roi_align(logits, rois.to(logits.device), (h, w), 1.0 / stride, sampling_ratio, roi_aligned)
         probs = torch.softmax(aligned, dim=1)
         loss = weight * (probs - target.to(probs)).square().mean()
@@ -735,17 +763,10 @@ class LocalToGlobalTransfer(nn.Module):
                  roi_aligned: bool = False, empty_saliency_fallback: bool = False, eps: float = 1e-8,
                  saliency_resize: SaliencyResize = "nearest", sampling_ratio: int = -1) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be a positive int, got {stride!r}")
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        _check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
-        _check_choice(bg_target, "bg_target", _BG_TARGETS)
-        _check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
+        check_int(num_classes, "num_classes", minimum=1)
+        _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+        check_number(weight, "weight", 0.0)
+        check_int(sampling_ratio, "sampling_ratio")
         self.num_classes = num_classes
         self.stride = stride
         self.weight = float(weight)
@@ -766,23 +787,20 @@ class LocalToGlobalTransfer(nn.Module):
         kwargs.update(overrides)
         return cls(num_classes, **kwargs)
 
-    def _kwargs(self) -> dict[str, Any]:
-        return {"bg_channel": self.bg_channel, "keep_max": self.keep_max, "fg_threshold": self.fg_threshold,
-                "bg_target": self.bg_target, "saliency_resize": self.saliency_resize,
-                "empty_saliency_fallback": self.empty_saliency_fallback, "eps": self.eps,
-                "stride": self.stride, "num_classes": self.num_classes}
-
     def build_target(self, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                      patch_saliency: Tensor | None = None) -> Tensor:
-        """Detached R×K×h×w target (spec §4 steps 1–5); see :func:`l2g_target`."""
-        return l2g_target(local_cams, boxes, labels, patch_saliency, **self._kwargs())
+        """Detached R×K×h×w target; see :func:`l2g_target`."""
+        return _target(local_cams, boxes, labels, patch_saliency, self.stride, self.bg_channel, self.keep_max,
+                       self.fg_threshold, self.bg_target, self.saliency_resize, self.empty_saliency_fallback,
+                       self.eps, self.num_classes)
 
     def transfer(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None) -> L2GOutput:
         """Loss plus target and global probabilities; see :func:`l2g_transfer`."""
-        return l2g_transfer(global_logits, local_cams, boxes, labels, patch_saliency,
-                            weight=self.weight, roi_aligned=self.roi_aligned,
-                            sampling_ratio=self.sampling_ratio, **self._kwargs())
+        return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, self.stride, self.weight,
+                         self.fg_threshold, self.bg_channel, self.keep_max, self.bg_target, self.saliency_resize,
+                         self.roi_aligned, self.sampling_ratio, self.empty_saliency_fallback, self.eps,
+                         self.num_classes)
 
     def forward(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                 patch_saliency: Tensor | None = None) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_masks, check_tensor, shape_str
+from ._checks import check_choice, check_int, check_masks, check_number, check_tensor, compute_dtype, shape_str
 
 __all__ = [
     "pretended_underfitting_loss",
@@ -39,14 +39,10 @@ PUFMode = Literal["clamp", "pow", "ignore"]
 
 
 def _check_puf_args(beta: float, k: float, mode: str | None, denominator: str) -> None:
-    if not beta > 0:
-        raise ValueError(f"beta (the PUF gate on the mean CE) must be > 0, got {beta}")
-    if not k > 0:
-        raise ValueError(f"k (the PUF per-pixel cap/exponent) must be > 0, got {k}")
-    if mode not in ("clamp", "pow", "ignore", None, "none"):
-        raise ValueError(f"mode must be 'clamp', 'pow', 'ignore' or None (plain CE), got {mode!r}")
-    if denominator not in ("all", "valid"):
-        raise ValueError(f"denominator must be 'all' (release) or 'valid', got {denominator!r}")
+    check_number(beta, "beta (the PUF gate on the mean CE)", 0.0, strict=True)
+    check_number(k, "k (the PUF per-pixel cap/exponent)", 0.0, strict=True)
+    check_choice(mode, "mode", ("clamp", "pow", "ignore", None, "none"))
+    check_choice(denominator, "denominator", ("all", "valid"))
 
 
 def pretended_underfitting_loss(
@@ -146,6 +142,12 @@ def pretended_underfitting_loss_detailed(
         (True, 0.2502)
     """
     _check_puf_args(beta, k, mode, denominator)
+    return _puf(logits, target, beta, k, mode, ignore_index, class_weight, denominator)
+
+
+def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None, ignore_index: int,
+         class_weight: Tensor | None, denominator: str) -> PUFOutput:
+    """PUF with checked options: checks the tensors and computes."""
     check_tensor(logits, "logits", floating=True)
     if logits.ndim < 2:
         raise ValueError(f"logits must have shape N×K×… (at least 2-D), got {shape_str(logits)}")
@@ -249,8 +251,8 @@ class PretendedUnderFittingLoss(nn.Module):
         return cls(**params)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        out = pretended_underfitting_loss_detailed(logits, target, self.beta, self.k, self.mode, self.ignore_index,
-                                                   self.class_weight, self.denominator)
+        out = _puf(logits, target, self.beta, self.k, self.mode, self.ignore_index, self.class_weight,
+                   self.denominator)
         self.last_active.copy_(out.active.to(self.last_active.device))
         return self.weight * out.loss
 
@@ -319,7 +321,7 @@ class BalancedSegLoss(nn.Module):
 
     def __init__(self, ignore_index: int = 255, empty_is_zero: bool = True) -> None:
         super().__init__()
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_int(ignore_index, "ignore_index")
         self.empty_is_zero = bool(empty_is_zero)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -388,6 +390,20 @@ def dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mask
         >>> loss.backward(); bool(loss < 0), p.grad.shape
         (True, torch.Size([1, 3, 16, 16]))
     """
+    _check_energy_args(weight, sigma_rgb, sigma_xy, scale_factor)
+    return _dense_energy_loss(probs, image01, target, valid_mask, weight, sigma_rgb, sigma_xy, scale_factor,
+                              ignore_index)
+
+
+def _check_energy_args(weight: float, sigma_rgb: float, sigma_xy: float, scale_factor: float) -> None:
+    check_number(weight, "weight", 0.0)
+    check_number(sigma_rgb, "sigma_rgb", 0.0, strict=True)
+    check_number(sigma_xy, "sigma_xy", 0.0, strict=True)
+    check_number(scale_factor, "scale_factor", 0.0, strict=True, maximum=1.0)
+
+
+def _dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mask: Tensor | None, weight: float,
+                       sigma_rgb: float, sigma_xy: float, scale_factor: float, ignore_index: int) -> Tensor:
     check_tensor(probs, "probs", 4, layout="B×K×H×W", floating=True)
     check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
     check_tensor(target, "target", 3, layout="B×H×W")
@@ -419,15 +435,16 @@ class DenseEnergyLoss(nn.Module):
     def __init__(self, weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
                  scale_factor: float = 0.5, ignore_index: int = 255) -> None:
         super().__init__()
+        _check_energy_args(weight, sigma_rgb, sigma_xy, scale_factor)
         self.weight = float(weight)
         self.sigma_rgb = float(sigma_rgb)
         self.sigma_xy = float(sigma_xy)
         self.scale_factor = float(scale_factor)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_int(ignore_index, "ignore_index")
 
     def forward(self, probs: Tensor, image01: Tensor, target: Tensor, valid_mask: Tensor | None = None) -> Tensor:
-        return dense_energy_loss(probs, image01, target, valid_mask, self.weight, self.sigma_rgb, self.sigma_xy,
-                                 self.scale_factor, self.ignore_index)
+        return _dense_energy_loss(probs, image01, target, valid_mask, self.weight, self.sigma_rgb, self.sigma_xy,
+                                  self.scale_factor, self.ignore_index)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,6 +483,15 @@ def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau:
         >>> loss.backward(); loss.ndim, cam.grad is not None
         (0, True)
     """
+    check_number(tau, "tau", 0.0, maximum=1.0)
+    check_number(lam, "lam", 0.0, maximum=1.0)
+    return _eps_saliency_loss(cam_logits, saliency, labels, tau, lam)
+
+
+def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float, lam: float) -> Tensor:
+    check_tensor(cam_logits, "cam_logits", 4, layout="B×(C+1)×h×w", floating=True)
+    check_tensor(saliency, "saliency", 4, layout="B×1×H×W")
+    check_tensor(labels, "labels", 2, layout="B×C")
     if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
         raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
                          f"and {tuple(saliency.shape)}")
@@ -473,7 +499,7 @@ def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau:
     if labels.shape != (b, k - 1):
         raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
                          f"(background last), got {tuple(labels.shape)}")
-    dtype = torch.promote_types(cam_logits.dtype, torch.float32)  # float32 under AMP, float64 stays float64
+    dtype = compute_dtype(cam_logits)  # float32 under AMP, float64 stays float64
     sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
     probs = torch.softmax(cam_logits.to(dtype), dim=1)
     fg_probs, bg_prob = probs[:, :-1], probs[:, -1:]
@@ -503,11 +529,11 @@ class EPSSaliencyLoss(nn.Module):
 
     def __init__(self, tau: float = 0.4, lam: float = 0.5) -> None:
         super().__init__()
-        self.tau = float(tau)
-        self.lam = float(lam)
+        self.tau = check_number(tau, "tau", 0.0, maximum=1.0)
+        self.lam = check_number(lam, "lam", 0.0, maximum=1.0)
 
     def forward(self, cam_logits: Tensor, saliency: Tensor, labels: Tensor) -> Tensor:
-        return eps_saliency_loss(cam_logits, saliency, labels, self.tau, self.lam)
+        return _eps_saliency_loss(cam_logits, saliency, labels, self.tau, self.lam)
 
 
 # ----------------------------------------------------------------------------------------------------------------

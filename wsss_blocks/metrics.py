@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_masks, check_tensor, shape_str
+from ._checks import check_choice, check_finite, check_labels, check_masks, check_tensor, checks_enabled, shape_str
 
 __all__ = [
     "confusion_matrix",
@@ -46,7 +46,7 @@ def _bad_value(x: Tensor, name: str, num_classes: int, ignore_index: int | None)
     return ValueError(f"{name} has value {int(bad[0])} outside [0, {num_classes - 1}]{extra}")
 
 
-def _check_int(x: object, name: str) -> Tensor:
+def _check_int_tensor(x: object, name: str) -> Tensor:
     x = check_tensor(x, name)
     if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")
@@ -119,15 +119,14 @@ def confusion_matrix(
         tensor([[1, 0],
                 [0, 1]])
     """
-    pred = _check_int(pred, "pred")
-    target = _check_int(target, "target")
+    pred = _check_int_tensor(pred, "pred")
+    target = _check_int_tensor(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape, got {shape_str(pred)} and "
                          f"{shape_str(target)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if pred_ignore not in ("error", "drop", "background"):
-        raise ValueError(f"pred_ignore must be 'error', 'drop' or 'background', got {pred_ignore!r}")
+    check_choice(pred_ignore, "pred_ignore", ("error", "drop", "background"))
     K = num_classes
     if target.numel() == 0:
         return torch.zeros(K, K, dtype=torch.long, device=target.device)
@@ -171,8 +170,7 @@ def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "un
     check_tensor(confmat, "confmat", 2, layout="K×K")
     if confmat.shape[0] != confmat.shape[1]:
         raise ValueError(f"confmat must be square, got {shape_str(confmat)}")
-    if average not in ("union", "gt"):
-        raise ValueError(f"average must be 'union' or 'gt', got {average!r}")
+    check_choice(average, "average", ("union", "gt"))
     cm = confmat.double()
     tp = cm.diagonal()
     gt = cm.sum(1)
@@ -263,7 +261,7 @@ class SweepResult:
 def _check_finite_fast(x: Tensor, name: str) -> None:
     """:func:`check_finite` at the cost of one sum: a finite sum proves every value finite (NaN and Inf
     propagate); only a non-finite sum (or an overflow) runs the full check, which raises or passes."""
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
+    if checks_enabled() and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
         check_finite(x, name)
 
 

@@ -35,11 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import (
+    check_choice,
     check_finite,
     check_labels,
+    check_number,
     check_positive,
     check_same_batch,
     check_tensor,
+    checks_enabled,
+    compute_dtype,
     shape_str,
 )
 from .cam import cams_to_mask, multiscale_cams, multiscale_cams_detailed
@@ -69,16 +73,6 @@ Reduce = Literal["sum", "mean", "max"]
 SMAF_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 
 
-def _check_choice(value: object, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half/bfloat16 inputs (softmaxes and reductions run in float32), else the input dtype."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _expected_channels(num_classes: int, bg_channel: str) -> int:
     return num_classes if bg_channel == "none" else num_classes + 1
 
@@ -93,7 +87,7 @@ def _drop_background(p: Tensor, bg_channel: str) -> Tensor:
 
 def _activate(z: Tensor, activation: str) -> Tensor:
     if activation == "softmax":
-        return torch.softmax(z.to(_compute_dtype(z)), dim=1)
+        return torch.softmax(z.to(compute_dtype(z)), dim=1)
     if activation == "relu":
         return F.relu(z)
     return z
@@ -292,11 +286,11 @@ def multiscale_attention_fusion_detailed(
 
 def _check_fusion_options(scales: Sequence[float], activation: str, bg_channel: str, reduce: str, normalize: str,
                           image_interpolation: str, eps: float) -> None:
-    _check_choice(activation, "activation", ("softmax", "relu", "none"))
-    _check_choice(bg_channel, "bg_channel", ("last", "first", "none"))
-    _check_choice(reduce, "reduce", ("sum", "mean", "max"))
-    _check_choice(normalize, "normalize", ("max", "minmax", "none"))
-    _check_choice(image_interpolation, "image_interpolation", ("bilinear", "bicubic"))
+    check_choice(activation, "activation", ("softmax", "relu", "none"))
+    check_choice(bg_channel, "bg_channel", ("last", "first", "none"))
+    check_choice(reduce, "reduce", ("sum", "mean", "max"))
+    check_choice(normalize, "normalize", ("max", "minmax", "none"))
+    check_choice(image_interpolation, "image_interpolation", ("bilinear", "bicubic"))
     if len(scales) == 0:
         raise ValueError("scales must contain at least one scale, got an empty sequence")
     for s in scales:
@@ -495,7 +489,7 @@ def reactivate(scores: Tensor, eps: float = 0.0) -> Tensor:
     check_finite(scores, "scores")
     check_positive(eps, "eps", strict=False)
     mx = scores.amax(dim=1, keepdim=True)
-    if eps == 0 and scores.numel() > 0 and not bool((mx > 0).all()):
+    if eps == 0 and scores.numel() > 0 and checks_enabled() and not bool((mx > 0).all()):
         raise ValueError(f"scores must have a positive maximum over channels at every pixel for eps=0, got a "
                          f"minimum per-pixel maximum of {float(mx.min()):.4g}; add a background score "
                          f"(denoise) or pass eps > 0")
@@ -587,10 +581,17 @@ def smaf_loss(
         >>> loss.backward(); loss.ndim, logits.grad is not None
         (0, True)
     """
+    check_choice(bg_channel, "bg_channel", ("last", "first"))
+    check_number(weight, "weight", 0.0)
+    return _smaf_loss(student_logits, target, weight, bg_channel, align_corners)
+
+
+def _smaf_loss(student_logits: Tensor, target: Tensor, weight: float, bg_channel: str, align_corners: bool
+               ) -> Tensor:
+    """:func:`smaf_loss` with checked options."""
     check_tensor(student_logits, "student_logits", 4, layout="B×(C+1)×h×w", floating=True)
     check_tensor(target, "target", 4, layout="B×(C+1)×H×W", floating=True)
     check_same_batch(student_logits, "student_logits", target, "target")
-    _check_choice(bg_channel, "bg_channel", ("last", "first"))
     if student_logits.shape[1] != target.shape[1]:
         raise ValueError(f"student_logits has {student_logits.shape[1]} channels but target has "
                          f"{target.shape[1]} (shapes {shape_str(student_logits)} and {shape_str(target)}); "
@@ -601,7 +602,7 @@ def smaf_loss(
     z = student_logits
     if z.shape[-2:] != t.shape[-2:]:
         z = F.interpolate(z, size=tuple(t.shape[-2:]), mode="bilinear", align_corners=align_corners)
-    p = torch.softmax(z.to(_compute_dtype(z)), dim=1)
+    p = torch.softmax(z.to(compute_dtype(z)), dim=1)
     return weight * F.mse_loss(p, t.to(p.dtype))
 
 
@@ -623,13 +624,13 @@ class SMAFLoss(nn.Module):
     def __init__(self, weight: float = 100.0, bg_channel: Literal["last", "first"] = "last",
                  align_corners: bool = True) -> None:
         super().__init__()
-        _check_choice(bg_channel, "bg_channel", ("last", "first"))
-        self.weight = weight
+        check_choice(bg_channel, "bg_channel", ("last", "first"))
+        self.weight = check_number(weight, "weight", 0.0)
         self.bg_channel: Literal["last", "first"] = bg_channel
         self.align_corners = align_corners
 
     def forward(self, student_logits: Tensor, target: Tensor) -> Tensor:
-        return smaf_loss(student_logits, target, self.weight, self.bg_channel, self.align_corners)
+        return _smaf_loss(student_logits, target, self.weight, self.bg_channel, self.align_corners)
 
 
 def _hard_label_probs(masks: Tensor, num_labels: int, gt_prob: float = 0.7) -> Tensor:

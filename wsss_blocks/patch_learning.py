@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._checks import check_tensor, shape_str
+from ._checks import check_choice, check_int, check_tensor, shape_str
 from .cam import cam_from_features
 
 __all__ = [
@@ -77,11 +77,6 @@ def _grid_pair(grid: object, name: str = "grid") -> tuple[int, int]:
     if pair[0] < 1 or pair[1] < 1:
         raise ValueError(f"{name} must be >= 1 in both directions, got {pair}")
     return pair
-
-
-def _check_choice(value: object, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
 def _pad_amount(size: int, g: int) -> int:
@@ -139,10 +134,16 @@ def split_patches(
                 [[10., 11.],
                  [14., 15.]]])
     """
+    g = _grid_pair(grid)
+    check_choice(order, "order", _ORDERS)
+    check_choice(pad_mode, "pad_mode", _PAD_MODES)
+    return _split(x, g, order, pad_mode, pad_value)
+
+
+def _split(x: Tensor, grid: tuple[int, int], order: str, pad_mode: str, pad_value: float) -> Tensor:
+    """:func:`split_patches` with checked options."""
     check_tensor(x, "x", 4, layout="B×C×H×W")
-    gh, gw = _grid_pair(grid)
-    _check_choice(order, "order", _ORDERS)
-    _check_choice(pad_mode, "pad_mode", _PAD_MODES)
+    gh, gw = grid
     H, W = x.shape[-2:]
     if gh > H or gw > W:
         raise ValueError(f"grid {(gh, gw)} does not fit x of spatial size {H}×{W} (x shape {shape_str(x)}): "
@@ -191,11 +192,17 @@ def merge_patches(
         >>> torch.equal(merge_patches(split_patches(x, (3, 2)), 2, (3, 2)), x)
         True
     """
+    g = _grid_pair(grid)
+    check_choice(order, "order", _ORDERS)
+    return _merge(patches, batch, g, order, out_size)
+
+
+def _merge(patches: Tensor, batch: int, grid: tuple[int, int], order: str, out_size: tuple[int, int] | None
+           ) -> Tensor:
+    """:func:`merge_patches` with checked options."""
     check_tensor(patches, "patches", 4, layout="(G·B)×C×h×w")
-    gh, gw = _grid_pair(grid)
-    _check_choice(order, "order", _ORDERS)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    check_int(batch, "batch", minimum=1)
+    gh, gw = grid
     G = gh * gw
     if patches.shape[0] != G * batch:
         raise ValueError(f"patches has {patches.shape[0]} samples, expected G·B = {G}·{batch} = {G * batch} "
@@ -266,8 +273,8 @@ class PatchDestruction(nn.Module):
                  order: Order = "batch_major") -> None:
         super().__init__()
         self.grid = _grid_pair(grid)
-        _check_choice(pad_mode, "pad_mode", _PAD_MODES)
-        _check_choice(order, "order", _ORDERS)
+        check_choice(pad_mode, "pad_mode", _PAD_MODES)
+        check_choice(order, "order", _ORDERS)
         self.pad_mode: PadMode = pad_mode
         self.pad_value = float(pad_value)
         self.order: Order = order
@@ -279,11 +286,11 @@ class PatchDestruction(nn.Module):
 
     def split(self, x: Tensor) -> Tensor:
         """P: B×C×H×W → (G·B)×C×h×w (see :func:`split_patches`)."""
-        return split_patches(x, self.grid, self.order, self.pad_mode, self.pad_value)
+        return _split(x, self.grid, self.order, self.pad_mode, self.pad_value)
 
     def merge(self, patches: Tensor, batch: int, out_size: tuple[int, int] | None = None) -> Tensor:
         """M: (G·B)×C'×h'×w' → B×C'×(g_h·h')×(g_w·w'), optionally cropped to ``out_size``."""
-        return merge_patches(patches, batch, self.grid, self.order, out_size)
+        return _merge(patches, batch, self.grid, self.order, out_size)
 
     def forward(self, x: Tensor, fn: Callable[[Tensor], Tensor] | None = None,
                 out_size: tuple[int, int] | None = None) -> Tensor:
@@ -479,7 +486,7 @@ def _patch_path(stages: Sequence[nn.Module], feat: Tensor, s: int, grid: tuple[i
                 pad_mode: PadMode, pad_value: float, target_hw: tuple[int, int] | None,
                 size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats = "update") -> Tensor:
     """M(u_s(P(feat))), cropped/resized to ``target_hw`` (the full path's output size)."""
-    patches = split_patches(feat, grid, order, pad_mode, pad_value)
+    patches = _split(feat, grid, order, pad_mode, pad_value)
     if patch_bn_stats == "frozen":
         with _frozen_bn_stats(stages[s:]):
             out = _run(stages[s:], patches)
@@ -488,7 +495,7 @@ def _patch_path(stages: Sequence[nn.Module], feat: Tensor, s: int, grid: tuple[i
     if not isinstance(out, Tensor) or out.ndim != 4:
         got = shape_str(out) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"the stages after insert_after={s} must return a 4-D N×D×h×w map, got {got}")
-    merged = merge_patches(out, feat.shape[0], grid, order)
+    merged = _merge(out, feat.shape[0], grid, order, None)
     Hm, Wm = merged.shape[-2:]
     padded = (feat.shape[-2] % grid[0] != 0) or (feat.shape[-1] % grid[1] != 0)
     if padded:
@@ -582,19 +589,32 @@ def patch_learning(
         (torch.Size([2, 5]), torch.Size([2, 5, 8, 8]), torch.Size([2, 32, 8, 8]))
     """
     stage_list = _as_stages(stages)
+    points = _as_points(insert_after, len(stage_list))
+    grids = _grids_for(grid, points)
+    _check_patch_options(pad_mode, order, size_mismatch, patch_bn_stats)
+    if not include_global and not points:
+        raise ValueError("include_global=False needs at least one insertion point (nothing to classify)")
+    detach = (len(points) > 1) if detach_branch_input is None else bool(detach_branch_input)
+    return _patch_learning(stage_list, images, classifier_weight, points, grids, classifier_bias, detach,
+                           include_global, pad_mode, pad_value, order, size_mismatch, patch_bn_stats)
+
+
+def _check_patch_options(pad_mode: str, order: str, size_mismatch: str, patch_bn_stats: str) -> None:
+    check_choice(pad_mode, "pad_mode", _PAD_MODES)
+    check_choice(order, "order", _ORDERS)
+    check_choice(size_mismatch, "size_mismatch", ("error", "resize"))
+    check_choice(patch_bn_stats, "patch_bn_stats", ("update", "frozen"))
+
+
+def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weight: Tensor, points: tuple[int, ...],
+                    grids: dict[int, tuple[int, int]], classifier_bias: Tensor | None, detach: bool,
+                    include_global: bool, pad_mode: PadMode, pad_value: float, order: Order,
+                    size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats) -> PatchLearningOutput:
+    """:func:`patch_learning` with checked options (stages, insertion points, grids, choices)."""
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
     check_tensor(classifier_weight, "classifier_weight", (2, 4), layout="K×(P·D) or K×(P·D)×1×1", floating=True)
     if classifier_weight.ndim == 4 and classifier_weight.shape[2:] != (1, 1):
         raise ValueError(f"classifier_weight must be K×(P·D)×1×1 when 4-D, got {shape_str(classifier_weight)}")
-    points = _as_points(insert_after, len(stage_list))
-    grids = _grids_for(grid, points)
-    _check_choice(pad_mode, "pad_mode", _PAD_MODES)
-    _check_choice(order, "order", _ORDERS)
-    _check_choice(size_mismatch, "size_mismatch", ("error", "resize"))
-    _check_choice(patch_bn_stats, "patch_bn_stats", ("update", "frozen"))
-    if not include_global and not points:
-        raise ValueError("include_global=False needs at least one insertion point (nothing to classify)")
-    detach = (len(points) > 1) if detach_branch_input is None else bool(detach_branch_input)
 
     # trunk once: keep F_s for every insertion point
     need = set(points)
@@ -718,9 +738,7 @@ class PatchLearning(nn.Module):
             _grids_for(self.grid, points)
         else:
             self.grid = _grid_pair(grid)
-        _check_choice(pad_mode, "pad_mode", _PAD_MODES)
-        _check_choice(order, "order", _ORDERS)
-        _check_choice(size_mismatch, "size_mismatch", ("error", "resize"))
+        _check_patch_options(pad_mode, order, size_mismatch, patch_bn_stats)
         if not include_global and not points:
             raise ValueError("include_global=False needs at least one insertion point (nothing to classify)")
         self.detach_branch_input = detach_branch_input
@@ -729,7 +747,6 @@ class PatchLearning(nn.Module):
         self.pad_value = float(pad_value)
         self.order: Order = order
         self.size_mismatch: SizeMismatch = size_mismatch
-        _check_choice(patch_bn_stats, "patch_bn_stats", ("update", "frozen"))
         self.patch_bn_stats: PatchBNStats = patch_bn_stats
         n_blocks = len(points) + int(include_global)
         if classifier is None:
@@ -783,17 +800,17 @@ class PatchLearning(nn.Module):
     def forward(self, images: Tensor, insert_after: int | Sequence[int] | None = None,
                 grid: Grid | Mapping[int, Grid] | None = None) -> PatchLearningOutput:
         """Run the full path and the patch path(s); ``insert_after``/``grid`` override the stored ones for this call."""
-        pts: int | Sequence[int] = self.insert_after if insert_after is None else insert_after
+        pts = self.insert_after
         if insert_after is not None:
-            n = len(_as_points(insert_after, len(self.stages)))
-            if n != len(self.insert_after):
+            pts = _as_points(insert_after, len(self.stages))
+            if len(pts) != len(self.insert_after):
                 raise ValueError(f"insert_after must give {len(self.insert_after)} insertion point(s) (the "
                                  f"classifier width depends on it), got {insert_after!r}")
+        grids = _grids_for(self.grid if grid is None else grid, pts)
         weight, bias = _classifier_params(self.classifier)
-        return patch_learning(
-            list(self.stages), images, weight, pts, self.grid if grid is None else grid, bias,
-            self._detach(), self.include_global, self.pad_mode, self.pad_value, self.order, self.size_mismatch,
-            self.patch_bn_stats)
+        return _patch_learning(list(self.stages), images, weight, pts, grids, bias, self._detach(),
+                               self.include_global, self.pad_mode, self.pad_value, self.order, self.size_mismatch,
+                               self.patch_bn_stats)
 
     def patch_path(self, features: Tensor, insert_after: int, grid: Grid | None = None,
                    out_size: tuple[int, int] | None = None) -> Tensor:
@@ -879,7 +896,7 @@ class ProgressiveSchedule:
                 raise ValueError(f"stages[{i}].insert_after must be >= 0, got {specs[-1].insert_after}")
             if specs[-1].grid is not None:
                 _grid_pair(specs[-1].grid, f"stages[{i}].grid")
-        _check_choice(mode, "mode", ("sequential", "cyclic"))
+        check_choice(mode, "mode", ("sequential", "cyclic"))
         if isinstance(epochs_per_stage, int) and not isinstance(epochs_per_stage, bool):
             epochs = [int(epochs_per_stage)] * len(specs)
         else:
@@ -903,8 +920,7 @@ class ProgressiveSchedule:
 
     def stage_index(self, epoch: int) -> int:
         """Index of the current stage (sequential; the last stage in cyclic mode)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        check_int(epoch, "epoch", minimum=0)
         if self.mode == "cyclic":
             return len(self.stages) - 1
         for k, b in enumerate(self._bounds):

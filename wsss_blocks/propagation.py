@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_range, check_same_batch, check_tensor, shape_str
+from ._checks import (
+    check_finite,
+    check_image01,
+    check_int,
+    check_number,
+    check_same_batch,
+    check_tensor,
+    compute_dtype,
+    shape_str,
+)
 
 __all__ = [
     "DEFAULT_DILATIONS",
@@ -52,43 +61,30 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     dil = tuple(dilations)
     if len(dil) == 0:
         raise ValueError("dilations must be a non-empty sequence of positive ints, got an empty sequence")
-    for d in dil:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"dilations must hold positive ints, got {d!r} in {dil}")
-    return dil
+    return tuple(check_int(d, f"dilations[{i}]", minimum=1) for i, d in enumerate(dil))
 
 
-def _check_num_iter(num_iter: int) -> int:
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int):
-        raise TypeError(f"num_iter must be an int >= 0, got {type(num_iter).__name__}")
-    if num_iter < 0:
-        raise ValueError(f"num_iter must be >= 0, got {num_iter}")
-    return num_iter
-
-
-def _check_number(value: float, name: str, *, strict: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if strict and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if not strict and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
+_IMAGE01_HINT = ("refiners take raw RGB in [0, 1]; denormalise the network input first (e.g. x * std + mean "
+                 "with ImageNet statistics, then / 255)")
 
 
 def _check_image01(image01: Tensor) -> None:
-    check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
-    check_range(image01.detach(), "image01", 0.0, 1.0,
-                hint="refiners take raw RGB in [0, 1]; denormalise the network input first "
-                     "(e.g. x * std + mean with ImageNet statistics, then / 255)")
+    check_image01(image01, hint=_IMAGE01_HINT)
 
 
-def _work_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    # Half-precision inputs are refined in float32 (the spec's "refinement in fp32 under AMP").
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _check_weights(appearance_temperature: float | None, appearance_scale: float | None, pos_weight: float,
+                   pos_temperature: float, variation_weight: float, eps: float) -> None:
+    if (appearance_temperature is None) == (appearance_scale is None):
+        raise ValueError("give exactly one of appearance_temperature and appearance_scale, got "
+                         f"{appearance_temperature!r} and {appearance_scale!r}")
+    if appearance_temperature is not None:
+        check_number(appearance_temperature, "appearance_temperature", 0.0, strict=True)
+    if appearance_scale is not None:
+        check_number(appearance_scale, "appearance_scale", 0.0, strict=True)
+    check_number(pos_weight, "pos_weight", 0.0)
+    check_number(pos_temperature, "pos_temperature", 0.0, strict=True)
+    check_number(variation_weight, "variation_weight", 0.0)
+    check_number(eps, "eps", 0.0)
 
 
 # --------------------------------------------------------------------------- the dilated-neighbour engine
@@ -202,12 +198,23 @@ def refine_affinity(
         (torch.Size([1, 48, 16, 16]), 1.01)
     """
     _check_image01(image01)
-    if (appearance_temperature is None) == (appearance_scale is None):
-        raise ValueError("give exactly one of appearance_temperature and appearance_scale, got "
-                         f"{appearance_temperature!r} and {appearance_scale!r}")
-    return _affinity(image01, _check_dilations(dilations), appearance_temperature, appearance_scale,
-                     pos_weight, pos_temperature, variation_weight, clamp_negative, eps,
-                     _work_dtype(image01)).permute(0, 3, 1, 2)
+    _check_weights(appearance_temperature, appearance_scale, pos_weight, pos_temperature, variation_weight, eps)
+    return _affinity_map(image01, _check_dilations(dilations), appearance_temperature=appearance_temperature,
+                         appearance_scale=appearance_scale, pos_weight=pos_weight, pos_temperature=pos_temperature,
+                         variation_weight=variation_weight, clamp_negative=clamp_negative, eps=eps)
+
+
+def _internal(kw: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`refine_affinity` weight arguments under the names of :func:`_affinity`."""
+    return {"temperature": kw["appearance_temperature"], "scale": kw["appearance_scale"],
+            "pos_weight": kw["pos_weight"], "pos_temperature": kw["pos_temperature"],
+            "variation_weight": kw["variation_weight"], "clamp_negative": kw["clamp_negative"], "eps": kw["eps"]}
+
+
+def _affinity_map(image01: Tensor, dilations: tuple[int, ...], **weights: Any) -> Tensor:
+    """:func:`refine_affinity` with checked options."""
+    _check_image01(image01)
+    return _affinity(image01, dilations, dtype=compute_dtype(image01), **_internal(weights)).permute(0, 3, 1, 2)
 
 
 def _gather_neighbours(x: Tensor, offsets: Sequence[tuple[int, int]]) -> Tensor:
@@ -348,7 +355,7 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
         raise ValueError(f"affinity must have shape B×K×H×W = ({maps.shape[0]}, {len(offsets)}, "
                          f"{maps.shape[2]}, {maps.shape[3]}) for maps {shape_str(maps)} and {len(offsets) // 8} "
                          f"dilations, got {shape_str(affinity)}")
-    return _propagate(maps, affinity, offsets, _check_num_iter(num_iter))
+    return _propagate(maps, affinity, offsets, check_int(num_iter, "num_iter", minimum=0))
 
 
 def _propagate(maps: Tensor, affinity: Tensor, offsets: Sequence[tuple[int, int]], num_iter: int) -> Tensor:
@@ -442,20 +449,21 @@ def refine_maps(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAUL
         >>> refine_maps(torch.rand(1, 3, 16, 16), maps).shape
         torch.Size([1, 2, 16, 16])
     """
-    if (appearance_temperature is None) == (appearance_scale is None):
-        raise ValueError("give exactly one of appearance_temperature and appearance_scale, got "
-                         f"{appearance_temperature!r} and {appearance_scale!r}")
-    affinity_kw: dict[str, Any] = {
-        "temperature": appearance_temperature, "scale": appearance_scale, "pos_weight": pos_weight,
-        "pos_temperature": pos_temperature, "variation_weight": variation_weight, "clamp_negative": clamp_negative,
-        "eps": eps}
+    _check_weights(appearance_temperature, appearance_scale, pos_weight, pos_temperature, variation_weight, eps)
+    return _refine_maps(image01, maps, _check_dilations(dilations), check_int(num_iter, "num_iter", minimum=0),
+                        appearance_temperature=appearance_temperature, appearance_scale=appearance_scale,
+                        pos_weight=pos_weight, pos_temperature=pos_temperature, variation_weight=variation_weight,
+                        clamp_negative=clamp_negative, eps=eps)
+
+
+def _refine_maps(image01: Tensor, maps: Tensor, dil: tuple[int, ...], n_iter: int, **weights: Any) -> Tensor:
+    """:func:`refine_maps` with checked options."""
+    affinity_kw = _internal(weights)
     _check_image01(image01)
     check_tensor(maps, "maps", 4, layout="B×C×h×w", floating=True)
     check_finite(maps, "maps")
     check_same_batch(maps, "maps", image01, "image01")
-    dil = _check_dilations(dilations)
-    n_iter = _check_num_iter(num_iter)
-    dtype = _work_dtype(image01, maps)
+    dtype = compute_dtype(image01, maps)
     work = maps.to(dtype)
     # The release always interpolates; at equal size (align_corners=True) that is the identity, so skip it.
     if work.shape[-2:] != image01.shape[-2:]:
@@ -497,8 +505,8 @@ class DilatedNeighbourRefine(nn.Module):
     def __init__(self, dilations: Sequence[int] = DEFAULT_DILATIONS, num_iter: int = 10, eps: float = 1e-8):
         super().__init__()
         self.dilations = _check_dilations(dilations)
-        self.num_iter = _check_num_iter(num_iter)
-        self.eps = _check_number(eps, "eps", strict=False)
+        self.num_iter = check_int(num_iter, "num_iter", minimum=0)
+        self.eps = check_number(eps, "eps", 0.0)
 
     @property
     def num_neighbours(self) -> int:
@@ -514,11 +522,11 @@ class DilatedNeighbourRefine(nn.Module):
 
     def affinity(self, image01: Tensor) -> Tensor:
         """B×3×H×W guide image in [0, 1] → B×K×H×W neighbour weights (independent of the maps)."""
-        return refine_affinity(image01, self.dilations, **self.affinity_kwargs())
+        return _affinity_map(image01, self.dilations, **self.affinity_kwargs())
 
     def propagate(self, affinity: Tensor, maps: Tensor) -> Tensor:
         """Run ``num_iter`` steps of ``P_i <- sum_k a_ik P_k`` with precomputed weights (maps at their size)."""
         return propagate(maps, affinity, self.dilations, self.num_iter)
 
     def forward(self, image01: Tensor, maps: Tensor) -> Tensor:
-        return refine_maps(image01, maps, self.dilations, self.num_iter, **self.affinity_kwargs())
+        return _refine_maps(image01, maps, self.dilations, self.num_iter, **self.affinity_kwargs())

@@ -30,9 +30,11 @@ from torch import Tensor, nn
 from ._checks import (
     check_finite,
     check_labels,
+    check_number,
     check_positive,
     check_range,
     check_tensor,
+    checks_enabled,
     shape_str,
 )
 
@@ -71,7 +73,7 @@ CYCLIC_CRF = "deeplab"
 
 def _check_range01(x: Tensor, name: str) -> None:
     """One pass (aminmax) range check of CAMs against [0, 1] with PMM's slack; NaN/Inf are rejected."""
-    if x.numel() == 0:
+    if x.numel() == 0 or not checks_enabled():
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
     if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
@@ -178,11 +180,19 @@ def cov_smooth_detailed(cams: Tensor, fg_threshold: float = 0.05, cv_scale: floa
         >>> round(out.cov.item(), 4)  # 0.3 * std([.2,.4,.8]) / mean([.2,.4,.8])
         0.1604
     """
+    _check_cov_options(cv_scale, eps)
+    return _cov_smooth_checked(cams, fg_threshold, cv_scale, min_exponent, eps)
+
+
+def _check_cov_options(cv_scale: float, eps: float) -> None:
+    check_number(cv_scale, "cv_scale", 0.0)
+    check_number(eps, "eps", 0.0)
+
+
+def _cov_smooth_checked(cams: Tensor, fg_threshold: float, cv_scale: float, min_exponent: float | None,
+                        eps: float) -> CoVSmoothOutput:
+    """:func:`cov_smooth_detailed` with checked options."""
     x = _check_cams01(cams, "cams")
-    if not cv_scale >= 0:
-        raise ValueError(f"cv_scale must be >= 0, got {cv_scale}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
     out, cv = _cov_smooth(x.float(), float(fg_threshold), float(cv_scale), min_exponent, float(eps))
     return CoVSmoothOutput(smoothed=out.to(x.dtype), cov=cv)
 
@@ -213,17 +223,18 @@ class CoVSmooth(nn.Module):
     def __init__(self, fg_threshold: float = 0.05, cv_scale: float = 0.3, min_exponent: float | None = None,
                  eps: float = 1e-8) -> None:
         super().__init__()
+        _check_cov_options(cv_scale, eps)
         self.fg_threshold = fg_threshold
         self.cv_scale = cv_scale
         self.min_exponent = min_exponent
         self.eps = eps
 
     def forward(self, cams: Tensor) -> Tensor:
-        return cov_smooth(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
+        return self.detailed(cams).smoothed
 
     def detailed(self, cams: Tensor) -> CoVSmoothOutput:
         """Smoothed maps and the per-map ``cv``; see :func:`cov_smooth_detailed`."""
-        return cov_smooth_detailed(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
+        return _cov_smooth_checked(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
 
     def extra_repr(self) -> str:
         return f"fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, min_exponent={self.min_exponent}"
@@ -385,9 +396,14 @@ def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg
           posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn, crf: DenseCRF | str,
           min_exponent: float | None, parts: bool) -> PseudoMaskParts:
     """PPMG; the per-class maps of the result are filled only with ``parts`` (else they are empty)."""
-    x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
-    B, C, H, W = x.shape
-    lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
+    _check_ppmg_options(alpha, posterior_threshold, foreground)
+    dense = _as_crf(crf) if foreground == "crf" else None
+    return _ppmg_checked(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground,
+                         dense, min_exponent, parts)
+
+
+def _check_ppmg_options(alpha: float, posterior_threshold: float,
+                        foreground: Literal["crf", "threshold"] | ForegroundFn) -> None:
     check_positive(float(alpha), "alpha")
     if not 0.0 <= posterior_threshold < 1.0:
         raise ValueError(f"posterior_threshold must lie in [0, 1), got {posterior_threshold}")
@@ -396,6 +412,16 @@ def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg
             raise ValueError(f"foreground must be 'crf', 'threshold' or a callable, got {foreground!r}")
     elif not callable(foreground):
         raise TypeError(f"foreground must be 'crf', 'threshold' or a callable, got {type(foreground).__name__}")
+
+
+def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float,
+                  cv_scale: float, posterior_threshold: float,
+                  foreground: Literal["crf", "threshold"] | ForegroundFn, dense: DenseCRF | None,
+                  min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+    """PPMG with checked options (``dense`` is the CRF of ``foreground="crf"``)."""
+    x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
+    B, C, H, W = x.shape
+    lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
     img_u8: Tensor | None = None
     if image01 is not None:
         check_tensor(image01, "image01", 4, layout="B×3×H×W")
@@ -410,7 +436,6 @@ def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg
     elif foreground == "crf":
         raise ValueError("image01 is required for foreground='crf' (the dense CRF is image-guided); "
                          "pass foreground='threshold' to build pseudo-masks without an image")
-    dense = _as_crf(crf) if foreground == "crf" else None
 
     # Everything below runs on the N present (image, class) maps only (VOC: ~1.5 per image, not 20);
     # only those maps are read, so only they are range-checked.
@@ -490,7 +515,7 @@ class ProportionalPseudoMask(nn.Module):
         min_exponent: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive(float(alpha), "alpha")
+        _check_ppmg_options(alpha, posterior_threshold, foreground)
         self.alpha = alpha
         self.fg_threshold = fg_threshold
         self.cv_scale = cv_scale
@@ -500,14 +525,16 @@ class ProportionalPseudoMask(nn.Module):
         self.min_exponent = min_exponent
 
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
-        return proportional_pseudo_mask(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
-                                        self.posterior_threshold, self.foreground, self.crf, self.min_exponent)
+        return self._run(cams, labels, image01, parts=False).mask
 
     def detailed(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> PseudoMaskParts:
         """The mask and its intermediate maps; see :func:`proportional_pseudo_mask_detailed`."""
-        return proportional_pseudo_mask_detailed(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
-                                                 self.posterior_threshold, self.foreground, self.crf,
-                                                 self.min_exponent)
+        return self._run(cams, labels, image01, parts=True)
+
+    def _run(self, cams: Tensor, labels: Tensor, image01: Tensor | None, parts: bool) -> PseudoMaskParts:
+        dense = self.crf if self.foreground == "crf" else None
+        return _ppmg_checked(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
+                             self.posterior_threshold, self.foreground, dense, self.min_exponent, parts)
 
     def extra_repr(self) -> str:
         fg = self.foreground if isinstance(self.foreground, str) else "callable"

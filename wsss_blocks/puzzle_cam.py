@@ -12,9 +12,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_tensor, shape_str
+from ._checks import check_choice, check_finite, check_labels, check_tensor, shape_str
 from .cam import normalize_cams
-from .patch_learning import Grid, Order, _check_choice, split_patches
+from .patch_learning import Grid, Order, split_patches
 
 __all__ = ["tile_images", "puzzle_reconstruction_loss", "PuzzleReconstructionLoss", "puzzle_alpha"]
 
@@ -71,6 +71,19 @@ def puzzle_reconstruction_loss(
         >>> puzzle_reconstruction_loss(a, b, torch.tensor([[1.0, 0.0]]))
         tensor(0.5000)
     """
+    _check_puzzle_options(p, class_mode, level)
+    return _puzzle_loss(cams, merged_cams, labels, p, class_mode, level)
+
+
+def _check_puzzle_options(p: int, class_mode: str, level: str) -> None:
+    check_choice(p, "p", (1, 2))
+    check_choice(class_mode, "class_mode", ("masking", "selection", "none"))
+    check_choice(level, "level", ("feature", "cam"))
+
+
+def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: int, class_mode: str, level: str
+                 ) -> Tensor:
+    """:func:`puzzle_reconstruction_loss` with checked options."""
     check_tensor(cams, "cams", 4, layout="B×K×h×w", floating=True)
     check_tensor(merged_cams, "merged_cams", 4, layout="B×K×h×w", floating=True)
     if cams.shape != merged_cams.shape:
@@ -78,10 +91,6 @@ def puzzle_reconstruction_loss(
                          f"{shape_str(merged_cams)}")
     check_finite(cams, "cams")
     check_finite(merged_cams, "merged_cams")
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-    _check_choice(class_mode, "class_mode", ("masking", "selection", "none"))
-    _check_choice(level, "level", ("feature", "cam"))
     a, b = cams, merged_cams
     if level == "cam":
         a, b = normalize_cams(a, "max", 1e-5), normalize_cams(b, "max", 1e-5)
@@ -114,16 +123,13 @@ class PuzzleReconstructionLoss(nn.Module):
     def __init__(self, p: Literal[1, 2] = 1, class_mode: Literal["masking", "selection", "none"] = "masking",
                  level: Literal["feature", "cam"] = "feature") -> None:
         super().__init__()
-        if p not in (1, 2):
-            raise ValueError(f"p must be 1 (L1) or 2 (L2), got {p!r}")
-        _check_choice(class_mode, "class_mode", ("masking", "selection", "none"))
-        _check_choice(level, "level", ("feature", "cam"))
+        _check_puzzle_options(p, class_mode, level)
         self.p: Literal[1, 2] = p
         self.class_mode: Literal["masking", "selection", "none"] = class_mode
         self.level: Literal["feature", "cam"] = level
 
     def forward(self, cams: Tensor, merged_cams: Tensor, labels: Tensor | None = None) -> Tensor:
-        return puzzle_reconstruction_loss(cams, merged_cams, labels, self.p, self.class_mode, self.level)
+        return _puzzle_loss(cams, merged_cams, labels, self.p, self.class_mode, self.level)
 
 
 def puzzle_alpha(step: int, max_step: int, alpha: float = 1.0, ramp: float = 0.5) -> float:

@@ -25,15 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_finite, check_labels, check_same_batch, check_tensor, shape_str
-from .propagation import (
-    DEFAULT_DILATIONS,
-    DilatedNeighbourRefine,
-    _check_image01,
-    _check_number,
-    _work_dtype,
-    refine_maps,
+from ._checks import (
+    check_finite,
+    check_image01,
+    check_labels,
+    check_number,
+    check_same_batch,
+    check_tensor,
+    compute_dtype,
+    shape_str,
 )
+from .propagation import DEFAULT_DILATIONS, DilatedNeighbourRefine, refine_maps
 
 __all__ = [
     "pixel_adaptive_refine",
@@ -78,10 +80,7 @@ def pixel_adaptive_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int
         >>> pixel_adaptive_refine(image, probs).shape
         torch.Size([1, 3, 32, 32])
     """
-    _check_number(appearance_temperature, "appearance_temperature", strict=True)
-    _check_number(pos_weight, "pos_weight", strict=False)
-    tp = _check_number(appearance_temperature if pos_temperature is None else pos_temperature, "pos_temperature",
-                       strict=True)
+    tp = appearance_temperature if pos_temperature is None else pos_temperature
     return refine_maps(image01, maps, dilations, num_iter, appearance_temperature=appearance_temperature,
                        appearance_scale=None, pos_weight=pos_weight, pos_temperature=tp, variation_weight=0.0,
                        clamp_negative=False, eps=eps)
@@ -122,10 +121,6 @@ def variation_aware_refine(image01: Tensor, maps: Tensor, dilations: Sequence[in
         >>> variation_aware_refine(image, probs).shape
         torch.Size([1, 3, 32, 32])
     """
-    _check_number(appearance_scale, "appearance_scale", strict=True)
-    _check_number(variation_weight, "variation_weight", strict=False)
-    _check_number(pos_weight, "pos_weight", strict=False)
-    _check_number(pos_temperature, "pos_temperature", strict=True)
     return refine_maps(image01, maps, dilations, num_iter, appearance_temperature=None,
                        appearance_scale=appearance_scale, pos_weight=pos_weight, pos_temperature=pos_temperature,
                        variation_weight=variation_weight, clamp_negative=clamp_negative, eps=eps)
@@ -167,10 +162,11 @@ class PixelAdaptiveRefine(DilatedNeighbourRefine):
                  appearance_temperature: float = 0.3, pos_weight: float = 0.01, pos_temperature: float | None = None,
                  eps: float = 1e-8):
         super().__init__(dilations, num_iter, eps)
-        self.appearance_temperature = _check_number(appearance_temperature, "appearance_temperature", strict=True)
-        self.pos_weight = _check_number(pos_weight, "pos_weight", strict=False)
+        self.appearance_temperature = check_number(appearance_temperature, "appearance_temperature", 0.0,
+                                                   strict=True)
+        self.pos_weight = check_number(pos_weight, "pos_weight", 0.0)
         self.pos_temperature = (None if pos_temperature is None
-                                else _check_number(pos_temperature, "pos_temperature", strict=True))
+                                else check_number(pos_temperature, "pos_temperature", 0.0, strict=True))
 
     def affinity_kwargs(self) -> dict[str, Any]:
         t = self.appearance_temperature
@@ -219,11 +215,11 @@ class VariationAwareRefine(DilatedNeighbourRefine):
                  appearance_scale: float = 4.0, variation_weight: float = 0.01, clamp_negative: bool = False,
                  pos_weight: float = 0.0, pos_temperature: float = 0.3, eps: float = 1e-8):
         super().__init__(dilations, num_iter, eps)
-        self.appearance_scale = _check_number(appearance_scale, "appearance_scale", strict=True)
-        self.variation_weight = _check_number(variation_weight, "variation_weight", strict=False)
+        self.appearance_scale = check_number(appearance_scale, "appearance_scale", 0.0, strict=True)
+        self.variation_weight = check_number(variation_weight, "variation_weight", 0.0)
         self.clamp_negative = bool(clamp_negative)
-        self.pos_weight = _check_number(pos_weight, "pos_weight", strict=False)
-        self.pos_temperature = _check_number(pos_temperature, "pos_temperature", strict=True)
+        self.pos_weight = check_number(pos_weight, "pos_weight", 0.0)
+        self.pos_temperature = check_number(pos_temperature, "pos_temperature", 0.0, strict=True)
 
     def affinity_kwargs(self) -> dict[str, Any]:
         return {"appearance_temperature": None, "appearance_scale": self.appearance_scale,
@@ -303,20 +299,18 @@ def reliable_pseudo_mask(
     if not isinstance(refiner, DilatedNeighbourRefine):
         raise TypeError(f"refiner must be a DilatedNeighbourRefine (PixelAdaptiveRefine or VariationAwareRefine), "
                         f"got {type(refiner).__name__}")
-    _check_image01(image01)
+    check_image01(image01, hint="refiners take raw RGB in [0, 1]; denormalise the network input first")
     check_tensor(cams, "cams", 4, layout="B×C×h×w", floating=True)
     check_finite(cams, "cams")
     check_same_batch(cams, "cams", image01, "image01")
     b, c = cams.shape[:2]
     lab = check_labels(labels, "labels", batch=b, num_classes=c).to(cams.device)
     for name, v in (("high_threshold", high_threshold), ("low_threshold", low_threshold)):
-        _check_number(v, name, strict=False)
+        check_number(v, name, 0.0)
     if low_threshold > high_threshold:
         raise ValueError(f"low_threshold must be <= high_threshold, got low_threshold={low_threshold} and "
                          f"high_threshold={high_threshold}")
-    _check_number(scale_factor, "scale_factor", strict=True)
-    if scale_factor > 1:
-        raise ValueError(f"scale_factor must lie in (0, 1], got {scale_factor}")
+    check_number(scale_factor, "scale_factor", 0.0, strict=True, maximum=1.0)
     h, w = image01.shape[-2:]
     # floor(H·s) with a guard against float error (s = 1/2 gives exactly H // 2)
     hs, ws = int(h * scale_factor + 1e-6), int(w * scale_factor + 1e-6)
@@ -324,7 +318,7 @@ def reliable_pseudo_mask(
         raise ValueError(f"image01 of size {h}×{w} is too small for scale_factor={scale_factor}")
     box = _box_mask(boxes, b, h, w, image01.device)
 
-    dtype = _work_dtype(image01, cams)
+    dtype = compute_dtype(image01, cams)
     small_img = F.interpolate(image01.to(dtype), size=(hs, ws), mode="bilinear", align_corners=False)
     small_cams = F.interpolate(cams.to(dtype), size=(hs, ws), mode="bilinear", align_corners=False)
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_range, shape_str
+from .._checks import check_choice, check_finite, check_int, check_range, checks_enabled, shape_str
 from . import permutohedral as _pl
 from .pydensecrf_backend import pool_map, pydensecrf_available, pydensecrf_inference
 
@@ -165,7 +165,7 @@ def _prepare_probs(probs: object, sum_to_one: str, sum_tol: float) -> tuple[Tens
         raise ValueError(f"probs must have at least K = 2 labels (channel dim 1), got K = {p.shape[1]} "
                          f"(shape {shape_str(p)}); a 1-label CRF is the identity")
     check_finite(p, "probs")
-    if p.numel():
+    if p.numel() and checks_enabled():
         lo, hi = float(p.min()), float(p.max())
         if lo < 0.0:
             raise ValueError(f"probs must be non-negative probabilities, got minimum {lo:.4g}; pass softmax "
@@ -174,19 +174,18 @@ def _prepare_probs(probs: object, sum_to_one: str, sum_tol: float) -> tuple[Tens
             raise ValueError(f"probs must lie in [0, 1], got maximum {hi:.4g}; pass softmax outputs, not "
                              "logits or unnormalised scores")
     p = p.float()
-    if sum_to_one not in _SUM_MODES:
-        raise ValueError(f"sum_to_one must be one of {_SUM_MODES}, got {sum_to_one!r}")
+    check_choice(sum_to_one, "sum_to_one", _SUM_MODES)
     if sum_to_one != "ignore" and p.numel():
         s = p.sum(1)
-        if sum_to_one == "check":
+        if sum_to_one == "check" and checks_enabled():
             dev = float((s - 1.0).abs().max())
             if dev > sum_tol:
                 raise ValueError(f"probs must sum to 1 over the K = {p.shape[1]} channels at every pixel "
                                  f"(max deviation {dev:.4g} > sum_tol={sum_tol:g}); pass "
                                  "sum_to_one='renormalize' to divide by the sum, or sum_to_one='ignore' to use "
                                  "them as given like pydensecrf's unary_from_softmax")
-        else:
-            if float(s.min()) <= 0.0:
+        elif sum_to_one == "renormalize":
+            if checks_enabled() and float(s.min()) <= 0.0:
                 raise ValueError("probs cannot be renormalised: some pixels have all-zero probabilities")
             p = p / s[:, None]
     return p, squeeze
@@ -194,18 +193,15 @@ def _prepare_probs(probs: object, sum_to_one: str, sum_tol: float) -> tuple[Tens
 
 def _check_params(iterations: int, pos_w: float, pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float,
                   backend: str, normalization: str) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    check_int(iterations, "iterations", minimum=0)
     for name, v in (("pos_w", pos_w), ("bi_w", bi_w)):
         if not math.isfinite(float(v)) or v < 0:
             raise ValueError(f"{name} must be a finite weight >= 0 (0 leaves the kernel out), got {v}")
     for name, v in (("pos_xy", pos_xy), ("bi_xy", bi_xy), ("bi_rgb", bi_rgb)):
         if not math.isfinite(float(v)) or v <= 0:
             raise ValueError(f"{name} must be a finite standard deviation > 0, got {v}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if normalization not in _NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(normalization, "normalization", _NORMALIZATIONS)
 
 
 def _match(image: Tensor, unary: Tensor) -> None:
@@ -260,8 +256,7 @@ def unary_from_mask(mask: Tensor, num_classes: int, gt_prob: float = 0.7, ignore
         >>> tuple(round(v, 4) for v in u[0, :, 0, 0].tolist())  # -log 0.75, -log 0.25
         (0.2877, 1.3863)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    check_int(num_classes, "num_classes", minimum=2)
     if not 0.0 < gt_prob < 1.0:
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
     if mask.is_floating_point() or mask.dtype == torch.bool:
@@ -345,6 +340,14 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
         True
     """
     _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
+    return _from_unary(image01, unary, image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend,
+                       normalization)
+
+
+def _from_unary(image01: Tensor | None, unary: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
+                pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, normalization: str
+                ) -> Tensor:
+    """:func:`dense_crf_from_unary` with checked parameters."""
     img = _prepare_image(image01, image_uint8)
     u = _as_tensor(unary, "unary")
     if u.ndim != 4 or not u.is_floating_point():
@@ -410,11 +413,19 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
         (torch.Size([1, 2, 16, 16]), True)
     """
     _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
+    check_choice(sum_to_one, "sum_to_one", _SUM_MODES)
+    return _dense_crf(image01, probs, image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend,
+                      sum_to_one, sum_tol, clip, normalization)
+
+
+def _dense_crf(image01: Tensor | None, probs: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
+               pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, sum_to_one: str,
+               sum_tol: float, clip: float, normalization: str) -> Tensor:
+    """:func:`dense_crf` with checked parameters."""
     p, squeeze = _prepare_probs(probs, sum_to_one, sum_tol)
     out_dtype = probs.dtype if isinstance(probs, Tensor) else torch.float32
-    q = dense_crf_from_unary(image01, unary_from_probs(p, clip), image_uint8=image_uint8, iterations=iterations,
-                             pos_w=pos_w, pos_xy=pos_xy, bi_w=bi_w, bi_xy=bi_xy, bi_rgb=bi_rgb, backend=backend,
-                             normalization=normalization)
+    q = _from_unary(image01, unary_from_probs(p, clip), image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy,
+                    bi_rgb, backend, normalization)
     q = q.to(out_dtype) if out_dtype.is_floating_point else q
     return q[0] if squeeze else q
 
@@ -464,8 +475,7 @@ class DenseCRF(nn.Module):
                  gt_prob: float = 0.7) -> None:
         super().__init__()
         _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
-        if sum_to_one not in _SUM_MODES:
-            raise ValueError(f"sum_to_one must be one of {_SUM_MODES}, got {sum_to_one!r}")
+        check_choice(sum_to_one, "sum_to_one", _SUM_MODES)
         if not 0.0 < gt_prob < 1.0:
             raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
         self.iterations = int(iterations)
@@ -557,12 +567,13 @@ class DenseCRF(nn.Module):
 
     def forward(self, image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
         """Refined probabilities (same shape as ``probs``); see :func:`dense_crf`."""
-        return dense_crf(image01, probs, image_uint8=image_uint8, backend=self.backend, sum_to_one=self.sum_to_one,
-                         sum_tol=self.sum_tol, clip=self.clip, **self._params())
+        return _dense_crf(image01, probs, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
+                          self.bi_rgb, self.backend, self.sum_to_one, self.sum_tol, self.clip, self.normalization)
 
     def from_unary(self, image01: Tensor | None, unary: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
         """Marginals ``(B, K, H, W)`` from unary energies; see :func:`dense_crf_from_unary`."""
-        return dense_crf_from_unary(image01, unary, image_uint8=image_uint8, backend=self.backend, **self._params())
+        return _from_unary(image01, unary, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
+                           self.bi_rgb, self.backend, self.normalization)
 
     def from_mask(self, image01: Tensor | None, mask: Tensor, gt_prob: float | None = None,
                   num_classes: int | None = None, ignore_index: int | None = None, *,

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from wsss_blocks._checks import check_int
 from wsss_blocks.data.io import atomic_write, save_image, save_label_png
 from wsss_blocks.data.voc import VOC_CLASSES, VOC_NUM_CLASSES, save_cls_labels, write_split_list
 
@@ -71,8 +72,7 @@ def synthetic_class_names(num_classes: int = 6) -> tuple[str, ...]:
 
 
 def _check_num_classes(num_classes: int) -> None:
-    if not isinstance(num_classes, int) or not 1 <= num_classes <= VOC_NUM_CLASSES:
-        raise ValueError(f"num_classes must be an int in [1, {VOC_NUM_CLASSES}], got {num_classes!r}")
+    check_int(num_classes, "num_classes", minimum=1, maximum=VOC_NUM_CLASSES)
 
 
 def _class_style(k: int, num_classes: int) -> tuple[float, int, float]:

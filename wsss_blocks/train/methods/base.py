@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..._checks import check_int
 from ...cam import cams_to_mask
 from ...models import set_bn_eval
 
@@ -111,8 +112,7 @@ class CAMMethod(nn.Module):
 
     def __init__(self, run_cfg: Any, method_cfg: Any, num_classes: int):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=1)
         if not isinstance(method_cfg, self.Config):
             raise TypeError(f"method_cfg of {type(self).__name__} must be a {self.Config.__name__}, "
                             f"got {type(method_cfg).__name__}")
