@@ -351,7 +351,7 @@ def test_hf_segformer_converter_round_trip(tmp_path):
                   if not k.startswith("classifier")}
     st.save_file(model_only, str(tmp_path / "model.safetensors"))
     enc2 = mit_tiny()
-    load_pretrained(enc2, hf_segformer_to_mit(W.read_state_dict(tmp_path / "model.safetensors")))
+    load_pretrained(enc2, hf_segformer_to_mit(W.read_checkpoint(tmp_path / "model.safetensors")))
     assert torch.equal(enc2.block1[0].attn.kv.weight, sd["block1.0.attn.kv.weight"])
     with pytest.raises(ValueError, match="only the \\['key'\\] part"):
         hf_segformer_to_mit({k: v for k, v in hf.items() if ".value." not in k})

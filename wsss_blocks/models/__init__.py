@@ -16,7 +16,6 @@ from .backbones import (
     build_backbone,
     build_frozen_backbone,
     deeplab_pytorch_key_map,
-    is_random_init,
     load_pretrained,
     read_state_dict,
     set_bn_eval,
@@ -31,6 +30,7 @@ from .registry import BackboneEntry, backbone_entry, get_key_map, register_backb
 from .res2net import Bottle2neck, Res2Net, res2net101_v1b
 from .resnet38 import ResNet38, load_resnet38, mxnet_resnet38_name, resnet38_key_map, seam_resnet38_key_map
 from .scalenet import SCALENET101_STRUCTURE, SABlock, ScaleNet, scalenet101
+from .state_dict import is_random_init, read_checkpoint
 from .weights import (
     WEIGHTS,
     WeightsEntry,
@@ -58,6 +58,7 @@ __all__ = [
     "is_random_init",
     "load_pretrained",
     "read_state_dict",
+    "read_checkpoint",
     "register_key_map",
     "set_bn_eval",
     "ASPPv2",

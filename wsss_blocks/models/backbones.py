@@ -21,7 +21,6 @@ another class count (shape mismatch) or with missing/unexpected keys (``strict``
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -29,18 +28,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._checks import require
 from .registry import KeyMap, backbone_entry, get_key_map, register_key_map, registered_backbones
+from .state_dict import is_random_init, read_checkpoint
 
 __all__ = [
     "LoadReport",
     "read_state_dict",
     "load_pretrained",
-    "is_random_init",
     "deeplab_pytorch_key_map",
     "build_backbone",
     "build_frozen_backbone",
@@ -53,74 +51,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
-#: EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
-_WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "Net", "params", "module")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# checkpoint reading
-# ----------------------------------------------------------------------------------------------------------
-def _unwrap(obj: Any) -> dict[str, Tensor]:
-    """Descend through wrapper dicts until a flat name -> tensor mapping is reached."""
-    depth = 0
-    while isinstance(obj, Mapping) and depth < 4:
-        if obj and all(isinstance(v, (Tensor, np.ndarray)) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if inner is None:
-            break
-        obj, depth = inner, depth + 1
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint must hold a state dict (name -> tensor), got {type(obj).__name__}")
-    out: dict[str, Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, Tensor):
-            out[str(k)] = v
-        elif isinstance(v, np.ndarray):
-            out[str(k)] = torch.from_numpy(np.ascontiguousarray(v))
-    if not out:
-        raise ValueError("checkpoint holds no tensors; top-level keys were "
-                         f"{sorted(map(str, obj.keys()))[:10]}")
-    return out
-
-
-def _require_package(module: str, package: str, purpose: str) -> Any:
-    """Import an optional dependency that no wsss-blocks extra installs; the error names the pip package.
-
-    (:func:`wsss_blocks._checks.require` points to an extra, which would be wrong advice here.)
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"{module} is needed for {purpose} and no wsss-blocks extra installs it; "
-                          f"install it with `pip install {package}`") from exc
-
-
-def is_random_init(pretrained: Any) -> bool:
-    """True for ``None`` and the string ``"none"`` (any case): no initialisation, random weights.
-
-    Examples:
-        >>> is_random_init(None), is_random_init("none"), is_random_init("resnet50-imagenet")
-        (True, True, False)
-    """
-    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in ("none", ""))
-
-
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
                     ) -> dict[str, Tensor]:
     """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``),
     a weights-registry name, or pass a mapping through, unwrapping the usual containers and stripping
     DataParallel ``module.``.
 
-    MXNet ``.params`` files are read with NumPy alone (`read_mxnet_params`);
-    their names are kept (``arg:res4b5_branch2b1_weight``) for the key maps. A string that is not an existing
-    file but a registry name (``wsss-blocks weights list``) is resolved to its verified file in the cache,
-    which is downloaded first if needed (`wsss_blocks.models.weights.resolve_weights`).
+    A string that is not an existing file but a registry name (``wsss-blocks weights list``) is resolved to its
+    verified file in the cache, which is downloaded first if needed
+    (`wsss_blocks.models.weights.resolve_weights`); the file is then read by
+    `wsss_blocks.models.state_dict.read_checkpoint` (MXNet ``.params`` with NumPy alone, their names kept,
+    e.g. ``arg:res4b5_branch2b1_weight``, for the key maps).
 
     Args:
         source: a local path, a registry name, or an already loaded (possibly nested) dict.
-        weights_only: passed to :func:`torch.load`. Keep ``True`` unless you trust the file; some old
+        weights_only: passed to `torch.load`. Keep ``True`` unless you trust the file; some old
             checkpoints pickle extra Python objects and need ``False``.
 
     Returns:
@@ -131,39 +76,11 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
         >>> list(sd)
         ['fc.weight']
     """
-    if isinstance(source, Mapping):
-        sd = _unwrap(source)
-    else:
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            from .weights import resolve_weights
+    if not isinstance(source, Mapping) and not os.path.isfile(os.fspath(source)):
+        from .weights import resolve_weights
 
-            path = os.fspath(resolve_weights(path))
-        lower = path.lower()
-        if lower.endswith(".safetensors"):
-            st = _require_package("safetensors.torch", "safetensors", "reading .safetensors checkpoints")
-            sd = _unwrap(st.load_file(path, device="cpu"))
-        elif lower.endswith(".params") or _is_mxnet_file(path):
-            from .converters import read_mxnet_params
-
-            sd = _unwrap(read_mxnet_params(path))
-        else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-            except Exception as exc:  # pickle errors come in many types
-                hint = (" The file pickles Python objects besides tensors; if you trust it, pass "
-                        "weights_only=False." if weights_only else "")
-                raise ValueError(f"could not read checkpoint {path!r}: {exc}.{hint}") from exc
-            sd = _unwrap(obj)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def _is_mxnet_file(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return len(head) == 8 and int.from_bytes(head, "little") == 0x112
+        source = resolve_weights(os.fspath(source))
+    return read_checkpoint(source, weights_only=weights_only)
 
 
 # ----------------------------------------------------------------------------------------------------------

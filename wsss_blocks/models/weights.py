@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 
 from .. import hub
-from .backbones import get_key_map, is_random_init, read_state_dict
+from .registry import get_key_map
+from .state_dict import is_random_init, read_checkpoint
 
 __all__ = [
     "WeightsEntry",
@@ -410,7 +411,7 @@ def _check_state_dict(e: WeightsEntry, sd: Mapping[str, Tensor], what: str) -> N
 
 def _check_file(e: WeightsEntry, path: Path) -> None:
     try:
-        sd = read_state_dict(path)
+        sd = read_checkpoint(path)
     except (ValueError, RuntimeError, OSError) as err:
         raise ValueError(f"{path} is not a readable {e.file_format} checkpoint for {e.name}: {err}") from None
     _check_state_dict(e, sd, str(path))
@@ -478,7 +479,7 @@ def _convert(converter: Converter, src: Path, member: str | None = None) -> dict
                 return caffemodel_to_deeplab(read_caffemodel(z.read(names[0])), heads=False)
         return caffemodel_to_deeplab(read_caffemodel(src), heads=False)
     if converter == "hf-segformer":
-        return hf_segformer_to_mit(read_state_dict(src))
+        return hf_segformer_to_mit(read_checkpoint(src))
     raise ValueError(f"unknown converter {converter!r}")
 
 
@@ -640,7 +641,7 @@ def convert_weights(name: str, source: str | os.PathLike, *, out: str | os.PathL
             raise ValueError(f"{e.name} is not made from a caffemodel; {src.name} ({kind}) cannot be converted to it")
         sd = _convert("caffemodel-deeplab", src)
     elif kind in own:
-        raw = read_state_dict(src)
+        raw = read_checkpoint(src)
         if "hf-segformer" in e.convertible and any(k.startswith(("segformer.", "encoder.patch_embeddings"))
                                                   for k in raw):
             sd = _convert("hf-segformer", src)
