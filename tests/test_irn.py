@@ -404,13 +404,13 @@ def test_random_walk_mask_hand_checked_and_edge_cases():
 def test_confident_seed_mask_without_crf_hand_checked():
     cams = torch.tensor([[[[0.9, 0.2, 0.01, 0.31]], [[0.4, 0.25, 0.04, 0.31]], [[0.99, 0.99, 0.99, 0.99]]]])
     labels = torch.tensor([[1.0, 1.0, 0.0]])  # class 2 is absent: never wins
-    out = confident_seed_mask(cams, labels, crf=False)
+    out = confident_seed_mask(cams, labels, crf=None)
     # px0: class 0 (0.9) > 0.3; px1: max 0.25 < 0.3 but > 0.05 -> ignore; px2: < 0.05 -> bg;
     # px3: tie 0.31 / 0.31 -> first class
     assert out.tolist() == [[[1, 255, 0, 1]]]
-    assert ConfidentSeedMask(crf=False, ignore_index=254)(cams, labels).tolist() == [[[1, 254, 0, 1]]]
+    assert ConfidentSeedMask(crf=None, ignore_index=254)(cams, labels).tolist() == [[[1, 254, 0, 1]]]
     # no class at all: confident background everywhere
-    assert confident_seed_mask(cams, torch.zeros(1, 3), crf=False).tolist() == [[[0, 0, 0, 0]]]
+    assert confident_seed_mask(cams, torch.zeros(1, 3), crf=None).tolist() == [[[0, 0, 0, 0]]]
 
 
 def _smooth_cams_and_image(seed, C, H, W):
@@ -430,7 +430,7 @@ def test_confident_seed_mask_equals_release_cam_to_ir_label():
         cams, img = _smooth_cams_and_image(seed, C, H, W)
         labels = torch.zeros(1, C)
         labels[0, [0, 3]] = 1
-        ours = confident_seed_mask(cams, labels, img, crf_backend="pydensecrf")
+        ours = confident_seed_mask(cams, labels, img, crf={"preset": "irn", "backend": "pydensecrf"})
         idx = labels[0].nonzero()[:, 0]
         keys = np.pad(idx.numpy() + 1, (1, 0), mode="constant")
         img_u8 = (img[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
@@ -442,12 +442,12 @@ def test_confident_seed_mask_equals_release_cam_to_ir_label():
 def test_confident_seed_mask_torch_crf_backend():
     cams, img = _smooth_cams_and_image(0, 3, 20, 24)
     labels = torch.tensor([[1.0, 0.0, 1.0]])
-    out = confident_seed_mask(cams, labels, img, crf_backend="torch")
+    out = confident_seed_mask(cams, labels, img, crf={"preset": "irn", "backend": "torch"})
     assert set(out.unique().tolist()) == {0, 1, 3, 255}
-    nocrf = confident_seed_mask(cams, labels, crf=False)
+    nocrf = confident_seed_mask(cams, labels, crf=None)
     assert not torch.equal(out, nocrf)  # the CRF moved some labels
     if pydensecrf_available():  # the PyTorch backend gives pydensecrf's labels
-        ref = confident_seed_mask(cams, labels, img, crf_backend="pydensecrf")
+        ref = confident_seed_mask(cams, labels, img, crf={"preset": "irn", "backend": "pydensecrf"})
         assert float((out == ref).float().mean()) >= 0.995
 
 
@@ -505,7 +505,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="targets have batch size 2"):
         t = affinity_targets(torch.zeros(2, 6, 6, dtype=torch.long), 2)
         boundary_affinity_loss(torch.zeros(1, 1, 6, 6), t, 2)
-    with pytest.raises(ValueError, match="eps must lie in"):
+    with pytest.raises(ValueError, match="eps must be >= 0"):
         BoundaryAffinityLoss(eps=-1.0)
     cams, edge = torch.rand(1, 2, 6, 6), torch.rand(1, 1, 6, 6)
     with pytest.raises(ValueError, match="boundary must have shape \\(1, 1, 6, 6\\)"):
@@ -516,7 +516,7 @@ def test_bad_inputs_name_the_argument():
         random_walk(cams * float("nan"), edge)
     with pytest.raises(ValueError, match="method must be one of"):
         random_walk(cams, edge, method="fast")
-    with pytest.raises(ValueError, match="beta must lie in"):
+    with pytest.raises(ValueError, match="beta must be > 0"):
         RandomWalk(beta=0.0)
     with pytest.raises(ValueError, match="exp_times must be an int >= 0"):
         random_walk(cams, edge, exp_times=-1)
@@ -527,18 +527,18 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="image_size \\(30, 30\\) must fit"):
         random_walk_mask(cams, torch.ones(1, 2), (30, 30))
     with pytest.raises(ValueError, match="low_threshold must be <= high_threshold"):
-        confident_seed_mask(cams, torch.ones(1, 2), crf=False, high_threshold=0.1, low_threshold=0.2)
+        confident_seed_mask(cams, torch.ones(1, 2), crf=None, high_threshold=0.1, low_threshold=0.2)
     with pytest.raises(ValueError, match="image01 is required when crf is on"):
         confident_seed_mask(cams, torch.ones(1, 2))
     with pytest.raises(ValueError, match="image01 must have shape \\(1, 3, 6, 6\\)"):
         confident_seed_mask(cams, torch.ones(1, 2), torch.rand(1, 3, 5, 6))
     with pytest.raises(ValueError, match="image01 must lie in"):
         confident_seed_mask(cams, torch.ones(1, 2), torch.rand(1, 3, 6, 6) * 255)
-    with pytest.raises(TypeError, match="crf must be True, False or a DenseCRF"):
-        confident_seed_mask(cams, torch.ones(1, 2), crf="irn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
+        confident_seed_mask(cams, torch.ones(1, 2), crf=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="labels must be multi-hot"):
-        confident_seed_mask(cams, torch.full((1, 2), 0.5), crf=False)
-    with pytest.raises(ValueError, match="scale_factor must lie in"):
+        confident_seed_mask(cams, torch.full((1, 2), 0.5), crf=None)
+    with pytest.raises(ValueError, match="scale_factor must be > 0"):
         downsample_mask(torch.zeros(1, 4, 4, dtype=torch.long), 0.0)
     with pytest.raises(ValueError, match="fn must return a 2×C×h×w tensor"):
         irn_multiscale_cams(lambda x: x[0], torch.rand(1, 3, 16, 16))

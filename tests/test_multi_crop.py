@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsss_blocks.crf import pydensecrf_available
+from wsss_blocks.crf import DenseCRF, pydensecrf_available
 from wsss_blocks.multi_crop import (
     PMM_CROP_SCALES,
-    PMM_ROUGH_CRF,
+    ROUGH_MASK_CRF,
     MultiCropCAM,
     multi_crop_boxes,
     multi_crop_cams,
@@ -293,20 +293,22 @@ def test_rough_masks_equal_release_crf_with_alpha():
     labels = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     cams = cams * labels[:, :, None, None]
     img = (F.interpolate(torch.rand(1, 3, 4, 5, generator=g), size=(H, W), mode="nearest") * 255).round() / 255
-    ours = rough_masks(cams, labels, img, backend="pydensecrf")
+    ours = rough_masks(cams, labels, img, crf={"preset": "psa", "backend": "pydensecrf"})
     img_u8 = np.ascontiguousarray((img[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
     ref = _rel_crf_with_alpha(img_u8, {0: cams[0, 0].numpy(), 3: cams[0, 3].numpy()}, 24)
     for k, v in ref.items():
         np.testing.assert_allclose(ours[0, k].numpy(), v, rtol=0, atol=1e-6)
     assert float(ours[0, [2, 3]].abs().max()) == 0.0
-    torch_backend = rough_masks(cams, labels, img, backend="torch")
+    torch_backend = rough_masks(cams, labels, img, crf={"preset": "psa", "backend": "torch"})
     assert float((torch_backend - ours).abs().max()) < 1e-4
-    assert PMM_ROUGH_CRF == {"iterations": 10, "pos_w": 3.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0,
-                             "bi_rgb": 13.0}
+    rough_crf = DenseCRF.preset(ROUGH_MASK_CRF)
+    assert {k: getattr(rough_crf, k) for k in ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")} == {
+        "iterations": 10, "pos_w": 3.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0}
 
 
 def test_rough_masks_no_class_is_background():
-    out = rough_masks(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2), torch.zeros(1, 3, 6, 6), backend="torch")
+    out = rough_masks(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2), torch.zeros(1, 3, 6, 6),
+                      crf={"preset": "psa", "backend": "torch"})
     assert torch.equal(out[0, 0], torch.ones(6, 6)) and float(out[0, 1:].abs().max()) == 0.0
 
 
@@ -316,7 +318,7 @@ def test_bad_inputs_name_the_argument():
         multi_crop_boxes(0, 10)
     with pytest.raises(ValueError, match="scales must be a non-empty"):
         multi_crop_boxes(10, 10, ())
-    with pytest.raises(ValueError, match="scales must lie in"):
+    with pytest.raises(ValueError, match="scales must be > 0"):
         multi_crop_boxes(10, 10, (0.0,))
     with pytest.raises(ValueError, match="rough_probs must have shape"):
         tile_labels(probs[None], labels, [(0, 0, 2, 2)])
@@ -337,6 +339,6 @@ def test_bad_inputs_name_the_argument():
         rough_masks(torch.zeros(1, 2, 6, 6), torch.ones(1, 2), torch.zeros(1, 3, 5, 6))
     with pytest.raises(ValueError, match="image01 must lie in"):
         rough_masks(torch.zeros(1, 2, 6, 6), torch.ones(1, 2), torch.full((1, 3, 6, 6), 2.0))
-    with pytest.raises(ValueError, match="alpha must lie in"):
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
         rough_masks(torch.zeros(1, 2, 6, 6), torch.ones(1, 2), torch.zeros(1, 3, 6, 6), alpha=-1)
     assert "crop_size=448, stride=300" in repr(MultiCropCAM(net))

@@ -345,8 +345,8 @@ def test_ppmg_bad_inputs():
         proportional_pseudo_mask(cams[0], labels, foreground="threshold")
     with pytest.raises(ValueError, match="unknown CRF preset"):
         proportional_pseudo_mask(cams, labels, image, crf="pmm")
-    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF or a preset name"):
-        proportional_pseudo_mask(cams, labels, image, crf={"iterations": 3})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
+        proportional_pseudo_mask(cams, labels, image, crf=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="image01 must be float RGB in"):
         proportional_pseudo_mask(cams, labels, (image * 255).round().to(torch.uint8))
     with pytest.raises(ValueError, match="foreground callable"):

@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -47,6 +48,8 @@ __all__ = [
     "shape_str",
     "require",
 ]
+
+_T = TypeVar("_T")
 
 _ENV = "WSSS_BLOCKS_CHECKS"
 _FALSE = ("0", "false", "no", "off")
@@ -238,14 +241,16 @@ def check_number(value: object, name: str, minimum: float | None = None, *, stri
     return v
 
 
-def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (the message lists them).
+def check_choice(value: _T, name: str, choices: Sequence[object]) -> _T:
+    """``value``, unless it is not one of ``choices``: then ``ValueError`` (the message lists them).
 
     Examples:
         >>> check_choice("max", "reduce", ("sum", "mean", "max"))
+        'max'
     """
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
 
 
 def check_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:

@@ -26,24 +26,29 @@ the number of pixels (``method="sparse"``). ``method="dense"`` squares the dense
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import (
+    check_choice,
     check_finite,
+    check_int,
     check_labels,
+    check_number,
     check_range,
     check_same_batch,
     check_tensor,
+    compute_dtype,
     shape_str,
 )
+from .crf import DenseCRF, as_dense_crf
 
 __all__ = [
     "TRAIN_RADIUS",
@@ -73,39 +78,6 @@ __all__ = [
 TRAIN_RADIUS = 10
 #: Radius of the random walk (``step/make_sem_seg_labels.py`` line 41).
 INFER_RADIUS = 5
-
-
-# --------------------------------------------------------------------------------------------------
-# small validation helpers (kept local and minimal so that they can move to _checks later)
-# --------------------------------------------------------------------------------------------------
-def _int_arg(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float_arg(value: object, name: str, *, low: float = -math.inf, high: float = math.inf,
-               strict_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if (strict_low and not v > low) or (not strict_low and not v >= low) or v > high:
-        lo = "(" if strict_low else "["
-        raise ValueError(f"{name} must lie in {lo}{low:g}, {high:g}], got {v:g}")
-    return v
-
-
-def _choice_arg(value: object, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return str(value)
-
-
-def _work_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (half, bfloat16, float32) is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,7 +129,7 @@ def path_offsets(radius: int = TRAIN_RADIUS) -> list[tuple[int, int]]:
         >>> path_offsets(2)  # two 2-point paths, then two 4-point paths
         [(0, 1), (1, 0), (1, -1), (1, 1)]
     """
-    r = _int_arg(radius, "radius", 2)
+    r = check_int(radius, "radius", minimum=2)
     return [p[0] for p in _paths(r)]
 
 
@@ -189,10 +161,10 @@ class PathIndex:
     """
 
     def __init__(self, radius: int, size: tuple[int, int]) -> None:
-        r = _int_arg(radius, "radius", 2)
+        r = check_int(radius, "radius", minimum=2)
         if not (isinstance(size, (tuple, list)) and len(size) == 2):
             raise ValueError(f"size must be a pair (H, W), got {size!r}")
-        h, w = (_int_arg(int(s) if not isinstance(s, bool) else s, "size", 1) for s in size)
+        h, w = (check_int(int(s) if not isinstance(s, bool) else s, "size", minimum=1) for s in size)
         rf = r - 1
         if h - rf < 1 or w - 2 * rf < 1:
             raise ValueError(f"size {(h, w)} is too small for radius {r}: need H >= {rf + 1} and W >= {2 * rf + 1}")
@@ -271,7 +243,7 @@ def path_index(radius: int, size: tuple[int, int], device: torch.device | str = 
         >>> path_index(5, (20, 30)) is path_index(5, (20, 30))
         True
     """
-    r = _int_arg(radius, "radius", 2)
+    r = check_int(radius, "radius", minimum=2)
     return _path_index_cached(r, int(size[0]), int(size[1]), str(torch.device(device)))
 
 
@@ -287,7 +259,7 @@ def strided_size(size: tuple[int, int], stride: int = 4) -> tuple[int, int]:
         >>> strided_size((375, 500), 4)
         (94, 125)
     """
-    s = _int_arg(stride, "stride", 1)
+    s = check_int(stride, "stride", minimum=1)
     return ((int(size[0]) - 1) // s + 1, (int(size[1]) - 1) // s + 1)
 
 
@@ -360,9 +332,9 @@ def irn_multiscale_cams(
     if len(scales) == 0:
         raise ValueError("scales must hold at least one scale, got an empty sequence")
     for s in scales:
-        _float_arg(s, "scales", low=0.0, strict_low=True)
-    _float_arg(eps, "eps", low=0.0)
-    mode = _choice_arg(interpolation, "interpolation", ("bicubic", "bilinear"))
+        check_number(s, "scales", 0.0, strict=True)
+    check_number(eps, "eps", 0.0)
+    mode = check_choice(interpolation, "interpolation", ("bicubic", "bilinear"))
     B, _, H, W = images.shape
     small = strided_size((H, W), stride)
     up = tuple(v * high_res_stride for v in strided_size((H, W), high_res_stride))
@@ -410,8 +382,7 @@ def confident_seed_mask(
     *,
     high_threshold: float = 0.30,
     low_threshold: float = 0.05,
-    crf: bool | nn.Module = True,
-    crf_backend: str = "auto",
+    crf: DenseCRF | str | Mapping[str, Any] | None = "irn",
     ignore_index: int = 255,
 ) -> Tensor:
     """IRN's inter-pixel-relation labels: confident foreground, confident background and ignore.
@@ -435,9 +406,9 @@ def confident_seed_mask(
             required when ``crf`` is on.
         high_threshold: background score of the confident-foreground cut (``conf_fg_thres`` 0.30).
         low_threshold: background score of the confident-background cut (``conf_bg_thres`` 0.05).
-        crf: ``True`` for the released label CRF, ``False`` to skip it, or a
-            [DenseCRF][wsss_blocks.crf.DenseCRF] whose ``from_mask`` is used instead.
-        crf_backend: backend of the default CRF (``"auto"``, ``"pydensecrf"`` or ``"torch"``).
+        crf: the label CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF] (its ``from_mask`` is used), a preset name
+            (``"irn"``, released) or a config mapping (`wsss_blocks.crf.as_dense_crf`, e.g.
+            ``{"preset": "irn", "backend": "torch"}``); ``None`` skips the CRF.
         ignore_index: the label of the unsure band (255).
 
     Returns:
@@ -451,31 +422,30 @@ def confident_seed_mask(
 
     Examples:
         >>> cams = torch.tensor([[[[0.9, 0.2, 0.01]]]])  # one class, 1×3 pixels
-        >>> confident_seed_mask(cams, torch.ones(1, 1), crf=False)
+        >>> confident_seed_mask(cams, torch.ones(1, 1), crf=None)
         tensor([[[  1, 255,   0]]])
     """
-    lf = _check_cams_labels(cams, labels)
-    hi = _float_arg(high_threshold, "high_threshold")
-    lo = _float_arg(low_threshold, "low_threshold")
+    hi, lo, ign = _check_seed_options(high_threshold, low_threshold, ignore_index)
+    return _confident_seed_mask(cams, labels, image01, hi, lo, None if crf is None else as_dense_crf(crf), ign)
+
+
+def _check_seed_options(high_threshold: float, low_threshold: float, ignore_index: int) -> tuple[float, float, int]:
+    hi = check_number(high_threshold, "high_threshold")
+    lo = check_number(low_threshold, "low_threshold")
     if lo > hi:
         raise ValueError(f"low_threshold must be <= high_threshold, got low_threshold={lo:g} > high_threshold={hi:g}")
-    ign = _int_arg(ignore_index, "ignore_index", 0)
-    B, C, H, W = cams.shape
-    crf_module: nn.Module | None
-    if crf is True:
-        from .crf import DenseCRF
+    return hi, lo, check_int(ignore_index, "ignore_index", minimum=0)
 
-        crf_module = DenseCRF.preset("irn", backend=crf_backend)
-    elif crf is False or crf is None:
-        crf_module = None
-    elif isinstance(crf, nn.Module) and hasattr(crf, "from_mask"):
-        crf_module = crf
-    else:
-        raise TypeError(f"crf must be True, False or a DenseCRF, got {type(crf).__name__}")
+
+def _confident_seed_mask(cams: Tensor, labels: Tensor, image01: Tensor | None, hi: float, lo: float,
+                         crf_module: DenseCRF | None, ign: int) -> Tensor:
+    """`confident_seed_mask` with checked options."""
+    lf = _check_cams_labels(cams, labels)
+    B, C, H, W = cams.shape
     if crf_module is not None:
         if image01 is None:
             raise ValueError("image01 is required when crf is on (the label CRF needs the RGB image); "
-                             "pass crf=False to skip the CRF")
+                             "pass crf=None to skip the CRF")
         check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
         if image01.shape[0] != B or image01.shape[1] != 3 or tuple(image01.shape[2:]) != (H, W):
             raise ValueError(f"image01 must have shape ({B}, 3, {H}, {W}) to match cams, got {shape_str(image01)}")
@@ -493,8 +463,7 @@ def confident_seed_mask(
             lab = torch.cat([sel.new_full((1, H, W), t), sel]).argmax(0)
             if crf_module is not None:
                 assert image01 is not None
-                q = crf_module.from_mask(image01[b:b + 1], lab[None],  # type: ignore[operator]
-                                         num_classes=int(keys.numel()))
+                q = crf_module.from_mask(image01[b:b + 1], lab[None], num_classes=int(keys.numel()))
                 lab = q[0].argmax(0).to(cams.device)
             cuts.append(keys[lab])
         fg, bg = cuts
@@ -511,8 +480,8 @@ class ConfidentSeedMask(nn.Module):
     Args:
         high_threshold: confident-foreground background score (0.30).
         low_threshold: confident-background background score (0.05).
-        crf: ``True`` (released label CRF), ``False``, or a [DenseCRF][wsss_blocks.crf.DenseCRF].
-        crf_backend: backend of the default CRF.
+        crf: the label CRF (a [DenseCRF][wsss_blocks.crf.DenseCRF], a preset name, ``"irn"`` released, or a
+            config mapping), or ``None``.
         ignore_index: label of the unsure band (255).
 
     Shape:
@@ -520,26 +489,21 @@ class ConfidentSeedMask(nn.Module):
         - output: ``(B, H, W)`` int64
 
     Examples:
-        >>> seeds = ConfidentSeedMask(crf=False)
+        >>> seeds = ConfidentSeedMask(crf=None)
         >>> seeds(torch.tensor([[[[0.5, 0.1]]]]), torch.ones(1, 1)).tolist()
         [[[1, 255]]]
     """
 
-    def __init__(self, high_threshold: float = 0.30, low_threshold: float = 0.05, crf: bool | nn.Module = True,
-                 crf_backend: str = "auto", ignore_index: int = 255) -> None:
+    def __init__(self, high_threshold: float = 0.30, low_threshold: float = 0.05,
+                 crf: DenseCRF | str | Mapping[str, Any] | None = "irn", ignore_index: int = 255) -> None:
         super().__init__()
-        self.high_threshold = _float_arg(high_threshold, "high_threshold")
-        self.low_threshold = _float_arg(low_threshold, "low_threshold")
-        if self.low_threshold > self.high_threshold:
-            raise ValueError(f"low_threshold must be <= high_threshold, got {low_threshold} > {high_threshold}")
-        self.crf = crf
-        self.crf_backend = crf_backend
-        self.ignore_index = _int_arg(ignore_index, "ignore_index", 0)
+        self.high_threshold, self.low_threshold, self.ignore_index = _check_seed_options(
+            high_threshold, low_threshold, ignore_index)
+        self.crf = None if crf is None else as_dense_crf(crf)
 
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
-        return confident_seed_mask(cams, labels, image01, high_threshold=self.high_threshold,
-                                   low_threshold=self.low_threshold, crf=self.crf, crf_backend=self.crf_backend,
-                                   ignore_index=self.ignore_index)
+        return _confident_seed_mask(cams, labels, image01, self.high_threshold, self.low_threshold, self.crf,
+                                    self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"high_threshold={self.high_threshold:g}, low_threshold={self.low_threshold:g}"
@@ -566,7 +530,7 @@ def downsample_mask(mask: Tensor, scale_factor: float = 0.25) -> Tensor:
         tensor([[[2, 6]]])
     """
     check_tensor(mask, "mask", 3, layout="B×H×W")
-    s = _float_arg(scale_factor, "scale_factor", low=0.0, strict_low=True)
+    s = check_number(scale_factor, "scale_factor", 0.0, strict=True)
     H, W = mask.shape[1:]
     oh, ow = max(1, int(round(H * s))), max(1, int(round(W * s)))
     ys = ((torch.arange(oh, dtype=torch.float64) + 0.5) * (H / oh)).floor().long().clamp_max(H - 1)
@@ -597,7 +561,7 @@ def _resolve_index(radius: int | PathIndex, size: tuple[int, int], device: torch
         if radius.size != tuple(size):
             raise ValueError(f"the PathIndex was built for a {radius.size} grid, but the input grid is {tuple(size)}")
         return radius if radius.src_indices.device == device else radius.to(device)
-    r = _int_arg(radius, "radius", 2)
+    r = check_int(radius, "radius", minimum=2)
     return path_index(r, size, device)
 
 
@@ -674,7 +638,7 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
         if boundary.shape[1] != 1:
             raise ValueError(f"boundary must have one channel (B×1×h×w), got shape {shape_str(boundary)}")
         boundary = boundary[:, 0]
-    x = boundary.to(_work_dtype(boundary))
+    x = boundary.to(compute_dtype(boundary))
     B = x.shape[0]
     pi = _resolve_index(radius, tuple(x.shape[1:]), x.device)  # type: ignore[arg-type]
     flat = x.reshape(B, -1)
@@ -744,10 +708,10 @@ def boundary_affinity_loss_terms(
     check_tensor(boundary_logits, "boundary_logits", 4, layout="B×1×h×w", floating=True)
     if boundary_logits.shape[1] != 1:
         raise ValueError(f"boundary_logits must have one channel (B×1×h×w), got {shape_str(boundary_logits)}")
-    e = _float_arg(eps, "eps", low=0.0)
+    e = check_number(eps, "eps", 0.0)
     grid = tuple(boundary_logits.shape[2:])
     t = _targets_for(targets, grid, radius, ignore_index, boundary_logits.shape[0])  # type: ignore[arg-type]
-    aff = boundary_to_affinity(torch.sigmoid(boundary_logits.to(_work_dtype(boundary_logits))), radius)
+    aff = boundary_to_affinity(torch.sigmoid(boundary_logits.to(compute_dtype(boundary_logits))), radius)
     if t.bg_pos.shape != aff.shape:
         raise ValueError(f"targets have shape {tuple(t.bg_pos.shape)} but the pairs of radius "
                          f"{radius if isinstance(radius, int) else radius.radius} on a {grid} grid give "
@@ -833,8 +797,8 @@ class BoundaryAffinityLoss(nn.Module):
 
     def __init__(self, radius: int = TRAIN_RADIUS, eps: float = 1e-5, ignore_index: int = 255) -> None:
         super().__init__()
-        self.radius = _int_arg(radius, "radius", 2)
-        self.eps = _float_arg(eps, "eps", low=0.0)
+        self.radius = check_int(radius, "radius", minimum=2)
+        self.eps = check_number(eps, "eps", 0.0)
         self.ignore_index = int(ignore_index)
 
     def forward(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> Tensor:
@@ -1021,10 +985,10 @@ def random_walk(
                          f"match cams {shape_str(cams)}, got {shape_str(boundary)}")
     check_finite(cams, "cams")
     check_range(boundary.detach(), "boundary", 0.0, 1.0, hint="pass boundary probabilities (a sigmoid output)")
-    r = _int_arg(radius, "radius", 2)
-    b_ = _float_arg(beta, "beta", low=0.0, strict_low=True)
-    e = _int_arg(exp_times, "exp_times", 0)
-    m = _choice_arg(method, "method", ("sparse", "dense"))
+    r = check_int(radius, "radius", minimum=2)
+    b_ = check_number(beta, "beta", 0.0, strict=True)
+    e = check_int(exp_times, "exp_times", minimum=0)
+    m = check_choice(method, "method", ("sparse", "dense"))
     lf = None if labels is None else check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
     dtype = torch.float64 if torch.float64 in (cams.dtype, boundary.dtype) else torch.float32
     with torch.autocast(device_type=cams.device.type, enabled=False):
@@ -1090,9 +1054,9 @@ def random_walk_mask(
     check_tensor(walked, "walked", 4, layout="B×C×h×w", floating=True)
     check_finite(walked, "walked")
     lf = check_labels(labels, "labels", batch=walked.shape[0], num_classes=walked.shape[1])
-    bg = _float_arg(bg_score, "bg_score")
-    s = _float_arg(scale_factor, "scale_factor", low=0.0, strict_low=True)
-    norm = _choice_arg(normalize, "normalize", ("global", "per_class"))
+    bg = check_number(bg_score, "bg_score")
+    s = check_number(scale_factor, "scale_factor", 0.0, strict=True)
+    norm = check_choice(normalize, "normalize", ("global", "per_class"))
     x = walked.detach().float()
     if s != 1.0:
         x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
@@ -1141,14 +1105,14 @@ class RandomWalk(nn.Module):
                  damp_seeds: bool = True, method: str = "sparse", normalize: str = "global",
                  scale_factor: float = 4.0) -> None:
         super().__init__()
-        self.radius = _int_arg(radius, "radius", 2)
-        self.beta = _float_arg(beta, "beta", low=0.0, strict_low=True)
-        self.exp_times = _int_arg(exp_times, "exp_times", 0)
-        self.bg_score = _float_arg(bg_score, "bg_score")
+        self.radius = check_int(radius, "radius", minimum=2)
+        self.beta = check_number(beta, "beta", 0.0, strict=True)
+        self.exp_times = check_int(exp_times, "exp_times", minimum=0)
+        self.bg_score = check_number(bg_score, "bg_score")
         self.damp_seeds = bool(damp_seeds)
-        self.method = _choice_arg(method, "method", ("sparse", "dense"))
-        self.normalize = _choice_arg(normalize, "normalize", ("global", "per_class"))
-        self.scale_factor = _float_arg(scale_factor, "scale_factor", low=0.0, strict_low=True)
+        self.method = check_choice(method, "method", ("sparse", "dense"))
+        self.normalize = check_choice(normalize, "normalize", ("global", "per_class"))
+        self.scale_factor = check_number(scale_factor, "scale_factor", 0.0, strict=True)
 
     def walk(self, cams: Tensor, boundary: Tensor, labels: Tensor | None = None) -> Tensor:
         """The propagated maps ``(B, C, h, w)`` (see `random_walk`)."""

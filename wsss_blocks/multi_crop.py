@@ -21,18 +21,19 @@ The author reports multi-crop CAM mIoU 53.93 (ResNet-38d), 54.90 (Res2Net-101) a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_labels, check_range, check_tensor, shape_str
+from ._checks import check_finite, check_int, check_labels, check_number, check_range, check_tensor, shape_str
+from .crf import DenseCRF, as_dense_crf, unary_from_probs
 
 __all__ = [
     "PMM_CROP_SCALES",
-    "PMM_ROUGH_CRF",
+    "ROUGH_MASK_CRF",
     "multi_crop_boxes",
     "tile_labels",
     "sample_multi_crop_tile",
@@ -46,32 +47,18 @@ __all__ = [
 PMM_CROP_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
 
 #: The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian
-#: sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of wsss_blocks.crf.
-PMM_ROUGH_CRF: dict[str, float] = {
-    "iterations": 10, "pos_w": 3.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
-}
+#: sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of `wsss_blocks.crf.DenseCRF`.
+ROUGH_MASK_CRF = "psa"
 
 
-def _int_arg(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
-def _float_arg(value: object, name: str, *, low: float = -math.inf, high: float = math.inf,
-               strict_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if (strict_low and not v > low) or (not strict_low and not v >= low) or v > high:
-        raise ValueError(f"{name} must lie in {'(' if strict_low else '['}{low:g}, {high:g}], got {v:g}")
-    return v
 
 
 def _scales_arg(scales: Sequence[float]) -> tuple[float, ...]:
     if isinstance(scales, (str, bytes)) or len(scales) == 0:
         raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
-    return tuple(_float_arg(s, "scales", low=0.0, strict_low=True) for s in scales)
+    return tuple(check_number(s, "scales", 0.0, strict=True) for s in scales)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,11 +89,11 @@ def multi_crop_boxes(height: int, width: int, scales: Sequence[float] = PMM_CROP
         >>> multi_crop_boxes(375, 500, scales=(2.0,))[0][:3]  # at scale 2 a 300-px tile covers 150 px
         [(0, 0, 150, 150), (0, 150, 150, 300), (0, 151, 150, 375)]
     """
-    h = _int_arg(height, "height", 1)
-    w = _int_arg(width, "width", 1)
+    h = check_int(height, "height", minimum=1)
+    w = check_int(width, "width", minimum=1)
     sc = _scales_arg(scales)
-    crop = _int_arg(crop_size, "crop_size", 1)
-    step = _int_arg(stride, "stride", 1)
+    crop = check_int(crop_size, "crop_size", minimum=1)
+    step = check_int(stride, "stride", minimum=1)
     out = []
     for s in sc:
         ws, hs = int(w * s), int(h * s)
@@ -172,8 +159,8 @@ def tile_labels(rough_probs: Tensor, labels: Tensor, boxes: Sequence[Sequence[in
                 [0., 0.]])
     """
     present = _check_rough(rough_probs, labels).to(rough_probs.device).bool()
-    thr = _float_arg(fg_threshold, "fg_threshold")
-    match = _float_arg(match_threshold, "match_threshold")
+    thr = check_number(fg_threshold, "fg_threshold")
+    match = check_number(match_threshold, "match_threshold")
     b = torch.as_tensor(boxes, dtype=torch.int64, device=rough_probs.device).reshape(-1, 4)
     H, W = rough_probs.shape[1:]
     region = (rough_probs[1:] > thr).to(torch.float64)
@@ -301,8 +288,8 @@ def multi_crop_cams(
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     C = lf.shape[1]
-    bs = _int_arg(batch_size, "batch_size", 1)
-    crop = _int_arg(crop_size, "crop_size", 1)
+    bs = check_int(batch_size, "batch_size", minimum=1)
+    crop = check_int(crop_size, "crop_size", minimum=1)
     boxes = [box for per_scale in multi_crop_boxes(H, W, scales, crop, stride) for box in per_scale]
     acc = images.new_zeros(B, C, H, W, dtype=torch.float32)
     count = images.new_zeros(1, 1, H, W, dtype=torch.float32)
@@ -358,9 +345,9 @@ class MultiCropCAM(nn.Module):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         self.model = model
         self.scales = _scales_arg(scales)
-        self.crop_size = _int_arg(crop_size, "crop_size", 1)
-        self.stride = _int_arg(stride, "stride", 1)
-        self.batch_size = _int_arg(batch_size, "batch_size", 1)
+        self.crop_size = check_int(crop_size, "crop_size", minimum=1)
+        self.stride = check_int(stride, "stride", minimum=1)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return multi_crop_cams(self.model, images, labels, self.scales, crop_size=self.crop_size,
@@ -426,13 +413,13 @@ def rough_mask_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tens
 
 @torch.no_grad()
 def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float = 24.0,
-                crf_params: dict[str, Any] | None = None, backend: str = "auto") -> Tensor:
+                crf: DenseCRF | str | Mapping[str, Any] = ROUGH_MASK_CRF) -> Tensor:
     """PMM's stage-B rough masks: joint dense-CRF posteriors over ``[(1 - max_c A_c)^alpha, A_present]``.
 
     ``pipeline/infer_multi_scale.py`` ``_crf_with_alpha`` (``--crf_threshs`` 24): per image, the background
     score ``(1 - max over present classes)^alpha`` is stacked over the present classes' CAMs and refined by
     ``crf_inference`` (``tool/imutils.py``: 10 iterations, Gaussian 3/3, bilateral 80/13/10,
-    `PMM_ROUGH_CRF`, the ``"psa"`` CRF preset) with the pydensecrf unary ``-log(clip(p, 1e-5, 1))`` of
+    `ROUGH_MASK_CRF`, the ``"psa"`` CRF preset) with the pydensecrf unary ``-log(clip(p, 1e-5, 1))`` of
     the stacked scores as they are (they do not sum to 1). The CRF runs over the image's present classes only,
     as released. These posteriors label the tiles of stage C (`tile_labels`).
 
@@ -441,20 +428,19 @@ def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float =
         labels: ``(B, C)`` multi-hot labels.
         image01: ``(B, 3, H, W)`` RGB in ``[0, 1]`` (rounded to uint8 for the CRF).
         alpha: background exponent (24 in stage B; PPMG uses 11).
-        crf_params: override of `PMM_ROUGH_CRF` (keys of [DenseCRF][wsss_blocks.crf.DenseCRF]).
-        backend: CRF backend (``"auto"``, ``"pydensecrf"``, ``"torch"``).
+        crf: the CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF], a preset name (``"psa"``, released) or a config
+            mapping (`wsss_blocks.crf.as_dense_crf`, e.g. ``{"preset": "psa", "backend": "torch"}``).
 
     Returns:
         ``(B, C + 1, H, W)`` float32 posteriors: channel 0 background, ``c + 1`` class ``c``, absent classes 0.
 
     Examples:
         >>> cams = torch.zeros(1, 2, 12, 12); cams[0, 1, :, 6:] = 0.9
-        >>> post = rough_masks(cams, torch.tensor([[0.0, 1.0]]), torch.zeros(1, 3, 12, 12), backend="torch")
+        >>> crf = {"preset": "psa", "backend": "torch"}
+        >>> post = rough_masks(cams, torch.tensor([[0.0, 1.0]]), torch.zeros(1, 3, 12, 12), crf=crf)
         >>> post.shape, bool(post[0, 2, :, 8:].min() > 0.9), float(post[0, 1].abs().max())
         (torch.Size([1, 3, 12, 12]), True, 0.0)
     """
-    from .crf import dense_crf_from_unary, unary_from_probs
-
     check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     check_finite(cams, "cams")
     B, C, H, W = cams.shape
@@ -463,8 +449,8 @@ def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float =
     if tuple(image01.shape) != (B, 3, H, W):
         raise ValueError(f"image01 must have shape ({B}, 3, {H}, {W}) to match cams, got {shape_str(image01)}")
     check_range(image01, "image01", 0.0, 1.0, hint="pass RGB in [0, 1] (uint8 images divided by 255)")
-    a = _float_arg(alpha, "alpha", low=0.0)
-    params = dict(PMM_ROUGH_CRF if crf_params is None else crf_params)
+    a = check_number(alpha, "alpha", 0.0)
+    dense = as_dense_crf(crf)
     out = cams.new_zeros(B, C + 1, H, W, dtype=torch.float32)
     for b in range(B):  # the CRF's label set is the image's present classes
         idx = lf[b].nonzero().flatten().to(cams.device)
@@ -474,7 +460,7 @@ def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float =
         if idx.numel() == 0:
             out[b, 0] = 1.0
             continue
-        q = dense_crf_from_unary(image01[b:b + 1], unary_from_probs(probs), backend=backend, **params)[0]
+        q = dense.from_unary(image01[b:b + 1], unary_from_probs(probs))[0]
         out[b, 0] = q[0].to(out.device)
         out[b, idx + 1] = q[1:].to(out.device)
     return out

@@ -26,9 +26,9 @@ network keeps it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,7 @@ from ._checks import (
     shape_str,
 )
 from .cam import cams_to_mask, multiscale_cams, multiscale_cams_detailed
-
-if TYPE_CHECKING:
-    from .crf import DenseCRF
+from .crf import DenseCRF, as_dense_crf
 
 __all__ = [
     "multiscale_attention_fusion",
@@ -646,7 +644,7 @@ def smaf_pseudo_mask(
     labels: Tensor,
     bg_score: float = 0.2,
     image01: Tensor | None = None,
-    crf: DenseCRF | str | Callable[[Tensor, Tensor], Tensor] | None = None,
+    crf: DenseCRF | str | Mapping[str, Any] | Callable[[Tensor, Tensor], Tensor] | None = None,
     gt_prob: float = 0.7,
     *,
     image_uint8: Tensor | None = None,
@@ -665,7 +663,8 @@ def smaf_pseudo_mask(
         bg_score: background score (released 0.2).
         image01: the RGB image for the CRF, float in [0, 1] (or give ``image_uint8``); needed with ``crf``.
         crf: ``None`` (no CRF); a :class:`wsss_blocks.crf.DenseCRF` (or a preset name such as ``"smaf"``, the
-            release) refining the hard labels with its ``from_mask``; or any callable
+            release, or a config mapping, see `wsss_blocks.crf.as_dense_crf`)
+            refining the hard labels with its ``from_mask``; or any callable
             ``crf(image01, probs) -> probs`` receiving the hard-label probabilities (label ``gt_prob``, the
             other C labels ``(1 - gt_prob) / C`` each).
         gt_prob: confidence given to the hard labels in the CRF unary (released 0.7).
@@ -704,10 +703,8 @@ def smaf_pseudo_mask(
     if not 0 < gt_prob < 1:
         raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
     K = maps.shape[1] + 1
-    if isinstance(crf, str):
-        from .crf import DenseCRF  # lazy: the CRF package is only needed here
-
-        crf = DenseCRF.preset(crf)
+    if isinstance(crf, (str, Mapping)):
+        crf = as_dense_crf(crf)
     if hasattr(crf, "from_mask"):
         q = crf.from_mask(image01, hard, gt_prob=gt_prob, num_classes=K, image_uint8=image_uint8)
     elif callable(crf):

@@ -19,9 +19,9 @@ The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,7 @@ from ._checks import (
     checks_enabled,
     shape_str,
 )
-
-if TYPE_CHECKING:
-    from .crf import DenseCRF
+from .crf import DenseCRF, as_dense_crf
 
 __all__ = [
     "cov_smooth",
@@ -250,17 +248,6 @@ def _to_uint8_images(image01: Tensor) -> Tensor:
     return (image01.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _as_crf(crf: DenseCRF | str, name: str = "crf") -> DenseCRF:
-    """A :class:`wsss_blocks.crf.DenseCRF` from a module or a preset name."""
-    from .crf import DenseCRF
-
-    if isinstance(crf, str):
-        return DenseCRF.preset(crf)
-    if not isinstance(crf, DenseCRF):
-        raise TypeError(f"{name} must be a wsss_blocks.crf.DenseCRF or a preset name, got {type(crf).__name__}")
-    return crf
-
-
 # ----------------------------------------------------------------------------------------------------
 # Proportional pseudo-mask generation (PPMG)
 # ----------------------------------------------------------------------------------------------------
@@ -299,7 +286,7 @@ def proportional_pseudo_mask(
     cv_scale: float = 0.3,
     posterior_threshold: float = 0.5,
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
-    crf: DenseCRF | str = PPMG_CRF,
+    crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
 ) -> Tensor:
     """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
@@ -339,9 +326,10 @@ def proportional_pseudo_mask(
         cv_scale: CVS scale.
         posterior_threshold: threshold on the foreground posterior (PMM's ``fg_thresh``).
         foreground: ``"crf"`` (release), ``"threshold"`` or a callable (see above).
-        crf: the dense CRF of ``foreground="crf"``: a :class:`wsss_blocks.crf.DenseCRF` or a preset name
-            (default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
-            ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
+        crf: the dense CRF of ``foreground="crf"``: a :class:`wsss_blocks.crf.DenseCRF`, a preset name or a config
+            mapping (`wsss_blocks.crf.as_dense_crf`; default ``"pmm-binary"``, the release, whose probabilities
+            are used as given like pydensecrf's ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale
+            (``image01`` is converted).
         min_exponent: passed to :func:`cov_smooth` (``None`` = release).
 
     Shape:
@@ -373,7 +361,7 @@ def proportional_pseudo_mask_detailed(
     cv_scale: float = 0.3,
     posterior_threshold: float = 0.5,
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
-    crf: DenseCRF | str = PPMG_CRF,
+    crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
 ) -> PseudoMaskParts:
     """:func:`proportional_pseudo_mask` plus its intermediate maps; the arguments are the same.
@@ -393,11 +381,11 @@ def proportional_pseudo_mask_detailed(
 
 
 def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float, cv_scale: float,
-          posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn, crf: DenseCRF | str,
-          min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+          posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn,
+          crf: DenseCRF | str | Mapping[str, Any], min_exponent: float | None, parts: bool) -> PseudoMaskParts:
     """PPMG; the per-class maps of the result are filled only with ``parts`` (else they are empty)."""
     _check_ppmg_options(alpha, posterior_threshold, foreground)
-    dense = _as_crf(crf) if foreground == "crf" else None
+    dense = as_dense_crf(crf) if foreground == "crf" else None
     return _ppmg_checked(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground,
                          dense, min_exponent, parts)
 
@@ -511,7 +499,7 @@ class ProportionalPseudoMask(nn.Module):
         cv_scale: float = 0.3,
         posterior_threshold: float = 0.5,
         foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
-        crf: DenseCRF | str = PPMG_CRF,
+        crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
         min_exponent: float | None = None,
     ) -> None:
         super().__init__()
@@ -521,7 +509,7 @@ class ProportionalPseudoMask(nn.Module):
         self.cv_scale = cv_scale
         self.posterior_threshold = posterior_threshold
         self.foreground = foreground
-        self.crf = _as_crf(crf)
+        self.crf = as_dense_crf(crf)
         self.min_exponent = min_exponent
 
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
@@ -612,8 +600,8 @@ class CyclicPseudoMask(nn.Module):
         img_scale: mmseg ``img_scale`` (long, short) for the keep-ratio resize, or None.
         slide: ``(crop, stride)`` in pixels (ints or (h, w) pairs) for sliding-window inference, or None
             for whole-image inference.
-        crf: the dense CRF on the averaged probabilities: a :class:`wsss_blocks.crf.DenseCRF`, a preset name
-            (default ``"deeplab"``: WSSS_MMSeg's ``DenseCRF`` defaults) or ``None`` for no CRF.
+        crf: the dense CRF on the averaged probabilities: a :class:`wsss_blocks.crf.DenseCRF`, a preset name, a
+            config mapping (default ``"deeplab"``: WSSS_MMSeg's ``DenseCRF`` defaults) or ``None`` for no CRF.
         policy: ``"replace"`` (release) or ``"restrict"`` (to the image labels; needs ``labels``).
         preprocess: callable applied to the B×3×H×W [0, 1] images before the model (e.g. ImageNet
             normalisation); the CRF always sees the raw [0, 1] image.
@@ -637,7 +625,7 @@ class CyclicPseudoMask(nn.Module):
         flip: bool = True,
         img_scale: tuple[int, int] | None = (2048, 512),
         slide: tuple[int | tuple[int, int], int | tuple[int, int]] | None = (512, 480),
-        crf: DenseCRF | str | None = CYCLIC_CRF,
+        crf: DenseCRF | str | Mapping[str, Any] | None = CYCLIC_CRF,
         policy: Literal["replace", "restrict"] = "replace",
         preprocess: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
@@ -668,7 +656,7 @@ class CyclicPseudoMask(nn.Module):
         self.flip = bool(flip)
         self.img_scale = None if img_scale is None else (int(img_scale[0]), int(img_scale[1]))
         self.slide = slide
-        self.crf = None if crf is None else _as_crf(crf)
+        self.crf = None if crf is None else as_dense_crf(crf)
         self.policy = policy
         self.preprocess = preprocess
 

@@ -47,6 +47,7 @@ __all__ = [
     "PRESET_SOURCES",
     "BACKENDS",
     "DenseCRF",
+    "as_dense_crf",
     "dense_crf",
     "dense_crf_from_unary",
     "unary_from_probs",
@@ -637,6 +638,26 @@ class DenseCRF(nn.Module):
         return (f"iterations={self.iterations}, pos_w={self.pos_w:g}, pos_xy={self.pos_xy:g}, bi_w={self.bi_w:g}, "
                 f"bi_xy={self.bi_xy:g}, bi_rgb={self.bi_rgb:g}, backend={self.backend!r}, "
                 f"sum_to_one={self.sum_to_one!r}")
+
+
+def as_dense_crf(crf: DenseCRF | str | Mapping[str, Any], name: str = "crf") -> DenseCRF:
+    """The `DenseCRF` a block's ``crf`` argument names: a module as is, a preset name, or a config mapping.
+
+    Every block that runs a CRF takes ``crf`` in one of these forms (``None``, where allowed, means no CRF and
+    is handled by the block).
+
+    Examples:
+        >>> as_dense_crf("irn").bi_xy, as_dense_crf({"preset": "irn", "bi_xy": 40.0}).bi_xy
+        (50.0, 40.0)
+    """
+    if isinstance(crf, DenseCRF):
+        return crf
+    if isinstance(crf, str):
+        return DenseCRF.preset(crf)
+    if isinstance(crf, Mapping):
+        return DenseCRF.from_config(crf)
+    raise TypeError(f"{name} must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping, "
+                    f"got {type(crf).__name__}")
 
 
 def _preset_table(presets: Mapping[str, Mapping[str, Any]] = PRESETS) -> str:  # pragma: no cover - docs helper

@@ -169,13 +169,13 @@ class MixTransformer(nn.Module):
 
     Shape:
         - images: B×3×H×W
-        - output: list of four B×embed_dims[i]×h_i×w_i maps; with ``return_attn=True`` also a list with one
-          raw attention-logit tensor per block (q·kᵀ before scaling and softmax, B×heads×N_k×N_k; for
+        - output: list of four B×embed_dims[i]×h_i×w_i maps; `forward_with_attention` also returns a list with
+          one raw attention-logit tensor per block (q·kᵀ before scaling and softmax, B×heads×N_k×N_k; for
           ``sr_ratio > 1`` the query grid is average-pooled to the key grid, as in AFA).
 
     Examples:
         >>> enc = mit_tiny()
-        >>> feats, attns = enc(torch.randn(1, 3, 32, 32), return_attn=True)
+        >>> feats, attns = enc.forward_with_attention(torch.randn(1, 3, 32, 32))
         >>> [tuple(f.shape[1:]) for f in feats], tuple(attns[-1].shape)
         ([(8, 8, 8), (16, 4, 4), (24, 2, 2), (32, 1, 1)], (1, 4, 1, 1))
     """
@@ -231,20 +231,27 @@ class MixTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, images: Tensor, return_attn: bool = False
-                ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """The four stage maps (see the class docstring)."""
+        return self._run(images, False)[0]
+
+    def forward_with_attention(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The four stage maps and the raw attention logits of every block (see the class docstring)."""
+        return self._run(images, True)
+
+    def _run(self, images: Tensor, with_attention: bool) -> tuple[list[Tensor], list[Tensor]]:
         b = images.shape[0]
         x, feats, attns = images, [], []
         for i in range(1, 5):
             x, h, w = getattr(self, f"patch_embed{i}")(x)
             for blk in getattr(self, f"block{i}"):
-                x, attn = blk(x, h, w, return_attn)
+                x, attn = blk(x, h, w, with_attention)
                 if attn is not None:
                     attns.append(attn)
             x = getattr(self, f"norm{i}")(x)
             x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
             feats.append(x)
-        return (feats, attns) if return_attn else feats
+        return feats, attns
 
 
 def _build(name: str, **kwargs: Any) -> MixTransformer:

@@ -358,7 +358,7 @@ class SegFormer(nn.Module):
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         want_attn = bool(return_attn)
         if want_attn:
-            feats, attns = self.encoder(images, return_attn=True)
+            feats, attns = self.encoder.forward_with_attention(images)
         else:
             feats, attns = self.encoder(images), []
         out: dict[str, Any] = {"seg": self.decoder(feats), "feature_maps": feats}

@@ -273,7 +273,7 @@ class TSCDMethod(CAMMethod):
         valid = batch.get("valid")
         boxes = boxes_from_mask(valid) if valid is not None else None
 
-        feats, attns = self.net.encoder(x, return_attn=True)
+        feats, attns = self.net.encoder.forward_with_attention(x)
         seg = self.net.decoder(feats)
         loss_cls = F.multilabel_soft_margin_loss(self._cls_logits(feats[-1]).float(), labels)
         cams = self._training_cams(x)
