@@ -230,5 +230,5 @@ def test_boundary_head_checks():
     net = IRNet.tiny()
     with pytest.raises(ValueError, match="images must have 3 channels"):
         net(torch.rand(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="pad_to must be a positive int"):
+    with pytest.raises(ValueError, match="pad_to must be an int >= 1"):
         net.boundary_map(torch.rand(1, 3, 32, 32), pad_to=0)

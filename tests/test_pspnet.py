@@ -449,5 +449,5 @@ def test_slide_inference_bad_input():
         slide_inference(net, x[0], 8, 4)
     with pytest.raises(TypeError, match="model must be callable"):
         slide_inference(3, x, 8, 4)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         slide_inference(net, x, 8, 4, batch_size=0)

@@ -253,23 +253,17 @@ def check_choice(value: _T, name: str, choices: Sequence[object]) -> _T:
     return value
 
 
-def check_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """``value`` as a positive ``(h, w)`` pair (an int gives a square); ``ValueError`` names ``name``.
+def check_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``value`` as a positive ``(h, w)`` pair of ints (an int gives a square); ``ValueError`` names ``name``.
 
     Examples:
         >>> check_pair(3, "size"), check_pair((2, 5), "size")
         ((3, 3), (2, 5))
     """
-    if isinstance(value, int):
-        out = (value, value)
-    else:
-        pair = tuple(int(v) for v in value)
-        if len(pair) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
-        out = (pair[0], pair[1])
-    if out[0] <= 0 or out[1] <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return out
+    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+        raise ValueError(f"{name} must be a positive int or a pair (h, w) of positive ints, got {value!r}")
+    return int(items[0]), int(items[1])
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

@@ -273,8 +273,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
             sal = sal / (sal.amax(dim=(1, 2, 3), keepdim=True) + 1e-10)
         patch_sal = crop(sal)
     if resize_to is not None:
-        if resize_to <= 0:
-            raise ValueError(f"resize_to must be a positive int, got {resize_to}")
+        check_int(resize_to, "resize_to", minimum=1)
         patches = F.interpolate(patches, size=(resize_to, resize_to), mode="bilinear", align_corners=False)
         if patch_sal is not None:
             patch_sal = F.interpolate(patch_sal, size=(resize_to, resize_to), mode="bilinear",

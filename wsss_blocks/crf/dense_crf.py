@@ -216,8 +216,7 @@ def _match(image: Tensor, unary: Tensor) -> None:
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """The backend ``"auto"`` stands for: torch on CUDA, pydensecrf on CPU when installed, else torch."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice(backend, "backend", BACKENDS)
     if backend != "auto":
         return backend
     if torch.device(device).type != "cpu":

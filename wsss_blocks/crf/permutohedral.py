@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_choice
+
 __all__ = [
     "PermutohedralLattice",
     "build_lattice",
@@ -442,8 +444,7 @@ class PairwiseOperator:
         if not lattices or len(lattices) != len(weights):
             raise ValueError(f"need one weight per lattice, got {len(lattices)} lattices and "
                              f"{len(weights)} weights")
-        if normalization not in _NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+        check_choice(normalization, "normalization", _NORMALIZATIONS)
         p = lattices[0].num_pixels
         self.plans: list[_KernelPlan] = []
         for lat, w in zip(lattices, weights):

@@ -56,6 +56,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import hub
+from .._checks import check_choice, check_int
 from .coco import COCO_NUM_CLASSES, coco_id_to_contiguous
 from .io import atomic_write, load_label_png, save_label_png
 from .voc import (
@@ -919,8 +920,7 @@ def render_coco_mask(annotations: Sequence[Mapping[str, Any]], height: int, widt
         >>> render_coco_mask([ann], 4, 6).tolist()
         [[0, 0, 0, 0, 0, 0], [0, 80, 80, 80, 80, 0], [0, 80, 80, 80, 80, 0], [0, 0, 0, 0, 0, 0]]
     """
-    if convention not in _CONVENTIONS:
-        raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+    check_choice(convention, "convention", _CONVENTIONS)
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
     mu = _mask_utils()
@@ -1029,10 +1029,8 @@ def prepare_coco(root: PathLike, *, archives: PathLike | None = None, download_d
     splits = tuple(splits)
     if not splits or any(s not in ("train", "val") for s in splits) or len(set(splits)) != len(splits):
         raise ValueError(f"splits must be distinct values of ('train', 'val'), got {splits!r}")
-    if convention not in _CONVENTIONS:
-        raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    check_choice(convention, "convention", _CONVENTIONS)
+    check_int(workers, "workers", minimum=1)
     root = Path(root).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     arch = Path(archives).expanduser().absolute() if archives is not None else None

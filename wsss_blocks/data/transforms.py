@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_blocks._checks import check_positive, check_tensor
+from wsss_blocks._checks import check_pair, check_positive, check_tensor
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -451,10 +451,7 @@ class RandomCrop(JointTransform):
     def __init__(self, size: int | tuple[int, int], pad_image_value: float = 0.0, pad_mask_value: int = 255,
                  pad_saliency_value: float = 0.0, generator: torch.Generator | None = None):
         super().__init__(generator)
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        if len(hw) != 2 or any(int(v) != v or v < 1 for v in hw):
-            raise ValueError(f"size must be a positive int or (h, w), got {size!r}")
-        self.size = (int(hw[0]), int(hw[1]))
+        self.size = check_pair(size, "size")
         self.pad_image_value = float(pad_image_value)
         self.pad_mask_value = int(pad_mask_value)
         self.pad_saliency_value = float(pad_saliency_value)

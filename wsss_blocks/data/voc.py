@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsss_blocks._checks import check_choice
 from wsss_blocks.data.io import _open_image, atomic_write, load_image, load_label_png
 
 __all__ = [
@@ -77,8 +78,7 @@ def class_names_file(dataset: str) -> Path:
         'aeroplane'
     """
     files = {"voc": "voc_classes.txt", "coco": "coco_classes.txt"}
-    if dataset not in files:
-        raise ValueError(f"dataset must be one of {sorted(files)}, got {dataset!r}")
+    check_choice(dataset, "dataset", sorted(files))
     return Path(__file__).resolve().parent / "splits" / files[dataset]
 
 

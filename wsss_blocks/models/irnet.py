@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_tensor, require, shape_str
+from .._checks import check_int, check_tensor, require, shape_str
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 
 __all__ = ["BoundaryHead", "IRNet", "irnet_key_map"]
@@ -218,8 +218,8 @@ class IRNet(nn.Module):
             ``(B, 1, (H - 1) // 4 + 1, (W - 1) // 4 + 1)`` boundary probabilities, float32.
         """
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
-        if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1):
-            raise ValueError(f"pad_to must be a positive int or None, got {pad_to!r}")
+        if pad_to is not None:
+            check_int(pad_to, "pad_to", minimum=1)
         H, W = images.shape[-2:]
         h, w = (H - 1) // 4 + 1, (W - 1) // 4 + 1
         ph, pw = -(-H // 16) * 16, -(-W // 16) * 16

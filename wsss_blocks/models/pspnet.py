@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_tensor, shape_str
+from .._checks import check_int, check_pair, check_tensor, shape_str
 
 __all__ = ["ConvModule", "PSPHead", "FCNHead", "PSPNet", "slide_inference"]
 
@@ -209,8 +209,7 @@ class PSPNet(nn.Module):
                  aux_channels: int | None = 256, pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
                  aux_weight: float = 0.4, backbone_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=1)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.backbone = _build_backbone(backbone, dict(backbone_kwargs or {}))
@@ -261,13 +260,6 @@ def _window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)  # type: ignore[arg-type]
-    if len(t) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in t):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {v!r}")
-    return int(t[0]), int(t[1])
-
-
 @torch.no_grad()
 def slide_inference(model: Callable[[Tensor], Tensor], images: Tensor, crop_size: int | Sequence[int] = 512,
                     stride: int | Sequence[int] = 480, num_classes: int | None = None, *,
@@ -305,10 +297,10 @@ def slide_inference(model: Callable[[Tensor], Tensor], images: Tensor, crop_size
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
-    ch, cw = _pair(crop_size, "crop_size")
-    sh, sw = _pair(stride, "stride")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    ch, cw = check_pair(crop_size, "crop_size")
+    sh, sw = check_pair(stride, "stride")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", minimum=1)
     B, _, H, W = images.shape
     boxes = [(y1, y2, x1, x2) for (y1, y2) in _window_starts(H, ch, sh) for (x1, x2) in _window_starts(W, cw, sw)]
     crops = [images[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in boxes]
