@@ -22,7 +22,7 @@ from wsss_blocks.irn import (
     _walk_weights,
     affinity_targets,
     boundary_affinity_loss,
-    boundary_affinity_loss_terms,
+    boundary_affinity_loss_detailed,
     boundary_to_affinity,
     confident_seed_mask,
     downsample_mask,
@@ -195,7 +195,7 @@ def test_boundary_affinity_loss_equals_release():
 def test_loss_terms_hand_checked():
     # 2×4 grid, r = 2: boundary logit 0 everywhere -> every affinity is 0.5
     seeds = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1]]])
-    terms = boundary_affinity_loss_terms(torch.zeros(1, 1, 2, 4, dtype=torch.float64), seeds, 2)
+    terms = boundary_affinity_loss_detailed(torch.zeros(1, 1, 2, 4, dtype=torch.float64), seeds, 2)
     # pairs from sources (0, 1), (0, 2): bg (0,1)->(1,1), (0,1)->(1,0); fg (0,2)->(0,3), (1,2), (1,3);
     # neg (0,1)->(0,2), (0,2)->(1,1), (0,1)->(1,2)
     assert float(terms.bg_pos) == pytest.approx(-np.log(0.5 + 1e-5) * 2 / (2 + 1e-5), rel=1e-9)
@@ -206,7 +206,7 @@ def test_loss_terms_hand_checked():
     # a perfect boundary: affinity 1 inside regions and 0 across -> loss near 0
     b = torch.full((1, 1, 2, 4), -30.0, dtype=torch.float64)
     b[..., 1] = 30.0  # boundary column between the regions (on the background side)
-    t2 = boundary_affinity_loss_terms(b, seeds, 2)
+    t2 = boundary_affinity_loss_detailed(b, seeds, 2)
     assert float(t2.neg) < 1e-4
 
 

@@ -67,7 +67,7 @@ __all__ = [
     "boundary_to_affinity",
     "AffinityLossTerms",
     "boundary_affinity_loss",
-    "boundary_affinity_loss_terms",
+    "boundary_affinity_loss_detailed",
     "BoundaryAffinityLoss",
     "random_walk",
     "random_walk_mask",
@@ -690,7 +690,7 @@ def _targets_for(targets: AffinityTargets | Tensor, grid: tuple[int, int], radiu
     return t
 
 
-def boundary_affinity_loss_terms(
+def boundary_affinity_loss_detailed(
     boundary_logits: Tensor,
     targets: AffinityTargets | Tensor,
     radius: int | PathIndex = TRAIN_RADIUS,
@@ -701,7 +701,7 @@ def boundary_affinity_loss_terms(
     """The three terms and the total of [boundary_affinity_loss][wsss_blocks.irn.boundary_affinity_loss].
 
     Examples:
-        >>> terms = boundary_affinity_loss_terms(torch.zeros(1, 1, 2, 4), torch.zeros(1, 2, 4, dtype=torch.long), 2)
+        >>> terms = boundary_affinity_loss_detailed(torch.zeros(1, 1, 2, 4), torch.zeros(1, 2, 4, dtype=torch.long), 2)
         >>> round(float(terms.bg_pos), 4), float(terms.fg_pos), float(terms.neg)  # sigmoid(0) = 0.5: -log 0.5
         (0.6931, 0.0, 0.0)
     """
@@ -774,7 +774,7 @@ def boundary_affinity_loss(
         >>> loss.backward(); round(float(loss.detach()), 4)
         0.6931
     """
-    return boundary_affinity_loss_terms(boundary_logits, targets, radius, eps=eps, ignore_index=ignore_index).total
+    return boundary_affinity_loss_detailed(boundary_logits, targets, radius, eps=eps, ignore_index=ignore_index).total
 
 
 class BoundaryAffinityLoss(nn.Module):
@@ -804,6 +804,11 @@ class BoundaryAffinityLoss(nn.Module):
     def forward(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> Tensor:
         return boundary_affinity_loss(boundary_logits, targets, self.radius, eps=self.eps,
                                       ignore_index=self.ignore_index)
+
+    def detailed(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> AffinityLossTerms:
+        """The loss and its three terms (`boundary_affinity_loss_detailed`)."""
+        return boundary_affinity_loss_detailed(boundary_logits, targets, self.radius, eps=self.eps,
+                                               ignore_index=self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}, eps={self.eps:g}"

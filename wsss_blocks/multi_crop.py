@@ -327,6 +327,7 @@ class MultiCropCAM(nn.Module):
         crop_size: 448.
         stride: 300.
         batch_size: tiles per call.
+        antialias: PIL-like antialiasing when a tile is shrunk (see `multi_crop_cams`).
 
     Shape:
         - images: ``(B, 3, H, W)``; labels: ``(B, C)``
@@ -339,7 +340,7 @@ class MultiCropCAM(nn.Module):
     """
 
     def __init__(self, model: Callable[[Tensor], Tensor], scales: Sequence[float] = PMM_CROP_SCALES,
-                 crop_size: int = 448, stride: int = 300, batch_size: int = 16) -> None:
+                 crop_size: int = 448, stride: int = 300, batch_size: int = 16, antialias: bool = True) -> None:
         super().__init__()
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
@@ -348,10 +349,11 @@ class MultiCropCAM(nn.Module):
         self.crop_size = check_int(crop_size, "crop_size", minimum=1)
         self.stride = check_int(stride, "stride", minimum=1)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.antialias = bool(antialias)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return multi_crop_cams(self.model, images, labels, self.scales, crop_size=self.crop_size,
-                               stride=self.stride, batch_size=self.batch_size)
+                               stride=self.stride, batch_size=self.batch_size, antialias=self.antialias)
 
     def extra_repr(self) -> str:
         return f"scales={self.scales}, crop_size={self.crop_size}, stride={self.stride}"
