@@ -2,7 +2,7 @@
 
 Setting (issue 4): torchvision ResNet-50 (``weights=None``), stages ``[stem, layer1, …, layer4]``, 448²
 inputs, batch 8, K = 20 classes, a bias-free 1×1 classifier. By default layer4 has stride 1 (output stride
-16, the IRN/Puzzle-CAM R50 setting of spec §5, 28² feature maps); ``--os 32`` keeps torchvision's stride 2.
+16, the IRN/Puzzle-CAM R50 setting of 28² feature maps); ``--os 32`` keeps torchvision's stride 2.
 One training step = forward, multi-label soft-margin loss, backward, SGD step.
 
 Rows (``ratio = median_ms / baseline_ms``, ``baseline_ms`` = the plain CAM network

@@ -1,6 +1,6 @@
 """Shared timing / memory / reporting helpers for the benchmark scripts.
 
-Discipline (DESIGN.md "Benchmarks"): warm-up, device synchronisation, median of repeats, peak memory
+Discipline: warm-up, device synchronisation, median of repeats, peak memory
 (``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak resident set size of a fresh subprocess or,
 in-process, the increase of the process's high-water mark), a config header, a printed table and JSON.
 """

@@ -1,7 +1,7 @@
 """BASELINE ONLY — a straightforward implementation of the released PAR (AFA/ToCo) and VARM (TSCD) algorithms.
 
-This file exists to be compared against, not to be used. It is written from ``spec_scd.md`` §2 with the
-**released code's cost profile**:
+This file exists to be compared against, not to be used. It is written from the released code (AFA
+``wetr/PAR.py`` lines 64-91, SCD ``network/VARM.py`` lines 61-90) with the **released code's cost profile**:
 
 * the neighbours are gathered with one-hot 3×3 kernels dilated by d (``conv2d``) on a replicate-padded input,
   one call per dilation, and concatenated into full B×C×48×H×W tensors — for the image once and for the maps

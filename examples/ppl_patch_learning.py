@@ -10,8 +10,8 @@ optimiser, batch order and number of epochs (default 18):
 
 It prints the train-set CAM mIoU of each at the best background threshold (IRN-style evaluation with
 ground-truth masks, so an upper bound on what a fixed threshold gives), per seed and as mean ± std, with
-the training CPU time. For the patch models it reports the CAM of the fused classifier (the default,
-spec §2.4) and of the full path alone.
+the training CPU time. For the patch models it reports the CAM of the fused classifier (the default)
+and of the full path alone.
 
 Run (about two minutes of CPU time for the two default variants × 3 seeds; one thread by default)::
 

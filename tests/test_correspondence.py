@@ -35,7 +35,8 @@ def _views(seed=0, b=2, ct=5, cs=6, dtype=torch.float32):
 
 
 def _released_scd(t1, t2, s1, s2, c1, c2):
-    """The released corr_loss written out from the spec (STEGO helper, pointwise, zero clamp, shift 0)."""
+    """The released corr_loss written out from SCD ``utils/corrloss.py`` (STEGO helper, pointwise, zero clamp,
+    shift 0)."""
     def sample(t, c):
         return F.grid_sample(t, c.permute(0, 2, 1, 3), padding_mode="border", align_corners=True)
 

@@ -30,7 +30,7 @@ Image = pytest.importorskip("PIL.Image")
 def test_voc_palette_known_entries():
     pal = voc_palette()
     assert pal.shape == (256, 3) and pal.dtype == np.uint8
-    # values from the VOC devkit colour map (protocol spec §1)
+    # values from the VOC devkit colour map
     expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
                 15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}
     for i, rgb in expected.items():

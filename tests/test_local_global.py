@@ -413,7 +413,8 @@ def test_target_is_detached():
 
 
 def _release_step_loss(feat, feat_local, boxes, label, crop_sals, n_per_img, bg_thr, kd, coco):
-    """Spec §4 transcribed literally: loop over images, argsort keep-max, torchvision RoIAlign."""
+    """The released L2G transfer (``scripts/train_l2g_sal_voc.py``) transcribed literally: loop over images,
+    argsort keep-max, torchvision RoIAlign."""
     ops = _tv()
     t = feat_local.clone().detach()
     t[t < 0] = 0

@@ -1,6 +1,7 @@
 """Trainer methods L2G, PPL and PMM: released config values, training steps, gradients, end-to-end presets.
 
-Spec references (``shared/specs/…``) are given as ``file:line`` next to every constant compared with a YAML value.
+The expected values are the released ones (PengtaoJiang/L2G, Eli-YiLi/PMM and Eli-YiLi/WSSS_MMSeg, deeplab-pytorch)
+and, for PPL (no released code), the inferred R50-IRN profile.
 """
 
 from __future__ import annotations
@@ -63,23 +64,23 @@ def test_registry_has_the_three_methods():
     assert get_method("l2g") is L2GMethod
     assert get_method("ppl") is PPLMethod
     assert get_method("pmm") is PMMMethod
-    assert L2GMethod.paper_numbers["val_miou"] == 72.1      # spec_l2g.md:267 (VOC val 72.1)
-    assert PMMMethod.paper_numbers["val_miou"] == 70.0      # spec_pmm.md:322 (VOC val 70.0)
-    assert PMMMethod.cam_normalization == "minmax"          # spec_pmm.md:127-131 (per-class min-max)
+    assert L2GMethod.paper_numbers["val_miou"] == 72.1      # (VOC val 72.1)
+    assert PMMMethod.paper_numbers["val_miou"] == 70.0      # (VOC val 70.0)
+    assert PMMMethod.cam_normalization == "minmax"          # (per-class min-max)
 
 
 # ------------------------------------------------------------------------------------------------ (a) configs
 def _common_deeplab(cfg):
     s = cfg.seg
     assert s.model == "deeplabv2" and s.backbone == "resnet101"
-    assert s.lr == 2.5e-4                                   # spec_l2g.md:244, protocol_and_sota.md:245
-    assert s.momentum == 0.9 and s.weight_decay == 5e-4     # spec_l2g.md:245
-    assert s.poly_power == 0.9 and s.lr_update_every == 10  # spec_l2g.md:245
-    assert s.crop_size == 321                               # spec_l2g.md:246
-    assert s.scales == (0.5, 0.75, 1.0, 1.25, 1.5)          # spec_l2g.md:246
-    assert s.msc_train == (0.5, 0.75)                       # spec_l2g.md:249, :253
-    assert s.normalize == "caffe"                           # spec_l2g.md:247
-    assert s.model_kwargs["rates"] == [6, 12, 18, 24]       # spec_l2g.md:239
+    assert s.lr == 2.5e-4
+    assert s.momentum == 0.9 and s.weight_decay == 5e-4
+    assert s.poly_power == 0.9 and s.lr_update_every == 10
+    assert s.crop_size == 321
+    assert s.scales == (0.5, 0.75, 1.0, 1.25, 1.5)
+    assert s.msc_train == (0.5, 0.75)
+    assert s.normalize == "caffe"
+    assert s.model_kwargs["rates"] == [6, 12, 18, 24]
     assert s.crf is True
 
 
@@ -88,7 +89,7 @@ def _assert_crf_deeplab(params):
 
     params = dict(params)
     resolved = {**PRESETS[params.pop("preset")], **params} if "preset" in params else params
-    # spec_l2g.md:251 / spec_pmm.md:274-275: 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4
+    # / : 10 iterations, Gaussian sxy 1 compat 3, bilateral sxy 67 srgb 3 compat 4
     assert resolved == {"iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0}
 
 
@@ -96,39 +97,39 @@ def test_l2g_voc_config_equals_release():
     cfg = load_run_config("l2g_voc")
     m, c, p = cfg.method_config(), cfg.cam, cfg.pseudo
     assert cfg.method == "l2g" and cfg.data.num_classes == 20
-    assert cfg.data.train_split == "train_aug"              # spec_l2g.md:191
-    assert cfg.data.saliency_dir == "Sal"                   # spec_l2g.md:170
-    assert cfg.data.cam_eval_split == "train_aug"           # spec_l2g.md:230-231
-    assert c.backbone == "resnet38d"                        # spec_l2g.md:69-79
-    assert c.batch_size == 3                                # spec_l2g.md:193
-    assert c.epochs == 10 and c.steps is None               # spec_l2g.md:194
-    assert c.lr_schedule == "step" and c.lr_decay_epochs == (5,) and c.lr_decay_gamma == 0.1   # spec_l2g.md:198
-    assert c.resize_short == (512, 512) and c.resize_long is None and c.interpolation == "bicubic"  # :45, :201
-    assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
-    assert c.shuffle is False                               # spec_l2g.md:204
-    assert c.optimizer == "sgd" and c.momentum == 0.9 and c.nesterov is True and c.weight_decay == 5e-4  # :195
-    assert c.lr == 1e-3                                     # spec_l2g.md:196
-    assert c.crop_size == 448                               # spec_l2g.md:200
-    assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)           # spec_l2g.md:201
-    assert c.hflip is False                                 # spec_l2g.md:202
-    assert cfg.data.normalize == "imagenet"                 # spec_l2g.md:203
-    assert m.num_patches == 6 and m.patch_mode == "corners+random"   # spec_l2g.md:47-48
-    assert m.patch_size == 320                              # spec_l2g.md:46
-    assert m.kd_weight == 10.0 and m.fg_threshold == 0.001  # spec_l2g.md:199
-    assert m.bg_target == "binary"                          # spec_l2g.md:134
-    assert m.roi_aligned is False                           # spec_l2g.md:142
-    assert m.keep_max is True                               # spec_l2g.md:126
-    assert m.global_cls_weight == 0.0                       # spec_l2g.md:103-104
-    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2") and m.freeze_bn is True   # spec_l2g.md:80-81
-    assert m.pcm is True and m.use_saliency is True         # spec_l2g.md:84-93, :38
-    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True   # spec_l2g.md:220-221
-    assert p.bg_score == 0.25                               # spec_l2g.md:181
-    assert p.sweep_thresholds == (0.10, 0.15, 0.20, 0.25, 0.30)  # spec_l2g.md:230
+    assert cfg.data.train_split == "train_aug"
+    assert cfg.data.saliency_dir == "Sal"
+    assert cfg.data.cam_eval_split == "train_aug"
+    assert c.backbone == "resnet38d"
+    assert c.batch_size == 3
+    assert c.epochs == 10 and c.steps is None
+    assert c.lr_schedule == "step" and c.lr_decay_epochs == (5,) and c.lr_decay_gamma == 0.1
+    assert c.resize_short == (512, 512) and c.resize_long is None and c.interpolation == "bicubic"
+    assert p.interpolation == "bicubic"
+    assert c.shuffle is False
+    assert c.optimizer == "sgd" and c.momentum == 0.9 and c.nesterov is True and c.weight_decay == 5e-4
+    assert c.lr == 1e-3
+    assert c.crop_size == 448
+    assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)
+    assert c.hflip is False
+    assert cfg.data.normalize == "imagenet"
+    assert m.num_patches == 6 and m.patch_mode == "corners+random"
+    assert m.patch_size == 320
+    assert m.kd_weight == 10.0 and m.fg_threshold == 0.001
+    assert m.bg_target == "binary"
+    assert m.roi_aligned is False
+    assert m.keep_max is True
+    assert m.global_cls_weight == 0.0
+    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2") and m.freeze_bn is True
+    assert m.pcm is True and m.use_saliency is True
+    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True
+    assert p.bg_score == 0.25
+    assert p.sweep_thresholds == (0.10, 0.15, 0.20, 0.25, 0.30)
     _common_deeplab(cfg)
     s = cfg.seg
-    assert s.batch_size == 5 and s.accumulate == 2          # spec_l2g.md:242
-    assert s.steps == 20000                                 # spec_l2g.md:243
-    assert s.eval_scales == (1.0, 0.5, 0.75) and s.eval_flip is False and s.eval_scale_reduce == "max"  # :250
+    assert s.batch_size == 5 and s.accumulate == 2
+    assert s.steps == 20000
+    assert s.eval_scales == (1.0, 0.5, 0.75) and s.eval_flip is False and s.eval_scale_reduce == "max"
     _assert_crf_deeplab(s.crf_params)
 
 
@@ -136,79 +137,79 @@ def test_l2g_coco_config_equals_release():
     cfg = load_run_config("l2g_coco")
     m, c, p = cfg.method_config(), cfg.cam, cfg.pseudo
     assert cfg.data.dataset == "coco" and cfg.data.num_classes == 80
-    assert c.batch_size == 12                               # spec_l2g.md:193
-    assert c.epochs == 15                                   # spec_l2g.md:194
-    assert c.lr == 0.1                                      # spec_l2g.md:196
-    assert c.poly_power == 0.7 and c.lr_schedule == "poly"  # spec_l2g.md:198
-    assert c.resize == (448, 448) and c.resize_long is None  # warped to 448², spec_l2g.md:45
-    assert cfg.data.mean == (0.471, 0.448, 0.408) and cfg.data.std == (0.234, 0.239, 0.242)   # spec_l2g.md:203
-    assert p.interpolation == "bicubic"                     # spec_l2g.md:220, :224
-    assert c.shuffle is False                               # spec_l2g.md:204
-    # PolyOptimizer bug kept: momentum = 5e-4, weight decay 0, no Nesterov (spec_l2g.md:208-209)
+    assert c.batch_size == 12
+    assert c.epochs == 15
+    assert c.lr == 0.1
+    assert c.poly_power == 0.7 and c.lr_schedule == "poly"
+    assert c.resize == (448, 448) and c.resize_long is None  # warped to 448²
+    assert cfg.data.mean == (0.471, 0.448, 0.408) and cfg.data.std == (0.234, 0.239, 0.242)
+    assert p.interpolation == "bicubic"
+    assert c.shuffle is False
+    # PolyOptimizer bug kept: momentum = 5e-4, weight decay 0, no Nesterov
     assert c.momentum == 5e-4 and c.weight_decay == 0.0 and c.nesterov is False
-    assert c.crop_size == 448 and c.hflip is False          # spec_l2g.md:200, :202
-    assert m.num_patches == 4 and m.patch_mode == "random"  # spec_l2g.md:47-48
-    assert m.kd_weight == 30.0 and m.fg_threshold == 0.1    # spec_l2g.md:199
-    assert m.bg_target == "soft"                            # spec_l2g.md:135
-    assert p.bg_score == 0.25                               # spec_l2g.md:181-182
-    assert p.sweep_thresholds == (0.2, 0.3)                 # spec_l2g.md:231
+    assert c.crop_size == 448 and c.hflip is False
+    assert m.num_patches == 4 and m.patch_mode == "random"
+    assert m.kd_weight == 30.0 and m.fg_threshold == 0.1
+    assert m.bg_target == "soft"
+    assert p.bg_score == 0.25
+    assert p.sweep_thresholds == (0.2, 0.3)
     _common_deeplab(cfg)
-    assert cfg.seg.batch_size == 20 and cfg.seg.accumulate == 1   # spec_l2g.md:242
-    assert cfg.seg.steps == 50000                           # spec_l2g.md:243
+    assert cfg.seg.batch_size == 20 and cfg.seg.accumulate == 1
+    assert cfg.seg.steps == 50000
     _assert_crf_deeplab(cfg.seg.crf_params)
 
 
 def test_ppl_voc_config_equals_spec_profile():
     cfg = load_run_config("ppl_voc")
     m, c = cfg.method_config(), cfg.cam
-    assert c.backbone == "resnet50" and c.backbone_kwargs == {"output_stride": 16}   # spec_ppl.md:181
-    assert c.resize_long == (320, 640) and c.crop_size == 512 and c.hflip is True     # spec_ppl.md:182
-    assert c.lr == 0.1 and c.weight_decay == 1e-4 and c.batch_size == 16              # spec_ppl.md:183
-    assert c.poly_power == 0.9                                                         # spec_ppl.md:183
-    assert c.momentum == 1e-4                               # spec_ppl.md:329-332 (IRN PolyOptimizer quirk)
-    assert m.head_lr_mult == 10.0                           # spec_ppl.md:183 (×10 on new layers)
-    assert c.epochs == sum(m.stage_epochs) == 15 and m.stage_epochs == (5, 5, 5)     # spec_ppl.md:184, :419
-    assert m.insert_points == (2, 3, 4) and m.grid == 2     # spec_ppl.md:130-133, :419; grid 2×2 [F] :50, :104-108
-    assert m.variant == "progressive" and m.schedule == "sequential" and m.cam_source == "concat"  # :119, :91
-    assert m.freeze_bn is True                              # spec_ppl.md:181
+    assert c.backbone == "resnet50" and c.backbone_kwargs == {"output_stride": 16}
+    assert c.resize_long == (320, 640) and c.crop_size == 512 and c.hflip is True
+    assert c.lr == 0.1 and c.weight_decay == 1e-4 and c.batch_size == 16
+    assert c.poly_power == 0.9
+    assert c.momentum == 1e-4                               # (IRN PolyOptimizer quirk)
+    assert m.head_lr_mult == 10.0                           # (×10 on new layers)
+    assert c.epochs == sum(m.stage_epochs) == 15 and m.stage_epochs == (5, 5, 5)
+    assert m.insert_points == (2, 3, 4) and m.grid == 2     # grid 2×2 [F]
+    assert m.variant == "progressive" and m.schedule == "sequential" and m.cam_source == "concat"
+    assert m.freeze_bn is True
     p = cfg.pseudo
-    assert p.scales == (1.0, 0.5, 1.5, 2.0) and p.flip is True and p.bg_score == 0.15   # spec_ppl.md:185
-    _common_deeplab(cfg)                                    # spec_ppl.md:187
+    assert p.scales == (1.0, 0.5, 1.5, 2.0) and p.flip is True and p.bg_score == 0.15
+    _common_deeplab(cfg)
     _assert_crf_deeplab(cfg.seg.crf_params)
 
 
 def test_pmm_voc_config_equals_release():
     cfg = load_run_config("pmm_voc")
     m, c, p, s = cfg.method_config(), cfg.cam, cfg.pseudo, cfg.seg
-    assert c.backbone == "resnet38d" and m.b7_dilation == 2     # spec_pmm.md:49-50
-    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2")     # spec_pmm.md:52-53
-    assert m.dropout == 0.5                                 # spec_pmm.md:51
-    assert c.batch_size == 24 and c.epochs == 8 and c.lr == 0.02   # spec_pmm.md:100
-    assert c.momentum == 5e-4 and c.weight_decay == 5e-4    # spec_pmm.md:94-99 (momentum bug kept)
-    assert c.poly_power == 0.9                              # spec_pmm.md:96
-    assert c.resize_long == (448, 768) and c.crop_size == 448 and c.hflip is True   # spec_pmm.md:102-103
-    assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)           # spec_pmm.md:102
-    assert m.view_scale_factor == 0.3                       # spec_pmm.md:76
-    assert m.ecr_topk == 0.2                                # spec_pmm.md:87-88
-    assert m.cam_source == "pcm"                            # spec_pmm.md:127-128, :349
-    assert m.alpha == 11.0                                  # spec_pmm.md:172, :208
-    assert m.fg_threshold == 0.05 and m.cv_scale == 0.3     # spec_pmm.md:155-156, :207
-    assert m.posterior_threshold == 0.5 and m.foreground == "crf"   # spec_pmm.md:177-181, :208
-    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True and p.reduce == "sum"   # spec_pmm.md:127-129
-    assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))  # spec_pmm.md:224-225
-    assert cfg.data.cam_eval_split == "val"                 # spec_pmm.md:216-220
-    assert s.loss == "puf" and s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}   # spec_pmm.md:292
-    assert s.steps == 20000                                 # spec_pmm.md:266-267
-    assert s.eval_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and s.eval_flip is True  # spec_pmm.md:272
-    assert c.interpolation == "bicubic"                     # spec_pmm.md:102
-    assert p.score_eval_split is True                       # PPMG scored on VOC val (spec_pmm.md:354-355)
-    # cyclic pseudo-masks (spec_pmm.md:299-316): best val of round 0 (every 2k), relabel with CRF, fresh net, plain CE
+    assert c.backbone == "resnet38d" and m.b7_dilation == 2
+    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2")
+    assert m.dropout == 0.5
+    assert c.batch_size == 24 and c.epochs == 8 and c.lr == 0.02
+    assert c.momentum == 5e-4 and c.weight_decay == 5e-4    # (momentum bug kept)
+    assert c.poly_power == 0.9
+    assert c.resize_long == (448, 768) and c.crop_size == 448 and c.hflip is True
+    assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)
+    assert m.view_scale_factor == 0.3
+    assert m.ecr_topk == 0.2
+    assert m.cam_source == "pcm"
+    assert m.alpha == 11.0
+    assert m.fg_threshold == 0.05 and m.cv_scale == 0.3
+    assert m.posterior_threshold == 0.5 and m.foreground == "crf"
+    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True and p.reduce == "sum"
+    assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))
+    assert cfg.data.cam_eval_split == "val"
+    assert s.loss == "puf" and s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}
+    assert s.steps == 20000
+    assert s.eval_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and s.eval_flip is True
+    assert c.interpolation == "bicubic"
+    assert p.score_eval_split is True                       # PPMG scored on VOC val
+    # cyclic pseudo-masks : best val of round 0 (every 2k), relabel with CRF, fresh net, plain CE
     assert s.eval_every == 2000 and s.cyclic_rounds == 1 and s.cyclic_select == "best"
     assert s.cyclic_loss == "ce" and s.cyclic_policy == "replace" and s.cyclic_crf is True
-    _assert_crf_deeplab(s.crf_params)                       # spec_pmm.md:274-275
+    _assert_crf_deeplab(s.crf_params)
     from wsss_blocks.crf import PRESETS
 
-    # spec_pmm.md:180-181: per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
+    # : per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
     assert m.crf_params == {"preset": "pmm-binary"} and PRESETS["pmm-binary"] == {
         "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
         "sum_to_one": "ignore"}
@@ -218,10 +219,10 @@ def test_pmm_coco_config_equals_release():
     cfg = load_run_config("pmm_coco")
     c, s = cfg.cam, cfg.seg
     assert cfg.data.dataset == "coco" and cfg.data.num_classes == 80
-    assert c.batch_size == 8 and c.epochs == 20 and c.lr == 0.01   # spec_pmm.md:105
-    assert c.momentum == 5e-4                               # spec_pmm.md:97-99
-    assert s.loss == "puf" and s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}   # spec_pmm.md:293
-    assert cfg.method_config().alpha == 11.0                # spec_pmm.md:172
+    assert c.batch_size == 8 and c.epochs == 20 and c.lr == 0.01
+    assert c.momentum == 5e-4
+    assert s.loss == "puf" and s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
+    assert cfg.method_config().alpha == 11.0
 
 
 @pytest.mark.parametrize("name", ["l2g_synthetic", "ppl_synthetic", "pmm_synthetic"])
@@ -260,7 +261,7 @@ def test_l2g_step_gradients_go_to_the_right_network():
     assert _none_or_zero(_grads(parts["cls_local"], gl))
     g_local = _grads(parts["cls_local"], lo)
     assert _nonzero(g_local)
-    # the background row of the local fc8 gets no classification signal (spec_l2g.md:94-95, :112-113)
+    # the background row of the local fc8 gets no classification signal
     fc8_grad = g_local[next(i for i, q in enumerate(lo) if q is m.local_net.fc8.weight)]
     assert fc8_grad is not None and float(fc8_grad[-1].abs().sum()) == 0.0 and float(fc8_grad[:-1].abs().sum()) > 0
     torch.manual_seed(3)
@@ -291,7 +292,7 @@ def test_l2g_pcm_equals_the_released_feature_propagation():
         released = net.fc8(conv6) + net.fc8(net.pcm.propagate(conv6, aff))
         ours = net(x)
     torch.testing.assert_close(ours, released, rtol=1e-4, atol=1e-5)
-    # affinity columns sum to ~1 (spec_l2g.md:92)
+    # affinity columns sum to ~1
     torch.testing.assert_close(aff.sum(1), torch.ones_like(aff.sum(1)), rtol=1e-3, atol=1e-3)
 
 
@@ -311,7 +312,7 @@ def test_l2g_cam_fn_is_the_global_networks_foreground_maps():
 
 @pytest.mark.parametrize("which", ["l2g", "pmm"])
 def test_psa_parameter_groups(which):
-    # backbone weights 1×, new layers (fc8, f8_3, f8_4, f9) 10× (spec_l2g.md:197, spec_pmm.md:94-95)
+    # backbone weights 1×, new layers (fc8, f8_3, f8_4, f9) 10×
     m = _l2g() if which == "l2g" else _pmm()
     groups = {g["name"]: g for g in m.param_groups(0.01, 5e-4)}
     head = {id(p) for p in groups["head_weight"]["params"]}
@@ -479,7 +480,7 @@ def test_pmm_resnet38_freezes_the_released_blocks():
     m = _method({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},
                  "method_args": {"frozen": ["conv1a", "b2"], "foreground": "threshold"}})
     bb = m.net.backbone
-    assert bb.b7.conv_branch2b1.dilation == (2, 2)           # b7 dilation 2 (spec_pmm.md:49-50)
+    assert bb.b7.conv_branch2b1.dilation == (2, 2)           # b7 dilation 2
     assert not any(p.requires_grad for p in bb.conv1a.parameters())
     assert not any(p.requires_grad for p in bb.b2.parameters())
     assert all(not mod.training for mod in bb.modules() if isinstance(mod, torch.nn.BatchNorm2d))

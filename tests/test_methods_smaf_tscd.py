@@ -1,8 +1,7 @@
 """Trainer methods SMAF and TSCD: released config values, training steps, end-to-end synthetic runs.
 
-Spec references are ``file:line`` in ``shared/specs`` (spec_smaf.md, spec_scd.md). EPS values (SMAF's first
-stage) come from halbielee/EPS ``script/voc12_eps.sh``, ``main.py`` and ``metadata/dataset.py``, which the specs
-do not quote.
+The expected values are the released ones (bupt-ai-cz/SMAF, the TSCD and AFA repositories). EPS values (SMAF's
+first stage) come from halbielee/EPS ``script/voc12_eps.sh``, ``main.py`` and ``metadata/dataset.py``.
 """
 
 from __future__ import annotations
@@ -24,129 +23,129 @@ from wsss_blocks.train.schema import load_run_config
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 # ------------------------------------------------------------------------------------------------ (a) released values
-# SMAF VOC: spec_smaf.md line numbers in the comments.
+# SMAF VOC: line numbers in the comments.
 SMAF_VOC = {
-    "cam.backbone": "resnet38d",              # :44
-    "cam.optimizer": "sgd",                   # :149
-    "cam.lr": 0.01,                           # :152
-    "cam.batch_size": 8,                      # :152
-    "cam.steps": 20000,                       # :152 (max_iters, both phases; EPS --max_iters 20000)
-    "cam.weight_decay": 5e-4,                 # :150, :153
-    "cam.momentum": 5e-4,                     # :154-155 (PolyOptimizer quirk)
-    "cam.poly_power": 0.9,                    # :149
-    "cam.crop_size": 448,                     # :153
-    "cam.resize_long": (256, 512),            # :142
-    "cam.interpolation": "bicubic",           # :142
-    "cam.hflip": True,                        # :143
-    "cam.color_jitter": None,                 # :143 (self-training: no jitter)
-    "data.train_split": "train_aug",          # :141
-    "data.cam_eval_split": "train",           # :191, :222
-    "data.normalize": "imagenet",             # :55
-    "pseudo.scales": (0.5, 1.0, 1.5, 2.0),    # :184, :61
-    "pseudo.flip": True,                      # :61
-    "pseudo.reduce": "sum",                   # :82
-    "pseudo.bg_score": 0.2,                   # :186
-    "seg.model": "deeplabv2",                 # :209
-    "seg.backbone": "resnet101",              # :209
-    "seg.lr": 2.5e-4,                         # :211
-    "seg.momentum": 0.9,                      # :211
-    "seg.weight_decay": 5e-4,                 # :211
-    "seg.poly_power": 0.9,                    # :211
-    "seg.batch_size": 5,                      # :210-211 (5 x iter_size 2)
-    "seg.accumulate": 2,                      # :211
-    "seg.steps": 20000,                       # :211
-    "seg.crop_size": 321,                     # :210
-    "seg.scales": (0.5, 0.75, 1.0, 1.25, 1.5),  # :210
-    "seg.crf": True,                          # :211
-    "runtime.seed": 1337,                     # :153
-    "method_args.head": "smaf",               # :45
-    "method_args.head_channels": 128,         # :45
-    "method_args.frozen": ("conv1a", "b2", "b2_1", "b2_2"),  # :50
-    "method_args.freeze_bn": True,            # :50-54
-    "method_args.target_mode": "offline",     # :27-29 (fused once per full image), :101-106 (cut per crop)
-    "method_args.offline_dtype": "float32",   # :86, :252
-    "method_args.offline_align_corners": True,  # :104
-    "method_args.target_scales": (0.5, 1.0, 1.5, 2.0),  # :61
-    "method_args.target_flip": True,          # :61 (8 passes)
-    "method_args.target_image_interpolation": "bicubic",  # :63
-    "method_args.target_bg_score": 0.2,       # :112
-    "method_args.target_scale_factor": 0.25,  # :109 (448 -> 112)
-    "method_args.loss_weight": 100.0,         # :134
-    "method_args.crf": True,                  # :187
-    "method_args.crf_params": {"preset": "smaf", "backend": "auto"},  # :187-189
-    "method_args.eps_saliency": True,         # :23-24
+    "cam.backbone": "resnet38d",
+    "cam.optimizer": "sgd",
+    "cam.lr": 0.01,
+    "cam.batch_size": 8,
+    "cam.steps": 20000,                       # (max_iters, both phases; EPS --max_iters 20000)
+    "cam.weight_decay": 5e-4,
+    "cam.momentum": 5e-4,                     # (PolyOptimizer quirk)
+    "cam.poly_power": 0.9,
+    "cam.crop_size": 448,
+    "cam.resize_long": (256, 512),
+    "cam.interpolation": "bicubic",
+    "cam.hflip": True,
+    "cam.color_jitter": None,                 # (self-training: no jitter)
+    "data.train_split": "train_aug",
+    "data.cam_eval_split": "train",
+    "data.normalize": "imagenet",
+    "pseudo.scales": (0.5, 1.0, 1.5, 2.0),
+    "pseudo.flip": True,
+    "pseudo.reduce": "sum",
+    "pseudo.bg_score": 0.2,
+    "seg.model": "deeplabv2",
+    "seg.backbone": "resnet101",
+    "seg.lr": 2.5e-4,
+    "seg.momentum": 0.9,
+    "seg.weight_decay": 5e-4,
+    "seg.poly_power": 0.9,
+    "seg.batch_size": 5,                      # (5 x iter_size 2)
+    "seg.accumulate": 2,
+    "seg.steps": 20000,
+    "seg.crop_size": 321,
+    "seg.scales": (0.5, 0.75, 1.0, 1.25, 1.5),
+    "seg.crf": True,
+    "runtime.seed": 1337,
+    "method_args.head": "smaf",
+    "method_args.head_channels": 128,
+    "method_args.frozen": ("conv1a", "b2", "b2_1", "b2_2"),
+    "method_args.freeze_bn": True,
+    "method_args.target_mode": "offline",     # (fused once per full image) (cut per crop)
+    "method_args.offline_dtype": "float32",
+    "method_args.offline_align_corners": True,
+    "method_args.target_scales": (0.5, 1.0, 1.5, 2.0),
+    "method_args.target_flip": True,          # (8 passes)
+    "method_args.target_image_interpolation": "bicubic",
+    "method_args.target_bg_score": 0.2,
+    "method_args.target_scale_factor": 0.25,  # (448 -> 112)
+    "method_args.loss_weight": 100.0,
+    "method_args.crf": True,
+    "method_args.crf_params": {"preset": "smaf", "backend": "auto"},
+    "method_args.eps_saliency": True,
     "method_args.eps_tau": 0.4,               # EPS script/voc12_eps.sh --tau 0.4
     "method_args.eps_lambda": 0.5,            # EPS main.py --lam 0.5
     "method_args.eps_color_jitter": (0.3, 0.3, 0.3, 0.1),  # EPS metadata/dataset.py L76
 }
-# SMAF pseudo-mask CRF: spec_smaf.md:187-189 (unary_from_labels gt_prob 0.7; Gaussian 3/3; bilateral 50/5/10; 10 it.)
+# SMAF pseudo-mask CRF: (unary_from_labels gt_prob 0.7; Gaussian 3/3; bilateral 50/5/10; 10 it.)
 SMAF_CRF = {"iterations": 10, "pos_xy": 3.0, "pos_w": 3.0, "bi_xy": 50.0, "bi_rgb": 5.0, "bi_w": 10.0, "gt_prob": 0.7}
-# deeplab-pytorch test CRF: spec_smaf.md:211-212
+# deeplab-pytorch test CRF:
 DEEPLAB_CRF = {"iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0}
 
-# TSCD VOC: spec_scd.md line numbers.
+# TSCD VOC: line numbers.
 TSCD_VOC = {
-    "cam.backbone": "mit_b1",                 # :187
-    "cam.optimizer": "adamw",                 # :290
-    "cam.lr": 6e-5,                           # :294
-    "cam.betas": (0.9, 0.999),                # :290
-    "cam.weight_decay": 0.01,                 # :290
-    "cam.warmup_steps": 1500,                 # :299
-    "cam.warmup_ratio": 1e-6,                 # :299
-    "cam.poly_power": 1.0,                    # :300
-    "cam.steps": 20000,                       # :302
-    "cam.batch_size": 4,                      # :302-303 (2 per GPU x 2)
-    "cam.crop_size": 512,                     # :311
-    "cam.scale_range": (0.5, 2.0),            # :216
-    "cam.hflip": True,                        # :217
-    "cam.color_jitter": None,                 # :221
-    "data.train_split": "train_aug",          # :214
-    "pseudo.scales": (1.0, 0.5, 1.5),         # :224
-    "pseudo.flip_reduce": "max",              # :228
-    "pseudo.reduce": "sum",                   # :229
-    "pseudo.bg_score": 0.45,                  # :181
-    "seg.source": "method",                   # end to end (§3)
-    "seg.eval_scales": (1.0, 0.5, 0.75),      # :340-341
-    "seg.eval_flip": True,                    # :340
-    "seg.eval_flip_reduce": "mean",           # :340
-    "seg.eval_scale_reduce": "max",           # :343
-    "seg.eval_resize_long": 512,              # :339
-    "seg.crf": True,                          # :345
-    "runtime.seed": 1,                        # :304
-    "runtime.deterministic": True,            # :304
-    "runtime.sync_bn": True,                  # :202
-    "method_args.strides": (4, 2, 2, 1),      # :191
-    "method_args.embed_dim": 256,             # :200
-    "method_args.drop_path_rate": 0.1,        # :190
-    "method_args.pooling": "gmp",             # :195
-    "method_args.attn_symmetric": False,      # :275-276
-    "method_args.cam_scales": (1.0, 0.5, 1.5),  # :224
-    "method_args.cam_iters": 2000,            # :84, :244
-    "method_args.cls_weight": 1.0,            # :238
-    "method_args.seg_weight": 0.1,            # :239
-    "method_args.aff_weight": 0.1,            # :240
-    "method_args.reg_weight": 0.01,           # :241
-    "method_args.scd_weight": 0.1,            # :86, :242
-    "method_args.er_weight": 0.1,             # :93, :243
-    "method_args.high_threshold": 0.55,       # :164
-    "method_args.low_threshold": 0.35,        # :164
-    "method_args.refiner": "varm",            # :136
-    "method_args.refine_num_iter": 10,        # :109
-    "method_args.refine_dilations": (1, 2, 4, 8, 12, 24),  # :104
-    "method_args.refine_scale_factor": 0.5,   # :112 (half resolution)
-    "method_args.aff_radius": 8,              # :257
-    "method_args.scd_view_scale_factor": 0.3,  # :41-42
-    "method_args.scd_num_samples": 40,        # :58
-    "method_args.er_grad": False,             # :94-95
-    "method_args.seg_align_corners": True,    # :246
-    "method_args.reg_energy_weight": 1e-7,    # :263
-    "method_args.reg_sigma_rgb": 15.0,        # :263
-    "method_args.reg_sigma_xy": 100.0,        # :263
-    "method_args.reg_scale_factor": 0.5,      # :263
+    "cam.backbone": "mit_b1",
+    "cam.optimizer": "adamw",
+    "cam.lr": 6e-5,
+    "cam.betas": (0.9, 0.999),
+    "cam.weight_decay": 0.01,
+    "cam.warmup_steps": 1500,
+    "cam.warmup_ratio": 1e-6,
+    "cam.poly_power": 1.0,
+    "cam.steps": 20000,
+    "cam.batch_size": 4,                      # (2 per GPU x 2)
+    "cam.crop_size": 512,
+    "cam.scale_range": (0.5, 2.0),
+    "cam.hflip": True,
+    "cam.color_jitter": None,
+    "data.train_split": "train_aug",
+    "pseudo.scales": (1.0, 0.5, 1.5),
+    "pseudo.flip_reduce": "max",
+    "pseudo.reduce": "sum",
+    "pseudo.bg_score": 0.45,
+    "seg.source": "method",                   # end to end
+    "seg.eval_scales": (1.0, 0.5, 0.75),
+    "seg.eval_flip": True,
+    "seg.eval_flip_reduce": "mean",
+    "seg.eval_scale_reduce": "max",
+    "seg.eval_resize_long": 512,
+    "seg.crf": True,
+    "runtime.seed": 1,
+    "runtime.deterministic": True,
+    "runtime.sync_bn": True,
+    "method_args.strides": (4, 2, 2, 1),
+    "method_args.embed_dim": 256,
+    "method_args.drop_path_rate": 0.1,
+    "method_args.pooling": "gmp",
+    "method_args.attn_symmetric": False,
+    "method_args.cam_scales": (1.0, 0.5, 1.5),
+    "method_args.cam_iters": 2000,
+    "method_args.cls_weight": 1.0,
+    "method_args.seg_weight": 0.1,
+    "method_args.aff_weight": 0.1,
+    "method_args.reg_weight": 0.01,
+    "method_args.scd_weight": 0.1,
+    "method_args.er_weight": 0.1,
+    "method_args.high_threshold": 0.55,
+    "method_args.low_threshold": 0.35,
+    "method_args.refiner": "varm",
+    "method_args.refine_num_iter": 10,
+    "method_args.refine_dilations": (1, 2, 4, 8, 12, 24),
+    "method_args.refine_scale_factor": 0.5,   # (half resolution)
+    "method_args.aff_radius": 8,
+    "method_args.scd_view_scale_factor": 0.3,
+    "method_args.scd_num_samples": 40,
+    "method_args.er_grad": False,
+    "method_args.seg_align_corners": True,
+    "method_args.reg_energy_weight": 1e-7,
+    "method_args.reg_sigma_rgb": 15.0,
+    "method_args.reg_sigma_xy": 100.0,
+    "method_args.reg_scale_factor": 0.5,
 }
-# AFA/TSCD test CRF: spec_scd.md:345
+# AFA/TSCD test CRF:
 AFA_CRF = {"iterations": 10, "pos_w": 3.0, "pos_xy": 3.0, "bi_w": 4.0, "bi_xy": 64.0, "bi_rgb": 5.0}
-# COCO: spec_scd.md:305-306 (AFA coco_attn_reg.yaml); batch 8 = 2 x 4 processes (AFA launch script, protocol §5)
+# COCO: (AFA coco_attn_reg.yaml); batch 8 = 2 x 4 processes (AFA launch script)
 TSCD_COCO = {**{k: v for k, v in TSCD_VOC.items() if k not in ("cam.steps", "cam.batch_size", "method_args.cam_iters",
                                                                    "data.train_split")},
              "cam.steps": 80000, "cam.batch_size": 8, "method_args.cam_iters": 5000, "data.num_classes": 80,
@@ -194,10 +193,10 @@ def test_no_smaf_coco_config_and_paper_numbers():
     names = set(list_packaged_configs())
     assert {"smaf_voc", "smaf_synthetic", "tscd_voc", "tscd_coco", "tscd_synthetic"} <= names
     assert "smaf_coco" not in names  # SMAF reports no COCO number
-    assert get_method("smaf").paper_numbers["val_miou"] == 72.4          # spec_smaf.md §9
-    assert get_method("smaf").paper_numbers["pseudo_miou"] == 73.88      # spec_smaf.md:222
-    assert get_method("tscd").paper_numbers["val_miou"] == 67.3          # spec_scd.md:399
-    assert get_method("tscd").paper_numbers_by_dataset["coco"]["val_miou"] == 40.1  # spec_scd.md:399
+    assert get_method("smaf").paper_numbers["val_miou"] == 72.4
+    assert get_method("smaf").paper_numbers["pseudo_miou"] == 73.88
+    assert get_method("tscd").paper_numbers["val_miou"] == 67.3
+    assert get_method("tscd").paper_numbers_by_dataset["coco"]["val_miou"] == 40.1
 
 
 def test_registry_flags():
@@ -280,7 +279,7 @@ def test_smaf_eps_phase_gradients():
     assert torch.isfinite(out["loss"]) and set(out) == {"loss", "loss_cls", "loss_sal"}
     out["loss"].backward()
     gr = _grads(m.net)
-    assert gr["backbone.conv1a.weight"] is None  # frozen (spec_smaf.md:50)
+    assert gr["backbone.conv1a.weight"] is None  # frozen
     for k in ("fc8.weight", "cov_feat.weight", "backbone.b7.conv_branch2b2.weight"):
         assert gr[k] is not None and gr[k].abs().sum() > 0, k
     assert m.teacher is None
@@ -326,9 +325,9 @@ def test_smaf_target_values_and_padding():
     m.on_phase_start(_ctx("self_train", 1))
     b = _batch(pad=8)
     t = m.fused_target(b["image"], b["labels"], b["valid"])
-    assert t.shape == (2, 4, 8, 8)  # C + 1 channels at 1/4 of the 32 px crop (spec_smaf.md:109)
+    assert t.shape == (2, 4, 8, 8)  # C + 1 channels at 1/4 of the 32 px crop
     torch.testing.assert_close(t.amax(1), torch.ones(2, 8, 8))  # reactivation: winner = 1
-    # zero-padded columns (the last quarter) become one-hot background (spec_smaf.md:125)
+    # zero-padded columns (the last quarter) become one-hot background
     assert torch.equal(t[:, 0, :, -1], torch.ones(2, 8)) and t[:, 1:, :, -1].abs().max() == 0
     assert t[0, 2:].abs().max() == 0  # absent classes (image 0 has class 0 only)
 
@@ -342,7 +341,7 @@ def test_smaf_loss_matches_release_formula():
         t = m.fused_target(b["image"], b["labels"], b["valid"])
         z = F.interpolate(m.net.cam_logits(b["image"]), size=(8, 8), mode="bilinear", align_corners=True)
         q = torch.softmax(z, 1)
-        ref = 100 * ((q - torch.cat([t[:, 1:], t[:, :1]], 1)) ** 2).mean()  # background last (spec_smaf.md:134)
+        ref = 100 * ((q - torch.cat([t[:, 1:], t[:, :1]], 1)) ** 2).mean()  # background last
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
 
 
@@ -467,7 +466,7 @@ def test_tscd_training_step_gradients():
 def test_tscd_warmup_is_classification_only():
     m = _tscd(cam_iters=5).eval()  # eval: no dropout, so two forwards agree
     b = _batch(s=64)
-    out = m.training_step(b, 5, 10)  # n_iter <= cam_iters (inclusive; spec_scd.md:84)
+    out = m.training_step(b, 5, 10)  # n_iter <= cam_iters (inclusive)
     assert float(out["loss"].detach()) == pytest.approx(float(out["loss_cls"]), rel=1e-6)
     out["loss"].backward()
     assert float(m.net.decoder.linear_pred.weight.grad.abs().sum()) == 0.0

@@ -370,7 +370,7 @@ def test_ppmg_callable_receives_uint8_images():
 
 
 def _reference_ppmg(img_u8: np.ndarray, cams: np.ndarray, present: list[int]) -> np.ndarray:
-    """Straight numpy transcription of spec_pmm.md §4-§5 (one image), with pydensecrf for the CRF."""
+    """Straight numpy transcription of PMM ``pipeline/refine_cam.py`` (one image), with pydensecrf for the CRF."""
     import pydensecrf.densecrf as dcrf
 
     h, w = img_u8.shape[:2]

@@ -1,8 +1,8 @@
 """SMAF offline teacher targets (``method_args.target_mode: offline``, the released behaviour).
 
-The frozen teacher fuses its maps once per full training image (spec_smaf.md §1 step 2, §3-§4), the maps are
+The frozen teacher fuses its maps once per full training image (``gen_fused_cam.py``), the maps are
 stored per image (present classes only), and each crop's target is cut from its image's map with the crop's
-recorded geometry (spec §5.1), then denoised and reactivated (spec §5.2).
+recorded geometry, then denoised and reactivated.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_stored_maps_are_the_full_image_fusion_present_classes_only(tmp_path):
         assert arr.dtype == np.float32 and arr.shape == (len(present), H, W)  # released float32 dict of present maps
         ref = m._teacher_fused(normalize_images(ds.images[i][None]), ds.labels[i][None])[0, present]
         torch.testing.assert_close(torch.from_numpy(arr), ref)
-        # per-class max over the whole image: every stored class peaks at max/(max + 1e-5) ~ 1 (spec §4)
+        # per-class max over the whole image: every stored class peaks at max/(max + 1e-5) ~ 1
         assert np.all(np.abs(arr.reshape(len(present), -1).max(1) - 1.0) < 1e-4)
 
 
@@ -128,9 +128,9 @@ def test_offline_target_follows_flip_and_padding(tmp_path):
     bg[..., :2, :] = True
     bg[..., :, 10:] = True
     bg = bg[:, 0]
-    assert torch.equal(padded[:, 0][bg], torch.ones(int(bg.sum())))  # padding = one-hot background (spec §5.2)
+    assert torch.equal(padded[:, 0][bg], torch.ones(int(bg.sum())))  # padding = one-hot background
     assert padded[:, 1:].permute(1, 0, 2, 3)[:, bg].abs().max() == 0
-    # a random-resized crop: the released map resize is bilinear with align_corners=True (spec §5.1)
+    # a random-resized crop: the released map resize is bilinear with align_corners=True
     arr = torch.from_numpy(np.load(tmp_path / FUSED_DIR / "img_1.npy"))
     g = torch.tensor([[H, W, 30, 50, 1, 2, -3, 32, 32]])
     expect = F.interpolate(arr[None], size=(30, 50), mode="bilinear", align_corners=True)[0].flip(-1)

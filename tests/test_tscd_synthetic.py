@@ -70,7 +70,7 @@ def test_synthetic_preset_keeps_the_released_method_behaviour():
     assert changed <= SIZE_AND_SCHEDULE, changed - SIZE_AND_SCHEDULE
     syn = load_run_config("tscd_synthetic")
     c = syn.method_config()
-    # the released recipe (spec_scd.md §1-§3) is untouched
+    # the released recipe is untouched
     assert (c.cls_weight, c.seg_weight, c.aff_weight, c.reg_weight, c.scd_weight, c.er_weight) == (
         1.0, 0.1, 0.1, 0.01, 0.1, 0.1)
     assert (c.high_threshold, c.low_threshold, c.refiner, c.pooling, c.attn_symmetric) == (0.55, 0.35, "varm", "gmp",

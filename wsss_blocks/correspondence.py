@@ -4,11 +4,11 @@
   Weakly-Supervised Semantic Segmentation", AAAI 2023): the cosine correspondence of CAM vectors between two
   views (teacher, no gradient) is distilled into the correspondence of segmentation logits (student), in the
   form of STEGO's correlation loss. Released code: SCD ``utils/corrloss.py`` and
-  ``scripts/dist_train_voc.py`` L316-332 (spec ``spec_scd.md`` §1).
-* :func:`equivariant_regularization` — the companion L_ER (spec §1.5; inert in the release).
+  ``scripts/dist_train_voc.py`` L316-332.
+* :func:`equivariant_regularization` — the companion L_ER (inert in the release).
 * :class:`AffinityFromAttentionLoss` — the affinity loss of AFA (Ru et al., CVPR 2022), reused by TSCD: a
   sigmoid attention affinity is pulled to 1 on same-label pairs and to 0 on different-label pairs within a
-  radius (spec §3.4).
+  radius.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def equivariant_regularization(cams: Tensor, cams_small: Tensor, skip_first_chan
 
     ``cams`` is resized to ``cams_small``'s size (bilinear, ``align_corners=True``, as the release's ×0.3
     ``scale_factor`` resize). Released behaviour: both CAMs are computed without gradient, so the term is a
-    constant (spec §1.5), and ``[:, 1:]`` drops CAM channel 0 (a foreground class, not background):
+    constant, and ``[:, 1:]`` drops CAM channel 0 (a foreground class, not background):
     ``skip_first_channel=True`` keeps that. For the paper's intent pass a grad-carrying CAM for one view and
     ``skip_first_channel=False``.
 
@@ -446,7 +446,7 @@ def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: 
     """AFA/TSCD affinity loss: ``0.5·sum_pos(1 - A)/(N+ + 1) + 0.5·sum_neg A/(N- + 1)`` (counts over the batch).
 
     An L1 loss on the sigmoid affinity (not BCE), with the targets of :func:`attention_affinity_targets` (released
-    ``get_aux_loss`` with ``cams_to_refine_label`` and ``get_mask_by_radius``; spec §3.4). Gradients flow into
+    ``get_aux_loss`` with ``cams_to_refine_label`` and ``get_mask_by_radius``). Gradients flow into
     ``aff_pred`` only.
 
     Args:

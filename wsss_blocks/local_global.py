@@ -20,7 +20,8 @@ crop's box, a target built from the (detached) local CAMs. The pieces:
 
 Channel layout: as in the official network, the background channel is the **last** one by default
 (``bg_channel="last"``); ``"first"`` and ``"none"`` (C-channel backbones) are supported too.
-Spec: ``shared/specs/spec_l2g.md`` §2 (sampling), §4 (target and loss), §10 (pitfalls).
+Upstream: PengtaoJiang/L2G ``utils/LoadData.py`` (patch sampling) and ``scripts/train_l2g_sal_voc.py`` (target
+and loss).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
                        device: torch.device | str | None = None) -> Tensor:
     """Sample the L2G local-view boxes for a batch, as the official data loader does.
 
-    Modes (spec §2):
+    Modes:
 
     - ``"corners+random"`` (released VOC, ``utils/LoadData.py:382-396``): the four corner boxes in the
       release's order (top-left, bottom-left, top-right, bottom-right), then ``num_patches − 4`` random
@@ -207,7 +208,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
                        resize_to: int | None = None, saliency_max_norm: bool = True) -> LocalPatches:
     """Crop the local views given by ``boxes`` (plain slices, no resizing, as released).
 
-    Labels are replicated to every patch of their image (no filtering by class presence, spec §2).
+    Labels are replicated to every patch of their image (no filtering by class presence).
     Saliency is first divided by its per-image maximum over the global view (+1e-10), as the official
     loader does (``utils/LoadData.py:269,359``), unless ``saliency_max_norm=False``; the division is
     idempotent for maps already normalised this way.
@@ -307,7 +308,8 @@ class LocalPatchSampler(nn.Module):
     """Sample and crop L2G local views (VOC release: 4 corners + 2 random 320² crops of a 448² view).
 
     Module form of :func:`sample_patch_boxes` + :func:`crop_local_patches` (L2G, Jiang et al. CVPR 2022,
-    spec §2). It has no parameters; the optional ``generator`` makes the random offsets reproducible.
+    ``utils/LoadData.py`` lines 382-396 and 292-300). It has no parameters; the optional ``generator`` makes the
+    random offsets reproducible.
     Defaults are the released VOC setting; :meth:`coco` gives the released COCO one (4 random patches).
 
     Args:
@@ -457,7 +459,7 @@ def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
 
 def _target_bg_last(cams: Tensor, labels_per_roi: Tensor, sal: Tensor | None, has_bg: bool, keep_max: bool,
                     fg_threshold: float, bg_target: str, empty: Tensor | None, eps: float) -> Tensor:
-    """Steps 1–5 of spec §4 on B·N×K×h×w cams with background (if any) in the last channel."""
+    """Steps 1–5 of on B·N×K×h×w cams with background (if any) in the last channel."""
     C = labels_per_roi.shape[1]
     t = cams.clamp(min=0)  # 1. ReLU
     t = t / (t.amax(dim=(2, 3), keepdim=True) + eps)  # 2. per-map max-norm (bg included)
@@ -495,7 +497,7 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
                fg_threshold: float = 0.001, bg_target: BgTarget = "binary",
                saliency_resize: SaliencyResize = "nearest", empty_saliency_fallback: bool = False,
                eps: float = 1e-8, num_classes: int | None = None) -> Tensor:
-    """The L2G transfer target from local CAMs (spec §4 steps 1–5), detached.
+    """The L2G transfer target from local CAMs, detached.
 
     For every patch n (of image b) and channel k:
 
@@ -600,7 +602,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
                  bg_target: BgTarget = "binary", saliency_resize: SaliencyResize = "nearest",
                  roi_aligned: bool = False, sampling_ratio: int = -1, empty_saliency_fallback: bool = False,
                  eps: float = 1e-8, num_classes: int | None = None) -> L2GOutput:
-    """L2G local-to-global transfer: loss, target and global probabilities (spec §4).
+    """L2G local-to-global transfer: loss, target and global probabilities.
 
     ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, boxes))[n,k,u,v] − A[n,k,u,v])²``
     with ``A`` = :func:`l2g_target`. RoIAlign pools each patch's box out of the global map to the local

@@ -674,7 +674,7 @@ class PatchLearning(nn.Module):
     See :func:`patch_learning` for the computation and the source of each choice. The module stores the
     stages (shared by every path: one set of weights) and one classifier whose input width is
     P·D, P = number of insertion points + 1 (global path). Because P is constant when the single
-    insertion point moves, the same classifier serves every progressive stage (spec §3.2 [I]); move
+    insertion point moves, the same classifier serves every progressive stage; move
     it with :meth:`set_insertion` or pass ``insert_after`` to :meth:`forward` (as
     :class:`ProgressiveSchedule` does).
 
@@ -688,7 +688,7 @@ class PatchLearning(nn.Module):
         num_classes: K, needed when ``classifier`` is None.
         feat_dim: D (channels of the last stage), needed when ``classifier`` is None.
         detach_branch_input: gradient cut at each branch input; None = False for one insertion point,
-            True for several (spec §4) [S/F].
+            True for several [S/F].
         include_global: concatenate the full-map path (the paper always does) [F].
         pad_mode: see :func:`patch_learning`.
         pad_value: see :func:`patch_learning`.

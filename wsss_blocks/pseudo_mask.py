@@ -1,8 +1,8 @@
 """PMM pseudo-mask blocks: coefficient-of-variation smoothing, proportional pseudo-masks, cyclic pseudo-masks.
 
 From "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation" (Li et al., ICCV 2021; official code
-``Eli-YiLi/PMM`` for the pseudo-masks and ``Eli-YiLi/WSSS_MMSeg`` for the segmentation stage). The
-reference for every default is ``specs/spec_pmm.md`` (sections 4, 5 and 8.3):
+``Eli-YiLi/PMM`` for the pseudo-masks and ``Eli-YiLi/WSSS_MMSeg`` for the segmentation stage). Every default
+is the released value:
 
 - :func:`cov_smooth` (CVS, ``PMM:pipline/refine_cam.py`` ``get_CoV`` + the power in ``ppmg``) raises each
   class map to the power ``1 - 0.3·CoV``; it is a per-class gamma, not a spatial filter.
@@ -53,7 +53,8 @@ __all__ = [
     "CYCLIC_CRF",
 ]
 
-# CAMs normalised by PMM's multi-crop min-max step can dip a hair below 0 (spec_pmm.md §3.2); accept
+# CAMs normalised by PMM's multi-crop min-max step can dip a hair below 0 (PMM
+# ``pipeline/infer_multi_crop.py``); accept
 # that much slack around [0, 1] before calling the input "not normalised".
 _RANGE_TOL = 1e-3
 _NORMALISE_HINT = ("PMM expects per-class CAMs normalised to [0, 1]; apply "

@@ -75,28 +75,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "l2g-test": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
 }
 
-#: Where each preset comes from (file references as given in the project specs).
+#: Where each preset comes from (repository and file of each release).
 PRESET_SOURCES: dict[str, str] = {
     "deeplab": "deeplab-pytorch configs/voc12.yaml and cocostuff configs (also CLIP-ES "
-               "eval_cam_with_crf.py) -- protocol_and_sota.md §4 CRF table",
+               "eval_cam_with_crf.py)",
     "afa": "AFA scripts/test_msc_flip.py (also WeCLIP test_msc_flip_voc.py; AFA/TSCD utils/dcrf.py "
-           "DenseCRF(iter_max=10, pos_xy_std=3, pos_w=3, bi_xy_std=64, bi_rgb_std=5, bi_w=4)) -- "
-           "protocol_and_sota.md §4, spec_scd.md:345",
-    "toco": "ToCo tools/infer_seg_voc.py (also DuPL tools/eval_seg_voc.py, SeCo tools/infer_seg_voc.py) -- "
-            "protocol_and_sota.md §4, spec_scd.md:356",
-    "toco-label": "ToCo tools/infer_cam_crf_label.py (CAM -> pseudo label, softmax of [bg; CAM]) -- "
-                  "protocol_and_sota.md §4",
+           "DenseCRF(iter_max=10, pos_xy_std=3, pos_w=3, bi_xy_std=64, bi_rgb_std=5, bi_w=4))",
+    "toco": "ToCo tools/infer_seg_voc.py (also DuPL tools/eval_seg_voc.py, SeCo tools/infer_seg_voc.py)",
+    "toco-label": "ToCo tools/infer_cam_crf_label.py (CAM -> pseudo label, softmax of [bg; CAM])",
     "psa": "PSA tool/imutils.py crf_inference with scale_factor=1 (same function in ToCo/AFA utils/dcrf.py, "
-           "PMM tool/imutils.py for the stage-B joint CRF, SMAF util/imutils.py) -- protocol_and_sota.md §4, "
-           "spec_pmm.md:131-133, spec_smaf.md:193; DenseCRF.psa(scale_factor) divides both xy stds",
+           "PMM tool/imutils.py for the stage-B joint CRF, SMAF util/imutils.py); "
+           "DenseCRF.psa(scale_factor) divides both xy stds",
     "irn": "IRN misc/imutils.py crf_inference_label (unary_from_labels, gt_prob 0.7, zero_unsure=False; "
-           "same in ToCo/AFA utils/dcrf.py) -- protocol_and_sota.md §4",
+           "same in ToCo/AFA utils/dcrf.py)",
     "pmm-binary": "PMM pipeline/refine_cam.py local crf_inference for the per-class 2-label CRF of PPMG "
-                  "(Gaussian compat 10, probabilities not renormalised) -- spec_pmm.md:179-181",
-    "smaf": "SMAF gen_pseudo_mask.py lines 155-193 (unary_from_labels, gt_prob 0.7, zero_unsure=False) -- "
-            "spec_smaf.md:187-189",
+                  "(Gaussian compat 10, probabilities not renormalised)",
+    "smaf": "SMAF gen_pseudo_mask.py lines 155-193 (unary_from_labels, gt_prob 0.7, zero_unsure=False)",
     "l2g-test": "L2G segmentation test CRF, the deeplab-pytorch recipe (same values as 'deeplab'; also "
-                "PMM's WSSS_MMSeg aug_test CRF) -- spec_l2g.md:251, spec_pmm.md:273-275",
+                "PMM's WSSS_MMSeg encoder_decoder.py aug_test CRF)",
 }
 
 

@@ -189,7 +189,7 @@ def apply_geometry(x: Tensor, geom: Tensor | Sequence[int], mode: str = "bilinea
 
     ``geom`` is the vector recorded by :class:`RecordGeometry` (entries :data:`GEOMETRY_FIELDS`): the map,
     of the original image size, is resized to ``resized_h × resized_w`` with ``mode`` (released SMAF:
-    bilinear, ``align_corners=True``, spec_smaf.md §5.1), flipped left-right if ``flipped``, and the window
+    bilinear, ``align_corners=True``, ``data/VOC_dataset.py``), flipped left-right if ``flipped``, and the window
     ``[top, top + crop_h) × [left, left + crop_w)`` is taken, positions outside the resized map filled with
     ``pad_value`` (released: 0, which the SMAF target turns into pure background).
 
@@ -656,7 +656,7 @@ class RandomResizeShort(_RandomResizeSide):
     """Resize so the short side is a random integer in ``[min_short, max_short]``, keeping the aspect ratio.
 
     L2G's VOC global view: the short side to 512 (bicubic) before the random 448 crop
-    (``L2G:LoadData.py`` 351-356, spec_l2g.md §5).
+    (``L2G:utils/LoadData.py`` lines 351-356).
 
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, H', W')`` with ``min(H', W')`` in the range.
@@ -680,7 +680,7 @@ class Resize(JointTransform):
     """Warp image, mask and saliency to a fixed ``(H, W)``; the aspect ratio is not kept.
 
     L2G's COCO global view: the whole image warped to 448×448 (``L2G:utils/transforms/transforms.py``
-    138-147, spec_l2g.md §5). Masks use nearest-exact, so no new label values appear.
+    lines 138-147). Masks use nearest-exact, so no new label values appear.
 
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, size[0], size[1])``.

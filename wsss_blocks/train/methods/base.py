@@ -78,9 +78,10 @@ class CAMMethod(nn.Module):
     :class:`~wsss_blocks.train.schema.RunConfig` (read ``run_cfg.model``, ``run_cfg.data`` ...),
     ``method_cfg`` an instance of :attr:`Config`, ``num_classes`` the foreground class count C.
 
-    Tensor conventions (DESIGN.md): a batch is a dict with ``image`` (B×3×H×W, normalised), ``image01``
-    (B×3×H×W in [0, 1]), ``labels`` (B×C multi-hot float), ``index`` (B int64 dataset indices), ``name``
-    (list of str) and, when the data config names a saliency folder, ``saliency`` (B×1×H×W in [0, 1]).
+    Tensor conventions (the Conventions page of the docs): a batch is a dict with ``image`` (B×3×H×W,
+    normalised), ``image01`` (B×3×H×W in [0, 1]), ``labels`` (B×C multi-hot float), ``index`` (B int64 dataset
+    indices), ``name`` (list of str) and, when the data config names a saliency folder, ``saliency``
+    (B×1×H×W in [0, 1]).
     Training batches never contain ground-truth masks.
 
     Examples:

@@ -90,7 +90,7 @@ class BaselineCAM(CAMMethod):
     name = "baseline"
     Config = BaselineConfig
     paper_numbers = {"cam_miou": 48.8, "pseudo_miou": None, "val_miou": None}
-    paper_source = ("IRN (CVPR'19) CAM seeds, ResNet-50, VOC train, bg 0.15 (protocol §6c). IRN's 66.3 pseudo "
+    paper_source = ("IRN (CVPR'19) CAM seeds, ResNet-50, VOC train, bg 0.15. IRN's 66.3 pseudo "
                     "/ 63.5 val need its random walk, which this baseline leaves out.")
 
     def __init__(self, run_cfg: Any, method_cfg: BaselineConfig, num_classes: int):

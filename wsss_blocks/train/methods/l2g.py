@@ -1,9 +1,9 @@
 """L2G in the reference trainer: a local and a global ResNet-38 trained jointly by local-to-global transfer.
 
 Jiang, Yang, Hou, Wei, "L2G: A Simple Local-to-Global Knowledge Transfer Framework for Weakly Supervised
-Semantic Segmentation", CVPR 2022 (official code PengtaoJiang/L2G; ``shared/specs/spec_l2g.md``).
+Semantic Segmentation", CVPR 2022 (official code PengtaoJiang/L2G).
 
-Per step (``scripts/train_l2g_sal_voc.py``, spec §2–§4):
+Per step (``scripts/train_l2g_sal_voc.py``):
 
 1. :class:`~wsss_blocks.local_global.LocalPatchSampler` cuts N patches out of every (normalised) global view
    (VOC: the four corners + 2 random 320² crops of 448², COCO: 4 random ones) with replicated labels and
@@ -40,27 +40,27 @@ __all__ = ["L2GConfig", "L2GMethod"]
 
 @dataclass
 class L2GConfig:
-    """Arguments of L2G (defaults = the released VOC setting, ``train_l2g_sal_voc.sh``; spec_l2g.md).
+    """Arguments of L2G (defaults = the released VOC setting, ``train_l2g_sal_voc.sh``).
 
     Attributes:
-        num_patches: N local patches per image (VOC 6, COCO 4; spec §2).
-        patch_size: patch side p in global-view pixels (320; spec §2).
+        num_patches: N local patches per image (VOC 6, COCO 4).
+        patch_size: patch side p in global-view pixels (320).
         patch_mode: ``"corners+random"`` (VOC), ``"random"`` (COCO, paper) or ``"grid"`` (ablation).
-        kd_weight: λ of the transfer loss (VOC 10, COCO 30; spec §6).
-        fg_threshold: τ, ``bg_thr`` (VOC 0.001, COCO 0.1; spec §4 step 5).
-        bg_target: background target ``"binary"`` (VOC) or ``"soft"`` (COCO; spec §4 step 5).
+        kd_weight: λ of the transfer loss (VOC 10, COCO 30).
+        fg_threshold: τ, ``bg_thr`` (VOC 0.001, COCO 0.1).
+        bg_target: background target ``"binary"`` (VOC) or ``"soft"`` (COCO).
         use_saliency: saliency shape transfer (the released scripts are saliency-only; needs
-            ``data.saliency_dir``). False = plain attention transfer (§4 without step 5).
+            ``data.saliency_dir``). False = plain attention transfer (no saliency in the target).
         keep_max: keep only the per-pixel winning target channel (released).
-        roi_aligned: RoIAlign ``aligned`` flag; False keeps the released half-cell shift (spec §4 step 6),
+        roi_aligned: RoIAlign ``aligned`` flag; False keeps the released half-cell shift,
             True is the geometrically exact deviation.
         empty_saliency_fallback: the paper's L_at target for patches with empty saliency (not in the code).
         global_cls_weight: weight of the global network's classification loss (released 0: logged only).
         pcm: PCM term in both networks (released True).
-        frozen: backbone modules without gradient (ResNet-38: conv1a, b2, b2_1, b2_2; spec §3).
-        freeze_bn: BatchNorm in eval mode with frozen affine parameters (released; spec §3).
+        frozen: backbone modules without gradient (ResNet-38: conv1a, b2, b2_1, b2_2).
+        freeze_bn: BatchNorm in eval mode with frozen affine parameters (released).
         relu_per_scale: apply ReLU to each scale's map in :meth:`L2GMethod.cam_fn`. Released False: the
-            8 scale/flip maps are averaged raw and clamped afterwards (spec §7), which
+            8 scale/flip maps are averaged raw and clamped afterwards, which
             :func:`wsss_blocks.cam.normalize_cams` does.
     """
 
@@ -86,7 +86,7 @@ class L2GMethod(CAMMethod):
     """L2G: local network (classification on patches) + global network (transfer loss only).
 
     Paper: Jiang et al., "L2G: A Simple Local-to-Global Knowledge Transfer Framework for Weakly Supervised
-    Semantic Segmentation", CVPR 2022. Release: PengtaoJiang/L2G (spec_l2g.md).
+    Semantic Segmentation", CVPR 2022. Release: PengtaoJiang/L2G.
 
     Gradients: ``loss_cls_local`` reaches only ``local_net``; ``loss_kt`` only ``global_net`` (the target is
     built from detached local maps). Both networks use :class:`L2GNet`; parameter groups follow the PSA
@@ -115,7 +115,7 @@ class L2GMethod(CAMMethod):
     paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 72.1},
                                 "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 44.2}}
     paper_source = ("L2G (CVPR'22) abstract/README: VOC val 72.1 (test 71.7), COCO val 44.2, DeepLab-v2 R101 with "
-                    "saliency and CRF (spec_l2g.md §9). Pseudo-label mIoU is not verified from the paper (issue #36 "
+                    "saliency and CRF. Pseudo-label mIoU is not verified from the paper (issue #36 "
                     "reproduces 71.7 on VOC train at bg 0.25), so it is not listed.")
     cam_normalization = "max"
 

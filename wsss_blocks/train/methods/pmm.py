@@ -1,21 +1,22 @@
 """PMM in the reference trainer: SEAM-style ResNet-38 CAM training + proportional pseudo-masks (PPMG with CoV).
 
 Li, Kuang, Liu, Chen, Zhang, "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation", ICCV 2021
-(official code Eli-YiLi/PMM and Eli-YiLi/WSSS_MMSeg; ``shared/specs/spec_pmm.md``).
+(official code Eli-YiLi/PMM and Eli-YiLi/WSSS_MMSeg).
 
-- **CAM stage** = the released stage A (``PMM:pipeline/train_cam.py``, spec §2.1–§2.3): ResNet-38 (b7 dilation
+- **CAM stage** = the released stage A (``PMM:pipeline/train_cam.py``): ResNet-38 (b7 dilation
   2, conv1a/b2 frozen, frozen BN) with the SEAM head — fc8 (K = C + 1 channels, **background first**, behind
   Dropout2d 0.5) and the PCM, whose output ``cam_rv`` refines the detached, normalised, arg-max-suppressed
   CAM. Each batch runs at full size and downscaled ×0.3; the loss is
   ``L_cls + L_minpool + L_er + L_ecr`` (classification on GAP of fc8, PMM's adaptive min-pooling on
   ``cam_rv``, the equivariance L1 between the two scales, and the top-20 % equivariant cross regularisation).
-- **CAMs** (:meth:`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels (spec §3.1,
-  pitfall 6), multi-scale + flip summed and min-max normalised per class (``cam_normalization="minmax"``).
+- **CAMs** (:meth:`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels
+  (``pipeline/infer_multi_scale.py``), multi-scale + flip summed and min-max normalised per class
+  (``cam_normalization="minmax"``).
 - **Pseudo masks** (:meth:`PMMMethod.pseudo_masks`): :func:`wsss_blocks.pseudo_mask.proportional_pseudo_mask`
   — CoV smoothing, per-class binary dense CRF foregrounds with the background ``(1 − Ã_c)^11`` and overlaps
-  resolved by each pixel's share of its class's CAM mass (spec §4, §5). ``foreground="threshold"`` replaces
+  resolved by each pixel's share of its class's CAM mass. ``foreground="threshold"`` replaces
   the CRF by its initial state (no image needed).
-- **Segmentation options** (seg-stage keys, spec §8.2–§8.3): ``seg.loss: puf`` with ``seg.loss_args``
+- **Segmentation options** (seg-stage keys): ``seg.loss: puf`` with ``seg.loss_args``
   (pretended under-fitting: β = k = 0.5 on VOC, 0.8 on COCO); cyclic pseudo-masks are a seg-stage round
   (see ``docs/trainer_methods.md``).
 
@@ -57,21 +58,21 @@ def _max_onehot(x: Tensor) -> Tensor:
 
 @dataclass
 class PMMConfig:
-    """Arguments of PMM (defaults = the release; spec_pmm.md).
+    """Arguments of PMM (defaults = the release).
 
     Attributes:
         frozen: backbone modules without gradient (``resnet38_SEAM.py``: conv1a, b2, b2_1, b2_2).
         freeze_bn: frozen BatchNorm (released).
-        b7_dilation: dilation of ResNet-38's b7 (SEAM/PMM 2; spec §2.1).
+        b7_dilation: dilation of ResNet-38's b7 (SEAM/PMM 2).
         dropout: Dropout2d rate in front of fc8 (0.5).
         view_scale_factor: scale factor of the second, downscaled view (0.3, ``train_cam.py``).
         min_pool_weight, er_weight, ecr_weight: loss weights (all 1 in the release).
         ecr_topk: fraction of the largest ECR entries averaged (0.2).
         cam_source: ``"pcm"`` (``cam_rv``, released) or ``"fc8"`` (plain CAM) for inference.
-        alpha: power of the per-class background in PPMG (11 in run.py stages D/E; spec §5).
-        fg_threshold: CoV threshold t on the CAM (``--cam_thresh`` 0.05; spec §4).
-        cv_scale: CoV scale s (0.3; spec §4).
-        posterior_threshold: threshold on the CRF foreground posterior (``fg_thresh`` 0.5; spec §5).
+        alpha: power of the per-class background in PPMG (11 in run.py stages D/E).
+        fg_threshold: CoV threshold t on the CAM (``--cam_thresh`` 0.05).
+        cv_scale: CoV scale s (0.3).
+        posterior_threshold: threshold on the CRF foreground posterior (``fg_thresh`` 0.5).
         foreground: ``"crf"`` (released per-class binary dense CRF) or ``"threshold"`` (its initial state).
         crf_params: the dense CRF of ``foreground: crf``, as everywhere in the configs: a ``preset`` name plus
             :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: pmm-binary}``: 10 iterations, Gaussian sxy 3
@@ -107,7 +108,7 @@ class PMMMethod(CAMMethod):
     """PMM: SEAM-style ResNet-38 CAM training (stage A) and PPMG pseudo-masks with CoV smoothing.
 
     Paper: Li et al., "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation", ICCV 2021.
-    Release: Eli-YiLi/PMM (CAM, PPMG), Eli-YiLi/WSSS_MMSeg (PUF, cyclic pseudo-masks); spec_pmm.md.
+    Release: Eli-YiLi/PMM (CAM, PPMG), Eli-YiLi/WSSS_MMSeg (PUF, cyclic pseudo-masks).
 
     Shape:
         - batch["image"]: B×3×H×W; batch["labels"]: B×C
@@ -135,7 +136,7 @@ class PMMMethod(CAMMethod):
                                 "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.2}}
     paper_source = ("PMM (ICCV'21): CAM 53.93 = ResNet-38d multi-crop test (Table 1 via issue #7), PPMG 61.49 on VOC "
                     "*val* (Table 2 via issue #13), val 70.0 = Res2Net-101 PSPNet (abstract; ResNet-38 PSPNet 68.5); "
-                    "COCO val 40.2 (spec_pmm.md §9)")
+                    "COCO val 40.2")
     cam_normalization = "minmax"
 
     def __init__(self, run_cfg: Any, method_cfg: PMMConfig, num_classes: int):

@@ -1,9 +1,10 @@
 """PPL in the reference trainer: progressive patch learning on a single classification network.
 
 Li, Jie, Wang, Zhou, Wei, Ma, "Weakly Supervised Semantic Segmentation via Progressive Patch Learning", IEEE
-TMM 2022 (arXiv 2209.07828; ``shared/specs/spec_ppl.md``). The authors released **no code**: the network
-and schedule are the reconstruction of :mod:`wsss_blocks.patch_learning` (tags [S] stated, [F] drawn in a
-figure, [I] inferred), and the training recipe is the spec's "R50-IRN" profile (§5, every value [I]).
+TMM 2022 (arXiv 2209.07828). The authors released **no code**: the network and schedule are the
+reconstruction of :mod:`wsss_blocks.patch_learning` (tags [S] stated, [F] drawn in a figure, [I] inferred; see
+the PPL page of the docs), and the training recipe is an inferred "R50-IRN" profile (IRN's ResNet-50 CAM
+recipe, every value [I]).
 
 - Network (:class:`~wsss_blocks.patch_learning.PatchLearning`): the backbone as an ordered list of stages;
   after stage ``s`` the feature map is cut into a 2×2 grid of patches [F], each patch runs through the
@@ -13,13 +14,13 @@ figure, [I] inferred), and the training recipe is the spec's "R50-IRN" profile (
 - ``variant="progressive"`` (default, Fig. 2): one insertion point at a time, moved from low to high by
   :class:`~wsss_blocks.patch_learning.ProgressiveSchedule` — ``"sequential"`` (a curriculum: stage k for
   its share ``stage_epochs[k] / sum(stage_epochs)`` of the CAM-stage steps, one poly schedule over the whole
-  run, spec §3.2 reading A) or ``"cyclic"`` (every stage on every batch, PMG-like, reading B). The classifier
+  run) or ``"cyclic"`` (every stage on every batch, PMG-like, reading B). The classifier
   (width 2D) is shared by all stages. ``variant="explicit"`` (Fig. 5): all insertion points at once, each
   patch branch input detached [S], one classifier of width (m+1)·D.
-- CAMs (:meth:`PPLMethod.cam_fn`) come from the same graph as training (``cam_source="concat"``, spec §2.4
-  default) at the last stage's insertion point (the stage-n model [F]); ``"global"`` uses the full-map part
-  only (the ablation of §2.4). Images are zero-padded (in normalised space) to a multiple of
-  ``output stride × grid`` and the CAM is cropped back (spec §8.1).
+- CAMs (:meth:`PPLMethod.cam_fn`) come from the same graph as training (``cam_source="concat"``,
+  the default) at the last stage's insertion point (the stage-n model [F]); ``"global"`` uses the full-map part
+  only (an ablation). Images are zero-padded (in normalised space) to a multiple of
+  ``output stride × grid`` and the CAM is cropped back.
 """
 
 from __future__ import annotations
@@ -51,25 +52,25 @@ def stage_list(backbone: nn.Module) -> list[nn.Module]:
 
 @dataclass
 class PPLConfig:
-    """Arguments of PPL (no official code: every default is an inference, spec_ppl.md §3, §5, §9).
+    """Arguments of PPL (no official code: every default is an inference).
 
     Attributes:
         variant: ``"progressive"`` (implicit, Fig. 2) or ``"explicit"`` (multi-granularity fusion, Fig. 5).
         insert_points: insertion points s, low → high (the number of stages run on the full map before the
             patch operation). For torchvision ResNets (stages ``[stem, layer1, …, layer4]``) the default
-            ``(2, 3, 4)`` = after layer1, layer2, layer3 (spec §3.2 [I]); for ``TinyBackbone`` use 1..N−1.
+            ``(2, 3, 4)`` = after layer1, layer2, layer3; for ``TinyBackbone`` use 1..N−1.
         grid: g of the g×g patch grid (2×2 drawn at every stage [F]).
         schedule: ``"sequential"`` (default, reading A) or ``"cyclic"`` (every stage every batch, reading B:
             the stage losses are summed into **one** optimizer step per batch, where PMG steps once per stage).
-        stage_epochs: relative length of each sequential stage (R50 default 5 epochs per stage, spec §9.4);
+        stage_epochs: relative length of each sequential stage (R50 default 5 epochs per stage);
             stage k runs for the fraction ``stage_epochs[k] / sum(stage_epochs)`` of the CAM-stage steps, so
             with ``cam.epochs = sum(stage_epochs)`` these are epochs.
         stage_loss_weights: per-stage loss weights in cyclic mode (default all 1).
-        cam_source: ``"concat"`` (CAM of the fused classifier, spec §2.4 default) or ``"global"``.
+        cam_source: ``"concat"`` (CAM of the fused classifier, the default) or ``"global"``.
         detach_branch_input: gradient cut at each patch branch input; ``None`` = False for progressive, True
-            for explicit (spec §4.1).
-        frozen_stages: leading stages without gradient (0: "train everything at every stage", spec §3.2 [I]).
-        freeze_bn: frozen BatchNorm (IRN default; tiles and full maps share a batch, spec §8.3).
+            for explicit.
+        frozen_stages: leading stages without gradient (0: "train everything at every stage").
+        freeze_bn: frozen BatchNorm (IRN default; tiles and full maps share a batch).
         head_lr_mult: learning-rate multiplier of the classifier (IRN 10).
     """
 
@@ -91,7 +92,7 @@ class PPLMethod(CAMMethod):
     """PPL: patch learning with a progressive (or explicit multi-granularity) insertion schedule.
 
     Paper: Li et al., "Weakly Supervised Semantic Segmentation via Progressive Patch Learning", IEEE TMM 2022
-    (no released code; spec_ppl.md).
+    (no released code).
 
     The current stage is kept in the buffer ``stage_index`` (saved with the weights), so a restored model
     produces its CAMs at the stage it finished with.
@@ -117,7 +118,7 @@ class PPLMethod(CAMMethod):
     paper_numbers = {"cam_miou": None, "pseudo_miou": None, "val_miou": None}
     paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": None}}
     paper_source = ("PPL (TMM'22) abstract: VOC *test* 69.6 mIoU only; val, CAM and pseudo-mask numbers and COCO "
-                    "are not public without the PDF (spec_ppl.md §6.1). No released code: the recipe is inferred.")
+                    "are not public without the PDF. No released code: the recipe is inferred.")
     cam_normalization = "max"
 
     stage_index: Tensor

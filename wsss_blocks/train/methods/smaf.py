@@ -1,10 +1,10 @@
 """SMAF in the reference trainer: an EPS-style first stage, then self-training on fused multi-scale attention.
 
 Yang, Zhu, Zhang, "A Self-Training Framework Based on Multi-Scale Attention Fusion for Weakly Supervised
-Semantic Segmentation", arXiv 2305.05841, 2023 (official code bupt-ai-cz/SMAF; ``shared/specs/spec_smaf.md``).
+Semantic Segmentation", arXiv 2305.05841, 2023 (official code bupt-ai-cz/SMAF).
 The first stage is EPS (Lee et al., "Railroad is not a Train: Saliency as Pseudo-pixel Supervision for Weakly
 Supervised Semantic Segmentation", CVPR 2021; official code halbielee/EPS), which the SMAF release expects as a
-pre-trained checkpoint (spec §1 step 1, §10 pitfall 1).
+pre-trained checkpoint.
 
 Two phases (:attr:`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
 
@@ -29,13 +29,13 @@ Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs o
 Teacher targets (``target_mode``):
 
 * ``"offline"`` (default, released): at the start of the self-training phase the frozen teacher fuses its maps
-  once per **full** training image (``gen_fused_cam.py``; spec §3-§4) and :meth:`SMAFMethod.precompute_fused_maps`
+  once per **full** training image (``gen_fused_cam.py``) and :meth:`SMAFMethod.precompute_fused_maps`
   stores them under ``<cam stage>/fused_cams/<name>.npy`` (present classes only, ascending class order,
   ``C_present × H × W``; existing files are kept, so an interrupted run resumes). Each training crop's target is
   cut from its image's stored map with the crop's recorded geometry (``batch["geom"]``, see
   :class:`wsss_blocks.data.transforms.RecordGeometry`): bilinear resize with ``align_corners=True`` to the
-  image's random-resized size, flip, crop with zero padding (``VOC_dataset.py`` ``transform_with_mask``; spec
-  §5.1), then denoised and reactivated at 1/4 of the crop (spec §5.2); padding becomes pure background.
+  image's random-resized size, flip, crop with zero padding (``VOC_dataset.py`` ``transform_with_mask``),
+  then denoised and reactivated at 1/4 of the crop; padding becomes pure background.
 * ``"online"``: the approximation of earlier versions — the teacher fuses its maps on each training crop
   itself (padded pixels masked to background before the per-class max, which runs over the valid region).
   No files, no geometry needed, but 8 teacher passes per crop and step and a per-crop (not per-image) max.
@@ -69,41 +69,42 @@ FUSED_DIR = "fused_cams"
 
 @dataclass
 class SMAFConfig:
-    """Arguments of SMAF (defaults = the released VOC setting; spec_smaf.md, EPS ``script/voc12_eps.sh``).
+    """Arguments of SMAF (defaults = the released VOC setting, EPS ``script/voc12_eps.sh``).
 
     Attributes:
-        head: ``"smaf"`` (released SMAF head, 4096 → 128 → BN → ReLU → C+1; spec §2) or ``"eps"`` (official EPS
+        head: ``"smaf"`` (released SMAF head, 4096 → 128 → BN → ReLU → C+1) or ``"eps"`` (official EPS
             single 1×1 conv; load EPS weights with it).
         head_channels: width of the SMAF head (128).
-        frozen: backbone modules without gradient (EPS/SMAF: conv1a, b2, b2_1, b2_2; spec §2).
-        freeze_bn: every BatchNorm (also the head's) in eval mode with frozen affine parameters (spec §2).
+        frozen: backbone modules without gradient (EPS/SMAF: conv1a, b2, b2_1, b2_2).
+        freeze_bn: every BatchNorm (also the head's) in eval mode with frozen affine parameters.
         eps_saliency: phase 1 adds EPS's saliency loss (released; needs ``data.saliency_dir``). ``false`` =
             **inferred** fallback: classification loss only (EPS's ``train_cls`` loss on the C+1 network).
         eps_tau: EPS overlap threshold (``voc12_eps.sh`` ``--tau 0.4``).
         eps_lambda: EPS blending ratio (``main.py`` default ``--lam 0.5``; COCO script 0.9).
         eps_color_jitter: colour jitter (brightness, contrast, saturation, hue) of phase 1 (EPS
             ``metadata/dataset.py``: 0.3, 0.3, 0.3, 0.1), applied by the method to each training crop; the SMAF
-            phase has none (spec §6.2), so ``cam.color_jitter`` stays off. ``null`` disables it.
+            phase has none, so ``cam.color_jitter`` stays off. ``null`` disables it.
         eps_steps: phase-1 iterations (``voc12_eps.sh`` ``--max_iters 20000``); ``null`` = ``cam.steps``.
-        self_train_steps: phase-2 iterations (SMAF ``parser_train.py`` 20,000; spec §6.3); ``null`` = ``cam.steps``.
+        self_train_steps: phase-2 iterations (SMAF ``parser_train.py`` 20,000); ``null`` = ``cam.steps``.
         target_mode: ``"offline"`` (released): the teacher's maps are fused once per full training image at the
-            start of the self-training phase, stored, and cut to each crop with its recorded geometry (spec §1
-            step 2, §5.1). ``"online"``: fused on each training crop at every step (an approximation).
+            start of the self-training phase, stored, and cut to each crop with its recorded geometry
+            (``gen_fused_cam.py``, ``VOC_dataset.py``). ``"online"``: fused on each training crop at every step
+            (an approximation).
         offline_dtype: storage type of the offline maps: ``"float32"`` (released ``np.save`` of float32 arrays;
-            about 10-12 GB for VOC train_aug, spec §10.11) or ``"float16"`` (half the disk; max error 2.4e-4).
+            about 10-12 GB for VOC train_aug) or ``"float16"`` (half the disk; max error 2.4e-4).
         offline_batch_size: images per teacher call while precomputing (consecutive images of equal size are
             batched; released 1). Larger values only change speed (and float rounding).
         offline_align_corners: the map resize to the crop's random-resized size uses bilinear with
-            ``align_corners=True`` as released (``VOC_dataset.py``; spec §5.1), although the image itself is
+            ``align_corners=True`` as released (``VOC_dataset.py``), although the image itself is
             resized with half-pixel centres; ``false`` aligns the map exactly with the trainer's image resize.
         offline_cache_mb: keep loaded offline maps in memory up to this many MB (0 = read each batch from disk).
-        target_scales: teacher scales (0.5, 1.0, 1.5, 2.0; spec §3).
-        target_flip: teacher flips (8 passes in all; spec §3).
-        target_image_interpolation: how the teacher's inputs are resized (released PIL bicubic; spec §3).
-        target_bg_score: constant background of the target (0.2; spec §5.2).
-        target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448; spec §5.2).
-        loss_weight: weight of the MSE (100; spec §6.1).
-        crf: refine the pseudo masks with the hard-label dense CRF (released on; spec §7.1).
+        target_scales: teacher scales (0.5, 1.0, 1.5, 2.0).
+        target_flip: teacher flips (8 passes in all).
+        target_image_interpolation: how the teacher's inputs are resized (released PIL bicubic).
+        target_bg_score: constant background of the target (0.2).
+        target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448).
+        loss_weight: weight of the MSE (100).
+        crf: refine the pseudo masks with the hard-label dense CRF (released on).
         crf_params: that CRF, as everywhere in the configs: a ``preset`` name plus
             :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: smaf, backend: auto}``: gt_prob 0.7, Gaussian
             3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if installed, else PyTorch).
@@ -183,7 +184,7 @@ class SMAFMethod(CAMMethod):
     paper_numbers = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
     paper_source = ("SMAF (arXiv'23) abstract: VOC val 72.4 (test 72.4), DeepLab-v2 R101, EPS saliency; pseudo "
                     "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the committed evalue_crf.out "
-                    "(spec_smaf.md §9). No CAM-only number is reported.")
+                    ". No CAM-only number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: SMAFConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
@@ -305,7 +306,7 @@ class SMAFMethod(CAMMethod):
 
     def _teacher_fused(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
         """Released fusion with the teacher: per-pass softmax over C+1, background dropped, bilinear upsampling,
-        class mask, sum over scales and flips; ``valid`` zeroes padded pixels; per-class max + 1e-5 (spec §4)."""
+        class mask, sum over scales and flips; ``valid`` zeroes padded pixels; per-class max + 1e-5."""
         if self.teacher is None:
             raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
         c = self.cfg
@@ -394,8 +395,8 @@ class SMAFMethod(CAMMethod):
 
         The map (present classes) is resized to the crop's random-resized size (bilinear,
         ``align_corners=offline_align_corners``, released True), flipped, cropped with zero padding
-        (:func:`wsss_blocks.data.transforms.apply_geometry`; spec §5.1), then denoised and reactivated at
-        ``target_scale_factor`` of the crop (spec §5.2): padded pixels get a one-hot background target.
+        (:func:`wsss_blocks.data.transforms.apply_geometry`), then denoised and reactivated at
+        ``target_scale_factor`` of the crop: padded pixels get a one-hot background target.
 
         Shape:
             - labels: B×C; geom: B×9 (``batch["geom"]``); names: B strings

@@ -2,9 +2,9 @@
 
 Xu, Wang, Sun, Xu, Meng, Zhang, "Self Correspondence Distillation for End-to-End Weakly-Supervised Semantic
 Segmentation", AAAI 2023 (official code Rongtao-Xu/RepresentationLearning ``SCD-AAAI2023``), built on AFA (Ru et
-al., "Learning Affinity from Attention", CVPR 2022, rulixiang/afa). Spec: ``shared/specs/spec_scd.md`` §1–§4.
+al., "Learning Affinity from Attention", CVPR 2022, rulixiang/afa).
 
-One phase; every step (released ``scripts/dist_train_voc.py`` L296-360, spec §1, §3):
+One phase; every step (released ``scripts/dist_train_voc.py`` L296-360):
 
 1. Forward the crop ``x`` (grad): MiT-B1 (strides 4, 2, 2, 1) features, the SegFormer decoder's logits (stride 4,
    C + 1 channels, background 0), the classification logits (bias-free 1×1 classifier on the global-**max**-pooled
@@ -71,32 +71,32 @@ def _min_input_size(encoder: Any) -> int:
 
 @dataclass
 class TSCDConfig:
-    """Arguments of TSCD (defaults = the released VOC setting; spec_scd.md §1–§3, SCD ``configs/voc_attn_reg.yaml``).
+    """Arguments of TSCD (defaults = the released VOC setting, SCD ``configs/voc_attn_reg.yaml``).
 
     Attributes:
-        strides: MiT patch-embedding strides (4, 2, 2, 1): last stage at 1/16 (spec §3.1).
-        embed_dim: SegFormer decoder width (256; spec §3.1).
-        drop_path_rate: MiT stochastic depth (0.1; spec §3.1).
-        pooling: classifier pooling, ``"gmp"`` (released default) or ``"gap"`` (spec §3.1).
-        attn_symmetric: feed A + Aᵀ to ``attn_proj`` (AFA); TSCD dropped it (False; spec §3.5).
+        strides: MiT patch-embedding strides (4, 2, 2, 1): last stage at 1/16.
+        embed_dim: SegFormer decoder width (256).
+        drop_path_rate: MiT stochastic depth (0.1).
+        pooling: classifier pooling, ``"gmp"`` (released default) or ``"gap"``.
+        attn_symmetric: feed A + Aᵀ to ``attn_proj`` (AFA); TSCD dropped it (False).
         cam_scales: scales of the training CAMs (1, 0.5, 1.5; config ``cam.scales``).
-        cam_iters: last classification-only iteration (2000 VOC, ``n_iter <= cam_iters``; spec §1.4, §3.4).
+        cam_iters: last classification-only iteration (2000 VOC, ``n_iter <= cam_iters``).
         cls_weight, seg_weight, aff_weight, reg_weight, scd_weight, er_weight: loss weights after ``cam_iters``
-            (1.0, 0.1, 0.1, 0.01, 0.1, 0.1; spec §3.4, SCD ``dist_train_voc.py`` L353).
-        high_threshold, low_threshold: background scores of the reliable pseudo mask (0.55 / 0.35; spec §2.4).
+            (1.0, 0.1, 0.1, 0.01, 0.1, 0.1; SCD ``dist_train_voc.py`` L353).
+        high_threshold, low_threshold: background scores of the reliable pseudo mask (0.55 / 0.35).
         refiner: ``"varm"`` (TSCD) or ``"par"`` (AFA) for the reliable labels.
         refine_num_iter, refine_dilations, refine_scale_factor: 10, (1, 2, 4, 8, 12, 24), 0.5 (the refinement
-            runs at half the crop size; spec §2.1).
-        aff_radius: Chebyshev radius of the affinity pairs on the /16 grid (8; spec §3.4).
-        scd_view_scale_factor: the SCD view ``x' = ↓s(x)`` (0.3; spec §1.1).
-        scd_num_samples: N, N×N points per view (40; spec §1.3).
+            runs at half the crop size).
+        aff_radius: Chebyshev radius of the affinity pairs on the /16 grid (8).
+        scd_view_scale_factor: the SCD view ``x' = ↓s(x)`` (0.3).
+        scd_num_samples: N, N×N points per view (40).
         er_grad: give L_ER a gradient through the single-scale CAM of ``x'`` (paper intent); released False
-            (inert: both CAMs are no-grad; spec §1.5).
-        seg_align_corners: upsampling of the seg logits to the crop (TSCD True, AFA False; spec §3.4).
+            (inert: both CAMs are no-grad).
+        seg_align_corners: upsampling of the seg logits to the crop (TSCD True, AFA False).
         seg_loss_empty_is_zero: a half of the balanced CE with no pixels counts 0 instead of NaN (a fix of the
-            released 0/0; spec §7 pitfall 13).
+            released 0/0).
         reg_energy_weight, reg_sigma_rgb, reg_sigma_xy, reg_scale_factor: ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``
-            (spec §3.4).
+            (SCD ``utils/losses.py``).
         cam_pass_runs_decoder: the no-grad CAM passes also run the decoder in train mode, so its BatchNorm
             running statistics see them, as in the release (its ``cam_only`` forward computes ``seg`` too);
             False skips that work.
@@ -179,7 +179,7 @@ class TSCDMethod(CAMMethod):
     paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3},
                                 "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1}}
     paper_source = ("TSCD (AAAI'23) MiT-B1, VOC val 67.3 (test 67.5), COCO val 40.1, multi-scale + flip + CRF "
-                    "(DuPL Tab. 2 / paper listings; spec_scd.md §6). No CAM or pseudo-label number is reported.")
+                    "(DuPL Tab. 2 / paper listings). No CAM or pseudo-label number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: TSCDConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
@@ -260,7 +260,7 @@ class TSCDMethod(CAMMethod):
     # ----------------------------------------------------------------------------------------- training
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # AFA/TSCD get_param_groups: encoder 1x (wd), encoder norms lr 0 / wd 0, classifier + attn_proj 10x (wd),
-        # decoder 10x (wd) (SCD dist_train_voc.py L254-284; spec §3.6).
+        # decoder 10x (wd) (SCD dist_train_voc.py L254-284).
         return param_groups(self.net, base_lr, weight_decay=weight_decay, head_lr_mult=10.0, head_bias_mult=10.0,
                             bias_lr_mult=1.0, bias_weight_decay=None, norm_lr_mult=0.0, norm_weight_decay=0.0,
                             backbone_prefixes=("encoder.",))
