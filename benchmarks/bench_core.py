@@ -77,7 +77,8 @@ def _legacy_sweep_update(sweep: BgScoreSweep, cams: torch.Tensor, labels: torch.
                          target: torch.Tensor) -> None:
     """BgScoreSweep.update as it was before the fast path (kept here as the benchmark's baseline only):
     full validation, a masked float copy of all C maps, ``max`` with indices over C, ``searchsorted`` and
-    an int64 index built by boolean masking."""
+    an int64 index built by boolean masking.
+    """
     check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     check_finite(cams, "cams")
     check_masks(target, "target", sweep.num_classes, sweep.ignore_index)
@@ -99,7 +100,8 @@ def _legacy_sweep_update(sweep: BgScoreSweep, cams: torch.Tensor, labels: torch.
 
 def bench_sweep_image(device: str, thresholds: tuple[float, ...], repeats: int = 15) -> dict[str, Any]:
     """BgScoreSweep.update on one VOC-size image (21 classes, 3 present) against the pre-fast-path update,
-    interleaved A/B so both see the same machine load; checks that both count the same."""
+    interleaved A/B so both see the same machine load; checks that both count the same.
+    """
     g = torch.Generator().manual_seed(3)
     cams = torch.rand(1, 20, 375, 500, generator=g).to(device)
     labels = torch.zeros(1, 20)

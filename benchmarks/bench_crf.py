@@ -39,8 +39,8 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness  # noqa: E402
-from wsss_blocks.crf import DenseCRF, pydensecrf_available  # noqa: E402
+from benchmarks import harness
+from wsss_blocks.crf import DenseCRF, pydensecrf_available
 
 AGREE_TARGET = 99.5  # percent of pixels
 CPU_RATIO_TARGET = 2.0  # torch time / pydensecrf time
@@ -196,7 +196,8 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
 
 def make_figure(path: str | Path, preset: str = "afa") -> Path:
     """Before/after picture for the docs: a CAM-like elliptical blob on scikit-image's ``rocket`` photo,
-    its argmax, and the argmax after ``DenseCRF.preset(preset)`` (torch backend)."""
+    its argmax, and the argmax after ``DenseCRF.preset(preset)`` (torch backend).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

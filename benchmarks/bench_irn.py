@@ -36,14 +36,14 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness  # noqa: E402
-from benchmarks.irn_baseline import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.irn_baseline import (
     ReleasePathIndex,
     release_affinity_labels,
     release_affinity_loss,
     release_propagate_to_edge,
 )
-from wsss_blocks.irn import affinity_targets, boundary_affinity_loss, random_walk  # noqa: E402
+from wsss_blocks.irn import affinity_targets, boundary_affinity_loss, random_walk
 
 _WALK_SETUP = """
 import torch

@@ -155,7 +155,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     res = f"{h}x{w}"
 
-    cams, labels, image = _inputs(h, w, 3, device)
+    cams, _, _ = _inputs(h, w, 3, device)
     t = time_fn(lambda: cov_smooth(cams), device, warmup=warmup, repeats=repeats)
     rows.append({"name": "cov_smooth", "params": f"1x20x{res}", "median_ms": t["median_ms"],
                  "peak_mem_mb": peak_memory(lambda: cov_smooth(cams), device)})

@@ -37,10 +37,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness  # noqa: E402
-from benchmarks.par_baseline import baseline_par, baseline_varm  # noqa: E402
-from wsss_blocks.propagation import DEFAULT_DILATIONS  # noqa: E402
-from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine  # noqa: E402
+from benchmarks import harness
+from benchmarks.par_baseline import baseline_par, baseline_varm
+from wsss_blocks.propagation import DEFAULT_DILATIONS
+from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine
 
 SPEED_TARGET = 20.0
 MEM_TARGET = 1 / 8
@@ -90,7 +90,8 @@ def _interleaved(fast, base, device: str, base_repeats: int, fast_per_base: int)
             w, c, f_out = _timed(fast, device)
             f_wall.append(w)
             f_cpu.append(c)
-    assert f_out is not None and b_out is not None
+    assert f_out is not None
+    assert b_out is not None
     diff = float((f_out - b_out).abs().max())
     return {"fast_wall": f_wall, "fast_cpu": f_cpu, "base_wall": b_wall, "base_cpu": b_cpu, "diff": diff}
 

@@ -71,8 +71,8 @@ def _configs(device: str, quick: bool) -> list[Config]:
     per-pixel work (every class map is upsampled and fused).
     """
     cuda = torch.device(device).type == "cuda"
-    r18 = lambda: _resnet("resnet18", 32)  # noqa: E731
-    r50 = lambda: _resnet("resnet50", 8)  # noqa: E731
+    r18 = lambda: _resnet("resnet18", 32)
+    r50 = lambda: _resnet("resnet50", 8)
     if quick:
         return [("tiny 3-conv CNN OS4", _tiny, 96, 2, 2, False),
                 ("ResNet-18 OS32", r18, 128, 1, 2, True),

@@ -134,7 +134,7 @@ def run_quality(methods: Sequence[str], data_root: str | None = None, dataset: s
     A method that fails gets a row with ``error`` and the others still run.
     """
     fn = reproduce_fn if reproduce_fn is not None else reproduce
-    ov = list(QUIET_OVERRIDES) + [f"runtime.seed={int(seed)}"]
+    ov = [*list(QUIET_OVERRIDES), f"runtime.seed={int(seed)}"]
     if device != "auto":
         ov.append(f"runtime.device={device}")
     ov.extend(overrides)
@@ -148,7 +148,7 @@ def run_quality(methods: Sequence[str], data_root: str | None = None, dataset: s
         try:
             res = fn(m, data_root, dataset=dataset, out=run_dir, quick=quick, overrides=ov, resume=resume,
                      verbose=False, **(paths or {}))
-        except Exception as e:  # noqa: BLE001 - report and continue with the other methods
+        except Exception as e:
             traceback.print_exc()
             row.update(error=f"{type(e).__name__}: {e}", seconds=round(time.perf_counter() - t0, 1))
             rows.append(row)

@@ -529,7 +529,7 @@ def render_chart(entries: Sequence[tuple[str, float, bool | None]], path: Path) 
             ax.set_yticklabels([e[0] for e in entries])
             ax.set_xscale("log")
             ax.axvline(1.0, color="black", linewidth=0.8)
-            lo, hi = min(ratios + [1.0]), max(ratios + [1.0])
+            lo, hi = min([*ratios, 1.0]), max([*ratios, 1.0])
             ax.set_xlim(lo / 3, hi * 6)
             for y, r in zip(ys, ratios):
                 ax.text(r * 1.08, y, f"{fmt_num(r)}×", va="center", fontsize=7)
@@ -604,7 +604,7 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
         "the released algorithm for PAR/VARM.")
     add("")
 
-    for dev in ("cpu", "cuda") + tuple(sorted(d for d in selected if d not in ("cpu", "cuda"))):
+    for dev in ("cpu", "cuda", *tuple(sorted(d for d in selected if d not in ("cpu", "cuda")))):
         title = DEVICE_TITLES.get(dev, dev)
         add(f"## {title}")
         add("")

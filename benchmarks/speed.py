@@ -57,7 +57,7 @@ def run_suite(device: str, quick: bool, only: list[str] | None = None) -> tuple[
         try:
             mod = importlib.import_module(f"benchmarks.bench_{fam}")
             fam_rows = mod.run(device=device, quick=quick)
-        except Exception:  # noqa: BLE001 - report and continue with the other families
+        except Exception:
             errors.append(fam)
             traceback.print_exc()
             continue

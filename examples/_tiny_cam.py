@@ -67,7 +67,8 @@ def load_all(ds: VOCSegmentation) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def load_synthetic_train_aug(root: str | None, num_train: int, size: int, seed: int, prefix: str
                              ) -> tuple[Path, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Write the synthetic VOC dataset (8 val images) to ``root`` (default: a new temporary folder named
-    ``prefix*``) and load its whole ``train_aug`` split; prints one line. Returns root, images, labels, masks."""
+    ``prefix*``) and load its whole ``train_aug`` split; prints one line. Returns root, images, labels, masks.
+    """
     path = make_synthetic_voc(root or tempfile.mkdtemp(prefix=prefix), num_train=num_train, num_val=8,
                               image_size=size, seed=seed)
     ds = VOCSegmentation(path, split="train_aug", labels_file="cls_labels.npy")

@@ -34,7 +34,7 @@ from wsss_blocks.pseudo_mask import proportional_pseudo_mask
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_cam import common_parser, prepare_run, train_tiny_cam  # noqa: E402  (examples/_tiny_cam.py)
+from _tiny_cam import common_parser, prepare_run, train_tiny_cam
 
 
 def joint_crf_mask(cams: torch.Tensor, labels: torch.Tensor, images01: torch.Tensor, alpha: float) -> torch.Tensor:

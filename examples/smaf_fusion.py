@@ -63,7 +63,8 @@ def load_split(root, split: str, saliency: bool):
 def random_rescale(gen, x, *maps, low=0.5, high=1.5):
     """Random rescale of a batch and its aligned maps (EPS/SMAF train with random resizing; images bicubic,
     maps bilinear with align_corners=True as the released SMAF loader). Keeps the multi-scale teacher honest:
-    a network that has only seen one scale gives poor maps at the others."""
+    a network that has only seen one scale gives poor maps at the others.
+    """
     s = low + (high - low) * torch.rand(1, generator=gen).item()
     size = (max(16, round(x.shape[-2] * s / 4) * 4), max(16, round(x.shape[-1] * s / 4) * 4))
     out = [F.interpolate(x, size=size, mode="bicubic", align_corners=False)]

@@ -32,13 +32,13 @@ from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliab
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run via runpy/importlib rather than as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_cam import common_parser, prepare_run, train_tiny_cam  # noqa: E402  (examples/_tiny_cam.py)
+from _tiny_cam import common_parser, prepare_run, train_tiny_cam
 
 TAUS = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
 def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """mIoU (%) over the pixels ``pred`` keeps, and the share (%) of GT-labelled pixels it ignores."""
+    """MIoU (%) over the pixels ``pred`` keeps, and the share (%) of GT-labelled pixels it ignores."""
     keep = pred != 255
     metric = SegmentationMetric(num_classes=21)
     metric.update(torch.where(keep, pred, torch.zeros_like(pred)), torch.where(keep, target, 255))

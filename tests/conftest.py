@@ -1,5 +1,6 @@
 """Shared pytest fixtures: seeded generators, CUDA skipping, the tiny synthetic trainer run and a real HTTP
-file server on 127.0.0.1 for the download tests."""
+file server on 127.0.0.1 for the download tests.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def parity_device(request) -> torch.device:
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """No test touches the network: registry weights that are not in a test's cache fail fast (tests of the
-    downloader use the ``http_server`` fixture, which lifts this)."""
+    downloader use the ``http_server`` fixture, which lifts this).
+    """
     monkeypatch.setenv("WSSS_BLOCKS_OFFLINE", "1")
     monkeypatch.delenv("WSSS_BLOCKS_MIRROR", raising=False)
 
@@ -50,7 +52,6 @@ def _offline(monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    yield
 
 
 @pytest.fixture
@@ -90,7 +91,8 @@ def trainer_tiny(tmp_path_factory):
 @pytest.fixture
 def seg_run_pair():
     """``make(cfg, root) -> (a, b)``: CAM stage and pseudo masks in ``root/a``; ``root/b`` shares them (symlinks),
-    so that two segmentation stages (e.g. uninterrupted and crashed-then-resumed) start from the same masks."""
+    so that two segmentation stages (e.g. uninterrupted and crashed-then-resumed) start from the same masks.
+    """
     import os
 
     def make(cfg, root):
@@ -117,7 +119,7 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         srv = self.server
         path = self.path.split("?")[0]
         rng = self.headers.get("Range")

@@ -23,7 +23,8 @@ def test_time_fn_uses_median_and_injected_clock():
 
 
 def test_check_target_and_pass_fail_line():
-    assert harness.check_target(25.0, 20.0) and not harness.check_target(19.9, 20.0)
+    assert harness.check_target(25.0, 20.0)
+    assert not harness.check_target(19.9, 20.0)
     assert harness.check_target(0.1, 0.125, higher_is_better=False)
     assert harness.pass_fail_line("speedup", 25, 20, unit="x").startswith("PASS  speedup: 25x (target >= 20x)")
     assert harness.pass_fail_line("mem", 0.2, 0.125, higher_is_better=False).startswith("FAIL")
@@ -33,7 +34,8 @@ def test_write_json_schema(tmp_path):
     path = harness.write_json("x", [{"name": "a", "median_ms": 1.5}], "cpu", tmp_path, extra={"quick": True})
     data = json.loads(path.read_text())
     assert set(data["config"]) >= {"wsss_blocks", "torch", "device", "device_name", "threads", "date"}
-    assert data["rows"] == [{"name": "a", "median_ms": 1.5}] and data["quick"] is True
+    assert data["rows"] == [{"name": "a", "median_ms": 1.5}]
+    assert data["quick"] is True
 
 
 def test_runner_summary_and_errors(monkeypatch, tmp_path, capsys):
@@ -54,9 +56,11 @@ def test_runner_summary_and_errors(monkeypatch, tmp_path, capsys):
     rc = speed.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 1  # a crashing family fails the smoke run
-    assert "PASS  [fakegood] fast: >= 20x" in out and "FAIL  [fakegood] slow: <= 10%" in out
+    assert "PASS  [fakegood] fast: >= 20x" in out
+    assert "FAIL  [fakegood] slow: <= 10%" in out
     data = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
-    assert data["errors"] == ["fakebad"] and [r["name"] for r in data["rows"]] == ["fast", "slow", "plain"]
+    assert data["errors"] == ["fakebad"]
+    assert [r["name"] for r in data["rows"]] == ["fast", "slow", "plain"]
     assert speed.main(["--only", "nonexistent", "--out", str(tmp_path)]) == 2
 
 

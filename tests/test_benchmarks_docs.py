@@ -22,7 +22,7 @@ def _write(folder, name, rows, config=HEADER, **extra):
     (folder / name).write_text(json.dumps(payload))
 
 
-@pytest.fixture()
+@pytest.fixture
 def results(tmp_path):
     d = tmp_path / "results"
     d.mkdir()
@@ -66,7 +66,8 @@ def test_page_tables_hardware_and_pass_fail(results, tmp_path):
     assert ("- **PASS** [cpu/core] miou: < 2 s (`speed_cpu.json`, 2030-01-02T03:04:05+00:00)" in text)
     assert ("- **FAIL** [cpu/crf] crf_speed: torch/pydensecrf <= 2 (`speed_cpu.json`, "
             "2030-01-02T03:04:05+00:00)" in text)
-    assert text.count("**PASS**") == 2 and text.count("**FAIL**") == 2  # summary + table each
+    assert text.count("**PASS**") == 2
+    assert text.count("**FAIL**") == 2
     assert "Not measured on CPU: ppl." in text
     # no GPU file: the GPU section says so
     assert "GPU (CUDA): not measured (no GPU in this session)." in text
@@ -111,7 +112,8 @@ def test_missing_folder_still_renders(tmp_path):
     text = page.read_text()
     assert "CPU: not measured (no result file)." in text
     assert "GPU (CUDA): not measured (no GPU in this session)." in text
-    assert "](chart.png)" in text and img.read_bytes()[:4] == b"\x89PNG"
+    assert "](chart.png)" in text
+    assert img.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_tier_selection_prefers_runner_full(tmp_path):
@@ -136,8 +138,10 @@ def test_runner_file_under_device_name_and_quick_quality_superseded(tmp_path):
     sources, _ = rd.load_sources(d)
     assert {s.file: s.kind for s in sources}["cuda.json"] == "speed"
     text = rd.render_page(sources, [], img_rel="x.png", families=["core"])
-    assert "Source: `cuda.json`." in text and "- `bench_core_cuda.json`: not shown" in text
-    assert "### quality_synthetic\n" in text and "### quality_synthetic_quick" not in text
+    assert "Source: `cuda.json`." in text
+    assert "- `bench_core_cuda.json`: not shown" in text
+    assert "### quality_synthetic\n" in text
+    assert "### quality_synthetic_quick" not in text
     assert "- `quality_synthetic_quick.json`: not shown" in text
     assert "the presets' full budget. Source: `quality_synthetic.json`." in text
 
@@ -147,7 +151,8 @@ def test_config_less_file_and_number_formatting(tmp_path):
     d.mkdir()
     _write(d, "bench_x_cuda.json", [{"name": "a", "median_ms": 1.0}], config=None)
     src = rd.load_sources(d)[0][0]
-    assert src.device == "cuda" and src.config == {}
+    assert src.device == "cuda"
+    assert src.config == {}
     assert rd.hardware_line(src) == ("Source `bench_x_cuda.json`: hardware and date unknown "
                                      "(the file has no config header).")
     assert [rd.fmt_num(v) for v in (0, 0.5, 12.345, 123.6, 2.5e6, 1e-4, float("nan"), None, True)] == [
@@ -156,7 +161,8 @@ def test_config_less_file_and_number_formatting(tmp_path):
     assert rd.row_ratio({"min_ms": 3.0, "baseline_ms": 6.0}) == 0.5
     assert rd.row_ratio({"speedup": 8.0}) == 0.125
     assert rd.row_ratio({"median_ms": 1.0}) is None
-    assert rd.verdict({"passed": None}) == "" and rd.verdict({"target": "x"}) == "not checked"
+    assert rd.verdict({"passed": None}) == ""
+    assert rd.verdict({"target": "x"}) == "not checked"
 
 
 def test_chart_entries_disambiguate_repeated_rows(tmp_path):
@@ -189,11 +195,14 @@ def test_quality_json_rendering(tmp_path):
     assert syn.index("| baseline |") < syn.index("| l2g |") < syn.index("| pmm |")  # baseline first
     assert ("| baseline | 40.0 | 0.30 (swept on train) | 41.2 | 30.0 | synthetic 200 train | 120 | 100 | 61.4 |"
             in syn)
-    assert "paper CAM" not in syn and "not comparable" in syn
+    assert "paper CAM" not in syn
+    assert "not comparable" in syn
     assert "| tscd | 9.0 | – | – | – | d | 200 | own head | – |" in syn
-    assert "| pmm | failed: RuntimeError: boom |" in syn and "Total wall time of the runs: 123 s." in syn
+    assert "| pmm | failed: RuntimeError: boom |" in syn
+    assert "Total wall time of the runs: 123 s." in syn
     voc = text[text.index("### quality_voc"):]
-    assert "| paper CAM |" in voc and "| 30.0 | 48.8 | – | – |" in voc
+    assert "| paper CAM |" in voc
+    assert "| 30.0 | 48.8 | – | – |" in voc
 
 
 def test_main_cli(results, tmp_path, capsys):
@@ -220,14 +229,15 @@ def _fake_result(method, cam=0.4, pseudo=0.45, val=0.3):
 def test_parse_methods_order_and_validation():
     assert quality.parse_methods("l2g,baseline,l2g") == ["baseline", "l2g"]  # table order, deduplicated
     defaults = quality.parse_methods(None)
-    assert defaults[0] == "baseline" and set(defaults) <= set(quality.METHOD_ORDER) | set(defaults)
+    assert defaults[0] == "baseline"
+    assert set(defaults) <= set(quality.METHOD_ORDER) | set(defaults)
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]"):
         quality.parse_methods("baseline,nope")
     with pytest.raises(ValueError, match="at least one method"):
         quality.parse_methods(" , ")
 
 
-@pytest.mark.parametrize("argv, msg", [
+@pytest.mark.parametrize(("argv", "msg"), [
     (["--set", "cam.steps"], "--set expects KEY=VALUE"),
     (["--dataset", "coco"], "--dataset needs --data-root"),
     (["--data-root", "/definitely/not/here"], "is not a folder"),
@@ -237,7 +247,8 @@ def test_parse_methods_order_and_validation():
 def test_cli_argument_validation(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         quality.parse_args(argv)
-    assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
 
 
 def test_run_quality_passes_same_overrides_to_every_method(tmp_path):
@@ -253,15 +264,23 @@ def test_run_quality_passes_same_overrides_to_every_method(tmp_path):
                                device="cpu", reproduce_fn=fake)
     assert [c[0] for c in calls] == ["baseline", "l2g"]
     for _, root, kw in calls:
-        assert root is None and kw["quick"] is False and kw["resume"] is False and kw["verbose"] is False
+        assert root is None
+        assert kw["quick"] is False
+        assert kw["resume"] is False
+        assert kw["verbose"] is False
         assert kw["overrides"] == ["runtime.progress=false", "runtime.plots=false", "runtime.seed=3",
                                    "runtime.device=cpu", "cam.steps=5"]
     assert calls[0][2]["out"] == tmp_path / "baseline_synthetic"
     base, l2g = rows
-    assert base["cam_miou_pct"] == pytest.approx(40.0) and base["seg_miou_pct"] == pytest.approx(30.0)
-    assert base["paper_cam_miou_pct"] == 48.8 and base["paper_pseudo_miou_pct"] is None
-    assert base["cam_steps"] == 5 and base["seed"] == 3 and base["bg_rule"] == "sweep"
-    assert l2g["error"] == "RuntimeError: boom" and "cam_miou_pct" not in l2g
+    assert base["cam_miou_pct"] == pytest.approx(40.0)
+    assert base["seg_miou_pct"] == pytest.approx(30.0)
+    assert base["paper_cam_miou_pct"] == 48.8
+    assert base["paper_pseudo_miou_pct"] is None
+    assert base["cam_steps"] == 5
+    assert base["seed"] == 3
+    assert base["bg_rule"] == "sweep"
+    assert l2g["error"] == "RuntimeError: boom"
+    assert "cam_miou_pct" not in l2g
 
 
 def test_format_table_baseline_first():
@@ -281,7 +300,8 @@ def test_format_table_baseline_first():
     assert lines[4].startswith("| pmm | failed: ValueError: x |")
     assert lines[5] == "| tscd | 10.0 | 0.45 | – | – | 200 | own head | 3 |"
     with_paper = quality.format_table(rows, with_paper=True).splitlines()
-    assert "paper CAM" in with_paper[0] and "| 30.0 | 48.8 | – | – | 160 |" in with_paper[2]
+    assert "paper CAM" in with_paper[0]
+    assert "| 30.0 | 48.8 | – | – | 160 |" in with_paper[2]
 
 
 def test_main_writes_json_with_monkeypatched_reproduce(monkeypatch, tmp_path, capsys):
@@ -295,11 +315,15 @@ def test_main_writes_json_with_monkeypatched_reproduce(monkeypatch, tmp_path, ca
     rc = quality.main(["--methods", "l2g,baseline", "--out", str(tmp_path / "runs"), "--results",
                        str(tmp_path / "res")])
     out = capsys.readouterr().out
-    assert rc == 0 and seen == ["baseline", "l2g"]
+    assert rc == 0
+    assert seen == ["baseline", "l2g"]
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
-    assert table[1].startswith("| baseline | 50.0 |") and table[2].startswith("| l2g | 60.0 |")
+    assert table[1].startswith("| baseline | 50.0 |")
+    assert table[2].startswith("| l2g | 60.0 |")
     data = json.loads((tmp_path / "res" / "quality_synthetic.json").read_text())
-    assert data["unit"] == "percent" and data["seed"] == 0 and data["quick"] is False
+    assert data["unit"] == "percent"
+    assert data["seed"] == 0
+    assert data["quick"] is False
     assert [r["method"] for r in data["rows"]] == ["baseline", "l2g"]
     assert math.isclose(data["rows"][0]["pseudo_miou_pct"], 45.0)
     assert set(data["config"]) >= {"torch", "device_name", "threads", "date"}
@@ -327,7 +351,8 @@ def test_merge_keeps_other_methods_and_refuses_other_hardware(monkeypatch, tmp_p
     capsys.readouterr()
     assert quality.main(["--methods", "l2g", "--out", str(tmp_path / "c"), "--results", str(res), "--merge"]) == 2
     err = capsys.readouterr().err
-    assert "--merge:" in err and "different device_name" in err
+    assert "--merge:" in err
+    assert "different device_name" in err
     assert quality.main(["--methods", "l2g", "--seed", "1", "--out", str(tmp_path / "d"), "--results",
                          str(tmp_path / "fresh"), "--merge"]) == 0  # nothing to merge with: plain write
 

@@ -48,7 +48,7 @@ def test_cam_from_features_bad_input():
         cam_from_features(torch.randn(1, 4, 2, 2), torch.randn(2, 3))
     with pytest.raises(ValueError, match="features must have shape B×D×h×w"):
         cam_from_features(torch.randn(4, 2, 2), torch.randn(2, 4))
-    with pytest.raises(TypeError, match="features must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"features must be a torch.Tensor"):
         cam_from_features([1, 2], torch.randn(2, 4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bias has 3 entries, expected 2"):
         cam_from_features(torch.randn(1, 4, 2, 2), torch.randn(2, 4), torch.randn(3))
@@ -97,7 +97,8 @@ def test_normalize_properties(b, c, h, w, scale):
     g = torch.Generator().manual_seed(b * 1000 + c * 100 + h * 10 + w)
     cams = torch.randn(b, c, h, w, generator=g)
     out = normalize_cams(cams)
-    assert out.min() >= 0 and out.max() <= 1
+    assert out.min() >= 0
+    assert out.max() <= 1
     # positive rescaling invariance (up to eps)
     torch.testing.assert_close(normalize_cams(cams * scale, eps=1e-12), normalize_cams(cams, eps=1e-12),
                                atol=1e-5, rtol=1e-5)
@@ -157,7 +158,7 @@ def test_cams_to_mask_absent_never_win(seed, bg):
 
 
 def test_cams_to_mask_bad_labels():
-    with pytest.raises(ValueError, match="labels must be multi-hot with values in \\{0, 1\\}, got value 0.5"):
+    with pytest.raises(ValueError, match=r"labels must be multi-hot with values in \{0, 1\}, got value 0.5"):
         cams_to_mask(torch.rand(1, 2, 2, 2), torch.tensor([[0.5, 1.0]]))
     with pytest.raises(ValueError, match="labels has 3 classes, expected 2"):
         cams_to_mask(torch.rand(1, 2, 2, 2), torch.ones(1, 3))
@@ -188,7 +189,8 @@ def test_multiscale_flip_is_undone_on_asymmetric_pattern():
         return im[:, :1]  # echoes the pattern, so the flipped run sees it on the right
 
     out = multiscale_cams(left_detector, x, scales=(1.0,), flip=True, reduce="max")
-    assert out[0, 0, :, :2].eq(1).all() and out[0, 0, :, 2:].eq(0).all()
+    assert out[0, 0, :, :2].eq(1).all()
+    assert out[0, 0, :, 2:].eq(0).all()
 
 
 def test_multiscale_hand_computed_sum_over_scales():
@@ -228,8 +230,11 @@ def test_multiscale_out_size_detailed_and_grad():
     fused, per = detailed.fused, detailed.per_scale
     assert torch.equal(fused, multiscale_cams(net, x, scales=(1.0, 0.5), out_size=(4, 6)))
     module = MultiScaleCAM(net, scales=(1.0, 0.5)).detailed(x, out_size=(4, 6))
-    assert torch.equal(module.fused, fused) and all(torch.equal(a, b) for a, b in zip(module.per_scale, per))
-    assert fused.shape == (1, 2, 4, 6) and len(per) == 2 and per[1].shape == (1, 2, 4, 6)
+    assert torch.equal(module.fused, fused)
+    assert all(torch.equal(a, b) for a, b in zip(module.per_scale, per))
+    assert fused.shape == (1, 2, 4, 6)
+    assert len(per) == 2
+    assert per[1].shape == (1, 2, 4, 6)
     torch.testing.assert_close(fused, per[0] + per[1])
     assert not fused.requires_grad
     g = multiscale_cams(net, x, scales=(1.0,), no_grad=False)
@@ -241,7 +246,7 @@ def test_multiscale_module_and_bad_input():
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(MultiScaleCAM(net, scales=(1.0, 0.5))(x),
                                multiscale_cams(net, x, scales=(1.0, 0.5)))
-    with pytest.raises(ValueError, match="scales must be > 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"scales must be > 0, got -1.0"):
         multiscale_cams(net, x, scales=(1.0, -1.0))
     with pytest.raises(TypeError, match="fn must be callable"):
         multiscale_cams(3, x)  # type: ignore[arg-type]

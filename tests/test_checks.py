@@ -109,7 +109,7 @@ def test_scalar_checks_name_the_argument():
         check_int(3, "n", minimum=0, maximum=2)
     with pytest.raises(TypeError, match="n must be an int >= 1, got bool True"):
         check_int(True, "n", minimum=1)
-    with pytest.raises(TypeError, match="n must be an int, got float 1.5"):
+    with pytest.raises(TypeError, match=r"n must be an int, got float 1.5"):
         check_int(1.5, "n")
     assert check_number(2, "w", 0.0) == 2.0
     with pytest.raises(ValueError, match="w must be > 0, got 0"):

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _module():
     spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -30,17 +31,20 @@ def test_extraction_finds_the_two_readme_commands():
     # the script the CI calls prints the same two lines
     proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "readme_commands.py"), str(ROOT / "README.md")],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.splitlines() == cmds
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == cmds
     # and .ci/run runs them (and no longer passes its own --out to the main job)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "readme_commands.py" in ci and 'bash -c "${readme_cmds[0]}"' in ci and "reproduce_voc.py --quick" not in ci
+    assert "readme_commands.py" in ci
+    assert 'bash -c "${readme_cmds[0]}"' in ci
+    assert "reproduce_voc.py --quick" not in ci
 
 
 _ONE = "```bash\npython3 -m venv .venv && .venv/bin/python examples/reproduce_voc.py\n```\n"
 _TWO = "```bash\npython3 -m venv .venv && .venv/bin/python -m pytest\n```\n"
 
 
-@pytest.mark.parametrize("text,match", [
+@pytest.mark.parametrize(("text", "match"), [
     ("# x\n\n## Install\n\n" + _ONE + _TWO, "no '## Set up' heading"),
     ("## Set up\n\n" + _ONE + "\n## Features\n\n" + _TWO, "exactly 2 bash blocks .* found 1"),
     ("## Set up\n\n" + _ONE + _TWO + _TWO, "found 3"),
@@ -57,7 +61,9 @@ def test_extraction_refuses_anything_but_two_one_line_commands(text, match, tmp_
     readme.write_text(text)
     proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "readme_commands.py"), str(readme)],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.startswith("error: README")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: README")
 
 
 def test_extraction_ignores_blocks_outside_the_section():

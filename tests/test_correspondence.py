@@ -35,8 +35,10 @@ def _views(seed=0, b=2, ct=5, cs=6, dtype=torch.float32):
 
 
 def _released_scd(t1, t2, s1, s2, c1, c2):
-    """The released corr_loss written out from SCD ``utils/corrloss.py`` (STEGO helper, pointwise, zero clamp,
-    shift 0)."""
+    """The released corr_loss written out from SCD ``utils/corrloss.py``.
+
+    STEGO helper, pointwise, zero clamp, shift 0.
+    """
     def sample(t, c):
         return F.grid_sample(t, c.permute(0, 2, 1, 3), padding_mode="border", align_corners=True)
 
@@ -97,16 +99,20 @@ def test_scd_centred_rows_have_the_batch_mean(seed):
     row_means = centred.mean(dim=(3, 4))
     torch.testing.assert_close(row_means, torch.full_like(row_means, float(raw.mean())), rtol=0, atol=1e-6)
     assert centred.shape == cd.shape == (2, 5, 5, 5, 5)
-    assert bool((raw >= 0).all()) and bool((raw <= 1 + 1e-6).all())  # non-negative CAMs: F in [0, 1]
+    assert bool((raw >= 0).all())
+    assert bool((raw <= 1 + 1e-6).all())
 
 
 def test_scd_gradient_only_into_students():
     ta, tb, sa, sb = (t.requires_grad_() for t in _views())
     loss = SelfCorrespondenceDistillation(num_samples=6)(ta, tb, sa, sb, generator=_g())
     loss.backward()
-    assert ta.grad is None and tb.grad is None
-    assert sa.grad is not None and sb.grad is not None
-    assert bool(sa.grad.abs().sum() > 0) and bool(sb.grad.abs().sum() > 0)
+    assert ta.grad is None
+    assert tb.grad is None
+    assert sa.grad is not None
+    assert sb.grad is not None
+    assert bool(sa.grad.abs().sum() > 0)
+    assert bool(sb.grad.abs().sum() > 0)
 
 
 def test_scd_no_gradient_through_negative_student_pairs():
@@ -116,7 +122,8 @@ def test_scd_no_gradient_through_negative_student_pairs():
     loss = self_correspondence_loss(ta, tb, sa, sb, generator=_g(), num_samples=4)
     loss.backward()
     assert loss.item() == 0.0
-    assert float(sa.grad.abs().sum()) == 0.0 and float(sb.grad.abs().sum()) == 0.0
+    assert float(sa.grad.abs().sum()) == 0.0
+    assert float(sb.grad.abs().sum()) == 0.0
 
 
 def _linear_maps(channels, h, w, sign=1.0):
@@ -154,9 +161,11 @@ def test_scd_generator_determinism_and_module_schedule():
     a = scd(ta, tb, sa, sb, generator=_g(3))
     b = scd(ta, tb, sa, sb, generator=_g(3))
     c = scd(ta, tb, sa, sb, generator=_g(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
     assert (SCD_WEIGHT, SCD_START_ITER) == (0.1, 2000)
-    assert scd.weight_at(0) == scd.weight_at(2000) == 0.0 and scd.weight_at(2001) == 0.1
+    assert scd.weight_at(0) == scd.weight_at(2000) == 0.0
+    assert scd.weight_at(2001) == 0.1
     assert scd_weight(10, weight=0.5, start_iter=5) == 0.5
     assert "num_samples=5" in repr(scd)
     assert sample_points(3, 4, generator=_g()).abs().max() <= 1
@@ -214,7 +223,7 @@ def _released_radius_mask(h, w, radius):
     return mask.bool()
 
 
-@pytest.mark.parametrize("h,w,radius", [(4, 5, 1), (6, 3, 2), (5, 5, 8)])
+@pytest.mark.parametrize(("h", "w", "radius"), [(4, 5, 1), (6, 3, 2), (5, 5, 8)])
 def test_radius_mask_equals_released_loops(h, w, radius):
     assert torch.equal(radius_mask(h, w, radius), _released_radius_mask(h, w, radius))
 

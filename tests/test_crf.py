@@ -48,8 +48,10 @@ def photos(h: int, w: int) -> torch.Tensor:
 
 
 def reference_filter(features: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Direct loop transcription of the permutohedral filter (Adams et al. 2010 as in densecrf's
-    permutohedral.cpp, SSE rounding): dict hash table, per-pixel splat, d+1 blur passes, slice."""
+    """Direct loop transcription of the permutohedral filter (Adams et al.
+
+    2010 as in densecrf's permutohedral.cpp, SSE rounding): dict hash table, per-pixel splat, d+1 blur passes, slice.
+    """
     f = np.asarray(features, np.float32)
     n, d = f.shape
     d1 = d + 1
@@ -181,7 +183,8 @@ def test_neighbour_lookup_join_equals_table(monkeypatch):
     monkeypatch.setattr(pl, "_lookup_sorted", lambda u, q: calls.append(1) or orig(u, q))
     join = build_lattice(feats)
     assert calls
-    assert torch.equal(table.blur_neighbors, join.blur_neighbors) and torch.equal(table.offsets, join.offsets)
+    assert torch.equal(table.blur_neighbors, join.blur_neighbors)
+    assert torch.equal(table.offsets, join.offsets)
 
 
 def test_lattice_rejects_huge_key_space():
@@ -220,7 +223,8 @@ def test_output_rows_sum_to_one(h, w, k, b, seed, preset):
     img = torch.randint(0, 256, (b, h, w, 3), generator=g, dtype=torch.uint8)
     p = torch.softmax(torch.randn(b, k, h, w, generator=g) * 3, 1)
     q = DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img)
-    assert q.shape == p.shape and bool((q >= 0).all())
+    assert q.shape == p.shape
+    assert bool((q >= 0).all())
     torch.testing.assert_close(q.sum(1), torch.ones(b, h, w), rtol=0, atol=1e-5)
 
 
@@ -249,7 +253,8 @@ def test_labels_snap_to_a_strong_colour_edge(preset):
     p = torch.stack([1 - p1, p1], 1)
     before = (p.argmax(1) == truth).float().mean()
     after = (DenseCRF.preset(preset, backend="torch")(None, p, image_uint8=img).argmax(1) == truth).float().mean()
-    assert float(before) < 0.9 and float(after) == 1.0
+    assert float(before) < 0.9
+    assert float(after) == 1.0
 
 
 def test_batch_equals_single_images_and_input_layouts_agree():
@@ -265,7 +270,8 @@ def test_batch_equals_single_images_and_input_layouts_agree():
     torch.testing.assert_close(crf(None, p, image_uint8=channel_first), batched)  # uint8 channel-first
     torch.testing.assert_close(crf(None, p.numpy(), image_uint8=img.numpy()), batched)
     q64 = crf(None, p.double(), image_uint8=img)
-    assert q64.dtype == torch.float64 and crf(None, p[0], image_uint8=img[0]).shape == (6, 23, 31)
+    assert q64.dtype == torch.float64
+    assert crf(None, p[0], image_uint8=img[0]).shape == (6, 23, 31)
 
 
 def test_renormalize_and_ignore_modes():
@@ -367,11 +373,11 @@ def test_bad_inputs_raise_clear_errors():
         dense_crf(None, p[0, 0], image_uint8=img)
     with pytest.raises(TypeError, match="floating-point"):
         dense_crf(None, torch.ones(1, 3, 8, 10, dtype=torch.long), image_uint8=img)
-    with pytest.raises(TypeError, match="torch.Tensor or numpy"):
+    with pytest.raises(TypeError, match=r"torch.Tensor or numpy"):
         dense_crf([[0]], p)
     with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
         dense_crf(None, p, image_uint8=torch.zeros(1, 8, 10, 4, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="image01 must lie in \\[0.0, 1.0\\]"):
+    with pytest.raises(ValueError, match=r"image01 must lie in \[0.0, 1.0\]"):
         dense_crf(torch.full((1, 3, 8, 10), 2.0), p)
     with pytest.raises(TypeError, match="uint8"):
         dense_crf(torch.zeros(1, 8, 10, 3, dtype=torch.int32), p)
@@ -428,7 +434,7 @@ def test_torch_matches_pydensecrf_on_photographs(preset):
 
 
 @pytest.mark.crf
-@pytest.mark.parametrize("n,seed,spread", [(6, 3, 2.0), (5, 3, 1.5), (7, 0, 1.0), (8, 0, 1.0)])
+@pytest.mark.parametrize(("n", "seed", "spread"), [(6, 3, 2.0), (5, 3, 1.5), (7, 0, 1.0), (8, 0, 1.0)])
 def test_lattice_mean_field_matches_pydensecrf_on_raw_features(n, seed, spread):
     dcrf = _dcrf()
     g = torch.Generator().manual_seed(seed)

@@ -1,5 +1,6 @@
 """Tests for PMM's cyclic pseudo masks: the block (wsss_blocks.pseudo_mask.CyclicPseudoMask) and the trainer's
-relabelling round around it (wsss_blocks.train.cyclic)."""
+relabelling round around it (wsss_blocks.train.cyclic).
+"""
 
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ def test_relabel_resumes_without_rewriting(tmp_path, monkeypatch):
         assert (out / name).stat().st_mtime_ns == t
     writes.clear()
     res = relabel(cp, net, ds, out)
-    assert writes == [] and (res.written, res.skipped) == (0, 4)
+    assert writes == []
+    assert (res.written, res.skipped) == (0, 4)
     relabel(CyclicPseudoMask(**FAST), net, ds, out, overwrite=True)
     assert len(writes) == 4
 
@@ -281,9 +283,14 @@ def test_constructor_validation():
     with pytest.raises(ValueError, match="img_scale"):
         CyclicPseudoMask(img_scale=(2048, 0))
     cp = CyclicPseudoMask()
-    assert cp.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and cp.flip and cp.crf is not None
-    assert cp.img_scale == (2048, 512) and cp.slide == (512, 480) and cp.policy == "replace"
-    assert repr(cp).startswith("CyclicPseudoMask(") and "policy='replace'" in repr(cp)
+    assert cp.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert cp.flip
+    assert cp.crf is not None
+    assert cp.img_scale == (2048, 512)
+    assert cp.slide == (512, 480)
+    assert cp.policy == "replace"
+    assert repr(cp).startswith("CyclicPseudoMask(")
+    assert "policy='replace'" in repr(cp)
 
 
 def test_select_checkpoint_and_round_losses():
@@ -296,7 +303,9 @@ def test_select_checkpoint_and_round_losses():
         select_checkpoint([])
     r0 = loss_for_round(0)
     r1 = loss_for_round(1)
-    assert isinstance(r0, PretendedUnderFittingLoss) and r0.mode == "clamp" and r0.beta == 0.5
+    assert isinstance(r0, PretendedUnderFittingLoss)
+    assert r0.mode == "clamp"
+    assert r0.beta == 0.5
     assert r1.mode is None
     assert loss_for_round(0, "coco").k == 0.8
     logits = torch.randn(1, 3, 4, 4)

@@ -25,14 +25,21 @@ pytest.importorskip("PIL")
 
 # ---------------------------------------------------------------- class list and mapping
 def test_coco_classes_and_ids():
-    assert len(COCO_CLASSES) == 80 and len(set(COCO_CLASSES)) == 80
-    assert len(COCO_CATEGORY_IDS) == 80 and list(COCO_CATEGORY_IDS) == sorted(set(COCO_CATEGORY_IDS))
-    assert COCO_CATEGORY_IDS[0] == 1 and COCO_CATEGORY_IDS[-1] == 90
+    assert len(COCO_CLASSES) == 80
+    assert len(set(COCO_CLASSES)) == 80
+    assert len(COCO_CATEGORY_IDS) == 80
+    assert list(COCO_CATEGORY_IDS) == sorted(set(COCO_CATEGORY_IDS))
+    assert COCO_CATEGORY_IDS[0] == 1
+    assert COCO_CATEGORY_IDS[-1] == 90
     # the 10 ids the 2014 detection/segmentation annotations never use
     assert sorted(set(range(1, 91)) - set(COCO_CATEGORY_IDS)) == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
     named = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES))
-    assert named[1] == "person" and named[13] == "stop sign" and named[44] == "bottle"
-    assert named[67] == "dining table" and named[72] == "tv" and named[90] == "toothbrush"
+    assert named[1] == "person"
+    assert named[13] == "stop sign"
+    assert named[44] == "bottle"
+    assert named[67] == "dining table"
+    assert named[72] == "tv"
+    assert named[90] == "toothbrush"
     assert tuple(class_names_file("coco").read_text().split("\n")[:-1]) == COCO_CLASSES
 
 
@@ -42,8 +49,10 @@ def test_coco_id_to_contiguous_values():
     assert out.dtype == np.int64
     assert out.tolist() == [[0, 1, 11, 12], [40, 61, 80, 255]]
     t = coco_id_to_contiguous(torch.from_numpy(raw))
-    assert t.dtype == torch.int64 and t.tolist() == out.tolist()
-    assert coco_id_to_contiguous(90) == 80 and coco_id_to_contiguous(np.int64(0)) == 0
+    assert t.dtype == torch.int64
+    assert t.tolist() == out.tolist()
+    assert coco_id_to_contiguous(90) == 80
+    assert coco_id_to_contiguous(np.int64(0)) == 0
     # every raw id lands on its class index + 1
     np.testing.assert_array_equal(coco_id_to_contiguous(np.array(COCO_CATEGORY_IDS)), np.arange(1, 81))
 
@@ -115,9 +124,11 @@ def coco_root(tmp_path) -> Path:
 
 def test_reader_raw_ids_remapped(coco_root):
     ds = COCOSegmentation(coco_root, "train", raw_category_ids=True)
-    assert ds.names == NAMES["train2014"] and ds.num_classes == 80
+    assert ds.names == NAMES["train2014"]
+    assert ds.num_classes == 80
     s = ds[0]
-    assert s["image"].shape == (3, 4, 6) and s["labels"].shape == (80,)
+    assert s["image"].shape == (3, 4, 6)
+    assert s["labels"].shape == (80,)
     assert s["mask"].tolist() == coco_id_to_contiguous(_raw_mask(ds.names[0])).tolist()
     assert torch.nonzero(s["labels"]).flatten().tolist() == [0, 79]  # person, toothbrush
     assert torch.nonzero(ds[1]["labels"]).flatten().tolist() == [23]  # giraffe
@@ -126,12 +137,14 @@ def test_reader_raw_ids_remapped(coco_root):
 def test_reader_contiguous_masks_and_alt_layouts(coco_root):
     import shutil
     ds = COCOSegmentation(coco_root, "val", mask_dir="Contiguous/val2014")
-    assert int(ds[0]["mask"].max()) == 61 and int(ds[0]["labels"].argmax()) == 60
+    assert int(ds[0]["mask"].max()) == 61
+    assert int(ds[0]["labels"].argmax()) == 60
     # AFA-style folder names "train"/"val" and the coco2014 image folder
     shutil.move(coco_root / "JPEGImages" / "val2014", coco_root / "coco2014" / "val")
     shutil.move(coco_root / "SegmentationClass" / "val2014", coco_root / "SegmentationClass" / "val")
     ds = COCOSegmentation(coco_root, "val", raw_category_ids=True)
-    assert ds.image_dir == coco_root / "coco2014" / "val" and ds.names == NAMES["val2014"]
+    assert ds.image_dir == coco_root / "coco2014" / "val"
+    assert ds.names == NAMES["val2014"]
 
 
 def test_reader_list_file_and_labels_file(coco_root):
@@ -146,7 +159,8 @@ def test_reader_list_file_and_labels_file(coco_root):
     save_cls_labels(coco_root / "cls_labels_coco.npy", {NAMES["val2014"][0]: vec})
     ds = COCOSegmentation(coco_root, "val", labels_file="cls_labels_coco.npy", return_mask=False)
     s = ds[0]
-    assert "mask" not in s and int(s["labels"].argmax()) == 5
+    assert "mask" not in s
+    assert int(s["labels"].argmax()) == 5
 
 
 def test_raw_ids_without_flag_are_out_of_range(coco_root):
@@ -169,13 +183,13 @@ def test_coco_missing_folders(coco_root, tmp_path):
         COCOSegmentation(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=r"no image folder for COCO split 'test'.*JPEGImages/test"):
         COCOSegmentation(coco_root, "test")
-    with pytest.raises(FileNotFoundError, match="mask folder .*Nope"):
+    with pytest.raises(FileNotFoundError, match=r"mask folder .*Nope"):
         COCOSegmentation(coco_root, "val", mask_dir="Nope")
     import shutil
     shutil.rmtree(coco_root / "SegmentationClass" / "val2014")
     with pytest.raises(FileNotFoundError, match=r"no list file and no mask folder.*SegmentationClass/val2014"):
         COCOSegmentation(coco_root, "val")
-    with pytest.raises(ValueError, match="must be a .npy label dict"):
+    with pytest.raises(ValueError, match=r"must be a .npy label dict"):
         COCOSegmentation(coco_root, "train", labels_file=coco_root / "JPEGImages")
 
 

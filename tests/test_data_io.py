@@ -29,7 +29,8 @@ Image = pytest.importorskip("PIL.Image")
 # ---------------------------------------------------------------- palette
 def test_voc_palette_known_entries():
     pal = voc_palette()
-    assert pal.shape == (256, 3) and pal.dtype == np.uint8
+    assert pal.shape == (256, 3)
+    assert pal.dtype == np.uint8
     # values from the VOC devkit colour map
     expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
                 15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}
@@ -70,7 +71,8 @@ def test_label_png_roundtrip(tmp_path, palette, kind):
     p = tmp_path / "sub" / "m.png"
     save_label_png(p, arg, palette=palette)
     out = load_label_png(p)
-    assert out.dtype == np.int64 and out.shape == (5, 7)
+    assert out.dtype == np.int64
+    assert out.shape == (5, 7)
     np.testing.assert_array_equal(out, m)
     img = Image.open(p)
     assert img.mode == ("P" if palette else "L")
@@ -93,7 +95,7 @@ def test_label_png_roundtrip_property(tmp_path_factory, mask, palette):
 def test_load_label_png_rejects_rgb(tmp_path):
     p = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(p)
-    with pytest.raises(ValueError, match="mode 'RGB'.*class indices"):
+    with pytest.raises(ValueError, match=r"mode 'RGB'.*class indices"):
         load_label_png(p)
 
 
@@ -108,7 +110,7 @@ def test_load_label_png_16bit_greyscale(tmp_path):
 def test_load_label_png_corrupt_names_file(tmp_path, content):
     p = tmp_path / "broken_mask.png"
     p.write_bytes(content)
-    with pytest.raises(ValueError, match="broken_mask.png"):
+    with pytest.raises(ValueError, match=r"broken_mask.png"):
         load_label_png(p)
 
 
@@ -117,17 +119,17 @@ def test_load_label_png_truncated_names_file(tmp_path):
     save_label_png(p, np.random.default_rng(0).integers(0, 21, (64, 64)).astype(np.uint8))
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="trunc.png"):
+    with pytest.raises(ValueError, match=r"trunc.png"):
         load_label_png(p)
 
 
 def test_load_label_png_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(FileNotFoundError, match=r"nope.png"):
         load_label_png(tmp_path / "nope.png")
 
 
 @pytest.mark.parametrize(
-    "mask, exc, match",
+    ("mask", "exc", "match"),
     [
         (np.zeros((2, 2, 1), np.uint8), ValueError, "H×W"),
         (np.zeros((2, 2), np.float32), TypeError, "integer dtype"),
@@ -180,12 +182,12 @@ def test_load_image_corrupt_names_file(tmp_path):
     p.write_bytes(b"\xff\xd8\xff\xe0 garbage")
     with pytest.raises(ValueError, match=r"2007_000032\.jpg.*corrupt"):
         load_image(p)
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"missing.jpg"):
         load_image(tmp_path / "missing.jpg")
 
 
 @pytest.mark.parametrize(
-    "arr, name, exc, match",
+    ("arr", "name", "exc", "match"),
     [
         (np.zeros((2, 2, 4), np.uint8), "a.png", ValueError, "H×W×3"),
         (np.zeros((2, 2, 3), np.float32), "a.png", TypeError, "uint8"),
@@ -213,13 +215,17 @@ def test_atomic_write_success_and_permissions(tmp_path):
     assert sorted(x.name for x in p.parent.iterdir()) == ["f.bin"]
 
 
+def _write_then_fail(path, text, error):
+    with atomic_write(path, "w") as f:
+        f.write(text)
+        raise error
+
+
 def test_atomic_write_failure_leaves_target_untouched(tmp_path):
     p = tmp_path / "f.txt"
     p.write_text("old")
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(p, "w") as f:
-            f.write("new partial")
-            raise RuntimeError("boom")
+        _write_then_fail(p, "new partial", RuntimeError("boom"))
     assert p.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]  # temp file removed
 
@@ -227,9 +233,7 @@ def test_atomic_write_failure_leaves_target_untouched(tmp_path):
 def test_atomic_write_failure_without_existing_target(tmp_path):
     p = tmp_path / "never.txt"
     with pytest.raises(KeyError):
-        with atomic_write(p, "w") as f:
-            f.write("x")
-            raise KeyError("k")
+        _write_then_fail(p, "x", KeyError("k"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -244,12 +248,11 @@ def test_atomic_write_is_a_rename_readers_never_see_partial(tmp_path):
 
 
 def test_atomic_write_bad_args(tmp_path):
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_write(tmp_path / "a", "ab"):
-            pass
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        with atomic_write(tmp_path / "no" / "a", make_parents=False):
-            pass
+    with pytest.raises(ValueError, match="mode"), atomic_write(tmp_path / "a", "ab"):
+        pass
+    with pytest.raises(FileNotFoundError, match="does not exist"), \
+            atomic_write(tmp_path / "no" / "a", make_parents=False):
+        pass
 
 
 # ---------------------------------------------------------------- lazy imports

@@ -200,17 +200,20 @@ def _check_voc_result(data_root: Path, tiny: TinyVOC) -> None:
     assert sorted(labels) == sorted(int(n.replace("_", "")) for n in EXPECTED_TRAIN_AUG + VOC_VAL)
     for n in EXPECTED_TRAIN_AUG + VOC_VAL:
         vec = labels[int(n.replace("_", ""))]
-        assert vec.dtype == np.float32 and vec.shape == (20,)
+        assert vec.dtype == np.float32
+        assert vec.shape == (20,)
         assert [VOC_CLASSES[i] for i in np.flatnonzero(vec)] == [c for c in VOC_CLASSES if c in tiny.classes[n]]
     # the reader and its split resolution accept the result
     ds = VOCSegmentation(data_root, split="train_aug", labels_file="cls_labels.npy")
-    assert ds.names == EXPECTED_TRAIN_AUG and ds.mask_dir == aug
+    assert ds.names == EXPECTED_TRAIN_AUG
+    assert ds.mask_dir == aug
     s = ds[EXPECTED_TRAIN_AUG.index("2008_000010")]
     np.testing.assert_array_equal(s["mask"].numpy(), tiny.sbd_masks["2008_000010"])
     assert len(VOCSegmentation(data_root, split="val")) == 2
     # the SBD parts not converted were not extracted
     sbd = data_root.parents[1] / "benchmark_RELEASE"
-    assert not (sbd / "dataset" / "inst").exists() and not (sbd / "benchmark_code_RELEASE").exists()
+    assert not (sbd / "dataset" / "inst").exists()
+    assert not (sbd / "benchmark_code_RELEASE").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +240,8 @@ def test_voc_from_http_server(http_server, monkeypatch, tmp_path, tiny_voc, caps
     # --remove-archives on the finished folder deletes the downloads and nothing else
     n = len(http_server.log)
     assert P.prepare_voc(tmp_path / "data", remove_archives=True, progress=False, verbose=False).ran == []
-    assert list((tmp_path / "data" / "archives").iterdir()) == [] and len(http_server.log) == n
+    assert list((tmp_path / "data" / "archives").iterdir()) == []
+    assert len(http_server.log) == n
     _check_voc_result(data_root, tiny_voc)
 
 
@@ -248,14 +252,16 @@ def test_voc_rerun_is_a_noop(http_server, monkeypatch, tmp_path, tiny_voc, capsy
     assert "verify" in first.ran
     before, n_requests = _snapshot(root), len(http_server.log)
     second = P.prepare_voc(root, progress=False)
-    assert second.ran == [] and second.counts == first.counts
+    assert second.ran == []
+    assert second.counts == first.counts
     assert len(http_server.log) == n_requests  # no request reached the server
     assert _snapshot(root) == before  # same files, same mtimes
     assert "already prepared" in capsys.readouterr().out
     # a deleted output is rebuilt by the step that makes it (and the steps after it), nothing else
     (root / "VOCdevkit/VOC2012/cls_labels.npy").unlink()
     third = P.prepare_voc(root, progress=False, verbose=False)
-    assert third.ran == ["cls_labels.npy", "verify"] and len(http_server.log) == n_requests
+    assert third.ran == ["cls_labels.npy", "verify"]
+    assert len(http_server.log) == n_requests
     _check_voc_result(root / "VOCdevkit/VOC2012", tiny_voc)
 
 
@@ -284,9 +290,11 @@ def test_checksum_mismatch_one_line_nothing_extracted(http_server, monkeypatch, 
     root = tmp_path / "data"
     rc = cli_main(["data", "prepare", "voc", "--root", str(root), "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1
+    assert rc == 2
+    assert len(err.splitlines()) == 1
     assert err.startswith("error: VOCtrainval_11-May-2012.tar")
-    assert f"expected md5 {expected}" in err and f"has md5 {_md5(tiny_voc.voc_tar)}" in err
+    assert f"expected md5 {expected}" in err
+    assert f"has md5 {_md5(tiny_voc.voc_tar)}" in err
     # nothing half-extracted, the wrong download deleted
     leftovers = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     assert leftovers == [".wsss_blocks_prepare.lock", "archives", "archives/VOCtrainval_11-May-2012.tar.lock"]
@@ -296,7 +304,8 @@ def test_checksum_mismatch_one_line_nothing_extracted(http_server, monkeypatch, 
     (arch / "VOCtrainval_11-May-2012.tar").write_bytes(tiny_voc.voc_tar)
     with pytest.raises(hub.ChecksumError, match=f"mine/VOCtrainval_11-May-2012.tar has md5 .*expected md5 {expected}"):
         P.prepare_voc(tmp_path / "d2", archives=arch, progress=False, verbose=False)
-    assert not (tmp_path / "d2" / "VOCdevkit").exists() and (arch / "VOCtrainval_11-May-2012.tar").is_file()
+    assert not (tmp_path / "d2" / "VOCdevkit").exists()
+    assert (arch / "VOCtrainval_11-May-2012.tar").is_file()
     # --no-verify uses the copy as it is
     res = P.prepare_voc(tmp_path / "d3", archives=arch, verify=False, sbd=False, progress=False, verbose=False)
     assert res.counts == {"train": 3, "val": 2, "labels": 5}
@@ -409,7 +418,8 @@ def test_unprepared_roots_are_diagnosed(http_server, monkeypatch, tmp_path, tiny
     with pytest.raises(FileNotFoundError) as ei:
         check_splits(l2g(data_root))
     msg = str(ei.value)
-    assert "saliency folder" in msg and f"the saliency maps are missing ({data_root / 'Sal'})" in msg
+    assert "saliency folder" in msg
+    assert f"the saliency maps are missing ({data_root / 'Sal'})" in msg
     assert f"wsss-blocks data prepare saliency poolnet-voc --root {root} --from" in msg
     assert P.SALIENCY_SETS["poolnet-voc"].page in msg
     # install the maps the user downloaded (a zip with its own inner folder)
@@ -423,7 +433,8 @@ def test_unprepared_roots_are_diagnosed(http_server, monkeypatch, tmp_path, tiny
         zf.writestr("voc_sal/readme.txt", "maps")
     (tmp_path / "sal.zip").write_bytes(buf.getvalue())
     final = P.prepare_saliency("poolnet-voc", root, source=tmp_path / "sal.zip", progress=False, verbose=False)
-    assert final == data_root / "Sal" and len(list(final.glob("*.png"))) == len(ALL_NAMES)
+    assert final == data_root / "Sal"
+    assert len(list(final.glob("*.png"))) == len(ALL_NAMES)
     check_splits(l2g(data_root))  # prepared, saliency installed: every split of the l2g_voc config opens
     assert P.prepare_saliency("poolnet-voc", root, progress=False, verbose=False) == final  # no-op
 
@@ -442,7 +453,7 @@ def test_official_counts_are_enforced_on_the_official_lists(monkeypatch, tmp_pat
     arch.mkdir()
     (arch / "VOCtrainval_11-May-2012.tar").write_bytes(_tar(voc))
     (arch / "benchmark.tgz").write_bytes(tiny_voc.sbd_tgz)
-    with pytest.raises(ValueError, match="SBD dataset/train.txt: 4 names, expected 8,498 with the official"):
+    with pytest.raises(ValueError, match=r"SBD dataset/train.txt: 4 names, expected 8,498 with the official"):
         P.prepare_voc(tmp_path / "d", archives=arch, verify=False, progress=False, verbose=False)
     assert not (tmp_path / "d/VOCdevkit/VOC2012/SegmentationClassAug").exists()
 
@@ -455,7 +466,8 @@ def test_unsafe_archive_members_are_refused(tmp_path):
         path.write_bytes(_tar(members))
         with pytest.raises(P.UnsafeArchiveError, match=kind):
             P._extract(path, spec, tmp_path / "root", verified=False, progress=False, verbose=False)
-        assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "root" / "VOCdevkit" / "VOC2012").exists()
+        assert not (tmp_path / "evil.txt").exists()
+        assert not (tmp_path / "root" / "VOCdevkit" / "VOC2012").exists()
         assert not (tmp_path / "root" / "VOCdevkit" / ".VOC2012.partial").exists()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -526,11 +538,13 @@ def test_cli_subprocess_with_archives(tmp_path, tiny_voc):
     assert "VOC 2012 + SBD ready: train 3, val 2, train_aug 7, SegmentationClassAug masks 9" in r.stdout
     _check_voc_result(data_root, tiny_voc)
     chk = [sys.executable, "-m", "wsss_blocks.cli", "data", "check"]
-    r = subprocess.run(chk + [str(data_root)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == f"{data_root}: ready"
-    r = subprocess.run(chk + [str(data_root), "--saliency-dir", "SALImages"], capture_output=True, text=True,
+    r = subprocess.run([*chk, str(data_root)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"{data_root}: ready"
+    r = subprocess.run([*chk, str(data_root), "--saliency-dir", "SALImages"], capture_output=True, text=True,
                        env=env, timeout=300)
-    assert r.returncode == 1 and "wsss-blocks data prepare saliency pfan-voc" in r.stdout
+    assert r.returncode == 1
+    assert "wsss-blocks data prepare saliency pfan-voc" in r.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -539,9 +553,11 @@ def test_cli_subprocess_with_archives(tmp_path, tiny_voc):
 def test_saliency_without_direct_link_says_where_to_get_it(tmp_path, capsys):
     rc = cli_main(["data", "prepare", "saliency", "pfan-voc", "--root", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1
+    assert rc == 2
+    assert len(err.splitlines()) == 1
     s = P.SALIENCY_SETS["pfan-voc"]
-    assert s.page in err and "halbielee/EPS" in err
+    assert s.page in err
+    assert "halbielee/EPS" in err
     assert str(tmp_path / "VOCdevkit" / "VOC2012" / "SALImages") in err
     assert f"wsss-blocks data prepare saliency pfan-voc --root {tmp_path} --from" in err
     with pytest.raises(ValueError, match="unknown saliency set 'poolnet'; known: poolnet-voc"):
@@ -564,14 +580,16 @@ def test_saliency_with_direct_link_is_fetched_and_checked(http_server, monkeypat
     root = tmp_path / "coco"
     seg = root / "ImageSets" / "Segmentation"
     seg.mkdir(parents=True)
-    (seg / "train.txt").write_text("\n".join(names + ["COCO_train2014_000000000030"]) + "\n")
+    (seg / "train.txt").write_text("\n".join([*names, "COCO_train2014_000000000030"]) + "\n")
     with pytest.raises(ValueError, match=r"1 images of .*train.txt have no saliency map, e.g. "
                                          r"COCO_train2014_000000000030.png"):
         P.prepare_saliency("pfan-coco", root, progress=False, verbose=False)
-    assert not (root / "SALImages").exists() and not (root / ".SALImages.partial").exists()
+    assert not (root / "SALImages").exists()
+    assert not (root / ".SALImages.partial").exists()
     (seg / "train.txt").write_text("\n".join(names) + "\n")
     final = P.prepare_saliency("pfan-coco", root, progress=False, verbose=False)
-    assert final == root / "SALImages" and sorted(p.stem for p in final.glob("*.png")) == names
+    assert final == root / "SALImages"
+    assert sorted(p.stem for p in final.glob("*.png")) == names
     assert [e["path"] for e in http_server.log] == ["/sal/pfan_coco.tar.gz"]  # the second call used the download
 
 
@@ -590,7 +608,7 @@ def _poly_mask(poly: list[float], h: int, w: int) -> np.ndarray:
             continue
         cross = (y0 > Y) != (y1 > Y)
         xint = x0 + (Y - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= cross & (X < xint)
+        inside ^= cross & (xint > X)
     return inside
 
 
@@ -600,7 +618,7 @@ def _uncompressed_rle(m: np.ndarray) -> dict:
     edges = np.flatnonzero(np.diff(flat) != 0) + 1
     counts = [int(c) for c in np.diff(np.concatenate([[0], edges, [flat.size]]))]
     if flat[0] == 1:
-        counts = [0] + counts
+        counts = [0, *counts]
     return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
 
 
@@ -711,7 +729,8 @@ def test_coco_masks_equal_numpy_rendering(http_server, monkeypatch, tmp_path, ti
     res = P.prepare_coco(root, progress=False)
     out = capsys.readouterr().out
     assert "train2014.zip: no checksum is published for this file" in out
-    assert res.data_root == root and res.counts == {"train": 2, "val": 2, "labels": 4}
+    assert res.data_root == root
+    assert res.counts == {"train": 2, "val": 2, "labels": 4}
     assert (root / "ImageSets/Segmentation/train.txt").read_text().split() == [
         "COCO_train2014_000000000009", "COCO_train2014_000000000025"]  # image 30 has no annotation
     for split, img_id in (("train", 9), ("train", 25), ("val", 42), ("val", 73)):
@@ -723,7 +742,8 @@ def test_coco_masks_equal_numpy_rendering(http_server, monkeypatch, tmp_path, ti
     m9 = np.array(Image.open(root / "SegmentationClass/train2014/COCO_train2014_000000000009.png"))
     assert m9[8, 11] == 17  # the dog diamond (smaller) wins over the person rectangle
     assert m9[14, 15] == 80  # the crowd region (smaller than the person) is foreground and wins where they overlap
-    assert m9[20, 27] == 3 and m9[2, 25] == 3  # both parts of the car
+    assert m9[20, 27] == 3
+    assert m9[2, 25] == 3
     m42 = np.array(Image.open(root / "SegmentationClass/val2014/COCO_val2014_000000000042.png"))
     assert set(np.unique(m42)) == {0, 5}
     labels = np.load(root / "cls_labels.npy", allow_pickle=True).item()
@@ -742,7 +762,8 @@ def test_coco_masks_equal_numpy_rendering(http_server, monkeypatch, tmp_path, ti
     # a rerun does nothing
     before, n = _snapshot(root), len(http_server.log)
     assert P.prepare_coco(root, progress=False, verbose=False).ran == []
-    assert _snapshot(root) == before and len(http_server.log) == n
+    assert _snapshot(root) == before
+    assert len(http_server.log) == n
 
 
 def test_coco_recam_convention_and_raw_ids(monkeypatch, tmp_path, tiny_coco):
@@ -789,9 +810,9 @@ def test_coco_interrupted_render_resumes_and_splits_extend(monkeypatch, tmp_path
     with pytest.raises(KeyboardInterrupt):
         P.prepare_coco(root, archives=arch, splits=["val"], progress=False, verbose=False)
     assert len(list((root / "SegmentationClass" / "val2014").iterdir())) == 1
-    with pytest.raises(FileNotFoundError, match="interrupted before step 'masks_val'"):
-        with P.explain_unprepared(root, "coco"):
-            pass
+    with pytest.raises(FileNotFoundError, match="interrupted before step 'masks_val'"), \
+            P.explain_unprepared(root, "coco"):
+        pass
     monkeypatch.setattr(P, "save_label_png", real)
     res = P.prepare_coco(root, archives=arch, splits=["val"], progress=False, verbose=False)
     assert res.counts == {"val": 2, "labels": 2}
@@ -801,7 +822,8 @@ def test_coco_interrupted_render_resumes_and_splits_extend(monkeypatch, tmp_path
     # adding the train split renders train only
     res = P.prepare_coco(root, archives=arch, progress=False, verbose=False)
     assert res.counts == {"train": 2, "val": 2, "labels": 4}
-    assert "SegmentationClass/val2014" not in res.ran and "SegmentationClass/train2014" in res.ran
+    assert "SegmentationClass/val2014" not in res.ran
+    assert "SegmentationClass/train2014" in res.ran
     assert _snapshot(root / "SegmentationClass" / "val2014") == before
 
 
@@ -810,7 +832,9 @@ def test_coco_needs_pycocotools_named_before_download(http_server, monkeypatch, 
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
     rc = cli_main(["data", "prepare", "coco", "--root", str(tmp_path / "coco"), "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and 'pip install "wsss-blocks[coco]"' in err and "rendering COCO masks" in err
+    assert rc == 2
+    assert 'pip install "wsss-blocks[coco]"' in err
+    assert "rendering COCO masks" in err
     assert http_server.log == []
 
 
@@ -837,7 +861,9 @@ def test_sources_list_the_published_hashes(capsys):
     assert cli_main(["data", "sources"]) == 0
     out = capsys.readouterr().out
     # the MD5s torchvision records for the official archives (datasets/voc.py, datasets/sbd.py)
-    assert "md5   6cd6e144f989b92b3379bac3b3de84fd" in out and "md5   82b4d87ceb2ed10f6038a1cba92111cb" in out
+    assert "md5   6cd6e144f989b92b3379bac3b3de84fd" in out
+    assert "md5   82b4d87ceb2ed10f6038a1cba92111cb" in out
     assert out.count("hash  none published") == 3  # the COCO zips
     for name in ("poolnet-voc", "poolnet-coco", "pfan-voc", "pfan-coco"):
-        assert f"  {name}  " in out and P.SALIENCY_SETS[name].page in out
+        assert f"  {name}  " in out
+        assert P.SALIENCY_SETS[name].page in out

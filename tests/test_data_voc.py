@@ -81,14 +81,17 @@ def _ds(root, split="train", **kw):
 # ---------------------------------------------------------------- constants
 def test_voc_classes_standard_order_and_package_file():
     assert len(VOC_CLASSES) == 20
-    assert VOC_CLASSES[0] == "aeroplane" and VOC_CLASSES[14] == "person" and VOC_CLASSES[19] == "tvmonitor"
-    assert VOC_CLASSES.index("diningtable") == 10 and VOC_CLASSES.index("pottedplant") == 15
+    assert VOC_CLASSES[0] == "aeroplane"
+    assert VOC_CLASSES[14] == "person"
+    assert VOC_CLASSES[19] == "tvmonitor"
+    assert VOC_CLASSES.index("diningtable") == 10
+    assert VOC_CLASSES.index("pottedplant") == 15
     assert tuple(class_names_file("voc").read_text().split("\n")[:-1]) == VOC_CLASSES
     with pytest.raises(ValueError, match="dataset must be one of"):
         class_names_file("cityscapes")
 
 
-@pytest.mark.parametrize("token, name", [
+@pytest.mark.parametrize(("token", "name"), [
     ("2007_000032", "2007_000032"), ("2007000032", "2007_000032"), (2011003276, "2011_003276"),
     ("/JPEGImages/2007_000032.jpg", "2007_000032"), ("SegmentationClassAug\\2008_000008.png", "2008_000008"),
     ("COCO_train2014_000000000009", "COCO_train2014_000000000009"),
@@ -100,11 +103,13 @@ def test_decode_voc_name(token, name):
 # ---------------------------------------------------------------- samples
 def test_sample_values_exact(voc_root):
     ds = _ds(voc_root)
-    assert len(ds) == 2 and ds.names == TRAIN
+    assert len(ds) == 2
+    assert ds.names == TRAIN
     s = ds[1]
     assert s["name"] == "2007_000039"
     img = s["image"]
-    assert img.dtype == torch.float32 and img.shape == (3, 5, 5)
+    assert img.dtype == torch.float32
+    assert img.shape == (3, 5, 5)
     torch.testing.assert_close(img, torch.from_numpy(_image_for("2007_000039")).permute(2, 0, 1).float() / 255)
     assert s["mask"].dtype == torch.int64
     np.testing.assert_array_equal(s["mask"].numpy(), _mask_for("2007_000039"))
@@ -146,11 +151,12 @@ def test_labels_file_without_masks(voc_root):
     shutil.rmtree(voc_root / "SegmentationClass")
     ds = _ds(voc_root, "val", labels_file="cls_labels.npy", return_mask=False)
     s = ds[0]
-    assert "mask" not in s and int(s["labels"].argmax()) == 3
+    assert "mask" not in s
+    assert int(s["labels"].argmax()) == 3
     # test split style: neither masks nor labels
     s = _ds(voc_root, "val", return_mask=False, return_labels=False)[0]
     assert sorted(s) == ["image", "name"]
-    with pytest.raises(FileNotFoundError, match="no mask folder found.*SegmentationClassAug"):
+    with pytest.raises(FileNotFoundError, match=r"no mask folder found.*SegmentationClassAug"):
         _ds(voc_root, "val")
 
 
@@ -158,18 +164,23 @@ def test_saliency_and_transform(voc_root):
     t = Compose([Normalize(), RandomCrop(8)])
     ds = _ds(voc_root, saliency_dir="Sal", transform=t)
     s = ds[0]
-    assert s["saliency"].shape == (1, 8, 8) and s["image"].shape == (3, 8, 8)
+    assert s["saliency"].shape == (1, 8, 8)
+    assert s["image"].shape == (3, 8, 8)
     raw = _ds(voc_root, saliency_dir=voc_root / "Sal")[0]
-    assert raw["saliency"].shape == (1, 6, 8) and raw["saliency"].dtype == torch.float32
-    assert float(raw["saliency"][0, 1, 1]) == 1.0 and float(raw["saliency"][0, 0, 0]) == 0.0
+    assert raw["saliency"].shape == (1, 6, 8)
+    assert raw["saliency"].dtype == torch.float32
+    assert float(raw["saliency"][0, 1, 1]) == 1.0
+    assert float(raw["saliency"][0, 0, 0]) == 0.0
 
 
 def test_dataloader_batches_with_crop(voc_root):
     from torch.utils.data import DataLoader
     ds = _ds(voc_root, "train_aug", transform=RandomCrop(6))
     batch = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
-    assert batch["image"].shape == (4, 3, 6, 6) and batch["mask"].shape == (4, 6, 6)
-    assert batch["labels"].shape == (4, 20) and len(batch["name"]) == 4
+    assert batch["image"].shape == (4, 3, 6, 6)
+    assert batch["mask"].shape == (4, 6, 6)
+    assert batch["labels"].shape == (4, 20)
+    assert len(batch["name"]) == 4
 
 
 # ---------------------------------------------------------------- splits
@@ -177,8 +188,10 @@ def test_train_aug_derived_from_aug_minus_val(voc_root):
     names = derive_train_aug(voc_root)
     assert names == sorted(TRAIN + SBD_ONLY)
     ds = _ds(voc_root, "train_aug")
-    assert ds.names == names and "derived" in repr(ds._resolve_split(voc_root, "train_aug")[1])
-    assert set(TRAIN) <= set(ds.names) and not set(VAL) & set(ds.names)
+    assert ds.names == names
+    assert "derived" in repr(ds._resolve_split(voc_root, "train_aug")[1])
+    assert set(TRAIN) <= set(ds.names)
+    assert not set(VAL) & set(ds.names)
     # SegmentationClassAug kept elsewhere (an "SBD root"): derived from the given mask_dir
     import shutil
     sbd = voc_root.parent / "sbd" / "SegmentationClassAug"
@@ -212,7 +225,8 @@ def test_write_split_list_atomic_and_validates(tmp_path):
 def test_labels_from_mask_and_annotation(tmp_path):
     m = np.array([[0, 1, 255], [20, 20, 0]])
     lab = labels_from_mask(m)
-    assert lab.dtype == np.float32 and lab.tolist() == [1.0] + [0.0] * 18 + [1.0]
+    assert lab.dtype == np.float32
+    assert lab.tolist() == [1.0] + [0.0] * 18 + [1.0]
     assert labels_from_mask(torch.from_numpy(m)).tolist() == lab.tolist()
     assert labels_from_mask(np.zeros((2, 2), int)).sum() == 0
     x = tmp_path / "a.xml"
@@ -223,7 +237,7 @@ def test_labels_from_mask_and_annotation(tmp_path):
     with pytest.raises(ValueError, match="unknown class 'unicorn'"):
         labels_from_annotation(x)
     x.write_text("<annotation><object>")
-    with pytest.raises(ValueError, match="cannot parse annotation file .*a.xml"):
+    with pytest.raises(ValueError, match=r"cannot parse annotation file .*a.xml"):
         labels_from_annotation(x)
 
 
@@ -241,7 +255,7 @@ def test_load_cls_labels_validation(tmp_path):
     p.write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read labels file"):
         load_cls_labels(p)
-    with pytest.raises(FileNotFoundError, match="nothere.npy"):
+    with pytest.raises(FileNotFoundError, match=r"nothere.npy"):
         load_cls_labels(tmp_path / "nothere.npy")
     with pytest.raises(ValueError, match=r"\.npy"):
         save_cls_labels(tmp_path / "x.pkl", {})
@@ -251,7 +265,7 @@ def test_load_cls_labels_validation(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 def test_missing_root_and_image_folder(voc_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match="VOC root folder .*nowhere"):
+    with pytest.raises(FileNotFoundError, match=r"VOC root folder .*nowhere"):
         VOCSegmentation(tmp_path / "nowhere")
     import shutil
     shutil.rmtree(voc_root / "JPEGImages")
@@ -262,10 +276,10 @@ def test_missing_root_and_image_folder(voc_root, tmp_path):
 def test_missing_split_list(voc_root):
     with pytest.raises(FileNotFoundError, match=r"no list file for split 'trainval'.*Segmentation/trainval.txt"):
         _ds(voc_root, "trainval")
-    with pytest.raises(FileNotFoundError, match="split list file .*missing.txt"):
+    with pytest.raises(FileNotFoundError, match=r"split list file .*missing.txt"):
         _ds(voc_root, "lists/missing.txt")
     (voc_root / "ImageSets" / "Segmentation" / "val.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="val.txt"):
+    with pytest.raises(FileNotFoundError, match=r"val.txt"):
         _ds(voc_root, "train_aug")  # derivation needs the val list
 
 
@@ -276,11 +290,11 @@ def test_empty_split_list(voc_root):
 
 
 def test_missing_folders_named(voc_root):
-    with pytest.raises(FileNotFoundError, match="mask folder .*NoMasks"):
+    with pytest.raises(FileNotFoundError, match=r"mask folder .*NoMasks"):
         _ds(voc_root, mask_dir="NoMasks")
-    with pytest.raises(FileNotFoundError, match="saliency folder .*NoSal"):
+    with pytest.raises(FileNotFoundError, match=r"saliency folder .*NoSal"):
         _ds(voc_root, saliency_dir="NoSal")
-    with pytest.raises(FileNotFoundError, match="labels_file .*none.npy"):
+    with pytest.raises(FileNotFoundError, match=r"labels_file .*none.npy"):
         _ds(voc_root, labels_file="none.npy")
 
 
@@ -289,16 +303,16 @@ def test_name_without_image_names_the_path(voc_root):
     with pytest.raises(FileNotFoundError, match=r"1 of 2 names .*train.txt.*JPEGImages/2007_000039\.png"):
         _ds(voc_root)
     ds = _ds(voc_root, check_files=False)  # lazily: fails when the sample is read
-    with pytest.raises(FileNotFoundError, match="2007_000039.png"):
+    with pytest.raises(FileNotFoundError, match=r"2007_000039.png"):
         ds[1]
 
 
 def test_name_without_mask_or_label(voc_root):
     (voc_root / "SegmentationClassAug" / "2007_000032.png").unlink()
-    with pytest.raises(FileNotFoundError, match="no mask file.*2007_000032.png"):
+    with pytest.raises(FileNotFoundError, match=r"no mask file.*2007_000032.png"):
         _ds(voc_root)
     save_cls_labels(voc_root / "l.npy", {"2007_000039": np.zeros(20)})
-    with pytest.raises(ValueError, match="no entry in the labels file, e.g. '2007_000032'"):
+    with pytest.raises(ValueError, match=r"no entry in the labels file, e.g. '2007_000032'"):
         _ds(voc_root, labels_file="l.npy", return_mask=False)
 
 

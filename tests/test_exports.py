@@ -1,5 +1,6 @@
 """The public API: every block is exported from its module and from ``wsss_blocks``, and a block's
-``nn.Module`` takes the options its function takes."""
+``nn.Module`` takes the options its function takes.
+"""
 
 from __future__ import annotations
 

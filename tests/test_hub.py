@@ -42,7 +42,8 @@ def test_good_file_verified_and_cached(server, tmp_path):
     dest = tmp_path / "cache" / "weights" / "model.pth"
     out = download(server.url + "/w/model.pth", dest, sha256=_sha(data), md5=hashlib.md5(data).hexdigest(),
                    size=len(data), progress=False)
-    assert out == dest and dest.read_bytes() == data
+    assert out == dest
+    assert dest.read_bytes() == data
     assert not dest.with_name("model.pth.part").exists()
     assert [(e["path"], e["range"], e["status"], e["sent"]) for e in server.log] == [
         ("/w/model.pth", None, 200, len(data))]
@@ -61,15 +62,20 @@ def test_wrong_checksum_names_hashes_and_leaves_nothing(server, tmp_path):
     with pytest.raises(ChecksumError) as ei:
         download(server.url + "/w/bad.pth", dest, sha256=expected, progress=False)
     msg = str(ei.value)
-    assert "bad.pth" in msg and expected in msg and _sha(data) in msg and "deleted" in msg
-    assert ei.value.expected == expected and ei.value.actual == _sha(data)
+    assert "bad.pth" in msg
+    assert expected in msg
+    assert _sha(data) in msg
+    assert "deleted" in msg
+    assert ei.value.expected == expected
+    assert ei.value.actual == _sha(data)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["bad.pth.lock"]  # no file, no .part
     # a wrong md5 (sources that publish only an md5) and a wrong prefix are refused too
     with pytest.raises(ChecksumError, match=f"expected md5 {'0' * 32}"):
         download(server.url + "/w/bad.pth", dest, md5="0" * 32, progress=False)
     with pytest.raises(ChecksumError, match="expected sha256 prefix deadbeef"):
         download(server.url + "/w/bad.pth", dest, sha256="deadbeef", progress=False)
-    assert not dest.exists() and not dest.with_name("bad.pth.part").exists()
+    assert not dest.exists()
+    assert not dest.with_name("bad.pth.part").exists()
 
 
 def test_size_mismatch_is_refused_before_the_body(server, tmp_path):
@@ -77,7 +83,8 @@ def test_size_mismatch_is_refused_before_the_body(server, tmp_path):
     server.files["/w/x.bin"] = data
     with pytest.raises(ChecksumError, match="serves 30000 bytes, expected 12345"):
         download(server.url + "/w/x.bin", tmp_path / "x.bin", size=12345, progress=False)
-    assert not (tmp_path / "x.bin").exists() and not (tmp_path / "x.bin.part").exists()
+    assert not (tmp_path / "x.bin").exists()
+    assert not (tmp_path / "x.bin.part").exists()
 
 
 def test_interrupted_transfer_resumes_with_range(server, tmp_path):
@@ -112,7 +119,8 @@ def test_server_without_range_support_restarts(server, tmp_path):
     assert dest.read_bytes() == data
     first, second = server.log
     assert (first["status"], first["sent"]) == (200, 10_000)
-    assert second["range"] == "bytes=10000-" and (second["status"], second["sent"]) == (200, 50_000)
+    assert second["range"] == "bytes=10000-"
+    assert (second["status"], second["sent"]) == (200, 50_000)
 
 
 def test_stale_partial_file_is_discarded_after_a_hash_failure(server, tmp_path):
@@ -133,7 +141,9 @@ def test_offline_mode_forbids_network(server, tmp_path, monkeypatch):
     with pytest.raises(OfflineError) as ei:
         download(server.url + "/w/o.bin", dest, sha256=_sha(data), progress=False)
     msg = str(ei.value)
-    assert str(dest) in msg and "WSSS_BLOCKS_OFFLINE=1" in msg and server.url + "/w/o.bin" in msg
+    assert str(dest) in msg
+    assert "WSSS_BLOCKS_OFFLINE=1" in msg
+    assert server.url + "/w/o.bin" in msg
     assert server.log == []
     dest.write_bytes(data)  # placed by hand: accepted offline after verification
     assert download(server.url + "/w/o.bin", dest, sha256=_sha(data), progress=False) == dest
@@ -167,7 +177,8 @@ def test_fallback_to_second_url_and_all_failing(server, tmp_path):
     assert [(e["path"], e["status"]) for e in server.log] == [("/a/f.bin", 404), ("/b/f.bin", 200)]
     with pytest.raises(DownloadError) as ei:
         download([server.url + "/a/g.bin", server.url + "/c/g.bin"], tmp_path / "g.bin", progress=False)
-    assert "/a/g.bin: HTTP 404" in str(ei.value) and "/c/g.bin: HTTP 404" in str(ei.value)
+    assert "/a/g.bin: HTTP 404" in str(ei.value)
+    assert "/c/g.bin: HTTP 404" in str(ei.value)
     assert [u for u, _ in ei.value.failures] == [server.url + "/a/g.bin", server.url + "/c/g.bin"]
 
 
@@ -176,7 +187,8 @@ def test_existing_wrong_file_is_reported_not_replaced(server, tmp_path):
     dest.write_bytes(b"not the right bytes")
     with pytest.raises(ChecksumError, match="already in place; delete it"):
         download(server.url + "/w/placed.bin", dest, sha256=_sha(b"right"), progress=False)
-    assert dest.read_bytes() == b"not the right bytes" and server.log == []
+    assert dest.read_bytes() == b"not the right bytes"
+    assert server.log == []
 
 
 def test_file_urls_and_cache_dir(tmp_path, monkeypatch):
@@ -191,7 +203,7 @@ def test_file_urls_and_cache_dir(tmp_path, monkeypatch):
     assert hub.cache_dir() == Path(os.path.expanduser("~")) / ".cache" / "wsss_blocks"
 
 
-@pytest.mark.parametrize("kw,match", [
+@pytest.mark.parametrize(("kw", "match"), [
     ({"sha256": "xyz"}, "sha256 must be 8 to 64 hex digits"),
     ({"sha256": "abc"}, "sha256 must be 8 to 64 hex digits"),
     ({"md5": "12345"}, "md5 must be 32 hex digits"),

@@ -37,7 +37,8 @@ from wsss_blocks.irn import (
 # The transcription of the released functions lives in benchmarks/irn_baseline.py (shared with the benchmark).
 _spec = importlib.util.spec_from_file_location(
     "irn_baseline", Path(__file__).resolve().parents[1] / "benchmarks" / "irn_baseline.py")
-assert _spec is not None and _spec.loader is not None
+assert _spec is not None
+assert _spec.loader is not None
 release = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(release)
 
@@ -61,7 +62,7 @@ def _voc_mask(shape, seed=0, classes=(0, 3, 7), ignore_frac=0.2):
 # --------------------------------------------------------------------------------------------------
 # path index
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("radius,size", [(5, (20, 30)), (10, (40, 48)), (3, (7, 9))])
+@pytest.mark.parametrize(("radius", "size"), [(5, (20, 30)), (10, (40, 48)), (3, (7, 9))])
 def test_path_index_equals_release(radius, size):
     ref = release.ReleasePathIndex(radius, size)
     pi = PathIndex(radius, size)
@@ -83,13 +84,19 @@ def test_path_index_equals_release(radius, size):
 
 
 def test_path_counts_and_destination_first():
-    assert len(path_offsets(5)) == 34 and len(path_offsets(10)) == 152
+    assert len(path_offsets(5)) == 34
+    assert len(path_offsets(10)) == 152
     pi = PathIndex(10, (128, 128))
-    assert tuple(pi.dst_indices.shape) == (152, 13090) and pi.num_sources == 119 * 110
+    assert tuple(pi.dst_indices.shape) == (152, 13090)
+    assert pi.num_sources == 119 * 110
     lengths = sorted(set(pi.path_lengths.tolist()))
-    assert len(lengths) == 20 and lengths[0] == 2 and lengths[-1] == 22  # 20 length groups, 2..22 points
+    assert len(lengths) == 20
+    assert lengths[0] == 2
+    assert lengths[-1] == 22
     lengths5 = sorted(set(PathIndex(5, (20, 20)).path_lengths.tolist()))
-    assert len(lengths5) == 9 and lengths5[0] == 2 and lengths5[-1] == 11
+    assert len(lengths5) == 9
+    assert lengths5[0] == 2
+    assert lengths5[-1] == 11
     # first path point is the destination, the last real point is the source (0, 0)
     for d in range(pi.num_directions):
         n = int(pi.path_lengths[d])
@@ -97,7 +104,8 @@ def test_path_counts_and_destination_first():
         assert pi.path_offsets[d, n - 1].tolist() == [0, 0]
     # the half disc: dy >= 0, every unordered pair once
     offs = {tuple(o) for o in pi.offsets.tolist()}
-    assert all(dy > 0 or dx > 0 for dy, dx in offs) and not any((-dy, -dx) in offs for dy, dx in offs)
+    assert all(dy > 0 or dx > 0 for dy, dx in offs)
+    assert not any((-dy, -dx) in offs for dy, dx in offs)
 
 
 def test_path_index_cache_and_device_copy():
@@ -117,7 +125,7 @@ def test_path_lengths_hand_checked():
 # --------------------------------------------------------------------------------------------------
 # affinity targets
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("radius,size", [(10, (32, 36)), (5, (16, 21))])
+@pytest.mark.parametrize(("radius", "size"), [(10, (32, 36)), (5, (16, 21))])
 def test_affinity_targets_equal_release(radius, size):
     masks = _voc_mask((3, *size), seed=radius)
     ref_pi = release.ReleasePathIndex(radius, size)
@@ -128,8 +136,11 @@ def test_affinity_targets_equal_release(radius, size):
         assert torch.equal(t.bg_pos[b].float(), bg)
         assert torch.equal(t.fg_pos[b].float(), fg)
         assert torch.equal(t.neg[b].float(), neg)
-    assert t.bg_pos.any() and t.fg_pos.any() and t.neg.any()  # every kind occurred
-    assert not (t.bg_pos & t.fg_pos).any() and not ((t.bg_pos | t.fg_pos) & t.neg).any()
+    assert t.bg_pos.any()
+    assert t.fg_pos.any()
+    assert t.neg.any()
+    assert not (t.bg_pos & t.fg_pos).any()
+    assert not ((t.bg_pos | t.fg_pos) & t.neg).any()
 
 
 def test_affinity_targets_accept_path_index_and_coco_labels():
@@ -137,7 +148,8 @@ def test_affinity_targets_accept_path_index_and_coco_labels():
     m[:, :, 3:] = 0
     t = affinity_targets(m, PathIndex(2, (4, 6)))
     # labels >= 21 are valid here (the release's "< 21" would drop them): direction (0, 1) crosses 80 | 0
-    assert bool(t.fg_pos.any()) and bool(t.neg.any())
+    assert bool(t.fg_pos.any())
+    assert bool(t.neg.any())
     with pytest.raises(ValueError, match="PathIndex was built for"):
         affinity_targets(m, PathIndex(2, (5, 6)))
 
@@ -145,7 +157,7 @@ def test_affinity_targets_accept_path_index_and_coco_labels():
 # --------------------------------------------------------------------------------------------------
 # boundary -> affinity and the loss
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("radius,size", [(10, (24, 30)), (5, (13, 17))])
+@pytest.mark.parametrize(("radius", "size"), [(10, (24, 30)), (5, (13, 17))])
 def test_boundary_to_affinity_equals_release_values_and_gradients(radius, size):
     edge = torch.rand(2, 1, *size, generator=_gen(1), dtype=torch.float64)
     ref_pi = release.ReleasePathIndex(radius, size)
@@ -222,7 +234,8 @@ def test_loss_dtype_and_half_inputs():
     seeds = _voc_mask((1, 8, 10), seed=8)
     full = boundary_affinity_loss(logits, seeds, 3)
     half = boundary_affinity_loss(logits.bfloat16(), seeds, 3)
-    assert full.dtype == torch.float32 and half.dtype == torch.float32
+    assert full.dtype == torch.float32
+    assert half.dtype == torch.float32
     assert float(half) == pytest.approx(float(full), rel=2e-2)
 
 
@@ -230,7 +243,7 @@ def test_loss_dtype_and_half_inputs():
 # random walk
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["sparse", "dense"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_random_walk_equals_release(method, dtype, tol):
     h, w = 12, 16
     cams = torch.rand(2, 3, h, w, generator=_gen(9), dtype=dtype)
@@ -273,8 +286,10 @@ def test_random_walk_boundary_wall_blocks_propagation():
     wall = torch.zeros(1, 1, 10, 12)
     wall[..., :, 5] = 1.0
     out = random_walk(cams, wall)
-    assert float(out[0, 0, :, 5:].abs().max()) == 0.0 and float(out[0, 0, :, :5].min()) > 0
-    assert float(out[0, 1, :, :6].abs().max()) == 0.0 and float(out[0, 1, :, 6:].min()) > 0
+    assert float(out[0, 0, :, 5:].abs().max()) == 0.0
+    assert float(out[0, 0, :, :5].min()) > 0
+    assert float(out[0, 1, :, :6].abs().max()) == 0.0
+    assert float(out[0, 1, :, 6:].min()) > 0
 
 
 @settings(max_examples=20, deadline=None)
@@ -284,7 +299,8 @@ def test_transition_matrix_is_column_stochastic_and_walk_is_convex(seed, h, w, r
     g = _gen(seed)
     edge = torch.rand(1, 1, h, w, generator=g, dtype=torch.float64)
     weights, offsets = _walk_weights(edge[:, 0], radius, beta)
-    assert len(offsets) == 2 * len(path_offsets(radius)) + 1 and (0, 0) in offsets
+    assert len(offsets) == 2 * len(path_offsets(radius)) + 1
+    assert (0, 0) in offsets
     colsum = weights.sum(1)
     # symmetry of A: the weight of (j -> j + d) equals that of (j + d -> j)
     k_of = {o: k for k, o in enumerate(offsets)}
@@ -354,7 +370,8 @@ def test_random_walk_gradients_and_dtypes():
     edge = torch.rand(1, 1, 6, 7, generator=_gen(16))
     out = random_walk(cams, edge, exp_times=2)
     out.sum().backward()
-    assert cams.grad is not None and float(cams.grad.abs().sum()) > 0
+    assert cams.grad is not None
+    assert float(cams.grad.abs().sum()) > 0
     assert random_walk(cams.detach().half(), edge.half(), exp_times=1).dtype == torch.float16
     assert random_walk(cams.detach().double(), edge.double(), exp_times=1).dtype == torch.float64
 
@@ -395,7 +412,8 @@ def test_random_walk_mask_hand_checked_and_edge_cases():
     # all-zero walk: background (the release divides 0 by 0)
     assert random_walk_mask(torch.zeros(1, 2, 1, 2), both, scale_factor=1.0).tolist() == [[[0, 0]]]
     out = random_walk_mask(walked, both, (3, 5))
-    assert out.shape == (1, 3, 5) and out.dtype == torch.int64
+    assert out.shape == (1, 3, 5)
+    assert out.dtype == torch.int64
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,15 +520,15 @@ def test_bad_inputs_name_the_argument():
         boundary_to_affinity(torch.zeros(1, 2, 6, 6), 2)
     with pytest.raises(ValueError, match="targets \\(seed mask\\) must have the boundary's spatial size"):
         boundary_affinity_loss(torch.zeros(1, 1, 6, 6), torch.zeros(1, 5, 6, dtype=torch.long), 2)
+    t = affinity_targets(torch.zeros(2, 6, 6, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="targets have batch size 2"):
-        t = affinity_targets(torch.zeros(2, 6, 6, dtype=torch.long), 2)
         boundary_affinity_loss(torch.zeros(1, 1, 6, 6), t, 2)
     with pytest.raises(ValueError, match="eps must be >= 0"):
         BoundaryAffinityLoss(eps=-1.0)
     cams, edge = torch.rand(1, 2, 6, 6), torch.rand(1, 1, 6, 6)
     with pytest.raises(ValueError, match="boundary must have shape \\(1, 1, 6, 6\\)"):
         random_walk(cams, torch.rand(1, 1, 5, 6))
-    with pytest.raises(ValueError, match="boundary must lie in \\[0.0, 1.0\\]"):
+    with pytest.raises(ValueError, match=r"boundary must lie in \[0.0, 1.0\]"):
         random_walk(cams, edge * 3)
     with pytest.raises(ValueError, match="cams contains non-finite"):
         random_walk(cams * float("nan"), edge)
@@ -534,7 +552,7 @@ def test_bad_inputs_name_the_argument():
         confident_seed_mask(cams, torch.ones(1, 2), torch.rand(1, 3, 5, 6))
     with pytest.raises(ValueError, match="image01 must lie in"):
         confident_seed_mask(cams, torch.ones(1, 2), torch.rand(1, 3, 6, 6) * 255)
-    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
+    with pytest.raises(TypeError, match=r"crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
         confident_seed_mask(cams, torch.ones(1, 2), crf=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="labels must be multi-hot"):
         confident_seed_mask(cams, torch.full((1, 2), 0.5), crf=None)

@@ -1,5 +1,6 @@
 """IRNet (wsss_blocks.models.irnet): parity with a transcription of the released network, frozen backbone,
-flip-averaged boundary map, checkpoint loading in the released key layout, errors."""
+flip-averaged boundary map, checkpoint loading in the released key layout, errors.
+"""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def release_and_ours(tmp_path_factory):
     ref = _ReleaseIRNet().eval()
     _randomise(ref)
     sd = {k.replace("mean_shift_running_mean", "mean_shift.running_mean"): v for k, v in ref.state_dict().items()}
-    assert "stage1.0.weight" in sd and "resnet50.conv1.weight" in sd  # the release's duplicate aliases
+    assert "stage1.0.weight" in sd
+    assert "resnet50.conv1.weight" in sd
     path = tmp_path_factory.mktemp("irn") / "res50_irn.pth"
     torch.save(sd, path)
     ours = IRNet(path, layers=(1, 1, 1, 1)).eval()
@@ -175,7 +177,8 @@ def test_boundary_map_equals_release_edge_displacement(release_and_ours):
 
 def test_backbone_is_frozen_and_only_the_boundary_branch_trains():
     net = IRNet.tiny().train()
-    assert not net.resnet50.training and net.edge.training
+    assert not net.resnet50.training
+    assert net.edge.training
     assert all(not m.training for m in net.resnet50.modules())
     bn = net.resnet50.bn1
     stats = bn.running_mean.clone()
@@ -196,7 +199,9 @@ def test_strides_and_output_size():
     # larger than pad_to: padded to a multiple of 16 instead of failing
     assert net.boundary_map(torch.rand(1, 3, 70, 20), pad_to=64).shape == (1, 1, 18, 5)
     b = net.boundary_map(torch.rand(1, 3, 30, 20), pad_to=None)
-    assert b.shape == (1, 1, 8, 5) and float(b.min()) > 0 and float(b.max()) < 1
+    assert b.shape == (1, 1, 8, 5)
+    assert float(b.min()) > 0
+    assert float(b.max()) < 1
 
 
 def test_torchvision_checkpoint_loads_backbone_only(tmp_path):
@@ -208,7 +213,8 @@ def test_torchvision_checkpoint_loads_backbone_only(tmp_path):
     net = IRNet.tiny()
     report = net.load_pretrained(tmp_path / "r50.pth")
     assert torch.equal(net.resnet50.layer4[0].conv3.weight, tv.layer4[0].conv3.weight)
-    assert any(k.startswith("edge.") for k in report.missing) and "fc.weight" in report.dropped
+    assert any(k.startswith("edge.") for k in report.missing)
+    assert "fc.weight" in report.dropped
     with pytest.raises(ValueError, match="does not fit IRNet"):
         net.load_pretrained({"foo.weight": torch.zeros(1)})
 

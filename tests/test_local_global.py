@@ -138,7 +138,8 @@ def test_roi_align_integer_box_aligned_is_slice(x0, y0, bw, bh):
 def test_roi_align_malformed_box_aligned_gives_zeros():
     x = torch.randn(1, 2, 8, 8)
     out = roi_align(x, torch.tensor([[0.0, 20, 20, 4, 4]]), 3, 0.25, aligned=True)
-    assert out.shape == (1, 2, 3, 3) and float(out.abs().sum()) == 0.0
+    assert out.shape == (1, 2, 3, 3)
+    assert float(out.abs().sum()) == 0.0
 
 
 def test_roi_align_bad_input():
@@ -159,12 +160,14 @@ def test_roi_align_bad_input():
 def test_sampler_voc_default_boxes_corners_then_random():
     g = torch.Generator().manual_seed(0)
     boxes = sample_patch_boxes(4, (448, 448), generator=g)
-    assert boxes.shape == (4, 6, 4) and boxes.dtype == torch.long
+    assert boxes.shape == (4, 6, 4)
+    assert boxes.dtype == torch.long
     corners = torch.tensor([[0, 0, 320, 320], [0, 128, 320, 448], [128, 0, 448, 320], [128, 128, 448, 448]])
     assert torch.equal(boxes[:, :4], corners.expand(4, 4, 4))
     rand = boxes[:, 4:]
     assert torch.equal(rand[..., 2:] - rand[..., :2], torch.full((4, 2, 2), 320))
-    assert int(rand[..., :2].min()) >= 0 and int(rand[..., :2].max()) <= 127  # [0, 128) as released
+    assert int(rand[..., :2].min()) >= 0
+    assert int(rand[..., :2].max()) <= 127
     assert not torch.equal(rand[0], rand[1])  # drawn per image
 
 
@@ -186,7 +189,8 @@ def test_sampler_reproducible_with_generator_and_patch_equals_image_slice():
     a = LocalPatchSampler(5, 24, generator=torch.Generator().manual_seed(7))(imgs, labels, sal)
     b = LocalPatchSampler(5, 24, generator=torch.Generator().manual_seed(7))(imgs, labels, sal)
     assert torch.equal(a["boxes"], b["boxes"])
-    assert a["patches"].shape == (10, 3, 24, 24) and a["patch_saliency"].shape == (10, 1, 24, 24)
+    assert a["patches"].shape == (10, 3, 24, 24)
+    assert a["patch_saliency"].shape == (10, 1, 24, 24)
     sal_norm = sal / (sal.amax(dim=(1, 2, 3), keepdim=True) + 1e-10)
     for n in range(10):
         bi, (x1, y1, x2, y2) = n // 5, a["boxes"][n // 5, n % 5].tolist()
@@ -207,7 +211,8 @@ def test_sampler_modes_grid_and_random():
     assert sorted({v for v in grid9[:, 0].tolist()}) == [0, 64, 128]
     assert sorted({v for v in grid9[:, 1].tolist()}) == [0, 64, 128]
     grid6 = sample_patch_boxes(2, (100, 130), 6, 40, "grid")
-    assert grid6[0, :, 1].tolist() == [0, 0, 0, 60, 60, 60] and grid6[0, :, 0].tolist() == [0, 45, 90] * 2
+    assert grid6[0, :, 1].tolist() == [0, 0, 0, 60, 60, 60]
+    assert grid6[0, :, 0].tolist() == [0, 45, 90] * 2
     assert torch.equal(grid6[0], grid6[1])
     # a patch as large as the image has the single offset 0
     assert sample_patch_boxes(3, 32, 5, 32, "corners+random", generator=g).abs().sum(-1).eq(64).all()
@@ -219,7 +224,8 @@ def test_sampler_modes_grid_and_random():
 def test_sampler_boxes_always_inside(batch, H, W, p, mode, n):
     boxes = sample_patch_boxes(batch, (H, W), n, p, mode, generator=torch.Generator().manual_seed(H * W))
     assert boxes.shape == (batch, n, 4)
-    assert bool((boxes[..., :2] >= 0).all()) and bool((boxes[..., 2] <= W).all())
+    assert bool((boxes[..., :2] >= 0).all())
+    assert bool((boxes[..., 2] <= W).all())
     assert bool((boxes[..., 3] <= H).all())
     assert bool((boxes[..., 2:] - boxes[..., :2] == p).all())
 
@@ -231,7 +237,8 @@ def test_sampler_presets_and_resize():
     assert (d.num_patches, d.patch_size, d.mode) == (6, 320, "corners+random")
     r = LocalPatchSampler(4, 16, resize_to=8)(torch.randn(1, 3, 20, 20), torch.ones(1, 2),
                                               torch.rand(1, 1, 20, 20))
-    assert r["patches"].shape == (4, 3, 8, 8) and r["patch_saliency"].shape == (4, 1, 8, 8)
+    assert r["patches"].shape == (4, 3, 8, 8)
+    assert r["patch_saliency"].shape == (4, 1, 8, 8)
     assert r["boxes"][..., 2:].sub(r["boxes"][..., :2]).eq(16).all()  # boxes stay in global pixels
 
 
@@ -388,7 +395,8 @@ def test_target_invariants(seed, scale, use_sal):
     rois = torch.tensor([[0.0, 0, 0, 40, 40], [1, 0, 0, 40, 40], [1, 8, 8, 48, 48], [0, 0, 0, 40, 40]])
     sal = torch.rand(4, 1, 40, 40, generator=g) if use_sal else None
     t = l2g_target(cams, rois, labels, sal)
-    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    assert float(t.min()) >= 0.0
+    assert float(t.max()) <= 1.0
     assert int((t > 0).sum(1).max()) <= 1  # keep-max: at most one non-zero channel per pixel
     absent = (1 - labels)[rois[:, 0].long()]  # absent classes get no target
     assert float((t[:, :5] * absent[:, :, None, None]).abs().sum()) == 0.0
@@ -414,7 +422,8 @@ def test_target_is_detached():
 
 def _release_step_loss(feat, feat_local, boxes, label, crop_sals, n_per_img, bg_thr, kd, coco):
     """The released L2G transfer (``scripts/train_l2g_sal_voc.py``) transcribed literally: loop over images,
-    argsort keep-max, torchvision RoIAlign."""
+    argsort keep-max, torchvision RoIAlign.
+    """
     ops = _tv()
     t = feat_local.clone().detach()
     t[t < 0] = 0
@@ -483,13 +492,16 @@ def test_loss_gradient_flows_only_into_global_logits():
     rois = torch.tensor([[0.0, 0, 0, 40, 40], [0, 8, 8, 48, 48], [1, 0, 0, 40, 40], [1, 0, 16, 40, 56]])
     loss = LocalToGlobalTransfer(3)(glob, cams, rois, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), sal)
     loss.backward()
-    assert cams.grad is None and sal.grad is None
-    assert glob.grad is not None and float(glob.grad.abs().sum()) > 0
+    assert cams.grad is None
+    assert sal.grad is None
+    assert glob.grad is not None
+    assert float(glob.grad.abs().sum()) > 0
     # global cells outside every box get no gradient (aligned=False samples up to +1 cell)
     assert float(glob.grad[0, :, 8:, :].abs().sum()) == 0.0
     assert float(glob.grad[0, :, :, 8:].abs().sum()) == 0.0
     # cells covered by a box's samples (rows/cols 0.5..4.5 and 1.5..5.5) do get gradient
-    assert float(glob.grad[0, :, :6, :6].abs().min()) > 0 and float(glob.grad[0, :, 1:7, 1:7].abs().min()) > 0
+    assert float(glob.grad[0, :, :6, :6].abs().min()) > 0
+    assert float(glob.grad[0, :, 1:7, 1:7].abs().min()) > 0
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -552,7 +564,8 @@ def test_cuda_matches_cpu():
     ref = m(glob, cams, views["boxes"], labels, views["patch_saliency"])
     views_c = LocalPatchSampler(5, 40, generator=torch.Generator().manual_seed(0))(
         imgs.cuda(), labels.cuda(), sal.cuda())
-    assert views_c["patches"].is_cuda and views_c["boxes"].is_cuda
+    assert views_c["patches"].is_cuda
+    assert views_c["boxes"].is_cuda
     torch.testing.assert_close(views_c["patches"].cpu(), views["patches"])
     out = m(glob.cuda(), cams.cuda(), views_c["boxes"], labels.cuda(), views_c["patch_saliency"])
     assert out.is_cuda
@@ -620,7 +633,7 @@ def test_loss_bad_input():
         l2g_target(cams, rois, labels, bg_target="hard")
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         LocalToGlobalTransfer(0)
-    with pytest.raises(TypeError, match="local_cams must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"local_cams must be a torch.Tensor"):
         m(glob, cams.numpy(), rois, labels)
 
 
@@ -631,7 +644,8 @@ def test_loss_bad_input():
 
 def test_docstring_examples_run():
     result = doctest.testmod(lg, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 10 and result.failed == 0
+    assert result.attempted > 10
+    assert result.failed == 0
 
 
 def test_example_training_step_runs():
@@ -642,7 +656,8 @@ def test_example_training_step_runs():
         assert torch.isfinite(torch.tensor([rec["loss_cls"], rec["loss_kt"]])).all()
         assert rec["loss_kt"] > 0
     # the transfer loss trains only the global network, the classification loss only the local one
-    assert history[-1]["global_grad_from_kt"] > 0 and history[-1]["local_grad_from_kt"] == 0.0
+    assert history[-1]["global_grad_from_kt"] > 0
+    assert history[-1]["local_grad_from_kt"] == 0.0
 
 
 def test_boxes_per_image_equal_roi_rows():
@@ -654,6 +669,7 @@ def test_boxes_per_image_equal_roi_rows():
     m = LocalToGlobalTransfer(3)
     a = m.transfer(glob, cams, boxes, labels)
     b = m.transfer(glob, cams, boxes_to_roi_format(boxes), labels)
-    assert torch.equal(a.target, b.target) and torch.equal(a.loss, b.loss)
+    assert torch.equal(a.target, b.target)
+    assert torch.equal(a.loss, b.loss)
     with pytest.raises(ValueError, match=r"boxes must have shape B×N×4 = \(2, 2, 4\)"):
         m(glob, cams, boxes[:, :1], labels)

@@ -50,7 +50,8 @@ def test_puf_below_gate_clamps_and_zeroes_gradients_exactly():
     logits, target, wrong = _fitted_batch()
     logits.requires_grad_(True)
     ce = F.cross_entropy(logits, target, reduction="none")
-    assert ce.mean() < 0.5 and (ce.view(-1)[wrong] > 0.5).all()
+    assert ce.mean() < 0.5
+    assert (ce.view(-1)[wrong] > 0.5).all()
     loss, active = _puf(logits, target)
     assert bool(active)
     expected = ce.clamp(max=0.5).mean()
@@ -107,7 +108,8 @@ def test_puf_padding_shifts_the_gate():
     target[:, :, 2:] = 255
     _, on_all = _puf(logits, target)
     _, on_valid = _puf(logits, target, denominator="valid")
-    assert bool(on_all) and not bool(on_valid)
+    assert bool(on_all)
+    assert not bool(on_valid)
 
 
 def test_puf_modes_hand_computed():

@@ -72,10 +72,13 @@ def test_registry_has_the_three_methods():
 # ------------------------------------------------------------------------------------------------ (a) configs
 def _common_deeplab(cfg):
     s = cfg.seg
-    assert s.model == "deeplabv2" and s.backbone == "resnet101"
+    assert s.model == "deeplabv2"
+    assert s.backbone == "resnet101"
     assert s.lr == 2.5e-4
-    assert s.momentum == 0.9 and s.weight_decay == 5e-4
-    assert s.poly_power == 0.9 and s.lr_update_every == 10
+    assert s.momentum == 0.9
+    assert s.weight_decay == 5e-4
+    assert s.poly_power == 0.9
+    assert s.lr_update_every == 10
     assert s.crop_size == 321
     assert s.scales == (0.5, 0.75, 1.0, 1.25, 1.5)
     assert s.msc_train == (0.5, 0.75)
@@ -96,65 +99,92 @@ def _assert_crf_deeplab(params):
 def test_l2g_voc_config_equals_release():
     cfg = load_run_config("l2g_voc")
     m, c, p = cfg.method_config(), cfg.cam, cfg.pseudo
-    assert cfg.method == "l2g" and cfg.data.num_classes == 20
+    assert cfg.method == "l2g"
+    assert cfg.data.num_classes == 20
     assert cfg.data.train_split == "train_aug"
     assert cfg.data.saliency_dir == "Sal"
     assert cfg.data.cam_eval_split == "train_aug"
     assert c.backbone == "resnet38d"
     assert c.batch_size == 3
-    assert c.epochs == 10 and c.steps is None
-    assert c.lr_schedule == "step" and c.lr_decay_epochs == (5,) and c.lr_decay_gamma == 0.1
-    assert c.resize_short == (512, 512) and c.resize_long is None and c.interpolation == "bicubic"
+    assert c.epochs == 10
+    assert c.steps is None
+    assert c.lr_schedule == "step"
+    assert c.lr_decay_epochs == (5,)
+    assert c.lr_decay_gamma == 0.1
+    assert c.resize_short == (512, 512)
+    assert c.resize_long is None
+    assert c.interpolation == "bicubic"
     assert p.interpolation == "bicubic"
     assert c.shuffle is False
-    assert c.optimizer == "sgd" and c.momentum == 0.9 and c.nesterov is True and c.weight_decay == 5e-4
+    assert c.optimizer == "sgd"
+    assert c.momentum == 0.9
+    assert c.nesterov is True
+    assert c.weight_decay == 5e-4
     assert c.lr == 1e-3
     assert c.crop_size == 448
     assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)
     assert c.hflip is False
     assert cfg.data.normalize == "imagenet"
-    assert m.num_patches == 6 and m.patch_mode == "corners+random"
+    assert m.num_patches == 6
+    assert m.patch_mode == "corners+random"
     assert m.patch_size == 320
-    assert m.kd_weight == 10.0 and m.fg_threshold == 0.001
+    assert m.kd_weight == 10.0
+    assert m.fg_threshold == 0.001
     assert m.bg_target == "binary"
     assert m.roi_aligned is False
     assert m.keep_max is True
     assert m.global_cls_weight == 0.0
-    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2") and m.freeze_bn is True
-    assert m.pcm is True and m.use_saliency is True
-    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True
+    assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2")
+    assert m.freeze_bn is True
+    assert m.pcm is True
+    assert m.use_saliency is True
+    assert p.scales == (0.5, 1.0, 1.5, 2.0)
+    assert p.flip is True
     assert p.bg_score == 0.25
     assert p.sweep_thresholds == (0.10, 0.15, 0.20, 0.25, 0.30)
     _common_deeplab(cfg)
     s = cfg.seg
-    assert s.batch_size == 5 and s.accumulate == 2
+    assert s.batch_size == 5
+    assert s.accumulate == 2
     assert s.steps == 20000
-    assert s.eval_scales == (1.0, 0.5, 0.75) and s.eval_flip is False and s.eval_scale_reduce == "max"
+    assert s.eval_scales == (1.0, 0.5, 0.75)
+    assert s.eval_flip is False
+    assert s.eval_scale_reduce == "max"
     _assert_crf_deeplab(s.crf_params)
 
 
 def test_l2g_coco_config_equals_release():
     cfg = load_run_config("l2g_coco")
     m, c, p = cfg.method_config(), cfg.cam, cfg.pseudo
-    assert cfg.data.dataset == "coco" and cfg.data.num_classes == 80
+    assert cfg.data.dataset == "coco"
+    assert cfg.data.num_classes == 80
     assert c.batch_size == 12
     assert c.epochs == 15
     assert c.lr == 0.1
-    assert c.poly_power == 0.7 and c.lr_schedule == "poly"
-    assert c.resize == (448, 448) and c.resize_long is None  # warped to 448²
-    assert cfg.data.mean == (0.471, 0.448, 0.408) and cfg.data.std == (0.234, 0.239, 0.242)
+    assert c.poly_power == 0.7
+    assert c.lr_schedule == "poly"
+    assert c.resize == (448, 448)
+    assert c.resize_long is None
+    assert cfg.data.mean == (0.471, 0.448, 0.408)
+    assert cfg.data.std == (0.234, 0.239, 0.242)
     assert p.interpolation == "bicubic"
     assert c.shuffle is False
     # PolyOptimizer bug kept: momentum = 5e-4, weight decay 0, no Nesterov
-    assert c.momentum == 5e-4 and c.weight_decay == 0.0 and c.nesterov is False
-    assert c.crop_size == 448 and c.hflip is False
-    assert m.num_patches == 4 and m.patch_mode == "random"
-    assert m.kd_weight == 30.0 and m.fg_threshold == 0.1
+    assert c.momentum == 5e-4
+    assert c.weight_decay == 0.0
+    assert c.nesterov is False
+    assert c.crop_size == 448
+    assert c.hflip is False
+    assert m.num_patches == 4
+    assert m.patch_mode == "random"
+    assert m.kd_weight == 30.0
+    assert m.fg_threshold == 0.1
     assert m.bg_target == "soft"
     assert p.bg_score == 0.25
     assert p.sweep_thresholds == (0.2, 0.3)
     _common_deeplab(cfg)
-    assert cfg.seg.batch_size == 20 and cfg.seg.accumulate == 1
+    assert cfg.seg.batch_size == 20
+    assert cfg.seg.accumulate == 1
     assert cfg.seg.steps == 50000
     _assert_crf_deeplab(cfg.seg.crf_params)
 
@@ -162,18 +192,29 @@ def test_l2g_coco_config_equals_release():
 def test_ppl_voc_config_equals_spec_profile():
     cfg = load_run_config("ppl_voc")
     m, c = cfg.method_config(), cfg.cam
-    assert c.backbone == "resnet50" and c.backbone_kwargs == {"output_stride": 16}
-    assert c.resize_long == (320, 640) and c.crop_size == 512 and c.hflip is True
-    assert c.lr == 0.1 and c.weight_decay == 1e-4 and c.batch_size == 16
+    assert c.backbone == "resnet50"
+    assert c.backbone_kwargs == {"output_stride": 16}
+    assert c.resize_long == (320, 640)
+    assert c.crop_size == 512
+    assert c.hflip is True
+    assert c.lr == 0.1
+    assert c.weight_decay == 1e-4
+    assert c.batch_size == 16
     assert c.poly_power == 0.9
     assert c.momentum == 1e-4                               # (IRN PolyOptimizer quirk)
     assert m.head_lr_mult == 10.0                           # (×10 on new layers)
-    assert c.epochs == sum(m.stage_epochs) == 15 and m.stage_epochs == (5, 5, 5)
-    assert m.insert_points == (2, 3, 4) and m.grid == 2     # grid 2×2 [F]
-    assert m.variant == "progressive" and m.schedule == "sequential" and m.cam_source == "concat"
+    assert c.epochs == sum(m.stage_epochs) == 15
+    assert m.stage_epochs == (5, 5, 5)
+    assert m.insert_points == (2, 3, 4)
+    assert m.grid == 2
+    assert m.variant == "progressive"
+    assert m.schedule == "sequential"
+    assert m.cam_source == "concat"
     assert m.freeze_bn is True
     p = cfg.pseudo
-    assert p.scales == (1.0, 0.5, 1.5, 2.0) and p.flip is True and p.bg_score == 0.15
+    assert p.scales == (1.0, 0.5, 1.5, 2.0)
+    assert p.flip is True
+    assert p.bg_score == 0.15
     _common_deeplab(cfg)
     _assert_crf_deeplab(cfg.seg.crf_params)
 
@@ -181,36 +222,53 @@ def test_ppl_voc_config_equals_spec_profile():
 def test_pmm_voc_config_equals_release():
     cfg = load_run_config("pmm_voc")
     m, c, p, s = cfg.method_config(), cfg.cam, cfg.pseudo, cfg.seg
-    assert c.backbone == "resnet38d" and m.b7_dilation == 2
+    assert c.backbone == "resnet38d"
+    assert m.b7_dilation == 2
     assert m.frozen == ("conv1a", "b2", "b2_1", "b2_2")
     assert m.dropout == 0.5
-    assert c.batch_size == 24 and c.epochs == 8 and c.lr == 0.02
-    assert c.momentum == 5e-4 and c.weight_decay == 5e-4    # (momentum bug kept)
+    assert c.batch_size == 24
+    assert c.epochs == 8
+    assert c.lr == 0.02
+    assert c.momentum == 5e-4
+    assert c.weight_decay == 5e-4
     assert c.poly_power == 0.9
-    assert c.resize_long == (448, 768) and c.crop_size == 448 and c.hflip is True
+    assert c.resize_long == (448, 768)
+    assert c.crop_size == 448
+    assert c.hflip is True
     assert c.color_jitter == (0.3, 0.3, 0.3, 0.1)
     assert m.view_scale_factor == 0.3
     assert m.ecr_topk == 0.2
     assert m.cam_source == "pcm"
     assert m.alpha == 11.0
-    assert m.fg_threshold == 0.05 and m.cv_scale == 0.3
-    assert m.posterior_threshold == 0.5 and m.foreground == "crf"
-    assert p.scales == (0.5, 1.0, 1.5, 2.0) and p.flip is True and p.reduce == "sum"
+    assert m.fg_threshold == 0.05
+    assert m.cv_scale == 0.3
+    assert m.posterior_threshold == 0.5
+    assert m.foreground == "crf"
+    assert p.scales == (0.5, 1.0, 1.5, 2.0)
+    assert p.flip is True
+    assert p.reduce == "sum"
     assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))
     assert cfg.data.cam_eval_split == "val"
-    assert s.loss == "puf" and s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}
+    assert s.loss == "puf"
+    assert s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}
     assert s.steps == 20000
-    assert s.eval_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and s.eval_flip is True
+    assert s.eval_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert s.eval_flip is True
     assert c.interpolation == "bicubic"
     assert p.score_eval_split is True                       # PPMG scored on VOC val
     # cyclic pseudo-masks : best val of round 0 (every 2k), relabel with CRF, fresh net, plain CE
-    assert s.eval_every == 2000 and s.cyclic_rounds == 1 and s.cyclic_select == "best"
-    assert s.cyclic_loss == "ce" and s.cyclic_policy == "replace" and s.cyclic_crf is True
+    assert s.eval_every == 2000
+    assert s.cyclic_rounds == 1
+    assert s.cyclic_select == "best"
+    assert s.cyclic_loss == "ce"
+    assert s.cyclic_policy == "replace"
+    assert s.cyclic_crf is True
     _assert_crf_deeplab(s.crf_params)
     from wsss_blocks.crf import PRESETS
 
     # : per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
-    assert m.crf_params == {"preset": "pmm-binary"} and PRESETS["pmm-binary"] == {
+    assert m.crf_params == {"preset": "pmm-binary"}
+    assert PRESETS["pmm-binary"] == {
         "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
         "sum_to_one": "ignore"}
 
@@ -218,17 +276,23 @@ def test_pmm_voc_config_equals_release():
 def test_pmm_coco_config_equals_release():
     cfg = load_run_config("pmm_coco")
     c, s = cfg.cam, cfg.seg
-    assert cfg.data.dataset == "coco" and cfg.data.num_classes == 80
-    assert c.batch_size == 8 and c.epochs == 20 and c.lr == 0.01
+    assert cfg.data.dataset == "coco"
+    assert cfg.data.num_classes == 80
+    assert c.batch_size == 8
+    assert c.epochs == 20
+    assert c.lr == 0.01
     assert c.momentum == 5e-4
-    assert s.loss == "puf" and s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
+    assert s.loss == "puf"
+    assert s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
     assert cfg.method_config().alpha == 11.0
 
 
 @pytest.mark.parametrize("name", ["l2g_synthetic", "ppl_synthetic", "pmm_synthetic"])
 def test_synthetic_presets_load_and_keep_the_method(name):
     cfg = load_run_config(name, quick=True)
-    assert cfg.data.dataset == "synthetic" and cfg.cam.steps is not None and cfg.seg.steps is not None
+    assert cfg.data.dataset == "synthetic"
+    assert cfg.cam.steps is not None
+    assert cfg.seg.steps is not None
     assert cfg.method == name.split("_")[0]
     # the same method rule as the real preset
     real = load_run_config(name.replace("synthetic", "voc"))
@@ -263,10 +327,13 @@ def test_l2g_step_gradients_go_to_the_right_network():
     assert _nonzero(g_local)
     # the background row of the local fc8 gets no classification signal
     fc8_grad = g_local[next(i for i, q in enumerate(lo) if q is m.local_net.fc8.weight)]
-    assert fc8_grad is not None and float(fc8_grad[-1].abs().sum()) == 0.0 and float(fc8_grad[:-1].abs().sum()) > 0
+    assert fc8_grad is not None
+    assert float(fc8_grad[-1].abs().sum()) == 0.0
+    assert float(fc8_grad[:-1].abs().sum()) > 0
     torch.manual_seed(3)
     out = m.training_step(batch, 0, 10)
-    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    assert torch.isfinite(out["loss"])
+    assert out["loss"].requires_grad
     assert math.isclose(float(out["loss"].detach()), float(out["loss_cls_local"] + out["loss_kt"]), rel_tol=1e-6)
 
 
@@ -321,7 +388,8 @@ def test_psa_parameter_groups(which):
         for mod in (net.fc8, net.pcm.f8_3, net.pcm.f8_4, net.pcm.f9):
             assert id(mod.weight) in head
         assert all(id(p) not in head for p in net.backbone.parameters())
-    assert groups["head_weight"]["lr"] == pytest.approx(0.1) and groups["backbone_weight"]["lr"] == pytest.approx(0.01)
+    assert groups["head_weight"]["lr"] == pytest.approx(0.1)
+    assert groups["backbone_weight"]["lr"] == pytest.approx(0.01)
     assert groups["head_weight"]["weight_decay"] == 5e-4
 
 
@@ -359,7 +427,8 @@ def test_ppl_sequential_stage_follows_the_steps():
     assert [m.stage_at(s, 8) for s in range(8)] == [0, 0, 1, 1, 1, 1, 2, 2]
     batch = _batch()
     out = m.training_step(batch, 5, 8)
-    assert int(m.stage_index) == 1 and float(out["ppl_stage"]) == 2.0
+    assert int(m.stage_index) == 1
+    assert float(out["ppl_stage"]) == 2.0
     expect = F.multilabel_soft_margin_loss(m.net(batch["image"], insert_after=2).logits, batch["labels"])
     torch.testing.assert_close(out["loss"], expect)
     m.training_step(batch, 7, 8)
@@ -377,7 +446,8 @@ def test_ppl_gradients_and_frozen_stages():
         assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in st.parameters())
     assert float(m.net.classifier.weight.grad.abs().sum()) > 0
     names = {g["name"]: g for g in m.param_groups(0.1, 1e-4)}
-    assert names["head_weight"]["lr"] == pytest.approx(1.0) and names["backbone_weight"]["lr"] == pytest.approx(0.1)
+    assert names["head_weight"]["lr"] == pytest.approx(1.0)
+    assert names["backbone_weight"]["lr"] == pytest.approx(0.1)
 
 
 def test_ppl_cyclic_sums_every_stage():
@@ -398,7 +468,8 @@ def test_ppl_cam_fn_pads_and_crops():
         cams = m.cam_fn(x)
         padded = F.pad(x, (0, 32 - 27, 0, 32 - 30))
         ref = F.relu(m.net(padded, insert_after=3).cams[..., :4, :4])
-    assert cams.shape == (1, 5, 4, 4) and bool((cams >= 0).all())
+    assert cams.shape == (1, 5, 4, 4)
+    assert bool((cams >= 0).all())
     torch.testing.assert_close(cams, ref)
     g = _ppl(cam_source="global").eval()
     g.load_state_dict(m.state_dict())
@@ -411,7 +482,8 @@ def test_ppl_explicit_variant_trains_one_wide_classifier():
     assert m.net.classifier.weight.shape[1] == 4 * 24           # 3 branches + global, D = 24
     out = m.training_step(_batch(), 0, 4)
     out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and float(m.net.classifier.weight.grad.abs().sum()) > 0
+    assert torch.isfinite(out["loss"])
+    assert float(m.net.classifier.weight.grad.abs().sum()) > 0
 
 
 def test_ppl_bad_inputs():
@@ -463,10 +535,12 @@ def test_pmm_losses_and_gradients():
     m = _pmm().train()
     batch = _batch(size=48)
     parts = m.losses(batch)
-    assert set(parts) == {"cls", "minpool", "er", "ecr"} and all(torch.isfinite(v) for v in parts.values())
+    assert set(parts) == {"cls", "minpool", "er", "ecr"}
+    assert all(torch.isfinite(v) for v in parts.values())
     fc8 = [m.net.fc8.weight]
     pcm = _params(m.net.pcm)
-    assert _nonzero(_grads(parts["cls"], fc8)) and _none_or_zero(_grads(parts["cls"], pcm))
+    assert _nonzero(_grads(parts["cls"], fc8))
+    assert _none_or_zero(_grads(parts["cls"], pcm))
     # cam_rv refines a detached CAM: the min-pooling loss reaches the PCM convolutions, never fc8
     assert _none_or_zero(_grads(parts["minpool"], fc8))
     assert _nonzero(_grads(parts["ecr"], pcm))
@@ -488,7 +562,8 @@ def test_pmm_resnet38_freezes_the_released_blocks():
     assert all(not mod.training for mod in bb.modules() if isinstance(mod, torch.nn.BatchNorm2d))
     out = m.training_step(_batch(size=32), 0, 4)
     out["loss"].backward()
-    assert bb.conv1a.weight.grad is None and float(bb.b3.conv_branch2a.weight.grad.abs().sum()) > 0
+    assert bb.conv1a.weight.grad is None
+    assert float(bb.b3.conv_branch2a.weight.grad.abs().sum()) > 0
 
 
 def test_pmm_cam_fn_and_pseudo_masks():
@@ -499,7 +574,8 @@ def test_pmm_cam_fn_and_pseudo_masks():
     with torch.no_grad():
         cams = m.cam_fn(x)
         _, rv = m.net(x)
-    assert cams.shape == (2, 5, 4, 4) and bool((cams >= 0).all())
+    assert cams.shape == (2, 5, 4, 4)
+    assert bool((cams >= 0).all())
     torch.testing.assert_close(cams, rv[:, 1:])
     g = torch.Generator().manual_seed(0)
     c01 = torch.rand(2, 5, 16, 16, generator=g)
@@ -508,7 +584,8 @@ def test_pmm_cam_fn_and_pseudo_masks():
     masks = m.pseudo_masks(c01, labels, img, None)
     ref = proportional_pseudo_mask(c01, labels, img, alpha=11.0, foreground="threshold")
     assert torch.equal(masks, ref)
-    assert set(masks[0].unique().tolist()) <= {0, 2, 4} and set(masks[1].unique().tolist()) <= {0, 3}
+    assert set(masks[0].unique().tolist()) <= {0, 2, 4}
+    assert set(masks[1].unique().tolist()) <= {0, 3}
 
 
 def test_pmm_bad_inputs():
@@ -540,10 +617,13 @@ def test_synthetic_preset_runs_all_three_stages(method, synth_cache, tmp_path):
     res = reproduce(method, out=tmp_path / "run", overrides=ov, verbose=False)
     ours = res["ours"]
     for key in ("cam_miou", "pseudo_miou", "val_miou"):
-        assert ours[key] is not None and 0.0 <= ours[key] <= 1.0 and math.isfinite(ours[key])
+        assert ours[key] is not None
+        assert 0.0 <= ours[key] <= 1.0
+        assert math.isfinite(ours[key])
     masks = sorted((tmp_path / "run" / "pseudo" / "masks").glob("*.png"))
     assert len(masks) == 16
-    assert (tmp_path / "run" / "cam" / "model.pt").is_file() and (tmp_path / "run" / "seg" / "model.pt").is_file()
+    assert (tmp_path / "run" / "cam" / "model.pt").is_file()
+    assert (tmp_path / "run" / "seg" / "model.pt").is_file()
     if method == "pmm":  # the preset runs one cyclic pseudo-mask round, relabelled by the best round-0 model
         assert (tmp_path / "run" / "seg" / "best.pt").is_file()
         assert len(list((tmp_path / "run" / "seg" / "cyclic_masks_r1").glob("*.png"))) == 16

@@ -163,7 +163,8 @@ def _get(cfg, dotted):
     return tuple(obj) if isinstance(obj, list) else obj
 
 
-@pytest.mark.parametrize("name,expected", [("smaf_voc", SMAF_VOC), ("tscd_voc", TSCD_VOC), ("tscd_coco", TSCD_COCO)])
+@pytest.mark.parametrize(("name", "expected"),
+                         [("smaf_voc", SMAF_VOC), ("tscd_voc", TSCD_VOC), ("tscd_coco", TSCD_COCO)])
 def test_released_config_values(name, expected):
     cfg = load_run_config(name)
     wrong = {k: (_get(cfg, k), v) for k, v in expected.items()
@@ -201,8 +202,11 @@ def test_no_smaf_coco_config_and_paper_numbers():
 
 def test_registry_flags():
     smaf, tscd = get_method("smaf"), get_method("tscd")
-    assert smaf.phases == ("eps", "self_train") and not smaf.has_segmentation
-    assert tscd.phases == ("cam",) and tscd.has_segmentation and tscd.cam_normalization == "minmax"
+    assert smaf.phases == ("eps", "self_train")
+    assert not smaf.has_segmentation
+    assert tscd.phases == ("cam",)
+    assert tscd.has_segmentation
+    assert tscd.cam_normalization == "minmax"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -276,12 +280,14 @@ def test_smaf_eps_phase_gradients():
     m = _smaf(eps_saliency=True).train()
     m.on_phase_start(_ctx("eps", 0))
     out = m.training_step(_batch(), 0, 10)
-    assert torch.isfinite(out["loss"]) and set(out) == {"loss", "loss_cls", "loss_sal"}
+    assert torch.isfinite(out["loss"])
+    assert set(out) == {"loss", "loss_cls", "loss_sal"}
     out["loss"].backward()
     gr = _grads(m.net)
     assert gr["backbone.conv1a.weight"] is None  # frozen
     for k in ("fc8.weight", "cov_feat.weight", "backbone.b7.conv_branch2b2.weight"):
-        assert gr[k] is not None and gr[k].abs().sum() > 0, k
+        assert gr[k] is not None, k
+        assert gr[k].abs().sum() > 0, k
     assert m.teacher is None
 
 
@@ -296,7 +302,8 @@ def test_smaf_eps_phase_without_saliency_is_classification_only():
     with torch.no_grad():
         out = m.training_step(b, 0, 10)
         ref = F.multilabel_soft_margin_loss(m.net(b["image"])["logits"][:, :-1], b["labels"])
-    assert set(out) == {"loss", "loss_cls"} and float(out["loss"]) == pytest.approx(float(ref), rel=1e-6)
+    assert set(out) == {"loss", "loss_cls"}
+    assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-6)
     assert logits.shape == (2, 3)
 
 
@@ -304,12 +311,14 @@ def test_smaf_self_train_teacher_frozen_and_target():
     m = _smaf(target_mode="online").train()
     m.on_phase_start(_ctx("eps", 0))
     m.on_phase_start(_ctx("self_train", 1))
-    assert m.teacher is not None and not m.teacher.training
+    assert m.teacher is not None
+    assert not m.teacher.training
     before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
     assert all(torch.equal(before[k], v) for k, v in m.net.state_dict().items())  # student starts from teacher
     opt = torch.optim.SGD([g for grp in m.param_groups(0.1, 0.0) for g in grp["params"]], lr=0.1)
     out = m.training_step(_batch(), 0, 10)
-    assert set(out) == {"loss", "loss_smaf"} and torch.isfinite(out["loss"])
+    assert set(out) == {"loss", "loss_smaf"}
+    assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in m.teacher.parameters())
     assert m.net.fc8.weight.grad.abs().sum() > 0
@@ -328,7 +337,8 @@ def test_smaf_target_values_and_padding():
     assert t.shape == (2, 4, 8, 8)  # C + 1 channels at 1/4 of the 32 px crop
     torch.testing.assert_close(t.amax(1), torch.ones(2, 8, 8))  # reactivation: winner = 1
     # zero-padded columns (the last quarter) become one-hot background
-    assert torch.equal(t[:, 0, :, -1], torch.ones(2, 8)) and t[:, 1:, :, -1].abs().max() == 0
+    assert torch.equal(t[:, 0, :, -1], torch.ones(2, 8))
+    assert t[:, 1:, :, -1].abs().max() == 0
     assert t[0, 2:].abs().max() == 0  # absent classes (image 0 has class 0 only)
 
 
@@ -363,9 +373,9 @@ def test_smaf_cam_fn_and_pseudo_masks():
 
 
 def test_smaf_bad_input():
+    cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},
+                           "method_args": {"frozen": ["conv1a"]}})
     with pytest.raises(ValueError, match="saliency"):
-        cfg = load_run_config({"method": "smaf", "cam": {"backbone": "resnet38d_tiny"},
-                               "method_args": {"frozen": ["conv1a"]}})
         SMAFMethod(cfg, cfg.method_config(), 3)
     with pytest.raises(ValueError, match="target_scale_factor"):
         _smaf(target_scale_factor=0.0)
@@ -394,7 +404,8 @@ def test_balanced_seg_loss_hand_values_and_guard():
 def _released_multi_scale_cam(cam_fn, images, scales):
     """Transcription of AFA/TSCD ``multi_scale_cam`` (SCD ``utils/camutils.py`` L85-147): no-grad CAMs of
     ``[x; flip x]`` at ``int(s·H)`` sizes, upsampled (bilinear), flip pair fused by max, ReLU, summed over
-    scales, per-channel min-max normalised."""
+    scales, per-channel min-max normalised.
+    """
     b, _, h, w = images.shape
     total = None
     with torch.no_grad():
@@ -446,7 +457,8 @@ def test_dense_energy_loss_gradient_is_released_formula():
         lat = build_lattice(bilateral_features(img.permute(0, 2, 3, 1), 4.0, 30.0), pad_like_pydensecrf=False)
         ws = lattice_filter(lat, s.permute(0, 2, 3, 1).reshape(-1, 3)).view(2, 8, 8, 3).permute(0, 3, 1, 2)
         ws = ws * gate[:, None]
-    assert float(loss.detach()) == pytest.approx(float(-(s * ws).sum() / 2), rel=1e-5) and float(loss.detach()) < 0
+    assert float(loss.detach()) == pytest.approx(float(-(s * ws).sum() / 2), rel=1e-5)
+    assert float(loss.detach()) < 0
     torch.testing.assert_close(p.grad, -2 * ws / 2 * roi[:, None])
 
 
@@ -455,12 +467,14 @@ def test_tscd_training_step_gradients():
     b = _batch(s=64, pad=16)
     out = m.training_step(b, 1, 10)
     keys = {"loss", "loss_cls", "loss_seg", "loss_aff", "loss_reg", "loss_scd", "loss_er"}
-    assert set(out) == keys and all(torch.isfinite(v) for v in out.values())
+    assert set(out) == keys
+    assert all(torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     gr = _grads(m.net)
     for k in ("classifier.weight", "attn_proj.weight", "decoder.linear_pred.weight",
               "encoder.patch_embed1.proj.weight"):
-        assert gr[k] is not None and gr[k].abs().sum() > 0, k
+        assert gr[k] is not None, k
+        assert gr[k].abs().sum() > 0, k
 
 
 def test_tscd_warmup_is_classification_only():
@@ -497,19 +511,23 @@ def test_tscd_er_is_inert_unless_er_grad():
 def test_tscd_param_groups_release_lrs():
     m = _tscd()
     groups = {g["name"]: g for g in m.param_groups(6e-5, 0.01)}
-    assert groups["backbone_norm"]["lr"] == 0.0 and groups["backbone_norm"]["weight_decay"] == 0.0
+    assert groups["backbone_norm"]["lr"] == 0.0
+    assert groups["backbone_norm"]["weight_decay"] == 0.0
     assert groups["backbone_weight"]["lr"] == pytest.approx(6e-5)
     assert groups["backbone_bias"]["lr"] == pytest.approx(6e-5)
-    assert groups["head_weight"]["lr"] == pytest.approx(6e-4) and groups["head_bias"]["lr"] == pytest.approx(6e-4)
+    assert groups["head_weight"]["lr"] == pytest.approx(6e-4)
+    assert groups["head_bias"]["lr"] == pytest.approx(6e-4)
     assert all(g["weight_decay"] == 0.01 for n, g in groups.items() if n != "backbone_norm")
     head = {id(p) for p in groups["head_weight"]["params"]}
-    assert id(m.net.classifier.weight) in head and id(m.net.attn_proj.weight) in head
+    assert id(m.net.classifier.weight) in head
+    assert id(m.net.attn_proj.weight) in head
 
 
 def test_tscd_seg_fn_cam_fn_pseudo_masks():
     m = _tscd().eval()
     x = torch.randn(1, 3, 64, 64)
-    assert m.seg_fn(x).shape == (1, 4, 16, 16) and m.cam_fn(x).shape == (1, 3, 4, 4)
+    assert m.seg_fn(x).shape == (1, 4, 16, 16)
+    assert m.cam_fn(x).shape == (1, 3, 4, 4)
     assert float(m.cam_fn(x).min()) >= 0
     cams = torch.zeros(1, 3, 32, 32)
     cams[0, 0, 8:24, 8:24] = 1.0
@@ -517,12 +535,15 @@ def test_tscd_seg_fn_cam_fn_pseudo_masks():
     img[:, :, 8:24, 8:24] = 1.0
     cfg = type("P", (), {"bg_score": 0.45})()
     y = m.pseudo_masks(cams, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
-    assert set(y.unique().tolist()) <= {0, 1} and (y[0, 12:20, 12:20] == 1).all() and (y[0, :4, :4] == 0).all()
+    assert set(y.unique().tolist()) <= {0, 1}
+    assert (y[0, 12:20, 12:20] == 1).all()
+    assert (y[0, :4, :4] == 0).all()
     m.cfg.pseudo_ignore = "keep"
     soft = cams.clone()
     soft[0, 0] = soft[0, 0].clamp(min=0.5)  # between tau_l and tau_h: foreground only in the low label -> ignore
     kept = m.pseudo_masks(soft, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
-    assert (kept == 255).any() and set(kept.unique().tolist()) <= {0, 1, 255}
+    assert (kept == 255).any()
+    assert set(kept.unique().tolist()) <= {0, 1, 255}
     m.cfg.pseudo_ignore = "background"
     as_bg = m.pseudo_masks(soft, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
     assert torch.equal(as_bg, kept.masked_fill(kept == 255, 0))
@@ -532,15 +553,15 @@ def test_tscd_seg_fn_cam_fn_pseudo_masks():
 
 
 def test_tscd_bad_input():
+    cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 64}})
     with pytest.raises(ValueError, match="too small"):
-        cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 64}})
         TSCDMethod(cfg, cfg.method_config(), 3)
+    cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 72,
+                                                     "backbone_kwargs": {"sr_ratios": [1, 1, 1, 1]}}})
     with pytest.raises(ValueError, match="multiple of the encoder's output stride"):
-        cfg = load_run_config({"method": "tscd", "cam": {"backbone": "mit_tiny", "crop_size": 72,
-                                                         "backbone_kwargs": {"sr_ratios": [1, 1, 1, 1]}}})
         TSCDMethod(cfg, cfg.method_config(), 3)
+    cfg = load_run_config({"method": "tscd", "cam": {"backbone": "resnet38d_tiny"}})
     with pytest.raises(ValueError, match="MiT encoder"):
-        cfg = load_run_config({"method": "tscd", "cam": {"backbone": "resnet38d_tiny"}})
         TSCDMethod(cfg, cfg.method_config(), 3)
     with pytest.raises(ValueError, match="low_threshold must be <= high_threshold"):
         _tscd(low_threshold=0.6)
@@ -552,7 +573,7 @@ TINY = ["runtime.progress=false", "runtime.plots=false", "data.synthetic.num_tra
         "seg.eval_scales=[1.0]"]
 
 
-@pytest.mark.parametrize("method,extra", [
+@pytest.mark.parametrize(("method", "extra"), [
     ("smaf", ["method_args.eps_steps=3", "method_args.self_train_steps=2", "seg.steps=2", "cam.batch_size=4",
               "seg.batch_size=4", "cam.resize_long=[48, 72]", "method_args.target_scales=[1.0, 0.5]"]),
     ("tscd", ["cam.steps=4", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
@@ -581,9 +602,9 @@ def test_smaf_resume_inside_self_training_matches_uninterrupted(tmp_path):
 
     from wsss_blocks.train.cam_stage import train_cam
 
-    ov = TINY + ["method_args.eps_steps=2", "method_args.self_train_steps=3", "cam.batch_size=4",
-                 "cam.resize_long=[48, 72]", "method_args.target_scales=[1.0, 0.5]", "runtime.checkpoint_every=1",
-                 "runtime.deterministic=true", "runtime.num_workers=0", f"data.synthetic.cache_dir={tmp_path / 'c'}"]
+    ov = [*TINY, "method_args.eps_steps=2", "method_args.self_train_steps=3", "cam.batch_size=4",
+          "cam.resize_long=[48, 72]", "method_args.target_scales=[1.0, 0.5]", "runtime.checkpoint_every=1",
+          "runtime.deterministic=true", "runtime.num_workers=0", f"data.synthetic.cache_dir={tmp_path / 'c'}"]
     cfg = load_run_config("smaf_synthetic", ov)
     full = torch.load(train_cam(cfg, tmp_path / "a"), weights_only=False)["model"]
 
@@ -601,7 +622,8 @@ def test_smaf_resume_inside_self_training_matches_uninterrupted(tmp_path):
     # offline targets (the default): one stored full-image map per training image, identical in both runs
     maps_a = sorted((tmp_path / "a" / "cam" / "fused_cams").glob("*.npy"))
     maps_b = sorted((tmp_path / "b" / "cam" / "fused_cams").glob("*.npy"))
-    assert len(maps_a) == 16 and [p.name for p in maps_a] == [p.name for p in maps_b]
+    assert len(maps_a) == 16
+    assert [p.name for p in maps_a] == [p.name for p in maps_b]
     assert all(np.array_equal(np.load(a), np.load(b)) for a, b in zip(maps_a, maps_b))
     for k, v in full.items():
         torch.testing.assert_close(resumed[k], v, msg=k)

@@ -181,14 +181,15 @@ def _reference_sweep(cams, labels, target, num_classes, thresholds, ignore_index
        st.sampled_from([torch.uint8, torch.int32, torch.int64]))
 def test_threshold_sweep_fast_path_matches_reference(seed, cam_dtype, target_dtype):
     """Every threshold's confusion matrix equals cams_to_mask + confusion_matrix: ties exactly at a threshold,
-    ties between classes, values outside [0, 1], ignore pixels, absent classes, images with no class."""
+    ties between classes, values outside [0, 1], ignore pixels, absent classes, images with no class.
+    """
     rng = np.random.default_rng(seed)
     B, C = int(rng.integers(1, 4)), int(rng.integers(1, 7))
     H, W = int(rng.integers(1, 9)), int(rng.integers(1, 9))
     K = C + 1
     thresholds = np.unique(np.round(rng.uniform(-0.2, 1.2, size=int(rng.integers(1, 12))), 2)).tolist()
     # values on a coarse grid so that many pixels tie with a threshold and classes tie with each other
-    grid = np.array(thresholds + [-0.5, 0.0, 0.25, 0.5, 1.0, 1.5], dtype=np.float32)
+    grid = np.array([*thresholds, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5], dtype=np.float32)
     cams = torch.from_numpy(rng.choice(grid, size=(B, C, H, W))).to(cam_dtype)
     noisy = torch.from_numpy(rng.random((B, C, H, W)) < 0.3)
     cams = torch.where(noisy, torch.from_numpy(rng.uniform(-0.3, 1.3, (B, C, H, W))).to(cam_dtype), cams)

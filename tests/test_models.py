@@ -124,12 +124,16 @@ def test_resnet38_full_size_layout_matches_release():
     assert sd["b6.conv_branch2b1.weight"].shape == (1024, 512, 3, 3)
     assert sd["b7.conv_branch2b2.weight"].shape == (4096, 2048, 1, 1)
     assert sd["bn7.running_var"].shape == (4096,)
-    assert net.out_channels == (256, 512, 1024, 4096) and net.strides == (4, 8, 8, 8)
+    assert net.out_channels == (256, 512, 1024, 4096)
+    assert net.strides == (4, 8, 8, 8)
     # dilations: b5 first conv 1 then 2, b6/b7 4
-    assert net.b5.conv_branch2a.dilation == (1, 1) and net.b5.conv_branch2b1.dilation == (2, 2)
+    assert net.b5.conv_branch2a.dilation == (1, 1)
+    assert net.b5.conv_branch2b1.dilation == (2, 2)
     assert net.b5_1.conv_branch2a.dilation == (2, 2)
-    assert net.b6.conv_branch2b1.dilation == (4, 4) and net.b7.conv_branch2b1.dilation == (4, 4)
-    assert net.b6.dropout_2b1.p == 0.3 and net.b7.dropout_2b2.p == 0.5
+    assert net.b6.conv_branch2b1.dilation == (4, 4)
+    assert net.b7.conv_branch2b1.dilation == (4, 4)
+    assert net.b6.dropout_2b1.p == 0.3
+    assert net.b7.dropout_2b2.p == 0.5
     with torch.device("meta"):
         seam = ResNet38(b7_dilation=2)
     assert seam.b7.conv_branch2b1.dilation == (2, 2)
@@ -194,13 +198,15 @@ def test_resnet38_frozen_bn_and_conv1a():
     torch.manual_seed(0)
     net = ResNet38.tiny(dropout=(0.0, 0.0)).train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
+    assert bns
+    assert all(not m.training for m in bns)
     assert all(not p.requires_grad for m in bns for p in m.parameters())
     assert not net.conv1a.weight.requires_grad
     before = net.bn7.running_mean.clone()
     net(torch.randn(2, 3, 32, 32))[-1].sum().backward()
     torch.testing.assert_close(net.bn7.running_mean, before)  # statistics not updated in train()
-    assert net.conv1a.weight.grad is None and net.b2.conv_branch2a.weight.grad is not None
+    assert net.conv1a.weight.grad is None
+    assert net.b2.conv_branch2a.weight.grad is not None
     l2g = ResNet38.tiny(frozen=("conv1a", "b2"))
     assert not any(p.requires_grad for p in l2g.b2.parameters())
     with pytest.raises(ValueError, match="frozen names unknown modules"):
@@ -256,7 +262,8 @@ def test_resnet38_rejects_wrong_checkpoints():
     with pytest.raises(ValueError, match=r"unexpected in checkpoint .*f9\.weight"):
         load_pretrained(net, extra)
     report = load_pretrained(net, extra, strict=False)
-    assert report.unexpected == ["f9.weight"] and report.missing == []
+    assert report.unexpected == ["f9.weight"]
+    assert report.missing == []
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -329,7 +336,8 @@ def test_camhead_dropout_only_touches_logits_and_hidden_head():
     torch.testing.assert_close(head(x)["logits"], head(x)["cams"].mean(dim=(2, 3)))
     smaf = CAMHead(8, 21, hidden_channels=4)
     out = smaf(x)
-    assert out["features"].shape == (2, 4, 4, 4) and out["cams"].shape == (2, 21, 4, 4)
+    assert out["features"].shape == (2, 4, 4, 4)
+    assert out["cams"].shape == (2, 21, 4, 4)
 
 
 def test_camnet_forward_backward_dtype_and_bad_input():
@@ -337,13 +345,14 @@ def test_camnet_forward_backward_dtype_and_bad_input():
     net = CAMNet("tiny", num_classes=5).double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     out = net(x)
-    assert out["logits"].dtype == torch.float64 and out["cams"].shape == (2, 5, 4, 4)
+    assert out["logits"].dtype == torch.float64
+    assert out["cams"].shape == (2, 5, 4, 4)
     assert net.stride == 8
     out["logits"].sum().backward()
     assert net.head.classifier.weight.grad is not None
     with pytest.raises(ValueError, match="images must have shape B×3×H×W"):
         net(torch.randn(3, 32, 32, dtype=torch.float64))
-    with pytest.raises(TypeError, match="backbone must be a name or an nn.Module"):
+    with pytest.raises(TypeError, match=r"backbone must be a name or an nn.Module"):
         CAMNet(3, num_classes=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="feature_index"):
         CAMNet("tiny", num_classes=2, feature_index=5)
@@ -382,7 +391,8 @@ def test_mit_b1_layout_and_parameter_counts():
     assert sd["block2.0.mlp.dwconv.dwconv.weight"].shape == (512, 1, 3, 3)
     assert sd["block2.0.mlp.fc2.weight"].shape == (128, 512)
     assert sd["norm4.weight"].shape == (512,)
-    assert enc.block1[0].norm1.eps == 1e-6 and enc.patch_embed1.norm.eps == 1e-5
+    assert enc.block1[0].norm1.eps == 1e-6
+    assert enc.patch_embed1.norm.eps == 1e-5
     # SegFormer paper, Table 1 (encoder parameters, M)
     for name, paper in {"mit_b1": 13.1, "mit_b2": 24.2, "mit_b3": 44.0, "mit_b4": 60.8, "mit_b5": 81.4}.items():
         assert abs(sizes[name] - paper) < 0.1, (name, sizes[name])
@@ -502,7 +512,8 @@ def test_segformer_network_outputs_and_release_names():
     f4 = out["feature_maps"][-1]
     torch.testing.assert_close(out["logits"], f4.amax(dim=(2, 3)) @ net.classifier.weight.flatten(1).t())
     a = out["attn_pred"]
-    assert a.shape == (2, 16, 16) and bool(((a > 0) & (a < 1)).all())
+    assert a.shape == (2, 16, 16)
+    assert bool(((a > 0) & (a < 1)).all())
     torch.testing.assert_close(a, a.transpose(1, 2))  # symmetrised before the projection
     assert net.attn_proj.in_channels == 2 * 4  # heads of the last two blocks
     keys = set(net.state_dict())
@@ -524,7 +535,8 @@ def test_torchvision_resnet_output_strides():
     for os_, last in ((8, 8), (16, 4), (32, 2)):
         bb = build_backbone("resnet_tiny", output_stride=os_).eval()
         feats = bb(x)
-        assert feats[-1].shape[-1] == last and bb.strides[-1] == os_
+        assert feats[-1].shape[-1] == last
+        assert bb.strides[-1] == os_
         assert bb.out_channels == (256, 512, 1024, 2048)
     with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
         build_backbone("resnet_tiny", output_stride=4)
@@ -586,10 +598,13 @@ def test_deeplabv2_caffe_style_block_function():
     _randomize_bn(bb)
     assert bb.maxpool.ceil_mode
     blk = bb.layer2[0]
-    assert blk.conv1.stride == (2, 2) and blk.conv2.stride == (1, 1)
+    assert blk.conv1.stride == (2, 2)
+    assert blk.conv2.stride == (1, 1)
     # layers 3 and 4: every block at the stage dilation (2 and 4), stride 1
-    assert bb.layer3[0].conv2.dilation == (2, 2) and bb.layer4[0].conv2.dilation == (4, 4)
-    assert bb.layer3[0].conv1.stride == (1, 1) and bb.layer3[0].conv2.stride == (1, 1)
+    assert bb.layer3[0].conv2.dilation == (2, 2)
+    assert bb.layer4[0].conv2.dilation == (4, 4)
+    assert bb.layer3[0].conv1.stride == (1, 1)
+    assert bb.layer3[0].conv2.stride == (1, 1)
     x = torch.randn(1, 256, 9, 9)
     h = F.relu(_bn(F.conv2d(x, blk.conv1.weight, stride=2), blk.bn1))
     h = F.relu(_bn(F.conv2d(h, blk.conv2.weight, padding=1), blk.bn2))
@@ -598,7 +613,8 @@ def test_deeplabv2_caffe_style_block_function():
     torch.testing.assert_close(blk(x), ref)
     assert net(torch.randn(1, 3, 65, 65)).shape == (1, 21, 9, 9)  # deeplab-pytorch: 513 -> 65
     tv = TorchvisionResNet.tiny(style="pytorch")
-    assert tv.layer2[0].conv2.stride == (2, 2) and not tv.maxpool.ceil_mode
+    assert tv.layer2[0].conv2.stride == (2, 2)
+    assert not tv.maxpool.ceil_mode
 
 
 def test_deeplabv2_frozen_bn_param_groups_and_aspp():
@@ -606,8 +622,10 @@ def test_deeplabv2_frozen_bn_param_groups_and_aspp():
     assert all(not m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     groups = {g["name"]: g for g in param_groups(net, 2.5e-4, weight_decay=5e-4)}
     assert set(groups) == {"backbone_weight", "head_weight", "head_bias"}  # BN frozen -> not optimised
-    assert groups["head_weight"]["lr"] == pytest.approx(2.5e-3) and groups["head_weight"]["weight_decay"] == 5e-4
-    assert groups["head_bias"]["lr"] == pytest.approx(5e-3) and groups["head_bias"]["weight_decay"] == 0.0
+    assert groups["head_weight"]["lr"] == pytest.approx(2.5e-3)
+    assert groups["head_weight"]["weight_decay"] == 5e-4
+    assert groups["head_bias"]["lr"] == pytest.approx(5e-3)
+    assert groups["head_bias"]["weight_decay"] == 0.0
     n_convs = sum(1 for m in net.backbone.modules() if isinstance(m, nn.Conv2d))
     assert len(groups["backbone_weight"]["params"]) == n_convs
     aspp = net.head
@@ -655,8 +673,10 @@ def test_param_groups_afa_preset_and_partition():
     # AFA: encoder params with "norm" in their name at lr 0 / wd 0
     afa_norm = {id(p) for n, p in net.encoder.named_parameters() if "norm" in n}
     assert {id(p) for p in by["backbone_norm"]["params"]} == afa_norm
-    assert by["backbone_norm"]["lr"] == 0.0 and by["backbone_norm"]["weight_decay"] == 0.0
-    assert by["backbone_bias"]["lr"] == pytest.approx(6e-5) and by["backbone_bias"]["weight_decay"] == 0.01
+    assert by["backbone_norm"]["lr"] == 0.0
+    assert by["backbone_norm"]["weight_decay"] == 0.0
+    assert by["backbone_bias"]["lr"] == pytest.approx(6e-5)
+    assert by["backbone_bias"]["weight_decay"] == 0.01
     head_ids = {id(p) for g in ("head_weight", "head_bias") for p in by[g]["params"]}
     assert head_ids == {id(p) for n, p in net.named_parameters() if not n.startswith("encoder.")}
     assert all(g["lr"] == pytest.approx(6e-4) for n, g in by.items() if n.startswith("head"))
@@ -672,15 +692,18 @@ def test_param_groups_psa_convention_on_resnet38():
     net = CAMNet(ResNet38.tiny(), num_classes=21)
     groups = param_groups(net, 0.01, weight_decay=5e-4)
     assert [g["name"] for g in groups] == ["backbone_weight", "head_weight"]  # no biases, BN/conv1a frozen
-    assert len(groups[1]["params"]) == 1 and groups[1]["params"][0] is net.head.classifier.weight
-    assert groups[1]["lr"] == pytest.approx(0.1) and groups[1]["lr_mult"] == 10.0
+    assert len(groups[1]["params"]) == 1
+    assert groups[1]["params"][0] is net.head.classifier.weight
+    assert groups[1]["lr"] == pytest.approx(0.1)
+    assert groups[1]["lr_mult"] == 10.0
     assert all(p is not net.backbone.conv1a.weight for p in groups[0]["params"])
 
 
 def test_tiny_backbone_strides_and_validation():
     bb = TinyBackbone(widths=(4, 8, 16), output_stride=4)
     feats = bb(torch.randn(1, 3, 32, 32))
-    assert bb.strides == (2, 4, 4) and [f.shape[-1] for f in feats] == [16, 8, 8]
+    assert bb.strides == (2, 4, 4)
+    assert [f.shape[-1] for f in feats] == [16, 8, 8]
     with pytest.raises(ValueError, match="output_stride must be a power of two"):
         TinyBackbone(widths=(4, 8), output_stride=8)
     with pytest.raises(ValueError, match="widths must be a non-empty"):
@@ -703,13 +726,15 @@ def test_read_state_dict_unwrapping_and_errors(tmp_path):
         load_pretrained(net, net.state_dict(), key_map="nope")
     with pytest.raises(ValueError, match="same model key"):
         load_pretrained(net, {"x.weight": torch.ones(2, 2), "weight": torch.ones(2, 2)}, key_map={"x.": ""})
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn.Module"):
         load_pretrained("net", {})  # type: ignore[arg-type]
 
 
 def test_read_state_dict_missing_reader_names_the_pip_package(tmp_path, monkeypatch):
-    """safetensors is in no extra: the ImportError must name the pip package, not an extra. MXNet files need
-    no mxnet (they are read with NumPy): a bad one is named as such, with the import blocked."""
+    """Safetensors is in no extra: the ImportError must name the pip package, not an extra.
+
+    MXNet files need no mxnet (they are read with NumPy): a bad one is named as such, with the import blocked.
+    """
     st_file = tmp_path / "w.safetensors"
     st_file.write_bytes(b"unused")
     mx_file = tmp_path / "w.params"
@@ -718,7 +743,8 @@ def test_read_state_dict_missing_reader_names_the_pip_package(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "mxnet", None)
     with pytest.raises(ImportError, match=r"install it with `pip install safetensors`") as st_err:
         read_state_dict(st_file)
-    assert "wsss-blocks[" not in str(st_err.value) and isinstance(st_err.value.__cause__, ImportError)
+    assert "wsss-blocks[" not in str(st_err.value)
+    assert isinstance(st_err.value.__cause__, ImportError)
     with pytest.raises(ValueError, match=r"w.params' is not an MXNet .params file: header"):
         read_state_dict(mx_file)
 
@@ -729,7 +755,8 @@ def test_read_state_dict_safetensors_roundtrip(tmp_path):
     st_torch.save_file(sd, str(tmp_path / "w.safetensors"))
     out = read_state_dict(tmp_path / "w.safetensors")
     assert sorted(out) == ["fc.bias", "fc.weight"]
-    assert torch.equal(out["fc.weight"], sd["module.fc.weight"]) and torch.equal(out["fc.bias"], sd["module.fc.bias"])
+    assert torch.equal(out["fc.weight"], sd["module.fc.weight"])
+    assert torch.equal(out["fc.bias"], sd["module.fc.bias"])
 
 
 def test_timm_backbone_loads_local_file_without_download(tmp_path, monkeypatch):
@@ -746,7 +773,8 @@ def test_timm_backbone_loads_local_file_without_download(tmp_path, monkeypatch):
     sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ref.state_dict().items()}
     torch.save({"model": sd}, tmp_path / "resnet18.pth")
     bb = build_backbone("timm:resnet18", pretrained=tmp_path / "resnet18.pth", out_indices=(2, 4))
-    assert bb.out_channels == (128, 512) and bb.strides == (8, 32)
+    assert bb.out_channels == (128, 512)
+    assert bb.strides == (8, 32)
     assert torch.equal(bb.body.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
     feats = bb(torch.randn(1, 3, 64, 64))
     assert [tuple(f.shape[1:]) for f in feats] == [(128, 8, 8), (512, 2, 2)]

@@ -1,6 +1,7 @@
 """PMM stages B/C (wsss_blocks.multi_crop) against transcriptions of the released functions of Eli-YiLi/PMM
 (``tool/data.py`` get_multi_crop_params / update_label / the tile sampling of VOC12ClsHeatCropDataset,
-``pipeline/infer_multi_crop.py`` merge, ``pipeline/infer_multi_scale.py`` normalisation and _crf_with_alpha)."""
+``pipeline/infer_multi_crop.py`` merge, ``pipeline/infer_multi_scale.py`` normalisation and _crf_with_alpha).
+"""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def _rel_multi_crop_params(width, height, crop_scales, crop_size, stride):
     for s in crop_scales:
         s_list = []
         w, h = int(width * s), int(height * s)
-        w_num = 1 + int(math.ceil(max(0.0, float(w - crop_size)) / stride))
-        h_num = 1 + int(math.ceil(max(0.0, float(h - crop_size)) / stride))
+        w_num = 1 + math.ceil(max(0.0, float(w - crop_size)) / stride)
+        h_num = 1 + math.ceil(max(0.0, float(h - crop_size)) / stride)
         for w_idx in range(w_num):
             for h_idx in range(h_num):
                 if w_idx == (w_num - 1):
@@ -181,7 +182,8 @@ def test_multi_crop_boxes_equal_release(h, w, crop, stride):
     assert [[list(b) for b in s] for s in ours] == ref
     for per_scale in ours:
         for x1, y1, x2, y2 in per_scale:
-            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+            assert 0 <= x1 < x2 <= w
+            assert 0 <= y1 < y2 <= h
 
 
 def test_multi_crop_boxes_released_voc_image():
@@ -189,7 +191,8 @@ def test_multi_crop_boxes_released_voc_image():
     assert [len(b) for b in boxes] == [1, 2, 4, 6, 6, 9, 12, 12, 15, 20]  # 87 tiles for a 375×500 image
     # at scale 3 every grid tile covers 100 px of the image and the border tile 149
     xs = sorted({(x1, x2) for x1, _, x2, _ in boxes[-1]})
-    assert xs[0] == (0, 100) and xs[-1] == (350, 500)
+    assert xs[0] == (0, 100)
+    assert xs[-1] == (350, 500)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -254,7 +257,8 @@ def test_multi_crop_cams_equal_release_merge():
         for b in range(2):
             ref = _rel_multi_crop_merge(net, img[b], labels[b], scales, 32, 20, 3)
             np.testing.assert_allclose(ours[b].numpy(), ref, rtol=1e-4, atol=1e-5)
-    assert float(ours[0, 1].abs().max()) == 0.0 and float(ours[0, 0].max()) == pytest.approx(1.0, abs=1e-4)
+    assert float(ours[0, 1].abs().max()) == 0.0
+    assert float(ours[0, 0].max()) == pytest.approx(1.0, abs=1e-4)
     assert float(ours.min()) < 0  # the released normalisation: minimum pixels of a class with min > 0
     torch.testing.assert_close(MultiCropCAM(net, scales, 32, 20, 100)(img, labels), ours, rtol=1e-5, atol=1e-6)
 
@@ -309,7 +313,8 @@ def test_rough_masks_equal_release_crf_with_alpha():
 def test_rough_masks_no_class_is_background():
     out = rough_masks(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2), torch.zeros(1, 3, 6, 6),
                       crf={"preset": "psa", "backend": "torch"})
-    assert torch.equal(out[0, 0], torch.ones(6, 6)) and float(out[0, 1:].abs().max()) == 0.0
+    assert torch.equal(out[0, 0], torch.ones(6, 6))
+    assert float(out[0, 1:].abs().max()) == 0.0
 
 
 def test_bad_inputs_name_the_argument():

@@ -100,7 +100,7 @@ def test_fusion_equals_hand_computed_sum_over_scales_and_flips():
 
 def test_fusion_exact_tiny_case_with_flip():
     """1×2 image, one class + background; fg prob = sigmoid(x0 - x1). Flip pass undone -> 2·σ."""
-    net = lambda x: x[:, :2]  # noqa: E731  (K = 2: class 0, background last)
+    net = lambda x: x[:, :2]
     image = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]], [[5.0, 5.0]]]])
     out = multiscale_attention_fusion(net, image, torch.ones(1, 1), scales=(1.0,), normalize="none")
     expected = torch.tensor([2 * torch.sigmoid(torch.tensor(2.0)).item(), 1.0])
@@ -154,14 +154,16 @@ def test_absent_classes_are_zero_and_present_max_is_one():
        flip=st.booleans())
 def test_fusion_invariants(seed, h, w, c, scales, flip):
     """Any shapes and scales: values in [0, 1], absent classes 0, each present class peaks at M / (M + eps)
-    (M = the unnormalised peak, so ≈ 1 unless M is tiny), and the scale order does not matter."""
+    (M = the unnormalised peak, so ≈ 1 unless M is tiny), and the scale order does not matter.
+    """
     g = torch.Generator().manual_seed(seed)
     net = PixelNet(c + 1, seed=seed)
     x = torch.randn(2, 3, h, w, generator=g)
     labels = (torch.rand(2, c, generator=g) > 0.5).float()
     out = multiscale_attention_fusion(net, x, labels, scales=scales, flip=flip)
     assert out.shape == (2, c, h, w)
-    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(out.min()) >= 0
+    assert float(out.max()) <= 1
     assert bool((out[~labels.bool()] == 0).all())
     peaks = out.amax((2, 3))[labels.bool()]
     raw = multiscale_attention_fusion(net, x, labels, scales=scales, flip=flip, normalize="none")
@@ -179,8 +181,10 @@ def test_per_scale_maps_sum_to_unnormalised_fusion():
     fused, per_scale = out.fused, out.per_scale
     assert torch.equal(fused, multiscale_attention_fusion(net, images, labels, normalize="none"))
     module = MultiScaleAttentionFusion(normalize="none").detailed(net, images, labels)
-    assert torch.equal(module.fused, fused) and all(torch.equal(a, b) for a, b in zip(module.per_scale, per_scale))
-    assert len(per_scale) == 4 and all(p.shape == (2, C, 8, 8) for p in per_scale)
+    assert torch.equal(module.fused, fused)
+    assert all(torch.equal(a, b) for a, b in zip(module.per_scale, per_scale))
+    assert len(per_scale) == 4
+    assert all(p.shape == (2, C, 8, 8) for p in per_scale)
     torch.testing.assert_close(sum(per_scale), fused)
     assert bool((per_scale[0][~labels.bool()] == 0).all())
 
@@ -195,9 +199,11 @@ def test_skip_absent_is_bit_identical(bg):
     fast, fast_per, full, full_per = fast_out.fused, fast_out.per_scale, full_out.fused, full_out.per_scale
     assert torch.equal(fast, full)
     assert all(torch.equal(a, b) for a, b in zip(fast_per, full_per))
-    assert bool((fast[2] == 0).all()) and bool((fast[:, [0, 2, 3, 5]] == 0).all())
+    assert bool((fast[2] == 0).all())
+    assert bool((fast[:, [0, 2, 3, 5]] == 0).all())
     none = multiscale_attention_fusion(net, images, torch.zeros(3, C), bg_channel=bg)
-    assert none.shape == (3, C, 16, 12) and bool((none == 0).all())
+    assert none.shape == (3, C, 16, 12)
+    assert bool((none == 0).all())
 
 
 def test_eight_passes_per_image_batched_by_scale():
@@ -222,11 +228,11 @@ def test_bg_channel_positions_agree(bg):
     images, labels = torch.randn(2, 3, 8, 8), labels_for(2, C, [{0, 2}, {1}])
     ref = multiscale_attention_fusion(net_last, images, labels, bg_channel="last")
     if bg == "first":
-        net = lambda x: net_last(x).roll(1, dims=1)  # noqa: E731  background moved to channel 0
+        net = lambda x: net_last(x).roll(1, dims=1)
         out = multiscale_attention_fusion(net, images, labels, bg_channel="first")
         torch.testing.assert_close(out, ref)
     else:  # no background channel: softmax over the C classes only
-        net = lambda x: net_last(x)[:, :C]  # noqa: E731
+        net = lambda x: net_last(x)[:, :C]
         out = multiscale_attention_fusion(net, images, labels, bg_channel="none", scales=(1.0,), flip=False,
                                           normalize="none")
         torch.testing.assert_close(out, torch.softmax(net(images), 1) * labels[:, :, None, None])
@@ -275,7 +281,9 @@ def test_eval_mode_is_applied_and_restored():
     a = multiscale_attention_fusion(net, x, y)
     b = multiscale_attention_fusion(net, x, y)
     torch.testing.assert_close(a, b)  # dropout off during the call
-    assert net.training and net.body[3].training and not net.body[1].training
+    assert net.training
+    assert net.body[3].training
+    assert not net.body[1].training
 
 
 def test_out_size_and_module_repr():
@@ -291,7 +299,8 @@ def test_no_grad_by_default_and_differentiable_on_request():
     assert not multiscale_attention_fusion(net, x, y).requires_grad
     out = multiscale_attention_fusion(net, x, y, no_grad=False)
     out.sum().backward()
-    assert net.conv.weight.grad is not None and net.conv.weight.grad.abs().sum() > 0
+    assert net.conv.weight.grad is not None
+    assert net.conv.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max"])
@@ -313,7 +322,8 @@ def test_minmax_normalisation():
     net = PixelNet(3)
     x, y = torch.randn(1, 3, 8, 8), torch.tensor([[1.0, 0.0]])
     out = multiscale_attention_fusion(net, x, y, normalize="minmax")
-    assert abs(float(out[0, 0].min())) < 1e-6 and abs(float(out[0, 0].max()) - 1) < 1e-4
+    assert abs(float(out[0, 0].min())) < 1e-6
+    assert abs(float(out[0, 0].max()) - 1) < 1e-4
     assert bool((out[0, 1] == 0).all())
 
 
@@ -342,7 +352,7 @@ def test_fusion_bad_input():
         multiscale_attention_fusion(net, x, torch.zeros(1, 19))
     with pytest.raises(ValueError, match=r"model returned 21 channels.*bg_channel='none'.*= 20"):
         multiscale_attention_fusion(net, x, y, bg_channel="none")
-    with pytest.raises(TypeError, match="model must be callable.*got Tensor"):
+    with pytest.raises(TypeError, match=r"model must be callable.*got Tensor"):
         multiscale_attention_fusion(torch.zeros(3), x, y)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="model must be callable"):
         MultiScaleAttentionFusion()("net", x, y)  # type: ignore[arg-type]
@@ -389,7 +399,8 @@ def test_reactivate_winner_is_exactly_one(seed, c, bg):
     labels = (torch.rand(2, c, generator=g) > 0.5).float()
     out = reactivate(denoise(maps, labels, bg))
     assert bool((out.amax(1) == 1.0).all())  # exact, not approximate
-    assert bool((out <= 1.0).all()) and bool((out >= 0).all())
+    assert bool((out <= 1.0).all())
+    assert bool((out >= 0).all())
     # the winner keeps its place
     assert torch.equal(out.argmax(1), denoise(maps, labels, bg).argmax(1))
 
@@ -400,7 +411,7 @@ def test_reactivate_bad_input():
     assert torch.isfinite(reactivate(torch.zeros(1, 3, 2, 2), eps=1e-6)).all()
     with pytest.raises(ValueError, match="scores contains non-finite values"):
         reactivate(torch.full((1, 2, 1, 1), float("nan")))
-    with pytest.raises(ValueError, match="maps has 3 classes|labels has 2 classes, expected 3"):
+    with pytest.raises(ValueError, match=r"maps has 3 classes|labels has 2 classes, expected 3"):
         denoise(torch.rand(1, 3, 2, 2), torch.ones(1, 2))
 
 
@@ -419,7 +430,8 @@ def test_target_padding_is_one_hot_background_and_detached():
     t = smaf_target(maps, torch.ones(1, 3))
     assert not t.requires_grad
     pad = t[0, :, 4:, 4:]
-    assert bool((pad[0] == 1).all()) and bool((pad[1:] == 0).all())
+    assert bool((pad[0] == 1).all())
+    assert bool((pad[1:] == 0).all())
 
 
 def test_target_released_resolution_handling():
@@ -473,7 +485,8 @@ def test_loss_gradient_only_into_student():
     logits = torch.randn(1, 4, 4, 4, requires_grad=True)
     smaf_loss(logits, target_in).backward()
     assert maps.grad is None
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert logits.grad is not None
+    assert logits.grad.abs().sum() > 0
 
 
 def test_loss_gradcheck_float64():
@@ -575,9 +588,11 @@ def test_pseudo_labels_crf_torch_backend():
     image, maps, labels = _two_region_case()
     crf = crf_mod.DenseCRF.smaf(backend="torch")
     out = smaf_pseudo_mask(maps, labels, image01=image, crf=crf)
-    assert out.shape == (1, 24, 24) and out.dtype == torch.int64
+    assert out.shape == (1, 24, 24)
+    assert out.dtype == torch.int64
     assert smaf_pseudo_mask(maps, labels).eq(1).sum() == 24 * 15  # before: 15 columns
-    assert bool((out[0, :, 12:] == 1).all()) and bool((out[0, :, :12] == 0).all())  # after: the edge
+    assert bool((out[0, :, 12:] == 1).all())
+    assert bool((out[0, :, :12] == 0).all())
     u = crf_mod.unary_from_mask(torch.tensor([[[0, 1, 2]]]), 3, 0.7)
     torch.testing.assert_close(-torch.log(hard_label_probs(torch.tensor([[[0, 1, 2]]]), 3, 0.7)), u)
 
@@ -592,7 +607,8 @@ def test_pseudo_labels_released_crf_pydensecrf():
         None, smaf_pseudo_mask(maps, labels), num_classes=3,
         image_uint8=(image[0].permute(1, 2, 0) * 255).round().to(torch.uint8)).argmax(1)
     assert torch.equal(out, ref)
-    assert bool((out[0, :, 12:] == 1).all()) and bool((out[0, :, :12] == 0).all())
+    assert bool((out[0, :, 12:] == 1).all())
+    assert bool((out[0, :, :12] == 0).all())
 
 
 # --------------------------------------------------------------------------- device
@@ -607,4 +623,5 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
     t = smaf_target(gpu, y.cuda(), scale_factor=0.25)
     loss = smaf_loss(torch.randn(2, 4, 4, 4, device="cuda", requires_grad=True), t)
-    assert loss.device.type == "cuda" and math.isfinite(loss.item())
+    assert loss.device.type == "cuda"
+    assert math.isfinite(loss.item())

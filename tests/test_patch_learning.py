@@ -145,7 +145,8 @@ def test_split_keeps_dtype_and_device():
     for dtype in (torch.float64, torch.bfloat16, torch.int64):
         x = torch.arange(2 * 3 * 4 * 6).view(2, 3, 4, 6).to(dtype)
         p = split_patches(x, (2, 3))
-        assert p.dtype == dtype and p.device == x.device
+        assert p.dtype == dtype
+        assert p.device == x.device
         assert torch.equal(merge_patches(p, 2, (2, 3)), x)
 
 
@@ -188,7 +189,8 @@ def test_fused_cams_equal_cam_from_features_and_parts_add_up():
     torch.manual_seed(0)
     net = PatchLearning(tiny_stages(), insert_after=2, num_classes=5, feat_dim=16)
     out = net(torch.randn(2, 3, 32, 32))
-    assert out.features.shape == (2, 32, 4, 4) and out.cams.shape == (2, 5, 4, 4)
+    assert out.features.shape == (2, 32, 4, 4)
+    assert out.cams.shape == (2, 5, 4, 4)
     torch.testing.assert_close(out.cams, cam_from_features(out.features, net.classifier.weight))
     torch.testing.assert_close(out.logits, out.cams.mean((2, 3)))
     torch.testing.assert_close(out.logits, net.classifier(out.features.mean((2, 3), keepdim=True)).flatten(1))
@@ -259,7 +261,8 @@ def test_weights_are_shared_between_paths():
         net.classifier.weight[:, 6:] = 0
     net.zero_grad()
     net(x).logits.sum().backward()
-    assert stages[2].weight.grad is not None and float(stages[2].weight.grad.abs().sum()) > 0
+    assert stages[2].weight.grad is not None
+    assert float(stages[2].weight.grad.abs().sum()) > 0
 
 
 def test_explicit_fusion_detaches_branch_inputs():
@@ -308,7 +311,8 @@ def test_patch_path_independence_in_network():
         a, b = net.patch_path(f, 2), net.patch_path(g, 2)
     assert a.shape == (1, 16, 4, 4)
     changed = (a != b).any(1)[0]
-    assert bool(changed[2:, :2].all()) and int(changed.sum()) == 4
+    assert bool(changed[2:, :2].all())
+    assert int(changed.sum()) == 4
 
 
 def test_patch_bn_stats_frozen_keeps_running_stats_to_the_full_path():
@@ -327,12 +331,14 @@ def test_patch_bn_stats_frozen_keeps_running_stats_to_the_full_path():
     with torch.no_grad():
         out = frozen(x)
     torch.testing.assert_close(bn.running_mean, after_full[0])
-    assert int(bn.num_batches_tracked) == after_full[1] and bn.momentum == 0.1
+    assert int(bn.num_batches_tracked) == after_full[1]
+    assert bn.momentum == 0.1
     torch.testing.assert_close(out.features[:, 16:], full)
     nn.ModuleList(stages).load_state_dict(snapshot)
     with torch.no_grad():
         PatchLearning(stages, insert_after=2, num_classes=2, feat_dim=16)(x)  # default "update"
-    assert not torch.allclose(bn.running_mean, after_full[0]) and int(bn.num_batches_tracked) == 2
+    assert not torch.allclose(bn.running_mean, after_full[0])
+    assert int(bn.num_batches_tracked) == 2
     with pytest.raises(ValueError, match="patch_bn_stats must be one of"):
         PatchLearning(stages, insert_after=2, num_classes=2, feat_dim=16, patch_bn_stats="off")  # type: ignore
 
@@ -369,7 +375,8 @@ def test_schedule_drives_the_model_and_keeps_one_classifier():
             assert out.cams.shape == (2, 3, 4, 4)
     assert seen == [(1,), (2,), (3,)]
     net.set_insertion(3)
-    assert net.insert_after == (3,) and net.classifier is clf
+    assert net.insert_after == (3,)
+    assert net.classifier is clf
     with pytest.raises(ValueError, match="must keep 1 insertion point"):
         net.set_insertion((1, 2))
 
@@ -384,7 +391,8 @@ def test_torchvision_resnet18_stages():
             model.maxpool(model.relu(model.bn1(model.conv1(x))))))))
         for insert_after in (0, 2, 4):  # input image, after layer1, after layer3
             net = PatchLearning.from_backbone(model, insert_after=insert_after, num_classes=3).eval()
-            assert net.num_stages == 5 and net.classifier.in_channels == 2 * 512
+            assert net.num_stages == 5
+            assert net.classifier.in_channels == 2 * 512
             assert all(p is q for p, q in zip(net.stages.parameters(), model.parameters()))
             out = net(x)
             assert out.cams.shape == (2, 3, 2, 2)
@@ -393,7 +401,7 @@ def test_torchvision_resnet18_stages():
             assert not torch.allclose(out.features[:, :512], glob)  # the patch path differs from the full path
 
 
-@pytest.mark.parametrize("name,insert_after,feat", [("test_resnet", 2, 96), ("test_convnext", 1, 64)])
+@pytest.mark.parametrize(("name", "insert_after", "feat"), [("test_resnet", 2, 96), ("test_convnext", 1, 64)])
 def test_timm_stage_lists(name, insert_after, feat):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -411,7 +419,7 @@ def test_timm_stage_lists(name, insert_after, feat):
 def test_backbone_stages_bad_input():
     with pytest.raises(ValueError, match="cannot find stages in Conv2d"):
         backbone_stages(nn.Conv2d(3, 3, 1))
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn.Module"):
         backbone_stages("resnet50")  # type: ignore[arg-type]
 
 
@@ -443,7 +451,9 @@ def test_plain_cam_baseline_and_global_off():
     assert list(out.parts) == ["global"]
     local_only = PatchLearning(stages, insert_after=1, num_classes=3, feat_dim=6, include_global=False)
     out2 = local_only(x)
-    assert out2.full_cams is None and out2.full_logits is None and out2.features.shape[1] == 6
+    assert out2.full_cams is None
+    assert out2.full_logits is None
+    assert out2.features.shape[1] == 6
 
 
 def test_grid_mapping_per_insertion_point():
@@ -477,7 +487,7 @@ def test_patch_learning_bad_input():
         PatchLearning([stages[0], lambda t: t], insert_after=0, num_classes=2, feat_dim=6)
     with pytest.raises(TypeError, match="got a single Conv2d"):
         PatchLearning(stages[0], insert_after=0, num_classes=2, feat_dim=4)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="stages must contain at least one nn.Module"):
+    with pytest.raises(ValueError, match=r"stages must contain at least one nn.Module"):
         PatchLearning([], insert_after=0, num_classes=2, feat_dim=4)
     with pytest.raises(ValueError, match=r"insert_after=3 is out of range for 3 stages: expected 0 <= "
                                          r"insert_after <= 2"):
@@ -494,7 +504,7 @@ def test_patch_learning_bad_input():
         PatchLearning(stages, insert_after=1, classifier=nn.Conv2d(6, 2, 1), feat_dim=6)
     with pytest.raises(ValueError, match="classifier must be a 1×1, stride-1"):
         PatchLearning(stages, insert_after=1, classifier=nn.Conv2d(12, 2, 3))
-    with pytest.raises(TypeError, match="classifier must be an nn.Conv2d"):
+    with pytest.raises(TypeError, match=r"classifier must be an nn.Conv2d"):
         PatchLearning(stages, insert_after=1, classifier=nn.Sequential(nn.Conv2d(12, 2, 1)))
     net = PatchLearning(stages, insert_after=1, classifier=nn.Conv2d(10, 2, 1))  # width checked at forward
     with pytest.raises(ValueError, match=r"classifier_weight has 10 input channels, expected 2·6 = 12"):
@@ -523,7 +533,8 @@ def test_schedule_cyclic_pmg_style():
                             total_epochs=3)
     assert s.sequence == [(1, 2)] * 3
     specs = s.step(1)
-    assert [sp.grid for sp in specs] == [4, 2] and specs[1].loss_weight == 2.0
+    assert [sp.grid for sp in specs] == [4, 2]
+    assert specs[1].loss_weight == 2.0
     assert [s.is_stage_start(e) for e in range(3)] == [True, False, False]
     assert "mode='cyclic'" in repr(s)
 

@@ -72,7 +72,8 @@ def test_cov_empty_and_all_zero_maps_no_nan():
     cams[0, 1] = 0.03  # activated nowhere (all below t)
     cams[1, 2, 2, 2] = 0.7  # a single active pixel: std 0
     out, cv = _cov(cams)
-    assert torch.isfinite(out).all() and torch.isfinite(cv).all()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(cv).all()
     assert cv.abs().max() == 0
     expected = torch.zeros_like(cams)
     expected[1, 2, 2, 2] = 0.7
@@ -111,7 +112,8 @@ def test_cov_scale_invariance(seed, c):
     _, cv1e = _cov(a, fg_threshold=0.05, eps=0.0)
     torch.testing.assert_close(cv2, cv1e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out2, (c ** (1 - cv2))[:, None, None] * cov_smooth(a, eps=0.0), rtol=1e-4, atol=1e-6)
-    assert torch.isfinite(out1).all() and torch.isfinite(cv1).all()
+    assert torch.isfinite(out1).all()
+    assert torch.isfinite(cv1).all()
 
 
 @settings(max_examples=30, deadline=None)
@@ -122,7 +124,8 @@ def test_cov_raises_kept_activations(seed):
     a = torch.rand(3, 8, 8, generator=g) ** 4
     out, cv = _cov(a)
     kept = a >= 0.05
-    assert (cv >= 0).all() and (cv < 1).all()
+    assert (cv >= 0).all()
+    assert (cv < 1).all()
     assert (out[kept] >= a[kept] - 1e-7).all()
     assert (out[~kept] == 0).all()
     assert out.max() <= 1.0
@@ -186,7 +189,8 @@ def test_cov_cuda_matches_cpu():
 
 def _weak_small_next_to_strong_large() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 16×16 scene: a large strongly activated class-0 object whose CAM spills over a small class-2 object
-    (3×3) that has a weaker CAM; class 1 is absent but strongly activated."""
+    (3×3) that has a weaker CAM; class 1 is absent but strongly activated.
+    """
     cams = torch.zeros(1, 3, 16, 16)
     cams[0, 0, 2:14, 1:12] = 0.9           # large object (132 px), strong
     cams[0, 2, 6:9, 9:12] = 0.5             # small object (9 px), weak, inside the big CAM's spill
@@ -224,7 +228,8 @@ def test_ppmg_importance_uses_raw_cam_and_own_foreground_mass():
     keep = labels[:, :, None, None]
     torch.testing.assert_close(parts.importance, cams / (1 + mass) * keep)
     assert not parts.foreground[0, 1].any()  # absent class: no foreground, no maps
-    assert parts.smoothed[0, 1].abs().max() == 0 and parts.cov[0, 1] == 0
+    assert parts.smoothed[0, 1].abs().max() == 0
+    assert parts.cov[0, 1] == 0
     torch.testing.assert_close(parts.smoothed, cov_smooth(cams) * keep)
     _, cv = _cov(cams)
     torch.testing.assert_close(parts.cov, cv * labels)
@@ -234,7 +239,7 @@ def test_ppmg_importance_uses_raw_cam_and_own_foreground_mass():
 
 
 def test_ppmg_threshold_mode_is_the_crf_initial_state():
-    """threshold foreground = [clip(Ã)/(clip(Ã)+clip((1-Ã)^α)) > 0.5]; at α=11 that is Ã > s* ≈ 0.155."""
+    """Threshold foreground = [clip(Ã)/(clip(Ã)+clip((1-Ã)^α)) > 0.5]; at α=11 that is Ã > s* ≈ 0.155."""
     levels = [0.0, 0.1, 0.15, 0.16, 0.3, 1.0]
     a = torch.tensor(levels).view(1, 6, 1, 1).expand(1, 6, 2, 2).contiguous()  # constant maps: cv = 0, Ã = A
     parts = proportional_pseudo_mask_detailed(a, torch.ones(1, 6), foreground="threshold")
@@ -272,7 +277,8 @@ def test_ppmg_no_present_class_gives_all_background():
     cams = torch.rand(2, 4, 5, 5)
     labels = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     mask = proportional_pseudo_mask(cams, labels, foreground="threshold")
-    assert mask.dtype == torch.int64 and mask.shape == (2, 5, 5)
+    assert mask.dtype == torch.int64
+    assert mask.shape == (2, 5, 5)
     assert (mask[0] == 0).all()
     assert set(mask[1].unique().tolist()) <= {0, 2}
     empty = proportional_pseudo_mask(cams, torch.zeros(2, 4), image01=torch.rand(2, 3, 5, 5))  # CRF never runs
@@ -345,7 +351,7 @@ def test_ppmg_bad_inputs():
         proportional_pseudo_mask(cams[0], labels, foreground="threshold")
     with pytest.raises(ValueError, match="unknown CRF preset"):
         proportional_pseudo_mask(cams, labels, image, crf="pmm")
-    with pytest.raises(TypeError, match="crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
+    with pytest.raises(TypeError, match=r"crf must be a wsss_blocks.crf.DenseCRF, a preset name or a config mapping"):
         proportional_pseudo_mask(cams, labels, image, crf=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="image01 must be float RGB in"):
         proportional_pseudo_mask(cams, labels, (image * 255).round().to(torch.uint8))
@@ -362,7 +368,8 @@ def test_ppmg_callable_receives_uint8_images():
         return probs[:, 1] > 0.3
 
     proportional_pseudo_mask(cams, labels, image, foreground=fg)
-    assert seen["img"].dtype == torch.uint8 and seen["img"].shape == (2, 3, 16, 16)
+    assert seen["img"].dtype == torch.uint8
+    assert seen["img"].shape == (2, 3, 16, 16)
     assert seen["img"][0, 0, 5, 5].item() == round(0.9 * 255)
 
 
@@ -455,10 +462,12 @@ def test_crf_parameter_sets_match_the_library_presets():
     from wsss_blocks.pseudo_mask import CYCLIC_CRF, PPMG_CRF
 
     keys = ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")
-    assert PPMG_CRF == "pmm-binary" and PRESETS[PPMG_CRF]["sum_to_one"] == "ignore"  # used as given
+    assert PPMG_CRF == "pmm-binary"
+    assert PRESETS[PPMG_CRF]["sum_to_one"] == "ignore"
     assert {k: PRESETS[PPMG_CRF][k] for k in keys} == {"iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0,
                                                       "bi_xy": 80.0, "bi_rgb": 13.0}
-    assert CYCLIC_CRF == "deeplab" and {k: PRESETS[CYCLIC_CRF][k] for k in keys} == {
+    assert CYCLIC_CRF == "deeplab"
+    assert {k: PRESETS[CYCLIC_CRF][k] for k in keys} == {
         "iterations": 10, "pos_w": 3.0, "pos_xy": 1.0, "bi_w": 4.0, "bi_xy": 67.0, "bi_rgb": 3.0}
 
 
@@ -481,7 +490,8 @@ def test_ppmg_library_crf_backends_agree_with_direct_pydensecrf():
 
 def _direct_pydensecrf_foreground(probs, image_u8):
     """The released per-class CRF called directly (``Eli-YiLi/PMM`` ``pipline/refine_cam.py`` ``crf_inference``):
-    one pydensecrf ``DenseCRF2D`` per N×2×H×W ``[B_c, Ã_c]`` stack, foreground posterior out."""
+    one pydensecrf ``DenseCRF2D`` per N×2×H×W ``[B_c, Ã_c]`` stack, foreground posterior out.
+    """
     import pydensecrf.densecrf as dcrf
 
     n, k, h, w = probs.shape

@@ -40,7 +40,7 @@ class _RelBottle2neck(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, baseWidth=26, scale=4, stype="normal",
                  dilation=1):
         super().__init__()
-        width = int(math.floor(planes * (baseWidth / 64.0)))
+        width = math.floor(planes * (baseWidth / 64.0))
         self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False, dilation=dilation)
         self.bn1 = nn.BatchNorm2d(width * scale)
         self.nums = 1 if scale == 1 else scale - 1
@@ -60,7 +60,7 @@ class _RelBottle2neck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         spx = torch.split(out, self.width, 1)
         for i in range(self.nums):
-            if i == 0 or self.stype == "stage":
+            if i == 0 or self.stype == "stage":  # noqa: SIM108 - the released code's form
                 sp = spx[i]
             else:
                 sp = sp + spx[i]
@@ -114,7 +114,7 @@ class _RelRes2Net(nn.Module):
         return [x1, x2, x3, x4]
 
 
-@pytest.mark.parametrize("strides,dilations", [((1, 2, 1, 1), (1, 1, 2, 4)), ((1, 2, 2, 2), (1, 1, 1, 1))])
+@pytest.mark.parametrize(("strides", "dilations"), [((1, 2, 1, 1), (1, 1, 2, 4)), ((1, 2, 2, 2), (1, 1, 1, 1))])
 def test_res2net_equals_released_res2net(strides, dilations):
     torch.manual_seed(0)
     ref = _RelRes2Net([2, 1, 2, 1], baseWidth=8, strides=strides, dilations=dilations).double().eval()
@@ -155,12 +155,16 @@ def test_res2net_equals_timm_res2net_d_layout_at_output_stride_32():
 
 def test_res2net_variants_and_checks():
     v1 = Res2Net.tiny(deep_stem=False, avg_down=False)
-    assert isinstance(v1.conv1, nn.Conv2d) and v1.conv1.kernel_size == (7, 7)
-    assert isinstance(v1.layer2[0].downsample[0], nn.Conv2d) and v1.layer2[0].downsample[0].stride == (2, 2)
+    assert isinstance(v1.conv1, nn.Conv2d)
+    assert v1.conv1.kernel_size == (7, 7)
+    assert isinstance(v1.layer2[0].downsample[0], nn.Conv2d)
+    assert v1.layer2[0].downsample[0].stride == (2, 2)
     net = res2net101_v1b()
     assert [len(getattr(net, f"layer{i}")) for i in (1, 2, 3, 4)] == [3, 4, 23, 3]
-    assert net.layer3[5].convs[0].dilation == (2, 2) and net.layer4[0].convs[2].dilation == (4, 4)
-    assert net.layer3[0].convs[0].stride == (1, 1) and net.strides == (4, 8, 8, 8)
+    assert net.layer3[5].convs[0].dilation == (2, 2)
+    assert net.layer4[0].convs[2].dilation == (4, 4)
+    assert net.layer3[0].convs[0].stride == (1, 1)
+    assert net.strides == (4, 8, 8, 8)
     assert sum(p.numel() for p in net.parameters()) == 43_176_920  # = timm res2net101d without its fc
     assert Res2Net.tiny(out_indices=(1, 3)).out_channels == (512, 2048)
     with pytest.raises(ValueError, match="must hold 4 values"):
@@ -256,7 +260,7 @@ _TINY_STRUCTURE = [[5, 3, 2, 1, 56], [4, 2, 0, 1, 56], [9, 4, 2, 1, 28], [8, 4, 
                    [12, 8, 0, 0, 7]]
 
 
-@pytest.mark.parametrize("dilations,size", [((1, 1, 1, 1), (64, 64)), ((1, 1, 2, 4), (61, 77))])
+@pytest.mark.parametrize(("dilations", "size"), [((1, 1, 1, 1), (64, 64)), ((1, 1, 2, 4), (61, 77))])
 def test_scalenet_equals_released_scalenet(dilations, size):
     torch.manual_seed(0)
     ref = _RelScaleNet([2, 1, 2, 1], _TINY_STRUCTURE, dilations=dilations).eval()
@@ -276,9 +280,11 @@ def test_scalenet101_structure_and_json(tmp_path):
 
     assert len(SCALENET101_STRUCTURE) == 33 == sum((3, 4, 23, 3))
     net = scalenet101(dilations=(1, 1, 2, 4))
-    assert net.strides == (4, 8, 8, 8) and net.out_channels == (256, 512, 1024, 2048)
+    assert net.strides == (4, 8, 8, 8)
+    assert net.out_channels == (256, 512, 1024, 2048)
     # a 7-px side (layer4) makes the factor-7 branch a 1x1 conv; layer3's (14 px) branches are 3x3, dilated 2
-    assert net.layer4[2].conv2[3].kernel_size == (1, 1) and net.layer3[1].conv2[3].dilation == (2, 2)
+    assert net.layer4[2].conv2[3].kernel_size == (1, 1)
+    assert net.layer3[1].conv2[3].dilation == (2, 2)
     assert net.layer1[2].conv2[3] is None  # [59, 24, 3, 0, 56]: no factor-7 branch
     path = tmp_path / "scalenet101.json"
     path.write_text(json.dumps([list(r) for r in SCALENET101_STRUCTURE]))
@@ -289,7 +295,7 @@ def test_scalenet101_structure_and_json(tmp_path):
     with pytest.raises(ValueError, match="5 ints each"):
         ScaleNet([[1, 2, 3]] * 33)
     with pytest.raises(ValueError, match="channels must be 4 non-negative"):
-        ScaleNet([[0, 0, 0, 0, 56]] + _TINY_STRUCTURE[1:], (2, 1, 2, 1))
+        ScaleNet([[0, 0, 0, 0, 56], *_TINY_STRUCTURE[1:]], (2, 1, 2, 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,18 +318,22 @@ def test_psp_head_structure_and_forward():
     keys = set(head.state_dict())
     assert {"psp_modules.0.1.conv.weight", "psp_modules.3.1.bn.running_var", "bottleneck.conv.weight",
             "conv_seg.weight", "conv_seg.bias"} <= keys
-    assert head.bottleneck.conv.in_channels == 32 + 4 * 8 and head.bottleneck.conv.kernel_size == (3, 3)
+    assert head.bottleneck.conv.in_channels == 32 + 4 * 8
+    assert head.bottleneck.conv.kernel_size == (3, 3)
     assert [m[0].output_size for m in head.psp_modules] == [1, 2, 3, 6]
     fresh = PSPHead(32, 5, channels=8)
     assert float(fresh.conv_seg.weight.detach().std()) == pytest.approx(0.01, rel=0.3)
     assert float(fresh.conv_seg.bias.detach().abs().max()) == 0
-    assert isinstance(fresh.dropout, nn.Dropout2d) and fresh.dropout.p == 0.1
+    assert isinstance(fresh.dropout, nn.Dropout2d)
+    assert fresh.dropout.p == 0.1
 
 
 def test_pspnet_released_configuration_and_aux_head():
     net = PSPNet(21, backbone="res2net_tiny", channels=16, aux_channels=8).eval()
-    assert net.aux_weight == 0.4 and net.decode_head.psp_modules[0][1].conv.in_channels == 2048
-    assert net.auxiliary_head is not None and net.auxiliary_head.convs[0].conv.in_channels == 1024
+    assert net.aux_weight == 0.4
+    assert net.decode_head.psp_modules[0][1].conv.in_channels == 2048
+    assert net.auxiliary_head is not None
+    assert net.auxiliary_head.convs[0].conv.in_channels == 1024
     x = torch.rand(2, 3, 64, 48)
     main, aux = net.forward_with_aux(x)
     assert main.shape == aux.shape == (2, 21, 8, 6)
@@ -336,7 +346,8 @@ def test_pspnet_released_configuration_and_aux_head():
     before = net.backbone.bn1.running_mean.clone()
     main, aux = net.forward_with_aux(x)
     (main.mean() + net.aux_weight * aux.mean()).backward()
-    assert not torch.equal(before, net.backbone.bn1.running_mean) and net.backbone.bn1.weight.grad is not None
+    assert not torch.equal(before, net.backbone.bn1.running_mean)
+    assert net.backbone.bn1.weight.grad is not None
     assert PSPNet(3, backbone="res2net_tiny", channels=8, aux_channels=None).forward_with_aux(x)[1] is None
 
 
@@ -361,7 +372,7 @@ def test_pspnet_other_backbones_and_checkpoints(tmp_path):
         PSPNet(0, backbone="res2net_tiny")
     with pytest.raises(ValueError, match="dropout must lie in"):
         PSPNet(3, backbone="res2net_tiny", dropout=1.0)
-    with pytest.raises(TypeError, match="backbone must be a name or an nn.Module"):
+    with pytest.raises(TypeError, match=r"backbone must be a name or an nn.Module"):
         PSPNet(3, backbone=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least two maps"):
         PSPNet(3, backbone=Res2Net.tiny(out_indices=(3,)))
@@ -369,9 +380,11 @@ def test_pspnet_other_backbones_and_checkpoints(tmp_path):
 
 def test_conv_module_and_fcn_head():
     m = ConvModule(4, 6, 3, padding=1)
-    assert m.conv.bias is None and isinstance(m.activate, nn.ReLU)
+    assert m.conv.bias is None
+    assert isinstance(m.activate, nn.ReLU)
     head = FCNHead(16, 3, channels=8, num_convs=2)
-    assert len(head.convs) == 2 and head(torch.rand(1, 16, 5, 5)).shape == (1, 3, 5, 5)
+    assert len(head.convs) == 2
+    assert head(torch.rand(1, 16, 5, 5)).shape == (1, 3, 5, 5)
     with pytest.raises(ValueError, match="num_convs must be >= 1"):
         FCNHead(16, 3, num_convs=0)
 
@@ -380,7 +393,7 @@ def test_conv_module_and_fcn_head():
 # slide inference
 # --------------------------------------------------------------------------------------------------
 def _released_slide_inference(encode_decode, img, crop, stride, num_classes):
-    """mmseg 0.8 ``EncoderDecoder.slide_inference`` (rescale=False)."""
+    """Mmseg 0.8 ``EncoderDecoder.slide_inference`` (rescale=False)."""
     h_stride, w_stride = stride
     h_crop, w_crop = crop
     batch_size, _, h_img, w_img = img.size()

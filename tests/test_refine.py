@@ -32,7 +32,8 @@ from wsss_blocks.refine import (
 # The released-algorithm reference (release cost profile) lives in benchmarks/par_baseline.py.
 _spec = importlib.util.spec_from_file_location(
     "par_baseline", Path(__file__).resolve().parents[1] / "benchmarks" / "par_baseline.py")
-assert _spec is not None and _spec.loader is not None
+assert _spec is not None
+assert _spec.loader is not None
 baseline = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(baseline)
 
@@ -45,7 +46,8 @@ def _rand(*shape, seed=0, dtype=torch.float32):
 def test_neighbour_offsets_released_order():
     assert neighbour_offsets((2,)) == [(-2, -2), (-2, 0), (-2, 2), (0, -2), (0, 2), (2, -2), (2, 0), (2, 2)]
     offs = neighbour_offsets(DEFAULT_DILATIONS)
-    assert len(offs) == 48 and (0, 0) not in offs
+    assert len(offs) == 48
+    assert (0, 0) not in offs
     assert offs[8 * 5 + 7] == (24, 24)
 
 
@@ -77,7 +79,8 @@ def test_sparse_operator_is_a_valid_csr_matrix():
     offsets = sorted(neighbour_offsets((1, 3)))
     values = _rand(2, 5, 7, 16) / 16
     op = _sparse_operator(values, offsets, 3)
-    assert op.shape == (2 * 5 * 7, 2 * 11 * 13) and op.layout == torch.sparse_csr
+    assert op.shape == (2 * 5 * 7, 2 * 11 * 13)
+    assert op.layout == torch.sparse_csr
     # Rows hold sorted, distinct columns (the replicate edge lives in the padded columns): a valid CSR matrix.
     torch.sparse_csr_tensor(op.crow_indices(), op.col_indices(), op.values(), op.shape, check_invariants=True)
     assert op.values().data_ptr() == values.data_ptr()  # the weights are used in place
@@ -152,7 +155,7 @@ def test_weights_sum_to_released_scale_and_varm_can_be_negative():
 
 
 # --------------------------------------------------------------------------- equality with the released algorithm
-@pytest.mark.parametrize("shape,map_hw,dil", [
+@pytest.mark.parametrize(("shape", "map_hw", "dil"), [
     ((1, 3, 24, 24), (24, 24), DEFAULT_DILATIONS),
     ((2, 3, 17, 23), (9, 12), DEFAULT_DILATIONS),
     ((1, 3, 12, 12), (12, 12), (1, 3)),
@@ -259,7 +262,8 @@ def test_maps_resized_with_align_corners_true_and_zero_iterations():
     torch.testing.assert_close(out, F.interpolate(maps, size=(16, 16), mode="bilinear", align_corners=True))
     same = _rand(1, 2, 16, 16, seed=2)
     out_same = VariationAwareRefine(num_iter=0)(img, same)
-    assert torch.equal(out_same, same) and out_same.data_ptr() != same.data_ptr()
+    assert torch.equal(out_same, same)
+    assert out_same.data_ptr() != same.data_ptr()
 
 
 def test_dtype_follows_maps_and_half_is_refined_in_float32():
@@ -280,12 +284,14 @@ def test_gradients_flow_into_maps():
     assert torch.autograd.gradcheck(lambda m: varm.propagate(affinity, m), (maps,))
     out = varm(img, maps)
     out.sum().backward()
-    assert maps.grad is not None and bool(maps.grad.abs().sum() > 0)
+    assert maps.grad is not None
+    assert bool(maps.grad.abs().sum() > 0)
 
 
 def test_module_reprs_and_engine_sharing():
     par, varm = PixelAdaptiveRefine(), VariationAwareRefine()
-    assert "appearance_temperature=0.3" in repr(par) and "appearance_scale=4.0" in repr(varm)
+    assert "appearance_temperature=0.3" in repr(par)
+    assert "appearance_scale=4.0" in repr(varm)
     assert par.num_neighbours == varm.num_neighbours == 48
     x = _rand(1, 2, 6, 6)
     assert par.neighbours(x).shape == (1, 2, 48, 6, 6)
@@ -407,7 +413,9 @@ def test_reliable_labels_box_and_bad_input():
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
     box = torch.tensor([[0, 0, 16, 8], [2, 4, 10, 16]])  # (x1, y1, x2, y2)
     y = reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels, box)
-    assert bool((y[0, 8:] == 255).all()) and bool((y[1, :4] == 255).all()) and bool((y[1, :, 10:] == 255).all())
+    assert bool((y[0, 8:] == 255).all())
+    assert bool((y[1, :4] == 255).all())
+    assert bool((y[1, :, 10:] == 255).all())
     with pytest.raises(ValueError, match="labels has batch size 1, expected 2"):
         reliable_pseudo_mask(VariationAwareRefine(), img, cams, labels[:1])
     with pytest.raises(ValueError, match="low_threshold must be <= high_threshold"):

@@ -1,6 +1,7 @@
 """Run folders: absolute paths from any working directory, stage fingerprints (reuse only unchanged stages, refuse
 changed ones before writing anything), no debris from killed writes, fallback from a truncated checkpoint, clear
-disk-full and checkpoint-shape errors, one prefix on progress bars. CPU, tiny synthetic runs."""
+disk-full and checkpoint-shape errors, one prefix on progress bars. CPU, tiny synthetic runs.
+"""
 
 from __future__ import annotations
 
@@ -72,12 +73,15 @@ def test_paths_are_made_absolute_once_at_the_boundary(tmp_path, monkeypatch):
                                            "data.saliency_dir=Sal", "data.mask_dir=/masks", "cam.pretrained=w/r50.pth",
                                            "seg.pretrained=~/w/dl.pth", "data.synthetic.cache_dir=cache"])
     d = cfg.data
-    assert d.root == str(work / "VOC2012") and d.sbd_root == str(tmp_path / "SBD" / "SegmentationClassAug")
+    assert d.root == str(work / "VOC2012")
+    assert d.sbd_root == str(tmp_path / "SBD" / "SegmentationClassAug")
     # dataset-internal paths are relative to the dataset root, as the readers take them
-    assert d.saliency_dir == str(work / "VOC2012" / "Sal") and d.mask_dir == "/masks"
+    assert d.saliency_dir == str(work / "VOC2012" / "Sal")
+    assert d.mask_dir == "/masks"
     assert d.labels_file is None  # baseline_voc derives labels from masks
     assert cfg.cam.pretrained == str(work / "w" / "r50.pth")
-    assert cfg.seg.pretrained == str(Path.home() / "w" / "dl.pth") and d.synthetic.cache_dir == str(work / "cache")
+    assert cfg.seg.pretrained == str(Path.home() / "w" / "dl.pth")
+    assert d.synthetic.cache_dir == str(work / "cache")
     # a labels file is taken from the working directory when it exists there (the readers' rule), else the root
     assert load_run_config("baseline_voc", ["data.root=VOC2012", "data.labels_file=labels/mine.npy"]
                            ).data.labels_file == str(work / "labels" / "mine.npy")
@@ -85,8 +89,10 @@ def test_paths_are_made_absolute_once_at_the_boundary(tmp_path, monkeypatch):
                            ).data.labels_file == str(work / "VOC2012" / "cls_labels.npy")
     # synthetic data without a root: relative to the generated dataset in the (absolute) cache folder
     syn = load_run_config("l2g_synthetic", ["data.synthetic.cache_dir=c"]).data
-    assert syn.saliency_dir is not None and Path(syn.saliency_dir).parent.parent == work / "c"
-    assert Path(syn.saliency_dir).name == "SaliencyMaps" and Path(syn.saliency_dir).parent.name.startswith("synth")
+    assert syn.saliency_dir is not None
+    assert Path(syn.saliency_dir).parent.parent == work / "c"
+    assert Path(syn.saliency_dir).name == "SaliencyMaps"
+    assert Path(syn.saliency_dir).parent.name.startswith("synth")
     # without a root (a VOC config before --data-root) dataset-internal paths stay as given
     assert load_run_config("l2g_voc").data.saliency_dir == "Sal"
     # idempotent, and independent of a later working directory
@@ -103,10 +109,13 @@ def test_reproduce_with_a_relative_out_from_another_working_directory(trainer_ti
     monkeypatch.chdir(elsewhere)
     res = reproduce("baseline", out="runs/rel", overrides=trainer_tiny, verbose=False)
     out = elsewhere / "runs" / "rel"
-    assert res["out"] == str(out) and (out / "seg" / "model.pt").is_file() and (out / "results.json").is_file()
+    assert res["out"] == str(out)
+    assert (out / "seg" / "model.pt").is_file()
+    assert (out / "results.json").is_file()
     assert 0.0 < res["ours"]["val_miou"] < 1.0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert Path(saved["data"]["labels_file"]).is_absolute() and Path(saved["data"]["labels_file"]).is_file()
+    assert Path(saved["data"]["labels_file"]).is_absolute()
+    assert Path(saved["data"]["labels_file"]).is_file()
     assert Path(saved["data"]["synthetic"]["cache_dir"]).is_absolute()
     assert json.loads((out / "pseudo" / "summary.json").read_text())["mask_dir"] == str(out / "pseudo" / "masks")
     # the recorded config, given back by a relative path from yet another folder, reproduces the same fingerprints:
@@ -132,17 +141,20 @@ def test_example_script_from_another_folder_default_out_and_one_line_errors(trai
     proc = run()
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = work / "runs" / "baseline_synthetic"
-    assert (out / "results.json").is_file() and "segmentation mIoU" in proc.stdout
+    assert (out / "results.json").is_file()
+    assert "segmentation mIoU" in proc.stdout
     snap = _snapshot(out)
     # a changed setting: one error line naming the key and the ways out, exit status 2, nothing touched
     proc = run("--set", "seg.steps=5")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: run folder {str(out)!r}: the seg stage was made with other settings "
                                   f"(seg.steps: 3 -> 5); rerun with --restart-from seg")
     assert _snapshot(out) == snap
     # an OSError (here: too little free space) is one line too, not a traceback
     proc = run("--out", "other", "--set", "runtime.min_free_mb=1e12")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: output folder {str(work / 'other')!r} has only")
     assert not (work / "other").exists()
 
@@ -174,7 +186,9 @@ def test_stage_settings_count_what_changes_the_files():
     # a method argument written out at its default value is no change
     assert diff("method_args.pooling=gap", "method_args.head_lr_mult=10.0") == []
     # evaluation settings count only where they pick or relabel the model (seg.eval_every, cyclic rounds)
-    assert diff("seg.crf=true") == [] and diff("data.val_split=train") == [] and diff("data.max_eval_images=2") == []
+    assert diff("seg.crf=true") == []
+    assert diff("data.val_split=train") == []
+    assert diff("data.max_eval_images=2") == []
     sel = load_run_config("baseline_synthetic", ["pseudo.bg_score=0.15", "seg.eval_every=2"])
     sel_crf = load_run_config("baseline_synthetic", ["pseudo.bg_score=0.15", "seg.eval_every=2", "seg.crf=true"])
     assert changed_keys(stage_settings(sel, "seg"), stage_settings(sel_crf, "seg")) == ["seg.crf: false -> true"]
@@ -202,20 +216,23 @@ def test_changed_settings_are_refused_and_unchanged_ones_reused(finished_run, tr
     with pytest.raises(StaleRunError) as e:
         reproduce("baseline", out=out, overrides=[*trainer_tiny, "seg.steps=5"], verbose=False)
     msg = str(e.value)
-    assert "\n" not in msg and msg == (
+    assert "\n" not in msg
+    assert msg == (
         f"run folder {str(out)!r}: the seg stage was made with other settings (seg.steps: 3 -> 5); rerun with "
         f"--restart-from seg to redo it and the stages after it, or choose a new --out")
     # a CAM setting names the cam stage (the stages after it are never reused)
     with pytest.raises(StaleRunError, match=r"the cam stage was made with other settings \(cam\.lr: 0\.1 -> 0\.05\)"):
         reproduce("baseline", out=out, overrides=[*trainer_tiny, "cam.lr=0.05", "seg.steps=5"], verbose=False)
     # restarting only a later stage does not get around a changed earlier one
-    with pytest.raises(StaleRunError, match="the cam stage .*--restart-from cam"):
+    with pytest.raises(StaleRunError, match=r"the cam stage .*--restart-from cam"):
         reproduce("baseline", out=out, overrides=[*trainer_tiny, "cam.lr=0.05"], restart_from="seg", verbose=False)
     # the CLI prints it as one line, exit status 2
     sets = [a for o in trainer_tiny for a in ("--set", o)]
     assert main(["reproduce", "--out", str(out), *sets, "--set", "seg.steps=5"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: run folder") and "seg.steps: 3 -> 5" in err
+    assert err.count("\n") == 1
+    assert err.startswith("error: run folder")
+    assert "seg.steps: 3 -> 5" in err
     assert _snapshot(out) == snap
     # settings that change nothing the stages keep: every stage reused, the evaluation redone with the new setting
     models = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
@@ -321,7 +338,10 @@ def test_resuming_removes_temporaries_of_killed_writes(finished_run, trainer_tin
     for p in others:
         p.write_text("not ours")
     res = reproduce("baseline", out=out, overrides=trainer_tiny, verbose=False)
-    assert mask.is_file() and not stale_mask.exists() and not stale_ckpt.exists() and not stale_top.exists()
+    assert mask.is_file()
+    assert not stale_mask.exists()
+    assert not stale_ckpt.exists()
+    assert not stale_top.exists()
     assert all(p.read_text() == "not ours" for p in others)  # only names atomic_write makes are removed
     assert res["ours"] == finished_run[1]["ours"]
     # the helper on its own
@@ -375,7 +395,8 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(trainer_tiny, tmp_p
         train_cam(cfg, tmp_path / "c", hooks=[lambda i: (_ for _ in ()).throw(_Crash()) if i["phase_step"] == 3 else 0])
     only = tmp_path / "c" / "cam" / "checkpoints" / "step_00000002.pt"
     only.write_bytes(b"")
-    with pytest.warns(UserWarning), pytest.raises(UnreadableCheckpointError, match="no readable checkpoint"):
+    with pytest.warns(UserWarning, match="cannot be read"), \
+            pytest.raises(UnreadableCheckpointError, match="no readable checkpoint"):
         train_cam(cfg, tmp_path / "c", resume=True)
 
 
@@ -383,7 +404,8 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(trainer_tiny, tmp_p
 @pytest.fixture
 def full_disk(monkeypatch):
     """``atomic_write`` temporaries whose name starts with ``prefix`` get a file descriptor of ``/dev/full``: every
-    write to them fails in the kernel with ENOSPC, as on a full disk."""
+    write to them fails in the kernel with ENOSPC, as on a full disk.
+    """
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
     real = tempfile.mkstemp
@@ -408,7 +430,9 @@ def test_disk_full_names_the_file(full_disk, tmp_path):
     with pytest.raises(DiskFullError) as e:  # torch.save reports it as "RuntimeError: ... unexpected pos"
         save_checkpoint(tmp_path, {"model": {"w": torch.zeros(10_000)}}, method="x", num_classes=1, step=3)
     path = tmp_path / "step_00000003.pt"
-    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert isinstance(e.value, OSError)
+    assert e.value.errno == errno.ENOSPC
+    assert e.value.filename == str(path)
     assert str(e.value).startswith(f"[Errno {errno.ENOSPC}] could not write {str(path)!r}: the disk is full")
     assert list(tmp_path.iterdir()) == []  # no temporary left behind
     with pytest.raises(DiskFullError, match=r"could not write '.*/x\.txt': the disk is full"), \
@@ -426,7 +450,8 @@ def test_disk_full_during_training_is_one_cli_line(full_disk, trainer_tiny, tmp_
     assert main(["train-cam", "--config", "baseline_synthetic", "--out", str(tmp_path), *sets]) == 2
     err = capsys.readouterr().err
     ck = tmp_path / "cam" / "checkpoints" / "step_00000002.pt"
-    assert err.count("\n") == 1 and err.startswith(f"error: [Errno 28] could not write {str(ck)!r}: the disk is full")
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: [Errno 28] could not write {str(ck)!r}: the disk is full")
     assert not list((tmp_path / "cam" / "checkpoints").iterdir())
 
 
@@ -461,7 +486,8 @@ def test_checkpoint_of_another_network_is_one_line_naming_file_and_key(trainer_t
     with pytest.raises(CheckpointError) as e:
         restore_method(wider, path, env)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"checkpoint {str(path)!r} does not fit this network: key '")
+    assert "\n" not in msg
+    assert msg.startswith(f"checkpoint {str(path)!r} does not fit this network: key '")
     assert "has shape [16, 8, 3, 3] in the checkpoint, [24, 8, 3, 3] in the network" in msg
     ck = load_checkpoint(path)
     first = next(iter(ck["model"]))
@@ -482,4 +508,5 @@ def test_progress_bars_name_the_stage_once(trainer_tiny, tmp_path, capfd):
 
     train_cam(_cfg(trainer_tiny, "cam.steps=2", "runtime.progress=true"), tmp_path)
     err = capfd.readouterr().err
-    assert "cam: 100%" in err and "cam:cam" not in err
+    assert "cam: 100%" in err
+    assert "cam:cam" not in err

@@ -69,11 +69,14 @@ def test_stored_maps_are_the_full_image_fusion_present_classes_only(tmp_path):
     folder = tmp_path / FUSED_DIR
     assert sorted(p.name for p in folder.glob("*.npy")) == [f"img_{i}.npy" for i in range(3)]
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["scales"] == [1.0, 0.5] and meta["dtype"] == "float32" and meta["flip"] is True
+    assert meta["scales"] == [1.0, 0.5]
+    assert meta["dtype"] == "float32"
+    assert meta["flip"] is True
     for i in range(3):
         arr = np.load(folder / f"img_{i}.npy")
         present = torch.nonzero(ds.labels[i]).flatten()
-        assert arr.dtype == np.float32 and arr.shape == (len(present), H, W)  # released float32 dict of present maps
+        assert arr.dtype == np.float32
+        assert arr.shape == (len(present), H, W)
         ref = m._teacher_fused(normalize_images(ds.images[i][None]), ds.labels[i][None])[0, present]
         torch.testing.assert_close(torch.from_numpy(arr), ref)
         # per-class max over the whole image: every stored class peaks at max/(max + 1e-5) ~ 1
@@ -85,7 +88,8 @@ def test_second_run_skips_existing_maps_and_float16_storage(tmp_path):
     _start(m, tmp_path, ds)
     folder = tmp_path / FUSED_DIR
     arr = np.load(folder / "img_1.npy")
-    assert arr.dtype == np.float16 and arr.shape == (2, H, W)
+    assert arr.dtype == np.float16
+    assert arr.shape == (2, H, W)
     ref = m._teacher_fused(normalize_images(ds.images[1][None]), ds.labels[1][None])[0, 1:]
     torch.testing.assert_close(torch.from_numpy(arr).float(), ref, atol=5e-4, rtol=0)
     sentinel = np.full((2, H, W), 0.25, np.float16)
@@ -93,7 +97,8 @@ def test_second_run_skips_existing_maps_and_float16_storage(tmp_path):
     (folder / "img_2.npy").unlink()
     ds.loads = 0
     assert m.precompute_fused_maps(ds, folder) == 1  # only the missing map is computed
-    assert ds.loads == 1 and np.array_equal(np.load(folder / "img_1.npy"), sentinel)
+    assert ds.loads == 1
+    assert np.array_equal(np.load(folder / "img_1.npy"), sentinel)
     assert (folder / "img_2.npy").is_file()
 
 
@@ -157,7 +162,9 @@ def test_offline_targets_with_a_real_augmentation_pipeline(tmp_path):
     pad = reach == 0
     assert int(pad.sum()) == 77  # these seeds: 24 + 29 + 24 target pixels see only padding
     fg = target[:, 1:].amax(1)
-    assert torch.all(target[:, 0][pad] == 1) and torch.all(fg[pad] == 0) and torch.all(fg[~pad] > 0)
+    assert torch.all(target[:, 0][pad] == 1)
+    assert torch.all(fg[pad] == 0)
+    assert torch.all(fg[~pad] > 0)
 
 
 def test_missing_map_is_rebuilt_after_resume(tmp_path):

@@ -42,17 +42,22 @@ def test_layout_and_lists(syn_root):
         assert (syn_root / d).is_dir(), d
     sets = syn_root / "ImageSets" / "Segmentation"
     train, train_aug, val = (read_split_list(sets / f"{s}.txt") for s in ("train", "train_aug", "val"))
-    assert len(train_aug) == 24 and len(train) == 16 and len(val) == 8
-    assert set(train) <= set(train_aug) and not set(train_aug) & set(val)
+    assert len(train_aug) == 24
+    assert len(train) == 16
+    assert len(val) == 8
+    assert set(train) <= set(train_aug)
+    assert not set(train_aug) & set(val)
     assert read_split_list(sets / "trainval.txt") == train + val
-    assert train_aug[0] == "2030_000000" and val[0] == "2031_000000"
+    assert train_aug[0] == "2030_000000"
+    assert val[0] == "2031_000000"
     # the documented derivation reproduces train_aug exactly
     assert derive_train_aug(syn_root) == train_aug
     # SegmentationClass (palette) only for train + val, like VOC; Aug for everything
     assert len(list((syn_root / "SegmentationClass").iterdir())) == 24
     assert len(list((syn_root / "SegmentationClassAug").iterdir())) == 32
     meta = json.loads((syn_root / "synthetic.json").read_text())
-    assert meta["params"]["seed"] == 3 and meta["classes_used"]["1"] == "aeroplane"
+    assert meta["params"]["seed"] == 3
+    assert meta["classes_used"]["1"] == "aeroplane"
 
 
 def test_real_reader_loads_every_split(syn_root):
@@ -60,7 +65,8 @@ def test_real_reader_loads_every_split(syn_root):
         ds = VOCSegmentation(syn_root, split=split, saliency_dir="SaliencyMaps")
         assert len(ds) == n
         s = ds[0]
-        assert s["image"].shape == (3, 48, 48) and s["mask"].shape == (48, 48)
+        assert s["image"].shape == (3, 48, 48)
+        assert s["mask"].shape == (48, 48)
         assert s["saliency"].shape == (1, 48, 48)
     ds = VOCSegmentation(syn_root, split="train", mask_dir="SegmentationClass")
     ref = VOCSegmentation(syn_root, split="train")
@@ -96,9 +102,11 @@ def test_classes_objects_and_slots(tmp_path):
     assert (mat[:, 6:] == 0).all()  # only the first 6 VOC slots are used by default
     assert (mat[:, :6].sum(0) >= 5).all()  # every used class occurs
     per_image = mat.sum(1)
-    assert per_image.min() >= 1 and per_image.max() <= 3
+    assert per_image.min() >= 1
+    assert per_image.max() <= 3
     assert synthetic_class_names() == VOC_CLASSES[:6]
-    assert not (root / "SaliencyMaps").exists() and not (root / "Annotations").exists()
+    assert not (root / "SaliencyMaps").exists()
+    assert not (root / "Annotations").exists()
 
 
 def test_deterministic_and_seed_dependent(tmp_path):
@@ -162,7 +170,7 @@ def test_class_hue_is_the_class_evidence():
     centres = {c: float(np.median(v)) for c, v in hue_by_class.items()}
     assert len(centres) >= 5
     vals = sorted(centres.values())
-    gaps = np.diff(vals + [vals[0] + 1.0])
+    gaps = np.diff([*vals, vals[0] + 1.0])
     assert gaps.min() > 0.08  # distinct hue per class
 
 
@@ -180,12 +188,16 @@ def test_saliency_tracks_foreground(syn_root):
 
 def test_render_sample_shapes_and_dtypes():
     img, mask, sal = render_synthetic_sample(np.random.default_rng(1), 40, num_classes=20)
-    assert img.shape == (40, 40, 3) and img.dtype == np.uint8
-    assert mask.shape == (40, 40) and mask.dtype == np.uint8 and mask.max() <= 20
-    assert sal.shape == (40, 40) and sal.dtype == np.uint8
+    assert img.shape == (40, 40, 3)
+    assert img.dtype == np.uint8
+    assert mask.shape == (40, 40)
+    assert mask.dtype == np.uint8
+    assert mask.max() <= 20
+    assert sal.shape == (40, 40)
+    assert sal.dtype == np.uint8
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(("kw", "match"), [
     ({"num_classes": 0}, "num_classes"),
     ({"num_classes": 21}, "num_classes"),
     ({"image_size": 8}, "image_size"),

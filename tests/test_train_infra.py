@@ -37,13 +37,15 @@ class Cfg:
 
 def test_from_dict_nested_and_roundtrip():
     cfg = from_dict(Cfg, {"steps": 5, "optim": {"lr": 1}, "scales": [1.0, 2.0]})
-    assert cfg.steps == 5 and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.steps == 5
+    assert cfg.optim.lr == 1.0
+    assert isinstance(cfg.optim.lr, float)
     assert cfg.scales == (1.0, 2.0)
     assert from_dict(Cfg, to_dict(cfg)) == cfg
 
 
 def test_unknown_key_suggests_closest():
-    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'; did you mean 'lr'\\?"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'lr'\?"):
         from_dict(Cfg, {"optim": {"lrr": 0.1}})
     with pytest.raises(ConfigError, match="unknown config key 'stepz'; did you mean 'steps'"):
         from_dict(Cfg, {"stepz": 3})
@@ -63,9 +65,9 @@ def test_overrides_and_yaml(tmp_path):
     p.write_text("steps: 7\noptim:\n  lr: 0.5\n")
     cfg = load_config(Cfg, p, ["optim.momentum=0.5", "crf=deeplab"])
     assert (cfg.steps, cfg.optim.lr, cfg.optim.momentum, cfg.crf) == (7, 0.5, 0.5, "deeplab")
-    with pytest.raises(ConfigError, match="unknown config key 'optim.mom'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.mom'"):
         load_config(Cfg, p, ["optim.mom=1"])
-    with pytest.raises(ConfigError, match="must look like section.key=value"):
+    with pytest.raises(ConfigError, match=r"must look like section.key=value"):
         apply_overrides({}, ["nonsense"])
     with pytest.raises(FileNotFoundError, match="no packaged config"):
         load_config(Cfg, "no_such_config_name")
@@ -76,9 +78,11 @@ def test_checkpoint_roundtrip_keep_last_and_validation(tmp_path):
         save_checkpoint(tmp_path, {"w": torch.tensor([float(step)])}, method="l2g", num_classes=20, step=step)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
     last = latest_checkpoint(tmp_path)
-    assert last is not None and last.name == "step_00000003.pt"
+    assert last is not None
+    assert last.name == "step_00000003.pt"
     ck = load_checkpoint(last, method="l2g", num_classes=20)
-    assert ck["w"].item() == 3.0 and ck["step"] == 3
+    assert ck["w"].item() == 3.0
+    assert ck["step"] == 3
     with pytest.raises(CheckpointError, match="written by method 'l2g', this run is 'ppl'"):
         load_checkpoint(last, method="ppl")
     with pytest.raises(CheckpointError, match="has 20 classes, this run has 80"):

@@ -1,9 +1,12 @@
 """Reference trainer: end to end on tiny synthetic data, bit-exact resume, DDP on 2 CPU processes, configs,
-bad input caught before training, CLI. CPU only, one thread, a few optimizer steps per run."""
+bad input caught before training, CLI. CPU only, one thread, a few optimizer steps per run.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
 import random
 import socket
@@ -46,8 +49,10 @@ def test_baseline_all_stages_end_to_end(tiny, tmp_path):
         assert 0.0 < res["ours"][key] < 1.0
     assert res["paper"]["cam_miou"] == 48.8
     # stage outputs
-    assert (out / "cam" / "model.pt").is_file() and (out / "seg" / "model.pt").is_file()
-    assert (out / "cam" / "curves.png").is_file() and list((out / "cam" / "overlays").glob("*.png"))
+    assert (out / "cam" / "model.pt").is_file()
+    assert (out / "seg" / "model.pt").is_file()
+    assert (out / "cam" / "curves.png").is_file()
+    assert list((out / "cam" / "overlays").glob("*.png"))
     masks = sorted((out / "pseudo" / "masks").glob("*.png"))
     assert len(masks) == 16
     # the reported pseudo-mask mIoU is the mIoU of the written files against GT (recomputed independently)
@@ -68,7 +73,8 @@ def test_baseline_all_stages_end_to_end(tiny, tmp_path):
         present = set((torch.nonzero(gt[i]["labels"]).flatten() + 1).tolist()) | {0}
         assert set(np.unique(load_label_png(out / "pseudo" / "masks" / f"{name}.png")).tolist()) <= present
     table = format_table(res)
-    assert "CAM mIoU" in table and "48.8" in table
+    assert "CAM mIoU" in table
+    assert "48.8" in table
     saved = json.loads((out / "results.json").read_text())
     assert saved["ours"] == res["ours"]
     # re-running reuses every finished stage (nothing retrains: the model files are untouched)
@@ -89,7 +95,8 @@ def test_pseudo_masks_resume_skips_existing_files(tiny, tmp_path):
     victim = sorted((tmp_path / "pseudo" / "masks").glob("*.png"))[3]
     victim.unlink()
     second = make_pseudo_masks(cfg, tmp_path)
-    assert second["num_written"] == 1 and victim.is_file()
+    assert second["num_written"] == 1
+    assert victim.is_file()
     assert second["pseudo_miou"] == pytest.approx(first["pseudo_miou"])
 
 
@@ -200,14 +207,16 @@ def test_ddp_two_cpu_processes_disjoint_shards_identical_weights(tiny, tmp_path)
     assert len(r0["seen"]) == len(r1["seen"]) == 5
     assert (tmp_path / "run" / "cam" / "overlays" / "cam_epoch_001.png").is_file()
     for step, (a, b) in enumerate(zip(r0["seen"], r1["seen"])):
-        assert len(a) == len(b) == 2 and not set(a) & set(b)
+        assert len(a) == len(b) == 2
+        assert not set(a) & set(b)
         # together the two shards are exactly the single-process global batch of that step
         assert sorted(a + b) == sorted(epoch_batches(16, 4, epoch=step // 4, seed=cfg.runtime.seed)[step % 4])
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     # rank 0 wrote the checkpoints, with both ranks' RNG states
     ck = load_checkpoint(sorted((tmp_path / "run" / "cam" / "checkpoints").glob("step_*.pt"))[-1])
-    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert ck["world_size"] == 2
+    assert len(ck["rng"]) == 2
 
 
 def test_epoch_batches_shards_are_disjoint_and_cover_the_batch():
@@ -216,8 +225,8 @@ def test_epoch_batches_shards_are_disjoint_and_cover_the_batch():
     assert len(full) == 6  # 50 // 8, last incomplete batch dropped
     for b, batch in enumerate(full):
         parts = [s[b] for s in shards]
-        assert sum(parts, []) == batch
-        assert len(set(sum(parts, []))) == 8
+        assert functools.reduce(operator.iadd, parts, []) == batch
+        assert len(set(functools.reduce(operator.iadd, parts, []))) == 8
     assert epoch_batches(50, 8, epoch=4, seed=7) != full  # a new permutation per epoch
     with pytest.raises(ValueError, match="divisible"):
         epoch_batches(50, 6, epoch=0, seed=0, world_size=4)
@@ -235,7 +244,7 @@ def test_unknown_keys_suggest_the_closest():
         load_run_config({"method": "baseline", "method_args": {"frozen_stage": 1}})
     with pytest.raises(ValueError, match=r"unknown method 'basline'; did you mean 'baseline'"):
         load_run_config({"method": "basline"})
-    with pytest.raises(ConfigError, match="cam.batch_size must be an integer"):
+    with pytest.raises(ConfigError, match=r"cam.batch_size must be an integer"):
         load_run_config({"cam": {"batch_size": "16"}})
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_run_config("baseline_synthetic", ["cam.backbone_kwargs={widths:"])
@@ -253,9 +262,14 @@ def test_baseline_voc_config_equals_released_values():
     # IRN run_sample.py / README / step/train_cam.py / misc/torchutils.py
     assert (cfg.cam.backbone, cfg.cam.backbone_kwargs["output_stride"]) == ("resnet50", 16)
     assert (cfg.cam.lr, cfg.cam.weight_decay, cfg.cam.batch_size, cfg.cam.epochs) == (0.1, 1e-4, 16, 5)
-    assert cfg.cam.momentum == 1e-4 and cfg.cam.poly_power == 0.9  # PolyOptimizer's positional-arg quirk
-    assert tuple(cfg.cam.resize_long) == (320, 640) and cfg.cam.crop_size == 512 and cfg.cam.hflip
-    assert tuple(cfg.pseudo.scales) == (1.0, 0.5, 1.5, 2.0) and cfg.pseudo.flip and cfg.pseudo.bg_score == 0.15
+    assert cfg.cam.momentum == 1e-4
+    assert cfg.cam.poly_power == 0.9
+    assert tuple(cfg.cam.resize_long) == (320, 640)
+    assert cfg.cam.crop_size == 512
+    assert cfg.cam.hflip
+    assert tuple(cfg.pseudo.scales) == (1.0, 0.5, 1.5, 2.0)
+    assert cfg.pseudo.flip
+    assert cfg.pseudo.bg_score == 0.15
     assert (cfg.data.train_split, cfg.data.cam_eval_split, cfg.data.val_split) == ("train_aug", "train", "val")
     m = cfg.method_config()
     assert (m.frozen_stages, m.freeze_bn, m.head_lr_mult) == (2, True, 10.0)
@@ -264,8 +278,10 @@ def test_baseline_voc_config_equals_released_values():
     assert (s.model, s.backbone, s.style, s.normalize) == ("deeplabv2", "resnet101", "caffe", "caffe")
     assert (s.lr, s.momentum, s.weight_decay, s.poly_power) == (2.5e-4, 0.9, 5e-4, 0.9)
     assert (s.batch_size, s.accumulate, s.steps, s.crop_size) == (5, 2, 20000, 321)
-    assert tuple(s.scales) == (0.5, 0.75, 1.0, 1.25, 1.5) and tuple(s.msc_train) == (0.5, 0.75)
-    assert s.crf and raw["seg"]["crf_params"] == {"preset": "deeplab"}
+    assert tuple(s.scales) == (0.5, 0.75, 1.0, 1.25, 1.5)
+    assert tuple(s.msc_train) == (0.5, 0.75)
+    assert s.crf
+    assert raw["seg"]["crf_params"] == {"preset": "deeplab"}
     assert cfg.runtime.amp
 
 
@@ -273,7 +289,8 @@ def test_quick_overrides_and_total_steps():
     from wsss_blocks.train.optim import total_steps_for
 
     cfg = load_run_config("baseline_synthetic", quick=True)
-    assert cfg.cam.steps == 150 and cfg.data.synthetic.num_train == 96
+    assert cfg.cam.steps == 150
+    assert cfg.data.synthetic.num_train == 96
     voc = load_run_config("baseline_voc")
     assert total_steps_for(voc.cam, 10582) == 10582 // 16 * 5  # IRN max_step
 
@@ -298,8 +315,10 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tiny):
     cfg = _cfg(tiny, "cam.crop_size=40")
     ds = AugmentedDataset(open_split(cfg, "train_aug", return_mask=False), cam_train_transform(cfg), seed=3)
     a, b, c = ds[(1, 5)], ds[(1, 5)], ds[(2, 5)]
-    assert torch.equal(a["image01"], b["image01"]) and not torch.equal(a["image01"], c["image01"])
-    assert a["image01"].shape == (3, 40, 40) and a["index"] == 5
+    assert torch.equal(a["image01"], b["image01"])
+    assert not torch.equal(a["image01"], c["image01"])
+    assert a["image01"].shape == (3, 40, 40)
+    assert a["index"] == 5
     # crop 40 > image 28..36: padded pixels are marked invalid and zeroed
     assert 0 < int(a["valid"].sum()) < 40 * 40
     assert float(a["image01"][:, ~a["valid"]].abs().sum()) == 0.0
@@ -344,7 +363,7 @@ def test_bad_input_fails_before_training(tiny, tmp_path):
         train_seg(_cfg(tiny), tmp_path / "r4")
 
 
-@pytest.mark.parametrize("method,classes,match", [("l2g", 20, "written by method 'l2g'"),
+@pytest.mark.parametrize(("method", "classes", "match"), [("l2g", 20, "written by method 'l2g'"),
                                                   ("baseline", 80, "has 80 classes")])
 def test_foreign_checkpoint_is_refused_before_training(tiny, tmp_path, method, classes, match):
     from wsss_blocks.train.cam_stage import train_cam

@@ -1,10 +1,13 @@
 """Trainer options that express released settings: step / every-N learning-rate schedules, short-side and
 fixed-size resizes, bicubic inference, custom normalisation statistics, long-side resize at evaluation,
-pseudo-mask scoring policies, and PMM's cyclic pseudo-mask rounds with best-val selection."""
+pseudo-mask scoring policies, and PMM's cyclic pseudo-mask rounds with best-val selection.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 
 import numpy as np
 import pytest
@@ -56,8 +59,10 @@ def test_step_schedule_reaches_the_optimizer(tiny, tmp_path):
     train_cam(cfg, tmp_path)  # 16 images / batch 4 = 4 steps per epoch: steps 4 and 5 run at lr 0.01
     recs = [json.loads(x) for x in (tmp_path / "cam" / "log.jsonl").read_text().splitlines()]
     lrs = {r["phase_step"]: r["lr"] for r in recs if "lr" in r}
-    assert lrs[1] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.1)
-    assert lrs[5] == pytest.approx(0.01) and lrs[6] == pytest.approx(0.01)
+    assert lrs[1] == pytest.approx(0.1)
+    assert lrs[4] == pytest.approx(0.1)
+    assert lrs[5] == pytest.approx(0.01)
+    assert lrs[6] == pytest.approx(0.01)
 
 
 def test_shuffle_false_keeps_the_dataset_order(tiny, tmp_path):
@@ -69,10 +74,11 @@ def test_shuffle_false_keeps_the_dataset_order(tiny, tmp_path):
     assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [0, 1, 2, 3]]
     shuffled = []
     train_cam(_cfg(tiny, "cam.steps=4"), tmp_path / "b", hooks=[lambda info: shuffled.append(info["indices"])])
-    assert sorted(sum(shuffled, [])) == list(range(16)) and sum(shuffled, []) != list(range(16))
+    assert sorted(functools.reduce(operator.iadd, shuffled, [])) == list(range(16))
+    assert functools.reduce(operator.iadd, shuffled, []) != list(range(16))
 
 
-@pytest.mark.parametrize("overrides,match", [
+@pytest.mark.parametrize(("overrides", "match"), [
     (["cam.lr_schedule=step"], "lr_decay_epochs"),
     (["cam.lr_update_every=0"], "lr_update_every"),
     (["cam.resize_short=[512, 512]"], "at most one of"),
@@ -98,7 +104,8 @@ def test_custom_normalisation_statistics(tiny):
     assert data_normalization(_cfg(tiny).data) == "imagenet"
     # only std given: ImageNet mean with that std
     m, s = data_normalization(_cfg(tiny, "data.std=[0.5, 0.5, 0.5]").data)  # type: ignore[misc]
-    assert m == pytest.approx((0.485, 0.456, 0.406)) and s == (0.5, 0.5, 0.5)
+    assert m == pytest.approx((0.485, 0.456, 0.406))
+    assert s == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="std must be positive"):
         normalize_images(x, ((0.0, 0.0, 0.0), (1.0, 0.0, 1.0)))
 
@@ -111,12 +118,14 @@ def test_short_side_and_fixed_resize_in_the_cam_augmentation(tiny):
     cfg = _cfg(tiny, "cam.resize_long=null", "cam.resize_short=[60, 60]", "cam.crop_size=64", "cam.hflip=false",
                "cam.interpolation=bicubic")
     t = cam_train_transform(cfg)
-    assert isinstance(t.transforms[0], RandomResizeShort) and t.transforms[0].interpolation == "bicubic"
+    assert isinstance(t.transforms[0], RandomResizeShort)
+    assert t.transforms[0].interpolation == "bicubic"
     resized = t.transforms[0]({"image": img.clone()}, generator=torch.Generator().manual_seed(0))["image"]
     ref = torch.nn.functional.interpolate(img[None], size=(60, 80), mode="bicubic", align_corners=False)[0]
     assert torch.allclose(resized, ref.clamp(float(img.min()), float(img.max())), atol=1e-6)
     out = t({"image": img.clone()}, generator=torch.Generator().manual_seed(0))["image"]
-    assert out.shape == (3, 64, 64) and int((out[0] != -1.0).sum()) == 60 * 64  # 60 rows padded to 64
+    assert out.shape == (3, 64, 64)
+    assert int((out[0] != -1.0).sum()) == 60 * 64
     cfg = _cfg(tiny, "cam.resize_long=null", "cam.resize=[16, 16]", "cam.crop_size=16", "cam.hflip=false")
     t = cam_train_transform(cfg)
     assert isinstance(t.transforms[0], Resize)
@@ -144,7 +153,8 @@ def test_bicubic_pseudo_stage_interpolation(tiny):
     x = normalize_images(img, "imagenet")
     ref = normalize_cams(multiscale_cams(M.cam_fn, x, scales=(1.0, 0.5), flip=False, interpolation="bicubic"))
     bil = normalize_cams(multiscale_cams(M.cam_fn, x, scales=(1.0, 0.5), flip=False, interpolation="bilinear"))
-    assert torch.allclose(got, ref, atol=1e-6) and not torch.allclose(got, bil, atol=1e-4)
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert not torch.allclose(got, bil, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ evaluation options
@@ -197,7 +207,8 @@ def test_pseudo_scoring_policy_for_ignore_pixels_and_eval_split_masks(tiny, tmp_
     ev = open_split(cfg, "val", return_mask=True)
     eval_dir = tmp_path / "pseudo" / "eval_masks"
     assert sorted(p.stem for p in eval_dir.glob("*.png")) == sorted(ev.names)
-    assert summary["num_eval_written"] == len(ev) and summary["num_scored"] == len(ev)
+    assert summary["num_eval_written"] == len(ev)
+    assert summary["num_scored"] == len(ev)
     assert not any((tmp_path / "pseudo" / "masks" / f"{n}.png").exists() for n in ev.names)
     m = SegmentationMetric(cfg.data.num_classes + 1)
     for i, n in enumerate(ev.names):
@@ -242,7 +253,8 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
 
     monkeypatch.setattr(seg_stage, "seg_logits", spy)
     final = train_seg(cfg, tmp_path, evaluate=False)
-    assert modes and not any(modes)  # every inference pass ran in eval mode (BatchNorm running statistics)
+    assert modes
+    assert not any(modes)
     seg = tmp_path / "seg"
     assert final == seg / "round1" / "model.pt" == seg_model_path(cfg, tmp_path)
     # round 0: PUF, evaluated at steps 2 and 4; best.pt = the best of those evaluations
@@ -251,9 +263,11 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
     assert sorted(evals) == [2, 4]
     best = load_checkpoint(seg / "best.pt")
     top = max(evals.values())
-    assert best["val_miou"] == pytest.approx(top) and best["step"] == min(s for s, v in evals.items() if v == top)
+    assert best["val_miou"] == pytest.approx(top)
+    assert best["step"] == min(s for s, v in evals.items() if v == top)
     assert load_checkpoint(seg / "model.pt")["loss"] == "puf"
-    assert load_checkpoint(final)["loss"] == "ce" and load_checkpoint(final)["round"] == 1
+    assert load_checkpoint(final)["loss"] == "ce"
+    assert load_checkpoint(final)["round"] == 1
     # the cyclic masks are the best round-0 model's multi-scale + flip predictions (CRF off, like seg.crf)
     env_model = _load_seg_model(cfg, seg / "best.pt", prepare_env(cfg, None))
     train = open_split(cfg, "train_aug", return_mask=False)
@@ -269,15 +283,19 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
         got = torch.from_numpy(load_label_png(cyc / f"{s['name']}.png")).long()
         assert torch.equal(got, want)
     info = json.loads((seg / "cyclic_masks_r1.json").read_text())
-    assert info["written"] == len(train) and info["model"].endswith("best.pt")
+    assert info["written"] == len(train)
+    assert info["model"].endswith("best.pt")
     res = eval_seg(cfg, tmp_path)
-    assert res["model"].endswith("round1/model.pt") and res["cyclic_rounds"] == 1
+    assert res["model"].endswith("round1/model.pt")
+    assert res["cyclic_rounds"] == 1
     from wsss_blocks.train.reproduce import _seg_round_history
 
     hist = _seg_round_history(cfg, tmp_path)
     assert [h["round"] for h in hist] == [0, 1]
-    assert hist[0]["best_val"] == pytest.approx(top) and hist[0]["best_step"] == best["step"]
-    assert hist[0]["last_val"] == pytest.approx(evals[4]) and hist[1]["last_step"] == 4
+    assert hist[0]["best_val"] == pytest.approx(top)
+    assert hist[0]["best_step"] == best["step"]
+    assert hist[0]["last_val"] == pytest.approx(evals[4])
+    assert hist[1]["last_step"] == 4
 
 
 def test_cyclic_rounds_resume_bit_exact_and_reuse_finished_rounds(tiny, tmp_path, seg_run_pair):
@@ -308,13 +326,14 @@ def test_cyclic_select_best_needs_the_evaluations(tiny, tmp_path):
     from wsss_blocks.train.pseudo_stage import make_pseudo_masks
     from wsss_blocks.train.seg_stage import train_seg
 
-    with pytest.raises(ConfigError, match="seg.eval_every"):
+    with pytest.raises(ConfigError, match=r"seg.eval_every"):
         _cfg(tiny, "seg.cyclic_rounds=1")
     cfg = _cfg(tiny, "cam.steps=2", "seg.cyclic_rounds=1", "seg.steps=2", "seg.cyclic_select=last")
     train_cam(cfg, tmp_path)
     make_pseudo_masks(cfg, tmp_path)
     final = train_seg(cfg, tmp_path, evaluate=False)
-    assert final.parent.name == "round1" and not (tmp_path / "seg" / "best.pt").exists()
+    assert final.parent.name == "round1"
+    assert not (tmp_path / "seg" / "best.pt").exists()
     assert json.loads((tmp_path / "seg" / "cyclic_masks_r1.json").read_text())["model"].endswith("seg/model.pt")
 
 
@@ -333,7 +352,8 @@ def test_table_shows_the_paper_numbers_of_the_dataset_that_ran():
            "info": {"cam_eval_split": "train", "bg_score": 0.1, "val_split": "val", "crf": True, "cyclic_rounds": 1}}
     table = format_table(res)
     row = next(line for line in table.splitlines() if line.startswith("segmentation mIoU"))
-    assert "val +CRF +1 cyclic" in row and row.split()[-2:] == ["35.0", "40.2"]
+    assert "val +CRF +1 cyclic" in row
+    assert row.split()[-2:] == ["35.0", "40.2"]
     assert "MS-COCO" in table
 
 
@@ -384,9 +404,11 @@ def test_ddp_cyclic_round_shards_the_relabelling_and_keeps_ranks_identical(tiny,
     cyc = tmp_path / "run" / "seg" / "cyclic_masks_r1"
     assert sorted(p.stem for p in cyc.glob("*.png")) == sorted(train.names)  # both shards written, nothing twice
     info = json.loads((cyc.parent / "cyclic_masks_r1.json").read_text())
-    assert info["written"] == len(train) and info["skipped"] == 0
+    assert info["written"] == len(train)
+    assert info["skipped"] == 0
     res = json.loads((tmp_path / "run" / "seg" / "eval_val.json").read_text())
-    assert res["num_images"] == 4 and res["model"].endswith("round1/model.pt")
+    assert res["num_images"] == 4
+    assert res["model"].endswith("round1/model.pt")
 
 
 def test_smaf_uses_the_custom_normalisation_statistics():

@@ -42,9 +42,11 @@ def _consistent(s):
 def test_flip_p1_flips_everything_p0_identity():
     s = _coded_sample()
     out = RandomHorizontalFlip(p=1.0)(s)
-    assert torch.equal(out["image"], s["image"].flip(-1)) and torch.equal(out["mask"], s["mask"].flip(-1))
+    assert torch.equal(out["image"], s["image"].flip(-1))
+    assert torch.equal(out["mask"], s["mask"].flip(-1))
     assert torch.equal(out["saliency"], s["saliency"].flip(-1))
-    assert out["name"] == "x" and out["labels"] is s["labels"]
+    assert out["name"] == "x"
+    assert out["labels"] is s["labels"]
     assert torch.equal(s["mask"], _coded_sample()["mask"])  # the input dict is not modified
     same = RandomHorizontalFlip(p=0.0)(s)
     assert torch.equal(same["image"], s["image"])
@@ -62,7 +64,8 @@ def test_flip_probability_and_generator():
 def test_crop_is_a_window_of_the_input():
     s = _coded_sample(10, 12)
     out = RandomCrop((4, 5))(s, generator=torch.Generator().manual_seed(3))
-    assert out["image"].shape == (3, 4, 5) and out["mask"].shape == (4, 5)
+    assert out["image"].shape == (3, 4, 5)
+    assert out["mask"].shape == (4, 5)
     _consistent(out)
     # find the window: it must be an exact sub-array of the input
     found = [(y, x) for y in range(7) for x in range(8)
@@ -76,7 +79,8 @@ def test_crop_pads_with_ignore_and_pad_values():
     s = {"image": torch.ones(3, 3, 2), "mask": torch.full((3, 2), 7), "saliency": torch.ones(1, 3, 2)}
     out = RandomCrop(5, pad_image_value=-1.0, pad_mask_value=255)(s, generator=torch.Generator().manual_seed(0))
     assert out["image"].shape == (3, 5, 5)
-    assert int((out["mask"] == 7).sum()) == 6 and int((out["mask"] == 255).sum()) == 19
+    assert int((out["mask"] == 7).sum()) == 6
+    assert int((out["mask"] == 255).sum()) == 19
     assert torch.equal(out["image"][0] == 1, out["mask"] == 7)
     assert float(out["image"][out["image"] != 1].unique()) == -1.0
     assert float(out["saliency"].sum()) == 6.0
@@ -105,7 +109,8 @@ def test_crop_joint_consistency_property(h, w, ch, cw, seed):
 def test_rescale_discrete_scales_and_sizes():
     s = _coded_sample(6, 9)
     out = RandomRescale(scales=[2.0])(s)
-    assert out["image"].shape == (3, 12, 18) and out["mask"].shape == (12, 18)
+    assert out["image"].shape == (3, 12, 18)
+    assert out["mask"].shape == (12, 18)
     assert out["saliency"].shape == (1, 12, 18)
     # nearest-exact upsampling by 2 repeats each label exactly
     assert torch.equal(out["mask"], s["mask"].repeat_interleave(2, 0).repeat_interleave(2, 1))
@@ -118,7 +123,8 @@ def test_rescale_discrete_scales_and_sizes():
 def test_rescale_identity_scale_returns_same_tensors():
     s = _coded_sample()
     out = RandomRescale(scale_range=(1.0, 1.0))(s)
-    assert out["image"] is s["image"] and out["mask"] is s["mask"]
+    assert out["image"] is s["image"]
+    assert out["mask"] is s["mask"]
 
 
 @settings(max_examples=30, deadline=None)
@@ -137,7 +143,8 @@ def test_rescale_uniform_range_covers_range():
     g = torch.Generator().manual_seed(0)
     s = {"image": torch.rand(3, 100, 100)}
     sides = [t(s, generator=g)["image"].shape[-1] for _ in range(40)]
-    assert 50 <= min(sides) < 70 and 180 < max(sides) <= 200
+    assert 50 <= min(sides) < 70
+    assert 180 < max(sides) <= 200
 
 
 def test_resize_long():
@@ -170,8 +177,10 @@ def test_color_jitter_range_and_mask_untouched():
     g = torch.Generator().manual_seed(0)
     for _ in range(10):
         out = ColorJitter(0.8, 0.8, 0.8, 0.2)(s, generator=g)
-        assert out["image"].min() >= 0 and out["image"].max() <= 1
-        assert out["mask"] is s["mask"] and out["saliency"] is s["saliency"]
+        assert out["image"].min() >= 0
+        assert out["image"].max() <= 1
+        assert out["mask"] is s["mask"]
+        assert out["saliency"] is s["saliency"]
 
 
 def test_hue_shift_known_colours():
@@ -216,7 +225,8 @@ def test_compose_reproducible_with_generator():
     a = _pipeline()(s, generator=torch.Generator().manual_seed(5))
     b = _pipeline()(s, generator=torch.Generator().manual_seed(5))
     c = _pipeline()(s, generator=torch.Generator().manual_seed(6))
-    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert torch.equal(a["image"], b["image"])
+    assert torch.equal(a["mask"], b["mask"])
     assert not torch.equal(a["image"], c["image"])
     # a construction-time generator works the same way
     d = Compose(_pipeline().transforms, generator=torch.Generator().manual_seed(5))(s)
@@ -243,14 +253,17 @@ def test_sample_generator_per_sample_seeding():
     b = torch.rand(3, generator=sample_generator(7, index=3, epoch=0))
     c = torch.rand(3, generator=sample_generator(7, index=4, epoch=0))
     d = torch.rand(3, generator=sample_generator(7, index=3, epoch=1))
-    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, d)
 
 
 def test_batched_samples_share_parameters():
     s = {"image": torch.rand(2, 3, 6, 6), "mask": torch.randint(0, 3, (2, 6, 6)),
          "saliency": torch.rand(2, 1, 6, 6)}
     out = Compose([RandomRescale(scales=[1.5]), RandomHorizontalFlip(p=1.0), RandomCrop(4)])(s)
-    assert out["image"].shape == (2, 3, 4, 4) and out["mask"].shape == (2, 4, 4)
+    assert out["image"].shape == (2, 3, 4, 4)
+    assert out["mask"].shape == (2, 4, 4)
     assert out["saliency"].shape == (2, 1, 4, 4)
 
 
@@ -269,7 +282,7 @@ def test_bad_samples():
         ColorJitter()({"image": torch.rand(1, 2, 2)})
 
 
-@pytest.mark.parametrize("make, match", [
+@pytest.mark.parametrize(("make", "match"), [
     (lambda: RandomHorizontalFlip(p=1.5), "p must lie in"),
     (lambda: RandomRescale((2.0, 1.0)), "low <= high"),
     (lambda: RandomRescale((0.0, 1.0)), "scale_range"),

@@ -1,5 +1,6 @@
 """Geometry recording of the joint transforms (``RecordGeometry`` / ``Compose(record_geometry=True)``) and
-``apply_geometry``: a recorded augmentation cut from the original equals the augmented sample."""
+``apply_geometry``: a recorded augmentation cut from the original equals the augmented sample.
+"""
 
 from __future__ import annotations
 
@@ -79,8 +80,10 @@ def test_recorded_geometry_reproduces_the_augmentation_exactly(h, w, crop, seed,
         ts = [resize, RandomCrop(crop, pad_image_value=PAD, pad_saliency_value=0.0), flip]
     out = Compose([RecordGeometry(), *ts])(s, generator=torch.Generator().manual_seed(seed))
     g = out["geom"]
-    assert g.dtype == torch.long and g.shape == (len(GEOMETRY_FIELDS),)
-    assert g[:2].tolist() == [h, w] and g[7:].tolist() == [crop, crop]
+    assert g.dtype == torch.long
+    assert g.shape == (len(GEOMETRY_FIELDS),)
+    assert g[:2].tolist() == [h, w]
+    assert g[7:].tolist() == [crop, crop]
     # the transforms' own interpolation (bilinear, half-pixel) and nearest-exact for the mask: bit-exact
     assert torch.equal(apply_geometry(s["image"], g, "bilinear", align_corners=False, pad_value=PAD), out["image"])
     assert torch.equal(apply_geometry(s["saliency"], g, "bilinear", align_corners=False), out["saliency"])
@@ -93,7 +96,8 @@ def test_recording_changes_no_output_and_no_random_draw():
     ga, gb = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     a = Compose(ts)(s, generator=ga)
     b = Compose(ts, record_geometry=True)(s, generator=gb)
-    assert "geom" not in a and "geom" in b
+    assert "geom" not in a
+    assert "geom" in b
     for k in ("image", "mask", "saliency"):
         assert torch.equal(a[k], b[k])
     assert torch.equal(ga.get_state(), gb.get_state())  # the same number of draws
@@ -104,7 +108,8 @@ def test_two_resizes_are_recorded_as_one():
     s = _sample(10, 14)
     t = Compose([RecordGeometry(), RandomResizeLong(20, 20), RandomRescale(scales=[0.5])])
     out = t(s)
-    assert out["geom"].tolist() == [10, 14, 7, 10, 0, 0, 0, 7, 10] and out["image"].shape[-2:] == (7, 10)
+    assert out["geom"].tolist() == [10, 14, 7, 10, 0, 0, 0, 7, 10]
+    assert out["image"].shape[-2:] == (7, 10)
 
 
 def test_geometry_bad_input():

@@ -89,7 +89,8 @@ def test_synthetic_preset_network_has_a_stride2_16_channel_stem(quick):
     m = TSCDMethod(cfg, cfg.method_config(), cfg.data.num_classes).eval()
     stem = m.net.encoder.patch_embed1.proj
     assert (stem.stride, stem.out_channels) == ((2, 2), 16)  # mit_tiny's stock stem: stride 4, 8 channels
-    assert m.net.encoder.strides == (2, 4, 8, 8) and m.stride == 8
+    assert m.net.encoder.strides == (2, 4, 8, 8)
+    assert m.stride == 8
     s = cfg.cam.crop_size
     x = torch.rand(2, 3, s, s)
     with torch.no_grad():
@@ -105,8 +106,10 @@ def test_voc_preset_network_is_unchanged():
     m = TSCDMethod(cfg, cfg.method_config(), cfg.data.num_classes)
     stem = m.net.encoder.patch_embed1.proj
     assert (stem.stride, stem.out_channels, stem.kernel_size) == ((4, 4), 64, (7, 7))  # MiT-B1
-    assert m.net.encoder.strides == (4, 8, 16, 16) and m.net.encoder.embed_dims == (64, 128, 320, 512)
-    assert cfg.method_config().cam_scales == (1.0, 0.5, 1.5) and cfg.cam.backbone_kwargs == {}
+    assert m.net.encoder.strides == (4, 8, 16, 16)
+    assert m.net.encoder.embed_dims == (64, 128, 320, 512)
+    assert cfg.method_config().cam_scales == (1.0, 0.5, 1.5)
+    assert cfg.cam.backbone_kwargs == {}
 
 
 def test_synthetic_preset_training_step_at_the_preset_crop():
@@ -124,5 +127,6 @@ def test_synthetic_preset_training_step_at_the_preset_crop():
     assert all(math.isfinite(float(v.detach())) for v in out.values())
     out["loss"].backward()
     stem = m.net.encoder.patch_embed1.proj.weight.grad
-    assert stem is not None and float(stem.abs().sum()) > 0
+    assert stem is not None
+    assert float(stem.abs().sum()) > 0
     assert float(m.net.decoder.linear_pred.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]

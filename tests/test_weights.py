@@ -98,7 +98,8 @@ def test_mxnet_params_reader_layouts_and_dtypes(tmp_path, layout):
     got = read_mxnet_params(p)
     assert list(got) == list(arrays)
     for k, v in arrays.items():
-        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+        assert got[k].dtype == v.dtype, k
+        assert np.array_equal(got[k], v), k
 
 
 def test_mxnet_params_reader_rejects_bad_files(tmp_path):
@@ -261,7 +262,8 @@ def test_caffemodel_converter_matches_deeplab_names_and_values(tmp_path):
     path = tmp_path / "init.caffemodel"
     path.write_bytes(data)
     layers = read_caffemodel(path)
-    assert layers[0].name == "conv1" and layers[0].type == "Convolution"  # the blob-less data layer is skipped
+    assert layers[0].name == "conv1"
+    assert layers[0].type == "Convolution"
     sd = caffemodel_to_deeplab(path)
     assert set(sd) == set(expected) | {k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in expected
                                        if k.endswith("running_mean")}
@@ -283,7 +285,8 @@ def test_caffe_layer_names():
     assert caffe_to_deeplab_name("res5c_branch2b") == "layer5.block3.conv3x3.conv"
     assert caffe_to_deeplab_name("res4b22_branch2a") == "layer4.block23.reduce.conv"
     assert caffe_to_deeplab_name("fc1_voc12_c2") == "aspp.c2"
-    assert caffe_to_deeplab_name("pool1") is None and caffe_to_deeplab_name("loss") is None
+    assert caffe_to_deeplab_name("pool1") is None
+    assert caffe_to_deeplab_name("loss") is None
     with pytest.raises(ValueError, match="holds no layers"):
         read_caffemodel(b"\x0a\x03abc")  # a NetParameter with a name and nothing else
     with pytest.raises(ValueError, match="not a readable caffemodel"):
@@ -340,7 +343,8 @@ def test_hf_segformer_converter_round_trip(tmp_path):
     sd = _rand_like(enc.state_dict())
     sd["head.weight"], sd["head.bias"] = torch.randn(1000, 32), torch.randn(1000)
     hf = _to_hf(sd)
-    assert "segformer.encoder.block.0.0.attention.self.key.weight" in hf and "classifier.weight" in hf
+    assert "segformer.encoder.block.0.0.attention.self.key.weight" in hf
+    assert "classifier.weight" in hf
     back = hf_segformer_to_mit(hf)
     assert set(back) == set(sd)
     for k in sd:
@@ -355,7 +359,7 @@ def test_hf_segformer_converter_round_trip(tmp_path):
     assert torch.equal(enc2.block1[0].attn.kv.weight, sd["block1.0.attn.kv.weight"])
     with pytest.raises(ValueError, match="only the \\['key'\\] part"):
         hf_segformer_to_mit({k: v for k, v in hf.items() if ".value." not in k})
-    with pytest.raises(ValueError, match="not Hugging Face SegFormer encoder keys: decoder.x"):
+    with pytest.raises(ValueError, match=r"not Hugging Face SegFormer encoder keys: decoder.x"):
         hf_segformer_to_mit({**hf, "decoder.x": torch.ones(1)})
 
 
@@ -384,10 +388,12 @@ def test_pmm_loads_seam_checkpoint_fc8_and_pcm(tmp_path):
         target = "pcm." + k if k.startswith(("f8_", "f9")) else k if k.startswith("fc8") else "backbone." + k
         assert torch.equal(sd[target], v), k
     lines = m.init_report.lines()
-    assert "loaded   f9.weight -> pcm.f9.weight" in lines and "loaded   fc8.weight -> fc8.weight" in lines
+    assert "loaded   f9.weight -> pcm.f9.weight" in lines
+    assert "loaded   fc8.weight -> fc8.weight" in lines
     assert "loaded   b2.conv_branch2a.weight -> backbone.b2.conv_branch2a.weight" in lines
     assert len([x for x in lines if x.startswith("loaded")]) == len(ck)
-    assert not m.init_report.unexpected and not m.init_report.dropped
+    assert not m.init_report.unexpected
+    assert not m.init_report.dropped
     assert all("BatchNorm step counter" in x for x in lines if x.startswith("missing"))
 
 
@@ -416,13 +422,18 @@ def _packaged(name):
 
 def test_registry_entries_are_consistent():
     for name, e in W.WEIGHTS.items():
-        assert e.name == name and e.file_name and e.origin and e.license and e.title
+        assert e.name == name
+        assert e.file_name
+        assert e.origin
+        assert e.license
+        assert e.title
         assert e.automatic or e.pages, f"{name}: neither a download nor a page"
         assert e.check_keys, name
         for u in (*e.urls, *(u for s in e.sources for u in s.urls)):
             assert u.startswith(("http://", "https://")), u
         if e.sha256:
-            assert len(e.sha256) >= 8 and all(c in "0123456789abcdef" for c in e.sha256)
+            assert len(e.sha256) >= 8
+            assert all(c in "0123456789abcdef" for c in e.sha256)
             if len(e.sha256) < 64:  # a torch.hub prefix: it is the one in the file name
                 assert e.file_name.rsplit("-", 1)[1].split(".")[0] == e.sha256
         if e.pinned or e.size:
@@ -449,7 +460,8 @@ def test_every_real_data_config_names_registry_weights():
     assert load_run_config("l2g_voc", ["cam.pretrained=w/x.pth"]).cam.pretrained == str(Path.cwd() / "w" / "x.pth")
     for name in _packaged("_synthetic"):  # synthetic presets: random init, unchanged
         cfg = load_run_config(name)
-        assert cfg.cam.pretrained is None and cfg.seg.pretrained is None, name
+        assert cfg.cam.pretrained is None, name
+        assert cfg.seg.pretrained is None, name
 
 
 def test_offline_errors_say_what_how_and_where(cache):
@@ -458,9 +470,11 @@ def test_offline_errors_say_what_how_and_where(cache):
     msg = str(ei.value)
     assert "\n" not in msg
     assert msg.startswith("weights 'resnet38-imagenet' for cam.pretrained are not available")
-    assert "WSSS_BLOCKS_OFFLINE=1" in msg and "`wsss-blocks weights fetch resnet38-imagenet`" in msg
+    assert "WSSS_BLOCKS_OFFLINE=1" in msg
+    assert "`wsss-blocks weights fetch resnet38-imagenet`" in msg
     assert str(cache / "ilsvrc-cls_rna-a1_cls1000_ep-0001.params") in msg
-    assert "https://github.com/itijyou/ademxapp" in msg and "no script can download them" in msg
+    assert "https://github.com/itijyou/ademxapp" in msg
+    assert "no script can download them" in msg
     with pytest.raises(W.WeightsUnavailableError, match=r"fetch them with `wsss-blocks weights fetch mit-b1-imagenet`"
                                                        r" \(needs internet\) or put mit_b1.pth at "):
         W.resolve_weights("mit-b1-imagenet")
@@ -497,9 +511,12 @@ def test_unpinned_entry_records_first_verified_copy(http_server, monkeypatch, ca
     http_server.files["/w/tiny.pth"] = blob
     monkeypatch.setitem(W.WEIGHTS, "test-tiny", _entry("test-tiny", http_server, "/w/tiny.pth"))
     path = W.fetch_weights("test-tiny", progress=False)
-    assert path == cache / "test-tiny.pth" and path.read_bytes() == blob
+    assert path == cache / "test-tiny.pth"
+    assert path.read_bytes() == blob
     rec = W.recorded_hashes()["test-tiny.pth"]
-    assert rec["sha256"] == _sha(blob) and rec["size"] == len(blob) and rec["source"] == "download"
+    assert rec["sha256"] == _sha(blob)
+    assert rec["size"] == len(blob)
+    assert rec["source"] == "download"
     # by name, wherever a checkpoint path is accepted
     bb = build_backbone("tiny", "test-tiny", widths=(8, 8, 16), output_stride=4)
     assert torch.equal(bb.stages[2][3].weight, sd["stages.2.3.weight"])
@@ -508,7 +525,8 @@ def test_unpinned_entry_records_first_verified_copy(http_server, monkeypatch, ca
     http_server.files["/w/tiny.pth"] = _torch_bytes(_tiny_backbone_sd(seed=1))
     with pytest.raises(W.WeightsUnavailableError, match=f"expected sha256 {_sha(blob)}") as ei:
         W.fetch_weights("test-tiny", progress=False)
-    assert "\n" not in str(ei.value) and not path.exists()
+    assert "\n" not in str(ei.value)
+    assert not path.exists()
     assert W.forget_weights("test-tiny") == ["test-tiny.pth"]
     W.fetch_weights("test-tiny", progress=False)  # the new copy becomes the reference
     assert W.recorded_hashes()["test-tiny.pth"]["sha256"] != _sha(blob)
@@ -532,21 +550,23 @@ def test_pinned_entry_wrong_download_and_unparsable_download(http_server, monkey
     monkeypatch.setitem(W.WEIGHTS, "test-p", _entry("test-p", http_server, "/w/p.pth", sha256=_sha(b"other")))
     with pytest.raises(W.WeightsUnavailableError) as ei:
         W.fetch_weights("test-p", progress=False)
-    assert _sha(b"other") in str(ei.value) and _sha(blob) in str(ei.value)
+    assert _sha(b"other") in str(ei.value)
+    assert _sha(blob) in str(ei.value)
     assert sorted(p.name for p in cache.iterdir()) == ["test-p.pth.lock"]
     # an HTML page where a checkpoint should be (moved links): refused and deleted
     http_server.files["/w/page.pth"] = b"<html><body>This file has moved</body></html>"
     monkeypatch.setitem(W.WEIGHTS, "test-h", _entry("test-h", http_server, "/w/page.pth"))
     with pytest.raises(W.WeightsUnavailableError, match="not a readable torch checkpoint"):
         W.fetch_weights("test-h", progress=False)
-    assert not (cache / "test-h.pth").exists() and "test-h.pth" not in W.recorded_hashes()
+    assert not (cache / "test-h.pth").exists()
+    assert "test-h.pth" not in W.recorded_hashes()
 
 
 def test_manual_entry_comes_from_the_mirror(http_server, monkeypatch, cache):
     blob = _torch_bytes(_tiny_backbone_sd())
     http_server.files["/mirror/test-m.pth"] = blob
     monkeypatch.setitem(W.WEIGHTS, "test-m", _entry("test-m", http_server, None, pages=("https://example.org/drive",)))
-    with pytest.raises(W.WeightsUnavailableError, match="no script can download them: get test-m.pth from "
+    with pytest.raises(W.WeightsUnavailableError, match=r"no script can download them: get test-m.pth from "
                                                         "https://example.org/drive"):
         W.fetch_weights("test-m", progress=False)
     monkeypatch.setenv(hub.MIRROR_ENV, http_server.url + "/mirror")
@@ -635,20 +655,24 @@ def test_cli_fetch_convert_path_forget(http_server, monkeypatch, cache, capsys, 
     assert main(["weights", "path", "test-c"]) == 0
     assert capsys.readouterr().out.strip() == str(cache / "test-c.pth")
     assert main(["weights", "forget", "test-c", "--delete"]) == 0
-    assert not (cache / "test-c.pth").exists() and "test-c.pth" not in W.recorded_hashes()
+    assert not (cache / "test-c.pth").exists()
+    assert "test-c.pth" not in W.recorded_hashes()
     (tmp_path / "mine.pth").write_bytes(blob)
     assert main(["weights", "convert", "test-c", str(tmp_path / "mine.pth")]) == 0
     assert (cache / "test-c.pth").read_bytes() == blob
     capsys.readouterr()
     assert main(["weights", "fetch", "test-cc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown weights 'test-cc'" in err[0] and "did you mean 'test-c'" in err[0]
+    assert len(err) == 1
+    assert "unknown weights 'test-cc'" in err[0]
+    assert "did you mean 'test-c'" in err[0]
 
 
 def test_cli_fetch_offline_is_one_error_line(capsys, cache):
     assert main(["weights", "fetch", "deeplabv1-resnet101-coco"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: weights 'deeplabv1-resnet101-coco' are not available")
+    assert len(err) == 1
+    assert err[0].startswith("error: weights 'deeplabv1-resnet101-coco' are not available")
     assert str(cache / "deeplabv1_resnet101-coco.pth") in err[0]
 
 
@@ -692,20 +716,24 @@ def test_voc_config_refuses_before_step_1(method, fake_voc, tmp_path, cache, cap
     with pytest.raises(W.WeightsUnavailableError) as ei:
         reproduce(method, fake_voc, out=out, overrides=RUNTIME, verbose=False)
     msg = str(ei.value)
-    assert "\n" not in msg and msg.startswith(f"weights '{cam_w}' for cam.pretrained are not available")
-    assert f"`wsss-blocks weights fetch {cam_w}`" in msg and str(W.get_weights_entry(cam_w).path) in msg
+    assert "\n" not in msg
+    assert msg.startswith(f"weights '{cam_w}' for cam.pretrained are not available")
+    assert f"`wsss-blocks weights fetch {cam_w}`" in msg
+    assert str(W.get_weights_entry(cam_w).path) in msg
     assert not (out / "cam").exists()  # nothing trained, no checkpoint
     if seg_w is not None:  # random CAM init (explicit, with a warning): the segmentation init is checked too
-        with pytest.warns(UserWarning, match="cam.pretrained=none: .* starts from random weights"):
-            with pytest.raises(W.WeightsUnavailableError, match=f"weights '{seg_w}' for seg.pretrained"):
-                reproduce(method, fake_voc, out=out, overrides=[*RUNTIME, "cam.pretrained=none"], verbose=False)
+        with pytest.warns(UserWarning, match="cam.pretrained=none: .* starts from random weights"), \
+                pytest.raises(W.WeightsUnavailableError, match=f"weights '{seg_w}' for seg.pretrained"):
+            reproduce(method, fake_voc, out=out, overrides=[*RUNTIME, "cam.pretrained=none"], verbose=False)
         assert not (out / "cam").exists()
     # the command line: one error line, exit status 2
     capsys.readouterr()
     rc = main(["reproduce", "--method", method, "--data-root", str(fake_voc), "--out", str(tmp_path / "cli"),
                *[x for s in RUNTIME for x in ("--set", s)]])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: weights '{cam_w}' for cam.pretrained")
+    assert rc == 2
+    assert len(err) == 1
+    assert err[0].startswith(f"error: weights '{cam_w}' for cam.pretrained")
 
 
 def test_train_cam_refuses_unset_weights_on_real_data(fake_voc, tmp_path):
@@ -776,9 +804,10 @@ def test_recorded_hashes_file_is_json(http_server, monkeypatch, cache):
     monkeypatch.setitem(W.WEIGHTS, "test-j", _entry("test-j", http_server, "/w/j.pth"))
     W.fetch_weights("test-j", progress=False)
     data = json.loads((cache / "recorded_hashes.json").read_text())
-    assert data["version"] == 1 and set(data["files"]) == {"test-j.pth"}
+    assert data["version"] == 1
+    assert set(data["files"]) == {"test-j.pth"}
     (cache / "recorded_hashes.json").write_text("{not json")
-    with pytest.raises(ValueError, match="recorded_hashes.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"recorded_hashes.json is not valid JSON"):
         W.recorded_hashes()
 
 
@@ -814,17 +843,20 @@ def test_cli_fetch_several_reports_each_failure(http_server, monkeypatch, cache,
     io_ = capsys.readouterr()
     assert io_.out.startswith(f"test-ok: {cache / 'test-ok.pth'}")
     err = io_.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: weights 'test-gone' are not available") and "HTTP 404" in err[0]
+    assert len(err) == 1
+    assert err[0].startswith("error: weights 'test-gone' are not available")
+    assert "HTTP 404" in err[0]
 
 
 def test_caffemodel_converter_without_heads_keeps_the_resnet_only(tmp_path):
     net = DeepLabV2(21, backbone="resnet_tiny")
-    data, expected = _msra_resnet_caffemodel(net, seed=11)
+    data, _ = _msra_resnet_caffemodel(net, seed=11)
     sd = caffemodel_to_deeplab(data, heads=False)
-    assert "fc.weight" not in sd and set(sd) == {k for k in caffemodel_to_deeplab(data) if not k.startswith("fc.")}
+    assert "fc.weight" not in sd
+    assert set(sd) == {k for k in caffemodel_to_deeplab(data) if not k.startswith("fc.")}
     NetParameter = _caffe_messages()
     dup = NetParameter()
     dup.ParseFromString(data)
     dup.layer.append(dup.layer[1])  # conv1 twice: a second layer cannot silently overwrite the first
-    with pytest.raises(ValueError, match="maps onto 'layer1.conv1.conv', which an earlier layer filled"):
+    with pytest.raises(ValueError, match=r"maps onto 'layer1.conv1.conv', which an earlier layer filled"):
         caffemodel_to_deeplab(dup.SerializeToString())

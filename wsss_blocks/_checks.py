@@ -217,7 +217,7 @@ def check_int(value: object, name: str, minimum: int | None = None, maximum: int
         if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
             bounds = _bounds_str(minimum, maximum)
             raise TypeError(f"{name} must be an int{bounds}, got {type(value).__name__} {value!r}")
-        value = int(value.__index__())  # type: ignore[attr-defined]  # numpy integers
+        value = int(value.__index__())  # numpy integers
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an int{_bounds_str(minimum, maximum)}, got {value}")
     return value
@@ -260,10 +260,11 @@ def check_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
         >>> check_pair(3, "size"), check_pair((2, 5), "size")
         ((3, 3), (2, 5))
     """
-    items = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+    items: tuple[object, ...] = (value, value) if isinstance(value, int) else tuple(value)
+    pair = tuple(v for v in items if isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    if len(items) != 2 or len(pair) != 2:
         raise ValueError(f"{name} must be a positive int or a pair (h, w) of positive ints, got {value!r}")
-    return int(items[0]), int(items[1])
+    return pair[0], pair[1]
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

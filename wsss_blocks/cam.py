@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_choice,
@@ -442,6 +443,7 @@ class MultiScaleCAM(nn.Module):
         self.antialias = antialias
         self.size_rounding: Literal["round", "floor"] = size_rounding
 
+    @override
     def forward(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         return _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
@@ -474,5 +476,6 @@ class CAMNormalize(nn.Module):
         self.mode: NormMode = mode
         self.eps = check_number(eps, "eps", 0.0)
 
+    @override
     def forward(self, cams: Tensor) -> Tensor:
         return _normalize_cams(cams, self.mode, self.eps)

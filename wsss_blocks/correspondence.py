@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_choice,
@@ -341,6 +342,7 @@ class SelfCorrespondenceDistillation(nn.Module):
         """The released schedule: 0 for ``iteration <= start_iter``, else ``weight``."""
         return scd_weight(iteration, self.weight, self.start_iter)
 
+    @override
     def forward(self, teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor,
                 coords_a: Tensor | None = None, coords_b: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -354,6 +356,7 @@ class SelfCorrespondenceDistillation(nn.Module):
                     self.zero_clamp, self.pointwise_center, self.shift, self.eps, self.align_corners,
                     self.padding_mode, generator)
 
+    @override
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, zero_clamp={self.zero_clamp}, "
                 f"pointwise_center={self.pointwise_center}, shift={self.shift}, weight={self.weight}, "
@@ -526,8 +529,10 @@ class AffinityFromAttentionLoss(nn.Module):
         self.stride = stride
         self.ignore_index = ignore_index
 
+    @override
     def forward(self, aff_pred: Tensor, pseudo_mask: Tensor) -> Tensor:
         return _affinity_loss(aff_pred, pseudo_mask, self.radius, self.stride, self.ignore_index)
 
+    @override
     def extra_repr(self) -> str:
         return f"radius={self.radius}, stride={self.stride}, ignore_index={self.ignore_index}"

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_choice,
@@ -186,10 +187,12 @@ class PathIndex:
 
     @property
     def num_directions(self) -> int:
+        """Number of pair directions D."""
         return int(self.offsets.shape[0])
 
     @property
     def num_sources(self) -> int:
+        """Number of source pixels S per image."""
         return int(self.src_indices.numel())
 
     def path_flat_offsets(self) -> Tensor:
@@ -354,7 +357,8 @@ def irn_multiscale_cams(
         b = F.interpolate(out, size=up, mode="bilinear", align_corners=False)
         acc_small = a if acc_small is None else acc_small + a
         acc_up = b if acc_up is None else acc_up + b
-    assert acc_small is not None and acc_up is not None
+    assert acc_small is not None
+    assert acc_up is not None
     acc_up = acc_up[:, :, :H, :W]
     if labels is not None:
         lf = check_labels(labels, "labels", batch=B, num_classes=acc_small.shape[1]).to(acc_small.device)
@@ -441,7 +445,7 @@ def _confident_seed_mask(cams: Tensor, labels: Tensor, image01: Tensor | None, h
                          crf_module: DenseCRF | None, ign: int) -> Tensor:
     """`confident_seed_mask` with checked options."""
     lf = _check_cams_labels(cams, labels)
-    B, C, H, W = cams.shape
+    B, _, H, W = cams.shape
     if crf_module is not None:
         if image01 is None:
             raise ValueError("image01 is required when crf is on (the label CRF needs the RGB image); "
@@ -501,10 +505,12 @@ class ConfidentSeedMask(nn.Module):
             high_threshold, low_threshold, ignore_index)
         self.crf = None if crf is None else as_dense_crf(crf)
 
+    @override
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
         return _confident_seed_mask(cams, labels, image01, self.high_threshold, self.low_threshold, self.crf,
                                     self.ignore_index)
 
+    @override
     def extra_repr(self) -> str:
         return f"high_threshold={self.high_threshold:g}, low_threshold={self.low_threshold:g}"
 
@@ -532,7 +538,7 @@ def downsample_mask(mask: Tensor, scale_factor: float = 0.25) -> Tensor:
     check_tensor(mask, "mask", 3, layout="B×H×W")
     s = check_number(scale_factor, "scale_factor", 0.0, strict=True)
     H, W = mask.shape[1:]
-    oh, ow = max(1, int(round(H * s))), max(1, int(round(W * s)))
+    oh, ow = max(1, round(H * s)), max(1, round(W * s))
     ys = ((torch.arange(oh, dtype=torch.float64) + 0.5) * (H / oh)).floor().long().clamp_max(H - 1)
     xs = ((torch.arange(ow, dtype=torch.float64) + 0.5) * (W / ow)).floor().long().clamp_max(W - 1)
     return mask[:, ys.to(mask.device)][:, :, xs.to(mask.device)]
@@ -801,6 +807,7 @@ class BoundaryAffinityLoss(nn.Module):
         self.eps = check_number(eps, "eps", 0.0)
         self.ignore_index = int(ignore_index)
 
+    @override
     def forward(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> Tensor:
         return boundary_affinity_loss(boundary_logits, targets, self.radius, eps=self.eps,
                                       ignore_index=self.ignore_index)
@@ -810,6 +817,7 @@ class BoundaryAffinityLoss(nn.Module):
         return boundary_affinity_loss_detailed(boundary_logits, targets, self.radius, eps=self.eps,
                                                ignore_index=self.ignore_index)
 
+    @override
     def extra_repr(self) -> str:
         return f"radius={self.radius}, eps={self.eps:g}"
 
@@ -1005,10 +1013,7 @@ def random_walk(
         with torch.no_grad():
             weights, offsets = _walk_weights(bnd[:, 0], r, b_)
             trans = weights / weights.sum(1, keepdim=True)  # symmetric A: column sum of j = row sum of j
-        if m == "dense":
-            y = _walk_dense(x, trans, offsets, e)
-        else:
-            y = _walk_sparse(x, trans, offsets, r, 2 ** e)
+        y = _walk_dense(x, trans, offsets, e) if m == "dense" else _walk_sparse(x, trans, offsets, r, 2 ** e)
         if order is not None:
             assert lf is not None
             full = y.new_zeros(cams.shape[0], cams.shape[1], *y.shape[2:])
@@ -1067,7 +1072,7 @@ def random_walk_mask(
         x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
     if image_size is not None:
         H, W = int(image_size[0]), int(image_size[1])
-        if H > x.shape[2] or W > x.shape[3] or H < 1 or W < 1:
+        if x.shape[2] < H or x.shape[3] < W or H < 1 or W < 1:
             raise ValueError(f"image_size {(H, W)} must fit in the upsampled grid {tuple(x.shape[2:])}")
         x = x[:, :, :H, :W]
     present = lf.to(x.device).bool()[:, :, None, None]
@@ -1124,12 +1129,14 @@ class RandomWalk(nn.Module):
         return random_walk(cams, boundary, labels, radius=self.radius, beta=self.beta, exp_times=self.exp_times,
                            damp_seeds=self.damp_seeds, method=self.method)
 
+    @override
     def forward(self, cams: Tensor, boundary: Tensor, labels: Tensor,
                 image_size: tuple[int, int] | None = None) -> Tensor:
         walked = self.walk(cams, boundary, labels)
         return random_walk_mask(walked, labels, image_size, bg_score=self.bg_score, scale_factor=self.scale_factor,
                                 normalize=self.normalize)
 
+    @override
     def extra_repr(self) -> str:
         return (f"radius={self.radius}, beta={self.beta:g}, exp_times={self.exp_times}, bg_score={self.bg_score:g}, "
                 f"method={self.method!r}")

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_choice,
@@ -369,6 +370,7 @@ class LocalPatchSampler(nn.Module):
         return _sample_boxes(batch_size, image_hw, self.num_patches, self.patch_size, self.mode, self.generator,
                              device)
 
+    @override
     def forward(self, images: Tensor, labels: Tensor, saliency: Tensor | None = None) -> LocalPatches:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         B, _, H, W = images.shape
@@ -379,6 +381,7 @@ class LocalPatchSampler(nn.Module):
         return crop_local_patches(images, boxes, labels, saliency, resize_to=self.resize_to,
                                   saliency_max_norm=self.saliency_max_norm)
 
+    @override
     def extra_repr(self) -> str:
         return (f"num_patches={self.num_patches}, patch_size={self.patch_size}, mode={self.mode!r}, "
                 f"resize_to={self.resize_to}")
@@ -437,7 +440,7 @@ def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
     C = lab.shape[1]
     K = local_cams.shape[1]
     expect_k = C if bg_channel == "none" else C + 1
-    if K != expect_k:
+    if expect_k != K:
         raise ValueError(f"local_cams has {K} channels but labels has {C} classes; with "
                          f"bg_channel={bg_channel!r} expected K = {expect_k} "
                          f"(local_cams {shape_str(local_cams)}, labels {shape_str(lab)})")
@@ -803,10 +806,12 @@ class LocalToGlobalTransfer(nn.Module):
                          self.roi_aligned, self.sampling_ratio, self.empty_saliency_fallback, self.eps,
                          self.num_classes)
 
+    @override
     def forward(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                 patch_saliency: Tensor | None = None) -> Tensor:
         return self.transfer(global_logits, local_cams, boxes, labels, patch_saliency).loss
 
+    @override
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, stride={self.stride}, weight={self.weight}, "
                 f"fg_threshold={self.fg_threshold}, bg_channel={self.bg_channel!r}, "

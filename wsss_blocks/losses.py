@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import check_choice, check_int, check_masks, check_number, check_tensor, compute_dtype, shape_str
 
@@ -152,7 +153,7 @@ def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None
     if logits.ndim < 2:
         raise ValueError(f"logits must have shape N×K×… (at least 2-D), got {shape_str(logits)}")
     check_tensor(target, "target")
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    expected = (logits.shape[0], *tuple(logits.shape[2:]))
     if tuple(target.shape) != expected:
         raise ValueError(f"target must have shape {expected} (logits {shape_str(logits)} without the class "
                          f"dim), got {shape_str(target)}")
@@ -250,12 +251,14 @@ class PretendedUnderFittingLoss(nn.Module):
         params.update(kwargs)
         return cls(**params)
 
+    @override
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         out = _puf(logits, target, self.beta, self.k, self.mode, self.ignore_index, self.class_weight,
                    self.denominator)
         self.last_active.copy_(out.active.to(self.last_active.device))
         return self.weight * out.loss
 
+    @override
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, k={self.k}, mode={self.mode!r}, ignore_index={self.ignore_index}, "
                 f"weight={self.weight}, denominator={self.denominator!r}")
@@ -324,6 +327,7 @@ class BalancedSegLoss(nn.Module):
         self.ignore_index = check_int(ignore_index, "ignore_index")
         self.empty_is_zero = bool(empty_is_zero)
 
+    @override
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return balanced_seg_loss(logits, target, self.ignore_index, self.empty_is_zero)
 
@@ -442,6 +446,7 @@ class DenseEnergyLoss(nn.Module):
         self.scale_factor = float(scale_factor)
         self.ignore_index = check_int(ignore_index, "ignore_index")
 
+    @override
     def forward(self, probs: Tensor, image01: Tensor, target: Tensor, valid_mask: Tensor | None = None) -> Tensor:
         return _dense_energy_loss(probs, image01, target, valid_mask, self.weight, self.sigma_rgb, self.sigma_xy,
                                   self.scale_factor, self.ignore_index)
@@ -532,6 +537,7 @@ class EPSSaliencyLoss(nn.Module):
         self.tau = check_number(tau, "tau", 0.0, maximum=1.0)
         self.lam = check_number(lam, "lam", 0.0, maximum=1.0)
 
+    @override
     def forward(self, cam_logits: Tensor, saliency: Tensor, labels: Tensor) -> Tensor:
         return _eps_saliency_loss(cam_logits, saliency, labels, self.tau, self.lam)
 
@@ -540,8 +546,9 @@ class EPSSaliencyLoss(nn.Module):
 # PMM adaptive min-pooling loss
 # ----------------------------------------------------------------------------------------------------------------
 def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
-    """PMM's adaptive min-pooling loss on label-masked foreground maps (``Eli-YiLi/PMM`` ``pipeline/train_cam.py``
-    lines 12–20).
+    """PMM's adaptive min-pooling loss on label-masked foreground maps.
+
+    ``Eli-YiLi/PMM`` ``pipeline/train_cam.py`` lines 12–20.
 
     Per image: the per-pixel max over the channels of ``cams`` (PMM passes the label-masked foreground PCM maps
     ``cam_rv``), the ``k = ⌊HW/4⌋`` smallest of those values, ReLU, summed; divided by ``k·N``. It pushes the
@@ -575,5 +582,6 @@ class AdaptiveMinPoolingLoss(nn.Module):
         tensor(1.)
     """
 
+    @override
     def forward(self, cams: Tensor) -> Tensor:
         return adaptive_min_pooling_loss(cams)

@@ -223,6 +223,7 @@ class SegmentationMetric(nn.Module):
         return scores_from_confusion(self.confmat, self.average)
 
     def reset(self) -> None:
+        """Zero the accumulated confusion matrix."""
         self.confmat.zero_()
 
     def sync(self) -> None:
@@ -259,8 +260,11 @@ class SweepResult:
 
 
 def _check_finite_fast(x: Tensor, name: str) -> None:
-    """:func:`check_finite` at the cost of one sum: a finite sum proves every value finite (NaN and Inf
-    propagate); only a non-finite sum (or an overflow) runs the full check, which raises or passes."""
+    """:func:`check_finite` at the cost of one sum.
+
+    A finite sum proves every value finite (NaN and Inf propagate); only a non-finite sum (or an overflow) runs
+    the full check, which raises or passes.
+    """
     if checks_enabled() and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
         check_finite(x, name)
 
@@ -312,8 +316,11 @@ def _order_bucket(x: Tensor) -> Tensor:
 
 
 def _bucket_table(t: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Lookup tables for :func:`_count_below`: per bucket the number of thresholds in lower buckets, the
-    thresholds padded with +inf, and the most thresholds any one bucket holds."""
+    """Lookup tables for :func:`_count_below`.
+
+    Per bucket the number of thresholds in lower buckets, the thresholds padded with +inf, and the most
+    thresholds any one bucket holds.
+    """
     tb = _order_bucket(t).long()
     below = torch.searchsorted(tb, torch.arange(65536, device=t.device), right=False).int()
     most = int(torch.bincount(tb, minlength=65536).max())
@@ -321,8 +328,9 @@ def _bucket_table(t: Tensor) -> tuple[Tensor, Tensor, int]:
 
 
 def _count_below(table: tuple[Tensor, Tensor, int], m: Tensor) -> Tensor:
-    """``torch.searchsorted(t, m, right=False)``, i.e. how many thresholds ``t`` lie strictly below each
-    float32 value ``m``, as int32, given ``table = _bucket_table(t)``.
+    """``torch.searchsorted(t, m, right=False)``, i.e.
+
+    how many thresholds ``t`` lie strictly below each float32 value ``m``, as int32, given ``table = _bucket_table(t)``.
 
     A lookup on the value's 16-bit order bucket gives the number of thresholds in lower buckets (all below
     ``m``; those in higher buckets are all above), then the few thresholds in its own bucket are compared
@@ -431,6 +439,7 @@ class BgScoreSweep(nn.Module):
         return out
 
     def compute(self) -> SweepResult:
+        """MIoU of every background score and the best one (see `SweepResult`)."""
         cms = self.confmats()
         mious = [float(scores_from_confusion(cm, self.average)["miou"]) for cm in cms]
         finite = [m if m == m else -1.0 for m in mious]
@@ -438,6 +447,7 @@ class BgScoreSweep(nn.Module):
         return SweepResult(self.bg_scores, mious, self.bg_scores[best], mious[best], cms)
 
     def reset(self) -> None:
+        """Zero the accumulated counts."""
         self.counts.zero_()
 
 
@@ -456,6 +466,9 @@ def sweep_bg_score(
             normalised to [0, 1] (:func:`wsss_blocks.cam.normalize_cams`).
         num_classes: number of classes including background (21 on VOC).
         bg_scores: constant background scores to try, strictly increasing.
+        ignore_index: ground-truth label left out of the scores (255).
+        average: ``"union"`` (mean over classes with a non-empty union) or ``"gt"`` (over classes with a
+            ground-truth pixel); see the module docstring.
 
     Shape:
         - cams: B×C×H×W with C = num_classes - 1; labels: B×C; target: B×H×W
@@ -468,9 +481,9 @@ def sweep_bg_score(
     """
     sweep = BgScoreSweep(num_classes, bg_scores, ignore_index, average)
     if isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], Tensor):
-        items: Iterable[tuple[Tensor, Tensor | None, Tensor]] = [data]  # type: ignore[list-item]
+        items: Iterable[tuple[Tensor, Tensor | None, Tensor]] = [data]
     else:
-        items = data  # type: ignore[assignment]
+        items = data
     moved = False
     for cams, labels, target in items:
         if not moved:

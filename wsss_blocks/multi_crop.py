@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import check_finite, check_int, check_labels, check_number, check_range, check_tensor, shape_str
 from .crf import DenseCRF, as_dense_crf, unary_from_probs
@@ -97,8 +98,8 @@ def multi_crop_boxes(height: int, width: int, scales: Sequence[float] = PMM_CROP
     out = []
     for s in sc:
         ws, hs = int(w * s), int(h * s)
-        w_num = 1 + int(math.ceil(max(0.0, float(ws - crop)) / step))
-        h_num = 1 + int(math.ceil(max(0.0, float(hs - crop)) / step))
+        w_num = 1 + math.ceil(max(0.0, float(ws - crop)) / step)
+        h_num = 1 + math.ceil(max(0.0, float(hs - crop)) / step)
         boxes = []
         for wi in range(w_num):  # a handful of tiles, not pixels
             for hi in range(h_num):
@@ -351,10 +352,12 @@ class MultiCropCAM(nn.Module):
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.antialias = bool(antialias)
 
+    @override
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         return multi_crop_cams(self.model, images, labels, self.scales, crop_size=self.crop_size,
                                stride=self.stride, batch_size=self.batch_size, antialias=self.antialias)
 
+    @override
     def extra_repr(self) -> str:
         return f"scales={self.scales}, crop_size={self.crop_size}, stride={self.stride}"
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_choice,
@@ -298,8 +299,9 @@ def _check_fusion_options(scales: Sequence[float], activation: str, bg_channel: 
 
 
 def _fusion(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, scales: Sequence[float], flip: bool,
-            activation: str, bg_channel: str, reduce: str, normalize: str, eps: float,
-            out_size: tuple[int, int] | None, image_interpolation: str, activate_before_resize: bool, no_grad: bool,
+            activation: str, bg_channel: str, reduce: Literal["sum", "mean", "max"], normalize: str, eps: float,
+            out_size: tuple[int, int] | None, image_interpolation: Literal["bilinear", "bicubic"],
+            activate_before_resize: bool, no_grad: bool,
             eval_mode: bool, skip_absent: bool, per_scale: list[Tensor] | None) -> Tensor:
     """The fusion with its options checked; appends the per-scale maps to ``per_scale`` when given."""
     if not callable(model):
@@ -347,9 +349,9 @@ def _fusion(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, s
     if keep is not None:
         fused = _scatter_classes(fused, keep, C)
     if per_scale is not None:
-        for m in raw:
-            m = m * present
-            per_scale.append(_scatter_classes(m, keep, C) if keep is not None else m)
+        for r in raw:
+            r = r * present
+            per_scale.append(_scatter_classes(r, keep, C) if keep is not None else r)
     return fused
 
 
@@ -359,8 +361,7 @@ def _scatter_classes(x: Tensor, keep: Tensor, num_classes: int) -> Tensor:
 
 
 class MultiScaleAttentionFusion(nn.Module):
-    """SMAF teacher: fused multi-scale, class-aware attention maps (module form of
-    :func:`multiscale_attention_fusion`).
+    """SMAF teacher: fused multi-scale, class-aware attention maps (module form of :func:`multiscale_attention_fusion`).
 
     The module stores the fusion settings; the CAM network is passed at call time, so a student can be
     its own teacher without registering its parameters twice. Defaults are the released VOC setting:
@@ -422,6 +423,7 @@ class MultiScaleAttentionFusion(nn.Module):
         """Forward passes per image (released: 8)."""
         return len(self.scales) * (2 if self.flip else 1)
 
+    @override
     def forward(self, model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor,
                 out_size: tuple[int, int] | None = None) -> Tensor:
         return _fusion(model, images, labels, self.scales, self.flip, self.activation, self.bg_channel, self.reduce,
@@ -437,6 +439,7 @@ class MultiScaleAttentionFusion(nn.Module):
                         self.activate_before_resize, self.no_grad, self.eval_mode, self.skip_absent, per_scale)
         return FusionOutput(fused=fused, per_scale=per_scale)
 
+    @override
     def extra_repr(self) -> str:
         return (f"scales={self.scales}, flip={self.flip}, activation={self.activation!r}, "
                 f"bg_channel={self.bg_channel!r}, reduce={self.reduce!r}, normalize={self.normalize!r}")
@@ -627,13 +630,16 @@ class SMAFLoss(nn.Module):
         self.bg_channel: Literal["last", "first"] = bg_channel
         self.align_corners = align_corners
 
+    @override
     def forward(self, student_logits: Tensor, target: Tensor) -> Tensor:
         return _smaf_loss(student_logits, target, self.weight, self.bg_channel, self.align_corners)
 
 
 def _hard_label_probs(masks: Tensor, num_labels: int, gt_prob: float = 0.7) -> Tensor:
-    """Probabilities whose ``-log`` is pydensecrf's ``unary_from_labels(zero_unsure=False)``: the label gets
-    ``gt_prob``, every other label ``(1 - gt_prob) / (num_labels - 1)``. B×H×W -> B×num_labels×H×W."""
+    """Probabilities whose ``-log`` is pydensecrf's ``unary_from_labels(zero_unsure=False)``.
+
+    The label gets ``gt_prob``, every other label ``(1 - gt_prob) / (num_labels - 1)``. B×H×W -> B×num_labels×H×W.
+    """
     onehot = F.one_hot(masks.long(), num_labels).permute(0, 3, 1, 2).bool()
     other = (1.0 - gt_prob) / (num_labels - 1)
     return torch.where(onehot, torch.tensor(gt_prob), torch.tensor(other)).to(device=masks.device)
@@ -695,7 +701,7 @@ def smaf_pseudo_mask(
         check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
         if tuple(image01.shape) != (B, 3, H, W):
             raise ValueError(f"image01 must have shape {(B, 3, H, W)} to match maps, got {shape_str(image01)}")
-    else:
+    elif image_uint8 is not None:
         check_tensor(image_uint8, "image_uint8", 4, layout="B×H×W×3")
         if tuple(image_uint8.shape) != (B, H, W, 3):
             raise ValueError(f"image_uint8 must have shape {(B, H, W, 3)} to match maps, got "
@@ -709,6 +715,7 @@ def smaf_pseudo_mask(
         q = crf.from_mask(image01, hard, gt_prob=gt_prob, num_classes=K, image_uint8=image_uint8)
     elif callable(crf):
         image = image01 if image01 is not None else image_uint8
+        assert image is not None
         q = crf(image, _hard_label_probs(hard, K, gt_prob))
     else:
         raise TypeError(f"crf must be None, a DenseCRF, a preset name or a callable crf(image01, probs), got "

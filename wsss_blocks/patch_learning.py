@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import check_choice, check_int, check_tensor, shape_str
 from .cam import cam_from_features
@@ -311,6 +312,7 @@ class PatchDestruction(nn.Module):
                     f"became {out.shape[-2]}×{out.shape[-1]}, not an integer stride; pass out_size")
         return self.merge(out, x.shape[0], out_size)
 
+    @override
     def extra_repr(self) -> str:
         return f"grid={self.grid}, pad_mode={self.pad_mode!r}, order={self.order!r}"
 
@@ -780,6 +782,7 @@ class PatchLearning(nn.Module):
 
     @property
     def num_stages(self) -> int:
+        """Number of backbone stages."""
         return len(self.stages)
 
     def set_insertion(self, insert_after: int | Sequence[int]) -> None:
@@ -826,6 +829,7 @@ class PatchLearning(nn.Module):
         return _patch_path(list(self.stages), features, s, g, self.order, self.pad_mode, self.pad_value,
                            out_size, self.size_mismatch, self.patch_bn_stats)
 
+    @override
     def extra_repr(self) -> str:
         return (f"insert_after={self.insert_after}, grid={self.grid}, detach_branch_input={self._detach()}, "
                 f"include_global={self.include_global}, pad_mode={self.pad_mode!r}, "

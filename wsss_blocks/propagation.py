@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_finite,
@@ -256,7 +257,7 @@ def _affinity(image: Tensor, dilations: tuple[int, ...], temperature: float | No
     if sorted_order:
         offsets = sorted(offsets)
     n = len(offsets)
-    b, c, h, w = image.shape
+    b, _, h, w = image.shape
     aff = image.new_empty(b, h, w, n)
     pos = _position_softmax(offsets, pos_temperature, eps, dtype, image.device) if pos_weight != 0.0 else None
     # One image at a time: its C×K×H×W neighbour stack (C = 3) is the only large temporary; maps are never stacked.
@@ -297,7 +298,6 @@ def _affinity_one(image: Tensor, offsets: Sequence[tuple[int, int]], temperature
                   scale: float | None, pos: Tensor | None, pos_weight: float, variation_weight: float,
                   eps: float) -> Tensor:
     """1×K×H×W weights of a single image (its temporaries are freed on return)."""
-    _, c, h, w = image.shape
     n = len(offsets)
     nb = _gather_neighbours(image, offsets)  # 1×C×K×H×W
     # Unbiased std over the K neighbours (centre excluded), two-pass (torch.std over a non-innermost dim is
@@ -510,6 +510,7 @@ class DilatedNeighbourRefine(nn.Module):
 
     @property
     def num_neighbours(self) -> int:
+        """K = 8 neighbours per dilation."""
         return 8 * len(self.dilations)
 
     def neighbours(self, x: Tensor) -> Tensor:
@@ -528,5 +529,6 @@ class DilatedNeighbourRefine(nn.Module):
         """Run ``num_iter`` steps of ``P_i <- sum_k a_ik P_k`` with precomputed weights (maps at their size)."""
         return propagate(maps, affinity, self.dilations, self.num_iter)
 
+    @override
     def forward(self, image01: Tensor, maps: Tensor) -> Tensor:
         return _refine_maps(image01, maps, self.dilations, self.num_iter, **self.affinity_kwargs())

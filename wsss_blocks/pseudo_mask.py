@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import (
     check_finite,
@@ -228,6 +229,7 @@ class CoVSmooth(nn.Module):
         self.min_exponent = min_exponent
         self.eps = eps
 
+    @override
     def forward(self, cams: Tensor) -> Tensor:
         return self.detailed(cams).smoothed
 
@@ -235,6 +237,7 @@ class CoVSmooth(nn.Module):
         """Smoothed maps and the per-map ``cv``; see :func:`cov_smooth_detailed`."""
         return _cov_smooth_checked(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
 
+    @override
     def extra_repr(self) -> str:
         return f"fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, min_exponent={self.min_exponent}"
 
@@ -442,11 +445,12 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
             pc = probs.clamp(_CRF_CLIP, 1.0)
             fg = (pc[:, 1] / pc.sum(1)) > posterior_threshold
         elif foreground == "crf":
-            assert img_u8 is not None and dense is not None
+            assert img_u8 is not None
+            assert dense is not None
             post = dense(None, probs.float(), image_uint8=img_u8[bi])
             fg = post[:, 1].to(x.device) > posterior_threshold
         else:
-            res = foreground(probs, None if img_u8 is None else img_u8[bi])  # type: ignore[operator]
+            res = foreground(probs, None if img_u8 is None else img_u8[bi])
             if not isinstance(res, Tensor) or tuple(res.shape) != (probs.shape[0], H, W):
                 got = shape_str(res) if isinstance(res, Tensor) else type(res).__name__
                 raise ValueError(f"foreground callable must return a {probs.shape[0]}×{H}×{W} tensor, got {got}")
@@ -467,7 +471,7 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
     mask = torch.where(bg_score == best, torch.zeros_like(first), first)
     if parts:
         def full(v: Tensor, fill: float | bool = 0.0) -> Tensor:
-            out = torch.full((B, C) + tuple(v.shape[1:]), fill, dtype=v.dtype, device=x.device)
+            out = torch.full((B, C, *tuple(v.shape[1:])), fill, dtype=v.dtype, device=x.device)
             out[bi, ci] = v
             return out
 
@@ -513,6 +517,7 @@ class ProportionalPseudoMask(nn.Module):
         self.crf = as_dense_crf(crf)
         self.min_exponent = min_exponent
 
+    @override
     def forward(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> Tensor:
         return self._run(cams, labels, image01, parts=False).mask
 
@@ -525,6 +530,7 @@ class ProportionalPseudoMask(nn.Module):
         return _ppmg_checked(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
                              self.posterior_threshold, self.foreground, dense, self.min_exponent, parts)
 
+    @override
     def extra_repr(self) -> str:
         fg = self.foreground if isinstance(self.foreground, str) else "callable"
         return f"alpha={self.alpha}, fg_threshold={self.fg_threshold}, cv_scale={self.cv_scale}, foreground={fg}"
@@ -536,7 +542,7 @@ class ProportionalPseudoMask(nn.Module):
 
 
 def _rescale_factor(h: int, w: int, img_scale: tuple[int, int], ratio: float) -> float:
-    """mmcv ``Resize(keep_ratio=True)`` factor for ``img_scale`` times ``ratio`` (MultiScaleFlipAug)."""
+    """Mmcv ``Resize(keep_ratio=True)`` factor for ``img_scale`` times ``ratio`` (MultiScaleFlipAug)."""
     long_edge, short_edge = max(img_scale) * ratio, min(img_scale) * ratio
     return min(long_edge / max(h, w), short_edge / min(h, w))
 
@@ -550,7 +556,7 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 
 def _slide_logits(model: Callable[[Tensor], Tensor], x: Tensor, crop: tuple[int, int],
                   stride: tuple[int, int]) -> Tensor:
-    """mmseg ``slide_inference``: average the logits of overlapping crops (all crops in one batch)."""
+    """Mmseg ``slide_inference``: average the logits of overlapping crops (all crops in one batch)."""
     B, _, H, W = x.shape
     ch, cw = crop
     sh, sw = stride
@@ -635,9 +641,8 @@ class CyclicPseudoMask(nn.Module):
             raise ValueError("scales must contain at least one ratio, got an empty sequence")
         for s in scales:
             check_positive(float(s), "scales")
-        if img_scale is not None:
-            if len(img_scale) != 2 or min(img_scale) <= 0:
-                raise ValueError(f"img_scale must be a (long, short) pair of positive ints or None, got {img_scale}")
+        if img_scale is not None and (len(img_scale) != 2 or min(img_scale) <= 0):
+            raise ValueError(f"img_scale must be a (long, short) pair of positive ints or None, got {img_scale}")
         self._crop: tuple[int, int] | None = None
         self._stride: tuple[int, int] | None = None
         if slide is not None:
@@ -731,6 +736,7 @@ class CyclicPseudoMask(nn.Module):
             probs = probs.masked_fill(~keep, float("-inf"))
         return probs.argmax(dim=1)
 
+    @override
     def extra_repr(self) -> str:
         return (f"scales={self.scales}, flip={self.flip}, img_scale={self.img_scale}, slide={self.slide}, "
                 f"crf={self.crf is not None}, policy={self.policy!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ._checks import check_choice, check_finite, check_labels, check_tensor, shape_str
 from .cam import normalize_cams
@@ -128,6 +129,7 @@ class PuzzleReconstructionLoss(nn.Module):
         self.class_mode: Literal["masking", "selection", "none"] = class_mode
         self.level: Literal["feature", "cam"] = level
 
+    @override
     def forward(self, cams: Tensor, merged_cams: Tensor, labels: Tensor | None = None) -> Tensor:
         return _puzzle_loss(cams, merged_cams, labels, self.p, self.class_mode, self.level)
 

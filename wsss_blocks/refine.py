@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from ._checks import (
     check_finite,
@@ -168,12 +169,14 @@ class PixelAdaptiveRefine(DilatedNeighbourRefine):
         self.pos_temperature = (None if pos_temperature is None
                                 else check_number(pos_temperature, "pos_temperature", 0.0, strict=True))
 
+    @override
     def affinity_kwargs(self) -> dict[str, Any]:
         t = self.appearance_temperature
         return {"appearance_temperature": t, "appearance_scale": None, "pos_weight": self.pos_weight,
                 "pos_temperature": t if self.pos_temperature is None else self.pos_temperature,
                 "variation_weight": 0.0, "clamp_negative": False, "eps": self.eps}
 
+    @override
     def extra_repr(self) -> str:
         return (f"dilations={self.dilations}, num_iter={self.num_iter}, "
                 f"appearance_temperature={self.appearance_temperature}, pos_weight={self.pos_weight}, "
@@ -221,11 +224,13 @@ class VariationAwareRefine(DilatedNeighbourRefine):
         self.pos_weight = check_number(pos_weight, "pos_weight", 0.0)
         self.pos_temperature = check_number(pos_temperature, "pos_temperature", 0.0, strict=True)
 
+    @override
     def affinity_kwargs(self) -> dict[str, Any]:
         return {"appearance_temperature": None, "appearance_scale": self.appearance_scale,
                 "pos_weight": self.pos_weight, "pos_temperature": self.pos_temperature,
                 "variation_weight": self.variation_weight, "clamp_negative": self.clamp_negative, "eps": self.eps}
 
+    @override
     def extra_repr(self) -> str:
         return (f"dilations={self.dilations}, num_iter={self.num_iter}, appearance_scale={self.appearance_scale}, "
                 f"variation_weight={self.variation_weight}, clamp_negative={self.clamp_negative}, "

@@ -37,8 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import check_choice, check_finite, check_int, check_range, checks_enabled, shape_str
+from wsss_blocks._checks import check_choice, check_finite, check_int, check_range, checks_enabled, shape_str
+
 from . import permutohedral as _pl
 from .pydensecrf_backend import pool_map, pydensecrf_available, pydensecrf_inference
 
@@ -106,8 +108,10 @@ def _as_tensor(x: object, name: str) -> Tensor:
 
 
 def _image_any(image: object, name: str) -> Tensor:
-    """An RGB image by dtype: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` recognised) or float in [0, 1]
-    ``3×H×W`` / ``B×3×H×W`` -> (B, H, W, 3) uint8."""
+    """An RGB image as (B, H, W, 3) uint8, told apart by dtype.
+
+    uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` recognised) or float in [0, 1] ``3×H×W`` / ``B×3×H×W``.
+    """
     img = _as_tensor(image, name)
     shape = tuple(img.shape)
     if img.ndim not in (3, 4):
@@ -131,8 +135,11 @@ def _image_any(image: object, name: str) -> Tensor:
 
 
 def _prepare_image(image01: object, image_uint8: object = None) -> Tensor:
-    """The guide image given as ``image01`` (float RGB in [0, 1], ``3×H×W`` / ``B×3×H×W``) or as ``image_uint8``
-    (``H×W×3`` / ``B×H×W×3`` uint8, as loaded; ``B×3×H×W`` recognised), exactly one -> (B, H, W, 3) uint8."""
+    """The guide image as (B, H, W, 3) uint8, from exactly one of ``image01`` and ``image_uint8``.
+
+    ``image01``: float RGB in [0, 1], ``3×H×W`` / ``B×3×H×W``; ``image_uint8``: ``H×W×3`` / ``B×H×W×3`` uint8, as
+    loaded (``B×3×H×W`` recognised).
+    """
     if (image01 is None) == (image_uint8 is None):
         raise ValueError("give the image either as image01 (float RGB in [0, 1]) or as image_uint8 (uint8 "
                          "0..255), exactly one of them")
@@ -495,8 +502,10 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def from_config(cls, params: Mapping[str, Any] | None = None) -> DenseCRF:
-        """A CRF from a config mapping: an optional ``preset`` name plus :class:`DenseCRF` arguments that override
-        it (no ``preset``: the arguments alone). This is how the trainer's ``crf_params`` keys are read.
+        """A CRF from a config mapping (the trainer's ``crf_params`` keys).
+
+        The mapping holds an optional ``preset`` name plus :class:`DenseCRF` arguments that override it (no
+        ``preset``: the arguments alone).
 
         Examples:
             >>> DenseCRF.from_config({"preset": "smaf", "backend": "torch"}).bi_xy
@@ -629,6 +638,7 @@ class DenseCRF(nn.Module):
         return pool_map(prepared(), self._params(), processes=processes, chunksize=chunksize,
                         labels_only=labels_only)
 
+    @override
     def extra_repr(self) -> str:
         return (f"iterations={self.iterations}, pos_w={self.pos_w:g}, pos_xy={self.pos_xy:g}, bi_w={self.bi_w:g}, "
                 f"bi_xy={self.bi_xy:g}, bi_rgb={self.bi_rgb:g}, backend={self.backend!r}, "

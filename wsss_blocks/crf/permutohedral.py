@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice
+from wsss_blocks._checks import check_choice
 
 __all__ = [
     "PermutohedralLattice",
@@ -92,11 +92,14 @@ class PermutohedralLattice:
 
     @property
     def num_pixels(self) -> int:
+        """Number of pixels (feature vectors) splatted onto the lattice."""
         return int(self.offsets.shape[0])
 
     def repeat(self, n: int) -> PermutohedralLattice:
-        """The lattice of ``n`` copies of the same feature set (image-major), e.g. one position grid for a
-        batch; identical to building it from the repeated features, without redoing the work."""
+        """The lattice of ``n`` copies of the same feature set (image-major), e.g.
+
+        one position grid for a batch; identical to building it from the repeated features, without redoing the work.
+        """
         if n == 1:
             return self
         m, p = self.num_points, self.num_pixels

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import require
+from wsss_blocks._checks import require
 
 __all__ = ["pydensecrf_available", "pydensecrf_inference", "pool_map", "NORMALIZATION_NAMES"]
 

@@ -1,5 +1,6 @@
-"""VOC-format data for WSSS: readers (VOC 2012, COCO 2014), a synthetic VOC-format dataset,
-joint transforms and atomic label/image IO.
+"""VOC-format data for WSSS.
+
+Readers (VOC 2012, COCO 2014), a synthetic VOC-format dataset, joint transforms and atomic label/image IO.
 
 PIL is needed to read and write files (the ``train`` extra); it is imported lazily, so importing
 this package only needs torch and numpy.

@@ -130,7 +130,7 @@ def as_disk_full(exc: BaseException, path: PathLike) -> DiskFullError | None:
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
                  fsync: bool = True) -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it to ``path``.
+    r"""Open a temporary file next to ``path``; on success fsync it and rename it to ``path``.
 
     The temporary file lives in the same folder (same file system), so the final ``os.replace`` is
     atomic: readers see either the old file or the complete new one, never a partial write. If the
@@ -155,9 +155,9 @@ def atomic_write(path: PathLike, mode: str = "wb", *, make_parents: bool = True,
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "list.txt")
         >>> with atomic_write(p, "w") as f:
-        ...     _ = f.write("2007_000032\\n")
+        ...     _ = f.write("2007_000032\n")
         >>> open(p).read()
-        '2007_000032\\n'
+        '2007_000032\n'
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")

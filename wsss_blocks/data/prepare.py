@@ -55,8 +55,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from .. import hub
-from .._checks import check_choice, check_int
+from wsss_blocks import hub
+from wsss_blocks._checks import check_choice, check_int
+
 from .coco import COCO_NUM_CLASSES, coco_id_to_contiguous
 from .io import atomic_write, load_label_png, save_label_png
 from .voc import (
@@ -546,7 +547,7 @@ def read_sbd_mat(path: PathLike) -> np.ndarray:
         >>> read_sbd_mat(p).tolist()
         [[0, 15], [15, 0]]
     """
-    from .._checks import require
+    from wsss_blocks._checks import require
 
     sio = require("scipy.io", "train", "reading SBD .mat files")
     p = Path(path)
@@ -568,7 +569,7 @@ def read_sbd_mat(path: PathLike) -> np.ndarray:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image from its header."""
-    from .._checks import require
+    from wsss_blocks._checks import require
 
     Image = require("PIL.Image", "train", "reading images")
     with Image.open(path) as im:
@@ -873,7 +874,7 @@ _CONVENTIONS = ("coco2voc", "recam")
 
 
 def _mask_utils() -> Any:
-    from .._checks import require
+    from wsss_blocks._checks import require
 
     return require("pycocotools.mask", "coco", "rendering COCO masks")
 

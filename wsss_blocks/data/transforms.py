@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from wsss_blocks._checks import check_pair, check_positive, check_tensor
 
@@ -110,10 +111,12 @@ class JointTransform:
         return generator if generator is not None else self.generator
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        """Apply the transform to a copy of ``sample`` (``generator`` overrides the one given at construction)."""
         _check_sample(sample)
         return self.apply(dict(sample), self._gen(generator))
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:  # pragma: no cover
+        """Transform ``sample`` in place and return it (subclasses implement this)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -152,8 +155,11 @@ def _set_geometry(sample: Sample, values: list[int]) -> None:
 
 
 def _geom_resize(sample: Sample, size: tuple[int, int]) -> None:
-    """Record a resize of the current image to ``size`` (only before any crop: a crop followed by a resize is
-    not expressible as one resize + flip + crop of the original)."""
+    """Record a resize of the current image to ``size``.
+
+    Only before any crop: a crop followed by a resize is not expressible as one resize + flip + crop of the
+    original.
+    """
     g = _geometry(sample)
     if g is None:
         return
@@ -261,6 +267,7 @@ class RecordGeometry(JointTransform):
         (9, [2, 3, 2, 3, 1])
     """
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         sample["geom"] = identity_geometry(sample["image"])
         return sample
@@ -286,6 +293,7 @@ class Compose(JointTransform):
         self.transforms = list(transforms)
         self.record_geometry = bool(record_geometry)
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if self.record_geometry and sample.get("geom") is None:
             sample["geom"] = identity_geometry(sample["image"])
@@ -362,6 +370,7 @@ class RandomRescale(JointTransform):
         self.interpolation = interpolation
         self.antialias = antialias
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if self.scales is not None:
             i = int(torch.randint(len(self.scales), (), generator=generator))
@@ -376,8 +385,10 @@ class RandomRescale(JointTransform):
 
 
 class _RandomResizeSide(JointTransform):
-    """Resize so that one side (``"long"`` or ``"short"``) is a random integer in ``[low, high]``, keeping the
-    aspect ratio (shared by :class:`RandomResizeLong` and :class:`RandomResizeShort`)."""
+    """Resize so that one side (``"long"`` or ``"short"``) is a random integer in ``[low, high]``.
+
+    The aspect ratio is kept (shared by :class:`RandomResizeLong` and :class:`RandomResizeShort`).
+    """
 
     side = "long"
 
@@ -456,6 +467,7 @@ class RandomCrop(JointTransform):
         self.pad_mask_value = int(pad_mask_value)
         self.pad_saliency_value = float(pad_saliency_value)
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         ch, cw = self.size
         h, w = sample["image"].shape[-2:]
@@ -492,6 +504,7 @@ class RandomHorizontalFlip(JointTransform):
             raise ValueError(f"p must lie in [0, 1], got {p}")
         self.p = float(p)
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if float(torch.rand((), generator=generator)) >= self.p:
             return sample
@@ -592,6 +605,7 @@ class ColorJitter(JointTransform):
             raise ValueError(f"{name} range must satisfy 0 <= low <= high, got ({lo}, {hi})")
         return lo, hi
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         img = sample["image"]
         if not img.is_floating_point() or img.shape[-3] != 3:
@@ -639,6 +653,7 @@ class Normalize(JointTransform):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         img = sample["image"]
         if img.shape[-3] != len(self.mean):
@@ -702,6 +717,7 @@ class Resize(JointTransform):
         self.interpolation = interpolation
         self.antialias = antialias
 
+    @override
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if tuple(sample["image"].shape[-2:]) == self.size:
             return sample

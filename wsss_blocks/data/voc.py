@@ -71,10 +71,10 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def class_names_file(dataset: str) -> Path:
-    """Path of the packaged class-name list (one name per line) for ``"voc"`` or ``"coco"``.
+    r"""Path of the packaged class-name list (one name per line) for ``"voc"`` or ``"coco"``.
 
     Examples:
-        >>> class_names_file("voc").read_text().split("\\n")[0]
+        >>> class_names_file("voc").read_text().split("\n")[0]
         'aeroplane'
     """
     files = {"voc": "voc_classes.txt", "coco": "coco_classes.txt"}

@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import require
+from wsss_blocks._checks import require
+
 from .registry import KeyMap, backbone_entry, get_key_map, register_key_map, registered_backbones
 from .state_dict import is_random_init, read_checkpoint
 
@@ -53,9 +55,10 @@ logger = logging.getLogger(__name__)
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
                     ) -> dict[str, Tensor]:
-    """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``),
-    a weights-registry name, or pass a mapping through, unwrapping the usual containers and stripping
-    DataParallel ``module.``.
+    """Read a state dict from a local file or a weights-registry name, or pass a mapping through.
+
+    Files: ``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``. The usual containers are unwrapped
+    and DataParallel's ``module.`` is stripped.
 
     A string that is not an existing file but a registry name (``wsss-blocks weights list``) is resolved to its
     verified file in the cache, which is downloaded first if needed
@@ -90,8 +93,9 @@ _DEEPLAB_BRANCH = {"reduce": "1", "conv3x3": "2", "increase": "3"}
 
 
 def deeplab_pytorch_key_map(key: str, *, prefix: str = "", head_prefix: str | None = None) -> str | None:
-    """Map kazuto1011/deeplab-pytorch ResNet-101 keys (``deeplabv1_resnet101-coco.pth``,
-    ``deeplabv2_resnet101_msc-vocaug-20000.pth``) to torchvision ResNet keys.
+    """Map kazuto1011/deeplab-pytorch ResNet-101 keys to torchvision ResNet keys.
+
+    For ``deeplabv1_resnet101-coco.pth`` and ``deeplabv2_resnet101_msc-vocaug-20000.pth``.
 
     ``layer1.conv1.{conv,bn}`` -> ``conv1``/``bn1``; ``layer{L}.block{B}.{reduce,conv3x3,increase}.{conv,bn}``
     -> ``layer{L-1}.{B-1}.{conv,bn}{1,2,3}``; ``shortcut`` (older releases: ``proj``) -> ``downsample.{0,1}``;
@@ -130,8 +134,7 @@ register_key_map("deeplab_pytorch", deeplab_pytorch_key_map)
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LoadReport:
-    """What `load_pretrained` did. ``str(report)`` gives a one-paragraph summary, `lines` one line
-    per key.
+    """What `load_pretrained` did. ``str(report)`` gives a one-paragraph summary, `lines` one line per key.
 
     Attributes:
         loaded: model keys that received a checkpoint tensor.
@@ -152,8 +155,11 @@ class LoadReport:
     reasons: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        """Every key with what happened to it: ``loaded  ck -> model``, ``dropped  ck (reason)``,
-        ``ignored  ck (reason)`` and ``missing  model_key (reason)``."""
+        """Every key with what happened to it.
+
+        ``loaded  ck -> model``, ``dropped  ck (reason)``, ``ignored  ck (reason)`` and
+        ``missing  model_key (reason)``.
+        """
         back = {v: k for k, v in self.renamed.items()}
         out = [f"loaded   {back.get(k, k)} -> {k}" for k in self.loaded]
         out += [f"dropped  {k} ({self.reasons.get(k, 'dropped by the key map')})" for k in self.dropped]
@@ -313,8 +319,9 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def set_bn_eval(module: nn.Module, freeze_affine: bool = True) -> nn.Module:
-    """Put every BatchNorm layer of ``module`` in eval mode (running statistics are used and not updated)
-    and, with ``freeze_affine``, stop gradients to their weight and bias. Call it after ``model.train()``.
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics used, not updated).
+
+    With ``freeze_affine``, gradients to their weight and bias stop too. Call it after ``model.train()``.
 
     This is the "frozen BN" of PSA/SEAM/L2G/EPS (ResNet-38) and of deeplab-pytorch (``freeze_bn``).
 
@@ -388,6 +395,7 @@ class TinyBackbone(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         feats, x = [], images
         for stage in self.stages:
@@ -500,6 +508,7 @@ class TorchvisionResNet(nn.Module):
             for blk in layer:
                 blk.conv2.dilation = blk.conv2.padding = (dilation, dilation)
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         feats = []
@@ -564,6 +573,7 @@ class TimmBackbone(nn.Module):
         self.out_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
         self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         out = self.body(images)
         if isinstance(out, Mapping):

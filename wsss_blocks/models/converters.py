@@ -284,8 +284,9 @@ _BRANCH = {"1": "shortcut", "2a": "reduce", "2b": "conv3x3", "2c": "increase"}
 
 
 def caffe_to_deeplab_name(layer: str) -> str | None:
-    """The deeplab-pytorch module name of an MSRA/DeepLab ResNet-101 caffe layer (``convert.py``
-    ``translate_layer_name``), or ``None`` for a name it does not translate.
+    """The deeplab-pytorch module name of an MSRA/DeepLab ResNet-101 caffe layer.
+
+    As ``convert.py`` ``translate_layer_name``; ``None`` for a name it does not translate.
 
     ``conv1`` -> ``layer1.conv1.conv``; ``bn_conv1`` -> ``layer1.conv1.bn``; ``res3b2_branch2b`` ->
     ``layer3.block3.conv3x3.conv``; ``bn4a_branch1`` -> ``layer4.block1.shortcut.bn``; ``fc1_voc12_c0`` ->

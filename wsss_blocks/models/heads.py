@@ -17,9 +17,10 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import check_tensor, shape_str
-from ..cam import cam_from_features
+from wsss_blocks._checks import check_tensor, shape_str
+from wsss_blocks.cam import cam_from_features
 
 __all__ = ["global_pool", "CAMHead", "ASPPv2", "SegFormerHead", "DeepLabV3PlusHead"]
 
@@ -101,6 +102,7 @@ class CAMHead(nn.Module):
         if init == "xavier":
             nn.init.xavier_uniform_(self.classifier.weight)
 
+    @override
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         check_tensor(features, "features", 4, layout="B×D×h×w", floating=True)
         if features.shape[1] != self.in_channels:
@@ -146,6 +148,7 @@ class ASPPv2(nn.Module):
             nn.init.zeros_(cast(Tensor, m.bias))
         self.convs = nn.ModuleList(convs)
 
+    @override
     def forward(self, features: Tensor) -> Tensor:
         out = self.convs[0](features)
         for conv in self.convs[1:]:
@@ -213,6 +216,7 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
 
+    @override
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) != 4:
             raise ValueError(f"features must be a list of 4 maps, got {len(features)}")
@@ -280,6 +284,7 @@ class DeepLabV3PlusHead(nn.Module):
                                  _ConvBNReLU(aspp_channels, aspp_channels, 3, 1),
                                  nn.Conv2d(aspp_channels, num_classes, 1))
 
+    @override
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) < 2:
             raise ValueError(f"features must hold a low-level and a high-level map, got {len(features)}")

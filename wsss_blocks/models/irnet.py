@@ -17,8 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import check_int, check_tensor, require, shape_str
+from wsss_blocks._checks import check_int, check_tensor, require, shape_str
+
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 
 __all__ = ["BoundaryHead", "IRNet", "irnet_key_map"]
@@ -72,6 +74,7 @@ class BoundaryHead(nn.Module):
         self.fc_edge6 = nn.Conv2d(5 * mid_channels, 1, 1, bias=True)
         self.in_channels = chans
 
+    @override
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) != 5:
             raise ValueError(f"features must hold the 5 stage maps, got {len(features)}")
@@ -176,6 +179,7 @@ class IRNet(nn.Module):
         """
         return load_pretrained(self, source, irnet_key_map, strict=strict, allow_missing=("edge.",))
 
+    @override
     def train(self, mode: bool = True) -> IRNet:
         super().train(mode)
         self.resnet50.eval()  # FixedBatchNorm and a frozen backbone, as released
@@ -192,6 +196,7 @@ class IRNet(nn.Module):
             x5 = r.layer4(x4)
         return [x.detach() for x in (x1, x2, x3, x4, x5)]
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         if images.shape[1] != 3:

@@ -20,9 +20,11 @@ from typing import Any, Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import check_positive, check_tensor
-from ..cam import cam_from_features
+from wsss_blocks._checks import check_positive, check_tensor
+from wsss_blocks.cam import cam_from_features
+
 from .backbones import (
     TinyBackbone,
     build_backbone,
@@ -106,6 +108,7 @@ class CAMNet(nn.Module):
         self.head = CAMHead(_channels(self.backbone)[feature_index], num_classes, pooling=pooling,
                             dropout=dropout, hidden_channels=hidden_channels, init=init)
 
+    @override
     def forward(self, images: Tensor) -> dict[str, Any]:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         maps = self.backbone(images)
@@ -119,8 +122,10 @@ class CAMNet(nn.Module):
 
 
 class SMAFNet(nn.Module):
-    """SMAF's classification network (``bupt-ai-cz/SMAF`` ``models/EPS.py``): backbone + ``cov_feat`` (1×1, no
-    bias) → BN → ReLU → ``fc8`` (1×1, no bias) with C + 1 outputs, background last; logits = GAP of the maps.
+    """SMAF's classification network (``bupt-ai-cz/SMAF`` ``models/EPS.py``).
+
+    Backbone + ``cov_feat`` (1×1, no bias) → BN → ReLU → ``fc8`` (1×1, no bias) with C + 1 outputs, background
+    last; logits = GAP of the maps.
 
     ``head="eps"`` is the official EPS head (``halbielee/EPS`` ``network/resnet38_eps.py``: a single bias-free 1×1
     conv ``fc8``), for EPS checkpoints. Initialisation as released: Xavier-uniform ``cov_feat`` and ``fc8``.
@@ -162,6 +167,7 @@ class SMAFNet(nn.Module):
             x = F.relu(self.bn(self.cov_feat(x)))
         return self.fc8(x)
 
+    @override
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         cams = self.cam_logits(images)
         return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
@@ -228,7 +234,8 @@ class DeepLabV2(nn.Module):
     def load_pretrained(self, source: str | os.PathLike | Mapping[str, Any], strict: bool = True) -> Any:
         """Load torchvision or deeplab-pytorch weights (backbone, and ASPP when the checkpoint has it).
 
-        A checkpoint whose ASPP has another class count is rejected with a clear error."""
+        A checkpoint whose ASPP has another class count is rejected with a clear error.
+        """
 
         def key_map(k: str) -> str | None:
             if k.startswith("fc."):
@@ -244,12 +251,14 @@ class DeepLabV2(nn.Module):
 
         return load_pretrained(self, source, key_map, strict=strict, allow_missing=("head.",))
 
+    @override
     def train(self, mode: bool = True) -> DeepLabV2:
         super().train(mode)
         if self.freeze_bn:
             set_bn_eval(self)
         return self
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         return self.head(self.backbone(images)[-1])
@@ -257,8 +266,9 @@ class DeepLabV2(nn.Module):
 
 def msc_forward(model: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float] = (0.5, 0.75)
                 ) -> list[Tensor]:
-    """DeepLab-v2 multi-scale inputs (deeplab-pytorch ``MSC``): logits at 1× and at each scale, plus their
-    pixel-wise max.
+    """DeepLab-v2 multi-scale inputs (deeplab-pytorch ``MSC``).
+
+    Logits at 1× and at each scale, plus their pixel-wise max.
 
     Each scaled input is made with bilinear ``F.interpolate(scale_factor=s, align_corners=False)``; the
     scaled logits are bilinearly resized to the 1× logits' size only for the max fusion. Training sums the
@@ -354,6 +364,7 @@ class SegFormer(nn.Module):
                 self.attn_proj = nn.Conv2d(n_attn, 1, 1, bias=True)
                 nn.init.kaiming_normal_(self.attn_proj.weight, a=5 ** 0.5, mode="fan_out")
 
+    @override
     def forward(self, images: Tensor, return_attn: bool = False) -> dict[str, Any]:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         want_attn = bool(return_attn)
@@ -411,6 +422,7 @@ class DeepLabV3Plus(nn.Module):
                                       num_classes, rates, aspp_channels=aspp_channels,
                                       low_level_reduced=max(4, aspp_channels * 48 // 256))
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         logits = self.head(self.backbone(images))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["PixelCorrelation", "L2GNet", "SEAMNet", "seam_pcm_input"]
 
@@ -72,6 +73,7 @@ class PixelCorrelation(nn.Module):
         b, k, h, w = x.shape
         return torch.bmm(x.float().flatten(2), aff).view(b, k, h, w)
 
+    @override
     def forward(self, x: Tensor, images: Tensor, mid: Tensor, high: Tensor) -> Tensor:
         return self.propagate(x, self.affinity(images, mid, high, (int(x.shape[-2]), int(x.shape[-1]))))
 
@@ -118,6 +120,7 @@ class L2GNet(nn.Module):
         self.pcm_indices = pcm_indices
         self.pcm = PixelCorrelation(chans[pcm_indices[0]], chans[pcm_indices[1]]) if pcm else None
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         maps = self.backbone(images)
         cam = self.fc8(maps[-1])
@@ -133,9 +136,11 @@ class L2GNet(nn.Module):
 
 @torch.no_grad()
 def seam_pcm_input(cam: Tensor) -> Tensor:
-    """The detached map the SEAM PCM propagates: ReLU, divide by the per-map max (+1e-5) after subtracting
-    1e-5, background channel 0 := 1 − max over the foreground, non-max foreground channels := 0
-    (``Eli-YiLi/PMM`` ``network/resnet38_SEAM.py`` ``forward``, as SEAM).
+    """The detached map the SEAM PCM propagates.
+
+    ReLU, divide by the per-map max (+1e-5) after subtracting 1e-5, background channel 0 := 1 − max over the
+    foreground, non-max foreground channels := 0 (``Eli-YiLi/PMM`` ``network/resnet38_SEAM.py`` ``forward``, as
+    SEAM).
 
     Shape:
         - cam: B×K×h×w (channel 0 = background); output: same, in [0, 1]
@@ -182,6 +187,7 @@ class SEAMNet(nn.Module):
         nn.init.xavier_uniform_(self.fc8.weight)
         self.pcm = PixelCorrelation(chans[-3], chans[-2], relu_features=True)
 
+    @override
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         maps = self.backbone(images)
         cam = self.fc8(self.dropout7(maps[-1])).float()

@@ -25,8 +25,9 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from .._checks import check_int, check_pair, check_tensor, shape_str
+from wsss_blocks._checks import check_int, check_pair, check_tensor, shape_str
 
 __all__ = ["ConvModule", "PSPHead", "FCNHead", "PSPNet", "slide_inference"]
 
@@ -50,6 +51,7 @@ class ConvModule(nn.Module):
         nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.activate(self.bn(self.conv(x)))
 
@@ -95,6 +97,7 @@ class PSPHead(nn.Module):
         self.bottleneck = ConvModule(in_channels + len(self.pool_scales) * channels, channels, 3, padding=1)
         self.dropout, self.conv_seg = _classifier(channels, num_classes, dropout)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         outs = [x] + [F.interpolate(m(x), size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
                       for m in self.psp_modules]
@@ -132,6 +135,7 @@ class FCNHead(nn.Module):
                                      for i in range(num_convs)])
         self.dropout, self.conv_seg = _classifier(channels, num_classes, dropout)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         out = self.convs(x)
         if self.dropout is not None:
@@ -242,6 +246,7 @@ class PSPNet(nn.Module):
         aux = self.auxiliary_head(feats[-2]) if self.auxiliary_head is not None else None
         return self.decode_head(feats[-1]), aux
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         return self.decode_head(self.backbone(images)[-1])
@@ -264,7 +269,7 @@ def _window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
 def slide_inference(model: Callable[[Tensor], Tensor], images: Tensor, crop_size: int | Sequence[int] = 512,
                     stride: int | Sequence[int] = 480, num_classes: int | None = None, *,
                     batch_size: int | None = None) -> Tensor:
-    """mmseg's sliding-window inference: average the logits of overlapping crops (``EncoderDecoder.slide_inference``).
+    """Mmseg's sliding-window inference: average the logits of overlapping crops (``EncoderDecoder.slide_inference``).
 
     Windows of ``crop_size`` start every ``stride`` pixels; the last window of a row/column is shifted back to
     end at the image border, and an image smaller than the crop is one window of its own size (no padding).

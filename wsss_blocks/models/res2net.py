@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["Bottle2neck", "Res2Net", "res2net101_v1b"]
 
@@ -67,7 +68,7 @@ class Bottle2neck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  base_width: int = 26, scale: int = 4, stage_first: bool = False, dilation: int = 1) -> None:
         super().__init__()
-        width = int(math.floor(planes * (base_width / 64.0)))
+        width = math.floor(planes * (base_width / 64.0))
         self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
         self.nums = 1 if scale == 1 else scale - 1
@@ -83,6 +84,7 @@ class Bottle2neck(nn.Module):
         self.scale = scale
         self.width = width
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         spx = torch.split(out, self.width, 1)
@@ -203,6 +205,7 @@ class Res2Net(nn.Module):
         kwargs.setdefault("stem_width", 8)
         return cls(**kwargs)
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         outs = []

@@ -41,6 +41,7 @@ from typing import Any
 import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 from .registry import register_backbone, register_key_map
@@ -135,7 +136,7 @@ class ResNet38(nn.Module):
             raise ValueError(f"dropout must hold the two rates of b6 and b7, got {tuple(dropout)}")
 
         def c(n: int) -> int:
-            return max(1, int(round(n * width)))
+            return max(1, round(n * width))
 
         self.width, self.depths = width, depths
         self.conv1a = nn.Conv2d(in_channels, c(64), 3, padding=1, bias=False)
@@ -178,6 +179,7 @@ class ResNet38(nn.Module):
         kwargs.setdefault("depths", (1, 1, 1, 1))
         return cls(**kwargs)
 
+    @override
     def train(self, mode: bool = True) -> ResNet38:
         super().train(mode)
         if self.freeze_bn:
@@ -199,6 +201,7 @@ class ResNet38(nn.Module):
         out["conv6"] = F.relu(self.bn7(x))
         return out
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         d = self.forward_dict(images)
         return [d["conv3"], d["conv4"], d["conv5"], d["conv6"]]
@@ -244,8 +247,11 @@ def mxnet_resnet38_name(key: str) -> str | None:
 
 
 def resnet38_key_map(key: str) -> str | None:
-    """Key map for ResNet-38 checkpoints: MXNet names are translated (see :func:`mxnet_resnet38_name`),
-    converted ``.pth`` names (``b4_5.conv_branch2b1.weight``) pass through unchanged."""
+    """Key map for ResNet-38 checkpoints.
+
+    MXNet names are translated (see :func:`mxnet_resnet38_name`), converted ``.pth`` names
+    (``b4_5.conv_branch2b1.weight``) pass through unchanged.
+    """
     return mxnet_resnet38_name(key)
 
 
@@ -254,8 +260,10 @@ register_key_map("mxnet_resnet38", resnet38_key_map)
 
 
 def seam_resnet38_key_map(key: str) -> str | None:
-    """Key map of SEAM / PMM CAM checkpoints (``resnet38_SEAM.pth``) into a network with ``backbone``
-    (ResNet-38), ``fc8`` and ``pcm`` (``f8_3``, ``f8_4``, ``f9``), such as PMM's ``SEAMNet``.
+    """Key map of SEAM / PMM CAM checkpoints (``resnet38_SEAM.pth``).
+
+    Into a network with ``backbone`` (ResNet-38), ``fc8`` and ``pcm`` (``f8_3``, ``f8_4``, ``f9``), such as
+    PMM's ``SEAMNet``.
 
     The release (Eli-YiLi/PMM ``pipeline/train_cam.py:91-97``) loads the file with ``strict=False`` into
     ``network/resnet38_SEAM.py``'s ``Net``, whose ``fc8``, ``f8_3``, ``f8_4`` and ``f9`` have the same names

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["SCALENET101_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
 
@@ -106,6 +107,7 @@ class SABlock(nn.Module):
         self.conv3 = nn.Conv2d(sum(ch), planes * self.expansion, kernel_size=1, bias=bias)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 1:
             x = F.max_pool2d(x, self.stride, self.stride)
@@ -211,6 +213,7 @@ class ScaleNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @override
     def forward(self, images: Tensor) -> list[Tensor]:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(images))), 3, 2, 1)
         outs = []
@@ -224,9 +227,10 @@ class ScaleNet(nn.Module):
 
 
 def scalenet101(dilations: Sequence[int] = (1, 1, 1, 1), **kwargs: Any) -> ScaleNet:
-    """ScaleNet-101 with the released structure (PMM's CAM network uses dilations (1, 1, 1, 1), its
-    segmentation backbone (1, 1, 2, 4)). Weights (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with
-    `wsss_blocks.models.load_pretrained` without a key map.
+    """ScaleNet-101 with the released structure.
+
+    PMM's CAM network uses dilations (1, 1, 1, 1), its segmentation backbone (1, 1, 2, 4). Weights
+    (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with `wsss_blocks.models.load_pretrained` without a key map.
 
     Examples:
         >>> net = scalenet101()

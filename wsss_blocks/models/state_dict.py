@@ -71,8 +71,10 @@ def is_random_init(pretrained: Any) -> bool:
 
 def read_checkpoint(source: str | os.PathLike | Mapping[str, Any], *, weights_only: bool = True
                     ) -> dict[str, Tensor]:
-    """Read a state dict from a local file (``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``)
-    or pass a mapping through, unwrapping the usual containers and stripping DataParallel ``module.``.
+    """Read a state dict from a local file or pass a mapping through.
+
+    Files: ``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``. The usual containers are unwrapped
+    and DataParallel's ``module.`` is stripped.
 
     MXNet ``.params`` files are read with NumPy alone (`wsss_blocks.models.converters.read_mxnet_params`);
     their names are kept (``arg:res4b5_branch2b1_weight``) for the key maps.

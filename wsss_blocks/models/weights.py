@@ -1,5 +1,4 @@
-"""The weights registry: every released initialisation a packaged config uses, fetched, verified and
-converted by name.
+"""The weights registry: every released initialisation a packaged config uses, fetched, verified and converted by name.
 
 Each `WeightsEntry` names one file (``resnet50-19c8e357.pth``, ``mit_b1.pth``, ...) with where it
 comes from (direct URLs, or an alternative source plus a converter, or only pages a person must open), its
@@ -45,7 +44,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .. import hub
+from wsss_blocks import hub
+
 from .registry import get_key_map
 from .state_dict import is_random_init, read_checkpoint
 
@@ -356,7 +356,7 @@ def recorded_hashes() -> dict[str, dict[str, Any]]:
 
 
 def _write_records(files: Mapping[str, Any]) -> None:
-    from ..data.io import atomic_write
+    from wsss_blocks.data.io import atomic_write
 
     with atomic_write(_records_path(), "w") as f:
         json.dump({"version": 1, "files": dict(files)}, f, indent=1, sort_keys=True)
@@ -460,7 +460,7 @@ def _expected_sha(file_name: str, published: str | None) -> str | None:
 
 
 def _save_state_dict(sd: Mapping[str, Tensor], path: Path) -> None:
-    from ..data.io import atomic_write
+    from wsss_blocks.data.io import atomic_write
 
     with atomic_write(path, "wb") as f:
         torch.save(dict(sd), f)
@@ -778,8 +778,10 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
 
 
 def missing_init_hint(config: Mapping[str, Any], stage: str) -> str:
-    """A note for divergence errors when ``stage`` trains a backbone that has a released initialisation
-    from random weights (``""`` otherwise). ``config`` is the run config as a dict.
+    """A note for divergence errors of a backbone trained from random weights.
+
+    Given when ``stage`` trains a backbone that has a released initialisation from random weights (``""``
+    otherwise). ``config`` is the run config as a dict.
 
     Examples:
         >>> missing_init_hint({"cam": {"backbone": "resnet50", "pretrained": None}}, "cam")[:47]

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .._checks import shape_str
-from ..pseudo_mask import CyclicPseudoMask
+from wsss_blocks._checks import shape_str
+from wsss_blocks.pseudo_mask import CyclicPseudoMask
 
 __all__ = ["RelabelResult", "relabel", "select_checkpoint", "loss_for_round"]
 
@@ -84,7 +84,7 @@ def relabel(
         >>> sorted(p.name for p in res.out_root.iterdir()), res.written
         (['img0.png'], 1)
     """
-    from ..data.io import save_label_png
+    from wsss_blocks.data.io import save_label_png
 
     if out_root is None:
         if old_root is None:
@@ -148,7 +148,7 @@ def _iter_pending(dataset: Iterable[Mapping[str, Any]], out: Path, overwrite: bo
             if (out / f"{name}.png").exists():
                 yield None
             else:
-                yield dataset[i]  # type: ignore[index]
+                yield dataset[i]
     else:
         yield from dataset
 
@@ -186,7 +186,7 @@ def loss_for_round(round_index: int, dataset: Literal["voc", "coco"] = "voc", we
         >>> loss_for_round(1).mode is None
         True
     """
-    from ..losses import PretendedUnderFittingLoss
+    from wsss_blocks.losses import PretendedUnderFittingLoss
 
     if round_index < 0:
         raise ValueError(f"round_index must be >= 0, got {round_index}")

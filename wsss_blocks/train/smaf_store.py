@@ -81,21 +81,22 @@ class FusedMapStore:
 
     def write_meta(self) -> None:
         """Write ``meta.json`` (atomically) unless it exists."""
-        from ..data.io import atomic_write
+        from wsss_blocks.data.io import atomic_write
 
         if not (self.folder / "meta.json").is_file():
             with atomic_write(self.folder / "meta.json", "w", fsync=False) as f:
                 f.write(json.dumps(self.meta, indent=1))
 
     def fill(self, dataset: Any, indices: Sequence[int], fuse: FuseFn, device: torch.device, batch_size: int = 1,
-             progress: Callable[[int], None] | None = None) -> int:
+             progress: Callable[[int], object] | None = None) -> int:
         """Compute and write the maps of ``indices`` that are not on disk yet (this process only, no barrier).
 
         Consecutive images of equal size are fused in batches of up to ``batch_size``; ``dataset[i]`` must give
         ``name``, ``image`` (3×H×W in [0, 1]) and ``labels`` (C multi-hot). ``progress(n)`` is called after
         every ``n`` images written. Returns the number of maps written.
         """
-        from ..data.io import atomic_write
+        from wsss_blocks.data.io import atomic_write
+
         from .datasets import iter_inference_batches
         from .distributed import DistEnv
 

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..._checks import check_int
-from ...cam import cams_to_mask
-from ...models import set_bn_eval
+from wsss_blocks._checks import check_int
+from wsss_blocks.cam import cams_to_mask
+from wsss_blocks.models import set_bn_eval
 
 __all__ = ["CAMMethod", "PhaseContext", "NoConfig"]
 
@@ -127,8 +127,11 @@ class CAMMethod(nn.Module):
         return bool(getattr(self.cfg, "freeze_bn", False))
 
     def train(self, mode: bool = True) -> CAMMethod:
-        """Set train/eval mode; with :attr:`freeze_bn` every BatchNorm stays in eval mode (running statistics
-        used, not updated) with frozen affine parameters, the "frozen BN" of PSA/SEAM/IRN."""
+        """Set train/eval mode, keeping BatchNorm frozen with :attr:`freeze_bn`.
+
+        With :attr:`freeze_bn` every BatchNorm stays in eval mode (running statistics used, not updated) with
+        frozen affine parameters, the "frozen BN" of PSA/SEAM/IRN.
+        """
         super().train(mode)
         if self.freeze_bn:
             set_bn_eval(self)
@@ -160,7 +163,7 @@ class CAMMethod(nn.Module):
         ``backbone`` or ``encoder`` (at any depth) counts as pretrained. The poly schedule multiplies each
         group's ``lr_mult`` by ``base_lr * (1 - step/total) ** power``.
         """
-        from ...models import param_groups
+        from wsss_blocks.models import param_groups
 
         prefixes = tuple(f"{n}." for n, _ in self.named_modules()
                          if n and n.rsplit(".", 1)[-1] in ("backbone", "encoder"))
@@ -203,7 +206,7 @@ class CAMMethod(nn.Module):
     @classmethod
     def make_config(cls, args: Mapping[str, Any] | None = None) -> Any:
         """Validate a ``method_args`` mapping against :attr:`Config` (unknown keys -> ConfigError)."""
-        from ..config import from_dict
+        from wsss_blocks.train.config import from_dict
 
         if not dataclasses.is_dataclass(cls.Config):
             raise TypeError(f"{cls.__name__}.Config must be a dataclass")

@@ -10,12 +10,14 @@ class c is ``relu(w_c · f)`` per scale; the seeds use a constant background sco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ...models import CAMNet, set_bn_eval
+from wsss_blocks.models import CAMNet, set_bn_eval
+
 from . import register_method
 from .base import CAMMethod
 
@@ -89,7 +91,7 @@ class BaselineCAM(CAMMethod):
 
     name = "baseline"
     Config = BaselineConfig
-    paper_numbers = {"cam_miou": 48.8, "pseudo_miou": None, "val_miou": None}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": 48.8, "pseudo_miou": None, "val_miou": None}
     paper_source = ("IRN (CVPR'19) CAM seeds, ResNet-50, VOC train, bg 0.15. IRN's 66.3 pseudo "
                     "/ 63.5 val need its random walk, which this baseline leaves out.")
 
@@ -103,16 +105,19 @@ class BaselineCAM(CAMMethod):
             set_bn_eval(self.net)
 
 
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         logits = self.net(batch["image"])["logits"]
         loss = F.multilabel_soft_margin_loss(logits.float(), batch["labels"].float())
         return {"loss": loss}
 
+    @override
     def cam_fn(self, images: Tensor) -> Tensor:
         return F.relu(self.net.cams(images))
 
+    @override
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from ...models import param_groups
+        from wsss_blocks.models import param_groups
 
         # IRN: backbone 1x, classifier 10x, weight decay on both (no biases: the classifier is bias-free and
         # BN is frozen); biases of other backbones follow the PSA 2x convention.

@@ -26,13 +26,15 @@ background argmax (``gen_gt.py``, ``thr = 0.25``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
-from ...local_global import LocalPatchSampler, LocalToGlobalTransfer
-from ...models import L2GNet, build_frozen_backbone, set_bn_eval
+from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer
+from wsss_blocks.models import L2GNet, build_frozen_backbone, set_bn_eval
+
 from . import register_method
 from .base import CAMMethod
 
@@ -111,9 +113,11 @@ class L2GMethod(CAMMethod):
     name = "l2g"
     Config = L2GConfig
     cfg: L2GConfig
-    paper_numbers = {"cam_miou": None, "pseudo_miou": None, "val_miou": 72.1}
-    paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 72.1},
-                                "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 44.2}}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": None, "val_miou": 72.1}
+    paper_numbers_by_dataset: ClassVar[dict[str, dict[str, float | None]]] = {
+        "voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 72.1},
+        "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 44.2},
+    }
     paper_source = ("L2G (CVPR'22) abstract/README: VOC val 72.1 (test 71.7), COCO val 44.2, DeepLab-v2 R101 with "
                     "saliency and CRF. Pseudo-label mIoU is not verified from the paper (issue #36 "
                     "reproduces 71.7 on VOC train at bg 0.25), so it is not listed.")
@@ -175,6 +179,7 @@ class L2GMethod(CAMMethod):
         cls_global = F.multilabel_soft_margin_loss(L2GNet.logits(global_maps), labels)
         return {"cls_local": cls_local, "kt": kt, "cls_global": cls_global}
 
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         parts = self.losses(batch)
         loss = parts["cls_local"] + parts["kt"]
@@ -183,6 +188,7 @@ class L2GMethod(CAMMethod):
         return {"loss": loss, "loss_cls_local": parts["cls_local"].detach(), "loss_kt": parts["kt"].detach(),
                 "loss_cls_global": parts["cls_global"].detach()}
 
+    @override
     def cam_fn(self, images: Tensor) -> Tensor:
         cams = self.global_net(images)[:, :-1]
         return F.relu(cams) if self.cfg.relu_per_scale else cams

@@ -28,18 +28,20 @@ and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
-from ...cam import normalize_cams
-from ...crf import DenseCRF
-from ...losses import adaptive_min_pooling_loss
-from ...models import SEAMNet, build_frozen_backbone, is_random_init, load_pretrained, set_bn_eval
-from ...models.resnet38 import SEAM_LOAD_REASONS
-from ...pseudo_mask import PPMG_CRF, proportional_pseudo_mask
+from wsss_blocks.cam import normalize_cams
+from wsss_blocks.crf import DenseCRF
+from wsss_blocks.losses import adaptive_min_pooling_loss
+from wsss_blocks.models import SEAMNet, build_frozen_backbone, is_random_init, load_pretrained, set_bn_eval
+from wsss_blocks.models.resnet38 import SEAM_LOAD_REASONS
+from wsss_blocks.pseudo_mask import PPMG_CRF, proportional_pseudo_mask
+
 from . import register_method
 from .base import CAMMethod
 
@@ -131,9 +133,11 @@ class PMMMethod(CAMMethod):
     name = "pmm"
     Config = PMMConfig
     cfg: PMMConfig
-    paper_numbers = {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0}
-    paper_numbers_by_dataset = {"voc": {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0},
-                                "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.2}}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0}
+    paper_numbers_by_dataset: ClassVar[dict[str, dict[str, float | None]]] = {
+        "voc": {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0},
+        "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.2},
+    }
     paper_source = ("PMM (ICCV'21): CAM 53.93 = ResNet-38d multi-crop test (Table 1 via issue #7), PPMG 61.49 on VOC "
                     "*val* (Table 2 via issue #13), val 70.0 = Res2Net-101 PSPNet (abstract; ResNet-38 PSPNet 68.5); "
                     "COCO val 40.2")
@@ -198,6 +202,7 @@ class PMMMethod(CAMMethod):
 
         return {"cls": (cls1 + cls2) / 2, "minpool": (minp1 + minp2) / 2, "er": loss_er, "ecr": ecr1 + ecr2}
 
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         c = self.cfg
         p = self.losses(batch)
@@ -205,11 +210,13 @@ class PMMMethod(CAMMethod):
         return {"loss": loss, "loss_cls": p["cls"].detach(), "loss_minpool": p["minpool"].detach(),
                 "loss_er": p["er"].detach(), "loss_ecr": p["ecr"].detach()}
 
+    @override
     def cam_fn(self, images: Tensor) -> Tensor:
         cam, rv = self.net(images)
         out = rv if self.cfg.cam_source == "pcm" else cam
         return F.relu(out[:, 1:])
 
+    @override
     def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
         c = self.cfg
         return proportional_pseudo_mask(cams.float().clamp(0.0, 1.0), labels, image01.float().clamp(0.0, 1.0),

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ...models import build_backbone, set_bn_eval
-from ...patch_learning import PatchLearning, ProgressiveSchedule, backbone_stages
+from wsss_blocks.models import build_backbone, set_bn_eval
+from wsss_blocks.patch_learning import PatchLearning, ProgressiveSchedule, backbone_stages
+
 from . import register_method
 from .base import CAMMethod
 
@@ -42,8 +44,10 @@ __all__ = ["PPLConfig", "PPLMethod", "stage_list"]
 
 
 def stage_list(backbone: nn.Module) -> list[nn.Module]:
-    """Ordered stages of a backbone: ``TinyBackbone.stages``, or ``[stem, layer1..layer4]`` of a ResNet / timm
-    ``stem`` + ``stages`` model (:func:`wsss_blocks.patch_learning.backbone_stages`)."""
+    """Ordered stages of a backbone (:func:`wsss_blocks.patch_learning.backbone_stages`).
+
+    ``TinyBackbone.stages``, or ``[stem, layer1..layer4]`` of a ResNet / timm ``stem`` + ``stages`` model.
+    """
     st = getattr(backbone, "stages", None)
     if isinstance(st, (nn.ModuleList, nn.Sequential)) and not hasattr(backbone, "stem"):
         return list(st)
@@ -115,8 +119,10 @@ class PPLMethod(CAMMethod):
     name = "ppl"
     Config = PPLConfig
     cfg: PPLConfig
-    paper_numbers = {"cam_miou": None, "pseudo_miou": None, "val_miou": None}
-    paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": None}}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": None, "val_miou": None}
+    paper_numbers_by_dataset: ClassVar[dict[str, dict[str, float | None]]] = {
+        "voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": None},
+    }
     paper_source = ("PPL (TMM'22) abstract: VOC *test* 69.6 mIoU only; val, CAM and pseudo-mask numbers and COCO "
                     "are not public without the PDF. No released code: the recipe is inferred.")
     cam_normalization = "max"
@@ -193,6 +199,7 @@ class PPLMethod(CAMMethod):
         return (self.points[int(self.stage_index)],)
 
     # ------------------------------------------------------------------ trainer interface
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         x = self._pad(batch["image"])
         y = batch["labels"].float()
@@ -214,6 +221,7 @@ class PPLMethod(CAMMethod):
             out_d[f"loss_s{p}"] = v.detach()
         return out_d
 
+    @override
     def cam_fn(self, images: Tensor) -> Tensor:
         H, W = images.shape[-2:]
         out = self.net(self._pad(images), insert_after=self.current_points())
@@ -222,8 +230,9 @@ class PPLMethod(CAMMethod):
         h, w = math.ceil(H / self.out_stride), math.ceil(W / self.out_stride)
         return F.relu(cams[..., :h, :w])
 
+    @override
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from ...models import param_groups
+        from wsss_blocks.models import param_groups
 
         return param_groups(self, base_lr, weight_decay=weight_decay, head_lr_mult=self.cfg.head_lr_mult,
                             backbone_prefixes=("net.stages.",))

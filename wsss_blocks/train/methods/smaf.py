@@ -48,17 +48,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
-from ...data.normalization import Normalization, data_normalization
-from ...losses import eps_saliency_loss
-from ...models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
-from ...multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_mask, smaf_target
-from ..smaf_store import FusedMapStore
+from wsss_blocks.data.normalization import Normalization, data_normalization
+from wsss_blocks.losses import eps_saliency_loss
+from wsss_blocks.models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
+from wsss_blocks.multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_mask, smaf_target
+from wsss_blocks.train.smaf_store import FusedMapStore
+
 from . import register_method
 from .base import CAMMethod, PhaseContext
 
@@ -181,7 +183,7 @@ class SMAFMethod(CAMMethod):
     Config = SMAFConfig
     phases = ("eps", "self_train")
     cam_normalization = "max"
-    paper_numbers = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
     paper_source = ("SMAF (arXiv'23) abstract: VOC val 72.4 (test 72.4), DeepLab-v2 R101, EPS saliency; pseudo "
                     "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the committed evalue_crf.out "
                     ". No CAM-only number is reported.")
@@ -213,7 +215,7 @@ class SMAFMethod(CAMMethod):
         self._phase = "eps"
         self._jitter: Any = None
         if c.eps_color_jitter is not None:
-            from ...data.transforms import ColorJitter
+            from wsss_blocks.data.transforms import ColorJitter
 
             bri, con, sat, hue = c.eps_color_jitter
             self._jitter = ColorJitter(bri, con, sat, hue)
@@ -227,20 +229,25 @@ class SMAFMethod(CAMMethod):
             set_bn_eval(self.net)
 
     # ----------------------------------------------------------------------------------------- structure
+    @override
     def train(self, mode: bool = True) -> SMAFMethod:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
         return self
 
+    @override
     def phase_steps(self, phase: str, default_steps: int) -> int:
         v = self.cfg.eps_steps if phase == "eps" else self.cfg.self_train_steps
         return default_steps if v is None else int(v)
 
     def on_phase_start(self, ctx: PhaseContext) -> None:
-        """``"eps"``: nothing to build. ``"self_train"``: freeze a copy of the network as the teacher and, with
-        ``target_mode: offline`` on a fresh (not resuming) phase, store its fused map of every training image
-        (:meth:`precompute_fused_maps`; all ranks take part under DDP)."""
+        """``"eps"``: nothing to build.
+
+        ``"self_train"``: freeze a copy of the network as the teacher and, with ``target_mode: offline`` on a fresh (not
+        resuming) phase, store its fused map of every training image (:meth:`precompute_fused_maps`; all ranks take part
+        under DDP).
+        """
         self._phase = ctx.phase
         if ctx.phase == "self_train":
             teacher = copy.deepcopy(self.net)
@@ -264,6 +271,7 @@ class SMAFMethod(CAMMethod):
             self._fused_store.precompute(ctx.dataset, self._fuse_full_images, self._teacher_device(),
                                          self.cfg.offline_batch_size, show_progress=self._progress)
 
+    @override
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # PSA/EPS PolyOptimizer groups: backbone weights 1x (wd), biases 2x (no wd), cov_feat + fc8 10x (wd),
         # their (absent) biases 20x; BN is not optimised (frozen). The teacher is never optimised.
@@ -271,6 +279,7 @@ class SMAFMethod(CAMMethod):
                             backbone_prefixes=("backbone.",))
 
     # ----------------------------------------------------------------------------------------- training
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         if self._phase == "self_train":
             return self._self_train_step(batch)
@@ -294,7 +303,7 @@ class SMAFMethod(CAMMethod):
 
     def _jittered(self, batch: dict[str, Any]) -> Tensor:
         """EPS colour jitter on each crop (global torch RNG, checkpointed by the loop), padding kept at 0."""
-        from ...data.normalization import normalize_images
+        from wsss_blocks.data.normalization import normalize_images
 
         img01 = batch["image01"].float()
         out = torch.stack([self._jitter({"image": im})["image"] for im in img01])
@@ -305,8 +314,11 @@ class SMAFMethod(CAMMethod):
         return x.to(batch["image"].dtype)
 
     def _teacher_fused(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Released fusion with the teacher: per-pass softmax over C+1, background dropped, bilinear upsampling,
-        class mask, sum over scales and flips; ``valid`` zeroes padded pixels; per-class max + 1e-5."""
+        """Released fusion with the teacher.
+
+        Per-pass softmax over C+1, background dropped, bilinear upsampling, class mask, sum over scales and flips;
+        ``valid`` zeroes padded pixels; per-class max + 1e-5.
+        """
         if self.teacher is None:
             raise RuntimeError("the SMAF teacher exists only in the 'self_train' phase")
         c = self.cfg
@@ -320,8 +332,9 @@ class SMAFMethod(CAMMethod):
         return fused / (fused.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
     def fused_target(self, images: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
-        """``target_mode: online``: the teacher's denoised, reactivated target fused on the crop itself, at
-        ``target_scale_factor`` of the crop (background first).
+        """``target_mode: online``: the teacher's denoised, reactivated target fused on the crop itself.
+
+        At ``target_scale_factor`` of the crop (background first).
 
         Fusion on the crop (see the module docstring): per-pass softmax over C+1, background dropped, bilinear
         upsampling, class mask, sum over scales and flips; padded pixels zeroed; per-class max over the crop.
@@ -344,7 +357,7 @@ class SMAFMethod(CAMMethod):
 
     def _fuse_full_images(self, image01: Tensor, labels: Tensor) -> Tensor:
         """The teacher's fused maps of un-augmented images in [0, 1] (float32, also inside an AMP step)."""
-        from ...data.normalization import normalize_images
+        from wsss_blocks.data.normalization import normalize_images
 
         with torch.autocast(device_type=image01.device.type, enabled=False):
             return self._teacher_fused(normalize_images(image01, self._normalize), labels)
@@ -402,7 +415,7 @@ class SMAFMethod(CAMMethod):
             - labels: B×C; geom: B×9 (``batch["geom"]``); names: B strings
             - output: B×(C+1)×h×w (background first), h×w = ``target_scale_factor`` × the crop size
         """
-        from ...data.transforms import GEOMETRY_FIELDS, apply_geometry
+        from wsss_blocks.data.transforms import GEOMETRY_FIELDS, apply_geometry
 
         if geom.ndim != 2 or geom.shape[1] != len(GEOMETRY_FIELDS) or geom.shape[0] != labels.shape[0]:
             raise ValueError(f"batch['geom'] must be B×{len(GEOMETRY_FIELDS)} {GEOMETRY_FIELDS} for B = "
@@ -462,7 +475,7 @@ class SMAFMethod(CAMMethod):
         """``argmax([bg, A_0..A_{C-1}])`` with ``bg = cfg.bg_score`` (released 0.2), then the hard-label CRF."""
         crf = None
         if self.cfg.crf:
-            from ...crf import DenseCRF
+            from wsss_blocks.crf import DenseCRF
 
             crf = DenseCRF.from_config(self.cfg.crf_params)
         return smaf_pseudo_mask(cams, labels, bg_score=float(cfg.bg_score), image01=image01, crf=crf,

@@ -32,19 +32,25 @@ The segmentation head is the method's prediction (:attr:`TSCDMethod.has_segmenta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
-from ...cam import cams_to_mask, multiscale_cams, normalize_cams
-from ...correspondence import affinity_from_attention_loss, equivariant_regularization, self_correspondence_loss
-from ...losses import balanced_seg_loss, dense_energy_loss
-from ...models import SegFormer, param_groups
-from ...models.heads import global_pool
-from ...ops import boxes_from_mask
-from ...refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask
+from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
+from wsss_blocks.correspondence import (
+    affinity_from_attention_loss,
+    equivariant_regularization,
+    self_correspondence_loss,
+)
+from wsss_blocks.losses import balanced_seg_loss, dense_energy_loss
+from wsss_blocks.models import SegFormer, param_groups
+from wsss_blocks.models.heads import global_pool
+from wsss_blocks.ops import boxes_from_mask
+from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask
+
 from . import register_method
 from .base import CAMMethod
 
@@ -175,9 +181,11 @@ class TSCDMethod(CAMMethod):
     Config = TSCDConfig
     cam_normalization = "minmax"
     has_segmentation = True
-    paper_numbers = {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3}
-    paper_numbers_by_dataset = {"voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3},
-                                "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1}}
+    paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3}
+    paper_numbers_by_dataset: ClassVar[dict[str, dict[str, float | None]]] = {
+        "voc": {"cam_miou": None, "pseudo_miou": None, "val_miou": 67.3},
+        "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1},
+    }
     paper_source = ("TSCD (AAAI'23) MiT-B1, VOC val 67.3 (test 67.5), COCO val 40.1, multi-scale + flip + CRF "
                     "(DuPL Tab. 2 / paper listings). No CAM or pseudo-label number is reported.")
 
@@ -232,9 +240,11 @@ class TSCDMethod(CAMMethod):
         return F.conv2d(feats[-1], self.net.classifier.weight)
 
     def _training_cams(self, images: Tensor) -> Tensor:
-        """The release's ``multi_scale_cam`` (SCD ``utils/camutils.py`` L85-147): no-grad CAMs at ``cam_scales``
-        (``int(s·H)`` sizes) upsampled to the input, flip pair fused by max, ReLU, summed, per-channel min-max
-        normalised."""
+        """The release's ``multi_scale_cam`` (SCD ``utils/camutils.py`` L85-147).
+
+        No-grad CAMs at ``cam_scales`` (``int(s·H)`` sizes) upsampled to the input, flip pair fused by max, ReLU,
+        summed, per-channel min-max normalised.
+        """
         size = (int(images.shape[-2]), int(images.shape[-1]))
 
         def cam_at_input_size(z: Tensor) -> Tensor:  # upsampled, then ReLU (released order)
@@ -258,6 +268,7 @@ class TSCDMethod(CAMMethod):
         return torch.sigmoid(self.net.attn_proj(a))[:, 0]
 
     # ----------------------------------------------------------------------------------------- training
+    @override
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # AFA/TSCD get_param_groups: encoder 1x (wd), encoder norms lr 0 / wd 0, classifier + attn_proj 10x (wd),
         # decoder 10x (wd) (SCD dist_train_voc.py L254-284).
@@ -265,6 +276,7 @@ class TSCDMethod(CAMMethod):
                             bias_lr_mult=1.0, bias_weight_decay=None, norm_lr_mult=0.0, norm_weight_decay=0.0,
                             backbone_prefixes=("encoder.",))
 
+    @override
     def training_step(self, batch: dict[str, Any], step: int, total_steps: int) -> dict[str, Tensor]:
         c = self.cfg
         x = batch["image"]
@@ -325,8 +337,11 @@ class TSCDMethod(CAMMethod):
         return self.net.decoder(self.net.encoder(images))
 
     def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """``"refined"``: the VARM reliable labels (τ_h/τ_l) the seg head trains on; ``"threshold"``: the
-        constant-background rule with ``cfg.bg_score`` (released ``cam_to_label`` 0.45)."""
+        """Pseudo masks of the TSCD network.
+
+        ``"refined"``: the VARM reliable labels (τ_h/τ_l) the seg head trains on; ``"threshold"``: the
+        constant-background rule with ``cfg.bg_score`` (released ``cam_to_label`` 0.45).
+        """
         if self.cfg.pseudo_rule == "threshold":
             return cams_to_mask(cams, labels, float(cfg.bg_score))
         y = reliable_pseudo_mask(self.refiner, image01.float(), cams.float(), labels,
