@@ -64,6 +64,7 @@ def test_runner_summary_and_errors(monkeypatch, tmp_path, capsys):
     assert speed.main(["--only", "nonexistent", "--out", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_core_family_quick_runs():
     from benchmarks import bench_core
 

@@ -12,6 +12,7 @@ import torch
 import wsss_blocks
 from wsss_blocks import cams_to_mask, normalize_cams
 from wsss_blocks._checks import (
+    _enabled_by_environment,
     check_choice,
     check_finite,
     check_int,
@@ -90,6 +91,14 @@ def test_no_host_sync_with_checks_off(monkeypatch):
     assert calls == []
 
 
+def test_environment_variable_values():
+    for on in (None, "", "1", "yes", " on ", "true"):
+        assert _enabled_by_environment(on), on
+    for off in ("0", "false", "False", "no", "OFF", " off "):
+        assert not _enabled_by_environment(off), off
+
+
+@pytest.mark.slow
 def test_environment_variable_sets_the_initial_state():
     code = "import wsss_blocks; print(wsss_blocks.checks_enabled())"
     env = {**os.environ, "WSSS_BLOCKS_CHECKS": "0"}

@@ -256,6 +256,7 @@ def test_atomic_write_bad_args(tmp_path):
 
 
 # ---------------------------------------------------------------- lazy imports
+@pytest.mark.slow
 def test_import_does_not_import_pil_or_torchvision():
     code = ("import sys, wsss_blocks.data, wsss_blocks.data.io, wsss_blocks.data.voc, wsss_blocks.data.coco, "
             "wsss_blocks.data.synthetic, wsss_blocks.data.transforms; "

@@ -522,6 +522,7 @@ def test_read_sbd_mat_and_bad_files(tmp_path):
         P.read_sbd_mat(tmp_path / "missing.mat")
 
 
+@pytest.mark.slow
 def test_cli_subprocess_with_archives(tmp_path, tiny_voc):
     arch = tmp_path / "mine"
     arch.mkdir()

@@ -603,6 +603,7 @@ def synth_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic_cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l2g", "ppl", "pmm"])
 def test_synthetic_preset_runs_all_three_stages(method, synth_cache, tmp_path):
     from wsss_blocks.train.reproduce import reproduce

@@ -579,6 +579,7 @@ TINY = ["runtime.progress=false", "runtime.plots=false", "data.synthetic.num_tra
     ("tscd", ["cam.steps=4", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
               "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}"]),
 ])
+@pytest.mark.slow
 def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
     reproduce = pytest.importorskip("wsss_blocks.train.reproduce").reproduce
     res = reproduce(method, out=tmp_path / "run", overrides=TINY + extra + [
@@ -597,6 +598,7 @@ def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
         assert not (run / "seg" / "model.pt").exists()  # seg.source: method — the head is TSCD's own
 
 
+@pytest.mark.slow
 def test_smaf_resume_inside_self_training_matches_uninterrupted(tmp_path):
     import numpy as np
 

@@ -782,6 +782,7 @@ def test_timm_backbone_loads_local_file_without_download(tmp_path, monkeypatch):
         build_backbone("timm:no_such_net")
 
 
+@pytest.mark.slow
 def test_import_does_not_pull_optional_dependencies():
     code = ("import sys, wsss_blocks.models; "
             "print(int('torchvision' in sys.modules), int('timm' in sys.modules))")

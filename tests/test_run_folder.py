@@ -127,6 +127,7 @@ def test_reproduce_with_a_relative_out_from_another_working_directory(trainer_ti
     assert res2["ours"] == res["ours"]
 
 
+@pytest.mark.slow
 def test_example_script_from_another_folder_default_out_and_one_line_errors(trainer_tiny, tmp_path):
     """The README's main command in miniature: ``examples/reproduce_voc.py`` with its default (relative) ``--out``."""
     work = tmp_path / "clone"
@@ -325,6 +326,7 @@ def _killed_write(path: Path) -> Path:
     return left[0]
 
 
+@pytest.mark.slow
 def test_resuming_removes_temporaries_of_killed_writes(finished_run, trainer_tiny, tmp_path):
     from wsss_blocks.train.reproduce import reproduce
 

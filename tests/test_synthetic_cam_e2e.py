@@ -10,6 +10,7 @@ of CPU time.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from wsss_blocks.cam import cam_from_features, multiscale_cams, normalize_cams
 from wsss_blocks.data import VOCSegmentation, make_synthetic_voc
 from wsss_blocks.data.transforms import rgb_to_hsv
 from wsss_blocks.metrics import sweep_bg_score
+
+pytestmark = pytest.mark.slow  # trains a tiny CNN for about 15 s on CPU
 
 IMAGE_SIZE = 64
 NUM_TRAIN = 240

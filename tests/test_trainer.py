@@ -39,6 +39,7 @@ def _cfg(tiny, *extra):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_baseline_all_stages_end_to_end(tiny, tmp_path):
     from wsss_blocks.train.reproduce import format_table, reproduce
 
@@ -186,6 +187,7 @@ def _ddp_worker(rank, world, port, overrides, out, result_dir):
         cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)  # a collective called on one rank only would hang instead of failing
 def test_ddp_two_cpu_processes_disjoint_shards_identical_weights(tiny, tmp_path):
     import torch.multiprocessing as mp
@@ -389,6 +391,7 @@ def test_existing_checkpoints_need_resume(tiny, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_help_and_commands(tiny, tmp_path, capsys):
     from wsss_blocks.cli import main
 

@@ -298,6 +298,7 @@ def test_cyclic_round_relabels_with_the_best_model_and_retrains_with_ce(tiny, tm
     assert hist[1]["last_step"] == 4
 
 
+@pytest.mark.slow
 def test_cyclic_rounds_resume_bit_exact_and_reuse_finished_rounds(tiny, tmp_path, seg_run_pair):
     from wsss_blocks.train.seg_stage import train_seg
 
@@ -376,6 +377,7 @@ def _ddp_seg_worker(rank, world, port, overrides, out, result_dir):
         cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)  # a collective called on one rank only would hang instead of failing
 def test_ddp_cyclic_round_shards_the_relabelling_and_keeps_ranks_identical(tiny, tmp_path):
     import socket

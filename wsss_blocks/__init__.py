@@ -5,6 +5,9 @@ importing the package needs only torch, einops and NumPy (torchvision, timm, pyd
 matplotlib are imported lazily by the parts that need them).
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from ._checks import checks, checks_enabled, set_checks
 from .cam import (
     CAMNormalize,
@@ -172,7 +175,10 @@ from .viz import (
     to_uint8_image,
 )
 
-__version__ = "0.1.0.dev0"
+try:  # the version lives in pyproject.toml only; the installed distribution's metadata carries it
+    __version__ = _distribution_version("wsss-blocks")
+except PackageNotFoundError:  # pragma: no cover - a source tree on sys.path without an installed distribution
+    __version__ = "0+unknown"
 
 __all__ = [
     "__version__",

@@ -53,7 +53,14 @@ _T = TypeVar("_T")
 
 _ENV = "WSSS_BLOCKS_CHECKS"
 _FALSE = ("0", "false", "no", "off")
-_value_checks = os.environ.get(_ENV, "1").strip().lower() not in _FALSE
+
+
+def _enabled_by_environment(value: str | None) -> bool:
+    """The initial state of the value checks from ``WSSS_BLOCKS_CHECKS`` (unset: on)."""
+    return (value or "1").strip().lower() not in _FALSE
+
+
+_value_checks = _enabled_by_environment(os.environ.get(_ENV))
 
 
 def set_checks(enabled: bool) -> None:
