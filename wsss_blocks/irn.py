@@ -711,10 +711,15 @@ def boundary_affinity_loss_detailed(
         >>> round(float(terms.bg_pos), 4), float(terms.fg_pos), float(terms.neg)  # sigmoid(0) = 0.5: -log 0.5
         (0.6931, 0.0, 0.0)
     """
+    return _boundary_affinity_terms(boundary_logits, targets, radius, check_number(eps, "eps", 0.0), ignore_index)
+
+
+def _boundary_affinity_terms(boundary_logits: Tensor, targets: AffinityTargets | Tensor, radius: int | PathIndex,
+                             e: float, ignore_index: int) -> AffinityLossTerms:
+    """`boundary_affinity_loss_detailed` with a checked ``eps``."""
     check_tensor(boundary_logits, "boundary_logits", 4, layout="B×1×h×w", floating=True)
     if boundary_logits.shape[1] != 1:
         raise ValueError(f"boundary_logits must have one channel (B×1×h×w), got {shape_str(boundary_logits)}")
-    e = check_number(eps, "eps", 0.0)
     grid = tuple(boundary_logits.shape[2:])
     t = _targets_for(targets, grid, radius, ignore_index, boundary_logits.shape[0])  # type: ignore[arg-type]
     aff = boundary_to_affinity(torch.sigmoid(boundary_logits.to(compute_dtype(boundary_logits))), radius)
@@ -809,13 +814,11 @@ class BoundaryAffinityLoss(nn.Module):
 
     @override
     def forward(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> Tensor:
-        return boundary_affinity_loss(boundary_logits, targets, self.radius, eps=self.eps,
-                                      ignore_index=self.ignore_index)
+        return _boundary_affinity_terms(boundary_logits, targets, self.radius, self.eps, self.ignore_index).total
 
     def detailed(self, boundary_logits: Tensor, targets: AffinityTargets | Tensor) -> AffinityLossTerms:
         """The loss and its three terms (`boundary_affinity_loss_detailed`)."""
-        return boundary_affinity_loss_detailed(boundary_logits, targets, self.radius, eps=self.eps,
-                                               ignore_index=self.ignore_index)
+        return _boundary_affinity_terms(boundary_logits, targets, self.radius, self.eps, self.ignore_index)
 
     @override
     def extra_repr(self) -> str:
@@ -990,6 +993,18 @@ def random_walk(
         >>> bool(out[0, 0, :, :3].min() > 0), float(out[0, 0, :, 3:].abs().max())  # spreads left, blocked
         (True, 0.0)
     """
+    r, b_, e, m = _check_walk_options(radius, beta, exp_times, method)
+    return _random_walk(cams, boundary, labels, r, b_, e, bool(damp_seeds), m)
+
+
+def _check_walk_options(radius: int, beta: float, exp_times: int, method: str) -> tuple[int, float, int, str]:
+    return (check_int(radius, "radius", minimum=2), check_number(beta, "beta", 0.0, strict=True),
+            check_int(exp_times, "exp_times", minimum=0), check_choice(method, "method", ("sparse", "dense")))
+
+
+def _random_walk(cams: Tensor, boundary: Tensor, labels: Tensor | None, r: int, b_: float, e: int,
+                 damp_seeds: bool, m: str) -> Tensor:
+    """`random_walk` with checked options."""
     check_tensor(cams, "cams", 4, layout="B×C×h×w", floating=True)
     check_tensor(boundary, "boundary", 4, layout="B×1×h×w", floating=True)
     check_same_batch(cams, "cams", boundary, "boundary")
@@ -998,12 +1013,8 @@ def random_walk(
                          f"match cams {shape_str(cams)}, got {shape_str(boundary)}")
     check_finite(cams, "cams")
     check_range(boundary.detach(), "boundary", 0.0, 1.0, hint="pass boundary probabilities (a sigmoid output)")
-    r = check_int(radius, "radius", minimum=2)
-    b_ = check_number(beta, "beta", 0.0, strict=True)
-    e = check_int(exp_times, "exp_times", minimum=0)
-    m = check_choice(method, "method", ("sparse", "dense"))
     lf = None if labels is None else check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
-    dtype = torch.float64 if torch.float64 in (cams.dtype, boundary.dtype) else torch.float32
+    dtype = compute_dtype(cams, boundary)
     with torch.autocast(device_type=cams.device.type, enabled=False):
         x = cams.to(dtype)
         bnd = boundary.to(dtype)
@@ -1061,12 +1072,21 @@ def random_walk_mask(
         >>> random_walk_mask(walked, torch.ones(1, 2), scale_factor=1.0)
         tensor([[[1, 2]]])
     """
+    bg, s, norm = _check_mask_options(bg_score, scale_factor, normalize)
+    return _random_walk_mask(walked, labels, image_size, bg, s, norm)
+
+
+def _check_mask_options(bg_score: float, scale_factor: float, normalize: str) -> tuple[float, float, str]:
+    return (check_number(bg_score, "bg_score"), check_number(scale_factor, "scale_factor", 0.0, strict=True),
+            check_choice(normalize, "normalize", ("global", "per_class")))
+
+
+def _random_walk_mask(walked: Tensor, labels: Tensor, image_size: tuple[int, int] | None, bg: float, s: float,
+                      norm: str) -> Tensor:
+    """`random_walk_mask` with checked options."""
     check_tensor(walked, "walked", 4, layout="B×C×h×w", floating=True)
     check_finite(walked, "walked")
     lf = check_labels(labels, "labels", batch=walked.shape[0], num_classes=walked.shape[1])
-    bg = check_number(bg_score, "bg_score")
-    s = check_number(scale_factor, "scale_factor", 0.0, strict=True)
-    norm = check_choice(normalize, "normalize", ("global", "per_class"))
     x = walked.detach().float()
     if s != 1.0:
         x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
@@ -1115,26 +1135,20 @@ class RandomWalk(nn.Module):
                  damp_seeds: bool = True, method: str = "sparse", normalize: str = "global",
                  scale_factor: float = 4.0) -> None:
         super().__init__()
-        self.radius = check_int(radius, "radius", minimum=2)
-        self.beta = check_number(beta, "beta", 0.0, strict=True)
-        self.exp_times = check_int(exp_times, "exp_times", minimum=0)
-        self.bg_score = check_number(bg_score, "bg_score")
+        self.radius, self.beta, self.exp_times, self.method = _check_walk_options(radius, beta, exp_times, method)
+        self.bg_score, self.scale_factor, self.normalize = _check_mask_options(bg_score, scale_factor, normalize)
         self.damp_seeds = bool(damp_seeds)
-        self.method = check_choice(method, "method", ("sparse", "dense"))
-        self.normalize = check_choice(normalize, "normalize", ("global", "per_class"))
-        self.scale_factor = check_number(scale_factor, "scale_factor", 0.0, strict=True)
 
     def walk(self, cams: Tensor, boundary: Tensor, labels: Tensor | None = None) -> Tensor:
         """The propagated maps ``(B, C, h, w)`` (see `random_walk`)."""
-        return random_walk(cams, boundary, labels, radius=self.radius, beta=self.beta, exp_times=self.exp_times,
-                           damp_seeds=self.damp_seeds, method=self.method)
+        return _random_walk(cams, boundary, labels, self.radius, self.beta, self.exp_times, self.damp_seeds,
+                            self.method)
 
     @override
     def forward(self, cams: Tensor, boundary: Tensor, labels: Tensor,
                 image_size: tuple[int, int] | None = None) -> Tensor:
         walked = self.walk(cams, boundary, labels)
-        return random_walk_mask(walked, labels, image_size, bg_score=self.bg_score, scale_factor=self.scale_factor,
-                                normalize=self.normalize)
+        return _random_walk_mask(walked, labels, image_size, self.bg_score, self.scale_factor, self.normalize)
 
     @override
     def extra_repr(self) -> str:

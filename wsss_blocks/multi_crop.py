@@ -285,12 +285,18 @@ def multi_crop_cams(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    return _multi_crop_cams(fn, images, labels, _scales_arg(scales), check_int(crop_size, "crop_size", minimum=1),
+                            check_int(stride, "stride", minimum=1), check_int(batch_size, "batch_size", minimum=1),
+                            bool(antialias))
+
+
+def _multi_crop_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, scales: tuple[float, ...],
+                     crop: int, stride: int, bs: int, antialias: bool) -> Tensor:
+    """`multi_crop_cams` with checked options."""
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     C = lf.shape[1]
-    bs = check_int(batch_size, "batch_size", minimum=1)
-    crop = check_int(crop_size, "crop_size", minimum=1)
     boxes = [box for per_scale in multi_crop_boxes(H, W, scales, crop, stride) for box in per_scale]
     acc = images.new_zeros(B, C, H, W, dtype=torch.float32)
     count = images.new_zeros(1, 1, H, W, dtype=torch.float32)
@@ -300,8 +306,7 @@ def multi_crop_cams(
         for x1, y1, x2, y2 in chunk:
             t = images[:, :, y1:y2, x1:x2]
             if t.shape[-2:] != (crop, crop):
-                t = F.interpolate(t, size=(crop, crop), mode="bilinear", align_corners=False,
-                                  antialias=bool(antialias))
+                t = F.interpolate(t, size=(crop, crop), mode="bilinear", align_corners=False, antialias=antialias)
             tiles.append(t)
         x = torch.cat(tiles, dim=0)  # tile-major: n·B + b
         out = _check_fn_out(fn(torch.cat([x, x.flip(-1)], dim=0)), 2 * x.shape[0], C).float()
@@ -354,8 +359,8 @@ class MultiCropCAM(nn.Module):
 
     @override
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        return multi_crop_cams(self.model, images, labels, self.scales, crop_size=self.crop_size,
-                               stride=self.stride, batch_size=self.batch_size, antialias=self.antialias)
+        return _multi_crop_cams(self.model, images, labels, self.scales, self.crop_size, self.stride, self.batch_size,
+                                self.antialias)
 
     @override
     def extra_repr(self) -> str:
