@@ -68,15 +68,13 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
 
     Args:
         source: a local path, a registry name, or an already loaded (possibly nested) dict.
-        weights_only: passed to `torch.load`. Keep ``True`` unless you trust the file; some old
-            checkpoints pickle extra Python objects and need ``False``.
+        weights_only: see `wsss_blocks.models.state_dict.read_checkpoint`.
 
     Returns:
         A flat ``{name: tensor}`` dict on the CPU.
 
     Examples:
-        >>> sd = read_state_dict({"state_dict": {"module.fc.weight": torch.ones(2, 3)}})
-        >>> list(sd)
+        >>> list(read_state_dict({"state_dict": {"module.fc.weight": torch.ones(2, 3)}}))
         ['fc.weight']
     """
     if not isinstance(source, Mapping) and not os.path.isfile(os.fspath(source)):
