@@ -113,7 +113,8 @@ def _cpu_rows(preset: str, imgs: torch.Tensor, probs: torch.Tensor, params: str,
     tch = DenseCRF.preset(preset, backend="torch")
     t0 = DenseCRF.preset(preset, backend="torch", iterations=0)
     img1, p1 = imgs[:1], probs[:1]
-    fns = {"pydensecrf": lambda: ref(img1, p1), "torch": lambda: tch(img1, p1), "torch_build": lambda: t0(img1, p1)}
+    fns = {"pydensecrf": lambda: ref(None, p1, image_uint8=img1), "torch": lambda: tch(None, p1, image_uint8=img1),
+           "torch_build": lambda: t0(None, p1, image_uint8=img1)}
     if threads != 1:
         fns["torch_1thread"] = _with_threads(1, fns["torch"])
         fns["torch_build_1thread"] = _with_threads(1, fns["torch_build"])
@@ -150,8 +151,9 @@ def _cuda_rows(preset: str, imgs: torch.Tensor, params: str, k: int, repeats: in
     img_b = imgs[torch.arange(nb) % imgs.shape[0]]
     p_b = cam_probs(nb, k, h, w, seed=1)
     img_g, p_g = img_b.to(device), p_b.to(device)
-    fns = {"pydensecrf": lambda: ref(img_b[:1], p_b[:1]), "torch_b8": lambda: tch(img_g, p_g),
-           "torch_b1": lambda: tch(img_g[:1], p_g[:1])}
+    fns = {"pydensecrf": lambda: ref(None, p_b[:1], image_uint8=img_b[:1]),
+           "torch_b8": lambda: tch(None, p_g, image_uint8=img_g),
+           "torch_b1": lambda: tch(None, p_g[:1], image_uint8=img_g[:1])}
     t = _interleaved(fns, {"pydensecrf": "cpu", "torch_b8": device, "torch_b1": device}, repeats)
     b_ms = t["pydensecrf"]["wall"]
     rows = []
@@ -180,8 +182,8 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     for preset in ("afa", "deeplab"):
         params = f"{preset} preset, {h}x{w}, K={k}, {iters} iterations"
         with torch.no_grad():
-            q_ref = DenseCRF.preset(preset, backend="pydensecrf")(imgs, probs)
-            q_t = DenseCRF.preset(preset, backend="torch")(imgs.to(device), probs.to(device)).cpu()
+            q_ref = DenseCRF.preset(preset, backend="pydensecrf")(None, probs, image_uint8=imgs)
+            q_t = DenseCRF.preset(preset, backend="torch")(None, probs.to(device), image_uint8=imgs.to(device)).cpu()
         agree = 100.0 * float((q_ref.argmax(1) == q_t.argmax(1)).float().mean())
         rows.append({"name": f"agreement[{preset}]", "params": params + f"; {img_desc}",
                      "agreement_pct": agree, "max_abs_diff": float((q_ref - q_t).abs().max()),
@@ -210,7 +212,7 @@ def make_figure(path: str | Path, preset: str = "afa") -> Path:
     cam = torch.exp(-((xx - 0.5) / 0.10) ** 2 - ((yy - 0.45) / 0.35) ** 2)  # a blurry "CAM" on the rocket
     fg = 0.05 + 0.9 * cam
     probs = torch.stack([1 - fg, fg])[None]
-    refined = DenseCRF.preset(preset, backend="torch")(torch.from_numpy(img), probs)
+    refined = DenseCRF.preset(preset, backend="torch")(None, probs, image_uint8=torch.from_numpy(img))
     x0, x1 = int(0.3 * w), int(0.7 * w)
     panels = [("image + CAM-like foreground probability", cam, "jet", 0.45),
               ("unary argmax (before)", probs.argmax(1)[0], "autumn", 0.45),

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import check_target, config_header, peak_memory, print_table, time_fn, write_json
-from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer
+from wsss_blocks.local_global import LocalPatchSampler, LocalToGlobalTransfer, boxes_to_roi_format
 from wsss_blocks.ops import roi_align
 
 TARGET_RATIO = 0.10
@@ -64,7 +64,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     def step() -> None:
         v = sampler(images, labels, saliency)
         global_logits.grad = None
-        l2g(global_logits, local_maps, v["rois"], labels, v["patch_saliency"]).backward()
+        l2g(global_logits, local_maps, v["boxes"], labels, v["patch_saliency"]).backward()
 
     from torchvision.models import resnet50  # lazy: optional dependency, benchmark only
 
@@ -95,7 +95,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
     from torchvision.ops import roi_align as tv_roi_align
 
     feats = global_logits.detach().clone().requires_grad_()
-    rois = views["boxes"]
+    rois = boxes_to_roi_format(views["boxes"])  # R×5 rows (batch index, x1, y1, x2, y2), as torchvision takes
     hw = p // s
 
     def ours() -> None:
