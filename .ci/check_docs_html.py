@@ -1,4 +1,4 @@
-"""Check a built documentation site for what a reader would see broken. Builds nothing itself.
+r"""Check a built documentation site for what a reader would see broken. Builds nothing itself.
 
 Run it on the output of ``mkdocs build``::
 

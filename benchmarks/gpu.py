@@ -95,7 +95,7 @@ def run_child(spec: str, device: str, quick: bool, rows_path: Path) -> int:
             _write_json(rows_path, {"rows": rows})
             shown = {k: v for k, v in row.items() if k not in ("samples_ms", "params")}
             print("  row:", json.dumps(shown, default=str), flush=True)
-    except BaseException as e:  # noqa: BLE001 - recorded for the parent, which continues with the next section
+    except BaseException as e:
         _write_json(rows_path, {"rows": rows, "error": f"{type(e).__name__}: {e}",
                                 "traceback": traceback.format_exc()[-6000:]})
         traceback.print_exc()
@@ -175,7 +175,7 @@ def run_suite(device: str, quick: bool, sections: Sequence[str] | None = None, o
             from benchmarks.render_docs import render
 
             render(out.parent, docs)
-        except Exception as e:  # noqa: BLE001 - the docs are a by-product; the results file is what matters
+        except Exception as e:
             print(f"warning: could not re-render {docs}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     save()

@@ -75,7 +75,8 @@ def free_memory() -> None:
 class PeakMemory:
     """Peak memory of a region: ``torch.cuda.max_memory_allocated`` (absolute: weights, optimizer state and
     activations) on CUDA; on the CPU the increase of the resident-set high-water mark over the resident set at
-    ``start()`` (``benchmarks/harness.py``), after resetting the mark."""
+    ``start()`` (``benchmarks/harness.py``), after resetting the mark.
+    """
 
     def __init__(self, device: str):
         self.cuda = torch.device(device).type == "cuda"
@@ -118,7 +119,8 @@ def photo_pool(sizes: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], torc
 def voc_like_samples(n: int, quick: bool, num_classes: int = 20, saliency: bool = False, seed: int = 0
                      ) -> list[dict[str, Any]]:
     """``n`` VOC-reader-like samples (``name``, ``image`` 3×H×W in [0, 1], ``labels``, optional ``saliency``) at
-    VOC image sizes (toy sizes with ``quick``): photos, flipped and shifted per sample, 1-3 random classes."""
+    VOC image sizes (toy sizes with ``quick``): photos, flipped and shifted per sample, 1-3 random classes.
+    """
     sizes = QUICK_SIZES if quick else VOC_SIZES
     pool = photo_pool(sizes)
     g = torch.Generator().manual_seed(seed)
@@ -158,6 +160,11 @@ class InMemoryVOC(torch.utils.data.Dataset):
 def bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     """``fn`` with its arguments bound now (not looked up when called, as a lambda in a loop would)."""
     return lambda: fn(*args)
+
+
+def _crf_uint8(crf: Callable[..., Any], images: Any, probs: Any) -> Any:
+    """A `DenseCRF` call on uint8 ``B×H×W×3`` photos (passed as ``image_uint8``)."""
+    return crf(None, probs, image_uint8=images)
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], devices: dict[str, str], repeats: int, warmup: int = 1
@@ -225,8 +232,8 @@ def section_crf(device: str, quick: bool) -> Iterator[Row]:
         tch = DenseCRF.preset(preset, backend="torch")
         probs = cam_probs(4, k, h, w)
         with torch.no_grad():
-            q_ref = ref(imgs, probs)
-            q_t = tch(imgs.to(device), probs.to(device)).cpu()
+            q_ref = ref(None, probs, image_uint8=imgs)
+            q_t = tch(None, probs.to(device), image_uint8=imgs.to(device)).cpu()
         agree = 100.0 * float((q_ref.argmax(1) == q_t.argmax(1)).float().mean())
         yield {"name": f"agreement[{preset}]", "params": f"{params}; {img_desc}; torch on {device}",
                "agreement_pct": agree, "max_abs_diff": float((q_ref - q_t).abs().max()),
@@ -235,8 +242,8 @@ def section_crf(device: str, quick: bool) -> Iterator[Row]:
         img_b = imgs[torch.arange(nb) % imgs.shape[0]]
         p_b = cam_probs(nb, k, h, w, seed=1)
         img_d, p_d = img_b.to(device), p_b.to(device)
-        fns = {"pydensecrf": bind(ref, img_b[:1], p_b[:1]), "b8": bind(tch, img_d, p_d),
-               "b1": bind(tch, img_d[:1], p_d[:1])}
+        fns = {"pydensecrf": bind(_crf_uint8, ref, img_b[:1], p_b[:1]), "b8": bind(_crf_uint8, tch, img_d, p_d),
+               "b1": bind(_crf_uint8, tch, img_d[:1], p_d[:1])}
         with torch.no_grad():
             t = _interleaved(fns, {"pydensecrf": "cpu", "b8": device, "b1": device}, repeats)
             mem = {key: harness.peak_memory(fns[key], device) for key in ("b8", "b1")}
@@ -327,7 +334,7 @@ def section_cams(device: str, quick: bool) -> Iterator[Row]:
     for backbone, kwargs in (("resnet38d", {}), ("resnet50", {"output_stride": 16})):
         torch.manual_seed(0)
         net = CAMNet(backbone, 20, None, backbone_kwargs=kwargs).to(device).eval()
-        fn = lambda x, net=net: torch.relu(net.cams(x))  # noqa: E731
+        fn = lambda x, net=net: torch.relu(net.cams(x))
         for b in batches:
             x = pool[torch.arange(b) % 4].to(device)
             for amp in (False, True):
@@ -352,12 +359,13 @@ def section_cams(device: str, quick: bool) -> Iterator[Row]:
 
 def per_method(methods: tuple[str, ...], run: Callable[[str], list[Row]]) -> Iterator[Row]:
     """Rows of ``run(method)`` for every method; a method that raises (e.g. out of memory) gets an error row and
-    the others still run; the section then fails, naming every failed method, with all finished rows kept."""
+    the others still run; the section then fails, naming every failed method, with all finished rows kept.
+    """
     errors = []
     for m in methods:
         try:
             rows = run(m)
-        except Exception as e:  # noqa: BLE001 - isolate the methods of one section from each other
+        except Exception as e:
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             errors.append(f"{m}: {msg}")
             rows = [{"name": f"{m}_voc", "error": msg}]
@@ -371,14 +379,16 @@ def per_method(methods: tuple[str, ...], run: Callable[[str], list[Row]]) -> Ite
 # ------------------------------------------------------------------------------------------------ 5. pseudo masks
 def _bench_overrides(device: str) -> list[str]:
     """Run settings of the benchmark: the device, no progress bars or plots, this process's thread count, and
-    no pretrained weights (the configs name local weight files; every figure is on random weights)."""
+    no pretrained weights (the configs name local weight files; every figure is on random weights).
+    """
     return [f"runtime.device={device}", "runtime.progress=false", "runtime.plots=false",
             f"runtime.threads={torch.get_num_threads()}", "cam.pretrained=null"]
 
 
 def _restored_method(cfg: Any, env: Any, out_dir: Path) -> Any:
     """What ``restore_method`` builds for the pseudo-mask stage (every phase's structure, eval mode), with the
-    random initial weights instead of a checkpoint."""
+    random initial weights instead of a checkpoint.
+    """
     from wsss_blocks.train.cam_stage import build_method
     from wsss_blocks.train.methods import PhaseContext
 
@@ -420,8 +430,7 @@ class _IRNPass:
         x = normalize_images(image01, data_normalization(cfg.data))
         use_amp = cfg.runtime.amp and image01.device.type == "cuda"  # as compute_cams
         with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
-            out = irn_multiscale_cams(method.cam_fn, x, labels, scales=tuple(cfg.pseudo.scales))
-        return out
+            return irn_multiscale_cams(method.cam_fn, x, labels, scales=tuple(cfg.pseudo.scales))
 
     def masks(self, irn_cams: Any, labels: torch.Tensor, image01: torch.Tensor, cfg: Any) -> torch.Tensor:
         from wsss_blocks.data.normalization import data_normalization, normalize_images
@@ -470,10 +479,7 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
                 cams = irn.cams(method, img, lab, cfg) if irn is not None else compute_cams(method, img, lab, cfg)
                 sync(device)
                 t1 = time.perf_counter()
-                if irn is not None:
-                    masks = irn.masks(cams, lab, img, cfg)
-                else:
-                    masks = method.pseudo_masks(cams, lab, img, pcfg)
+                masks = irn.masks(cams, lab, img, cfg) if irn is not None else method.pseudo_masks(cams, lab, img, pcfg)
                 masks.to(torch.uint8).cpu()
                 sync(device)
                 t2 = time.perf_counter()
@@ -522,8 +528,8 @@ class _Stop(Exception):
 def _train_overrides(m: str, device: str, quick: bool) -> list[str]:
     # the learning rate does not change a step's cost; random weights can diverge at the released rates, and a
     # non-finite loss stops the loop, so the benchmark trains at 1e-6
-    ov = _bench_overrides(device) + ["runtime.checkpoint_every=1000000000", "runtime.log_every=1000000000",
-                                     "cam.lr=1.0e-6"]
+    ov = [*_bench_overrides(device), "runtime.checkpoint_every=1000000000", "runtime.log_every=1000000000",
+          "cam.lr=1.0e-6"]
     if m == "tscd":
         ov.append("method_args.cam_iters=0")  # every loss on from step 0 (the release's steps after 2,000)
     if quick:  # toy sizes: ResNet-38 steps cost seconds on one CPU thread even at 32 px

@@ -43,11 +43,11 @@ from smaf_fusion import MEAN, STD, TinyEPS, train_teacher  # noqa: E402  (exampl
 
 from wsss_blocks.cam import cams_to_mask, normalize_cams  # noqa: E402
 from wsss_blocks.data import VOCSegmentation, make_synthetic_voc  # noqa: E402
-from wsss_blocks.local_global import LocalPatchSampler, l2g_target  # noqa: E402
-from wsss_blocks.metrics import sweep_bg_threshold  # noqa: E402
-from wsss_blocks.multiscale_fusion import MultiScaleAttentionFusion, smaf_pseudo_labels  # noqa: E402
+from wsss_blocks.local_global import LocalPatchSampler, boxes_to_roi_format, l2g_target  # noqa: E402
+from wsss_blocks.metrics import sweep_bg_score  # noqa: E402
+from wsss_blocks.multiscale_fusion import MultiScaleAttentionFusion, smaf_pseudo_mask  # noqa: E402
 from wsss_blocks.pseudo_mask import cov_smooth, proportional_pseudo_mask  # noqa: E402
-from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_labels  # noqa: E402
+from wsss_blocks.refine import PixelAdaptiveRefine, VariationAwareRefine, reliable_pseudo_mask  # noqa: E402
 
 NUM_CLASSES = 6
 FIGURES = ("l2g", "ppl", "pmm", "smaf", "scd")
@@ -166,12 +166,12 @@ def figure_l2g(net: torch.nn.Module, d: dict[str, torch.Tensor], picks: list[int
     views = sampler(x, y, sal)
     with torch.no_grad():
         local = net(normalise(views["patches"]))  # B·N×(C+1)×p/4×p/4, background last
-    target = l2g_target(local, views["rois"], y, views["patch_saliency"], stride=4)  # released VOC rule
+    target = l2g_target(local, views["boxes"], y, views["patch_saliency"], stride=4)  # released VOC rule
     local_fg = normalize_cams(F.relu(local[:, :NUM_CLASSES])) * views["patch_labels"][:, :, None, None]
 
     def paste(maps: torch.Tensor) -> torch.Tensor:  # B·N×h×w patch maps -> B×H×W, max over the patches
         canvas = torch.zeros(len(picks), size, size)
-        for n, (b, x1, y1, x2, y2) in enumerate(views["rois"].round().long().tolist()):
+        for n, (b, x1, y1, x2, y2) in enumerate(boxes_to_roi_format(views["boxes"]).round().long().tolist()):
             m = F.interpolate(maps[n][None, None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
             canvas[b, y1:y2, x1:x2] = torch.maximum(canvas[b, y1:y2, x1:x2], m[0, 0])
         return canvas
@@ -188,7 +188,8 @@ def figure_l2g(net: torch.nn.Module, d: dict[str, torch.Tensor], picks: list[int
 
 def figure_ppl(ppl_net: Any, point: int, d: dict[str, torch.Tensor], picks: list[int], out: Path) -> int:
     """The fused CAM of PPL is the sum of a full-path CAM and a patch-path CAM (2×2 patches, no context),
-    at ``point``, the insertion point of the last progressive stage."""
+    at ``point``, the insertion point of the last progressive stage.
+    """
     x, y = d["image01"][picks], d["labels"][picks]
     with torch.no_grad():
         o = ppl_net((x - 0.5) / 0.25, insert_after=point)  # the example's input normalisation
@@ -220,8 +221,9 @@ def figure_smaf(net: torch.nn.Module, d: dict[str, torch.Tensor], picks: list[in
     """Softmax maps at single scales, their SMAF fusion (4 scales × flip) and the pseudo mask from it."""
     x, y = d["image01"][picks], d["labels"][picks]
     fusion = MultiScaleAttentionFusion()  # released: scales (0.5, 1, 1.5, 2) × flip, softmax, sum, max
-    fused, per_scale = fusion(net, normalise(x), y, return_per_scale=True)
-    mask = smaf_pseudo_labels(fused, y, image=x, crf=True)  # threshold 0.2 + the released hard-label CRF
+    detailed = fusion.detailed(net, normalise(x), y)
+    fused, per_scale = detailed.fused, detailed.per_scale
+    mask = smaf_pseudo_mask(fused, y, image01=x, crf="smaf")  # threshold 0.2 + the released hard-label CRF
 
     def one(m: torch.Tensor) -> torch.Tensor:
         return (m / m.amax((2, 3), keepdim=True).clamp_min(1e-5)).amax(1)
@@ -236,14 +238,14 @@ def figure_scd(net: torch.nn.Module, d: dict[str, torch.Tensor], picks: list[int
     """CAM mask vs the same map refined by PAR and by VARM, and VARM's reliable labels with the ignore band."""
     x, y = d["image01"][picks], d["labels"][picks]
     cams_all = fg_cams(net, d["image01"], d["labels"])
-    tau = sweep_bg_threshold((cams_all, d["labels"], d["masks"]), num_classes=NUM_CLASSES + 1).best_threshold
+    tau = sweep_bg_score((cams_all, d["labels"], d["masks"]), num_classes=NUM_CLASSES + 1).best_bg_score
     cams = cams_all[picks]
     with torch.no_grad():
         cam_mask = cams_to_mask(cams, y, bg_score=tau)
-        par = reliable_pseudo_labels(PixelAdaptiveRefine(), x, cams, y, tau_high=tau, tau_low=tau)
-        varm = reliable_pseudo_labels(VariationAwareRefine(), x, cams, y, tau_high=tau, tau_low=tau)
-        band = reliable_pseudo_labels(VariationAwareRefine(), x, cams, y, tau_high=min(tau + 0.1, 0.95),
-                                      tau_low=max(tau - 0.1, 0.05))
+        par = reliable_pseudo_mask(PixelAdaptiveRefine(), x, cams, y, high_threshold=tau, low_threshold=tau)
+        varm = reliable_pseudo_mask(VariationAwareRefine(), x, cams, y, high_threshold=tau, low_threshold=tau)
+        band = reliable_pseudo_mask(VariationAwareRefine(), x, cams, y, high_threshold=min(tau + 0.1, 0.95),
+                                    low_threshold=max(tau - 0.1, 0.05))
     gt = d["masks"][picks]
     panels = [[x[r].permute(1, 2, 0), overlay(x[r], gt[r]), overlay(x[r], cam_mask[r]), overlay(x[r], par[r]),
                overlay(x[r], varm[r]), overlay(x[r], band[r])] for r in range(len(picks))]

@@ -1,5 +1,8 @@
-"""The GPU suite's plumbing on the CPU: section processes, incremental results, isolation, timeouts, merging,
-the CLI, and the docs page with and without GPU results. (The figures are checked by running it on a GPU.)"""
+"""The GPU suite's plumbing on the CPU.
+
+Section processes, incremental results, isolation, timeouts, merging, the CLI, and the docs page with and without
+GPU results. (The figures are checked by running it on a GPU.)
+"""
 
 from __future__ import annotations
 
@@ -59,12 +62,16 @@ def test_failing_and_hanging_sections_are_recorded_and_the_suite_continues(fake,
     assert rc == 1  # a failed section fails the run
     st = {s["name"]: s for s in payload["sections"]}
     assert [s["name"] for s in payload["sections"]] == ["fast", "boom", "hang", "look"]
-    assert st["fast"]["status"] == "ok" and st["fast"]["rows"] == 2
-    assert st["boom"]["status"] == "failed" and st["boom"]["error"] == "RuntimeError: boom in the section"
+    assert st["fast"]["status"] == "ok"
+    assert st["fast"]["rows"] == 2
+    assert st["boom"]["status"] == "failed"
+    assert st["boom"]["error"] == "RuntimeError: boom in the section"
     assert "raise RuntimeError" in st["boom"]["traceback"]
-    assert st["hang"]["status"] == "timeout" and "stopped after 5 s" in st["hang"]["error"]
+    assert st["hang"]["status"] == "timeout"
+    assert "stopped after 5 s" in st["hang"]["error"]
     assert 5.0 <= st["hang"]["seconds"] < 60  # killed at the timeout, not after the section's 120 s sleep
-    assert st["look"]["status"] == "ok" and payload["complete"] is False
+    assert st["look"]["status"] == "ok"
+    assert payload["complete"] is False
     names = [r["name"] for r in payload["rows"]]
     # rows written before an error or a timeout are kept (saved row by row by the section process)
     assert names == ["fast row", "fast second", "row before the error", "row before the hang", "what the file held"]
@@ -72,10 +79,14 @@ def test_failing_and_hanging_sections_are_recorded_and_the_suite_continues(fake,
     # the last section read the file while the suite ran: every earlier section was already saved, itself running
     seen = payload["rows"][-1]
     assert seen["statuses"] == {"fast": "ok", "boom": "failed", "hang": "timeout", "look": "running"}
-    assert seen["rows_seen"] == names[:-1] and seen["device_seen"] == "cpu" and seen["quick_seen"] is False
+    assert seen["rows_seen"] == names[:-1]
+    assert seen["device_seen"] == "cpu"
+    assert seen["quick_seen"] is False
     on_disk = json.loads(out.read_text())
-    assert on_disk["suite"] == "gpu" and on_disk["rows"] == json.loads(json.dumps(payload["rows"]))
-    assert on_disk["command"] == "python -m benchmarks.gpu --x" and on_disk["notes"] == list(gpu.NOTES)
+    assert on_disk["suite"] == "gpu"
+    assert on_disk["rows"] == json.loads(json.dumps(payload["rows"]))
+    assert on_disk["command"] == "python -m benchmarks.gpu --x"
+    assert on_disk["notes"] == list(gpu.NOTES)
     assert not list(out.parent.glob("*.tmp"))
 
 
@@ -83,15 +94,20 @@ def test_subset_merge_and_docs_refresh(fake, tmp_path):
     out = tmp_path / "gpu_cpu.json"
     page = tmp_path / "docs" / "benchmarks.md"
     payload, rc = gpu.run_suite("cpu", False, ["fast"], out, timeout_s=30, docs=page, specs=fake)
-    assert rc == 0 and payload["complete"] is True
+    assert rc == 0
+    assert payload["complete"] is True
     assert [s["status"] for s in payload["sections"]] == ["ok", "not run", "not run", "not run"]
     text = page.read_text()  # re-rendered from the results folder after the section
-    assert "- `gpu_cpu.json`: " in text and "full sizes" in text and "fast ok (" in text
+    assert "- `gpu_cpu.json`: " in text
+    assert "full sizes" in text
+    assert "fast ok (" in text
     # --merge keeps the earlier section of the same machine and versions; without it the file starts afresh
     payload, rc = gpu.run_suite("cpu", False, ["boom"], out, timeout_s=30, specs=fake, merge=True)
     st = {s["name"]: s for s in payload["sections"]}
-    assert st["fast"]["status"] == "ok" and st["fast"]["merged_from"] == "gpu_cpu.json"
-    assert st["boom"]["status"] == "failed" and rc == 1
+    assert st["fast"]["status"] == "ok"
+    assert st["fast"]["merged_from"] == "gpu_cpu.json"
+    assert st["boom"]["status"] == "failed"
+    assert rc == 1
     assert [r["name"] for r in payload["rows"]] == ["fast row", "fast second", "row before the error"]
     payload, _ = gpu.run_suite("cpu", False, ["boom"], out, timeout_s=30, specs=fake)
     assert [r["name"] for r in payload["rows"]] == ["row before the error"]
@@ -107,17 +123,23 @@ def test_quick_run_of_real_sections_writes_results_and_page(tmp_path):
                    "--docs", str(page)])
     assert rc == 0
     data = json.loads((tmp_path / "gpu_cpu_quick.json").read_text())
-    assert data["quick"] is True and data["config"]["device"] == "cpu" and data["config"]["threads"] == 1
+    assert data["quick"] is True
+    assert data["config"]["device"] == "cpu"
+    assert data["config"]["threads"] == 1
     rows = data["rows"]
     assert [r["name"] for r in rows] == ["PixelAdaptiveRefine (1, 5, 48, 48)", "VariationAwareRefine (1, 5, 48, 48)",
                                          "PixelAdaptiveRefine (2, 5, 64, 64)", "VariationAwareRefine (2, 5, 64, 64)"]
     for r in rows:
-        assert r["section"] == "refine" and isinstance(r["passed"], bool)
-        assert r["max_abs_diff"] <= 1e-5 and r["median_ms"] > 0 and r["baseline_ms"] > 0
+        assert r["section"] == "refine"
+        assert isinstance(r["passed"], bool)
+        assert r["max_abs_diff"] <= 1e-5
+        assert r["median_ms"] > 0
+        assert r["baseline_ms"] > 0
         assert r["speedup"] == pytest.approx(r["baseline_ms"] / r["median_ms"])
     assert {s["name"]: s["status"] for s in data["sections"]}["refine"] == "ok"
     text = page.read_text()
-    assert "GPU figures: **unmeasured**" in text and "refine ok (" in text
+    assert "GPU figures: **unmeasured**" in text
+    assert "refine ok (" in text
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys, monkeypatch):
@@ -181,12 +203,14 @@ def test_page_without_gpu_results_says_unmeasured(tmp_path):
     for sec, goal in rd.GPU_GOALS:
         assert f"| {sec} | {goal} | unmeasured |" in text
         assert f"- **unmeasured** [gpu suite/{sec}] {goal} (no GPU run yet)" in text
-    assert "**How to run on a rented GPU.**" in text and "`python -m benchmarks.gpu`" in text
+    assert "**How to run on a rented GPU.**" in text
+    assert "`python -m benchmarks.gpu`" in text
     # the dry run is a status line, not goal evidence
     assert ("- `gpu_cpu_quick.json`: `NVIDIA H200` (cpu), 16 torch threads, quick sizes, 2030-02-03T00:00:00+00:00: "
             "tests ok (40.0 s; 46 passed, 0 failed, 0 skipped), crf ok (50.0 s), pseudo failed (9 s; "
             "RuntimeError: CUDA out of memory); 123 s in all.") in text
-    assert "**PASS** [gpu suite" not in text and "### Goals" not in text
+    assert "**PASS** [gpu suite" not in text
+    assert "### Goals" not in text
     # a quick CUDA run is a dry run too
     _gpu_file(res, "gpu_cuda_quick.json", True)
     assert "GPU figures: **unmeasured**" in rd.render(res, tmp_path / "p.md", families=[])[0].read_text()
@@ -219,7 +243,8 @@ def test_page_with_gpu_results_renders_goals_and_tables(tmp_path):
     assert "- Random weights." in text
     assert "- `gpu_cpu_quick.json`: " in text  # the dry run is still listed
     # GPU-suite files never feed the per-family tables or the "other result files" list
-    assert "## Other result files" not in text and "### gpu/crf" not in text
+    assert "## Other result files" not in text
+    assert "### gpu/crf" not in text
 
 
 def test_gpu_file_without_rows_is_shown_not_skipped(tmp_path):
@@ -230,7 +255,8 @@ def test_gpu_file_without_rows_is_shown_not_skipped(tmp_path):
     _gpu_file(res, "gpu_cuda.json", False, sections=sections, rows=[])
     text = rd.render(res, tmp_path / "p.md", families=[])[0].read_text()
     assert "Sections: tests timeout (300 s; stopped after 300 s (--timeout-per-section); 0 rows kept)" in text
-    assert "No goal row was measured" in text and "skipped `gpu_cuda.json`" not in text
+    assert "No goal row was measured" in text
+    assert "skipped `gpu_cuda.json`" not in text
 
 
 def test_per_method_isolates_a_failing_method():
@@ -241,10 +267,9 @@ def test_per_method_isolates_a_failing_method():
             raise MemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore text")
         return [{"name": f"{m} row"}]
 
-    rows = []
+    rows: list[dict] = []
     with pytest.raises(RuntimeError, match=r"^1 of 3 methods failed: b: MemoryError: CUDA out of memory\. Tried"):
-        for r in per_method(("a", "b", "c"), run):
-            rows.append(r)
+        rows.extend(per_method(("a", "b", "c"), run))
     assert rows == [{"name": "a row"}, {"name": "b_voc", "error": "MemoryError: CUDA out of memory. Tried to "
                                                                   "allocate 2 GiB"}, {"name": "c row"}]
 
@@ -256,9 +281,14 @@ def test_voc_like_samples_are_deterministic_voc_sized_and_labelled():
 
     a, b = voc_like_samples(6, False, saliency=True), voc_like_samples(6, False, saliency=True)
     for s, t in zip(a, b):
-        assert torch.equal(s["image"], t["image"]) and torch.equal(s["labels"], t["labels"])
-        assert tuple(s["image"].shape[1:]) in VOC_SIZES and s["image"].shape[0] == 3
-        assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
-        assert 1 <= int(s["labels"].sum()) <= 3 and s["labels"].shape == (20,)
+        assert torch.equal(s["image"], t["image"])
+        assert torch.equal(s["labels"], t["labels"])
+        assert tuple(s["image"].shape[1:]) in VOC_SIZES
+        assert s["image"].shape[0] == 3
+        assert float(s["image"].min()) >= 0.0
+        assert float(s["image"].max()) <= 1.0
+        assert 1 <= int(s["labels"].sum()) <= 3
+        assert s["labels"].shape == (20,)
         assert s["saliency"].shape == (1, *s["image"].shape[1:])
-    assert len({tuple(s["image"].shape) for s in a}) > 1 and len({s["name"] for s in a}) == 6
+    assert len({tuple(s["image"].shape) for s in a}) > 1
+    assert len({s["name"] for s in a}) == 6

@@ -75,13 +75,15 @@ def close(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float = 0.0, 
 
 def half_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
     """Maps in [0, 1] computed by a network under autocast: a bound on the largest and on the mean error
-    (half-precision convolutions keep 11 (fp16) or 8 (bf16) mantissa bits per layer)."""
+    (half-precision convolutions keep 11 (fp16) or 8 (bf16) mantissa bits per layer).
+    """
     max_tol, mean_tol = (2e-2, 2e-3) if dtype == torch.float16 else (1e-1, 1e-2)
     err = (out.detach().cpu().to(F64) - ref.detach().cpu().to(F64)).abs()
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert float(err.max()) <= max_tol and float(err.mean()) <= mean_tol, (
-        f"{what} {dtype}: max error {float(err.max()):.3g} (<= {max_tol}), mean {float(err.mean()):.3g} "
-        f"(<= {mean_tol})")
+    message = (f"{what} {dtype}: max error {float(err.max()):.3g} (<= {max_tol}), mean {float(err.mean()):.3g} "
+               f"(<= {mean_tol})")
+    assert float(err.max()) <= max_tol, message
+    assert float(err.mean()) <= mean_tol, message
 
 
 def same(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
@@ -91,7 +93,8 @@ def same(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
 
 def agree(out: torch.Tensor, ref: torch.Tensor, min_fraction: float, what: str = "") -> None:
     """Integer maps agreeing on at least ``min_fraction`` of the elements (threshold decisions may flip where
-    float32 and float64 values straddle a threshold)."""
+    float32 and float64 values straddle a threshold).
+    """
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     frac = float((out.cpu() == ref.cpu()).double().mean())
     assert frac >= min_fraction, f"{what}: agreement {frac:.5f} < {min_fraction}"
@@ -181,7 +184,7 @@ def case_multiscale_cams(device, dtype):
     net64 = net.double()
     ref = normalize_cams(multiscale_cams(lambda im: torch.relu(net64(im)), x, **kw))
     net_d = net.float().to(device)
-    fn = lambda im: torch.relu(net_d(im))  # noqa: E731
+    fn = lambda im: torch.relu(net_d(im))
     if dtype == F32:
         out = multiscale_cams(fn, dev(x, device), **kw)
         close(normalize_cams(out.float()), ref, atol=1e-5, what="multiscale_cams float32")
@@ -212,17 +215,17 @@ def case_confusion_matrix_and_metric(device, dtype):
 
 
 @case()
-def case_threshold_sweep(device, dtype):
+def case_bg_score_sweep(device, dtype):
     """The one-pass sweep bins float32 CAM values by bit pattern: identical counts on every device."""
-    from wsss_blocks.metrics import ThresholdSweep
+    from wsss_blocks.metrics import BgScoreSweep
 
     cams, y = rand(2, 6, 24, 30).float(), labels_multi_hot(2, 6).float()
     gt = torch.randint(0, 7, (2, 24, 30), generator=_gen(4))
     ts = tuple(i / 20 for i in range(20))
-    s_cpu, s_dev = ThresholdSweep(7, ts), ThresholdSweep(7, ts).to(device)
+    s_cpu, s_dev = BgScoreSweep(7, ts), BgScoreSweep(7, ts).to(device)
     s_cpu.update(cams, y, gt)
     s_dev.update(cams.to(device), y.to(device), gt.to(device))
-    same(s_dev.counts, s_cpu.counts, "ThresholdSweep counts")
+    same(s_dev.counts, s_cpu.counts, "BgScoreSweep counts")
     assert s_dev.compute().miou == s_cpu.compute().miou
 
 
@@ -237,13 +240,14 @@ def case_dense_crf_torch_backend(device, dtype):
                                         align_corners=False), 1).float()
     for preset in ("afa", "deeplab"):
         crf = DenseCRF.preset(preset, backend="torch")
-        out = crf(img.to(device), probs.to(device))
+        out = crf(None, probs.to(device), image_uint8=img.to(device))
         on_device(out, device)
-        close(out, crf(img, probs), atol=1e-4, what=f"DenseCRF[{preset}]")
+        close(out, crf(None, probs, image_uint8=img), atol=1e-4, what=f"DenseCRF[{preset}]")
     hard = probs.argmax(1)
     crf = DenseCRF.preset("smaf", backend="torch")
-    close(crf.from_labels(img.to(device), hard.to(device), gt_prob=0.7, num_classes=6),
-          crf.from_labels(img, hard, gt_prob=0.7, num_classes=6), atol=1e-4, what="DenseCRF.from_labels")
+    close(crf.from_mask(None, hard.to(device), gt_prob=0.7, num_classes=6, image_uint8=img.to(device)),
+          crf.from_mask(None, hard, gt_prob=0.7, num_classes=6, image_uint8=img), atol=1e-4,
+          what="DenseCRF.from_mask")
 
 
 # ================================================================================================ PAR / VARM
@@ -274,14 +278,14 @@ def case_variation_aware_refine(device, dtype):
 
 
 @case()
-def case_reliable_pseudo_labels(device, dtype):
-    from wsss_blocks.refine import VariationAwareRefine, reliable_pseudo_labels
+def case_reliable_pseudo_mask(device, dtype):
+    from wsss_blocks.refine import VariationAwareRefine, reliable_pseudo_mask
 
     img, cams, y = smooth_image(2, 32, 40, seed=11), rand(2, 5, 32, 40, seed=12), labels_multi_hot(2, 5, seed=13)
     m = VariationAwareRefine()
-    out = reliable_pseudo_labels(m, dev(img, device), dev(cams, device), dev(y, device))
+    out = reliable_pseudo_mask(m, dev(img, device), dev(cams, device), dev(y, device))
     on_device(out, device)
-    agree(out, reliable_pseudo_labels(m, img, cams, y), 0.999, "reliable_pseudo_labels")
+    agree(out, reliable_pseudo_mask(m, img, cams, y), 0.999, "reliable_pseudo_mask")
 
 
 # ================================================================================================ SCD losses
@@ -365,7 +369,7 @@ def case_crop_local_patches(device, dtype):
     boxes = sample_patch_boxes(2, (48, 56), num_patches=4, patch_size=24, generator=_gen(26))
     ref = crop_local_patches(imgs.float(), boxes, y.float(), sal.float(), resize_to=20)
     out = crop_local_patches(dev(imgs, device), boxes.to(device), dev(y, device), dev(sal, device), resize_to=20)
-    for k in ("patches", "patch_saliency", "rois"):
+    for k in ("patches", "patch_saliency", "boxes"):
         on_device(out[k], device)  # type: ignore[literal-required]
         close(out[k], ref[k], atol=1e-5, what=f"crop_local_patches[{k}]")  # type: ignore[literal-required]
 
@@ -420,7 +424,7 @@ def case_cov_smooth(device, dtype):
 @case()
 def case_proportional_pseudo_mask(device, dtype):
     """PPMG with the threshold foreground (exact) and with the per-class binary CRF (PyTorch backend)."""
-    from wsss_blocks.pseudo_mask import PMM_BINARY_CRF, proportional_pseudo_mask
+    from wsss_blocks.pseudo_mask import PPMG_CRF, proportional_pseudo_mask
 
     cams = (rand(2, 6, 30, 36, seed=31) ** 3).float()
     y, img = labels_multi_hot(2, 6, seed=32).float(), smooth_image(2, 30, 36, seed=33).float()
@@ -428,9 +432,9 @@ def case_proportional_pseudo_mask(device, dtype):
     out = proportional_pseudo_mask(cams.to(device), y.to(device), foreground="threshold")
     on_device(out, device)
     same(out, ref, "proportional_pseudo_mask threshold")
-    params = dict(PMM_BINARY_CRF, backend="torch")
-    ref = proportional_pseudo_mask(cams, y, img, crf_params=params)
-    out = proportional_pseudo_mask(cams.to(device), y.to(device), img.to(device), crf_params=params)
+    crf = {"preset": PPMG_CRF, "backend": "torch"}
+    ref = proportional_pseudo_mask(cams, y, img, crf=crf)
+    out = proportional_pseudo_mask(cams.to(device), y.to(device), img.to(device), crf=crf)
     on_device(out, device)
     agree(out, ref, 0.999, "proportional_pseudo_mask crf")
 
@@ -472,24 +476,25 @@ def case_smaf_target_and_loss(device, dtype):
 
 
 @case()
-def case_smaf_pseudo_labels(device, dtype):
+def case_smaf_pseudo_mask(device, dtype):
     from wsss_blocks.crf import DenseCRF
-    from wsss_blocks.multiscale_fusion import smaf_pseudo_labels
+    from wsss_blocks.multiscale_fusion import smaf_pseudo_mask
 
     maps, y = rand(2, 5, 40, 44, seed=39).float(), labels_multi_hot(2, 5, seed=40).float()
     img = smooth_image(2, 40, 44, seed=41).float()
-    same(smaf_pseudo_labels(maps.to(device), y.to(device), 0.2), smaf_pseudo_labels(maps, y, 0.2),
-         "smaf_pseudo_labels without CRF")
+    same(smaf_pseudo_mask(maps.to(device), y.to(device), 0.2), smaf_pseudo_mask(maps, y, 0.2),
+         "smaf_pseudo_mask without CRF")
     crf = DenseCRF.preset("smaf", backend="torch")
-    out = smaf_pseudo_labels(maps.to(device), y.to(device), 0.2, image=img.to(device), crf=crf)
+    out = smaf_pseudo_mask(maps.to(device), y.to(device), 0.2, image01=img.to(device), crf=crf)
     on_device(out, device)
-    agree(out, smaf_pseudo_labels(maps, y, 0.2, image=img, crf=crf), 0.999, "smaf_pseudo_labels with CRF")
+    agree(out, smaf_pseudo_mask(maps, y, 0.2, image01=img, crf=crf), 0.999, "smaf_pseudo_mask with CRF")
 
 
 # ================================================================================================ PPL
 @case()
 def case_split_merge_tile_patches(device, dtype):
-    from wsss_blocks.patch_learning import merge_patches, split_patches, tile_images
+    from wsss_blocks.patch_learning import merge_patches, split_patches
+    from wsss_blocks.puzzle_cam import tile_images
 
     x = randn(2, 3, 12, 10, seed=42).float()
     p = split_patches(x.to(device), (3, 2))
@@ -516,7 +521,7 @@ def case_patch_learning(device, dtype):
 
 @case()
 def case_puzzle_reconstruction_loss(device, dtype):
-    from wsss_blocks.patch_learning import puzzle_reconstruction_loss
+    from wsss_blocks.puzzle_cam import puzzle_reconstruction_loss
 
     a, b, y = randn(2, 5, 8, 8, seed=45), randn(2, 5, 8, 8, seed=46), labels_multi_hot(2, 5, seed=47)
     ref, g_ref = grad_of(lambda m: puzzle_reconstruction_loss(a, m, y), b)
@@ -534,8 +539,8 @@ def case_pretended_underfitting_loss(device, dtype):
     target = torch.randint(0, 6, (2, 10, 12), generator=_gen(49))
     target[:, 0] = 255
     for mode in ("clamp", "pow", "ignore"):
-        fn_ref = lambda z, m=mode: pretended_underfitting_loss(z, target, beta=2.0, k=0.5, mode=m)  # noqa: E731
-        fn = lambda z, m=mode: pretended_underfitting_loss(z, target.to(device), beta=2.0, k=0.5, mode=m)  # noqa: E731
+        fn_ref = lambda z, m=mode: pretended_underfitting_loss(z, target, beta=2.0, k=0.5, mode=m)
+        fn = lambda z, m=mode: pretended_underfitting_loss(z, target.to(device), beta=2.0, k=0.5, mode=m)
         ref, g_ref = grad_of(fn_ref, logits)
         out, g = grad_of(fn, dev(logits, device))
         on_device(out, device)
@@ -547,7 +552,8 @@ def case_pretended_underfitting_loss(device, dtype):
 @pytest.fixture
 def no_tf32():
     """float32 means float32: cuDNN convolutions default to TF32 on Ampere and newer GPUs (10 mantissa bits), a
-    speed setting the float32 tolerances here are not meant for; restored afterwards."""
+    speed setting the float32 tolerances here are not meant for; restored afterwards.
+    """
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
@@ -572,12 +578,14 @@ def test_parity(name: str, mode: str, parity_device: torch.device, no_tf32: None
 
 def test_every_claimed_block_has_a_case():
     """The blocks whose docs claim CUDA (and AMP) support are all covered; half modes where AMP is claimed.
-    (Runs everywhere: it checks the case table, not a device.)"""
+
+    (Runs everywhere: it checks the case table, not a device.)
+    """
     must = {"cam_from_features", "tokens_to_map", "normalize_cams", "cams_to_mask", "multiscale_cams",
-            "confusion_matrix_and_metric", "threshold_sweep",
+            "confusion_matrix_and_metric", "bg_score_sweep",
             "dense_crf_torch_backend", "pixel_adaptive_refine", "variation_aware_refine", "self_correspondence_loss",
             "affinity_from_attention_loss", "roi_align", "l2g_transfer", "cov_smooth", "proportional_pseudo_mask",
-            "multiscale_attention_fusion", "smaf_pseudo_labels", "split_merge_tile_patches", "patch_learning"}
+            "multiscale_attention_fusion", "smaf_pseudo_mask", "split_merge_tile_patches", "patch_learning"}
     assert must <= set(CASES), sorted(must - set(CASES))
     for name in ("multiscale_cams", "pixel_adaptive_refine", "variation_aware_refine", "self_correspondence_loss",
                  "l2g_transfer", "cov_smooth", "multiscale_attention_fusion"):

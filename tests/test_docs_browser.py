@@ -50,7 +50,8 @@ def _dom(page: Path) -> str:
 
 def _checker():
     spec = importlib.util.spec_from_file_location("check_docs_html", ROOT / ".ci" / "check_docs_html.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["check_docs_html"] = mod
     spec.loader.exec_module(mod)

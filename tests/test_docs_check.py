@@ -21,7 +21,8 @@ KATEX = '<script src="../vendor/katex/katex.min.js"></script>\n<script src="../j
 
 def _module():
     spec = importlib.util.spec_from_file_location("check_docs_html", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["check_docs_html"] = mod  # dataclasses look the module up while the class is built
     spec.loader.exec_module(mod)
@@ -145,11 +146,13 @@ def test_cli_exit_status_and_allow_flags(tmp_path):
                             "crf/index.html": "<p>see spec_crf.md</p>\n"})
     r = _run(str(site))
     assert r.returncode == 1
-    assert "l2g/index.html:4: sphinx-role:" in r.stdout and "crf/index.html:4: internal-doc:" in r.stdout
+    assert "l2g/index.html:4: sphinx-role:" in r.stdout
+    assert "crf/index.html:4: internal-doc:" in r.stdout
     assert r.stdout.strip().endswith("checked 3 page(s) in " + str(site) + ": 1 sphinx-role, 1 internal-doc")
 
     r = _run(str(site), "--allow-sphinx-roles")
-    assert r.returncode == 1 and "sphinx-role: 1 in l2g/index.html" in r.stdout
+    assert r.returncode == 1
+    assert "sphinx-role: 1 in l2g/index.html" in r.stdout
     assert "l2g/index.html:4" not in r.stdout  # allowed findings are counted, not listed
 
     r = _run(str(site), "--allow-sphinx-roles", "--allow-internal-docs")
@@ -158,15 +161,19 @@ def test_cli_exit_status_and_allow_flags(tmp_path):
     assert r.stdout.strip().endswith(": no errors")
 
     r = _run(str(site), "--allow-sphinx-roles", "--allow-internal-docs", "--verbose")
-    assert r.returncode == 0 and "l2g/index.html:4: sphinx-role:" in r.stdout
+    assert r.returncode == 0
+    assert "l2g/index.html:4: sphinx-role:" in r.stdout
 
 
 def test_cli_refuses_a_folder_without_a_site(tmp_path):
     r = _run(str(tmp_path / "nothing"))
-    assert r.returncode == 2 and "holds no index.html" in r.stderr
+    assert r.returncode == 2
+    assert "holds no index.html" in r.stderr
 
 
 def test_cli_clean_site_passes(tmp_path):
     site = _site(tmp_path, {"index.html": "<p>home</p>\n", "a/index.html": "<ul>\n<li>x</li>\n</ul>\n"})
     r = _run(str(site))
-    assert r.returncode == 0 and "checked 2 page(s)" in r.stdout and "no errors" in r.stdout
+    assert r.returncode == 0
+    assert "checked 2 page(s)" in r.stdout
+    assert "no errors" in r.stdout

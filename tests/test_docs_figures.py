@@ -18,7 +18,8 @@ pytest.importorskip("PIL")
 
 def _module():
     spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["make_figures"] = mod
     spec.loader.exec_module(mod)
@@ -34,7 +35,8 @@ def test_committed_figures_are_small_pngs_embedded_with_a_caption():
     for name, page in PAGES.items():
         png = ROOT / "docs" / "img" / f"{name}_figure.png"
         data = png.read_bytes()
-        assert data[:8] == PNG_MAGIC and len(data) < 200_000, (png, len(data))
+        assert data[:8] == PNG_MAGIC, png
+        assert len(data) < 200_000, (png, len(data))
         text = (ROOT / "docs" / page).read_text(encoding="utf-8")
         assert f"](img/{name}_figure.png)" in text, page
         caption = text[text.index(f"img/{name}_figure.png"):][:2000]
@@ -48,7 +50,8 @@ def test_quick_run_writes_every_figure_and_repeats_byte_for_byte(mf, tmp_path):
     assert res["picks"] == mf.pick_images(mf.load_data(data, 48, 64)["labels"])
     for name, size in res["files"].items():
         png = (tmp_path / "a" / f"{name}_figure.png").read_bytes()
-        assert png[:8] == PNG_MAGIC and len(png) == size < 200_000
+        assert png[:8] == PNG_MAGIC
+        assert len(png) == size < 200_000
     assert not list((tmp_path / "a").glob("*.tmp"))  # written through a temporary file and a rename
     # same seeds, one thread: a second run of a figure gives the same bytes
     mf.make_figures(tmp_path / "b", quick=True, only=("pmm",), data_root=data)
@@ -66,4 +69,5 @@ def test_picks_prefer_images_with_two_classes(mf):
 def test_cli_rejects_unknown_figure_names(mf, capsys):
     with pytest.raises(SystemExit) as e:
         mf.main(["--only", "l2g,nope"])
-    assert e.value.code == 2 and "unknown figure(s) ['nope']" in capsys.readouterr().err
+    assert e.value.code == 2
+    assert "unknown figure(s) ['nope']" in capsys.readouterr().err
