@@ -15,7 +15,7 @@ import wsss_blocks.data.io as wio
 from wsss_blocks.crf import PRESETS
 from wsss_blocks.losses import PretendedUnderFittingLoss
 from wsss_blocks.pseudo_mask import CYCLIC_CRF, CyclicPseudoMask, _rescale_factor, _slide_logits
-from wsss_blocks.train.cyclic import loss_for_round, relabel, select_checkpoint
+from wsss_blocks.train.cyclic import RelabelResult, loss_for_round, relabel, select_checkpoint
 
 pytest.importorskip("PIL")
 
@@ -224,11 +224,13 @@ def test_relabel_crash_leaves_no_partial_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", flaky_save)
     cp = CyclicPseudoMask(**FAST)
+    partial = RelabelResult(out_root=out)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        relabel(cp, net, ds, out)
+        relabel(cp, net, ds, out, result=partial)
     assert sorted(os.listdir(out)) == ["img0.png", "img1.png"]  # no partial img2.png, no temp files
     for name in ("img0.png", "img1.png"):
         assert wio.load_label_png(out / name).shape == (12, 16)
+    assert (partial.written, partial.skipped) == (2, 0)  # the counts of the interrupted call
     monkeypatch.setattr(Image.Image, "save", real_save)
     res = relabel(cp, net, ds, out)
     assert (res.written, res.skipped) == (3, 2)  # the two masks written before the crash are kept

@@ -35,8 +35,8 @@ class RelabelResult:
     """
 
     out_root: Path
-    written: int
-    skipped: int
+    written: int = 0
+    skipped: int = 0
 
 
 def relabel(
@@ -49,6 +49,7 @@ def relabel(
     *,
     palette: bool = False,
     overwrite: bool = False,
+    result: RelabelResult | None = None,
 ) -> RelabelResult:
     """Predict every sample with ``cyclic`` and write ``<out_root>/<name>.png``.
 
@@ -71,6 +72,8 @@ def relabel(
         device: where to run the model (default: the images' device, i.e. CPU for a dataset).
         palette: write palette PNGs instead of greyscale (same pixel values).
         overwrite: recompute masks that already exist.
+        result: a :class:`RelabelResult` to count into as masks are written (returned); its counts are what an
+            interrupted call did when it raises. Default: a new one.
 
     Returns:
         A :class:`RelabelResult` (folder and counts).
@@ -103,18 +106,19 @@ def relabel(
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
-    written = skipped = 0
+    res = result if result is not None else RelabelResult(out_root=out)
+    res.out_root, res.written, res.skipped = out, 0, 0
     try:
         for sample in _iter_pending(dataset, out, overwrite):
             if sample is None:
-                skipped += 1
+                res.skipped += 1
                 continue
             name = sample.get("name")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"each sample needs a non-empty string 'name', got {name!r}")
             path = out / f"{name}.png"
             if path.exists() and not overwrite:
-                skipped += 1
+                res.skipped += 1
                 continue
             img = sample.get("image01", sample.get("image"))
             if not isinstance(img, Tensor) or img.ndim != 3:
@@ -131,11 +135,11 @@ def relabel(
             if int(mask.max()) > 255:
                 raise ValueError(f"model predicts {int(mask.max()) + 1} classes; PNG masks hold at most 256")
             save_label_png(path, mask.to(torch.uint8).cpu().numpy(), palette=palette)
-            written += 1
+            res.written += 1
     finally:
         if module is not None:
             module.train(was_training)
-    return RelabelResult(out_root=out, written=written, skipped=skipped)
+    return res
 
 
 def _iter_pending(dataset: Iterable[Mapping[str, Any]], out: Path, overwrite: bool
