@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from wsss_blocks.data.io import load_image, load_label_png, voc_palette
-from wsss_blocks.data.synthetic import make_synthetic_voc, render_synthetic_sample, synthetic_class_names
+from wsss_blocks.data.synthetic import (
+    PART_BACKGROUND,
+    PART_BODY,
+    PART_HEAD,
+    SYNTHETIC_VERSION,
+    make_synthetic_voc,
+    render_synthetic_sample,
+    render_synthetic_sample_detailed,
+    synthetic_class_names,
+)
 from wsss_blocks.data.transforms import rgb_to_hsv
 from wsss_blocks.data.voc import (
     VOC_CLASSES,
@@ -38,7 +47,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_layout_and_lists(syn_root):
-    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "SaliencyMaps", "Annotations"):
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "SaliencyMaps", "Annotations", "PartMasks"):
         assert (syn_root / d).is_dir(), d
     sets = syn_root / "ImageSets" / "Segmentation"
     train, train_aug, val = (read_split_list(sets / f"{s}.txt") for s in ("train", "train_aug", "val"))
@@ -205,7 +214,76 @@ def test_render_sample_shapes_and_dtypes():
     ({"image_format": "bmp"}, "image_format"),
     ({"num_train_seg": 0}, "num_train_seg"),
     ({"max_objects": 0}, "max_objects"),
+    ({"body_evidence": 1.5}, "body_evidence"),
+    ({"body_evidence": -0.1}, "body_evidence"),
+    ({"body_evidence": True}, "body_evidence"),
 ])
 def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_voc(tmp_path / "x", **{"num_train": 2, "num_val": 1, "image_size": 32, **kw})
+
+
+# ------------------------------------------------------------------------------------------ parts, body evidence
+def test_default_images_equal_generator_version_1():
+    """``body_evidence=0`` draws exactly the arrays of generator version 1 (digest recorded before version 2)."""
+    h = hashlib.sha1()
+    for i in range(6):
+        img, mask, sal = render_synthetic_sample(np.random.default_rng([7, 0, i]), 48, 6, 3)
+        h.update(img.tobytes())
+        h.update(mask.tobytes())
+        h.update(sal.tobytes())
+    assert h.hexdigest() == "b218a27d5610bdab35478ff723ab8affe588dd68"
+    assert SYNTHETIC_VERSION == 2
+
+
+def test_part_mask_matches_the_class_mask_and_the_heads():
+    for i in range(20):
+        s = render_synthetic_sample_detailed(np.random.default_rng([1, 0, i]), 64, body_evidence=0.5)
+        assert set(np.unique(s.part_mask).tolist()) <= {PART_BACKGROUND, PART_BODY, PART_HEAD}
+        np.testing.assert_array_equal(s.part_mask > 0, s.mask > 0)  # a part wherever there is an object
+        hsv = rgb_to_hsv(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255)
+        sat = hsv[1].numpy()
+        head, body = s.part_mask == PART_HEAD, s.part_mask == PART_BODY
+        assert head.any() and body.any()
+        assert np.median(sat[head]) > 0.6 and sat[body].max() < 0.4  # saturated heads, muted bodies
+        assert len(s.body_tinted) >= 1
+
+
+def _circular_distance(a, b):
+    d = abs(a - b) % 1.0
+    return min(d, 1.0 - d)
+
+
+@pytest.mark.parametrize("evidence", [0.0, 1.0])
+def test_body_evidence_tints_the_body_with_the_class_hue(evidence):
+    near = []
+    for i in range(30):
+        s = render_synthetic_sample_detailed(np.random.default_rng([2, 0, i]), 64, max_objects=1,
+                                             body_evidence=evidence)
+        assert s.body_tinted == (bool(evidence),)
+        hsv = rgb_to_hsv(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255)
+        body = torch.from_numpy(s.part_mask == PART_BODY)
+        head = torch.from_numpy(s.part_mask == PART_HEAD)
+        body_hue, head_hue = float(hsv[0][body].median()), float(hsv[0][head & (hsv[1] > 0.6)].median())
+        near.append(_circular_distance(body_hue, head_hue) < 0.06)
+        if evidence:
+            assert 0.12 < float(hsv[1][body].median()) < 0.38  # faint: far below the heads' 0.75-0.95
+    frac = float(np.mean(near))
+    assert (frac == 1.0) if evidence else (frac < 0.4)  # random body hues land near the head's rarely
+
+
+def test_body_evidence_fraction_and_files(tmp_path):
+    tinted = [t for i in range(200)
+              for t in render_synthetic_sample_detailed(np.random.default_rng([3, 0, i]), 32,
+                                                        body_evidence=0.5).body_tinted]
+    assert 0.4 < float(np.mean(tinted)) < 0.6
+    root = make_synthetic_voc(tmp_path / "e", num_train=4, num_val=2, image_size=32, body_evidence=0.5)
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta["params"]["body_evidence"] == 0.5 and meta["params"]["version"] == 2
+    assert meta["parts"] == {"0": "background", "1": "body", "2": "head"}
+    for name in ("2030_000003", "2031_000001"):
+        part = load_label_png(root / "PartMasks" / f"{name}.png")
+        mask = load_label_png(root / "SegmentationClassAug" / f"{name}.png")
+        np.testing.assert_array_equal(part > 0, mask > 0)
+    plain = make_synthetic_voc(tmp_path / "p", num_train=4, num_val=2, image_size=32)
+    assert _digest(root)["JPEGImages/2030_000000.jpg"] != _digest(plain)["JPEGImages/2030_000000.jpg"]

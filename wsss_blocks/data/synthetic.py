@@ -6,7 +6,12 @@ every class) with a small class-specific **head** (a saturated disc with a class
 pattern: stripes, checks, dots, rings). Only the head tells the classes apart, so a classifier
 trained on image labels looks at heads and its CAMs cover a fraction of each object: the core WSSS
 problem, reproduced in miniature. The ground truth is pixel-exact (body and head both carry the
-class).
+class), and a part mask says which pixels are head and which are body.
+
+``body_evidence`` (default 0: the bodies carry no class evidence at all) gives that fraction of the
+bodies a faint tint of their class hue (saturation 0.15-0.35 against the heads' 0.75-0.95): weak evidence
+away from the head, which methods built to find less discriminative parts (L2G's local views, PPL's
+patches, SMAF's multi-scale fusion) can learn to use and a plain CAM tends to ignore.
 
 :func:`make_synthetic_voc` writes the same folders, lists and label files as VOC, so the real
 :class:`~wsss_blocks.data.voc.VOCSegmentation` reader loads it unchanged::
@@ -16,6 +21,7 @@ class).
       SegmentationClass/<name>.png        palette PNGs (train + val), like VOC
       SegmentationClassAug/<name>.png     greyscale PNGs (train_aug + val), like the SBD conversion
       SaliencyMaps/<name>.png             imperfect foreground saliency in 0..255 (optional)
+      PartMasks/<name>.png                greyscale: 0 background, 1 body, 2 head (train_aug + val)
       Annotations/<name>.xml              VOC-style XML with one <object> per creature (optional)
       ImageSets/Segmentation/{train,train_aug,val,trainval}.txt
       cls_labels.npy                      {name: float32[20]}, ToCo-style string keys
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +56,24 @@ from wsss_blocks._checks import check_int
 from wsss_blocks.data.io import atomic_write, save_image, save_label_png
 from wsss_blocks.data.voc import VOC_CLASSES, VOC_NUM_CLASSES, save_cls_labels, write_split_list
 
-__all__ = ["make_synthetic_voc", "render_synthetic_sample", "synthetic_class_names", "SYNTHETIC_VERSION"]
+__all__ = [
+    "make_synthetic_voc",
+    "render_synthetic_sample",
+    "render_synthetic_sample_detailed",
+    "synthetic_class_names",
+    "SyntheticSample",
+    "SYNTHETIC_VERSION",
+    "PART_BACKGROUND",
+    "PART_BODY",
+    "PART_HEAD",
+]
 
 #: Bumped whenever the generator's output changes (part of the cache key in ``synthetic.json``).
-SYNTHETIC_VERSION = 1
+#: Version 2 adds ``PartMasks/`` and ``body_evidence``; with ``body_evidence=0`` images and masks equal version 1's.
+SYNTHETIC_VERSION = 2
+
+#: Values of the part masks (``PartMasks/<name>.png``, :attr:`SyntheticSample.part_mask`).
+PART_BACKGROUND, PART_BODY, PART_HEAD = 0, 1, 2
 
 _TRAIN_PREFIX = "2030"
 _VAL_PREFIX = "2031"
@@ -138,35 +159,68 @@ def _head_pattern(pattern: int, u: np.ndarray, w: np.ndarray, dist: np.ndarray, 
     return (np.sin(k * dist) > 0).astype(np.float64)
 
 
-def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_classes: int = 6,
-                            max_objects: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one synthetic image.
+@dataclass
+class SyntheticSample:
+    """One rendered synthetic image with its ground truth (see `render_synthetic_sample_detailed`).
+
+    Attributes:
+        image: ``S×S×3`` uint8 RGB.
+        mask: ``S×S`` uint8 class mask, 0 background, ``c + 1`` for class slot ``c``.
+        saliency: ``S×S`` uint8 imperfect foreground saliency in 0..255.
+        part_mask: ``S×S`` uint8, `PART_BACKGROUND` (0), `PART_BODY` (1) or `PART_HEAD` (2) — the part of the
+            object that is visible at each pixel (the class-specific head, or the generic body).
+        body_tinted: per object, in drawing order, whether its body carries its class hue (``body_evidence``).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    saliency: np.ndarray
+    part_mask: np.ndarray
+    body_tinted: tuple[bool, ...]
+
+
+def _check_body_evidence(body_evidence: float) -> float:
+    if isinstance(body_evidence, bool) or not isinstance(body_evidence, (int, float)) \
+            or not 0.0 <= float(body_evidence) <= 1.0:
+        raise ValueError(f"body_evidence must be a number in [0, 1], got {body_evidence!r}")
+    return float(body_evidence)
+
+
+def render_synthetic_sample_detailed(rng: np.random.Generator, image_size: int = 96, num_classes: int = 6,
+                                     max_objects: int = 3, *, body_evidence: float = 0.0) -> SyntheticSample:
+    """Draw one synthetic image with its class mask, saliency and head/body part mask.
 
     Args:
         rng: numpy random generator (all randomness comes from it).
         image_size: side S of the square image.
         num_classes: number of VOC class slots used (the first ``num_classes``).
         max_objects: at most this many creatures (at least 1).
+        body_evidence: probability that a creature's body is tinted with its class hue (hue within ±0.03 of
+            the head's, saturation 0.15-0.35); 0 (default) draws exactly the images of generator version 1,
+            whose bodies carry no class evidence.
 
     Returns:
-        ``(image uint8 S×S×3, mask uint8 S×S with values 0..num_classes, saliency uint8 S×S)``.
+        A `SyntheticSample`.
 
     Shape:
-        - image: ``(S, S, 3)``; mask: ``(S, S)``; saliency: ``(S, S)``.
+        - image: ``(S, S, 3)``; mask, saliency, part_mask: ``(S, S)``.
 
     Examples:
         >>> import numpy as np
-        >>> img, mask, sal = render_synthetic_sample(np.random.default_rng(0), 32)
-        >>> img.shape, mask.dtype.name, int(mask.max()) <= 6
-        ((32, 32, 3), 'uint8', True)
+        >>> s = render_synthetic_sample_detailed(np.random.default_rng(0), 32, body_evidence=1.0)
+        >>> sorted(np.unique(s.part_mask).tolist()), all(s.body_tinted)
+        ([0, 1, 2], True)
     """
     _check_num_classes(num_classes)
+    evidence = _check_body_evidence(body_evidence)
     S = int(image_size)
     if S < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
     img = _background(rng, S, yy, xx)
     mask = np.zeros((S, S), dtype=np.uint8)
+    parts = np.zeros((S, S), dtype=np.uint8)
+    tinted: list[bool] = []
     n = int(rng.integers(1, max_objects + 1))
     placed: list[tuple[float, float, float]] = []
     for _ in range(n):
@@ -191,10 +245,16 @@ def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_
         head = hdist <= r
         # generic body: muted colour (same distribution for every class), mild shading, little texture
         bh, bs, bv = rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.85)
+        hue, pattern, period = _class_style(cls, num_classes)
+        tint = False
+        if evidence > 0.0:  # no extra draws at 0: the version-1 images stay reproducible
+            tint = bool(rng.random() < evidence)
+            if tint:  # weak class evidence on the body: its class hue, faintly saturated
+                bh, bs = hue + rng.uniform(-0.03, 0.03), rng.uniform(0.15, 0.35)
+        tinted.append(tint)
         shade = 0.08 * (u / a) + 0.015 * rng.standard_normal((S, S))
         body_rgb = _hsv_to_rgb(np.array(bh), np.array(bs), np.array(1.0)) * np.clip(bv + shade, 0, 1)[..., None]
         # class-specific head: saturated hue + pattern
-        hue, pattern, period = _class_style(cls, num_classes)
         pat = _head_pattern(pattern, hu / r, hw_ / r, hdist / r, period)
         hv = np.where(pat > 0, rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.4))
         head_rgb = _hsv_to_rgb(np.array(hue + rng.uniform(-0.015, 0.015)),
@@ -203,6 +263,8 @@ def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_
         img = np.where(body[..., None], body_rgb, img)
         img = np.where(head[..., None], head_rgb, img)
         mask[obj] = cls + 1
+        parts[body] = PART_BODY
+        parts[head] = PART_HEAD
     image = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     # imperfect saliency: blurred foreground with a soft low-frequency error
     fg = (mask > 0).astype(np.float64)
@@ -214,7 +276,35 @@ def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_
            + c[:-2 * k - 1, :-2 * k - 1]) / (2 * k + 1) ** 2
     sal = np.clip(0.85 * box + 0.3 * (_smooth_noise(rng, S, 3) - 0.5), 0, 1)
     saliency = np.round(sal * 255).astype(np.uint8)
-    return image, mask, saliency
+    return SyntheticSample(image, mask, saliency, parts, tuple(tinted))
+
+
+def render_synthetic_sample(rng: np.random.Generator, image_size: int = 96, num_classes: int = 6,
+                            max_objects: int = 3, *, body_evidence: float = 0.0
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one synthetic image (`render_synthetic_sample_detailed` without the part mask).
+
+    Args:
+        rng: numpy random generator (all randomness comes from it).
+        image_size: side S of the square image.
+        num_classes: number of VOC class slots used (the first ``num_classes``).
+        max_objects: at most this many creatures (at least 1).
+        body_evidence: probability that a body carries a faint tint of its class hue (default 0: none).
+
+    Returns:
+        ``(image uint8 S×S×3, mask uint8 S×S with values 0..num_classes, saliency uint8 S×S)``.
+
+    Shape:
+        - image: ``(S, S, 3)``; mask: ``(S, S)``; saliency: ``(S, S)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> img, mask, sal = render_synthetic_sample(np.random.default_rng(0), 32)
+        >>> img.shape, mask.dtype.name, int(mask.max()) <= 6
+        ((32, 32, 3), 'uint8', True)
+    """
+    s = render_synthetic_sample_detailed(rng, image_size, num_classes, max_objects, body_evidence=body_evidence)
+    return s.image, s.mask, s.saliency
 
 
 def _annotation_xml(name: str, size: int, classes: list[int]) -> str:
@@ -227,8 +317,9 @@ def _annotation_xml(name: str, size: int, classes: list[int]) -> str:
 
 def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: int = 50, image_size: int = 96,
                        seed: int = 0, num_classes: int = 6, *, num_train_seg: int | None = None,
-                       max_objects: int = 3, image_format: str = "jpg", jpeg_quality: int = 95,
-                       saliency: bool = True, annotations: bool = True, overwrite: bool = False) -> Path:
+                       max_objects: int = 3, body_evidence: float = 0.0, image_format: str = "jpg",
+                       jpeg_quality: int = 95, saliency: bool = True, annotations: bool = True,
+                       overwrite: bool = False) -> Path:
     """Write a synthetic VOC-format dataset under ``root`` and return ``root`` as a ``Path``.
 
     The output is a deterministic function of the arguments: the same call gives byte-identical
@@ -246,6 +337,8 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
         num_train_seg: how many of the ``train_aug`` images also form ``train`` (and get a palette
             PNG in ``SegmentationClass``), mirroring VOC's train ⊂ train_aug; default all.
         max_objects: at most this many objects per image (1..3 by default).
+        body_evidence: fraction of the bodies tinted with their class hue, a weak class cue away from the
+            head (default 0: class evidence only in the heads, the images of generator version 1).
         image_format: ``"jpg"`` (like VOC) or ``"png"`` (lossless; read with ``image_ext=".png"``).
         jpeg_quality: JPEG quality.
         saliency: also write ``SaliencyMaps/``.
@@ -268,6 +361,7 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    body_evidence = _check_body_evidence(body_evidence)
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     n_seg = num_train if num_train_seg is None else int(num_train_seg)
@@ -277,8 +371,8 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
     params: dict[str, Any] = {
         "version": SYNTHETIC_VERSION, "num_train": num_train, "num_val": num_val, "image_size": int(image_size),
         "seed": int(seed), "num_classes": num_classes, "num_train_seg": n_seg, "max_objects": max_objects,
-        "image_format": image_format, "jpeg_quality": jpeg_quality, "saliency": saliency,
-        "annotations": annotations,
+        "body_evidence": body_evidence, "image_format": image_format, "jpeg_quality": jpeg_quality,
+        "saliency": saliency, "annotations": annotations,
     }
     meta = root / "synthetic.json"
     if meta.is_file() and not overwrite:
@@ -298,9 +392,12 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
     for split_code, names in ((0, train), (1, val)):
         for i, name in enumerate(names):
             rng = np.random.default_rng([int(seed), split_code, i])
-            image, mask, sal = render_synthetic_sample(rng, int(image_size), num_classes, max_objects)
+            sample = render_synthetic_sample_detailed(rng, int(image_size), num_classes, max_objects,
+                                                      body_evidence=body_evidence)
+            image, mask, sal = sample.image, sample.mask, sample.saliency
             save_image(root / "JPEGImages" / f"{name}.{image_format}", image, quality=jpeg_quality, fsync=False)
             save_label_png(root / "SegmentationClassAug" / f"{name}.png", mask, palette=False, fsync=False)
+            save_label_png(root / "PartMasks" / f"{name}.png", sample.part_mask, palette=False, fsync=False)
             if split_code == 1 or name in seg_train:
                 save_label_png(root / "SegmentationClass" / f"{name}.png", mask, palette=True, fsync=False)
             if saliency:
@@ -323,7 +420,9 @@ def make_synthetic_voc(root: str | os.PathLike, num_train: int = 200, num_val: i
         "params": params,
         "classes_used": {str(k + 1): VOC_CLASSES[k] for k in range(num_classes)},
         "images_per_class": {VOC_CLASSES[k]: int(counts[k]) for k in range(num_classes)},
-        "description": "wsss-blocks synthetic VOC-format dataset; class evidence sits in each object's head",
+        "parts": {"0": "background", "1": "body", "2": "head"},
+        "description": "wsss-blocks synthetic VOC-format dataset; class evidence sits in each object's head"
+                       + (f" (and, faintly, in {body_evidence:.0%} of the bodies)" if body_evidence else ""),
     }
     with atomic_write(meta, "w") as f:
         json.dump(info, f, indent=1)
