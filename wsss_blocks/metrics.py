@@ -1,5 +1,10 @@
 """Segmentation metrics: confusion matrix, IoU / mIoU, accuracy and background-score sweeps.
 
+Diagnostics of *where* a mask is right, for data with part or boundary ground truth: `region_coverage_counts`
+/ `RegionCoverage` (recall and foreground rate inside given regions, e.g. the head and the body of the synthetic
+creatures, or the background) and `boundary_counts` / `boundary_band` / `BoundaryMetric` (boundary F-score
+within a pixel tolerance and the trimap mIoU in a band around the ground-truth boundaries).
+
 Policies (see the *Conventions* docs page):
 
 - one confusion matrix is accumulated over the whole dataset (never a per-image average);
@@ -19,7 +24,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_finite, check_labels, check_masks, check_tensor, checks_enabled, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_masks,
+    check_tensor,
+    checks_enabled,
+    shape_str,
+)
 
 __all__ = [
     "confusion_matrix",
@@ -29,6 +43,12 @@ __all__ = [
     "SweepResult",
     "sweep_bg_score",
     "DEFAULT_BG_SCORES",
+    "region_coverage_counts",
+    "RegionCoverage",
+    "label_boundaries",
+    "boundary_band",
+    "boundary_counts",
+    "BoundaryMetric",
 ]
 
 PredIgnore = Literal["error", "drop", "background"]
@@ -491,3 +511,251 @@ def sweep_bg_score(
             moved = True
         sweep.update(cams, labels, target)
     return sweep.compute()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# where a mask is right: coverage of given regions, boundaries
+# ------------------------------------------------------------------------------------------------------------
+def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
+    p = _check_int_tensor(pred, "pred_mask")
+    t = _check_int_tensor(target, "target_mask")
+    if p.shape != t.shape:
+        raise ValueError(f"pred_mask and target_mask must have the same shape, got {shape_str(p)} and {shape_str(t)}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred_mask must be H×W or B×H×W, got {shape_str(p)}")
+    return (p[None], t[None]) if p.ndim == 2 else (p, t)
+
+
+def region_coverage_counts(pred_mask: Tensor, target_mask: Tensor, region_mask: Tensor, num_regions: int,
+                           ignore_index: int | None = 255) -> Tensor:
+    """Per region: pixels, pixels labelled correctly, pixels labelled foreground; int64 ``num_regions×3``.
+
+    A region map splits the image into parts (e.g. ``0`` background, ``1`` body, ``2`` head of the synthetic
+    creatures: `wsss_blocks.data.synthetic.PART_HEAD`); for each region value r the counts are taken over its
+    pixels whose target is not ``ignore_index``. *Correct* means ``pred == target``; *foreground* means a
+    prediction in ``1 ... 254`` (neither background 0 nor ``ignore_index``). Recall of a region is
+    ``correct / pixels``; inside the background region, ``foreground / pixels`` is the false-positive rate.
+    Counts add up over images (`RegionCoverage`).
+
+    Args:
+        pred_mask: predicted labels (0 background, ``c + 1`` class c, ``ignore_index`` allowed).
+        target_mask: ground-truth labels.
+        region_mask: region value per pixel in ``[0, num_regions)``.
+        num_regions: number of region values.
+        ignore_index: target value that is not counted (and prediction value that is neither correct nor
+            foreground); None for none.
+
+    Shape:
+        - pred_mask, target_mask, region_mask: H×W or B×H×W (identical)
+        - output: num_regions×3 int64 (pixels, correct, foreground)
+
+    Examples:
+        >>> pred = torch.tensor([[0, 1, 1, 0]])
+        >>> target = torch.tensor([[0, 1, 1, 1]])
+        >>> region_coverage_counts(pred, target, torch.tensor([[0, 1, 2, 2]]), 3)
+        tensor([[1, 1, 0],
+                [1, 1, 1],
+                [2, 1, 1]])
+    """
+    p, t = _check_pair(pred_mask, target_mask)
+    r = _check_int_tensor(region_mask, "region_mask")
+    r = r[None] if r.ndim == 2 else r
+    if r.shape != p.shape:
+        raise ValueError(f"region_mask must have the shape of pred_mask {shape_str(p)}, got {shape_str(r)}")
+    num_regions = check_int(num_regions, "num_regions", minimum=1)
+    if checks_enabled() and r.numel() and (int(r.min()) < 0 or int(r.max()) >= num_regions):
+        raise ValueError(f"region_mask values must lie in [0, {num_regions - 1}], got "
+                         f"[{int(r.min())}, {int(r.max())}]")
+    keep = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
+    fg = (p != 0) if ignore_index is None else (p != 0) & (p != ignore_index)
+    rk = r[keep].long()
+    out = torch.stack([torch.bincount(rk, minlength=num_regions),
+                       torch.bincount(rk, weights=(p == t)[keep].double(), minlength=num_regions).round().long(),
+                       torch.bincount(rk, weights=fg[keep].double(), minlength=num_regions).round().long()], 1)
+    return out
+
+
+class RegionCoverage(nn.Module):
+    """Accumulated `region_coverage_counts`: recall and foreground rate per region over a dataset.
+
+    Examples:
+        >>> m = RegionCoverage(3)
+        >>> m.update(torch.tensor([[0, 1, 1, 0]]), torch.tensor([[0, 1, 1, 1]]), torch.tensor([[0, 1, 2, 2]]))
+        >>> out = m.compute()
+        >>> out["recall"].tolist(), out["foreground_rate"].tolist()
+        ([1.0, 1.0, 0.5], [0.0, 1.0, 0.5])
+    """
+
+    counts: Tensor
+
+    def __init__(self, num_regions: int, ignore_index: int | None = 255) -> None:
+        super().__init__()
+        self.num_regions = check_int(num_regions, "num_regions", minimum=1)
+        self.ignore_index = ignore_index
+        self.register_buffer("counts", torch.zeros(num_regions, 3, dtype=torch.long))
+
+    def update(self, pred_mask: Tensor, target_mask: Tensor, region_mask: Tensor) -> None:
+        """Add one image or a batch (see `region_coverage_counts`)."""
+        c = region_coverage_counts(pred_mask, target_mask, region_mask, self.num_regions, self.ignore_index)
+        self.counts += c.to(self.counts.device)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``pixels`` (int64), ``recall`` and ``foreground_rate`` (float64, nan for an empty region)."""
+        n = self.counts[:, 0].double()
+        nan = torch.full_like(n, float("nan"))
+        return {"pixels": self.counts[:, 0].clone(),
+                "recall": torch.where(n > 0, self.counts[:, 1] / n.clamp_min(1), nan),
+                "foreground_rate": torch.where(n > 0, self.counts[:, 2] / n.clamp_min(1), nan)}
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+
+def label_boundaries(mask: Tensor, ignore_index: int | None = 255) -> Tensor:
+    """Boundary pixels of a label map: a 4-neighbour holds another label (both sides of an edge count).
+
+    Pixels equal to ``ignore_index`` are never boundary pixels and never make their neighbours ones.
+
+    Shape:
+        - mask: H×W or B×H×W integer
+        - output: bool, same shape
+
+    Examples:
+        >>> label_boundaries(torch.tensor([[0, 0, 1, 1]])).int()
+        tensor([[0, 1, 1, 0]], dtype=torch.int32)
+    """
+    m = _check_int_tensor(mask, "mask")
+    if m.ndim not in (2, 3):
+        raise ValueError(f"mask must be H×W or B×H×W, got {shape_str(m)}")
+    x = m[None] if m.ndim == 2 else m
+    valid = torch.ones_like(x, dtype=torch.bool) if ignore_index is None else x != ignore_index
+    out = torch.zeros_like(x, dtype=torch.bool)
+    dv = (x[:, 1:, :] != x[:, :-1, :]) & valid[:, 1:, :] & valid[:, :-1, :]
+    dh = (x[:, :, 1:] != x[:, :, :-1]) & valid[:, :, 1:] & valid[:, :, :-1]
+    out[:, 1:, :] |= dv
+    out[:, :-1, :] |= dv
+    out[:, :, 1:] |= dh
+    out[:, :, :-1] |= dh
+    return out if m.ndim == 3 else out[0]
+
+
+def _dilate(b: Tensor, radius: int) -> Tensor:
+    """Square (chessboard-distance) dilation of a B×H×W bool map by ``radius`` pixels."""
+    if radius == 0:
+        return b
+    k = 2 * radius + 1
+    return torch.nn.functional.max_pool2d(b[:, None].float(), k, stride=1, padding=radius)[:, 0] > 0
+
+
+def _check_width(width: object, name: str) -> int:
+    return check_int(width, name, minimum=0)
+
+
+def boundary_band(mask: Tensor, width: int, ignore_index: int | None = 255) -> Tensor:
+    """Pixels within ``width`` pixels (chessboard distance) of a boundary of ``mask`` (`label_boundaries`).
+
+    The band where a trimap IoU is measured (Kohli et al., "Robust Higher Order Potentials for Enforcing Label
+    Consistency", IJCV 2009; DeepLab, Chen et al., TPAMI 2018, Fig. 5). ``ignore_index`` pixels are outside.
+
+    Shape:
+        - mask: H×W or B×H×W integer
+        - output: bool, same shape
+
+    Examples:
+        >>> boundary_band(torch.tensor([[0, 0, 0, 1, 1, 1]]), 1).int()
+        tensor([[0, 1, 1, 1, 1, 0]], dtype=torch.int32)
+    """
+    w = _check_width(width, "width")
+    b = label_boundaries(mask, ignore_index)
+    x = b[None] if b.ndim == 2 else b
+    band = _dilate(x, w)
+    if ignore_index is not None:
+        band &= (mask[None] if mask.ndim == 2 else mask) != ignore_index
+    return band if b.ndim == 3 else band[0]
+
+
+def boundary_counts(pred_mask: Tensor, target_mask: Tensor, tolerance: int = 2,
+                    ignore_index: int | None = 255) -> Tensor:
+    """Counts of the boundary F-score: int64 ``[pred matched, pred total, target matched, target total]``.
+
+    Boundary pixels (`label_boundaries`) of the prediction that lie within ``tolerance`` pixels (chessboard
+    distance) of a target boundary pixel are matched, and vice versa; precision = pred matched / pred total,
+    recall = target matched / target total, F = 2PR / (P + R). This is the tolerance-band boundary F-measure of
+    Perazzi et al. (DAVIS, CVPR 2016) and Csurka et al. (BMVC 2013) with a square structuring element;
+    prediction boundary pixels on ``ignore_index`` target pixels are not counted. Counts add up over images
+    (`BoundaryMetric`).
+
+    Shape:
+        - pred_mask, target_mask: H×W or B×H×W integer
+        - output: (4,) int64
+
+    Examples:
+        >>> target = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+        >>> boundary_counts(torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]]), target, tolerance=1)
+        tensor([1, 2, 1, 2])
+    """
+    p, t = _check_pair(pred_mask, target_mask)
+    tol = _check_width(tolerance, "tolerance")
+    pb = label_boundaries(p, None)
+    if ignore_index is not None:
+        pb &= t != ignore_index
+    tb = label_boundaries(t, ignore_index)
+    pm = pb & _dilate(tb, tol)
+    tm = tb & _dilate(pb, tol)
+    return torch.stack([pm.sum(), pb.sum(), tm.sum(), tb.sum()]).long()
+
+
+class BoundaryMetric(nn.Module):
+    """Boundary F-score (`boundary_counts`) and trimap mIoU (`boundary_band`) accumulated over a dataset.
+
+    Args:
+        num_classes: classes including background (for the trimap confusion matrix).
+        tolerance: boundary match tolerance in pixels.
+        band_width: half-width of the trimap band in pixels (default: ``tolerance``).
+        ignore_index: target value that is not scored.
+        pred_ignore: predictions equal to ``ignore_index`` in the trimap confusion matrix (`confusion_matrix`);
+            in the boundary F-score they are one more label.
+
+    Examples:
+        >>> m = BoundaryMetric(2, tolerance=1)
+        >>> m.update(torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]]), torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]]))
+        >>> {k: round(float(v), 3) for k, v in m.compute().items()}
+        {'boundary_precision': 0.5, 'boundary_recall': 0.5, 'boundary_f': 0.5, 'trimap_miou': 0.25}
+    """
+
+    counts: Tensor
+    confmat: Tensor
+
+    def __init__(self, num_classes: int, tolerance: int = 2, band_width: int | None = None,
+                 ignore_index: int | None = 255, pred_ignore: PredIgnore = "background") -> None:
+        super().__init__()
+        self.num_classes = check_int(num_classes, "num_classes", minimum=1)
+        self.tolerance = _check_width(tolerance, "tolerance")
+        self.band_width = _check_width(tolerance if band_width is None else band_width, "band_width")
+        self.ignore_index = ignore_index
+        self.pred_ignore: PredIgnore = pred_ignore
+        self.register_buffer("counts", torch.zeros(4, dtype=torch.long))
+        self.register_buffer("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long))
+
+    def update(self, pred_mask: Tensor, target_mask: Tensor) -> None:
+        """Add one image or a batch."""
+        p, t = _check_pair(pred_mask, target_mask)
+        self.counts += boundary_counts(p, t, self.tolerance, self.ignore_index).to(self.counts.device)
+        band = boundary_band(t, self.band_width, self.ignore_index)
+        cm = confusion_matrix(p[band], t[band], self.num_classes, self.ignore_index, self.pred_ignore)
+        self.confmat += cm.to(self.confmat.device)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``boundary_precision``, ``boundary_recall``, ``boundary_f`` and ``trimap_miou`` (float64, nan if empty)."""
+        c = self.counts.double()
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=c.device)
+        prec = c[0] / c[1] if c[1] > 0 else nan
+        rec = c[2] / c[3] if c[3] > 0 else nan
+        f = 2 * prec * rec / (prec + rec) if bool(prec + rec > 0) else (nan if bool(torch.isnan(prec + rec))
+                                                                        else torch.zeros_like(c[0]))
+        return {"boundary_precision": prec, "boundary_recall": rec, "boundary_f": f,
+                "trimap_miou": scores_from_confusion(self.confmat)["miou"]}
+
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.confmat.zero_()
