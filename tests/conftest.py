@@ -78,6 +78,7 @@ TRAINER_TINY = [
     "seg.crop_size=32", "seg.msc_train=[0.5]", "seg.eval_scales=[1.0]",
     "runtime.progress=false", "runtime.plots=false", "runtime.checkpoint_every=2", "runtime.log_every=1",
     "runtime.threads=1", "runtime.min_free_mb=1",
+    "cam.pretrained=null", "seg.pretrained=null",  # random init: no pretraining on synthetic data in unit tests
 ]
 
 

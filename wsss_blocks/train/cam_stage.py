@@ -16,6 +16,7 @@ Example (CPU, a few seconds):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -41,7 +42,8 @@ from .optim import total_steps_for
 from .paths import absolute, resolve_paths
 from .reporting import MetricLogger
 from .run_folder import check_run_folder, prepare_stage_folder
-from .schema import RunConfig, dump_run_config
+from .schema import SYNTHETIC_PRETRAINED, RunConfig, dump_run_config
+from .synthetic_pretrain import resolve_synthetic_pretrained
 
 __all__ = ["build_method", "prepare_env", "restore_method", "stage_dir", "train_cam"]
 
@@ -61,7 +63,12 @@ def prepare_env(cfg: RunConfig, env: DistEnv | None = None) -> DistEnv:
 
 
 def build_method(cfg: RunConfig, env: DistEnv) -> CAMMethod:
-    """Seed with ``runtime.seed`` and construct the configured method on the run's device."""
+    """Seed with ``runtime.seed`` and construct the configured method on the run's device.
+
+    ``cam.pretrained: synthetic`` is replaced by the backbone pretrained on synthetic data (pretrained and cached
+    first if needed, `wsss_blocks.train.synthetic_pretrain`).
+    """
+    cfg = resolve_synthetic_pretrained(cfg, sections=("cam",))
     set_seed(cfg.runtime.seed)
     cls = cfg.method_class()
     method = cls(cfg, cfg.method_config(), cfg.data.num_classes)
@@ -80,6 +87,8 @@ def restore_method(cfg: RunConfig, model_path: str | os.PathLike, env: DistEnv) 
     Raises ``CheckpointError`` if the file belongs to another method or class count.
     """
     ck = load_checkpoint(model_path, method=cfg.method, num_classes=cfg.data.num_classes, map_location="cpu")
+    if cfg.cam.pretrained == SYNTHETIC_PRETRAINED:  # every weight comes from the checkpoint: nothing to pretrain
+        cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, pretrained=None))
     method = build_method(cfg, env)
     steps = ck.get("phase_steps") or [0] * len(method.phases)
     for i in range(len(method.phases)):
@@ -192,6 +201,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     base = open_split(cfg, cfg.data.train_split, return_mask=False, saliency=cfg.data.saliency_dir is not None,
                       limit=cfg.data.max_train_images, root=root)
     dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
+    resolve_synthetic_pretrained(cfg, env, ("cam",))  # pretrains once (main rank) when the cache lacks the weights
     method = build_method(cfg, env)
     logger = MetricLogger(out / "log.jsonl", enabled=env.is_main)
     default_steps = total_steps_for(cfg.cam, len(dataset))

@@ -9,7 +9,8 @@ folder is made absolute by the stage functions. The rules:
 * ``data.root``, ``data.sbd_root``, ``data.synthetic.cache_dir``, ``cam.pretrained``, ``seg.pretrained`` (and
   the run folder, the config file): relative to the caller's working directory; ``~`` is expanded. A
   ``pretrained`` value that is a bare name (no folder, no file of that name in the working directory) stays
-  as it is: a weights-registry name such as ``resnet38-imagenet``, or ``none``.
+  as it is: a weights-registry name such as ``resnet38-imagenet``, ``none``, or ``synthetic`` (weights
+  pretrained on synthetic data, `wsss_blocks.train.synthetic_pretrain`).
 * ``data.mask_dir``, ``data.saliency_dir``, ``data.labels_file``: folders and files *inside the dataset*,
   relative to ``data.root`` (the generated dataset for ``dataset: synthetic``), as the dataset readers have
   always read them; ``labels_file`` is taken from the working directory when it exists there, as the
@@ -57,8 +58,11 @@ def default_cache_dir() -> Path:
 def synthetic_params(data: DataConfig) -> dict[str, Any]:
     """The `wsss_blocks.data.make_synthetic_voc` arguments of ``data.synthetic``."""
     s = data.synthetic
-    return {"num_train": s.num_train, "num_val": s.num_val, "image_size": s.image_size,
-            "num_classes": s.num_classes, "seed": s.seed, "max_objects": s.max_objects}
+    params: dict[str, Any] = {"num_train": s.num_train, "num_val": s.num_val, "image_size": s.image_size,
+                              "num_classes": s.num_classes, "seed": s.seed, "max_objects": s.max_objects}
+    if s.body_evidence:  # only when set, so the cache folders of data without it keep their names
+        params["body_evidence"] = s.body_evidence
+    return params
 
 
 def synthetic_root(data: DataConfig) -> Path:

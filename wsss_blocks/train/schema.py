@@ -36,12 +36,39 @@ __all__ = [
     "RuntimeConfig",
     "SegStageConfig",
     "SyntheticDataConfig",
+    "SyntheticPretrainConfig",
+    "SYNTHETIC_PRETRAINED",
     "dump_run_config",
     "load_run_config",
 ]
 
 #: background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
+
+#: value of ``cam.pretrained`` / ``seg.pretrained`` that selects the backbone pretrained on synthetic data
+#: (`wsss_blocks.train.synthetic_pretrain`): the synthetic presets' stand-in for ImageNet weights
+SYNTHETIC_PRETRAINED = "synthetic"
+
+
+@dataclass
+class SyntheticPretrainConfig:
+    """How ``pretrained: synthetic`` backbones are made: a multi-label classifier on a disjoint synthetic set.
+
+    The set has the run's generator settings (``image_size``, ``num_classes``, ``max_objects``,
+    ``body_evidence``) but its own data ``seed`` and size; the weights are cached, keyed by these values and the
+    backbone (`wsss_blocks.train.synthetic_pretrain.pretrain_synthetic_backbone`).
+    """
+
+    num_images: int = 2000               # training images of the pretraining set
+    num_eval: int = 200                  # held-out images (accuracy recorded next to the weights)
+    seed: int = 1000                     # data seed (must differ from data.synthetic.seed) and init seed
+    steps: int = 800
+    batch_size: int = 32
+    optimizer: Literal["auto", "sgd", "adamw"] = "auto"   # auto: each family's ImageNet recipe, SGD (momentum 0.9,
+    #                                     Nesterov) for CNNs as torchvision, AdamW for MiT as SegFormer; 5 % warm-up,
+    #                                     poly 0.9
+    lr: float | None = None              # None: 0.1 (SGD) / 2e-3 (AdamW)
+    weight_decay: float | None = None    # None: 1e-4 (SGD) / 0.05 (AdamW); never on biases and norm weights
 
 
 @dataclass
@@ -54,7 +81,9 @@ class SyntheticDataConfig:
     num_classes: int = 6
     seed: int = 0
     max_objects: int = 3
+    body_evidence: float = 0.0    # fraction of bodies tinted with their class hue (0: evidence only in the heads)
     cache_dir: str | None = None  # default $WSSS_BLOCKS_CACHE or ~/.cache/wsss_blocks
+    pretrain: SyntheticPretrainConfig = field(default_factory=SyntheticPretrainConfig)
 
 
 @dataclass
@@ -111,7 +140,8 @@ class CAMStageConfig(OptimConfig):
     """CAM-stage network and augmentation (see `wsss_blocks.train.cam_stage`)."""
 
     backbone: str = "resnet50"
-    pretrained: str | None = None        # weights-registry name, file or "none" (models/weights.py)
+    pretrained: str | None = None        # weights-registry name, file or "none" (models/weights.py); "synthetic":
+    #                                     pretrained on a disjoint synthetic set (data.synthetic.pretrain)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     resize_long: tuple[int, int] | None = (320, 640)
     resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])
@@ -151,7 +181,7 @@ class SegStageConfig(OptimConfig):
     source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
     model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
     backbone: str = "resnet101"
-    pretrained: str | None = None
+    pretrained: str | None = None        # as cam.pretrained (registry name, file, "none" or "synthetic")
     style: Literal["caffe", "pytorch"] = "caffe"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -266,6 +296,7 @@ def _validate(cfg: RunConfig) -> RunConfig:
         data_normalization(cfg.data)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _validate_synthetic(cfg)
     s = cfg.seg
     if s.cyclic_rounds < 0:
         raise ConfigError(f"seg.cyclic_rounds must be >= 0, got {s.cyclic_rounds}")
@@ -284,6 +315,28 @@ def _validate(cfg: RunConfig) -> RunConfig:
     if cfg.runtime.checkpoint_every < 1 or cfg.runtime.log_every < 1:
         raise ConfigError("runtime.checkpoint_every and runtime.log_every must be >= 1")
     return cfg
+
+
+def _validate_synthetic(cfg: RunConfig) -> None:
+    syn = cfg.data.synthetic
+    if not 0.0 <= syn.body_evidence <= 1.0:
+        raise ConfigError(f"data.synthetic.body_evidence must lie in [0, 1], got {syn.body_evidence}")
+    users = [f"{sec}.pretrained" for sec in ("cam", "seg") if getattr(cfg, sec).pretrained == SYNTHETIC_PRETRAINED]
+    if not users:
+        return
+    if cfg.data.dataset != "synthetic":
+        raise ConfigError(f"{' and '.join(users)}: {SYNTHETIC_PRETRAINED!r} (weights pretrained on synthetic data) "
+                          f"needs data.dataset: synthetic, got {cfg.data.dataset!r}; give a checkpoint path instead")
+    pre = syn.pretrain
+    if pre.seed == syn.seed:
+        raise ConfigError(f"data.synthetic.pretrain.seed must differ from data.synthetic.seed (the pretraining set "
+                          f"must be disjoint from the run's images), both are {syn.seed}")
+    for key in ("num_images", "steps", "batch_size"):
+        if getattr(pre, key) < 1:
+            raise ConfigError(f"data.synthetic.pretrain.{key} must be >= 1, got {getattr(pre, key)}")
+    if pre.num_eval < 0 or (pre.lr is not None and pre.lr <= 0):
+        raise ConfigError(f"data.synthetic.pretrain needs num_eval >= 0 and lr > 0, got num_eval={pre.num_eval}, "
+                          f"lr={pre.lr}")
 
 
 def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),

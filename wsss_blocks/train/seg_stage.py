@@ -15,6 +15,7 @@ method's own segmentation head (`CAMMethod.seg_fn`) is evaluated and nothing is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -43,7 +44,8 @@ from .paths import absolute, resolve_paths
 from .pseudo_stage import pseudo_mask_dir
 from .reporting import MetricLogger, json_float, track
 from .run_folder import check_run_folder, prepare_stage_folder
-from .schema import RunConfig
+from .schema import SYNTHETIC_PRETRAINED, RunConfig
+from .synthetic_pretrain import resolve_synthetic_pretrained
 
 __all__ = ["build_seg_model", "eval_seg", "seg_logits", "seg_model_path", "seg_round_dir", "train_seg"]
 
@@ -51,10 +53,19 @@ _LIBRARY_BACKBONES = ("tiny", "resnet38d", "resnet38", "resnet38d_tiny", "wide_r
 
 
 def build_seg_model(cfg: RunConfig) -> nn.Module:
-    """The segmentation network of ``cfg.seg`` with C + 1 outputs (channel 0 = background)."""
+    """The segmentation network of ``cfg.seg`` with C + 1 outputs (channel 0 = background).
+
+    ``seg.pretrained: synthetic`` loads the backbone pretrained on synthetic data (pretrained and cached first
+    if needed, `wsss_blocks.train.synthetic_pretrain`).
+    """
     from wsss_blocks.models import DeepLabV2, DeepLabV3Plus, SegFormer, build_backbone
 
     s = cfg.seg
+    if s.pretrained == SYNTHETIC_PRETRAINED:
+        if not (s.model == "deeplabv2" and (s.backbone in _LIBRARY_BACKBONES or s.backbone.startswith("mit_"))):
+            raise ValueError(f"seg.pretrained: {SYNTHETIC_PRETRAINED!r} needs seg.model deeplabv2 with a library "
+                             f"backbone ({', '.join(_LIBRARY_BACKBONES)}, mit_*), got {s.model} / {s.backbone}")
+        s = resolve_synthetic_pretrained(cfg, sections=("seg",)).seg
     k = cfg.data.num_classes + 1
     kw = dict(s.model_kwargs)
     if s.model == "deeplabv2":
@@ -136,6 +147,8 @@ def seg_model_path(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
 
 def _load_seg_model(cfg: RunConfig, path: Path, env: DistEnv) -> nn.Module:
     ck = load_checkpoint(path, method=f"seg/{cfg.seg.model}", num_classes=cfg.data.num_classes + 1)
+    if cfg.seg.pretrained == SYNTHETIC_PRETRAINED:  # every weight comes from the checkpoint: nothing to pretrain
+        cfg = dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, pretrained=None))
     model = build_seg_model(cfg).to(env.device)
     load_model_state(model, ck["model"], path)
     return model
@@ -201,6 +214,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
                       limit=cfg.data.max_train_images, root=root)
     open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
     dataset = AugmentedDataset(base, seg_train_transform(cfg), cfg.runtime.seed + 17)
+    cfg = resolve_synthetic_pretrained(cfg, env, ("seg",))  # pretrains once (main rank) if the cache lacks them
     set_seed(cfg.runtime.seed + 17)
     model = build_seg_model(cfg).to(env.device)
     from wsss_blocks.models import param_groups

@@ -117,6 +117,11 @@ class CAMMethod(nn.Module):
         if not isinstance(method_cfg, self.Config):
             raise TypeError(f"method_cfg of {type(self).__name__} must be a {self.Config.__name__}, "
                             f"got {type(method_cfg).__name__}")
+        pre = getattr(getattr(run_cfg, "cam", None), "pretrained", None)
+        if pre == "synthetic":
+            raise ValueError("cam.pretrained is 'synthetic' (a backbone pretrained on synthetic data, made and cached "
+                             "on first use): build the method with wsss_blocks.train.cam_stage.build_method, or pass "
+                             "wsss_blocks.train.synthetic_pretrain.resolve_synthetic_pretrained(cfg)")
         self.run_cfg: Any = run_cfg
         self.cfg: Any = method_cfg
         self.num_classes = num_classes
