@@ -570,7 +570,7 @@ def test_tscd_bad_input():
 # ------------------------------------------------------------------------------------------------ (c) end to end
 TINY = ["runtime.progress=false", "runtime.plots=false", "data.synthetic.num_train=16", "data.synthetic.num_val=6",
         "data.synthetic.image_size=64", "cam.crop_size=64", "seg.crop_size=64", "pseudo.scales=[1.0, 0.5]",
-        "seg.eval_scales=[1.0]"]
+        "seg.eval_scales=[1.0]", "cam.pretrained=null", "seg.pretrained=null"]  # random init: no pretraining
 
 
 @pytest.mark.parametrize(("method", "extra"), [

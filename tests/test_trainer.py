@@ -291,7 +291,7 @@ def test_quick_overrides_and_total_steps():
     from wsss_blocks.train.optim import total_steps_for
 
     cfg = load_run_config("baseline_synthetic", quick=True)
-    assert cfg.cam.steps == 150
+    assert cfg.cam.steps == 100
     assert cfg.data.synthetic.num_train == 96
     voc = load_run_config("baseline_voc")
     assert total_steps_for(voc.cam, 10582) == 10582 // 16 * 5  # IRN max_step
