@@ -469,6 +469,172 @@ def gpu_section(sources: Sequence[Source]) -> list[str]:
                      + f", {mode}, {c.get('date', 'date unknown')}: {section_status_line(src)}"
                      + (f"; {fmt_num(wall)} s in all" if _finite(wall) else "") + ".")
         L.append("")
+
+
+# ------------------------------------------------------------------------------- synthetic protocol grid
+GRID_COLUMNS = (("cam_miou", "CAM"), ("pseudo_miou", "pseudo-mask"), ("seg_miou", "seg."),
+                ("seg_own_miou", "own head"), ("head_recall", "head recall"), ("body_recall", "body recall"),
+                ("bg_fp", "bg FP"), ("boundary_f", "boundary F"), ("trimap_miou", "trimap"))
+_CLAIM_WORDS = {"body_recall": "body recall (completeness)", "boundary_f": "boundary F (refinement)",
+                "pseudo_miou": "pseudo-mask mIoU", "bg_fp": "background false positives (lower is better)",
+                "seg_minus_pseudo": "segmentation − pseudo-mask mIoU (PUF: learning from noisy masks)"}
+_LOWER_IS_BETTER = ("bg_fp",)
+
+
+def _stats(values: Sequence[Any]) -> tuple[float | None, float | None, int]:
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return None, None, 0
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+    return m, sd, len(v)
+
+
+def mean_std(values: Sequence[Any]) -> str:
+    """``"m ± s"`` (sample standard deviation over seeds), ``"m"`` for one value, ``"–"`` for none."""
+    m, sd, _ = _stats(values)
+    if m is None:
+        return "–"
+    return f"{m:.1f}" if sd is None else f"{m:.1f} ± {sd:.1f}"
+
+
+def _value(rec: dict[str, Any], key: str) -> Any:
+    if key == "seg_minus_pseudo":
+        a, b = rec.get("seg_miou"), rec.get("pseudo_miou")
+        return a - b if _finite(a) and _finite(b) else None
+    return rec.get(key)
+
+
+def is_grid(src: Source) -> bool:
+    """A ``benchmarks.quality`` synthetic-protocol file (records per row × init × seed, a protocol header)."""
+    return src.kind == "quality" and isinstance(src.extra.get("protocol"), dict)
+
+
+def _baseline_of(row: str, protocol: dict[str, Any]) -> str | None:
+    arch = (protocol.get("cam_backbones") or {}).get(row, {})
+    for name in protocol.get("rows") or []:
+        if name.startswith("baseline") and (protocol.get("cam_backbones") or {}).get(name) == arch:
+            return str(name)
+    return None
+
+
+def grid_tables(src: Source) -> list[str]:
+    """Markdown lines of a protocol file: the protocol, one table per initialisation, the claims table."""
+    pr = src.extra["protocol"]
+    recs = [r for r in src.rows if r.get("method")]
+    order = list(pr.get("rows") or dict.fromkeys(r["method"] for r in recs))
+    inits = [i for i in ("pretrained", "random") if any(r.get("init") == i for r in recs)]
+    seeds = pr.get("seeds") or sorted({r.get("seed") for r in recs})
+    L: list[str] = []
+    add = L.append
+    bb = pr.get("cam_backbones") or {}
+    fams: dict[str, list[str]] = {}
+    for name in order:
+        b = bb.get(name, {})
+        kw = ", ".join(f"{k} {v}" for k, v in (b.get("backbone_kwargs") or {}).items())
+        fams.setdefault(f"`{b.get('backbone', '?')}`" + (f" ({kw})" if kw else ""), []).append(name)
+    pre = src.extra.get("pretrained_backbones") or []
+    pre_txt = "; ".join(f"`{p['backbone']}` {fmt_num(p.get('eval_exact_match_pct'))} % exact-match on held-out "
+                        f"images ({fmt_num(p.get('seconds'))} s)" for p in pre)
+    add("Regenerate this table with one command: `python -m benchmarks.quality --jobs 2 && python -m "
+        "benchmarks.render_docs` (the presets as they are now, every row, seeds 0-2, both initialisations; "
+        "`--methods pmm,ppl --merge` reruns some rows into the table).")
+    add("")
+    add("**Protocol** (`benchmarks/quality.py`, checked before any run by `check_protocol`):")
+    add("")
+    add(f"- Data: {pr.get('data', '?')} — the same for every row. `body_evidence` 0.5: half of the creatures' "
+        "bodies faintly carry their class hue, so there is class evidence away from the heads for the methods "
+        "built to find less discriminative parts.")
+    add(f"- CAM stage: {pr.get('cam_images', '?')} training images seen by every row (batch × steps, all "
+        "phases). Backbones: " + "; ".join(f"{k} for {', '.join(v)}" for k, v in fams.items()) + ". A "
+        "`baseline@<backbone>` row is the plain-CAM baseline on the network of the method after it, with that "
+        "method's CAM optimiser, schedule and augmentation.")
+    add(f"- Segmentation: {pr.get('seg_stage', '?')}, the same for every row (PMM keeps its PUF loss and one "
+        "cyclic round, the segmentation-stage part of PMM). **seg.** is this DeepLab trained on the row's "
+        "pseudo masks; **own head** is TSCD's own segmentation head.")
+    add(f"- Background score: {pr.get('bg_score', '?')}. Choices on val: {pr.get('val_choices', '?')}.")
+    add(f"- Seeds: {', '.join(map(str, seeds))} (`runtime.seed`; the data stay the same); mean ± sample standard "
+        "deviation over seeds. **pretrained**: the presets' default, backbones (CAM and segmentation) pretrained "
+        "as multi-label classifiers on a disjoint synthetic set (2,000 other images, data seed 1000), the "
+        "stand-in for ImageNet weights" + (f" — {pre_txt}" if pre_txt else "") + "; **random**: "
+        "`cam.pretrained=null seg.pretrained=null`, everything else equal.")
+    add(f"- Mechanism columns: {pr.get('mechanisms', '?')}; in percent. Head and body recall: share of the "
+        "creatures' head and body pixels that the pseudo mask gives the right class; bg FP: share of background "
+        "pixels labelled as an object.")
+    add("")
+    cols = ["row", *[c[1] for c in GRID_COLUMNS], "seeds", "wall s"]
+    for init in inits:
+        add(f"**{init.capitalize()} initialisation**" + (" (the presets' default)" if init == "pretrained" else ""))
+        add("")
+        add("| " + " | ".join(cols) + " |")
+        add("|---|" + "---:|" * (len(cols) - 1))
+        for name in order:
+            rs = [r for r in recs if r["method"] == name and r.get("init") == init]
+            if not rs:
+                continue
+            ok = [r for r in rs if not r.get("error")]
+            cells = [name] + [mean_std([r.get(k) for r in ok]) for k, _ in GRID_COLUMNS]
+            cells.append(str(len(ok)) + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else ""))
+            cells.append(fmt_num(_stats([r.get("seconds") for r in ok])[0]))
+            add("| " + " | ".join(_cell(c) for c in cells) + " |")
+        add("")
+    claims = pr.get("claims") or {}
+    lines = []
+    for name in order:
+        method = name.split("@")[0]
+        if name.startswith("baseline") or method not in claims:
+            continue
+        base = _baseline_of(name, pr)
+        for key in claims[method]:
+            for init in inits:
+                mine = [_value(r, key) for r in recs if r["method"] == name and r.get("init") == init
+                        and not r.get("error")]
+                theirs = [_value(r, key) for r in recs if r["method"] == base and r.get("init") == init
+                          and not r.get("error")]
+                m1, _, n1 = _stats(mine)
+                m0, _, n0 = _stats(theirs)
+                if not n1:
+                    continue
+                delta = "–" if m0 is None or m1 is None else f"{m1 - m0:+.1f}"
+                if m0 is not None and m1 is not None:
+                    better = (m1 < m0) if key in _LOWER_IS_BETTER else (m1 > m0)
+                    delta += " (better)" if better else " (not better)"
+                lines.append(f"| {name} | {_CLAIM_WORDS.get(key, key)} | {init} | {mean_std(mine)} | "
+                             f"{base or '–'} {mean_std(theirs)} | {delta} |")
+    if lines:
+        add("**What each method claims to improve**, against the baseline on the same network (mean over seeds; "
+            "a difference smaller than the standard deviations is not an effect):")
+        add("")
+        add("| method | claimed quantity | init | method | baseline | difference |")
+        add("|---|---|---|---:|---:|---:|")
+        L.extend(lines)
+        add("")
+    fails = [r for r in recs if r.get("error")]
+    for r in fails:
+        add(f"- failed: {r['method']} ({r.get('init')}, seed {r.get('seed')}): {_cell(r['error'])}")
+    if fails:
+        add("")
+    rounds = [r for r in recs if len(r.get("seg_rounds") or []) > 1 and not r.get("error")]
+    if rounds:
+        by: dict[tuple[str, str], list[list[float]]] = {}
+        for r in rounds:
+            by.setdefault((r["method"], r.get("init", "")), []).append(
+                [100 * h["last_val"] for h in r["seg_rounds"]])
+        for (name, init), vals in sorted(by.items(), key=lambda kv: (order.index(kv[0][0])
+                                                                     if kv[0][0] in order else 99, kv[0][1])):
+            per_round = list(zip(*vals))
+            add(f"{name} ({init}): segmentation val mIoU after each cyclic round: " + "; ".join(
+                f"round {i} {mean_std(list(v))}" for i, v in enumerate(per_round)) + " (the table reports the last).")
+        add("")
+    load = src.extra.get("load_average_1min") or {}
+    wall = src.extra.get("wall_s")
+    if _finite(wall):
+        add(f"Wall time of the whole grid: {fmt_num(wall)} s ({fmt_num(float(wall) / 60)} min; of which data and "
+            f"pretraining {fmt_num(src.extra.get('setup_s'))} s), {src.config.get('jobs', 1)} run(s) at a time; "
+            f"1-minute load average during the run {fmt_num(load.get('min'))}–{fmt_num(load.get('max'))} "
+            f"(mean {fmt_num(load.get('mean'))}) on {src.config.get('cpu_count', '?')} cores. Command: "
+            f"`{src.extra.get('command', 'python -m benchmarks.quality')}`.")
+        add("")
     return L
 
 
@@ -571,7 +737,8 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
         "(MiB). Targets are printed as PASS/FAIL; they are never asserted in tests.")
     add("")
     add("Reproduce: `python -m benchmarks.speed --device cpu` (or `--device cuda`, `--quick` for a smoke run), "
-        "`python -m benchmarks.gpu` on a GPU (see [GPU suite](#gpu-suite)), `python -m benchmarks.quality`, then "
+        "`python -m benchmarks.gpu` on a GPU (see [GPU suite](#gpu-suite)), `python -m benchmarks.quality --jobs 2` "
+        "(the synthetic quality grid: every method, 3 seeds, both initialisations), then "
         "`python -m benchmarks.render_docs`.")
     add("")
 
@@ -644,6 +811,9 @@ def render_page(sources: Sequence[Source], skipped: Sequence[str], img_rel: str,
         add("")
         add(hardware_line(src))
         add("")
+        if is_grid(src):
+            L.extend(grid_tables(src))
+            continue
         add("mIoU in percent. CAM and pseudo-mask mIoU on the CAM evaluation split (training images), "
             "segmentation mIoU on the validation split. Each method runs its packaged preset through "
             "`wsss_blocks.train.reproduce` (the code path of `examples/reproduce_voc.py`) with fixed seeds "

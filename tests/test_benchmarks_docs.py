@@ -306,21 +306,23 @@ def test_format_table_baseline_first():
 
 def test_main_writes_json_with_monkeypatched_reproduce(monkeypatch, tmp_path, capsys):
     seen = []
+    voc = tmp_path / "VOC2012"
+    voc.mkdir()
 
     def fake(method, data_root, **kw):
-        seen.append(method)
+        seen.append((method, data_root))
         return _fake_result(method, cam=0.5 if method == "baseline" else 0.6)
 
     monkeypatch.setattr(quality, "reproduce", fake)
-    rc = quality.main(["--methods", "l2g,baseline", "--out", str(tmp_path / "runs"), "--results",
-                       str(tmp_path / "res")])
+    rc = quality.main(["--methods", "l2g,baseline", "--data-root", str(voc), "--out", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "res")])
     out = capsys.readouterr().out
     assert rc == 0
-    assert seen == ["baseline", "l2g"]
+    assert seen == [("baseline", str(voc)), ("l2g", str(voc))]
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[1].startswith("| baseline | 50.0 |")
     assert table[2].startswith("| l2g | 60.0 |")
-    data = json.loads((tmp_path / "res" / "quality_synthetic.json").read_text())
+    data = json.loads((tmp_path / "res" / "quality_voc.json").read_text())
     assert data["unit"] == "percent"
     assert data["seed"] == 0
     assert data["quick"] is False
@@ -332,29 +334,36 @@ def test_main_writes_json_with_monkeypatched_reproduce(monkeypatch, tmp_path, ca
         raise RuntimeError("no")
 
     monkeypatch.setattr(quality, "reproduce", failing)
-    assert quality.main(["--methods", "baseline", "--out", str(tmp_path / "r2"), "--no-json"]) == 1
+    assert quality.main(["--methods", "baseline", "--data-root", str(voc), "--out", str(tmp_path / "r2"),
+                         "--no-json"]) == 1
 
 
 def test_merge_keeps_other_methods_and_refuses_other_hardware(monkeypatch, tmp_path, capsys):
+    voc = tmp_path / "VOC2012"
+    voc.mkdir()
+    common = ["--data-root", str(voc)]
     monkeypatch.setattr(quality, "reproduce", lambda method, data_root, **kw: _fake_result(method))
     res = tmp_path / "res"
-    assert quality.main(["--methods", "baseline,l2g", "--out", str(tmp_path / "a"), "--results", str(res)]) == 0
+    assert quality.main(["--methods", "baseline,l2g", "--out", str(tmp_path / "a"), "--results", str(res),
+                         *common]) == 0
     monkeypatch.setattr(quality, "reproduce", lambda method, data_root, **kw: _fake_result(method, cam=0.9))
-    assert quality.main(["--methods", "l2g", "--out", str(tmp_path / "b"), "--results", str(res), "--merge"]) == 0
-    rows = json.loads((res / "quality_synthetic.json").read_text())["rows"]
+    assert quality.main(["--methods", "l2g", "--out", str(tmp_path / "b"), "--results", str(res), "--merge",
+                         *common]) == 0
+    rows = json.loads((res / "quality_voc.json").read_text())["rows"]
     assert [(r["method"], r["cam_miou_pct"]) for r in rows] == [("baseline", 40.0), ("l2g", 90.0)]
     assert all(r["date"] for r in rows)
     # a table measured elsewhere (or with other settings) is not merged into
-    data = json.loads((res / "quality_synthetic.json").read_text())
+    data = json.loads((res / "quality_voc.json").read_text())
     data["config"]["device_name"] = "another machine"
-    (res / "quality_synthetic.json").write_text(json.dumps(data))
+    (res / "quality_voc.json").write_text(json.dumps(data))
     capsys.readouterr()
-    assert quality.main(["--methods", "l2g", "--out", str(tmp_path / "c"), "--results", str(res), "--merge"]) == 2
+    assert quality.main(["--methods", "l2g", "--out", str(tmp_path / "c"), "--results", str(res), "--merge",
+                         *common]) == 2
     err = capsys.readouterr().err
     assert "--merge:" in err
     assert "different device_name" in err
     assert quality.main(["--methods", "l2g", "--seed", "1", "--out", str(tmp_path / "d"), "--results",
-                         str(tmp_path / "fresh"), "--merge"]) == 0  # nothing to merge with: plain write
+                         str(tmp_path / "fresh"), "--merge", *common]) == 0  # nothing to merge with: plain write
 
 
 def test_quality_page_lists_the_cyclic_rounds(tmp_path):
@@ -369,3 +378,60 @@ def test_quality_page_lists_the_cyclic_rounds(tmp_path):
     assert ("pmm: segmentation val mIoU per cyclic round: round 0 19.8 best (step 300), 19.0 last; "
             "round 1 12.4 best (step 400), 12.4 last.") in text
     assert "baseline: segmentation val mIoU per cyclic round" not in text  # one round: nothing to list
+
+
+def _grid_file(d):
+    protocol = {"data": "synthetic 200 train / 50 val images of 64 px", "cam_images": 4000,
+                "cam_backbones": {"baseline": {"backbone": "tiny", "backbone_kwargs": {"widths": [16, 32, 64]}},
+                                  "l2g": {"backbone": "tiny", "backbone_kwargs": {"widths": [16, 32, 64]}},
+                                  "baseline@mit_tiny": {"backbone": "mit_tiny", "backbone_kwargs": {}},
+                                  "tscd": {"backbone": "mit_tiny", "backbone_kwargs": {}}},
+                "seg_stage": "deeplabv2 on tiny", "bg_score": "swept on train", "val_choices": "none",
+                "mechanisms": "pseudo masks", "claims": {"l2g": ["body_recall"], "tscd": ["boundary_f", "bg_fp"]},
+                "rows": ["baseline", "l2g", "baseline@mit_tiny", "tscd"], "seeds": [0, 1],
+                "inits": ["pretrained", "random"]}
+    recs = []
+    for init, shift in (("pretrained", 10.0), ("random", 0.0)):
+        for seed in (0, 1):
+            recs += [
+                {"method": "baseline", "init": init, "seed": seed, "cam_miou": 30.0 + shift + 2 * seed,
+                 "body_recall": 40.0 + seed, "seconds": 30.0},
+                {"method": "l2g", "init": init, "seed": seed, "cam_miou": 31.0 + shift, "body_recall": 45.0 + seed,
+                 "seconds": 90.0},
+                {"method": "baseline@mit_tiny", "init": init, "seed": seed, "cam_miou": 12.0, "boundary_f": 20.0,
+                 "bg_fp": 10.0, "seconds": 40.0},
+                {"method": "tscd", "init": init, "seed": seed, "cam_miou": 15.0, "seg_own_miou": 9.0 + seed,
+                 "boundary_f": 30.0, "bg_fp": 20.0, "seconds": 100.0,
+                 **({"error": "RuntimeError: boom"} if init == "random" and seed == 1 else {})}]
+    _write(d, "quality_synthetic.json", recs, config=dict(HEADER, threads=1, jobs=2), protocol=protocol,
+           pretrained_backbones=[{"backbone": "tiny", "eval_exact_match_pct": 86.5, "seconds": 36.0}],
+           wall_s=3000.0, setup_s=120.0, load_average_1min={"min": 1.0, "mean": 2.5, "max": 4.0, "samples": 9},
+           command="python -m benchmarks.quality --jobs 2", quick=False)
+
+
+def test_quality_grid_rendering(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    _grid_file(d)
+    text = rd.render_page(*rd.load_sources(d), img_rel="x.png", families=[])
+    sec = text[text.index("### quality_synthetic"):]
+    assert sec.index("**Pretrained initialisation** (the presets' default)") < sec.index("**Random initialisation**")
+    pre = sec[:sec.index("**Random initialisation**")]
+    # mean ± sample std over the seeds, "–" where a row has no value
+    assert "| baseline | 41.0 ± 1.4 | – | – | – | – | 40.5 ± 0.7 | – | – | – | 2 | 30.0 |" in pre
+    assert "| tscd | 15.0 ± 0.0 | – | – | 9.5 ± 0.7 |" in pre
+    rnd = sec[sec.index("**Random initialisation**"):]
+    assert "| tscd | 15.0 | – | – | 9.0 |" in rnd and "| 1 (1 failed) |" in rnd
+    # the claims table compares with the baseline on the same network; lower is better for bg FP
+    assert ("| l2g | body recall (completeness) | pretrained | 45.5 ± 0.7 | baseline 40.5 ± 0.7 | +5.0 (better) |"
+            in sec)
+    assert ("| tscd | background false positives (lower is better) | pretrained | 20.0 ± 0.0 | baseline@mit_tiny "
+            "10.0 ± 0.0 | +10.0 (not better) |") in sec
+    assert "- failed: tscd (random, seed 1): RuntimeError: boom" in sec
+    assert "`tiny` 86.5 % exact-match on held-out images (36.0 s)" in sec
+    assert ("Wall time of the whole grid: 3000 s (50.0 min; of which data and pretraining 120 s), 2 run(s) at a "
+            "time") in sec
+    assert "load average during the run 1–4 (mean 2.5) on 4 cores" in sec
+    assert "Command: `python -m benchmarks.quality --jobs 2`." in sec
+    assert "`mit_tiny` for baseline@mit_tiny, tscd" in sec and "1 torch thread of 4 CPU cores" in sec
+    assert rd.mean_std([1.0, 3.0]) == "2.0 ± 1.4" and rd.mean_std([2.0]) == "2.0" and rd.mean_std([None]) == "–"
