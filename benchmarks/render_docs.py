@@ -632,7 +632,8 @@ def grid_tables(src: Source) -> list[str]:
         add(f"Wall time of the whole grid: {fmt_num(wall)} s ({fmt_num(float(wall) / 60)} min; of which data and "
             f"pretraining {fmt_num(src.extra.get('setup_s'))} s), {src.config.get('jobs', 1)} run(s) at a time; "
             f"1-minute load average during the run {fmt_num(load.get('min'))}–{fmt_num(load.get('max'))} "
-            f"(mean {fmt_num(load.get('mean'))}) on {src.config.get('cpu_count', '?')} cores. Command: "
+            f"(mean {fmt_num(load.get('mean'))}; the grid's own runs included) on {src.config.get('cpu_count', '?')} "
+            f"cores. Command: "
             f"`{src.extra.get('command', 'python -m benchmarks.quality')}`.")
         add("")
     return L

@@ -431,7 +431,7 @@ def test_quality_grid_rendering(tmp_path):
     assert "`tiny` 86.5 % exact-match on held-out images (36.0 s)" in sec
     assert ("Wall time of the whole grid: 3000 s (50.0 min; of which data and pretraining 120 s), 2 run(s) at a "
             "time") in sec
-    assert "load average during the run 1–4 (mean 2.5) on 4 cores" in sec
+    assert "load average during the run 1–4 (mean 2.5; the grid's own runs included) on 4 cores" in sec
     assert "Command: `python -m benchmarks.quality --jobs 2`." in sec
     assert "`mit_tiny` for baseline@mit_tiny, tscd" in sec and "1 torch thread of 4 CPU cores" in sec
     assert rd.mean_std([1.0, 3.0]) == "2.0 ± 1.4" and rd.mean_std([2.0]) == "2.0" and rd.mean_std([None]) == "–"
