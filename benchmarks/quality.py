@@ -302,7 +302,8 @@ def cam_images(cfg: Any) -> int:
 
 def protocol_rows(methods: Sequence[str], quick: bool = False, overrides: Sequence[str] = ()) -> list[Row]:
     """The rows for ``methods``: each method's preset, and a ``baseline@<backbone>`` row before a method whose
-    CAM network is not the baseline's (with that method's CAM section, so only the method differs)."""
+    CAM network is not the baseline's (with that method's CAM section, so only the method differs).
+    """
     base_cfg = reference_config(quick, overrides)
     base_arch = architecture(base_cfg)
     rows: list[Row] = []
@@ -465,7 +466,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             rec["stage_seconds"]["seg_deeplab"] = (res2.get("stage_seconds") or {}).get("seg")
         if task.get("mechanisms", True):
             rec.update(mechanism_figures(cfg, out))
-    except Exception as e:  # noqa: BLE001 - report and continue with the other runs
+    except Exception as e:
         traceback.print_exc()
         rec["error"] = f"{type(e).__name__}: {e}"
     rec["seconds"] = round(time.perf_counter() - t0, 1)
@@ -570,7 +571,8 @@ def build_tasks(rows: Sequence[Row], seeds: Sequence[int], inits: Sequence[str],
                 overrides: Sequence[str], threads: int | None, device: str
                 ) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
     """The runs of the grid (one per row × init × seed), the resolved config of each row (as its preset
-    initialises it) and the reference config (`reference_config`)."""
+    initialises it) and the reference config (`reference_config`).
+    """
     base_ov = list(QUIET_OVERRIDES)
     if device != "auto":
         base_ov.append(f"runtime.device={device}")
@@ -611,7 +613,7 @@ def run_grid(tasks: Sequence[dict[str, Any]], jobs: int = 1) -> list[dict[str, A
                 t = futs[f]
                 try:
                     done[t["index"]] = f.result()
-                except Exception as e:  # noqa: BLE001 - a crashed worker process
+                except Exception as e:
                     done[t["index"]] = {"method": t["row"], "trainer_method": t["method"], "arch": t["arch"],
                                         "init": t["init"], "seed": t["seed"], "error": f"{type(e).__name__}: {e}"}
                 _progress(done[t["index"]], len(done), len(tasks))

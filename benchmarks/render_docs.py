@@ -469,6 +469,7 @@ def gpu_section(sources: Sequence[Source]) -> list[str]:
                      + f", {mode}, {c.get('date', 'date unknown')}: {section_status_line(src)}"
                      + (f"; {fmt_num(wall)} s in all" if _finite(wall) else "") + ".")
         L.append("")
+    return L
 
 
 # ------------------------------------------------------------------------------- synthetic protocol grid
@@ -592,7 +593,7 @@ def grid_tables(src: Source) -> list[str]:
                 theirs = [_value(r, key) for r in recs if r["method"] == base and r.get("init") == init
                           and not r.get("error")]
                 m1, _, n1 = _stats(mine)
-                m0, _, n0 = _stats(theirs)
+                m0, _, _n0 = _stats(theirs)
                 if not n1:
                     continue
                 delta = "–" if m0 is None or m1 is None else f"{m1 - m0:+.1f}"

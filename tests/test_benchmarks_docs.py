@@ -421,7 +421,8 @@ def test_quality_grid_rendering(tmp_path):
     assert "| baseline | 41.0 ± 1.4 | – | – | – | – | 40.5 ± 0.7 | – | – | – | 2 | 30.0 |" in pre
     assert "| tscd | 15.0 ± 0.0 | – | – | 9.5 ± 0.7 |" in pre
     rnd = sec[sec.index("**Random initialisation**"):]
-    assert "| tscd | 15.0 | – | – | 9.0 |" in rnd and "| 1 (1 failed) |" in rnd
+    assert "| tscd | 15.0 | – | – | 9.0 |" in rnd
+    assert "| 1 (1 failed) |" in rnd
     # the claims table compares with the baseline on the same network; lower is better for bg FP
     assert ("| l2g | body recall (completeness) | pretrained | 45.5 ± 0.7 | baseline 40.5 ± 0.7 | +5.0 (better) |"
             in sec)
@@ -433,5 +434,8 @@ def test_quality_grid_rendering(tmp_path):
             "time") in sec
     assert "load average during the run 1–4 (mean 2.5; the grid's own runs included) on 4 cores" in sec
     assert "Command: `python -m benchmarks.quality --jobs 2`." in sec
-    assert "`mit_tiny` for baseline@mit_tiny, tscd" in sec and "1 torch thread of 4 CPU cores" in sec
-    assert rd.mean_std([1.0, 3.0]) == "2.0 ± 1.4" and rd.mean_std([2.0]) == "2.0" and rd.mean_std([None]) == "–"
+    assert "`mit_tiny` for baseline@mit_tiny, tscd" in sec
+    assert "1 torch thread of 4 CPU cores" in sec
+    assert rd.mean_std([1.0, 3.0]) == "2.0 ± 1.4"
+    assert rd.mean_std([2.0]) == "2.0"
+    assert rd.mean_std([None]) == "–"

@@ -33,18 +33,23 @@ def _syn(cache, **pre):
 def test_pretrain_writes_once_and_reuses(tmp_path):
     syn = _syn(tmp_path)
     path = pretrain_synthetic_backbone("tiny", KW, syn, progress=False)
-    assert path.parent == tmp_path / "synthetic_pretrained" and path.name.startswith("tiny_")
+    assert path.parent == tmp_path / "synthetic_pretrained"
+    assert path.name.startswith("tiny_")
     rec = json.loads(path.with_suffix(".json").read_text())
     assert rec["key"]["backbone_kwargs"] == {"widths": [8, 8, 16], "output_stride": 8}  # undilated
-    assert rec["key"]["seed"] == 1000 and rec["key"]["body_evidence"] == 0.5
+    assert rec["key"]["seed"] == 1000
+    assert rec["key"]["body_evidence"] == 0.5
     assert (rec["key"]["optimizer"], rec["key"]["lr"], rec["key"]["weight_decay"]) == ("sgd", 0.1, 1e-4)  # CNN
-    assert rec["eval_images"] == 4 and 0.0 <= rec["eval_exact_match"] <= rec["eval_label_accuracy"] <= 1.0
+    assert rec["eval_images"] == 4
+    assert 0.0 <= rec["eval_exact_match"] <= rec["eval_label_accuracy"] <= 1.0
     assert not list(path.parent.glob(".*.tmp"))  # atomic writes leave nothing behind
     mtime = path.stat().st_mtime_ns
     again = pretrain_synthetic_backbone("tiny", {**KW, "output_stride": 8}, syn, progress=False)
-    assert again == path and path.stat().st_mtime_ns == mtime  # another output stride: the same weights
+    assert again == path
+    assert path.stat().st_mtime_ns == mtime
     other = pretrain_synthetic_backbone("tiny", KW, _syn(tmp_path, steps=4), progress=False)
-    assert other != path and len(list(path.parent.glob("*.pt"))) == 2
+    assert other != path
+    assert len(list(path.parent.glob("*.pt"))) == 2
     explicit = pretrain_synthetic_backbone("tiny", KW, _syn(tmp_path, optimizer="sgd", lr=0.1), progress=False)
     assert explicit == path  # the defaults written out are the same settings: the same file
 
@@ -77,14 +82,15 @@ def test_a_broken_record_means_pretraining_again(tmp_path):
         assert torch.equal(v, before[k])
 
 
-@pytest.mark.parametrize("backbone, kwargs", [
+@pytest.mark.parametrize(("backbone", "kwargs"), [
     ("resnet38d_tiny", {}),
     ("mit_tiny", {"embed_dims": [8, 16, 16, 16], "strides": [2, 2, 2, 1]}),
 ])
 def test_other_architectures(tmp_path, backbone, kwargs):
     path = pretrain_synthetic_backbone(backbone, {**kwargs, "frozen": ["conv1a"]}, _syn(tmp_path), progress=False)
     key = json.loads(path.with_suffix(".json").read_text())["key"]
-    assert key["backbone"] == backbone and key["backbone_kwargs"].get("frozen", []) == []  # pretraining trains all
+    assert key["backbone"] == backbone
+    assert key["backbone_kwargs"].get("frozen", []) == []
     if backbone == "resnet38d_tiny":
         assert key["backbone_kwargs"]["freeze_bn"] is False  # BatchNorm learns (the release freezes pretrained BN)
     assert key["optimizer"] == ("adamw" if backbone.startswith("mit_") else "sgd")  # the family's ImageNet recipe
@@ -101,7 +107,8 @@ def test_trainer_networks_load_the_pretrained_backbone(tmp_path, trainer_tiny):
 
     cfg = load_run_config("baseline_synthetic", [*trainer_tiny, *TINY_PRE, f"data.synthetic.cache_dir={tmp_path}",
                                                  "seg.backbone_kwargs={widths: [8, 8, 16], output_stride: 8}"])
-    assert cfg.cam.pretrained == "synthetic" and cfg.seg.pretrained == "synthetic"
+    assert cfg.cam.pretrained == "synthetic"
+    assert cfg.seg.pretrained == "synthetic"
     resolved = resolve_synthetic_pretrained(cfg)
     assert resolved.cam.pretrained == resolved.seg.pretrained  # same widths: one file for both networks
     sd = torch.load(resolved.cam.pretrained)["state_dict"]
@@ -118,6 +125,7 @@ def test_trainer_networks_load_the_pretrained_backbone(tmp_path, trainer_tiny):
     assert resolve_synthetic_pretrained(rnd) is rnd
 
 
+@pytest.mark.slow
 def test_restoring_a_trained_model_needs_no_pretraining(tmp_path, trainer_tiny):
     from wsss_blocks.train.cam_stage import restore_method, train_cam
     from wsss_blocks.train.distributed import init_distributed
@@ -132,7 +140,7 @@ def test_restoring_a_trained_model_needs_no_pretraining(tmp_path, trainer_tiny):
     assert not list(cache.iterdir())
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(("overrides", "match"), [
     (["data.dataset=voc", "data.root=/x"], "needs data.dataset: synthetic"),
     (["data.synthetic.pretrain.seed=0"], "must differ from data.synthetic.seed"),
     (["data.synthetic.pretrain.steps=0"], "pretrain.steps must be >= 1"),
@@ -151,6 +159,7 @@ def test_unsupported_backbone_and_paths(tmp_path):
     with pytest.raises(ConfigError, match="supports the library's backbones"):
         pretrain_synthetic_backbone("timm:resnet18", {}, _syn(tmp_path), progress=False)
     cfg = load_run_config("baseline_synthetic", ["cam.pretrained=weights/x.pth"])
-    assert cfg.cam.pretrained.endswith("/weights/x.pth") and cfg.seg.pretrained == "synthetic"  # a name, not a path
+    assert cfg.cam.pretrained.endswith("/weights/x.pth")
+    assert cfg.seg.pretrained == "synthetic"
     key = pretrain_key("tiny", KW, _syn(tmp_path))
     assert pretrained_path(key, tmp_path) == pretrained_path(dict(key), str(tmp_path))

@@ -458,10 +458,12 @@ def test_every_real_data_config_names_registry_weights():
     # names and "none" survive the loader's path resolution; paths become absolute
     assert load_run_config("l2g_voc", ["cam.pretrained=none"]).cam.pretrained == "none"
     assert load_run_config("l2g_voc", ["cam.pretrained=w/x.pth"]).cam.pretrained == str(Path.cwd() / "w" / "x.pth")
-    for name in _packaged("_synthetic"):  # synthetic presets: random init, unchanged
+    for name in _packaged("_synthetic"):  # synthetic presets: the backbone pretrained on synthetic data
         cfg = load_run_config(name)
-        assert cfg.cam.pretrained is None, name
-        assert cfg.seg.pretrained is None, name
+        assert cfg.cam.pretrained == "synthetic", name
+        assert cfg.seg.pretrained == ("synthetic" if cfg.seg.source == "deeplab" else None), name
+        assert W.check_run_weights(cfg, log=lambda _: None) == {  # made by the trainer, not the registry
+            "cam.pretrained": None, **({"seg.pretrained": None} if cfg.seg.source == "deeplab" else {})}
 
 
 def test_offline_errors_say_what_how_and_where(cache):

@@ -91,9 +91,15 @@ from .losses import (
 )
 from .metrics import (
     BgScoreSweep,
+    BoundaryMetric,
+    RegionCoverage,
     SegmentationMetric,
     SweepResult,
+    boundary_band,
+    boundary_counts,
     confusion_matrix,
+    label_boundaries,
+    region_coverage_counts,
     scores_from_confusion,
     sweep_bg_score,
 )
@@ -203,6 +209,12 @@ __all__ = [
     "BgScoreSweep",
     "SweepResult",
     "sweep_bg_score",
+    "region_coverage_counts",
+    "RegionCoverage",
+    "label_boundaries",
+    "boundary_band",
+    "boundary_counts",
+    "BoundaryMetric",
     # dense CRF
     "DenseCRF",
     "as_dense_crf",

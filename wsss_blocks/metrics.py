@@ -569,10 +569,9 @@ def region_coverage_counts(pred_mask: Tensor, target_mask: Tensor, region_mask: 
     keep = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
     fg = (p != 0) if ignore_index is None else (p != 0) & (p != ignore_index)
     rk = r[keep].long()
-    out = torch.stack([torch.bincount(rk, minlength=num_regions),
+    return torch.stack([torch.bincount(rk, minlength=num_regions),
                        torch.bincount(rk, weights=(p == t)[keep].double(), minlength=num_regions).round().long(),
                        torch.bincount(rk, weights=fg[keep].double(), minlength=num_regions).round().long()], 1)
-    return out
 
 
 class RegionCoverage(nn.Module):
@@ -608,6 +607,7 @@ class RegionCoverage(nn.Module):
                 "foreground_rate": torch.where(n > 0, self.counts[:, 2] / n.clamp_min(1), nan)}
 
     def reset(self) -> None:
+        """Forget everything seen so far."""
         self.counts.zero_()
 
 
@@ -757,5 +757,6 @@ class BoundaryMetric(nn.Module):
                 "trimap_miou": scores_from_confusion(self.confmat)["miou"]}
 
     def reset(self) -> None:
+        """Forget everything seen so far."""
         self.counts.zero_()
         self.confmat.zero_()

@@ -733,7 +733,9 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
     * ``none`` trains from random weights, with a warning on real data when the backbone has a released
       initialisation;
     * ``null`` on real data (``data.dataset`` other than ``synthetic``) for a backbone that has a released
-      initialisation is refused: the config must name the weights, or say ``none`` explicitly.
+      initialisation is refused: the config must name the weights, or say ``none`` explicitly;
+    * ``synthetic`` (synthetic data only) is skipped and maps to ``None`` here: the trainer pretrains that
+      backbone on a disjoint synthetic set when it builds the network (`wsss_blocks.train.synthetic_pretrain`).
 
     Args:
         cfg: a `RunConfig`.
@@ -753,6 +755,9 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
     real = cfg.data.dataset != "synthetic"
     result: dict[str, Path | None] = {}
     for field_name, value, backbone, stage in _fields(cfg, stages):
+        if value == "synthetic" and not real:  # made (once, cached) by the trainer when it builds the network
+            result[field_name] = None
+            continue
         style = getattr(cfg.seg, "style", "caffe") if stage == "seg" else "pytorch"
         default = default_weights_for(backbone, stage=stage, style=style)
         if is_random_init(value):

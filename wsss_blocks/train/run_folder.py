@@ -31,7 +31,7 @@ Example (pure: reads nothing):
     >>> a = stage_settings(load_run_config("baseline_synthetic"), "cam")
     >>> b = stage_settings(load_run_config("baseline_synthetic", ["cam.steps=50", "runtime.progress=false"]), "cam")
     >>> changed_keys(a, b)
-    ['cam.steps: 500 -> 50']
+    ['cam.steps: 250 -> 50']
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def pretrain_synthetic_backbone(backbone: str, backbone_kwargs: Mapping[str, Any
             pred = torch.cat([net(normalize_images(ev_images[i:i + 64].float() / 255.0, normalize))
                               for i in range(0, len(ev_images), 64)]) > 0
         hit = pred == (ev_labels > 0.5)
-        record.update(eval_images=int(len(ev_images)), eval_exact_match=float(hit.all(1).float().mean()),
+        record.update(eval_images=len(ev_images), eval_exact_match=float(hit.all(1).float().mean()),
                       eval_label_accuracy=float(hit.float().mean()))
     record["seconds"] = round(time.time() - t0, 1)
     record["torch_threads"] = torch.get_num_threads()
