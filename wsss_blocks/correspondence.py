@@ -48,10 +48,10 @@ __all__ = [
     "AffinityFromAttentionLoss",
 ]
 
-#: Released TSCD weight of the SCD loss (SCD ``scripts/dist_train_voc.py`` L353).
 SCD_WEIGHT = 0.1
-#: Released TSCD warm-up: iterations ``0..2000`` (inclusive) train the classifier only (``cam_iters``).
+"""Released TSCD weight of the SCD loss (SCD ``scripts/dist_train_voc.py`` L353)."""
 SCD_START_ITER = 2000
+"""Released TSCD warm-up: iterations ``0..2000`` (inclusive) train the classifier only (``cam_iters``)."""
 
 
 def scd_weight(iteration: int, weight: float = SCD_WEIGHT, start_iter: int = SCD_START_ITER) -> float:

@@ -75,10 +75,10 @@ __all__ = [
     "RandomWalk",
 ]
 
-#: Radius of the pair set used for the affinity targets and the loss (``step/train_irn.py`` line 12).
 TRAIN_RADIUS = 10
-#: Radius of the random walk (``step/make_sem_seg_labels.py`` line 41).
+"""Radius of the pair set used for the affinity targets and the loss (``step/train_irn.py`` line 12)."""
 INFER_RADIUS = 5
+"""Radius of the random walk (``step/make_sem_seg_labels.py`` line 41)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ __all__ = [
 
 PredIgnore = Literal["error", "drop", "background"]
 
-#: Background scores swept by default: 0.00, 0.05, ..., 0.95.
 DEFAULT_BG_SCORES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+"""Background scores swept by default: 0.00, 0.05, ..., 0.95."""
 
 
 def _bad_value(x: Tensor, name: str, num_classes: int, ignore_index: int | None) -> ValueError:

@@ -44,12 +44,12 @@ __all__ = [
     "rough_masks",
 ]
 
-#: Tile scales of the release (``run.py`` ``--scales`` default ``0.75,1,1.25,...,3``).
 PMM_CROP_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
+"""Tile scales of the release (``run.py`` ``--scales`` default ``0.75,1,1.25,...,3``)."""
 
-#: The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian
-#: sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of `wsss_blocks.crf.DenseCRF`.
 ROUGH_MASK_CRF = "psa"
+"""The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian sxy 3
+compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of `wsss_blocks.crf.DenseCRF`."""
 
 
 

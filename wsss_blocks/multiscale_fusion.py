@@ -68,8 +68,8 @@ Activation = Literal["softmax", "relu", "none"]
 Normalize = Literal["max", "minmax", "none"]
 Reduce = Literal["sum", "mean", "max"]
 
-#: Released SMAF defaults (``gen_fused_cam.py`` line 340 and ``gen_pseudo_mask.py``).
 SMAF_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+"""Released SMAF defaults (``gen_fused_cam.py`` line 340 and ``gen_pseudo_mask.py``)."""
 
 
 def _expected_channels(num_classes: int, bg_channel: str) -> int:

@@ -48,8 +48,8 @@ __all__ = [
     "DilatedNeighbourRefine",
 ]
 
-#: Dilations of the released PAR/VARM (AFA ``scripts/dist_train_voc.py``, SCD ``scripts/dist_train_voc.py`` L241).
 DEFAULT_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+"""Dilations of the released PAR/VARM (AFA ``scripts/dist_train_voc.py``, SCD ``scripts/dist_train_voc.py`` L241)."""
 
 # Position of each of the 8 neighbours inside the released one-hot 3×3 kernels: TL, T, TR, L, R, BL, B, BR.
 _RING: tuple[tuple[int, int], ...] = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))

@@ -61,14 +61,14 @@ _RANGE_TOL = 1e-3
 _NORMALISE_HINT = ("PMM expects per-class CAMs normalised to [0, 1]; apply "
                    "wsss_blocks.cam.normalize_cams(cams) (or normalize_cams(cams, mode='minmax')) first")
 _CRF_CLIP = 1e-5  # pydensecrf unary_from_softmax clip, as used by the release
-#: Name of the :class:`wsss_blocks.crf.DenseCRF` preset of PPMG's per-class 2-label CRF (``Eli-YiLi/PMM``
-#: ``pipline/refine_cam.py`` ``crf_inference``: 10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13
-#: compat 10, probabilities used as given).
 PPMG_CRF = "pmm-binary"
-#: Name of the preset of the CRF on the averaged softmax of the cyclic relabelling (``Eli-YiLi/WSSS_MMSeg``
-#: ``mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults: 10 iterations, Gaussian sxy 1 compat 3,
-#: bilateral sxy 67 srgb 3 compat 4, the deeplab-pytorch values).
+"""Name of the :class:`wsss_blocks.crf.DenseCRF` preset of PPMG's per-class 2-label CRF (``Eli-YiLi/PMM``
+``pipline/refine_cam.py`` ``crf_inference``: 10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat
+10, probabilities used as given)."""
 CYCLIC_CRF = "deeplab"
+"""Name of the preset of the CRF on the averaged softmax of the cyclic relabelling (``Eli-YiLi/WSSS_MMSeg``
+``mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults: 10 iterations, Gaussian sxy 1 compat 3,
+bilateral sxy 67 srgb 3 compat 4, the deeplab-pytorch values)."""
 
 
 def _check_range01(x: Tensor, name: str) -> None:

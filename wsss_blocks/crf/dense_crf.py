@@ -58,12 +58,11 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "pydensecrf")
+"""The values of ``backend``; ``"auto"`` means torch on CUDA, pydensecrf on CPU when installed, else torch."""
 _SUM_MODES = ("check", "renormalize", "ignore")
 _NORMALIZATIONS = ("symmetric", "after", "before", "none")
 _PARAM_KEYS = ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")
 
-#: Released parameter sets. ``pos_*``: ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``; ``bi_*``:
-#: ``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in :data:`PRESET_SOURCES`.
 PRESETS: dict[str, dict[str, Any]] = {
     "deeplab": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
     "afa": dict(iterations=10, pos_w=3.0, pos_xy=3.0, bi_w=4.0, bi_xy=64.0, bi_rgb=5.0),
@@ -76,8 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smaf": dict(iterations=10, pos_w=3.0, pos_xy=3.0, bi_w=10.0, bi_xy=50.0, bi_rgb=5.0, gt_prob=0.7),
     "l2g-test": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
 }
+"""Released parameter sets. ``pos_*``: ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``; ``bi_*``:
+``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in :data:`PRESET_SOURCES`."""
 
-#: Where each preset comes from (repository and file of each release).
 PRESET_SOURCES: dict[str, str] = {
     "deeplab": "deeplab-pytorch configs/voc12.yaml and cocostuff configs (also CLIP-ES "
                "eval_cam_with_crf.py)",
@@ -96,6 +96,7 @@ PRESET_SOURCES: dict[str, str] = {
     "l2g-test": "L2G segmentation test CRF, the deeplab-pytorch recipe (same values as 'deeplab'; also "
                 "PMM's WSSS_MMSeg encoder_decoder.py aug_test CRF)",
 }
+"""Where each preset comes from (repository and file of each release)."""
 
 
 # ------------------------------------------------------------------------------------------ input handling

@@ -23,13 +23,13 @@ from wsss_blocks._checks import require
 
 __all__ = ["pydensecrf_available", "pydensecrf_inference", "pool_map", "NORMALIZATION_NAMES"]
 
-#: Our normalisation names -> pydensecrf ``NormalizationType`` attribute names.
 NORMALIZATION_NAMES = {
     "symmetric": "NORMALIZE_SYMMETRIC",
     "after": "NORMALIZE_AFTER",
     "before": "NORMALIZE_BEFORE",
     "none": "NO_NORMALIZATION",
 }
+"""Our normalisation names -> pydensecrf ``NormalizationType`` attribute names."""
 
 
 def pydensecrf_available() -> bool:

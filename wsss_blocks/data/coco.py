@@ -48,8 +48,6 @@ __all__ = [
     "COCOSegmentation",
 ]
 
-#: The 80 COCO object classes in the standard order (official COCO API names); mask value ``i + 1``
-#: is ``COCO_CLASSES[i]`` and 0 is background.
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
@@ -61,12 +59,15 @@ COCO_CLASSES: tuple[str, ...] = (
     "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
-#: The raw COCO ``category_id`` of each class in :data:`COCO_CLASSES` (1..90 with gaps).
+"""The 80 COCO object classes in the standard order (official COCO API names); mask value ``i + 1`` is
+``COCO_CLASSES[i]`` and 0 is background."""
 COCO_CATEGORY_IDS: tuple[int, ...] = (
     *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
     *range(84, 91),
 )
+"""The raw COCO ``category_id`` of each class in :data:`COCO_CLASSES` (1..90 with gaps)."""
 COCO_NUM_CLASSES = 80
+"""Number of COCO object classes (mask values 1..80; 0 is background)."""
 
 _INVALID = -1
 _ID_LUT = np.full(256, _INVALID, dtype=np.int64)

@@ -85,7 +85,7 @@ class DiskFullError(OSError):
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-#: the temporary names of `atomic_write`: ``.<name>.<8 random characters of mkstemp>.tmp``
+# the temporary names of `atomic_write`: ``.<name>.<8 random characters of mkstemp>.tmp``
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 

@@ -120,8 +120,6 @@ class Archive:
     page: str = ""
 
 
-#: The archives :func:`prepare_voc` and :func:`prepare_coco` read, by key. File names are the official ones, so
-#: copies downloaded by hand (``--archives DIR``) are found under the same names.
 ARCHIVES: dict[str, Archive] = {
     "voc2012-trainval": Archive(
         key="voc2012-trainval",
@@ -160,6 +158,8 @@ ARCHIVES: dict[str, Archive] = {
         size_note="about 241 MB (not confirmed)",
         page="https://cocodataset.org/#download"),
 }
+"""The archives :func:`prepare_voc` and :func:`prepare_coco` read, by key. File names are the official ones, so
+copies downloaded by hand (``--archives DIR``) are found under the same names."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,6 @@ def _drive(file_id: str) -> str:
     return f"https://drive.google.com/file/d/{file_id}"
 
 
-#: Released saliency-map sets. None has a direct download link today (all are Google Drive shares, which need a
-#: browser), so :func:`prepare_saliency` installs a copy you downloaded (``--from``) and otherwise says where to get it.
 SALIENCY_SETS: dict[str, SaliencySet] = {
     "poolnet-voc": SaliencySet(
         name="poolnet-voc", dataset="voc", model="PoolNet", used_by="L2G", folder="Sal",
@@ -202,15 +200,17 @@ SALIENCY_SETS: dict[str, SaliencySet] = {
         page=_drive("1d28NKIXQA6lHDt6iIOD8cyySMQ66GoaS"),
         source="halbielee/EPS README.md (saliency maps, COCO link updated 2023-02-22)"),
 }
+"""Released saliency-map sets. None has a direct download link today (all are Google Drive shares, which need a
+browser), so :func:`prepare_saliency` installs a copy you downloaded (``--from``) and otherwise says where to get it."""
 
-#: Counts of the official archives (IRN ``voc12/*.txt`` line counts; SBD ``train.txt``/``val.txt``).
 VOC_OFFICIAL_COUNTS = {"train": 1464, "val": 1449, "train_aug": 10582, "sbd_train": 8498, "sbd_val": 2857,
                        "masks": 12031}
-#: COCO 2014 images per split, and the WSSS splits (images with at least one annotation; ToCo ``datasets/coco``).
+"""Counts of the official archives (IRN ``voc12/*.txt`` line counts; SBD ``train.txt``/``val.txt``)."""
 COCO_OFFICIAL_COUNTS = {"train": (82783, 82081), "val": (40504, 40137)}
-#: Images per class in jiwoon-ahn/irn ``voc12/cls_labels.npy`` (12,031 entries, ``VOC_CLASSES`` order).
+"""COCO 2014 images per split, and the WSSS splits (images with at least one annotation; ToCo ``datasets/coco``)."""
 IRN_CLASS_COUNTS = (680, 583, 808, 540, 810, 467, 1277, 1124, 1351, 338, 688, 1316, 524, 568, 4600, 607, 357, 739,
                     587, 641)
+"""Images per class in jiwoon-ahn/irn ``voc12/cls_labels.npy`` (12,031 entries, ``VOC_CLASSES`` order)."""
 
 
 class UnsafeArchiveError(ValueError):

@@ -51,8 +51,8 @@ from wsss_blocks.data.voc import VOC_CLASSES, VOC_NUM_CLASSES, save_cls_labels, 
 
 __all__ = ["make_synthetic_voc", "render_synthetic_sample", "synthetic_class_names", "SYNTHETIC_VERSION"]
 
-#: Bumped whenever the generator's output changes (part of the cache key in ``synthetic.json``).
 SYNTHETIC_VERSION = 1
+"""Bumped whenever the generator's output changes (part of the cache key in ``synthetic.json``)."""
 
 _TRAIN_PREFIX = "2030"
 _VAL_PREFIX = "2031"

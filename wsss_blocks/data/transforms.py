@@ -124,8 +124,8 @@ class JointTransform:
         return f"{type(self).__name__}({args})"
 
 
-#: the entries of a recorded ``geom`` vector, in order (see :class:`RecordGeometry`)
 GEOMETRY_FIELDS = ("orig_h", "orig_w", "resized_h", "resized_w", "flipped", "top", "left", "crop_h", "crop_w")
+"""The entries of a recorded ``geom`` vector, in order (see :class:`RecordGeometry`)."""
 
 
 def identity_geometry(image: Tensor) -> Tensor:

@@ -55,16 +55,17 @@ __all__ = [
     "class_names_file",
 ]
 
-#: The 20 VOC foreground classes in the standard order (mask value ``i + 1`` is ``VOC_CLASSES[i]``;
-#: mask value 0 is background).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
+"""The 20 VOC foreground classes in the standard order (mask value ``i + 1`` is ``VOC_CLASSES[i]``; mask value 0 is
+background)."""
 VOC_NUM_CLASSES = 20
-#: Mask value of void / ignored pixels.
+"""Number of VOC foreground classes (mask values 1..20; 0 is background)."""
 IGNORE_INDEX = 255
+"""Mask value of void / ignored pixels."""
 
 PathLike = str | os.PathLike
 Transform = Callable[[dict[str, Any]], dict[str, Any]]

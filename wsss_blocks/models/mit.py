@@ -28,8 +28,6 @@ from .registry import register_backbone
 __all__ = ["MixTransformer", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny",
            "MIT_CONFIGS"]
 
-#: embed dims, heads, depths per variant (SegFormer ``mix_transformer.py``); all use sr (8, 4, 2, 1),
-#: mlp ratio 4, qkv bias, LayerNorm eps 1e-6 and drop-path 0.1.
 MIT_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "mit_b0": dict(embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2)),
     "mit_b1": dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2)),
@@ -39,6 +37,8 @@ MIT_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "mit_b5": dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 6, 40, 3)),
     "mit_tiny": dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 2, 4), depths=(1, 1, 1, 2)),
 }
+"""Embed dims, heads, depths per variant (SegFormer ``mix_transformer.py``); all use sr (8, 4, 2, 1), mlp ratio 4,
+qkv bias, LayerNorm eps 1e-6 and drop-path 0.1."""
 
 
 class _DropPath(nn.Module):

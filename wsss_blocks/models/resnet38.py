@@ -288,7 +288,6 @@ def seam_resnet38_key_map(key: str) -> str | None:
 
 register_key_map("seam_resnet38", seam_resnet38_key_map)
 
-#: reasons recorded in the load report of a SEAM/PMM network (``load_pretrained(..., reasons=...)``)
 SEAM_LOAD_REASONS = {
     "arg:linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
     "linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
@@ -298,6 +297,7 @@ SEAM_LOAD_REASONS = {
     "pcm.": "the checkpoint has no PCM (an ImageNet model): f8_3/f8_4/f9 keep their initialisation",
     r".*num_batches_tracked": "BatchNorm step counter, unused (frozen BatchNorm)",
 }
+"""Reasons recorded in the load report of a SEAM/PMM network (``load_pretrained(..., reasons=...)``)."""
 
 
 def _build(output_stride: int | None = None, *, tiny: bool = False, **kwargs: Any) -> ResNet38:

@@ -30,8 +30,6 @@ from typing_extensions import override
 
 __all__ = ["SCALENET101_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
 
-#: Channel allocation of ScaleNet-101 (``Eli-YiLi/ScaleNet`` ``structures/scalenet101.json``): per block the
-#: channels of the branches at max-pool factors 1, 2, 4, 7 and the block's feature size at a 224 input.
 SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
     (61, 11, 7, 7, 56), (56, 23, 4, 3, 56), (59, 24, 3, 0, 56),
     (123, 41, 1, 6, 28), (126, 38, 1, 6, 28), (127, 41, 3, 0, 28), (127, 41, 3, 0, 28),
@@ -43,6 +41,8 @@ SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
     (191, 108, 42, 0, 14), (127, 95, 113, 6, 14), (203, 117, 21, 0, 14),
     (282, 377, 23, 0, 7), (279, 388, 15, 0, 7), (84, 442, 155, 1, 7),
 )
+"""Channel allocation of ScaleNet-101 (``Eli-YiLi/ScaleNet`` ``structures/scalenet101.json``): per block the channels
+of the branches at max-pool factors 1, 2, 4, 7 and the block's feature size at a 224 input."""
 
 _SCALES = (None, 2, 4, 7)
 

@@ -18,8 +18,8 @@ from torch import Tensor
 
 __all__ = ["read_checkpoint", "is_random_init"]
 
-#: Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
-#: EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
+# Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
+# EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
 _WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "Net", "params", "module")
 
 

@@ -318,6 +318,7 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         convertible=("caffemodel-deeplab",),
     ),
 )}
+"""The registry: every released initialisation the configs name, by name (``wsss-blocks weights list``)."""
 
 
 def get_weights_entry(name: str) -> WeightsEntry:

@@ -45,8 +45,8 @@ from .schema import OptimConfig, RuntimeConfig
 __all__ = ["Hook", "PhaseSpec", "configure_determinism", "run_phase", "save_phase_checkpoint", "set_seed",
            "to_device"]
 
-#: called after every optimizer step with the step's information (see `run_phase`)
 Hook = Callable[[dict[str, Any]], None]
+"""Called after every optimizer step with the step's information (see `run_phase`)."""
 
 
 def set_seed(seed: int) -> None:

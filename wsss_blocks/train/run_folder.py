@@ -66,13 +66,12 @@ __all__ = [
     "write_record",
 ]
 
-#: the stages of a run, in order; each one's settings include the previous one's
 STAGES = ("cam", "pseudo", "seg")
-#: the record each stage writes into its folder before its first file
+"""The stages of a run, in order; each one's settings include the previous one's."""
 RECORD_NAME = "fingerprint.json"
+"""The record each stage writes into its folder before its first file."""
 _FORMAT = "wsss-blocks/stage-record/1"
 
-#: settings that never count (speed, logging, where a stage runs)
 IGNORED_KEYS = frozenset({
     "description", "quick_overrides",
     "runtime.device", "runtime.deterministic", "runtime.num_workers", "runtime.threads", "runtime.checkpoint_every",
@@ -80,10 +79,11 @@ IGNORED_KEYS = frozenset({
     "runtime.find_unused_parameters", "runtime.min_free_mb",
     "cam.overlay_samples", "pseudo.batch_size", "pseudo.pred_ignore", "pseudo.score_eval_split",
 })
+"""Settings that never count (speed, logging, where a stage runs)."""
 _DATA_EVAL = ("data.cam_eval_split", "data.val_split", "data.max_eval_images")
-#: evaluation settings of the segmentation stage (count only when they select or relabel its model)
 SEG_EVAL_KEYS = ("seg.eval_scales", "seg.eval_flip", "seg.eval_scale_reduce", "seg.eval_flip_reduce",
                  "seg.eval_resize_long", "seg.crf", "seg.crf_params")
+"""Evaluation settings of the segmentation stage (count only when they select or relabel its model)."""
 
 
 class StaleRunError(ValueError):

@@ -40,8 +40,8 @@ __all__ = [
     "load_run_config",
 ]
 
-#: background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
+"""Background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)."""
 
 
 @dataclass

@@ -21,9 +21,9 @@ from torch import Tensor
 
 __all__ = ["FusedMapStore", "FuseFn"]
 
-#: ``fuse(image01, labels) -> maps``: B×3×H×W images in [0, 1] and B×C labels on the teacher's device to the B×C×H×W
-#: fused, per-class max-normalised maps.
 FuseFn = Callable[[Tensor, Tensor], Tensor]
+"""``fuse(image01, labels) -> maps``: B×3×H×W images in [0, 1] and B×C labels on the teacher's device to the B×C×H×W
+fused, per-class max-normalised maps."""
 
 
 class FusedMapStore:

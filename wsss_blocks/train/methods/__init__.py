@@ -20,8 +20,8 @@ from .base import CAMMethod, NoConfig, PhaseContext
 __all__ = ["CAMMethod", "NoConfig", "PhaseContext", "register_method", "get_method", "available_methods",
            "KNOWN_METHODS"]
 
-#: methods shipped with the library (each in ``wsss_blocks/train/methods/<name>.py``).
 KNOWN_METHODS = ("baseline", "l2g", "ppl", "pmm", "smaf", "tscd")
+"""Methods shipped with the library (each in ``wsss_blocks/train/methods/<name>.py``)."""
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}
 

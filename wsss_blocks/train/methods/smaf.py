@@ -66,8 +66,8 @@ from .base import CAMMethod, PhaseContext
 
 __all__ = ["SMAFConfig", "SMAFMethod", "FUSED_DIR"]
 
-#: sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)
 FUSED_DIR = "fused_cams"
+"""Sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)."""
 
 @dataclass
 class SMAFConfig:
