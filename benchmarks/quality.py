@@ -1,6 +1,6 @@
 """Quality table: CAM, pseudo-mask and segmentation mIoU of every trainer method, baseline first.
 
-Each method runs through :func:`wsss_blocks.train.reproduce` — the code path of
+Each method runs through `wsss_blocks.train.reproduce` — the code path of
 ``examples/reproduce_voc.py`` and ``wsss-blocks reproduce`` — with its packaged preset, fixed seeds and
 the preset's fixed step budget. Nothing is tuned per method here: every method gets the same extra
 overrides (``--set``), and the only data-dependent choice is the one the preset itself makes (``bg_score:

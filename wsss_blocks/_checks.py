@@ -10,9 +10,9 @@ Two kinds of checks:
 - **structure** (type, rank, shape, dtype, hyperparameters): free, always on;
 - **values** (NaN/Inf, ranges, labels in {0, 1}, mask values): they read the tensor, which on a GPU waits for
   the device (a host sync). They are on by default and can be switched off once a pipeline is debugged, for
-  the whole process with :func:`set_checks` or the environment variable ``WSSS_BLOCKS_CHECKS=0``, or for a
-  block of code with the :func:`checks` context manager (as kornia's ``KORNIA_CHECK`` switch). With value
-  checks off, bad values propagate (NaN in, NaN out) instead of raising.
+  the whole process with [`set_checks`][wsss_blocks.set_checks] or the environment variable ``WSSS_BLOCKS_CHECKS=0``, or
+  for a block of code with the [`checks`][wsss_blocks.checks] context manager (as kornia's ``KORNIA_CHECK`` switch).
+  With value checks off, bad values propagate (NaN in, NaN out) instead of raising.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def set_checks(enabled: bool) -> None:
 
 
 def checks_enabled() -> bool:
-    """Whether the value checks run (see :func:`set_checks`)."""
+    """Whether the value checks run (see [`set_checks`][wsss_blocks.set_checks])."""
     return _value_checks
 
 

@@ -59,7 +59,7 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     Shape:
         - features: B×D×h×w
         - weight: C×D or C×D×1×1
-        - output: B×C×h×w (raw, not ReLU'd or normalised; see :func:`normalize_cams`)
+        - output: B×C×h×w (raw, not ReLU'd or normalised; see [`normalize_cams`][])
 
     Examples:
         >>> feats = torch.randn(2, 8, 4, 4)
@@ -154,7 +154,7 @@ def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> T
 
 
 def _normalize_cams(cams: Tensor, mode: str, eps: float) -> Tensor:
-    """:func:`normalize_cams` with checked options: checks ``cams`` and normalises."""
+    """[`normalize_cams`][] with checked options: checks ``cams`` and normalises."""
     check_tensor(cams, "cams", floating=True)
     if cams.ndim < 2:
         raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
@@ -180,7 +180,7 @@ def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0
     index), so a pixel is foreground class c iff ``cam_c > bg_score`` and c is its largest present map.
 
     Args:
-        cams: foreground CAMs, normally normalised to [0, 1] with :func:`normalize_cams`.
+        cams: foreground CAMs, normally normalised to [0, 1] with [`normalize_cams`][].
         labels: multi-hot image labels; ``None`` treats every class as present.
         bg_score: the constant background score (IRN ``cam_eval_thres`` 0.15).
 
@@ -216,10 +216,10 @@ def _reduce(stack: Tensor, how: str) -> Tensor:
 
 @dataclass
 class MultiScaleOutput:
-    """Result of :func:`multiscale_cams_detailed`.
+    """Result of [`multiscale_cams_detailed`][].
 
     Attributes:
-        fused: B×K×out_H×out_W maps fused over scales (and flips), as :func:`multiscale_cams` returns them.
+        fused: B×K×out_H×out_W maps fused over scales (and flips), as [`multiscale_cams`][] returns them.
         per_scale: ``len(scales)`` B×K×out_H×out_W maps, one per scale, aligned to ``out_size``, the flip pair
             already combined (with ``flip_reduce``, or ``reduce`` when it is ``None``).
     """
@@ -249,7 +249,7 @@ def multiscale_cams(
     flipped output is flipped back, every output is resized to ``out_size`` (default: the input size)
     and the maps are fused. Defaults are IRN's ``make_cam``: scales (1.0, 0.5, 1.5, 2.0), flip,
     bilinear, summed. ToCo/AFA fuse the flip pair by max and the scales by sum:
-    ``reduce="sum", flip_reduce="max"``. :func:`multiscale_cams_detailed` also returns the per-scale maps.
+    ``reduce="sum", flip_reduce="max"``. [`multiscale_cams_detailed`][] also returns the per-scale maps.
 
     ``fn`` may return raw maps (B×K×h×w); apply ReLU/normalisation/softmax inside ``fn`` if the
     method does that per scale (IRN applies ReLU per scale inside its CAM head).
@@ -296,13 +296,13 @@ def multiscale_cams_detailed(
     antialias: bool = False,
     size_rounding: Literal["round", "floor"] = "round",
 ) -> MultiScaleOutput:
-    """:func:`multiscale_cams` plus the aligned per-scale maps (flip pair combined), for inspection.
+    """[`multiscale_cams`][] plus the aligned per-scale maps (flip pair combined), for inspection.
 
-    Arguments as in :func:`multiscale_cams`.
+    Arguments as in [`multiscale_cams`][].
 
     Shape:
         - images: B×3×H×W
-        - output: :class:`MultiScaleOutput` (``fused`` B×K×out_H×out_W, ``per_scale`` ``len(scales)`` such maps)
+        - output: [`MultiScaleOutput`][] (``fused`` B×K×out_H×out_W, ``per_scale`` ``len(scales)`` such maps)
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 4, 1)
@@ -394,18 +394,18 @@ def _multiscale(fn: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence
 
 
 class MultiScaleCAM(nn.Module):
-    """Module form of :func:`multiscale_cams`: wraps a model and stores the inference options.
+    """Module form of [`multiscale_cams`][]: wraps a model and stores the inference options.
 
     Args:
         model: the callable run at every scale (an ``nn.Module`` is registered as a submodule).
-        scales: see :func:`multiscale_cams`.
-        flip: see :func:`multiscale_cams`.
-        interpolation: see :func:`multiscale_cams`.
-        reduce: see :func:`multiscale_cams`.
-        flip_reduce: see :func:`multiscale_cams`.
-        no_grad: see :func:`multiscale_cams`.
-        antialias: see :func:`multiscale_cams`.
-        size_rounding: see :func:`multiscale_cams`.
+        scales: see [`multiscale_cams`][].
+        flip: see [`multiscale_cams`][].
+        interpolation: see [`multiscale_cams`][].
+        reduce: see [`multiscale_cams`][].
+        flip_reduce: see [`multiscale_cams`][].
+        no_grad: see [`multiscale_cams`][].
+        antialias: see [`multiscale_cams`][].
+        size_rounding: see [`multiscale_cams`][].
 
     Shape:
         - images: B×3×H×W
@@ -450,7 +450,7 @@ class MultiScaleCAM(nn.Module):
                            self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, None)
 
     def detailed(self, images: Tensor, out_size: tuple[int, int] | None = None) -> MultiScaleOutput:
-        """Fused and per-scale maps; see :func:`multiscale_cams_detailed`."""
+        """Fused and per-scale maps; see [`multiscale_cams_detailed`][]."""
         check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
         per_scale: list[Tensor] = []
         fused = _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
@@ -459,7 +459,7 @@ class MultiScaleCAM(nn.Module):
 
 
 class CAMNormalize(nn.Module):
-    """Module form of :func:`normalize_cams`.
+    """Module form of [`normalize_cams`][].
 
     Shape:
         - cams: B×C×H×W

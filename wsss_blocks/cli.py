@@ -1,6 +1,6 @@
 """The ``wsss-blocks`` console command: the reference trainer's stages from the shell.
 
-Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=value``, ``--out DIR``)::
+Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=value``, ``--out DIR``):
 
     wsss-blocks train-cam   --config baseline_synthetic --out runs/b [--resume]
     wsss-blocks eval-cams   --config baseline_synthetic --out runs/b     # CAM mIoU threshold sweep

@@ -1,12 +1,12 @@
 """Pairwise correspondence losses of TSCD and AFA: self correspondence distillation and affinity from attention.
 
-* :class:`SelfCorrespondenceDistillation` — SCD (Xu et al., "Self Correspondence Distillation for End-to-End
+* [`SelfCorrespondenceDistillation`][] — SCD (Xu et al., "Self Correspondence Distillation for End-to-End
   Weakly-Supervised Semantic Segmentation", AAAI 2023): the cosine correspondence of CAM vectors between two
   views (teacher, no gradient) is distilled into the correspondence of segmentation logits (student), in the
   form of STEGO's correlation loss. Released code: SCD ``utils/corrloss.py`` and
   ``scripts/dist_train_voc.py`` L316-332.
-* :func:`equivariant_regularization` — the companion L_ER (inert in the release).
-* :class:`AffinityFromAttentionLoss` — the affinity loss of AFA (Ru et al., CVPR 2022), reused by TSCD: a
+* [`equivariant_regularization`][] — the companion L_ER (inert in the release).
+* [`AffinityFromAttentionLoss`][] — the affinity loss of AFA (Ru et al., CVPR 2022), reused by TSCD: a
   sigmoid attention affinity is pulled to 1 on same-label pairs and to 0 on different-label pairs within a
   radius.
 """
@@ -160,7 +160,7 @@ def self_correspondence_loss(
         generator: randomness for the points.
 
     Returns:
-        The scalar loss (:func:`self_correspondence_loss_detailed` also returns ``F~`` and ``C``).
+        The scalar loss ([`self_correspondence_loss_detailed`][] also returns ``F~`` and ``C``).
 
     Shape:
         - teacher_a: B×Ct×Ha×Wa, teacher_b: B×Ct×Hb×Wb
@@ -186,7 +186,7 @@ def self_correspondence_loss(
 
 @dataclass
 class SCDOutput:
-    """Result of :func:`self_correspondence_loss_detailed`.
+    """Result of [`self_correspondence_loss_detailed`][].
 
     Attributes:
         loss: the scalar SCD loss (gradient into the students).
@@ -216,11 +216,11 @@ def self_correspondence_loss_detailed(
     padding_mode: str = "border",
     generator: torch.Generator | None = None,
 ) -> SCDOutput:
-    """:func:`self_correspondence_loss` plus both correspondence maps; the arguments are the same.
+    """[`self_correspondence_loss`][] plus both correspondence maps; the arguments are the same.
 
     Shape:
-        - teacher_a/b, student_a/b: as in :func:`self_correspondence_loss`
-        - output: :class:`SCDOutput` (scalar ``loss``; ``teacher_corr``, ``student_corr`` B×N×N×N×N)
+        - teacher_a/b, student_a/b: as in [`self_correspondence_loss`][]
+        - output: [`SCDOutput`][] (scalar ``loss``; ``teacher_corr``, ``student_corr`` B×N×N×N×N)
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)
@@ -244,7 +244,7 @@ def _check_scd_options(num_samples: int, padding_mode: str, shift: float) -> Non
 def _scd(teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor, coords_a: Tensor | None,
          coords_b: Tensor | None, num_samples: int, zero_clamp: bool, pointwise_center: bool, shift: float,
          eps: float, align_corners: bool, padding_mode: str, generator: torch.Generator | None) -> SCDOutput:
-    """:func:`self_correspondence_loss_detailed` with checked options."""
+    """[`self_correspondence_loss_detailed`][] with checked options."""
     names = ("teacher_a", "teacher_b", "student_a", "student_b")
     tensors = (teacher_a, teacher_b, student_a, student_b)
     for name, t in zip(names, tensors):
@@ -293,8 +293,8 @@ class SelfCorrespondenceDistillation(nn.Module):
 
     Distils the cross-view cosine correspondence of (detached) CAMs into the correspondence of segmentation
     logits with STEGO's correlation loss: ``L = -mean max(C, 0)·F~`` over N×N × N×N random point pairs per
-    image (see :func:`self_correspondence_loss`). ``forward`` returns the **unweighted** loss; the release
-    multiplies it by 0.1 after a 2000-iteration classification-only warm-up (:meth:`weight_at`).
+    image (see [`self_correspondence_loss`][]). ``forward`` returns the **unweighted** loss; the release
+    multiplies it by 0.1 after a 2000-iteration classification-only warm-up ([`weight_at`][]).
 
     Args:
         num_samples: N, N×N points per view per image (released 40).
@@ -304,8 +304,8 @@ class SelfCorrespondenceDistillation(nn.Module):
         eps: L2-normalisation eps (released 1e-10).
         align_corners: of ``grid_sample`` (released True).
         padding_mode: of ``grid_sample`` (released ``"border"``).
-        weight: loss weight used by :meth:`weight_at` (released 0.1).
-        start_iter: last classification-only iteration used by :meth:`weight_at` (released 2000).
+        weight: loss weight used by [`weight_at`][] (released 0.1).
+        start_iter: last classification-only iteration used by [`weight_at`][] (released 2000).
 
     Shape:
         - teacher_a: B×Ct×Ha×Wa, teacher_b: B×Ct×Hb×Wb (CAMs, e.g. Ct = 20; detached inside)
@@ -351,7 +351,7 @@ class SelfCorrespondenceDistillation(nn.Module):
     def detailed(self, teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor,
                  coords_a: Tensor | None = None, coords_b: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SCDOutput:
-        """Loss and both correspondence maps; see :func:`self_correspondence_loss_detailed`."""
+        """Loss and both correspondence maps; see [`self_correspondence_loss_detailed`][]."""
         return _scd(teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, self.num_samples,
                     self.zero_clamp, self.pointwise_center, self.shift, self.eps, self.align_corners,
                     self.padding_mode, generator)
@@ -448,7 +448,7 @@ def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: 
                                  ignore_index: int = 255) -> Tensor:
     """AFA/TSCD affinity loss: ``0.5·sum_pos(1 - A)/(N+ + 1) + 0.5·sum_neg A/(N- + 1)`` (counts over the batch).
 
-    An L1 loss on the sigmoid affinity (not BCE), with the targets of :func:`attention_affinity_targets` (released
+    An L1 loss on the sigmoid affinity (not BCE), with the targets of [`attention_affinity_targets`][] (released
     ``get_aux_loss`` with ``cams_to_refine_label`` and ``get_mask_by_radius``). Gradients flow into
     ``aff_pred`` only.
 
@@ -480,7 +480,7 @@ def _check_affinity_options(radius: int, stride: int) -> None:
 
 
 def _affinity_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int, stride: int, ignore_index: int) -> Tensor:
-    """:func:`affinity_from_attention_loss` with checked options."""
+    """[`affinity_from_attention_loss`][] with checked options."""
     check_tensor(aff_pred, "aff_pred", 3, layout="B×n×n", floating=True)
     check_range(aff_pred.detach(), "aff_pred", 0.0, 1.0, hint="pass the sigmoid of the attention projection")
     check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
@@ -503,7 +503,7 @@ class AffinityFromAttentionLoss(nn.Module):
 
     Pulls the predicted pairwise affinity to 1 on same-label pairs and to 0 on different-label pairs of the
     pseudo mask downsampled (nearest) to the token grid, within a Chebyshev radius; see
-    :func:`affinity_from_attention_loss`.
+    [`affinity_from_attention_loss`][].
 
     Args:
         radius: pair window radius on the token grid (released 8).

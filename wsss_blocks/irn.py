@@ -751,7 +751,7 @@ def boundary_affinity_loss(
     """IRN's class-boundary loss: pair affinities from the boundary map against the seed-mask pair targets.
 
     Ahn et al., CVPR 2019, ``net/resnet50_irn.py`` lines 205-213 and ``step/train_irn.py`` lines 58-69.
-    With ``a`` = `boundary_to_affinity` of ``sigmoid(boundary_logits)``::
+    With ``a`` = `boundary_to_affinity` of ``sigmoid(boundary_logits)``:
 
         L_bg+ = sum_{bg_pos} -log(a + eps) / (|bg_pos| + eps)      (likewise L_fg+ over fg_pos)
         L-    = sum_{neg} -log(1 + eps - a) / (|neg| + eps)
@@ -952,7 +952,7 @@ def random_walk(
     Ahn et al., CVPR 2019, ``misc/indexing.py`` ``propagate_to_edge`` (called with radius 5, beta 10,
     exp_times 8 by ``step/make_sem_seg_labels.py``). With ``A_ij`` = `boundary_to_affinity` for pixel
     pairs within ``radius`` (full disc, ``A_ii = 1``, the release pads the boundary with 1 so pairs never
-    leave the image)::
+    leave the image):
 
         T = A^beta / colsum(A^beta)        (columns sum to 1)
         x = cams * (1 - boundary)          (damp_seeds)

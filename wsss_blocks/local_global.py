@@ -8,13 +8,13 @@ A *local* classification network sees N crops of every image and is trained with
 soft-margin loss; a *global* network sees the whole view and is trained **only** to imitate, inside each
 crop's box, a target built from the (detached) local CAMs. The pieces:
 
-- :class:`LocalPatchSampler` / :func:`sample_patch_boxes` / :func:`crop_local_patches`: the released crop
+- [`LocalPatchSampler`][] / [`sample_patch_boxes`][] / [`crop_local_patches`][]: the released crop
   boxes (four fixed corners plus random ones for VOC, all random for COCO, or a uniform grid) and the
   crops, replicated labels, saliency crops and the boxes.
-- :class:`LocalToGlobalTransfer` / :func:`l2g_target` / :func:`l2g_loss` / :func:`l2g_transfer`: the
+- [`LocalToGlobalTransfer`][] / [`l2g_target`][] / [`l2g_loss`][] / [`l2g_transfer`][]: the
   transfer target (ReLU → per-map max-norm → absent-class zeroing → per-pixel keep-max → threshold →
   saliency shape transfer) and the loss ``λ · MSE(softmax(RoIAlign(global logits)), target)``.
-- :func:`roi_align`: a pure-PyTorch, vectorised RoIAlign with the exact sampling of
+- [`roi_align`][wsss_blocks.ops.roi_align]: a pure-PyTorch, vectorised RoIAlign with the exact sampling of
   ``torchvision.ops.roi_align`` (both ``aligned`` modes, any ``sampling_ratio``), so torchvision is not
   needed.
 
@@ -80,12 +80,12 @@ _SAL_RESIZE = ("nearest", "bilinear", "area")
 
 
 class LocalPatches(TypedDict):
-    """What :class:`LocalPatchSampler` returns (B images, N patches each, patch size p).
+    """What [`LocalPatchSampler`][] returns (B images, N patches each, patch size p).
 
     - ``patches``: B·N×3×p×p crops (or ``resize_to``), image-major (patches of image 0 first).
     - ``patch_labels``: B·N×C, each image's label vector replicated N times.
     - ``patch_saliency``: B·N×1×p×p saliency crops, or ``None`` when no saliency was given.
-    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)`` in global-view pixels (what :func:`l2g_transfer` takes).
+    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)`` in global-view pixels (what [`l2g_transfer`][] takes).
     """
 
     patches: Tensor
@@ -153,7 +153,7 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
 
 def _sample_boxes(batch_size: int, image_hw: int | tuple[int, int], num_patches: int, patch_size: int, mode: str,
                   generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
-    """:func:`sample_patch_boxes` with checked sampler options."""
+    """[`sample_patch_boxes`][] with checked sampler options."""
     check_int(batch_size, "batch_size", minimum=0)
     H, W = check_pair(image_hw, "image_hw")
     if patch_size > H or patch_size > W:
@@ -225,7 +225,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
 
     Shape:
         - images: B×3×H×W, boxes: B×N×4, labels: B×C, saliency: B×1×H×W
-        - output: see :class:`LocalPatches`
+        - output: see [`LocalPatches`][]
 
     Examples:
         >>> import torch
@@ -308,10 +308,10 @@ def _check_sampler_args(num_patches: int, patch_size: int, mode: str) -> None:
 class LocalPatchSampler(nn.Module):
     """Sample and crop L2G local views (VOC release: 4 corners + 2 random 320² crops of a 448² view).
 
-    Module form of :func:`sample_patch_boxes` + :func:`crop_local_patches` (L2G, Jiang et al. CVPR 2022,
+    Module form of [`sample_patch_boxes`][] + [`crop_local_patches`][] (L2G, Jiang et al. CVPR 2022,
     ``utils/LoadData.py`` lines 382-396 and 292-300). It has no parameters; the optional ``generator`` makes the
     random offsets reproducible.
-    Defaults are the released VOC setting; :meth:`coco` gives the released COCO one (4 random patches).
+    Defaults are the released VOC setting; [`coco`][] gives the released COCO one (4 random patches).
 
     Args:
         num_patches: N patches per image.
@@ -325,7 +325,7 @@ class LocalPatchSampler(nn.Module):
         - images: B×3×H×W (H, W ≥ p)
         - labels: B×C
         - saliency: B×1×H×W in [0, 1], optional
-        - output: dict, see :class:`LocalPatches` (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
+        - output: dict, see [`LocalPatches`][] (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
           ``patch_saliency`` B·N×1×p×p or None, ``boxes`` B×N×4)
 
     Examples:
@@ -366,7 +366,7 @@ class LocalPatchSampler(nn.Module):
 
     def sample_boxes(self, batch_size: int, image_hw: int | tuple[int, int] = (448, 448),
                      device: torch.device | str | None = None) -> Tensor:
-        """B×N×4 int64 boxes ``(x1, y1, x2, y2)``; see :func:`sample_patch_boxes`."""
+        """B×N×4 int64 boxes ``(x1, y1, x2, y2)``; see [`sample_patch_boxes`][]."""
         return _sample_boxes(batch_size, image_hw, self.num_patches, self.patch_size, self.mode, self.generator,
                              device)
 
@@ -394,7 +394,7 @@ class LocalPatchSampler(nn.Module):
 
 @dataclass
 class L2GOutput:
-    """Result of :func:`l2g_transfer`.
+    """Result of [`l2g_transfer`][].
 
     Attributes:
         loss: scalar ``weight · mean((global_probs − target)²)``; carries gradient into the global logits.
@@ -521,7 +521,7 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
     Args:
         local_cams: raw local-network maps (logits/CAMs; ReLU and normalisation are applied here).
         boxes: the patch boxes, B×N×4 ``(x1, y1, x2, y2)`` per image (patches image-major, as
-            :class:`LocalPatchSampler` gives them), or R×5 rows ``(batch_index, x1, y1, x2, y2)`` (the
+            [`LocalPatchSampler`][] gives them), or R×5 rows ``(batch_index, x1, y1, x2, y2)`` (the
             ``Tensor[K, 5]`` form of ``torchvision.ops.roi_align``); the image index selects the labels.
         labels: multi-hot image labels without background.
         patch_saliency: optional saliency crops in [0, 1], at patch resolution (``stride·h``) or h×w.
@@ -567,7 +567,7 @@ def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, salien
 def _target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency: Tensor | None, stride: int,
             bg_channel: str, keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
             empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> Tensor:
-    """:func:`l2g_target` with checked options."""
+    """[`l2g_target`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     return _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
@@ -608,7 +608,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
     """L2G local-to-global transfer: loss, target and global probabilities.
 
     ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, boxes))[n,k,u,v] − A[n,k,u,v])²``
-    with ``A`` = :func:`l2g_target`. RoIAlign pools each patch's box out of the global map to the local
+    with ``A`` = [`l2g_target`][]. RoIAlign pools each patch's box out of the global map to the local
     map's size h×w with ``spatial_scale = 1/stride``; released: torchvision defaults
     (``sampling_ratio=-1``, one sample per bin for 320→40, ``aligned=False``, which samples the global map
     half a cell (≈ stride/2 px) to the bottom-right of the local grid). ``roi_aligned=True`` is the
@@ -624,19 +624,19 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
     Args:
         global_logits: global-network output maps (logits; softmax is applied here).
         local_cams: local-network output maps on the patches (raw).
-        boxes: the patch boxes in global-view pixels, B×N×4 per image or R×5 rows (see :func:`l2g_target`).
+        boxes: the patch boxes in global-view pixels, B×N×4 per image or R×5 rows (see [`l2g_target`][]).
         labels: multi-hot image labels (no background).
         patch_saliency: optional saliency crops (enables the released shape-transfer target).
         stride: output stride of both networks (spatial scale 1/stride).
         weight: λ (VOC 10, COCO 30).
-        fg_threshold: see :func:`l2g_target`.
-        bg_channel: see :func:`l2g_target`.
-        keep_max: see :func:`l2g_target`.
-        bg_target: see :func:`l2g_target`.
-        saliency_resize: see :func:`l2g_target`.
-        empty_saliency_fallback: see :func:`l2g_target`.
-        eps: see :func:`l2g_target`.
-        num_classes: see :func:`l2g_target`.
+        fg_threshold: see [`l2g_target`][].
+        bg_channel: see [`l2g_target`][].
+        keep_max: see [`l2g_target`][].
+        bg_target: see [`l2g_target`][].
+        saliency_resize: see [`l2g_target`][].
+        empty_saliency_fallback: see [`l2g_target`][].
+        eps: see [`l2g_target`][].
+        num_classes: see [`l2g_target`][].
         roi_aligned: ``aligned`` flag of RoIAlign (``False`` = released half-cell shift).
         sampling_ratio: RoIAlign samples per bin (``-1`` = adaptive, released).
 
@@ -644,7 +644,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         - global_logits: B×K×H'×W' (H' = H/stride)
         - local_cams: R×K×h×w, R = B·N
         - boxes: B×N×4 or R×5; labels: B×C; patch_saliency: R×1×(stride·h)×(stride·w), optional
-        - output: :class:`L2GOutput` (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
+        - output: [`L2GOutput`][] (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
 
     Examples:
         >>> import torch
@@ -666,7 +666,7 @@ def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: 
               patch_saliency: Tensor | None, stride: int, weight: float, fg_threshold: float, bg_channel: str,
               keep_max: bool, bg_target: str, saliency_resize: str, roi_aligned: bool, sampling_ratio: int,
               empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> L2GOutput:
-    """:func:`l2g_transfer` with checked options."""
+    """[`l2g_transfer`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     check_tensor(global_logits, "global_logits", 4, layout="B×K×H'×W'", floating=True)
@@ -691,7 +691,7 @@ def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: 
 
 def l2g_loss(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
              patch_saliency: Tensor | None = None, **kwargs: Any) -> Tensor:
-    """Scalar L2G transfer loss; same arguments as :func:`l2g_transfer` (which also returns the target).
+    """Scalar L2G transfer loss; same arguments as [`l2g_transfer`][] (which also returns the target).
 
     Shape:
         - global_logits: B×K×H'×W'; local_cams: R×K×h×w; boxes: B×N×4 or R×5; labels: B×C
@@ -711,17 +711,17 @@ def l2g_loss(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: T
 
 
 class LocalToGlobalTransfer(nn.Module):
-    """L2G local-to-global transfer loss (module form of :func:`l2g_transfer`).
+    """L2G local-to-global transfer loss (module form of [`l2g_transfer`][]).
 
     Jiang et al., "L2G: A Simple Local-to-Global Knowledge Transfer Framework for Weakly Supervised
     Semantic Segmentation", CVPR 2022. Defaults reproduce the released VOC setting
     (``scripts/train_l2g_sal_voc.py:183-210``, ``train_l2g_sal_voc.sh``): λ = 10, τ = 0.001, binary
     background target, keep-max, nearest saliency resizing, RoIAlign ``aligned=False`` with scale
-    1/stride, MSE mean over all elements; background is the last channel. :meth:`coco` gives the COCO
+    1/stride, MSE mean over all elements; background is the last channel. [`coco`][] gives the COCO
     release (λ = 30, τ = 0.1, soft background target).
 
-    ``forward`` returns the scalar loss; :meth:`transfer` also returns the target and the global
-    probabilities; :meth:`build_target` returns only the (detached) target.
+    ``forward`` returns the scalar loss; [`transfer`][] also returns the target and the global
+    probabilities; [`build_target`][] returns only the (detached) target.
 
     Args:
         num_classes: C, number of foreground classes (20 VOC, 80 COCO).
@@ -793,14 +793,14 @@ class LocalToGlobalTransfer(nn.Module):
 
     def build_target(self, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                      patch_saliency: Tensor | None = None) -> Tensor:
-        """Detached R×K×h×w target; see :func:`l2g_target`."""
+        """Detached R×K×h×w target; see [`l2g_target`][]."""
         return _target(local_cams, boxes, labels, patch_saliency, self.stride, self.bg_channel, self.keep_max,
                        self.fg_threshold, self.bg_target, self.saliency_resize, self.empty_saliency_fallback,
                        self.eps, self.num_classes)
 
     def transfer(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None) -> L2GOutput:
-        """Loss plus target and global probabilities; see :func:`l2g_transfer`."""
+        """Loss plus target and global probabilities; see [`l2g_transfer`][]."""
         return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, self.stride, self.weight,
                          self.fg_threshold, self.bg_channel, self.keep_max, self.bg_target, self.saliency_resize,
                          self.roi_aligned, self.sampling_ratio, self.empty_saliency_fallback, self.eps,

@@ -1,12 +1,12 @@
 """Losses of the WSSS methods, each as a function and an ``nn.Module``.
 
-- :func:`pretended_underfitting_loss` / :class:`PretendedUnderFittingLoss`: PMM's pretended under-fitting
+- [`pretended_underfitting_loss`][] / [`PretendedUnderFittingLoss`][]: PMM's pretended under-fitting
   (PUF) cross-entropy (Li et al., ICCV 2021; ``Eli-YiLi/WSSS_MMSeg``
   ``mmseg/models/losses/cross_entropy_loss.py``).
-- :func:`adaptive_min_pooling_loss` / :class:`AdaptiveMinPoolingLoss`: PMM's CAM-stage min-pooling term.
-- :func:`balanced_seg_loss` / :class:`BalancedSegLoss`: AFA/TSCD's background/foreground balanced CE.
-- :func:`dense_energy_loss` / :class:`DenseEnergyLoss`: Tang et al.'s dense-CRF energy, as TSCD uses it.
-- :func:`eps_saliency_loss` / :class:`EPSSaliencyLoss`: EPS's saliency loss (SMAF's first stage).
+- [`adaptive_min_pooling_loss`][] / [`AdaptiveMinPoolingLoss`][]: PMM's CAM-stage min-pooling term.
+- [`balanced_seg_loss`][] / [`BalancedSegLoss`][]: AFA/TSCD's background/foreground balanced CE.
+- [`dense_energy_loss`][] / [`DenseEnergyLoss`][]: Tang et al.'s dense-CRF energy, as TSCD uses it.
+- [`eps_saliency_loss`][] / [`EPSSaliencyLoss`][]: EPS's saliency loss (SMAF's first stage).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def pretended_underfitting_loss(
 ) -> Tensor:
     """Pixel cross-entropy with PMM's pretended under-fitting (PUF) gate.
 
-    PMM (Li et al., ICCV 2021), PUF (``WSSS_MMSeg:mmseg/models/losses/cross_entropy_loss.py``)::
+    PMM (Li et al., ICCV 2021), PUF (``WSSS_MMSeg:mmseg/models/losses/cross_entropy_loss.py``):
 
         ℓ_i = CE(z_i, y_i)            (0 where y_i = ignore_index; times class_weight[y_i] if given)
         L̄   = (1/N) Σ_i ℓ_i           N = all pixels of this call, ignored ones included
@@ -109,7 +109,7 @@ def pretended_underfitting_loss(
 
 @dataclass
 class PUFOutput:
-    """Result of :func:`pretended_underfitting_loss_detailed`.
+    """Result of [`pretended_underfitting_loss_detailed`][].
 
     Attributes:
         loss: the scalar loss (with gradient into the logits).
@@ -130,11 +130,11 @@ def pretended_underfitting_loss_detailed(
     class_weight: Tensor | None = None,
     denominator: Literal["all", "valid"] = "all",
 ) -> PUFOutput:
-    """:func:`pretended_underfitting_loss` plus whether its gate was on; the arguments are the same.
+    """[`pretended_underfitting_loss`][] plus whether its gate was on; the arguments are the same.
 
     Shape:
         - logits: N×K×H×W; target: N×H×W
-        - output: :class:`PUFOutput` (scalar ``loss``, 0-dim bool ``active``)
+        - output: [`PUFOutput`][] (scalar ``loss``, 0-dim bool ``active``)
 
     Examples:
         >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
@@ -189,7 +189,7 @@ def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None
 
 
 class PretendedUnderFittingLoss(nn.Module):
-    """PMM's pretended under-fitting cross-entropy as a module (see :func:`pretended_underfitting_loss`).
+    """PMM's pretended under-fitting cross-entropy as a module (see [`pretended_underfitting_loss`][]).
 
     Use one instance per head: PMM gates the decode head (``weight=1.0``) and the auxiliary head
     (``weight=0.4``) separately. The non-persistent buffer ``last_active`` records whether the gate was on
@@ -312,7 +312,7 @@ def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_
 
 
 class BalancedSegLoss(nn.Module):
-    """Module form of :func:`balanced_seg_loss` (AFA/TSCD ``get_seg_loss``).
+    """Module form of [`balanced_seg_loss`][] (AFA/TSCD ``get_seg_loss``).
 
     Shape:
         - logits: B×K×H×W; target: B×H×W int64; output: scalar
@@ -425,7 +425,7 @@ def _dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mas
 
 
 class DenseEnergyLoss(nn.Module):
-    """Module form of :func:`dense_energy_loss` (defaults: TSCD's ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
+    """Module form of [`dense_energy_loss`][] (defaults: TSCD's ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
 
     Shape:
         - probs: B×K×H×W; image01: B×3×H×W; target: B×H×W; valid_mask: B×H×W (optional); output: scalar
@@ -521,7 +521,7 @@ def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau
 
 
 class EPSSaliencyLoss(nn.Module):
-    """Module form of :func:`eps_saliency_loss` (EPS, Lee et al., CVPR 2021; VOC release tau 0.4, lam 0.5).
+    """Module form of [`eps_saliency_loss`][] (EPS, Lee et al., CVPR 2021; VOC release tau 0.4, lam 0.5).
 
     Shape:
         - cam_logits: B×(C+1)×h×w (background last); saliency: B×1×H×W; labels: B×C; output: scalar
@@ -572,7 +572,7 @@ def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
 
 
 class AdaptiveMinPoolingLoss(nn.Module):
-    """Module form of :func:`adaptive_min_pooling_loss` (PMM, Li et al., ICCV 2021).
+    """Module form of [`adaptive_min_pooling_loss`][] (PMM, Li et al., ICCV 2021).
 
     Shape:
         - cams: N×C×H×W; output: scalar

@@ -219,7 +219,7 @@ class SegmentationMetric(nn.Module):
         self.confmat += cm.to(self.confmat.device)
 
     def compute(self) -> dict[str, Tensor]:
-        """Scores over everything seen since the last :meth:`reset`."""
+        """Scores over everything seen since the last [`reset`][]."""
         return scores_from_confusion(self.confmat, self.average)
 
     def reset(self) -> None:
@@ -234,7 +234,7 @@ class SegmentationMetric(nn.Module):
 
 @dataclass
 class SweepResult:
-    """Result of a background-score sweep (:func:`sweep_bg_score`, :class:`BgScoreSweep`).
+    """Result of a background-score sweep ([`sweep_bg_score`][], [`BgScoreSweep`][]).
 
     Attributes:
         bg_scores: the constant background scores tried, increasing.
@@ -260,7 +260,7 @@ class SweepResult:
 
 
 def _check_finite_fast(x: Tensor, name: str) -> None:
-    """:func:`check_finite` at the cost of one sum.
+    """`check_finite` at the cost of one sum.
 
     A finite sum proves every value finite (NaN and Inf propagate); only a non-finite sum (or an overflow) runs
     the full check, which raises or passes.
@@ -316,7 +316,7 @@ def _order_bucket(x: Tensor) -> Tensor:
 
 
 def _bucket_table(t: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Lookup tables for :func:`_count_below`.
+    """Lookup tables for `_count_below`.
 
     Per bucket the number of thresholds in lower buckets, the thresholds padded with +inf, and the most
     thresholds any one bucket holds.
@@ -350,8 +350,8 @@ class BgScoreSweep(nn.Module):
 
     For each pixel the largest present-class CAM value ``m`` and its class ``a`` are computed once; the
     prediction for background score ``t`` is ``a + 1`` if ``m > t`` and 0 otherwise (exactly
-    :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many scores lie below ``m``,
-    so all T confusion matrices cost O(pixels + T·K²) instead of T passes, and every one is exact.
+    [`wsss_blocks.cam.cams_to_mask`][wsss_blocks.cam.cams_to_mask]). Counts are binned by how many scores lie below
+    ``m``, so all T confusion matrices cost O(pixels + T·K²) instead of T passes, and every one is exact.
     An update reads only the present classes' maps, finds the score bin with a table lookup on the
     value's float32 bit pattern, and counts with one int32 index and one ``bincount`` (a few ms for a
     375×500 image with 21 classes on one CPU thread, whatever the number of scores).
@@ -463,7 +463,7 @@ def sweep_bg_score(
     Args:
         data: either one ``(cams, labels, target)`` triple of batched tensors or an iterable of such
             triples (e.g. one per image, so CAMs of different sizes can be streamed). ``cams`` should be
-            normalised to [0, 1] (:func:`wsss_blocks.cam.normalize_cams`).
+            normalised to [0, 1] ([`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams]).
         num_classes: number of classes including background (21 on VOC).
         bg_scores: constant background scores to try, strictly increasing.
         ignore_index: ground-truth label left out of the scores (255).

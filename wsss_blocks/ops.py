@@ -1,7 +1,7 @@
 """Generic tensor operations used by the blocks: RoIAlign in pure PyTorch and boxes from a validity mask.
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels with the end exclusive (a box of width ``x2 - x1``); the batch form of
-:func:`roi_align` prepends the image index, as ``torchvision.ops.roi_align`` does.
+[`roi_align`][] prepends the image index, as ``torchvision.ops.roi_align`` does.
 """
 
 from __future__ import annotations

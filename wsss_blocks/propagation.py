@@ -8,11 +8,12 @@ K entries per row; each iteration is then a single sparse-dense product with the
 replicate-padded maps. The B×C×K×H×W neighbour tensor of the released code (AFA ``wetr/PAR.py``
 ``get_dilated_neighbors``) is never built and nothing is repeated per neighbour or per class.
 
-- :func:`neighbour_offsets`, :func:`dilated_neighbours`: the neighbour layout (for inspection and tests);
-- :func:`refine_affinity`: the weights, parameterised to give PAR's or VARM's;
-- :func:`propagate`: the iterations with precomputed weights; :func:`refine_maps`: resize, weights, iterations;
-- :class:`DilatedNeighbourRefine`: the module base of :class:`wsss_blocks.refine.PixelAdaptiveRefine` and
-  :class:`wsss_blocks.refine.VariationAwareRefine`.
+- [`neighbour_offsets`][], [`dilated_neighbours`][]: the neighbour layout (for inspection and tests);
+- [`refine_affinity`][]: the weights, parameterised to give PAR's or VARM's;
+- [`propagate`][]: the iterations with precomputed weights; [`refine_maps`][]: resize, weights, iterations;
+- [`DilatedNeighbourRefine`][]: the module base of
+  [`wsss_blocks.refine.PixelAdaptiveRefine`][wsss_blocks.refine.PixelAdaptiveRefine] and
+  [`wsss_blocks.refine.VariationAwareRefine`][wsss_blocks.refine.VariationAwareRefine].
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def dilated_neighbours(x: Tensor, dilations: Sequence[int] = DEFAULT_DILATIONS) 
 
     Shape:
         - x: B×C×H×W
-        - output: B×C×K×H×W, neighbour order of :func:`neighbour_offsets`
+        - output: B×C×K×H×W, neighbour order of [`neighbour_offsets`][]
 
     Examples:
         >>> x = torch.arange(9.0).view(1, 1, 3, 3)
@@ -206,14 +207,14 @@ def refine_affinity(
 
 
 def _internal(kw: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`refine_affinity` weight arguments under the names of :func:`_affinity`."""
+    """The [`refine_affinity`][] weight arguments under the names of `_affinity`."""
     return {"temperature": kw["appearance_temperature"], "scale": kw["appearance_scale"],
             "pos_weight": kw["pos_weight"], "pos_temperature": kw["pos_temperature"],
             "variation_weight": kw["variation_weight"], "clamp_negative": kw["clamp_negative"], "eps": kw["eps"]}
 
 
 def _affinity_map(image01: Tensor, dilations: tuple[int, ...], **weights: Any) -> Tensor:
-    """:func:`refine_affinity` with checked options."""
+    """[`refine_affinity`][] with checked options."""
     _check_image01(image01)
     return _affinity(image01, dilations, dtype=compute_dtype(image01), **_internal(weights)).permute(0, 3, 1, 2)
 
@@ -332,7 +333,7 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
 
     Args:
         maps: soft class maps at the affinity's resolution.
-        affinity: neighbour weights from :func:`refine_affinity` (or any B×K×H×W weights).
+        affinity: neighbour weights from [`refine_affinity`][] (or any B×K×H×W weights).
         dilations: the dilations the affinity was built with.
         num_iter: number of propagation steps (0 returns ``maps``).
 
@@ -433,11 +434,11 @@ def refine_maps(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAUL
                 *, appearance_temperature: float | None = 0.3, appearance_scale: float | None = None,
                 pos_weight: float = 0.01, pos_temperature: float = 0.3, variation_weight: float = 0.0,
                 clamp_negative: bool = False, eps: float = 1e-8) -> Tensor:
-    """Resize ``maps`` to the image, build the :func:`refine_affinity` weights and :func:`propagate` them.
+    """Resize ``maps`` to the image, build the [`refine_affinity`][] weights and [`propagate`][] them.
 
     The maps are resized with bilinear ``align_corners=True`` (as released; skipped at equal size, where it is
     the identity) and propagated ``num_iter`` times as sparse-dense products; the weight arguments are those of
-    :func:`refine_affinity` (the defaults give PAR). Gradients flow into ``maps`` only.
+    [`refine_affinity`][] (the defaults give PAR). Gradients flow into ``maps`` only.
 
     Shape:
         - image01: B×3×H×W in [0, 1]
@@ -457,7 +458,7 @@ def refine_maps(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAUL
 
 
 def _refine_maps(image01: Tensor, maps: Tensor, dil: tuple[int, ...], n_iter: int, **weights: Any) -> Tensor:
-    """:func:`refine_maps` with checked options."""
+    """[`refine_maps`][] with checked options."""
     affinity_kw = _internal(weights)
     _check_image01(image01)
     check_tensor(maps, "maps", 4, layout="B×C×h×w", floating=True)
@@ -485,9 +486,9 @@ def _refine_maps(image01: Tensor, maps: Tensor, dil: tuple[int, ...], n_iter: in
 class DilatedNeighbourRefine(nn.Module):
     """Shared engine of PAR and VARM: image-only neighbour weights, then linear propagation of the maps.
 
-    Subclasses only choose the weights (:meth:`affinity`). ``forward(image01, maps)`` resizes ``maps`` to the
+    Subclasses only choose the weights ([`affinity`][]). ``forward(image01, maps)`` resizes ``maps`` to the
     image (bilinear, ``align_corners=True``, as released), builds the K = 8·len(dilations) weights once per
-    image and runs ``num_iter`` propagation steps as sparse-dense products (see :func:`propagate`); no
+    image and runs ``num_iter`` propagation steps as sparse-dense products (see [`propagate`][]); no
     K-stacked map tensor is ever built. Gradients flow into ``maps`` only: the weights are constants of the
     image (AFA/TSCD run the refiners under ``no_grad`` anyway).
 
@@ -518,7 +519,7 @@ class DilatedNeighbourRefine(nn.Module):
         return dilated_neighbours(x, self.dilations)
 
     def affinity_kwargs(self) -> dict[str, Any]:
-        """The :func:`refine_affinity` weight arguments of this refiner (subclasses choose them)."""
+        """The [`refine_affinity`][] weight arguments of this refiner (subclasses choose them)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def affinity(self, image01: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 Jo & Yu, "Puzzle-CAM: Improved Localization via Matching Partial and Full Features", ICIP 2021 (official code
 OFRIN/PuzzleCAM). The classifier runs on the whole image and on its tiles; the merged tile CAMs are pulled
 towards the full-image CAMs. It is the closest published relative of PPL's patch learning
-(:mod:`wsss_blocks.patch_learning`), whose split/merge operators it reuses.
+([`wsss_blocks.patch_learning`][wsss_blocks.patch_learning]), whose split/merge operators it reuses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
     """Puzzle-CAM image tiling: cut each image into a g×g grid of tiles stacked along the batch axis.
 
     Puzzle-CAM (Jo & Yu, ICIP 2021) runs the whole classifier on the tiles of the input image and
-    compares the merged tile CAMs with the full-image CAMs (:func:`puzzle_reconstruction_loss`). Default
+    compares the merged tile CAMs with the full-image CAMs ([`puzzle_reconstruction_loss`][]). Default
     2×2 tiles in tile-major order, as ``core/puzzle_utils.py`` ``tile_features``; merge the tile
     outputs with ``merge_patches(out, B, grid, order="tile_major")``. Unlike the release, sizes not
     divisible by the grid raise instead of producing extra tiles (the released crops are 512, divisible).
@@ -84,7 +84,7 @@ def _check_puzzle_options(p: int, class_mode: str, level: str) -> None:
 
 def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: int, class_mode: str, level: str
                  ) -> Tensor:
-    """:func:`puzzle_reconstruction_loss` with checked options."""
+    """[`puzzle_reconstruction_loss`][] with checked options."""
     check_tensor(cams, "cams", 4, layout="B×K×h×w", floating=True)
     check_tensor(merged_cams, "merged_cams", 4, layout="B×K×h×w", floating=True)
     if cams.shape != merged_cams.shape:
@@ -111,7 +111,7 @@ def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: in
 
 
 class PuzzleReconstructionLoss(nn.Module):
-    """Module form of :func:`puzzle_reconstruction_loss` (Puzzle-CAM, Jo & Yu, ICIP 2021).
+    """Module form of [`puzzle_reconstruction_loss`][] (Puzzle-CAM, Jo & Yu, ICIP 2021).
 
     Shape:
         - cams, merged_cams: B×K×h×w; labels: B×K; output: scalar

@@ -1,8 +1,8 @@
 """Pictures for WSSS: palette colouring of masks, CAM heat-map overlays, image grids and training curves.
 
 Everything works on tensors/arrays and returns ``uint8`` H×W×3 arrays; writing files uses PIL (via
-:func:`wsss_blocks.data.save_image`) and plotting uses matplotlib with the ``Agg`` backend. Both are
-imported lazily, so ``import wsss_blocks`` never needs them.
+[`wsss_blocks.data.save_image`][wsss_blocks.data.io.save_image]) and plotting uses matplotlib with the ``Agg`` backend.
+Both are imported lazily, so ``import wsss_blocks`` never needs them.
 
 Examples:
     >>> import torch

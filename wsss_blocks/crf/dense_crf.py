@@ -17,8 +17,8 @@ colours).
 Backends:
 
 * ``"pydensecrf"``: the released C++ code (CPU, one image at a time; the ``crf`` extra).
-* ``"torch"``: :mod:`wsss_blocks.crf.permutohedral`, a PyTorch re-implementation of the same lattice and
-  update rule, batched, on CPU or CUDA, no compiled extension. It reproduces pydensecrf's marginals to
+* ``"torch"``: [`wsss_blocks.crf.permutohedral`][wsss_blocks.crf.permutohedral], a PyTorch re-implementation of the same
+  lattice and update rule, batched, on CPU or CUDA, no compiled extension. It reproduces pydensecrf's marginals to
   float rounding (about 1e-6).
 * ``"auto"``: torch for CUDA tensors; pydensecrf on CPU when it is installed; torch otherwise.
 
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "l2g-test": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
 }
 """Released parameter sets. ``pos_*``: ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``; ``bi_*``:
-``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in :data:`PRESET_SOURCES`."""
+``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in [`PRESET_SOURCES`][]."""
 
 PRESET_SOURCES: dict[str, str] = {
     "deeplab": "deeplab-pytorch configs/voc12.yaml and cocostuff configs (also CLIP-ES "
@@ -319,7 +319,7 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
                          iterations: int = 10, pos_w: float = 3.0, pos_xy: float = 3.0, bi_w: float = 4.0,
                          bi_xy: float = 64.0, bi_rgb: float = 5.0, backend: str = "auto",
                          normalization: str = "symmetric") -> Tensor:
-    """Dense-CRF marginals from unary energies (``-log p`` or :func:`unary_from_mask`).
+    """Dense-CRF marginals from unary energies (``-log p`` or [`unary_from_mask`][]).
 
     Args:
         image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W``; ``None`` when ``image_uint8`` is given.
@@ -331,7 +331,7 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
         bi_xy: bilateral position standard deviation in pixels.
         bi_rgb: bilateral colour standard deviation (0..255 units).
         backend: ``"auto"``, ``"torch"`` or ``"pydensecrf"``.
-        normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"`` (see :func:`dense_crf`).
+        normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"`` (see [`dense_crf`][]).
         image_uint8: the image as loaded instead: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` is recognised).
 
     Returns:
@@ -351,7 +351,7 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
 def _from_unary(image01: Tensor | None, unary: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
                 pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, normalization: str
                 ) -> Tensor:
-    """:func:`dense_crf_from_unary` with checked parameters."""
+    """[`dense_crf_from_unary`][] with checked parameters."""
     img = _prepare_image(image01, image_uint8)
     u = _as_tensor(unary, "unary")
     if u.ndim != 4 or not u.is_floating_point():
@@ -377,7 +377,7 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
               normalization: str = "symmetric") -> Tensor:
     """Refine class probabilities with a fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011).
 
-    The defaults are the AFA/TSCD test-time setting (the ``"afa"`` preset); see :data:`PRESETS`.
+    The defaults are the AFA/TSCD test-time setting (the ``"afa"`` preset); see [`PRESETS`][].
 
     Args:
         image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W`` (rounded to 0..255, as the released
@@ -425,7 +425,7 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
 def _dense_crf(image01: Tensor | None, probs: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
                pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, sum_to_one: str,
                sum_tol: float, clip: float, normalization: str) -> Tensor:
-    """:func:`dense_crf` with checked parameters."""
+    """[`dense_crf`][] with checked parameters."""
     p, squeeze = _prepare_probs(probs, sum_to_one, sum_tol)
     out_dtype = probs.dtype if isinstance(probs, Tensor) else torch.float32
     q = _from_unary(image01, unary_from_probs(p, clip), image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy,
@@ -439,12 +439,12 @@ class DenseCRF(nn.Module):
     """Fully connected CRF post-processing with named released presets and two backends.
 
     Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
-    NeurIPS 2011. Holds the hyperparameters; :meth:`forward` refines probabilities
-    (:func:`dense_crf`), :meth:`from_mask` refines hard label masks (IRN/SMAF style),
-    :meth:`from_unary` takes unary energies, :meth:`pool_map` runs a dataset through pydensecrf in a
+    NeurIPS 2011. Holds the hyperparameters; [`forward`][] refines probabilities
+    ([`dense_crf`][]), [`from_mask`][] refines hard label masks (IRN/SMAF style),
+    [`from_unary`][] takes unary energies, [`pool_map`][] runs a dataset through pydensecrf in a
     process pool. Presets: ``DenseCRF.preset(name)`` or the classmethods ``deeplab``, ``afa``, ``toco``,
     ``toco_label``, ``psa``, ``irn``, ``pmm_binary``, ``smaf``, ``l2g_test`` (values and sources in
-    :data:`PRESETS` / :data:`PRESET_SOURCES`); :meth:`from_config` builds one from a config mapping (a
+    [`PRESETS`][] / [`PRESET_SOURCES`][]); [`from_config`][] builds one from a config mapping (a
     ``preset`` name plus overrides, as the trainer's ``crf_params``). Default values = the ``"afa"`` preset.
 
     Args:
@@ -455,11 +455,11 @@ class DenseCRF(nn.Module):
         bi_xy: bilateral position standard deviation in pixels.
         bi_rgb: bilateral colour standard deviation (0..255 units).
         backend: ``"auto"``, ``"torch"`` or ``"pydensecrf"``.
-        sum_to_one: ``"check"``, ``"renormalize"`` or ``"ignore"`` (see :func:`dense_crf`).
+        sum_to_one: ``"check"``, ``"renormalize"`` or ``"ignore"`` (see [`dense_crf`][]).
         sum_tol: tolerance of the sum check.
         clip: lower clip of the probabilities in the unary.
         normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"``.
-        gt_prob: confidence of the labelled class in :meth:`from_mask` (pydensecrf ``gt_prob``).
+        gt_prob: confidence of the labelled class in [`from_mask`][] (pydensecrf ``gt_prob``).
 
     Shape:
         - image01: ``(B, 3, H, W)`` float in [0, 1]; or image_uint8: ``(B, H, W, 3)`` uint8 (or unbatched).
@@ -505,7 +505,7 @@ class DenseCRF(nn.Module):
     def from_config(cls, params: Mapping[str, Any] | None = None) -> DenseCRF:
         """A CRF from a config mapping (the trainer's ``crf_params`` keys).
 
-        The mapping holds an optional ``preset`` name plus :class:`DenseCRF` arguments that override it (no
+        The mapping holds an optional ``preset`` name plus [`DenseCRF`][] arguments that override it (no
         ``preset``: the arguments alone).
 
         Examples:
@@ -548,7 +548,7 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def irn(cls, **overrides: Any) -> DenseCRF:
-        """IRN ``crf_inference_label`` (use :meth:`from_mask`): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
+        """IRN ``crf_inference_label`` (use [`from_mask`][]): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
         return cls.preset("irn", **overrides)
 
     @classmethod
@@ -558,12 +558,12 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def smaf(cls, **overrides: Any) -> DenseCRF:
-        """SMAF pseudo-mask CRF (use :meth:`from_mask`): same values as IRN's label CRF."""
+        """SMAF pseudo-mask CRF (use [`from_mask`][]): same values as IRN's label CRF."""
         return cls.preset("smaf", **overrides)
 
     @classmethod
     def l2g_test(cls, **overrides: Any) -> DenseCRF:
-        """L2G segmentation test CRF (deeplab-pytorch recipe): same values as :meth:`deeplab`."""
+        """L2G segmentation test CRF (deeplab-pytorch recipe): same values as [`deeplab`][]."""
         return cls.preset("l2g-test", **overrides)
 
     # inference ----------------------------------------------------------------------------------------
@@ -572,12 +572,12 @@ class DenseCRF(nn.Module):
                     bi_xy=self.bi_xy, bi_rgb=self.bi_rgb, normalization=self.normalization)
 
     def forward(self, image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
-        """Refined probabilities (same shape as ``probs``); see :func:`dense_crf`."""
+        """Refined probabilities (same shape as ``probs``); see [`dense_crf`][]."""
         return _dense_crf(image01, probs, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
                           self.bi_rgb, self.backend, self.sum_to_one, self.sum_tol, self.clip, self.normalization)
 
     def from_unary(self, image01: Tensor | None, unary: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
-        """Marginals ``(B, K, H, W)`` from unary energies; see :func:`dense_crf_from_unary`."""
+        """Marginals ``(B, K, H, W)`` from unary energies; see [`dense_crf_from_unary`][]."""
         return _from_unary(image01, unary, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
                            self.bi_rgb, self.backend, self.normalization)
 
@@ -587,7 +587,7 @@ class DenseCRF(nn.Module):
         """Refine hard label masks (pydensecrf ``unary_from_labels``, ``zero_unsure=False``).
 
         Args:
-            image01: as in :meth:`forward` (``None`` when ``image_uint8`` is given).
+            image01: as in [`forward`][] (``None`` when ``image_uint8`` is given).
             mask: ``(B, H, W)`` or ``(H, W)`` integer labels in ``[0, K)``.
             gt_prob: confidence of the given label (default: this module's ``gt_prob``, 0.7 as in IRN
                 and SMAF).
@@ -626,7 +626,8 @@ class DenseCRF(nn.Module):
         ``probs``:
         ``(K, H, W)``. Probabilities are checked per item with this module's ``sum_to_one`` rule. Yields
         ``(K, H, W)`` float32 numpy marginals in input order (``(H, W)`` label maps with
-        ``labels_only``). See :func:`wsss_blocks.crf.pydensecrf_backend.pool_map`.
+        ``labels_only``). See
+        [`wsss_blocks.crf.pydensecrf_backend.pool_map`][wsss_blocks.crf.pydensecrf_backend.pool_map].
         """
 
         def prepared() -> Iterator[tuple[np.ndarray, np.ndarray]]:

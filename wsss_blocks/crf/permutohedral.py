@@ -66,7 +66,7 @@ _NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 @dataclass
 class PermutohedralLattice:
-    """A permutohedral lattice over the pixels of one or more images (built by :func:`build_lattice`).
+    """A permutohedral lattice over the pixels of one or more images (built by [`build_lattice`][]).
 
     Attributes:
         offsets: ``(P, d+1)`` int64, lattice point of each vertex of each pixel's enclosing simplex

@@ -6,7 +6,7 @@ usual WSSS recipe line for line: ``DenseCRF2D(W, H, K)``, ``setUnaryEnergy(U)``,
 ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``, ``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb,
 rgbim=image, compat=bi_w)``, ``inference(iterations)``.
 
-:func:`pool_map` runs many images in a process pool (what ToCo/AFA do with ``joblib``), for datasets.
+[`pool_map`][] runs many images in a process pool (what ToCo/AFA do with ``joblib``), for datasets.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def pool_map(jobs: Iterable[tuple[np.ndarray, np.ndarray]], params: Mapping[str,
     Args:
         jobs: iterable of ``(image (H, W, 3) uint8, unary (K, H, W) float32)`` pairs; it is consumed
             lazily, so a dataset can stream through.
-        params: keyword arguments of :func:`pydensecrf_inference` (``iterations``, ``pos_w``, ...).
+        params: keyword arguments of [`pydensecrf_inference`][] (``iterations``, ``pos_w``, ...).
         processes: worker processes; default ``max(1, int(0.8 * os.cpu_count()))`` as in ToCo's
             ``joblib`` call. ``processes=0`` runs in this process (no pool).
         chunksize: jobs handed to a worker at a time.

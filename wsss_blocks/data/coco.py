@@ -1,6 +1,6 @@
 """MS COCO 2014 reader for WSSS, over the usual "COCO as VOC-style label PNGs" layout.
 
-Layout (ToCo, SeCo, DuPL)::
+Layout (ToCo, SeCo, DuPL):
 
     root/
       JPEGImages/{train2014,val2014}/<name>.jpg          (or coco2014/{train2014,val2014}/)
@@ -11,7 +11,7 @@ AFA and WeCLIP name the sub-folders ``train`` and ``val``; both spellings are fo
 
 Label PNGs made by ``alicranck/coco2voc`` store the **raw COCO category id** (1..90, not
 contiguous); the masks distributed with ToCo/AFA are already contiguous 1..80. Pass
-``raw_category_ids=True`` for the former: values are remapped with :func:`coco_id_to_contiguous`.
+``raw_category_ids=True`` for the former: values are remapped with [`coco_id_to_contiguous`][].
 
 Examples:
     >>> import numpy as np
@@ -65,7 +65,7 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
     *range(84, 91),
 )
-"""The raw COCO ``category_id`` of each class in :data:`COCO_CLASSES` (1..90 with gaps)."""
+"""The raw COCO ``category_id`` of each class in [`COCO_CLASSES`][] (1..90 with gaps)."""
 COCO_NUM_CLASSES = 80
 """Number of COCO object classes (mask values 1..80; 0 is background)."""
 
@@ -112,7 +112,7 @@ def coco_id_to_contiguous(ids: Any, unknown: str = "error") -> Any:
 
 
 def contiguous_to_coco_id(values: Any, unknown: str = "error") -> Any:
-    """Inverse of :func:`coco_id_to_contiguous`: mask values 0..80 (and 255) to raw category ids.
+    """Inverse of [`coco_id_to_contiguous`][]: mask values 0..80 (and 255) to raw category ids.
 
     Examples:
         >>> contiguous_to_coco_id(80)

@@ -1,7 +1,7 @@
 """File input/output for VOC-format datasets: the VOC palette, label PNGs, images and atomic writes.
 
 Label PNGs are read with PIL as **indices**, never as RGB (``imageio`` returns RGB for palette PNGs,
-a classic pitfall; see ``docs/data.md``). Every write goes through :func:`atomic_write`, so an
+a classic pitfall; see ``docs/data.md``). Every write goes through [`atomic_write`][], so an
 interrupted run never leaves a half-written file under the final name.
 
 PIL is an optional dependency (the ``train`` extra); it is imported lazily inside the functions.
@@ -245,7 +245,7 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
                    fsync: bool = True) -> None:
     """Write a label mask as a PNG, atomically.
 
-    With ``palette=True`` the file is an indexed ("P"-mode) PNG carrying :func:`voc_palette`, like
+    With ``palette=True`` the file is an indexed ("P"-mode) PNG carrying [`voc_palette`][], like
     VOC ``SegmentationClass``; with ``palette=False`` it is a plain greyscale PNG, like
     ``SegmentationClassAug``. Either way the stored pixel values are the class indices.
 
@@ -253,7 +253,7 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
         path: output file (``.png``).
         mask: integer array or tensor of shape H×W with values in ``[0, 255]``.
         palette: write a palette PNG (True) or greyscale (False).
-        fsync: passed to :func:`atomic_write`.
+        fsync: passed to [`atomic_write`][].
 
     Shape:
         - mask: ``(H, W)``.
@@ -373,7 +373,7 @@ def save_image(path: PathLike, array: np.ndarray | torch.Tensor, quality: int = 
         path: output file; ``.jpg``/``.jpeg`` (JPEG with ``quality``), ``.png`` and other PIL formats.
         array: ``uint8`` array or tensor of shape H×W×3 (RGB) or H×W (greyscale).
         quality: JPEG quality (ignored for other formats).
-        fsync: passed to :func:`atomic_write`.
+        fsync: passed to [`atomic_write`][].
 
     Shape:
         - array: ``(H, W, 3)`` or ``(H, W)``.

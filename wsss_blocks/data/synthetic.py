@@ -8,8 +8,8 @@ trained on image labels looks at heads and its CAMs cover a fraction of each obj
 problem, reproduced in miniature. The ground truth is pixel-exact (body and head both carry the
 class).
 
-:func:`make_synthetic_voc` writes the same folders, lists and label files as VOC, so the real
-:class:`~wsss_blocks.data.voc.VOCSegmentation` reader loads it unchanged::
+[`make_synthetic_voc`][] writes the same folders, lists and label files as VOC, so the real
+[`VOCSegmentation`][wsss_blocks.data.voc.VOCSegmentation] reader loads it unchanged:
 
     root/
       JPEGImages/<name>.jpg

@@ -6,13 +6,13 @@ unchanged. Leading batch dimensions are allowed (one set of random parameters fo
 
 Randomness comes from a ``torch.Generator``: pass ``generator=`` at construction or per call (the
 call argument wins); with neither, torch's global RNG is used, which ``DataLoader`` seeds per worker.
-:func:`sample_generator` makes a generator seeded per (seed, epoch, index) for fully reproducible
+[`sample_generator`][] makes a generator seeded per (seed, epoch, index) for fully reproducible
 per-sample augmentation independent of worker count.
 
-Geometry recording (opt-in): a sample carrying a ``geom`` entry (put there by :class:`RecordGeometry`, or
+Geometry recording (opt-in): a sample carrying a ``geom`` entry (put there by [`RecordGeometry`][], or
 by ``Compose(..., record_geometry=True)``) gets it updated by every geometric transform, so that any
 full-image map (e.g. SMAF's offline fused teacher maps) can later be cut exactly like the image with
-:func:`apply_geometry`. Recording changes neither the outputs nor the random draws of any transform.
+[`apply_geometry`][]. Recording changes neither the outputs nor the random draws of any transform.
 
 Examples:
     >>> import torch
@@ -125,7 +125,7 @@ class JointTransform:
 
 
 GEOMETRY_FIELDS = ("orig_h", "orig_w", "resized_h", "resized_w", "flipped", "top", "left", "crop_h", "crop_w")
-"""The entries of a recorded ``geom`` vector, in order (see :class:`RecordGeometry`)."""
+"""The entries of a recorded ``geom`` vector, in order (see [`RecordGeometry`][])."""
 
 
 def identity_geometry(image: Tensor) -> Tensor:
@@ -193,7 +193,7 @@ def apply_geometry(x: Tensor, geom: Tensor | Sequence[int], mode: str = "bilinea
                    pad_value: float = 0.0) -> Tensor:
     """Cut a full-image map exactly like a recorded augmentation: resize, optional flip, crop with padding.
 
-    ``geom`` is the vector recorded by :class:`RecordGeometry` (entries :data:`GEOMETRY_FIELDS`): the map,
+    ``geom`` is the vector recorded by [`RecordGeometry`][] (entries [`GEOMETRY_FIELDS`][]): the map,
     of the original image size, is resized to ``resized_h × resized_w`` with ``mode`` (released SMAF:
     bilinear, ``align_corners=True``, ``data/VOC_dataset.py``), flipped left-right if ``flipped``, and the window
     ``[top, top + crop_h) × [left, left + crop_w)`` is taken, positions outside the resized map filled with
@@ -250,10 +250,10 @@ def apply_geometry(x: Tensor, geom: Tensor | Sequence[int], mode: str = "bilinea
 class RecordGeometry(JointTransform):
     """Start recording the geometry of the following transforms in ``sample["geom"]`` (no randomness).
 
-    Sets ``geom`` to the identity geometry of the current image (:func:`identity_geometry`);
-    :class:`RandomRescale`, :class:`RandomResizeLong`, :class:`RandomHorizontalFlip` and :class:`RandomCrop`
-    then update it, so that :func:`apply_geometry` cuts any map of the original image exactly like the image.
-    The vector (int64, entries :data:`GEOMETRY_FIELDS`) says: resize the original ``orig_h × orig_w`` to
+    Sets ``geom`` to the identity geometry of the current image ([`identity_geometry`][]);
+    [`RandomRescale`][], [`RandomResizeLong`][], [`RandomHorizontalFlip`][] and [`RandomCrop`][]
+    then update it, so that [`apply_geometry`][] cuts any map of the original image exactly like the image.
+    The vector (int64, entries [`GEOMETRY_FIELDS`][]) says: resize the original ``orig_h × orig_w`` to
     ``resized_h × resized_w``, flip left-right if ``flipped``, take the ``crop_h × crop_w`` window at
     ``(top, left)`` (negative or overflowing = padding). Resizes must come before crops.
 
@@ -277,8 +277,8 @@ class Compose(JointTransform):
     """Apply transforms in order, passing one generator through all of them.
 
     Plain callables ``f(sample) -> sample`` may be mixed in; they get no generator. With
-    ``record_geometry=True`` the sample's ``geom`` entry is started first (as :class:`RecordGeometry` does),
-    so the geometric transforms record what they did (see :func:`apply_geometry`).
+    ``record_geometry=True`` the sample's ``geom`` entry is started first (as [`RecordGeometry`][] does),
+    so the geometric transforms record what they did (see [`apply_geometry`][]).
 
     Examples:
         >>> t = Compose([RandomHorizontalFlip(p=1.0), Normalize(mean=(0, 0, 0), std=(1, 1, 1))])
@@ -387,7 +387,7 @@ class RandomRescale(JointTransform):
 class _RandomResizeSide(JointTransform):
     """Resize so that one side (``"long"`` or ``"short"``) is a random integer in ``[low, high]``.
 
-    The aspect ratio is kept (shared by :class:`RandomResizeLong` and :class:`RandomResizeShort`).
+    The aspect ratio is kept (shared by [`RandomResizeLong`][] and [`RandomResizeShort`][]).
     """
 
     side = "long"
@@ -441,7 +441,7 @@ class RandomCrop(JointTransform):
     As ToCo/AFA ``random_crop``: the image is placed at a random offset inside a canvas of
     ``max(H, h) × max(W, w)`` filled with the pad values, then a random ``h × w`` window is taken.
     Padded mask pixels get ``pad_mask_value`` (255 = ignore), so they never count in a loss.
-    Apply after :class:`Normalize` to pad with the mean colour (``pad_image_value=0``), as ToCo does.
+    Apply after [`Normalize`][] to pad with the mean colour (``pad_image_value=0``), as ToCo does.
 
     Args:
         size: crop size, int or ``(h, w)``.
@@ -542,7 +542,7 @@ def rgb_to_hsv(img: Tensor) -> Tensor:
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv`.
+    """Inverse of [`rgb_to_hsv`][].
 
     Examples:
         >>> hsv_to_rgb(torch.tensor([0.5, 1., 1.]).view(3, 1, 1)).flatten().tolist()
@@ -570,7 +570,7 @@ class ColorJitter(JointTransform):
 
     Factors are uniform in ``[max(0, 1 - x), 1 + x]`` (hue shift uniform in ``[-hue, hue]`` turns),
     applied in a random order like torchvision's ``ColorJitter``; the image must be in [0, 1] (put
-    this before :class:`Normalize`). Defaults 0.3/0.3/0.3/0 are PSA/IRN-family values; ToCo adds hue 0.1.
+    this before [`Normalize`][]). Defaults 0.3/0.3/0.3/0 are PSA/IRN-family values; ToCo adds hue 0.1.
 
     Shape:
         - image ``(*, 3, H, W)`` in [0, 1]; unchanged shape.

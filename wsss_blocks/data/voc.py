@@ -1,6 +1,6 @@
 """PASCAL VOC 2012 (+ SBD "train_aug") reader for weakly supervised semantic segmentation.
 
-Reads the standard ``VOCdevkit/VOC2012`` layout::
+Reads the standard ``VOCdevkit/VOC2012`` layout:
 
     root/
       JPEGImages/<name>.jpg
@@ -107,7 +107,7 @@ def read_split_list(path: PathLike) -> list[str]:
     """Read a split list file: one image per line; the first whitespace-separated column is used.
 
     Empty lines and lines starting with ``#`` are skipped; entries go through
-    :func:`decode_voc_name`, so IRN integer lists and DeepLab ``image mask`` pair lists both work.
+    [`decode_voc_name`][], so IRN integer lists and DeepLab ``image mask`` pair lists both work.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -152,7 +152,7 @@ def derive_train_aug(root: PathLike, mask_dir: PathLike = "SegmentationClassAug"
 
     For the real data this gives VOC12 seg-train ∪ SBD (train + val) minus VOC12 seg-val =
     **10,582** names (``SegmentationClassAug`` holds 12,031 = 10,582 + 1,449 val masks). The result
-    is sorted, so it is deterministic. Write it with :func:`write_split_list`.
+    is sorted, so it is deterministic. Write it with [`write_split_list`][].
 
     Args:
         root: dataset root (``VOCdevkit/VOC2012``).
@@ -181,7 +181,7 @@ def load_cls_labels(path: PathLike, num_classes: int = VOC_NUM_CLASSES) -> dict[
 
     Both conventions in use are read: IRN's ``voc12/cls_labels.npy`` (integer keys such as
     ``2007000032``) and ToCo's ``cls_labels_onehot.npy`` (string keys ``'2007_000032'``). Keys are
-    normalised with :func:`decode_voc_name`. The file is a pickled dict, so only load files you
+    normalised with [`decode_voc_name`][]. The file is a pickled dict, so only load files you
     trust.
 
     Raises:
@@ -444,7 +444,7 @@ class VOCSegmentation(_LabelPNGDataset):
 
     1. a path to a list file (anything ending in ``.txt`` or containing a path separator);
     2. ``root/ImageSets/Segmentation/<split>.txt``, then ``root/ImageSets/SegmentationAug/<split>.txt``;
-    3. for ``"train_aug"`` only, when no list file exists: derived with :func:`derive_train_aug`
+    3. for ``"train_aug"`` only, when no list file exists: derived with [`derive_train_aug`][]
        (names in ``SegmentationClassAug``, or in ``mask_dir`` when given, minus ``val.txt``; 10,582
        names on the real data).
 
@@ -460,7 +460,8 @@ class VOCSegmentation(_LabelPNGDataset):
         labels_file: image-label source, see above; ``None`` derives labels from masks.
         saliency_dir: optional folder of greyscale saliency PNGs ``<name>.png`` (relative to root or
             absolute), returned as ``saliency`` in [0, 1].
-        transform: callable applied to the sample dict (see :mod:`wsss_blocks.data.transforms`).
+        transform: callable applied to the sample dict (see
+            [`wsss_blocks.data.transforms`][wsss_blocks.data.transforms]).
         return_mask: include ``mask`` in the sample.
         return_labels: include ``labels`` (set False for the test split, which has neither masks
             nor labels).

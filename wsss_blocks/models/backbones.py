@@ -5,7 +5,7 @@ Every backbone in this package follows one small protocol so that heads compose 
 * ``forward(images)`` returns a **list of feature maps**, shallow to deep (B×C_i×h_i×w_i);
 * ``out_channels`` (tuple of int) and ``strides`` (tuple of int) describe those maps.
 
-:func:`build_backbone` builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
+[`build_backbone`][] builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
 (``"mit_b1"`` ...), torchvision ResNets (``"resnet50"``, ``"resnet101"``, ... with
 ``replace_stride_with_dilation`` for output stride 8 or 16), any timm model (``"timm:<name>"``, built with
 ``features_only=True``) and a tiny CNN for tests (``"tiny"``). ``pretrained=`` takes a local file, a state
@@ -13,10 +13,10 @@ dict, or the name of a released initialisation of the weights registry (`wsss_bl
 e.g. ``"resnet50-imagenet"``), which is downloaded and verified into the cache on first use; ``None`` or
 ``"none"`` means random initialisation.
 
-:func:`load_pretrained` loads a checkpoint file or state dict into a model through an optional key map. It
+[`load_pretrained`][] loads a checkpoint file or state dict into a model through an optional key map. It
 refuses, with a message naming the keys, a checkpoint from another architecture (too few keys match), from
 another class count (shape mismatch) or with missing/unexpected keys (``strict``), and returns a
-:class:`LoadReport` listing what was loaded, missing and ignored.
+[`LoadReport`][] listing what was loaded, missing and ignored.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def load_pretrained(
 ) -> LoadReport:
     """Load a checkpoint into ``model`` through a key map, with clear errors.
 
-    Steps: read and unwrap the checkpoint (:func:`read_state_dict`), rename every key with ``key_map``
+    Steps: read and unwrap the checkpoint ([`read_state_dict`][]), rename every key with ``key_map``
     (``None`` result = drop), then check against ``model.state_dict()``:
 
     1. fewer than ``min_match`` of the model's tensors found -> ``ValueError`` ("another architecture"),
@@ -215,18 +215,18 @@ def load_pretrained(
         source: local checkpoint path, weights-registry name (see `read_state_dict`) or a (nested)
             state dict.
         key_map: ``None``, a registered name (e.g. ``"mxnet_resnet38"``, ``"deeplab_pytorch"``), a prefix
-            dict or a callable; see :func:`get_key_map`.
+            dict or a callable; see [`get_key_map`][wsss_blocks.models.registry.get_key_map].
         strict: fail on missing or unexpected keys (after the allow/ignore lists).
         allow_missing: model-key prefixes or regexes that may stay at their initial values (new heads).
         ignore_unexpected: checkpoint-key prefixes or regexes (after mapping) to drop silently, e.g.
             ``("head.",)`` for an ImageNet classifier.
         min_match: minimum fraction of the model's tensors that must be found in the checkpoint.
-        weights_only: see :func:`read_state_dict`.
+        weights_only: see [`read_state_dict`][].
         reasons: prefix or regex -> explanation, recorded in `LoadReport.reasons` for every dropped,
             ignored or missing key it matches (checkpoint keys for dropped ones, model keys otherwise).
 
     Returns:
-        A :class:`LoadReport`.
+        A [`LoadReport`][].
 
     Examples:
         >>> net = torch.nn.Linear(3, 2)
@@ -435,8 +435,8 @@ class TorchvisionResNet(nn.Module):
         output_stride: 8, 16 or 32.
         style: ``"pytorch"`` (torchvision) or ``"caffe"`` (deeplab-pytorch layout).
         out_indices: which of ``(layer1, layer2, layer3, layer4)`` = ``(1, 2, 3, 4)`` to return.
-        layers: override the block counts (used by :meth:`tiny`).
-        width_per_group: override the width (used by :meth:`tiny`).
+        layers: override the block counts (used by [`tiny`][]).
+        width_per_group: override the width (used by [`tiny`][]).
 
     Shape:
         - images: B×3×H×W
@@ -586,7 +586,7 @@ class TimmBackbone(nn.Module):
 # factory
 # ----------------------------------------------------------------------------------------------------------
 def available_backbones() -> list[str]:
-    """Names :func:`build_backbone` understands besides ``"timm:<any timm model>"``."""
+    """Names [`build_backbone`][] understands besides ``"timm:<any timm model>"``."""
     return ["tiny", *registered_backbones(), *_TV_RESNETS, "resnet_tiny"]
 
 
@@ -597,23 +597,24 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
 
     Names:
 
-    * ``"resnet38d"`` — the wide ResNet-38 of PSA/SEAM/L2G/EPS (:class:`~wsss_blocks.models.resnet38.ResNet38`,
+    * ``"resnet38d"`` — the wide ResNet-38 of PSA/SEAM/L2G/EPS ([`ResNet38`][wsss_blocks.models.resnet38.ResNet38],
       output stride 8); checkpoints with the converted ``.pth`` names or the MXNet names of
       ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` load automatically. ``"resnet38d_tiny"``: 1/16 width.
-    * ``"mit_b0"`` ... ``"mit_b5"`` — SegFormer MiT encoders (:mod:`wsss_blocks.models.mit`); the SegFormer
-      release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
-    * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision (:class:`TorchvisionResNet`,
+    * ``"mit_b0"`` ... ``"mit_b5"`` — SegFormer MiT encoders ([`wsss_blocks.models.mit`][wsss_blocks.models.mit]); the
+      SegFormer release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
+    * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision ([`TorchvisionResNet`][],
       ``output_stride`` 8/16/32, ``style="caffe"`` for the DeepLab layout); ``"resnet_tiny"`` for tests.
-    * ``"timm:<name>"`` — any timm model with ``features_only=True`` (:class:`TimmBackbone`).
-    * ``"tiny"`` — :class:`TinyBackbone`.
-    * any name registered with :func:`wsss_blocks.models.registry.register_backbone`.
+    * ``"timm:<name>"`` — any timm model with ``features_only=True`` ([`TimmBackbone`][]).
+    * ``"tiny"`` — [`TinyBackbone`][].
+    * any name registered with
+      [`wsss_blocks.models.registry.register_backbone`][wsss_blocks.models.registry.register_backbone].
 
     Args:
         name: backbone name (see above).
         pretrained: local checkpoint path, state dict or weights-registry name (downloaded and verified on
             first use, see `wsss_blocks.models.weights`); ``None`` or ``"none"`` = random init.
         output_stride: total stride of the deepest map where the family allows choosing it.
-        key_map: extra key map for the checkpoint (see :func:`load_pretrained`).
+        key_map: extra key map for the checkpoint (see [`load_pretrained`][]).
         strict: strict loading (classifier keys of ImageNet checkpoints are always ignored).
         **kwargs: passed to the backbone class.
 
@@ -670,7 +671,7 @@ def build_frozen_backbone(name: str, pretrained: str | os.PathLike | Mapping[str
     Families that freeze natively (ResNet-38: ``native_freezing`` in the registry) get ``frozen=`` and
     ``freeze_bn=`` (plus ``native_defaults`` such as ``b7_dilation``) as constructor arguments unless
     ``backbone_kwargs`` sets them; for other backbones each name must be a top-level submodule, whose
-    parameters stop receiving gradients, and ``freeze_bn`` applies :func:`set_bn_eval`.
+    parameters stop receiving gradients, and ``freeze_bn`` applies [`set_bn_eval`][].
 
     Raises:
         ValueError: a name in ``frozen`` that the backbone does not have.

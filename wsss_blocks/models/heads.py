@@ -1,12 +1,12 @@
 """Heads: the CAM classifier head, DeepLab-v2 ASPP, the SegFormer MLP decoder and a DeepLab-v3+ decoder.
 
-* :class:`CAMHead` — bias-free 1×1 classifier over global-pooled features (Zhou et al., CVPR 2016), with
+* [`CAMHead`][] — bias-free 1×1 classifier over global-pooled features (Zhou et al., CVPR 2016), with
   the pooling of the method: GAP (PSA/L2G/EPS/PPL/PMM) or GMP (AFA/TSCD ``--pooling gmp``); CAMs come from
-  :func:`wsss_blocks.cam.cam_from_features` with the same weights.
-* :class:`ASPPv2` — DeepLab-v2 atrous spatial pyramid pooling (Chen et al., TPAMI 2018): one 3×3 conv per
+  [`wsss_blocks.cam.cam_from_features`][wsss_blocks.cam.cam_from_features] with the same weights.
+* [`ASPPv2`][] — DeepLab-v2 atrous spatial pyramid pooling (Chen et al., TPAMI 2018): one 3×3 conv per
   rate (6, 12, 18, 24) straight to class scores, **summed** (deeplab-pytorch ``_ASPP``).
-* :class:`SegFormerHead` — SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021) as in AFA/TSCD.
-* :class:`DeepLabV3PlusHead` — ASPP with image pooling + low-level decoder (Chen et al., ECCV 2018).
+* [`SegFormerHead`][] — SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021) as in AFA/TSCD.
+* [`DeepLabV3PlusHead`][] — ASPP with image pooling + low-level decoder (Chen et al., ECCV 2018).
 """
 
 from __future__ import annotations

@@ -261,7 +261,7 @@ def _build(name: str, **kwargs: Any) -> MixTransformer:
 
 
 def mit_b0(**kwargs: Any) -> MixTransformer:
-    """MiT-B0 (3.3 M parameters). Keyword arguments override :class:`MixTransformer` defaults."""
+    """MiT-B0 (3.3 M parameters). Keyword arguments override [`MixTransformer`][] defaults."""
     return _build("mit_b0", **kwargs)
 
 

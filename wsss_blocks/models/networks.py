@@ -1,14 +1,14 @@
 """Ready networks for the three WSSS stages, and the "×10 lr for new layers" parameter groups.
 
-* :class:`CAMNet` — backbone + :class:`~wsss_blocks.models.heads.CAMHead` (the classification network of
+* [`CAMNet`][] — backbone + [`CAMHead`][wsss_blocks.models.heads.CAMHead] (the classification network of
   the CAM stage); returns ``logits``, ``cams`` and ``features``.
-* :class:`DeepLabV2` — ResNet-101 + ASPP (rates 6/12/18/24, summed) at output stride 8, the standard WSSS
-  segmentation model (deeplab-pytorch ``DeepLabV2_ResNet101_MSC``); :func:`msc_forward` is its multi-scale
+* [`DeepLabV2`][] — ResNet-101 + ASPP (rates 6/12/18/24, summed) at output stride 8, the standard WSSS
+  segmentation model (deeplab-pytorch ``DeepLabV2_ResNet101_MSC``); [`msc_forward`][] is its multi-scale
   input wrapper.
-* :class:`SegFormer` — MiT encoder + SegFormer MLP decoder, optionally with the AFA/TSCD CAM classifier
+* [`SegFormer`][] — MiT encoder + SegFormer MLP decoder, optionally with the AFA/TSCD CAM classifier
   (GMP) and attention-to-affinity projection, with the released module names.
-* :class:`DeepLabV3Plus` — backbone + DeepLab-v3+ decoder (optional segmenter).
-* :func:`param_groups` — optimizer parameter groups with learning-rate/weight-decay multipliers.
+* [`DeepLabV3Plus`][] — backbone + DeepLab-v3+ decoder (optional segmenter).
+* [`param_groups`][] — optimizer parameter groups with learning-rate/weight-decay multipliers.
 """
 
 from __future__ import annotations
@@ -68,16 +68,16 @@ class CAMNet(nn.Module):
     """Classification network for the CAM stage: backbone + bias-free 1×1 classifier + global pooling.
 
     Args:
-        backbone: a name for :func:`~wsss_blocks.models.backbones.build_backbone` (``"resnet38d"``,
+        backbone: a name for [`build_backbone`][wsss_blocks.models.backbones.build_backbone] (``"resnet38d"``,
             ``"resnet50"``, ``"mit_b1"``, ``"timm:..."``, ``"tiny"``) or a module following the backbone
             protocol.
         num_classes: classifier outputs K (VOC: 20; 21 where the method keeps a background channel).
         pretrained: backbone checkpoint: a local file or a weights-registry name (only with a backbone name).
         feature_index: which backbone map feeds the head (default the deepest, ``-1``).
-        pooling: ``"gap"`` or ``"gmp"``; see :class:`~wsss_blocks.models.heads.CAMHead`.
-        dropout: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
-        hidden_channels: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
-        init: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
+        pooling: ``"gap"`` or ``"gmp"``; see [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        dropout: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        hidden_channels: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        init: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
         backbone_kwargs: extra arguments for ``build_backbone`` (e.g. ``output_stride=16``).
 
     Shape:
@@ -117,7 +117,7 @@ class CAMNet(nn.Module):
         return out
 
     def cams(self, images: Tensor) -> Tensor:
-        """Only the raw CAMs (B×K×h×w); handy as the ``fn`` of :func:`wsss_blocks.cam.multiscale_cams`."""
+        """Only the raw CAMs (B×K×h×w); handy as the ``fn`` of [`multiscale_cams`][wsss_blocks.cam.multiscale_cams]."""
         return self.forward(images)["cams"]
 
 
@@ -132,7 +132,7 @@ class SMAFNet(nn.Module):
 
     Shape:
         - images: B×3×H×W
-        - :meth:`cam_logits`: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
+        - [`cam_logits`][]: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
           ``cams`` B×(C+1)×h×w
 
     Examples:
@@ -196,7 +196,7 @@ class DeepLabV2(nn.Module):
         style: ``"caffe"`` (released layout) or ``"pytorch"``.
         freeze_bn: BatchNorm in eval mode with frozen affine parameters (released: ``freeze_bn()``).
         output_stride: 8 (released) or 16.
-        backbone_kwargs: extra arguments of :class:`~wsss_blocks.models.backbones.TorchvisionResNet`.
+        backbone_kwargs: extra arguments of [`TorchvisionResNet`][wsss_blocks.models.backbones.TorchvisionResNet].
 
     Shape:
         - images: B×3×H×W (released normalisation: BGR, mean subtracted, no std)
@@ -302,12 +302,13 @@ class SegFormer(nn.Module):
     global-**max**-pooled last map, and ``attn_proj`` (1×1 conv, bias, Kaiming-normal a=√5 fan-out) over the
     raw attention logits of the last two blocks, symmetrised (A + Aᵀ) and passed through a sigmoid. Module
     names (``encoder``, ``decoder``, ``classifier``, ``attn_proj``) equal the release, so AFA/TSCD
-    checkpoints load with :func:`~wsss_blocks.models.backbones.load_pretrained` and no key map.
+    checkpoints load with [`load_pretrained`][wsss_blocks.models.backbones.load_pretrained] and no key map.
     ``SegFormer(cam_classes=None, strides=(4, 2, 2, 2))`` is plain SegFormer.
 
     Args:
         num_classes: segmentation classes including background (21).
-        encoder: MiT name (``"mit_b0"``...``"mit_b5"``, ``"mit_tiny"``) or a :class:`MixTransformer`.
+        encoder: MiT name (``"mit_b0"``...``"mit_b5"``, ``"mit_tiny"``) or a
+            [`MixTransformer`][wsss_blocks.models.mit.MixTransformer].
         pretrained: local encoder checkpoint (SegFormer ``mit_b*.pth``; its ``head.*`` is ignored).
         strides: MiT patch strides when the encoder is built by name.
         embed_dim: decoder width (256).

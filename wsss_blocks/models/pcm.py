@@ -1,11 +1,11 @@
 """SEAM's pixel correlation module (PCM) and the two ResNet-38 CAM networks built on it (L2G, PMM/SEAM).
 
-- :class:`PixelCorrelation`: the PCM of Wang et al., "Self-supervised Equivariant Attention Mechanism for Weakly
+- [`PixelCorrelation`][]: the PCM of Wang et al., "Self-supervised Equivariant Attention Mechanism for Weakly
   Supervised Semantic Segmentation" (SEAM, CVPR 2020, ``YudeWang/SEAM`` ``network/resnet38_SEAM.py``), an
   image-guided affinity that propagates a map over itself.
-- :class:`L2GNet`: one network of L2G (Jiang et al., CVPR 2022, ``PengtaoJiang/L2G`` ``models/resnet38.py``
+- [`L2GNet`][]: one network of L2G (Jiang et al., CVPR 2022, ``PengtaoJiang/L2G`` ``models/resnet38.py``
   ``Net``): backbone + bias-free fc8 with background last + the PCM term added to the CAM.
-- :class:`SEAMNet` and :func:`seam_pcm_input`: the SEAM head as PMM trains it (Li et al., ICCV 2021,
+- [`SEAMNet`][] and [`seam_pcm_input`][]: the SEAM head as PMM trains it (Li et al., ICCV 2021,
   ``Eli-YiLi/PMM`` ``network/resnet38_SEAM.py``): fc8 behind Dropout2d with background first, and the PCM
   applied to the detached, normalised, argmax-suppressed CAM.
 """

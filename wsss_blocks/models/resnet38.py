@@ -28,7 +28,7 @@ b2_1, b2_2 (``frozen=("conv1a", "b2", "b2_1", "b2_2")``).
 
 Module names equal the released ones, so the converted ImageNet checkpoint (``res38d.pth`` /
 ``resnet38_dict.pth`` / ``ilsvrc-cls_rna-a1_cls1000_ep-0001.pth``) loads directly, and the MXNet names of
-``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` are translated by :func:`resnet38_key_map`.
+``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` are translated by [`resnet38_key_map`][].
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def mxnet_resnet38_name(key: str) -> str | None:
 def resnet38_key_map(key: str) -> str | None:
     """Key map for ResNet-38 checkpoints.
 
-    MXNet names are translated (see :func:`mxnet_resnet38_name`), converted ``.pth`` names
+    MXNet names are translated (see [`mxnet_resnet38_name`][]), converted ``.pth`` names
     (``b4_5.conv_branch2b1.weight``) pass through unchanged.
     """
     return mxnet_resnet38_name(key)
@@ -319,7 +319,7 @@ register_backbone("resnet38d_tiny", _build_tiny, key_map=resnet38_key_map, ignor
 
 def load_resnet38(model: ResNet38, source: str | os.PathLike | Mapping[str, Any], *, strict: bool = True
                   ) -> LoadReport:
-    """Load ImageNet ResNet-38 weights (converted ``.pth`` or MXNet names) into a :class:`ResNet38`.
+    """Load ImageNet ResNet-38 weights (converted ``.pth`` or MXNet names) into a [`ResNet38`][].
 
     Classifier keys (``linear1000``, ``fc8``) are ignored; everything else must match (``strict``).
 

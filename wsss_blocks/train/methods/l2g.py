@@ -5,21 +5,21 @@ Semantic Segmentation", CVPR 2022 (official code PengtaoJiang/L2G).
 
 Per step (``scripts/train_l2g_sal_voc.py``):
 
-1. :class:`~wsss_blocks.local_global.LocalPatchSampler` cuts N patches out of every (normalised) global view
-   (VOC: the four corners + 2 random 320² crops of 448², COCO: 4 random ones) with replicated labels and
+1. [`LocalPatchSampler`][wsss_blocks.local_global.LocalPatchSampler] cuts N patches out of every (normalised) global
+   view (VOC: the four corners + 2 random 320² crops of 448², COCO: 4 random ones) with replicated labels and
    saliency crops.
 2. The **local** network classifies the patches: multi-label soft-margin loss on the spatial mean of its
    foreground maps against the replicated labels. It gets no other loss.
 3. The **global** network sees the whole view; it is trained **only** by the transfer loss
-   (:class:`~wsss_blocks.local_global.LocalToGlobalTransfer`: λ · MSE between the channel softmax of its
-   RoIAligned logits and the target built from the detached local maps, with the saliency shape transfer
+   ([`LocalToGlobalTransfer`][wsss_blocks.local_global.LocalToGlobalTransfer]: λ · MSE between the channel softmax of
+   its RoIAligned logits and the target built from the detached local maps, with the saliency shape transfer
    when saliency is on). Its classification loss is logged, not optimised (``global_cls_weight = 0``).
 4. Total ``L = L_cls(local) + L_kt``.
 
-Both networks are :class:`L2GNet`: ResNet-38 (conv1a/b2 frozen, frozen BN, output stride 8) with the PCM
-head of the release (``models/resnet38.py``): ``F = cam + PCM(cam)`` with K = C + 1 channels, **background
+Both networks are [`L2GNet`][wsss_blocks.models.pcm.L2GNet]: ResNet-38 (conv1a/b2 frozen, frozen BN, output stride 8)
+with the PCM head of the release (``models/resnet38.py``): ``F = cam + PCM(cam)`` with K = C + 1 channels, **background
 last**; logits = spatial mean of the C foreground channels. CAMs at inference come from the global network
-only (:meth:`L2GMethod.cam_fn`), as ``test_l2g_voc.py`` does; the pseudo-mask rule is the default constant
+only (`L2GMethod.cam_fn`), as ``test_l2g_voc.py`` does; the pseudo-mask rule is the default constant
 background argmax (``gen_gt.py``, ``thr = 0.25``).
 """
 
@@ -61,9 +61,9 @@ class L2GConfig:
         pcm: PCM term in both networks (released True).
         frozen: backbone modules without gradient (ResNet-38: conv1a, b2, b2_1, b2_2).
         freeze_bn: BatchNorm in eval mode with frozen affine parameters (released).
-        relu_per_scale: apply ReLU to each scale's map in :meth:`L2GMethod.cam_fn`. Released False: the
+        relu_per_scale: apply ReLU to each scale's map in `L2GMethod.cam_fn`. Released False: the
             8 scale/flip maps are averaged raw and clamped afterwards, which
-            :func:`wsss_blocks.cam.normalize_cams` does.
+            [`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams] does.
     """
 
     num_patches: int = 6
@@ -91,8 +91,8 @@ class L2GMethod(CAMMethod):
     Semantic Segmentation", CVPR 2022. Release: PengtaoJiang/L2G.
 
     Gradients: ``loss_cls_local`` reaches only ``local_net``; ``loss_kt`` only ``global_net`` (the target is
-    built from detached local maps). Both networks use :class:`L2GNet`; parameter groups follow the PSA
-    convention (backbone 1×/2×, fc8 + PCM 10×/20×) for both.
+    built from detached local maps). Both networks use [`L2GNet`][wsss_blocks.models.pcm.L2GNet]; parameter groups
+    follow the PSA convention (backbone 1×/2×, fc8 + PCM 10×/20×) for both.
 
     Shape:
         - batch["image"]: B×3×H×W (H, W ≥ ``patch_size``); batch["labels"]: B×C; batch["saliency"]:

@@ -9,13 +9,14 @@ Li, Kuang, Liu, Chen, Zhang, "Pseudo-mask Matters in Weakly-supervised Semantic 
   CAM. Each batch runs at full size and downscaled ×0.3; the loss is
   ``L_cls + L_minpool + L_er + L_ecr`` (classification on GAP of fc8, PMM's adaptive min-pooling on
   ``cam_rv``, the equivariance L1 between the two scales, and the top-20 % equivariant cross regularisation).
-- **CAMs** (:meth:`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels
+- **CAMs** (`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels
   (``pipeline/infer_multi_scale.py``), multi-scale + flip summed and min-max normalised per class
   (``cam_normalization="minmax"``).
-- **Pseudo masks** (:meth:`PMMMethod.pseudo_masks`): :func:`wsss_blocks.pseudo_mask.proportional_pseudo_mask`
-  — CoV smoothing, per-class binary dense CRF foregrounds with the background ``(1 − Ã_c)^11`` and overlaps
-  resolved by each pixel's share of its class's CAM mass. ``foreground="threshold"`` replaces
-  the CRF by its initial state (no image needed).
+- **Pseudo masks** (`PMMMethod.pseudo_masks`):
+  [`wsss_blocks.pseudo_mask.proportional_pseudo_mask`][wsss_blocks.pseudo_mask.proportional_pseudo_mask] — CoV
+  smoothing, per-class binary dense CRF foregrounds with the background ``(1 − Ã_c)^11`` and overlaps resolved by each
+  pixel's share of its class's CAM mass. ``foreground="threshold"`` replaces the CRF by its initial state (no image
+  needed).
 - **Segmentation options** (seg-stage keys): ``seg.loss: puf`` with ``seg.loss_args``
   (pretended under-fitting: β = k = 0.5 on VOC, 0.8 on COCO); cyclic pseudo-masks are a seg-stage round
   (see ``docs/trainer_methods.md``).
@@ -77,8 +78,8 @@ class PMMConfig:
         posterior_threshold: threshold on the CRF foreground posterior (``fg_thresh`` 0.5).
         foreground: ``"crf"`` (released per-class binary dense CRF) or ``"threshold"`` (its initial state).
         crf_params: the dense CRF of ``foreground: crf``, as everywhere in the configs: a ``preset`` name plus
-            :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: pmm-binary}``: 10 iterations, Gaussian sxy 3
-            compat 10, bilateral sxy 80 srgb 13 compat 10, probabilities used as given).
+            [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] arguments (``{preset: pmm-binary}``: 10
+            iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10, probabilities used as given).
         min_exponent: floor of the CoV exponent ``1 − cv`` (``None`` = release, no clamp).
     """
 

@@ -6,36 +6,37 @@ The first stage is EPS (Lee et al., "Railroad is not a Train: Saliency as Pseudo
 Supervised Semantic Segmentation", CVPR 2021; official code halbielee/EPS), which the SMAF release expects as a
 pre-trained checkpoint.
 
-Two phases (:attr:`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
+Two phases (`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
 
 1. ``"eps"`` — the classification network (ResNet-38 + SMAF's head ``4096 → 128 → BN → ReLU → C+1``, background
    **last**) trained with the multi-label soft-margin loss on the GAP of the foreground maps plus, when
-   ``eps_saliency`` is on, EPS's saliency loss (:func:`eps_saliency_loss`; EPS ``eps.py``, ``module/train.py``
-   ``train_eps``; ``script/voc12_eps.sh``: tau 0.4, lambda 0.5, 20k iterations, batch 8, crop 448). Without
-   saliency (``eps_saliency: false``) the phase is EPS's own classification-only path (``train_cls``) on the same
-   C+1 network — an **inferred** fallback: the background channel then gets no direct signal.
+   ``eps_saliency`` is on, EPS's saliency loss ([`eps_saliency_loss`][wsss_blocks.losses.eps_saliency_loss]; EPS
+   ``eps.py``, ``module/train.py`` ``train_eps``; ``script/voc12_eps.sh``: tau 0.4, lambda 0.5, 20k iterations, batch 8,
+   crop 448). Without saliency (``eps_saliency: false``) the phase is EPS's own classification-only path (``train_cls``)
+   on the same C+1 network — an **inferred** fallback: the background channel then gets no direct signal.
 2. ``"self_train"`` — a frozen copy of the phase-1 network is the teacher; the student (the phase-1 network
    itself, so it starts from the same weights as released) learns ``100 · MSE(softmax(student), T)`` at 1/4 of
-   the crop resolution (:func:`~wsss_blocks.multiscale_fusion.smaf_loss`), where T is the denoised, reactivated
-   fused multi-scale map of the teacher (:func:`~wsss_blocks.multiscale_fusion.multiscale_attention_fusion`,
-   :func:`~wsss_blocks.multiscale_fusion.smaf_target`; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
+   the crop resolution ([`smaf_loss`][wsss_blocks.multiscale_fusion.smaf_loss]), where T is the denoised, reactivated
+   fused multi-scale map of the teacher
+   ([`multiscale_attention_fusion`][wsss_blocks.multiscale_fusion.multiscale_attention_fusion],
+   [`smaf_target`][wsss_blocks.multiscale_fusion.smaf_target]; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
    class-aware sum, per-class max, background 0.2).
 
-Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs of :meth:`SMAFMethod.cam_fn`
+Pseudo masks ([`SMAFMethod.pseudo_masks`][]): the trainer's multi-scale CAMs of [`SMAFMethod.cam_fn`][]
 (per-pass softmax over C+1, background dropped, summed, per-class max) thresholded at 0.2 with
-:func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_mask`, refined by the released hard-label dense CRF
-(:meth:`wsss_blocks.crf.DenseCRF.smaf`).
+[`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released hard-label dense CRF
+([`wsss_blocks.crf.DenseCRF.smaf`][wsss_blocks.crf.dense_crf.DenseCRF.smaf]).
 
 Teacher targets (``target_mode``):
 
 * ``"offline"`` (default, released): at the start of the self-training phase the frozen teacher fuses its maps
-  once per **full** training image (``gen_fused_cam.py``) and :meth:`SMAFMethod.precompute_fused_maps`
+  once per **full** training image (``gen_fused_cam.py``) and [`SMAFMethod.precompute_fused_maps`][]
   stores them under ``<cam stage>/fused_cams/<name>.npy`` (present classes only, ascending class order,
   ``C_present × H × W``; existing files are kept, so an interrupted run resumes). Each training crop's target is
   cut from its image's stored map with the crop's recorded geometry (``batch["geom"]``, see
-  :class:`wsss_blocks.data.transforms.RecordGeometry`): bilinear resize with ``align_corners=True`` to the
-  image's random-resized size, flip, crop with zero padding (``VOC_dataset.py`` ``transform_with_mask``),
-  then denoised and reactivated at 1/4 of the crop; padding becomes pure background.
+  [`wsss_blocks.data.transforms.RecordGeometry`][wsss_blocks.data.transforms.RecordGeometry]): bilinear resize with
+  ``align_corners=True`` to the image's random-resized size, flip, crop with zero padding (``VOC_dataset.py``
+  ``transform_with_mask``), then denoised and reactivated at 1/4 of the crop; padding becomes pure background.
 * ``"online"``: the approximation of earlier versions — the teacher fuses its maps on each training crop
   itself (padded pixels masked to background before the per-class max, which runs over the valid region).
   No files, no geometry needed, but 8 teacher passes per crop and step and a per-crop (not per-image) max.
@@ -108,8 +109,9 @@ class SMAFConfig:
         loss_weight: weight of the MSE (100).
         crf: refine the pseudo masks with the hard-label dense CRF (released on).
         crf_params: that CRF, as everywhere in the configs: a ``preset`` name plus
-            :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: smaf, backend: auto}``: gt_prob 0.7, Gaussian
-            3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if installed, else PyTorch).
+            [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] arguments (``{preset: smaf, backend:
+            auto}``: gt_prob 0.7, Gaussian 3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if
+            installed, else PyTorch).
     """
 
     head: Literal["smaf", "eps"] = "smaf"
@@ -158,8 +160,9 @@ class SMAFMethod(CAMMethod):
     Shape:
         - batch["image"]: B×3×H×W; batch["labels"]: B×C; batch["saliency"]: B×1×H×W (``eps_saliency``);
           batch["valid"]: B×H×W (unpadded pixels, optional); ``target_mode: offline`` also needs
-          batch["geom"]: B×9 (crop geometry, :class:`wsss_blocks.data.transforms.RecordGeometry`) and
-          batch["name"] (B image names)
+          batch["geom"]: B×9 (crop geometry,
+          [`wsss_blocks.data.transforms.RecordGeometry`][wsss_blocks.data.transforms.RecordGeometry]) and batch["name"]
+          (B image names)
         - cam_fn output: B×C×H/8×W/8 foreground softmax probabilities (background dropped)
 
     Examples:
@@ -245,7 +248,7 @@ class SMAFMethod(CAMMethod):
         """``"eps"``: nothing to build.
 
         ``"self_train"``: freeze a copy of the network as the teacher and, with ``target_mode: offline`` on a fresh (not
-        resuming) phase, store its fused map of every training image (:meth:`precompute_fused_maps`; all ranks take part
+        resuming) phase, store its fused map of every training image ([`precompute_fused_maps`][]; all ranks take part
         under DDP).
         """
         self._phase = ctx.phase
@@ -374,9 +377,9 @@ class SMAFMethod(CAMMethod):
         ``target_scales`` × flips, softmax before upsampling, class mask, sum) and the per-class max over the
         **whole image** (SMAF ``gen_fused_cam.py`` lines 195–206); the present classes (ascending) are written
         as one ``C_present × H × W`` array of ``offline_dtype`` to ``folder/<name>.npy`` (atomic), see
-        :class:`wsss_blocks.train.smaf_store.FusedMapStore`. Existing files are skipped, so an interrupted run
-        resumes. Under DDP every rank does its share and all wait at a barrier. ``folder/meta.json`` records the
-        settings and is checked on later runs.
+        [`wsss_blocks.train.smaf_store.FusedMapStore`][wsss_blocks.train.smaf_store.FusedMapStore]. Existing files are
+        skipped, so an interrupted run resumes. Under DDP every rank does its share and all wait at a barrier.
+        ``folder/meta.json`` records the settings and is checked on later runs.
 
         Returns:
             The number of maps this rank wrote.
@@ -408,8 +411,8 @@ class SMAFMethod(CAMMethod):
 
         The map (present classes) is resized to the crop's random-resized size (bilinear,
         ``align_corners=offline_align_corners``, released True), flipped, cropped with zero padding
-        (:func:`wsss_blocks.data.transforms.apply_geometry`), then denoised and reactivated at
-        ``target_scale_factor`` of the crop: padded pixels get a one-hot background target.
+        ([`wsss_blocks.data.transforms.apply_geometry`][wsss_blocks.data.transforms.apply_geometry]), then denoised and
+        reactivated at ``target_scale_factor`` of the crop: padded pixels get a one-hot background target.
 
         Shape:
             - labels: B×C; geom: B×9 (``batch["geom"]``); names: B strings

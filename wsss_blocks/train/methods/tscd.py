@@ -15,18 +15,18 @@ One phase; every step (released ``scripts/dist_train_voc.py`` L296-360):
 3. The SCD view ``x' = ↓0.3(x)`` (bilinear, ``align_corners=True``): a second forward **with grad** (seg logits
    S') and its multi-scale CAM ``T'`` (no grad).
 4. ``Y`` = reliable pseudo labels: ``[τ; T]`` softmax over background + present classes, refined by
-   :class:`~wsss_blocks.refine.VariationAwareRefine` at half resolution, τ_h 0.55 / τ_l 0.35, ignore band
-   (:func:`~wsss_blocks.refine.reliable_pseudo_mask`), padding ignored.
+   [`VariationAwareRefine`][wsss_blocks.refine.VariationAwareRefine] at half resolution, τ_h 0.55 / τ_l 0.35, ignore
+   band ([`reliable_pseudo_mask`][wsss_blocks.refine.reliable_pseudo_mask]), padding ignored.
 5. Losses: ``L_cls`` (multi-label soft margin); ``L_seg`` (½ CE background + ½ CE foreground on ``Y``, logits
    upsampled to the crop with ``align_corners=True``); ``L_aff``
-   (:func:`~wsss_blocks.correspondence.affinity_from_attention_loss`, radius 8 on the /16 grid); ``L_reg`` (Tang et
-   al.'s dense-CRF energy loss, :func:`dense_energy_loss`); ``L_SCD``
-   (:func:`~wsss_blocks.correspondence.self_correspondence_loss` between ``(T, S)`` and ``(T', S')``); ``L_ER``
-   (``mean |↓0.3(T) − T'|`` over channels 1.., gradient-free as released).
+   ([`affinity_from_attention_loss`][wsss_blocks.correspondence.affinity_from_attention_loss], radius 8 on the /16
+   grid); ``L_reg`` (Tang et al.'s dense-CRF energy loss, [`dense_energy_loss`][wsss_blocks.losses.dense_energy_loss]);
+   ``L_SCD`` ([`self_correspondence_loss`][wsss_blocks.correspondence.self_correspondence_loss] between ``(T, S)`` and
+   ``(T', S')``); ``L_ER`` (``mean |↓0.3(T) − T'|`` over channels 1.., gradient-free as released).
    Steps ``0 … cam_iters`` (inclusive): ``L = L_cls + 0·(L_seg + L_reg + L_aff)``; afterwards
    ``L = L_cls + 0.1 L_seg + 0.01 L_reg + 0.1 L_aff + 0.1 L_SCD + 0.1 L_ER``.
 
-The segmentation head is the method's prediction (:attr:`TSCDMethod.has_segmentation`; ``seg.source: method``).
+The segmentation head is the method's prediction (`TSCDMethod.has_segmentation`; ``seg.source: method``).
 """
 
 from __future__ import annotations
