@@ -516,7 +516,7 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
     Without saliency the target is T after step 4 (the paper's plain attention transfer L_at). The
     release has no fallback for patches whose saliency is empty (their foreground target is 0);
     ``empty_saliency_fallback=True`` uses the paper's L_at target for patches whose saliency is all zero
-    (issue #7: both give close results).
+    (``PengtaoJiang/L2G`` issue #7: both give close results).
 
     Args:
         local_cams: raw local-network maps (logits/CAMs; ReLU and normalisation are applied here).

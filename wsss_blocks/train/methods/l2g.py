@@ -119,7 +119,7 @@ class L2GMethod(CAMMethod):
         "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 44.2},
     }
     paper_source = ("L2G (CVPR'22) abstract/README: VOC val 72.1 (test 71.7), COCO val 44.2, DeepLab-v2 R101 with "
-                    "saliency and CRF. Pseudo-label mIoU is not verified from the paper (issue #36 "
+                    "saliency and CRF. Pseudo-label mIoU is not verified from the paper (PengtaoJiang/L2G issue #36 "
                     "reproduces 71.7 on VOC train at bg 0.25), so it is not listed.")
     cam_normalization = "max"
 

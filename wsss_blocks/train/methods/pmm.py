@@ -22,8 +22,8 @@ Li, Kuang, Liu, Chen, Zhang, "Pseudo-mask Matters in Weakly-supervised Semantic 
   (see ``docs/trainer_methods.md``).
 
 Not reproduced: the release's stage B/C (CRF rough masks and a ScaleNet-101 retrained on multi-crop tiles)
-and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (issue #7: ScaleNet gains
-~4 CAM points).
+and its multi-crop inference; the CAMs here are those of the stage-A ResNet-38 (``Eli-YiLi/PMM`` issue #7:
+ScaleNet gains ~4 CAM points).
 """
 
 from __future__ import annotations
@@ -139,9 +139,9 @@ class PMMMethod(CAMMethod):
         "voc": {"cam_miou": 53.93, "pseudo_miou": 61.49, "val_miou": 70.0},
         "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.2},
     }
-    paper_source = ("PMM (ICCV'21): CAM 53.93 = ResNet-38d multi-crop test (Table 1 via issue #7), PPMG 61.49 on VOC "
-                    "*val* (Table 2 via issue #13), val 70.0 = Res2Net-101 PSPNet (abstract; ResNet-38 PSPNet 68.5); "
-                    "COCO val 40.2")
+    paper_source = ("PMM (ICCV'21): CAM 53.93 = ResNet-38d multi-crop test (Table 1 via Eli-YiLi/PMM issue #7), "
+                    "PPMG 61.49 on VOC *val* (Table 2 via Eli-YiLi/PMM issue #13), val 70.0 = Res2Net-101 PSPNet "
+                    "(abstract; ResNet-38 PSPNet 68.5); COCO val 40.2")
     cam_normalization = "minmax"
 
     def __init__(self, run_cfg: Any, method_cfg: PMMConfig, num_classes: int):

@@ -188,8 +188,8 @@ class SMAFMethod(CAMMethod):
     cam_normalization = "max"
     paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
     paper_source = ("SMAF (arXiv'23) abstract: VOC val 72.4 (test 72.4), DeepLab-v2 R101, EPS saliency; pseudo "
-                    "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the committed evalue_crf.out "
-                    ". No CAM-only number is reported.")
+                    "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the authors' log (bupt-ai-cz/SMAF "
+                    "SMAF/smaf/evalue_crf.out). No CAM-only number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: SMAFConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)

@@ -187,7 +187,7 @@ class TSCDMethod(CAMMethod):
         "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1},
     }
     paper_source = ("TSCD (AAAI'23) MiT-B1, VOC val 67.3 (test 67.5), COCO val 40.1, multi-scale + flip + CRF "
-                    "(DuPL Tab. 2 / paper listings). No CAM or pseudo-label number is reported.")
+                    "(as listed in DuPL, CVPR 2024, Table 2). No CAM or pseudo-label number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: TSCDConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
