@@ -91,22 +91,33 @@ def test_nav_lists_every_page_once_packages_as_sections(hook, pages):
 
 def test_package_pages_document_own_names_and_link_the_re_exported_ones(hook, pages):
     by_module = {p.module: p for p in pages}
-    own, re_exported = hook.package_members(by_module["wsss_blocks.train.methods"].source)
+
+    def members(module):
+        return hook.package_members(by_module[module].source, module)
+
+    own, re_exported = members("wsss_blocks.train.methods")
     assert own == ["register_method", "get_method", "available_methods", "KNOWN_METHODS"]
-    assert re_exported == ["CAMMethod", "NoConfig", "PhaseContext"]
-    own, re_exported = hook.package_members(by_module["wsss_blocks"].source)
+    assert re_exported == {n: "wsss_blocks.train.methods.base" for n in ("CAMMethod", "NoConfig", "PhaseContext")}
+    own, re_exported = members("wsss_blocks")
     assert own == ["set_checks", "checks_enabled", "checks"]  # from the private _checks module
-    assert "multiscale_cams" in re_exported
-    assert "__version__" not in own + re_exported
-    # no __all__: every public name the __init__ imports (data re-exports its modules' names)
-    own, re_exported = hook.package_members(by_module["wsss_blocks.data"].source)
+    assert re_exported["multiscale_cams"] == "wsss_blocks.cam"
+    assert re_exported["DenseCRF"] == "wsss_blocks.crf"  # documented in crf.dense_crf, an alias resolves it
+    assert "__version__" not in own + list(re_exported)
+    own, re_exported = members("wsss_blocks.data")  # absolute imports (from wsss_blocks.data.voc import ...)
     assert own == []
-    assert "VOCSegmentation" in re_exported
+    assert re_exported["VOCSegmentation"] == "wsss_blocks.data.voc"
+    # a function named like its module links to the function, not to the module
+    _, re_exported = members("wsss_blocks.crf")
+    assert re_exported["dense_crf"] == "wsss_blocks.crf.dense_crf"
+    assert "[`dense_crf`][wsss_blocks.crf.dense_crf.dense_crf]" in hook.page_markdown(by_module["wsss_blocks.crf"],
+                                                                                     pages)
+    _, re_exported = members("wsss_blocks.train")
+    assert re_exported["reproduce"] == "wsss_blocks.train.reproduce"
 
     md = hook.page_markdown(by_module["wsss_blocks.train.methods"], pages)
     assert md.startswith("# `wsss_blocks.train.methods`\n\n::: wsss_blocks.train.methods\n")
     assert "members: [register_method, get_method, available_methods, KNOWN_METHODS]" in md
-    assert "[`CAMMethod`][wsss_blocks.train.methods.CAMMethod]" in md
+    assert "[`CAMMethod`][wsss_blocks.train.methods.base.CAMMethod]" in md
     assert "| [`wsss_blocks.train.methods.baseline`](baseline.md) |" in md
     md = hook.page_markdown(by_module["wsss_blocks.crf"], pages)
     assert "members: false" in md  # crf's __init__ defines nothing of its own

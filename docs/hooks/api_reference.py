@@ -114,16 +114,34 @@ def _dunder_all(tree: ast.Module) -> list[str] | None:
     return None
 
 
-def package_members(source: Path) -> tuple[list[str], list[str]]:
-    """A package's ``(own, re_exported)`` public names, each in ``__all__`` order.
+def _import_origins(tree: ast.Module, package: str) -> dict[str, str]:
+    """Each name a package's ``__init__.py`` imports from inside the package, mapped to its source module."""
+    origins: dict[str, str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level > 0:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.module else base
+        elif (node.module or "").startswith(f"{PACKAGE}."):
+            module = node.module or ""
+        else:
+            continue
+        for alias in node.names:
+            origins[alias.asname or alias.name] = module
+    return origins
 
-    ``own``: defined in the ``__init__.py`` or imported from a private module (documented on the package's
-    page). ``re_exported``: imported from a public submodule (documented on that module's page).
+
+def package_members(source: Path, package: str) -> tuple[list[str], dict[str, str]]:
+    """A package's own public names (``__all__`` order) and its re-exported ones with their source modules.
+
+    Own: defined in the ``__init__.py`` or imported from a private module (documented on the package's page).
+    Re-exported: imported from a public module of the package (documented on that module's page); the value is
+    that module, so a link goes to the name's definition even where a submodule has the same name
+    (``wsss_blocks.crf.dense_crf``, the module, and ``wsss_blocks.crf.dense_crf.dense_crf``, the function).
     """
     tree = _tree(source)
     defined: set[str] = set()
-    from_private: set[str] = set()
-    imported: list[str] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined.add(node.name)
@@ -131,17 +149,13 @@ def package_members(source: Path) -> tuple[list[str], list[str]]:
             defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             defined.add(node.target.id)
-        elif isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith(f"{PACKAGE}.")):
-            names = [a.asname or a.name for a in node.names]
-            if any(p.startswith("_") for p in (node.module or "").split(".")):
-                from_private.update(names)
-            else:
-                imported.extend(names)
+    origins = _import_origins(tree, package)
+    from_private = {n for n, m in origins.items() if any(part.startswith("_") for part in m.split("."))}
     exported = _dunder_all(tree)
     if exported is None:  # no __all__: every public name the __init__.py defines or imports, in source order
-        exported = [n for n in dict.fromkeys([*imported, *sorted(defined | from_private)]) if not n.startswith("_")]
+        exported = [n for n in dict.fromkeys([*origins, *sorted(defined)]) if not n.startswith("_")]
     own = [n for n in exported if (n in defined or n in from_private) and not n.startswith("__")]
-    re_exported = [n for n in exported if n in imported and n not in own]
+    re_exported = {n: origins[n] for n in exported if n in origins and n not in own}
     return own, re_exported
 
 
@@ -206,7 +220,7 @@ def page_markdown(page: ApiPage, pages: list[ApiPage]) -> str:
     """The Markdown of one generated page."""
     if page.module == PACKAGE:
         modules = [p for p in pages if p is not page]
-        own, _ = package_members(page.source)
+        own, _ = package_members(page.source, page.module)
         return (f"# {SECTION}\n\n"
                 f"One page per public module of `{PACKAGE}`, generated from the docstrings. The blocks are also "
                 f"importable from the package root (`from {PACKAGE} import multiscale_cams`); the reference "
@@ -215,11 +229,11 @@ def page_markdown(page: ApiPage, pages: list[ApiPage]) -> str:
                 f"## Package root: `{PACKAGE}`\n\n{_directive(PACKAGE, own, heading_level=3)}")
     text = f"# `{page.module}`\n\n"
     if page.is_package:
-        own, re_exported = package_members(page.source)
+        own, re_exported = package_members(page.source, page.module)
         text += _directive(page.module, own)
         children = [p for p in pages if p.parent == page.module]
         if re_exported:
-            links = ", ".join(f"[`{n}`][{page.module}.{n}]" for n in re_exported)
+            links = ", ".join(f"[`{n}`][{module}.{n}]" for n, module in re_exported.items())
             text += (f"\n## Re-exported names\n\nImportable from `{page.module}`, documented with their modules: "
                      f"{links}.\n")
         if children:
