@@ -11,7 +11,7 @@ CAMs into pseudo masks in four steps, each a block here:
    labels), ignoring 255 (``voc12/dataloader.py`` ``GetAffinityLabelFromIndices``).
 3. `boundary_to_affinity` and `boundary_affinity_loss` — the affinity of a pair is one minus the
    largest class-boundary probability on the discrete line between them; IRNet's boundary branch
-   (`wsss_blocks.models.irnet.IRNet`) is trained so that positive pairs get affinity 1 and negative
+   ([`wsss_blocks.models.irnet.IRNet`][]) is trained so that positive pairs get affinity 1 and negative
    pairs 0 (``misc/indexing.py`` ``edge_to_affinity``, ``net/resnet50_irn.py``, ``step/train_irn.py``).
 4. `random_walk` and `random_walk_mask` — the CAMs, damped on boundaries, are propagated with
    the transition matrix ``T = A^beta / colsum`` (radius 5, beta 10) for ``2**exp_times`` = 256 steps, then
@@ -411,7 +411,8 @@ def confident_seed_mask(
         high_threshold: background score of the confident-foreground cut (``conf_fg_thres`` 0.30).
         low_threshold: background score of the confident-background cut (``conf_bg_thres`` 0.05).
         crf: the label CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF] (its ``from_mask`` is used), a preset name
-            (``"irn"``, released) or a config mapping (`wsss_blocks.crf.as_dense_crf`, e.g.
+            (``"irn"``, released) or a config mapping
+            ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf], e.g.
             ``{"preset": "irn", "backend": "torch"}``); ``None`` skips the CRF.
         ignore_index: the label of the unsure band (255).
 

@@ -49,7 +49,8 @@ PMM_CROP_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5
 
 ROUGH_MASK_CRF = "psa"
 """The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian sxy 3
-compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of `wsss_blocks.crf.DenseCRF`."""
+compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of
+[`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF]."""
 
 
 
@@ -439,7 +440,8 @@ def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float =
         image01: ``(B, 3, H, W)`` RGB in ``[0, 1]`` (rounded to uint8 for the CRF).
         alpha: background exponent (24 in stage B; PPMG uses 11).
         crf: the CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF], a preset name (``"psa"``, released) or a config
-            mapping (`wsss_blocks.crf.as_dense_crf`, e.g. ``{"preset": "psa", "backend": "torch"}``).
+            mapping ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf], e.g.
+            ``{"preset": "psa", "backend": "torch"}``).
 
     Returns:
         ``(B, C + 1, H, W)`` float32 posteriors: channel 0 background, ``c + 1`` class ``c``, absent classes 0.

@@ -670,10 +670,10 @@ def smaf_pseudo_mask(
         bg_score: background score (released 0.2).
         image01: the RGB image for the CRF, float in [0, 1] (or give ``image_uint8``); needed with ``crf``.
         crf: ``None`` (no CRF); a [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] (or a preset name
-            such as ``"smaf"``, the release, or a config mapping, see `wsss_blocks.crf.as_dense_crf`)
-            refining the hard labels with its ``from_mask``; or any callable
-            ``crf(image01, probs) -> probs`` receiving the hard-label probabilities (label ``gt_prob``, the
-            other C labels ``(1 - gt_prob) / C`` each).
+            such as ``"smaf"``, the release, or a config mapping, see
+            [`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf]) refining the hard labels with its
+            ``from_mask``; or any callable ``crf(image01, probs) -> probs`` receiving the hard-label probabilities
+            (label ``gt_prob``, the other C labels ``(1 - gt_prob) / C`` each).
         gt_prob: confidence given to the hard labels in the CRF unary (released 0.7).
         image_uint8: the image as loaded instead of ``image01``: B×H×W×3 uint8.
 

@@ -331,9 +331,9 @@ def proportional_pseudo_mask(
         posterior_threshold: threshold on the foreground posterior (PMM's ``fg_thresh``).
         foreground: ``"crf"`` (release), ``"threshold"`` or a callable (see above).
         crf: the dense CRF of ``foreground="crf"``: a [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF],
-            a preset name or a config mapping (`wsss_blocks.crf.as_dense_crf`; default ``"pmm-binary"``, the release,
-            whose probabilities are used as given like pydensecrf's ``unary_from_softmax``). Its sigmas assume a 0..255
-            colour scale (``image01`` is converted).
+            a preset name or a config mapping ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf];
+            default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
+            ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
         min_exponent: passed to [`cov_smooth`][] (``None`` = release).
 
     Shape:

@@ -9,7 +9,7 @@ Every backbone in this package follows one small protocol so that heads compose 
 (``"mit_b1"`` ...), torchvision ResNets (``"resnet50"``, ``"resnet101"``, ... with
 ``replace_stride_with_dilation`` for output stride 8 or 16), any timm model (``"timm:<name>"``, built with
 ``features_only=True``) and a tiny CNN for tests (``"tiny"``). ``pretrained=`` takes a local file, a state
-dict, or the name of a released initialisation of the weights registry (`wsss_blocks.models.weights`,
+dict, or the name of a released initialisation of the weights registry ([`wsss_blocks.models.weights`][],
 e.g. ``"resnet50-imagenet"``), which is downloaded and verified into the cache on first use; ``None`` or
 ``"none"`` means random initialisation.
 
@@ -62,13 +62,13 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
 
     A string that is not an existing file but a registry name (``wsss-blocks weights list``) is resolved to its
     verified file in the cache, which is downloaded first if needed
-    (`wsss_blocks.models.weights.resolve_weights`); the file is then read by
-    `wsss_blocks.models.state_dict.read_checkpoint` (MXNet ``.params`` with NumPy alone, their names kept,
+    ([`wsss_blocks.models.weights.resolve_weights`][]); the file is then read by
+    [`wsss_blocks.models.state_dict.read_checkpoint`][] (MXNet ``.params`` with NumPy alone, their names kept,
     e.g. ``arg:res4b5_branch2b1_weight``, for the key maps).
 
     Args:
         source: a local path, a registry name, or an already loaded (possibly nested) dict.
-        weights_only: see `wsss_blocks.models.state_dict.read_checkpoint`.
+        weights_only: see [`wsss_blocks.models.state_dict.read_checkpoint`][].
 
     Returns:
         A flat ``{name: tensor}`` dict on the CPU.
@@ -612,7 +612,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
     Args:
         name: backbone name (see above).
         pretrained: local checkpoint path, state dict or weights-registry name (downloaded and verified on
-            first use, see `wsss_blocks.models.weights`); ``None`` or ``"none"`` = random init.
+            first use, see [`wsss_blocks.models.weights`][]); ``None`` or ``"none"`` = random init.
         output_stride: total stride of the deepest map where the family allows choosing it.
         key_map: extra key map for the checkpoint (see [`load_pretrained`][]).
         strict: strict loading (classifier keys of ImageNet checkpoints are always ignored).

@@ -4,7 +4,7 @@ Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017 (arXiv 1612.01105). PMM'
 (``Eli-YiLi/WSSS_MMSeg`` commit ``2cbb54e``, ``configs/_base_/models/pspnet_r50_wsss.py`` and
 ``configs/pspnet_wsss/pspnet_res2net_*.py``) trains an mmseg ``EncoderDecoder`` with
 
-* a Res2Net-101 v1b backbone at output stride 8 (`wsss_blocks.models.res2net.Res2Net`), trainable
+* a Res2Net-101 v1b backbone at output stride 8 ([`wsss_blocks.models.res2net.Res2Net`][]), trainable
   BatchNorm (SyncBN under DDP);
 * a `PSPHead` on the last stage: pooling pyramid (1, 2, 3, 6) of 512-channel 1×1 ConvModules,
   3×3 ConvModule bottleneck to 512, Dropout2d 0.1, 1×1 classifier;
@@ -185,7 +185,7 @@ class PSPNet(nn.Module):
     Args:
         num_classes: classes including background (VOC 21).
         backbone: ``"res2net101_v1b"`` (released), ``"scalenet101"`` (the release's other backbone),
-            ``"res2net_tiny"`` (tests), any `wsss_blocks.models.backbones.build_backbone` name
+            ``"res2net_tiny"`` (tests), any [`wsss_blocks.models.backbones.build_backbone`][] name
             (``"timm:res2net101_26w_4s"``, ``"resnet101"``, ... built at output stride 8), or a module
             following the backbone protocol with at least two maps.
         pretrained: local checkpoint for the **backbone** (e.g. ``res2net101_v1b_26w_4s-0812c246.pth``);

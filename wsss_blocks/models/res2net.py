@@ -222,7 +222,9 @@ def res2net101_v1b(**kwargs: Any) -> Res2Net:
     """Res2Net-101 v1b 26w×4s at output stride 8 (strides 1, 2, 1, 1; dilations 1, 1, 2, 4), as PMM releases it.
 
     Keyword arguments override `Res2Net`'s. Load ``res2net101_v1b_26w_4s-0812c246.pth`` (gasvn) or
-    timm's ``res2net101d`` weights with `wsss_blocks.models.load_pretrained` (``ignore_unexpected=("fc.",)``).
+    timm's ``res2net101d`` weights with
+    [`wsss_blocks.models.load_pretrained`][wsss_blocks.models.backbones.load_pretrained]
+    (``ignore_unexpected=("fc.",)``).
 
     Examples:
         >>> net = res2net101_v1b(layers=(1, 1, 1, 1), base_width=4)

@@ -230,7 +230,8 @@ def scalenet101(dilations: Sequence[int] = (1, 1, 1, 1), **kwargs: Any) -> Scale
     """ScaleNet-101 with the released structure.
 
     PMM's CAM network uses dilations (1, 1, 1, 1), its segmentation backbone (1, 1, 2, 4). Weights
-    (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with `wsss_blocks.models.load_pretrained` without a key map.
+    (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with
+    [`wsss_blocks.models.load_pretrained`][wsss_blocks.models.backbones.load_pretrained] without a key map.
 
     Examples:
         >>> net = scalenet101()

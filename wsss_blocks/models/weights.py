@@ -5,7 +5,7 @@ comes from (direct URLs, or an alternative source plus a converter, or only page
 published hash where one exists, its size, licence and the checks a correct copy passes (tensor names and
 shapes after the entry's key map). Files live in ``$WSSS_BLOCKS_CACHE/weights/`` (default
 ``~/.cache/wsss_blocks/weights``) under their released names and are downloaded with
-`wsss_blocks.hub.download` (resumable, verified before the atomic move, ``WSSS_BLOCKS_OFFLINE`` and
+[`wsss_blocks.hub.download`][] (resumable, verified before the atomic move, ``WSSS_BLOCKS_OFFLINE`` and
 ``WSSS_BLOCKS_MIRROR`` honoured; a mirror is asked for the entry's own file name first).
 
 **Hashes.** Where a public record gives one it is pinned: the SHA-256 prefix in torchvision's file names

@@ -160,7 +160,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         cfg: the run config.
         out_dir: run folder (the stage writes into ``out_dir/cam``).
         resume: continue from the newest checkpoint (a finished stage is skipped).
-        hooks: called after every optimizer step (see `wsss_blocks.train.loop.run_phase`).
+        hooks: called after every optimizer step (see [`wsss_blocks.train.loop.run_phase`][]).
         env: an already initialised `DistEnv` (default: detect torchrun).
     """
     cfg = resolve_paths(cfg)

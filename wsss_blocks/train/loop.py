@@ -3,16 +3,16 @@
 What it guarantees:
 
 * **Bit-exact resumption.** The sample order of every epoch is a permutation seeded with
-  ``seed + epoch`` (`wsss_blocks.train.distributed.epoch_batches`), augmentation draws from a per-sample
-  generator seeded with ``(seed, epoch, index)`` (`wsss_blocks.data.transforms.sample_generator`), the
-  learning rate is a pure function of the step (`wsss_blocks.train.optim.lr_factor`), and a checkpoint
+  ``seed + epoch`` ([`wsss_blocks.train.distributed.epoch_batches`][]), augmentation draws from a per-sample
+  generator seeded with ``(seed, epoch, index)`` ([`wsss_blocks.data.transforms.sample_generator`][]), the
+  learning rate is a pure function of the step ([`wsss_blocks.train.optim.lr_factor`][]), and a checkpoint
   holds model, optimizer, AMP scaler, the Python/NumPy/torch RNG states of every rank and the step. A run
   resumed from step ``k`` therefore continues with exactly the batches, augmentations, random draws and
   learning rates of the uninterrupted run (in deterministic mode on the same hardware).
 * **Atomic checkpoints** every ``runtime.checkpoint_every`` steps and at the end of each phase
-  (`wsss_blocks.train.checkpoint.save_checkpoint`).
-* DDP through torchrun (`wsss_blocks.train.distributed`), AMP on CUDA only, a tqdm bar with ETA and a
-  JSONL metric log (`wsss_blocks.train.reporting`), per-epoch callbacks (CAM overlays).
+  ([`wsss_blocks.train.checkpoint.save_checkpoint`][]).
+* DDP through torchrun ([`wsss_blocks.train.distributed`][]), AMP on CUDA only, a tqdm bar with ETA and a
+  JSONL metric log ([`wsss_blocks.train.reporting`][]), per-epoch callbacks (CAM overlays).
 """
 
 from __future__ import annotations

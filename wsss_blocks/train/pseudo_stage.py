@@ -1,17 +1,18 @@
 """Stage 2: multi-scale + flip CAMs, CAM mIoU sweep, and pseudo masks written atomically and resumably.
 
 1. **CAM evaluation** (``eval_cams``): CAMs of the ``data.cam_eval_split`` images (IRN: VOC *train*, 1,464
-   images, against ``SegmentationClass``) with `wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
-   flip, summed), normalised (`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
+   images, against ``SegmentationClass``) with [`wsss_blocks.cam.multiscale_cams`][] (``pseudo.scales``,
+   flip, summed), normalised ([`wsss_blocks.cam.normalize_cams`][], the method's mode), absent classes
    zeroed; the constant-background mIoU is accumulated for every ``pseudo.sweep_thresholds`` value in one
-   pass (`wsss_blocks.metrics.BgScoreSweep`, the streaming form of
-   `wsss_blocks.metrics.sweep_bg_score`; counts summed over DDP ranks). Written to
+   pass ([`wsss_blocks.metrics.BgScoreSweep`][], the streaming form of
+   [`wsss_blocks.metrics.sweep_bg_score`][]; counts summed over DDP ranks). Written to
    ``<out>/pseudo/cam_sweep.json``.
 2. **Pseudo masks** (``make_pseudo_masks``): the same CAMs for every image of ``pseudo.split`` (default
    ``data.train_split``), turned into masks by the method's rule (`CAMMethod.pseudo_masks`; default the
    IRN seed rule with ``pseudo.bg_score``, or the swept best score when it is ``"sweep"``), saved as palette
-   PNGs with `wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted
-   run continues where it stopped. Pseudo masks of images in the evaluation split are scored against GT.
+   PNGs with [`wsss_blocks.data.save_label_png`][wsss_blocks.data.io.save_label_png] (atomic). Existing PNGs are
+   skipped, so an interrupted run continues where it stopped. Pseudo masks of images in the evaluation split are scored
+   against GT.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
 
     Every check runs before the first write, so a refused run leaves ``out`` as it was: the output folder
     is writable, every split exists, and each stage already in ``out`` was made with the settings it depends
-    on now (its ``fingerprint.json``, see `wsss_blocks.train.run_folder`). A finished stage with unchanged
+    on now (its ``fingerprint.json``, see [`wsss_blocks.train.run_folder`][]). A finished stage with unchanged
     settings is reused, an interrupted one resumes; a stage made with other settings stops the run with one
     line naming the changed keys, unless ``restart_from`` redoes it.
 

@@ -3,7 +3,7 @@
 A `RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseudo`` (pseudo-mask stage),
 ``seg`` (segmentation stage), ``runtime`` — plus ``method`` (a registered method name) and
 ``method_args`` (a mapping validated by that method's own ``Config`` dataclass). Loading is strict:
-unknown keys are rejected with the closest valid key suggested (`wsss_blocks.train.config`).
+unknown keys are rejected with the closest valid key suggested ([`wsss_blocks.train.config`][]).
 
 Examples:
     >>> cfg = load_run_config({"method": "baseline", "cam": {"steps": 5}}, ["cam.lr=0.01"])
@@ -46,7 +46,7 @@ DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
 
 @dataclass
 class SyntheticDataConfig:
-    """Parameters of `wsss_blocks.data.make_synthetic_voc` (used when ``data.dataset: synthetic``)."""
+    """Arguments of [`make_synthetic_voc`][wsss_blocks.data.synthetic.make_synthetic_voc] (``dataset: synthetic``)."""
 
     num_train: int = 200
     num_val: int = 50
@@ -59,7 +59,7 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and which splits play which role (VOC layout, see `wsss_blocks.data`)."""
+    """Where the data is and which splits play which role (VOC layout, see [`wsss_blocks.data`][])."""
 
     dataset: Literal["voc", "coco", "synthetic"] = "voc"
     root: str | None = None              # VOC2012 root (JPEGImages, ...); synthetic: generated when None
@@ -108,7 +108,7 @@ class OptimConfig:
 
 @dataclass
 class CAMStageConfig(OptimConfig):
-    """CAM-stage network and augmentation (see `wsss_blocks.train.cam_stage`)."""
+    """CAM-stage network and augmentation (see [`wsss_blocks.train.cam_stage`][])."""
 
     backbone: str = "resnet50"
     pretrained: str | None = None        # weights-registry name, file or "none" (models/weights.py)
@@ -146,7 +146,7 @@ class PseudoStageConfig:
 
 @dataclass
 class SegStageConfig(OptimConfig):
-    """Segmentation network on pseudo masks and its evaluation (see `wsss_blocks.train.seg_stage`)."""
+    """Segmentation network on pseudo masks and its evaluation (see [`wsss_blocks.train.seg_stage`][])."""
 
     source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
     model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
@@ -217,7 +217,7 @@ class RunConfig:
     description: str = ""
 
     def method_class(self) -> Any:
-        """The registered `wsss_blocks.train.methods.base.CAMMethod` subclass."""
+        """The registered [`wsss_blocks.train.methods.base.CAMMethod`][] subclass."""
         from .methods import get_method
 
         return get_method(self.method)
@@ -290,7 +290,7 @@ def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Se
                     quick: bool = False) -> RunConfig:
     """Load a `RunConfig` from a YAML path, a packaged config name or a mapping.
 
-    Every path in the result is absolute (`wsss_blocks.train.paths.resolve_paths`): relative ones are
+    Every path in the result is absolute ([`wsss_blocks.train.paths.resolve_paths`][]): relative ones are
     taken from the working directory, and dataset-internal ones (``data.mask_dir``, ``data.saliency_dir``,
     ``data.labels_file``) from ``data.root``.
 

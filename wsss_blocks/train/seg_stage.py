@@ -4,13 +4,14 @@ Training (``train_seg``) follows deeplab-pytorch ``configs/voc12.yaml`` by defau
 (ResNet-101 + ASPP 6/12/18/24) on ``data.train_split`` with the pseudo masks of stage 2, random scale
 (0.5 … 1.5) + crop 321 + flip, MSC inputs (×1, ×0.5, ×0.75 and their max, the loss summed over all four),
 cross-entropy with ignore 255 — or PMM's pretended under-fitting loss (``seg.loss: puf``,
-`wsss_blocks.losses.PretendedUnderFittingLoss`) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
+[`wsss_blocks.losses.PretendedUnderFittingLoss`][]) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
 weight decay 5e-4, poly 0.9, 20k iterations of batch 5 × 2 accumulated.
 
 Evaluation (``eval_seg``): logits at ``seg.eval_scales`` (optionally + flip) resized to the image, fused
-(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF (`wsss_blocks.crf.DenseCRF`
-with ``seg.crf_params``), argmax, mIoU over ``data.val_split``. With ``seg.source: method`` (TSCD) the
-method's own segmentation head (`CAMMethod.seg_fn`) is evaluated and nothing is trained here.
+(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF
+([`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] with ``seg.crf_params``), argmax, mIoU over
+``data.val_split``. With ``seg.source: method`` (TSCD) the method's own segmentation head (`CAMMethod.seg_fn`) is
+evaluated and nothing is trained here.
 """
 
 from __future__ import annotations
@@ -283,8 +284,8 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     ``tools/pick_best_pth.py``): after round 0 (``seg/``, trained with ``seg.loss`` on the pseudo masks) each
     round r relabels the training split with the previous round's
     ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
-    `wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
-    mean of softmaxes, CRF preset `wsss_blocks.pseudo_mask.CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    [`wsss_blocks.pseudo_mask.CyclicPseudoMask`][] (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
+    mean of softmaxes, CRF preset [`wsss_blocks.pseudo_mask.CYCLIC_CRF`][]) into ``seg/cyclic_masks_r<r>``
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
     The reported model is the last round's ``model.pt`` (`seg_model_path`).
     """
@@ -331,7 +332,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
 
 
 def _crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
-    """``(image01 B×3×H×W, probs B×K×H×W) -> refined probs`` with `wsss_blocks.crf.DenseCRF`.
+    """``(image01 B×3×H×W, probs B×K×H×W) -> refined probs`` with [`DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF].
 
     ``seg.crf_params`` holds DenseCRF arguments; a ``preset`` entry names a released parameter set
     (``deeplab``, ``afa``, ``toco``, ...) that the other entries override.
