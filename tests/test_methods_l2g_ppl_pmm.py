@@ -239,11 +239,16 @@ def test_pmm_voc_config_equals_release():
     assert m.view_scale_factor == 0.3
     assert m.ecr_topk == 0.2
     assert m.cam_source == "pcm"
-    assert m.alpha == 11.0
-    assert m.fg_threshold == 0.05
-    assert m.cv_scale == 0.3
-    assert m.posterior_threshold == 0.5
-    assert m.foreground == "crf"
+    from wsss_blocks.train.pipeline import chain_spec
+
+    chain = chain_spec(cfg)
+    assert (chain.post, chain.refine, chain.rule) == (("cov",), "none", "ppmg")
+    assert chain.args["ppmg"].alpha == 11.0
+    assert chain.args["cov"].fg_threshold == 0.05
+    assert chain.args["cov"].cv_scale == 0.3
+    assert chain.args["cov"].min_exponent is None
+    assert chain.args["ppmg"].posterior_threshold == 0.5
+    assert chain.args["ppmg"].foreground == "crf"
     assert p.scales == (0.5, 1.0, 1.5, 2.0)
     assert p.flip is True
     assert p.reduce == "sum"
@@ -267,7 +272,7 @@ def test_pmm_voc_config_equals_release():
     from wsss_blocks.crf import PRESETS
 
     # : per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
-    assert m.crf_params == {"preset": "pmm-binary"}
+    assert chain.args["ppmg"].crf_params == {"preset": "pmm-binary"}
     assert PRESETS["pmm-binary"] == {
         "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
         "sum_to_one": "ignore"}
@@ -284,7 +289,9 @@ def test_pmm_coco_config_equals_release():
     assert c.momentum == 5e-4
     assert s.loss == "puf"
     assert s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
-    assert cfg.method_config().alpha == 11.0
+    from wsss_blocks.train.pipeline import chain_spec
+
+    assert chain_spec(cfg).args["ppmg"].alpha == 11.0
 
 
 @pytest.mark.parametrize("name", ["l2g_synthetic", "ppl_synthetic", "pmm_synthetic"])
@@ -298,6 +305,10 @@ def test_synthetic_presets_load_and_keep_the_method(name):
     real = load_run_config(name.replace("synthetic", "voc"))
     assert cfg.method_config().__class__ is real.method_config().__class__
     assert cfg.seg.loss == real.seg.loss
+    from wsss_blocks.train.pipeline import chain_spec
+
+    a, b = chain_spec(cfg), chain_spec(real)
+    assert (a.post, a.refine, a.rule) == (b.post, b.refine, b.rule)
 
 
 def test_unknown_method_arg_is_rejected_with_a_suggestion():
@@ -526,7 +537,7 @@ def test_seam_pcm_input_values():
 
 
 def _pmm(**args):
-    base = {"frozen": [], "freeze_bn": False, "foreground": "threshold"}
+    base = {"frozen": [], "freeze_bn": False}
     base.update(args)
     return _method({"method": "pmm", "cam": {"backbone": "tiny", "backbone_kwargs": TINY}, "method_args": base})
 
@@ -552,7 +563,7 @@ def test_pmm_losses_and_gradients():
 
 def test_pmm_resnet38_freezes_the_released_blocks():
     m = _method({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},
-                 "method_args": {"frozen": ["conv1a", "b2"], "foreground": "threshold"}})
+                 "method_args": {"frozen": ["conv1a", "b2"]}})
     bb = m.net.backbone
     assert bb.b7.conv_branch2b1.dilation == (2, 2)           # b7 dilation 2
     assert not any(p.requires_grad for p in bb.conv1a.parameters())
@@ -566,7 +577,7 @@ def test_pmm_resnet38_freezes_the_released_blocks():
     assert float(bb.b3.conv_branch2a.weight.grad.abs().sum()) > 0
 
 
-def test_pmm_cam_fn_and_pseudo_masks():
+def test_pmm_cam_fn_and_chain_masks():
     from wsss_blocks.pseudo_mask import proportional_pseudo_mask
 
     m = _pmm().eval()
@@ -581,7 +592,10 @@ def test_pmm_cam_fn_and_pseudo_masks():
     c01 = torch.rand(2, 5, 16, 16, generator=g)
     labels = _batch()["labels"]
     img = torch.rand(2, 3, 16, 16, generator=g)
-    masks = m.pseudo_masks(c01, labels, img, None)
+    from wsss_blocks.train.pipeline import PseudoChain
+
+    cfg = load_run_config("pmm_synthetic", ["pseudo.args.ppmg.foreground=threshold", "data.num_classes=5"])
+    masks = PseudoChain(cfg).masks(c01, labels, img, bg_score=0.1)
     ref = proportional_pseudo_mask(c01, labels, img, alpha=11.0, foreground="threshold")
     assert torch.equal(masks, ref)
     assert set(masks[0].unique().tolist()) <= {0, 2, 4}
@@ -593,8 +607,10 @@ def test_pmm_bad_inputs():
         _pmm(view_scale_factor=1.5)
     with pytest.raises(ValueError, match="ecr_topk"):
         _pmm(ecr_topk=0.0)
-    with pytest.raises(ConfigError, match="foreground"):
+    with pytest.raises(ConfigError, match=r"moved to pseudo\.args\.ppmg\.foreground"):
         load_run_config({"method": "pmm", "method_args": {"foreground": "slic"}})
+    with pytest.raises(ConfigError, match=r"pseudo\.args\.ppmg\.foreground"):
+        load_run_config({"method": "pmm", "pseudo": {"rule": "ppmg", "args": {"ppmg": {"foreground": "slic"}}}})
 
 
 # ------------------------------------------------------------------------------------------------ (c) end to end

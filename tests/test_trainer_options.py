@@ -184,24 +184,29 @@ def test_eval_resize_long_feeds_the_resized_image_and_scores_at_full_size(tiny):
     assert res["num_images"] == len(ds)
 
 
-def _masks_with_ignore_border(self, cams, labels, image01, cfg):
+def _register_ignore_border_rule() -> str:
+    """A chain rule (registered like any user rule) that writes 255 into the top three rows."""
     from wsss_blocks.cam import cams_to_mask
+    from wsss_blocks.train.pipeline import register_step
 
-    m = cams_to_mask(cams, labels, float(cfg.bg_score))
-    m[:, :3] = 255
-    return m
+    @register_step("rule", "ignore_border_test", summary="constant-background argmax, top rows ignored (a test)")
+    def _masks_with_ignore_border(state, refine, args):
+        m = cams_to_mask(refine(state.bg_score).cams, state.labels, state.bg_score)
+        m[:, :3] = 255
+        return m
+
+    return "ignore_border_test"
 
 
 @pytest.mark.parametrize("policy", ["background", "drop"])
-def test_pseudo_scoring_policy_for_ignore_pixels_and_eval_split_masks(tiny, tmp_path, monkeypatch, policy):
+def test_pseudo_scoring_policy_for_ignore_pixels_and_eval_split_masks(tiny, tmp_path, policy):
     from wsss_blocks.train.cam_stage import train_cam
     from wsss_blocks.train.datasets import open_split
-    from wsss_blocks.train.methods import get_method
     from wsss_blocks.train.pseudo_stage import make_pseudo_masks
 
-    monkeypatch.setattr(get_method("baseline"), "pseudo_masks", _masks_with_ignore_border)
+    rule = _register_ignore_border_rule()
     cfg = _cfg(tiny, "cam.steps=2", "data.cam_eval_split=val", "pseudo.score_eval_split=true",
-               f"pseudo.pred_ignore={policy}")
+               f"pseudo.pred_ignore={policy}", f"pseudo.rule={rule}")
     train_cam(cfg, tmp_path)
     summary = make_pseudo_masks(cfg, tmp_path)
     ev = open_split(cfg, "val", return_mask=True)

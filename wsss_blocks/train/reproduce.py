@@ -30,6 +30,7 @@ from .checkpoint import check_output_dir
 from .config import packaged_config
 from .datasets import check_splits
 from .distributed import DistEnv, barrier
+from .irn_stage import check_irn_folder, check_irn_weights, irn_dir
 from .paths import absolute
 from .pseudo_stage import make_pseudo_masks
 from .reporting import MetricLogger
@@ -184,11 +185,15 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
         raise ValueError(f"restart_from must be one of {list(stages)} for this config, got {restart_from!r}")
     states = check_run_folder(cfg, out_dir, stages[-1], restart_from=restart_from,
                               fresh=() if resume else stages, hint="reproduce")
+    # IRNet (pseudo.refine: irn) lives in <out>/irn with its own record: redone with the CAM stage, or with the
+    # pseudo stage when its settings changed; otherwise reused
+    redo_irn = restart_from == "cam" or check_irn_folder(cfg, out_dir, redo=restart_from == "pseudo")
     if env.is_main:
         check_output_dir(out_dir, cfg.runtime.min_free_mb, create=False)
     check_splits(cfg, ("cam", "pseudo", "seg"), env)
     if env.is_main:  # every initialisation is fetched and verified before the first write and step
         check_run_weights(cfg, ("cam", "seg"), progress=cfg.runtime.progress)
+        check_irn_weights(cfg)
     cls = cfg.method_class()
     barrier()
     if env.is_main:
@@ -200,6 +205,8 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
             for st in states[stages.index(restart_from):]:
                 if st.folder.exists():
                     shutil.rmtree(st.folder)
+        if redo_irn and irn_dir(out_dir).exists():
+            shutil.rmtree(irn_dir(out_dir))
         dump_run_config(cfg, out_dir / "config.yaml")
     barrier()
 

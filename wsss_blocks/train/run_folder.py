@@ -12,8 +12,10 @@ Which settings count (`stage_settings`):
 * ``cam``: ``method``, every ``method_args`` value (defaults filled in), the ``data`` section without the
   evaluation-only keys (``cam_eval_split``, ``val_split``, ``max_eval_images``), the ``cam`` section and
   ``runtime.seed``/``amp``/``sync_bn``;
-* ``pseudo``: the ``cam`` settings and the ``pseudo`` section; with ``pseudo.bg_score: sweep`` also the
-  CAM-evaluation split and cap, which then choose the background score;
+* ``pseudo``: the ``cam`` settings and the ``pseudo`` section, including the pseudo-mask chain (``pseudo.post``,
+  ``pseudo.refine``, ``pseudo.rule`` and the arguments of the steps in the chain, defaults filled in; arguments of
+  steps outside the chain do not count); with ``pseudo.bg_score: sweep`` also the CAM-evaluation split and cap,
+  which then choose the background score;
 * ``seg``: the ``pseudo`` settings and the ``seg`` section; its evaluation keys (``eval_*``, ``crf``,
   ``crf_params``), ``data.val_split`` and ``data.max_eval_images`` count only when they pick or relabel the
   trained model (``seg.eval_every``, ``seg.cyclic_rounds``).
@@ -101,6 +103,9 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
 def _flat_config(cfg: RunConfig) -> dict[str, Any]:
     data = to_dict(cfg)
     data["method_args"] = to_dict(cfg.method_config())  # defaults filled in: writing a default changes nothing
+    from .pipeline import chain_settings
+
+    data["pseudo"].update(chain_settings(cfg))  # the chain: canonical names, its steps' arguments with defaults
     flat: dict[str, Any] = {}
     _flatten(data, "", flat)
     return flat

@@ -142,6 +142,11 @@ class PseudoStageConfig:
     #                                     "background" counts them as background, "drop" leaves them out
     score_eval_split: bool = False       # also write (pseudo/eval_masks) and score masks of cam_eval_split images
     #                                     outside pseudo.split (PMM reports its PPMG mIoU on VOC val)
+    # the pseudo-mask chain (wsss_blocks.train.pipeline): post steps on the CAMs, one refiner, one rule
+    post: tuple[str, ...] = ()           # e.g. [cov], [smaf_fusion], [saliency]
+    refine: str = "none"                 # none | crf:<preset> (or a bare preset name) | par | varm | irn | attn_aff
+    rule: str = "argmax"                 # argmax | ppmg | smaf | reliable
+    args: dict[str, dict[str, Any]] = field(default_factory=dict)   # step name -> its arguments (released defaults)
 
 
 @dataclass
@@ -160,10 +165,10 @@ class SegStageConfig(OptimConfig):
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
     hflip: bool = True
     msc_train: tuple[float, ...] = (0.5, 0.75)   # DeepLab-v2 MSC inputs during training (() = off)
-    loss: Literal["ce", "puf"] = "ce"
+    loss: str = "ce"                     # ce | puf | balanced (wsss_blocks.train.pipeline registry)
     loss_at: Literal["logits", "labels"] = "logits"  # "logits": nearest-resize masks to each output
     #                                                  (deeplab-pytorch); "labels": upsample logits (ToCo/AFA)
-    loss_args: dict[str, Any] = field(default_factory=dict)   # PretendedUnderFittingLoss arguments
+    loss_args: dict[str, Any] = field(default_factory=dict)   # arguments of seg.loss (puf: beta, k, mode)
     eval_scales: tuple[float, ...] = (1.0, 0.5, 0.75)
     eval_flip: bool = False
     eval_scale_reduce: Literal["max", "sum", "mean"] = "max"
@@ -233,6 +238,9 @@ class RunConfig:
 
 
 def _validate(cfg: RunConfig) -> RunConfig:
+    from .pipeline import check_chain, check_moved_method_args
+
+    check_moved_method_args(cfg.method, cfg.method_args)
     cfg.method_config()  # raises ConfigError for unknown/wrongly typed method_args, ValueError for method
     if cfg.data.num_classes < 1:
         raise ConfigError(f"data.num_classes must be >= 1, got {cfg.data.num_classes}")
@@ -283,6 +291,10 @@ def _validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"pseudo.scales must be positive, got {cfg.pseudo.scales}")
     if cfg.runtime.checkpoint_every < 1 or cfg.runtime.log_every < 1:
         raise ConfigError("runtime.checkpoint_every and runtime.log_every must be >= 1")
+    check_chain(cfg)  # unknown steps, bad arguments, needs the run cannot meet: refused before any write
+    from .pipeline import make_seg_loss
+
+    make_seg_loss(cfg.seg.loss, cfg.seg.loss_args)  # seg.loss_args that do not fit seg.loss
     return cfg
 
 

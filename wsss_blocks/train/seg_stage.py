@@ -86,14 +86,11 @@ def _resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def _make_criterion(cfg: RunConfig, loss: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-    loss = cfg.seg.loss if loss is None else loss
-    if loss == "puf":
-        from wsss_blocks.losses import PretendedUnderFittingLoss
+    from .pipeline import make_seg_loss
 
-        return PretendedUnderFittingLoss(**dict(cfg.seg.loss_args))
-    if cfg.seg.loss_args and cfg.seg.loss != "puf":
-        raise ValueError(f"seg.loss_args apply to seg.loss 'puf' only, got {sorted(cfg.seg.loss_args)} with 'ce'")
-    return lambda logits, target: F.cross_entropy(logits, target, ignore_index=255)
+    loss = cfg.seg.loss if loss is None else loss
+    # seg.loss_args belong to seg.loss; a cyclic round's other loss (seg.cyclic_loss) takes none
+    return make_seg_loss(loss, cfg.seg.loss_args if loss == cfg.seg.loss else {})
 
 
 def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None

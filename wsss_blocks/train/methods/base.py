@@ -1,11 +1,12 @@
 """The method interface of the reference trainer: one [`CAMMethod`][] subclass per paper.
 
 A method owns its networks and losses and tells the generic loop three things: how to compute the
-training loss of a batch ([`CAMMethod.training_step`][]), which parameters get which learning rate
-([`CAMMethod.param_groups`][]), and how to turn an image batch into class activation maps at inference
-([`CAMMethod.cam_fn`][], used with [`wsss_blocks.cam.multiscale_cams`][wsss_blocks.cam.multiscale_cams]). Optionally it
-changes the pseudo-mask rule ([`CAMMethod.pseudo_masks`][]), trains in several phases (`CAMMethod.phases`,
-[`CAMMethod.on_phase_start`][]) or predicts segmentation itself ([`CAMMethod.seg_fn`][], TSCD).
+training loss of a batch (`CAMMethod.training_step`), which parameters get which learning rate
+(`CAMMethod.param_groups`), and how to turn an image batch into class activation maps at inference
+(`CAMMethod.cam_fn`, used with `wsss_blocks.cam.multiscale_cams`). Optionally it trains in several
+phases (`CAMMethod.phases`, `CAMMethod.on_phase_start`) or predicts segmentation itself
+(`CAMMethod.seg_fn`, TSCD). The pseudo-mask rule is not the method's: the config's ``pseudo`` chain
+(post steps, refiner, rule; `wsss_blocks.train.pipeline`) turns any method's CAMs into masks.
 
 Everything else (data, optimizer, poly schedule, AMP, DDP, checkpoints, logging) is the loop's job.
 """
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from wsss_blocks._checks import check_int
-from wsss_blocks.cam import cams_to_mask
 from wsss_blocks.models import set_bn_eval
 
 __all__ = ["CAMMethod", "PhaseContext", "NoConfig"]
@@ -71,8 +71,8 @@ class CAMMethod(nn.Module):
         phases: names of the training phases, run in order, each with a fresh optimizer and poly
             schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``.
         cam_normalization: ``"max"`` (IRN) or ``"minmax"`` (ToCo/AFA) normalisation of the fused CAMs
-            before the threshold sweep and [`pseudo_masks`][].
-        has_segmentation: True if [`seg_fn`][] predicts segmentation (TSCD); the segmentation stage then
+            before the threshold sweep and the pseudo-mask chain.
+        has_segmentation: True if `seg_fn` predicts segmentation (TSCD); the segmentation stage then
             may evaluate the method directly (``seg.source: method``) instead of training DeepLab.
 
     Constructor: ``__init__(run_cfg, method_cfg, num_classes)`` — ``run_cfg`` is the whole
@@ -170,25 +170,6 @@ class CAMMethod(nn.Module):
         prefixes = tuple(f"{n}." for n, _ in self.named_modules()
                          if n and n.rsplit(".", 1)[-1] in ("backbone", "encoder"))
         return param_groups(self, base_lr, weight_decay=weight_decay, backbone_prefixes=prefixes or ("backbone.",))
-
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """Pseudo masks from fused, normalised CAMs (the method's rule).
-
-        Args:
-            cams: B×C×H×W in [0, 1] at image size (multi-scale + flip, normalised per
-                `cam_normalization`; absent classes zeroed).
-            labels: B×C multi-hot image labels.
-            image01: B×3×H×W raw images in [0, 1] (for refiners / CRF).
-            cfg: the run's pseudo-stage config; ``cfg.bg_score`` holds the background score in use (the
-                swept best one when ``pseudo.bg_score`` is ``"sweep"``).
-
-        Returns:
-            B×H×W int64 masks: 0 background, c+1 class c, 255 ignore.
-
-        The default is the IRN seed rule [`wsss_blocks.cam.cams_to_mask`][wsss_blocks.cam.cams_to_mask] with
-        ``cfg.bg_score``.
-        """
-        return cams_to_mask(cams, labels, float(cfg.bg_score))
 
     def phase_steps(self, phase: str, default_steps: int) -> int:
         """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase."""

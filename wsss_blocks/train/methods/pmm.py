@@ -12,11 +12,10 @@ Li, Kuang, Liu, Chen, Zhang, "Pseudo-mask Matters in Weakly-supervised Semantic 
 - **CAMs** (`PMMMethod.cam_fn`): the PCM output ``cam_rv`` of the foreground channels
   (``pipeline/infer_multi_scale.py``), multi-scale + flip summed and min-max normalised per class
   (``cam_normalization="minmax"``).
-- **Pseudo masks** (`PMMMethod.pseudo_masks`):
-  [`wsss_blocks.pseudo_mask.proportional_pseudo_mask`][wsss_blocks.pseudo_mask.proportional_pseudo_mask] — CoV
-  smoothing, per-class binary dense CRF foregrounds with the background ``(1 − Ã_c)^11`` and overlaps resolved by each
-  pixel's share of its class's CAM mass. ``foreground="threshold"`` replaces the CRF by its initial state (no image
-  needed).
+- **Pseudo masks**: the configs' chain ``pseudo.post: [cov]``, ``pseudo.rule: ppmg``
+  (`wsss_blocks.pseudo_mask.proportional_pseudo_mask`) — CoV smoothing, per-class binary dense CRF
+  foregrounds with the background ``(1 − Ã_c)^11`` and overlaps resolved by each pixel's share of its class's CAM
+  mass (`wsss_blocks.train.pipeline`).
 - **Segmentation options** (seg-stage keys): ``seg.loss: puf`` with ``seg.loss_args``
   (pretended under-fitting: β = k = 0.5 on VOC, 0.8 on COCO); cyclic pseudo-masks are a seg-stage round
   (see ``docs/trainer_methods.md``).
@@ -28,7 +27,7 @@ ScaleNet gains ~4 CAM points).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, cast
 
 import torch
@@ -37,11 +36,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from wsss_blocks.cam import normalize_cams
-from wsss_blocks.crf import DenseCRF
 from wsss_blocks.losses import adaptive_min_pooling_loss
 from wsss_blocks.models import SEAMNet, build_frozen_backbone, is_random_init, load_pretrained, set_bn_eval
 from wsss_blocks.models.resnet38 import SEAM_LOAD_REASONS
-from wsss_blocks.pseudo_mask import PPMG_CRF, proportional_pseudo_mask
 
 from . import register_method
 from .base import CAMMethod
@@ -72,15 +69,8 @@ class PMMConfig:
         min_pool_weight, er_weight, ecr_weight: loss weights (all 1 in the release).
         ecr_topk: fraction of the largest ECR entries averaged (0.2).
         cam_source: ``"pcm"`` (``cam_rv``, released) or ``"fc8"`` (plain CAM) for inference.
-        alpha: power of the per-class background in PPMG (11 in run.py stages D/E).
-        fg_threshold: CoV threshold t on the CAM (``--cam_thresh`` 0.05).
-        cv_scale: CoV scale s (0.3).
-        posterior_threshold: threshold on the CRF foreground posterior (``fg_thresh`` 0.5).
-        foreground: ``"crf"`` (released per-class binary dense CRF) or ``"threshold"`` (its initial state).
-        crf_params: the dense CRF of ``foreground: crf``, as everywhere in the configs: a ``preset`` name plus
-            [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] arguments (``{preset: pmm-binary}``: 10
-            iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13 compat 10, probabilities used as given).
-        min_exponent: floor of the CoV exponent ``1 − cv`` (``None`` = release, no clamp).
+
+    PPMG's arguments live in the pseudo-mask chain: ``pseudo.args.cov`` and ``pseudo.args.ppmg``.
     """
 
     frozen: tuple[str, ...] = ("conv1a", "b2", "b2_1", "b2_2")
@@ -93,13 +83,6 @@ class PMMConfig:
     ecr_weight: float = 1.0
     ecr_topk: float = 0.2
     cam_source: Literal["pcm", "fc8"] = "pcm"
-    alpha: float = 11.0
-    fg_threshold: float = 0.05
-    cv_scale: float = 0.3
-    posterior_threshold: float = 0.5
-    foreground: Literal["crf", "threshold"] = "crf"
-    crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": PPMG_CRF})
-    min_exponent: float | None = None
 
 
 def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -116,13 +99,12 @@ class PMMMethod(CAMMethod):
     Shape:
         - batch["image"]: B×3×H×W; batch["labels"]: B×C
         - cam_fn output: B×C×H/8×W/8 (``cam_rv`` foreground channels), non-negative
-        - pseudo_masks: B×H×W int64 (0 background, c+1 class c; no ignore label)
 
     Examples:
         >>> import torch
         >>> from wsss_blocks.train.schema import load_run_config
         >>> cfg = load_run_config({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},
-        ...                        "method_args": {"frozen": ["conv1a"], "foreground": "threshold"}})
+        ...                        "method_args": {"frozen": ["conv1a"]}})
         >>> m = PMMMethod(cfg, cfg.method_config(), 20)
         >>> out = m.training_step({"image": torch.randn(2, 3, 64, 64), "labels": torch.eye(20)[:2]}, 0, 10)
         >>> sorted(out)
@@ -151,8 +133,6 @@ class PMMMethod(CAMMethod):
             raise ValueError(f"method_args.view_scale_factor must be in (0, 1), got {c.view_scale_factor}")
         if not 0.0 < c.ecr_topk <= 1.0:
             raise ValueError(f"method_args.ecr_topk must be in (0, 1], got {c.ecr_topk}")
-        if c.alpha <= 0:
-            raise ValueError(f"method_args.alpha must be > 0, got {c.alpha}")
         cam = run_cfg.cam if run_cfg is not None else None
         bb = build_frozen_backbone(cam.backbone if cam is not None else "resnet38d_tiny", None,
                                    dict(cam.backbone_kwargs) if cam is not None else {}, c.frozen, c.freeze_bn,
@@ -164,7 +144,6 @@ class PMMMethod(CAMMethod):
         pre = cam.pretrained if cam is not None else None
         self.init_report = None if is_random_init(pre) else load_pretrained(
             self.net, cast(Any, pre), "seam_resnet38", allow_missing=("fc8.", "pcm."), reasons=SEAM_LOAD_REASONS)
-        self._crf = DenseCRF.from_config(c.crf_params)
         if c.freeze_bn:
             set_bn_eval(self)
 
@@ -216,11 +195,3 @@ class PMMMethod(CAMMethod):
         cam, rv = self.net(images)
         out = rv if self.cfg.cam_source == "pcm" else cam
         return F.relu(out[:, 1:])
-
-    @override
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        c = self.cfg
-        return proportional_pseudo_mask(cams.float().clamp(0.0, 1.0), labels, image01.float().clamp(0.0, 1.0),
-                                        alpha=c.alpha, fg_threshold=c.fg_threshold, cv_scale=c.cv_scale,
-                                        posterior_threshold=c.posterior_threshold, foreground=c.foreground,
-                                        crf=self._crf, min_exponent=c.min_exponent)

@@ -22,10 +22,10 @@ Two phases (`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
    [`smaf_target`][wsss_blocks.multiscale_fusion.smaf_target]; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
    class-aware sum, per-class max, background 0.2).
 
-Pseudo masks ([`SMAFMethod.pseudo_masks`][]): the trainer's multi-scale CAMs of [`SMAFMethod.cam_fn`][]
-(per-pass softmax over C+1, background dropped, summed, per-class max) thresholded at 0.2 with
-[`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released hard-label dense CRF
-([`wsss_blocks.crf.DenseCRF.smaf`][wsss_blocks.crf.dense_crf.DenseCRF.smaf]).
+Pseudo masks (the configs' chain ``pseudo.rule: smaf``, `wsss_blocks.train.pipeline`): the trainer's multi-scale
+CAMs of `SMAFMethod.cam_fn` (per-pass softmax over C+1, background dropped, summed, per-class max) thresholded
+at 0.2 with [`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released hard-label dense CRF
+(`wsss_blocks.crf.DenseCRF.smaf`).
 
 Teacher targets (``target_mode``):
 
@@ -47,7 +47,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -59,7 +59,7 @@ from typing_extensions import override
 from wsss_blocks.data.normalization import Normalization, data_normalization
 from wsss_blocks.losses import eps_saliency_loss
 from wsss_blocks.models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
-from wsss_blocks.multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_mask, smaf_target
+from wsss_blocks.multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_target
 from wsss_blocks.train.smaf_store import FusedMapStore
 
 from . import register_method
@@ -107,11 +107,8 @@ class SMAFConfig:
         target_bg_score: constant background of the target (0.2).
         target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448).
         loss_weight: weight of the MSE (100).
-        crf: refine the pseudo masks with the hard-label dense CRF (released on).
-        crf_params: that CRF, as everywhere in the configs: a ``preset`` name plus
-            [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] arguments (``{preset: smaf, backend:
-            auto}``: gt_prob 0.7, Gaussian 3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if
-            installed, else PyTorch).
+
+    The pseudo-mask CRF lives in the chain: ``pseudo.args.smaf`` (``crf``, ``crf_params``).
     """
 
     head: Literal["smaf", "eps"] = "smaf"
@@ -135,8 +132,6 @@ class SMAFConfig:
     target_bg_score: float = 0.2
     target_scale_factor: float = 0.25
     loss_weight: float = 100.0
-    crf: bool = True
-    crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": "smaf", "backend": "auto"})
 
 
 def _build_backbone(run_cfg: Any, c: SMAFConfig) -> nn.Module:
@@ -473,13 +468,3 @@ class SMAFMethod(CAMMethod):
     def cam_fn(self, images: Tensor) -> Tensor:
         """Per-pass softmax over the C+1 channels with the background (last) dropped (SMAF fusion order)."""
         return torch.softmax(self.net.cam_logits(images).float(), dim=1)[:, :-1]
-
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """``argmax([bg, A_0..A_{C-1}])`` with ``bg = cfg.bg_score`` (released 0.2), then the hard-label CRF."""
-        crf = None
-        if self.cfg.crf:
-            from wsss_blocks.crf import DenseCRF
-
-            crf = DenseCRF.from_config(self.cfg.crf_params)
-        return smaf_pseudo_mask(cams, labels, bg_score=float(cfg.bg_score), image01=image01, crf=crf,
-                                gt_prob=crf.gt_prob if crf is not None else 0.7)
