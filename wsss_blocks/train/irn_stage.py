@@ -238,7 +238,9 @@ def train_irn(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv, cams_fn:
     make_ir_labels(cfg, out_dir, env, cams_fn, chain)
     base = open_split(cfg, cfg.data.train_split, return_mask=True, mask_dir=folder / "ir_labels",
                       limit=cfg.data.max_train_images, root=data_root(cfg, env))
-    ts: list[Any] = [RandomRescale((float(args.scale_range[0]), float(args.scale_range[1])), interpolation="bicubic", antialias=True)]
+    lo, hi = (float(v) for v in args.scale_range)
+    # IRN imutils.pil_rescale: PIL bicubic (antialiased when shrinking) for the image, nearest for the label
+    ts: list[Any] = [RandomRescale((lo, hi), interpolation="bicubic", antialias=True)]
     if args.hflip:
         ts.append(RandomHorizontalFlip())
     ts.append(RandomCrop(int(args.crop_size), pad_image_value=_PAD, pad_mask_value=255))

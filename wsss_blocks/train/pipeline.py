@@ -100,6 +100,10 @@ MOVED_METHOD_ARGS: dict[tuple[str, str], str] = {
 
 
 # ---------------------------------------------------------------------------------------------------- registry
+#: ``(step name, args) -> [(config path, DenseCRF config mapping)]`` of the dense CRFs a step runs
+CRFBackends = Callable[[str, Any], list[tuple[str, Mapping[str, Any]]]]
+
+
 @dataclass(frozen=True)
 class Step:
     """A registered chain step.
@@ -112,7 +116,8 @@ class Step:
         needs: entries of `NEEDS`; ``crf`` counts only when `crf_backends` names a backend.
         source: the paper and released code it follows.
         summary: one line for the docs and error messages.
-        crf_backends: ``args -> [(config path, DenseCRF params)]`` of the dense CRFs it runs with these args.
+        crf_backends: ``(step name, args) -> [(config path, DenseCRF params)]``: the dense CRFs it runs with these
+            arguments (checked at config load: their values, and the pydensecrf backend when it is forced).
         check: ``(run config, args) -> reason or None``, a step-specific compatibility check.
     """
 
@@ -123,14 +128,11 @@ class Step:
     needs: tuple[str, ...] = ()
     source: str = ""
     summary: str = ""
-    crf_backends: Callable[[Any], list[tuple[str, Mapping[str, Any]]]] | None = None
+    crf_backends: CRFBackends | None = None
     check: Callable[[Any, Any], str | None] | None = None
 
 
 _STEPS: dict[str, dict[str, Step]] = {k: {} for k in STEP_KINDS}
-
-
-CRFBackends = Callable[[Any], list[tuple[str, Mapping[str, Any]]]]
 
 
 def register_step(kind: str, name: str, *, args: type | None = None, needs: Sequence[str] = (), source: str = "",
@@ -446,8 +448,8 @@ def _crf_params(preset: str, args: CRFArgs) -> dict[str, Any]:
     return {"preset": preset, **kw}
 
 
-def _crf_refine_backends(args: CRFArgs) -> list[tuple[str, Mapping[str, Any]]]:
-    return [("pseudo.args.crf.backend", {"backend": args.backend})]
+def _crf_refine_backends(name: str, args: CRFArgs) -> list[tuple[str, Mapping[str, Any]]]:
+    return [("pseudo.args.crf", _crf_params(name.split(":", 1)[1], args))]
 
 
 @register_step("refine", "crf", args=CRFArgs, needs=("image", "crf"), crf_backends=_crf_refine_backends,
@@ -583,7 +585,7 @@ class IRNArgs:
 IRN_WALK_ARGS = ("pad_to", "radius", "beta", "exp_times", "bg_score")
 
 
-def _irn_backends(args: IRNArgs) -> list[tuple[str, Mapping[str, Any]]]:
+def _irn_backends(name: str, args: IRNArgs) -> list[tuple[str, Mapping[str, Any]]]:
     return [("pseudo.args.irn.crf_params", args.crf_params)]
 
 
@@ -697,7 +699,7 @@ class PPMGArgs:
     crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": "pmm-binary"})
 
 
-def _ppmg_backends(args: PPMGArgs) -> list[tuple[str, Mapping[str, Any]]]:
+def _ppmg_backends(name: str, args: PPMGArgs) -> list[tuple[str, Mapping[str, Any]]]:
     return [("pseudo.args.ppmg.crf_params", args.crf_params)] if args.foreground == "crf" else []
 
 
@@ -750,7 +752,7 @@ class SmafRuleArgs:
     crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": "smaf", "backend": "auto"})
 
 
-def _smaf_backends(args: SmafRuleArgs) -> list[tuple[str, Mapping[str, Any]]]:
+def _smaf_backends(name: str, args: SmafRuleArgs) -> list[tuple[str, Mapping[str, Any]]]:
     return [("pseudo.args.smaf.crf_params", args.crf_params)] if args.crf else []
 
 
@@ -932,6 +934,7 @@ def chain_settings(cfg: Any) -> dict[str, Any]:
 
 
 def _need_reasons(cfg: Any, spec: ChainSpec) -> list[str]:
+    from wsss_blocks.crf import DenseCRF
     from wsss_blocks.crf.pydensecrf_backend import pydensecrf_available
 
     reasons: list[str] = []
@@ -941,7 +944,12 @@ def _need_reasons(cfg: Any, spec: ChainSpec) -> list[str]:
         if "saliency" in step.needs and cfg.data.saliency_dir is None:
             reasons.append(f"{where} needs saliency maps, but data.saliency_dir is not set")
         if "crf" in step.needs and step.crf_backends is not None and a is not None:
-            for path, params in step.crf_backends(a):
+            for path, params in step.crf_backends(step.name, a):
+                try:
+                    DenseCRF.from_config(params)
+                except (ValueError, TypeError) as e:
+                    reasons.append(f"{where}: {path} is not a valid dense CRF ({e})")
+                    continue
                 if _crf_uses_pydensecrf(params) and not pydensecrf_available():
                     reasons.append(f"{where} runs its dense CRF on backend 'pydensecrf' ({path}), which is not "
                                    f"installed: pip install \"wsss-blocks[crf]\", or set the backend to 'torch' or "
