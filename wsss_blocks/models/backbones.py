@@ -47,6 +47,7 @@ __all__ = [
     "available_backbones",
     "TorchvisionResNet",
     "TimmBackbone",
+    "TIMM_PRETRAINED",
     "TinyBackbone",
     "set_bn_eval",
 ]
@@ -522,58 +523,173 @@ class TorchvisionResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # timm
 # ----------------------------------------------------------------------------------------------------------
-class TimmBackbone(nn.Module):
-    """Any timm model built with ``features_only=True``, behind the backbone protocol.
+#: ``pretrained`` value that lets timm fetch the model's own pretrained weights (machines with internet)
+TIMM_PRETRAINED = "timm"
 
-    Weights are read by `read_state_dict` (a local file or a weights-registry name) and handed to timm
-    as an in-memory state dict (``pretrained_cfg_overlay``), so timm's own key filters (e.g. for ViTs) apply
-    and timm itself downloads nothing.
+
+class TimmBackbone(nn.Module):
+    """Any timm model behind the backbone protocol: CNN feature maps or ViT token grids.
+
+    How the maps are taken (``mode``):
+
+    * ``"features"``: ``timm.create_model(..., features_only=True)``, the model's multi-level feature maps (CNNs;
+      ViT-style models too in timm >= 1.0, which reshapes their tokens itself).
+    * ``"tokens"``: the plain model's ``forward_features`` tokens (B×N×D) turned into one B×D×h×w grid with
+      `wsss_blocks.cam.tokens_to_map` (the ``num_prefix_tokens`` class/distillation/register tokens dropped), for
+      plain transformers whose timm version has no ``features_only`` for them (ViTs, DINOv2 or CLIP image towers in
+      timm 0.9); the input is zero-padded right/bottom to a multiple of the patch size first.
+    * ``"auto"`` (default): ``"features"``, and ``"tokens"`` when timm refuses ``features_only``.
+
+    Transformers with a patch embedding get ``dynamic_img_size=True`` (and, in ``"features"`` mode,
+    ``dynamic_img_pad=True``) where their timm class takes it, so multi-scale CAM inference can feed any image size;
+    a model that only takes its fixed ``img_size`` gets its input resized to that size (its maps then have a fixed
+    grid, which the CAM inference resizes to the image).
+
+    Weights: a local file or a weights-registry name is read by `read_state_dict` and handed to timm as an in-memory
+    state dict (``pretrained_cfg_overlay``), so timm's own key filters apply and timm downloads nothing;
+    ``pretrained="timm"`` lets timm download the model's released weights itself (Hugging Face hub), which is
+    refused when ``WSSS_BLOCKS_OFFLINE=1``.
 
     Args:
-        name: a timm model name (see ``timm.list_models()``).
-        pretrained: local checkpoint path, weights-registry name, or ``None``/``"none"``.
+        name: a timm model name (``timm.list_models()``), optionally with a tag
+            (``"vit_small_patch14_dinov2.lvd142m"``).
+        pretrained: local checkpoint path, weights-registry name, ``"timm"``, or ``None``/``"none"``.
         output_stride: passed to timm when given (models that support dilation).
-        out_indices: feature levels to return (timm's meaning); default all.
-        **kwargs: further ``timm.create_model`` arguments.
+        out_indices: feature levels to return (timm's meaning; ``"features"`` mode); default all.
+        mode: ``"auto"``, ``"features"`` or ``"tokens"`` (see above).
+        **kwargs: further ``timm.create_model`` arguments (e.g. ``img_size`` of a ViT).
 
     Shape:
         - images: B×3×H×W
-        - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info``
+        - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info`` (``"tokens"``:
+          one map, ``(embed_dim,)`` and ``(patch_size,)``)
 
     Examples:
         >>> bb = TimmBackbone("resnet18", out_indices=(3, 4))
         >>> bb.out_channels, bb.strides
         ((256, 512), (16, 32))
+        >>> vit = TimmBackbone("vit_tiny_patch16_224", img_size=64, mode="tokens")
+        >>> vit.out_channels, vit.strides, tuple(vit(torch.rand(1, 3, 40, 72))[-1].shape)
+        ((192,), (16,), (1, 192, 3, 5))
     """
 
     def __init__(self, name: str, pretrained: str | os.PathLike | None = None, *,
-                 output_stride: int | None = None, out_indices: Sequence[int] | None = None, **kwargs: Any):
+                 output_stride: int | None = None, out_indices: Sequence[int] | None = None, mode: str = "auto",
+                 **kwargs: Any):
         super().__init__()
         timm = require("timm", "train", "timm backbones")
         if not timm.is_model(name.split(".")[0]):
             raise ValueError(f"{name!r} is not a timm model name (timm.list_models() lists them)")
-        kw: dict[str, Any] = dict(features_only=True, **kwargs)
+        if mode not in ("auto", "features", "tokens"):
+            raise ValueError(f"mode must be 'auto', 'features' or 'tokens', got {mode!r}")
+        kw: dict[str, Any] = dict(kwargs)
         if output_stride is not None:
             kw["output_stride"] = output_stride
-        if out_indices is not None:
-            kw["out_indices"] = tuple(out_indices)
-        if not is_random_init(pretrained):
+        if isinstance(pretrained, str) and pretrained == TIMM_PRETRAINED:
+            from wsss_blocks.hub import OFFLINE_ENV, is_offline
+
+            if is_offline():
+                raise ValueError(f"pretrained='timm' lets timm download {name!r}'s weights, but {OFFLINE_ENV}=1 "
+                                 f"forbids downloads: save the weights to a file and pass its path (or a weights-"
+                                 f"registry name) instead")
+            kw["pretrained"] = True
+        elif not is_random_init(pretrained):
             sd = read_state_dict(pretrained)  # type: ignore[arg-type]
             kw.update(pretrained=True,
                       pretrained_cfg_overlay=dict(state_dict=sd, source="", file=None, url=None, hf_hub_id=None))
         else:
             kw["pretrained"] = False
-        try:
-            self.body = timm.create_model(name, **kw)
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {pretrained!r} does not fit timm model {name!r}: {exc}") from exc
         self.name = name
-        self.out_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
-        self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+        self._patch: tuple[int, int] = (1, 1)
+        self._prefix = 0
+        body: Any = None
+        if mode in ("auto", "features"):
+            fkw = dict(kw, features_only=True)
+            if out_indices is not None:
+                fkw["out_indices"] = tuple(out_indices)
+            try:
+                try:
+                    body = self._create(timm, name, fkw, pad=True)
+                except AssertionError as exc:  # timm's default levels of a transformer with fewer blocks
+                    if out_indices is not None or "out of range" not in str(exc):
+                        raise
+                    body = self._create(timm, name, dict(fkw, out_indices=(-1,)), pad=True)
+            except (RuntimeError, NotImplementedError) as exc:  # timm: "features_only not implemented for ..."
+                if mode == "features" or "feature" not in str(exc):
+                    raise ValueError(f"timm model {name!r} could not be built with features_only=True: {exc}"
+                                     ) from exc
+        if body is None:
+            body = self._create(timm, name, dict(kw, num_classes=0), pad=False)
+            pe = getattr(body, "patch_embed", None)
+            if pe is None or not hasattr(body, "forward_features"):
+                raise ValueError(f"timm model {name!r} has no patch embedding: mode='tokens' is for transformers")
+            ps = pe.patch_size
+            self._patch = (int(ps[0]), int(ps[1])) if isinstance(ps, (tuple, list)) else (int(ps), int(ps))
+            cls_token = getattr(body, "cls_token", None) is not None
+            self._prefix = int(getattr(body, "num_prefix_tokens", 1 if cls_token else 0))
+            self.mode = "tokens"
+            self.out_channels: tuple[int, ...] = (int(body.num_features),)
+            self.strides: tuple[int, ...] = (self._patch[0],)
+        else:
+            self.mode = "features"
+            self.out_channels = tuple(body.feature_info.channels())
+            self.strides = tuple(body.feature_info.reduction())
+        self.body = body
+        self._fixed_size = self._fixed_input_size(body)
+        # patch-embedding models without their own padding need sizes divisible by their strides
+        model = getattr(body, "model", body)
+        pe = getattr(model, "patch_embed", None) or getattr(body, "patch_embed", None)
+        self._pad_to = 1 if pe is None or getattr(pe, "dynamic_img_pad", False) else int(max(self.strides))
+
+    @staticmethod
+    def _create(timm: Any, name: str, kw: dict[str, Any], pad: bool) -> Any:
+        """``timm.create_model`` with a dynamic input size (and padding) where the model's class takes them."""
+        tries = [dict(kw, dynamic_img_size=True, dynamic_img_pad=True)] if pad else []
+        tries += [dict(kw, dynamic_img_size=True), kw]
+        for i, k in enumerate(tries):
+            try:
+                return timm.create_model(name, **k)
+            except TypeError as exc:  # the model's class does not take these arguments: try the next set
+                if "dynamic_img" not in str(exc) or i == len(tries) - 1:
+                    raise
+            except RuntimeError as exc:
+                if "feature" in str(exc):
+                    raise
+                raise ValueError(f"checkpoint does not fit timm model {name!r}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _fixed_input_size(body: Any) -> tuple[int, int] | None:
+        """The ``img_size`` of a patch-embedding model that takes no other input size (else None)."""
+        model = getattr(body, "model", body)  # features_only wrappers keep the model inside
+        pe = getattr(model, "patch_embed", None) or getattr(body, "patch_embed", None)
+        if pe is None or getattr(model, "dynamic_img_size", False) or getattr(pe, "dynamic_img_pad", False):
+            return None
+        size = getattr(pe, "img_size", None)
+        if size is None or not getattr(pe, "strict_img_size", True):
+            return None
+        return (int(size[0]), int(size[1]))
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
-        out = self.body(images)
+        x = images
+        if self._fixed_size is not None and tuple(x.shape[-2:]) != self._fixed_size:
+            x = torch.nn.functional.interpolate(x, size=self._fixed_size, mode="bilinear", align_corners=False)
+        if self.mode == "tokens":
+            from wsss_blocks.cam import tokens_to_map
+
+            ph, pw = self._patch
+            H, W = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (0, (-W) % pw, 0, (-H) % ph))
+            tokens = self.body.forward_features(x)
+            if tokens.ndim == 4:  # models that keep a grid (B×h×w×D)
+                c = self.out_channels[0]
+                return [tokens.permute(0, 3, 1, 2) if tokens.shape[1] != c and tokens.shape[-1] == c else tokens]
+            return [tokens_to_map(tokens, (int(x.shape[-2]), int(x.shape[-1])), (ph, pw), self._prefix)]
+        if self._pad_to > 1 and self._fixed_size is None:
+            H, W = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (0, (-W) % self._pad_to, 0, (-H) % self._pad_to))
+        out = self.body(x)
         if isinstance(out, Mapping):
             out = list(out.values())
         feats = list(out)
@@ -604,10 +720,10 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
       SegFormer release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
     * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision ([`TorchvisionResNet`][],
       ``output_stride`` 8/16/32, ``style="caffe"`` for the DeepLab layout); ``"resnet_tiny"`` for tests.
-    * ``"timm:<name>"`` — any timm model with ``features_only=True`` ([`TimmBackbone`][]).
+    * ``"timm:<name>"`` — any timm model ([`TimmBackbone`][]): CNN feature maps, ViT token grids;
+      ``pretrained="timm"`` lets timm download the model's own weights (refused with ``WSSS_BLOCKS_OFFLINE=1``).
     * ``"tiny"`` — [`TinyBackbone`][].
-    * any name registered with
-      [`wsss_blocks.models.registry.register_backbone`][wsss_blocks.models.registry.register_backbone].
+    * any name registered with [`register_backbone`][wsss_blocks.models.registry.register_backbone].
 
     Args:
         name: backbone name (see above).
@@ -653,7 +769,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
     elif name.startswith("timm:"):
         path = None if pretrained is None or isinstance(pretrained, Mapping) else pretrained
         if isinstance(pretrained, Mapping):
-            raise TypeError("timm backbones take pretrained= as a local file path")
+            raise TypeError("timm backbones take pretrained= as a local file path, a registry name or 'timm'")
         return TimmBackbone(name[len("timm:"):], path, output_stride=output_stride, **kwargs)
     else:
         raise ValueError(f"unknown backbone {name!r}; known: {available_backbones()} or 'timm:<timm model>'")

@@ -735,6 +735,8 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
       initialisation;
     * ``null`` on real data (``data.dataset`` other than ``synthetic``) for a backbone that has a released
       initialisation is refused: the config must name the weights, or say ``none`` explicitly.
+    * ``timm`` (``timm:<name>`` backbones only) lets timm download the model's own weights when the network is
+      built; refused when ``WSSS_BLOCKS_OFFLINE=1``.
 
     Args:
         cfg: a `RunConfig`.
@@ -754,6 +756,16 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
     real = cfg.data.dataset != "synthetic"
     result: dict[str, Path | None] = {}
     for field_name, value, backbone, stage in _fields(cfg, stages):
+        if value == "timm":  # timm fetches the model's own weights (TimmBackbone)
+            if not str(backbone).startswith("timm:"):
+                raise ValueError(f"{field_name}=timm lets timm download a timm model's weights; backbone "
+                                 f"{backbone!r} is not a 'timm:<name>' backbone")
+            if hub.is_offline():
+                raise WeightsUnavailableError(f"{field_name}=timm: timm would download the weights of {backbone}, but "
+                                              f"{hub.OFFLINE_ENV}=1 forbids downloads; save them to a file and set "
+                                              f"{field_name} to its path")
+            result[field_name] = None
+            continue
         style = getattr(cfg.seg, "style", "caffe") if stage == "seg" else "pytorch"
         default = default_weights_for(backbone, stage=stage, style=style)
         if is_random_init(value):
