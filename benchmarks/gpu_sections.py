@@ -16,7 +16,7 @@ Sections (in suite order):
 * ``cams``: multi-scale + flip CAMs of ResNet-38 and ResNet-50 at 375×500, AMP off and on: images/s.
 * ``pseudo``: the pseudo-mask pass of each method's VOC config (``wsss_blocks/configs/<method>_voc.yaml``) on
   random weights at VOC image sizes, through the trainer's own per-batch code (``compute_cams`` and the
-  method's ``pseudo_masks`` rule: CoV/PPMG, SMAF + CRF, VARM, ...): images/s and the projected time of VOC
+  method's pseudo-mask chain: CoV/PPMG, SMAF + CRF, VARM, ...): images/s and the projected time of VOC
   train_aug (10,582 images); plus PPL's CAMs followed by IRN's inference (``wsss_blocks.irn``), the step
   ``ppl_voc`` leaves out.
 * ``train``: training steps of each method's VOC config at its real batch and crop through the trainer's own
@@ -26,7 +26,6 @@ Sections (in suite order):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import os
 import statistics
@@ -442,6 +441,7 @@ class _IRNPass:
 def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, warm: int) -> Row:
     from wsss_blocks.train.datasets import iter_inference_batches
     from wsss_blocks.train.distributed import DistEnv
+    from wsss_blocks.train.pipeline import PseudoChain
     from wsss_blocks.train.pseudo_stage import compute_cams
     from wsss_blocks.train.schema import load_run_config
 
@@ -450,14 +450,18 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
     env = DistEnv(device=torch.device(device))
     # quick: two scales keep the CPU dry run of the three ResNet-38 configs within seconds
     cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else []))
+    if cfg.pseudo.refine == "irn":  # the IRN refinement is timed by the '+irn' row (random IRNet weights)
+        cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else [])
+                              + ["pseudo.refine=none"])
+    chain = PseudoChain(cfg)
     bg = cfg.pseudo.bg_score
     bg_note = ""
     if bg == "sweep":  # the value does not change the cost; the sweep picks it on the CAM evaluation split
         bg, bg_note = 0.15, " (pseudo.bg_score sweep: 0.15 used)"
-    pcfg = dataclasses.replace(cfg.pseudo, bg_score=float(bg))
     with tempfile.TemporaryDirectory() as tmp:
         t_build = time.perf_counter()
         method = _restored_method(cfg, env, Path(tmp))
+        chain.context.method = method
         build_s = time.perf_counter() - t_build
         mem = PeakMemory(device)
         cam_s = mask_s = 0.0
@@ -470,7 +474,7 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
                     if irn is not None:
                         irn.masks(irn.cams(method, img, lab, cfg), lab, img, cfg).cpu()
                     else:
-                        method.pseudo_masks(compute_cams(method, img, lab, cfg), lab, img, pcfg).cpu()
+                        chain.masks(compute_cams(method, img, lab, cfg), lab, img, float(bg)).cpu()
                     if k == warm - 1:
                         mem.start()
                     continue
@@ -479,7 +483,8 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
                 cams = irn.cams(method, img, lab, cfg) if irn is not None else compute_cams(method, img, lab, cfg)
                 sync(device)
                 t1 = time.perf_counter()
-                masks = irn.masks(cams, lab, img, cfg) if irn is not None else method.pseudo_masks(cams, lab, img, pcfg)
+                masks = (irn.masks(cams, lab, img, cfg) if irn is not None
+                         else chain.masks(cams, lab, img, float(bg)))
                 masks.to(torch.uint8).cpu()
                 sync(device)
                 t2 = time.perf_counter()
@@ -492,9 +497,9 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
     per_image = (cam_s + mask_s) / count
     train_aug_min = VOC_TRAIN_AUG * per_image / 60
     stage_min = train_aug_min + VOC_CAM_EVAL * cam_s / count / 60
-    crf = _crf_note(m, cfg) if irn is None else (", IRN inference (stride-4 CAMs, IRNet boundary map with random "
-                                                   "weights, 256-step random walk, background 0.25); not in the "
-                                                   "config, IRNet training not timed")
+    crf = (f", chain {chain.spec.describe()}" if irn is None else
+           ", IRN inference (stride-4 CAMs, IRNet boundary map with random weights, 256-step random walk, background "
+           "0.25); IRNet training not timed")
     title = f"{m}_voc{' + IRN' if irn is not None else ''} pseudo masks"
     del irn
     free_memory()
@@ -507,17 +512,6 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
            "projected_stage_min": stage_min, "build_s": build_s, "peak_mem_mb": peak,
            "target": f"VOC train_aug ({VOC_TRAIN_AUG:,} images) < {PSEUDO_GOAL_MIN:g} min",
            "passed": train_aug_min < PSEUDO_GOAL_MIN}
-
-
-def _crf_note(method: str, cfg: Any) -> str:
-    a = cfg.method_args or {}
-    if method == "smaf" and a.get("pseudo_crf", True):
-        return f", threshold + CRF ({a.get('crf_preset', 'smaf')}, backend {a.get('crf_backend', 'auto')})"
-    if method == "pmm":
-        return f", CoV + PPMG (foreground {a.get('foreground', 'crf')})"
-    if method == "tscd":
-        return f", {a.get('pseudo_rule', 'refined')} rule (VARM reliable labels)"
-    return ", IRN seed rule"
 
 
 # ------------------------------------------------------------------------------------------------ 6. training
