@@ -13,6 +13,7 @@ Usage::
     python -m benchmarks.quality                          # synthetic data, every method with a preset
     python -m benchmarks.quality --methods baseline,l2g --quick
     python -m benchmarks.quality --data-root /data/VOCdevkit/VOC2012 --pretrained weights/res38d.pth
+    python -m benchmarks.quality --grid                   # ablation grid: methods x refiners x rules (ablation.py)
 
 Without ``--data-root`` the synthetic VOC-format dataset is generated into the cache folder and the
 ``<method>_synthetic`` presets run; the table goes to ``benchmarks/results/quality_synthetic.json``
@@ -272,6 +273,11 @@ def merge_rows(path: Path, rows: list[dict[str, Any]], header: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--grid" in argv:  # the ablation grid (methods x refiners x rules): benchmarks/ablation.py
+        from benchmarks.ablation import main as grid_main
+
+        return grid_main([a for a in argv if a != "--grid"])
     args = parse_args(argv)
     data_root = None if args.data_root is None else str(Path(args.data_root).expanduser())
     name = ("quality_synthetic" if data_root is None else f"quality_{args.dataset}") + ("_quick" if args.quick else "")
