@@ -35,7 +35,7 @@ FIGURE = ROOT / "docs" / "img" / "ablation_grid.png"
 MARK_START = "<!-- ablation-grid:start -->"
 MARK_END = "<!-- ablation-grid:end -->"
 
-DEFAULT_METHODS = ("baseline", "l2g", "pmm", "smaf", "tscd")
+DEFAULT_METHODS = ("baseline", "l2g", "ppl", "pmm", "smaf", "tscd")
 DEFAULT_REFINERS = ("none", "crf:psa", "varm", "irn")
 DEFAULT_RULES = ("argmax", "ppmg", "smaf", "reliable")
 QUIET = ("runtime.progress=false", "runtime.plots=false")

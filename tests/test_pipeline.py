@@ -435,3 +435,26 @@ def test_reproduce_with_irn_keeps_irnet_when_only_the_rule_changes(trainer_tiny,
     reproduce("baseline", out=tmp_path, overrides=[*ov, "pseudo.args.irn.epochs=2"], restart_from="pseudo",
               verbose=False)
     assert (irn_dir(tmp_path) / "model.pt").stat().st_mtime_ns != mtime
+
+
+def test_docs_page_lists_every_registered_step():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ablations.md").read_text()
+    for kind in ("post", "refine", "rule", "loss"):
+        for name in available_steps(kind):
+            if name.startswith("crf:"):
+                continue  # one row for every preset
+            if name.endswith(("_test", "_example")):
+                continue  # steps the tests and the docstring examples register
+            assert f"| `{name}` |" in text, f"{kind} step {name!r} is missing from docs/ablations.md"
+
+
+def test_crf_refiner_on_an_image_without_classes_gives_background():
+    cams, labels, img = _inputs()
+    labels[1] = 0.0
+    cams[1] = 0.0
+    for preset in ("crf:irn", "psa"):
+        out = _chain({"refine": preset, "args": {"crf": {"backend": "torch"}}}).masks(cams, labels, img, 0.2)
+        assert out[1].eq(0).all()
+        assert out[0].ne(0).any()

@@ -370,7 +370,7 @@ def _pmm(pretrained):
     from wsss_blocks.train.methods.pmm import PMMMethod
 
     cfg = load_run_config({"method": "pmm", "cam": {"backbone": "resnet38d_tiny", "pretrained": pretrained},
-                           "method_args": {"frozen": ["conv1a"], "foreground": "threshold"}})
+                           "method_args": {"frozen": ["conv1a"]}})
     return PMMMethod(cfg, cfg.method_config(), 20)
 
 

@@ -473,6 +473,9 @@ def _refine_crf(state: ChainState, args: CRFArgs, bg: float) -> Refined:
     present = state.labels.to(cams.device).bool()
     for b in range(B):  # the label count depends on the image's classes
         idx = present[b].nonzero().flatten()
+        if idx.numel() == 0:  # no class: background everywhere (a one-label CRF changes nothing)
+            out_bg[b] = 1.0
+            continue
         scores = torch.cat([plane[b], cams[b, idx]])  # (1 + K)×H×W
         img = state.image01[b:b + 1].float().clamp(0.0, 1.0)
         if label_crf:
