@@ -523,8 +523,8 @@ class TorchvisionResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # timm
 # ----------------------------------------------------------------------------------------------------------
-#: ``pretrained`` value that lets timm fetch the model's own pretrained weights (machines with internet)
 TIMM_PRETRAINED = "timm"
+"""``pretrained`` value that lets timm fetch the model's own pretrained weights (machines with internet)."""
 
 
 class TimmBackbone(nn.Module):

@@ -52,10 +52,10 @@ from .schema import OptimConfig, RunConfig
 __all__ = ["IRN_DIR", "IRN_TAG", "CamsFn", "irn_dir", "irn_settings", "uses_irn", "check_irn_folder",
            "check_irn_weights", "make_ir_labels", "train_irn", "build_irnet", "boundary_fn"]
 
-#: sub-folder of the run folder
 IRN_DIR = "irn"
-#: the ``method`` recorded in IRNet checkpoints
+"""Sub-folder of the run folder."""
 IRN_TAG = "irn/irnet"
+"""The ``method`` recorded in IRNet checkpoints."""
 _INFERENCE_KEYS = ("scales", "flip", "reduce", "flip_reduce", "interpolation")
 
 
@@ -159,8 +159,8 @@ def _prepare_folder(cfg: RunConfig, out_dir: Path, env: DistEnv) -> Path:
     return folder
 
 
-#: ``cams_fn(image01, labels) -> B×C×H×W`` fused, normalised CAMs (the pseudo stage's ``compute_cams``)
 CamsFn = Callable[[Tensor, Tensor], Tensor]
+"""``cams_fn(image01, labels) -> B×C×H×W`` fused, normalised CAMs (the pseudo stage's ``compute_cams``)."""
 
 
 def make_ir_labels(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv, cams_fn: CamsFn,

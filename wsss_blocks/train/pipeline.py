@@ -1,16 +1,18 @@
 """Composable pseudo-mask chains: post-processing steps, one refiner and one mask rule, named in the config.
 
-The pseudo-mask stage turns each image's fused CAMs into a mask through a chain of named steps::
+The pseudo-mask stage turns each image's fused CAMs into a mask through a chain of named steps:
 
-    pseudo:
-      post: [cov]            # steps on the fused CAMs, in order (default none)
-      refine: none           # none | crf:<preset> (or a bare CRF preset name) | par | varm | irn | attn_aff
-      rule: ppmg             # argmax | ppmg | smaf | reliable
-      args:                  # arguments of the steps (released defaults; unknown keys are refused)
-        cov: {fg_threshold: 0.05, cv_scale: 0.3}
-        ppmg: {alpha: 11.0}
-    seg:
-      loss: ce               # ce | puf | balanced
+```yaml
+pseudo:
+  post: [cov]            # steps on the fused CAMs, in order (default none)
+  refine: none           # none | crf:<preset> (or a bare CRF preset name) | par | varm | irn | attn_aff
+  rule: ppmg             # argmax | ppmg | smaf | reliable
+  args:                  # arguments of the steps (released defaults; unknown keys are refused)
+    cov: {fg_threshold: 0.05, cv_scale: 0.3}
+    ppmg: {alpha: 11.0}
+seg:
+  loss: ce               # ce | puf | balanced
+```
 
 A **post** step maps the CAMs to new CAMs (PMM's CoV smoothing, SMAF's softmax-before-upsampling fusion, a
 saliency gate). A **refiner** takes the CAMs and a background score and returns refined foreground maps and,
@@ -83,10 +85,10 @@ __all__ = [
     "ReliableArgs",
 ]
 
-#: the kinds of steps, in chain order (``loss`` is the segmentation stage's ``seg.loss``)
 STEP_KINDS = ("post", "refine", "rule", "loss")
-#: what a step may need; `check_chain` refuses a chain whose needs the run cannot meet
+"""The kinds of steps, in chain order (``loss`` is the segmentation stage's ``seg.loss``)."""
 NEEDS = ("image", "saliency", "crf", "network", "attention", "irn")
+"""What a step may need; `check_chain` refuses a chain whose needs the run cannot meet."""
 
 # method_args that belonged to a method's pseudo-mask rule before the chain: (method, key) -> new key
 MOVED_METHOD_ARGS: dict[tuple[str, str], str] = {
@@ -100,8 +102,8 @@ MOVED_METHOD_ARGS: dict[tuple[str, str], str] = {
 
 
 # ---------------------------------------------------------------------------------------------------- registry
-#: ``(step name, args) -> [(config path, DenseCRF config mapping)]`` of the dense CRFs a step runs
 CRFBackends = Callable[[str, Any], list[tuple[str, Mapping[str, Any]]]]
+"""``(step name, args) -> [(config path, DenseCRF config mapping)]`` of the dense CRFs a step runs."""
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,7 @@ class SmafFusionArgs:
     image_interpolation: Literal["bicubic", "bilinear"] = "bicubic"
 
 
-#: methods whose CAM inference already is SMAF's fusion (``cam_fn`` returns per-pass softmax probabilities)
+# methods whose CAM inference already is SMAF's fusion (``cam_fn`` returns per-pass softmax probabilities)
 _FUSED_CAM_METHODS = frozenset({"smaf"})
 
 
@@ -584,8 +586,8 @@ class IRNArgs:
     bg_score: float | None = 0.25
 
 
-#: IRN arguments that act at inference only (the walk): changing them keeps the trained IRNet
 IRN_WALK_ARGS = ("pad_to", "radius", "beta", "exp_times", "bg_score")
+"""IRN arguments that act at inference only (the walk): changing them keeps the trained IRNet."""
 
 
 def _irn_backends(name: str, args: IRNArgs) -> list[tuple[str, Mapping[str, Any]]]:

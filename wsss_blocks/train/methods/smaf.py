@@ -24,8 +24,8 @@ Two phases (`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
 
 Pseudo masks (the configs' chain ``pseudo.rule: smaf``, `wsss_blocks.train.pipeline`): the trainer's multi-scale
 CAMs of `SMAFMethod.cam_fn` (per-pass softmax over C+1, background dropped, summed, per-class max) thresholded
-at 0.2 with [`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released hard-label dense CRF
-(`wsss_blocks.crf.DenseCRF.smaf`).
+at 0.2 with [`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released
+hard-label dense CRF (`wsss_blocks.crf.DenseCRF.smaf`).
 
 Teacher targets (``target_mode``):
 
