@@ -152,6 +152,7 @@ def _metric(**kw: Any) -> Any:
 
 
 @case("confusion_matrix", "SegmentationMetric", batch=("pred", "target"), masks={"pred": K, "target": K},
+      aliases={"pred": ("confmat",), "target": ("confmat",)},
       calls={"confusion_matrix": lambda **kw: wb.confusion_matrix(**kw, num_classes=K),
              "SegmentationMetric": _metric})
 def _(h: int, w: int) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def _sweep(**kw: Any) -> Any:
 
 
 @case("BgScoreSweep", "sweep_bg_score", batch=("cams", "labels", "target"), classes=(("cams", 1), ("labels", 1)),
-      labels=("labels",), masks={"target": K},
+      labels=("labels",), masks={"target": K}, aliases={"cams": ("confmat",)},
       calls={"BgScoreSweep": _sweep,
              "sweep_bg_score": lambda cams, labels, target: wb.sweep_bg_score((cams, labels, target), K, (0.1, 0.5))})
 def _(h: int, w: int) -> dict[str, Any]:

@@ -410,10 +410,13 @@ class L2GOutput:
 def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype) -> Tensor:
     """``boxes`` given as B×N×4 per-image boxes (B·N = R) or as R×5 RoIAlign rows; returns the R×5 rows."""
     boxes = check_tensor(boxes, "boxes", (2, 3), layout="B×N×4 or R×5")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must be a real tensor of pixel coordinates, got dtype {boxes.dtype}")
     if boxes.ndim == 3:
         if boxes.shape[2] != 4 or boxes.shape[0] * boxes.shape[1] != num_patches or boxes.shape[0] != batch:
             raise ValueError(f"boxes must have shape B×N×4 = ({batch}, {num_patches // max(batch, 1)}, 4) for B = "
                              f"{batch} images and {num_patches} patches in local_cams, got {shape_str(boxes)}")
+        _check_box_coordinates(boxes.reshape(-1, 4))
         return boxes_to_roi_format(boxes, dtype)
     if boxes.shape[1] != 5:
         raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got "
@@ -428,7 +431,21 @@ def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype
             raise ValueError(f"boxes[:, 0] must hold integer batch indices in [0, {batch - 1}] "
                              f"(batch size {batch}), got values in "
                              f"[{float(idx.min()):g}, {float(idx.max()):g}]")
+    _check_box_coordinates(boxes[:, 1:])
     return boxes
+
+
+def _check_box_coordinates(xyxy: Tensor) -> None:
+    """``(x1, y1, x2, y2)`` rows with ``0 <= x1 <= x2`` and ``0 <= y1 <= y2`` (a value check)."""
+    if not checks_enabled() or xyxy.numel() == 0:
+        return
+    check_finite(xyxy, "boxes")
+    x1, y1, x2, y2 = xyxy.unbind(1)
+    bad = (x1 < 0) | (y1 < 0) | (x2 < x1) | (y2 < y1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"boxes must be (x1, y1, x2, y2) in global-view pixels with 0 <= x1 <= x2 and "
+                         f"0 <= y1 <= y2; box {row} is {[round(float(v), 4) for v in xyxy[row]]}")
 
 
 def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,

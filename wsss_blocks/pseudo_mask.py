@@ -414,6 +414,7 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
     x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     B, C, H, W = x.shape
     lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
+    check_finite(x, "cams")  # every map, also those of absent classes (only present ones are range-checked)
     img_u8: Tensor | None = None
     if image01 is not None:
         check_tensor(image01, "image01", 4, layout="B×3×H×W")
@@ -447,7 +448,7 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
         elif foreground == "crf":
             assert img_u8 is not None
             assert dense is not None
-            post = dense(None, probs.float(), image_uint8=img_u8[bi])
+            post = dense(None, probs.float(), image_uint8=img_u8[bi].permute(0, 2, 3, 1))
             fg = post[:, 1].to(x.device) > posterior_threshold
         else:
             res = foreground(probs, None if img_u8 is None else img_u8[bi])
@@ -716,7 +717,8 @@ class CyclicPseudoMask(nn.Module):
             probs = probs * keep
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
         if self.crf is not None:
-            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01)).to(probs.device)
+            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01).permute(0, 2, 3, 1)
+                             ).to(probs.device)
             if self.policy == "restrict":
                 probs = probs * keep
                 probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,62 @@
+"""Regression tests of the reliability findings of issue 19: each input once accepted silently, crashing deep
+inside torch/NumPy or giving NaN is now computed correctly or refused with an error naming the argument.
+
+(The dense CRF's layout and bfloat16 findings are tested in tests/test_crf.py, the model × backbone combinations
+in tests/test_models.py, the 16-bit image in tests/test_data_io.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wsss_blocks as wb
+
+
+@pytest.fixture(autouse=True)
+def _checks_on():
+    wb.set_checks(True)
+    yield
+    wb.set_checks(True)
+
+
+def test_normalize_cams_with_eps_zero_keeps_all_zero_maps_zero():
+    cams = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[-3.0, -1.0], [-2.0, -5.0]]]])
+    for mode in ("max", "minmax", "seam_minmax"):
+        out = wb.normalize_cams(cams, mode=mode, eps=0.0)
+        assert bool(torch.isfinite(out).all()), mode
+        assert out[0, 1].abs().max() == 0 and out[0, 2].abs().max() == 0, mode  # all-zero after the ReLU
+    assert wb.normalize_cams(cams, eps=0.0)[0, 0].tolist() == [[1.0, 0.0], [0.5, 0.0]]  # the docstring example
+    const = torch.full((1, 1, 3, 3), 0.7)
+    assert wb.normalize_cams(const, mode="minmax", eps=0.0).abs().max() == 0  # max - min = 0: zero, not NaN
+    empty = torch.zeros(2, 3, 0, 0)
+    assert wb.normalize_cams(empty).shape == (2, 3, 0, 0)  # was an IndexError
+    assert wb.normalize_cams(torch.zeros(0, 3, 4, 4)).shape == (0, 3, 4, 4)
+
+
+def test_roi_align_checks_the_batch_index_column():
+    feats = torch.arange(2 * 16.0).view(2, 1, 4, 4)
+    ok = wb.roi_align(feats, torch.tensor([[1.0, 0.0, 0.0, 2.0, 2.0]]), 2, aligned=True)
+    assert ok[0, 0].tolist() == [[16.0, 17.0], [20.0, 21.0]]
+    for bad in (-1.0, 0.5, 2.0):  # was: the last image, image 0 (truncated), IndexError
+        with pytest.raises(ValueError, match=rf"boxes\[:, 0\] holds the batch index.*\[0, 1\].*has {bad:g}"):
+            wb.roi_align(feats, torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0], [bad, 0.0, 0.0, 2.0, 2.0]]), 2)
+    with pytest.raises(ValueError, match="boxes contains non-finite"):
+        wb.roi_align(feats, torch.tensor([[0.0, float("nan"), 0.0, 2.0, 2.0]]), 2)
+    int_rows = torch.tensor([[1, 0, 0, 2, 2]])  # integer rows are fine
+    torch.testing.assert_close(wb.roi_align(feats, int_rows, 2, aligned=True), ok)
+    with wb.checks(False):  # a value check: off with the switch
+        wb.roi_align(feats, torch.tensor([[0.5, 0.0, 0.0, 2.0, 2.0]]), 2)
+
+
+def test_scores_from_confusion_refuses_negative_counts_and_empty_matrices():
+    cm = torch.tensor([[3, 1], [0, 4]])
+    assert round(float(wb.scores_from_confusion(cm)["miou"]), 4) == 0.775
+    with pytest.raises(ValueError, match="confmat holds counts, which cannot be negative; got min -1"):
+        wb.scores_from_confusion(torch.tensor([[3, 1], [-1, 4]]))
+    with pytest.raises(ValueError, match="confmat counts no pixel"):
+        wb.scores_from_confusion(torch.zeros(3, 3, dtype=torch.long))  # was: NaN mIoU
+    metric = wb.SegmentationMetric(3)
+    metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 255))  # only ignored pixels
+    with pytest.raises(ValueError, match="confmat counts no pixel"):
+        metric.compute()
