@@ -313,22 +313,23 @@ def _(h: int, w: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 # PPL / Puzzle-CAM
 # ----------------------------------------------------------------------------------------------------------
-@case("split_patches")
+# split/merge/tile only move values: NaN passes through them, as through any layer (nan_ok)
+@case("split_patches", nan_ok=("x",))
 def _(h: int, w: int) -> dict[str, Any]:
     return {"x": _R().n(B, 3, h, w)}
 
 
-@case("tile_images")
+@case("tile_images", nan_ok=("images",))
 def _(h: int, w: int) -> dict[str, Any]:
     return {"images": _R().n(B, 3, h, w)}
 
 
-@case("merge_patches", calls={"merge_patches": lambda **kw: wb.merge_patches(**kw, batch=B)})
+@case("merge_patches", nan_ok=("patches",), calls={"merge_patches": lambda **kw: wb.merge_patches(**kw, batch=B)})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"patches": _R().n(4 * B, 3, h, w)}
 
 
-@case("PatchDestruction", calls={"PatchDestruction": lambda **kw: wb.PatchDestruction(grid=2)(**kw, fn=_net(3, 4))})
+@case("PatchDestruction", nan_ok=("x",), calls={"PatchDestruction": lambda **kw: wb.PatchDestruction(grid=2)(**kw, fn=lambda t: t[..., ::2, ::2])})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"x": _R().n(B, 3, h, w)}
 
@@ -665,7 +666,7 @@ def _(h: int, w: int) -> dict[str, Any]:
     return {"seed_mask": _R().mask(B, h, w)}
 
 
-@case("boundary_to_affinity", calls={"boundary_to_affinity": lambda **kw: wb.boundary_to_affinity(**kw, radius=2)})
+@case("boundary_to_affinity", any_rank=("boundary",), calls={"boundary_to_affinity": lambda **kw: wb.boundary_to_affinity(**kw, radius=2)})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"boundary": _R().u(B, 1, h, w)}
 

@@ -60,3 +60,42 @@ def test_scores_from_confusion_refuses_negative_counts_and_empty_matrices():
     metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 255))  # only ignored pixels
     with pytest.raises(ValueError, match="confmat counts no pixel"):
         metric.compute()
+
+
+def test_losses_on_an_empty_batch_are_zero_not_nan():
+    """puzzle_reconstruction_loss, smaf_loss and the SCD loss returned NaN for B = 0 (a mean over nothing)."""
+    g = torch.Generator().manual_seed(0)
+    cams = torch.randn(0, 3, 4, 4, requires_grad=True)
+    losses = {
+        "puzzle": wb.puzzle_reconstruction_loss(cams, torch.randn(0, 3, 4, 4), torch.zeros(0, 3)),
+        "smaf": wb.smaf_loss(cams.new_zeros(0, 4, 2, 2).requires_grad_(), torch.zeros(0, 4, 4, 4)),
+        "scd": wb.self_correspondence_loss(torch.rand(0, 3, 8, 8), torch.rand(0, 3, 5, 5),
+                                           torch.randn(0, 4, 8, 8, requires_grad=True),
+                                           torch.randn(0, 4, 5, 5), num_samples=4, generator=g),
+        "eps": wb.eps_saliency_loss(torch.randn(0, 4, 4, 4), torch.rand(0, 1, 8, 8), torch.zeros(0, 3)),
+        "amp": wb.adaptive_min_pooling_loss(torch.randn(0, 3, 4, 4)),
+        "equivariant": wb.equivariant_regularization(torch.rand(0, 4, 8, 8), torch.rand(0, 4, 4, 4)),
+        "energy": wb.dense_energy_loss(torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8),
+                                       torch.zeros(0, 8, 8, dtype=torch.long)),
+    }
+    for name, loss in losses.items():
+        assert loss.ndim == 0 and float(loss) == 0.0, name
+    losses["puzzle"].backward()  # still attached to the graph
+    assert cams.grad is not None and cams.grad.shape == (0, 3, 4, 4)
+    # a non-empty batch is unchanged: the released mean
+    a, b = torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 2)
+    assert float(wb.puzzle_reconstruction_loss(a, b, torch.tensor([[1.0, 0.0]]))) == 0.5
+
+
+def test_affinity_targets_and_loss_refuse_negative_labels():
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[:, :, 4:] = 1
+    assert int(wb.attention_affinity_targets(y, radius=1, stride=2).max()) == 255
+    bad = y.clone()
+    bad[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="pseudo_mask holds class indices .* cannot be negative; got -1"):
+        wb.attention_affinity_targets(bad, radius=1, stride=2)
+    with pytest.raises(ValueError, match="pseudo_mask holds class indices"):
+        wb.affinity_from_attention_loss(torch.rand(1, 16, 16), bad, radius=1, stride=2)
+    with pytest.raises(ValueError, match="seed_mask"):  # IRN's affinity targets likewise
+        wb.affinity_targets(bad, radius=2)

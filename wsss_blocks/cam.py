@@ -78,12 +78,18 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     if weight.shape[1] != features.shape[1]:
         raise ValueError(f"weight has {weight.shape[1]} input channels but features have "
                          f"{features.shape[1]} (features {shape_str(features)}, weight {shape_str(weight)})")
-    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
     if bias is not None:
         check_tensor(bias, "bias", 1, layout="C", floating=True)
         check_finite(bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} entries, expected {weight.shape[0]}")
+    return _cam_from_features(features, weight, bias)
+
+
+def _cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`cam_from_features` without checks (``weight`` C×D, shapes already matched)."""
+    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
+    if bias is not None:
         cams = cams + bias.to(cams.dtype).view(1, -1, 1, 1)
     return cams
 
