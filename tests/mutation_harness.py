@@ -159,6 +159,10 @@ def _with_value(x: Array, value: float) -> Array | None:
         return None
     if not t.is_floating_point() and float(value) != int(value):
         t = t.double()  # a non-integer value for an integer argument: the caller gets a float array
+    elif not t.is_floating_point() and t.dtype != torch.bool:
+        info = torch.iinfo(t.dtype)
+        if not info.min <= value <= info.max:
+            return None  # the dtype cannot hold it (uint8 and -1): nothing to test
     try:
         t.view(-1)[t.numel() // 2] = value
     except RuntimeError:

@@ -79,7 +79,7 @@ def test_losses_on_an_empty_batch_are_zero_not_nan():
                                        torch.zeros(0, 8, 8, dtype=torch.long)),
     }
     for name, loss in losses.items():
-        assert loss.ndim == 0 and float(loss) == 0.0, name
+        assert loss.ndim == 0 and float(loss.detach()) == 0.0, name
     losses["puzzle"].backward()  # still attached to the graph
     assert cams.grad is not None and cams.grad.shape == (0, 3, 4, 4)
     # a non-empty batch is unchanged: the released mean
@@ -99,3 +99,46 @@ def test_affinity_targets_and_loss_refuse_negative_labels():
         wb.affinity_from_attention_loss(torch.rand(1, 16, 16), bad, radius=1, stride=2)
     with pytest.raises(ValueError, match="seed_mask"):  # IRN's affinity targets likewise
         wb.affinity_targets(bad, radius=2)
+
+
+def test_build_lattice_names_nan_features():
+    from wsss_blocks.crf import build_lattice
+
+    f = torch.rand(10, 3)
+    f[4, 1] = float("nan")  # was: "index 9223372036854775807 is out of bounds"
+    with pytest.raises(ValueError, match=r"features contains non-finite values \(1 NaN, 0 Inf\)"):
+        build_lattice(f)
+    f[4, 1] = float("inf")
+    with wb.checks(False), pytest.raises(ValueError, match=r"features contains non-finite values \(0 NaN, 1 Inf\)"):
+        build_lattice(f)  # always checked: there is no lattice position for it
+
+
+def test_lattice_filter_refuses_extra_value_rows():
+    from wsss_blocks.crf import build_lattice, lattice_filter, mean_field
+    from wsss_blocks.crf.permutohedral import PairwiseOperator
+
+    lat = build_lattice(torch.rand(6, 2))
+    ok = lattice_filter(lat, torch.ones(6, 2))
+    assert ok.shape == (6, 2)
+    with pytest.raises(ValueError, match=r"values must have one row per lattice pixel: 6 rows .* got \(7, 2\)"):
+        lattice_filter(lat, torch.ones(7, 2))  # was: the 7th row silently dropped
+    with pytest.raises(ValueError, match=r"unary must have one row per lattice pixel"):
+        mean_field(torch.rand(5, 3), PairwiseOperator([lat], [3.0]), iterations=2)
+
+
+def test_save_cam_overlays_checks_batch_and_class_counts(tmp_path):
+    images, cams = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    assert wb.save_cam_overlays(tmp_path / "ok.png", images, cams, labels, masks).is_file()
+    with pytest.raises(ValueError, match="images01 and cams must have the same batch size"):
+        wb.save_cam_overlays(tmp_path / "a.png", images[:1], cams, labels)  # was: silently drew one row
+    with pytest.raises(ValueError, match="labels has 2 classes, expected 3"):
+        wb.save_cam_overlays(tmp_path / "b.png", images, cams, labels[:, :2])
+    with pytest.raises(ValueError, match="labels has batch size 1, expected 2"):
+        wb.save_cam_overlays(tmp_path / "c.png", images, cams, labels[:1])
+    bad = masks.clone()
+    bad[0, 0, 0] = 9
+    with pytest.raises(ValueError, match=r"masks has value 9 outside \[0, 3\]"):
+        wb.save_cam_overlays(tmp_path / "d.png", images, cams, labels, bad)
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "d.png").exists()

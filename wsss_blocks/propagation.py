@@ -350,6 +350,8 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
     check_tensor(affinity, "affinity", 4, layout="B×K×H×W", floating=True)
+    check_finite(maps, "maps")
+    check_finite(affinity, "affinity")
     offsets = neighbour_offsets(dilations)
     if affinity.shape[0] != maps.shape[0] or affinity.shape[1] != len(offsets) or \
             affinity.shape[2:] != maps.shape[2:]:

@@ -691,6 +691,8 @@ class CyclicPseudoMask(nn.Module):
             raise ValueError(f"image01 must have 3 channels (B×3×H×W), got {shape_str(image01)}")
         check_range(image01, "image01", 0.0, 1.0,
                     hint="pass raw RGB in [0, 1] and put the model's normalisation in preprocess=")
+        if image01.shape[0] == 0:
+            raise ValueError(f"image01 must hold at least one image, got shape {shape_str(image01)}")
         B, _, H, W = image01.shape
         x = image01 if self.preprocess is None else self.preprocess(image01)
         if self.img_scale is None:

@@ -274,6 +274,8 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
         raise ValueError(f"mask values must lie in [0, 255] for a PNG label file, got values in "
                          f"[{int(arr.min())}, {int(arr.max())}]")
+    if 0 in arr.shape:
+        raise ValueError(f"mask must have a positive size H×W, got shape {arr.shape}")
     arr8 = np.ascontiguousarray(arr.astype(np.uint8))
     h, w = arr8.shape
     if palette:
@@ -391,6 +393,8 @@ def save_image(path: PathLike, array: np.ndarray | torch.Tensor, quality: int = 
         raise ValueError(f"array must have shape H×W×3 or H×W, got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         raise TypeError(f"array must have dtype uint8, got {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"array must have a positive size H×W, got shape {tuple(arr.shape)}")
     path = Path(path)
     fmt = _pil_format(path)
     img = Image.fromarray(np.ascontiguousarray(arr))
