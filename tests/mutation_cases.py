@@ -834,12 +834,12 @@ def _(h: int, w: int) -> dict[str, Any]:
     return {"split": "val", "raw_category_ids": True}
 
 
-@case("data.coco_id_to_contiguous", bad_values={"ids": (-1, 12)})
+@case("data.coco_id_to_contiguous", any_rank=("ids",), bad_values={"ids": (-1, 12)})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"ids": torch.tensor([[1, 90], [0, 44], [255, 2]])}
 
 
-@case("data.contiguous_to_coco_id", bad_values={"values": (-1, 81)})
+@case("data.contiguous_to_coco_id", any_rank=("values",), bad_values={"values": (-1, 81)})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"values": torch.tensor([[1, 80], [0, 40], [255, 2]])}
 
@@ -935,25 +935,21 @@ _TRANSFORMS: dict[str, Callable[[], Any]] = {
 }
 
 
-@case(*_TRANSFORMS, batch=("image", "mask", "saliency"), masks={"mask": K}, any_rank=("image",),
+@case(*_TRANSFORMS, bad_values={"mask": (-1,)}, any_rank=("image",),
       calls={n: _transform(m) for n, m in _TRANSFORMS.items()})
 def _(h: int, w: int) -> dict[str, Any]:
     r = _R()
     return {"image": r.u(3, h, w), "mask": r.mask(1, h, w)[0], "saliency": r.u(1, h, w)}
 
 
-# the image of a sample is C×H×W or B×C×H×W, so "batch" is the channel dimension here: no batch mutation
-for _n in _TRANSFORMS:
-    CASES[_n].batch = ()
 
-
-@case("data.apply_geometry", calls={"data.apply_geometry": lambda **kw: wdata.apply_geometry(
+@case("data.apply_geometry", any_rank=("x",), nan_ok=("x",), calls={"data.apply_geometry": lambda **kw: wdata.apply_geometry(
     **kw, geom=torch.tensor([kw["x"].shape[-2], kw["x"].shape[-1], 8, 8, 1, -1, 0, 6, 5]))})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"x": _R().u(2, h, w)}
 
 
-@case("data.identity_geometry")
+@case("data.identity_geometry", any_rank=("image",), nan_ok=("image",))
 def _(h: int, w: int) -> dict[str, Any]:
     return {"image": _R().u(3, h, w)}
 

@@ -142,3 +142,20 @@ def test_save_cam_overlays_checks_batch_and_class_counts(tmp_path):
     with pytest.raises(ValueError, match=r"masks has value 9 outside \[0, 3\]"):
         wb.save_cam_overlays(tmp_path / "d.png", images, cams, labels, bad)
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "d.png").exists()
+
+
+def test_labels_from_mask_refuses_values_that_are_no_class():
+    import numpy as np
+
+    from wsss_blocks.data import labels_from_mask
+
+    ok = labels_from_mask(np.array([[0, 1], [20, 255]]), num_classes=20)
+    assert ok.nonzero()[0].tolist() == [0, 19]
+    for bad in (21, 254, -1):  # was: silently ignored
+        with pytest.raises(ValueError, match=rf"mask has value {bad} outside \[0, 20\] and 255"):
+            labels_from_mask(np.array([[0, bad]]), num_classes=20)
+    with pytest.raises(ValueError, match="mask must hold whole class indices, got value 1.7"):
+        labels_from_mask(np.array([[0.0, 1.7]]), num_classes=20)  # was: truncated to class 0
+    assert labels_from_mask(torch.tensor([[0.0, 2.0]]), num_classes=3).tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="mask must have shape H×W"):
+        labels_from_mask(np.zeros((1, 2, 2), np.int64))

@@ -17,6 +17,8 @@ from wsss_blocks.data.transforms import (
     RandomHorizontalFlip,
     RandomRescale,
     RandomResizeLong,
+    RandomResizeShort,
+    Resize,
     hsv_to_rgb,
     rgb_to_hsv,
     sample_generator,
@@ -276,10 +278,35 @@ def test_bad_samples():
         t({"mask": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match=r"C×H×W.*got 2-D"):
         t({"image": torch.rand(2, 2)})
-    with pytest.raises(ValueError, match=r"sample\['mask'\] has spatial size \(3, 2\), but the image has \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"sample\['mask'\] must have shape H×W with H×W = 2×2 .* got \(3, 2\)"):
         t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(3, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"sample\['mask'\] must have shape H×W .* got \(1, 2, 2\)"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(1, 2, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"sample\['saliency'\] must have shape 1×H×W .* got \(2, 2\)"):
+        t({"image": torch.rand(3, 2, 2), "saliency": torch.rand(2, 2)})
+    with pytest.raises(TypeError, match=r"sample\['image'\] must be a floating-point tensor"):
+        t({"image": torch.zeros(3, 2, 2, dtype=torch.uint8)})
+    with pytest.raises(TypeError, match=r"sample\['mask'\] must hold class indices"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match=r"sample\['mask'\] .* cannot be negative; got -1"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.full((2, 2), -1)})
+    nan = torch.rand(3, 2, 2)
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"sample\['image'\] contains non-finite values"):
+        t({"image": nan})
     with pytest.raises(ValueError, match="float RGB"):
         ColorJitter()({"image": torch.rand(1, 2, 2)})
+
+
+@pytest.mark.parametrize("make", [lambda: Resize((4, 4)), lambda: RandomResizeLong(4, 8),
+                                  lambda: RandomResizeShort(4, 8), lambda: RandomRescale(scales=[2.0]),
+                                  lambda: RandomCrop(4)])
+@pytest.mark.parametrize("hw", [(0, 0), (0, 5), (5, 0)])
+def test_empty_images_are_refused_not_divided_by_zero(make, hw):
+    """A 0×0 image raised ZeroDivisionError in the resize transforms (issue 19)."""
+    sample = {"image": torch.rand(3, *hw), "mask": torch.zeros(hw, dtype=torch.long)}
+    with pytest.raises(ValueError, match=rf"sample\['image'\] has an empty spatial size {hw[0]}×{hw[1]}"):
+        make()(sample, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize(("make", "match"), [

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
-from wsss_blocks._checks import check_pair, check_positive, check_tensor
+from wsss_blocks._checks import check_finite, check_pair, check_positive, check_tensor, checks_enabled, shape_str
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -87,13 +87,31 @@ def _check_sample(sample: object, name: str = "sample") -> Sample:
         raise TypeError(f"{name} must be a dict with an 'image' entry, got {type(sample).__name__}")
     if "image" not in sample:
         raise ValueError(f"{name} must contain an 'image' entry, got keys {sorted(sample)}")
-    check_tensor(sample["image"], f"{name}['image']", (3, 4), layout="C×H×W or B×C×H×W")
-    hw = tuple(sample["image"].shape[-2:])
-    for key in ("mask", "saliency"):
+    img = check_tensor(sample["image"], f"{name}['image']", (3, 4), layout="C×H×W or B×C×H×W", floating=True)
+    hw = tuple(img.shape[-2:])
+    if 0 in hw:
+        raise ValueError(f"{name}['image'] has an empty spatial size {hw[0]}×{hw[1]} (shape {shape_str(img)}); "
+                         f"an image needs at least one pixel")
+    check_finite(img, f"{name}['image']")
+    for key, ndim in (("mask", img.ndim - 1), ("saliency", img.ndim)):
         if key in sample and sample[key] is not None:
             t = check_tensor(sample[key], f"{name}[{key!r}]")
-            if tuple(t.shape[-2:]) != hw:
-                raise ValueError(f"{name}[{key!r}] has spatial size {tuple(t.shape[-2:])}, but the image has {hw}")
+            if t.ndim != ndim or tuple(t.shape[-2:]) != hw or (key == "saliency" and t.shape[-3] != 1):
+                want = "H×W" if key == "mask" else "1×H×W"
+                if img.ndim == 4:
+                    want = "B×" + want
+                raise ValueError(f"{name}[{key!r}] must have shape {want} with H×W = {hw[0]}×{hw[1]} (the image's, "
+                                 f"{shape_str(img)}), got {shape_str(t)}")
+            if key == "mask":
+                if t.is_floating_point() or t.dtype == torch.bool:
+                    raise TypeError(f"{name}['mask'] must hold class indices (an integer tensor), got dtype {t.dtype}")
+                if checks_enabled() and t.numel() and int(t.min()) < 0:
+                    raise ValueError(f"{name}['mask'] holds class indices and 255 (ignore), which cannot be "
+                                     f"negative; got {int(t.min())}")
+            else:
+                if not t.is_floating_point():
+                    raise TypeError(f"{name}['saliency'] must be a floating-point map in [0, 1], got dtype {t.dtype}")
+                check_finite(t, f"{name}['saliency']")
     return sample
 
 
@@ -135,6 +153,9 @@ def identity_geometry(image: Tensor) -> Tensor:
         >>> identity_geometry(torch.zeros(3, 4, 5)).tolist()
         [4, 5, 4, 5, 0, 0, 0, 4, 5]
     """
+    check_tensor(image, "image")
+    if image.ndim < 2:
+        raise ValueError(f"image must have shape (*, H, W), got shape {shape_str(image)}")
     h, w = (int(v) for v in image.shape[-2:])
     return torch.tensor([h, w, h, w, 0, 0, 0, h, w], dtype=torch.long)
 
