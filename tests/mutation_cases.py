@@ -1038,7 +1038,7 @@ _IMAGE_NETS: dict[str, Callable[[], nn.Module]] = {
     "models.L2GNet": lambda: wm.L2GNet(wm.ResNet38.tiny(), C),
     "models.SEAMNet": lambda: wm.SEAMNet(wm.ResNet38.tiny(), C),
     "models.DeepLabV2": lambda: wm.DeepLabV2(K, backbone="tiny"),
-    "models.DeepLabV3Plus": lambda: wm.DeepLabV3Plus(K, backbone="tiny"),
+    "models.DeepLabV3Plus": lambda: wm.DeepLabV3Plus(K, backbone="tiny", output_stride=8),
     "models.SegFormer": lambda: wm.SegFormer(K, encoder="mit_tiny", cam_classes=C),
     "models.PSPNet": lambda: wm.PSPNet(K, backbone="tiny", channels=8, aux_channels=4),
     "models.Res2Net": lambda: wm.Res2Net.tiny(),
@@ -1075,7 +1075,7 @@ for _n, _m in _FEATURE_HEADS.items():
     case(_n, nan_ok=(_arg,), atol=1e-4, calls={_n: _forward(_n, _m)})(_inputs)
 
 
-@case("models.global_pool")
+@case("models.global_pool", nan_ok=("features",))
 def _(h: int, w: int) -> dict[str, Any]:
     return {"features": _R().n(B, 8, h, w)}
 
@@ -1101,7 +1101,7 @@ def _(h: int, w: int) -> dict[str, Any]:
             "high": r.n(B, 16, h, w)}
 
 
-@case("models.seam_pcm_input")
+@case("models.seam_pcm_input", nan_ok=("cam",))
 def _(h: int, w: int) -> dict[str, Any]:
     return {"cam": _R().n(B, K, h, w)}
 

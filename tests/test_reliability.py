@@ -159,3 +159,48 @@ def test_labels_from_mask_refuses_values_that_are_no_class():
     assert labels_from_mask(torch.tensor([[0.0, 2.0]]), num_classes=3).tolist() == [0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="mask must have shape H×W"):
         labels_from_mask(np.zeros((1, 2, 2), np.int64))
+
+
+def test_deeplabv2_builds_with_every_output_stride_8_backbone():
+    """DeepLabV2(21, backbone="tiny") and "resnet38d_tiny" raised TypeError: unexpected keyword argument 'style'."""
+    from wsss_blocks.models import DeepLabV2
+
+    x = torch.randn(1, 3, 33, 33)
+    for name in ("tiny", "resnet38d_tiny", "resnet_tiny"):
+        net = DeepLabV2(21, backbone=name).eval()
+        assert net(x).shape == (1, 21, 5, 5), name
+    with pytest.raises(ValueError, match=r"cannot build DeepLabV2 with backbone 'resnet18' .*BasicBlocks.*"
+                                         r"output stride is 32 only"):
+        DeepLabV2(21, backbone="resnet18")
+    with pytest.raises(ValueError, match=r"cannot build DeepLabV2 with backbone 'mit_tiny' \(output_stride=8\): "
+                                         r"MiT output_stride must be 16 or 32"):
+        DeepLabV2(21, backbone="mit_tiny")
+
+
+def _combinations():
+    from wsss_blocks import models as wm
+
+    names = wm.available_backbones()
+    combos = [(m, b) for m in ("CAMNet", "DeepLabV2", "DeepLabV3Plus", "PSPNet") for b in names]
+    combos += [("PSPNet", b) for b in ("res2net101_v1b", "res2net_tiny", "scalenet101")]
+    combos += [("SegFormer", b) for b in names if b.startswith("mit_")]
+    return combos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "backbone"), _combinations())
+def test_every_model_backbone_combination_builds_or_says_why(model, backbone):
+    """With default arguments each combination constructs (on the meta device: no memory, no init cost) or
+    raises a ValueError naming the network, the backbone and the reason."""
+    from wsss_blocks import models as wm
+
+    cls = getattr(wm, model)
+    try:
+        with torch.device("meta"):
+            net = cls(encoder=backbone) if model == "SegFormer" else cls(backbone=backbone)
+    except ValueError as exc:
+        msg = str(exc)
+        assert msg.startswith(f"cannot build {model} with backbone {backbone!r}"), msg
+        assert any(w in msg for w in ("output stride", "output_stride", "unknown backbone")), msg
+    else:
+        assert sum(p.numel() for p in net.parameters()) > 0

@@ -23,6 +23,8 @@ import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss_blocks._checks import check_batch
+
 from .registry import register_backbone
 
 __all__ = ["MixTransformer", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny",
@@ -92,7 +94,7 @@ class _Attention(nn.Module):
         if self.sr_ratio > 1:
             src = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
             src = self.norm(src)
-        kv = self.kv(src).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        kv = self.kv(src).reshape(b, src.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         k, v = kv[0], kv[1]
         logits = q @ k.transpose(-2, -1)  # raw q·kᵀ, B×heads×N×Nk
         attn = (logits * self.scale).softmax(dim=-1)
@@ -102,9 +104,9 @@ class _Attention(nn.Module):
             raw = logits
             if self.sr_ratio > 1:  # AFA pools the query grid down to the key grid
                 nk = logits.shape[-1]
-                grid = logits.reshape(b, self.heads, h, w, nk).permute(0, 1, 4, 2, 3).reshape(b, -1, h, w)
+                grid = logits.reshape(b, self.heads, h, w, nk).permute(0, 1, 4, 2, 3).reshape(b, self.heads * nk, h, w)
                 grid = F.avg_pool2d(grid, self.sr_ratio, self.sr_ratio)
-                raw = grid.reshape(b, self.heads, nk, -1).transpose(-2, -1)
+                raw = grid.reshape(b, self.heads, nk, grid.shape[-2] * grid.shape[-1]).transpose(-2, -1)
         return out, raw
 
 
@@ -240,6 +242,7 @@ class MixTransformer(nn.Module):
         return self._run(images, True)
 
     def _run(self, images: Tensor, with_attention: bool) -> tuple[list[Tensor], list[Tensor]]:
+        check_batch(images, "images", self.patch_embed1.proj.in_channels)
         b = images.shape[0]
         x, feats, attns = images, [], []
         for i in range(1, 5):
@@ -249,7 +252,7 @@ class MixTransformer(nn.Module):
                 if attn is not None:
                     attns.append(attn)
             x = getattr(self, f"norm{i}")(x)
-            x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            x = x.reshape(b, h, w, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
             feats.append(x)
         return feats, attns
 

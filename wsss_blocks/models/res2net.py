@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_blocks._checks import check_batch
+
 __all__ = ["Bottle2neck", "Res2Net", "res2net101_v1b"]
 
 
@@ -69,6 +71,9 @@ class Bottle2neck(nn.Module):
                  base_width: int = 26, scale: int = 4, stage_first: bool = False, dilation: int = 1) -> None:
         super().__init__()
         width = math.floor(planes * (base_width / 64.0))
+        if width < 1:
+            raise ValueError(f"planes · base_width / 64 must be >= 1 (each of the {scale} branches needs a channel), "
+                             f"got planes={planes}, base_width={base_width}")
         self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
         self.nums = 1 if scale == 1 else scale - 1
@@ -86,6 +91,7 @@ class Bottle2neck(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.conv1.in_channels)
         out = self.relu(self.bn1(self.conv1(x)))
         spx = torch.split(out, self.width, 1)
         outs = []
@@ -207,6 +213,7 @@ class Res2Net(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", 3)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         outs = []
         for i in range(4):

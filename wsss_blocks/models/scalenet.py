@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_blocks._checks import check_batch
+
 __all__ = ["SCALENET101_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
 
 SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
@@ -109,6 +111,7 @@ class SABlock(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.conv1.in_channels)
         if self.stride > 1:
             x = F.max_pool2d(x, self.stride, self.stride)
         residual = self.downsample(x) if self.downsample is not None else x
@@ -215,6 +218,7 @@ class ScaleNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", 3)
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(images))), 3, 2, 1)
         outs = []
         for i in range(4):
