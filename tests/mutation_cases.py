@@ -330,7 +330,8 @@ def _(h: int, w: int) -> dict[str, Any]:
     return {"patches": _R().n(4 * B, 3, h, w)}
 
 
-@case("PatchDestruction", nan_ok=("x",), calls={"PatchDestruction": lambda **kw: wb.PatchDestruction(grid=2)(**kw, fn=lambda t: t[..., ::2, ::2])})
+@case("PatchDestruction", nan_ok=("x",),
+      calls={"PatchDestruction": lambda **kw: wb.PatchDestruction(grid=2)(**kw, fn=lambda t: t[..., ::2, ::2])})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"x": _R().n(B, 3, h, w)}
 
@@ -675,7 +676,8 @@ def _(h: int, w: int) -> dict[str, Any]:
     return {"seed_mask": _R().mask(B, h, w)}
 
 
-@case("boundary_to_affinity", any_rank=("boundary",), calls={"boundary_to_affinity": lambda **kw: wb.boundary_to_affinity(**kw, radius=2)})
+@case("boundary_to_affinity", any_rank=("boundary",),
+      calls={"boundary_to_affinity": lambda **kw: wb.boundary_to_affinity(**kw, radius=2)})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"boundary": _R().u(B, 1, h, w)}
 
@@ -943,8 +945,12 @@ def _(h: int, w: int) -> dict[str, Any]:
 
 
 
-@case("data.apply_geometry", any_rank=("x",), nan_ok=("x",), calls={"data.apply_geometry": lambda **kw: wdata.apply_geometry(
-    **kw, geom=torch.tensor([kw["x"].shape[-2], kw["x"].shape[-1], 8, 8, 1, -1, 0, 6, 5]))})
+def _geometry(**kw: Any) -> Any:
+    x = kw["x"]
+    return wdata.apply_geometry(**kw, geom=torch.tensor([x.shape[-2], x.shape[-1], 8, 8, 1, -1, 0, 6, 5]))
+
+
+@case("data.apply_geometry", any_rank=("x",), nan_ok=("x",), calls={"data.apply_geometry": _geometry})
 def _(h: int, w: int) -> dict[str, Any]:
     return {"x": _R().u(2, h, w)}
 
@@ -1030,7 +1036,7 @@ def _forward(key: str, make: Callable[[], nn.Module]) -> Callable[..., Any]:
 _IMAGE_NETS: dict[str, Callable[[], nn.Module]] = {
     "models.TinyBackbone": lambda: wm.TinyBackbone(widths=(4, 8, 8)),
     "models.TorchvisionResNet": lambda: wm.TorchvisionResNet.tiny(),
-    "models.TimmBackbone": lambda: wm.TimmBackbone("resnet18", out_indices=(1, 2)),
+    "models.TimmBackbone": lambda: wm.TimmBackbone("test_resnet", out_indices=(1, 2)),
     "models.IRNet": lambda: wm.IRNet.tiny(),
     "models.MixTransformer": lambda: wm.mit_tiny(),
     "models.CAMNet": lambda: wm.CAMNet("tiny", C, backbone_kwargs={"widths": (4, 8, 8)}),

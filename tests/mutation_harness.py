@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 import math
-import sys
 import tempfile
 import traceback
 import warnings
@@ -343,7 +341,7 @@ def run_case(c: Case) -> list[Outcome]:
     inputs = c.inputs(*c.size)
     try:
         base = _call(c, inputs)
-    except Exception as exc:  # noqa: BLE001 - a valid call must not fail; record why
+    except Exception as exc:
         out.append(Outcome(c.name, "-", "valid", "deep", f"valid call failed: {classify_error(exc, ())[1]}"))
         return out
     out.append(Outcome(c.name, "-", "valid", "ok" if finite(base) else "nan", "" if finite(base) else
@@ -355,7 +353,7 @@ def run_case(c: Case) -> list[Outcome]:
     if c.odd_size is not None and "odd" not in c.skip:
         try:
             odd_inputs = c.inputs(*c.odd_size)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(Outcome(c.name, "-", "odd", "deep", f"odd-size inputs failed: {exc}"))
         else:
             out.append(_judge(c, "-", "odd", odd_inputs, True, tuple(odd_inputs), None, odd_inputs))
@@ -367,7 +365,7 @@ def _judge(c: Case, arg: str, kind: str, mutated: Inputs, valid: bool, names: tu
     torch.manual_seed(0)
     try:
         res = _call(c, mutated)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         status, detail = classify_error(exc, names)
         return Outcome(c.name, arg, kind, status, detail)
     if kind in ("nan", "inf") and arg in c.nan_ok:
@@ -379,7 +377,7 @@ def _judge(c: Case, arg: str, kind: str, mutated: Inputs, valid: bool, names: tu
             torch.manual_seed(0)
             try:
                 ref = _call(c, {**inputs, arg: _like(orig, conv)})
-            except Exception:  # noqa: BLE001
+            except Exception:
                 ref = None
             if ref is not None and same(res, ref, c.atol, dtypes=False) and finite(res):
                 return Outcome(c.name, arg, kind, "ok", "converted")

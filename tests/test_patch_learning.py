@@ -514,7 +514,8 @@ def test_patch_learning_bad_input():
     with pytest.raises(ValueError, match=r"classifier_weight has 10 input channels, expected 2·6 = 12"):
         net(torch.randn(1, 3, 16, 16))
     net = PatchLearning(stages, insert_after=2, grid=16, num_classes=2, feat_dim=6)
-    with pytest.raises(ValueError, match=r"grid \(16, 16\) does not fit the stage-2 features of images 16×16 of spatial size 8×8"):
+    with pytest.raises(ValueError, match=r"grid \(16, 16\) does not fit the stage-2 features of images 16×16 of "
+                                         r"spatial size 8×8"):
         net(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"insert_after must give 1 insertion point\(s\)"):
         net(torch.randn(1, 3, 16, 16), insert_after=(1, 2))

@@ -200,8 +200,7 @@ def check_image01(image01: object, name: str = "image01", hint: str = "pass raw 
 
 
 def check_batch(x: object, name: str, channels: int | None = None) -> Tensor:
-    """A 4-D floating-point B×C×H×W batch (a network's input or a feature map), with ``channels`` channels when
-    given; return it.
+    """A 4-D floating-point B×C×H×W batch (a network's input or a feature map) with ``channels`` channels if given.
 
     A structure check only: networks read no values (NaN in the input gives NaN out, as in any ``nn.Module``).
     """

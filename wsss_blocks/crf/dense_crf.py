@@ -127,7 +127,8 @@ def _image_any(image: object, name: str) -> Tensor:
     shape = tuple(img.shape)
     if img.dtype == torch.uint8:
         if img.ndim not in (3, 4) or img.shape[-1] != 3:
-            hint = (f"; a channels-first uint8 image needs {name}.permute({'0, 2, 3, 1' if img.ndim == 4 else '1, 2, 0'})"
+            order = "0, 2, 3, 1" if img.ndim == 4 else "1, 2, 0"
+            hint = (f"; a channels-first uint8 image needs {name}.permute({order})"
                     if img.ndim in (3, 4) and img.shape[-3] == 3 else "")
             raise ValueError(f"{name} must be a channels-last uint8 image H×W×3 or B×H×W×3 (0..255), got shape "
                              f"{shape}{hint}")

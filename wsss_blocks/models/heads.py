@@ -142,6 +142,7 @@ class ASPPv2(nn.Module):
         if not rates or any(r < 1 for r in rates):
             raise ValueError(f"rates must be positive ints, got {rates}")
         self.rates = rates
+        self.in_channels = int(in_channels)
         convs = [nn.Conv2d(in_channels, num_classes, 3, 1, padding=r, dilation=r, bias=True) for r in rates]
         for m in convs:
             nn.init.normal_(m.weight, 0.0, 0.01)
@@ -150,7 +151,7 @@ class ASPPv2(nn.Module):
 
     @override
     def forward(self, features: Tensor) -> Tensor:
-        check_batch(features, "features", self.convs[0].in_channels)
+        check_batch(features, "features", self.in_channels)
         out = self.convs[0](features)
         for conv in self.convs[1:]:
             out = out + conv(features)

@@ -199,6 +199,7 @@ class MixTransformer(nn.Module):
         self.stride_cfg = tuple(int(s) for s in strides)
         n_blocks = sum(self.depths)
         dpr = [drop_path_rate * i / (n_blocks - 1) if n_blocks > 1 else 0.0 for i in range(n_blocks)]
+        self.in_channels = int(in_channels)
         cur, cin = 0, in_channels
         for i in range(4):
             patch = 7 if i == 0 else 3
@@ -242,11 +243,16 @@ class MixTransformer(nn.Module):
         return self._run(images, True)
 
     def _run(self, images: Tensor, with_attention: bool) -> tuple[list[Tensor], list[Tensor]]:
-        check_batch(images, "images", self.patch_embed1.proj.in_channels)
+        check_batch(images, "images", self.in_channels)
         b = images.shape[0]
         x, feats, attns = images, [], []
         for i in range(1, 5):
             x, h, w = getattr(self, f"patch_embed{i}")(x)
+            sr = getattr(self, f"block{i}")[0].attn.sr_ratio
+            if h < sr or w < sr:
+                raise ValueError(f"images of size {images.shape[-2]}×{images.shape[-1]} are too small for this MiT: "
+                                 f"stage {i} is {h}×{w}, smaller than its spatial-reduction ratio {sr}; use larger "
+                                 f"images (at least 32 px per side for the released configurations)")
             for blk in getattr(self, f"block{i}"):
                 x, attn = blk(x, h, w, with_attention)
                 if attn is not None:

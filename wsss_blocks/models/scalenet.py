@@ -125,7 +125,10 @@ class SABlock(nn.Module):
             o = out1
             if scale is not None:
                 if o.shape[3] < scale or o.shape[2] < scale:
-                    o = F.max_pool2d(o, o.shape[2], o.shape[3])  # released: kernel H, stride W
+                    h_, w_ = int(o.shape[2]), int(o.shape[3])
+                    # released: kernel H, stride W; where that H×H window does not fit (W < H, where the release
+                    # crashes) the window is the whole map, H×W
+                    o = F.max_pool2d(o, h_, w_) if w_ >= h_ else F.max_pool2d(o, (h_, w_), w_)
                 else:
                     o = F.max_pool2d(o, scale, scale)
             if conv is not None:
