@@ -2,8 +2,8 @@
 
 Scope: every callable in ``wsss_blocks.__all__``, ``wsss_blocks.crf.__all__``, ``wsss_blocks.data.__all__`` and
 ``wsss_blocks.models.__all__`` (the trainer, hub and CLI are out of scope: they take configs and folders, not
-tensors, and have their own tests). Each one has an entry in :data:`CASES` (a factory of inputs and the call),
-unless :data:`EXCLUDED` names it with the reason; ``test_every_public_callable_has_a_case`` fails when a new
+tensors, and have their own tests). Each one has an entry in `CASES` (a factory of inputs and the call),
+unless `EXCLUDED` names it with the reason; ``test_every_public_callable_has_a_case`` fails when a new
 public callable has neither.
 
 Mutations of each tensor (or NumPy array) argument:
@@ -20,7 +20,7 @@ Mutations of each tensor (or NumPy array) argument:
 - ``noncontig`` / ``channels_last``: the same values in another memory layout;
 - ``odd``: the whole call rebuilt at an odd spatial size.
 
-Each outcome is classified (:func:`run_case`): a result (finite; for ``noncontig`` / ``channels_last`` equal to the
+Each outcome is classified (`run_case`): a result (finite; for ``noncontig`` / ``channels_last`` equal to the
 valid call's result; for ``dtype`` equal to the call on the converted values) or a ``ValueError``/``TypeError``
 raised by the library whose message names the argument are fine. The failures are ``deep`` (an exception from
 inside torch/NumPy/PIL, or of another type), ``unnamed`` (a library error that does not name the argument),
@@ -123,7 +123,7 @@ def _lookup(name: str) -> Callable[..., Any]:
 
 
 def public_callables() -> dict[str, object]:
-    """Every callable of the namespaces in :data:`SCOPE`, by its CASES name (objects re-exported at the top
+    """Every callable of the namespaces in `SCOPE`, by its CASES name (objects re-exported at the top
     level appear once, under the top-level name).
     """
     out: dict[str, object] = {}

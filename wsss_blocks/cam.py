@@ -87,7 +87,7 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
 
 
 def _cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """:func:`cam_from_features` without checks (``weight`` C×D, shapes already matched)."""
+    """[`cam_from_features`][] without checks (``weight`` C×D, shapes already matched)."""
     cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
     if bias is not None:
         cams = cams + bias.to(cams.dtype).view(1, -1, 1, 1)
