@@ -77,8 +77,8 @@ _exclude("a result container (dataclass/TypedDict) that blocks return; it comput
          "MultiScaleOutput", "SweepResult", "LocalPatches", "L2GOutput", "PatchLearningOutput", "CoVSmoothOutput",
          "PseudoMaskParts", "PUFOutput", "FusionOutput", "SCDOutput", "IRNCams", "AffinityTargets",
          "AffinityLossTerms", "crf.PermutohedralLattice", "models.LoadReport", "models.BackboneEntry",
-         "models.WeightsEntry")
-_exclude("an exception type", "models.WeightsUnavailableError")
+         "models.WeightsEntry", "data.DataProblem", "data.DataCheckReport")
+_exclude("an exception type", "models.WeightsUnavailableError", "data.DataCheckError")
 _exclude("abstract engine of PixelAdaptiveRefine and VariationAwareRefine (its affinity is left to subclasses)",
          "DilatedNeighbourRefine")
 _exclude("changes a process-wide registry; tested in tests/test_models.py", "models.register_backbone",
@@ -1012,6 +1012,28 @@ def _(h: int, w: int) -> dict[str, Any]:
       calls={"data.write_split_list": lambda: wdata.write_split_list(scratch() / "s.txt", ["a", "b"]),
              "data.read_split_list": lambda: wdata.read_split_list(wdata.write_split_list(scratch() / "s.txt",
                                                                                            ["a", "b"]))})
+def _(h: int, w: int) -> dict[str, Any]:
+    return {}
+
+
+@case("data.dataset_files", odd_size=None,
+      calls={"data.dataset_files": lambda: wdata.dataset_files(wdata.VOCSegmentation(_voc_root(), "val",
+                                                                                     labels_file="cls_labels.npy"))})
+def _(h: int, w: int) -> dict[str, Any]:
+    return {}
+
+
+@case("data.check_data_files", "data.SampleFiles", odd_size=None,
+      calls={"data.check_data_files": lambda: wdata.check_data_files(
+          [wdata.SampleFiles(_image_file(), _label_file())], num_classes=C, progress=False).problems,
+             "data.SampleFiles": lambda: wdata.SampleFiles(_image_file(), _label_file())})
+def _(h: int, w: int) -> dict[str, Any]:
+    return {}
+
+
+@case("data.check_data_root", odd_size=None,
+      calls={"data.check_data_root": lambda: wdata.check_data_root(_voc_root(), splits=("val",),
+                                                                   progress=False).files})
 def _(h: int, w: int) -> dict[str, Any]:
     return {}
 

@@ -174,7 +174,8 @@ def test_stage_settings_count_what_changes_the_files():
              "runtime.checkpoint_every=7", "runtime.keep_checkpoints=5", "runtime.log_every=3",
              "runtime.progress=false", "runtime.plots=false", "runtime.find_unused_parameters=false",
              "runtime.min_free_mb=5", "cam.overlay_samples=0", "pseudo.batch_size=2", "pseudo.pred_ignore=drop",
-             "pseudo.score_eval_split=true", "description=x", "quick_overrides=[]"]
+             "pseudo.score_eval_split=true", "description=x", "quick_overrides=[]", "data.preflight=false",
+             "data.max_image_pixels=1000"]
     assert len(never) == len(IGNORED_KEYS)
     assert diff(*never) == []
     # a stage's settings and everything after it

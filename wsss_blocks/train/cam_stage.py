@@ -33,7 +33,7 @@ from wsss_blocks.models.weights import check_run_weights
 
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split
+from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split, preflight_data
 from .distributed import DistEnv, barrier, init_distributed
 from .loop import Hook, PhaseSpec, configure_determinism, run_phase, set_seed
 from .methods import CAMMethod, PhaseContext
@@ -177,6 +177,8 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     start = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
     if env.is_main and not start.finished:  # every initialisation fetched and verified before the first step
         check_run_weights(cfg, ("cam",), progress=cfg.runtime.progress)
+    if not start.finished:  # every file the stage reads decoded once (cached) before the first write
+        preflight_data(cfg, ("cam",), env)
     check_run_folder(cfg, out_dir, "cam")
     barrier()
     if env.is_main:

@@ -33,7 +33,7 @@ from wsss_blocks.metrics import BgScoreSweep, SegmentationMetric
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
-from .datasets import data_root, iter_inference_batches, open_split
+from .datasets import data_root, iter_inference_batches, open_split, preflight_data
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .methods import CAMMethod
 from .paths import absolute, resolve_paths
@@ -174,6 +174,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     ds = open_split(cfg, split, return_mask=False, limit=cfg.data.max_train_images, root=root)
     ev = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
     check_run_folder(cfg, out_dir, "pseudo")
+    preflight_data(cfg, ("pseudo",), env)  # every file the stage reads decoded once (cached), before any write
     method = _model(cfg, out_dir, env)
     barrier()
     if env.is_main:

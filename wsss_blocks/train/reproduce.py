@@ -28,7 +28,7 @@ from wsss_blocks.models.weights import check_run_weights
 from .cam_stage import prepare_env, train_cam
 from .checkpoint import check_output_dir
 from .config import packaged_config
-from .datasets import check_splits
+from .datasets import check_splits, preflight_data
 from .distributed import DistEnv, barrier
 from .paths import absolute
 from .pseudo_stage import make_pseudo_masks
@@ -131,7 +131,9 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     """All stages of ``method`` and the final table; returns a dict (also written to ``<out>/results.json``).
 
     Every check runs before the first write, so a refused run leaves ``out`` as it was: the output folder
-    is writable, every split exists, and each stage already in ``out`` was made with the settings it depends
+    is writable, every split exists, every image and mask the run reads decodes and is valid (the pre-flight
+    data check, `wsss_blocks.data.check`; ``data.preflight: false`` skips it), and each stage already in
+    ``out`` was made with the settings it depends
     on now (its ``fingerprint.json``, see [`wsss_blocks.train.run_folder`][]). A finished stage with unchanged
     settings is reused, an interrupted one resumes; a stage made with other settings stops the run with one
     line naming the changed keys, unless ``restart_from`` redoes it.
@@ -189,6 +191,7 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     check_splits(cfg, ("cam", "pseudo", "seg"), env)
     if env.is_main:  # every initialisation is fetched and verified before the first write and step
         check_run_weights(cfg, ("cam", "seg"), progress=cfg.runtime.progress)
+    preflight_data(cfg, stages, env)  # every image and mask of the run decoded once (cached), listed together
     cls = cfg.method_class()
     barrier()
     if env.is_main:

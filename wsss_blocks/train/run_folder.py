@@ -21,6 +21,7 @@ Which settings count (`stage_settings`):
 Never counted, because they change speed, logging or where a stage runs but not its files: ``runtime``
 ``device``, ``deterministic``, ``num_workers``, ``threads``, ``checkpoint_every``, ``keep_checkpoints``,
 ``log_every``, ``progress``, ``plots``, ``find_unused_parameters``, ``min_free_mb``; ``cam.overlay_samples``;
+the pre-flight data check's ``data.preflight`` and ``data.max_image_pixels``;
 ``pseudo.batch_size``; how pseudo masks are scored (``pseudo.pred_ignore``, ``pseudo.score_eval_split``),
 which every run recomputes from the mask files; ``description`` and ``quick_overrides``. The
 evaluations (CAM sweep, pseudo-mask and segmentation mIoU) are recomputed (or keyed by their own settings)
@@ -78,6 +79,7 @@ IGNORED_KEYS = frozenset({
     "runtime.keep_checkpoints", "runtime.log_every", "runtime.progress", "runtime.plots",
     "runtime.find_unused_parameters", "runtime.min_free_mb",
     "cam.overlay_samples", "pseudo.batch_size", "pseudo.pred_ignore", "pseudo.score_eval_split",
+    "data.preflight", "data.max_image_pixels",
 })
 """Settings that never count (speed, logging, where a stage runs)."""
 _DATA_EVAL = ("data.cam_eval_split", "data.val_split", "data.max_eval_images")

@@ -78,6 +78,8 @@ class DataConfig:
     mean: tuple[float, float, float] | None = None   # RGB mean in [0, 1] replacing ImageNet's (normalize: imagenet)
     std: tuple[float, float, float] | None = None    # RGB std replacing ImageNet's (normalize: imagenet)
     coco_raw_category_ids: bool = False  # COCO masks hold raw category ids 1..90 (coco2voc output)
+    preflight: bool = True               # decode every image/mask the run reads before its first write (cached)
+    max_image_pixels: int | None = 16_000_000  # the pre-flight check refuses larger images (None: no limit)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
 

@@ -36,7 +36,14 @@ from wsss_blocks.models.weights import check_run_weights
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import AugmentedDataset, data_root, iter_inference_batches, open_split, seg_train_transform
+from .datasets import (
+    AugmentedDataset,
+    data_root,
+    iter_inference_batches,
+    open_split,
+    preflight_data,
+    seg_train_transform,
+)
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .loop import Hook, PhaseSpec, run_phase, set_seed
 from .optim import total_steps_for
@@ -309,6 +316,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     barrier()
     if env.is_main:
         check_run_weights(cfg, ("seg",), progress=cfg.runtime.progress)  # before the first write and step 1
+        preflight_data(cfg, ("seg",), env)  # every file the stage reads decoded once (cached)
         prepare_stage_folder(cfg, out_dir, "seg")
     barrier()
     final, model = _train_round(cfg, out_dir, 0, masks, env, resume, hooks)
