@@ -302,7 +302,17 @@ class Compose(JointTransform):
         return sample
 
 
-def _resize(sample: Sample, size: tuple[int, int], interpolation: str, antialias: bool) -> Sample:
+_SAL_MODES = ("bilinear", "nearest")
+
+
+def _check_saliency_interpolation(mode: str) -> str:
+    if mode not in _SAL_MODES:
+        raise ValueError(f"saliency_interpolation must be 'bilinear' or 'nearest', got {mode!r}")
+    return mode
+
+
+def _resize(sample: Sample, size: tuple[int, int], interpolation: str, antialias: bool,
+            saliency_interpolation: str = "bilinear") -> Sample:
     def run(x: Tensor, mode: str, aa: bool) -> Tensor:
         lead = x.shape[:-2]
         x4 = x.reshape(-1, 1, *x.shape[-2:]) if x.ndim < 4 else x
@@ -322,7 +332,10 @@ def _resize(sample: Sample, size: tuple[int, int], interpolation: str, antialias
         m = sample["mask"]
         sample["mask"] = run(m.float(), "nearest-exact", False).round().to(m.dtype)
     if sample.get("saliency") is not None:
-        sample["saliency"] = run(sample["saliency"], "bilinear", antialias)
+        if saliency_interpolation == "nearest":  # PIL's NEAREST (pixel centres): nearest-exact
+            sample["saliency"] = run(sample["saliency"], "nearest-exact", False)
+        else:
+            sample["saliency"] = run(sample["saliency"], "bilinear", antialias)
     return sample
 
 
@@ -338,6 +351,8 @@ class RandomRescale(JointTransform):
         scales: optional list of discrete factors; overrides ``scale_range``.
         interpolation: ``"bilinear"`` (default) or ``"bicubic"``.
         antialias: antialias when downscaling (PIL-like); default False.
+        saliency_interpolation: ``"bilinear"`` (default) or ``"nearest"`` (PIL's, as L2G's VOC loader
+            resizes saliency).
         generator: default ``torch.Generator``.
 
     Shape:
@@ -351,8 +366,9 @@ class RandomRescale(JointTransform):
 
     def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), scales: Sequence[float] | None = None,
                  interpolation: str = "bilinear", antialias: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, saliency_interpolation: str = "bilinear"):
         super().__init__(generator)
+        self.saliency_interpolation = _check_saliency_interpolation(saliency_interpolation)
         if scales is not None:
             scales = [float(s) for s in scales]
             if not scales:
@@ -381,7 +397,7 @@ class RandomRescale(JointTransform):
         size = (max(1, round(h * s)), max(1, round(w * s)))
         if size == (h, w):
             return sample
-        return _resize(sample, size, self.interpolation, self.antialias)
+        return _resize(sample, size, self.interpolation, self.antialias, self.saliency_interpolation)
 
 
 class _RandomResizeSide(JointTransform):
@@ -392,7 +408,8 @@ class _RandomResizeSide(JointTransform):
 
     side = "long"
 
-    def _setup(self, low: int, high: int, interpolation: str, antialias: bool) -> None:
+    def _setup(self, low: int, high: int, interpolation: str, antialias: bool,
+               saliency_interpolation: str = "bilinear") -> None:
         name = f"min_{self.side}", f"max_{self.side}"
         if not (1 <= low <= high):
             raise ValueError(f"need 1 <= {name[0]} <= {name[1]}, got {name[0]}={low}, {name[1]}={high}")
@@ -401,6 +418,7 @@ class _RandomResizeSide(JointTransform):
         self._low, self._high = int(low), int(high)
         self.interpolation = interpolation
         self.antialias = antialias
+        self.saliency_interpolation = _check_saliency_interpolation(saliency_interpolation)
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         target = int(torch.randint(self._low, self._high + 1, (), generator=generator))
@@ -409,7 +427,7 @@ class _RandomResizeSide(JointTransform):
         size = (max(1, round(h * s)), max(1, round(w * s)))
         if size == (h, w):
             return sample
-        return _resize(sample, size, self.interpolation, self.antialias)
+        return _resize(sample, size, self.interpolation, self.antialias, self.saliency_interpolation)
 
 
 class RandomResizeLong(_RandomResizeSide):
@@ -429,9 +447,10 @@ class RandomResizeLong(_RandomResizeSide):
     side = "long"
 
     def __init__(self, min_long: int = 320, max_long: int = 640, interpolation: str = "bilinear",
-                 antialias: bool = False, generator: torch.Generator | None = None):
+                 antialias: bool = False, generator: torch.Generator | None = None,
+                 saliency_interpolation: str = "bilinear"):
         super().__init__(generator)
-        self._setup(min_long, max_long, interpolation, antialias)
+        self._setup(min_long, max_long, interpolation, antialias, saliency_interpolation)
         self.min_long, self.max_long = self._low, self._high
 
 
@@ -670,8 +689,9 @@ class Normalize(JointTransform):
 class RandomResizeShort(_RandomResizeSide):
     """Resize so the short side is a random integer in ``[min_short, max_short]``, keeping the aspect ratio.
 
-    L2G's VOC global view: the short side to 512 (bicubic) before the random 448 crop
-    (``L2G:utils/LoadData.py`` lines 351-356).
+    L2G's VOC global view: the short side to 512 (bicubic; the saliency map nearest,
+    ``saliency_interpolation="nearest"``) before the random 448 crop (``PengtaoJiang/L2G``
+    ``utils/LoadData.py`` lines 351-356, ``utils/imutils.py`` ``ResizeShort``).
 
     Shape:
         - image ``(*, C, H, W)`` -> ``(*, C, H', W')`` with ``min(H', W')`` in the range.
@@ -685,9 +705,10 @@ class RandomResizeShort(_RandomResizeSide):
     side = "short"
 
     def __init__(self, min_short: int = 512, max_short: int = 512, interpolation: str = "bilinear",
-                 antialias: bool = False, generator: torch.Generator | None = None):
+                 antialias: bool = False, generator: torch.Generator | None = None,
+                 saliency_interpolation: str = "bilinear"):
         super().__init__(generator)
-        self._setup(min_short, max_short, interpolation, antialias)
+        self._setup(min_short, max_short, interpolation, antialias, saliency_interpolation)
         self.min_short, self.max_short = self._low, self._high
 
 
@@ -706,8 +727,10 @@ class Resize(JointTransform):
         ((3, 6, 6), (6, 6))
     """
 
-    def __init__(self, size: int | tuple[int, int], interpolation: str = "bilinear", antialias: bool = False):
+    def __init__(self, size: int | tuple[int, int], interpolation: str = "bilinear", antialias: bool = False,
+                 saliency_interpolation: str = "bilinear"):
         super().__init__(None)
+        self.saliency_interpolation = _check_saliency_interpolation(saliency_interpolation)
         hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(hw) < 1:
             raise ValueError(f"size must be positive, got {size}")
@@ -721,4 +744,4 @@ class Resize(JointTransform):
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         if tuple(sample["image"].shape[-2:]) == self.size:
             return sample
-        return _resize(sample, self.size, self.interpolation, self.antialias)
+        return _resize(sample, self.size, self.interpolation, self.antialias, self.saliency_interpolation)

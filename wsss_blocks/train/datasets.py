@@ -155,14 +155,18 @@ def cam_train_transform(cfg: RunConfig) -> Compose:
     c = cfg.cam
     ts: list[Any] = []
     interp = c.interpolation
+    sal = c.saliency_interpolation
     if c.resize is not None:
-        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp))
+        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp, saliency_interpolation=sal))
     if c.resize_long is not None:
-        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp))
+        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp,
+                                   saliency_interpolation=sal))
     if c.resize_short is not None:
-        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp))
+        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp,
+                                    saliency_interpolation=sal))
     if c.scale_range is not None:
-        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp))
+        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp,
+                                saliency_interpolation=sal))
     if c.hflip:
         ts.append(RandomHorizontalFlip())
     if c.color_jitter is not None:

@@ -117,6 +117,7 @@ class CAMStageConfig(OptimConfig):
     resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])
     resize: tuple[int, int] | None = None         # warp to a fixed (H, W), aspect not kept (L2G COCO: [448, 448])
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"   # image resizing in the augmentation
+    saliency_interpolation: Literal["bilinear", "nearest"] = "bilinear"   # saliency resizing (L2G VOC: nearest)
     scale_range: tuple[float, float] | None = None
     crop_size: int = 512
     hflip: bool = True
