@@ -440,7 +440,8 @@ def test_registry_entries_are_consistent():
             assert e.hash_source, name
     assert W.get_weights_entry("resnet38-imagenet").md5 == "ff21f45d6bf03284100dcbec571edfad"
     assert {n for n, e in W.WEIGHTS.items() if not e.pinned} == {
-        "resnet38-seam", "mit-b1-imagenet", "deeplabv1-resnet101-coco", "deeplabv1-resnet101-imagenet"}
+        "resnet38-seam", "mit-b1-imagenet", "deeplabv1-resnet101-coco", "deeplabv1-resnet101-imagenet",
+        "scalenet101-imagenet"}
     with pytest.raises(ValueError, match="did you mean 'resnet50-imagenet'"):
         W.get_weights_entry("resnet50-imagnet")
 
