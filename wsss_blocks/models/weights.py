@@ -268,7 +268,7 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         license="Eli-YiLi/ScaleNet release (see its repository); ImageNet terms of access",
         check_keys={"conv1.weight": (64, 3, 7, 7), "layer1.0.conv2.0.weight": (61, 64, 3, 3),
                     "layer3.22.conv3.weight": (1024, 341, 1, 1), "layer4.2.conv3.weight": (2048, 682, 1, 1)},
-        pages=("https://pan.baidu.com/s/1NOjFWzkAVmMNkZh6jIcMzA (Baidu code f1c5)",
+        pages=("https://pan.baidu.com/s/1NOjFWzkAVmMNkZh6jIcMzA",
                "https://1drv.ms/f/s!Agn5nXKXMkK5aigB0g238YxuTxs",
                "https://pan.baidu.com/s/1GL3zXZuapuXmH9E7Xy8-Fg (Baidu code mtci)"),
         manual="Eli-YiLi/ScaleNet README 'Trained models' (BaiduYun, extract code f1c5): take "
@@ -757,7 +757,14 @@ def default_weights_for(backbone: str, *, stage: str = "cam", style: str = "pyto
 def _fields(cfg: Any, stages: Sequence[str]) -> list[tuple[str, Any, str, str]]:
     out = []
     if "cam" in stages:
-        out.append(("cam.pretrained", cfg.cam.pretrained, cfg.cam.backbone, "cam"))
+        # a method may build other networks too (PMM's stage C) and may not build the cam.backbone one at all
+        method_cls = cfg.method_class() if hasattr(cfg, "method_class") else None
+        method_cfg = cfg.method_config() if method_cls is not None else None
+        if method_cls is None or getattr(method_cls, "uses_cam_backbone", lambda c: True)(method_cfg):
+            out.append(("cam.pretrained", cfg.cam.pretrained, cfg.cam.backbone, "cam"))
+        if method_cls is not None:
+            for field_name, value, backbone in getattr(method_cls, "extra_weights", lambda c: [])(method_cfg):
+                out.append((field_name, value, backbone, "cam"))
     if "seg" in stages and cfg.seg.source == "deeplab":
         out.append(("seg.pretrained", cfg.seg.pretrained, cfg.seg.backbone, "seg"))
     return out
@@ -770,7 +777,9 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
                       progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Path | None]:
     """Resolve and verify every initialisation of a run before its first training step.
 
-    For ``cam.pretrained`` and (with ``seg.source: deeplab``) ``seg.pretrained``:
+    For ``cam.pretrained`` (unless the method does not build that network), the method's other
+    initialisations (``CAMMethod.extra_weights``, e.g. PMM's ``method_args.stage_c_pretrained``) and (with
+    ``seg.source: deeplab``) ``seg.pretrained``:
 
     * a registry name is fetched if needed and verified; a path must exist;
     * ``none`` trains from random weights, with a warning on real data when the backbone has a released

@@ -240,13 +240,13 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
     method = build_method(cfg, env)
     logger = MetricLogger(out / "log.jsonl", enabled=env.is_main)
-    default_steps = total_steps_for(cfg.cam, len(dataset))
     rp = int(resume_ck["phase_index"]) if resume_ck is not None else -1
     offset = 0
     phase_steps: list[int] = []
     t0 = time.time()
     for i, phase in enumerate(method.phases):
-        steps = int(method.phase_steps(phase, default_steps))
+        optim = method.phase_optim(phase, cfg.cam)
+        steps = int(method.phase_steps(phase, total_steps_for(optim, len(dataset))))
         phase_steps.append(steps)
         resuming = i <= rp
         method.on_phase_start(_phase_ctx(method, i, steps, out, env, resuming, base))
@@ -254,6 +254,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         if i < rp:
             offset += steps
             continue
+        phase_data = method.phase_dataset(phase, base, dataset)
         if not resuming:
             set_seed(cfg.runtime.seed + 1 + i + 1000 * env.rank)
         phase_hooks = list(hooks)
@@ -262,7 +263,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
                                                    int(cfg.seg.eval_every)))
         spec = PhaseSpec(
             stage="cam", phase=phase, module=method, step_fn=method.training_step,
-            param_groups=method.param_groups(cfg.cam.lr, cfg.cam.weight_decay), dataset=dataset, optim=cfg.cam,
+            param_groups=method.param_groups(optim.lr, optim.weight_decay), dataset=phase_data, optim=optim,
             total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
             normalize=data_normalization(cfg.data), phase_index=i, step_offset=offset,
             extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state,

@@ -50,6 +50,10 @@ def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor,
     x = normalize_images(image01, data_normalization(cfg.data))
     use_amp = cfg.runtime.amp and image01.device.type == "cuda"
     with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
+        own = method.infer_cams(x, labels)  # a method's own inference (PMM: multi-crop), already normalised
+    if own is not None:
+        return own.float() * labels.to(torch.float32)[:, :, None, None]
+    with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
         fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
                                 out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
                                 flip_reduce=p.flip_reduce, interpolation=p.interpolation)
