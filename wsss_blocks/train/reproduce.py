@@ -70,8 +70,8 @@ def format_table(result: dict[str, Any]) -> str:
     for name, split, o, p in rows:
         lines.append(f"{name:{w0}}  {split:{w1}}  {_fmt(o):>6}  {_fmt(p):>6}")
     if info.get("seg_rounds"):
-        parts = [f"round {r['round']}: best {_fmt(r['best_val'])} at step {r['best_step']}, last {_fmt(r['last_val'])}"
-                 for r in info["seg_rounds"]]
+        parts = [f"{'CAM stage' if r['round'] == 'cam' else 'round ' + str(r['round'])}: best {_fmt(r['best_val'])} at "
+                 f"step {r['best_step']}, last {_fmt(r['last_val'])}" for r in info["seg_rounds"]]
         lines.append("(val mIoU during training — " + "; ".join(parts) + ")")
     if info.get("seg_report") == "best" and info.get("best_step") is not None:
         lines.append(f"(reported: the checkpoint with the best in-training val mIoU, step {info['best_step']} of "
@@ -103,7 +103,8 @@ def _seg_round_history(cfg: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
         if not recs:
             continue
         best = max(recs, key=lambda x: (float(x["val_miou"]), -int(x["phase_step"])))
-        out.append({"round": r, "best_val": float(best["val_miou"]), "best_step": int(best["phase_step"]),
+        out.append({"round": "cam" if cfg.seg.source == "method" else r, "best_val": float(best["val_miou"]),
+                    "best_step": int(best["phase_step"]),
                     "last_val": float(recs[-1]["val_miou"]), "last_step": int(recs[-1]["phase_step"])})
     return out
 
