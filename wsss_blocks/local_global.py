@@ -557,9 +557,8 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
             ``torch.argsort(-T)`` over the channels, the release's own call (``train_l2g_sal_voc.py:193-195``),
             an unstable sort whose tie order depends on the device and the PyTorch version (on CPU, PyTorch
             2.x: the background wins 60-83 % of the ties it is part of, ties among foreground channels go
-            either way; the L2G docs page gives the CUDA measurement); ``"lowest"``: the lowest channel index
-            (``argmax``); ``"highest"``: the highest index, so the background (last channel) wins every tie it
-            is part of.
+            either way); ``"lowest"``: the lowest channel index (``argmax``); ``"highest"``: the highest index,
+            so the background (last channel) wins every tie it is part of.
 
     Shape:
         - local_cams: R×K×h×w with R = B·N, K = C + 1 (or C with ``bg_channel="none"``)
