@@ -235,3 +235,16 @@ def test_stage_c_resume_matches_the_uninterrupted_run(tmp_path, trainer_tiny):
     assert m.net_c is not None
     assert m.phases == ("stage_a", "stage_c")
     assert Path(a).parent.joinpath("rough_masks", "meta.json").is_file()
+
+
+def test_fingerprints_cover_the_stage_b_and_c_settings():
+    from wsss_blocks.train.run_folder import changed_keys, stage_settings
+
+    base = load_run_config("pmm_synthetic")
+    for override, key in (("method_args.rough_mask_alpha=11", "method_args.rough_mask_alpha: 24.0 -> 11"),
+                          ("method_args.crop_stride=30", "method_args.crop_stride: 38 -> 30"),
+                          ("method_args.stage_c_steps=10", "method_args.stage_c_steps: 250 -> 10"),
+                          ("method_args.cam_inference=multi_scale",
+                           "method_args.cam_inference: multi_crop -> multi_scale")):
+        other = load_run_config("pmm_synthetic", [override])
+        assert changed_keys(stage_settings(base, "cam"), stage_settings(other, "cam")) == [key]

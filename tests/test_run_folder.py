@@ -188,6 +188,12 @@ def test_stage_settings_count_what_changes_the_files():
     assert diff("method_args.pooling=gap", "method_args.head_lr_mult=10.0") == []
     # evaluation settings count only where they pick or relabel the model (seg.eval_every, cyclic rounds)
     assert diff("seg.crf=true") == []
+    assert diff("seg.eval_average=probs", "seg.eval_scale_reduce=mean", "seg.eval_slide=[16, 12]",
+                "seg.eval_img_scale=[64, 16]") == []
+    # new training settings count for the segmentation stage
+    assert diff("seg.augment=mmseg") == ["seg"]
+    assert diff("seg.min_lr=0.001") == ["seg"]
+    assert diff("cam.saliency_interpolation=nearest") == ["cam", "pseudo", "seg"]
     assert diff("data.val_split=train") == []
     assert diff("data.max_eval_images=2") == []
     sel = load_run_config("baseline_synthetic", ["pseudo.bg_score=0.15", "seg.eval_every=2"])

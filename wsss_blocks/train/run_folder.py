@@ -86,7 +86,8 @@ IGNORED_KEYS = frozenset({
 """Settings that never count (speed, logging, where a stage runs)."""
 _DATA_EVAL = ("data.cam_eval_split", "data.val_split", "data.max_eval_images")
 SEG_EVAL_KEYS = ("seg.eval_scales", "seg.eval_flip", "seg.eval_scale_reduce", "seg.eval_flip_reduce",
-                 "seg.eval_resize_long", "seg.crf", "seg.crf_params")
+                 "seg.eval_resize_long", "seg.eval_average", "seg.eval_img_scale", "seg.eval_slide", "seg.crf",
+                 "seg.crf_params")
 """Evaluation settings of the segmentation stage (count only when they select or relabel its model)."""
 
 
