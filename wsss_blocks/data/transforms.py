@@ -831,7 +831,7 @@ class RandomCropInside(JointTransform):
     """Mmsegmentation's ``RandomCrop(crop_size, cat_max_ratio)``: a window inside the image, never padded.
 
     The window's offset is uniform in ``[0, max(H - h, 0)]`` (and likewise horizontally); an image smaller than
-    the crop keeps its size along that side (pad it afterwards with :class:`PadTo`, as mmseg's ``Pad`` does
+    the crop keeps its size along that side (pad it afterwards with [`PadTo`][], as mmseg's ``Pad`` does
     after flip and colour distortion). With ``cat_max_ratio < 1`` and a mask, a window is redrawn (up to 10
     times, then the last draw is kept) while a single class (``ignore_index`` excluded) covers at least
     ``cat_max_ratio`` of its labelled pixels or only one class is present (``mmseg/datasets/pipelines/
@@ -1040,7 +1040,7 @@ class PhotoMetricDistortion(JointTransform):
     Each step is applied with probability 1/2, with mmseg's ranges: brightness δ ~ U(−32, 32) (8-bit units),
     contrast α ~ U(0.5, 1.5), first or last with probability 1/2 each, saturation β ~ U(0.5, 1.5), hue shift
     an integer in [−18, 18) (OpenCV's 2° units, so ±36°). The values are computed on the 8-bit image like
-    mmseg's uint8 arithmetic (:func:`photometric_distortion`). PMM's PSPNet uses the defaults
+    mmseg's uint8 arithmetic ([`photometric_distortion`][]). PMM's PSPNet uses the defaults
     (``Eli-YiLi/WSSS_MMSeg`` ``configs/_base_/datasets/pascal_voc12.py:13``,
     ``mmseg/datasets/pipelines/transforms.py:637-743``). The random draws come from the generator, not from
     NumPy, so the sequence of parameters differs from mmseg's while their distribution is the same.
@@ -1079,7 +1079,7 @@ class PhotoMetricDistortion(JointTransform):
         self.hue_delta = int(hue_delta)
 
     def draw(self, generator: torch.Generator | None = None) -> dict[str, Any]:
-        """One set of parameters for :func:`photometric_distortion` (``None`` = step skipped)."""
+        """One set of parameters for [`photometric_distortion`][] (``None`` = step skipped)."""
         def coin() -> bool:
             return bool(torch.randint(2, (), generator=generator))
 

@@ -194,7 +194,7 @@ class CAMMethod(nn.Module):
     def phase_steps(self, phase: str, default_steps: int) -> int:
         """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase.
 
-        ``default_steps`` is computed from :meth:`phase_optim`'s ``steps`` / ``epochs`` / ``batch_size``.
+        ``default_steps`` is computed from [`CAMMethod.phase_optim`][]'s ``steps`` / ``epochs`` / ``batch_size``.
         """
         return default_steps
 
@@ -207,7 +207,7 @@ class CAMMethod(nn.Module):
         return optim
 
     def phase_dataset(self, phase: str, base: Any, default: Any) -> Any:
-        """The training dataset of ``phase``, called after :meth:`on_phase_start`; default: ``default``.
+        """The training dataset of ``phase``, called after [`CAMMethod.on_phase_start`][]; default: ``default``.
 
         ``base`` is the un-augmented training split, ``default`` the CAM stage's augmented dataset
         (`wsss_blocks.train.datasets.AugmentedDataset`); a replacement must be indexed like it, by ``(epoch,
@@ -216,7 +216,7 @@ class CAMMethod(nn.Module):
         return default
 
     def infer_cams(self, images: Tensor, labels: Tensor) -> Tensor | None:
-        """The method's own CAM inference, or ``None`` for the default (multi-scale + flip :meth:`cam_fn`).
+        """The method's own CAM inference, or ``None`` for the default (multi-scale + flip [`CAMMethod.cam_fn`][]).
 
         Args:
             images: B×3×H×W normalised images.
@@ -224,7 +224,7 @@ class CAMMethod(nn.Module):
 
         Returns:
             B×C×H×W CAMs at the image size, already normalised (``pseudo.scales``/``flip``/``reduce`` and
-            :attr:`cam_normalization` are then not applied), or ``None``. PMM's multi-crop inference is one.
+            `CAMMethod.cam_normalization` are then not applied), or ``None``. PMM's multi-crop inference is one.
         """
         return None
 

@@ -339,7 +339,7 @@ class PMMMethod(CAMMethod):
     Paper: Li et al., "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation", ICCV 2021.
     Release: Eli-YiLi/PMM (CAM, PPMG), Eli-YiLi/WSSS_MMSeg (PUF, cyclic pseudo-masks).
 
-    Phases (:attr:`phases`): ``("stage_a", "stage_c")`` with ``stages: "ABC"``, ``("stage_c",)`` with ``"C"``,
+    Phases (`PMMMethod.phases`): ``("stage_a", "stage_c")`` with ``stages: "ABC"``, ``("stage_c",)`` with ``"C"``,
     ``("stage_a",)`` with ``"A"``. Stage B runs at the start of ``"stage_c"`` (the rough masks are stored once).
     ``net`` is the stage-A network (``cam.backbone``, ``cam.pretrained``), ``net_c`` the stage-C network
     (``method_args.stage_c_*``), built when its phase starts; CAMs come from the last network trained.
@@ -561,7 +561,7 @@ class PMMMethod(CAMMethod):
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The loss terms of one batch with their gradients: ``cls``, ``minpool``, ``er``, ``ecr`` (unweighted).
 
-        Computed with the network of the current phase (:attr:`active_net`).
+        Computed with the network of the current phase ([`PMMMethod.active_net`][]).
         """
         c = self.cfg
         net = self.active_net
