@@ -316,6 +316,8 @@ def test_empty_images_are_refused_not_divided_by_zero(make, hw):
     (lambda: RandomRescale(scales=[]), "non-empty"),
     (lambda: RandomRescale(scales=[1.0, -1.0]), "scales must be > 0"),
     (lambda: RandomRescale(interpolation="nearest"), "interpolation"),
+    (lambda: RandomResizeShort(8, 8, saliency_interpolation="bicubic"), "saliency_interpolation"),
+    (lambda: Resize(8, saliency_interpolation="area"), "saliency_interpolation"),
     (lambda: RandomCrop(0), "size must be"),
     (lambda: RandomCrop((3, 2, 1)), "size must be"),
     (lambda: ColorJitter(brightness=-0.1), "brightness must be >= 0"),
@@ -325,3 +327,27 @@ def test_empty_images_are_refused_not_divided_by_zero(make, hw):
 def test_bad_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_saliency_nearest_resize_equals_pil_nearest():
+    """L2G's VOC loader resizes the saliency map with PIL NEAREST (utils/imutils.py ResizeShort, isimg=False)."""
+    Image = pytest.importorskip("PIL.Image")
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(3)
+    sal_u8 = torch.randint(0, 256, (37, 53), generator=g, dtype=torch.uint8)
+    sample = {"image": torch.rand(3, 37, 53, generator=g), "saliency": sal_u8.float().div(255)[None]}
+    out = RandomResizeShort(64, 64, interpolation="bicubic", saliency_interpolation="nearest")(sample)
+    h, w = out["saliency"].shape[-2:]
+    ref = np.array(Image.fromarray(sal_u8.numpy()).resize((w, h), resample=Image.NEAREST))
+    assert torch.equal((out["saliency"][0] * 255).round().to(torch.uint8), torch.from_numpy(ref))
+    # no new values appear; the default (bilinear) does make new ones
+    assert set(torch.unique(out["saliency"]).tolist()) <= set(torch.unique(sample["saliency"]).tolist())
+    bil = RandomResizeShort(64, 64)(sample)["saliency"]
+    assert not set(torch.unique(bil).tolist()) <= set(torch.unique(sample["saliency"]).tolist())
+    for t in (RandomResizeLong(80, 80, saliency_interpolation="nearest"),
+              Resize((50, 70), saliency_interpolation="nearest"),
+              RandomRescale(scales=[1.7], saliency_interpolation="nearest")):
+        o = t(sample)
+        hh, ww = o["saliency"].shape[-2:]
+        r = np.array(Image.fromarray(sal_u8.numpy()).resize((ww, hh), resample=Image.NEAREST))
+        assert torch.equal((o["saliency"][0] * 255).round().to(torch.uint8), torch.from_numpy(r))

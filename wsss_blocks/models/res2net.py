@@ -34,6 +34,8 @@ from typing_extensions import override
 
 from wsss_blocks._checks import check_batch
 
+from .registry import register_backbone
+
 __all__ = ["Bottle2neck", "Res2Net", "res2net101_v1b"]
 
 
@@ -239,3 +241,25 @@ def res2net101_v1b(**kwargs: Any) -> Res2Net:
         ((4, 8, 8, 8), (256, 512, 1024, 2048))
     """
     return Res2Net(**kwargs)
+
+
+_RES2NET_OS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)), 32: ((1, 2, 2, 2), (1, 1, 1, 1))}
+
+
+def _registry_build(tiny: bool) -> Any:
+    def build(output_stride: int | None = None, **kwargs: Any) -> Res2Net:
+        if output_stride is not None:
+            if output_stride not in _RES2NET_OS:
+                raise ValueError(f"Res2Net output_stride must be 8, 16 or 32, got {output_stride}")
+            strides, dilations = _RES2NET_OS[output_stride]
+            kwargs.setdefault("strides", strides)
+            kwargs.setdefault("dilations", dilations)
+        return Res2Net.tiny(**kwargs) if tiny else Res2Net(**kwargs)
+
+    return build
+
+
+# ``build_backbone("res2net101_v1b")``: output stride 8 as PMM releases it (``output_stride`` 16/32 move the dilation
+# into strides); the ImageNet classifier ``fc.*`` of the released checkpoint is ignored.
+register_backbone("res2net101_v1b", _registry_build(False), ignore_unexpected=("fc.",), aliases=("res2net101",))
+register_backbone("res2net_tiny", _registry_build(True), ignore_unexpected=("fc.",))

@@ -30,7 +30,9 @@ from typing_extensions import override
 
 from wsss_blocks._checks import check_batch
 
-__all__ = ["SCALENET101_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
+from .registry import register_backbone
+
+__all__ = ["SCALENET101_STRUCTURE", "SCALENET_TINY_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
 
 SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
     (61, 11, 7, 7, 56), (56, 23, 4, 3, 56), (59, 24, 3, 0, 56),
@@ -246,3 +248,26 @@ def scalenet101(dilations: Sequence[int] = (1, 1, 1, 1), **kwargs: Any) -> Scale
         (23, (4, 8, 8, 8))
     """
     return ScaleNet(SCALENET101_STRUCTURE, (3, 4, 23, 3), dilations=dilations, **kwargs)
+
+
+#: A 4-block ScaleNet (one block per stage) for CPU tests and the synthetic presets.
+SCALENET_TINY_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
+    (8, 4, 2, 2, 56), (16, 8, 4, 4, 28), (32, 16, 8, 8, 14), (64, 32, 16, 0, 7))
+
+
+def _registry_build(tiny: bool) -> Any:
+    def build(output_stride: int | None = None, **kwargs: Any) -> ScaleNet:
+        if output_stride not in (None, 8):
+            raise ValueError(f"ScaleNet has output stride 8 (strides 1, 2, 1, 1), got output_stride={output_stride}")
+        if tiny:
+            kwargs.setdefault("layers", (1, 1, 1, 1))
+            return ScaleNet(kwargs.pop("structure", SCALENET_TINY_STRUCTURE), **kwargs)
+        return scalenet101(**kwargs)
+
+    return build
+
+
+# ``build_backbone("scalenet101")``: PMM's CAM network backbone (dilations 1, 1, 1, 1; pass dilations=(1, 1, 2, 4)
+# for the segmentation backbone); the ImageNet classifier ``fc.*`` of the released checkpoint is ignored.
+register_backbone("scalenet101", _registry_build(False), ignore_unexpected=("fc.",))
+register_backbone("scalenet_tiny", _registry_build(True), ignore_unexpected=("fc.",))

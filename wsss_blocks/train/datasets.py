@@ -20,10 +20,14 @@ from wsss_blocks.data.check import DataCheckReport, _dataset_mask_mapper, check_
 from wsss_blocks.data.transforms import (
     ColorJitter,
     Compose,
+    PadTo,
+    PhotoMetricDistortion,
     RandomCrop,
+    RandomCropInside,
     RandomHorizontalFlip,
     RandomRescale,
     RandomResizeLong,
+    RandomResizeRatio,
     RandomResizeShort,
     Resize,
     sample_generator,
@@ -208,14 +212,18 @@ def cam_train_transform(cfg: RunConfig) -> Compose:
     c = cfg.cam
     ts: list[Any] = []
     interp = c.interpolation
+    sal = c.saliency_interpolation
     if c.resize is not None:
-        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp))
+        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp, saliency_interpolation=sal))
     if c.resize_long is not None:
-        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp))
+        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp,
+                                   saliency_interpolation=sal))
     if c.resize_short is not None:
-        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp))
+        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp,
+                                    saliency_interpolation=sal))
     if c.scale_range is not None:
-        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp))
+        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp,
+                                saliency_interpolation=sal))
     if c.hflip:
         ts.append(RandomHorizontalFlip())
     if c.color_jitter is not None:
@@ -226,8 +234,25 @@ def cam_train_transform(cfg: RunConfig) -> Compose:
 
 
 def seg_train_transform(cfg: RunConfig) -> Compose:
-    """deeplab-pytorch augmentation: discrete random scale, crop (mask padded with 255), flip."""
+    """Segmentation augmentation: ``seg.augment`` ``deeplab`` or ``mmseg``.
+
+    ``deeplab`` (deeplab-pytorch): discrete random scale, crop (mask padded with 255), flip. ``mmseg``
+    (mmsegmentation, PMM's PSPNet, ``configs/_base_/datasets/pascal_voc12.py``): resize to a random ratio of
+    ``seg.img_scale`` keeping the aspect ratio, a crop inside the image redrawn while one class covers
+    ``seg.cat_max_ratio``, flip, photometric distortion, then padding at the bottom right (image: the mean
+    colour after normalisation, mask: 255).
+    """
     s = cfg.seg
+    if s.augment == "mmseg":
+        mm: list[Any] = [RandomResizeRatio((int(s.img_scale[0]), int(s.img_scale[1])),
+                                           (float(s.ratio_range[0]), float(s.ratio_range[1]))),
+                         RandomCropInside(s.crop_size, cat_max_ratio=s.cat_max_ratio)]
+        if s.hflip:
+            mm.append(RandomHorizontalFlip())
+        if s.photometric_distortion:
+            mm.append(PhotoMetricDistortion())
+        mm.append(PadTo(s.crop_size, pad_image_value=_PAD, pad_mask_value=255))
+        return Compose(mm)
     ts: list[Any] = []
     if s.scales:
         ts.append(RandomRescale(scales=list(s.scales)))

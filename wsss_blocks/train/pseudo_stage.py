@@ -49,6 +49,11 @@ def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor,
     p = cfg.pseudo
     x = normalize_images(image01, data_normalization(cfg.data))
     use_amp = cfg.runtime.amp and image01.device.type == "cuda"
+    infer = getattr(method, "infer_cams", None)  # a method's own inference (PMM: multi-crop), already normalised
+    with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
+        own = infer(x, labels) if infer is not None else None
+    if own is not None:
+        return own.float() * labels.to(torch.float32)[:, :, None, None]
     with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
         fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
                                 out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
