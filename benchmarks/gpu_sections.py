@@ -448,11 +448,15 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
     m, _, variant = name.partition("+")
     irn = _IRNPass(device) if variant == "irn" else None
     env = DistEnv(device=torch.device(device))
-    # quick: two scales keep the CPU dry run of the three ResNet-38 configs within seconds
-    cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else []))
+    # quick: two scales (PMM: one multi-crop scale of small tiles) keep the CPU dry run within seconds
+    quick_ov = ["pseudo.scales=[1.0, 0.5]"] + (["method_args.crop_scales=[1.0]", "method_args.crop_size=64",
+                                                "method_args.crop_stride=48"] if m == "pmm" else [])
+    cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["method_args.stage_c_pretrained=none"]
+                                                                  if m == "pmm" else []) + (quick_ov if quick else []))
     if cfg.pseudo.refine == "irn":  # the IRN refinement is timed by the '+irn' row (random IRNet weights)
-        cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else [])
-                              + ["pseudo.refine=none"])
+        cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["method_args.stage_c_pretrained=none"]
+                                                                      if m == "pmm" else [])
+                              + (quick_ov if quick else []) + ["pseudo.refine=none"])
     chain = PseudoChain(cfg)
     bg = cfg.pseudo.bg_score
     bg_note = ""
@@ -526,11 +530,15 @@ def _train_overrides(m: str, device: str, quick: bool) -> list[str]:
           "cam.lr=1.0e-6"]
     if m == "tscd":
         ov.append("method_args.cam_iters=0")  # every loss on from step 0 (the release's steps after 2,000)
+    if m == "pmm":  # random weights for the stage-C network too
+        ov.append("method_args.stage_c_pretrained=none")
     if quick:  # toy sizes: ResNet-38 steps cost seconds on one CPU thread even at 32 px
         ov += ["cam.batch_size=2", "runtime.num_workers=0"]
         toy = {"baseline": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
                "ppl": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
-               "pmm": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
+               "pmm": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.stage_c_batch_size=2",
+                       "method_args.crop_size=32", "method_args.crop_stride=24", "method_args.crop_scales=[1.0]",
+                       "method_args.rough_mask_scales=[1.0]"],
                "smaf": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.target_scales=[1.0]"],
                "l2g": ["cam.crop_size=32", "cam.resize_short=[32, 32]", "method_args.patch_size=16"],
                # MiT-B1's spatial reduction needs >= 29 px in TSCD's smallest view (crop x 0.3 x 0.5)
@@ -565,7 +573,6 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     n = c.batch_size * c.accumulate * (1 if quick else 2)
     base = InMemoryVOC(voc_like_samples(n, quick, cfg.data.num_classes, cfg.data.saliency_dir is not None))
     dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
-    default_steps = total_steps_for(c, VOC_TRAIN_AUG)
     amp = bool(cfg.runtime.amp) and torch.device(device).type == "cuda"
     mem = PeakMemory(device)
     mem.start()
@@ -574,11 +581,13 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for i, phase in enumerate(method.phases):
-            steps = int(method.phase_steps(phase, default_steps))
+            optim = method.phase_optim(phase, c)  # a phase's own batch size / epochs / lr (PMM's stage C)
+            steps = int(method.phase_steps(phase, total_steps_for(optim, VOC_TRAIN_AUG)))
             t0 = time.perf_counter()
             method.on_phase_start(PhaseContext(phase=phase, index=i, total_steps=steps, out_dir=out,
                                                device=env.device, resuming=False, dataset=base))
             method.to(env.device)
+            phase_data = method.phase_dataset(phase, base, dataset)  # PMM's stage C: multi-crop tiles
             setup_s = time.perf_counter() - t0
             stamps: list[float] = []
 
@@ -591,7 +600,8 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
                     raise _Stop
 
             spec = PhaseSpec(stage="cam", phase=phase, module=method, step_fn=method.training_step,
-                             param_groups=method.param_groups(c.lr, c.weight_decay), dataset=dataset, optim=c,
+                             param_groups=method.param_groups(optim.lr, optim.weight_decay), dataset=phase_data,
+                             optim=optim,
                              total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
                              normalize=data_normalization(cfg.data), phase_index=i,
                              extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state)
@@ -605,11 +615,12 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
             step_ms = statistics.median(durations)
             rows.append({
                 "name": f"{m}_voc {phase} step",
-                "params": f"batch {c.batch_size}" + (f" x {c.accumulate} accumulated" if c.accumulate > 1 else "")
+                "params": f"batch {optim.batch_size}"
+                + (f" x {optim.accumulate} accumulated" if optim.accumulate > 1 else "")
                 + f", crop {c.crop_size}, {c.backbone}, AMP {'on' if amp else 'off'}"
                 + (", all TSCD losses (cam_iters 0)" if m == "tscd" else "") + ", random weights, lr 1e-6",
                 "median_ms": step_ms, "steps_per_s": 1e3 / step_ms,
-                "images_per_s": 1e3 * c.batch_size * c.accumulate / step_ms, "peak_mem_mb": mem.mib(),
+                "images_per_s": 1e3 * optim.batch_size * optim.accumulate / step_ms, "peak_mem_mb": mem.mib(),
                 "first_steps_s": stamps[warmup - 1] - t_first, "phase_setup_s": setup_s,
                 "phase_steps": steps, "projected_phase_h": steps * step_ms / 3.6e6, "samples_ms": durations})
             mem.reset_peak()

@@ -254,6 +254,40 @@ def test_pmm_voc_config_equals_release():
     assert p.reduce == "sum"
     assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))
     assert cfg.data.cam_eval_split == "val"
+    # stages B/C (run.py, infer_multi_scale.py, tool/data.py, scalenet_SEAM.py, infer_multi_crop.py)
+    assert m.stages == "ABC"
+    assert m.cam_inference == "multi_crop"
+    assert m.rough_mask_scales == (0.5, 1.0, 1.5, 2.0)
+    assert m.rough_mask_alpha == 24.0
+    assert m.rough_mask_crf == {"preset": "psa"}
+    assert (m.tile_fg_threshold, m.tile_match_threshold) == (0.9, 0.1)
+    assert m.crop_scales == tuple(0.75 + 0.25 * i for i in range(10))
+    assert (m.crop_size, m.crop_stride) == (448, 300)
+    assert m.tile_hflip is True
+    assert m.tile_color_jitter == (0.3, 0.3, 0.3, 0.1)
+    assert (m.stage_c_backbone, m.stage_c_pretrained) == ("scalenet101", "scalenet101-imagenet")
+    assert m.stage_c_frozen == ("conv1", "bn1", "layer1")
+    assert m.stage_c_freeze_bn is True
+    assert m.stage_c_dropout == 0.0
+    assert (m.stage_c_batch_size, m.stage_c_epochs, m.stage_c_lr) == (16, 20, None)  # lr: cam.lr 0.02
+    assert m.crf_channel_order == "bgr"
+    # the PSPNet recipe (WSSS_MMSeg configs/pspnet_wsss/pspnet_res2net_20k_voc12aug_pus.py and its bases)
+    assert (s.model, s.backbone, s.pretrained) == ("pspnet", "res2net101_v1b", "res2net101-v1b-imagenet")
+    assert s.model_kwargs == {"channels": 512, "aux_channels": 256, "pool_scales": [1, 2, 3, 6], "dropout": 0.1,
+                              "aux_weight": 0.4}
+    assert s.sync_bn is True
+    assert s.normalize == "imagenet"
+    assert (s.lr, s.momentum, s.weight_decay, s.poly_power, s.min_lr) == (0.005, 0.9, 5e-4, 0.9, 1e-4)
+    assert s.param_groups == "uniform"
+    assert (s.batch_size, s.accumulate) == (16, 1)
+    assert (s.augment, s.img_scale, s.ratio_range, s.crop_size, s.cat_max_ratio) == (
+        "mmseg", (2048, 512), (0.5, 2.0), 512, 0.75)
+    assert s.hflip is True
+    assert s.photometric_distortion is True
+    assert s.msc_train == ()
+    assert s.loss_at == "labels"
+    assert (s.eval_img_scale, s.eval_slide, s.eval_average) == ((2048, 512), (512, 480), "probs")
+    assert s.crf is True
     assert s.loss == "puf"
     assert s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}
     assert s.steps == 20000
@@ -283,12 +317,18 @@ def test_pmm_coco_config_equals_release():
     c, s = cfg.cam, cfg.seg
     assert cfg.data.dataset == "coco"
     assert cfg.data.num_classes == 80
-    assert c.batch_size == 8
-    assert c.epochs == 20
+    m = cfg.method_config()
+    assert m.stages == "C"  # run.py:85-86: stage C on random crops, no rough masks
+    assert (m.stage_c_batch_size, m.stage_c_epochs, m.stage_c_lr) == (8, 20, None)
     assert c.lr == 0.01
     assert c.momentum == 5e-4
+    assert c.resize_long == (448, 768)
+    assert c.crop_size == 448
     assert s.loss == "puf"
     assert s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
+    assert (s.model, s.backbone, s.lr, s.min_lr, s.steps, s.batch_size) == (
+        "pspnet", "res2net101_v1b", 0.01, 5e-5, 40000, 32)
+    assert s.cyclic_rounds == 0
     from wsss_blocks.train.pipeline import chain_spec
 
     assert chain_spec(cfg).args["ppmg"].alpha == 11.0
@@ -629,6 +669,8 @@ def test_synthetic_preset_runs_all_three_stages(method, synth_cache, tmp_path):
           "cam.steps=2", "cam.batch_size=4", "cam.crop_size=64", "cam.resize_long=[64, 72]",
           "seg.steps=2", "seg.batch_size=4", "seg.crop_size=64", "pseudo.scales=[1.0]", "pseudo.flip=false",
           "seg.eval_scales=[1.0]", "seg.eval_flip=false", "runtime.checkpoint_every=1000"]
+    if method == "pmm":
+        ov += ["method_args.stage_c_steps=2", "method_args.stage_c_batch_size=4", "method_args.crop_scales=[1.0, 2.0]"]
     if method == "l2g":
         ov.append("method_args.patch_size=40")
     res = reproduce(method, out=tmp_path / "run", overrides=ov, verbose=False)

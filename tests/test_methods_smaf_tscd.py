@@ -617,6 +617,64 @@ def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
     else:
         assert cam["phase_steps"] == [4]
         assert not (run / "seg" / "model.pt").exists()  # seg.source: method — the head is TSCD's own
+        # the released selection: the best val checkpoint is reported, the last one shown next to it
+        assert res["info"]["seg_report"] == "best"
+        assert (run / "cam" / "best.pt").is_file()
+        assert res["ours"]["val_miou"] == res["info"]["val_miou_best"]
+        assert 0.0 <= res["info"]["val_miou_last"] <= 1.0
+        assert res["info"]["last_step"] == 4
+
+
+@pytest.mark.slow
+def test_tscd_best_val_checkpoint_is_reported_and_last_shown(tmp_path):
+    """seg.eval_every with seg.source: method validates TSCD's head during the CAM stage (single scale, no CRF, as
+    the release's validate) and keeps cam/best.pt; seg.report picks which model eval_seg reports.
+    """
+    import torch
+
+    from wsss_blocks.train.cam_stage import restore_method, train_cam
+    from wsss_blocks.train.checkpoint import load_checkpoint
+    from wsss_blocks.train.distributed import DistEnv
+    from wsss_blocks.train.reporting import MetricLogger
+    from wsss_blocks.train.reproduce import format_table
+    from wsss_blocks.train.seg_stage import eval_seg
+
+    over = [*TINY, "cam.steps=6", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
+            "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}", "seg.eval_every=2", "cam.lr=0.001",
+            f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
+    cfg = load_run_config("tscd_synthetic", over)
+    assert (cfg.seg.report, cfg.seg.eval_every) == ("best", 2)
+    run = tmp_path / "run"
+    train_cam(cfg, run)
+    recs = [r for r in MetricLogger(run / "cam" / "log.jsonl", enabled=False).records() if "val_miou" in r]
+    assert [r["phase_step"] for r in recs] == [2, 4, 6]
+    best = max(recs, key=lambda r: (r["val_miou"], -r["phase_step"]))
+    ck = load_checkpoint(run / "cam" / "best.pt", method="tscd", num_classes=20)
+    assert ck["step"] == best["step"]
+    assert ck["val_miou"] == pytest.approx(best["val_miou"])
+    # the selection score is the single-scale validation of the restored best model
+    env = DistEnv()
+    m = restore_method(cfg, run / "cam" / "best.pt", env)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    res = eval_seg(cfg, run, env)
+    assert res["report"] == "best"
+    assert res["miou"] == res["best"]["miou"]
+    assert res["best"]["step"] == best["step"]
+    assert res["last"]["step"] == 6
+    assert res["best"]["selection_val_miou"] == pytest.approx(best["val_miou"])
+    last_only = eval_seg(load_run_config("tscd_synthetic", [*over, "seg.report=last"]), run, env)
+    assert last_only["report"] == "last"
+    assert "best" not in last_only
+    assert last_only["miou"] == pytest.approx(res["last"]["miou"])
+    info = {"cam_eval_split": "train", "bg_score": 0.45, "val_split": "val", "crf": False, "seg_report": "best",
+            "val_miou_last": res["last"]["miou"], "best_step": res["best"]["step"], "last_step": 6}
+    table = format_table({"method": "tscd", "preset": "tscd_synthetic", "device": "cpu", "seconds": 1.0,
+                          "ours": {"cam_miou": 0.1, "pseudo_miou": 0.1, "val_miou": res["miou"]},
+                          "paper": {}, "info": info})
+    assert "best ckpt" in table
+    assert "last ckpt" in table
+    assert f"step {res['best']['step']} of 6" in table
 
 
 @pytest.mark.slow

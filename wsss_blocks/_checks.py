@@ -38,6 +38,7 @@ __all__ = [
     "check_labels",
     "check_masks",
     "check_image01",
+    "check_batch",
     "check_same_batch",
     "check_positive",
     "check_int",
@@ -196,6 +197,18 @@ def check_image01(image01: object, name: str = "image01", hint: str = "pass raw 
     x = check_tensor(image01, name, 4, layout="B×3×H×W", floating=True)
     check_range(x.detach(), name, 0.0, 1.0, hint=hint)
     return x
+
+
+def check_batch(x: object, name: str, channels: int | None = None) -> Tensor:
+    """A 4-D floating-point B×C×H×W batch (a network's input or a feature map) with ``channels`` channels if given.
+
+    A structure check only: networks read no values (NaN in the input gives NaN out, as in any ``nn.Module``).
+    """
+    c = "C" if channels is None else str(channels)
+    t = check_tensor(x, name, 4, layout=f"B×{c}×H×W", floating=True)
+    if channels is not None and t.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (B×{channels}×H×W), got shape {shape_str(t)}")
+    return t
 
 
 def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:

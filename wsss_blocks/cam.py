@@ -69,6 +69,8 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     """
     check_tensor(features, "features", 4, layout="B×D×h×w", floating=True)
     check_tensor(weight, "weight", (2, 4), layout="C×D or C×D×1×1", floating=True)
+    check_finite(features, "features")
+    check_finite(weight, "weight")
     if weight.ndim == 4:
         if weight.shape[2:] != (1, 1):
             raise ValueError(f"weight must be C×D×1×1 when 4-D, got {shape_str(weight)}")
@@ -76,11 +78,18 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     if weight.shape[1] != features.shape[1]:
         raise ValueError(f"weight has {weight.shape[1]} input channels but features have "
                          f"{features.shape[1]} (features {shape_str(features)}, weight {shape_str(weight)})")
-    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
     if bias is not None:
-        check_tensor(bias, "bias", 1, layout="C")
+        check_tensor(bias, "bias", 1, layout="C", floating=True)
+        check_finite(bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} entries, expected {weight.shape[0]}")
+    return _cam_from_features(features, weight, bias)
+
+
+def _cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """[`cam_from_features`][] without checks (``weight`` C×D, shapes already matched)."""
+    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
+    if bias is not None:
         cams = cams + bias.to(cams.dtype).view(1, -1, 1, 1)
     return cams
 
@@ -113,7 +122,8 @@ def tokens_to_map(
         >>> tokens_to_map(tokens, (64, 96), 16).shape
         torch.Size([2, 16, 4, 6])
     """
-    check_tensor(tokens, "tokens", 3, layout="B×N×D")
+    check_tensor(tokens, "tokens", 3, layout="B×N×D", floating=True)
+    check_finite(tokens, "tokens")
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
@@ -136,7 +146,8 @@ def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> T
     and class. ``"minmax"`` (ToCo/AFA ``multi_scale_cam``): ``(relu(cam) - min) / (max - min + eps)``.
     ``"seam_minmax"`` (SEAM/PMM ``tool/visualization.py`` ``max_norm``, a min-max despite its name):
     ``relu(relu(cam) - min - eps) / (max - min + eps)``, min and max of ``relu(cam)``.
-    An all-zero map stays zero. The reduction runs in float32 and the result keeps the input dtype.
+    An all-zero (or, for the min-max modes, constant) map becomes zero, also with ``eps=0``; an empty map
+    (H·W = 0) is returned as it is. The reduction runs in float32 and the result keeps the input dtype.
 
     Shape:
         - cams: B×C×H×W (any leading shape …×H×W works)
@@ -159,17 +170,24 @@ def _normalize_cams(cams: Tensor, mode: str, eps: float) -> Tensor:
     if cams.ndim < 2:
         raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
     check_finite(cams, "cams")
+    if cams.numel() == 0:
+        return cams.clone()
     x = F.relu(cams.float())
     flat = x.flatten(-2)
     mx = flat.amax(-1, keepdim=True).unsqueeze(-1)
     if mode == "seam_minmax":
         mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
-        return (F.relu(x - mn - eps) / (mx - mn + eps)).to(cams.dtype)
+        return (F.relu(x - mn - eps) / _nonzero(mx - mn + eps)).to(cams.dtype)
     if mode == "minmax":
         mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
         x = x - mn
         mx = mx - mn
-    return (x / (mx + eps)).to(cams.dtype)
+    return (x / _nonzero(mx + eps)).to(cams.dtype)
+
+
+def _nonzero(den: Tensor) -> Tensor:
+    """``den`` with zeros replaced by 1: a map whose numerator is 0 everywhere stays 0 (no 0/0 with eps=0)."""
+    return torch.where(den > 0, den, torch.ones_like(den))
 
 
 def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0.15) -> Tensor:
@@ -321,8 +339,16 @@ def _check_multiscale_args(fn: object, images: Tensor, scales: Sequence[float], 
                            flip_reduce: str | None, size_rounding: str) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    _check_images(images)
     _check_multiscale_options(scales, interpolation, reduce, flip_reduce, size_rounding)
+
+
+def _check_images(images: object) -> None:
+    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    assert isinstance(images, Tensor)
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
 
 
 def _check_multiscale_options(scales: Sequence[float], interpolation: str, reduce: str, flip_reduce: str | None,
@@ -445,13 +471,13 @@ class MultiScaleCAM(nn.Module):
 
     @override
     def forward(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
-        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        _check_images(images)
         return _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
                            self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, None)
 
     def detailed(self, images: Tensor, out_size: tuple[int, int] | None = None) -> MultiScaleOutput:
         """Fused and per-scale maps; see [`multiscale_cams_detailed`][]."""
-        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        _check_images(images)
         per_scale: list[Tensor] = []
         fused = _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
                             self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, per_scale)

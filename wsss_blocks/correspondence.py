@@ -28,6 +28,7 @@ from ._checks import (
     check_range,
     check_same_batch,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     shape_str,
 )
@@ -284,7 +285,9 @@ def _scd(teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Ten
         sa = _sample(student_a.to(dtype), coords_a, align_corners, padding_mode)
         sb = _sample(student_b.to(dtype), coords_b, align_corners, padding_mode)
         cd = _correlation(sa, sb, eps)
-        loss = -(cd.clamp(min=0) if zero_clamp else cd).mul(fd).mean()
+        prod = (cd.clamp(min=0) if zero_clamp else cd).mul(fd)
+        # an empty batch: zero loss (a mean over nothing would be NaN), still attached to the students' graph
+        loss = -prod.mean() if prod.numel() else prod.sum()
     return SCDOutput(loss=loss, teacher_corr=fd, student_corr=cd.detach())
 
 
@@ -387,6 +390,10 @@ def equivariant_regularization(cams: Tensor, cams_small: Tensor, skip_first_chan
     if cams.shape[:2] != cams_small.shape[:2]:
         raise ValueError(f"cams and cams_small must agree in batch and channels, got {shape_str(cams)} and "
                          f"{shape_str(cams_small)}")
+    check_finite(cams, "cams")
+    check_finite(cams_small, "cams_small")
+    if cams.numel() == 0 or cams_small.numel() == 0:  # an empty batch: zero loss, not the NaN of an empty mean
+        return cams.sum() * 0.0 + cams_small.sum() * 0.0
     resized = F.interpolate(cams, size=cams_small.shape[-2:], mode="bilinear", align_corners=True)
     if skip_first_channel:
         resized, cams_small = resized[:, 1:], cams_small[:, 1:]
@@ -432,16 +439,24 @@ def attention_affinity_targets(pseudo_mask: Tensor, radius: int = 8, stride: int
     if pseudo_mask.is_floating_point() or pseudo_mask.dtype == torch.bool:
         raise TypeError(f"pseudo_mask must be an integer tensor, got dtype {pseudo_mask.dtype}")
     check_int(stride, "stride", minimum=1)
+    _check_label_values(pseudo_mask, "pseudo_mask")
     b, h, w = pseudo_mask.shape
     hs, ws = h // stride, w // stride
     if hs < 1 or ws < 1:
         raise ValueError(f"pseudo_mask of size {h}×{w} is smaller than stride {stride}")
-    small = F.interpolate(pseudo_mask[:, None].float(), size=(hs, ws), mode="nearest").view(b, -1).long()
+    small = F.interpolate(pseudo_mask[:, None].float(), size=(hs, ws), mode="nearest").view(b, hs * ws).long()
     same = small[:, :, None] == small[:, None, :]
     out = same.long()
     ignored = (small == ignore_index)
     bad = ~radius_mask(hs, ws, radius, device=pseudo_mask.device)[None] | ignored[:, :, None] | ignored[:, None, :]
     return out.masked_fill_(bad, ignore_index)
+
+
+def _check_label_values(mask: Tensor, name: str) -> None:
+    """Labels are class indices or the ignore value: never negative (a value check)."""
+    if checks_enabled() and mask.numel() and int(mask.min()) < 0:
+        raise ValueError(f"{name} holds class indices (or the ignore index), which cannot be negative; got "
+                         f"{int(mask.min())}")
 
 
 def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int = 8, stride: int = 16,

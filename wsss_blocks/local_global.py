@@ -67,11 +67,13 @@ SamplerMode = Literal["corners+random", "random", "grid"]
 BgChannel = Literal["last", "first", "none"]
 BgTarget = Literal["binary", "soft"]
 SaliencyResize = Literal["nearest", "bilinear", "area"]
+KeepMaxTies = Literal["argsort", "lowest", "highest"]
 
 _MODES = ("corners+random", "random", "grid")
 _BG_CHANNELS = ("last", "first", "none")
 _BG_TARGETS = ("binary", "soft")
 _SAL_RESIZE = ("nearest", "bilinear", "area")
+_TIES = ("argsort", "lowest", "highest")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,10 +412,13 @@ class L2GOutput:
 def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype) -> Tensor:
     """``boxes`` given as B×N×4 per-image boxes (B·N = R) or as R×5 RoIAlign rows; returns the R×5 rows."""
     boxes = check_tensor(boxes, "boxes", (2, 3), layout="B×N×4 or R×5")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must be a real tensor of pixel coordinates, got dtype {boxes.dtype}")
     if boxes.ndim == 3:
         if boxes.shape[2] != 4 or boxes.shape[0] * boxes.shape[1] != num_patches or boxes.shape[0] != batch:
             raise ValueError(f"boxes must have shape B×N×4 = ({batch}, {num_patches // max(batch, 1)}, 4) for B = "
                              f"{batch} images and {num_patches} patches in local_cams, got {shape_str(boxes)}")
+        _check_box_coordinates(boxes.reshape(-1, 4))
         return boxes_to_roi_format(boxes, dtype)
     if boxes.shape[1] != 5:
         raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got "
@@ -428,7 +433,21 @@ def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype
             raise ValueError(f"boxes[:, 0] must hold integer batch indices in [0, {batch - 1}] "
                              f"(batch size {batch}), got values in "
                              f"[{float(idx.min()):g}, {float(idx.max()):g}]")
+    _check_box_coordinates(boxes[:, 1:])
     return boxes
+
+
+def _check_box_coordinates(xyxy: Tensor) -> None:
+    """``(x1, y1, x2, y2)`` rows with ``0 <= x1 <= x2`` and ``0 <= y1 <= y2`` (a value check)."""
+    if not checks_enabled() or xyxy.numel() == 0:
+        return
+    check_finite(xyxy, "boxes")
+    x1, y1, x2, y2 = xyxy.unbind(1)
+    bad = (x1 < 0) | (y1 < 0) | (x2 < x1) | (y2 < y1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"boxes must be (x1, y1, x2, y2) in global-view pixels with 0 <= x1 <= x2 and "
+                         f"0 <= y1 <= y2; box {row} is {[round(float(v), 4) for v in xyxy[row]]}")
 
 
 def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
@@ -460,8 +479,23 @@ def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
     return lab, rois, patch_saliency
 
 
+def _keep_max_winner(t: Tensor, ties: str) -> Tensor:
+    """R×1×h×w index of the channel kept at each pixel (step 4), ties broken by ``ties``."""
+    if ties == "lowest":
+        return t.argmax(dim=1, keepdim=True)
+    if ties == "highest":  # the last maximal channel: the background (last) wins its ties
+        k = t.shape[1]
+        return (k - 1) - t.flip(1).argmax(dim=1, keepdim=True)
+    # the released call (train_l2g_sal_voc.py:193-195): row 0 of an unstable argsort of the negated maps over
+    # channels, on the K × (R·h·w) matrix; which of several equal channels comes first is up to the sort
+    r, k, h, w = t.shape
+    order = torch.argsort(-t.permute(1, 0, 2, 3).reshape(k, -1), dim=0)[0]
+    return order.reshape(r, h, w).unsqueeze(1)
+
+
 def _target_bg_last(cams: Tensor, labels_per_roi: Tensor, sal: Tensor | None, has_bg: bool, keep_max: bool,
-                    fg_threshold: float, bg_target: str, empty: Tensor | None, eps: float) -> Tensor:
+                    fg_threshold: float, bg_target: str, empty: Tensor | None, eps: float,
+                    keep_max_ties: str = "argsort") -> Tensor:
     """Steps 1–5 of on B·N×K×h×w cams with background (if any) in the last channel."""
     C = labels_per_roi.shape[1]
     t = cams.clamp(min=0)  # 1. ReLU
@@ -470,8 +504,8 @@ def _target_bg_last(cams: Tensor, labels_per_roi: Tensor, sal: Tensor | None, ha
     if has_bg:  # 3. zero absent foreground classes; the background channel is never masked
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     t = t * mask[:, :, None, None]
-    if keep_max:  # 4. keep only the per-pixel winner over all K channels (ties -> lowest index)
-        win = t.argmax(dim=1, keepdim=True)
+    if keep_max:  # 4. keep only the per-pixel winner over all K channels (ties: keep_max_ties)
+        win = _keep_max_winner(t, keep_max_ties)
         t = torch.zeros_like(t).scatter(1, win, t.gather(1, win))
     if sal is None:
         return t
@@ -499,7 +533,8 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
                *, stride: int = 8, bg_channel: BgChannel = "last", keep_max: bool = True,
                fg_threshold: float = 0.001, bg_target: BgTarget = "binary",
                saliency_resize: SaliencyResize = "nearest", empty_saliency_fallback: bool = False,
-               eps: float = 1e-8, num_classes: int | None = None) -> Tensor:
+               eps: float = 1e-8, num_classes: int | None = None,
+               keep_max_ties: KeepMaxTies = "argsort") -> Tensor:
     """The L2G transfer target from local CAMs, detached.
 
     For every patch n (of image b) and channel k:
@@ -507,8 +542,8 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
     1. ``T = max(F_local, 0)`` (stop-gradient);
     2. ``T[n,k] /= max_uv T[n,k] + eps`` (background channel included);
     3. ``T[n,c] = 0`` for foreground classes c absent from ``labels[b]``;
-    4. ``keep_max``: keep only the per-pixel argmax channel over all K channels (ties go to the lowest
-       channel index; the release uses an unstable sort, so its tie-breaking is unspecified);
+    4. ``keep_max``: keep only the per-pixel argmax channel over all K channels; ties (frequent: every map's
+       peak normalises to exactly 1) are broken by ``keep_max_ties``;
     5. with saliency s (``patch_saliency`` resized to h×w, nearest by default = pixel ``(8u, 8v)``):
        ``A[n,c] = 1[T[n,c] > τ] · s`` for foreground c and ``A[n,bg] = 1[T[n,bg] > τ] · (1 − s)``
        (``bg_target="binary"``, VOC) or ``T[n,bg] · (1 − s)`` (``"soft"``, COCO).
@@ -535,6 +570,12 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
         empty_saliency_fallback: the paper's L_at fallback for patches with empty saliency.
         eps: added to the per-map maximum (1e-8 as released).
         num_classes: optional C to check ``labels`` against.
+        keep_max_ties: which of several equal maximal channels step 4 keeps. ``"argsort"`` (released): row 0 of
+            ``torch.argsort(-T)`` over the channels, the release's own call (``train_l2g_sal_voc.py:193-195``),
+            an unstable sort whose tie order depends on the device and the PyTorch version (on CPU, PyTorch
+            2.x: the background wins 60-83 % of the ties it is part of, ties among foreground channels go
+            either way); ``"lowest"``: the lowest channel index (``argmax``); ``"highest"``: the highest index,
+            so the background (last channel) wins every tie it is part of.
 
     Shape:
         - local_cams: R×K×h×w with R = B·N, K = C + 1 (or C with ``bg_channel="none"``)
@@ -551,13 +592,15 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
         >>> t[0, :, 0].tolist()  # keep-max: class 0 wins pixel 0, background wins pixel 1
         [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
-    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
     return _target(local_cams, boxes, labels, patch_saliency, stride, bg_channel, keep_max, fg_threshold, bg_target,
-                   saliency_resize, empty_saliency_fallback, eps, num_classes)
+                   saliency_resize, empty_saliency_fallback, eps, num_classes, keep_max_ties)
 
 
-def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, saliency_resize: str, eps: float) -> None:
+def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, saliency_resize: str, eps: float,
+                            keep_max_ties: str = "argsort") -> None:
     check_int(stride, "stride", minimum=1)
+    check_choice(keep_max_ties, "keep_max_ties", _TIES)
     check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
     check_choice(bg_target, "bg_target", _BG_TARGETS)
     check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
@@ -566,17 +609,18 @@ def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, salien
 
 def _target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency: Tensor | None, stride: int,
             bg_channel: str, keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
-            empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> Tensor:
+            empty_saliency_fallback: bool, eps: float, num_classes: int | None,
+            keep_max_ties: str = "argsort") -> Tensor:
     """[`l2g_target`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     return _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
-                         saliency_resize, empty_saliency_fallback, eps)
+                         saliency_resize, empty_saliency_fallback, eps, keep_max_ties)
 
 
 def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | None, bg_channel: str,
                   keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
-                  empty_fallback: bool, eps: float) -> Tensor:
+                  empty_fallback: bool, eps: float, keep_max_ties: str = "argsort") -> Tensor:
     with torch.no_grad():
         dtype = compute_dtype(local_cams)
         cams = local_cams.detach().to(dtype)
@@ -593,7 +637,7 @@ def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | N
         else:
             empty = None
         t = _target_bg_last(cams, labels_per_roi, s, bg_channel != "none", keep_max, fg_threshold,
-                            bg_target, empty, eps)
+                            bg_target, empty, eps, keep_max_ties)
         if bg_channel == "first":
             t = torch.roll(t, shifts=1, dims=1)
     return t
@@ -604,7 +648,8 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
                  fg_threshold: float = 0.001, bg_channel: BgChannel = "last", keep_max: bool = True,
                  bg_target: BgTarget = "binary", saliency_resize: SaliencyResize = "nearest",
                  roi_aligned: bool = False, sampling_ratio: int = -1, empty_saliency_fallback: bool = False,
-                 eps: float = 1e-8, num_classes: int | None = None) -> L2GOutput:
+                 eps: float = 1e-8, num_classes: int | None = None,
+                 keep_max_ties: KeepMaxTies = "argsort") -> L2GOutput:
     """L2G local-to-global transfer: loss, target and global probabilities.
 
     ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, boxes))[n,k,u,v] − A[n,k,u,v])²``
@@ -637,6 +682,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         empty_saliency_fallback: see [`l2g_target`][].
         eps: see [`l2g_target`][].
         num_classes: see [`l2g_target`][].
+        keep_max_ties: see [`l2g_target`][].
         roi_aligned: ``aligned`` flag of RoIAlign (``False`` = released half-cell shift).
         sampling_ratio: RoIAlign samples per bin (``-1`` = adaptive, released).
 
@@ -655,17 +701,18 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         >>> round(out.loss.item(), 4)  # 10 · mean((1/3 − 1)²)
         4.4444
     """
-    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
     check_number(weight, "weight", 0.0)
     return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, stride, weight, fg_threshold,
                      bg_channel, keep_max, bg_target, saliency_resize, roi_aligned, sampling_ratio,
-                     empty_saliency_fallback, eps, num_classes)
+                     empty_saliency_fallback, eps, num_classes, keep_max_ties)
 
 
 def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
               patch_saliency: Tensor | None, stride: int, weight: float, fg_threshold: float, bg_channel: str,
               keep_max: bool, bg_target: str, saliency_resize: str, roi_aligned: bool, sampling_ratio: int,
-              empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> L2GOutput:
+              empty_saliency_fallback: bool, eps: float, num_classes: int | None,
+              keep_max_ties: str = "argsort") -> L2GOutput:
     """[`l2g_transfer`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
@@ -679,7 +726,7 @@ def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: 
                          f"{local_cams.shape[1]} (global_logits {shape_str(global_logits)}, "
                          f"local_cams {shape_str(local_cams)})")
     target = _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
-                           saliency_resize, empty_saliency_fallback, eps)
+                           saliency_resize, empty_saliency_fallback, eps, keep_max_ties)
     h, w = local_cams.shape[-2:]
     with torch.autocast(device_type=global_logits.device.type, enabled=False):
         logits = global_logits.to(compute_dtype(global_logits))
@@ -730,6 +777,8 @@ class LocalToGlobalTransfer(nn.Module):
         fg_threshold: τ.
         bg_channel: ``"last"`` (official), ``"first"`` or ``"none"`` (C-channel maps).
         keep_max: keep only the per-pixel winning channel of the target (released).
+        keep_max_ties: tie rule of keep-max (``"argsort"`` released, ``"lowest"``, ``"highest"``; see
+            [`l2g_target`][]).
         bg_target: ``"binary"`` (VOC) or ``"soft"`` (COCO).
         roi_aligned: ``False`` = released half-cell shift; ``True`` = exact alignment.
         empty_saliency_fallback: paper's plain-attention target for patches with empty saliency.
@@ -765,10 +814,12 @@ class LocalToGlobalTransfer(nn.Module):
     def __init__(self, num_classes: int, stride: int = 8, weight: float = 10.0, fg_threshold: float = 0.001,
                  bg_channel: BgChannel = "last", keep_max: bool = True, bg_target: BgTarget = "binary",
                  roi_aligned: bool = False, empty_saliency_fallback: bool = False, eps: float = 1e-8,
-                 saliency_resize: SaliencyResize = "nearest", sampling_ratio: int = -1) -> None:
+                 saliency_resize: SaliencyResize = "nearest", sampling_ratio: int = -1,
+                 keep_max_ties: KeepMaxTies = "argsort") -> None:
         super().__init__()
         check_int(num_classes, "num_classes", minimum=1)
-        _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+        _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
+        self.keep_max_ties: KeepMaxTies = keep_max_ties
         check_number(weight, "weight", 0.0)
         check_int(sampling_ratio, "sampling_ratio")
         self.num_classes = num_classes
@@ -796,7 +847,7 @@ class LocalToGlobalTransfer(nn.Module):
         """Detached R×K×h×w target; see [`l2g_target`][]."""
         return _target(local_cams, boxes, labels, patch_saliency, self.stride, self.bg_channel, self.keep_max,
                        self.fg_threshold, self.bg_target, self.saliency_resize, self.empty_saliency_fallback,
-                       self.eps, self.num_classes)
+                       self.eps, self.num_classes, self.keep_max_ties)
 
     def transfer(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None) -> L2GOutput:
@@ -804,7 +855,7 @@ class LocalToGlobalTransfer(nn.Module):
         return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, self.stride, self.weight,
                          self.fg_threshold, self.bg_channel, self.keep_max, self.bg_target, self.saliency_resize,
                          self.roi_aligned, self.sampling_ratio, self.empty_saliency_fallback, self.eps,
-                         self.num_classes)
+                         self.num_classes, self.keep_max_ties)
 
     @override
     def forward(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
@@ -815,5 +866,6 @@ class LocalToGlobalTransfer(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, stride={self.stride}, weight={self.weight}, "
                 f"fg_threshold={self.fg_threshold}, bg_channel={self.bg_channel!r}, "
-                f"keep_max={self.keep_max}, bg_target={self.bg_target!r}, roi_aligned={self.roi_aligned}, "
+                f"keep_max={self.keep_max}, keep_max_ties={self.keep_max_ties!r}, bg_target={self.bg_target!r}, "
+                f"roi_aligned={self.roi_aligned}, "
                 f"empty_saliency_fallback={self.empty_saliency_fallback}")

@@ -19,7 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from ._checks import check_choice, check_int, check_masks, check_number, check_tensor, compute_dtype, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_masks,
+    check_number,
+    check_range,
+    check_same_batch,
+    check_tensor,
+    compute_dtype,
+    shape_str,
+)
 
 __all__ = [
     "pretended_underfitting_loss",
@@ -158,6 +170,7 @@ def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None
         raise ValueError(f"target must have shape {expected} (logits {shape_str(logits)} without the class "
                          f"dim), got {shape_str(target)}")
     check_masks(target, "target", logits.shape[1], ignore_index)
+    check_finite(logits, "logits")
     x = logits if logits.dtype == torch.float64 else logits.float()
     w = None
     if class_weight is not None:
@@ -291,15 +304,18 @@ def balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, e
         >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
         True
     """
+    return _balanced_seg_loss(logits, target, ignore_index, empty_is_zero)
+
+
+def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_is_zero: bool) -> Tensor:
     check_tensor(logits, "logits", 4, layout="B×K×H×W", floating=True)
     check_tensor(target, "target", 3, layout="B×H×W")
     if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"target must have shape {(logits.shape[0], *logits.shape[2:])} (logits "
                          f"{shape_str(logits)} without the class dim), got {shape_str(target)}")
-    return _balanced_seg_loss(logits, target, ignore_index, empty_is_zero)
-
-
-def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_is_zero: bool) -> Tensor:
+    check_masks(target, "target", logits.shape[1], ignore_index)
+    check_finite(logits, "logits")
+    target = target.long()
     bg = target.masked_fill(target != 0, ignore_index)
     fg = target.masked_fill(target == 0, ignore_index)
     out = []
@@ -411,9 +427,26 @@ def _dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mas
     check_tensor(probs, "probs", 4, layout="B×K×H×W", floating=True)
     check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
     check_tensor(target, "target", 3, layout="B×H×W")
-    b = probs.shape[0]
+    b, k, h, w = probs.shape
+    if image01.shape[0] != b or image01.shape[1] != 3 or image01.shape[-2:] != probs.shape[-2:]:
+        raise ValueError(f"image01 must have shape ({b}, 3, {h}, {w}) to match probs {shape_str(probs)}, got "
+                         f"{shape_str(image01)}")
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(f"target must have shape ({b}, {h}, {w}) to match probs {shape_str(probs)}, got "
+                         f"{shape_str(target)}")
+    check_masks(target, "target", k, ignore_index)
+    check_range(probs.detach(), "probs", 0.0, 1.0, hint="pass softmax probabilities, not logits")
+    check_range(image01.detach(), "image01", 0.0, 1.0, hint="pass RGB scaled to [0, 1]")
     if valid_mask is None:
-        valid_mask = torch.ones(b, *probs.shape[-2:], device=probs.device)
+        valid_mask = torch.ones(b, h, w, device=probs.device)
+    else:
+        check_tensor(valid_mask, "valid_mask", 3, layout="B×H×W")
+        if tuple(valid_mask.shape) != (b, h, w):
+            raise ValueError(f"valid_mask must have shape ({b}, {h}, {w}) to match probs {shape_str(probs)}, got "
+                             f"{shape_str(valid_mask)}")
+        check_range(valid_mask.detach().float(), "valid_mask", 0.0, 1.0, hint="a {0, 1} (or bool) mask")
+    if b == 0 or h * w == 0:  # an empty batch has no energy (and the lattice needs points)
+        return probs.sum() * 0.0
     img = F.interpolate(image01.float(), scale_factor=scale_factor, mode="nearest") * 255.0
     p = F.interpolate(probs.float(), scale_factor=scale_factor, mode="bilinear", align_corners=False)
     r = F.interpolate(valid_mask[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
@@ -495,7 +528,7 @@ def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau:
 
 def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float, lam: float) -> Tensor:
     check_tensor(cam_logits, "cam_logits", 4, layout="B×(C+1)×h×w", floating=True)
-    check_tensor(saliency, "saliency", 4, layout="B×1×H×W")
+    check_tensor(saliency, "saliency", 4, layout="B×1×H×W", floating=True)
     check_tensor(labels, "labels", 2, layout="B×C")
     if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
         raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
@@ -504,6 +537,12 @@ def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau
     if labels.shape != (b, k - 1):
         raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
                          f"(background last), got {tuple(labels.shape)}")
+    check_same_batch(cam_logits, "cam_logits", saliency, "saliency")
+    check_labels(labels, "labels")
+    check_finite(cam_logits, "cam_logits")
+    check_range(saliency.detach(), "saliency", 0.0, 1.0, hint="scale saliency maps to [0, 1]")
+    if b == 0:  # an empty batch: zero loss (a mean over nothing would be NaN)
+        return cam_logits.sum() * 0.0
     dtype = compute_dtype(cam_logits)  # float32 under AMP, float64 stays float64
     sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
     probs = torch.softmax(cam_logits.to(dtype), dim=1)
@@ -564,7 +603,10 @@ def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
         tensor(1.)
     """
     check_tensor(cams, "cams", 4, layout="N×C×H×W", floating=True)
-    n, _, h, w = cams.shape
+    check_finite(cams, "cams")
+    n, c, h, w = cams.shape
+    if n * c * h * w == 0:  # an empty batch (or map): zero loss
+        return cams.sum() * 0.0
     k = max(1, (h * w) // 4)
     m = cams.amax(dim=1).reshape(n, -1)
     low = torch.topk(m, k=k, dim=-1, largest=False).values

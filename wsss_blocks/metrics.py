@@ -156,7 +156,8 @@ def confusion_matrix(
 def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "union") -> dict[str, Tensor]:
     """IoU per class, mIoU, pixel accuracy and mean accuracy from a confusion matrix.
 
-    Classes excluded from the mean get IoU ``nan`` in the per-class vector.
+    Classes excluded from the mean get IoU ``nan`` in the per-class vector. A matrix with a negative count,
+    or with no count at all (nothing was scored), raises ``ValueError``.
 
     Returns:
         dict with ``iou`` (K float64, nan where excluded), ``miou``, ``pixel_acc``, ``mean_acc``
@@ -170,8 +171,19 @@ def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "un
     check_tensor(confmat, "confmat", 2, layout="K×K")
     if confmat.shape[0] != confmat.shape[1]:
         raise ValueError(f"confmat must be square, got {shape_str(confmat)}")
+    if confmat.dtype == torch.bool or confmat.is_complex():
+        raise TypeError(f"confmat must hold counts (an integer or floating-point tensor), got dtype {confmat.dtype}")
     check_choice(average, "average", ("union", "gt"))
+    check_finite(confmat, "confmat")
     cm = confmat.double()
+    # always checked (not a switchable value check), like the class indices of confusion_matrix: a negative
+    # count or an empty matrix would give a wrong or NaN score without an error
+    if cm.numel() and float(cm.min()) < 0:
+        raise ValueError(f"confmat holds counts, which cannot be negative; got min {float(cm.min()):g}")
+    if not bool((cm > 0).any()):
+        raise ValueError(f"confmat counts no pixel (all {confmat.shape[0]}×{confmat.shape[1]} entries are 0): "
+                         f"the scores of an empty evaluation are undefined; check that the split is not empty "
+                         f"and not entirely ignore_index")
     tp = cm.diagonal()
     gt = cm.sum(1)
     pr = cm.sum(0)

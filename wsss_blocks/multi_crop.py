@@ -122,7 +122,8 @@ def multi_crop_boxes(height: int, width: int, scales: Sequence[float] = PMM_CROP
 def _check_rough(rough_probs: Tensor, labels: Tensor) -> Tensor:
     check_tensor(rough_probs, "rough_probs", 3, layout="(C+1)×H×W", floating=True)
     check_finite(rough_probs, "rough_probs")
-    lf = check_labels(labels if labels.ndim == 2 else labels.reshape(1, -1), "labels",
+    check_tensor(labels, "labels", (1, 2), layout="C or 1×C")
+    lf = check_labels(labels if labels.ndim == 2 else labels.reshape(1, -1), "labels", batch=1,
                       num_classes=rough_probs.shape[0] - 1)
     return lf[0]
 
@@ -295,6 +296,7 @@ def _multi_crop_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Ten
                      crop: int, stride: int, bs: int, antialias: bool) -> Tensor:
     """`multi_crop_cams` with checked options."""
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    check_finite(images, "images")
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     C = lf.shape[1]
@@ -402,6 +404,7 @@ def rough_mask_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tens
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    check_finite(images, "images")
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     acc: Tensor | None = None

@@ -41,6 +41,7 @@ from ._checks import (
     check_labels,
     check_number,
     check_positive,
+    check_range,
     check_same_batch,
     check_tensor,
     checks_enabled,
@@ -308,6 +309,9 @@ def _fusion(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, s
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
     lf = check_labels(labels, "labels", batch=images.shape[0])
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
     H, W = images.shape[-2:]
     osize = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
     if osize[0] < 1 or osize[1] < 1:
@@ -467,6 +471,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_score: float = 0.2) -> Tensor:
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
     lf = check_labels(labels, "labels", batch=maps.shape[0], num_classes=maps.shape[1])
+    check_finite(maps, "maps")
     bg = maps.new_full((maps.shape[0], 1, *maps.shape[-2:]), float(bg_score))
     return torch.cat([bg, maps * lf.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]], dim=1)
 
@@ -597,6 +602,10 @@ def _smaf_loss(student_logits: Tensor, target: Tensor, weight: float, bg_channel
         raise ValueError(f"student_logits has {student_logits.shape[1]} channels but target has "
                          f"{target.shape[1]} (shapes {shape_str(student_logits)} and {shape_str(target)}); "
                          f"both need C + 1 channels including background")
+    check_finite(student_logits, "student_logits")
+    check_range(target.detach(), "target", 0.0, 1.0, hint="the target of smaf_target is in [0, 1]")
+    if student_logits.shape[0] == 0:  # an empty batch: zero loss (a mean over nothing would be NaN)
+        return student_logits.sum() * 0.0
     t = target.detach()
     if bg_channel == "last":
         t = t.roll(-1, dims=1)  # channel 0 (background) -> last, classes -> 0..C-1
@@ -689,6 +698,8 @@ def smaf_pseudo_mask(
         [[[1, 2]]]
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
+    check_labels(labels, "labels", batch=maps.shape[0], num_classes=maps.shape[1])
+    check_finite(maps, "maps")
     hard = cams_to_mask(maps, labels, bg_score=bg_score)
     if crf is None:
         return hard

@@ -39,8 +39,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from typing_extensions import override
 
-from ._checks import check_choice, check_int, check_tensor, shape_str
-from .cam import cam_from_features
+from ._checks import check_choice, check_finite, check_int, check_tensor, shape_str
+from .cam import _cam_from_features
 
 __all__ = [
     "split_patches",
@@ -141,19 +141,20 @@ def split_patches(
     return _split(x, g, order, pad_mode, pad_value)
 
 
-def _split(x: Tensor, grid: tuple[int, int], order: str, pad_mode: str, pad_value: float) -> Tensor:
-    """[`split_patches`][] with checked options."""
-    check_tensor(x, "x", 4, layout="B×C×H×W")
+def _split(x: Tensor, grid: tuple[int, int], order: str, pad_mode: str, pad_value: float, name: str = "x"
+           ) -> Tensor:
+    """[`split_patches`][] with checked options (errors call the input ``name``)."""
+    check_tensor(x, name, 4, layout="B×C×H×W")
     gh, gw = grid
     H, W = x.shape[-2:]
     if gh > H or gw > W:
-        raise ValueError(f"grid {(gh, gw)} does not fit x of spatial size {H}×{W} (x shape {shape_str(x)}): "
+        raise ValueError(f"grid {(gh, gw)} does not fit {name} of spatial size {H}×{W} (shape {shape_str(x)}): "
                          f"every patch needs at least one row and one column")
     ph, pw = _pad_amount(H, gh), _pad_amount(W, gw)
     if ph or pw:
         if pad_mode == "error":
             raise ValueError(
-                f"grid {(gh, gw)} does not divide x of spatial size {H}×{W} (x shape {shape_str(x)}); "
+                f"grid {(gh, gw)} does not divide {name} of spatial size {H}×{W} (shape {shape_str(x)}); "
                 f"pass pad_mode='constant', 'replicate' or 'reflect' to pad to {H + ph}×{W + pw}, or resize "
                 f"the input so that every stage's map is divisible")
         if pad_mode == "constant":
@@ -202,13 +203,16 @@ def _merge(patches: Tensor, batch: int, grid: tuple[int, int], order: str, out_s
            ) -> Tensor:
     """[`merge_patches`][] with checked options."""
     check_tensor(patches, "patches", 4, layout="(G·B)×C×h×w")
-    check_int(batch, "batch", minimum=1)
+    check_int(batch, "batch", minimum=0)
     gh, gw = grid
     G = gh * gw
     if patches.shape[0] != G * batch:
         raise ValueError(f"patches has {patches.shape[0]} samples, expected G·B = {G}·{batch} = {G * batch} "
                          f"for grid {(gh, gw)} (patches shape {shape_str(patches)})")
-    merged = rearrange(patches, _pattern(order) + " -> b c (gh h) (gw w)", gh=gh, gw=gw, b=batch)
+    if batch == 0:  # an empty batch (einops cannot infer the patch size from zero samples)
+        merged = patches.new_zeros(0, patches.shape[1], gh * patches.shape[2], gw * patches.shape[3])
+    else:
+        merged = rearrange(patches, _pattern(order) + " -> b c (gh h) (gw w)", gh=gh, gw=gw, b=batch)
     if out_size is not None:
         oh, ow = int(out_size[0]), int(out_size[1])
         Hm, Wm = merged.shape[-2:]
@@ -486,9 +490,10 @@ def _frozen_bn_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 def _patch_path(stages: Sequence[nn.Module], feat: Tensor, s: int, grid: tuple[int, int], order: Order,
                 pad_mode: PadMode, pad_value: float, target_hw: tuple[int, int] | None,
-                size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats = "update") -> Tensor:
+                size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats = "update", name: str = "features"
+                ) -> Tensor:
     """M(u_s(P(feat))), cropped/resized to ``target_hw`` (the full path's output size)."""
-    patches = _split(feat, grid, order, pad_mode, pad_value)
+    patches = _split(feat, grid, order, pad_mode, pad_value, name)
     if patch_bn_stats == "frozen":
         with _frozen_bn_stats(stages[s:]):
             out = _run(stages[s:], patches)
@@ -597,6 +602,10 @@ def patch_learning(
     if not include_global and not points:
         raise ValueError("include_global=False needs at least one insertion point (nothing to classify)")
     detach = (len(points) > 1) if detach_branch_input is None else bool(detach_branch_input)
+    if isinstance(classifier_weight, Tensor):
+        check_finite(classifier_weight, "classifier_weight")
+    if isinstance(classifier_bias, Tensor):
+        check_finite(classifier_bias, "classifier_bias")
     return _patch_learning(stage_list, images, classifier_weight, points, grids, classifier_bias, detach,
                            include_global, pad_mode, pad_value, order, size_mismatch, patch_bn_stats)
 
@@ -617,6 +626,9 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
     check_tensor(classifier_weight, "classifier_weight", (2, 4), layout="K×(P·D) or K×(P·D)×1×1", floating=True)
     if classifier_weight.ndim == 4 and classifier_weight.shape[2:] != (1, 1):
         raise ValueError(f"classifier_weight must be K×(P·D)×1×1 when 4-D, got {shape_str(classifier_weight)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
 
     # trunk once: keep F_s for every insertion point
     need = set(points)
@@ -639,7 +651,7 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
     for s in ordered:
         inp = feats[s].detach() if detach else feats[s]
         L = _patch_path(stage_list, inp, s, grids[s], order, pad_mode, pad_value, target_hw, size_mismatch,
-                        patch_bn_stats)
+                        patch_bn_stats, f"the stage-{s} features of images {images.shape[-2]}×{images.shape[-1]}")
         if L.shape[1] != G.shape[1]:  # pragma: no cover - same stages give the same channel count
             raise ValueError(f"patch branch at {s} has {L.shape[1]} channels, full path {G.shape[1]}")
         blocks.append((f"local@{s}", L))
@@ -648,16 +660,21 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
     Z = torch.cat([b for _, b in blocks], dim=1) if len(blocks) > 1 else blocks[0][1]
 
     W = classifier_weight.flatten(1) if classifier_weight.ndim == 4 else classifier_weight
+    if classifier_bias is not None:
+        check_tensor(classifier_bias, "classifier_bias", 1, layout="K", floating=True)
+        if classifier_bias.shape[0] != W.shape[0]:
+            raise ValueError(f"classifier_bias has {classifier_bias.shape[0]} entries, expected {W.shape[0]} (one per "
+                             f"class of classifier_weight {shape_str(classifier_weight)})")
     D = G.shape[1]
     if W.shape[1] != Z.shape[1]:
         raise ValueError(
             f"classifier_weight has {W.shape[1]} input channels, expected {len(blocks)}·{D} = {Z.shape[1]} "
             f"({len(ordered)} patch branch(es){' + global path' if include_global else ''} × {D} feature "
             f"channels; weight shape {shape_str(classifier_weight)})")
-    cams = cam_from_features(Z, W, classifier_bias)
+    cams = _cam_from_features(Z, W, classifier_bias)
     parts: dict[str, Tensor] = {}
     for i, (name, feat) in enumerate(blocks):
-        parts[name] = cam_from_features(feat, W[:, i * D:(i + 1) * D])
+        parts[name] = _cam_from_features(feat, W[:, i * D:(i + 1) * D], None)
     full_cams = full_logits = None
     if include_global:
         full_cams = parts["global"]

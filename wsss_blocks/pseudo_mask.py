@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ._checks import (
+    check_choice,
     check_finite,
     check_labels,
     check_number,
@@ -292,6 +293,7 @@ def proportional_pseudo_mask(
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
     crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
+    crf_channel_order: Literal["bgr", "rgb"] = "bgr",
 ) -> Tensor:
     """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
 
@@ -335,6 +337,11 @@ def proportional_pseudo_mask(
             default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
             ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
         min_exponent: passed to [`cov_smooth`][] (``None`` = release).
+        crf_channel_order: the colour order of the image the dense CRF sees: ``"bgr"`` (released: PMM reads the
+            image with ``cv2.imread``, ``pipeline/refine_cam.py`` ``work``) or ``"rgb"``. The bilateral kernel is
+            symmetric in the channels, but pydensecrf's permutohedral lattice is not exactly, so the order
+            changes a few pixels (0.1-1.7 % of the mask pixels on VOC images). A ``foreground`` callable always
+            gets RGB.
 
     Shape:
         - cams: B×C×H×W
@@ -353,7 +360,7 @@ def proportional_pseudo_mask(
                  [1, 1, 0, 0]]])
     """
     return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
-                 min_exponent, parts=False).mask
+                 min_exponent, crf_channel_order, parts=False).mask
 
 
 def proportional_pseudo_mask_detailed(
@@ -367,6 +374,7 @@ def proportional_pseudo_mask_detailed(
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
     crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
+    crf_channel_order: Literal["bgr", "rgb"] = "bgr",
 ) -> PseudoMaskParts:
     """[`proportional_pseudo_mask`][] plus its intermediate maps; the arguments are the same.
 
@@ -381,22 +389,25 @@ def proportional_pseudo_mask_detailed(
         ([1, 1, 0, 0], torch.Size([1, 2, 4, 4]))
     """
     return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
-                 min_exponent, parts=True)
+                 min_exponent, crf_channel_order, parts=True)
 
 
 def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float, cv_scale: float,
           posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn,
-          crf: DenseCRF | str | Mapping[str, Any], min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+          crf: DenseCRF | str | Mapping[str, Any], min_exponent: float | None,
+          crf_channel_order: Literal["bgr", "rgb"], parts: bool) -> PseudoMaskParts:
     """PPMG; the per-class maps of the result are filled only with ``parts`` (else they are empty)."""
-    _check_ppmg_options(alpha, posterior_threshold, foreground)
+    _check_ppmg_options(alpha, posterior_threshold, foreground, crf_channel_order)
     dense = as_dense_crf(crf) if foreground == "crf" else None
     return _ppmg_checked(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground,
-                         dense, min_exponent, parts)
+                         dense, min_exponent, parts, crf_channel_order)
 
 
 def _check_ppmg_options(alpha: float, posterior_threshold: float,
-                        foreground: Literal["crf", "threshold"] | ForegroundFn) -> None:
+                        foreground: Literal["crf", "threshold"] | ForegroundFn,
+                        crf_channel_order: str = "bgr") -> None:
     check_positive(float(alpha), "alpha")
+    check_choice(crf_channel_order, "crf_channel_order", ("bgr", "rgb"))
     if not 0.0 <= posterior_threshold < 1.0:
         raise ValueError(f"posterior_threshold must lie in [0, 1), got {posterior_threshold}")
     if isinstance(foreground, str):
@@ -409,11 +420,13 @@ def _check_ppmg_options(alpha: float, posterior_threshold: float,
 def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float,
                   cv_scale: float, posterior_threshold: float,
                   foreground: Literal["crf", "threshold"] | ForegroundFn, dense: DenseCRF | None,
-                  min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+                  min_exponent: float | None, parts: bool,
+                  crf_channel_order: Literal["bgr", "rgb"] = "bgr") -> PseudoMaskParts:
     """PPMG with checked options (``dense`` is the CRF of ``foreground="crf"``)."""
     x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     B, C, H, W = x.shape
     lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
+    check_finite(x, "cams")  # every map, also those of absent classes (only present ones are range-checked)
     img_u8: Tensor | None = None
     if image01 is not None:
         check_tensor(image01, "image01", 4, layout="B×3×H×W")
@@ -447,7 +460,8 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
         elif foreground == "crf":
             assert img_u8 is not None
             assert dense is not None
-            post = dense(None, probs.float(), image_uint8=img_u8[bi])
+            crf_img = img_u8[bi] if crf_channel_order == "rgb" else img_u8[bi].flip(1)  # released: cv2 BGR
+            post = dense(None, probs.float(), image_uint8=crf_img.permute(0, 2, 3, 1))
             fg = post[:, 1].to(x.device) > posterior_threshold
         else:
             res = foreground(probs, None if img_u8 is None else img_u8[bi])
@@ -506,9 +520,11 @@ class ProportionalPseudoMask(nn.Module):
         foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
         crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
         min_exponent: float | None = None,
+        crf_channel_order: Literal["bgr", "rgb"] = "bgr",
     ) -> None:
         super().__init__()
-        _check_ppmg_options(alpha, posterior_threshold, foreground)
+        _check_ppmg_options(alpha, posterior_threshold, foreground, crf_channel_order)
+        self.crf_channel_order: Literal["bgr", "rgb"] = crf_channel_order
         self.alpha = alpha
         self.fg_threshold = fg_threshold
         self.cv_scale = cv_scale
@@ -528,7 +544,8 @@ class ProportionalPseudoMask(nn.Module):
     def _run(self, cams: Tensor, labels: Tensor, image01: Tensor | None, parts: bool) -> PseudoMaskParts:
         dense = self.crf if self.foreground == "crf" else None
         return _ppmg_checked(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
-                             self.posterior_threshold, self.foreground, dense, self.min_exponent, parts)
+                             self.posterior_threshold, self.foreground, dense, self.min_exponent, parts,
+                             self.crf_channel_order)
 
     @override
     def extra_repr(self) -> str:
@@ -690,6 +707,8 @@ class CyclicPseudoMask(nn.Module):
             raise ValueError(f"image01 must have 3 channels (B×3×H×W), got {shape_str(image01)}")
         check_range(image01, "image01", 0.0, 1.0,
                     hint="pass raw RGB in [0, 1] and put the model's normalisation in preprocess=")
+        if image01.shape[0] == 0:
+            raise ValueError(f"image01 must hold at least one image, got shape {shape_str(image01)}")
         B, _, H, W = image01.shape
         x = image01 if self.preprocess is None else self.preprocess(image01)
         if self.img_scale is None:
@@ -716,7 +735,8 @@ class CyclicPseudoMask(nn.Module):
             probs = probs * keep
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
         if self.crf is not None:
-            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01)).to(probs.device)
+            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01).permute(0, 2, 3, 1)
+                             ).to(probs.device)
             if self.policy == "restrict":
                 probs = probs * keep
                 probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from ._checks import check_choice, check_finite, check_labels, check_tensor, shape_str
 from .cam import normalize_cams
-from .patch_learning import Grid, Order, split_patches
+from .patch_learning import Grid, Order, _grid_pair, _split
 
 __all__ = ["tile_images", "puzzle_reconstruction_loss", "PuzzleReconstructionLoss", "puzzle_alpha"]
 
@@ -38,7 +38,13 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
         torch.Size([8, 3, 4, 4])
     """
     check_tensor(images, "images", 4, layout="B×C×H×W")
-    return split_patches(images, grid, order, "error")
+    check_choice(order, "order", ("batch_major", "tile_major"))
+    g = _grid_pair(grid)
+    H, W = images.shape[-2:]
+    if H % g[0] or W % g[1]:
+        raise ValueError(f"grid {g} does not divide images of spatial size {H}×{W} (shape {shape_str(images)}); "
+                         f"Puzzle-CAM tiles need H and W divisible by the grid (crop or resize the images)")
+    return _split(images, g, order, "error", 0.0, "images")
 
 
 def puzzle_reconstruction_loss(
@@ -92,6 +98,10 @@ def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: in
                          f"{shape_str(merged_cams)}")
     check_finite(cams, "cams")
     check_finite(merged_cams, "merged_cams")
+    if labels is not None:
+        check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
+    if cams.numel() == 0:  # an empty batch (or map): zero loss, not the NaN of a mean over nothing
+        return (cams.sum() + merged_cams.sum()) * 0.0
     a, b = cams, merged_cams
     if level == "cam":
         a, b = normalize_cams(a, "max", 1e-5), normalize_cams(b, "max", 1e-5)

@@ -33,6 +33,7 @@ from ._checks import (
     check_number,
     check_same_batch,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     shape_str,
 )
@@ -245,6 +246,13 @@ def _box_mask(boxes: Tensor | None, b: int, h: int, w: int, device: torch.device
     if boxes.shape != (b, 4):
         raise ValueError(f"boxes must have shape B×4 = ({b}, 4) with rows (x1, y1, x2, y2), "
                          f"got {shape_str(boxes)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must hold pixel coordinates (an integer tensor), got dtype {boxes.dtype}")
+    if boxes.is_floating_point():
+        check_finite(boxes, "boxes")
+        if checks_enabled() and not bool((boxes == boxes.round()).all()):
+            raise ValueError("boxes must hold whole pixel coordinates (x1, y1, x2, y2), got fractional values; "
+                             "round them (boxes_from_mask gives int64 boxes)")
     box = boxes.to(device=device, dtype=torch.long)
     rows = torch.arange(h, device=device).view(1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, w)
@@ -322,6 +330,8 @@ def reliable_pseudo_mask(
     if hs < 1 or ws < 1:
         raise ValueError(f"image01 of size {h}×{w} is too small for scale_factor={scale_factor}")
     box = _box_mask(boxes, b, h, w, image01.device)
+    if b == 0:  # an empty batch
+        return torch.zeros(0, h, w, dtype=torch.long, device=image01.device)
 
     dtype = compute_dtype(image01, cams)
     small_img = F.interpolate(image01.to(dtype), size=(hs, ws), mode="bilinear", align_corners=False)

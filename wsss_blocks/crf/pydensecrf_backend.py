@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss_blocks._checks import require
+from wsss_blocks._checks import checks_enabled, require
 
 __all__ = ["pydensecrf_available", "pydensecrf_inference", "pool_map", "NORMALIZATION_NAMES"]
 
@@ -65,6 +65,7 @@ def pydensecrf_inference(image: np.ndarray, unary: np.ndarray, *, iterations: in
         ``(K, H, W)`` float32 marginals.
     """
     dcrf = _dcrf()
+    image, unary = _check_arrays(image, unary)
     h, w = image.shape[:2]
     k = unary.shape[0]
     ntype = getattr(dcrf, NORMALIZATION_NAMES[normalization])
@@ -77,6 +78,28 @@ def pydensecrf_inference(image: np.ndarray, unary: np.ndarray, *, iterations: in
                                compat=float(bi_w), normalization=ntype)
     q = d.inference(int(iterations))
     return np.asarray(q, dtype=np.float32).reshape(k, h, w)
+
+
+def _check_arrays(image: object, unary: object) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (H, W, 3) uint8 and ``unary`` (K, H, W) / (K, H·W) finite floats; errors name the argument."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W, 3) uint8, got {type(image).__name__}")
+    if not isinstance(unary, np.ndarray):
+        raise TypeError(f"unary must be a numpy array (K, H, W) float32, got {type(unary).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"image must have shape (H, W, 3) with H, W >= 1, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (0..255, as the released sigmas assume), got {image.dtype}")
+    h, w = image.shape[:2]
+    if unary.dtype.kind != "f":
+        raise TypeError(f"unary must hold floating-point energies, got dtype {unary.dtype}")
+    if unary.ndim not in (2, 3) or unary.shape[0] < 1 or unary.shape[1:] not in ((h, w), (h * w,)):
+        raise ValueError(f"unary must have shape (K, {h}, {w}) or (K, {h * w}) to match image {image.shape}, got "
+                         f"{unary.shape}")
+    if checks_enabled() and not bool(np.isfinite(unary).all()):
+        raise ValueError(f"unary contains non-finite values ({int(np.isnan(unary).sum())} NaN, "
+                         f"{int(np.isinf(unary).sum())} Inf)")
+    return image, unary
 
 
 def _pool_job(args: tuple[np.ndarray, np.ndarray, Mapping[str, Any], bool]) -> np.ndarray:

@@ -108,7 +108,7 @@ def coco_id_to_contiguous(ids: Any, unknown: str = "error") -> Any:
         >>> coco_id_to_contiguous(torch.tensor([[1, 90], [0, 44]])).tolist()
         [[1, 80], [0, 40]]
     """
-    return _apply_lut(ids, _ID_LUT, unknown, "COCO category id")
+    return _apply_lut(ids, _ID_LUT, unknown, "COCO category id", "ids")
 
 
 def contiguous_to_coco_id(values: Any, unknown: str = "error") -> Any:
@@ -118,19 +118,19 @@ def contiguous_to_coco_id(values: Any, unknown: str = "error") -> Any:
         >>> contiguous_to_coco_id(80)
         90
     """
-    return _apply_lut(values, _INV_LUT, unknown, "contiguous COCO class value")
+    return _apply_lut(values, _INV_LUT, unknown, "contiguous COCO class value", "values")
 
 
-def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
+def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str, name: str = "ids") -> Any:
     if unknown not in ("error", "ignore"):
         raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
     if isinstance(ids, bool):
-        raise TypeError(f"ids must be an int, numpy array or tensor, got {type(ids).__name__}")
+        raise TypeError(f"{name} must be an int, numpy array or tensor, got {type(ids).__name__}")
     if isinstance(ids, (int, np.integer)):
-        return int(_apply_lut(np.asarray([ids]), lut, unknown, what)[0])
+        return int(_apply_lut(np.asarray([ids]), lut, unknown, what, name)[0])
     if isinstance(ids, torch.Tensor):
         if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+            raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
         x = ids.long()
         in_range = (x >= 0) & (x <= 255)
         t_lut = torch.as_tensor(lut, device=x.device)
@@ -144,7 +144,7 @@ def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
         return out
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
-            raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
+            raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
         xa = ids.astype(np.int64)
         outa = lut[np.clip(xa, 0, 255)]
         bada = (xa < 0) | (xa > 255) | (outa == _INVALID)
@@ -154,7 +154,7 @@ def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
                 raise ValueError(f"{what}s {vals} have no class (valid: 0, 255 and the 80 COCO ids)")
             outa = np.where(bada, IGNORE_INDEX, outa)
         return outa
-    raise TypeError(f"ids must be an int, numpy array or tensor, got {type(ids).__name__}")
+    raise TypeError(f"{name} must be an int, numpy array or tensor, got {type(ids).__name__}")
 
 
 _SPLIT_FOLDERS = {"train": ("train2014", "train"), "val": ("val2014", "val")}

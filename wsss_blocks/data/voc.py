@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wsss_blocks._checks import check_choice
+from wsss_blocks._checks import check_choice, check_int
 from wsss_blocks.data.io import _open_image, atomic_write, load_image, load_label_png
 
 __all__ = [
@@ -270,13 +270,39 @@ def labels_from_annotation(xml_path: PathLike, class_names: Sequence[str] = VOC_
 def labels_from_mask(mask: np.ndarray | torch.Tensor, num_classes: int = VOC_NUM_CLASSES) -> np.ndarray:
     """Image-level labels from a mask: classes present = unique values minus 0 and 255, minus 1.
 
+    Every value must be a class (0 background, 1..``num_classes``) or 255 (ignore): a mask with another value
+    (a class of another dataset, a negative value, a fractional float) raises ``ValueError`` instead of being
+    dropped or truncated.
+
+    Args:
+        mask: H×W label mask (integer, or float holding whole numbers).
+        num_classes: foreground classes C.
+
+    Returns:
+        ``(C,)`` float32 multi-hot vector.
+
     Examples:
         >>> import numpy as np
         >>> labels_from_mask(np.array([[0, 1], [15, 255]]))[[0, 14]].tolist()
         [1.0, 1.0]
     """
+    check_int(num_classes, "num_classes", minimum=1)
+    if not isinstance(mask, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"mask must be a numpy array or torch.Tensor, got {type(mask).__name__}")
     arr = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must have shape H×W (2-D), got {arr.ndim}-D array of shape {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"mask must hold class indices (an integer array), got dtype {arr.dtype}")
     vals = np.unique(arr)
+    if arr.dtype.kind == "f":
+        frac = vals[~np.isfinite(vals) | (vals != np.round(vals))]
+        if frac.size:
+            raise ValueError(f"mask must hold whole class indices, got value {float(frac[0]):g}")
+    bad = vals[((vals < 0) | (vals > num_classes)) & (vals != IGNORE_INDEX)]
+    if bad.size:
+        raise ValueError(f"mask has value {bad[0]:g} outside [0, {num_classes}] and {IGNORE_INDEX} (ignore) for "
+                         f"num_classes={num_classes}; values: {[float(v) for v in bad[:5]]}")
     vals = vals[(vals >= 1) & (vals <= num_classes)].astype(np.int64)
     vec = np.zeros(num_classes, dtype=np.float32)
     vec[vals - 1] = 1.0

@@ -21,10 +21,11 @@ another class count (shape mismatch) or with missing/unexpected keys (``strict``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import require
+from wsss_blocks._checks import check_batch, require
 
 from .registry import KeyMap, backbone_entry, get_key_map, register_key_map, registered_backbones
 from .state_dict import is_random_init, read_checkpoint
@@ -372,6 +373,7 @@ class TinyBackbone(nn.Module):
         if output_stride < 1 or output_stride & (output_stride - 1) or output_stride > 2 ** len(widths):
             raise ValueError(f"output_stride must be a power of two <= 2**len(widths) = {2 ** len(widths)}, "
                              f"got {output_stride}")
+        self.in_channels = int(in_channels)
         stages, strides, stride, dilation, cin = [], [], 1, 1, in_channels
         for w in widths:
             if stride < output_stride:
@@ -396,6 +398,7 @@ class TinyBackbone(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", self.in_channels)
         feats, x = [], images
         for stage in self.stages:
             x = stage(x)
@@ -408,6 +411,23 @@ class TinyBackbone(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 _TV_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+@contextlib.contextmanager
+def _building(model: str, backbone: object, **settings: Any) -> Iterator[None]:
+    """Name the network, the backbone and its settings when a backbone given by name cannot be built for it.
+
+    Every model × backbone combination either builds or raises this error saying why (e.g. ResNet-38 has output
+    stride 8 only, MiT encoders 16 or 32, torchvision cannot dilate the BasicBlocks of ResNet-18/34).
+    """
+    try:
+        yield
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        if not isinstance(backbone, str):
+            raise
+        opts = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
+        msg = f"cannot build {model} with backbone {backbone!r}{f' ({opts})' if opts else ''}: {exc}"
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(msg) from exc
 
 
 def _dilation_flags(output_stride: int) -> list[bool]:
@@ -460,6 +480,10 @@ class TorchvisionResNet(nn.Module):
         if not out_indices or any(i not in (1, 2, 3, 4) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of (1, 2, 3, 4), got {out_indices}")
         dil = _dilation_flags(output_stride)
+        if name in ("resnet18", "resnet34") and any(dil):
+            raise ValueError(f"{name} is built of BasicBlocks, which torchvision cannot dilate, so its output stride "
+                             f"is 32 only (got output_stride={output_stride}); pass output_stride=32 or use a "
+                             f"Bottleneck ResNet (resnet50 and deeper)")
         if layers is not None:
             resnet_mod = require("torchvision.models.resnet", "train")
             block = resnet_mod.Bottleneck if name not in ("resnet18", "resnet34") else resnet_mod.BasicBlock
@@ -509,6 +533,7 @@ class TorchvisionResNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", self.conv1.in_channels)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         feats = []
         for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
@@ -672,6 +697,7 @@ class TimmBackbone(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images")
         x = images
         if self._fixed_size is not None and tuple(x.shape[-2:]) != self._fixed_size:
             x = torch.nn.functional.interpolate(x, size=self._fixed_size, mode="bilinear", align_corners=False)

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_positive, check_tensor
-from wsss_blocks.cam import cam_from_features
+from wsss_blocks._checks import check_batch, check_positive, check_tensor
+from wsss_blocks.cam import _cam_from_features
 
 from .backbones import (
+    _TV_RESNETS,
     TinyBackbone,
+    _building,
     build_backbone,
     deeplab_pytorch_key_map,
     is_random_init,
@@ -98,7 +100,8 @@ class CAMNet(nn.Module):
                  hidden_channels: int | None = None, init: Literal["xavier", "default"] = "xavier",
                  backbone_kwargs: Mapping[str, Any] | None = None):
         super().__init__()
-        self.backbone = _resolve_backbone(backbone, pretrained, dict(backbone_kwargs or {}))
+        with _building("CAMNet", backbone, **dict(backbone_kwargs or {})):
+            self.backbone = _resolve_backbone(backbone, pretrained, dict(backbone_kwargs or {}))
         n = len(_channels(self.backbone))
         if not -n <= feature_index < n:
             raise ValueError(f"feature_index must index the backbone's {n} maps, got {feature_index}")
@@ -169,6 +172,7 @@ class SMAFNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        check_batch(images, "images")
         cams = self.cam_logits(images)
         return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
 
@@ -216,9 +220,11 @@ class DeepLabV2(nn.Module):
         super().__init__()
         if isinstance(backbone, str):
             kw = dict(backbone_kwargs or {})
-            kw.setdefault("style", style)
-            kw.setdefault("out_indices", (4,))
-            self.backbone = build_backbone(backbone, None, output_stride=output_stride, **kw)
+            if backbone in _TV_RESNETS or backbone == "resnet_tiny":  # style and out_indices: torchvision ResNets
+                kw.setdefault("style", style)
+                kw.setdefault("out_indices", (4,))
+            with _building("DeepLabV2", backbone, output_stride=output_stride, **kw):
+                self.backbone = build_backbone(backbone, None, output_stride=output_stride, **kw)
         else:
             self.backbone = _resolve_backbone(backbone, None, {})
         self.head = ASPPv2(_channels(self.backbone)[-1], num_classes, rates)
@@ -341,7 +347,8 @@ class SegFormer(nn.Module):
         if isinstance(encoder, str):
             kw = dict(encoder_kwargs or {})
             kw.setdefault("strides", tuple(strides))
-            enc = build_backbone(encoder, pretrained, **kw)
+            with _building("SegFormer", encoder, **kw):
+                enc = build_backbone(encoder, pretrained, **kw)
             if not isinstance(enc, MixTransformer):
                 raise ValueError(f"encoder must name a MiT (mit_b0..mit_b5, mit_tiny), got {encoder!r}")
             self.encoder: MixTransformer = enc
@@ -377,7 +384,7 @@ class SegFormer(nn.Module):
         if self.classifier is not None:
             pooled = global_pool(feats[-1], self.pooling)
             out["logits"] = pooled @ self.classifier.weight.flatten(1).t()
-            out["cams"] = cam_from_features(feats[-1], self.classifier.weight)
+            out["cams"] = _cam_from_features(feats[-1], self.classifier.weight.flatten(1), None)
         if want_attn:
             out["attns"] = attns
             if self.attn_proj is not None:
@@ -416,7 +423,8 @@ class DeepLabV3Plus(nn.Module):
         kw = dict(backbone_kwargs or {})
         if isinstance(backbone, str):
             kw.setdefault("output_stride", output_stride)
-        self.backbone = _resolve_backbone(backbone, pretrained, kw)
+        with _building("DeepLabV3Plus", backbone, **kw):
+            self.backbone = _resolve_backbone(backbone, pretrained, kw)
         if rates is None:
             rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.head = DeepLabV3PlusHead(_channels(self.backbone)[-1], _channels(self.backbone)[0],

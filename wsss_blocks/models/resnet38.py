@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_blocks._checks import check_batch
+
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 from .registry import register_backbone, register_key_map
 
@@ -188,6 +190,7 @@ class ResNet38(nn.Module):
 
     def forward_dict(self, images: Tensor) -> dict[str, Tensor]:
         """Return ``{"conv3", "conv4", "conv5", "conv6"}`` as in the released ``forward_as_dict``."""
+        check_batch(images, "images", self.conv1a.in_channels)
         x = self.conv1a(images)
         out: dict[str, Tensor] = {}
         for name in self._blocks:

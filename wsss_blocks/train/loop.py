@@ -230,7 +230,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     try:
         while step < total:
             factor = lr_factor(step, total, optim, spe)
-            lr = set_lr(optimizer, optim.lr, factor)
+            lr = set_lr(optimizer, optim.lr, factor, optim.min_lr if optim.lr_schedule == "poly" else 0.0)
             optimizer.zero_grad(set_to_none=True)
             indices: list[int] = []
             metrics: dict[str, float] = {}

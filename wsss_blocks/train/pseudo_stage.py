@@ -33,7 +33,7 @@ from wsss_blocks.metrics import BgScoreSweep, SegmentationMetric
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
-from .datasets import data_root, iter_inference_batches, open_split
+from .datasets import data_root, iter_inference_batches, open_split, preflight_data
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .methods import CAMMethod
 from .paths import absolute, resolve_paths
@@ -50,6 +50,11 @@ def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor,
     p = cfg.pseudo
     x = normalize_images(image01, data_normalization(cfg.data))
     use_amp = cfg.runtime.amp and image01.device.type == "cuda"
+    infer = getattr(method, "infer_cams", None)  # a method's own inference (PMM: multi-crop), already normalised
+    with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
+        own = infer(x, labels) if infer is not None else None
+    if own is not None:
+        return own.float() * labels.to(torch.float32)[:, :, None, None]
     with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
         fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
                                 out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
@@ -179,6 +184,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     from .irn_stage import boundary_fn, check_irn_folder, train_irn, uses_irn
 
     check_irn_folder(cfg, out_dir)
+    preflight_data(cfg, ("pseudo",), env)  # every file the stage reads decoded once (cached), before any write
     method = _model(cfg, out_dir, env)
     if callable(getattr(method, "pseudo_masks", None)):
         raise TypeError(f"method {cfg.method!r} defines pseudo_masks(), which the trainer no longer calls: the "

@@ -78,6 +78,8 @@ class DataConfig:
     mean: tuple[float, float, float] | None = None   # RGB mean in [0, 1] replacing ImageNet's (normalize: imagenet)
     std: tuple[float, float, float] | None = None    # RGB std replacing ImageNet's (normalize: imagenet)
     coco_raw_category_ids: bool = False  # COCO masks hold raw category ids 1..90 (coco2voc output)
+    preflight: bool = True               # decode every image/mask the run reads before its first write (cached)
+    max_image_pixels: int | None = 16_000_000  # the pre-flight check refuses larger images (None: no limit)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
 
@@ -93,6 +95,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     lr_schedule: Literal["poly", "step"] = "poly"   # "step": lr × lr_decay_gamma at each of lr_decay_epochs
     poly_power: float = 0.9
+    min_lr: float = 0.0                  # poly floor (mmcv PolyLrUpdaterHook): (lr_group - min_lr)·(1 - t/T)^p + min_lr
     lr_decay_epochs: tuple[int, ...] = ()  # step schedule: epochs (0-based) at whose start the lr is multiplied
     lr_decay_gamma: float = 0.1
     lr_update_every: int = 1             # recompute the lr every N steps (deeplab-pytorch: 10)
@@ -117,6 +120,7 @@ class CAMStageConfig(OptimConfig):
     resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])
     resize: tuple[int, int] | None = None         # warp to a fixed (H, W), aspect not kept (L2G COCO: [448, 448])
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"   # image resizing in the augmentation
+    saliency_interpolation: Literal["bilinear", "nearest"] = "bilinear"   # saliency resizing (L2G VOC: nearest)
     scale_range: tuple[float, float] | None = None
     crop_size: int = 512
     hflip: bool = True
@@ -154,7 +158,7 @@ class SegStageConfig(OptimConfig):
     """Segmentation network on pseudo masks and its evaluation (see [`wsss_blocks.train.seg_stage`][])."""
 
     source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
-    model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
+    model: Literal["deeplabv2", "deeplabv3plus", "segformer", "pspnet"] = "deeplabv2"
     backbone: str = "resnet101"
     pretrained: str | None = None
     style: Literal["caffe", "pytorch"] = "caffe"
@@ -164,6 +168,15 @@ class SegStageConfig(OptimConfig):
     crop_size: int = 321
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
     hflip: bool = True
+    augment: Literal["deeplab", "mmseg"] = "deeplab"   # "mmseg": resize by ratio of img_scale, crop inside the
+    #                                     image (cat_max_ratio), flip, photometric distortion, pad (PMM's PSPNet)
+    img_scale: tuple[int, int] = (2048, 512)          # augment mmseg: (long, short) target scale
+    ratio_range: tuple[float, float] = (0.5, 2.0)     # augment mmseg: uniform ratio of img_scale
+    cat_max_ratio: float = 1.0                        # augment mmseg: redraw crops where one class covers this much
+    photometric_distortion: bool = False              # augment mmseg: mmseg's PhotoMetricDistortion
+    param_groups: Literal["deeplab", "uniform"] = "deeplab"   # "uniform": one lr and weight decay for every
+    #                                     parameter (mmseg's optimizer); "deeplab": backbone 1x, new layers 10x/20x
+    sync_bn: bool = False                 # SyncBatchNorm under DDP (PMM's PSPNet)
     msc_train: tuple[float, ...] = (0.5, 0.75)   # DeepLab-v2 MSC inputs during training (() = off)
     loss: str = "ce"                     # ce | puf | balanced (wsss_blocks.train.pipeline registry)
     loss_at: Literal["logits", "labels"] = "logits"  # "logits": nearest-resize masks to each output
@@ -175,9 +188,17 @@ class SegStageConfig(OptimConfig):
     eval_flip_reduce: Literal["max", "sum", "mean"] = "mean"
     eval_resize_long: int | None = None  # resize the image's long side to this before multi-scale eval
     #                                      (ToCo/TSCD: 512); logits are resized back to the original size
+    eval_average: Literal["logits", "probs"] = "logits"   # "probs": softmax per pass, mean over all passes
+    #                                      (mmseg aug_test); "logits": fuse logits by eval_*_reduce, then softmax
+    eval_img_scale: tuple[int, int] | None = None   # eval_scales are ratios of this (long, short) keep-ratio scale
+    #                                      (mmseg MultiScaleFlipAug img_scale); None: ratios of the image size
+    eval_slide: tuple[int, int] | None = None       # sliding-window inference [crop, stride] (mmseg mode "slide")
     crf: bool = False
     crf_params: dict[str, Any] = field(default_factory=dict)  # DenseCRF arguments (preset or values)
-    eval_every: int | None = None        # evaluate val every N steps and keep the best model (best.pt)
+    eval_every: int | None = None        # evaluate val every N steps and keep the best model (best.pt); with
+    #                                      source: method, the method's head every N CAM-stage steps
+    report: Literal["last", "best"] = "last"   # which model the segmentation mIoU is reported for: the last
+    #                                      one, or the best val checkpoint (needs eval_every; the last is shown too)
     cyclic_rounds: int = 0               # PMM cyclic pseudo-masks: relabel train with the best model, retrain
     cyclic_loss: Literal["ce", "puf"] = "ce"    # loss of the cyclic rounds (release: plain CE)
     cyclic_select: Literal["best", "last"] = "best"   # which model of a round relabels (release: best val)
@@ -285,6 +306,25 @@ def _validate(cfg: RunConfig) -> RunConfig:
     if s.cyclic_rounds > 0 and s.cyclic_select == "best" and s.eval_every is None:
         raise ConfigError("seg.cyclic_select 'best' picks the best val checkpoint and needs seg.eval_every (release: "
                           "2000); set seg.eval_every or seg.cyclic_select: last")
+    if s.report == "best" and s.eval_every is None:
+        raise ConfigError("seg.report 'best' reports the best val checkpoint and needs seg.eval_every; set "
+                          "seg.eval_every or seg.report: last")
+    if s.eval_every is not None and s.source == "method" and not getattr(cfg.method_class(), "has_segmentation",
+                                                                         False):
+        raise ConfigError(f"seg.eval_every with seg.source: method validates the method's segmentation head, but "
+                          f"method {cfg.method!r} has none")
+    if s.eval_slide is not None and min(s.eval_slide) < 1:
+        raise ConfigError(f"seg.eval_slide must be [crop, stride] of positive ints, got {list(s.eval_slide)}")
+    if s.eval_img_scale is not None and min(s.eval_img_scale) < 1:
+        raise ConfigError(f"seg.eval_img_scale must be [long, short] of positive ints, got {list(s.eval_img_scale)}")
+    if s.eval_average == "probs" and (s.eval_scale_reduce != "mean" or s.eval_flip_reduce != "mean"):
+        raise ConfigError("seg.eval_average 'probs' averages every pass (mmseg aug_test); set seg.eval_scale_reduce "
+                          "and seg.eval_flip_reduce to mean")
+    if not 0.0 < s.cat_max_ratio <= 1.0:
+        raise ConfigError(f"seg.cat_max_ratio must lie in (0, 1], got {s.cat_max_ratio}")
+    for sec in ("cam", "seg"):
+        if getattr(cfg, sec).min_lr < 0:
+            raise ConfigError(f"{sec}.min_lr must be >= 0, got {getattr(cfg, sec).min_lr}")
     if s.eval_resize_long is not None and s.eval_resize_long < 1:
         raise ConfigError(f"seg.eval_resize_long must be >= 1 or null, got {s.eval_resize_long}")
     if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):

@@ -69,7 +69,8 @@ class CAMMethod(nn.Module):
             [`wsss_blocks.train.reproduce`][wsss_blocks.train.reproduce.reproduce].
         paper_source: one line saying where ``paper_numbers`` come from (paper table, split, backbone).
         phases: names of the training phases, run in order, each with a fresh optimizer and poly
-            schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``.
+            schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``. A method whose phases
+            depend on its arguments sets it on the instance in ``__init__`` (PMM).
         cam_normalization: ``"max"`` (IRN) or ``"minmax"`` (ToCo/AFA) normalisation of the fused CAMs
             before the threshold sweep and the pseudo-mask chain.
         has_segmentation: True if `seg_fn` predicts segmentation (TSCD); the segmentation stage then
@@ -108,7 +109,7 @@ class CAMMethod(nn.Module):
     Config: ClassVar[type] = NoConfig
     paper_numbers: ClassVar[dict[str, float | None]] = {}
     paper_source: ClassVar[str] = ""
-    phases: ClassVar[tuple[str, ...]] = ("cam",)
+    phases: tuple[str, ...] = ("cam",)
     cam_normalization: ClassVar[str] = "max"
     has_segmentation: ClassVar[bool] = False
 
@@ -172,8 +173,55 @@ class CAMMethod(nn.Module):
         return param_groups(self, base_lr, weight_decay=weight_decay, backbone_prefixes=prefixes or ("backbone.",))
 
     def phase_steps(self, phase: str, default_steps: int) -> int:
-        """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase."""
+        """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase.
+
+        ``default_steps`` is computed from [`CAMMethod.phase_optim`][]'s ``steps`` / ``epochs`` / ``batch_size``.
+        """
         return default_steps
+
+    def phase_optim(self, phase: str, optim: Any) -> Any:
+        """The optimizer and schedule settings of ``phase`` (an ``OptimConfig``); default: the ``cam`` section.
+
+        A method whose phases train different networks returns a modified copy (``dataclasses.replace``), e.g.
+        PMM's stage C with its own batch size, epochs and learning rate.
+        """
+        return optim
+
+    def phase_dataset(self, phase: str, base: Any, default: Any) -> Any:
+        """The training dataset of ``phase``, called after [`CAMMethod.on_phase_start`][]; default: ``default``.
+
+        ``base`` is the un-augmented training split, ``default`` the CAM stage's augmented dataset
+        (`wsss_blocks.train.datasets.AugmentedDataset`); a replacement must be indexed like it, by ``(epoch,
+        index)`` over the same images, and give the same keys (PMM's stage C: tiles with re-derived labels).
+        """
+        return default
+
+    def infer_cams(self, images: Tensor, labels: Tensor) -> Tensor | None:
+        """The method's own CAM inference, or ``None`` for the default (multi-scale + flip [`CAMMethod.cam_fn`][]).
+
+        Args:
+            images: B×3×H×W normalised images.
+            labels: B×C multi-hot labels.
+
+        Returns:
+            B×C×H×W CAMs at the image size, already normalised (``pseudo.scales``/``flip``/``reduce`` and
+            `CAMMethod.cam_normalization` are then not applied), or ``None``. PMM's multi-crop inference is one.
+        """
+        return None
+
+    @classmethod
+    def uses_cam_backbone(cls, method_cfg: Any) -> bool:
+        """Whether the method builds the ``cam.backbone`` network (and so needs ``cam.pretrained``); default yes."""
+        return True
+
+    @classmethod
+    def extra_weights(cls, method_cfg: Any) -> list[tuple[str, str | None, str]]:
+        """Initialisations the method loads besides ``cam.pretrained``: ``(field, weights, backbone)`` triples.
+
+        `wsss_blocks.models.weights.check_run_weights` fetches and verifies them before the first step, like
+        ``cam.pretrained`` (``field`` names the ``method_args`` key in its messages).
+        """
+        return []
 
     def on_phase_start(self, ctx: PhaseContext) -> None:
         """Hook run before each phase's optimizer is built (e.g. freeze a teacher, build a student).

@@ -54,6 +54,10 @@ class L2GConfig:
         use_saliency: saliency shape transfer (the released scripts are saliency-only; needs
             ``data.saliency_dir``). False = plain attention transfer (no saliency in the target).
         keep_max: keep only the per-pixel winning target channel (released).
+        keep_max_ties: which of several equal maximal channels keep-max keeps: ``"argsort"`` (released: row 0
+            of an unstable ``torch.argsort``, device dependent; on CPU mostly the background), ``"lowest"``
+            (lowest channel index) or ``"highest"`` (the background wins its ties); see
+            `wsss_blocks.local_global.l2g_target`.
         roi_aligned: RoIAlign ``aligned`` flag; False keeps the released half-cell shift,
             True is the geometrically exact deviation.
         empty_saliency_fallback: the paper's L_at target for patches with empty saliency (not in the code).
@@ -74,6 +78,7 @@ class L2GConfig:
     bg_target: Literal["binary", "soft"] = "binary"
     use_saliency: bool = True
     keep_max: bool = True
+    keep_max_ties: Literal["argsort", "lowest", "highest"] = "argsort"
     roi_aligned: bool = False
     empty_saliency_fallback: bool = False
     global_cls_weight: float = 0.0
@@ -150,7 +155,8 @@ class L2GMethod(CAMMethod):
         self.transfer = LocalToGlobalTransfer(num_classes, stride=self.stride, weight=c.kd_weight,
                                               fg_threshold=c.fg_threshold, bg_channel="last", keep_max=c.keep_max,
                                               bg_target=c.bg_target, roi_aligned=c.roi_aligned,
-                                              empty_saliency_fallback=c.empty_saliency_fallback)
+                                              empty_saliency_fallback=c.empty_saliency_fallback,
+                                              keep_max_ties=c.keep_max_ties)
         if c.freeze_bn:
             set_bn_eval(self)
 
