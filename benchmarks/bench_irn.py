@@ -2,13 +2,13 @@
 
 Rows:
 
-* ``random_walk`` — :func:`wsss_blocks.irn.random_walk` (sparse, 256 steps) against the release's
+* ``random_walk`` — `wsss_blocks.irn.random_walk` (sparse, 256 steps) against the release's
   ``propagate_to_edge`` (``benchmarks/irn_baseline.py``: dense ``hw × hw`` transition matrix squared 8 times)
   on one image with 3 present classes, radius 5, beta 10, exp_times 8. The release's cost grows with
   ``(hw)³`` time and ``(hw)²`` memory, so the side-by-side row uses a 48×64 stride-4 grid (a 190×255 image);
   the ``random_walk_voc`` row times the library alone on the VOC-size 94×125 grid (a 375×500 image), where
   the dense matrix alone would take 552 MB and one squaring 3.2·10¹² FLOP.
-* ``boundary_affinity_loss`` — forward + backward of :func:`wsss_blocks.irn.boundary_affinity_loss` at the
+* ``boundary_affinity_loss`` — forward + backward of `wsss_blocks.irn.boundary_affinity_loss` at the
   released training setting (radius 10 on the 128×128 grid of a 512 crop) against the release's
   ``edge_to_affinity`` + loss lines, batch 2 (the release uses 32 over its GPUs).
 

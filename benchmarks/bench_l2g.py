@@ -5,8 +5,8 @@ maps (20 classes + background), stride 8 (global map 56², local maps 40²), wit
 
 Rows:
 
-- ``l2g_sampler``: :class:`LocalPatchSampler` on images, labels and saliency (boxes + crops).
-- ``l2g_loss_fwd_bwd``: :class:`LocalToGlobalTransfer` forward + backward into the global logits
+- ``l2g_sampler``: `LocalPatchSampler` on images, labels and saliency (boxes + crops).
+- ``l2g_loss_fwd_bwd``: `LocalToGlobalTransfer` forward + backward into the global logits
   (target build, RoIAlign, softmax, MSE and its gradient).
 - ``l2g_step_overhead``: sampler + loss forward + backward, against ``baseline_ms`` = a torchvision
   ``resnet50(weights=None)`` forward + backward on the same batch of global views (3×3×448×448) on the same

@@ -3,13 +3,13 @@
 Rows (VOC-like setting: 20 foreground classes + background = 21 labels, 375×500 images):
 
 - ``cov_smooth``: one image's 20 class maps.
-- ``ppmg_threshold``: :func:`proportional_pseudo_mask` with the CRF-free threshold foreground.
+- ``ppmg_threshold``: `proportional_pseudo_mask` with the CRF-free threshold foreground.
 - ``ppmg_crf_pydensecrf``: the release pipeline (per present class a 2-label pydensecrf CRF, 10
   iterations) through the library; ``baseline`` is a straight numpy transcription of the release's
   per-class loop (``refine_cam.py`` ``ppmg``) on the same inputs, so ``ratio = baseline / ours``.
-- ``ppmg_crf_library``: the same through :class:`wsss_blocks.crf.DenseCRF` (when that module exists; on
+- ``ppmg_crf_library``: the same through `wsss_blocks.crf.DenseCRF` (when that module exists; on
   ``--device cuda`` its PyTorch backend).
-- ``puf_loss``: forward + backward of :class:`PretendedUnderFittingLoss` vs plain ``F.cross_entropy``.
+- ``puf_loss``: forward + backward of `PretendedUnderFittingLoss` vs plain ``F.cross_entropy``.
 
 Throughput is reported as images/s for 1 and 3 present classes per image (VOC train_aug averages about
 1.5 classes per image). Run: ``python benchmarks/bench_pmm.py [--device cuda] [--quick]``.

@@ -129,7 +129,7 @@ def run_suite(device: str, quick: bool, sections: Sequence[str] | None = None, o
               argv: Sequence[str] | None = None) -> tuple[dict[str, Any], int]:
     """Run the sections one by one, each in a subprocess; returns the results payload and the exit code.
 
-    ``specs`` (default :func:`section_specs`) maps section names to ``(title, "module:function")``; the
+    ``specs`` (default `section_specs`) maps section names to ``(title, "module:function")``; the
     children import the function, so it must be importable from the repository root or ``PYTHONPATH``.
     """
     from benchmarks.harness import config_header

@@ -16,7 +16,7 @@ Sections (in suite order):
 * ``cams``: multi-scale + flip CAMs of ResNet-38 and ResNet-50 at 375×500, AMP off and on: images/s.
 * ``pseudo``: the pseudo-mask pass of each method's VOC config (``wsss_blocks/configs/<method>_voc.yaml``) on
   random weights at VOC image sizes, through the trainer's own per-batch code (``compute_cams`` and the
-  method's ``pseudo_masks`` rule: CoV/PPMG, SMAF + CRF, VARM, ...): images/s and the projected time of VOC
+  method's pseudo-mask chain: CoV/PPMG, SMAF + CRF, VARM, ...): images/s and the projected time of VOC
   train_aug (10,582 images); plus PPL's CAMs followed by IRN's inference (``wsss_blocks.irn``), the step
   ``ppl_voc`` leaves out.
 * ``train``: training steps of each method's VOC config at its real batch and crop through the trainer's own
@@ -26,7 +26,6 @@ Sections (in suite order):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import os
 import statistics
@@ -442,22 +441,31 @@ class _IRNPass:
 def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, warm: int) -> Row:
     from wsss_blocks.train.datasets import iter_inference_batches
     from wsss_blocks.train.distributed import DistEnv
+    from wsss_blocks.train.pipeline import PseudoChain
     from wsss_blocks.train.pseudo_stage import compute_cams
     from wsss_blocks.train.schema import load_run_config
 
     m, _, variant = name.partition("+")
     irn = _IRNPass(device) if variant == "irn" else None
     env = DistEnv(device=torch.device(device))
-    # quick: two scales keep the CPU dry run of the three ResNet-38 configs within seconds
-    cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["pseudo.scales=[1.0, 0.5]"] if quick else []))
+    # quick: two scales (PMM: one multi-crop scale of small tiles) keep the CPU dry run within seconds
+    quick_ov = ["pseudo.scales=[1.0, 0.5]"] + (["method_args.crop_scales=[1.0]", "method_args.crop_size=64",
+                                                "method_args.crop_stride=48"] if m == "pmm" else [])
+    cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["method_args.stage_c_pretrained=none"]
+                                                                  if m == "pmm" else []) + (quick_ov if quick else []))
+    if cfg.pseudo.refine == "irn":  # the IRN refinement is timed by the '+irn' row (random IRNet weights)
+        cfg = load_run_config(f"{m}_voc", _bench_overrides(device) + (["method_args.stage_c_pretrained=none"]
+                                                                      if m == "pmm" else [])
+                              + (quick_ov if quick else []) + ["pseudo.refine=none"])
+    chain = PseudoChain(cfg)
     bg = cfg.pseudo.bg_score
     bg_note = ""
     if bg == "sweep":  # the value does not change the cost; the sweep picks it on the CAM evaluation split
         bg, bg_note = 0.15, " (pseudo.bg_score sweep: 0.15 used)"
-    pcfg = dataclasses.replace(cfg.pseudo, bg_score=float(bg))
     with tempfile.TemporaryDirectory() as tmp:
         t_build = time.perf_counter()
         method = _restored_method(cfg, env, Path(tmp))
+        chain.context.method = method
         build_s = time.perf_counter() - t_build
         mem = PeakMemory(device)
         cam_s = mask_s = 0.0
@@ -470,7 +478,7 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
                     if irn is not None:
                         irn.masks(irn.cams(method, img, lab, cfg), lab, img, cfg).cpu()
                     else:
-                        method.pseudo_masks(compute_cams(method, img, lab, cfg), lab, img, pcfg).cpu()
+                        chain.masks(compute_cams(method, img, lab, cfg), lab, img, float(bg)).cpu()
                     if k == warm - 1:
                         mem.start()
                     continue
@@ -479,7 +487,8 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
                 cams = irn.cams(method, img, lab, cfg) if irn is not None else compute_cams(method, img, lab, cfg)
                 sync(device)
                 t1 = time.perf_counter()
-                masks = irn.masks(cams, lab, img, cfg) if irn is not None else method.pseudo_masks(cams, lab, img, pcfg)
+                masks = (irn.masks(cams, lab, img, cfg) if irn is not None
+                         else chain.masks(cams, lab, img, float(bg)))
                 masks.to(torch.uint8).cpu()
                 sync(device)
                 t2 = time.perf_counter()
@@ -492,9 +501,9 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
     per_image = (cam_s + mask_s) / count
     train_aug_min = VOC_TRAIN_AUG * per_image / 60
     stage_min = train_aug_min + VOC_CAM_EVAL * cam_s / count / 60
-    crf = _crf_note(m, cfg) if irn is None else (", IRN inference (stride-4 CAMs, IRNet boundary map with random "
-                                                   "weights, 256-step random walk, background 0.25); not in the "
-                                                   "config, IRNet training not timed")
+    crf = (f", chain {chain.spec.describe()}" if irn is None else
+           ", IRN inference (stride-4 CAMs, IRNet boundary map with random weights, 256-step random walk, background "
+           "0.25); IRNet training not timed")
     title = f"{m}_voc{' + IRN' if irn is not None else ''} pseudo masks"
     del irn
     free_memory()
@@ -509,17 +518,6 @@ def _pseudo_method(name: str, device: str, quick: bool, samples: InMemoryVOC, wa
            "passed": train_aug_min < PSEUDO_GOAL_MIN}
 
 
-def _crf_note(method: str, cfg: Any) -> str:
-    a = cfg.method_args or {}
-    if method == "smaf" and a.get("pseudo_crf", True):
-        return f", threshold + CRF ({a.get('crf_preset', 'smaf')}, backend {a.get('crf_backend', 'auto')})"
-    if method == "pmm":
-        return f", CoV + PPMG (foreground {a.get('foreground', 'crf')})"
-    if method == "tscd":
-        return f", {a.get('pseudo_rule', 'refined')} rule (VARM reliable labels)"
-    return ", IRN seed rule"
-
-
 # ------------------------------------------------------------------------------------------------ 6. training
 class _Stop(Exception):
     """Raised by the timing hook to end a phase after the measured steps (no checkpoint is written)."""
@@ -532,11 +530,15 @@ def _train_overrides(m: str, device: str, quick: bool) -> list[str]:
           "cam.lr=1.0e-6"]
     if m == "tscd":
         ov.append("method_args.cam_iters=0")  # every loss on from step 0 (the release's steps after 2,000)
+    if m == "pmm":  # random weights for the stage-C network too
+        ov.append("method_args.stage_c_pretrained=none")
     if quick:  # toy sizes: ResNet-38 steps cost seconds on one CPU thread even at 32 px
         ov += ["cam.batch_size=2", "runtime.num_workers=0"]
         toy = {"baseline": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
                "ppl": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
-               "pmm": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
+               "pmm": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.stage_c_batch_size=2",
+                       "method_args.crop_size=32", "method_args.crop_stride=24", "method_args.crop_scales=[1.0]",
+                       "method_args.rough_mask_scales=[1.0]"],
                "smaf": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.target_scales=[1.0]"],
                "l2g": ["cam.crop_size=32", "cam.resize_short=[32, 32]", "method_args.patch_size=16"],
                # MiT-B1's spatial reduction needs >= 29 px in TSCD's smallest view (crop x 0.3 x 0.5)
@@ -571,7 +573,6 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     n = c.batch_size * c.accumulate * (1 if quick else 2)
     base = InMemoryVOC(voc_like_samples(n, quick, cfg.data.num_classes, cfg.data.saliency_dir is not None))
     dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
-    default_steps = total_steps_for(c, VOC_TRAIN_AUG)
     amp = bool(cfg.runtime.amp) and torch.device(device).type == "cuda"
     mem = PeakMemory(device)
     mem.start()
@@ -580,11 +581,13 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for i, phase in enumerate(method.phases):
-            steps = int(method.phase_steps(phase, default_steps))
+            optim = method.phase_optim(phase, c)  # a phase's own batch size / epochs / lr (PMM's stage C)
+            steps = int(method.phase_steps(phase, total_steps_for(optim, VOC_TRAIN_AUG)))
             t0 = time.perf_counter()
             method.on_phase_start(PhaseContext(phase=phase, index=i, total_steps=steps, out_dir=out,
                                                device=env.device, resuming=False, dataset=base))
             method.to(env.device)
+            phase_data = method.phase_dataset(phase, base, dataset)  # PMM's stage C: multi-crop tiles
             setup_s = time.perf_counter() - t0
             stamps: list[float] = []
 
@@ -597,7 +600,8 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
                     raise _Stop
 
             spec = PhaseSpec(stage="cam", phase=phase, module=method, step_fn=method.training_step,
-                             param_groups=method.param_groups(c.lr, c.weight_decay), dataset=dataset, optim=c,
+                             param_groups=method.param_groups(optim.lr, optim.weight_decay), dataset=phase_data,
+                             optim=optim,
                              total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
                              normalize=data_normalization(cfg.data), phase_index=i,
                              extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state)
@@ -611,11 +615,12 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
             step_ms = statistics.median(durations)
             rows.append({
                 "name": f"{m}_voc {phase} step",
-                "params": f"batch {c.batch_size}" + (f" x {c.accumulate} accumulated" if c.accumulate > 1 else "")
+                "params": f"batch {optim.batch_size}"
+                + (f" x {optim.accumulate} accumulated" if optim.accumulate > 1 else "")
                 + f", crop {c.crop_size}, {c.backbone}, AMP {'on' if amp else 'off'}"
                 + (", all TSCD losses (cam_iters 0)" if m == "tscd" else "") + ", random weights, lr 1e-6",
                 "median_ms": step_ms, "steps_per_s": 1e3 / step_ms,
-                "images_per_s": 1e3 * c.batch_size * c.accumulate / step_ms, "peak_mem_mb": mem.mib(),
+                "images_per_s": 1e3 * optim.batch_size * optim.accumulate / step_ms, "peak_mem_mb": mem.mib(),
                 "first_steps_s": stamps[warmup - 1] - t_first, "phase_setup_s": setup_s,
                 "phase_steps": steps, "projected_phase_h": steps * step_ms / 3.6e6, "samples_ms": durations})
             mem.reset_peak()

@@ -10,7 +10,7 @@ This file exists to be compared against, not to be used. It is written from the 
 * the per-pixel weights are built as B×1×48×H×W tensors and multiplied with the B×C×48×H×W neighbour stack,
   then summed over the neighbour axis.
 
-The fast implementation in :mod:`wsss_blocks.refine` must match these functions to 1e-5 (max abs) on random
+The fast implementation in `wsss_blocks.refine` must match these functions to 1e-5 (max abs) on random
 inputs (``tests/test_refine.py``) and beat them in time and peak memory (``benchmarks/bench_refine.py``).
 References: AFA ``wetr/PAR.py`` L64-91 (= ToCo ``model/PAR.py``), SCD ``network/VARM.py`` L61-90.
 """

@@ -32,6 +32,7 @@ Usage::
     python -m benchmarks.quality --methods baseline,pmm --seeds 0 --init pretrained --no-json   # a check
     python -m benchmarks.quality --methods pmm,ppl --merge --jobs 2   # rerun two methods into the table
     python -m benchmarks.quality --data-root /data/VOCdevkit/VOC2012 --pretrained weights/res38d.pth
+    python -m benchmarks.quality --grid                   # ablation grid: methods x refiners x rules (ablation.py)
 
 The grid goes to ``benchmarks/results/quality_synthetic.json`` (``quality_synthetic_quick.json`` with
 ``--quick``): a header with the protocol, the pretrained backbones' records, the hardware, the wall time and
@@ -56,7 +57,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.harness import RESULTS_DIR, config_header, write_json
 from wsss_blocks.train.methods import KNOWN_METHODS, available_methods
@@ -293,11 +294,14 @@ def cam_images(cfg: Any) -> int:
     from types import SimpleNamespace
 
     cls = cfg.method_class()
-    steps = cfg.cam.steps if cfg.cam.steps is not None else cfg.cam.epochs * (cfg.data.synthetic.num_train
-                                                                               // cfg.cam.batch_size)
-    stub = SimpleNamespace(cfg=cfg.method_config())  # phase_steps reads only the method's arguments
-    total = sum(int(cls.phase_steps(stub, ph, int(steps))) for ph in cls.phases)
-    return total * int(cfg.cam.batch_size) * int(cfg.cam.accumulate)
+    mcfg = cfg.method_config()
+    stub = SimpleNamespace(cfg=mcfg)  # phase_optim and phase_steps read only the method's arguments
+    total = 0
+    for ph in cls.phases_for(mcfg):
+        o = cls.phase_optim(cast(Any, stub), ph, cfg.cam)  # a phase's own batch and steps (PMM's stage C)
+        steps = o.steps if o.steps is not None else o.epochs * (cfg.data.synthetic.num_train // o.batch_size)
+        total += int(cls.phase_steps(cast(Any, stub), ph, int(steps))) * int(o.batch_size) * int(o.accumulate)
+    return total
 
 
 def protocol_rows(methods: Sequence[str], quick: bool = False, overrides: Sequence[str] = ()) -> list[Row]:
@@ -876,6 +880,11 @@ def merge_rows(path: Path, rows: list[dict[str, Any]], header: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--grid" in argv:  # the ablation grid (methods x refiners x rules): benchmarks/ablation.py
+        from benchmarks.ablation import main as grid_main
+
+        return grid_main([a for a in argv if a != "--grid"])
     args = parse_args(argv)
     if args.data_root is None:
         return main_synthetic(args)

@@ -1,9 +1,9 @@
 """Shared helper of the examples: a tiny CAM network trained on the synthetic VOC-format dataset on CPU.
 
 Used by ``pmm_pseudo_masks.py`` and ``varm_refine_cams.py``; not an example itself (the leading underscore).
-:func:`common_parser` holds their shared options, :func:`prepare_run` applies ``--quick``, seeds torch and
-writes and loads a small synthetic dataset (:func:`load_synthetic_train_aug`), and :func:`train_tiny_cam`
-trains a :class:`~wsss_blocks.models.backbones.TinyBackbone` + :class:`~wsss_blocks.models.heads.CAMHead` on
+`common_parser` holds their shared options, `prepare_run` applies ``--quick``, seeds torch and
+writes and loads a small synthetic dataset (`load_synthetic_train_aug`), and `train_tiny_cam`
+trains a `TinyBackbone` + `CAMHead` on
 the image labels with the multi-label soft-margin loss: Adam, lr 2e-3, weight decay 1e-4, random horizontal
 flips; the batch order and the flips come from ``gen``, the initialisation from torch's global generator.
 
@@ -79,11 +79,11 @@ def load_synthetic_train_aug(root: str | None, num_train: int, size: int, seed: 
 
 def prepare_run(args: argparse.Namespace, quick: tuple[int, int, int], prefix: str
                 ) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Start a run from :func:`common_parser` options: with ``--quick`` set ``(num_train, epochs, size)``
+    """Start a run from `common_parser` options: with ``--quick`` set ``(num_train, epochs, size)``
     to ``quick``; seed torch's global generator with ``--seed`` and make ``gen`` from it; load the data.
 
     Returns:
-        ``gen`` (for :func:`train_tiny_cam`), images, labels and masks of the synthetic train_aug split.
+        ``gen`` (for `train_tiny_cam`), images, labels and masks of the synthetic train_aug split.
     """
     if args.quick:
         args.num_train, args.epochs, args.size = quick
@@ -95,7 +95,7 @@ def prepare_run(args: argparse.Namespace, quick: tuple[int, int, int], prefix: s
 
 def train_tiny_cam(images: torch.Tensor, labels: torch.Tensor, epochs: int, gen: torch.Generator,
                    batch: int = 16) -> TinyCAMNet:
-    """Train a new :class:`TinyCAMNet` on image labels; returns it in eval mode.
+    """Train a new `TinyCAMNet` on image labels; returns it in eval mode.
 
     Prints the mean classification loss of every epoch and the training time.
 

@@ -4,10 +4,10 @@
 2. trains a tiny CAM network on the image labels for a few epochs on CPU;
 3. turns its multi-scale CAMs into pseudo-masks with
    - the usual rule: argmax over [background score, CAMs of the present classes]
-     (:func:`wsss_blocks.cam.cams_to_mask`), at the common fixed score 0.15 and at the best score of a
+     (`wsss_blocks.cam.cams_to_mask`), at the common fixed score 0.15 and at the best score of a
      sweep on the same images (an oracle, i.e. optimistic for the baseline), and refined by one joint dense
      CRF over [background, present classes] (PSA / PMM stage B, alpha swept: oracle),
-   - PMM's proportional pseudo-masks (:func:`wsss_blocks.pseudo_mask.proportional_pseudo_mask`) with the
+   - PMM's proportional pseudo-masks (`wsss_blocks.pseudo_mask.proportional_pseudo_mask`) with the
      released defaults (alpha = 11) and at the best alpha of a sweep on the same images (oracle), with the
      CRF foreground (the library dense CRF: pydensecrf when installed, else its PyTorch backend) and with
      the CRF-free threshold foreground;

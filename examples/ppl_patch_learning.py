@@ -5,7 +5,7 @@ optimiser, batch order and number of epochs (default 18):
 
 1. ``baseline``: the plain CAM network (``PatchLearning(stages, insert_after=())``: stages -> 1×1 classifier);
 2. ``ppl``: the same stages with patch learning; the insertion point moves low -> high with
-   :class:`~wsss_blocks.patch_learning.ProgressiveSchedule` (sequential, one third of the epochs per stage);
+   `ProgressiveSchedule` (sequential, one third of the epochs per stage);
 3. ``explicit`` (optional): explicit multi-granularity fusion, all insertion points at once, detached inputs.
 
 It prints the train-set CAM mIoU of each at the best background threshold (IRN-style evaluation with

@@ -1,6 +1,6 @@
 """Reproduce a method's table: CAM mIoU, pseudo-mask mIoU and val mIoU next to the paper's numbers.
 
-A thin front end over :func:`wsss_blocks.train.reproduce` (same as ``wsss-blocks reproduce``)::
+A thin front end over `wsss_blocks.train.reproduce` (same as ``wsss-blocks reproduce``)::
 
     python examples/reproduce_voc.py                      # baseline, synthetic data, CPU, a few minutes
     python examples/reproduce_voc.py --quick              # shorter sanity run

@@ -4,10 +4,10 @@
 2. trains a tiny CAM network on the image labels on CPU;
 3. computes TSCD-style CAMs: scales (1, 0.5, 1.5), flip pair fused by max, scales summed, per-channel min-max;
 4. scores CAM masks against the ground truth, before and after refinement:
-   - before: argmax over [background score tau, CAMs of the present classes] (:func:`wsss_blocks.cam.cams_to_mask`);
+   - before: argmax over [background score tau, CAMs of the present classes] (`wsss_blocks.cam.cams_to_mask`);
    - after: the same [tau; CAMs] map, softmaxed over the valid keys and refined at half resolution by
-     :class:`~wsss_blocks.refine.VariationAwareRefine` (and, for comparison, :class:`PixelAdaptiveRefine`),
-     i.e. :func:`~wsss_blocks.refine.reliable_pseudo_mask` with ``high_threshold = low_threshold = tau``;
+     `VariationAwareRefine` (and, for comparison, `PixelAdaptiveRefine`),
+     i.e. `reliable_pseudo_mask` with ``high_threshold = low_threshold = tau``;
    each at the released background score and at the best score of a sweep on the same images (an oracle
    for every row alike);
 5. scores the reliable labels with the ignore band (released thresholds 0.55 / 0.35 and the band around the

@@ -267,7 +267,8 @@ def test_batch_equals_single_images_and_input_layouts_agree():
     as_float = crf(img.permute(0, 3, 1, 2).float() / 255, p)
     torch.testing.assert_close(as_float, batched)
     channel_first = img.permute(0, 3, 1, 2).contiguous()
-    torch.testing.assert_close(crf(None, p, image_uint8=channel_first), batched)  # uint8 channel-first
+    with pytest.raises(ValueError, match=r"image_uint8 must be a channels-last uint8 image.*permute\(0, 2, 3, 1\)"):
+        crf(None, p, image_uint8=channel_first)  # the layout follows the dtype; it is never guessed
     torch.testing.assert_close(crf(None, p.numpy(), image_uint8=img.numpy()), batched)
     q64 = crf(None, p.double(), image_uint8=img)
     assert q64.dtype == torch.float64
@@ -375,7 +376,7 @@ def test_bad_inputs_raise_clear_errors():
         dense_crf(None, torch.ones(1, 3, 8, 10, dtype=torch.long), image_uint8=img)
     with pytest.raises(TypeError, match=r"torch.Tensor or numpy"):
         dense_crf([[0]], p)
-    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+    with pytest.raises(ValueError, match=r"channels-last uint8 image H×W×3 or B×H×W×3"):
         dense_crf(None, p, image_uint8=torch.zeros(1, 8, 10, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"image01 must lie in \[0.0, 1.0\]"):
         dense_crf(torch.full((1, 3, 8, 10), 2.0), p)
@@ -530,3 +531,37 @@ def test_grid_and_bilateral_features_match_pydensecrf_definition():
     bf = bilateral_features(img, 4.0, 2.0)
     assert bf.shape == (1, 6, 5)
     torch.testing.assert_close(bf[0, 4], torch.tensor([0.25, 0.25, 6.0, 6.5, 7.0]))
+
+
+def test_layout_follows_the_dtype_never_the_shape():
+    """A channels-first image 3 pixels wide is not mistaken for a channels-last one (issue 19)."""
+    img = photos(23, 3)[:1]  # 1×23×3×3 uint8, channels-last: as loaded
+    p = smooth_probs(1, 2, 23, 3, seed=4)
+    ref = dense_crf(img.permute(0, 3, 1, 2).float() / 255, p, backend="torch")
+    torch.testing.assert_close(dense_crf(None, p, image_uint8=img, backend="torch"), ref)
+    chw = img.permute(0, 3, 1, 2).contiguous()  # 1×3×23×3: channels-first, width 3 (the ambiguous shape)
+    with pytest.raises(ValueError, match="image_uint8 must be a channels-last"):
+        dense_crf(None, p, image_uint8=chw[:, :, :, :2].contiguous(), backend="torch")
+    # the documented layout wins: 1×3×23×3 uint8 is read as B×H×W×3 (H = 3, W = 23), which does not match probs
+    with pytest.raises(ValueError, match=r"image_uint8 and probs must have the same spatial size"):
+        dense_crf(None, p, image_uint8=chw, backend="torch")
+    with pytest.raises(ValueError, match="image01 must be a channels-first float image"):
+        dense_crf(img.float() / 255, p, backend="torch")  # channels-last float: refused, not permuted
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_softmax_passes_the_sum_check(dtype):
+    """A bfloat16 softmax sums to 1 only within ~0.004 (above the default sum_tol 1e-3): accepted (issue 19)."""
+    img = photos(16, 20)[:2]
+    logits = 3 * torch.randn(2, 21, 16, 20, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits.to(dtype), dim=1)
+    dev = float((probs.float().sum(1) - 1).abs().max())
+    if dtype == torch.bfloat16:
+        assert dev > 1e-3  # the case that was refused
+    q = dense_crf(None, probs, image_uint8=img, backend="torch", iterations=2)
+    assert q.dtype == dtype
+    ref = dense_crf(None, probs.float() / probs.float().sum(1, keepdim=True), image_uint8=img, backend="torch",
+                    iterations=2)
+    assert float((q.float() - ref).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="must sum to 1"):  # unnormalised scores are still refused
+        dense_crf(None, (0.9 * probs.float()).to(dtype), image_uint8=img, backend="torch")

@@ -177,6 +177,27 @@ def test_load_image_greyscale_becomes_rgb(tmp_path):
     np.testing.assert_array_equal(out[..., 1], [[10, 20]])
 
 
+def test_load_image_scales_16bit_greyscale_instead_of_clipping(tmp_path):
+    """A 16-bit greyscale PNG was turned white by PIL's convert("RGB") (issue 19): it is scaled to 8 bits."""
+    from PIL import Image
+
+    ramp = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    ramp[0, 0], ramp[0, 1], ramp[0, 2] = 0, 32896, 65535
+    p = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(p)
+    assert Image.open(p).mode.startswith("I")  # really stored as 16 bits
+    img = load_image(p)
+    assert img.shape == (64, 64, 3)
+    assert img.dtype == np.uint8
+    assert img[0, :3].tolist() == [[0, 0, 0], [128] * 3, [255] * 3]
+    np.testing.assert_array_equal(img[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    assert (img == 255).mean() < 0.01  # was 99.6 % white
+    f = tmp_path / "float.tif"
+    Image.fromarray(ramp.astype(np.float32)).save(f)
+    with pytest.raises(ValueError, match=r"float.tif'.*floating-point image \(PIL mode 'F'\)"):
+        load_image(f)
+
+
 def test_load_image_corrupt_names_file(tmp_path):
     p = tmp_path / "2007_000032.jpg"
     p.write_bytes(b"\xff\xd8\xff\xe0 garbage")

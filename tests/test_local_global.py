@@ -302,9 +302,43 @@ def test_target_keep_max_keeps_only_the_winner_over_all_channels():
     # an absent class cannot win: with class0 absent, pixel 0 goes to class1 (0.5 > bg 0.25)
     t2 = l2g_target(cams, _roi(0), torch.tensor([[0.0, 1.0]]))
     assert t2[0, :, 0].tolist() == [[0.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    # exact ties go to the lowest channel index (release: unstable argsort, unspecified)
-    tie = l2g_target(torch.ones(1, 3, 1, 1), _roi(0), torch.ones(1, 2))
-    assert tie[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    # exact ties: "lowest" gives the lowest channel, "highest" the background (last), "argsort" what the
+    # release's own call returns (an unstable sort)
+    ones = torch.ones(1, 3, 1, 1)
+    assert l2g_target(ones, _roi(0), torch.ones(1, 2), keep_max_ties="lowest")[0, :, 0, 0].tolist() == [1, 0, 0]
+    assert l2g_target(ones, _roi(0), torch.ones(1, 2), keep_max_ties="highest")[0, :, 0, 0].tolist() == [0, 0, 1]
+    first = int(torch.argsort(-ones.reshape(3, 1), dim=0)[0, 0])
+    assert l2g_target(ones, _roi(0), torch.ones(1, 2))[0, :, 0, 0].tolist() == [float(k == first) for k in range(3)]
+
+
+def test_keep_max_tie_rules_on_tie_heavy_maps():
+    """Every map whose values saturate normalises to exactly 1 on its plateau: ties are the common case."""
+    g = torch.Generator().manual_seed(5)
+    cams = torch.randn(6, 21, 10, 10, generator=g).clamp(max=0.3)  # plateaus at the peak
+    labels = torch.ones(2, 20)
+    rois = torch.tensor([[0.0, 0, 0, 80, 80]] * 3 + [[1.0, 0, 0, 80, 80]] * 3)
+    norm = cams.clamp(min=0) / (cams.clamp(min=0).amax(dim=(2, 3), keepdim=True) + 1e-8)
+    top = norm.amax(dim=1, keepdim=True)
+    tied = ((norm == top) & (top > 0)).sum(1) > 1
+    assert float(tied.float().mean()) > 0.2  # many pixels have several maximal channels
+    lowest = l2g_target(cams, rois, labels, keep_max_ties="lowest")
+    highest = l2g_target(cams, rois, labels, keep_max_ties="highest")
+    released = l2g_target(cams, rois, labels)
+    # the released rule is the release's call, transcribed
+    flat = norm.permute(1, 0, 2, 3).reshape(21, -1)
+    win = torch.argsort(-flat, dim=0)[0].reshape(6, 10, 10)
+    expected = torch.zeros_like(norm).scatter(1, win[:, None], norm.gather(1, win[:, None]))
+    assert torch.equal(released, expected)
+    # "lowest" keeps the first maximal channel, "highest" the last one (the background wins its ties)
+    assert torch.equal(lowest.argmax(1)[~tied], highest.argmax(1)[~tied])
+    first = (norm == top).float().argmax(1)
+    last = 20 - (norm == top).float().flip(1).argmax(1)
+    assert torch.equal(lowest.gather(1, first[:, None])[:, 0][tied], torch.ones(int(tied.sum())))
+    assert torch.equal(highest.gather(1, last[:, None])[:, 0][tied], torch.ones(int(tied.sum())))
+    assert bool((highest[:, -1] > 0)[tied].any())
+    assert not torch.equal(lowest, highest)
+    with pytest.raises(ValueError, match="keep_max_ties"):
+        l2g_target(cams, rois, labels, keep_max_ties="first")
 
 
 def test_target_threshold_and_saliency_fg_and_binary_bg():
@@ -445,12 +479,15 @@ def _release_step_loss(feat, feat_local, boxes, label, crop_sals, n_per_img, bg_
     return torch.nn.MSELoss()(probs, t) * kd
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("coco", [False, True])
-def test_loss_matches_release_transcription(coco):
+def test_loss_matches_release_transcription(coco, ties):
     g = torch.Generator().manual_seed(11)
     B, N, C = 2, 6 if not coco else 4, 20
     feat = torch.randn(B, C + 1, 56, 56, generator=g)
     feat_local = torch.randn(B * N, C + 1, 40, 40, generator=g) * 3
+    if ties:  # saturated maps: plateaus at each map's peak, many pixels with several maximal channels
+        feat_local = feat_local.clamp(max=1.0)
     labels = (torch.rand(B, C, generator=g) < 0.2).float()
     labels[:, 0] = 1
     crop_sals = torch.rand(B * N, 1, 320, 320, generator=g)
@@ -575,8 +612,8 @@ def test_cuda_matches_cpu():
 def test_module_defaults_are_released_voc_and_coco_preset():
     m = LocalToGlobalTransfer(20)
     assert (m.stride, m.weight, m.fg_threshold, m.bg_channel, m.keep_max, m.bg_target, m.roi_aligned,
-            m.empty_saliency_fallback, m.eps, m.saliency_resize, m.sampling_ratio) == (
-        8, 10.0, 0.001, "last", True, "binary", False, False, 1e-8, "nearest", -1)
+            m.empty_saliency_fallback, m.eps, m.saliency_resize, m.sampling_ratio, m.keep_max_ties) == (
+        8, 10.0, 0.001, "last", True, "binary", False, False, 1e-8, "nearest", -1, "argsort")
     c = LocalToGlobalTransfer.coco()
     assert (c.num_classes, c.weight, c.fg_threshold, c.bg_target) == (80, 30.0, 0.1, "soft")
     assert LocalToGlobalTransfer.coco(weight=15.0).weight == 15.0

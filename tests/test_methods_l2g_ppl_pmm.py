@@ -239,16 +239,55 @@ def test_pmm_voc_config_equals_release():
     assert m.view_scale_factor == 0.3
     assert m.ecr_topk == 0.2
     assert m.cam_source == "pcm"
-    assert m.alpha == 11.0
-    assert m.fg_threshold == 0.05
-    assert m.cv_scale == 0.3
-    assert m.posterior_threshold == 0.5
-    assert m.foreground == "crf"
+    from wsss_blocks.train.pipeline import chain_spec
+
+    chain = chain_spec(cfg)
+    assert (chain.post, chain.refine, chain.rule) == (("cov",), "none", "ppmg")
+    assert chain.args["ppmg"].alpha == 11.0
+    assert chain.args["cov"].fg_threshold == 0.05
+    assert chain.args["cov"].cv_scale == 0.3
+    assert chain.args["cov"].min_exponent is None
+    assert chain.args["ppmg"].posterior_threshold == 0.5
+    assert chain.args["ppmg"].foreground == "crf"
     assert p.scales == (0.5, 1.0, 1.5, 2.0)
     assert p.flip is True
     assert p.reduce == "sum"
     assert p.sweep_thresholds == tuple(round(0.05 + 0.01 * i, 2) for i in range(15))
     assert cfg.data.cam_eval_split == "val"
+    # stages B/C (run.py, infer_multi_scale.py, tool/data.py, scalenet_SEAM.py, infer_multi_crop.py)
+    assert m.stages == "ABC"
+    assert m.cam_inference == "multi_crop"
+    assert m.rough_mask_scales == (0.5, 1.0, 1.5, 2.0)
+    assert m.rough_mask_alpha == 24.0
+    assert m.rough_mask_crf == {"preset": "psa"}
+    assert (m.tile_fg_threshold, m.tile_match_threshold) == (0.9, 0.1)
+    assert m.crop_scales == tuple(0.75 + 0.25 * i for i in range(10))
+    assert (m.crop_size, m.crop_stride) == (448, 300)
+    assert m.tile_hflip is True
+    assert m.tile_color_jitter == (0.3, 0.3, 0.3, 0.1)
+    assert (m.stage_c_backbone, m.stage_c_pretrained) == ("scalenet101", "scalenet101-imagenet")
+    assert m.stage_c_frozen == ("conv1", "bn1", "layer1")
+    assert m.stage_c_freeze_bn is True
+    assert m.stage_c_dropout == 0.0
+    assert (m.stage_c_batch_size, m.stage_c_epochs, m.stage_c_lr) == (16, 20, None)  # lr: cam.lr 0.02
+    assert m.crf_channel_order == "bgr"
+    # the PSPNet recipe (WSSS_MMSeg configs/pspnet_wsss/pspnet_res2net_20k_voc12aug_pus.py and its bases)
+    assert (s.model, s.backbone, s.pretrained) == ("pspnet", "res2net101_v1b", "res2net101-v1b-imagenet")
+    assert s.model_kwargs == {"channels": 512, "aux_channels": 256, "pool_scales": [1, 2, 3, 6], "dropout": 0.1,
+                              "aux_weight": 0.4}
+    assert s.sync_bn is True
+    assert s.normalize == "imagenet"
+    assert (s.lr, s.momentum, s.weight_decay, s.poly_power, s.min_lr) == (0.005, 0.9, 5e-4, 0.9, 1e-4)
+    assert s.param_groups == "uniform"
+    assert (s.batch_size, s.accumulate) == (16, 1)
+    assert (s.augment, s.img_scale, s.ratio_range, s.crop_size, s.cat_max_ratio) == (
+        "mmseg", (2048, 512), (0.5, 2.0), 512, 0.75)
+    assert s.hflip is True
+    assert s.photometric_distortion is True
+    assert s.msc_train == ()
+    assert s.loss_at == "labels"
+    assert (s.eval_img_scale, s.eval_slide, s.eval_average) == ((2048, 512), (512, 480), "probs")
+    assert s.crf is True
     assert s.loss == "puf"
     assert s.loss_args == {"beta": 0.5, "k": 0.5, "mode": "clamp"}
     assert s.steps == 20000
@@ -267,7 +306,7 @@ def test_pmm_voc_config_equals_release():
     from wsss_blocks.crf import PRESETS
 
     # : per-class binary CRF, 10 iterations, Gaussian sxy 3 compat 10, bilateral 80/13/10
-    assert m.crf_params == {"preset": "pmm-binary"}
+    assert chain.args["ppmg"].crf_params == {"preset": "pmm-binary"}
     assert PRESETS["pmm-binary"] == {
         "iterations": 10, "pos_w": 10.0, "pos_xy": 3.0, "bi_w": 10.0, "bi_xy": 80.0, "bi_rgb": 13.0,
         "sum_to_one": "ignore"}
@@ -278,13 +317,21 @@ def test_pmm_coco_config_equals_release():
     c, s = cfg.cam, cfg.seg
     assert cfg.data.dataset == "coco"
     assert cfg.data.num_classes == 80
-    assert c.batch_size == 8
-    assert c.epochs == 20
+    m = cfg.method_config()
+    assert m.stages == "C"  # run.py:85-86: stage C on random crops, no rough masks
+    assert (m.stage_c_batch_size, m.stage_c_epochs, m.stage_c_lr) == (8, 20, None)
     assert c.lr == 0.01
     assert c.momentum == 5e-4
+    assert c.resize_long == (448, 768)
+    assert c.crop_size == 448
     assert s.loss == "puf"
     assert s.loss_args == {"beta": 0.8, "k": 0.8, "mode": "clamp"}
-    assert cfg.method_config().alpha == 11.0
+    assert (s.model, s.backbone, s.lr, s.min_lr, s.steps, s.batch_size) == (
+        "pspnet", "res2net101_v1b", 0.01, 5e-5, 40000, 32)
+    assert s.cyclic_rounds == 0
+    from wsss_blocks.train.pipeline import chain_spec
+
+    assert chain_spec(cfg).args["ppmg"].alpha == 11.0
 
 
 @pytest.mark.parametrize("name", ["l2g_synthetic", "ppl_synthetic", "pmm_synthetic"])
@@ -298,6 +345,10 @@ def test_synthetic_presets_load_and_keep_the_method(name):
     real = load_run_config(name.replace("synthetic", "voc"))
     assert cfg.method_config().__class__ is real.method_config().__class__
     assert cfg.seg.loss == real.seg.loss
+    from wsss_blocks.train.pipeline import chain_spec
+
+    a, b = chain_spec(cfg), chain_spec(real)
+    assert (a.post, a.refine, a.rule) == (b.post, b.refine, b.rule)
 
 
 def test_unknown_method_arg_is_rejected_with_a_suggestion():
@@ -526,7 +577,7 @@ def test_seam_pcm_input_values():
 
 
 def _pmm(**args):
-    base = {"frozen": [], "freeze_bn": False, "foreground": "threshold"}
+    base = {"frozen": [], "freeze_bn": False}
     base.update(args)
     return _method({"method": "pmm", "cam": {"backbone": "tiny", "backbone_kwargs": TINY}, "method_args": base})
 
@@ -552,7 +603,7 @@ def test_pmm_losses_and_gradients():
 
 def test_pmm_resnet38_freezes_the_released_blocks():
     m = _method({"method": "pmm", "cam": {"backbone": "resnet38d_tiny"},
-                 "method_args": {"frozen": ["conv1a", "b2"], "foreground": "threshold"}})
+                 "method_args": {"frozen": ["conv1a", "b2"]}})
     bb = m.net.backbone
     assert bb.b7.conv_branch2b1.dilation == (2, 2)           # b7 dilation 2
     assert not any(p.requires_grad for p in bb.conv1a.parameters())
@@ -566,7 +617,7 @@ def test_pmm_resnet38_freezes_the_released_blocks():
     assert float(bb.b3.conv_branch2a.weight.grad.abs().sum()) > 0
 
 
-def test_pmm_cam_fn_and_pseudo_masks():
+def test_pmm_cam_fn_and_chain_masks():
     from wsss_blocks.pseudo_mask import proportional_pseudo_mask
 
     m = _pmm().eval()
@@ -581,7 +632,10 @@ def test_pmm_cam_fn_and_pseudo_masks():
     c01 = torch.rand(2, 5, 16, 16, generator=g)
     labels = _batch()["labels"]
     img = torch.rand(2, 3, 16, 16, generator=g)
-    masks = m.pseudo_masks(c01, labels, img, None)
+    from wsss_blocks.train.pipeline import PseudoChain
+
+    cfg = load_run_config("pmm_synthetic", ["pseudo.args.ppmg.foreground=threshold", "data.num_classes=5"])
+    masks = PseudoChain(cfg).masks(c01, labels, img, bg_score=0.1)
     ref = proportional_pseudo_mask(c01, labels, img, alpha=11.0, foreground="threshold")
     assert torch.equal(masks, ref)
     assert set(masks[0].unique().tolist()) <= {0, 2, 4}
@@ -593,8 +647,10 @@ def test_pmm_bad_inputs():
         _pmm(view_scale_factor=1.5)
     with pytest.raises(ValueError, match="ecr_topk"):
         _pmm(ecr_topk=0.0)
-    with pytest.raises(ConfigError, match="foreground"):
+    with pytest.raises(ConfigError, match=r"moved to pseudo\.args\.ppmg\.foreground"):
         load_run_config({"method": "pmm", "method_args": {"foreground": "slic"}})
+    with pytest.raises(ConfigError, match=r"pseudo\.args\.ppmg\.foreground"):
+        load_run_config({"method": "pmm", "pseudo": {"rule": "ppmg", "args": {"ppmg": {"foreground": "slic"}}}})
 
 
 # ------------------------------------------------------------------------------------------------ (c) end to end
@@ -614,6 +670,8 @@ def test_synthetic_preset_runs_all_three_stages(method, synth_cache, tmp_path):
           "seg.steps=2", "seg.batch_size=4", "seg.crop_size=64", "pseudo.scales=[1.0]", "pseudo.flip=false",
           "seg.eval_scales=[1.0]", "seg.eval_flip=false", "runtime.checkpoint_every=1000",
           "cam.pretrained=null", "seg.pretrained=null"]
+    if method == "pmm":
+        ov += ["method_args.stage_c_steps=2", "method_args.stage_c_batch_size=4", "method_args.crop_scales=[1.0, 2.0]"]
     if method == "l2g":
         ov.append("method_args.patch_size=40")
     res = reproduce(method, out=tmp_path / "run", overrides=ov, verbose=False)

@@ -71,8 +71,10 @@ SMAF_VOC = {
     "method_args.target_bg_score": 0.2,
     "method_args.target_scale_factor": 0.25,  # (448 -> 112)
     "method_args.loss_weight": 100.0,
-    "method_args.crf": True,
-    "method_args.crf_params": {"preset": "smaf", "backend": "auto"},
+    "pseudo.rule": "smaf",                    # gen_pseudo_mask.py: argmax at 0.2, then the hard-label CRF
+    "pseudo.refine": "none",
+    "chain.smaf.crf": True,
+    "chain.smaf.crf_params": {"preset": "smaf", "backend": "auto"},
     "method_args.eps_saliency": True,
     "method_args.eps_tau": 0.4,               # EPS script/voc12_eps.sh --tau 0.4
     "method_args.eps_lambda": 0.5,            # EPS main.py --lam 0.5
@@ -130,6 +132,13 @@ TSCD_VOC = {
     "method_args.high_threshold": 0.55,
     "method_args.low_threshold": 0.35,
     "method_args.refiner": "varm",
+    "pseudo.refine": "varm",                  # stage-2 masks: the VARM reliable labels
+    "pseudo.rule": "reliable",
+    "chain.varm.dilations": (1, 2, 4, 8, 12, 24),
+    "chain.varm.num_iter": 10,
+    "chain.varm.scale_factor": 0.5,
+    "chain.reliable.high_threshold": 0.55,
+    "chain.reliable.low_threshold": 0.35,
     "method_args.refine_num_iter": 10,
     "method_args.refine_dilations": (1, 2, 4, 8, 12, 24),
     "method_args.refine_scale_factor": 0.5,   # (half resolution)
@@ -158,6 +167,11 @@ def _get(cfg, dotted):
     if parts[0] == "method_args":
         obj = cfg.method_config()
         parts = parts[1:]
+    elif parts[0] == "chain":  # the arguments of a pseudo-mask chain step
+        from wsss_blocks.train.pipeline import chain_spec
+
+        obj = chain_spec(cfg).args[parts[1]]
+        parts = parts[2:]
     for p in parts:
         obj = getattr(obj, p)
     return tuple(obj) if isinstance(obj, list) else obj
@@ -176,7 +190,9 @@ def test_released_crf_values():
     from wsss_blocks.crf import DenseCRF
 
     smaf = load_run_config("smaf_voc")
-    crf = DenseCRF.from_config(smaf.method_config().crf_params)
+    from wsss_blocks.train.pipeline import chain_spec
+
+    crf = DenseCRF.from_config(chain_spec(smaf).args["smaf"].crf_params)
     assert {k: getattr(crf, k) for k in SMAF_CRF} == SMAF_CRF
 
     def seg_crf(cfg):
@@ -355,7 +371,7 @@ def test_smaf_loss_matches_release_formula():
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
 
 
-def test_smaf_cam_fn_and_pseudo_masks():
+def test_smaf_cam_fn_and_chain_masks():
     m = _smaf().eval()
     x = torch.randn(1, 3, 32, 32)
     cams = m.cam_fn(x)
@@ -364,9 +380,11 @@ def test_smaf_cam_fn_and_pseudo_masks():
     cams = torch.zeros(1, 3, 4, 4)
     cams[0, 0, :2] = 0.9
     cams[0, 1, 2:, :2] = 0.19  # below 0.2 -> background
-    cfg = type("P", (), {"bg_score": 0.2})()
-    m.cfg.crf = False
-    mask = m.pseudo_masks(cams, torch.tensor([[1.0, 1.0, 0.0]]), torch.rand(1, 3, 4, 4), cfg)
+    from wsss_blocks.train.pipeline import PseudoChain
+
+    cfg = load_run_config({"method": "smaf", "pseudo": {"rule": "smaf", "args": {"smaf": {"crf": False}}}})
+    chain = PseudoChain(cfg)
+    mask = chain.masks(cams, torch.tensor([[1.0, 1.0, 0.0]]), torch.rand(1, 3, 4, 4), bg_score=0.2)
     expect = torch.zeros(1, 4, 4, dtype=torch.long)
     expect[0, :2] = 1
     assert torch.equal(mask, expect)
@@ -523,7 +541,7 @@ def test_tscd_param_groups_release_lrs():
     assert id(m.net.attn_proj.weight) in head
 
 
-def test_tscd_seg_fn_cam_fn_pseudo_masks():
+def test_tscd_seg_fn_cam_fn_and_chain_masks():
     m = _tscd().eval()
     x = torch.randn(1, 3, 64, 64)
     assert m.seg_fn(x).shape == (1, 4, 16, 16)
@@ -533,22 +551,25 @@ def test_tscd_seg_fn_cam_fn_pseudo_masks():
     cams[0, 0, 8:24, 8:24] = 1.0
     img = torch.zeros(1, 3, 32, 32)
     img[:, :, 8:24, 8:24] = 1.0
-    cfg = type("P", (), {"bg_score": 0.45})()
-    y = m.pseudo_masks(cams, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
+    from wsss_blocks.train.pipeline import PseudoChain
+
+    def chain(**pseudo):
+        return PseudoChain(load_run_config({"method": "tscd", "pseudo": pseudo}))
+
+    lab = torch.tensor([[1.0, 0.0, 0.0]])
+    released = chain(refine="varm", rule="reliable", args={"reliable": {"ignore": "background"}})
+    y = released.masks(cams, lab, img, bg_score=0.45)
     assert set(y.unique().tolist()) <= {0, 1}
     assert (y[0, 12:20, 12:20] == 1).all()
     assert (y[0, :4, :4] == 0).all()
-    m.cfg.pseudo_ignore = "keep"
     soft = cams.clone()
     soft[0, 0] = soft[0, 0].clamp(min=0.5)  # between tau_l and tau_h: foreground only in the low label -> ignore
-    kept = m.pseudo_masks(soft, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
+    kept = chain(refine="varm", rule="reliable", args={"reliable": {"ignore": "keep"}}).masks(soft, lab, img, 0.45)
     assert (kept == 255).any()
     assert set(kept.unique().tolist()) <= {0, 1, 255}
-    m.cfg.pseudo_ignore = "background"
-    as_bg = m.pseudo_masks(soft, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
+    as_bg = released.masks(soft, lab, img, bg_score=0.45)
     assert torch.equal(as_bg, kept.masked_fill(kept == 255, 0))
-    m.cfg.pseudo_rule = "threshold"
-    t = m.pseudo_masks(cams, torch.tensor([[1.0, 0.0, 0.0]]), img, cfg)
+    t = chain(refine="none", rule="argmax").masks(cams, lab, img, bg_score=0.45)
     assert torch.equal(t, (cams[:, 0] > 0.45).long())
 
 
@@ -596,6 +617,64 @@ def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
     else:
         assert cam["phase_steps"] == [4]
         assert not (run / "seg" / "model.pt").exists()  # seg.source: method — the head is TSCD's own
+        # the released selection: the best val checkpoint is reported, the last one shown next to it
+        assert res["info"]["seg_report"] == "best"
+        assert (run / "cam" / "best.pt").is_file()
+        assert res["ours"]["val_miou"] == res["info"]["val_miou_best"]
+        assert 0.0 <= res["info"]["val_miou_last"] <= 1.0
+        assert res["info"]["last_step"] == 4
+
+
+@pytest.mark.slow
+def test_tscd_best_val_checkpoint_is_reported_and_last_shown(tmp_path):
+    """seg.eval_every with seg.source: method validates TSCD's head during the CAM stage (single scale, no CRF, as
+    the release's validate) and keeps cam/best.pt; seg.report picks which model eval_seg reports.
+    """
+    import torch
+
+    from wsss_blocks.train.cam_stage import restore_method, train_cam
+    from wsss_blocks.train.checkpoint import load_checkpoint
+    from wsss_blocks.train.distributed import DistEnv
+    from wsss_blocks.train.reporting import MetricLogger
+    from wsss_blocks.train.reproduce import format_table
+    from wsss_blocks.train.seg_stage import eval_seg
+
+    over = [*TINY, "cam.steps=6", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
+            "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}", "seg.eval_every=2", "cam.lr=0.001",
+            f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
+    cfg = load_run_config("tscd_synthetic", over)
+    assert (cfg.seg.report, cfg.seg.eval_every) == ("best", 2)
+    run = tmp_path / "run"
+    train_cam(cfg, run)
+    recs = [r for r in MetricLogger(run / "cam" / "log.jsonl", enabled=False).records() if "val_miou" in r]
+    assert [r["phase_step"] for r in recs] == [2, 4, 6]
+    best = max(recs, key=lambda r: (r["val_miou"], -r["phase_step"]))
+    ck = load_checkpoint(run / "cam" / "best.pt", method="tscd", num_classes=20)
+    assert ck["step"] == best["step"]
+    assert ck["val_miou"] == pytest.approx(best["val_miou"])
+    # the selection score is the single-scale validation of the restored best model
+    env = DistEnv()
+    m = restore_method(cfg, run / "cam" / "best.pt", env)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    res = eval_seg(cfg, run, env)
+    assert res["report"] == "best"
+    assert res["miou"] == res["best"]["miou"]
+    assert res["best"]["step"] == best["step"]
+    assert res["last"]["step"] == 6
+    assert res["best"]["selection_val_miou"] == pytest.approx(best["val_miou"])
+    last_only = eval_seg(load_run_config("tscd_synthetic", [*over, "seg.report=last"]), run, env)
+    assert last_only["report"] == "last"
+    assert "best" not in last_only
+    assert last_only["miou"] == pytest.approx(res["last"]["miou"])
+    info = {"cam_eval_split": "train", "bg_score": 0.45, "val_split": "val", "crf": False, "seg_report": "best",
+            "val_miou_last": res["last"]["miou"], "best_step": res["best"]["step"], "last_step": 6}
+    table = format_table({"method": "tscd", "preset": "tscd_synthetic", "device": "cpu", "seconds": 1.0,
+                          "ours": {"cam_miou": 0.1, "pseudo_miou": 0.1, "val_miou": res["miou"]},
+                          "paper": {}, "info": info})
+    assert "best ckpt" in table
+    assert "last ckpt" in table
+    assert f"step {res['best']['step']} of 6" in table
 
 
 @pytest.mark.slow

@@ -176,8 +176,11 @@ def test_split_merge_bad_input():
         split_patches(x[..., :6], 2, order="row")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"patches has 6 samples, expected G·B = 4·2 = 8"):
         merge_patches(torch.randn(6, 1, 2, 2), 2, 2)
-    with pytest.raises(ValueError, match="batch must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"patches has 4 samples, expected G·B = 4·0 = 0"):
         merge_patches(torch.randn(4, 1, 2, 2), 0, 2)
+    assert merge_patches(torch.randn(0, 1, 2, 3), 0, 2).shape == (0, 1, 4, 6)  # an empty batch
+    with pytest.raises(ValueError, match="batch must be an int >= 0, got -1"):
+        merge_patches(torch.randn(4, 1, 2, 2), -1, 2)
     with pytest.raises(ValueError, match=r"out_size \(5, 4\) must lie within the merged size 4×4"):
         merge_patches(torch.randn(4, 1, 2, 2), 1, 2, out_size=(5, 4))
     with pytest.raises(ValueError, match="fn must return a 4×C×h×w tensor for 4 patches"):
@@ -434,7 +437,8 @@ def test_size_mismatch_error_resize_and_padding():
     assert out.cams.shape == (1, 2, 5, 5)
     # odd feature map (9×9) with padding: patches 5×5 -> 3×3 -> merged 6×6, cropped to the full path's 5×5
     x2 = torch.randn(1, 3, 18, 18)
-    with pytest.raises(ValueError, match=r"grid \(2, 2\) does not divide x of spatial size 9×9"):
+    with pytest.raises(ValueError, match=r"grid \(2, 2\) does not divide the stage-1 features of images 18×18 of "
+                                         r"spatial size 9×9"):
         patch_learning(stages, x2, w, insert_after=1)
     out2 = patch_learning(stages, x2, w, insert_after=1, pad_mode="constant")
     f1 = stages[0](x2)
@@ -510,7 +514,8 @@ def test_patch_learning_bad_input():
     with pytest.raises(ValueError, match=r"classifier_weight has 10 input channels, expected 2·6 = 12"):
         net(torch.randn(1, 3, 16, 16))
     net = PatchLearning(stages, insert_after=2, grid=16, num_classes=2, feat_dim=6)
-    with pytest.raises(ValueError, match=r"grid \(16, 16\) does not fit x of spatial size 8×8"):
+    with pytest.raises(ValueError, match=r"grid \(16, 16\) does not fit the stage-2 features of images 16×16 of "
+                                         r"spatial size 8×8"):
         net(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"insert_after must give 1 insertion point\(s\)"):
         net(torch.randn(1, 3, 16, 16), insert_after=(1, 2))
@@ -614,7 +619,7 @@ def test_puzzle_bad_input():
         puzzle_reconstruction_loss(a + float("nan"), a, torch.ones(1, 2))
     with pytest.raises(ValueError, match="needs at least one present class per image"):
         puzzle_reconstruction_loss(a, a, torch.zeros(1, 2), class_mode="selection")
-    with pytest.raises(ValueError, match=r"grid \(2, 2\) does not divide x of spatial size 5×5"):
+    with pytest.raises(ValueError, match=r"grid \(2, 2\) does not divide images of spatial size 5×5"):
         tile_images(torch.zeros(1, 3, 5, 5))
     with pytest.raises(ValueError, match="max_step must be >= 1"):
         puzzle_alpha(1, 0)

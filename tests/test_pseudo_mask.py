@@ -80,6 +80,45 @@ def test_cov_empty_and_all_zero_maps_no_nan():
     torch.testing.assert_close(out, expected)
 
 
+def _release_cov_float16(v16: np.ndarray, scale: float = 0.3, t: float = 0.05) -> np.floating:
+    """PMM ``pipeline/refine_cam.py`` ``get_CoV`` on the stored float16 map (numpy sums float16 in float16)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return v16[v16 > t].std() / (v16[v16 > t] + 0.00000001).mean() * scale
+
+
+def test_cov_release_float16_overflow_is_fixed():
+    """The release's float16 CoV overflows for large objects (whole image one class); the library's does not.
+
+    ``np.std`` of a float16 array accumulates in float16: once the activated mass of a class exceeds 65504
+    (about 100k pixels at mean activation 0.65, 54 % of a 375×500 VOC image) the CoV is ``inf``, the power
+    ``A ** (1 - inf)`` is ``inf`` everywhere and the class's foreground covers the whole image.
+    """
+    rng = np.random.default_rng(0)
+    H, W = 375, 500
+    small = np.zeros((H, W), np.float32)
+    small[:150, :250] = rng.uniform(0.3, 1.0, (150, 250))  # 37.5k pixels: no overflow
+    large = np.zeros((H, W), np.float32)
+    large[:, :330] = rng.uniform(0.3, 1.0, (H, 330))  # 124k pixels, mass ~81k > 65504
+    for a, overflows in ((small, False), (large, True)):
+        released = _release_cov_float16(a.astype(np.float16))
+        ours = float(_cov(torch.from_numpy(a)[None])[1][0])
+        assert math.isfinite(ours)
+        assert abs(ours - float(a[a > 0.05].std() / a[a > 0.05].mean() * 0.3)) < 1e-4
+        if overflows:
+            assert np.isinf(released)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                cvs = a.astype(np.float16)
+                cvs[cvs < 0.05] = 0
+                cvs = cvs ** (1 - released)  # the release's smoothing: inf (or 1) at every pixel
+            assert bool((cvs >= 1).all())  # fg score >= 1 and (1 - max)^11 <= 0 everywhere: all foreground
+            # the library keeps the background: PPMG (threshold foreground) claims only the object's columns
+            mask = proportional_pseudo_mask(torch.from_numpy(a)[None, None], torch.ones(1, 1), foreground="threshold")
+            assert float((mask[0, :, 340:] == 0).float().mean()) == 1.0
+            assert float((mask[0, :, :330] == 1).float().mean()) > 0.9
+        else:
+            assert abs(float(released) - ours) < 1e-3  # float16 rounding only
+
+
 def test_cov_constant_map_is_unchanged():
     a = torch.full((4, 4), 0.3)
     torch.testing.assert_close(cov_smooth(a), a)
@@ -424,7 +463,7 @@ def test_ppmg_crf_matches_numpy_reference():
     img_u8 = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for b in range(2):
         present = [c for c in range(4) if labels[b, c] == 1]
-        ref = _reference_ppmg(img_u8[b], cams[b].numpy(), present)
+        ref = _reference_ppmg(np.ascontiguousarray(img_u8[b][..., ::-1]), cams[b].numpy(), present)  # cv2: BGR
         agree = (mask[b].numpy() == ref).mean()
         assert agree >= 0.999, agree  # identical up to float32 rounding at fg ≈ 0.5
     assert (mask[0, 9:11, 17:23] == 3).all()  # the weak small object survives the CRF too
@@ -455,6 +494,29 @@ def test_ppmg_cuda_threshold_matches_cpu():
     out = proportional_pseudo_mask(cams.cuda(), labels.cuda(), foreground="threshold")
     assert out.device.type == "cuda"
     assert torch.equal(out.cpu(), proportional_pseudo_mask(cams, labels, foreground="threshold"))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("pydensecrf", marks=pytest.mark.crf)])
+def test_ppmg_crf_sees_bgr_as_released_and_rgb_on_request(backend):
+    if backend == "pydensecrf":
+        pytest.importorskip("pydensecrf")
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(2, 3, 48, 64, generator=g) ** 2
+    labels = torch.tensor([[1.0, 1, 0], [0, 1, 1]])
+    image = torch.rand(2, 3, 48, 64, generator=g)
+    crf = {"preset": "pmm-binary", "backend": backend}
+    bgr = proportional_pseudo_mask(cams, labels, image, crf=crf)
+    rgb = proportional_pseudo_mask(cams, labels, image, crf=crf, crf_channel_order="rgb")
+    # "bgr" is the CRF on the channel-reversed image, i.e. the release's cv2.imread copy
+    assert torch.equal(bgr, proportional_pseudo_mask(cams, labels, image.flip(1), crf=crf, crf_channel_order="rgb"))
+    # the lattice approximation is not symmetric in the channels: a few pixels change
+    changed = float((bgr != rgb).float().mean())
+    assert 0.0 < changed < 0.05
+    module = ProportionalPseudoMask(crf=crf, crf_channel_order="rgb")
+    assert torch.equal(module(cams, labels, image), rgb)
+    assert torch.equal(ProportionalPseudoMask(crf=crf)(cams, labels, image), bgr)
+    with pytest.raises(ValueError, match="crf_channel_order"):
+        proportional_pseudo_mask(cams, labels, image, crf=crf, crf_channel_order="bgra")  # type: ignore[arg-type]
 
 
 def test_crf_parameter_sets_match_the_library_presets():
@@ -495,7 +557,7 @@ def _direct_pydensecrf_foreground(probs, image_u8):
     import pydensecrf.densecrf as dcrf
 
     n, k, h, w = probs.shape
-    imgs = image_u8.permute(0, 2, 3, 1).contiguous().numpy()
+    imgs = image_u8.flip(1).permute(0, 2, 3, 1).contiguous().numpy()  # the release reads BGR (cv2.imread)
     p = probs.float().numpy()
     out = np.empty((n, h, w), dtype=np.float32)
     for i in range(n):

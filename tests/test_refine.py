@@ -288,6 +288,59 @@ def test_gradients_flow_into_maps():
     assert bool(maps.grad.abs().sum() > 0)
 
 
+@pytest.mark.parametrize("refiner", [PixelAdaptiveRefine, VariationAwareRefine])
+def test_gradcheck_through_image_and_maps(refiner):
+    """The weights are differentiable in the guide image (VARM used to fail with ``mean(): functions with out=``)."""
+    r = refiner((1, 2), 2)
+    img = _rand(1, 3, 6, 7, seed=3, dtype=torch.float64).requires_grad_()
+    maps = _rand(1, 2, 6, 7, seed=4, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: r(a, b), (img, maps))
+    (grad,) = torch.autograd.grad(r(img, maps).pow(2).sum(), img)
+    assert bool(grad.abs().sum() > 0)  # the image really receives a gradient
+    # the differentiable (dense) path computes the same values as the sparse one
+    torch.testing.assert_close(r(img, maps), r(img.detach(), maps.detach()), rtol=0, atol=1e-12)
+
+
+def test_propagate_gradcheck_through_weights():
+    maps = _rand(1, 2, 5, 6, seed=1, dtype=torch.float64).requires_grad_()
+    aff = _rand(1, 16, 5, 6, seed=2, dtype=torch.float64).div(16).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, a: propagate(m, a, (1, 2), 2), (maps, aff))
+
+
+@pytest.mark.parametrize("refiner", [PixelAdaptiveRefine, VariationAwareRefine])
+def test_cpu_bfloat16_autocast_with_gradients(refiner):
+    """Under CPU autocast with maps that need grad (the sparse kernel has no bfloat16 version): float32 inside."""
+    r = refiner()
+    img = _rand(2, 3, 20, 24, seed=5)
+    logits = _rand(2, 3, 10, 12, seed=6).requires_grad_()
+    expected = r(img, logits.detach().softmax(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = logits.softmax(1)
+        out = r(img, probs)
+        out_bf16 = r(img, probs.bfloat16())
+    assert out.dtype == probs.dtype
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf16.float(), expected, rtol=2e-2, atol=1e-2)  # bfloat16 has 8 mantissa bits
+    out_bf16.float().pow(2).sum().backward()
+    assert logits.grad is not None
+    assert bool(logits.grad.abs().sum() > 0)
+    # a gradient into the image under autocast as well
+    img_g = img.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_img = r(img_g, probs.detach().bfloat16())
+    out_img.float().sum().backward()
+    assert img_g.grad is not None
+    assert bool(torch.isfinite(img_g.grad).all())
+    # propagate() with half weights and maps that need grad
+    aff = r.affinity(img).bfloat16()
+    m = _rand(2, 3, 20, 24, seed=7).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prop = r.propagate(aff, m)
+    assert prop.dtype == torch.bfloat16
+    torch.testing.assert_close(prop.float(), r.propagate(aff.float(), m.detach().float()), rtol=2e-2, atol=1e-2)
+
+
 def test_module_reprs_and_engine_sharing():
     par, varm = PixelAdaptiveRefine(), VariationAwareRefine()
     assert "appearance_temperature=0.3" in repr(par)

@@ -174,7 +174,8 @@ def test_stage_settings_count_what_changes_the_files():
              "runtime.checkpoint_every=7", "runtime.keep_checkpoints=5", "runtime.log_every=3",
              "runtime.progress=false", "runtime.plots=false", "runtime.find_unused_parameters=false",
              "runtime.min_free_mb=5", "cam.overlay_samples=0", "pseudo.batch_size=2", "pseudo.pred_ignore=drop",
-             "pseudo.score_eval_split=true", "description=x", "quick_overrides=[]"]
+             "pseudo.score_eval_split=true", "description=x", "quick_overrides=[]", "data.preflight=false",
+             "data.max_image_pixels=1000", "seg.report=last"]
     assert len(never) == len(IGNORED_KEYS)
     assert diff(*never) == []
     # a stage's settings and everything after it
@@ -188,6 +189,12 @@ def test_stage_settings_count_what_changes_the_files():
     assert diff("method_args.pooling=gap", "method_args.head_lr_mult=10.0") == []
     # evaluation settings count only where they pick or relabel the model (seg.eval_every, cyclic rounds)
     assert diff("seg.crf=true") == []
+    assert diff("seg.eval_average=probs", "seg.eval_scale_reduce=mean", "seg.eval_slide=[16, 12]",
+                "seg.eval_img_scale=[64, 16]") == []
+    # new training settings count for the segmentation stage
+    assert diff("seg.augment=mmseg") == ["seg"]
+    assert diff("seg.min_lr=0.001") == ["seg"]
+    assert diff("cam.saliency_interpolation=nearest") == ["cam", "pseudo", "seg"]
     assert diff("data.val_split=train") == []
     assert diff("data.max_eval_images=2") == []
     sel = load_run_config("baseline_synthetic", ["pseudo.bg_score=0.15", "seg.eval_every=2"])
@@ -200,6 +207,15 @@ def test_stage_settings_count_what_changes_the_files():
     assert changed_keys(stage_settings(sw, "pseudo"), stage_settings(sw2, "pseudo")) == [
         "data.max_eval_images: null -> 2"]
     assert stage_settings(sw, "cam") == stage_settings(sw2, "cam")
+    # a method whose own head is validated during the CAM stage (seg.source: method, TSCD): val counts for the CAM
+    # stage's files (cam/best.pt)
+    ts = ["seg.eval_every=5"]
+    t1 = load_run_config("tscd_synthetic", ts)
+    t2 = load_run_config("tscd_synthetic", [*ts, "data.val_split=train"])
+    assert changed_keys(stage_settings(t1, "cam"), stage_settings(t2, "cam")) == ["data.val_split: val -> train"]
+    assert "seg.eval_every" in stage_settings(t1, "cam")
+    assert "seg.eval_every" not in stage_settings(load_run_config("tscd_synthetic", ["seg.eval_every=null",
+                                                                                     "seg.report=last"]), "cam")
     # the fingerprint is a function of the values, not of the key order
     s = stage_settings(base, "seg")
     assert fingerprint(dict(reversed(list(s.items())))) == fingerprint(s) != fingerprint(stage_settings(base, "cam"))

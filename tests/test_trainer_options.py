@@ -12,6 +12,7 @@ import operator
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wsss_blocks.data import load_label_png
 from wsss_blocks.data.normalization import data_normalization, normalize_images
@@ -161,7 +162,7 @@ def test_bicubic_pseudo_stage_interpolation(tiny):
 def test_eval_resize_long_feeds_the_resized_image_and_scores_at_full_size(tiny):
     from wsss_blocks.train.cam_stage import prepare_env
     from wsss_blocks.train.datasets import open_split
-    from wsss_blocks.train.seg_stage import _evaluate
+    from wsss_blocks.train.evaluation import evaluate_segmentation
 
     cfg = _cfg(tiny, "seg.eval_resize_long=16", "seg.eval_scales=[1.0, 0.5]")
     env = prepare_env(cfg, None)
@@ -174,7 +175,7 @@ def test_eval_resize_long_feeds_the_resized_image_and_scores_at_full_size(tiny):
         out[:, 0] = 1.0  # always background
         return out
 
-    res = _evaluate(cfg, fn, "imagenet", ds, env, "t")
+    res = evaluate_segmentation(cfg, fn, "imagenet", ds, env, "t")
     assert set(seen) == {(16, 16), (8, 8)}  # 32 px images: long side 16, then × 1.0 and × 0.5
     m = SegmentationMetric(cfg.data.num_classes + 1)
     for i in range(len(ds)):
@@ -184,24 +185,29 @@ def test_eval_resize_long_feeds_the_resized_image_and_scores_at_full_size(tiny):
     assert res["num_images"] == len(ds)
 
 
-def _masks_with_ignore_border(self, cams, labels, image01, cfg):
+def _register_ignore_border_rule() -> str:
+    """A chain rule (registered like any user rule) that writes 255 into the top three rows."""
     from wsss_blocks.cam import cams_to_mask
+    from wsss_blocks.train.pipeline import register_step
 
-    m = cams_to_mask(cams, labels, float(cfg.bg_score))
-    m[:, :3] = 255
-    return m
+    @register_step("rule", "ignore_border_test", summary="constant-background argmax, top rows ignored (a test)")
+    def _masks_with_ignore_border(state, refine, args):
+        m = cams_to_mask(refine(state.bg_score).cams, state.labels, state.bg_score)
+        m[:, :3] = 255
+        return m
+
+    return "ignore_border_test"
 
 
 @pytest.mark.parametrize("policy", ["background", "drop"])
-def test_pseudo_scoring_policy_for_ignore_pixels_and_eval_split_masks(tiny, tmp_path, monkeypatch, policy):
+def test_pseudo_scoring_policy_for_ignore_pixels_and_eval_split_masks(tiny, tmp_path, policy):
     from wsss_blocks.train.cam_stage import train_cam
     from wsss_blocks.train.datasets import open_split
-    from wsss_blocks.train.methods import get_method
     from wsss_blocks.train.pseudo_stage import make_pseudo_masks
 
-    monkeypatch.setattr(get_method("baseline"), "pseudo_masks", _masks_with_ignore_border)
+    rule = _register_ignore_border_rule()
     cfg = _cfg(tiny, "cam.steps=2", "data.cam_eval_split=val", "pseudo.score_eval_split=true",
-               f"pseudo.pred_ignore={policy}")
+               f"pseudo.pred_ignore={policy}", f"pseudo.rule={rule}")
     train_cam(cfg, tmp_path)
     summary = make_pseudo_masks(cfg, tmp_path)
     ev = open_split(cfg, "val", return_mask=True)
@@ -421,3 +427,86 @@ def test_smaf_uses_the_custom_normalisation_statistics():
                            "method_args": {"eps_saliency": False, "frozen": ["conv1a"]}})
     m = SMAFMethod(cfg, cfg.method_config(), 20)
     assert m._fused_meta()["normalize"] == [[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]  # stored maps record it
+
+
+# ------------------------------------------------------------------------------------------ PSPNet (PMM) recipe
+PSP = ["seg.model=pspnet", "seg.backbone=tiny", "seg.backbone_kwargs={widths: [8, 8, 16], output_stride: 8}",
+       "seg.model_kwargs={channels: 8, aux_channels: 4, pool_scales: [1, 2]}", "seg.augment=mmseg",
+       "seg.img_scale=[64, 16]", "seg.ratio_range=[1.0, 2.0]", "seg.cat_max_ratio=0.75",
+       "seg.photometric_distortion=true", "seg.param_groups=uniform", "seg.sync_bn=true", "seg.loss=puf",
+       "seg.loss_args={beta: 0.5, k: 0.5, mode: clamp}", "seg.loss_at=labels", "seg.msc_train=[]",
+       "seg.lr=0.005", "seg.min_lr=0.001", "seg.normalize=imagenet", "seg.eval_average=probs",
+       "seg.eval_scale_reduce=mean", "seg.eval_img_scale=[64, 16]", "seg.eval_scales=[1.0, 1.5]",
+       "seg.eval_slide=[24, 16]", "seg.eval_flip=true"]
+
+
+def test_pspnet_recipe_trains_with_aux_loss_uniform_lr_and_min_lr(tiny, tmp_path):
+    from wsss_blocks.train.cam_stage import train_cam
+    from wsss_blocks.train.pseudo_stage import make_pseudo_masks
+    from wsss_blocks.train.seg_stage import _seg_param_groups, build_seg_model, train_seg
+
+    cfg = _cfg(tiny, *PSP)
+    model = build_seg_model(cfg)
+    assert type(model).__name__ == "PSPNet"
+    groups = _seg_param_groups(cfg, model)
+    assert len(groups) == 1  # mmseg: one lr and weight decay for every parameter (BatchNorm and biases too)
+    assert len(groups[0]["params"]) == len(list(model.parameters()))
+    train_cam(cfg, tmp_path)
+    make_pseudo_masks(cfg, tmp_path)
+    train_seg(cfg, tmp_path, evaluate=False)
+    recs = [json.loads(x) for x in (tmp_path / "seg" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "lr" in r]
+    # poly to min_lr: (0.005 - 0.001)·(1 - t/4)^0.9 + 0.001, the factor taken before step t's update
+    for r in steps:
+        t = r["phase_step"] - 1
+        assert r["lr"] == pytest.approx((0.005 - 0.001) * (1 - t / 4) ** 0.9 + 0.001)
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["loss_decode"] + 0.4 * r["loss_aux"], rel=1e-5)
+
+
+def test_pspnet_mmseg_augmentation_pipeline(tiny):
+    from wsss_blocks.train.datasets import AugmentedDataset, open_split, seg_train_transform
+
+    cfg = _cfg(tiny, *PSP)
+    names = [type(t).__name__ for t in seg_train_transform(cfg).transforms]
+    assert names == ["RandomResizeRatio", "RandomCropInside", "RandomHorizontalFlip", "PhotoMetricDistortion", "PadTo"]
+    base = open_split(cfg, cfg.data.train_split, return_mask=True)
+    ds = AugmentedDataset(base, seg_train_transform(cfg), 0)
+    padded = 0
+    for i in range(6):
+        s = ds[(0, i)]
+        padded += int((~s["valid"]).any())
+        assert tuple(s["image01"].shape) == (3, 32, 32)
+        h, w = int(s["valid"].any(1).sum()), int(s["valid"].any(0).sum())
+        # padding only at the bottom/right, image and mask padded alike
+        assert bool(s["valid"][:h, :w].all())
+        assert bool((s["mask"][~s["valid"]] == 255).all())
+        assert bool(((s["image01"] * 255) - (s["image01"] * 255).round()).abs().max() < 1e-3)  # 8-bit distortion
+    assert padded > 0  # short sides of 16-32 px under a 32-px crop
+
+def test_pspnet_evaluation_averages_softmaxes_of_slide_windows_at_img_scale_ratios(tiny):
+    from wsss_blocks.models import slide_inference
+    from wsss_blocks.train.evaluation import predict_probs
+
+    cfg = _cfg(tiny, *PSP)
+    net = torch.nn.Conv2d(3, cfg.data.num_classes + 1, 3, padding=1)
+    seen = []
+
+    def fn(x):
+        seen.append(tuple(x.shape[-2:]))
+        return net(x)
+
+    img = torch.rand(1, 3, 20, 30)
+    got = predict_probs(cfg, fn, img, "imagenet")
+    # mmseg aug_test by hand: ratios 1.0 and 1.5 of img_scale (64, 16) keep-ratio -> short side 16 and 24
+    x = normalize_images(img, "imagenet")
+    ref = torch.zeros_like(got)
+    for size in ((16, 24), (24, 36)):
+        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True):
+            z = xs.flip(-1) if flip else xs
+            out = slide_inference(net, z, 24, 16)
+            p = F.interpolate(out, size=(20, 30), mode="bilinear", align_corners=False).softmax(1)
+            ref += (p.flip(-1) if flip else p) / 4
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert (24, 24) in seen  # windows of 24 px

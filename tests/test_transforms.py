@@ -17,6 +17,8 @@ from wsss_blocks.data.transforms import (
     RandomHorizontalFlip,
     RandomRescale,
     RandomResizeLong,
+    RandomResizeShort,
+    Resize,
     hsv_to_rgb,
     rgb_to_hsv,
     sample_generator,
@@ -276,10 +278,35 @@ def test_bad_samples():
         t({"mask": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match=r"C×H×W.*got 2-D"):
         t({"image": torch.rand(2, 2)})
-    with pytest.raises(ValueError, match=r"sample\['mask'\] has spatial size \(3, 2\), but the image has \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"sample\['mask'\] must have shape H×W with H×W = 2×2 .* got \(3, 2\)"):
         t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(3, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"sample\['mask'\] must have shape H×W .* got \(1, 2, 2\)"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(1, 2, 2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"sample\['saliency'\] must have shape 1×H×W .* got \(2, 2\)"):
+        t({"image": torch.rand(3, 2, 2), "saliency": torch.rand(2, 2)})
+    with pytest.raises(TypeError, match=r"sample\['image'\] must be a floating-point tensor"):
+        t({"image": torch.zeros(3, 2, 2, dtype=torch.uint8)})
+    with pytest.raises(TypeError, match=r"sample\['mask'\] must hold class indices"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match=r"sample\['mask'\] .* cannot be negative; got -1"):
+        t({"image": torch.rand(3, 2, 2), "mask": torch.full((2, 2), -1)})
+    nan = torch.rand(3, 2, 2)
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"sample\['image'\] contains non-finite values"):
+        t({"image": nan})
     with pytest.raises(ValueError, match="float RGB"):
         ColorJitter()({"image": torch.rand(1, 2, 2)})
+
+
+@pytest.mark.parametrize("make", [lambda: Resize((4, 4)), lambda: RandomResizeLong(4, 8),
+                                  lambda: RandomResizeShort(4, 8), lambda: RandomRescale(scales=[2.0]),
+                                  lambda: RandomCrop(4)])
+@pytest.mark.parametrize("hw", [(0, 0), (0, 5), (5, 0)])
+def test_empty_images_are_refused_not_divided_by_zero(make, hw):
+    """A 0×0 image raised ZeroDivisionError in the resize transforms (issue 19)."""
+    sample = {"image": torch.rand(3, *hw), "mask": torch.zeros(hw, dtype=torch.long)}
+    with pytest.raises(ValueError, match=rf"sample\['image'\] has an empty spatial size {hw[0]}×{hw[1]}"):
+        make()(sample, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize(("make", "match"), [
@@ -289,6 +316,8 @@ def test_bad_samples():
     (lambda: RandomRescale(scales=[]), "non-empty"),
     (lambda: RandomRescale(scales=[1.0, -1.0]), "scales must be > 0"),
     (lambda: RandomRescale(interpolation="nearest"), "interpolation"),
+    (lambda: RandomResizeShort(8, 8, saliency_interpolation="bicubic"), "saliency_interpolation"),
+    (lambda: Resize(8, saliency_interpolation="area"), "saliency_interpolation"),
     (lambda: RandomCrop(0), "size must be"),
     (lambda: RandomCrop((3, 2, 1)), "size must be"),
     (lambda: ColorJitter(brightness=-0.1), "brightness must be >= 0"),
@@ -298,3 +327,27 @@ def test_bad_samples():
 def test_bad_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_saliency_nearest_resize_equals_pil_nearest():
+    """L2G's VOC loader resizes the saliency map with PIL NEAREST (utils/imutils.py ResizeShort, isimg=False)."""
+    Image = pytest.importorskip("PIL.Image")
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(3)
+    sal_u8 = torch.randint(0, 256, (37, 53), generator=g, dtype=torch.uint8)
+    sample = {"image": torch.rand(3, 37, 53, generator=g), "saliency": sal_u8.float().div(255)[None]}
+    out = RandomResizeShort(64, 64, interpolation="bicubic", saliency_interpolation="nearest")(sample)
+    h, w = out["saliency"].shape[-2:]
+    ref = np.array(Image.fromarray(sal_u8.numpy()).resize((w, h), resample=Image.NEAREST))
+    assert torch.equal((out["saliency"][0] * 255).round().to(torch.uint8), torch.from_numpy(ref))
+    # no new values appear; the default (bilinear) does make new ones
+    assert set(torch.unique(out["saliency"]).tolist()) <= set(torch.unique(sample["saliency"]).tolist())
+    bil = RandomResizeShort(64, 64)(sample)["saliency"]
+    assert not set(torch.unique(bil).tolist()) <= set(torch.unique(sample["saliency"]).tolist())
+    for t in (RandomResizeLong(80, 80, saliency_interpolation="nearest"),
+              Resize((50, 70), saliency_interpolation="nearest"),
+              RandomRescale(scales=[1.7], saliency_interpolation="nearest")):
+        o = t(sample)
+        hh, ww = o["saliency"].shape[-2:]
+        r = np.array(Image.fromarray(sal_u8.numpy()).resize((ww, hh), resample=Image.NEAREST))
+        assert torch.equal((o["saliency"][0] * 255).round().to(torch.uint8), torch.from_numpy(r))

@@ -370,7 +370,7 @@ def _pmm(pretrained):
     from wsss_blocks.train.methods.pmm import PMMMethod
 
     cfg = load_run_config({"method": "pmm", "cam": {"backbone": "resnet38d_tiny", "pretrained": pretrained},
-                           "method_args": {"frozen": ["conv1a"], "foreground": "threshold"}})
+                           "method_args": {"frozen": ["conv1a"]}})
     return PMMMethod(cfg, cfg.method_config(), 20)
 
 
@@ -440,7 +440,8 @@ def test_registry_entries_are_consistent():
             assert e.hash_source, name
     assert W.get_weights_entry("resnet38-imagenet").md5 == "ff21f45d6bf03284100dcbec571edfad"
     assert {n for n, e in W.WEIGHTS.items() if not e.pinned} == {
-        "resnet38-seam", "mit-b1-imagenet", "deeplabv1-resnet101-coco", "deeplabv1-resnet101-imagenet"}
+        "resnet38-seam", "mit-b1-imagenet", "deeplabv1-resnet101-coco", "deeplabv1-resnet101-imagenet",
+        "scalenet101-imagenet"}
     with pytest.raises(ValueError, match="did you mean 'resnet50-imagenet'"):
         W.get_weights_entry("resnet50-imagnet")
 
@@ -449,12 +450,16 @@ def test_every_real_data_config_names_registry_weights():
     seen = set()
     for name in _packaged("_voc") + _packaged("_coco"):
         cfg = load_run_config(name)
-        assert cfg.cam.pretrained in W.WEIGHTS, (name, cfg.cam.pretrained)
-        seen.add(cfg.cam.pretrained)
-        if cfg.seg.source == "deeplab":
-            assert cfg.seg.pretrained in W.WEIGHTS, (name, cfg.seg.pretrained)
-            seen.add(cfg.seg.pretrained)
+        fields = W._fields(cfg, ("cam", "seg"))  # what check_run_weights verifies: the networks the run builds
+        assert fields, name
+        for field_name, value, _, _ in fields:
+            assert value in W.WEIGHTS, (name, field_name, value)
+            seen.add(value)
     assert seen == set(W.WEIGHTS) - {"resnet101-imagenet"}
+    # PMM: the stage-C network's init is checked too; on COCO (stage C only) stage A's cam.pretrained is not used
+    assert [f[0] for f in W._fields(load_run_config("pmm_voc"), ("cam",))] == [
+        "cam.pretrained", "method_args.stage_c_pretrained"]
+    assert [f[0] for f in W._fields(load_run_config("pmm_coco"), ("cam",))] == ["method_args.stage_c_pretrained"]
     # names and "none" survive the loader's path resolution; paths become absolute
     assert load_run_config("l2g_voc", ["cam.pretrained=none"]).cam.pretrained == "none"
     assert load_run_config("l2g_voc", ["cam.pretrained=w/x.pth"]).cam.pretrained == str(Path.cwd() / "w" / "x.pth")
@@ -700,7 +705,7 @@ RUNTIME = ["runtime.progress=false", "runtime.plots=false", "runtime.min_free_mb
 VOC_CONFIGS = {"baseline": ("resnet50-imagenet", "deeplabv1-resnet101-coco"),
                "l2g": ("resnet38-imagenet", "deeplabv1-resnet101-coco"),
                "ppl": ("resnet50-imagenet", "deeplabv1-resnet101-coco"),
-               "pmm": ("resnet38-seam", "deeplabv1-resnet101-imagenet"),
+               "pmm": ("resnet38-seam", "res2net101-v1b-imagenet"),
                "smaf": ("resnet38-imagenet", "deeplabv1-resnet101-coco"),
                "tscd": ("mit-b1-imagenet", None)}
 
@@ -724,9 +729,11 @@ def test_voc_config_refuses_before_step_1(method, fake_voc, tmp_path, cache, cap
     assert str(W.get_weights_entry(cam_w).path) in msg
     assert not (out / "cam").exists()  # nothing trained, no checkpoint
     if seg_w is not None:  # random CAM init (explicit, with a warning): the segmentation init is checked too
+        # (PMM's stage-C network is checked after stage A's: without it too, the segmentation init is next)
+        extra = ["method_args.stage_c_pretrained=none"] if method == "pmm" else []
         with pytest.warns(UserWarning, match="cam.pretrained=none: .* starts from random weights"), \
                 pytest.raises(W.WeightsUnavailableError, match=f"weights '{seg_w}' for seg.pretrained"):
-            reproduce(method, fake_voc, out=out, overrides=[*RUNTIME, "cam.pretrained=none"], verbose=False)
+            reproduce(method, fake_voc, out=out, overrides=[*RUNTIME, "cam.pretrained=none", *extra], verbose=False)
         assert not (out / "cam").exists()
     # the command line: one error line, exit status 2
     capsys.readouterr()
@@ -817,7 +824,7 @@ def test_check_keys_fit_the_library_models():
     """Every entry's tensor checks describe the full-size model it initialises (built on the meta device)."""
     import torchvision
 
-    from wsss_blocks.models import get_key_map, mit_b1
+    from wsss_blocks.models import get_key_map, mit_b1, res2net101_v1b, scalenet101
 
     with torch.device("meta"):
         deeplab = DeepLabV2(21, backbone="resnet101").backbone
@@ -825,7 +832,8 @@ def test_check_keys_fit_the_library_models():
                   "resnet101-imagenet": torchvision.models.resnet101(),
                   "resnet38-imagenet": ResNet38(), "resnet38-seam": ResNet38(b7_dilation=2),
                   "mit-b1-imagenet": mit_b1(),
-                  "deeplabv1-resnet101-coco": deeplab, "deeplabv1-resnet101-imagenet": deeplab}
+                  "deeplabv1-resnet101-coco": deeplab, "deeplabv1-resnet101-imagenet": deeplab,
+                  "res2net101-v1b-imagenet": res2net101_v1b(), "scalenet101-imagenet": scalenet101()}
     assert set(models) == set(W.WEIGHTS)
     for name, model in models.items():
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

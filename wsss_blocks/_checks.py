@@ -10,9 +10,9 @@ Two kinds of checks:
 - **structure** (type, rank, shape, dtype, hyperparameters): free, always on;
 - **values** (NaN/Inf, ranges, labels in {0, 1}, mask values): they read the tensor, which on a GPU waits for
   the device (a host sync). They are on by default and can be switched off once a pipeline is debugged, for
-  the whole process with :func:`set_checks` or the environment variable ``WSSS_BLOCKS_CHECKS=0``, or for a
-  block of code with the :func:`checks` context manager (as kornia's ``KORNIA_CHECK`` switch). With value
-  checks off, bad values propagate (NaN in, NaN out) instead of raising.
+  the whole process with [`set_checks`][wsss_blocks.set_checks] or the environment variable ``WSSS_BLOCKS_CHECKS=0``, or
+  for a block of code with the [`checks`][wsss_blocks.checks] context manager (as kornia's ``KORNIA_CHECK`` switch).
+  With value checks off, bad values propagate (NaN in, NaN out) instead of raising.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "check_labels",
     "check_masks",
     "check_image01",
+    "check_batch",
     "check_same_batch",
     "check_positive",
     "check_int",
@@ -82,7 +83,7 @@ def set_checks(enabled: bool) -> None:
 
 
 def checks_enabled() -> bool:
-    """Whether the value checks run (see :func:`set_checks`)."""
+    """Whether the value checks run (see [`set_checks`][wsss_blocks.set_checks])."""
     return _value_checks
 
 
@@ -196,6 +197,18 @@ def check_image01(image01: object, name: str = "image01", hint: str = "pass raw 
     x = check_tensor(image01, name, 4, layout="B×3×H×W", floating=True)
     check_range(x.detach(), name, 0.0, 1.0, hint=hint)
     return x
+
+
+def check_batch(x: object, name: str, channels: int | None = None) -> Tensor:
+    """A 4-D floating-point B×C×H×W batch (a network's input or a feature map) with ``channels`` channels if given.
+
+    A structure check only: networks read no values (NaN in the input gives NaN out, as in any ``nn.Module``).
+    """
+    c = "C" if channels is None else str(channels)
+    t = check_tensor(x, name, 4, layout=f"B×{c}×H×W", floating=True)
+    if channels is not None and t.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (B×{channels}×H×W), got shape {shape_str(t)}")
+    return t
 
 
 def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:

@@ -59,7 +59,7 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     Shape:
         - features: B×D×h×w
         - weight: C×D or C×D×1×1
-        - output: B×C×h×w (raw, not ReLU'd or normalised; see :func:`normalize_cams`)
+        - output: B×C×h×w (raw, not ReLU'd or normalised; see [`normalize_cams`][])
 
     Examples:
         >>> feats = torch.randn(2, 8, 4, 4)
@@ -69,6 +69,8 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     """
     check_tensor(features, "features", 4, layout="B×D×h×w", floating=True)
     check_tensor(weight, "weight", (2, 4), layout="C×D or C×D×1×1", floating=True)
+    check_finite(features, "features")
+    check_finite(weight, "weight")
     if weight.ndim == 4:
         if weight.shape[2:] != (1, 1):
             raise ValueError(f"weight must be C×D×1×1 when 4-D, got {shape_str(weight)}")
@@ -76,11 +78,18 @@ def cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None = No
     if weight.shape[1] != features.shape[1]:
         raise ValueError(f"weight has {weight.shape[1]} input channels but features have "
                          f"{features.shape[1]} (features {shape_str(features)}, weight {shape_str(weight)})")
-    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
     if bias is not None:
-        check_tensor(bias, "bias", 1, layout="C")
+        check_tensor(bias, "bias", 1, layout="C", floating=True)
+        check_finite(bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} entries, expected {weight.shape[0]}")
+    return _cam_from_features(features, weight, bias)
+
+
+def _cam_from_features(features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """[`cam_from_features`][] without checks (``weight`` C×D, shapes already matched)."""
+    cams = torch.einsum("bdhw,cd->bchw", features, weight.to(features.dtype))
+    if bias is not None:
         cams = cams + bias.to(cams.dtype).view(1, -1, 1, 1)
     return cams
 
@@ -113,7 +122,8 @@ def tokens_to_map(
         >>> tokens_to_map(tokens, (64, 96), 16).shape
         torch.Size([2, 16, 4, 6])
     """
-    check_tensor(tokens, "tokens", 3, layout="B×N×D")
+    check_tensor(tokens, "tokens", 3, layout="B×N×D", floating=True)
+    check_finite(tokens, "tokens")
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
@@ -136,7 +146,8 @@ def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> T
     and class. ``"minmax"`` (ToCo/AFA ``multi_scale_cam``): ``(relu(cam) - min) / (max - min + eps)``.
     ``"seam_minmax"`` (SEAM/PMM ``tool/visualization.py`` ``max_norm``, a min-max despite its name):
     ``relu(relu(cam) - min - eps) / (max - min + eps)``, min and max of ``relu(cam)``.
-    An all-zero map stays zero. The reduction runs in float32 and the result keeps the input dtype.
+    An all-zero (or, for the min-max modes, constant) map becomes zero, also with ``eps=0``; an empty map
+    (H·W = 0) is returned as it is. The reduction runs in float32 and the result keeps the input dtype.
 
     Shape:
         - cams: B×C×H×W (any leading shape …×H×W works)
@@ -154,22 +165,29 @@ def normalize_cams(cams: Tensor, mode: NormMode = "max", eps: float = 1e-5) -> T
 
 
 def _normalize_cams(cams: Tensor, mode: str, eps: float) -> Tensor:
-    """:func:`normalize_cams` with checked options: checks ``cams`` and normalises."""
+    """[`normalize_cams`][] with checked options: checks ``cams`` and normalises."""
     check_tensor(cams, "cams", floating=True)
     if cams.ndim < 2:
         raise ValueError(f"cams must have at least 2 dims (…×H×W), got shape {shape_str(cams)}")
     check_finite(cams, "cams")
+    if cams.numel() == 0:
+        return cams.clone()
     x = F.relu(cams.float())
     flat = x.flatten(-2)
     mx = flat.amax(-1, keepdim=True).unsqueeze(-1)
     if mode == "seam_minmax":
         mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
-        return (F.relu(x - mn - eps) / (mx - mn + eps)).to(cams.dtype)
+        return (F.relu(x - mn - eps) / _nonzero(mx - mn + eps)).to(cams.dtype)
     if mode == "minmax":
         mn = flat.amin(-1, keepdim=True).unsqueeze(-1)
         x = x - mn
         mx = mx - mn
-    return (x / (mx + eps)).to(cams.dtype)
+    return (x / _nonzero(mx + eps)).to(cams.dtype)
+
+
+def _nonzero(den: Tensor) -> Tensor:
+    """``den`` with zeros replaced by 1: a map whose numerator is 0 everywhere stays 0 (no 0/0 with eps=0)."""
+    return torch.where(den > 0, den, torch.ones_like(den))
 
 
 def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0.15) -> Tensor:
@@ -180,7 +198,7 @@ def cams_to_mask(cams: Tensor, labels: Tensor | None = None, bg_score: float = 0
     index), so a pixel is foreground class c iff ``cam_c > bg_score`` and c is its largest present map.
 
     Args:
-        cams: foreground CAMs, normally normalised to [0, 1] with :func:`normalize_cams`.
+        cams: foreground CAMs, normally normalised to [0, 1] with [`normalize_cams`][].
         labels: multi-hot image labels; ``None`` treats every class as present.
         bg_score: the constant background score (IRN ``cam_eval_thres`` 0.15).
 
@@ -216,10 +234,10 @@ def _reduce(stack: Tensor, how: str) -> Tensor:
 
 @dataclass
 class MultiScaleOutput:
-    """Result of :func:`multiscale_cams_detailed`.
+    """Result of [`multiscale_cams_detailed`][].
 
     Attributes:
-        fused: B×K×out_H×out_W maps fused over scales (and flips), as :func:`multiscale_cams` returns them.
+        fused: B×K×out_H×out_W maps fused over scales (and flips), as [`multiscale_cams`][] returns them.
         per_scale: ``len(scales)`` B×K×out_H×out_W maps, one per scale, aligned to ``out_size``, the flip pair
             already combined (with ``flip_reduce``, or ``reduce`` when it is ``None``).
     """
@@ -249,7 +267,7 @@ def multiscale_cams(
     flipped output is flipped back, every output is resized to ``out_size`` (default: the input size)
     and the maps are fused. Defaults are IRN's ``make_cam``: scales (1.0, 0.5, 1.5, 2.0), flip,
     bilinear, summed. ToCo/AFA fuse the flip pair by max and the scales by sum:
-    ``reduce="sum", flip_reduce="max"``. :func:`multiscale_cams_detailed` also returns the per-scale maps.
+    ``reduce="sum", flip_reduce="max"``. [`multiscale_cams_detailed`][] also returns the per-scale maps.
 
     ``fn`` may return raw maps (B×K×h×w); apply ReLU/normalisation/softmax inside ``fn`` if the
     method does that per scale (IRN applies ReLU per scale inside its CAM head).
@@ -296,13 +314,13 @@ def multiscale_cams_detailed(
     antialias: bool = False,
     size_rounding: Literal["round", "floor"] = "round",
 ) -> MultiScaleOutput:
-    """:func:`multiscale_cams` plus the aligned per-scale maps (flip pair combined), for inspection.
+    """[`multiscale_cams`][] plus the aligned per-scale maps (flip pair combined), for inspection.
 
-    Arguments as in :func:`multiscale_cams`.
+    Arguments as in [`multiscale_cams`][].
 
     Shape:
         - images: B×3×H×W
-        - output: :class:`MultiScaleOutput` (``fused`` B×K×out_H×out_W, ``per_scale`` ``len(scales)`` such maps)
+        - output: [`MultiScaleOutput`][] (``fused`` B×K×out_H×out_W, ``per_scale`` ``len(scales)`` such maps)
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 4, 1)
@@ -321,8 +339,16 @@ def _check_multiscale_args(fn: object, images: Tensor, scales: Sequence[float], 
                            flip_reduce: str | None, size_rounding: str) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    _check_images(images)
     _check_multiscale_options(scales, interpolation, reduce, flip_reduce, size_rounding)
+
+
+def _check_images(images: object) -> None:
+    check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    assert isinstance(images, Tensor)
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
 
 
 def _check_multiscale_options(scales: Sequence[float], interpolation: str, reduce: str, flip_reduce: str | None,
@@ -394,18 +420,18 @@ def _multiscale(fn: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence
 
 
 class MultiScaleCAM(nn.Module):
-    """Module form of :func:`multiscale_cams`: wraps a model and stores the inference options.
+    """Module form of [`multiscale_cams`][]: wraps a model and stores the inference options.
 
     Args:
         model: the callable run at every scale (an ``nn.Module`` is registered as a submodule).
-        scales: see :func:`multiscale_cams`.
-        flip: see :func:`multiscale_cams`.
-        interpolation: see :func:`multiscale_cams`.
-        reduce: see :func:`multiscale_cams`.
-        flip_reduce: see :func:`multiscale_cams`.
-        no_grad: see :func:`multiscale_cams`.
-        antialias: see :func:`multiscale_cams`.
-        size_rounding: see :func:`multiscale_cams`.
+        scales: see [`multiscale_cams`][].
+        flip: see [`multiscale_cams`][].
+        interpolation: see [`multiscale_cams`][].
+        reduce: see [`multiscale_cams`][].
+        flip_reduce: see [`multiscale_cams`][].
+        no_grad: see [`multiscale_cams`][].
+        antialias: see [`multiscale_cams`][].
+        size_rounding: see [`multiscale_cams`][].
 
     Shape:
         - images: B×3×H×W
@@ -445,13 +471,13 @@ class MultiScaleCAM(nn.Module):
 
     @override
     def forward(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
-        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        _check_images(images)
         return _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
                            self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, None)
 
     def detailed(self, images: Tensor, out_size: tuple[int, int] | None = None) -> MultiScaleOutput:
-        """Fused and per-scale maps; see :func:`multiscale_cams_detailed`."""
-        check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+        """Fused and per-scale maps; see [`multiscale_cams_detailed`][]."""
+        _check_images(images)
         per_scale: list[Tensor] = []
         fused = _multiscale(self.model, images, self.scales, self.flip, out_size, self.interpolation, self.reduce,
                             self.flip_reduce, self.no_grad, self.antialias, self.size_rounding, per_scale)
@@ -459,7 +485,7 @@ class MultiScaleCAM(nn.Module):
 
 
 class CAMNormalize(nn.Module):
-    """Module form of :func:`normalize_cams`.
+    """Module form of [`normalize_cams`][].
 
     Shape:
         - cams: B×C×H×W

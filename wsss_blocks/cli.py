@@ -1,6 +1,6 @@
 """The ``wsss-blocks`` console command: the reference trainer's stages from the shell.
 
-Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=value``, ``--out DIR``)::
+Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=value``, ``--out DIR``):
 
     wsss-blocks train-cam   --config baseline_synthetic --out runs/b [--resume]
     wsss-blocks eval-cams   --config baseline_synthetic --out runs/b     # CAM mIoU threshold sweep
@@ -8,7 +8,7 @@ Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=val
     wsss-blocks train-seg   --config baseline_synthetic --out runs/b [--resume]
     wsss-blocks eval-seg    --config baseline_synthetic --out runs/b [--set seg.crf=true]
     wsss-blocks reproduce   --method l2g --data-root VOC2012 [--sbd-root ...] [--pretrained ...] [--quick]
-                            [--restart-from cam|pseudo|seg]
+                            [--restart-from cam|pseudo|seg] [--skip-data-check]
     wsss-blocks configs                                                   # list packaged configs
     wsss-blocks weights list [--files]                                    # the weights registry
     wsss-blocks weights fetch NAME [NAME ...] [--force]                   # download + verify into the cache
@@ -16,8 +16,9 @@ Subcommands (each takes ``--config NAME|FILE``, repeated ``--set section.key=val
     wsss-blocks weights path NAME | forget NAME [--delete]
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m wsss_blocks.cli train-cam ...``. Configuration, data and
-checkpoint problems are reported as one ``error:`` line (exit status 2) before any training starts;
-``--debug`` shows the traceback instead. Relative paths are taken from the working directory. A run folder
+checkpoint problems are reported as one ``error:`` line (exit status 2) before any training starts, and the
+pre-flight data check lists every unreadable or invalid image and mask in one error (``--skip-data-check``
+skips it); ``--debug`` shows the traceback instead. Relative paths are taken from the working directory. A run folder
 whose stages were made with other settings is refused before anything is written; the line names the
 changed keys (``reproduce --restart-from STAGE`` redoes that stage and the later ones).
 """
@@ -38,6 +39,12 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
                    help="override a config value, e.g. --set cam.lr=0.01 (repeatable)")
     p.add_argument("--out", "-o", required=out_required, help="run folder (stages write into <out>/cam, ...)")
     p.add_argument("--quick", action="store_true", help="apply the config's quick_overrides (short sanity run)")
+
+
+def _skip_data_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="skip the pre-flight data check (decoding every image and mask before training; "
+                        "same as --set data.preflight=false)")
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,11 +82,21 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     opts(q, "folder holding the set's archive (sets with a direct link only)")
     q.add_argument("--from", dest="source", default=None, help="the downloaded archive or folder of PNG maps")
 
-    q = dsub.add_parser("check", help="say what a data root lacks and which command prepares it")
+    q = dsub.add_parser("check", help="say what a data root lacks and which command prepares it; with --files, "
+                                      "also decode every image and mask and list the unusable ones")
     q.add_argument("data_root")
     q.add_argument("--dataset", default="voc", choices=("voc", "coco"))
     q.add_argument("--saliency-dir", default=None, help="also check this saliency folder (e.g. Sal)")
     q.add_argument("--labels-file", default="cls_labels.npy", help="image-label file expected under the root")
+    q.add_argument("--files", action="store_true",
+                   help="decode every image and mask of the splits (truncated files, bit depth, mask values, "
+                        "sizes, oversized images); cached, so a rerun decodes only changed files")
+    q.add_argument("--splits", nargs="+", default=None,
+                   help="splits to decode with --files (default VOC train_aug, train, val; COCO train, val)")
+    q.add_argument("--max-image-pixels", type=int, default=None,
+                   help="largest accepted width × height with --files (default 16000000)")
+    q.add_argument("--workers", type=int, default=None, help="decoding threads with --files (default min(8, CPUs))")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
     dsub.add_parser("sources", help="the official archives (URL, published hash) and the saliency sets")
 
 
@@ -92,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-cam", help="stage 1: train the CAM network")
     _common(p)
+    _skip_data_check(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 
     p = sub.add_parser("eval-cams", help="CAM mIoU sweep over background scores on data.cam_eval_split")
@@ -100,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-pseudo", help="stage 2: write pseudo masks (skips existing files)")
     _common(p)
+    _skip_data_check(p)
 
     p = sub.add_parser("train-seg", help="stage 3: train the segmentation network on the pseudo masks")
     _common(p)
+    _skip_data_check(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 
     p = sub.add_parser("eval-seg", help="evaluate the segmentation network (multi-scale, optional CRF)")
@@ -125,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse stages already in --out")
     p.add_argument("--restart-from", choices=("cam", "pseudo", "seg"), default=None,
                    help="delete this stage and the stages after it in --out and redo them")
+    _skip_data_check(p)
 
     sub.add_parser("configs", help="list the packaged configs")
 
@@ -219,17 +240,20 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "weights":
         return _weights(args)
+    overrides = list(getattr(args, "overrides", []))
+    if getattr(args, "skip_data_check", False):
+        overrides.append("data.preflight=false")
     if args.command == "reproduce":
         from .train.reproduce import reproduce
 
         reproduce(args.method, args.data_root, dataset=args.dataset, sbd_root=args.sbd_root,
                   pretrained=args.pretrained, seg_pretrained=args.seg_pretrained, out=args.out, quick=args.quick,
-                  config=args.config, overrides=args.overrides, resume=not args.no_resume,
+                  config=args.config, overrides=overrides, resume=not args.no_resume,
                   restart_from=args.restart_from)
         return 0
     from .train.schema import load_run_config
 
-    cfg = load_run_config(args.config, args.overrides, quick=args.quick)
+    cfg = load_run_config(args.config, overrides, quick=args.quick)
     if args.command == "train-cam":
         from .train.cam_stage import train_cam
 

@@ -1,12 +1,12 @@
 """Pairwise correspondence losses of TSCD and AFA: self correspondence distillation and affinity from attention.
 
-* :class:`SelfCorrespondenceDistillation` — SCD (Xu et al., "Self Correspondence Distillation for End-to-End
+* [`SelfCorrespondenceDistillation`][] — SCD (Xu et al., "Self Correspondence Distillation for End-to-End
   Weakly-Supervised Semantic Segmentation", AAAI 2023): the cosine correspondence of CAM vectors between two
   views (teacher, no gradient) is distilled into the correspondence of segmentation logits (student), in the
   form of STEGO's correlation loss. Released code: SCD ``utils/corrloss.py`` and
   ``scripts/dist_train_voc.py`` L316-332.
-* :func:`equivariant_regularization` — the companion L_ER (inert in the release).
-* :class:`AffinityFromAttentionLoss` — the affinity loss of AFA (Ru et al., CVPR 2022), reused by TSCD: a
+* [`equivariant_regularization`][] — the companion L_ER (inert in the release).
+* [`AffinityFromAttentionLoss`][] — the affinity loss of AFA (Ru et al., CVPR 2022), reused by TSCD: a
   sigmoid attention affinity is pulled to 1 on same-label pairs and to 0 on different-label pairs within a
   radius.
 """
@@ -28,6 +28,7 @@ from ._checks import (
     check_range,
     check_same_batch,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     shape_str,
 )
@@ -48,10 +49,10 @@ __all__ = [
     "AffinityFromAttentionLoss",
 ]
 
-#: Released TSCD weight of the SCD loss (SCD ``scripts/dist_train_voc.py`` L353).
 SCD_WEIGHT = 0.1
-#: Released TSCD warm-up: iterations ``0..2000`` (inclusive) train the classifier only (``cam_iters``).
+"""Released TSCD weight of the SCD loss (SCD ``scripts/dist_train_voc.py`` L353)."""
 SCD_START_ITER = 2000
+"""Released TSCD warm-up: iterations ``0..2000`` (inclusive) train the classifier only (``cam_iters``)."""
 
 
 def scd_weight(iteration: int, weight: float = SCD_WEIGHT, start_iter: int = SCD_START_ITER) -> float:
@@ -160,7 +161,7 @@ def self_correspondence_loss(
         generator: randomness for the points.
 
     Returns:
-        The scalar loss (:func:`self_correspondence_loss_detailed` also returns ``F~`` and ``C``).
+        The scalar loss ([`self_correspondence_loss_detailed`][] also returns ``F~`` and ``C``).
 
     Shape:
         - teacher_a: B×Ct×Ha×Wa, teacher_b: B×Ct×Hb×Wb
@@ -186,7 +187,7 @@ def self_correspondence_loss(
 
 @dataclass
 class SCDOutput:
-    """Result of :func:`self_correspondence_loss_detailed`.
+    """Result of [`self_correspondence_loss_detailed`][].
 
     Attributes:
         loss: the scalar SCD loss (gradient into the students).
@@ -216,11 +217,11 @@ def self_correspondence_loss_detailed(
     padding_mode: str = "border",
     generator: torch.Generator | None = None,
 ) -> SCDOutput:
-    """:func:`self_correspondence_loss` plus both correspondence maps; the arguments are the same.
+    """[`self_correspondence_loss`][] plus both correspondence maps; the arguments are the same.
 
     Shape:
-        - teacher_a/b, student_a/b: as in :func:`self_correspondence_loss`
-        - output: :class:`SCDOutput` (scalar ``loss``; ``teacher_corr``, ``student_corr`` B×N×N×N×N)
+        - teacher_a/b, student_a/b: as in [`self_correspondence_loss`][]
+        - output: [`SCDOutput`][] (scalar ``loss``; ``teacher_corr``, ``student_corr`` B×N×N×N×N)
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)
@@ -244,7 +245,7 @@ def _check_scd_options(num_samples: int, padding_mode: str, shift: float) -> Non
 def _scd(teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor, coords_a: Tensor | None,
          coords_b: Tensor | None, num_samples: int, zero_clamp: bool, pointwise_center: bool, shift: float,
          eps: float, align_corners: bool, padding_mode: str, generator: torch.Generator | None) -> SCDOutput:
-    """:func:`self_correspondence_loss_detailed` with checked options."""
+    """[`self_correspondence_loss_detailed`][] with checked options."""
     names = ("teacher_a", "teacher_b", "student_a", "student_b")
     tensors = (teacher_a, teacher_b, student_a, student_b)
     for name, t in zip(names, tensors):
@@ -284,7 +285,9 @@ def _scd(teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Ten
         sa = _sample(student_a.to(dtype), coords_a, align_corners, padding_mode)
         sb = _sample(student_b.to(dtype), coords_b, align_corners, padding_mode)
         cd = _correlation(sa, sb, eps)
-        loss = -(cd.clamp(min=0) if zero_clamp else cd).mul(fd).mean()
+        prod = (cd.clamp(min=0) if zero_clamp else cd).mul(fd)
+        # an empty batch: zero loss (a mean over nothing would be NaN), still attached to the students' graph
+        loss = -prod.mean() if prod.numel() else prod.sum()
     return SCDOutput(loss=loss, teacher_corr=fd, student_corr=cd.detach())
 
 
@@ -293,8 +296,8 @@ class SelfCorrespondenceDistillation(nn.Module):
 
     Distils the cross-view cosine correspondence of (detached) CAMs into the correspondence of segmentation
     logits with STEGO's correlation loss: ``L = -mean max(C, 0)·F~`` over N×N × N×N random point pairs per
-    image (see :func:`self_correspondence_loss`). ``forward`` returns the **unweighted** loss; the release
-    multiplies it by 0.1 after a 2000-iteration classification-only warm-up (:meth:`weight_at`).
+    image (see [`self_correspondence_loss`][]). ``forward`` returns the **unweighted** loss; the release
+    multiplies it by 0.1 after a 2000-iteration classification-only warm-up ([`weight_at`][]).
 
     Args:
         num_samples: N, N×N points per view per image (released 40).
@@ -304,8 +307,8 @@ class SelfCorrespondenceDistillation(nn.Module):
         eps: L2-normalisation eps (released 1e-10).
         align_corners: of ``grid_sample`` (released True).
         padding_mode: of ``grid_sample`` (released ``"border"``).
-        weight: loss weight used by :meth:`weight_at` (released 0.1).
-        start_iter: last classification-only iteration used by :meth:`weight_at` (released 2000).
+        weight: loss weight used by [`weight_at`][] (released 0.1).
+        start_iter: last classification-only iteration used by [`weight_at`][] (released 2000).
 
     Shape:
         - teacher_a: B×Ct×Ha×Wa, teacher_b: B×Ct×Hb×Wb (CAMs, e.g. Ct = 20; detached inside)
@@ -351,7 +354,7 @@ class SelfCorrespondenceDistillation(nn.Module):
     def detailed(self, teacher_a: Tensor, teacher_b: Tensor, student_a: Tensor, student_b: Tensor,
                  coords_a: Tensor | None = None, coords_b: Tensor | None = None,
                  generator: torch.Generator | None = None) -> SCDOutput:
-        """Loss and both correspondence maps; see :func:`self_correspondence_loss_detailed`."""
+        """Loss and both correspondence maps; see [`self_correspondence_loss_detailed`][]."""
         return _scd(teacher_a, teacher_b, student_a, student_b, coords_a, coords_b, self.num_samples,
                     self.zero_clamp, self.pointwise_center, self.shift, self.eps, self.align_corners,
                     self.padding_mode, generator)
@@ -387,6 +390,10 @@ def equivariant_regularization(cams: Tensor, cams_small: Tensor, skip_first_chan
     if cams.shape[:2] != cams_small.shape[:2]:
         raise ValueError(f"cams and cams_small must agree in batch and channels, got {shape_str(cams)} and "
                          f"{shape_str(cams_small)}")
+    check_finite(cams, "cams")
+    check_finite(cams_small, "cams_small")
+    if cams.numel() == 0 or cams_small.numel() == 0:  # an empty batch: zero loss, not the NaN of an empty mean
+        return cams.sum() * 0.0 + cams_small.sum() * 0.0
     resized = F.interpolate(cams, size=cams_small.shape[-2:], mode="bilinear", align_corners=True)
     if skip_first_channel:
         resized, cams_small = resized[:, 1:], cams_small[:, 1:]
@@ -432,11 +439,12 @@ def attention_affinity_targets(pseudo_mask: Tensor, radius: int = 8, stride: int
     if pseudo_mask.is_floating_point() or pseudo_mask.dtype == torch.bool:
         raise TypeError(f"pseudo_mask must be an integer tensor, got dtype {pseudo_mask.dtype}")
     check_int(stride, "stride", minimum=1)
+    _check_label_values(pseudo_mask, "pseudo_mask")
     b, h, w = pseudo_mask.shape
     hs, ws = h // stride, w // stride
     if hs < 1 or ws < 1:
         raise ValueError(f"pseudo_mask of size {h}×{w} is smaller than stride {stride}")
-    small = F.interpolate(pseudo_mask[:, None].float(), size=(hs, ws), mode="nearest").view(b, -1).long()
+    small = F.interpolate(pseudo_mask[:, None].float(), size=(hs, ws), mode="nearest").view(b, hs * ws).long()
     same = small[:, :, None] == small[:, None, :]
     out = same.long()
     ignored = (small == ignore_index)
@@ -444,11 +452,18 @@ def attention_affinity_targets(pseudo_mask: Tensor, radius: int = 8, stride: int
     return out.masked_fill_(bad, ignore_index)
 
 
+def _check_label_values(mask: Tensor, name: str) -> None:
+    """Labels are class indices or the ignore value: never negative (a value check)."""
+    if checks_enabled() and mask.numel() and int(mask.min()) < 0:
+        raise ValueError(f"{name} holds class indices (or the ignore index), which cannot be negative; got "
+                         f"{int(mask.min())}")
+
+
 def affinity_from_attention_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int = 8, stride: int = 16,
                                  ignore_index: int = 255) -> Tensor:
     """AFA/TSCD affinity loss: ``0.5·sum_pos(1 - A)/(N+ + 1) + 0.5·sum_neg A/(N- + 1)`` (counts over the batch).
 
-    An L1 loss on the sigmoid affinity (not BCE), with the targets of :func:`attention_affinity_targets` (released
+    An L1 loss on the sigmoid affinity (not BCE), with the targets of [`attention_affinity_targets`][] (released
     ``get_aux_loss`` with ``cams_to_refine_label`` and ``get_mask_by_radius``). Gradients flow into
     ``aff_pred`` only.
 
@@ -480,7 +495,7 @@ def _check_affinity_options(radius: int, stride: int) -> None:
 
 
 def _affinity_loss(aff_pred: Tensor, pseudo_mask: Tensor, radius: int, stride: int, ignore_index: int) -> Tensor:
-    """:func:`affinity_from_attention_loss` with checked options."""
+    """[`affinity_from_attention_loss`][] with checked options."""
     check_tensor(aff_pred, "aff_pred", 3, layout="B×n×n", floating=True)
     check_range(aff_pred.detach(), "aff_pred", 0.0, 1.0, hint="pass the sigmoid of the attention projection")
     check_tensor(pseudo_mask, "pseudo_mask", 3, layout="B×H×W")
@@ -503,7 +518,7 @@ class AffinityFromAttentionLoss(nn.Module):
 
     Pulls the predicted pairwise affinity to 1 on same-label pairs and to 0 on different-label pairs of the
     pseudo mask downsampled (nearest) to the token grid, within a Chebyshev radius; see
-    :func:`affinity_from_attention_loss`.
+    [`affinity_from_attention_loss`][].
 
     Args:
         radius: pair window radius on the token grid (released 8).

@@ -1,7 +1,7 @@
 """Verified, resumable downloads into the wsss-blocks cache (standard library only).
 
 `download` is the one way files reach the cache, for pretrained weights
-(`wsss_blocks.models.weights`) and for datasets alike. For each call it
+([`wsss_blocks.models.weights`][]) and for datasets alike. For each call it
 
 1. returns at once when the destination already exists and matches the expected size and hashes;
 2. tries the URLs in order (``$WSSS_BLOCKS_MIRROR/<file name>`` first when that variable is set, then the

@@ -11,7 +11,7 @@ CAMs into pseudo masks in four steps, each a block here:
    labels), ignoring 255 (``voc12/dataloader.py`` ``GetAffinityLabelFromIndices``).
 3. `boundary_to_affinity` and `boundary_affinity_loss` — the affinity of a pair is one minus the
    largest class-boundary probability on the discrete line between them; IRNet's boundary branch
-   (`wsss_blocks.models.irnet.IRNet`) is trained so that positive pairs get affinity 1 and negative
+   ([`wsss_blocks.models.irnet.IRNet`][]) is trained so that positive pairs get affinity 1 and negative
    pairs 0 (``misc/indexing.py`` ``edge_to_affinity``, ``net/resnet50_irn.py``, ``step/train_irn.py``).
 4. `random_walk` and `random_walk_mask` — the CAMs, damped on boundaries, are propagated with
    the transition matrix ``T = A^beta / colsum`` (radius 5, beta 10) for ``2**exp_times`` = 256 steps, then
@@ -46,6 +46,7 @@ from ._checks import (
     check_range,
     check_same_batch,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     shape_str,
 )
@@ -75,10 +76,10 @@ __all__ = [
     "RandomWalk",
 ]
 
-#: Radius of the pair set used for the affinity targets and the loss (``step/train_irn.py`` line 12).
 TRAIN_RADIUS = 10
-#: Radius of the random walk (``step/make_sem_seg_labels.py`` line 41).
+"""Radius of the pair set used for the affinity targets and the loss (``step/train_irn.py`` line 12)."""
 INFER_RADIUS = 5
+"""Radius of the random walk (``step/make_sem_seg_labels.py`` line 41)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,6 +333,7 @@ def irn_multiscale_cams(
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    check_finite(images, "images")
     if len(scales) == 0:
         raise ValueError("scales must hold at least one scale, got an empty sequence")
     for s in scales:
@@ -411,7 +413,8 @@ def confident_seed_mask(
         high_threshold: background score of the confident-foreground cut (``conf_fg_thres`` 0.30).
         low_threshold: background score of the confident-background cut (``conf_bg_thres`` 0.05).
         crf: the label CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF] (its ``from_mask`` is used), a preset name
-            (``"irn"``, released) or a config mapping (`wsss_blocks.crf.as_dense_crf`, e.g.
+            (``"irn"``, released) or a config mapping
+            ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf], e.g.
             ``{"preset": "irn", "backend": "torch"}``); ``None`` skips the CRF.
         ignore_index: the label of the unsure band (255).
 
@@ -600,12 +603,20 @@ def affinity_targets(seed_mask: Tensor, radius: int | PathIndex = TRAIN_RADIUS, 
         >>> t.bg_pos.int()[0].tolist(), t.fg_pos.int()[0].tolist(), t.neg.int()[0].tolist()
         ([[0, 0], [0, 0], [1, 0], [0, 0]], [[0, 1], [0, 1], [0, 0], [0, 1]], [[1, 0], [0, 0], [0, 0], [1, 0]])
     """
-    check_tensor(seed_mask, "seed_mask", 3, layout="B×h×w")
+    return _affinity_targets(seed_mask, radius, ignore_index, "seed_mask")
+
+
+def _affinity_targets(seed_mask: Tensor, radius: int | PathIndex, ignore_index: int, name: str) -> AffinityTargets:
+    """`affinity_targets`; errors call the seed mask ``name``."""
+    check_tensor(seed_mask, name, 3, layout="B×h×w")
     if seed_mask.is_floating_point() or seed_mask.dtype == torch.bool:
-        raise TypeError(f"seed_mask must be an integer tensor, got dtype {seed_mask.dtype}")
+        raise TypeError(f"{name} must be an integer tensor, got dtype {seed_mask.dtype}")
+    if checks_enabled() and seed_mask.numel() and int(seed_mask.min()) < 0:
+        raise ValueError(f"{name} holds class indices (or ignore_index), which cannot be negative; got "
+                         f"{int(seed_mask.min())}")
     ign = int(ignore_index)
     pi = _resolve_index(radius, tuple(seed_mask.shape[1:]), seed_mask.device)  # type: ignore[arg-type]
-    flat = seed_mask.reshape(seed_mask.shape[0], -1)
+    flat = seed_mask.reshape(seed_mask.shape[0], seed_mask.shape[1] * seed_mask.shape[2])
     src = flat[:, pi.src_indices].unsqueeze(1)  # B×1×S
     dst = flat[:, pi.dst_indices.reshape(-1)].view(flat.shape[0], *pi.dst_indices.shape)  # B×D×S
     valid = (src != ign) & (dst != ign)
@@ -644,10 +655,16 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
         if boundary.shape[1] != 1:
             raise ValueError(f"boundary must have one channel (B×1×h×w), got shape {shape_str(boundary)}")
         boundary = boundary[:, 0]
+    check_range(boundary.detach(), "boundary", 0.0, 1.0, hint="pass boundary probabilities (a sigmoid output)")
+    return _boundary_to_affinity(boundary, radius)
+
+
+def _boundary_to_affinity(boundary: Tensor, radius: int | PathIndex) -> Tensor:
+    """`boundary_to_affinity` of a checked ``(B, h, w)`` boundary map."""
     x = boundary.to(compute_dtype(boundary))
     B = x.shape[0]
     pi = _resolve_index(radius, tuple(x.shape[1:]), x.device)  # type: ignore[arg-type]
-    flat = x.reshape(B, -1)
+    flat = x.reshape(B, x.shape[1] * x.shape[2])
     offs = pi.path_flat_offsets()  # D×L
     src = pi.src_indices
     best_idx = torch.empty(B, pi.num_directions, src.numel(), dtype=torch.int64, device=x.device)
@@ -661,7 +678,7 @@ def boundary_to_affinity(boundary: Tensor, radius: int | PathIndex = TRAIN_RADIU
             _, where = F.max_pool2d(vals, (n, 1), return_indices=True)  # B×G×1×S, index = k·S + s
             k = torch.div(where.squeeze(2), src.numel(), rounding_mode="floor")
             best_idx[:, start:stop] = g_offs.unsqueeze(0).expand(B, -1, -1).gather(2, k) + src
-    return 1.0 - flat.gather(1, best_idx.reshape(B, -1)).view(B, *best_idx.shape[1:])
+    return 1.0 - flat.gather(1, best_idx.reshape(B, best_idx.shape[1] * best_idx.shape[2])).view(B, *best_idx.shape[1:])
 
 
 @dataclass
@@ -690,7 +707,7 @@ def _targets_for(targets: AffinityTargets | Tensor, grid: tuple[int, int], radiu
         if tuple(targets.shape[1:]) != tuple(grid):
             raise ValueError(f"targets (seed mask) must have the boundary's spatial size {tuple(grid)}, got "
                              f"{shape_str(targets)}")
-        t = affinity_targets(targets, radius, ignore_index=ignore_index)
+        t = _affinity_targets(targets, radius, ignore_index, "targets")
     if t.bg_pos.shape[0] != batch:
         raise ValueError(f"targets have batch size {t.bg_pos.shape[0]}, boundary_logits {batch}")
     return t
@@ -722,7 +739,8 @@ def _boundary_affinity_terms(boundary_logits: Tensor, targets: AffinityTargets |
         raise ValueError(f"boundary_logits must have one channel (B×1×h×w), got {shape_str(boundary_logits)}")
     grid = tuple(boundary_logits.shape[2:])
     t = _targets_for(targets, grid, radius, ignore_index, boundary_logits.shape[0])  # type: ignore[arg-type]
-    aff = boundary_to_affinity(torch.sigmoid(boundary_logits.to(compute_dtype(boundary_logits))), radius)
+    check_finite(boundary_logits, "boundary_logits")
+    aff = _boundary_to_affinity(torch.sigmoid(boundary_logits.to(compute_dtype(boundary_logits)))[:, 0], radius)
     if t.bg_pos.shape != aff.shape:
         raise ValueError(f"targets have shape {tuple(t.bg_pos.shape)} but the pairs of radius "
                          f"{radius if isinstance(radius, int) else radius.radius} on a {grid} grid give "
@@ -751,7 +769,7 @@ def boundary_affinity_loss(
     """IRN's class-boundary loss: pair affinities from the boundary map against the seed-mask pair targets.
 
     Ahn et al., CVPR 2019, ``net/resnet50_irn.py`` lines 205-213 and ``step/train_irn.py`` lines 58-69.
-    With ``a`` = `boundary_to_affinity` of ``sigmoid(boundary_logits)``::
+    With ``a`` = `boundary_to_affinity` of ``sigmoid(boundary_logits)``:
 
         L_bg+ = sum_{bg_pos} -log(a + eps) / (|bg_pos| + eps)      (likewise L_fg+ over fg_pos)
         L-    = sum_{neg} -log(1 + eps - a) / (|neg| + eps)
@@ -840,7 +858,7 @@ def _walk_weights(boundary: Tensor, radius: int, beta: float) -> tuple[Tensor, l
     r = radius
     padded = F.pad(boundary, (r, r, 0, r), value=1.0)
     pi = path_index(r, (h + r, w + 2 * r), boundary.device)
-    aff = boundary_to_affinity(padded, pi)  # B×D×S on the padded source rectangle
+    aff = _boundary_to_affinity(padded, pi)  # B×D×S on the padded source rectangle
     hs, ws = pi.cropped_size
     c0 = r - pi.radius_floor
     fwd = aff.view(B, -1, hs, ws)[:, :, :h, c0:c0 + w].pow(beta)  # A[i, i + d]^beta, 0 off-image (padding)
@@ -952,7 +970,7 @@ def random_walk(
     Ahn et al., CVPR 2019, ``misc/indexing.py`` ``propagate_to_edge`` (called with radius 5, beta 10,
     exp_times 8 by ``step/make_sem_seg_labels.py``). With ``A_ij`` = `boundary_to_affinity` for pixel
     pairs within ``radius`` (full disc, ``A_ii = 1``, the release pads the boundary with 1 so pairs never
-    leave the image)::
+    leave the image):
 
         T = A^beta / colsum(A^beta)        (columns sum to 1)
         x = cams * (1 - boundary)          (damp_seeds)
@@ -1014,6 +1032,8 @@ def _random_walk(cams: Tensor, boundary: Tensor, labels: Tensor | None, r: int, 
     check_finite(cams, "cams")
     check_range(boundary.detach(), "boundary", 0.0, 1.0, hint="pass boundary probabilities (a sigmoid output)")
     lf = None if labels is None else check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
+    if cams.shape[0] == 0:  # an empty batch walks nothing
+        return cams.detach().clone()
     dtype = compute_dtype(cams, boundary)
     with torch.autocast(device_type=cams.device.type, enabled=False):
         x = cams.to(dtype)

@@ -8,13 +8,13 @@ A *local* classification network sees N crops of every image and is trained with
 soft-margin loss; a *global* network sees the whole view and is trained **only** to imitate, inside each
 crop's box, a target built from the (detached) local CAMs. The pieces:
 
-- :class:`LocalPatchSampler` / :func:`sample_patch_boxes` / :func:`crop_local_patches`: the released crop
+- [`LocalPatchSampler`][] / [`sample_patch_boxes`][] / [`crop_local_patches`][]: the released crop
   boxes (four fixed corners plus random ones for VOC, all random for COCO, or a uniform grid) and the
   crops, replicated labels, saliency crops and the boxes.
-- :class:`LocalToGlobalTransfer` / :func:`l2g_target` / :func:`l2g_loss` / :func:`l2g_transfer`: the
+- [`LocalToGlobalTransfer`][] / [`l2g_target`][] / [`l2g_loss`][] / [`l2g_transfer`][]: the
   transfer target (ReLU → per-map max-norm → absent-class zeroing → per-pixel keep-max → threshold →
   saliency shape transfer) and the loss ``λ · MSE(softmax(RoIAlign(global logits)), target)``.
-- :func:`roi_align`: a pure-PyTorch, vectorised RoIAlign with the exact sampling of
+- [`roi_align`][wsss_blocks.ops.roi_align]: a pure-PyTorch, vectorised RoIAlign with the exact sampling of
   ``torchvision.ops.roi_align`` (both ``aligned`` modes, any ``sampling_ratio``), so torchvision is not
   needed.
 
@@ -67,11 +67,13 @@ SamplerMode = Literal["corners+random", "random", "grid"]
 BgChannel = Literal["last", "first", "none"]
 BgTarget = Literal["binary", "soft"]
 SaliencyResize = Literal["nearest", "bilinear", "area"]
+KeepMaxTies = Literal["argsort", "lowest", "highest"]
 
 _MODES = ("corners+random", "random", "grid")
 _BG_CHANNELS = ("last", "first", "none")
 _BG_TARGETS = ("binary", "soft")
 _SAL_RESIZE = ("nearest", "bilinear", "area")
+_TIES = ("argsort", "lowest", "highest")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -80,12 +82,12 @@ _SAL_RESIZE = ("nearest", "bilinear", "area")
 
 
 class LocalPatches(TypedDict):
-    """What :class:`LocalPatchSampler` returns (B images, N patches each, patch size p).
+    """What [`LocalPatchSampler`][] returns (B images, N patches each, patch size p).
 
     - ``patches``: B·N×3×p×p crops (or ``resize_to``), image-major (patches of image 0 first).
     - ``patch_labels``: B·N×C, each image's label vector replicated N times.
     - ``patch_saliency``: B·N×1×p×p saliency crops, or ``None`` when no saliency was given.
-    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)`` in global-view pixels (what :func:`l2g_transfer` takes).
+    - ``boxes``: B×N×4 int64 ``(x1, y1, x2, y2)`` in global-view pixels (what [`l2g_transfer`][] takes).
     """
 
     patches: Tensor
@@ -153,7 +155,7 @@ def sample_patch_boxes(batch_size: int, image_hw: int | tuple[int, int] = (448, 
 
 def _sample_boxes(batch_size: int, image_hw: int | tuple[int, int], num_patches: int, patch_size: int, mode: str,
                   generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
-    """:func:`sample_patch_boxes` with checked sampler options."""
+    """[`sample_patch_boxes`][] with checked sampler options."""
     check_int(batch_size, "batch_size", minimum=0)
     H, W = check_pair(image_hw, "image_hw")
     if patch_size > H or patch_size > W:
@@ -225,7 +227,7 @@ def crop_local_patches(images: Tensor, boxes: Tensor, labels: Tensor, saliency: 
 
     Shape:
         - images: B×3×H×W, boxes: B×N×4, labels: B×C, saliency: B×1×H×W
-        - output: see :class:`LocalPatches`
+        - output: see [`LocalPatches`][]
 
     Examples:
         >>> import torch
@@ -308,10 +310,10 @@ def _check_sampler_args(num_patches: int, patch_size: int, mode: str) -> None:
 class LocalPatchSampler(nn.Module):
     """Sample and crop L2G local views (VOC release: 4 corners + 2 random 320² crops of a 448² view).
 
-    Module form of :func:`sample_patch_boxes` + :func:`crop_local_patches` (L2G, Jiang et al. CVPR 2022,
+    Module form of [`sample_patch_boxes`][] + [`crop_local_patches`][] (L2G, Jiang et al. CVPR 2022,
     ``utils/LoadData.py`` lines 382-396 and 292-300). It has no parameters; the optional ``generator`` makes the
     random offsets reproducible.
-    Defaults are the released VOC setting; :meth:`coco` gives the released COCO one (4 random patches).
+    Defaults are the released VOC setting; [`coco`][] gives the released COCO one (4 random patches).
 
     Args:
         num_patches: N patches per image.
@@ -325,7 +327,7 @@ class LocalPatchSampler(nn.Module):
         - images: B×3×H×W (H, W ≥ p)
         - labels: B×C
         - saliency: B×1×H×W in [0, 1], optional
-        - output: dict, see :class:`LocalPatches` (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
+        - output: dict, see [`LocalPatches`][] (``patches`` B·N×3×p×p, ``patch_labels`` B·N×C,
           ``patch_saliency`` B·N×1×p×p or None, ``boxes`` B×N×4)
 
     Examples:
@@ -366,7 +368,7 @@ class LocalPatchSampler(nn.Module):
 
     def sample_boxes(self, batch_size: int, image_hw: int | tuple[int, int] = (448, 448),
                      device: torch.device | str | None = None) -> Tensor:
-        """B×N×4 int64 boxes ``(x1, y1, x2, y2)``; see :func:`sample_patch_boxes`."""
+        """B×N×4 int64 boxes ``(x1, y1, x2, y2)``; see [`sample_patch_boxes`][]."""
         return _sample_boxes(batch_size, image_hw, self.num_patches, self.patch_size, self.mode, self.generator,
                              device)
 
@@ -394,7 +396,7 @@ class LocalPatchSampler(nn.Module):
 
 @dataclass
 class L2GOutput:
-    """Result of :func:`l2g_transfer`.
+    """Result of [`l2g_transfer`][].
 
     Attributes:
         loss: scalar ``weight · mean((global_probs − target)²)``; carries gradient into the global logits.
@@ -410,10 +412,13 @@ class L2GOutput:
 def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype) -> Tensor:
     """``boxes`` given as B×N×4 per-image boxes (B·N = R) or as R×5 RoIAlign rows; returns the R×5 rows."""
     boxes = check_tensor(boxes, "boxes", (2, 3), layout="B×N×4 or R×5")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must be a real tensor of pixel coordinates, got dtype {boxes.dtype}")
     if boxes.ndim == 3:
         if boxes.shape[2] != 4 or boxes.shape[0] * boxes.shape[1] != num_patches or boxes.shape[0] != batch:
             raise ValueError(f"boxes must have shape B×N×4 = ({batch}, {num_patches // max(batch, 1)}, 4) for B = "
                              f"{batch} images and {num_patches} patches in local_cams, got {shape_str(boxes)}")
+        _check_box_coordinates(boxes.reshape(-1, 4))
         return boxes_to_roi_format(boxes, dtype)
     if boxes.shape[1] != 5:
         raise ValueError(f"boxes must have shape B×N×4 or R×5 (batch_index, x1, y1, x2, y2), got "
@@ -428,7 +433,21 @@ def _check_boxes(boxes: object, num_patches: int, batch: int, dtype: torch.dtype
             raise ValueError(f"boxes[:, 0] must hold integer batch indices in [0, {batch - 1}] "
                              f"(batch size {batch}), got values in "
                              f"[{float(idx.min()):g}, {float(idx.max()):g}]")
+    _check_box_coordinates(boxes[:, 1:])
     return boxes
+
+
+def _check_box_coordinates(xyxy: Tensor) -> None:
+    """``(x1, y1, x2, y2)`` rows with ``0 <= x1 <= x2`` and ``0 <= y1 <= y2`` (a value check)."""
+    if not checks_enabled() or xyxy.numel() == 0:
+        return
+    check_finite(xyxy, "boxes")
+    x1, y1, x2, y2 = xyxy.unbind(1)
+    bad = (x1 < 0) | (y1 < 0) | (x2 < x1) | (y2 < y1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"boxes must be (x1, y1, x2, y2) in global-view pixels with 0 <= x1 <= x2 and "
+                         f"0 <= y1 <= y2; box {row} is {[round(float(v), 4) for v in xyxy[row]]}")
 
 
 def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
@@ -460,8 +479,23 @@ def _check_target_inputs(local_cams: Tensor, boxes: Tensor, labels: Tensor,
     return lab, rois, patch_saliency
 
 
+def _keep_max_winner(t: Tensor, ties: str) -> Tensor:
+    """R×1×h×w index of the channel kept at each pixel (step 4), ties broken by ``ties``."""
+    if ties == "lowest":
+        return t.argmax(dim=1, keepdim=True)
+    if ties == "highest":  # the last maximal channel: the background (last) wins its ties
+        k = t.shape[1]
+        return (k - 1) - t.flip(1).argmax(dim=1, keepdim=True)
+    # the released call (train_l2g_sal_voc.py:193-195): row 0 of an unstable argsort of the negated maps over
+    # channels, on the K × (R·h·w) matrix; which of several equal channels comes first is up to the sort
+    r, k, h, w = t.shape
+    order = torch.argsort(-t.permute(1, 0, 2, 3).reshape(k, -1), dim=0)[0]
+    return order.reshape(r, h, w).unsqueeze(1)
+
+
 def _target_bg_last(cams: Tensor, labels_per_roi: Tensor, sal: Tensor | None, has_bg: bool, keep_max: bool,
-                    fg_threshold: float, bg_target: str, empty: Tensor | None, eps: float) -> Tensor:
+                    fg_threshold: float, bg_target: str, empty: Tensor | None, eps: float,
+                    keep_max_ties: str = "argsort") -> Tensor:
     """Steps 1–5 of on B·N×K×h×w cams with background (if any) in the last channel."""
     C = labels_per_roi.shape[1]
     t = cams.clamp(min=0)  # 1. ReLU
@@ -470,8 +504,8 @@ def _target_bg_last(cams: Tensor, labels_per_roi: Tensor, sal: Tensor | None, ha
     if has_bg:  # 3. zero absent foreground classes; the background channel is never masked
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     t = t * mask[:, :, None, None]
-    if keep_max:  # 4. keep only the per-pixel winner over all K channels (ties -> lowest index)
-        win = t.argmax(dim=1, keepdim=True)
+    if keep_max:  # 4. keep only the per-pixel winner over all K channels (ties: keep_max_ties)
+        win = _keep_max_winner(t, keep_max_ties)
         t = torch.zeros_like(t).scatter(1, win, t.gather(1, win))
     if sal is None:
         return t
@@ -499,7 +533,8 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
                *, stride: int = 8, bg_channel: BgChannel = "last", keep_max: bool = True,
                fg_threshold: float = 0.001, bg_target: BgTarget = "binary",
                saliency_resize: SaliencyResize = "nearest", empty_saliency_fallback: bool = False,
-               eps: float = 1e-8, num_classes: int | None = None) -> Tensor:
+               eps: float = 1e-8, num_classes: int | None = None,
+               keep_max_ties: KeepMaxTies = "argsort") -> Tensor:
     """The L2G transfer target from local CAMs, detached.
 
     For every patch n (of image b) and channel k:
@@ -507,8 +542,8 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
     1. ``T = max(F_local, 0)`` (stop-gradient);
     2. ``T[n,k] /= max_uv T[n,k] + eps`` (background channel included);
     3. ``T[n,c] = 0`` for foreground classes c absent from ``labels[b]``;
-    4. ``keep_max``: keep only the per-pixel argmax channel over all K channels (ties go to the lowest
-       channel index; the release uses an unstable sort, so its tie-breaking is unspecified);
+    4. ``keep_max``: keep only the per-pixel argmax channel over all K channels; ties (frequent: every map's
+       peak normalises to exactly 1) are broken by ``keep_max_ties``;
     5. with saliency s (``patch_saliency`` resized to h×w, nearest by default = pixel ``(8u, 8v)``):
        ``A[n,c] = 1[T[n,c] > τ] · s`` for foreground c and ``A[n,bg] = 1[T[n,bg] > τ] · (1 − s)``
        (``bg_target="binary"``, VOC) or ``T[n,bg] · (1 − s)`` (``"soft"``, COCO).
@@ -516,12 +551,12 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
     Without saliency the target is T after step 4 (the paper's plain attention transfer L_at). The
     release has no fallback for patches whose saliency is empty (their foreground target is 0);
     ``empty_saliency_fallback=True`` uses the paper's L_at target for patches whose saliency is all zero
-    (issue #7: both give close results).
+    (``PengtaoJiang/L2G`` issue #7: both give close results).
 
     Args:
         local_cams: raw local-network maps (logits/CAMs; ReLU and normalisation are applied here).
         boxes: the patch boxes, B×N×4 ``(x1, y1, x2, y2)`` per image (patches image-major, as
-            :class:`LocalPatchSampler` gives them), or R×5 rows ``(batch_index, x1, y1, x2, y2)`` (the
+            [`LocalPatchSampler`][] gives them), or R×5 rows ``(batch_index, x1, y1, x2, y2)`` (the
             ``Tensor[K, 5]`` form of ``torchvision.ops.roi_align``); the image index selects the labels.
         labels: multi-hot image labels without background.
         patch_saliency: optional saliency crops in [0, 1], at patch resolution (``stride·h``) or h×w.
@@ -535,6 +570,12 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
         empty_saliency_fallback: the paper's L_at fallback for patches with empty saliency.
         eps: added to the per-map maximum (1e-8 as released).
         num_classes: optional C to check ``labels`` against.
+        keep_max_ties: which of several equal maximal channels step 4 keeps. ``"argsort"`` (released): row 0 of
+            ``torch.argsort(-T)`` over the channels, the release's own call (``train_l2g_sal_voc.py:193-195``),
+            an unstable sort whose tie order depends on the device and the PyTorch version (on CPU, PyTorch
+            2.x: the background wins 60-83 % of the ties it is part of, ties among foreground channels go
+            either way); ``"lowest"``: the lowest channel index (``argmax``); ``"highest"``: the highest index,
+            so the background (last channel) wins every tie it is part of.
 
     Shape:
         - local_cams: R×K×h×w with R = B·N, K = C + 1 (or C with ``bg_channel="none"``)
@@ -551,13 +592,15 @@ def l2g_target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency
         >>> t[0, :, 0].tolist()  # keep-max: class 0 wins pixel 0, background wins pixel 1
         [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
-    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
     return _target(local_cams, boxes, labels, patch_saliency, stride, bg_channel, keep_max, fg_threshold, bg_target,
-                   saliency_resize, empty_saliency_fallback, eps, num_classes)
+                   saliency_resize, empty_saliency_fallback, eps, num_classes, keep_max_ties)
 
 
-def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, saliency_resize: str, eps: float) -> None:
+def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, saliency_resize: str, eps: float,
+                            keep_max_ties: str = "argsort") -> None:
     check_int(stride, "stride", minimum=1)
+    check_choice(keep_max_ties, "keep_max_ties", _TIES)
     check_choice(bg_channel, "bg_channel", _BG_CHANNELS)
     check_choice(bg_target, "bg_target", _BG_TARGETS)
     check_choice(saliency_resize, "saliency_resize", _SAL_RESIZE)
@@ -566,17 +609,18 @@ def _check_transfer_options(stride: int, bg_channel: str, bg_target: str, salien
 
 def _target(local_cams: Tensor, boxes: Tensor, labels: Tensor, patch_saliency: Tensor | None, stride: int,
             bg_channel: str, keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
-            empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> Tensor:
-    """:func:`l2g_target` with checked options."""
+            empty_saliency_fallback: bool, eps: float, num_classes: int | None,
+            keep_max_ties: str = "argsort") -> Tensor:
+    """[`l2g_target`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     return _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
-                         saliency_resize, empty_saliency_fallback, eps)
+                         saliency_resize, empty_saliency_fallback, eps, keep_max_ties)
 
 
 def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | None, bg_channel: str,
                   keep_max: bool, fg_threshold: float, bg_target: str, saliency_resize: str,
-                  empty_fallback: bool, eps: float) -> Tensor:
+                  empty_fallback: bool, eps: float, keep_max_ties: str = "argsort") -> Tensor:
     with torch.no_grad():
         dtype = compute_dtype(local_cams)
         cams = local_cams.detach().to(dtype)
@@ -593,7 +637,7 @@ def _build_target(local_cams: Tensor, rois: Tensor, lab: Tensor, sal: Tensor | N
         else:
             empty = None
         t = _target_bg_last(cams, labels_per_roi, s, bg_channel != "none", keep_max, fg_threshold,
-                            bg_target, empty, eps)
+                            bg_target, empty, eps, keep_max_ties)
         if bg_channel == "first":
             t = torch.roll(t, shifts=1, dims=1)
     return t
@@ -604,11 +648,12 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
                  fg_threshold: float = 0.001, bg_channel: BgChannel = "last", keep_max: bool = True,
                  bg_target: BgTarget = "binary", saliency_resize: SaliencyResize = "nearest",
                  roi_aligned: bool = False, sampling_ratio: int = -1, empty_saliency_fallback: bool = False,
-                 eps: float = 1e-8, num_classes: int | None = None) -> L2GOutput:
+                 eps: float = 1e-8, num_classes: int | None = None,
+                 keep_max_ties: KeepMaxTies = "argsort") -> L2GOutput:
     """L2G local-to-global transfer: loss, target and global probabilities.
 
     ``loss = weight · mean_{n,k,u,v} (softmax_k(RoIAlign(global_logits, boxes))[n,k,u,v] − A[n,k,u,v])²``
-    with ``A`` = :func:`l2g_target`. RoIAlign pools each patch's box out of the global map to the local
+    with ``A`` = [`l2g_target`][]. RoIAlign pools each patch's box out of the global map to the local
     map's size h×w with ``spatial_scale = 1/stride``; released: torchvision defaults
     (``sampling_ratio=-1``, one sample per bin for 320→40, ``aligned=False``, which samples the global map
     half a cell (≈ stride/2 px) to the bottom-right of the local grid). ``roi_aligned=True`` is the
@@ -624,19 +669,20 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
     Args:
         global_logits: global-network output maps (logits; softmax is applied here).
         local_cams: local-network output maps on the patches (raw).
-        boxes: the patch boxes in global-view pixels, B×N×4 per image or R×5 rows (see :func:`l2g_target`).
+        boxes: the patch boxes in global-view pixels, B×N×4 per image or R×5 rows (see [`l2g_target`][]).
         labels: multi-hot image labels (no background).
         patch_saliency: optional saliency crops (enables the released shape-transfer target).
         stride: output stride of both networks (spatial scale 1/stride).
         weight: λ (VOC 10, COCO 30).
-        fg_threshold: see :func:`l2g_target`.
-        bg_channel: see :func:`l2g_target`.
-        keep_max: see :func:`l2g_target`.
-        bg_target: see :func:`l2g_target`.
-        saliency_resize: see :func:`l2g_target`.
-        empty_saliency_fallback: see :func:`l2g_target`.
-        eps: see :func:`l2g_target`.
-        num_classes: see :func:`l2g_target`.
+        fg_threshold: see [`l2g_target`][].
+        bg_channel: see [`l2g_target`][].
+        keep_max: see [`l2g_target`][].
+        bg_target: see [`l2g_target`][].
+        saliency_resize: see [`l2g_target`][].
+        empty_saliency_fallback: see [`l2g_target`][].
+        eps: see [`l2g_target`][].
+        num_classes: see [`l2g_target`][].
+        keep_max_ties: see [`l2g_target`][].
         roi_aligned: ``aligned`` flag of RoIAlign (``False`` = released half-cell shift).
         sampling_ratio: RoIAlign samples per bin (``-1`` = adaptive, released).
 
@@ -644,7 +690,7 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         - global_logits: B×K×H'×W' (H' = H/stride)
         - local_cams: R×K×h×w, R = B·N
         - boxes: B×N×4 or R×5; labels: B×C; patch_saliency: R×1×(stride·h)×(stride·w), optional
-        - output: :class:`L2GOutput` (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
+        - output: [`L2GOutput`][] (scalar ``loss``; ``target`` and ``global_probs`` R×K×h×w)
 
     Examples:
         >>> import torch
@@ -655,18 +701,19 @@ def l2g_transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, label
         >>> round(out.loss.item(), 4)  # 10 · mean((1/3 − 1)²)
         4.4444
     """
-    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+    _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
     check_number(weight, "weight", 0.0)
     return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, stride, weight, fg_threshold,
                      bg_channel, keep_max, bg_target, saliency_resize, roi_aligned, sampling_ratio,
-                     empty_saliency_fallback, eps, num_classes)
+                     empty_saliency_fallback, eps, num_classes, keep_max_ties)
 
 
 def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
               patch_saliency: Tensor | None, stride: int, weight: float, fg_threshold: float, bg_channel: str,
               keep_max: bool, bg_target: str, saliency_resize: str, roi_aligned: bool, sampling_ratio: int,
-              empty_saliency_fallback: bool, eps: float, num_classes: int | None) -> L2GOutput:
-    """:func:`l2g_transfer` with checked options."""
+              empty_saliency_fallback: bool, eps: float, num_classes: int | None,
+              keep_max_ties: str = "argsort") -> L2GOutput:
+    """[`l2g_transfer`][] with checked options."""
     lab, rois, sal = _check_target_inputs(local_cams, boxes, labels, patch_saliency, bg_channel, stride,
                                           num_classes)
     check_tensor(global_logits, "global_logits", 4, layout="B×K×H'×W'", floating=True)
@@ -679,7 +726,7 @@ def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: 
                          f"{local_cams.shape[1]} (global_logits {shape_str(global_logits)}, "
                          f"local_cams {shape_str(local_cams)})")
     target = _build_target(local_cams, rois, lab, sal, bg_channel, keep_max, fg_threshold, bg_target,
-                           saliency_resize, empty_saliency_fallback, eps)
+                           saliency_resize, empty_saliency_fallback, eps, keep_max_ties)
     h, w = local_cams.shape[-2:]
     with torch.autocast(device_type=global_logits.device.type, enabled=False):
         logits = global_logits.to(compute_dtype(global_logits))
@@ -691,7 +738,7 @@ def _transfer(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: 
 
 def l2g_loss(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
              patch_saliency: Tensor | None = None, **kwargs: Any) -> Tensor:
-    """Scalar L2G transfer loss; same arguments as :func:`l2g_transfer` (which also returns the target).
+    """Scalar L2G transfer loss; same arguments as [`l2g_transfer`][] (which also returns the target).
 
     Shape:
         - global_logits: B×K×H'×W'; local_cams: R×K×h×w; boxes: B×N×4 or R×5; labels: B×C
@@ -711,17 +758,17 @@ def l2g_loss(global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: T
 
 
 class LocalToGlobalTransfer(nn.Module):
-    """L2G local-to-global transfer loss (module form of :func:`l2g_transfer`).
+    """L2G local-to-global transfer loss (module form of [`l2g_transfer`][]).
 
     Jiang et al., "L2G: A Simple Local-to-Global Knowledge Transfer Framework for Weakly Supervised
     Semantic Segmentation", CVPR 2022. Defaults reproduce the released VOC setting
     (``scripts/train_l2g_sal_voc.py:183-210``, ``train_l2g_sal_voc.sh``): λ = 10, τ = 0.001, binary
     background target, keep-max, nearest saliency resizing, RoIAlign ``aligned=False`` with scale
-    1/stride, MSE mean over all elements; background is the last channel. :meth:`coco` gives the COCO
+    1/stride, MSE mean over all elements; background is the last channel. [`coco`][] gives the COCO
     release (λ = 30, τ = 0.1, soft background target).
 
-    ``forward`` returns the scalar loss; :meth:`transfer` also returns the target and the global
-    probabilities; :meth:`build_target` returns only the (detached) target.
+    ``forward`` returns the scalar loss; [`transfer`][] also returns the target and the global
+    probabilities; [`build_target`][] returns only the (detached) target.
 
     Args:
         num_classes: C, number of foreground classes (20 VOC, 80 COCO).
@@ -730,6 +777,8 @@ class LocalToGlobalTransfer(nn.Module):
         fg_threshold: τ.
         bg_channel: ``"last"`` (official), ``"first"`` or ``"none"`` (C-channel maps).
         keep_max: keep only the per-pixel winning channel of the target (released).
+        keep_max_ties: tie rule of keep-max (``"argsort"`` released, ``"lowest"``, ``"highest"``; see
+            [`l2g_target`][]).
         bg_target: ``"binary"`` (VOC) or ``"soft"`` (COCO).
         roi_aligned: ``False`` = released half-cell shift; ``True`` = exact alignment.
         empty_saliency_fallback: paper's plain-attention target for patches with empty saliency.
@@ -765,10 +814,12 @@ class LocalToGlobalTransfer(nn.Module):
     def __init__(self, num_classes: int, stride: int = 8, weight: float = 10.0, fg_threshold: float = 0.001,
                  bg_channel: BgChannel = "last", keep_max: bool = True, bg_target: BgTarget = "binary",
                  roi_aligned: bool = False, empty_saliency_fallback: bool = False, eps: float = 1e-8,
-                 saliency_resize: SaliencyResize = "nearest", sampling_ratio: int = -1) -> None:
+                 saliency_resize: SaliencyResize = "nearest", sampling_ratio: int = -1,
+                 keep_max_ties: KeepMaxTies = "argsort") -> None:
         super().__init__()
         check_int(num_classes, "num_classes", minimum=1)
-        _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps)
+        _check_transfer_options(stride, bg_channel, bg_target, saliency_resize, eps, keep_max_ties)
+        self.keep_max_ties: KeepMaxTies = keep_max_ties
         check_number(weight, "weight", 0.0)
         check_int(sampling_ratio, "sampling_ratio")
         self.num_classes = num_classes
@@ -793,18 +844,18 @@ class LocalToGlobalTransfer(nn.Module):
 
     def build_target(self, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                      patch_saliency: Tensor | None = None) -> Tensor:
-        """Detached R×K×h×w target; see :func:`l2g_target`."""
+        """Detached R×K×h×w target; see [`l2g_target`][]."""
         return _target(local_cams, boxes, labels, patch_saliency, self.stride, self.bg_channel, self.keep_max,
                        self.fg_threshold, self.bg_target, self.saliency_resize, self.empty_saliency_fallback,
-                       self.eps, self.num_classes)
+                       self.eps, self.num_classes, self.keep_max_ties)
 
     def transfer(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
                  patch_saliency: Tensor | None = None) -> L2GOutput:
-        """Loss plus target and global probabilities; see :func:`l2g_transfer`."""
+        """Loss plus target and global probabilities; see [`l2g_transfer`][]."""
         return _transfer(global_logits, local_cams, boxes, labels, patch_saliency, self.stride, self.weight,
                          self.fg_threshold, self.bg_channel, self.keep_max, self.bg_target, self.saliency_resize,
                          self.roi_aligned, self.sampling_ratio, self.empty_saliency_fallback, self.eps,
-                         self.num_classes)
+                         self.num_classes, self.keep_max_ties)
 
     @override
     def forward(self, global_logits: Tensor, local_cams: Tensor, boxes: Tensor, labels: Tensor,
@@ -815,5 +866,6 @@ class LocalToGlobalTransfer(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, stride={self.stride}, weight={self.weight}, "
                 f"fg_threshold={self.fg_threshold}, bg_channel={self.bg_channel!r}, "
-                f"keep_max={self.keep_max}, bg_target={self.bg_target!r}, roi_aligned={self.roi_aligned}, "
+                f"keep_max={self.keep_max}, keep_max_ties={self.keep_max_ties!r}, bg_target={self.bg_target!r}, "
+                f"roi_aligned={self.roi_aligned}, "
                 f"empty_saliency_fallback={self.empty_saliency_fallback}")

@@ -1,12 +1,12 @@
 """Losses of the WSSS methods, each as a function and an ``nn.Module``.
 
-- :func:`pretended_underfitting_loss` / :class:`PretendedUnderFittingLoss`: PMM's pretended under-fitting
+- [`pretended_underfitting_loss`][] / [`PretendedUnderFittingLoss`][]: PMM's pretended under-fitting
   (PUF) cross-entropy (Li et al., ICCV 2021; ``Eli-YiLi/WSSS_MMSeg``
   ``mmseg/models/losses/cross_entropy_loss.py``).
-- :func:`adaptive_min_pooling_loss` / :class:`AdaptiveMinPoolingLoss`: PMM's CAM-stage min-pooling term.
-- :func:`balanced_seg_loss` / :class:`BalancedSegLoss`: AFA/TSCD's background/foreground balanced CE.
-- :func:`dense_energy_loss` / :class:`DenseEnergyLoss`: Tang et al.'s dense-CRF energy, as TSCD uses it.
-- :func:`eps_saliency_loss` / :class:`EPSSaliencyLoss`: EPS's saliency loss (SMAF's first stage).
+- [`adaptive_min_pooling_loss`][] / [`AdaptiveMinPoolingLoss`][]: PMM's CAM-stage min-pooling term.
+- [`balanced_seg_loss`][] / [`BalancedSegLoss`][]: AFA/TSCD's background/foreground balanced CE.
+- [`dense_energy_loss`][] / [`DenseEnergyLoss`][]: Tang et al.'s dense-CRF energy, as TSCD uses it.
+- [`eps_saliency_loss`][] / [`EPSSaliencyLoss`][]: EPS's saliency loss (SMAF's first stage).
 """
 
 from __future__ import annotations
@@ -19,7 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from ._checks import check_choice, check_int, check_masks, check_number, check_tensor, compute_dtype, shape_str
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_masks,
+    check_number,
+    check_range,
+    check_same_batch,
+    check_tensor,
+    compute_dtype,
+    shape_str,
+)
 
 __all__ = [
     "pretended_underfitting_loss",
@@ -58,7 +70,7 @@ def pretended_underfitting_loss(
 ) -> Tensor:
     """Pixel cross-entropy with PMM's pretended under-fitting (PUF) gate.
 
-    PMM (Li et al., ICCV 2021), PUF (``WSSS_MMSeg:mmseg/models/losses/cross_entropy_loss.py``)::
+    PMM (Li et al., ICCV 2021), PUF (``WSSS_MMSeg:mmseg/models/losses/cross_entropy_loss.py``):
 
         ℓ_i = CE(z_i, y_i)            (0 where y_i = ignore_index; times class_weight[y_i] if given)
         L̄   = (1/N) Σ_i ℓ_i           N = all pixels of this call, ignored ones included
@@ -109,7 +121,7 @@ def pretended_underfitting_loss(
 
 @dataclass
 class PUFOutput:
-    """Result of :func:`pretended_underfitting_loss_detailed`.
+    """Result of [`pretended_underfitting_loss_detailed`][].
 
     Attributes:
         loss: the scalar loss (with gradient into the logits).
@@ -130,11 +142,11 @@ def pretended_underfitting_loss_detailed(
     class_weight: Tensor | None = None,
     denominator: Literal["all", "valid"] = "all",
 ) -> PUFOutput:
-    """:func:`pretended_underfitting_loss` plus whether its gate was on; the arguments are the same.
+    """[`pretended_underfitting_loss`][] plus whether its gate was on; the arguments are the same.
 
     Shape:
         - logits: N×K×H×W; target: N×H×W
-        - output: :class:`PUFOutput` (scalar ``loss``, 0-dim bool ``active``)
+        - output: [`PUFOutput`][] (scalar ``loss``, 0-dim bool ``active``)
 
     Examples:
         >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
@@ -158,6 +170,7 @@ def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None
         raise ValueError(f"target must have shape {expected} (logits {shape_str(logits)} without the class "
                          f"dim), got {shape_str(target)}")
     check_masks(target, "target", logits.shape[1], ignore_index)
+    check_finite(logits, "logits")
     x = logits if logits.dtype == torch.float64 else logits.float()
     w = None
     if class_weight is not None:
@@ -189,7 +202,7 @@ def _puf(logits: Tensor, target: Tensor, beta: float, k: float, mode: str | None
 
 
 class PretendedUnderFittingLoss(nn.Module):
-    """PMM's pretended under-fitting cross-entropy as a module (see :func:`pretended_underfitting_loss`).
+    """PMM's pretended under-fitting cross-entropy as a module (see [`pretended_underfitting_loss`][]).
 
     Use one instance per head: PMM gates the decode head (``weight=1.0``) and the auxiliary head
     (``weight=0.4``) separately. The non-persistent buffer ``last_active`` records whether the gate was on
@@ -291,15 +304,18 @@ def balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, e
         >>> float(balanced_seg_loss(torch.zeros(1, 3, 2, 2), y)) == float(torch.log(torch.tensor(3.0)))
         True
     """
+    return _balanced_seg_loss(logits, target, ignore_index, empty_is_zero)
+
+
+def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_is_zero: bool) -> Tensor:
     check_tensor(logits, "logits", 4, layout="B×K×H×W", floating=True)
     check_tensor(target, "target", 3, layout="B×H×W")
     if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"target must have shape {(logits.shape[0], *logits.shape[2:])} (logits "
                          f"{shape_str(logits)} without the class dim), got {shape_str(target)}")
-    return _balanced_seg_loss(logits, target, ignore_index, empty_is_zero)
-
-
-def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_is_zero: bool) -> Tensor:
+    check_masks(target, "target", logits.shape[1], ignore_index)
+    check_finite(logits, "logits")
+    target = target.long()
     bg = target.masked_fill(target != 0, ignore_index)
     fg = target.masked_fill(target == 0, ignore_index)
     out = []
@@ -312,7 +328,7 @@ def _balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int, empty_
 
 
 class BalancedSegLoss(nn.Module):
-    """Module form of :func:`balanced_seg_loss` (AFA/TSCD ``get_seg_loss``).
+    """Module form of [`balanced_seg_loss`][] (AFA/TSCD ``get_seg_loss``).
 
     Shape:
         - logits: B×K×H×W; target: B×H×W int64; output: scalar
@@ -411,9 +427,26 @@ def _dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mas
     check_tensor(probs, "probs", 4, layout="B×K×H×W", floating=True)
     check_tensor(image01, "image01", 4, layout="B×3×H×W", floating=True)
     check_tensor(target, "target", 3, layout="B×H×W")
-    b = probs.shape[0]
+    b, k, h, w = probs.shape
+    if image01.shape[0] != b or image01.shape[1] != 3 or image01.shape[-2:] != probs.shape[-2:]:
+        raise ValueError(f"image01 must have shape ({b}, 3, {h}, {w}) to match probs {shape_str(probs)}, got "
+                         f"{shape_str(image01)}")
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(f"target must have shape ({b}, {h}, {w}) to match probs {shape_str(probs)}, got "
+                         f"{shape_str(target)}")
+    check_masks(target, "target", k, ignore_index)
+    check_range(probs.detach(), "probs", 0.0, 1.0, hint="pass softmax probabilities, not logits")
+    check_range(image01.detach(), "image01", 0.0, 1.0, hint="pass RGB scaled to [0, 1]")
     if valid_mask is None:
-        valid_mask = torch.ones(b, *probs.shape[-2:], device=probs.device)
+        valid_mask = torch.ones(b, h, w, device=probs.device)
+    else:
+        check_tensor(valid_mask, "valid_mask", 3, layout="B×H×W")
+        if tuple(valid_mask.shape) != (b, h, w):
+            raise ValueError(f"valid_mask must have shape ({b}, {h}, {w}) to match probs {shape_str(probs)}, got "
+                             f"{shape_str(valid_mask)}")
+        check_range(valid_mask.detach().float(), "valid_mask", 0.0, 1.0, hint="a {0, 1} (or bool) mask")
+    if b == 0 or h * w == 0:  # an empty batch has no energy (and the lattice needs points)
+        return probs.sum() * 0.0
     img = F.interpolate(image01.float(), scale_factor=scale_factor, mode="nearest") * 255.0
     p = F.interpolate(probs.float(), scale_factor=scale_factor, mode="bilinear", align_corners=False)
     r = F.interpolate(valid_mask[:, None].float(), scale_factor=scale_factor, mode="nearest")[:, 0]
@@ -425,7 +458,7 @@ def _dense_energy_loss(probs: Tensor, image01: Tensor, target: Tensor, valid_mas
 
 
 class DenseEnergyLoss(nn.Module):
-    """Module form of :func:`dense_energy_loss` (defaults: TSCD's ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
+    """Module form of [`dense_energy_loss`][] (defaults: TSCD's ``DenseEnergyLoss(1e-7, 15, 100, 0.5)``).
 
     Shape:
         - probs: B×K×H×W; image01: B×3×H×W; target: B×H×W; valid_mask: B×H×W (optional); output: scalar
@@ -495,7 +528,7 @@ def eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau:
 
 def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau: float, lam: float) -> Tensor:
     check_tensor(cam_logits, "cam_logits", 4, layout="B×(C+1)×h×w", floating=True)
-    check_tensor(saliency, "saliency", 4, layout="B×1×H×W")
+    check_tensor(saliency, "saliency", 4, layout="B×1×H×W", floating=True)
     check_tensor(labels, "labels", 2, layout="B×C")
     if cam_logits.ndim != 4 or saliency.ndim != 4 or saliency.shape[1] != 1:
         raise ValueError(f"cam_logits must be B×(C+1)×h×w and saliency B×1×H×W, got {tuple(cam_logits.shape)} "
@@ -504,6 +537,12 @@ def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau
     if labels.shape != (b, k - 1):
         raise ValueError(f"labels must have shape B×C = ({b}, {k - 1}) for cam_logits {tuple(cam_logits.shape)} "
                          f"(background last), got {tuple(labels.shape)}")
+    check_same_batch(cam_logits, "cam_logits", saliency, "saliency")
+    check_labels(labels, "labels")
+    check_finite(cam_logits, "cam_logits")
+    check_range(saliency.detach(), "saliency", 0.0, 1.0, hint="scale saliency maps to [0, 1]")
+    if b == 0:  # an empty batch: zero loss (a mean over nothing would be NaN)
+        return cam_logits.sum() * 0.0
     dtype = compute_dtype(cam_logits)  # float32 under AMP, float64 stays float64
     sal = F.interpolate(saliency.to(dtype), size=(h, w), mode="nearest")
     probs = torch.softmax(cam_logits.to(dtype), dim=1)
@@ -521,7 +560,7 @@ def _eps_saliency_loss(cam_logits: Tensor, saliency: Tensor, labels: Tensor, tau
 
 
 class EPSSaliencyLoss(nn.Module):
-    """Module form of :func:`eps_saliency_loss` (EPS, Lee et al., CVPR 2021; VOC release tau 0.4, lam 0.5).
+    """Module form of [`eps_saliency_loss`][] (EPS, Lee et al., CVPR 2021; VOC release tau 0.4, lam 0.5).
 
     Shape:
         - cam_logits: B×(C+1)×h×w (background last); saliency: B×1×H×W; labels: B×C; output: scalar
@@ -564,7 +603,10 @@ def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
         tensor(1.)
     """
     check_tensor(cams, "cams", 4, layout="N×C×H×W", floating=True)
-    n, _, h, w = cams.shape
+    check_finite(cams, "cams")
+    n, c, h, w = cams.shape
+    if n * c * h * w == 0:  # an empty batch (or map): zero loss
+        return cams.sum() * 0.0
     k = max(1, (h * w) // 4)
     m = cams.amax(dim=1).reshape(n, -1)
     low = torch.topk(m, k=k, dim=-1, largest=False).values
@@ -572,7 +614,7 @@ def adaptive_min_pooling_loss(cams: Tensor) -> Tensor:
 
 
 class AdaptiveMinPoolingLoss(nn.Module):
-    """Module form of :func:`adaptive_min_pooling_loss` (PMM, Li et al., ICCV 2021).
+    """Module form of [`adaptive_min_pooling_loss`][] (PMM, Li et al., ICCV 2021).
 
     Shape:
         - cams: N×C×H×W; output: scalar

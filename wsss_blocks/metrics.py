@@ -53,8 +53,8 @@ __all__ = [
 
 PredIgnore = Literal["error", "drop", "background"]
 
-#: Background scores swept by default: 0.00, 0.05, ..., 0.95.
 DEFAULT_BG_SCORES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+"""Background scores swept by default: 0.00, 0.05, ..., 0.95."""
 
 
 def _bad_value(x: Tensor, name: str, num_classes: int, ignore_index: int | None) -> ValueError:
@@ -176,7 +176,8 @@ def confusion_matrix(
 def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "union") -> dict[str, Tensor]:
     """IoU per class, mIoU, pixel accuracy and mean accuracy from a confusion matrix.
 
-    Classes excluded from the mean get IoU ``nan`` in the per-class vector.
+    Classes excluded from the mean get IoU ``nan`` in the per-class vector. A matrix with a negative count,
+    or with no count at all (nothing was scored), raises ``ValueError``.
 
     Returns:
         dict with ``iou`` (K float64, nan where excluded), ``miou``, ``pixel_acc``, ``mean_acc``
@@ -190,8 +191,19 @@ def scores_from_confusion(confmat: Tensor, average: Literal["union", "gt"] = "un
     check_tensor(confmat, "confmat", 2, layout="K×K")
     if confmat.shape[0] != confmat.shape[1]:
         raise ValueError(f"confmat must be square, got {shape_str(confmat)}")
+    if confmat.dtype == torch.bool or confmat.is_complex():
+        raise TypeError(f"confmat must hold counts (an integer or floating-point tensor), got dtype {confmat.dtype}")
     check_choice(average, "average", ("union", "gt"))
+    check_finite(confmat, "confmat")
     cm = confmat.double()
+    # always checked (not a switchable value check), like the class indices of confusion_matrix: a negative
+    # count or an empty matrix would give a wrong or NaN score without an error
+    if cm.numel() and float(cm.min()) < 0:
+        raise ValueError(f"confmat holds counts, which cannot be negative; got min {float(cm.min()):g}")
+    if not bool((cm > 0).any()):
+        raise ValueError(f"confmat counts no pixel (all {confmat.shape[0]}×{confmat.shape[1]} entries are 0): "
+                         f"the scores of an empty evaluation are undefined; check that the split is not empty "
+                         f"and not entirely ignore_index")
     tp = cm.diagonal()
     gt = cm.sum(1)
     pr = cm.sum(0)
@@ -239,7 +251,7 @@ class SegmentationMetric(nn.Module):
         self.confmat += cm.to(self.confmat.device)
 
     def compute(self) -> dict[str, Tensor]:
-        """Scores over everything seen since the last :meth:`reset`."""
+        """Scores over everything seen since the last [`reset`][]."""
         return scores_from_confusion(self.confmat, self.average)
 
     def reset(self) -> None:
@@ -254,7 +266,7 @@ class SegmentationMetric(nn.Module):
 
 @dataclass
 class SweepResult:
-    """Result of a background-score sweep (:func:`sweep_bg_score`, :class:`BgScoreSweep`).
+    """Result of a background-score sweep ([`sweep_bg_score`][], [`BgScoreSweep`][]).
 
     Attributes:
         bg_scores: the constant background scores tried, increasing.
@@ -280,7 +292,7 @@ class SweepResult:
 
 
 def _check_finite_fast(x: Tensor, name: str) -> None:
-    """:func:`check_finite` at the cost of one sum.
+    """`check_finite` at the cost of one sum.
 
     A finite sum proves every value finite (NaN and Inf propagate); only a non-finite sum (or an overflow) runs
     the full check, which raises or passes.
@@ -336,7 +348,7 @@ def _order_bucket(x: Tensor) -> Tensor:
 
 
 def _bucket_table(t: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Lookup tables for :func:`_count_below`.
+    """Lookup tables for `_count_below`.
 
     Per bucket the number of thresholds in lower buckets, the thresholds padded with +inf, and the most
     thresholds any one bucket holds.
@@ -370,8 +382,8 @@ class BgScoreSweep(nn.Module):
 
     For each pixel the largest present-class CAM value ``m`` and its class ``a`` are computed once; the
     prediction for background score ``t`` is ``a + 1`` if ``m > t`` and 0 otherwise (exactly
-    :func:`wsss_blocks.cam.cams_to_mask`). Counts are binned by how many scores lie below ``m``,
-    so all T confusion matrices cost O(pixels + T·K²) instead of T passes, and every one is exact.
+    [`wsss_blocks.cam.cams_to_mask`][wsss_blocks.cam.cams_to_mask]). Counts are binned by how many scores lie below
+    ``m``, so all T confusion matrices cost O(pixels + T·K²) instead of T passes, and every one is exact.
     An update reads only the present classes' maps, finds the score bin with a table lookup on the
     value's float32 bit pattern, and counts with one int32 index and one ``bincount`` (a few ms for a
     375×500 image with 21 classes on one CPU thread, whatever the number of scores).
@@ -483,7 +495,7 @@ def sweep_bg_score(
     Args:
         data: either one ``(cams, labels, target)`` triple of batched tensors or an iterable of such
             triples (e.g. one per image, so CAMs of different sizes can be streamed). ``cams`` should be
-            normalised to [0, 1] (:func:`wsss_blocks.cam.normalize_cams`).
+            normalised to [0, 1] ([`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams]).
         num_classes: number of classes including background (21 on VOC).
         bg_scores: constant background scores to try, strictly increasing.
         ignore_index: ground-truth label left out of the scores (255).

@@ -44,12 +44,13 @@ __all__ = [
     "rough_masks",
 ]
 
-#: Tile scales of the release (``run.py`` ``--scales`` default ``0.75,1,1.25,...,3``).
 PMM_CROP_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
+"""Tile scales of the release (``run.py`` ``--scales`` default ``0.75,1,1.25,...,3``)."""
 
-#: The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian
-#: sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of `wsss_blocks.crf.DenseCRF`.
 ROUGH_MASK_CRF = "psa"
+"""The stage-B joint CRF (``PMM:tool/imutils.py`` ``crf_inference``, scale_factor 1): 10 iterations, Gaussian sxy 3
+compat 3, bilateral sxy 80 srgb 13 compat 10 -- the ``"psa"`` preset of
+[`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF]."""
 
 
 
@@ -121,7 +122,8 @@ def multi_crop_boxes(height: int, width: int, scales: Sequence[float] = PMM_CROP
 def _check_rough(rough_probs: Tensor, labels: Tensor) -> Tensor:
     check_tensor(rough_probs, "rough_probs", 3, layout="(C+1)×H×W", floating=True)
     check_finite(rough_probs, "rough_probs")
-    lf = check_labels(labels if labels.ndim == 2 else labels.reshape(1, -1), "labels",
+    check_tensor(labels, "labels", (1, 2), layout="C or 1×C")
+    lf = check_labels(labels if labels.ndim == 2 else labels.reshape(1, -1), "labels", batch=1,
                       num_classes=rough_probs.shape[0] - 1)
     return lf[0]
 
@@ -294,6 +296,7 @@ def _multi_crop_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Ten
                      crop: int, stride: int, bs: int, antialias: bool) -> Tensor:
     """`multi_crop_cams` with checked options."""
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    check_finite(images, "images")
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     C = lf.shape[1]
@@ -401,6 +404,7 @@ def rough_mask_cams(fn: Callable[[Tensor], Tensor], images: Tensor, labels: Tens
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
+    check_finite(images, "images")
     B, _, H, W = images.shape
     lf = check_labels(labels, "labels", batch=B).to(images.device)
     acc: Tensor | None = None
@@ -439,7 +443,8 @@ def rough_masks(cams: Tensor, labels: Tensor, image01: Tensor, *, alpha: float =
         image01: ``(B, 3, H, W)`` RGB in ``[0, 1]`` (rounded to uint8 for the CRF).
         alpha: background exponent (24 in stage B; PPMG uses 11).
         crf: the CRF: a [DenseCRF][wsss_blocks.crf.DenseCRF], a preset name (``"psa"``, released) or a config
-            mapping (`wsss_blocks.crf.as_dense_crf`, e.g. ``{"preset": "psa", "backend": "torch"}``).
+            mapping ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf], e.g.
+            ``{"preset": "psa", "backend": "torch"}``).
 
     Returns:
         ``(B, C + 1, H, W)`` float32 posteriors: channel 0 background, ``c + 1`` class ``c``, absent classes 0.

@@ -3,20 +3,20 @@
 Blocks of Yang, Zhu and Zhang, "A Self-Training Framework Based on Multi-Scale Attention Fusion for Weakly
 Supervised Semantic Segmentation" (arXiv 2305.05841, 2023; code bupt-ai-cz/SMAF). The method, as released:
 
-1. **Fusion** (:func:`multiscale_attention_fusion`, ``gen_fused_cam.py``): run a frozen CAM network at
+1. **Fusion** ([`multiscale_attention_fusion`][], ``gen_fused_cam.py``): run a frozen CAM network at
    scales 0.5/1/1.5/2 and their horizontal flips (8 passes), take the softmax over all classes including
    background *before* upsampling, upsample bilinearly to the image size, zero the channels of absent
    classes, undo the flips, **sum** the 8 maps and divide every class map by its spatial max + 1e-5.
    The network's own background channel is discarded.
-2. **Denoising** (:func:`denoise`): prepend a constant background score 0.2.
-3. **Reactivation** (:func:`reactivate`): divide by the per-pixel maximum so the winning channel is 1.
-4. **Self-training** (:func:`smaf_loss`): 100 × MSE between the student's softmax and the target at 1/4 of
+2. **Denoising** ([`denoise`][]): prepend a constant background score 0.2.
+3. **Reactivation** ([`reactivate`][]): divide by the per-pixel maximum so the winning channel is 1.
+4. **Self-training** ([`smaf_loss`][]): 100 × MSE between the student's softmax and the target at 1/4 of
    the crop resolution, the student's logits upsampled bilinearly with ``align_corners=True``.
-5. **Pseudo masks** (:func:`smaf_pseudo_mask`): argmax over [0.2, A_0, …, A_{C-1}], optionally refined by
+5. **Pseudo masks** ([`smaf_pseudo_mask`][]): argmax over [0.2, A_0, …, A_{C-1}], optionally refined by
    a dense CRF that starts from the hard labels (pydensecrf ``unary_from_labels``, gt_prob 0.7).
 
-The multi-scale + flip loop is :func:`wsss_blocks.cam.multiscale_cams`; this module only supplies the
-per-pass activation (softmax / ReLU / none, background channel dropped, maps upsampled in the released
+The multi-scale + flip loop is [`wsss_blocks.cam.multiscale_cams`][wsss_blocks.cam.multiscale_cams]; this module only
+supplies the per-pass activation (softmax / ReLU / none, background channel dropped, maps upsampled in the released
 order), the class-aware masking and the normalisation.
 
 Conventions: ``maps`` are B×C×H×W foreground maps (no background), ``scores``/targets are B×(C+1)×H×W with
@@ -41,6 +41,7 @@ from ._checks import (
     check_labels,
     check_number,
     check_positive,
+    check_range,
     check_same_batch,
     check_tensor,
     checks_enabled,
@@ -68,8 +69,8 @@ Activation = Literal["softmax", "relu", "none"]
 Normalize = Literal["max", "minmax", "none"]
 Reduce = Literal["sum", "mean", "max"]
 
-#: Released SMAF defaults (``gen_fused_cam.py`` line 340 and ``gen_pseudo_mask.py``).
 SMAF_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+"""Released SMAF defaults (``gen_fused_cam.py`` line 340 and ``gen_pseudo_mask.py``)."""
 
 
 def _expected_channels(num_classes: int, bg_channel: str) -> int:
@@ -178,8 +179,8 @@ def multiscale_attention_fusion(
 
     ``F_c = y_c · Σ_s Σ_φ φ⁻¹(Up(softmax(f(φ(I_s))))_c)``,  ``A_c = F_c / (max_x F_c(x) + eps)``.
 
-    The scale/flip loop is :func:`wsss_blocks.cam.multiscale_cams` (batched: one model call per scale).
-    :func:`multiscale_attention_fusion_detailed` also returns the per-scale maps.
+    The scale/flip loop is [`wsss_blocks.cam.multiscale_cams`][wsss_blocks.cam.multiscale_cams] (batched: one model call
+    per scale). [`multiscale_attention_fusion_detailed`][] also returns the per-scale maps.
 
     Paper: Yang et al., "A Self-Training Framework Based on Multi-Scale Attention Fusion for WSSS", 2023.
 
@@ -234,10 +235,10 @@ def multiscale_attention_fusion(
 
 @dataclass
 class FusionOutput:
-    """Result of :func:`multiscale_attention_fusion_detailed`.
+    """Result of [`multiscale_attention_fusion_detailed`][].
 
     Attributes:
-        fused: B×C×H×W fused maps, as :func:`multiscale_attention_fusion` returns them.
+        fused: B×C×H×W fused maps, as [`multiscale_attention_fusion`][] returns them.
         per_scale: ``len(scales)`` B×C×H×W maps, one per scale (flip pair combined with ``reduce``, activated,
             masked, upsampled, **not** normalised), for inspection.
     """
@@ -264,11 +265,11 @@ def multiscale_attention_fusion_detailed(
     eval_mode: bool = True,
     skip_absent: bool = True,
 ) -> FusionOutput:
-    """:func:`multiscale_attention_fusion` plus the per-scale maps; the arguments are the same.
+    """[`multiscale_attention_fusion`][] plus the per-scale maps; the arguments are the same.
 
     Shape:
         - images: B×3×H×W; labels: B×C
-        - output: :class:`FusionOutput` (``fused`` B×C×H×W, ``per_scale`` ``len(scales)`` B×C×H×W maps)
+        - output: [`FusionOutput`][] (``fused`` B×C×H×W, ``per_scale`` ``len(scales)`` B×C×H×W maps)
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 3, 1)
@@ -308,6 +309,9 @@ def _fusion(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, s
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
     lf = check_labels(labels, "labels", batch=images.shape[0])
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
     H, W = images.shape[-2:]
     osize = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
     if osize[0] < 1 or osize[1] < 1:
@@ -361,7 +365,7 @@ def _scatter_classes(x: Tensor, keep: Tensor, num_classes: int) -> Tensor:
 
 
 class MultiScaleAttentionFusion(nn.Module):
-    """SMAF teacher: fused multi-scale, class-aware attention maps (module form of :func:`multiscale_attention_fusion`).
+    """SMAF teacher: fused multi-scale, class-aware attention maps (module form of [`multiscale_attention_fusion`][]).
 
     The module stores the fusion settings; the CAM network is passed at call time, so a student can be
     its own teacher without registering its parameters twice. Defaults are the released VOC setting:
@@ -373,7 +377,7 @@ class MultiScaleAttentionFusion(nn.Module):
     The constructor arguments (``scales``, ``flip``, ``activation``, ``bg_channel``, ``reduce``, ``normalize``,
     ``eps``, ``image_interpolation``, ``activate_before_resize``, ``no_grad``, ``eval_mode``, ``skip_absent``)
     and the call arguments (``model``, ``images``, ``labels``, ``out_size``) are those of
-    :func:`multiscale_attention_fusion`; :meth:`detailed` also returns the per-scale maps.
+    [`multiscale_attention_fusion`][]; [`detailed`][] also returns the per-scale maps.
 
     Shape:
         - images: B×3×H×W
@@ -432,7 +436,7 @@ class MultiScaleAttentionFusion(nn.Module):
 
     def detailed(self, model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor,
                  out_size: tuple[int, int] | None = None) -> FusionOutput:
-        """Fused and per-scale maps; see :func:`multiscale_attention_fusion_detailed`."""
+        """Fused and per-scale maps; see [`multiscale_attention_fusion_detailed`][]."""
         per_scale: list[Tensor] = []
         fused = _fusion(model, images, labels, self.scales, self.flip, self.activation, self.bg_channel,
                         self.reduce, self.normalize, self.eps, out_size, self.image_interpolation,
@@ -452,7 +456,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_score: float = 0.2) -> Tensor:
     a constant 0.2 instead. Here the background goes to channel 0 (the library's ``scores`` convention).
 
     Args:
-        maps: fused foreground maps, normally from :func:`multiscale_attention_fusion`.
+        maps: fused foreground maps, normally from [`multiscale_attention_fusion`][].
         labels: multi-hot image labels.
         bg_score: the constant background score (released 0.2).
 
@@ -467,6 +471,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_score: float = 0.2) -> Tensor:
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
     lf = check_labels(labels, "labels", batch=maps.shape[0], num_classes=maps.shape[1])
+    check_finite(maps, "maps")
     bg = maps.new_full((maps.shape[0], 1, *maps.shape[-2:]), float(bg_score))
     return torch.cat([bg, maps * lf.to(device=maps.device, dtype=maps.dtype)[:, :, None, None]], dim=1)
 
@@ -474,7 +479,7 @@ def denoise(maps: Tensor, labels: Tensor, bg_score: float = 0.2) -> Tensor:
 def reactivate(scores: Tensor, eps: float = 0.0) -> Tensor:
     """Reactivation: divide every pixel's scores by their maximum over channels, so the winner is exactly 1.
 
-    Released as ``rectified / rectified.max(dim=1)`` with no epsilon: after :func:`denoise` the maximum is
+    Released as ``rectified / rectified.max(dim=1)`` with no epsilon: after [`denoise`][] the maximum is
     at least the background score (0.2), so it is never zero. With ``eps=0`` a pixel whose scores are all
     ≤ 0 raises a ``ValueError`` instead of producing NaN/Inf.
 
@@ -505,7 +510,7 @@ def smaf_target(
     scale_factor: float | None = None,
     align_corners: bool = True,
 ) -> Tensor:
-    """The SMAF self-training target: (resize →) :func:`denoise` → :func:`reactivate`, detached.
+    """The SMAF self-training target: (resize →) [`denoise`][] → [`reactivate`][], detached.
 
     Released (``adaptation_modelv2.py`` ``step``): the fused maps, already aligned with the training crop
     (resized with bilinear ``align_corners=True``, flipped, cropped with zero padding — padding becomes a
@@ -564,7 +569,7 @@ def smaf_loss(
 
     Args:
         student_logits: the student's raw per-class maps with a background channel.
-        target: from :func:`smaf_target`, background in channel 0.
+        target: from [`smaf_target`][], background in channel 0.
         weight: loss weight (released 100).
         bg_channel: where the student keeps background (released ``"last"``); the target is reordered to
             match, the softmax is order-independent.
@@ -589,7 +594,7 @@ def smaf_loss(
 
 def _smaf_loss(student_logits: Tensor, target: Tensor, weight: float, bg_channel: str, align_corners: bool
                ) -> Tensor:
-    """:func:`smaf_loss` with checked options."""
+    """[`smaf_loss`][] with checked options."""
     check_tensor(student_logits, "student_logits", 4, layout="B×(C+1)×h×w", floating=True)
     check_tensor(target, "target", 4, layout="B×(C+1)×H×W", floating=True)
     check_same_batch(student_logits, "student_logits", target, "target")
@@ -597,6 +602,10 @@ def _smaf_loss(student_logits: Tensor, target: Tensor, weight: float, bg_channel
         raise ValueError(f"student_logits has {student_logits.shape[1]} channels but target has "
                          f"{target.shape[1]} (shapes {shape_str(student_logits)} and {shape_str(target)}); "
                          f"both need C + 1 channels including background")
+    check_finite(student_logits, "student_logits")
+    check_range(target.detach(), "target", 0.0, 1.0, hint="the target of smaf_target is in [0, 1]")
+    if student_logits.shape[0] == 0:  # an empty batch: zero loss (a mean over nothing would be NaN)
+        return student_logits.sum() * 0.0
     t = target.detach()
     if bg_channel == "last":
         t = t.roll(-1, dims=1)  # channel 0 (background) -> last, classes -> 0..C-1
@@ -608,7 +617,7 @@ def _smaf_loss(student_logits: Tensor, target: Tensor, weight: float, bg_channel
 
 
 class SMAFLoss(nn.Module):
-    """Module form of :func:`smaf_loss` (released: weight 100, background last, ``align_corners=True``).
+    """Module form of [`smaf_loss`][] (released: weight 100, background last, ``align_corners=True``).
 
     Shape:
         - student_logits: B×(C+1)×h×w
@@ -661,18 +670,19 @@ def smaf_pseudo_mask(
     maps of the present classes (ties go to background), then a DenseCRF whose unary comes from these hard
     labels (pydensecrf ``unary_from_labels``, gt_prob 0.7, zero_unsure False, all C + 1 labels), Gaussian term
     sxy 3 / compat 3, bilateral term sxy 50 / srgb 5 / compat 10 on the original RGB, 10 mean-field iterations,
-    and the argmax of Q (``crf="smaf"``: :meth:`wsss_blocks.crf.DenseCRF.smaf` + ``from_mask``).
+    and the argmax of Q (``crf="smaf"``: [`wsss_blocks.crf.DenseCRF.smaf`][wsss_blocks.crf.dense_crf.DenseCRF.smaf] +
+    ``from_mask``).
 
     Args:
-        maps: fused foreground maps (:func:`multiscale_attention_fusion`), normally in [0, 1].
+        maps: fused foreground maps ([`multiscale_attention_fusion`][]), normally in [0, 1].
         labels: multi-hot image labels; absent classes never win.
         bg_score: background score (released 0.2).
         image01: the RGB image for the CRF, float in [0, 1] (or give ``image_uint8``); needed with ``crf``.
-        crf: ``None`` (no CRF); a :class:`wsss_blocks.crf.DenseCRF` (or a preset name such as ``"smaf"``, the
-            release, or a config mapping, see `wsss_blocks.crf.as_dense_crf`)
-            refining the hard labels with its ``from_mask``; or any callable
-            ``crf(image01, probs) -> probs`` receiving the hard-label probabilities (label ``gt_prob``, the
-            other C labels ``(1 - gt_prob) / C`` each).
+        crf: ``None`` (no CRF); a [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] (or a preset name
+            such as ``"smaf"``, the release, or a config mapping, see
+            [`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf]) refining the hard labels with its
+            ``from_mask``; or any callable ``crf(image01, probs) -> probs`` receiving the hard-label probabilities
+            (label ``gt_prob``, the other C labels ``(1 - gt_prob) / C`` each).
         gt_prob: confidence given to the hard labels in the CRF unary (released 0.7).
         image_uint8: the image as loaded instead of ``image01``: B×H×W×3 uint8.
 
@@ -688,6 +698,8 @@ def smaf_pseudo_mask(
         [[[1, 2]]]
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
+    check_labels(labels, "labels", batch=maps.shape[0], num_classes=maps.shape[1])
+    check_finite(maps, "maps")
     hard = cams_to_mask(maps, labels, bg_score=bg_score)
     if crf is None:
         return hard

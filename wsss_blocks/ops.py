@@ -1,7 +1,7 @@
 """Generic tensor operations used by the blocks: RoIAlign in pure PyTorch and boxes from a validity mask.
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels with the end exclusive (a box of width ``x2 - x1``); the batch form of
-:func:`roi_align` prepends the image index, as ``torchvision.ops.roi_align`` does.
+[`roi_align`][] prepends the image index, as ``torchvision.ops.roi_align`` does.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_pair, check_tensor, shape_str
+from ._checks import check_finite, check_pair, check_tensor, checks_enabled, shape_str
 
 __all__ = ["roi_align", "boxes_from_mask"]
 
@@ -88,7 +88,28 @@ def roi_align(features: Tensor, boxes: Tensor, output_size: int | tuple[int, int
     if boxes.shape[1] != 5:
         raise ValueError(f"boxes must have shape R×5 (batch_index, x1, y1, x2, y2), got {shape_str(boxes)}")
     out_h, out_w = check_pair(output_size, "output_size")
+    check_finite(features, "features")
+    _check_roi_boxes(boxes, features.shape[0])
     return _roi_align(features, boxes, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+
+
+def _check_roi_boxes(boxes: Tensor, batch: int, name: str = "boxes") -> None:
+    """Check the R×5 RoIAlign rows of a batch of ``batch`` images (a value check, see `wsss_blocks.set_checks`).
+
+    The batch index (column 0) must be an integer in ``[0, batch)``: a negative index would silently crop another
+    image, a fractional one would be truncated. The coordinates must be finite.
+    """
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"{name} must be a real tensor of (batch_index, x1, y1, x2, y2) rows, got dtype {boxes.dtype}")
+    if not checks_enabled() or boxes.numel() == 0:
+        return
+    check_finite(boxes, name)
+    idx = boxes[:, 0]
+    bad = (idx < 0) | (idx >= batch) | (idx != idx.round() if boxes.is_floating_point() else idx != idx)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}[:, 0] holds the batch index of each row, an integer in [0, {batch - 1}] for a "
+                         f"batch of {batch} images; row {row} has {float(idx[row]):g}")
 
 
 def _roi_align(features: Tensor, boxes: Tensor, out_h: int, out_w: int, spatial_scale: float,
@@ -148,6 +169,11 @@ def boxes_from_mask(mask: Tensor) -> Tensor:
         [[0, 1, 4, 3]]
     """
     check_tensor(mask, "mask", 3, layout="B×H×W")
+    if mask.dtype != torch.bool:
+        check_finite(mask, "mask")
+        if checks_enabled() and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+            bad = mask[(mask != 0) & (mask != 1)][0]
+            raise ValueError(f"mask must be bool or hold only 0 and 1, got value {float(bad):g}")
     rows = mask.bool().any(dim=2).to(torch.int8)
     cols = mask.bool().any(dim=1).to(torch.int8)
     h, w = mask.shape[-2:]

@@ -11,18 +11,18 @@ Every choice that the abstract and figures do not fix is an explicit, documented
 - ``[F]`` drawn in a figure;
 - ``[I]`` inferred by this implementation (ablate it);
 - ``[R]`` taken from the nearest public reference, Puzzle-CAM (Jo & Yu, ICIP 2021, OFRIN/PuzzleCAM; its blocks
-  are in :mod:`wsss_blocks.puzzle_cam`).
+  are in [`wsss_blocks.puzzle_cam`][wsss_blocks.puzzle_cam]).
 
 Blocks:
 
-- :func:`split_patches` / :func:`merge_patches` and :class:`PatchDestruction`: the P and M operators
+- [`split_patches`][] / [`merge_patches`][] and [`PatchDestruction`][]: the P and M operators
   (non-overlapping g_h×g_w grid, patches stacked along the batch axis, exact inverse).
-- :func:`patch_learning` and :class:`PatchLearning`: a backbone given as an ordered list of stages; after
+- [`patch_learning`][] and [`PatchLearning`][]: a backbone given as an ordered list of stages; after
   stage ``s`` the feature map is destructed into patches, each patch runs through the remaining stages
   with the **same weights** as the full map, the outputs are merged, concatenated along channels with
   the full-map output and classified by one linear classifier (implicit PPL: one insertion point;
   explicit multi-granularity fusion: several insertion points with a gradient cut at each branch input).
-- :class:`ProgressiveSchedule`: moves the insertion point from low to high stages over training
+- [`ProgressiveSchedule`][]: moves the insertion point from low to high stages over training
   (stage-by-stage, or PMG-style every stage on every batch).
 """
 
@@ -39,8 +39,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from typing_extensions import override
 
-from ._checks import check_choice, check_int, check_tensor, shape_str
-from .cam import cam_from_features
+from ._checks import check_choice, check_finite, check_int, check_tensor, shape_str
+from .cam import _cam_from_features
 
 __all__ = [
     "split_patches",
@@ -111,7 +111,7 @@ def split_patches(
             (all images' patch 0, then patch 1, …), the layout of Puzzle-CAM's ``tile_features`` [R].
         pad_mode: what to do when H or W is not divisible by the grid. ``"error"`` (default) raises;
             ``"constant"`` (with ``pad_value``), ``"replicate"`` or ``"reflect"`` pad the bottom and right
-            edges up to the next multiple (``F.pad`` modes); :func:`merge_patches` with ``out_size``
+            edges up to the next multiple (``F.pad`` modes); [`merge_patches`][] with ``out_size``
             crops the padding back. (Puzzle-CAM floors the patch size instead, which silently makes
             more than g² patches on indivisible sizes; that behaviour is deliberately not reproduced.)
         pad_value: fill value for ``pad_mode="constant"``.
@@ -141,19 +141,20 @@ def split_patches(
     return _split(x, g, order, pad_mode, pad_value)
 
 
-def _split(x: Tensor, grid: tuple[int, int], order: str, pad_mode: str, pad_value: float) -> Tensor:
-    """:func:`split_patches` with checked options."""
-    check_tensor(x, "x", 4, layout="B×C×H×W")
+def _split(x: Tensor, grid: tuple[int, int], order: str, pad_mode: str, pad_value: float, name: str = "x"
+           ) -> Tensor:
+    """[`split_patches`][] with checked options (errors call the input ``name``)."""
+    check_tensor(x, name, 4, layout="B×C×H×W")
     gh, gw = grid
     H, W = x.shape[-2:]
     if gh > H or gw > W:
-        raise ValueError(f"grid {(gh, gw)} does not fit x of spatial size {H}×{W} (x shape {shape_str(x)}): "
+        raise ValueError(f"grid {(gh, gw)} does not fit {name} of spatial size {H}×{W} (shape {shape_str(x)}): "
                          f"every patch needs at least one row and one column")
     ph, pw = _pad_amount(H, gh), _pad_amount(W, gw)
     if ph or pw:
         if pad_mode == "error":
             raise ValueError(
-                f"grid {(gh, gw)} does not divide x of spatial size {H}×{W} (x shape {shape_str(x)}); "
+                f"grid {(gh, gw)} does not divide {name} of spatial size {H}×{W} (shape {shape_str(x)}); "
                 f"pass pad_mode='constant', 'replicate' or 'reflect' to pad to {H + ph}×{W + pw}, or resize "
                 f"the input so that every stage's map is divisible")
         if pad_mode == "constant":
@@ -170,15 +171,15 @@ def merge_patches(
     order: Order = "batch_major",
     out_size: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Merge operation M: put per-patch maps back at their grid positions (exact inverse of :func:`split_patches`).
+    """Merge operation M: put per-patch maps back at their grid positions (exact inverse of [`split_patches`][]).
 
     The per-patch maps may have any spatial size and channel count (they are usually the output of the
     remaining network stages run on the patches); the merged map is g_h·h'×g_w·w'. With ``out_size`` the
     merged map is cropped to its top-left ``out_size`` region, which removes the bottom/right padding
-    that :func:`split_patches` added (PPL Fig. 2 operator "M" [F]; crop rule [I]).
+    that [`split_patches`][] added (PPL Fig. 2 operator "M" [F]; crop rule [I]).
 
     Args:
-        patches: per-patch maps in the layout produced by :func:`split_patches` with the same ``order``.
+        patches: per-patch maps in the layout produced by [`split_patches`][] with the same ``order``.
         batch: number of images B (``patches.shape[0]`` must equal G·B).
         grid: g or (g_h, g_w), as used for the split.
         order: ``"batch_major"`` or ``"tile_major"``, as used for the split.
@@ -200,15 +201,18 @@ def merge_patches(
 
 def _merge(patches: Tensor, batch: int, grid: tuple[int, int], order: str, out_size: tuple[int, int] | None
            ) -> Tensor:
-    """:func:`merge_patches` with checked options."""
+    """[`merge_patches`][] with checked options."""
     check_tensor(patches, "patches", 4, layout="(G·B)×C×h×w")
-    check_int(batch, "batch", minimum=1)
+    check_int(batch, "batch", minimum=0)
     gh, gw = grid
     G = gh * gw
     if patches.shape[0] != G * batch:
         raise ValueError(f"patches has {patches.shape[0]} samples, expected G·B = {G}·{batch} = {G * batch} "
                          f"for grid {(gh, gw)} (patches shape {shape_str(patches)})")
-    merged = rearrange(patches, _pattern(order) + " -> b c (gh h) (gw w)", gh=gh, gw=gw, b=batch)
+    if batch == 0:  # an empty batch (einops cannot infer the patch size from zero samples)
+        merged = patches.new_zeros(0, patches.shape[1], gh * patches.shape[2], gw * patches.shape[3])
+    else:
+        merged = rearrange(patches, _pattern(order) + " -> b c (gh h) (gw w)", gh=gh, gw=gw, b=batch)
     if out_size is not None:
         oh, ow = int(out_size[0]), int(out_size[1])
         Hm, Wm = merged.shape[-2:]
@@ -244,7 +248,7 @@ class PatchDestruction(nn.Module):
 
     ``forward(x, fn)`` computes ``M(fn(P(x)))``: ``fn`` sees every patch as a separate sample, so
     with a per-sample ``fn`` (no train-mode BatchNorm) each patch's output depends only on that patch
-    (PPL, Li et al., TMM 2022, Fig. 2). Options are those of :func:`split_patches`.
+    (PPL, Li et al., TMM 2022, Fig. 2). Options are those of [`split_patches`][].
 
     Args:
         grid: g or (g_h, g_w); PPL draws 2×2 [F].
@@ -286,7 +290,7 @@ class PatchDestruction(nn.Module):
         return self.grid[0] * self.grid[1]
 
     def split(self, x: Tensor) -> Tensor:
-        """P: B×C×H×W → (G·B)×C×h×w (see :func:`split_patches`)."""
+        """P: B×C×H×W → (G·B)×C×h×w (see [`split_patches`][])."""
         return _split(x, self.grid, self.order, self.pad_mode, self.pad_value)
 
     def merge(self, patches: Tensor, batch: int, out_size: tuple[int, int] | None = None) -> Tensor:
@@ -372,12 +376,12 @@ def _backbone_feat_dim(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- patch learning
 @dataclass
 class PatchLearningOutput:
-    """Outputs of :func:`patch_learning` / :class:`PatchLearning`.
+    """Outputs of [`patch_learning`][] / [`PatchLearning`][].
 
     Attributes:
         logits: B×K fused-path logits = GAP of ``cams``; train with these (one ``cls loss`` [F]).
         cams: B×K×h×w raw fused-path CAMs, ``cam_from_features(features, W, b)`` (pre-ReLU; normalise with
-            :func:`wsss_blocks.cam.normalize_cams`).
+            [`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams]).
         features: B×(P·D)×h×w fused features Z = concat(L_{s_1}, …, L_{s_m}, G), P = m + include_global.
         parts: bias-free CAM contributions of each concatenated block, keyed ``"local@s"`` and
             ``"global"``; ``sum(parts.values()) + b == cams``.
@@ -486,9 +490,10 @@ def _frozen_bn_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 def _patch_path(stages: Sequence[nn.Module], feat: Tensor, s: int, grid: tuple[int, int], order: Order,
                 pad_mode: PadMode, pad_value: float, target_hw: tuple[int, int] | None,
-                size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats = "update") -> Tensor:
+                size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats = "update", name: str = "features"
+                ) -> Tensor:
     """M(u_s(P(feat))), cropped/resized to ``target_hw`` (the full path's output size)."""
-    patches = _split(feat, grid, order, pad_mode, pad_value)
+    patches = _split(feat, grid, order, pad_mode, pad_value, name)
     if patch_bn_stats == "frozen":
         with _frozen_bn_stats(stages[s:]):
             out = _run(stages[s:], patches)
@@ -543,15 +548,15 @@ def patch_learning(
     - patch path at s: L_s = M(u_s(P(F_s))) with the **same** stage modules [S/F]; with
       ``detach_branch_input`` the branch input is sg(F_s) (explicit fusion, Fig. 5 "×") [S];
     - fusion: Z = concat_channels(L_{s_1}, …, L_{s_m}, G) [S "feature concatenation"; order I];
-    - classifier: CAMs A = W ∗ Z (+ b) via :func:`wsss_blocks.cam.cam_from_features`, logits z = GAP(A)
-      (a 1×1 conv / linear classifier after global average pooling, the standard CAM head [I]).
+    - classifier: CAMs A = W ∗ Z (+ b) via [`wsss_blocks.cam.cam_from_features`][wsss_blocks.cam.cam_from_features],
+      logits z = GAP(A) (a 1×1 conv / linear classifier after global average pooling, the standard CAM head [I]).
 
     One insertion point is PPL's implicit patch learning (Fig. 2); several are the explicit
     multi-granularity fusion (Fig. 5). An empty ``insert_after`` gives the plain CAM network (a baseline
     with the same code path). The full-map trunk F_1 … F_N is computed once and shared by every branch.
 
     Args:
-        stages: ordered backbone stages f_1 … f_N (``nn.Module``; see :func:`backbone_stages`).
+        stages: ordered backbone stages f_1 … f_N (``nn.Module``; see [`backbone_stages`][]).
         images: network input.
         classifier_weight: K×(P·D) or K×(P·D)×1×1 weights, P = number of insertion points + include_global.
         insert_after: s or a sequence of s: the number of stages run on the full map before the patch
@@ -563,9 +568,9 @@ def patch_learning(
             (default) means False for a single insertion point (Fig. 2 draws no cut [F]) and True for
             several (Fig. 5 "× denotes detaching gradient back-propagation towards lower layers" [S]).
         include_global: concatenate the full-map output G (always on in the paper [F]).
-        pad_mode: patch padding for sizes not divisible by the grid, see :func:`split_patches`.
+        pad_mode: patch padding for sizes not divisible by the grid, see [`split_patches`][].
         pad_value: fill value for ``pad_mode="constant"``.
-        order: patch batch layout, see :func:`split_patches`.
+        order: patch batch layout, see [`split_patches`][].
         size_mismatch: what to do when the merged patch map differs in size from G (the patch size is not
             divisible by the remaining stride): ``"error"`` (default) or bilinear ``"resize"`` to G's size [I].
         patch_bn_stats: ``"update"`` (default: plain PyTorch behaviour) lets train-mode BatchNorm layers in
@@ -575,7 +580,7 @@ def patch_learning(
             Irrelevant with frozen/eval BN or without BN.
 
     Returns:
-        :class:`PatchLearningOutput`. ``logits``, ``cams``, ``full_*`` and ``parts`` all carry gradients.
+        [`PatchLearningOutput`][]. ``logits``, ``cams``, ``full_*`` and ``parts`` all carry gradients.
 
     Shape:
         - images: B×3×H×W
@@ -597,6 +602,10 @@ def patch_learning(
     if not include_global and not points:
         raise ValueError("include_global=False needs at least one insertion point (nothing to classify)")
     detach = (len(points) > 1) if detach_branch_input is None else bool(detach_branch_input)
+    if isinstance(classifier_weight, Tensor):
+        check_finite(classifier_weight, "classifier_weight")
+    if isinstance(classifier_bias, Tensor):
+        check_finite(classifier_bias, "classifier_bias")
     return _patch_learning(stage_list, images, classifier_weight, points, grids, classifier_bias, detach,
                            include_global, pad_mode, pad_value, order, size_mismatch, patch_bn_stats)
 
@@ -612,11 +621,14 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
                     grids: dict[int, tuple[int, int]], classifier_bias: Tensor | None, detach: bool,
                     include_global: bool, pad_mode: PadMode, pad_value: float, order: Order,
                     size_mismatch: SizeMismatch, patch_bn_stats: PatchBNStats) -> PatchLearningOutput:
-    """:func:`patch_learning` with checked options (stages, insertion points, grids, choices)."""
+    """[`patch_learning`][] with checked options (stages, insertion points, grids, choices)."""
     check_tensor(images, "images", 4, layout="B×3×H×W", floating=True)
     check_tensor(classifier_weight, "classifier_weight", (2, 4), layout="K×(P·D) or K×(P·D)×1×1", floating=True)
     if classifier_weight.ndim == 4 and classifier_weight.shape[2:] != (1, 1):
         raise ValueError(f"classifier_weight must be K×(P·D)×1×1 when 4-D, got {shape_str(classifier_weight)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"images must hold at least one image, got shape {shape_str(images)}")
+    check_finite(images, "images")
 
     # trunk once: keep F_s for every insertion point
     need = set(points)
@@ -639,7 +651,7 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
     for s in ordered:
         inp = feats[s].detach() if detach else feats[s]
         L = _patch_path(stage_list, inp, s, grids[s], order, pad_mode, pad_value, target_hw, size_mismatch,
-                        patch_bn_stats)
+                        patch_bn_stats, f"the stage-{s} features of images {images.shape[-2]}×{images.shape[-1]}")
         if L.shape[1] != G.shape[1]:  # pragma: no cover - same stages give the same channel count
             raise ValueError(f"patch branch at {s} has {L.shape[1]} channels, full path {G.shape[1]}")
         blocks.append((f"local@{s}", L))
@@ -648,16 +660,21 @@ def _patch_learning(stage_list: list[nn.Module], images: Tensor, classifier_weig
     Z = torch.cat([b for _, b in blocks], dim=1) if len(blocks) > 1 else blocks[0][1]
 
     W = classifier_weight.flatten(1) if classifier_weight.ndim == 4 else classifier_weight
+    if classifier_bias is not None:
+        check_tensor(classifier_bias, "classifier_bias", 1, layout="K", floating=True)
+        if classifier_bias.shape[0] != W.shape[0]:
+            raise ValueError(f"classifier_bias has {classifier_bias.shape[0]} entries, expected {W.shape[0]} (one per "
+                             f"class of classifier_weight {shape_str(classifier_weight)})")
     D = G.shape[1]
     if W.shape[1] != Z.shape[1]:
         raise ValueError(
             f"classifier_weight has {W.shape[1]} input channels, expected {len(blocks)}·{D} = {Z.shape[1]} "
             f"({len(ordered)} patch branch(es){' + global path' if include_global else ''} × {D} feature "
             f"channels; weight shape {shape_str(classifier_weight)})")
-    cams = cam_from_features(Z, W, classifier_bias)
+    cams = _cam_from_features(Z, W, classifier_bias)
     parts: dict[str, Tensor] = {}
     for i, (name, feat) in enumerate(blocks):
-        parts[name] = cam_from_features(feat, W[:, i * D:(i + 1) * D])
+        parts[name] = _cam_from_features(feat, W[:, i * D:(i + 1) * D], None)
     full_cams = full_logits = None
     if include_global:
         full_cams = parts["global"]
@@ -673,12 +690,12 @@ class PatchLearning(nn.Module):
     """PPL patch learning around a backbone given as ordered stages (implicit PPL or explicit fusion).
 
     Li et al., "Weakly Supervised Semantic Segmentation via Progressive Patch Learning", TMM 2022.
-    See :func:`patch_learning` for the computation and the source of each choice. The module stores the
+    See [`patch_learning`][] for the computation and the source of each choice. The module stores the
     stages (shared by every path: one set of weights) and one classifier whose input width is
     P·D, P = number of insertion points + 1 (global path). Because P is constant when the single
     insertion point moves, the same classifier serves every progressive stage; move
-    it with :meth:`set_insertion` or pass ``insert_after`` to :meth:`forward` (as
-    :class:`ProgressiveSchedule` does).
+    it with [`set_insertion`][] or pass ``insert_after`` to [`forward`][] (as
+    [`ProgressiveSchedule`][] does).
 
     Args:
         stages: ordered ``nn.Module`` stages f_1 … f_N (list, ``nn.Sequential`` or ``nn.ModuleList``).
@@ -692,15 +709,15 @@ class PatchLearning(nn.Module):
         detach_branch_input: gradient cut at each branch input; None = False for one insertion point,
             True for several [S/F].
         include_global: concatenate the full-map path (the paper always does) [F].
-        pad_mode: see :func:`patch_learning`.
-        pad_value: see :func:`patch_learning`.
-        order: see :func:`patch_learning`.
-        size_mismatch: see :func:`patch_learning`.
-        patch_bn_stats: ``"update"`` or ``"frozen"``, see :func:`patch_learning`.
+        pad_mode: see [`patch_learning`][].
+        pad_value: see [`patch_learning`][].
+        order: see [`patch_learning`][].
+        size_mismatch: see [`patch_learning`][].
+        patch_bn_stats: ``"update"`` or ``"frozen"``, see [`patch_learning`][].
 
     Shape:
         - images: B×3×H×W
-        - output: :class:`PatchLearningOutput` (logits B×K, cams B×K×h×w, …)
+        - output: [`PatchLearningOutput`][] (logits B×K, cams B×K×h×w, …)
 
     Examples:
         >>> stages = [torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 16, 3, 2, 1)]
@@ -769,7 +786,7 @@ class PatchLearning(nn.Module):
     @classmethod
     def from_backbone(cls, model: nn.Module, insert_after: int | Sequence[int], num_classes: int,
                       grid: Grid | Mapping[int, Grid] = 2, **kwargs: object) -> PatchLearning:
-        """Build from a torchvision/timm ResNet or a timm ``stem`` + ``stages`` model (:func:`backbone_stages`).
+        """Build from a torchvision/timm ResNet or a timm ``stem`` + ``stages`` model ([`backbone_stages`][]).
 
         ``feat_dim`` is read from ``model.num_features`` (timm) or ``model.fc.in_features`` (torchvision).
         """
@@ -842,7 +859,7 @@ class StageSpec:
     """One progressive stage: where to destruct, with which grid, and the weight of its loss.
 
     Attributes:
-        insert_after: insertion point s (see :class:`PatchLearning`).
+        insert_after: insertion point s (see [`PatchLearning`][]).
         grid: grid for this stage; ``None`` keeps the model's grid (PPL draws 2×2 at every stage [F]).
         loss_weight: multiplier for this stage's loss (1.0; PMG weights its last step ×2, an option).
     """
@@ -860,15 +877,15 @@ class ProgressiveSchedule:
     the lowest point [F]. How the stages interleave is not stated, so both readings are offered [I]:
 
     - ``mode="sequential"`` (default, a curriculum): ``epochs_per_stage[k]`` epochs at stage k, then the
-      next stage, starting from the current weights; :meth:`step` returns one stage.
+      next stage, starting from the current weights; [`step`][] returns one stage.
     - ``mode="cyclic"`` (PMG, Du et al. ECCV 2020): every stage on every batch, in order (one
-      forward/backward/step per stage); :meth:`step` returns all stages for every epoch.
+      forward/backward/step per stage); [`step`][] returns all stages for every epoch.
 
-    Epochs at or beyond :attr:`total_epochs` stay at the last stage (sequential). Give the stages low → high
+    Epochs at or beyond `total_epochs` stay at the last stage (sequential). Give the stages low → high
     for the paper's order; any order is accepted so that high → low can be ablated.
 
     Args:
-        stages: insertion points (ints) or :class:`StageSpec` in training order, e.g. ``(2, 3, 4)`` for
+        stages: insertion points (ints) or [`StageSpec`][] in training order, e.g. ``(2, 3, 4)`` for
             torchvision ResNet stages ``[stem, layer1, …, layer4]`` = after layer1, layer2, layer3 [I].
         epochs_per_stage: int for every stage or one int per stage (sequential mode).
         mode: ``"sequential"`` or ``"cyclic"``.

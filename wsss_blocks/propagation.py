@@ -8,11 +8,12 @@ K entries per row; each iteration is then a single sparse-dense product with the
 replicate-padded maps. The B×C×K×H×W neighbour tensor of the released code (AFA ``wetr/PAR.py``
 ``get_dilated_neighbors``) is never built and nothing is repeated per neighbour or per class.
 
-- :func:`neighbour_offsets`, :func:`dilated_neighbours`: the neighbour layout (for inspection and tests);
-- :func:`refine_affinity`: the weights, parameterised to give PAR's or VARM's;
-- :func:`propagate`: the iterations with precomputed weights; :func:`refine_maps`: resize, weights, iterations;
-- :class:`DilatedNeighbourRefine`: the module base of :class:`wsss_blocks.refine.PixelAdaptiveRefine` and
-  :class:`wsss_blocks.refine.VariationAwareRefine`.
+- [`neighbour_offsets`][], [`dilated_neighbours`][]: the neighbour layout (for inspection and tests);
+- [`refine_affinity`][]: the weights, parameterised to give PAR's or VARM's;
+- [`propagate`][]: the iterations with precomputed weights; [`refine_maps`][]: resize, weights, iterations;
+- [`DilatedNeighbourRefine`][]: the module base of
+  [`wsss_blocks.refine.PixelAdaptiveRefine`][wsss_blocks.refine.PixelAdaptiveRefine] and
+  [`wsss_blocks.refine.VariationAwareRefine`][wsss_blocks.refine.VariationAwareRefine].
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,8 @@ __all__ = [
     "DilatedNeighbourRefine",
 ]
 
-#: Dilations of the released PAR/VARM (AFA ``scripts/dist_train_voc.py``, SCD ``scripts/dist_train_voc.py`` L241).
 DEFAULT_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+"""Dilations of the released PAR/VARM (AFA ``scripts/dist_train_voc.py``, SCD ``scripts/dist_train_voc.py`` L241)."""
 
 # Position of each of the 8 neighbours inside the released one-hot 3×3 kernels: TL, T, TR, L, R, BL, B, BR.
 _RING: tuple[tuple[int, int], ...] = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -128,7 +129,7 @@ def dilated_neighbours(x: Tensor, dilations: Sequence[int] = DEFAULT_DILATIONS) 
 
     Shape:
         - x: B×C×H×W
-        - output: B×C×K×H×W, neighbour order of :func:`neighbour_offsets`
+        - output: B×C×K×H×W, neighbour order of [`neighbour_offsets`][]
 
     Examples:
         >>> x = torch.arange(9.0).view(1, 1, 3, 3)
@@ -206,14 +207,14 @@ def refine_affinity(
 
 
 def _internal(kw: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`refine_affinity` weight arguments under the names of :func:`_affinity`."""
+    """The [`refine_affinity`][] weight arguments under the names of `_affinity`."""
     return {"temperature": kw["appearance_temperature"], "scale": kw["appearance_scale"],
             "pos_weight": kw["pos_weight"], "pos_temperature": kw["pos_temperature"],
             "variation_weight": kw["variation_weight"], "clamp_negative": kw["clamp_negative"], "eps": kw["eps"]}
 
 
 def _affinity_map(image01: Tensor, dilations: tuple[int, ...], **weights: Any) -> Tensor:
-    """:func:`refine_affinity` with checked options."""
+    """[`refine_affinity`][] with checked options."""
     _check_image01(image01)
     return _affinity(image01, dilations, dtype=compute_dtype(image01), **_internal(weights)).permute(0, 3, 1, 2)
 
@@ -280,18 +281,27 @@ def _variation(image: Tensor, offsets: Sequence[tuple[int, int]]) -> Tensor:
     """
     _, _, h, w = image.shape
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    vert = image.new_zeros(1, 1, h, w)
-    torch.mean((image[..., :-1, :] - image[..., 1:, :]).pow_(2), dim=1, keepdim=True, out=vert[..., :-1, :])
-    horiz = image.new_zeros(1, 1, h, w)
-    torch.mean((image[..., :, :-1] - image[..., :, 1:]).pow_(2), dim=1, keepdim=True, out=horiz[..., :, :-1])
+    # Zero-padded difference maps; F.pad instead of writing into a preallocated buffer (``out=``) keeps this
+    # differentiable with respect to the image.
+    vert = F.pad((image[..., :-1, :] - image[..., 1:, :]).pow(2).mean(dim=1, keepdim=True), [0, 0, 0, 1])
+    horiz = F.pad((image[..., :, :-1] - image[..., :, 1:]).pow(2).mean(dim=1, keepdim=True), [0, 1, 0, 0])
     # Out-of-image rows (columns) of the vertical (horizontal) map are 0: both neighbours clamp to one pixel.
     vert_pad = F.pad(F.pad(vert, [pad, pad, 0, 0], mode="replicate"), [0, 0, pad, pad])
     horiz_pad = F.pad(F.pad(horiz, [0, 0, pad, pad], mode="replicate"), [pad, pad, 0, 0])
-    g = _gather_padded(vert_pad, pad, offsets, h, w)[:, 0]
-    g[..., -1, :] = 0  # the last output row compares each neighbour map with itself
-    gh = _gather_padded(horiz_pad, pad, offsets, h, w)[:, 0]
-    gh[..., :, -1] = 0
-    return g.add_(gh)
+    # the last output row (column) compares each neighbour map with itself: 0 there
+    g = _gather_padded(vert_pad, pad, offsets, h, w)[:, 0] * _keep_mask(h, w, image, last_row=True)
+    gh = _gather_padded(horiz_pad, pad, offsets, h, w)[:, 0] * _keep_mask(h, w, image, last_row=False)
+    return g + gh
+
+
+def _keep_mask(h: int, w: int, like: Tensor, last_row: bool) -> Tensor:
+    """1×1×H×W ones with the last row (or column) zeroed, in ``like``'s dtype and device."""
+    m = like.new_ones(1, 1, h, w)
+    if last_row:
+        m[..., -1, :] = 0
+    else:
+        m[..., :, -1] = 0
+    return m
 
 
 def _affinity_one(image: Tensor, offsets: Sequence[tuple[int, int]], temperature: float | None,
@@ -300,10 +310,18 @@ def _affinity_one(image: Tensor, offsets: Sequence[tuple[int, int]], temperature
     """1×K×H×W weights of a single image (its temporaries are freed on return)."""
     n = len(offsets)
     nb = _gather_neighbours(image, offsets)  # 1×C×K×H×W
+    var_soft = torch.softmax(_variation(image, offsets), dim=1) if variation_weight != 0.0 else None
+    if image.requires_grad and torch.is_grad_enabled():  # the same weights, differentiable in the image
+        std = (nb - nb.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(n - 1).sqrt()
+        z = (nb - image.unsqueeze(2)).abs() / (std + eps)
+        z = z / temperature if temperature is not None else z * cast(float, scale)
+        out = torch.softmax(-z.pow(2).mean(dim=1), dim=1)
+        if pos is not None:
+            out = out + pos_weight * pos.view(1, n, 1, 1)
+        return out - variation_weight * var_soft if var_soft is not None else out
     # Unbiased std over the K neighbours (centre excluded), two-pass (torch.std over a non-innermost dim is
     # several times slower than this on CPU).
     std = (nb - nb.sum(dim=2, keepdim=True).div_(n)).pow_(2).sum(dim=2, keepdim=True).div_(n - 1).sqrt_()
-    var_soft = torch.softmax(_variation(image, offsets), dim=1) if variation_weight != 0.0 else None
     # Appearance logits in the released operation order: -(|dI| / (std + eps) / w1)^2 (or * 4), mean over RGB.
     z = nb.sub_(image.unsqueeze(2)).abs_().div_(std.add_(eps))
     if temperature is not None:
@@ -328,11 +346,13 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
     The weights become one sparse B·H·W × B·(H+2P)·(W+2P) matrix (P = largest dilation; the replicate edge is
     handled by padding the maps, so every row has K distinct columns); each iteration pads the channels-last
     maps once and multiplies. Working memory: the matrix (K values + K int32 indices per pixel) and a few
-    copies of ``maps``. Gradients flow into ``maps``; the weights are treated as constants.
+    copies of ``maps``. Gradients flow into ``maps``; when ``affinity`` requires grad the iterations run as
+    dense shifted products instead, so gradients reach the weights too. Any float dtype is accepted (autocast
+    included): the work runs in float32 (float64 for float64 inputs) and the result has the dtype of ``maps``.
 
     Args:
         maps: soft class maps at the affinity's resolution.
-        affinity: neighbour weights from :func:`refine_affinity` (or any B×K×H×W weights).
+        affinity: neighbour weights from [`refine_affinity`][] (or any B×K×H×W weights).
         dilations: the dilations the affinity was built with.
         num_iter: number of propagation steps (0 returns ``maps``).
 
@@ -349,6 +369,8 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
     """
     check_tensor(maps, "maps", 4, layout="B×C×H×W", floating=True)
     check_tensor(affinity, "affinity", 4, layout="B×K×H×W", floating=True)
+    check_finite(maps, "maps")
+    check_finite(affinity, "affinity")
     offsets = neighbour_offsets(dilations)
     if affinity.shape[0] != maps.shape[0] or affinity.shape[1] != len(offsets) or \
             affinity.shape[2:] != maps.shape[2:]:
@@ -358,16 +380,29 @@ def propagate(maps: Tensor, affinity: Tensor, dilations: Sequence[int] = DEFAULT
     return _propagate(maps, affinity, offsets, check_int(num_iter, "num_iter", minimum=0))
 
 
+def _needs_dense(t: Tensor) -> bool:
+    """Whether a gradient must flow through ``t`` (the sparse operator holds detached values)."""
+    return t.requires_grad and torch.is_grad_enabled()
+
+
 def _propagate(maps: Tensor, affinity: Tensor, offsets: Sequence[tuple[int, int]], num_iter: int) -> Tensor:
-    """``affinity``: B×K×H×W in the order of ``offsets``."""
+    """``affinity``: B×K×H×W in the order of ``offsets``.
+
+    Runs in float32 (float64 for float64 inputs) with autocast off, whatever the input dtypes: the sparse CSR
+    kernels have no half/bfloat16 versions. The result has the dtype of ``maps``.
+    """
     if num_iter == 0:
         return maps
-    if maps.device.type not in ("cpu", "cuda"):  # pragma: no cover - devices without sparse CSR
-        return _propagate_shifted(maps, affinity, offsets, num_iter)
-    order = sorted(range(len(offsets)), key=lambda k: offsets[k])
-    values = affinity.detach().permute(0, 2, 3, 1)[..., order]  # B×H×W×K, sorted neighbours
-    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    return _iterate_sparse(maps, _sparse_operator(values, sorted(offsets), pad), pad, num_iter)
+    dtype = compute_dtype(maps, affinity)
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        work, aff = maps.to(dtype), affinity.to(dtype)
+        if maps.device.type not in ("cpu", "cuda") or _needs_dense(aff):
+            # devices without sparse CSR, or a gradient into the weights: the dense, differentiable path
+            return _propagate_shifted(work, aff, offsets, num_iter).to(maps.dtype)
+        order = sorted(range(len(offsets)), key=lambda k: offsets[k])
+        values = aff.detach().permute(0, 2, 3, 1)[..., order]  # B×H×W×K, sorted neighbours
+        pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+        return _iterate_sparse(work, _sparse_operator(values, sorted(offsets), pad), pad, num_iter).to(maps.dtype)
 
 
 def _propagate_shifted(maps: Tensor, affinity: Tensor, offsets: Sequence[tuple[int, int]], num_iter: int) -> Tensor:
@@ -433,11 +468,13 @@ def refine_maps(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAUL
                 *, appearance_temperature: float | None = 0.3, appearance_scale: float | None = None,
                 pos_weight: float = 0.01, pos_temperature: float = 0.3, variation_weight: float = 0.0,
                 clamp_negative: bool = False, eps: float = 1e-8) -> Tensor:
-    """Resize ``maps`` to the image, build the :func:`refine_affinity` weights and :func:`propagate` them.
+    """Resize ``maps`` to the image, build the [`refine_affinity`][] weights and [`propagate`][] them.
 
     The maps are resized with bilinear ``align_corners=True`` (as released; skipped at equal size, where it is
     the identity) and propagated ``num_iter`` times as sparse-dense products; the weight arguments are those of
-    :func:`refine_affinity` (the defaults give PAR). Gradients flow into ``maps`` only.
+    [`refine_affinity`][] (the defaults give PAR). Gradients flow into ``maps`` and, when ``image01`` requires
+    grad, into the image through the weights (then a dense path replaces the sparse products). The work runs in
+    float32 (float64 for float64 inputs) with autocast off; the result has the dtype of ``maps``.
 
     Shape:
         - image01: B×3×H×W in [0, 1]
@@ -457,39 +494,45 @@ def refine_maps(image01: Tensor, maps: Tensor, dilations: Sequence[int] = DEFAUL
 
 
 def _refine_maps(image01: Tensor, maps: Tensor, dil: tuple[int, ...], n_iter: int, **weights: Any) -> Tensor:
-    """:func:`refine_maps` with checked options."""
+    """[`refine_maps`][] with checked options."""
     affinity_kw = _internal(weights)
     _check_image01(image01)
     check_tensor(maps, "maps", 4, layout="B×C×h×w", floating=True)
     check_finite(maps, "maps")
     check_same_batch(maps, "maps", image01, "image01")
+    # float32 (float64 for float64 inputs) with autocast off: the weights are softmaxes of squared ratios, and the
+    # sparse CSR kernels have no half/bfloat16 versions; the result is cast back to the dtype of ``maps``.
     dtype = compute_dtype(image01, maps)
-    work = maps.to(dtype)
-    # The release always interpolates; at equal size (align_corners=True) that is the identity, so skip it.
-    if work.shape[-2:] != image01.shape[-2:]:
-        work = F.interpolate(work, size=image01.shape[-2:], mode="bilinear", align_corners=True)
-    if n_iter == 0:
-        return work.to(maps.dtype, copy=True)
-    if work.device.type not in ("cpu", "cuda"):  # pragma: no cover - devices without sparse CSR
-        aff = _affinity(image01, dil, dtype=dtype, **affinity_kw).permute(0, 3, 1, 2)
-        return _propagate_shifted(work, aff, neighbour_offsets(dil), n_iter).to(maps.dtype)
-    # Weights in sorted neighbour order and pixel-major layout are the sparse matrix's value array as they are.
-    pad = max(dil)
-    values = _affinity(image01, dil, dtype=dtype, sorted_order=True, **affinity_kw)
-    op = _sparse_operator(values, sorted(neighbour_offsets(dil)), pad)
-    del values
-    return _iterate_sparse(work, op, pad, n_iter).to(maps.dtype)
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        work = maps.to(dtype)
+        # The release always interpolates; at equal size (align_corners=True) that is the identity, so skip it.
+        if work.shape[-2:] != image01.shape[-2:]:
+            work = F.interpolate(work, size=image01.shape[-2:], mode="bilinear", align_corners=True)
+        if n_iter == 0:
+            return work.to(maps.dtype, copy=True)
+        if work.device.type not in ("cpu", "cuda") or _needs_dense(image01):
+            # devices without sparse CSR, or a gradient into the guide image: the dense, differentiable path
+            aff = _affinity(image01, dil, dtype=dtype, **affinity_kw).permute(0, 3, 1, 2)
+            return _propagate_shifted(work, aff, neighbour_offsets(dil), n_iter).to(maps.dtype)
+        # Weights in sorted neighbour order and pixel-major layout are the sparse matrix's value array as they are.
+        pad = max(dil)
+        values = _affinity(image01, dil, dtype=dtype, sorted_order=True, **affinity_kw)
+        op = _sparse_operator(values, sorted(neighbour_offsets(dil)), pad)
+        del values
+        return _iterate_sparse(work, op, pad, n_iter).to(maps.dtype)
 
 
 # --------------------------------------------------------------------------- module base
 class DilatedNeighbourRefine(nn.Module):
     """Shared engine of PAR and VARM: image-only neighbour weights, then linear propagation of the maps.
 
-    Subclasses only choose the weights (:meth:`affinity`). ``forward(image01, maps)`` resizes ``maps`` to the
+    Subclasses only choose the weights ([`affinity`][]). ``forward(image01, maps)`` resizes ``maps`` to the
     image (bilinear, ``align_corners=True``, as released), builds the K = 8·len(dilations) weights once per
-    image and runs ``num_iter`` propagation steps as sparse-dense products (see :func:`propagate`); no
-    K-stacked map tensor is ever built. Gradients flow into ``maps`` only: the weights are constants of the
-    image (AFA/TSCD run the refiners under ``no_grad`` anyway).
+    image and runs ``num_iter`` propagation steps as sparse-dense products (see [`propagate`][]); no
+    K-stacked map tensor is ever built. Gradients flow into ``maps``, and into ``image01`` through the weights
+    when it requires grad (a dense path then replaces the sparse products; AFA/TSCD run the refiners under
+    ``no_grad``). Under autocast or with half inputs the work runs in float32 and the output has the dtype of
+    ``maps``.
 
     Args:
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
@@ -518,7 +561,7 @@ class DilatedNeighbourRefine(nn.Module):
         return dilated_neighbours(x, self.dilations)
 
     def affinity_kwargs(self) -> dict[str, Any]:
-        """The :func:`refine_affinity` weight arguments of this refiner (subclasses choose them)."""
+        """The [`refine_affinity`][] weight arguments of this refiner (subclasses choose them)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def affinity(self, image01: Tensor) -> Tensor:

@@ -4,16 +4,16 @@ From "Pseudo-mask Matters in Weakly-supervised Semantic Segmentation" (Li et al.
 ``Eli-YiLi/PMM`` for the pseudo-masks and ``Eli-YiLi/WSSS_MMSeg`` for the segmentation stage). Every default
 is the released value:
 
-- :func:`cov_smooth` (CVS, ``PMM:pipline/refine_cam.py`` ``get_CoV`` + the power in ``ppmg``) raises each
+- [`cov_smooth`][] (CVS, ``PMM:pipline/refine_cam.py`` ``get_CoV`` + the power in ``ppmg``) raises each
   class map to the power ``1 - 0.3·CoV``; it is a per-class gamma, not a spatial filter.
-- :func:`proportional_pseudo_mask` (PPMG, ``refine_cam.py`` ``ppmg``) gives every present class its own
+- [`proportional_pseudo_mask`][] (PPMG, ``refine_cam.py`` ``ppmg``) gives every present class its own
   binary dense-CRF foreground and resolves overlaps by each pixel's share of its class's CAM mass, so a
   small, weakly activated object is not swallowed by a large, strongly activated one.
-- :class:`CyclicPseudoMask` (CP, ``WSSS_MMSeg:tools/run_wsss.sh`` + ``encoder_decoder.py`` ``aug_test``)
+- [`CyclicPseudoMask`][] (CP, ``WSSS_MMSeg:tools/run_wsss.sh`` + ``encoder_decoder.py`` ``aug_test``)
   predicts the new pseudo masks of the training set with a trained segmentation model (multi-scale + flip +
-  slide + CRF); :func:`wsss_blocks.train.cyclic.relabel` writes them for a whole dataset.
+  slide + CRF); [`wsss_blocks.train.cyclic.relabel`][wsss_blocks.train.cyclic.relabel] writes them for a whole dataset.
 
-The pretended under-fitting loss (PUF) lives in :mod:`wsss_blocks.losses`.
+The pretended under-fitting loss (PUF) lives in [`wsss_blocks.losses`][wsss_blocks.losses].
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ._checks import (
+    check_choice,
     check_finite,
     check_labels,
     check_number,
@@ -61,14 +62,14 @@ _RANGE_TOL = 1e-3
 _NORMALISE_HINT = ("PMM expects per-class CAMs normalised to [0, 1]; apply "
                    "wsss_blocks.cam.normalize_cams(cams) (or normalize_cams(cams, mode='minmax')) first")
 _CRF_CLIP = 1e-5  # pydensecrf unary_from_softmax clip, as used by the release
-#: Name of the :class:`wsss_blocks.crf.DenseCRF` preset of PPMG's per-class 2-label CRF (``Eli-YiLi/PMM``
-#: ``pipline/refine_cam.py`` ``crf_inference``: 10 iterations, Gaussian sxy 3 compat 10, bilateral sxy 80 srgb 13
-#: compat 10, probabilities used as given).
 PPMG_CRF = "pmm-binary"
-#: Name of the preset of the CRF on the averaged softmax of the cyclic relabelling (``Eli-YiLi/WSSS_MMSeg``
-#: ``mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults: 10 iterations, Gaussian sxy 1 compat 3,
-#: bilateral sxy 67 srgb 3 compat 4, the deeplab-pytorch values).
+"""Name of the [`DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] preset of PPMG's per-class 2-label CRF
+(``Eli-YiLi/PMM`` ``pipline/refine_cam.py`` ``crf_inference``: 10 iterations, Gaussian sxy 3 compat 10, bilateral
+sxy 80 srgb 13 compat 10, probabilities used as given)."""
 CYCLIC_CRF = "deeplab"
+"""Name of the preset of the CRF on the averaged softmax of the cyclic relabelling (``Eli-YiLi/WSSS_MMSeg``
+``mmseg/models/segmentors/encoder_decoder.py`` ``DenseCRF`` defaults: 10 iterations, Gaussian sxy 1 compat 3,
+bilateral sxy 67 srgb 3 compat 4, the deeplab-pytorch values)."""
 
 
 def _check_range01(x: Tensor, name: str) -> None:
@@ -116,7 +117,7 @@ def cov_smooth(
     """Coefficient-of-variation smoothing: raise each class map to the power ``1 - cv_scale·CoV``.
 
     PMM (Li et al., ICCV 2021), CVS. Per image and class, over the activated pixels
-    ``P = {x : A(x) > fg_threshold}``::
+    ``P = {x : A(x) > fg_threshold}``:
 
         cv  = cv_scale · std_P(A) / (mean_P(A) + eps)      (population std; cv = 0 when P is empty)
         out = (A · [A >= fg_threshold]) ** (1 - cv)
@@ -135,7 +136,7 @@ def cov_smooth(
     Not meant to be differentiated (the power has an infinite slope at 0).
 
     Args:
-        cams: class maps normalised to [0, 1] (see :func:`wsss_blocks.cam.normalize_cams`).
+        cams: class maps normalised to [0, 1] (see [`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams]).
         fg_threshold: activation threshold ``t`` for the CoV statistics and for zeroing before the power
             (PMM's ``--cam_thresh``).
         cv_scale: factor folded into the CoV (PMM's ``--cv_scale``).
@@ -156,7 +157,7 @@ def cov_smooth(
 
 @dataclass
 class CoVSmoothOutput:
-    """Result of :func:`cov_smooth_detailed`.
+    """Result of [`cov_smooth_detailed`][].
 
     Attributes:
         smoothed: the smoothed maps, shape and dtype of the input.
@@ -169,11 +170,11 @@ class CoVSmoothOutput:
 
 def cov_smooth_detailed(cams: Tensor, fg_threshold: float = 0.05, cv_scale: float = 0.3,
                         min_exponent: float | None = None, eps: float = 1e-8) -> CoVSmoothOutput:
-    """:func:`cov_smooth` plus the per-map ``cv`` (``cv_scale`` folded in); the arguments are the same.
+    """[`cov_smooth`][] plus the per-map ``cv`` (``cv_scale`` folded in); the arguments are the same.
 
     Shape:
         - cams: …×H×W
-        - output: :class:`CoVSmoothOutput` (``smoothed`` like ``cams``, ``cov`` of shape …)
+        - output: [`CoVSmoothOutput`][] (``smoothed`` like ``cams``, ``cov`` of shape …)
 
     Examples:
         >>> out = cov_smooth_detailed(torch.tensor([[[0.0, 0.2], [0.4, 0.8]]]))
@@ -191,7 +192,7 @@ def _check_cov_options(cv_scale: float, eps: float) -> None:
 
 def _cov_smooth_checked(cams: Tensor, fg_threshold: float, cv_scale: float, min_exponent: float | None,
                         eps: float) -> CoVSmoothOutput:
-    """:func:`cov_smooth_detailed` with checked options."""
+    """[`cov_smooth_detailed`][] with checked options."""
     x = _check_cams01(cams, "cams")
     out, cv = _cov_smooth(x.float(), float(fg_threshold), float(cv_scale), min_exponent, float(eps))
     return CoVSmoothOutput(smoothed=out.to(x.dtype), cov=cv)
@@ -209,7 +210,7 @@ def _cov_smooth(xf: Tensor, fg_threshold: float, cv_scale: float, min_exponent: 
 
 
 class CoVSmooth(nn.Module):
-    """Module form of :func:`cov_smooth` (PMM coefficient-of-variation smoothing).
+    """Module form of [`cov_smooth`][] (PMM coefficient-of-variation smoothing).
 
     Shape:
         - cams: …×H×W in [0, 1]
@@ -234,7 +235,7 @@ class CoVSmooth(nn.Module):
         return self.detailed(cams).smoothed
 
     def detailed(self, cams: Tensor) -> CoVSmoothOutput:
-        """Smoothed maps and the per-map ``cv``; see :func:`cov_smooth_detailed`."""
+        """Smoothed maps and the per-map ``cv``; see [`cov_smooth_detailed`][]."""
         return _cov_smooth_checked(cams, self.fg_threshold, self.cv_scale, self.min_exponent, self.eps)
 
     @override
@@ -259,7 +260,7 @@ def _to_uint8_images(image01: Tensor) -> Tensor:
 
 @dataclass
 class PseudoMaskParts:
-    """Result of :func:`proportional_pseudo_mask_detailed`: the mask and its intermediate maps.
+    """Result of [`proportional_pseudo_mask_detailed`][]: the mask and its intermediate maps.
 
     Attributes:
         mask: B×H×W int64 pseudo-masks (0 background, c+1 class c).
@@ -292,6 +293,7 @@ def proportional_pseudo_mask(
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
     crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
+    crf_channel_order: Literal["bgr", "rgb"] = "bgr",
 ) -> Tensor:
     """Proportional pseudo-masks: per-class CRF foregrounds, overlaps resolved by share of class mass.
 
@@ -321,8 +323,8 @@ def proportional_pseudo_mask(
 
     Args:
         cams: foreground CAMs normalised per image and class to [0, 1] (PMM min-max normalises;
-            :func:`wsss_blocks.cam.normalize_cams`). Values a hair below 0 (≥ -1e-3) are tolerated.
-            Only the maps of present classes are read (and range-checked).
+            [`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams]). Values a hair below 0 (≥ -1e-3) are
+            tolerated. Only the maps of present classes are read (and range-checked).
         labels: multi-hot image labels; only present classes get a foreground.
         image01: RGB images, float in [0, 1], at the CAM resolution; required for ``"crf"``.
         alpha: power of the per-class background.
@@ -330,11 +332,16 @@ def proportional_pseudo_mask(
         cv_scale: CVS scale.
         posterior_threshold: threshold on the foreground posterior (PMM's ``fg_thresh``).
         foreground: ``"crf"`` (release), ``"threshold"`` or a callable (see above).
-        crf: the dense CRF of ``foreground="crf"``: a :class:`wsss_blocks.crf.DenseCRF`, a preset name or a config
-            mapping (`wsss_blocks.crf.as_dense_crf`; default ``"pmm-binary"``, the release, whose probabilities
-            are used as given like pydensecrf's ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale
-            (``image01`` is converted).
-        min_exponent: passed to :func:`cov_smooth` (``None`` = release).
+        crf: the dense CRF of ``foreground="crf"``: a [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF],
+            a preset name or a config mapping ([`wsss_blocks.crf.as_dense_crf`][wsss_blocks.crf.dense_crf.as_dense_crf];
+            default ``"pmm-binary"``, the release, whose probabilities are used as given like pydensecrf's
+            ``unary_from_softmax``). Its sigmas assume a 0..255 colour scale (``image01`` is converted).
+        min_exponent: passed to [`cov_smooth`][] (``None`` = release).
+        crf_channel_order: the colour order of the image the dense CRF sees: ``"bgr"`` (released: PMM reads the
+            image with ``cv2.imread``, ``pipeline/refine_cam.py`` ``work``) or ``"rgb"``. The bilateral kernel is
+            symmetric in the channels, but pydensecrf's permutohedral lattice is not exactly, so the order
+            changes a few pixels (0.1-1.7 % of the mask pixels on VOC images). A ``foreground`` callable always
+            gets RGB.
 
     Shape:
         - cams: B×C×H×W
@@ -353,7 +360,7 @@ def proportional_pseudo_mask(
                  [1, 1, 0, 0]]])
     """
     return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
-                 min_exponent, parts=False).mask
+                 min_exponent, crf_channel_order, parts=False).mask
 
 
 def proportional_pseudo_mask_detailed(
@@ -367,12 +374,13 @@ def proportional_pseudo_mask_detailed(
     foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
     crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
     min_exponent: float | None = None,
+    crf_channel_order: Literal["bgr", "rgb"] = "bgr",
 ) -> PseudoMaskParts:
-    """:func:`proportional_pseudo_mask` plus its intermediate maps; the arguments are the same.
+    """[`proportional_pseudo_mask`][] plus its intermediate maps; the arguments are the same.
 
     Shape:
         - cams: B×C×H×W; labels: B×C; image01: B×3×H×W
-        - output: :class:`PseudoMaskParts` (``mask`` B×H×W int64, per-class maps B×C×H×W, ``scores`` B×(C+1)×H×W)
+        - output: [`PseudoMaskParts`][] (``mask`` B×H×W int64, per-class maps B×C×H×W, ``scores`` B×(C+1)×H×W)
 
     Examples:
         >>> cams = torch.zeros(1, 2, 4, 4); cams[0, 0, :, :2] = 0.9
@@ -381,22 +389,25 @@ def proportional_pseudo_mask_detailed(
         ([1, 1, 0, 0], torch.Size([1, 2, 4, 4]))
     """
     return _ppmg(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground, crf,
-                 min_exponent, parts=True)
+                 min_exponent, crf_channel_order, parts=True)
 
 
 def _ppmg(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float, cv_scale: float,
           posterior_threshold: float, foreground: Literal["crf", "threshold"] | ForegroundFn,
-          crf: DenseCRF | str | Mapping[str, Any], min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+          crf: DenseCRF | str | Mapping[str, Any], min_exponent: float | None,
+          crf_channel_order: Literal["bgr", "rgb"], parts: bool) -> PseudoMaskParts:
     """PPMG; the per-class maps of the result are filled only with ``parts`` (else they are empty)."""
-    _check_ppmg_options(alpha, posterior_threshold, foreground)
+    _check_ppmg_options(alpha, posterior_threshold, foreground, crf_channel_order)
     dense = as_dense_crf(crf) if foreground == "crf" else None
     return _ppmg_checked(cams, labels, image01, alpha, fg_threshold, cv_scale, posterior_threshold, foreground,
-                         dense, min_exponent, parts)
+                         dense, min_exponent, parts, crf_channel_order)
 
 
 def _check_ppmg_options(alpha: float, posterior_threshold: float,
-                        foreground: Literal["crf", "threshold"] | ForegroundFn) -> None:
+                        foreground: Literal["crf", "threshold"] | ForegroundFn,
+                        crf_channel_order: str = "bgr") -> None:
     check_positive(float(alpha), "alpha")
+    check_choice(crf_channel_order, "crf_channel_order", ("bgr", "rgb"))
     if not 0.0 <= posterior_threshold < 1.0:
         raise ValueError(f"posterior_threshold must lie in [0, 1), got {posterior_threshold}")
     if isinstance(foreground, str):
@@ -409,11 +420,13 @@ def _check_ppmg_options(alpha: float, posterior_threshold: float,
 def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: float, fg_threshold: float,
                   cv_scale: float, posterior_threshold: float,
                   foreground: Literal["crf", "threshold"] | ForegroundFn, dense: DenseCRF | None,
-                  min_exponent: float | None, parts: bool) -> PseudoMaskParts:
+                  min_exponent: float | None, parts: bool,
+                  crf_channel_order: Literal["bgr", "rgb"] = "bgr") -> PseudoMaskParts:
     """PPMG with checked options (``dense`` is the CRF of ``foreground="crf"``)."""
     x = check_tensor(cams, "cams", 4, layout="B×C×H×W", floating=True)
     B, C, H, W = x.shape
     lab = check_labels(labels, "labels", batch=B, num_classes=C).to(x.device)
+    check_finite(x, "cams")  # every map, also those of absent classes (only present ones are range-checked)
     img_u8: Tensor | None = None
     if image01 is not None:
         check_tensor(image01, "image01", 4, layout="B×3×H×W")
@@ -447,7 +460,8 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
         elif foreground == "crf":
             assert img_u8 is not None
             assert dense is not None
-            post = dense(None, probs.float(), image_uint8=img_u8[bi])
+            crf_img = img_u8[bi] if crf_channel_order == "rgb" else img_u8[bi].flip(1)  # released: cv2 BGR
+            post = dense(None, probs.float(), image_uint8=crf_img.permute(0, 2, 3, 1))
             fg = post[:, 1].to(x.device) > posterior_threshold
         else:
             res = foreground(probs, None if img_u8 is None else img_u8[bi])
@@ -485,7 +499,7 @@ def _ppmg_checked(cams: Tensor, labels: Tensor, image01: Tensor | None, alpha: f
 
 
 class ProportionalPseudoMask(nn.Module):
-    """Module form of :func:`proportional_pseudo_mask` (PMM PPMG) storing the hyper-parameters.
+    """Module form of [`proportional_pseudo_mask`][] (PMM PPMG) storing the hyper-parameters.
 
     Shape:
         - cams: B×C×H×W in [0, 1]; labels: B×C; image01: B×3×H×W (optional for ``"threshold"``)
@@ -506,9 +520,11 @@ class ProportionalPseudoMask(nn.Module):
         foreground: Literal["crf", "threshold"] | ForegroundFn = "crf",
         crf: DenseCRF | str | Mapping[str, Any] = PPMG_CRF,
         min_exponent: float | None = None,
+        crf_channel_order: Literal["bgr", "rgb"] = "bgr",
     ) -> None:
         super().__init__()
-        _check_ppmg_options(alpha, posterior_threshold, foreground)
+        _check_ppmg_options(alpha, posterior_threshold, foreground, crf_channel_order)
+        self.crf_channel_order: Literal["bgr", "rgb"] = crf_channel_order
         self.alpha = alpha
         self.fg_threshold = fg_threshold
         self.cv_scale = cv_scale
@@ -522,13 +538,14 @@ class ProportionalPseudoMask(nn.Module):
         return self._run(cams, labels, image01, parts=False).mask
 
     def detailed(self, cams: Tensor, labels: Tensor, image01: Tensor | None = None) -> PseudoMaskParts:
-        """The mask and its intermediate maps; see :func:`proportional_pseudo_mask_detailed`."""
+        """The mask and its intermediate maps; see [`proportional_pseudo_mask_detailed`][]."""
         return self._run(cams, labels, image01, parts=True)
 
     def _run(self, cams: Tensor, labels: Tensor, image01: Tensor | None, parts: bool) -> PseudoMaskParts:
         dense = self.crf if self.foreground == "crf" else None
         return _ppmg_checked(cams, labels, image01, self.alpha, self.fg_threshold, self.cv_scale,
-                             self.posterior_threshold, self.foreground, dense, self.min_exponent, parts)
+                             self.posterior_threshold, self.foreground, dense, self.min_exponent, parts,
+                             self.crf_channel_order)
 
     @override
     def extra_repr(self) -> str:
@@ -585,12 +602,12 @@ class CyclicPseudoMask(nn.Module):
     segmentation model on the PPMG masks with PUF, pick the best checkpoint, predict every training image with
     multi-scale + flip + slide inference and a dense CRF, and train a *fresh* model on those predictions with
     plain cross-entropy. This block is the prediction step (the trainer's
-    :func:`wsss_blocks.train.cyclic.relabel` writes it for a whole dataset):
+    [`wsss_blocks.train.cyclic.relabel`][wsss_blocks.train.cyclic.relabel] writes it for a whole dataset):
 
     - per image, for each ratio r the image is resized as mmseg's ``Resize(img_scale·r, keep_ratio)``
       (``img_scale=None``: by r itself), run whole or by sliding windows (``slide=(crop, stride)``, logits
       averaged over overlaps), resized back, softmaxed; the flipped pass is flipped back; all softmaxes
-      are averaged (via :func:`wsss_blocks.cam.multiscale_cams` with ``reduce="mean"``);
+      are averaged (via [`wsss_blocks.cam.multiscale_cams`][wsss_blocks.cam.multiscale_cams] with ``reduce="mean"``);
     - optional dense CRF on the averaged probabilities (preset ``"deeplab"``, the release's values), then argmax;
     - ``policy="replace"`` (release): the prediction replaces the old mask entirely; every pixel gets a
       label, and nothing is intersected with the image labels, fused with the old mask or thresholded.
@@ -607,8 +624,9 @@ class CyclicPseudoMask(nn.Module):
         img_scale: mmseg ``img_scale`` (long, short) for the keep-ratio resize, or None.
         slide: ``(crop, stride)`` in pixels (ints or (h, w) pairs) for sliding-window inference, or None
             for whole-image inference.
-        crf: the dense CRF on the averaged probabilities: a :class:`wsss_blocks.crf.DenseCRF`, a preset name, a
-            config mapping (default ``"deeplab"``: WSSS_MMSeg's ``DenseCRF`` defaults) or ``None`` for no CRF.
+        crf: the dense CRF on the averaged probabilities: a
+            [`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF], a preset name, a config mapping (default
+            ``"deeplab"``: WSSS_MMSeg's ``DenseCRF`` defaults) or ``None`` for no CRF.
         policy: ``"replace"`` (release) or ``"restrict"`` (to the image labels; needs ``labels``).
         preprocess: callable applied to the B×3×H×W [0, 1] images before the model (e.g. ImageNet
             normalisation); the CRF always sees the raw [0, 1] image.
@@ -617,7 +635,7 @@ class CyclicPseudoMask(nn.Module):
         - model input: B×3×h×w (after ``preprocess``); model output: B×K×h'×w' logits, channel 0 =
           background, K = C + 1
         - image01: B×3×H×W in [0, 1]; labels: B×C (for ``policy="restrict"``)
-        - :meth:`predict`: B×K×H×W probabilities; ``forward``: B×H×W int64 mask
+        - [`predict`][]: B×K×H×W probabilities; ``forward``: B×H×W int64 mask
 
     Examples:
         >>> net = torch.nn.Conv2d(3, 3, 1)                       # a "segmentation model", K = 3
@@ -689,6 +707,8 @@ class CyclicPseudoMask(nn.Module):
             raise ValueError(f"image01 must have 3 channels (B×3×H×W), got {shape_str(image01)}")
         check_range(image01, "image01", 0.0, 1.0,
                     hint="pass raw RGB in [0, 1] and put the model's normalisation in preprocess=")
+        if image01.shape[0] == 0:
+            raise ValueError(f"image01 must hold at least one image, got shape {shape_str(image01)}")
         B, _, H, W = image01.shape
         x = image01 if self.preprocess is None else self.preprocess(image01)
         if self.img_scale is None:
@@ -715,14 +735,15 @@ class CyclicPseudoMask(nn.Module):
             probs = probs * keep
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
         if self.crf is not None:
-            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01)).to(probs.device)
+            probs = self.crf(None, probs.float(), image_uint8=_to_uint8_images(image01).permute(0, 2, 3, 1)
+                             ).to(probs.device)
             if self.policy == "restrict":
                 probs = probs * keep
                 probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return probs
 
     def forward(self, model: Callable[[Tensor], Tensor], image01: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The pseudo mask: argmax of :meth:`predict` (with ``policy="restrict"`` absent classes can never win).
+        """The pseudo mask: argmax of [`predict`][] (with ``policy="restrict"`` absent classes can never win).
 
         Shape:
             - image01: B×3×H×W

@@ -3,7 +3,7 @@
 Jo & Yu, "Puzzle-CAM: Improved Localization via Matching Partial and Full Features", ICIP 2021 (official code
 OFRIN/PuzzleCAM). The classifier runs on the whole image and on its tiles; the merged tile CAMs are pulled
 towards the full-image CAMs. It is the closest published relative of PPL's patch learning
-(:mod:`wsss_blocks.patch_learning`), whose split/merge operators it reuses.
+([`wsss_blocks.patch_learning`][wsss_blocks.patch_learning]), whose split/merge operators it reuses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from ._checks import check_choice, check_finite, check_labels, check_tensor, shape_str
 from .cam import normalize_cams
-from .patch_learning import Grid, Order, split_patches
+from .patch_learning import Grid, Order, _grid_pair, _split
 
 __all__ = ["tile_images", "puzzle_reconstruction_loss", "PuzzleReconstructionLoss", "puzzle_alpha"]
 
@@ -24,7 +24,7 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
     """Puzzle-CAM image tiling: cut each image into a g×g grid of tiles stacked along the batch axis.
 
     Puzzle-CAM (Jo & Yu, ICIP 2021) runs the whole classifier on the tiles of the input image and
-    compares the merged tile CAMs with the full-image CAMs (:func:`puzzle_reconstruction_loss`). Default
+    compares the merged tile CAMs with the full-image CAMs ([`puzzle_reconstruction_loss`][]). Default
     2×2 tiles in tile-major order, as ``core/puzzle_utils.py`` ``tile_features``; merge the tile
     outputs with ``merge_patches(out, B, grid, order="tile_major")``. Unlike the release, sizes not
     divisible by the grid raise instead of producing extra tiles (the released crops are 512, divisible).
@@ -38,7 +38,13 @@ def tile_images(images: Tensor, grid: Grid = 2, order: Order = "tile_major") -> 
         torch.Size([8, 3, 4, 4])
     """
     check_tensor(images, "images", 4, layout="B×C×H×W")
-    return split_patches(images, grid, order, "error")
+    check_choice(order, "order", ("batch_major", "tile_major"))
+    g = _grid_pair(grid)
+    H, W = images.shape[-2:]
+    if H % g[0] or W % g[1]:
+        raise ValueError(f"grid {g} does not divide images of spatial size {H}×{W} (shape {shape_str(images)}); "
+                         f"Puzzle-CAM tiles need H and W divisible by the grid (crop or resize the images)")
+    return _split(images, g, order, "error", 0.0, "images")
 
 
 def puzzle_reconstruction_loss(
@@ -84,7 +90,7 @@ def _check_puzzle_options(p: int, class_mode: str, level: str) -> None:
 
 def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: int, class_mode: str, level: str
                  ) -> Tensor:
-    """:func:`puzzle_reconstruction_loss` with checked options."""
+    """[`puzzle_reconstruction_loss`][] with checked options."""
     check_tensor(cams, "cams", 4, layout="B×K×h×w", floating=True)
     check_tensor(merged_cams, "merged_cams", 4, layout="B×K×h×w", floating=True)
     if cams.shape != merged_cams.shape:
@@ -92,6 +98,10 @@ def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: in
                          f"{shape_str(merged_cams)}")
     check_finite(cams, "cams")
     check_finite(merged_cams, "merged_cams")
+    if labels is not None:
+        check_labels(labels, "labels", batch=cams.shape[0], num_classes=cams.shape[1])
+    if cams.numel() == 0:  # an empty batch (or map): zero loss, not the NaN of a mean over nothing
+        return (cams.sum() + merged_cams.sum()) * 0.0
     a, b = cams, merged_cams
     if level == "cam":
         a, b = normalize_cams(a, "max", 1e-5), normalize_cams(b, "max", 1e-5)
@@ -111,7 +121,7 @@ def _puzzle_loss(cams: Tensor, merged_cams: Tensor, labels: Tensor | None, p: in
 
 
 class PuzzleReconstructionLoss(nn.Module):
-    """Module form of :func:`puzzle_reconstruction_loss` (Puzzle-CAM, Jo & Yu, ICIP 2021).
+    """Module form of [`puzzle_reconstruction_loss`][] (Puzzle-CAM, Jo & Yu, ICIP 2021).
 
     Shape:
         - cams, merged_cams: B×K×h×w; labels: B×K; output: scalar

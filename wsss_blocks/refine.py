@@ -3,14 +3,14 @@
 Both refiners propagate a soft K-channel map over 48 dilated neighbours (8 directions × dilations
 (1, 2, 4, 8, 12, 24), centre excluded, replicate padding) for 10 iterations of full replacement
 ``P_i <- sum_j a_ij P_j`` with image-only weights, computed once per image and applied as sparse-dense products
-(the engine is :mod:`wsss_blocks.propagation`).
+(the engine is [`wsss_blocks.propagation`][wsss_blocks.propagation]).
 
-* :class:`PixelAdaptiveRefine` — PAR of AFA (Ru et al., CVPR 2022) and ToCo (Ru et al., CVPR 2023):
+* [`PixelAdaptiveRefine`][] — PAR of AFA (Ru et al., CVPR 2022) and ToCo (Ru et al., CVPR 2023):
   ``a = softmax(-mean_c(|dI|/sigma/t)^2) + w * softmax(-(rho/sigma_rho/t)^2)`` (AFA's ``w1`` = t = 0.3,
   ``w2`` = w = 0.01).
-* :class:`VariationAwareRefine` — VARM of TSCD (Xu et al., AAAI 2023): sharper colour kernel (x4), no
+* [`VariationAwareRefine`][] — VARM of TSCD (Xu et al., AAAI 2023): sharper colour kernel (x4), no
   position prior, minus ``0.01 * softmax(image variation at the neighbour)``.
-* :func:`reliable_pseudo_mask` — the AFA/TSCD high/low background-score pseudo mask with an ignore band.
+* [`reliable_pseudo_mask`][] — the AFA/TSCD high/low background-score pseudo mask with an ignore band.
 
 Released code: AFA ``wetr/PAR.py``, ToCo ``model/PAR.py``, SCD ``network/VARM.py``, SCD ``utils/camutils.py``
 ``refine_cams_with_bkg_v2``.
@@ -33,6 +33,7 @@ from ._checks import (
     check_number,
     check_same_batch,
     check_tensor,
+    checks_enabled,
     compute_dtype,
     shape_str,
 )
@@ -56,7 +57,7 @@ def pixel_adaptive_refine(image01: Tensor, maps: Tensor, dilations: Sequence[int
     ``a = softmax(-mean_c(|dI|/(sigma+1e-8)/t)^2) + w·softmax(-(rho/(sigma_rho+1e-8)/t)^2)`` with the appearance
     temperature t (the release's ``w1`` = 0.3) and the position weight w (``w2`` = 0.01); the weights sum to 1.01.
     Then 10 steps ``P <- sum_k a_k P_k``. Maps are first resized to the image with bilinear
-    ``align_corners=True``; the output is not renormalised. See :class:`PixelAdaptiveRefine`.
+    ``align_corners=True``; the output is not renormalised. See [`PixelAdaptiveRefine`][].
 
     Args:
         image01: guide image, RGB in [0, 1] (AFA/TSCD pass the crop at half resolution).
@@ -96,7 +97,7 @@ def variation_aware_refine(image01: Tensor, maps: Tensor, dilations: Sequence[in
     Released behaviour (SCD ``network/VARM.py`` L61-90): ``a = softmax(-mean_c(4·|dI|/(sigma+1e-8))^2)
     - 0.01·softmax(g)``, ``g`` the squared forward differences of the image at each neighbour (mean over RGB),
     no position prior (its attribute ``w1 = 0.3`` is never used), weights summing to 0.99 and possibly
-    slightly negative; then 10 steps ``P <- sum_k a_k P_k``. See :class:`VariationAwareRefine`.
+    slightly negative; then 10 steps ``P <- sum_k a_k P_k``. See [`VariationAwareRefine`][].
 
     Args:
         image01: guide image, RGB in [0, 1] (the variation term's scale depends on it).
@@ -135,7 +136,7 @@ class PixelAdaptiveRefine(DilatedNeighbourRefine):
     (t = ``appearance_temperature``, AFA's ``w1``; w = ``pos_weight``, AFA's ``w2``) over 48 dilated neighbours
     (sum 1.01), propagated 10 times. Equals the released ``PAR`` to float rounding
     (see ``benchmarks/par_baseline.py``) while never building the B×C×48×H×W tensors; see
-    :func:`pixel_adaptive_refine` for the arguments.
+    [`pixel_adaptive_refine`][] for the arguments.
 
     Args:
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
@@ -189,7 +190,7 @@ class VariationAwareRefine(DilatedNeighbourRefine):
     Weights: ``softmax_k(-mean_c(4·|I_k - I|/(sigma+1e-8))^2) - 0.01·softmax_k(g_k)`` over 48 dilated
     neighbours, ``g_k`` the squared forward image differences at neighbour k (sum 0.99, may be slightly
     negative), no position prior; propagated 10 times. Equals the released ``VARM`` to float rounding
-    (see ``benchmarks/par_baseline.py``); see :func:`variation_aware_refine` for the arguments.
+    (see ``benchmarks/par_baseline.py``); see [`variation_aware_refine`][] for the arguments.
 
     Args:
         dilations: positive ints (released: 1, 2, 4, 8, 12, 24).
@@ -245,6 +246,13 @@ def _box_mask(boxes: Tensor | None, b: int, h: int, w: int, device: torch.device
     if boxes.shape != (b, 4):
         raise ValueError(f"boxes must have shape B×4 = ({b}, 4) with rows (x1, y1, x2, y2), "
                          f"got {shape_str(boxes)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must hold pixel coordinates (an integer tensor), got dtype {boxes.dtype}")
+    if boxes.is_floating_point():
+        check_finite(boxes, "boxes")
+        if checks_enabled() and not bool((boxes == boxes.round()).all()):
+            raise ValueError("boxes must hold whole pixel coordinates (x1, y1, x2, y2), got fractional values; "
+                             "round them (boxes_from_mask gives int64 boxes)")
     box = boxes.to(device=device, dtype=torch.long)
     rows = torch.arange(h, device=device).view(1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, w)
@@ -275,12 +283,12 @@ def reliable_pseudo_mask(
     zero-padded channels that stay zero.
 
     Args:
-        refiner: a :class:`VariationAwareRefine` (TSCD) or :class:`PixelAdaptiveRefine` (AFA, ToCo).
+        refiner: a [`VariationAwareRefine`][] (TSCD) or [`PixelAdaptiveRefine`][] (AFA, ToCo).
         image01: the crop, RGB in [0, 1].
         cams: per-channel min-max normalised CAMs in [0, 1] (any spatial size; resized to the refinement size).
         labels: multi-hot image labels, no background entry.
         boxes: optional B×4 ``(x1, y1, x2, y2)`` valid (unpadded) region per image (end exclusive, e.g. from
-            :func:`wsss_blocks.ops.boxes_from_mask`); outside it the label is ignore.
+            [`wsss_blocks.ops.boxes_from_mask`][wsss_blocks.ops.boxes_from_mask]); outside it the label is ignore.
         high_threshold: high background score (AFA/TSCD 0.55; ToCo 0.70; the release's ``bkg_thre_h``).
         low_threshold: low background score (AFA/TSCD 0.35; ToCo 0.25; ``bkg_thre_l``).
         scale_factor: refinement runs at ``(⌊H·scale_factor⌋, ⌊W·scale_factor⌋)`` (released: 0.5, i.e. ``H // 2``).
@@ -322,6 +330,8 @@ def reliable_pseudo_mask(
     if hs < 1 or ws < 1:
         raise ValueError(f"image01 of size {h}×{w} is too small for scale_factor={scale_factor}")
     box = _box_mask(boxes, b, h, w, image01.device)
+    if b == 0:  # an empty batch
+        return torch.zeros(0, h, w, dtype=torch.long, device=image01.device)
 
     dtype = compute_dtype(image01, cams)
     small_img = F.interpolate(image01.to(dtype), size=(hs, ws), mode="bilinear", align_corners=False)

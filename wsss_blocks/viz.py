@@ -1,8 +1,8 @@
 """Pictures for WSSS: palette colouring of masks, CAM heat-map overlays, image grids and training curves.
 
 Everything works on tensors/arrays and returns ``uint8`` H×W×3 arrays; writing files uses PIL (via
-:func:`wsss_blocks.data.save_image`) and plotting uses matplotlib with the ``Agg`` backend. Both are
-imported lazily, so ``import wsss_blocks`` never needs them.
+[`wsss_blocks.data.save_image`][wsss_blocks.data.io.save_image]) and plotting uses matplotlib with the ``Agg`` backend.
+Both are imported lazily, so ``import wsss_blocks`` never needs them.
 
 Examples:
     >>> import torch
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import require
+from ._checks import check_int, check_labels, check_masks, check_tensor, checks_enabled, require, shape_str
 
 __all__ = ["colorize_mask", "heatmap", "cam_overlay", "image_grid", "save_cam_overlays", "plot_curves",
            "to_uint8_image"]
@@ -29,6 +29,13 @@ __all__ = ["colorize_mask", "heatmap", "cam_overlay", "image_grid", "save_cam_ov
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _finite(a: np.ndarray, name: str) -> None:
+    """NaN/Inf would become arbitrary colours (a value check)."""
+    if checks_enabled() and a.dtype.kind in "fc" and not bool(np.isfinite(a).all()):
+        raise ValueError(f"{name} contains non-finite values ({int(np.isnan(a).sum())} NaN, "
+                         f"{int(np.isinf(a).sum())} Inf)")
 
 
 def to_uint8_image(image01: Tensor | np.ndarray) -> np.ndarray:
@@ -41,6 +48,7 @@ def to_uint8_image(image01: Tensor | np.ndarray) -> np.ndarray:
     a = _np(image01).astype(np.float32)
     if a.ndim != 3:
         raise ValueError(f"image01 must be 3×H×W or H×W×3, got shape {a.shape}")
+    _finite(a, "image01")
     if a.shape[0] == 3 and a.shape[-1] != 3:
         a = a.transpose(1, 2, 0)
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -75,9 +83,11 @@ def heatmap(cam: Tensor | np.ndarray) -> np.ndarray:
         >>> heatmap(np.array([[0.0, 1.0]]))[0].tolist()
         [[0, 0, 128], [128, 0, 0]]
     """
-    v = np.clip(_np(cam).astype(np.float32), 0.0, 1.0)
+    v = _np(cam).astype(np.float32)
     if v.ndim != 2:
         raise ValueError(f"cam must be H×W, got shape {v.shape}")
+    _finite(v, "cam")
+    v = np.clip(v, 0.0, 1.0)
     r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
     g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
     b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
@@ -137,11 +147,36 @@ def save_cam_overlays(path: str | os.PathLike, images01: Tensor, cams: Tensor, l
         images01: B×3×H×W in [0, 1].
         cams: B×C×h×w CAMs normalised to [0, 1].
         labels: B×C multi-hot labels (which classes to draw).
-        masks: optional B×H×W masks (ground truth or pseudo) drawn in the palette.
+        masks: optional B×H×W masks (ground truth or pseudo) drawn in the palette: values 0..C and 255.
         max_classes: at most this many class overlays per row.
+
+    Raises:
+        ValueError: shapes that do not agree (batch, class count, mask size), labels outside {0, 1}, mask
+            values outside [0, C] ∪ {255}, or NaN/Inf in the images or CAMs.
     """
     from .data.io import save_image
 
+    check_tensor(images01, "images01", 4, layout="B×3×H×W", floating=True)
+    if images01.shape[1] != 3:
+        raise ValueError(f"images01 must have 3 (RGB) channels, got shape {shape_str(images01)}")
+    check_tensor(cams, "cams", 4, layout="B×C×h×w", floating=True)
+    B, C = cams.shape[:2]
+    if images01.shape[0] != B:
+        raise ValueError(f"images01 and cams must have the same batch size, got {shape_str(images01)} and "
+                         f"{shape_str(cams)}")
+    if B == 0:
+        raise ValueError(f"images01 and cams hold no sample (shapes {shape_str(images01)} and {shape_str(cams)}); "
+                         f"there is nothing to draw")
+    check_labels(labels, "labels", batch=B, num_classes=C)
+    _finite(_np(images01), "images01")
+    _finite(_np(cams), "cams")
+    if masks is not None:
+        check_tensor(masks, "masks", 3, layout="B×H×W")
+        if tuple(masks.shape) != (B, *images01.shape[-2:]):
+            raise ValueError(f"masks must have shape {(B, *images01.shape[-2:])} to match images01 "
+                             f"{shape_str(images01)}, got {shape_str(masks)}")
+        check_masks(masks, "masks", C + 1, 255)  # 0 background, c + 1 class c, 255 ignore
+    check_int(max_classes, "max_classes", minimum=0)
     rows = []
     for b in range(images01.shape[0]):
         row = [to_uint8_image(images01[b])]

@@ -1,11 +1,12 @@
-"""Dense CRF: one front end (:class:`DenseCRF`, :func:`dense_crf`) over two backends.
+"""Dense CRF: one front end ([`DenseCRF`][], [`dense_crf`][wsss_blocks.crf.dense_crf.dense_crf]) over two backends.
 
 * ``"pydensecrf"`` — Krähenbühl's C++ code through ``pydensecrf`` (the ``crf`` extra), CPU;
-  :func:`pool_map` runs a dataset through it in a process pool.
-* ``"torch"`` — :mod:`wsss_blocks.crf.permutohedral`, a batched pure-PyTorch permutohedral lattice with
-  the same energy, normalisation and mean-field update, on CPU or CUDA.
+  [`pool_map`][wsss_blocks.crf.pydensecrf_backend.pool_map] runs a dataset through it in a process pool.
+* ``"torch"`` — [`wsss_blocks.crf.permutohedral`][wsss_blocks.crf.permutohedral], a batched pure-PyTorch permutohedral
+  lattice with the same energy, normalisation and mean-field update, on CPU or CUDA.
 
-Released parameter sets are in :data:`PRESETS` (sources in :data:`PRESET_SOURCES`).
+Released parameter sets are in [`PRESETS`][wsss_blocks.crf.dense_crf.PRESETS] (sources in
+[`PRESET_SOURCES`][wsss_blocks.crf.dense_crf.PRESET_SOURCES]).
 """
 
 from .dense_crf import (

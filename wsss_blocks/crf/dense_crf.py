@@ -17,8 +17,8 @@ colours).
 Backends:
 
 * ``"pydensecrf"``: the released C++ code (CPU, one image at a time; the ``crf`` extra).
-* ``"torch"``: :mod:`wsss_blocks.crf.permutohedral`, a PyTorch re-implementation of the same lattice and
-  update rule, batched, on CPU or CUDA, no compiled extension. It reproduces pydensecrf's marginals to
+* ``"torch"``: [`wsss_blocks.crf.permutohedral`][wsss_blocks.crf.permutohedral], a PyTorch re-implementation of the same
+  lattice and update rule, batched, on CPU or CUDA, no compiled extension. It reproduces pydensecrf's marginals to
   float rounding (about 1e-6).
 * ``"auto"``: torch for CUDA tensors; pydensecrf on CPU when it is installed; torch otherwise.
 
@@ -39,7 +39,15 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_choice, check_finite, check_int, check_range, checks_enabled, shape_str
+from wsss_blocks._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_range,
+    check_tensor,
+    checks_enabled,
+    shape_str,
+)
 
 from . import permutohedral as _pl
 from .pydensecrf_backend import pool_map, pydensecrf_available, pydensecrf_inference
@@ -58,12 +66,11 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "pydensecrf")
+"""The values of ``backend``; ``"auto"`` means torch on CUDA, pydensecrf on CPU when installed, else torch."""
 _SUM_MODES = ("check", "renormalize", "ignore")
 _NORMALIZATIONS = ("symmetric", "after", "before", "none")
 _PARAM_KEYS = ("iterations", "pos_w", "pos_xy", "bi_w", "bi_xy", "bi_rgb")
 
-#: Released parameter sets. ``pos_*``: ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``; ``bi_*``:
-#: ``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in :data:`PRESET_SOURCES`.
 PRESETS: dict[str, dict[str, Any]] = {
     "deeplab": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
     "afa": dict(iterations=10, pos_w=3.0, pos_xy=3.0, bi_w=4.0, bi_xy=64.0, bi_rgb=5.0),
@@ -76,8 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smaf": dict(iterations=10, pos_w=3.0, pos_xy=3.0, bi_w=10.0, bi_xy=50.0, bi_rgb=5.0, gt_prob=0.7),
     "l2g-test": dict(iterations=10, pos_w=3.0, pos_xy=1.0, bi_w=4.0, bi_xy=67.0, bi_rgb=3.0),
 }
+"""Released parameter sets. ``pos_*``: ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``; ``bi_*``:
+``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, compat=bi_w)``. Sources in [`PRESET_SOURCES`][]."""
 
-#: Where each preset comes from (repository and file of each release).
 PRESET_SOURCES: dict[str, str] = {
     "deeplab": "deeplab-pytorch configs/voc12.yaml and cocostuff configs (also CLIP-ES "
                "eval_cam_with_crf.py)",
@@ -96,6 +104,7 @@ PRESET_SOURCES: dict[str, str] = {
     "l2g-test": "L2G segmentation test CRF, the deeplab-pytorch recipe (same values as 'deeplab'; also "
                 "PMM's WSSS_MMSeg encoder_decoder.py aug_test CRF)",
 }
+"""Where each preset comes from (repository and file of each release)."""
 
 
 # ------------------------------------------------------------------------------------------ input handling
@@ -108,29 +117,31 @@ def _as_tensor(x: object, name: str) -> Tensor:
 
 
 def _image_any(image: object, name: str) -> Tensor:
-    """An RGB image as (B, H, W, 3) uint8, told apart by dtype.
+    """An RGB image as (B, H, W, 3) uint8; the layout follows the dtype, never the shape.
 
-    uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` recognised) or float in [0, 1] ``3×H×W`` / ``B×3×H×W``.
+    uint8 is channels-last ``H×W×3`` / ``B×H×W×3`` (as loaded), float in [0, 1] is channels-first ``3×H×W`` /
+    ``B×3×H×W`` (as a network sees it). Guessing the layout from the shape would be ambiguous (a channels-first
+    image 3 pixels wide looks channels-last), so any other layout is refused.
     """
     img = _as_tensor(image, name)
     shape = tuple(img.shape)
-    if img.ndim not in (3, 4):
-        raise ValueError(f"{name} must have shape H×W×3 / B×H×W×3 (uint8) or 3×H×W / B×3×H×W (float in "
-                         f"[0, 1]), got {img.ndim}-D tensor of shape {shape}")
-    if img.ndim == 3:
-        img = img[None]
     if img.dtype == torch.uint8:
-        if img.shape[-1] != 3 and img.shape[1] == 3:  # channel-first uint8 is accepted too
-            img = img.permute(0, 2, 3, 1)
+        if img.ndim not in (3, 4) or img.shape[-1] != 3:
+            order = "0, 2, 3, 1" if img.ndim == 4 else "1, 2, 0"
+            hint = (f"; a channels-first uint8 image needs {name}.permute({order})"
+                    if img.ndim in (3, 4) and img.shape[-3] == 3 else "")
+            raise ValueError(f"{name} must be a channels-last uint8 image H×W×3 or B×H×W×3 (0..255), got shape "
+                             f"{shape}{hint}")
+        img = img if img.ndim == 4 else img[None]
     elif img.is_floating_point():
-        if img.shape[1] == 3 or img.shape[-1] != 3:
-            img = img.permute(0, 2, 3, 1)
+        if img.ndim not in (3, 4) or img.shape[-3] != 3:
+            raise ValueError(f"{name} must be a channels-first float image 3×H×W or B×3×H×W in [0, 1], got shape "
+                             f"{shape}")
+        img = img if img.ndim == 4 else img[None]
         check_range(img, name, 0.0, 1.0, hint="float images must be RGB in [0, 1]")
-        img = (img.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        img = (img.permute(0, 2, 3, 1).float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     else:
         raise TypeError(f"{name} must be uint8 (0..255) or floating point in [0, 1], got dtype {img.dtype}")
-    if img.shape[-1] != 3:
-        raise ValueError(f"{name} must have 3 (RGB) channels (H×W×3 uint8 or 3×H×W float), got shape {shape}")
     return img.contiguous()
 
 
@@ -138,7 +149,7 @@ def _prepare_image(image01: object, image_uint8: object = None) -> Tensor:
     """The guide image as (B, H, W, 3) uint8, from exactly one of ``image01`` and ``image_uint8``.
 
     ``image01``: float RGB in [0, 1], ``3×H×W`` / ``B×3×H×W``; ``image_uint8``: ``H×W×3`` / ``B×H×W×3`` uint8, as
-    loaded (``B×3×H×W`` recognised).
+    loaded.
     """
     if (image01 is None) == (image_uint8 is None):
         raise ValueError("give the image either as image01 (float RGB in [0, 1]) or as image_uint8 (uint8 "
@@ -169,6 +180,10 @@ def _prepare_probs(probs: object, sum_to_one: str, sum_tol: float) -> tuple[Tens
         raise ValueError(f"probs must have at least K = 2 labels (channel dim 1), got K = {p.shape[1]} "
                          f"(shape {shape_str(p)}); a 1-label CRF is the identity")
     check_finite(p, "probs")
+    # a float16/bfloat16 softmax rounds each probability to the dtype, so its sum is off by up to ~eps/2
+    # (bfloat16: 0.004 > the default 1e-3): the tolerance widens to the dtype's eps
+    if p.dtype in (torch.float16, torch.bfloat16):
+        sum_tol = max(sum_tol, torch.finfo(p.dtype).eps)
     if p.numel() and checks_enabled():
         lo, hi = float(p.min()), float(p.max())
         if lo < 0.0:
@@ -208,13 +223,13 @@ def _check_params(iterations: int, pos_w: float, pos_xy: float, bi_w: float, bi_
     check_choice(normalization, "normalization", _NORMALIZATIONS)
 
 
-def _match(image: Tensor, unary: Tensor) -> None:
+def _match(image: Tensor, unary: Tensor, image_name: str = "image", other: str = "probs") -> None:
     if image.shape[0] != unary.shape[0]:
-        raise ValueError(f"the image and probs must have the same batch size, got image {tuple(image.shape)} "
-                         f"(B×H×W×3) and probs {tuple(unary.shape)} (B×K×H×W)")
+        raise ValueError(f"{image_name} and {other} must have the same batch size, got {image_name} as "
+                         f"{tuple(image.shape)} (B×H×W×3) and {other} {tuple(unary.shape)} (B×K×H×W)")
     if image.shape[1:3] != unary.shape[2:]:
-        raise ValueError(f"the image and probs must have the same spatial size, got image H×W = "
-                         f"{tuple(image.shape[1:3])} and probs H×W = {tuple(unary.shape[2:])}")
+        raise ValueError(f"{image_name} and {other} must have the same spatial size, got {image_name} H×W = "
+                         f"{tuple(image.shape[1:3])} and {other} H×W = {tuple(unary.shape[2:])}")
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -241,6 +256,8 @@ def unary_from_probs(probs: Tensor, clip: float = 1e-5) -> Tensor:
     """
     if not 0 < clip <= 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
+    check_tensor(probs, "probs", floating=True)
+    check_finite(probs, "probs")
     return -torch.log(probs.float().clamp(clip, 1.0))
 
 
@@ -262,6 +279,7 @@ def unary_from_mask(mask: Tensor, num_classes: int, gt_prob: float = 0.7, ignore
     check_int(num_classes, "num_classes", minimum=2)
     if not 0.0 < gt_prob < 1.0:
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
+    check_tensor(mask, "mask", 3, layout="B×H×W")
     if mask.is_floating_point() or mask.dtype == torch.bool:
         raise TypeError(f"mask must be an integer tensor, got dtype {mask.dtype}")
     lab = mask.long()
@@ -318,7 +336,7 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
                          iterations: int = 10, pos_w: float = 3.0, pos_xy: float = 3.0, bi_w: float = 4.0,
                          bi_xy: float = 64.0, bi_rgb: float = 5.0, backend: str = "auto",
                          normalization: str = "symmetric") -> Tensor:
-    """Dense-CRF marginals from unary energies (``-log p`` or :func:`unary_from_mask`).
+    """Dense-CRF marginals from unary energies (``-log p`` or [`unary_from_mask`][]).
 
     Args:
         image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W``; ``None`` when ``image_uint8`` is given.
@@ -330,8 +348,9 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
         bi_xy: bilateral position standard deviation in pixels.
         bi_rgb: bilateral colour standard deviation (0..255 units).
         backend: ``"auto"``, ``"torch"`` or ``"pydensecrf"``.
-        normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"`` (see :func:`dense_crf`).
-        image_uint8: the image as loaded instead: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` is recognised).
+        normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"`` (see [`dense_crf`][]).
+        image_uint8: the image as loaded instead: uint8, channels-last ``H×W×3`` / ``B×H×W×3``. The layout
+            follows the dtype (uint8 channels-last, float channels-first) and is never guessed from the shape.
 
     Returns:
         ``(B, K, H, W)`` float32 marginals on ``unary``'s device.
@@ -344,13 +363,13 @@ def dense_crf_from_unary(image01: Tensor | None, unary: Tensor, *, image_uint8: 
     """
     _check_params(iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend, normalization)
     return _from_unary(image01, unary, image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy, bi_rgb, backend,
-                       normalization)
+                       normalization, "unary")
 
 
 def _from_unary(image01: Tensor | None, unary: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
-                pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, normalization: str
-                ) -> Tensor:
-    """:func:`dense_crf_from_unary` with checked parameters."""
+                pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, normalization: str,
+                value_name: str = "probs") -> Tensor:
+    """[`dense_crf_from_unary`][] with checked parameters (errors name the caller's ``value_name``)."""
     img = _prepare_image(image01, image_uint8)
     u = _as_tensor(unary, "unary")
     if u.ndim != 4 or not u.is_floating_point():
@@ -358,7 +377,7 @@ def _from_unary(image01: Tensor | None, unary: Tensor, image_uint8: Tensor | Non
     if u.shape[1] < 2:
         raise ValueError(f"unary must have at least K = 2 labels, got shape {shape_str(u)}")
     check_finite(u, "unary")
-    _match(img, u)
+    _match(img, u, "image01" if image01 is not None else "image_uint8", value_name)
     u = u.float()
     if u.numel() == 0:
         return torch.softmax(-u, dim=1)
@@ -376,7 +395,7 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
               normalization: str = "symmetric") -> Tensor:
     """Refine class probabilities with a fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011).
 
-    The defaults are the AFA/TSCD test-time setting (the ``"afa"`` preset); see :data:`PRESETS`.
+    The defaults are the AFA/TSCD test-time setting (the ``"afa"`` preset); see [`PRESETS`][].
 
     Args:
         image01: RGB image(s), float in [0, 1], ``3×H×W`` / ``B×3×H×W`` (rounded to 0..255, as the released
@@ -393,11 +412,13 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
         sum_to_one: ``"check"`` (default: raise unless every pixel sums to 1 within ``sum_tol``),
             ``"renormalize"`` (divide by the per-pixel sum) or ``"ignore"`` (use as given; pydensecrf
             behaviour).
-        sum_tol: tolerance of the sum check (and slack above 1 for the value range).
+        sum_tol: tolerance of the sum check (and slack above 1 for the value range); for float16/bfloat16
+            ``probs`` it is at least the dtype's eps (a bfloat16 softmax sums to 1 only within ~0.004).
         clip: the unary is ``-log(clip(p, clip, 1))`` (pydensecrf ``unary_from_softmax`` default 1e-5).
         normalization: kernel normalisation, ``"symmetric"`` (pydensecrf's default), ``"after"``,
             ``"before"`` or ``"none"``.
-        image_uint8: the image as loaded instead: uint8 ``H×W×3`` / ``B×H×W×3`` (``B×3×H×W`` is recognised).
+        image_uint8: the image as loaded instead: uint8, channels-last ``H×W×3`` / ``B×H×W×3``. The layout
+            follows the dtype (uint8 channels-last, float channels-first) and is never guessed from the shape.
 
     Returns:
         Refined marginals, float32 (or ``probs``' floating dtype), same shape and device as ``probs``.
@@ -424,7 +445,7 @@ def dense_crf(image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | No
 def _dense_crf(image01: Tensor | None, probs: Tensor, image_uint8: Tensor | None, iterations: int, pos_w: float,
                pos_xy: float, bi_w: float, bi_xy: float, bi_rgb: float, backend: str, sum_to_one: str,
                sum_tol: float, clip: float, normalization: str) -> Tensor:
-    """:func:`dense_crf` with checked parameters."""
+    """[`dense_crf`][] with checked parameters."""
     p, squeeze = _prepare_probs(probs, sum_to_one, sum_tol)
     out_dtype = probs.dtype if isinstance(probs, Tensor) else torch.float32
     q = _from_unary(image01, unary_from_probs(p, clip), image_uint8, iterations, pos_w, pos_xy, bi_w, bi_xy,
@@ -438,12 +459,12 @@ class DenseCRF(nn.Module):
     """Fully connected CRF post-processing with named released presets and two backends.
 
     Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
-    NeurIPS 2011. Holds the hyperparameters; :meth:`forward` refines probabilities
-    (:func:`dense_crf`), :meth:`from_mask` refines hard label masks (IRN/SMAF style),
-    :meth:`from_unary` takes unary energies, :meth:`pool_map` runs a dataset through pydensecrf in a
+    NeurIPS 2011. Holds the hyperparameters; [`forward`][] refines probabilities
+    ([`dense_crf`][]), [`from_mask`][] refines hard label masks (IRN/SMAF style),
+    [`from_unary`][] takes unary energies, [`pool_map`][] runs a dataset through pydensecrf in a
     process pool. Presets: ``DenseCRF.preset(name)`` or the classmethods ``deeplab``, ``afa``, ``toco``,
     ``toco_label``, ``psa``, ``irn``, ``pmm_binary``, ``smaf``, ``l2g_test`` (values and sources in
-    :data:`PRESETS` / :data:`PRESET_SOURCES`); :meth:`from_config` builds one from a config mapping (a
+    [`PRESETS`][] / [`PRESET_SOURCES`][]); [`from_config`][] builds one from a config mapping (a
     ``preset`` name plus overrides, as the trainer's ``crf_params``). Default values = the ``"afa"`` preset.
 
     Args:
@@ -454,11 +475,11 @@ class DenseCRF(nn.Module):
         bi_xy: bilateral position standard deviation in pixels.
         bi_rgb: bilateral colour standard deviation (0..255 units).
         backend: ``"auto"``, ``"torch"`` or ``"pydensecrf"``.
-        sum_to_one: ``"check"``, ``"renormalize"`` or ``"ignore"`` (see :func:`dense_crf`).
+        sum_to_one: ``"check"``, ``"renormalize"`` or ``"ignore"`` (see [`dense_crf`][]).
         sum_tol: tolerance of the sum check.
         clip: lower clip of the probabilities in the unary.
         normalization: ``"symmetric"``, ``"after"``, ``"before"`` or ``"none"``.
-        gt_prob: confidence of the labelled class in :meth:`from_mask` (pydensecrf ``gt_prob``).
+        gt_prob: confidence of the labelled class in [`from_mask`][] (pydensecrf ``gt_prob``).
 
     Shape:
         - image01: ``(B, 3, H, W)`` float in [0, 1]; or image_uint8: ``(B, H, W, 3)`` uint8 (or unbatched).
@@ -504,7 +525,7 @@ class DenseCRF(nn.Module):
     def from_config(cls, params: Mapping[str, Any] | None = None) -> DenseCRF:
         """A CRF from a config mapping (the trainer's ``crf_params`` keys).
 
-        The mapping holds an optional ``preset`` name plus :class:`DenseCRF` arguments that override it (no
+        The mapping holds an optional ``preset`` name plus [`DenseCRF`][] arguments that override it (no
         ``preset``: the arguments alone).
 
         Examples:
@@ -547,7 +568,7 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def irn(cls, **overrides: Any) -> DenseCRF:
-        """IRN ``crf_inference_label`` (use :meth:`from_mask`): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
+        """IRN ``crf_inference_label`` (use [`from_mask`][]): Gaussian 3/3, bilateral 50/5/10, gt 0.7."""
         return cls.preset("irn", **overrides)
 
     @classmethod
@@ -557,12 +578,12 @@ class DenseCRF(nn.Module):
 
     @classmethod
     def smaf(cls, **overrides: Any) -> DenseCRF:
-        """SMAF pseudo-mask CRF (use :meth:`from_mask`): same values as IRN's label CRF."""
+        """SMAF pseudo-mask CRF (use [`from_mask`][]): same values as IRN's label CRF."""
         return cls.preset("smaf", **overrides)
 
     @classmethod
     def l2g_test(cls, **overrides: Any) -> DenseCRF:
-        """L2G segmentation test CRF (deeplab-pytorch recipe): same values as :meth:`deeplab`."""
+        """L2G segmentation test CRF (deeplab-pytorch recipe): same values as [`deeplab`][]."""
         return cls.preset("l2g-test", **overrides)
 
     # inference ----------------------------------------------------------------------------------------
@@ -571,14 +592,14 @@ class DenseCRF(nn.Module):
                     bi_xy=self.bi_xy, bi_rgb=self.bi_rgb, normalization=self.normalization)
 
     def forward(self, image01: Tensor | None, probs: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
-        """Refined probabilities (same shape as ``probs``); see :func:`dense_crf`."""
+        """Refined probabilities (same shape as ``probs``); see [`dense_crf`][]."""
         return _dense_crf(image01, probs, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
                           self.bi_rgb, self.backend, self.sum_to_one, self.sum_tol, self.clip, self.normalization)
 
     def from_unary(self, image01: Tensor | None, unary: Tensor, *, image_uint8: Tensor | None = None) -> Tensor:
-        """Marginals ``(B, K, H, W)`` from unary energies; see :func:`dense_crf_from_unary`."""
+        """Marginals ``(B, K, H, W)`` from unary energies; see [`dense_crf_from_unary`][]."""
         return _from_unary(image01, unary, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
-                           self.bi_rgb, self.backend, self.normalization)
+                           self.bi_rgb, self.backend, self.normalization, "unary")
 
     def from_mask(self, image01: Tensor | None, mask: Tensor, gt_prob: float | None = None,
                   num_classes: int | None = None, ignore_index: int | None = None, *,
@@ -586,14 +607,14 @@ class DenseCRF(nn.Module):
         """Refine hard label masks (pydensecrf ``unary_from_labels``, ``zero_unsure=False``).
 
         Args:
-            image01: as in :meth:`forward` (``None`` when ``image_uint8`` is given).
+            image01: as in [`forward`][] (``None`` when ``image_uint8`` is given).
             mask: ``(B, H, W)`` or ``(H, W)`` integer labels in ``[0, K)``.
             gt_prob: confidence of the given label (default: this module's ``gt_prob``, 0.7 as in IRN
                 and SMAF).
             num_classes: K; default ``mask.max() + 1`` (pass it explicitly when a label can be absent:
                 K changes the energies).
             ignore_index: label value that gets a uniform unary (not in pydensecrf; optional).
-            image_uint8: the image as loaded instead, uint8 ``(B, H, W, 3)`` or ``(H, W, 3)``.
+            image_uint8: the image as loaded instead, uint8 channels-last ``(B, H, W, 3)`` or ``(H, W, 3)``.
 
         Returns:
             ``(B, K, H, W)`` float32 marginals (``argmax(1)`` gives IRN's/SMAF's refined labels).
@@ -615,7 +636,8 @@ class DenseCRF(nn.Module):
             num_classes = int(valid.max()) + 1 if valid.numel() else 2
         unary = unary_from_mask(lab, num_classes, self.gt_prob if gt_prob is None else gt_prob,
                                 ignore_index=ignore_index)
-        return self.from_unary(image01, unary, image_uint8=image_uint8)
+        return _from_unary(image01, unary, image_uint8, self.iterations, self.pos_w, self.pos_xy, self.bi_w, self.bi_xy,
+                           self.bi_rgb, self.backend, self.normalization, "mask")
 
     def pool_map(self, jobs: Iterable[tuple[Any, Any]], *, processes: int | None = None, chunksize: int = 1,
                  labels_only: bool = False) -> Iterator[np.ndarray]:
@@ -625,7 +647,8 @@ class DenseCRF(nn.Module):
         ``probs``:
         ``(K, H, W)``. Probabilities are checked per item with this module's ``sum_to_one`` rule. Yields
         ``(K, H, W)`` float32 numpy marginals in input order (``(H, W)`` label maps with
-        ``labels_only``). See :func:`wsss_blocks.crf.pydensecrf_backend.pool_map`.
+        ``labels_only``). See
+        [`wsss_blocks.crf.pydensecrf_backend.pool_map`][wsss_blocks.crf.pydensecrf_backend.pool_map].
         """
 
         def prepared() -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_blocks._checks import check_choice
+from wsss_blocks._checks import check_choice, check_finite, check_int, check_tensor, shape_str
 
 __all__ = [
     "PermutohedralLattice",
@@ -66,7 +66,7 @@ _NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 @dataclass
 class PermutohedralLattice:
-    """A permutohedral lattice over the pixels of one or more images (built by :func:`build_lattice`).
+    """A permutohedral lattice over the pixels of one or more images (built by [`build_lattice`][]).
 
     Attributes:
         offsets: ``(P, d+1)`` int64, lattice point of each vertex of each pixel's enclosing simplex
@@ -206,10 +206,20 @@ def build_lattice(features: Tensor, pad_like_pydensecrf: bool = True) -> Permuto
         >>> lat.num_points, lat.weights.tolist()
         (2, [[1.0, 0.0]])
     """
+    check_tensor(features, "features", (2, 3), layout="(B, N, d) or (N, d)")
+    if features.dtype == torch.bool or features.is_complex():
+        raise TypeError(f"features must be a real tensor, got dtype {features.dtype}")
     if features.ndim == 2:
         features = features[None]
-    if features.ndim != 3 or features.shape[1] == 0 or features.shape[2] == 0:
+    if features.shape[1] == 0 or features.shape[2] == 0:
         raise ValueError(f"features must have shape (B, N, d) with N, d > 0, got {tuple(features.shape)}")
+    # always checked (not only with the value checks on): a NaN/Inf feature has no lattice position and would
+    # fail deep in the index arithmetic
+    if features.is_floating_point() and not bool(torch.isfinite(features).all()):
+        bad = ~torch.isfinite(features)
+        raise ValueError(f"features contains non-finite values ({int(torch.isnan(features).sum())} NaN, "
+                         f"{int(bad.sum()) - int(torch.isnan(features).sum())} Inf): every pixel needs a finite "
+                         f"position in the lattice")
     features = features.to(torch.float32)
     nb, n, d = features.shape
     device = features.device
@@ -424,7 +434,20 @@ def lattice_filter(lattice: PermutohedralLattice, values: Tensor) -> Tensor:
         >>> round(float(lattice_filter(lat, torch.ones(1, 1))), 4)  # 1.25 after the blur, times 2/3
         0.8333
     """
+    _check_values(values, "values", lattice.num_pixels, "lattice.num_pixels")
     return _KernelPlan(lattice)(values.to(torch.float32))
+
+
+def _check_values(values: object, name: str, num_pixels: int, what: str) -> None:
+    """``values`` must be a real ``(P, K)`` tensor with one row per lattice pixel: extra rows are not dropped."""
+    check_tensor(values, name, 2, layout="(P, K)")
+    assert isinstance(values, Tensor)
+    if values.dtype == torch.bool or values.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {values.dtype}")
+    if values.shape[0] != num_pixels:
+        raise ValueError(f"{name} must have one row per lattice pixel: {num_pixels} rows ({what}), got "
+                         f"{shape_str(values)}")
+    check_finite(values, name)
 
 
 class PairwiseOperator:
@@ -495,7 +518,15 @@ def mean_field(unary: Tensor, operator: PairwiseOperator, iterations: int) -> Te
         >>> q.shape, bool(torch.allclose(q.sum(1), torch.ones(6)))
         (torch.Size([6, 3]), True)
     """
-    neg_u = -unary
+    if not isinstance(operator, PairwiseOperator):
+        raise TypeError(f"operator must be a PairwiseOperator, got {type(operator).__name__}")
+    check_int(iterations, "iterations", minimum=0)
+    _check_values(unary, "unary", operator.num_pixels, "operator.num_pixels")
+    if not unary.is_floating_point():
+        raise TypeError(f"unary must be a floating-point tensor of energies, got dtype {unary.dtype}")
+    if unary.shape[1] == 0:
+        raise ValueError(f"unary must have at least one label (K >= 1), got shape {shape_str(unary)}")
+    neg_u = -unary.to(torch.float32)
     q = torch.softmax(neg_u, dim=1)
     for _ in range(iterations):
         msg = operator(q)

@@ -6,7 +6,7 @@ usual WSSS recipe line for line: ``DenseCRF2D(W, H, K)``, ``setUnaryEnergy(U)``,
 ``addPairwiseGaussian(sxy=pos_xy, compat=pos_w)``, ``addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb,
 rgbim=image, compat=bi_w)``, ``inference(iterations)``.
 
-:func:`pool_map` runs many images in a process pool (what ToCo/AFA do with ``joblib``), for datasets.
+[`pool_map`][] runs many images in a process pool (what ToCo/AFA do with ``joblib``), for datasets.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from wsss_blocks._checks import require
+from wsss_blocks._checks import checks_enabled, require
 
 __all__ = ["pydensecrf_available", "pydensecrf_inference", "pool_map", "NORMALIZATION_NAMES"]
 
-#: Our normalisation names -> pydensecrf ``NormalizationType`` attribute names.
 NORMALIZATION_NAMES = {
     "symmetric": "NORMALIZE_SYMMETRIC",
     "after": "NORMALIZE_AFTER",
     "before": "NORMALIZE_BEFORE",
     "none": "NO_NORMALIZATION",
 }
+"""Our normalisation names -> pydensecrf ``NormalizationType`` attribute names."""
 
 
 def pydensecrf_available() -> bool:
@@ -65,6 +65,7 @@ def pydensecrf_inference(image: np.ndarray, unary: np.ndarray, *, iterations: in
         ``(K, H, W)`` float32 marginals.
     """
     dcrf = _dcrf()
+    image, unary = _check_arrays(image, unary)
     h, w = image.shape[:2]
     k = unary.shape[0]
     ntype = getattr(dcrf, NORMALIZATION_NAMES[normalization])
@@ -77,6 +78,28 @@ def pydensecrf_inference(image: np.ndarray, unary: np.ndarray, *, iterations: in
                                compat=float(bi_w), normalization=ntype)
     q = d.inference(int(iterations))
     return np.asarray(q, dtype=np.float32).reshape(k, h, w)
+
+
+def _check_arrays(image: object, unary: object) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (H, W, 3) uint8 and ``unary`` (K, H, W) / (K, H·W) finite floats; errors name the argument."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W, 3) uint8, got {type(image).__name__}")
+    if not isinstance(unary, np.ndarray):
+        raise TypeError(f"unary must be a numpy array (K, H, W) float32, got {type(unary).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"image must have shape (H, W, 3) with H, W >= 1, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (0..255, as the released sigmas assume), got {image.dtype}")
+    h, w = image.shape[:2]
+    if unary.dtype.kind != "f":
+        raise TypeError(f"unary must hold floating-point energies, got dtype {unary.dtype}")
+    if unary.ndim not in (2, 3) or unary.shape[0] < 1 or unary.shape[1:] not in ((h, w), (h * w,)):
+        raise ValueError(f"unary must have shape (K, {h}, {w}) or (K, {h * w}) to match image {image.shape}, got "
+                         f"{unary.shape}")
+    if checks_enabled() and not bool(np.isfinite(unary).all()):
+        raise ValueError(f"unary contains non-finite values ({int(np.isnan(unary).sum())} NaN, "
+                         f"{int(np.isinf(unary).sum())} Inf)")
+    return image, unary
 
 
 def _pool_job(args: tuple[np.ndarray, np.ndarray, Mapping[str, Any], bool]) -> np.ndarray:
@@ -93,7 +116,7 @@ def pool_map(jobs: Iterable[tuple[np.ndarray, np.ndarray]], params: Mapping[str,
     Args:
         jobs: iterable of ``(image (H, W, 3) uint8, unary (K, H, W) float32)`` pairs; it is consumed
             lazily, so a dataset can stream through.
-        params: keyword arguments of :func:`pydensecrf_inference` (``iterations``, ``pos_w``, ...).
+        params: keyword arguments of [`pydensecrf_inference`][] (``iterations``, ``pos_w``, ...).
         processes: worker processes; default ``max(1, int(0.8 * os.cpu_count()))`` as in ToCo's
             ``joblib`` call. ``processes=0`` runs in this process (no pool).
         chunksize: jobs handed to a worker at a time.

@@ -1,11 +1,22 @@
 """VOC-format data for WSSS.
 
-Readers (VOC 2012, COCO 2014), a synthetic VOC-format dataset, joint transforms and atomic label/image IO.
+Readers (VOC 2012, COCO 2014), a synthetic VOC-format dataset, joint transforms, atomic label/image IO and the
+pre-flight data check (`wsss_blocks.data.check`).
 
 PIL is needed to read and write files (the ``train`` extra); it is imported lazily, so importing
 this package only needs torch and numpy.
 """
 
+from wsss_blocks.data.check import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DataCheckError,
+    DataCheckReport,
+    DataProblem,
+    SampleFiles,
+    check_data_files,
+    check_data_root,
+    dataset_files,
+)
 from wsss_blocks.data.coco import (
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
@@ -96,4 +107,12 @@ __all__ = [
     "read_split_list",
     "save_cls_labels",
     "write_split_list",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "SampleFiles",
+    "DataProblem",
+    "DataCheckReport",
+    "DataCheckError",
+    "check_data_files",
+    "check_data_root",
+    "dataset_files",
 ]

@@ -1,6 +1,6 @@
 """MS COCO 2014 reader for WSSS, over the usual "COCO as VOC-style label PNGs" layout.
 
-Layout (ToCo, SeCo, DuPL)::
+Layout (ToCo, SeCo, DuPL):
 
     root/
       JPEGImages/{train2014,val2014}/<name>.jpg          (or coco2014/{train2014,val2014}/)
@@ -11,7 +11,7 @@ AFA and WeCLIP name the sub-folders ``train`` and ``val``; both spellings are fo
 
 Label PNGs made by ``alicranck/coco2voc`` store the **raw COCO category id** (1..90, not
 contiguous); the masks distributed with ToCo/AFA are already contiguous 1..80. Pass
-``raw_category_ids=True`` for the former: values are remapped with :func:`coco_id_to_contiguous`.
+``raw_category_ids=True`` for the former: values are remapped with [`coco_id_to_contiguous`][].
 
 Examples:
     >>> import numpy as np
@@ -48,8 +48,6 @@ __all__ = [
     "COCOSegmentation",
 ]
 
-#: The 80 COCO object classes in the standard order (official COCO API names); mask value ``i + 1``
-#: is ``COCO_CLASSES[i]`` and 0 is background.
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
@@ -61,12 +59,15 @@ COCO_CLASSES: tuple[str, ...] = (
     "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
-#: The raw COCO ``category_id`` of each class in :data:`COCO_CLASSES` (1..90 with gaps).
+"""The 80 COCO object classes in the standard order (official COCO API names); mask value ``i + 1`` is
+``COCO_CLASSES[i]`` and 0 is background."""
 COCO_CATEGORY_IDS: tuple[int, ...] = (
     *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
     *range(84, 91),
 )
+"""The raw COCO ``category_id`` of each class in [`COCO_CLASSES`][] (1..90 with gaps)."""
 COCO_NUM_CLASSES = 80
+"""Number of COCO object classes (mask values 1..80; 0 is background)."""
 
 _INVALID = -1
 _ID_LUT = np.full(256, _INVALID, dtype=np.int64)
@@ -107,29 +108,29 @@ def coco_id_to_contiguous(ids: Any, unknown: str = "error") -> Any:
         >>> coco_id_to_contiguous(torch.tensor([[1, 90], [0, 44]])).tolist()
         [[1, 80], [0, 40]]
     """
-    return _apply_lut(ids, _ID_LUT, unknown, "COCO category id")
+    return _apply_lut(ids, _ID_LUT, unknown, "COCO category id", "ids")
 
 
 def contiguous_to_coco_id(values: Any, unknown: str = "error") -> Any:
-    """Inverse of :func:`coco_id_to_contiguous`: mask values 0..80 (and 255) to raw category ids.
+    """Inverse of [`coco_id_to_contiguous`][]: mask values 0..80 (and 255) to raw category ids.
 
     Examples:
         >>> contiguous_to_coco_id(80)
         90
     """
-    return _apply_lut(values, _INV_LUT, unknown, "contiguous COCO class value")
+    return _apply_lut(values, _INV_LUT, unknown, "contiguous COCO class value", "values")
 
 
-def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
+def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str, name: str = "ids") -> Any:
     if unknown not in ("error", "ignore"):
         raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
     if isinstance(ids, bool):
-        raise TypeError(f"ids must be an int, numpy array or tensor, got {type(ids).__name__}")
+        raise TypeError(f"{name} must be an int, numpy array or tensor, got {type(ids).__name__}")
     if isinstance(ids, (int, np.integer)):
-        return int(_apply_lut(np.asarray([ids]), lut, unknown, what)[0])
+        return int(_apply_lut(np.asarray([ids]), lut, unknown, what, name)[0])
     if isinstance(ids, torch.Tensor):
         if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
-            raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+            raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
         x = ids.long()
         in_range = (x >= 0) & (x <= 255)
         t_lut = torch.as_tensor(lut, device=x.device)
@@ -143,7 +144,7 @@ def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
         return out
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
-            raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
+            raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
         xa = ids.astype(np.int64)
         outa = lut[np.clip(xa, 0, 255)]
         bada = (xa < 0) | (xa > 255) | (outa == _INVALID)
@@ -153,7 +154,7 @@ def _apply_lut(ids: Any, lut: np.ndarray, unknown: str, what: str) -> Any:
                 raise ValueError(f"{what}s {vals} have no class (valid: 0, 255 and the 80 COCO ids)")
             outa = np.where(bada, IGNORE_INDEX, outa)
         return outa
-    raise TypeError(f"ids must be an int, numpy array or tensor, got {type(ids).__name__}")
+    raise TypeError(f"{name} must be an int, numpy array or tensor, got {type(ids).__name__}")
 
 
 _SPLIT_FOLDERS = {"train": ("train2014", "train"), "val": ("val2014", "val")}

@@ -1,7 +1,7 @@
 """File input/output for VOC-format datasets: the VOC palette, label PNGs, images and atomic writes.
 
 Label PNGs are read with PIL as **indices**, never as RGB (``imageio`` returns RGB for palette PNGs,
-a classic pitfall; see ``docs/data.md``). Every write goes through :func:`atomic_write`, so an
+a classic pitfall; see ``docs/data.md``). Every write goes through [`atomic_write`][], so an
 interrupted run never leaves a half-written file under the final name.
 
 PIL is an optional dependency (the ``train`` extra); it is imported lazily inside the functions.
@@ -85,7 +85,7 @@ class DiskFullError(OSError):
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-#: the temporary names of `atomic_write`: ``.<name>.<8 random characters of mkstemp>.tmp``
+# the temporary names of `atomic_write`: ``.<name>.<8 random characters of mkstemp>.tmp``
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
@@ -245,7 +245,7 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
                    fsync: bool = True) -> None:
     """Write a label mask as a PNG, atomically.
 
-    With ``palette=True`` the file is an indexed ("P"-mode) PNG carrying :func:`voc_palette`, like
+    With ``palette=True`` the file is an indexed ("P"-mode) PNG carrying [`voc_palette`][], like
     VOC ``SegmentationClass``; with ``palette=False`` it is a plain greyscale PNG, like
     ``SegmentationClassAug``. Either way the stored pixel values are the class indices.
 
@@ -253,7 +253,7 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
         path: output file (``.png``).
         mask: integer array or tensor of shape H×W with values in ``[0, 255]``.
         palette: write a palette PNG (True) or greyscale (False).
-        fsync: passed to :func:`atomic_write`.
+        fsync: passed to [`atomic_write`][].
 
     Shape:
         - mask: ``(H, W)``.
@@ -274,6 +274,8 @@ def save_label_png(path: PathLike, mask: np.ndarray | torch.Tensor, palette: boo
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
         raise ValueError(f"mask values must lie in [0, 255] for a PNG label file, got values in "
                          f"[{int(arr.min())}, {int(arr.max())}]")
+    if 0 in arr.shape:
+        raise ValueError(f"mask must have a positive size H×W, got shape {arr.shape}")
     arr8 = np.ascontiguousarray(arr.astype(np.uint8))
     h, w = arr8.shape
     if palette:
@@ -297,6 +299,21 @@ def _open_image(path: Path, what: str) -> Any:
     except (OSError, SyntaxError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read {what} file {str(path)!r}: corrupt or not an image ({exc})") from exc
     return img
+
+
+def _is_16bit_grey(img: Any) -> bool:
+    """A 16-bit greyscale image: PIL mode ``I;16*``, or ``I`` for a PNG (whose samples have at most 16 bits)."""
+    return str(img.mode).startswith("I;16") or (img.mode == "I" and getattr(img, "format", None) == "PNG")
+
+
+def _image_bit_depth(img: Any) -> int:
+    """Bits per channel of an opened PIL image (1, 8, 16 or 32); the data check refuses what is not 8 (or 1)."""
+    mode = str(img.mode)
+    if _is_16bit_grey(img):
+        return 16
+    if mode in ("I", "F"):
+        return 32
+    return 1 if mode == "1" else 8
 
 
 def load_label_png(path: PathLike) -> np.ndarray:
@@ -337,14 +354,16 @@ def load_image(path: PathLike) -> np.ndarray:
     """Read an image file as RGB ``uint8``.
 
     Args:
-        path: image file (JPEG, PNG, ...). Greyscale and palette images are converted to RGB.
+        path: image file (JPEG, PNG, ...). Greyscale and palette images are converted to RGB; 16-bit greyscale
+            images are scaled to 8 bits (``round(v / 257)``), never clipped.
 
     Returns:
         ``np.ndarray`` of dtype ``uint8`` and shape H×W×3.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is corrupt or not an image (the message names the file).
+        ValueError: the file is corrupt or not an image, or a 32-bit integer / floating-point image without a
+            0..255 scale (the message names the file).
 
     Shape:
         - Output: ``(H, W, 3)``.
@@ -358,6 +377,18 @@ def load_image(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     img = _open_image(path, "image")
+    if _is_16bit_grey(img):
+        # PIL's convert("RGB") clips 16-bit values at 255 (a 16-bit photo turns white): scale 0..65535 to 0..255
+        a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"cannot read image file {str(path)!r}: mode {img.mode!r} holds values outside the "
+                             f"16-bit range [0, 65535] ({a.min():g}..{a.max():g})")
+        grey = np.rint(a / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise ValueError(f"cannot read image file {str(path)!r}: it is a {kind} image (PIL mode {img.mode!r}) with no "
+                         f"standard 0..255 scale; convert it to 8-bit RGB (or 8/16-bit greyscale) first")
     try:
         rgb = img.convert("RGB")
     except (OSError, ValueError) as exc:  # pragma: no cover - PIL rarely fails after load()
@@ -373,7 +404,7 @@ def save_image(path: PathLike, array: np.ndarray | torch.Tensor, quality: int = 
         path: output file; ``.jpg``/``.jpeg`` (JPEG with ``quality``), ``.png`` and other PIL formats.
         array: ``uint8`` array or tensor of shape H×W×3 (RGB) or H×W (greyscale).
         quality: JPEG quality (ignored for other formats).
-        fsync: passed to :func:`atomic_write`.
+        fsync: passed to [`atomic_write`][].
 
     Shape:
         - array: ``(H, W, 3)`` or ``(H, W)``.
@@ -391,6 +422,8 @@ def save_image(path: PathLike, array: np.ndarray | torch.Tensor, quality: int = 
         raise ValueError(f"array must have shape H×W×3 or H×W, got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         raise TypeError(f"array must have dtype uint8, got {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"array must have a positive size H×W, got shape {tuple(arr.shape)}")
     path = Path(path)
     fmt = _pil_format(path)
     img = Image.fromarray(np.ascontiguousarray(arr))

@@ -17,12 +17,12 @@ from wsss_blocks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CAFFE_MEAN_BGR", "Normalization", "NormalizationSettings", "data_normalization", "normalize_images"]
 
-#: deeplab-pytorch / caffe mean in BGR order, 0..255 scale
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
+"""The deeplab-pytorch / caffe mean in BGR order, 0..255 scale."""
 
 RGB: TypeAlias = tuple[float, float, float]
-#: ``"imagenet"``, ``"caffe"`` or an explicit ``(mean, std)`` pair of RGB triples in [0, 1] units
 Normalization: TypeAlias = str | tuple[RGB, RGB]
+"""``"imagenet"``, ``"caffe"`` or an explicit ``(mean, std)`` pair of RGB triples in [0, 1] units."""
 
 
 class NormalizationSettings(Protocol):

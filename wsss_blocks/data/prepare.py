@@ -1,7 +1,7 @@
 """One command per dataset: download, verify, extract and convert VOC 2012 + SBD and COCO 2014 for WSSS.
 
-:func:`prepare_voc` turns nothing (or the official archives) into the layout the VOC reader and the
-``*_voc`` configs read::
+[`prepare_voc`][] turns nothing (or the official archives) into the layout the VOC reader and the
+``*_voc`` configs read:
 
     ROOT/
       archives/VOCtrainval_11-May-2012.tar, benchmark.tgz        downloads (``--archives`` to use your own)
@@ -12,16 +12,16 @@
         ImageSets/Segmentation/train_aug.txt                      10,582 names
         cls_labels.npy                                            image labels, IRN format (12,031 entries)
 
-:func:`prepare_coco` does the same for COCO 2014 (``ROOT/JPEGImages/{train2014,val2014}``,
+[`prepare_coco`][] does the same for COCO 2014 (``ROOT/JPEGImages/{train2014,val2014}``,
 ``ROOT/SegmentationClass/{train2014,val2014}`` label PNGs with values 0..80, ``ImageSets/Segmentation/
-{train,val}.txt``, ``cls_labels.npy``), and :func:`prepare_saliency` installs a released saliency-map set
+{train,val}.txt``, ``cls_labels.npy``), and [`prepare_saliency`][] installs a released saliency-map set
 into the folder the configs read (``Sal`` for L2G's PoolNet maps, ``SALImages`` for the PFAN maps of EPS
 and SMAF).
 
 Every step is idempotent and resumable:
 
-* archives come through :func:`wsss_blocks.hub.download` (resume with HTTP ``Range``, the published MD5 checked
-  before the file gets its final name, ``WSSS_BLOCKS_MIRROR`` / ``WSSS_BLOCKS_OFFLINE`` honoured);
+* archives come through [`wsss_blocks.hub.download`][wsss_blocks.hub.download] (resume with HTTP ``Range``, the
+  published MD5 checked before the file gets its final name, ``WSSS_BLOCKS_MIRROR`` / ``WSSS_BLOCKS_OFFLINE`` honoured);
 * an archive is extracted into a hidden sibling folder (``.VOC2012.partial``) that is renamed to its final
   name only when complete, so an interrupted extraction never leaves a half folder under the final name
   (the next run deletes the partial folder and extracts again). Members with absolute paths, ``..`` or
@@ -120,8 +120,6 @@ class Archive:
     page: str = ""
 
 
-#: The archives :func:`prepare_voc` and :func:`prepare_coco` read, by key. File names are the official ones, so
-#: copies downloaded by hand (``--archives DIR``) are found under the same names.
 ARCHIVES: dict[str, Archive] = {
     "voc2012-trainval": Archive(
         key="voc2012-trainval",
@@ -160,6 +158,8 @@ ARCHIVES: dict[str, Archive] = {
         size_note="about 241 MB (not confirmed)",
         page="https://cocodataset.org/#download"),
 }
+"""The archives [`prepare_voc`][] and [`prepare_coco`][] read, by key. File names are the official ones, so
+copies downloaded by hand (``--archives DIR``) are found under the same names."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,6 @@ def _drive(file_id: str) -> str:
     return f"https://drive.google.com/file/d/{file_id}"
 
 
-#: Released saliency-map sets. None has a direct download link today (all are Google Drive shares, which need a
-#: browser), so :func:`prepare_saliency` installs a copy you downloaded (``--from``) and otherwise says where to get it.
 SALIENCY_SETS: dict[str, SaliencySet] = {
     "poolnet-voc": SaliencySet(
         name="poolnet-voc", dataset="voc", model="PoolNet", used_by="L2G", folder="Sal",
@@ -202,15 +200,17 @@ SALIENCY_SETS: dict[str, SaliencySet] = {
         page=_drive("1d28NKIXQA6lHDt6iIOD8cyySMQ66GoaS"),
         source="halbielee/EPS README.md (saliency maps, COCO link updated 2023-02-22)"),
 }
+"""Released saliency-map sets. None has a direct download link today (all are Google Drive shares, which need a
+browser), so [`prepare_saliency`][] installs a copy you downloaded (``--from``) and otherwise says where to get it."""
 
-#: Counts of the official archives (IRN ``voc12/*.txt`` line counts; SBD ``train.txt``/``val.txt``).
 VOC_OFFICIAL_COUNTS = {"train": 1464, "val": 1449, "train_aug": 10582, "sbd_train": 8498, "sbd_val": 2857,
                        "masks": 12031}
-#: COCO 2014 images per split, and the WSSS splits (images with at least one annotation; ToCo ``datasets/coco``).
+"""Counts of the official archives (IRN ``voc12/*.txt`` line counts; SBD ``train.txt``/``val.txt``)."""
 COCO_OFFICIAL_COUNTS = {"train": (82783, 82081), "val": (40504, 40137)}
-#: Images per class in jiwoon-ahn/irn ``voc12/cls_labels.npy`` (12,031 entries, ``VOC_CLASSES`` order).
+"""COCO 2014 images per split, and the WSSS splits (images with at least one annotation; ToCo ``datasets/coco``)."""
 IRN_CLASS_COUNTS = (680, 583, 808, 540, 810, 467, 1277, 1124, 1351, 338, 688, 1316, 524, 568, 4600, 607, 357, 739,
                     587, 641)
+"""Images per class in jiwoon-ahn/irn ``voc12/cls_labels.npy`` (12,031 entries, ``VOC_CLASSES`` order)."""
 
 
 class UnsafeArchiveError(ValueError):
@@ -526,7 +526,7 @@ _VOC_STEPS = ("masks", "train_aug", "labels", "verify")
 
 
 def voc_data_root(root: PathLike) -> Path:
-    """The VOC data root that :func:`prepare_voc` makes under ``root``: ``root/VOCdevkit/VOC2012``."""
+    """The VOC data root that [`prepare_voc`][] makes under ``root``: ``root/VOCdevkit/VOC2012``."""
     return Path(root).expanduser().absolute() / "VOCdevkit" / "VOC2012"
 
 
@@ -636,7 +636,7 @@ def prepare_voc(root: PathLike, *, archives: PathLike | None = None, download_di
         verbose: print what is done.
 
     Returns:
-        :class:`Prepared` with ``data_root`` (``root/VOCdevkit/VOC2012``, the ``--data-root`` to pass), the
+        [`Prepared`][] with ``data_root`` (``root/VOCdevkit/VOC2012``, the ``--data-root`` to pass), the
         final counts and the steps run now (empty when everything was already prepared).
 
     Raises:
@@ -1000,7 +1000,7 @@ def prepare_coco(root: PathLike, *, archives: PathLike | None = None, download_d
 
     1. ``train2014.zip`` / ``val2014.zip`` → ``root/JPEGImages/{train2014,val2014}``;
     2. ``annotations_trainval2014.zip`` → ``root/annotations/instances_{train,val}2014.json`` (only these two);
-    3. label PNGs ``root/SegmentationClass/<split>2014/<name>.png`` rendered with :func:`render_coco_mask`
+    3. label PNGs ``root/SegmentationClass/<split>2014/<name>.png`` rendered with [`render_coco_mask`][]
        (``convention``), and ``root/ImageSets/Segmentation/<split>.txt`` listing them. With ``"coco2voc"``
        images without annotations get no mask, which gives the WSSS splits (82,081 train / 40,137 val);
     4. ``cls_labels.npy`` (and the same dict as ``cls_labels_onehot.npy``, the AFA/ToCo name the ``tscd_coco``
@@ -1014,9 +1014,9 @@ def prepare_coco(root: PathLike, *, archives: PathLike | None = None, download_d
         root: the COCO data root to prepare (created if needed).
         archives: a folder holding the official archives under their official names (nothing is downloaded).
         download_dir: where downloads go (default ``root/archives``).
-        verify: check published hashes (COCO has none; kept for symmetry with :func:`prepare_voc`).
+        verify: check published hashes (COCO has none; kept for symmetry with [`prepare_voc`][]).
         splits: ``"train"`` and/or ``"val"``.
-        convention: ``"coco2voc"`` (default) or ``"recam"``, see :func:`render_coco_mask`.
+        convention: ``"coco2voc"`` (default) or ``"recam"``, see [`render_coco_mask`][].
         raw_category_ids: write raw ids 1..90 (then set ``data.coco_raw_category_ids=true``).
         workers: processes rendering masks (1 = in this process).
         remove_archives: delete the downloaded archives once everything is prepared.
@@ -1025,7 +1025,7 @@ def prepare_coco(root: PathLike, *, archives: PathLike | None = None, download_d
 
     Raises:
         ImportError: pycocotools is missing (``pip install "wsss-blocks[coco]"``).
-        FileNotFoundError, ValueError, hub.DownloadError, hub.OfflineError: as :func:`prepare_voc`.
+        FileNotFoundError, ValueError, hub.DownloadError, hub.OfflineError: as [`prepare_voc`][].
     """
     splits = tuple(splits)
     if not splits or any(s not in ("train", "val") for s in splits) or len(set(splits)) != len(splits):
@@ -1195,9 +1195,9 @@ def prepare_saliency(name: str, root: PathLike, *, source: PathLike | None = Non
                      verbose: bool = True) -> Path:
     """Install a released saliency-map set into the folder the configs read; return that folder.
 
-    The maps go to ``<data root>/<folder>`` (``folder`` of :data:`SALIENCY_SETS`: ``Sal`` for the PoolNet maps of
+    The maps go to ``<data root>/<folder>`` (``folder`` of [`SALIENCY_SETS`][]: ``Sal`` for the PoolNet maps of
     L2G, read through ``data.saliency_dir: Sal``; ``SALImages`` for the PFAN maps of EPS/SMAF), where the data
-    root is the one of :func:`prepare_voc` / :func:`prepare_coco` for the same ``root``.
+    root is the one of [`prepare_voc`][] / [`prepare_coco`][] for the same ``root``.
 
     ``source`` is the file you downloaded (zip or tar, any inner layout: the folder holding the most PNGs is
     taken) or a folder of ``<name>.png`` maps. Without ``source`` the set is downloaded when it has a direct link;
@@ -1361,7 +1361,7 @@ def diagnose_voc_root(path: PathLike, *, saliency_dir: PathLike | None = None,
     """Why ``path`` is not a prepared VOC 2012 + SBD data root, with the command that fixes it; ``None`` if it is.
 
     Checked in order: the folder, the VOC 2012 tree (``JPEGImages``, ``Annotations``, ``SegmentationClass``,
-    ``ImageSets/Segmentation/{train,val}.txt``), an interrupted :func:`prepare_voc`, ``SegmentationClassAug``,
+    ``ImageSets/Segmentation/{train,val}.txt``), an interrupted [`prepare_voc`][], ``SegmentationClassAug``,
     the image-label file ``labels_file`` (when it is a bare file name the configs expect under the root) and the
     ``saliency_dir`` (when given). A folder prepared by other means passes as long as these exist.
 
@@ -1400,7 +1400,7 @@ def diagnose_voc_root(path: PathLike, *, saliency_dir: PathLike | None = None,
 
 def diagnose_coco_root(path: PathLike, *, saliency_dir: PathLike | None = None,
                        labels_file: PathLike | None = "cls_labels.npy") -> str | None:
-    """As :func:`diagnose_voc_root` for a COCO 2014 data root (``JPEGImages``, ``SegmentationClass``, labels)."""
+    """As [`diagnose_voc_root`][] for a COCO 2014 data root (``JPEGImages``, ``SegmentationClass``, labels)."""
     p = Path(path).expanduser().absolute()
     cmd = f"`wsss-blocks data prepare coco --root {p}`"
     head = "COCO 2014 is not prepared in this folder"
@@ -1425,7 +1425,7 @@ def diagnose_coco_root(path: PathLike, *, saliency_dir: PathLike | None = None,
 
 def diagnose_data_root(path: PathLike, dataset: str, *, saliency_dir: PathLike | None = None,
                        labels_file: PathLike | None = "cls_labels.npy") -> str | None:
-    """:func:`diagnose_voc_root` or :func:`diagnose_coco_root` by ``dataset`` (``None`` for other datasets)."""
+    """[`diagnose_voc_root`][] or [`diagnose_coco_root`][] by ``dataset`` (``None`` for other datasets)."""
     if dataset == "voc":
         return diagnose_voc_root(path, saliency_dir=saliency_dir, labels_file=labels_file)
     if dataset == "coco":
@@ -1438,9 +1438,9 @@ def explain_unprepared(path: PathLike | None, dataset: str, *, saliency_dir: Pat
                        labels_file: PathLike | None = None) -> Iterator[None]:
     """Add the missing preparation step and its ``wsss-blocks data prepare`` command to data errors.
 
-    On entry, a data root whose :func:`prepare_voc` / :func:`prepare_coco` was interrupted is refused at once
+    On entry, a data root whose [`prepare_voc`][] / [`prepare_coco`][] was interrupted is refused at once
     (its partial ``SegmentationClassAug`` would otherwise pass for a smaller dataset). A ``FileNotFoundError`` or
-    ``ValueError`` raised inside gets the diagnosis appended when :func:`diagnose_data_root` finds a missing step.
+    ``ValueError`` raised inside gets the diagnosis appended when [`diagnose_data_root`][] finds a missing step.
     For ``dataset`` other than ``voc``/``coco``, or ``path`` ``None``, it does nothing.
 
     Examples:
@@ -1492,6 +1492,26 @@ def sources_table() -> str:
     return "\n".join(rows)
 
 
+def _check_files(args: argparse.Namespace) -> int:
+    """``data check --files``: decode every image and mask; print the report (status 1 with problems)."""
+    import hashlib
+
+    from .check import DEFAULT_MAX_IMAGE_PIXELS, check_data_root
+
+    root = Path(args.data_root).expanduser().absolute()
+    cache_dir = Path(os.environ.get("WSSS_BLOCKS_CACHE") or Path.home() / ".cache" / "wsss_blocks")
+    cache = cache_dir / "data_check" / f"{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.json"
+    report = check_data_root(root, args.dataset, args.splits,
+                             max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+                             workers=args.workers, cache_file=cache, progress=not args.no_progress)
+    if report.problems:
+        print(report.message(max_listed=50))
+        return 1
+    print(f"{args.data_root}: ready; {report.files} files decoded and valid ({report.decoded} decoded now, the "
+          f"others unchanged since they were checked; {report.seconds:.1f} s)")
+    return 0
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Run a parsed ``wsss-blocks data ...`` command; errors go to stderr as one ``error:`` line (status 2)."""
     try:
@@ -1501,11 +1521,13 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.data_command == "check":
             msg = diagnose_data_root(args.data_root, args.dataset, saliency_dir=args.saliency_dir,
                                      labels_file=args.labels_file)
-            if msg is None:
-                print(f"{args.data_root}: ready")
-                return 0
-            print(msg)
-            return 1
+            if msg is not None:
+                print(msg)
+                return 1
+            if getattr(args, "files", False):
+                return _check_files(args)
+            print(f"{args.data_root}: ready")
+            return 0
         what = args.prepare_what
         common = dict(progress=not args.no_progress, verbose=not args.quiet)
         if what == "voc":

@@ -13,8 +13,8 @@ bodies a faint tint of their class hue (saturation 0.15-0.35 against the heads' 
 away from the head, which methods built to find less discriminative parts (L2G's local views, PPL's
 patches, SMAF's multi-scale fusion) can learn to use and a plain CAM tends to ignore.
 
-:func:`make_synthetic_voc` writes the same folders, lists and label files as VOC, so the real
-:class:`~wsss_blocks.data.voc.VOCSegmentation` reader loads it unchanged::
+[`make_synthetic_voc`][] writes the same folders, lists and label files as VOC, so the real
+[`VOCSegmentation`][wsss_blocks.data.voc.VOCSegmentation] reader loads it unchanged:
 
     root/
       JPEGImages/<name>.jpg
@@ -68,12 +68,14 @@ __all__ = [
     "PART_HEAD",
 ]
 
-#: Bumped whenever the generator's output changes (part of the cache key in ``synthetic.json``).
-#: Version 2 adds ``PartMasks/`` and ``body_evidence``; with ``body_evidence=0`` images and masks equal version 1's.
 SYNTHETIC_VERSION = 2
+"""Bumped whenever the generator's output changes (part of the cache key in ``synthetic.json``).
 
-#: Values of the part masks (``PartMasks/<name>.png``, :attr:`SyntheticSample.part_mask`).
+Version 2 adds ``PartMasks/`` and ``body_evidence``; with ``body_evidence=0`` images and masks equal version 1's.
+"""
+
 PART_BACKGROUND, PART_BODY, PART_HEAD = 0, 1, 2
+"""Values of the part masks (``PartMasks/<name>.png``, `SyntheticSample.part_mask`)."""
 
 _TRAIN_PREFIX = "2030"
 _VAL_PREFIX = "2031"

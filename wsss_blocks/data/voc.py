@@ -1,6 +1,6 @@
 """PASCAL VOC 2012 (+ SBD "train_aug") reader for weakly supervised semantic segmentation.
 
-Reads the standard ``VOCdevkit/VOC2012`` layout::
+Reads the standard ``VOCdevkit/VOC2012`` layout:
 
     root/
       JPEGImages/<name>.jpg
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wsss_blocks._checks import check_choice
+from wsss_blocks._checks import check_choice, check_int
 from wsss_blocks.data.io import _open_image, atomic_write, load_image, load_label_png
 
 __all__ = [
@@ -55,16 +55,17 @@ __all__ = [
     "class_names_file",
 ]
 
-#: The 20 VOC foreground classes in the standard order (mask value ``i + 1`` is ``VOC_CLASSES[i]``;
-#: mask value 0 is background).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
+"""The 20 VOC foreground classes in the standard order (mask value ``i + 1`` is ``VOC_CLASSES[i]``; mask value 0 is
+background)."""
 VOC_NUM_CLASSES = 20
-#: Mask value of void / ignored pixels.
+"""Number of VOC foreground classes (mask values 1..20; 0 is background)."""
 IGNORE_INDEX = 255
+"""Mask value of void / ignored pixels."""
 
 PathLike = str | os.PathLike
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -106,7 +107,7 @@ def read_split_list(path: PathLike) -> list[str]:
     """Read a split list file: one image per line; the first whitespace-separated column is used.
 
     Empty lines and lines starting with ``#`` are skipped; entries go through
-    :func:`decode_voc_name`, so IRN integer lists and DeepLab ``image mask`` pair lists both work.
+    [`decode_voc_name`][], so IRN integer lists and DeepLab ``image mask`` pair lists both work.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -151,7 +152,7 @@ def derive_train_aug(root: PathLike, mask_dir: PathLike = "SegmentationClassAug"
 
     For the real data this gives VOC12 seg-train ∪ SBD (train + val) minus VOC12 seg-val =
     **10,582** names (``SegmentationClassAug`` holds 12,031 = 10,582 + 1,449 val masks). The result
-    is sorted, so it is deterministic. Write it with :func:`write_split_list`.
+    is sorted, so it is deterministic. Write it with [`write_split_list`][].
 
     Args:
         root: dataset root (``VOCdevkit/VOC2012``).
@@ -180,7 +181,7 @@ def load_cls_labels(path: PathLike, num_classes: int = VOC_NUM_CLASSES) -> dict[
 
     Both conventions in use are read: IRN's ``voc12/cls_labels.npy`` (integer keys such as
     ``2007000032``) and ToCo's ``cls_labels_onehot.npy`` (string keys ``'2007_000032'``). Keys are
-    normalised with :func:`decode_voc_name`. The file is a pickled dict, so only load files you
+    normalised with [`decode_voc_name`][]. The file is a pickled dict, so only load files you
     trust.
 
     Raises:
@@ -269,13 +270,39 @@ def labels_from_annotation(xml_path: PathLike, class_names: Sequence[str] = VOC_
 def labels_from_mask(mask: np.ndarray | torch.Tensor, num_classes: int = VOC_NUM_CLASSES) -> np.ndarray:
     """Image-level labels from a mask: classes present = unique values minus 0 and 255, minus 1.
 
+    Every value must be a class (0 background, 1..``num_classes``) or 255 (ignore): a mask with another value
+    (a class of another dataset, a negative value, a fractional float) raises ``ValueError`` instead of being
+    dropped or truncated.
+
+    Args:
+        mask: H×W label mask (integer, or float holding whole numbers).
+        num_classes: foreground classes C.
+
+    Returns:
+        ``(C,)`` float32 multi-hot vector.
+
     Examples:
         >>> import numpy as np
         >>> labels_from_mask(np.array([[0, 1], [15, 255]]))[[0, 14]].tolist()
         [1.0, 1.0]
     """
+    check_int(num_classes, "num_classes", minimum=1)
+    if not isinstance(mask, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"mask must be a numpy array or torch.Tensor, got {type(mask).__name__}")
     arr = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must have shape H×W (2-D), got {arr.ndim}-D array of shape {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"mask must hold class indices (an integer array), got dtype {arr.dtype}")
     vals = np.unique(arr)
+    if arr.dtype.kind == "f":
+        frac = vals[~np.isfinite(vals) | (vals != np.round(vals))]
+        if frac.size:
+            raise ValueError(f"mask must hold whole class indices, got value {float(frac[0]):g}")
+    bad = vals[((vals < 0) | (vals > num_classes)) & (vals != IGNORE_INDEX)]
+    if bad.size:
+        raise ValueError(f"mask has value {bad[0]:g} outside [0, {num_classes}] and {IGNORE_INDEX} (ignore) for "
+                         f"num_classes={num_classes}; values: {[float(v) for v in bad[:5]]}")
     vals = vals[(vals >= 1) & (vals <= num_classes)].astype(np.int64)
     vec = np.zeros(num_classes, dtype=np.float32)
     vec[vals - 1] = 1.0
@@ -443,7 +470,7 @@ class VOCSegmentation(_LabelPNGDataset):
 
     1. a path to a list file (anything ending in ``.txt`` or containing a path separator);
     2. ``root/ImageSets/Segmentation/<split>.txt``, then ``root/ImageSets/SegmentationAug/<split>.txt``;
-    3. for ``"train_aug"`` only, when no list file exists: derived with :func:`derive_train_aug`
+    3. for ``"train_aug"`` only, when no list file exists: derived with [`derive_train_aug`][]
        (names in ``SegmentationClassAug``, or in ``mask_dir`` when given, minus ``val.txt``; 10,582
        names on the real data).
 
@@ -459,7 +486,8 @@ class VOCSegmentation(_LabelPNGDataset):
         labels_file: image-label source, see above; ``None`` derives labels from masks.
         saliency_dir: optional folder of greyscale saliency PNGs ``<name>.png`` (relative to root or
             absolute), returned as ``saliency`` in [0, 1].
-        transform: callable applied to the sample dict (see :mod:`wsss_blocks.data.transforms`).
+        transform: callable applied to the sample dict (see
+            [`wsss_blocks.data.transforms`][wsss_blocks.data.transforms]).
         return_mask: include ``mask`` in the sample.
         return_labels: include ``labels`` (set False for the test split, which has neither masks
             nor labels).

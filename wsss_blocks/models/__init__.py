@@ -2,9 +2,9 @@
 
 Importing this package needs only torch; torchvision and timm are imported when a backbone of theirs is
 built. ``pretrained=`` takes a local file, a state dict or the name of a released initialisation of the
-weights registry (`wsss_blocks.models.weights`: fetched, verified and converted into the cache on first
+weights registry ([`wsss_blocks.models.weights`][]: fetched, verified and converted into the cache on first
 use); MXNet ``.params`` and Caffe ``.caffemodel`` files are read without those frameworks
-(`wsss_blocks.models.converters`).
+([`wsss_blocks.models.converters`][]).
 """
 
 from .backbones import (

@@ -5,26 +5,27 @@ Every backbone in this package follows one small protocol so that heads compose 
 * ``forward(images)`` returns a **list of feature maps**, shallow to deep (B×C_i×h_i×w_i);
 * ``out_channels`` (tuple of int) and ``strides`` (tuple of int) describe those maps.
 
-:func:`build_backbone` builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
+[`build_backbone`][] builds, by name, the library's own ResNet-38 (``"resnet38d"``) and MiT-B0..B5
 (``"mit_b1"`` ...), torchvision ResNets (``"resnet50"``, ``"resnet101"``, ... with
 ``replace_stride_with_dilation`` for output stride 8 or 16), any timm model (``"timm:<name>"``, built with
 ``features_only=True``) and a tiny CNN for tests (``"tiny"``). ``pretrained=`` takes a local file, a state
-dict, or the name of a released initialisation of the weights registry (`wsss_blocks.models.weights`,
+dict, or the name of a released initialisation of the weights registry ([`wsss_blocks.models.weights`][],
 e.g. ``"resnet50-imagenet"``), which is downloaded and verified into the cache on first use; ``None`` or
 ``"none"`` means random initialisation.
 
-:func:`load_pretrained` loads a checkpoint file or state dict into a model through an optional key map. It
+[`load_pretrained`][] loads a checkpoint file or state dict into a model through an optional key map. It
 refuses, with a message naming the keys, a checkpoint from another architecture (too few keys match), from
 another class count (shape mismatch) or with missing/unexpected keys (``strict``), and returns a
-:class:`LoadReport` listing what was loaded, missing and ignored.
+[`LoadReport`][] listing what was loaded, missing and ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import require
+from wsss_blocks._checks import check_batch, require
 
 from .registry import KeyMap, backbone_entry, get_key_map, register_key_map, registered_backbones
 from .state_dict import is_random_init, read_checkpoint
@@ -47,6 +48,7 @@ __all__ = [
     "available_backbones",
     "TorchvisionResNet",
     "TimmBackbone",
+    "TIMM_PRETRAINED",
     "TinyBackbone",
     "set_bn_eval",
 ]
@@ -62,13 +64,13 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any], *, weights_on
 
     A string that is not an existing file but a registry name (``wsss-blocks weights list``) is resolved to its
     verified file in the cache, which is downloaded first if needed
-    (`wsss_blocks.models.weights.resolve_weights`); the file is then read by
-    `wsss_blocks.models.state_dict.read_checkpoint` (MXNet ``.params`` with NumPy alone, their names kept,
+    ([`wsss_blocks.models.weights.resolve_weights`][]); the file is then read by
+    [`wsss_blocks.models.state_dict.read_checkpoint`][] (MXNet ``.params`` with NumPy alone, their names kept,
     e.g. ``arg:res4b5_branch2b1_weight``, for the key maps).
 
     Args:
         source: a local path, a registry name, or an already loaded (possibly nested) dict.
-        weights_only: see `wsss_blocks.models.state_dict.read_checkpoint`.
+        weights_only: see [`wsss_blocks.models.state_dict.read_checkpoint`][].
 
     Returns:
         A flat ``{name: tensor}`` dict on the CPU.
@@ -197,7 +199,7 @@ def load_pretrained(
 ) -> LoadReport:
     """Load a checkpoint into ``model`` through a key map, with clear errors.
 
-    Steps: read and unwrap the checkpoint (:func:`read_state_dict`), rename every key with ``key_map``
+    Steps: read and unwrap the checkpoint ([`read_state_dict`][]), rename every key with ``key_map``
     (``None`` result = drop), then check against ``model.state_dict()``:
 
     1. fewer than ``min_match`` of the model's tensors found -> ``ValueError`` ("another architecture"),
@@ -215,18 +217,18 @@ def load_pretrained(
         source: local checkpoint path, weights-registry name (see `read_state_dict`) or a (nested)
             state dict.
         key_map: ``None``, a registered name (e.g. ``"mxnet_resnet38"``, ``"deeplab_pytorch"``), a prefix
-            dict or a callable; see :func:`get_key_map`.
+            dict or a callable; see [`get_key_map`][wsss_blocks.models.registry.get_key_map].
         strict: fail on missing or unexpected keys (after the allow/ignore lists).
         allow_missing: model-key prefixes or regexes that may stay at their initial values (new heads).
         ignore_unexpected: checkpoint-key prefixes or regexes (after mapping) to drop silently, e.g.
             ``("head.",)`` for an ImageNet classifier.
         min_match: minimum fraction of the model's tensors that must be found in the checkpoint.
-        weights_only: see :func:`read_state_dict`.
+        weights_only: see [`read_state_dict`][].
         reasons: prefix or regex -> explanation, recorded in `LoadReport.reasons` for every dropped,
             ignored or missing key it matches (checkpoint keys for dropped ones, model keys otherwise).
 
     Returns:
-        A :class:`LoadReport`.
+        A [`LoadReport`][].
 
     Examples:
         >>> net = torch.nn.Linear(3, 2)
@@ -371,6 +373,7 @@ class TinyBackbone(nn.Module):
         if output_stride < 1 or output_stride & (output_stride - 1) or output_stride > 2 ** len(widths):
             raise ValueError(f"output_stride must be a power of two <= 2**len(widths) = {2 ** len(widths)}, "
                              f"got {output_stride}")
+        self.in_channels = int(in_channels)
         stages, strides, stride, dilation, cin = [], [], 1, 1, in_channels
         for w in widths:
             if stride < output_stride:
@@ -395,6 +398,7 @@ class TinyBackbone(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", self.in_channels)
         feats, x = [], images
         for stage in self.stages:
             x = stage(x)
@@ -407,6 +411,23 @@ class TinyBackbone(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 _TV_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+@contextlib.contextmanager
+def _building(model: str, backbone: object, **settings: Any) -> Iterator[None]:
+    """Name the network, the backbone and its settings when a backbone given by name cannot be built for it.
+
+    Every model × backbone combination either builds or raises this error saying why (e.g. ResNet-38 has output
+    stride 8 only, MiT encoders 16 or 32, torchvision cannot dilate the BasicBlocks of ResNet-18/34).
+    """
+    try:
+        yield
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        if not isinstance(backbone, str):
+            raise
+        opts = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
+        msg = f"cannot build {model} with backbone {backbone!r}{f' ({opts})' if opts else ''}: {exc}"
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(msg) from exc
 
 
 def _dilation_flags(output_stride: int) -> list[bool]:
@@ -435,8 +456,8 @@ class TorchvisionResNet(nn.Module):
         output_stride: 8, 16 or 32.
         style: ``"pytorch"`` (torchvision) or ``"caffe"`` (deeplab-pytorch layout).
         out_indices: which of ``(layer1, layer2, layer3, layer4)`` = ``(1, 2, 3, 4)`` to return.
-        layers: override the block counts (used by :meth:`tiny`).
-        width_per_group: override the width (used by :meth:`tiny`).
+        layers: override the block counts (used by [`tiny`][]).
+        width_per_group: override the width (used by [`tiny`][]).
 
     Shape:
         - images: B×3×H×W
@@ -459,6 +480,10 @@ class TorchvisionResNet(nn.Module):
         if not out_indices or any(i not in (1, 2, 3, 4) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of (1, 2, 3, 4), got {out_indices}")
         dil = _dilation_flags(output_stride)
+        if name in ("resnet18", "resnet34") and any(dil):
+            raise ValueError(f"{name} is built of BasicBlocks, which torchvision cannot dilate, so its output stride "
+                             f"is 32 only (got output_stride={output_stride}); pass output_stride=32 or use a "
+                             f"Bottleneck ResNet (resnet50 and deeper)")
         if layers is not None:
             resnet_mod = require("torchvision.models.resnet", "train")
             block = resnet_mod.Bottleneck if name not in ("resnet18", "resnet34") else resnet_mod.BasicBlock
@@ -508,6 +533,7 @@ class TorchvisionResNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", self.conv1.in_channels)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         feats = []
         for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
@@ -522,58 +548,174 @@ class TorchvisionResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # timm
 # ----------------------------------------------------------------------------------------------------------
-class TimmBackbone(nn.Module):
-    """Any timm model built with ``features_only=True``, behind the backbone protocol.
+TIMM_PRETRAINED = "timm"
+"""``pretrained`` value that lets timm fetch the model's own pretrained weights (machines with internet)."""
 
-    Weights are read by `read_state_dict` (a local file or a weights-registry name) and handed to timm
-    as an in-memory state dict (``pretrained_cfg_overlay``), so timm's own key filters (e.g. for ViTs) apply
-    and timm itself downloads nothing.
+
+class TimmBackbone(nn.Module):
+    """Any timm model behind the backbone protocol: CNN feature maps or ViT token grids.
+
+    How the maps are taken (``mode``):
+
+    * ``"features"``: ``timm.create_model(..., features_only=True)``, the model's multi-level feature maps (CNNs;
+      ViT-style models too in timm >= 1.0, which reshapes their tokens itself).
+    * ``"tokens"``: the plain model's ``forward_features`` tokens (B×N×D) turned into one B×D×h×w grid with
+      `wsss_blocks.cam.tokens_to_map` (the ``num_prefix_tokens`` class/distillation/register tokens dropped), for
+      plain transformers whose timm version has no ``features_only`` for them (ViTs, DINOv2 or CLIP image towers in
+      timm 0.9); the input is zero-padded right/bottom to a multiple of the patch size first.
+    * ``"auto"`` (default): ``"features"``, and ``"tokens"`` when timm refuses ``features_only``.
+
+    Transformers with a patch embedding get ``dynamic_img_size=True`` (and, in ``"features"`` mode,
+    ``dynamic_img_pad=True``) where their timm class takes it, so multi-scale CAM inference can feed any image size;
+    a model that only takes its fixed ``img_size`` gets its input resized to that size (its maps then have a fixed
+    grid, which the CAM inference resizes to the image).
+
+    Weights: a local file or a weights-registry name is read by `read_state_dict` and handed to timm as an in-memory
+    state dict (``pretrained_cfg_overlay``), so timm's own key filters apply and timm downloads nothing;
+    ``pretrained="timm"`` lets timm download the model's released weights itself (Hugging Face hub), which is
+    refused when ``WSSS_BLOCKS_OFFLINE=1``.
 
     Args:
-        name: a timm model name (see ``timm.list_models()``).
-        pretrained: local checkpoint path, weights-registry name, or ``None``/``"none"``.
+        name: a timm model name (``timm.list_models()``), optionally with a tag
+            (``"vit_small_patch14_dinov2.lvd142m"``).
+        pretrained: local checkpoint path, weights-registry name, ``"timm"``, or ``None``/``"none"``.
         output_stride: passed to timm when given (models that support dilation).
-        out_indices: feature levels to return (timm's meaning); default all.
-        **kwargs: further ``timm.create_model`` arguments.
+        out_indices: feature levels to return (timm's meaning; ``"features"`` mode); default all.
+        mode: ``"auto"``, ``"features"`` or ``"tokens"`` (see above).
+        **kwargs: further ``timm.create_model`` arguments (e.g. ``img_size`` of a ViT).
 
     Shape:
         - images: B×3×H×W
-        - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info``
+        - output: list of feature maps, ``out_channels``/``strides`` from timm's ``feature_info`` (``"tokens"``:
+          one map, ``(embed_dim,)`` and ``(patch_size,)``)
 
     Examples:
         >>> bb = TimmBackbone("resnet18", out_indices=(3, 4))
         >>> bb.out_channels, bb.strides
         ((256, 512), (16, 32))
+        >>> vit = TimmBackbone("vit_tiny_patch16_224", img_size=64, mode="tokens")
+        >>> vit.out_channels, vit.strides, tuple(vit(torch.rand(1, 3, 40, 72))[-1].shape)
+        ((192,), (16,), (1, 192, 3, 5))
     """
 
     def __init__(self, name: str, pretrained: str | os.PathLike | None = None, *,
-                 output_stride: int | None = None, out_indices: Sequence[int] | None = None, **kwargs: Any):
+                 output_stride: int | None = None, out_indices: Sequence[int] | None = None, mode: str = "auto",
+                 **kwargs: Any):
         super().__init__()
         timm = require("timm", "train", "timm backbones")
         if not timm.is_model(name.split(".")[0]):
             raise ValueError(f"{name!r} is not a timm model name (timm.list_models() lists them)")
-        kw: dict[str, Any] = dict(features_only=True, **kwargs)
+        if mode not in ("auto", "features", "tokens"):
+            raise ValueError(f"mode must be 'auto', 'features' or 'tokens', got {mode!r}")
+        kw: dict[str, Any] = dict(kwargs)
         if output_stride is not None:
             kw["output_stride"] = output_stride
-        if out_indices is not None:
-            kw["out_indices"] = tuple(out_indices)
-        if not is_random_init(pretrained):
+        if isinstance(pretrained, str) and pretrained == TIMM_PRETRAINED:
+            from wsss_blocks.hub import OFFLINE_ENV, is_offline
+
+            if is_offline():
+                raise ValueError(f"pretrained='timm' lets timm download {name!r}'s weights, but {OFFLINE_ENV}=1 "
+                                 f"forbids downloads: save the weights to a file and pass its path (or a weights-"
+                                 f"registry name) instead")
+            kw["pretrained"] = True
+        elif not is_random_init(pretrained):
             sd = read_state_dict(pretrained)  # type: ignore[arg-type]
             kw.update(pretrained=True,
                       pretrained_cfg_overlay=dict(state_dict=sd, source="", file=None, url=None, hf_hub_id=None))
         else:
             kw["pretrained"] = False
-        try:
-            self.body = timm.create_model(name, **kw)
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {pretrained!r} does not fit timm model {name!r}: {exc}") from exc
         self.name = name
-        self.out_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
-        self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+        self._patch: tuple[int, int] = (1, 1)
+        self._prefix = 0
+        body: Any = None
+        if mode in ("auto", "features"):
+            fkw = dict(kw, features_only=True)
+            if out_indices is not None:
+                fkw["out_indices"] = tuple(out_indices)
+            try:
+                try:
+                    body = self._create(timm, name, fkw, pad=True)
+                except AssertionError as exc:  # timm's default levels of a transformer with fewer blocks
+                    if out_indices is not None or "out of range" not in str(exc):
+                        raise
+                    body = self._create(timm, name, dict(fkw, out_indices=(-1,)), pad=True)
+            except (RuntimeError, NotImplementedError) as exc:  # timm: "features_only not implemented for ..."
+                if mode == "features" or "feature" not in str(exc):
+                    raise ValueError(f"timm model {name!r} could not be built with features_only=True: {exc}"
+                                     ) from exc
+        if body is None:
+            body = self._create(timm, name, dict(kw, num_classes=0), pad=False)
+            pe = getattr(body, "patch_embed", None)
+            if pe is None or not hasattr(body, "forward_features"):
+                raise ValueError(f"timm model {name!r} has no patch embedding: mode='tokens' is for transformers")
+            ps = pe.patch_size
+            self._patch = (int(ps[0]), int(ps[1])) if isinstance(ps, (tuple, list)) else (int(ps), int(ps))
+            cls_token = getattr(body, "cls_token", None) is not None
+            self._prefix = int(getattr(body, "num_prefix_tokens", 1 if cls_token else 0))
+            self.mode = "tokens"
+            self.out_channels: tuple[int, ...] = (int(body.num_features),)
+            self.strides: tuple[int, ...] = (self._patch[0],)
+        else:
+            self.mode = "features"
+            self.out_channels = tuple(body.feature_info.channels())
+            self.strides = tuple(body.feature_info.reduction())
+        self.body = body
+        self._fixed_size = self._fixed_input_size(body)
+        # patch-embedding models without their own padding need sizes divisible by their strides
+        model = getattr(body, "model", body)
+        pe = getattr(model, "patch_embed", None) or getattr(body, "patch_embed", None)
+        self._pad_to = 1 if pe is None or getattr(pe, "dynamic_img_pad", False) else int(max(self.strides))
+
+    @staticmethod
+    def _create(timm: Any, name: str, kw: dict[str, Any], pad: bool) -> Any:
+        """``timm.create_model`` with a dynamic input size (and padding) where the model's class takes them."""
+        tries = [dict(kw, dynamic_img_size=True, dynamic_img_pad=True)] if pad else []
+        tries += [dict(kw, dynamic_img_size=True), kw]
+        for i, k in enumerate(tries):
+            try:
+                return timm.create_model(name, **k)
+            except TypeError as exc:  # the model's class does not take these arguments: try the next set
+                if "dynamic_img" not in str(exc) or i == len(tries) - 1:
+                    raise
+            except RuntimeError as exc:
+                if "feature" in str(exc):
+                    raise
+                raise ValueError(f"checkpoint does not fit timm model {name!r}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _fixed_input_size(body: Any) -> tuple[int, int] | None:
+        """The ``img_size`` of a patch-embedding model that takes no other input size (else None)."""
+        model = getattr(body, "model", body)  # features_only wrappers keep the model inside
+        pe = getattr(model, "patch_embed", None) or getattr(body, "patch_embed", None)
+        if pe is None or getattr(model, "dynamic_img_size", False) or getattr(pe, "dynamic_img_pad", False):
+            return None
+        size = getattr(pe, "img_size", None)
+        if size is None or not getattr(pe, "strict_img_size", True):
+            return None
+        return (int(size[0]), int(size[1]))
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
-        out = self.body(images)
+        check_batch(images, "images")
+        x = images
+        if self._fixed_size is not None and tuple(x.shape[-2:]) != self._fixed_size:
+            x = torch.nn.functional.interpolate(x, size=self._fixed_size, mode="bilinear", align_corners=False)
+        if self.mode == "tokens":
+            from wsss_blocks.cam import tokens_to_map
+
+            ph, pw = self._patch
+            H, W = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (0, (-W) % pw, 0, (-H) % ph))
+            tokens = self.body.forward_features(x)
+            if tokens.ndim == 4:  # models that keep a grid (B×h×w×D)
+                c = self.out_channels[0]
+                return [tokens.permute(0, 3, 1, 2) if tokens.shape[1] != c and tokens.shape[-1] == c else tokens]
+            return [tokens_to_map(tokens, (int(x.shape[-2]), int(x.shape[-1])), (ph, pw), self._prefix)]
+        if self._pad_to > 1 and self._fixed_size is None:
+            H, W = x.shape[-2:]
+            x = torch.nn.functional.pad(x, (0, (-W) % self._pad_to, 0, (-H) % self._pad_to))
+        out = self.body(x)
         if isinstance(out, Mapping):
             out = list(out.values())
         feats = list(out)
@@ -586,7 +728,7 @@ class TimmBackbone(nn.Module):
 # factory
 # ----------------------------------------------------------------------------------------------------------
 def available_backbones() -> list[str]:
-    """Names :func:`build_backbone` understands besides ``"timm:<any timm model>"``."""
+    """Names [`build_backbone`][] understands besides ``"timm:<any timm model>"``."""
     return ["tiny", *registered_backbones(), *_TV_RESNETS, "resnet_tiny"]
 
 
@@ -597,23 +739,24 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
 
     Names:
 
-    * ``"resnet38d"`` — the wide ResNet-38 of PSA/SEAM/L2G/EPS (:class:`~wsss_blocks.models.resnet38.ResNet38`,
+    * ``"resnet38d"`` — the wide ResNet-38 of PSA/SEAM/L2G/EPS ([`ResNet38`][wsss_blocks.models.resnet38.ResNet38],
       output stride 8); checkpoints with the converted ``.pth`` names or the MXNet names of
       ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` load automatically. ``"resnet38d_tiny"``: 1/16 width.
-    * ``"mit_b0"`` ... ``"mit_b5"`` — SegFormer MiT encoders (:mod:`wsss_blocks.models.mit`); the SegFormer
-      release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
-    * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision (:class:`TorchvisionResNet`,
+    * ``"mit_b0"`` ... ``"mit_b5"`` — SegFormer MiT encoders ([`wsss_blocks.models.mit`][wsss_blocks.models.mit]); the
+      SegFormer release's ``mit_b*.pth`` loads directly (its ImageNet ``head.*`` is ignored). ``"mit_tiny"``: tests.
+    * ``"resnet18"`` ... ``"resnet101"``, ``"resnext*"`` — torchvision ([`TorchvisionResNet`][],
       ``output_stride`` 8/16/32, ``style="caffe"`` for the DeepLab layout); ``"resnet_tiny"`` for tests.
-    * ``"timm:<name>"`` — any timm model with ``features_only=True`` (:class:`TimmBackbone`).
-    * ``"tiny"`` — :class:`TinyBackbone`.
-    * any name registered with :func:`wsss_blocks.models.registry.register_backbone`.
+    * ``"timm:<name>"`` — any timm model ([`TimmBackbone`][]): CNN feature maps, ViT token grids;
+      ``pretrained="timm"`` lets timm download the model's own weights (refused with ``WSSS_BLOCKS_OFFLINE=1``).
+    * ``"tiny"`` — [`TinyBackbone`][].
+    * any name registered with [`register_backbone`][wsss_blocks.models.registry.register_backbone].
 
     Args:
         name: backbone name (see above).
         pretrained: local checkpoint path, state dict or weights-registry name (downloaded and verified on
-            first use, see `wsss_blocks.models.weights`); ``None`` or ``"none"`` = random init.
+            first use, see [`wsss_blocks.models.weights`][]); ``None`` or ``"none"`` = random init.
         output_stride: total stride of the deepest map where the family allows choosing it.
-        key_map: extra key map for the checkpoint (see :func:`load_pretrained`).
+        key_map: extra key map for the checkpoint (see [`load_pretrained`][]).
         strict: strict loading (classifier keys of ImageNet checkpoints are always ignored).
         **kwargs: passed to the backbone class.
 
@@ -652,7 +795,7 @@ def build_backbone(name: str, pretrained: str | os.PathLike | Mapping[str, Any] 
     elif name.startswith("timm:"):
         path = None if pretrained is None or isinstance(pretrained, Mapping) else pretrained
         if isinstance(pretrained, Mapping):
-            raise TypeError("timm backbones take pretrained= as a local file path")
+            raise TypeError("timm backbones take pretrained= as a local file path, a registry name or 'timm'")
         return TimmBackbone(name[len("timm:"):], path, output_stride=output_stride, **kwargs)
     else:
         raise ValueError(f"unknown backbone {name!r}; known: {available_backbones()} or 'timm:<timm model>'")
@@ -670,7 +813,7 @@ def build_frozen_backbone(name: str, pretrained: str | os.PathLike | Mapping[str
     Families that freeze natively (ResNet-38: ``native_freezing`` in the registry) get ``frozen=`` and
     ``freeze_bn=`` (plus ``native_defaults`` such as ``b7_dilation``) as constructor arguments unless
     ``backbone_kwargs`` sets them; for other backbones each name must be a top-level submodule, whose
-    parameters stop receiving gradients, and ``freeze_bn`` applies :func:`set_bn_eval`.
+    parameters stop receiving gradients, and ``freeze_bn`` applies [`set_bn_eval`][].
 
     Raises:
         ValueError: a name in ``frozen`` that the backbone does not have.

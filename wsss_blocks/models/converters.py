@@ -49,10 +49,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 # MXNet .params
 # ----------------------------------------------------------------------------------------------------------
-#: first uint64 of an NDArray list file (``kMXAPINDArrayListMagic``)
 MXNET_LIST_MAGIC = 0x112
+"""First uint64 of an NDArray list file (``kMXAPINDArrayListMagic``)."""
 _ND_V1, _ND_V2, _ND_V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
-#: mshadow type flags -> NumPy dtypes (little endian, as written on x86/ARM)
+# mshadow type flags -> NumPy dtypes (little endian, as written on x86/ARM)
 _MX_DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?", 8: "<i2", 9: "<u2",
               10: "<u4", 11: "<u8"}
 

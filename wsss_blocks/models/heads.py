@@ -1,12 +1,12 @@
 """Heads: the CAM classifier head, DeepLab-v2 ASPP, the SegFormer MLP decoder and a DeepLab-v3+ decoder.
 
-* :class:`CAMHead` — bias-free 1×1 classifier over global-pooled features (Zhou et al., CVPR 2016), with
+* [`CAMHead`][] — bias-free 1×1 classifier over global-pooled features (Zhou et al., CVPR 2016), with
   the pooling of the method: GAP (PSA/L2G/EPS/PPL/PMM) or GMP (AFA/TSCD ``--pooling gmp``); CAMs come from
-  :func:`wsss_blocks.cam.cam_from_features` with the same weights.
-* :class:`ASPPv2` — DeepLab-v2 atrous spatial pyramid pooling (Chen et al., TPAMI 2018): one 3×3 conv per
+  [`wsss_blocks.cam.cam_from_features`][wsss_blocks.cam.cam_from_features] with the same weights.
+* [`ASPPv2`][] — DeepLab-v2 atrous spatial pyramid pooling (Chen et al., TPAMI 2018): one 3×3 conv per
   rate (6, 12, 18, 24) straight to class scores, **summed** (deeplab-pytorch ``_ASPP``).
-* :class:`SegFormerHead` — SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021) as in AFA/TSCD.
-* :class:`DeepLabV3PlusHead` — ASPP with image pooling + low-level decoder (Chen et al., ECCV 2018).
+* [`SegFormerHead`][] — SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021) as in AFA/TSCD.
+* [`DeepLabV3PlusHead`][] — ASPP with image pooling + low-level decoder (Chen et al., ECCV 2018).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_tensor, shape_str
-from wsss_blocks.cam import cam_from_features
+from wsss_blocks._checks import check_batch, check_tensor, shape_str
+from wsss_blocks.cam import _cam_from_features
 
 __all__ = ["global_pool", "CAMHead", "ASPPv2", "SegFormerHead", "DeepLabV3PlusHead"]
 
@@ -110,7 +110,7 @@ class CAMHead(nn.Module):
         f = self.hidden(features) if self.hidden is not None else features
         pooled = global_pool(self.dropout(f), self.pooling)
         logits = pooled @ self.classifier.weight.flatten(1).t()
-        cams = cam_from_features(f, self.classifier.weight)
+        cams = _cam_from_features(f, self.classifier.weight.flatten(1), None)  # a layer: values are not checked
         return {"logits": logits, "cams": cams, "features": f}
 
 
@@ -142,6 +142,7 @@ class ASPPv2(nn.Module):
         if not rates or any(r < 1 for r in rates):
             raise ValueError(f"rates must be positive ints, got {rates}")
         self.rates = rates
+        self.in_channels = int(in_channels)
         convs = [nn.Conv2d(in_channels, num_classes, 3, 1, padding=r, dilation=r, bias=True) for r in rates]
         for m in convs:
             nn.init.normal_(m.weight, 0.0, 0.01)
@@ -150,6 +151,7 @@ class ASPPv2(nn.Module):
 
     @override
     def forward(self, features: Tensor) -> Tensor:
+        check_batch(features, "features", self.in_channels)
         out = self.convs[0](features)
         for conv in self.convs[1:]:
             out = out + conv(features)
@@ -174,7 +176,7 @@ class _MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+        return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, self.proj.out_features, h, w)
 
 
 class SegFormerHead(nn.Module):
@@ -220,6 +222,8 @@ class SegFormerHead(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) != 4:
             raise ValueError(f"features must be a list of 4 maps, got {len(features)}")
+        for i, f in enumerate(features):
+            check_batch(f, f"features[{i}]")
         size = features[0].shape[2:]
         outs = []
         for i in (4, 3, 2, 1):
@@ -288,6 +292,8 @@ class DeepLabV3PlusHead(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) < 2:
             raise ValueError(f"features must hold a low-level and a high-level map, got {len(features)}")
+        for i, f in enumerate(features):
+            check_batch(f, f"features[{i}]")
         low, high = features[0], features[-1]
         h = self.fc1(torch.cat([b(high) for b in self.aspp], dim=1))
         h = F.interpolate(h, size=low.shape[2:], mode="bilinear", align_corners=False)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_int, check_tensor, require, shape_str
+from wsss_blocks._checks import check_batch, check_int, check_tensor, require, shape_str
 
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 
@@ -78,6 +78,8 @@ class BoundaryHead(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if len(features) != 5:
             raise ValueError(f"features must hold the 5 stage maps, got {len(features)}")
+        for i, f in enumerate(features):
+            check_batch(f, f"features[{i}]")
         h, w = features[1].shape[-2:]
         outs = []
         for i, f in enumerate(features, start=1):

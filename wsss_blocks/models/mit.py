@@ -23,13 +23,13 @@ import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss_blocks._checks import check_batch
+
 from .registry import register_backbone
 
 __all__ = ["MixTransformer", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_tiny",
            "MIT_CONFIGS"]
 
-#: embed dims, heads, depths per variant (SegFormer ``mix_transformer.py``); all use sr (8, 4, 2, 1),
-#: mlp ratio 4, qkv bias, LayerNorm eps 1e-6 and drop-path 0.1.
 MIT_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "mit_b0": dict(embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2)),
     "mit_b1": dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2)),
@@ -39,6 +39,8 @@ MIT_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "mit_b5": dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 6, 40, 3)),
     "mit_tiny": dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 2, 4), depths=(1, 1, 1, 2)),
 }
+"""Embed dims, heads, depths per variant (SegFormer ``mix_transformer.py``); all use sr (8, 4, 2, 1), mlp ratio 4,
+qkv bias, LayerNorm eps 1e-6 and drop-path 0.1."""
 
 
 class _DropPath(nn.Module):
@@ -92,7 +94,7 @@ class _Attention(nn.Module):
         if self.sr_ratio > 1:
             src = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
             src = self.norm(src)
-        kv = self.kv(src).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        kv = self.kv(src).reshape(b, src.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         k, v = kv[0], kv[1]
         logits = q @ k.transpose(-2, -1)  # raw q·kᵀ, B×heads×N×Nk
         attn = (logits * self.scale).softmax(dim=-1)
@@ -102,9 +104,9 @@ class _Attention(nn.Module):
             raw = logits
             if self.sr_ratio > 1:  # AFA pools the query grid down to the key grid
                 nk = logits.shape[-1]
-                grid = logits.reshape(b, self.heads, h, w, nk).permute(0, 1, 4, 2, 3).reshape(b, -1, h, w)
+                grid = logits.reshape(b, self.heads, h, w, nk).permute(0, 1, 4, 2, 3).reshape(b, self.heads * nk, h, w)
                 grid = F.avg_pool2d(grid, self.sr_ratio, self.sr_ratio)
-                raw = grid.reshape(b, self.heads, nk, -1).transpose(-2, -1)
+                raw = grid.reshape(b, self.heads, nk, grid.shape[-2] * grid.shape[-1]).transpose(-2, -1)
         return out, raw
 
 
@@ -197,6 +199,7 @@ class MixTransformer(nn.Module):
         self.stride_cfg = tuple(int(s) for s in strides)
         n_blocks = sum(self.depths)
         dpr = [drop_path_rate * i / (n_blocks - 1) if n_blocks > 1 else 0.0 for i in range(n_blocks)]
+        self.in_channels = int(in_channels)
         cur, cin = 0, in_channels
         for i in range(4):
             patch = 7 if i == 0 else 3
@@ -240,16 +243,22 @@ class MixTransformer(nn.Module):
         return self._run(images, True)
 
     def _run(self, images: Tensor, with_attention: bool) -> tuple[list[Tensor], list[Tensor]]:
+        check_batch(images, "images", self.in_channels)
         b = images.shape[0]
         x, feats, attns = images, [], []
         for i in range(1, 5):
             x, h, w = getattr(self, f"patch_embed{i}")(x)
+            sr = getattr(self, f"block{i}")[0].attn.sr_ratio
+            if h < sr or w < sr:
+                raise ValueError(f"images of size {images.shape[-2]}×{images.shape[-1]} are too small for this MiT: "
+                                 f"stage {i} is {h}×{w}, smaller than its spatial-reduction ratio {sr}; use larger "
+                                 f"images (at least 32 px per side for the released configurations)")
             for blk in getattr(self, f"block{i}"):
                 x, attn = blk(x, h, w, with_attention)
                 if attn is not None:
                     attns.append(attn)
             x = getattr(self, f"norm{i}")(x)
-            x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            x = x.reshape(b, h, w, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
             feats.append(x)
         return feats, attns
 
@@ -261,7 +270,7 @@ def _build(name: str, **kwargs: Any) -> MixTransformer:
 
 
 def mit_b0(**kwargs: Any) -> MixTransformer:
-    """MiT-B0 (3.3 M parameters). Keyword arguments override :class:`MixTransformer` defaults."""
+    """MiT-B0 (3.3 M parameters). Keyword arguments override [`MixTransformer`][] defaults."""
     return _build("mit_b0", **kwargs)
 
 

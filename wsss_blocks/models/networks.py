@@ -1,14 +1,14 @@
 """Ready networks for the three WSSS stages, and the "×10 lr for new layers" parameter groups.
 
-* :class:`CAMNet` — backbone + :class:`~wsss_blocks.models.heads.CAMHead` (the classification network of
+* [`CAMNet`][] — backbone + [`CAMHead`][wsss_blocks.models.heads.CAMHead] (the classification network of
   the CAM stage); returns ``logits``, ``cams`` and ``features``.
-* :class:`DeepLabV2` — ResNet-101 + ASPP (rates 6/12/18/24, summed) at output stride 8, the standard WSSS
-  segmentation model (deeplab-pytorch ``DeepLabV2_ResNet101_MSC``); :func:`msc_forward` is its multi-scale
+* [`DeepLabV2`][] — ResNet-101 + ASPP (rates 6/12/18/24, summed) at output stride 8, the standard WSSS
+  segmentation model (deeplab-pytorch ``DeepLabV2_ResNet101_MSC``); [`msc_forward`][] is its multi-scale
   input wrapper.
-* :class:`SegFormer` — MiT encoder + SegFormer MLP decoder, optionally with the AFA/TSCD CAM classifier
+* [`SegFormer`][] — MiT encoder + SegFormer MLP decoder, optionally with the AFA/TSCD CAM classifier
   (GMP) and attention-to-affinity projection, with the released module names.
-* :class:`DeepLabV3Plus` — backbone + DeepLab-v3+ decoder (optional segmenter).
-* :func:`param_groups` — optimizer parameter groups with learning-rate/weight-decay multipliers.
+* [`DeepLabV3Plus`][] — backbone + DeepLab-v3+ decoder (optional segmenter).
+* [`param_groups`][] — optimizer parameter groups with learning-rate/weight-decay multipliers.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_positive, check_tensor
-from wsss_blocks.cam import cam_from_features
+from wsss_blocks._checks import check_batch, check_positive, check_tensor
+from wsss_blocks.cam import _cam_from_features
 
 from .backbones import (
+    _TV_RESNETS,
     TinyBackbone,
+    _building,
     build_backbone,
     deeplab_pytorch_key_map,
     is_random_init,
@@ -68,16 +70,16 @@ class CAMNet(nn.Module):
     """Classification network for the CAM stage: backbone + bias-free 1×1 classifier + global pooling.
 
     Args:
-        backbone: a name for :func:`~wsss_blocks.models.backbones.build_backbone` (``"resnet38d"``,
+        backbone: a name for [`build_backbone`][wsss_blocks.models.backbones.build_backbone] (``"resnet38d"``,
             ``"resnet50"``, ``"mit_b1"``, ``"timm:..."``, ``"tiny"``) or a module following the backbone
             protocol.
         num_classes: classifier outputs K (VOC: 20; 21 where the method keeps a background channel).
         pretrained: backbone checkpoint: a local file or a weights-registry name (only with a backbone name).
         feature_index: which backbone map feeds the head (default the deepest, ``-1``).
-        pooling: ``"gap"`` or ``"gmp"``; see :class:`~wsss_blocks.models.heads.CAMHead`.
-        dropout: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
-        hidden_channels: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
-        init: passed to :class:`~wsss_blocks.models.heads.CAMHead`.
+        pooling: ``"gap"`` or ``"gmp"``; see [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        dropout: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        hidden_channels: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
+        init: passed to [`CAMHead`][wsss_blocks.models.heads.CAMHead].
         backbone_kwargs: extra arguments for ``build_backbone`` (e.g. ``output_stride=16``).
 
     Shape:
@@ -98,7 +100,8 @@ class CAMNet(nn.Module):
                  hidden_channels: int | None = None, init: Literal["xavier", "default"] = "xavier",
                  backbone_kwargs: Mapping[str, Any] | None = None):
         super().__init__()
-        self.backbone = _resolve_backbone(backbone, pretrained, dict(backbone_kwargs or {}))
+        with _building("CAMNet", backbone, **dict(backbone_kwargs or {})):
+            self.backbone = _resolve_backbone(backbone, pretrained, dict(backbone_kwargs or {}))
         n = len(_channels(self.backbone))
         if not -n <= feature_index < n:
             raise ValueError(f"feature_index must index the backbone's {n} maps, got {feature_index}")
@@ -117,7 +120,7 @@ class CAMNet(nn.Module):
         return out
 
     def cams(self, images: Tensor) -> Tensor:
-        """Only the raw CAMs (B×K×h×w); handy as the ``fn`` of :func:`wsss_blocks.cam.multiscale_cams`."""
+        """Only the raw CAMs (B×K×h×w); handy as the ``fn`` of [`multiscale_cams`][wsss_blocks.cam.multiscale_cams]."""
         return self.forward(images)["cams"]
 
 
@@ -132,7 +135,7 @@ class SMAFNet(nn.Module):
 
     Shape:
         - images: B×3×H×W
-        - :meth:`cam_logits`: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
+        - [`cam_logits`][]: B×(C+1)×h×w (raw, background last); ``forward``: dict ``logits`` B×(C+1),
           ``cams`` B×(C+1)×h×w
 
     Examples:
@@ -169,6 +172,7 @@ class SMAFNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        check_batch(images, "images")
         cams = self.cam_logits(images)
         return {"logits": cams.float().mean(dim=(2, 3)), "cams": cams}
 
@@ -196,7 +200,7 @@ class DeepLabV2(nn.Module):
         style: ``"caffe"`` (released layout) or ``"pytorch"``.
         freeze_bn: BatchNorm in eval mode with frozen affine parameters (released: ``freeze_bn()``).
         output_stride: 8 (released) or 16.
-        backbone_kwargs: extra arguments of :class:`~wsss_blocks.models.backbones.TorchvisionResNet`.
+        backbone_kwargs: extra arguments of [`TorchvisionResNet`][wsss_blocks.models.backbones.TorchvisionResNet].
 
     Shape:
         - images: B×3×H×W (released normalisation: BGR, mean subtracted, no std)
@@ -216,9 +220,11 @@ class DeepLabV2(nn.Module):
         super().__init__()
         if isinstance(backbone, str):
             kw = dict(backbone_kwargs or {})
-            kw.setdefault("style", style)
-            kw.setdefault("out_indices", (4,))
-            self.backbone = build_backbone(backbone, None, output_stride=output_stride, **kw)
+            if backbone in _TV_RESNETS or backbone == "resnet_tiny":  # style and out_indices: torchvision ResNets
+                kw.setdefault("style", style)
+                kw.setdefault("out_indices", (4,))
+            with _building("DeepLabV2", backbone, output_stride=output_stride, **kw):
+                self.backbone = build_backbone(backbone, None, output_stride=output_stride, **kw)
         else:
             self.backbone = _resolve_backbone(backbone, None, {})
         self.head = ASPPv2(_channels(self.backbone)[-1], num_classes, rates)
@@ -302,12 +308,13 @@ class SegFormer(nn.Module):
     global-**max**-pooled last map, and ``attn_proj`` (1×1 conv, bias, Kaiming-normal a=√5 fan-out) over the
     raw attention logits of the last two blocks, symmetrised (A + Aᵀ) and passed through a sigmoid. Module
     names (``encoder``, ``decoder``, ``classifier``, ``attn_proj``) equal the release, so AFA/TSCD
-    checkpoints load with :func:`~wsss_blocks.models.backbones.load_pretrained` and no key map.
+    checkpoints load with [`load_pretrained`][wsss_blocks.models.backbones.load_pretrained] and no key map.
     ``SegFormer(cam_classes=None, strides=(4, 2, 2, 2))`` is plain SegFormer.
 
     Args:
         num_classes: segmentation classes including background (21).
-        encoder: MiT name (``"mit_b0"``...``"mit_b5"``, ``"mit_tiny"``) or a :class:`MixTransformer`.
+        encoder: MiT name (``"mit_b0"``...``"mit_b5"``, ``"mit_tiny"``) or a
+            [`MixTransformer`][wsss_blocks.models.mit.MixTransformer].
         pretrained: local encoder checkpoint (SegFormer ``mit_b*.pth``; its ``head.*`` is ignored).
         strides: MiT patch strides when the encoder is built by name.
         embed_dim: decoder width (256).
@@ -340,7 +347,8 @@ class SegFormer(nn.Module):
         if isinstance(encoder, str):
             kw = dict(encoder_kwargs or {})
             kw.setdefault("strides", tuple(strides))
-            enc = build_backbone(encoder, pretrained, **kw)
+            with _building("SegFormer", encoder, **kw):
+                enc = build_backbone(encoder, pretrained, **kw)
             if not isinstance(enc, MixTransformer):
                 raise ValueError(f"encoder must name a MiT (mit_b0..mit_b5, mit_tiny), got {encoder!r}")
             self.encoder: MixTransformer = enc
@@ -376,7 +384,7 @@ class SegFormer(nn.Module):
         if self.classifier is not None:
             pooled = global_pool(feats[-1], self.pooling)
             out["logits"] = pooled @ self.classifier.weight.flatten(1).t()
-            out["cams"] = cam_from_features(feats[-1], self.classifier.weight)
+            out["cams"] = _cam_from_features(feats[-1], self.classifier.weight.flatten(1), None)
         if want_attn:
             out["attns"] = attns
             if self.attn_proj is not None:
@@ -415,7 +423,8 @@ class DeepLabV3Plus(nn.Module):
         kw = dict(backbone_kwargs or {})
         if isinstance(backbone, str):
             kw.setdefault("output_stride", output_stride)
-        self.backbone = _resolve_backbone(backbone, pretrained, kw)
+        with _building("DeepLabV3Plus", backbone, **kw):
+            self.backbone = _resolve_backbone(backbone, pretrained, kw)
         if rates is None:
             rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.head = DeepLabV3PlusHead(_channels(self.backbone)[-1], _channels(self.backbone)[0],

@@ -1,11 +1,11 @@
 """SEAM's pixel correlation module (PCM) and the two ResNet-38 CAM networks built on it (L2G, PMM/SEAM).
 
-- :class:`PixelCorrelation`: the PCM of Wang et al., "Self-supervised Equivariant Attention Mechanism for Weakly
+- [`PixelCorrelation`][]: the PCM of Wang et al., "Self-supervised Equivariant Attention Mechanism for Weakly
   Supervised Semantic Segmentation" (SEAM, CVPR 2020, ``YudeWang/SEAM`` ``network/resnet38_SEAM.py``), an
   image-guided affinity that propagates a map over itself.
-- :class:`L2GNet`: one network of L2G (Jiang et al., CVPR 2022, ``PengtaoJiang/L2G`` ``models/resnet38.py``
+- [`L2GNet`][]: one network of L2G (Jiang et al., CVPR 2022, ``PengtaoJiang/L2G`` ``models/resnet38.py``
   ``Net``): backbone + bias-free fc8 with background last + the PCM term added to the CAM.
-- :class:`SEAMNet` and :func:`seam_pcm_input`: the SEAM head as PMM trains it (Li et al., ICCV 2021,
+- [`SEAMNet`][] and [`seam_pcm_input`][]: the SEAM head as PMM trains it (Li et al., ICCV 2021,
   ``Eli-YiLi/PMM`` ``network/resnet38_SEAM.py``): fc8 behind Dropout2d with background first, and the PCM
   applied to the detached, normalised, argmax-suppressed CAM.
 """
@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
+
+from wsss_blocks._checks import check_batch, check_same_batch
 
 __all__ = ["PixelCorrelation", "L2GNet", "SEAMNet", "seam_pcm_input"]
 
@@ -42,6 +44,7 @@ class PixelCorrelation(nn.Module):
 
     def __init__(self, mid_channels: int, high_channels: int, relu_features: bool = False):
         super().__init__()
+        self.mid_channels, self.high_channels = int(mid_channels), int(high_channels)
         self.f8_3 = nn.Conv2d(mid_channels, 64, 1, bias=False)
         self.f8_4 = nn.Conv2d(high_channels, 128, 1, bias=False)
         self.f9 = nn.Conv2d(192 + 3, 192, 1, bias=False)
@@ -75,6 +78,12 @@ class PixelCorrelation(nn.Module):
 
     @override
     def forward(self, x: Tensor, images: Tensor, mid: Tensor, high: Tensor) -> Tensor:
+        check_batch(x, "x")
+        check_batch(images, "images", 3)
+        check_batch(mid, "mid", self.mid_channels)
+        check_batch(high, "high", self.high_channels)
+        for name, t in (("images", images), ("mid", mid), ("high", high)):
+            check_same_batch(x, "x", t, name)
         return self.propagate(x, self.affinity(images, mid, high, (int(x.shape[-2]), int(x.shape[-1]))))
 
 
@@ -122,6 +131,7 @@ class L2GNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> Tensor:
+        check_batch(images, "images")
         maps = self.backbone(images)
         cam = self.fc8(maps[-1])
         if self.pcm is None:
@@ -149,6 +159,10 @@ def seam_pcm_input(cam: Tensor) -> Tensor:
         >>> [round(v, 4) for v in seam_pcm_input(torch.tensor([[[[0.0]], [[2.0]], [[1.0]]]])).flatten().tolist()]
         [0.0, 1.0, 0.0]
     """
+    check_batch(cam, "cam")
+    if cam.shape[1] < 2:
+        raise ValueError(f"cam must hold a background and at least one class map (K >= 2), got shape "
+                         f"{tuple(cam.shape)}")
     c = F.relu(cam.detach().float())
     mx = c.amax(dim=(2, 3), keepdim=True) + 1e-5
     c = F.relu(c - 1e-5) / mx
@@ -189,6 +203,7 @@ class SEAMNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        check_batch(images, "images")
         maps = self.backbone(images)
         cam = self.fc8(self.dropout7(maps[-1])).float()
         cam_rv = self.pcm(seam_pcm_input(cam), images, maps[-3], maps[-2])

@@ -4,7 +4,7 @@ Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017 (arXiv 1612.01105). PMM'
 (``Eli-YiLi/WSSS_MMSeg`` commit ``2cbb54e``, ``configs/_base_/models/pspnet_r50_wsss.py`` and
 ``configs/pspnet_wsss/pspnet_res2net_*.py``) trains an mmseg ``EncoderDecoder`` with
 
-* a Res2Net-101 v1b backbone at output stride 8 (`wsss_blocks.models.res2net.Res2Net`), trainable
+* a Res2Net-101 v1b backbone at output stride 8 ([`wsss_blocks.models.res2net.Res2Net`][]), trainable
   BatchNorm (SyncBN under DDP);
 * a `PSPHead` on the last stage: pooling pyramid (1, 2, 3, 6) of 512-channel 1×1 ConvModules,
   3×3 ConvModule bottleneck to 512, Dropout2d 0.1, 1×1 classifier;
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_blocks._checks import check_int, check_pair, check_tensor, shape_str
+from wsss_blocks._checks import check_batch, check_int, check_pair, check_tensor, shape_str
 
 __all__ = ["ConvModule", "PSPHead", "FCNHead", "PSPNet", "slide_inference"]
 
@@ -53,6 +53,7 @@ class ConvModule(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.conv.in_channels)
         return self.activate(self.bn(self.conv(x)))
 
 
@@ -90,6 +91,7 @@ class PSPHead(nn.Module):
     def __init__(self, in_channels: int = 2048, num_classes: int = 21, channels: int = 512,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, align_corners: bool = False) -> None:
         super().__init__()
+        self.in_channels = int(in_channels)
         self.pool_scales = tuple(int(s) for s in pool_scales)
         self.align_corners = bool(align_corners)
         self.psp_modules = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1))
@@ -99,6 +101,7 @@ class PSPHead(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.in_channels)
         outs = [x] + [F.interpolate(m(x), size=x.shape[2:], mode="bilinear", align_corners=self.align_corners)
                       for m in self.psp_modules]
         out = self.bottleneck(torch.cat(outs, dim=1))
@@ -131,12 +134,14 @@ class FCNHead(nn.Module):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
+        self.in_channels = int(in_channels)
         self.convs = nn.Sequential(*[ConvModule(in_channels if i == 0 else channels, channels, 3, padding=1)
                                      for i in range(num_convs)])
         self.dropout, self.conv_seg = _classifier(channels, num_classes, dropout)
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.in_channels)
         out = self.convs(x)
         if self.dropout is not None:
             out = self.dropout(out)
@@ -185,7 +190,7 @@ class PSPNet(nn.Module):
     Args:
         num_classes: classes including background (VOC 21).
         backbone: ``"res2net101_v1b"`` (released), ``"scalenet101"`` (the release's other backbone),
-            ``"res2net_tiny"`` (tests), any `wsss_blocks.models.backbones.build_backbone` name
+            ``"res2net_tiny"`` (tests), any [`wsss_blocks.models.backbones.build_backbone`][] name
             (``"timm:res2net101_26w_4s"``, ``"resnet101"``, ... built at output stride 8), or a module
             following the backbone protocol with at least two maps.
         pretrained: local checkpoint for the **backbone** (e.g. ``res2net101_v1b_26w_4s-0812c246.pth``);
@@ -216,7 +221,10 @@ class PSPNet(nn.Module):
         check_int(num_classes, "num_classes", minimum=1)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.backbone = _build_backbone(backbone, dict(backbone_kwargs or {}))
+        from .backbones import _building
+
+        with _building("PSPNet", backbone, **dict(backbone_kwargs or {})):
+            self.backbone = _build_backbone(backbone, dict(backbone_kwargs or {}))
         chans = tuple(int(c) for c in cast(Any, self.backbone).out_channels)
         if len(chans) < (2 if aux_channels is not None else 1):
             raise ValueError(f"the backbone must return at least two maps for the auxiliary head, got {chans}")

@@ -1,9 +1,9 @@
 """Name registries of the model package: backbone builders and checkpoint key maps.
 
 A backbone family registers its builder here when its module is imported (``wsss_blocks.models`` imports all
-of them), so :func:`wsss_blocks.models.build_backbone` finds a family by name without importing the family's
-module, and a family module may use the loading helpers of :mod:`wsss_blocks.models.backbones` without an
-import cycle.
+of them), so [`wsss_blocks.models.build_backbone`][wsss_blocks.models.backbones.build_backbone] finds a family by name
+without importing the family's module, and a family module may use the loading helpers of
+[`wsss_blocks.models.backbones`][wsss_blocks.models.backbones] without an import cycle.
 
 Examples:
     >>> import wsss_blocks.models  # registers the library's families
@@ -34,15 +34,15 @@ KeyMap = Union[None, str, Mapping[str, Union[str, None]], Callable[[str], Union[
 
 @dataclass(frozen=True)
 class BackboneEntry:
-    """How :func:`wsss_blocks.models.build_backbone` builds one registered backbone name.
+    """How [`build_backbone`][wsss_blocks.models.backbones.build_backbone] builds one registered backbone name.
 
     Attributes:
         build: ``build(output_stride=None, **kwargs) -> nn.Module`` (the backbone protocol: ``forward`` returns
             a list of maps, ``out_channels`` and ``strides`` describe them).
-        key_map: default checkpoint key map of the family (see :func:`get_key_map`).
+        key_map: default checkpoint key map of the family (see [`get_key_map`][]).
         ignore_unexpected: checkpoint-key prefixes dropped silently (ImageNet classifiers).
         native_freezing: the builder takes ``frozen=`` (top-level module names) and ``freeze_bn=`` itself.
-        listed: shown by :func:`registered_backbones` (aliases are not).
+        listed: shown by [`registered_backbones`][] (aliases are not).
     """
 
     build: Callable[..., nn.Module]
@@ -59,7 +59,7 @@ _KEY_MAPS: dict[str, Callable[[str], str | None]] = {}
 def register_backbone(name: str, build: Callable[..., nn.Module], *, key_map: KeyMap = None,
                       ignore_unexpected: tuple[str, ...] = (), native_freezing: bool = False,
                       aliases: tuple[str, ...] = ()) -> None:
-    """Register a backbone builder under ``name`` (and unlisted ``aliases``); see :class:`BackboneEntry`."""
+    """Register a backbone builder under ``name`` (and unlisted ``aliases``); see [`BackboneEntry`][]."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if not callable(build):

@@ -32,6 +32,10 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_blocks._checks import check_batch
+
+from .registry import register_backbone
+
 __all__ = ["Bottle2neck", "Res2Net", "res2net101_v1b"]
 
 
@@ -69,6 +73,9 @@ class Bottle2neck(nn.Module):
                  base_width: int = 26, scale: int = 4, stage_first: bool = False, dilation: int = 1) -> None:
         super().__init__()
         width = math.floor(planes * (base_width / 64.0))
+        if width < 1:
+            raise ValueError(f"planes · base_width / 64 must be >= 1 (each of the {scale} branches needs a channel), "
+                             f"got planes={planes}, base_width={base_width}")
         self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
         self.nums = 1 if scale == 1 else scale - 1
@@ -86,6 +93,7 @@ class Bottle2neck(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.conv1.in_channels)
         out = self.relu(self.bn1(self.conv1(x)))
         spx = torch.split(out, self.width, 1)
         outs = []
@@ -207,6 +215,7 @@ class Res2Net(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", 3)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         outs = []
         for i in range(4):
@@ -222,7 +231,9 @@ def res2net101_v1b(**kwargs: Any) -> Res2Net:
     """Res2Net-101 v1b 26w×4s at output stride 8 (strides 1, 2, 1, 1; dilations 1, 1, 2, 4), as PMM releases it.
 
     Keyword arguments override `Res2Net`'s. Load ``res2net101_v1b_26w_4s-0812c246.pth`` (gasvn) or
-    timm's ``res2net101d`` weights with `wsss_blocks.models.load_pretrained` (``ignore_unexpected=("fc.",)``).
+    timm's ``res2net101d`` weights with
+    [`wsss_blocks.models.load_pretrained`][wsss_blocks.models.backbones.load_pretrained]
+    (``ignore_unexpected=("fc.",)``).
 
     Examples:
         >>> net = res2net101_v1b(layers=(1, 1, 1, 1), base_width=4)
@@ -230,3 +241,25 @@ def res2net101_v1b(**kwargs: Any) -> Res2Net:
         ((4, 8, 8, 8), (256, 512, 1024, 2048))
     """
     return Res2Net(**kwargs)
+
+
+_RES2NET_OS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)), 32: ((1, 2, 2, 2), (1, 1, 1, 1))}
+
+
+def _registry_build(tiny: bool) -> Any:
+    def build(output_stride: int | None = None, **kwargs: Any) -> Res2Net:
+        if output_stride is not None:
+            if output_stride not in _RES2NET_OS:
+                raise ValueError(f"Res2Net output_stride must be 8, 16 or 32, got {output_stride}")
+            strides, dilations = _RES2NET_OS[output_stride]
+            kwargs.setdefault("strides", strides)
+            kwargs.setdefault("dilations", dilations)
+        return Res2Net.tiny(**kwargs) if tiny else Res2Net(**kwargs)
+
+    return build
+
+
+# ``build_backbone("res2net101_v1b")``: output stride 8 as PMM releases it (``output_stride`` 16/32 move the dilation
+# into strides); the ImageNet classifier ``fc.*`` of the released checkpoint is ignored.
+register_backbone("res2net101_v1b", _registry_build(False), ignore_unexpected=("fc.",), aliases=("res2net101",))
+register_backbone("res2net_tiny", _registry_build(True), ignore_unexpected=("fc.",))

@@ -28,7 +28,7 @@ b2_1, b2_2 (``frozen=("conv1a", "b2", "b2_1", "b2_2")``).
 
 Module names equal the released ones, so the converted ImageNet checkpoint (``res38d.pth`` /
 ``resnet38_dict.pth`` / ``ilsvrc-cls_rna-a1_cls1000_ep-0001.pth``) loads directly, and the MXNet names of
-``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` are translated by :func:`resnet38_key_map`.
+``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` are translated by [`resnet38_key_map`][].
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import torch  # noqa: F401  (namespace of the docstring examples)
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
+
+from wsss_blocks._checks import check_batch
 
 from .backbones import LoadReport, load_pretrained, set_bn_eval
 from .registry import register_backbone, register_key_map
@@ -188,6 +190,7 @@ class ResNet38(nn.Module):
 
     def forward_dict(self, images: Tensor) -> dict[str, Tensor]:
         """Return ``{"conv3", "conv4", "conv5", "conv6"}`` as in the released ``forward_as_dict``."""
+        check_batch(images, "images", self.conv1a.in_channels)
         x = self.conv1a(images)
         out: dict[str, Tensor] = {}
         for name in self._blocks:
@@ -249,7 +252,7 @@ def mxnet_resnet38_name(key: str) -> str | None:
 def resnet38_key_map(key: str) -> str | None:
     """Key map for ResNet-38 checkpoints.
 
-    MXNet names are translated (see :func:`mxnet_resnet38_name`), converted ``.pth`` names
+    MXNet names are translated (see [`mxnet_resnet38_name`][]), converted ``.pth`` names
     (``b4_5.conv_branch2b1.weight``) pass through unchanged.
     """
     return mxnet_resnet38_name(key)
@@ -288,7 +291,6 @@ def seam_resnet38_key_map(key: str) -> str | None:
 
 register_key_map("seam_resnet38", seam_resnet38_key_map)
 
-#: reasons recorded in the load report of a SEAM/PMM network (``load_pretrained(..., reasons=...)``)
 SEAM_LOAD_REASONS = {
     "arg:linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
     "linear1000": "ImageNet classifier of the MXNet model, not part of the CAM network",
@@ -298,6 +300,7 @@ SEAM_LOAD_REASONS = {
     "pcm.": "the checkpoint has no PCM (an ImageNet model): f8_3/f8_4/f9 keep their initialisation",
     r".*num_batches_tracked": "BatchNorm step counter, unused (frozen BatchNorm)",
 }
+"""Reasons recorded in the load report of a SEAM/PMM network (``load_pretrained(..., reasons=...)``)."""
 
 
 def _build(output_stride: int | None = None, *, tiny: bool = False, **kwargs: Any) -> ResNet38:
@@ -319,7 +322,7 @@ register_backbone("resnet38d_tiny", _build_tiny, key_map=resnet38_key_map, ignor
 
 def load_resnet38(model: ResNet38, source: str | os.PathLike | Mapping[str, Any], *, strict: bool = True
                   ) -> LoadReport:
-    """Load ImageNet ResNet-38 weights (converted ``.pth`` or MXNet names) into a :class:`ResNet38`.
+    """Load ImageNet ResNet-38 weights (converted ``.pth`` or MXNet names) into a [`ResNet38`][].
 
     Classifier keys (``linear1000``, ``fc8``) are ignored; everything else must match (``strict``).
 

@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-__all__ = ["SCALENET101_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
+from wsss_blocks._checks import check_batch
 
-#: Channel allocation of ScaleNet-101 (``Eli-YiLi/ScaleNet`` ``structures/scalenet101.json``): per block the
-#: channels of the branches at max-pool factors 1, 2, 4, 7 and the block's feature size at a 224 input.
+from .registry import register_backbone
+
+__all__ = ["SCALENET101_STRUCTURE", "SCALENET_TINY_STRUCTURE", "SABlock", "ScaleNet", "scalenet101"]
+
 SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
     (61, 11, 7, 7, 56), (56, 23, 4, 3, 56), (59, 24, 3, 0, 56),
     (123, 41, 1, 6, 28), (126, 38, 1, 6, 28), (127, 41, 3, 0, 28), (127, 41, 3, 0, 28),
@@ -43,6 +45,8 @@ SCALENET101_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
     (191, 108, 42, 0, 14), (127, 95, 113, 6, 14), (203, 117, 21, 0, 14),
     (282, 377, 23, 0, 7), (279, 388, 15, 0, 7), (84, 442, 155, 1, 7),
 )
+"""Channel allocation of ScaleNet-101 (``Eli-YiLi/ScaleNet`` ``structures/scalenet101.json``): per block the channels
+of the branches at max-pool factors 1, 2, 4, 7 and the block's feature size at a 224 input."""
 
 _SCALES = (None, 2, 4, 7)
 
@@ -109,6 +113,7 @@ class SABlock(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        check_batch(x, "x", self.conv1.in_channels)
         if self.stride > 1:
             x = F.max_pool2d(x, self.stride, self.stride)
         residual = self.downsample(x) if self.downsample is not None else x
@@ -122,7 +127,10 @@ class SABlock(nn.Module):
             o = out1
             if scale is not None:
                 if o.shape[3] < scale or o.shape[2] < scale:
-                    o = F.max_pool2d(o, o.shape[2], o.shape[3])  # released: kernel H, stride W
+                    h_, w_ = int(o.shape[2]), int(o.shape[3])
+                    # released: kernel H, stride W; where that H×H window does not fit (W < H, where the release
+                    # crashes) the window is the whole map, H×W
+                    o = F.max_pool2d(o, h_, w_) if w_ >= h_ else F.max_pool2d(o, (h_, w_), w_)
                 else:
                     o = F.max_pool2d(o, scale, scale)
             if conv is not None:
@@ -215,6 +223,7 @@ class ScaleNet(nn.Module):
 
     @override
     def forward(self, images: Tensor) -> list[Tensor]:
+        check_batch(images, "images", 3)
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(images))), 3, 2, 1)
         outs = []
         for i in range(4):
@@ -230,7 +239,8 @@ def scalenet101(dilations: Sequence[int] = (1, 1, 1, 1), **kwargs: Any) -> Scale
     """ScaleNet-101 with the released structure.
 
     PMM's CAM network uses dilations (1, 1, 1, 1), its segmentation backbone (1, 1, 2, 4). Weights
-    (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with `wsss_blocks.models.load_pretrained` without a key map.
+    (``scalenet101.pth``, ``Eli-YiLi/ScaleNet``) load with
+    [`wsss_blocks.models.load_pretrained`][wsss_blocks.models.backbones.load_pretrained] without a key map.
 
     Examples:
         >>> net = scalenet101()
@@ -238,3 +248,26 @@ def scalenet101(dilations: Sequence[int] = (1, 1, 1, 1), **kwargs: Any) -> Scale
         (23, (4, 8, 8, 8))
     """
     return ScaleNet(SCALENET101_STRUCTURE, (3, 4, 23, 3), dilations=dilations, **kwargs)
+
+
+SCALENET_TINY_STRUCTURE: tuple[tuple[int, int, int, int, int], ...] = (
+    (8, 4, 2, 2, 56), (16, 8, 4, 4, 28), (32, 16, 8, 8, 14), (64, 32, 16, 0, 7))
+"""A 4-block ScaleNet (one block per stage) for CPU tests and the synthetic presets."""
+
+
+def _registry_build(tiny: bool) -> Any:
+    def build(output_stride: int | None = None, **kwargs: Any) -> ScaleNet:
+        if output_stride not in (None, 8):
+            raise ValueError(f"ScaleNet has output stride 8 (strides 1, 2, 1, 1), got output_stride={output_stride}")
+        if tiny:
+            kwargs.setdefault("layers", (1, 1, 1, 1))
+            return ScaleNet(kwargs.pop("structure", SCALENET_TINY_STRUCTURE), **kwargs)
+        return scalenet101(**kwargs)
+
+    return build
+
+
+# ``build_backbone("scalenet101")``: PMM's CAM network backbone (dilations 1, 1, 1, 1; pass dilations=(1, 1, 2, 4)
+# for the segmentation backbone); the ImageNet classifier ``fc.*`` of the released checkpoint is ignored.
+register_backbone("scalenet101", _registry_build(False), ignore_unexpected=("fc.",))
+register_backbone("scalenet_tiny", _registry_build(True), ignore_unexpected=("fc.",))

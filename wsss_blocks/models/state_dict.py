@@ -1,8 +1,8 @@
 """Reading checkpoint files into flat state dicts, and the ``none`` initialisation.
 
 `read_checkpoint` reads a local file (or unwraps a loaded mapping) and knows nothing of the weights
-registry; `wsss_blocks.models.backbones.read_state_dict` adds registry names on top of it, and the
-registry itself (`wsss_blocks.models.weights`) reads its cached files with it.
+registry; [`wsss_blocks.models.backbones.read_state_dict`][] adds registry names on top of it, and the
+registry itself ([`wsss_blocks.models.weights`][]) reads its cached files with it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import Tensor
 
 __all__ = ["read_checkpoint", "is_random_init"]
 
-#: Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
-#: EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
+# Container keys that wrap a state dict in released checkpoints (PSA/L2G ``state_dict``, timm ``model``,
+# EPS/SMAF ``['Net']['model_state']``, mmcv ``state_dict``, DeepLab ``model``).
 _WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "Net", "params", "module")
 
 
@@ -76,7 +76,7 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any], *, weights_on
     Files: ``.pth``/``.pt``/``.bin``, ``.safetensors``, MXNet ``.params``. The usual containers are unwrapped
     and DataParallel's ``module.`` is stripped.
 
-    MXNet ``.params`` files are read with NumPy alone (`wsss_blocks.models.converters.read_mxnet_params`);
+    MXNet ``.params`` files are read with NumPy alone ([`wsss_blocks.models.converters.read_mxnet_params`][]);
     their names are kept (``arg:res4b5_branch2b1_weight``) for the key maps.
 
     Args:

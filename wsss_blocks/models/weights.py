@@ -5,7 +5,7 @@ comes from (direct URLs, or an alternative source plus a converter, or only page
 published hash where one exists, its size, licence and the checks a correct copy passes (tensor names and
 shapes after the entry's key map). Files live in ``$WSSS_BLOCKS_CACHE/weights/`` (default
 ``~/.cache/wsss_blocks/weights``) under their released names and are downloaded with
-`wsss_blocks.hub.download` (resumable, verified before the atomic move, ``WSSS_BLOCKS_OFFLINE`` and
+[`wsss_blocks.hub.download`][] (resumable, verified before the atomic move, ``WSSS_BLOCKS_OFFLINE`` and
 ``WSSS_BLOCKS_MIRROR`` honoured; a mirror is asked for the entry's own file name first).
 
 **Hashes.** Where a public record gives one it is pinned: the SHA-256 prefix in torchvision's file names
@@ -258,6 +258,44 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
                "1jWsV5Yev-PwKgvvtUM3GnY0ogb50-qKa or Baidu code 6nmo) holds SEAM's trained model.",
     ),
     WeightsEntry(
+        name="scalenet101-imagenet",
+        file_name="scalenet101.pth",
+        title="ScaleNet-101, ImageNet-1k (20.82 % top-1 error)",
+        model="PMM's stage-C CAM network (SEAMNet on scalenet101): the backbone; its ImageNet fc is ignored",
+        origin="Eli-YiLi/PMM run.py:125 (--weights models/scalenet/weights/scalenet101.pth), "
+               "network/scalenet_SEAM.py ScaleNet101_SEAM (strict=False load); Eli-YiLi/ScaleNet README "
+               "'Trained models'",
+        license="Eli-YiLi/ScaleNet release (see its repository); ImageNet terms of access",
+        check_keys={"conv1.weight": (64, 3, 7, 7), "layer1.0.conv2.0.weight": (61, 64, 3, 3),
+                    "layer3.22.conv3.weight": (1024, 341, 1, 1), "layer4.2.conv3.weight": (2048, 682, 1, 1)},
+        pages=("https://pan.baidu.com/s/1NOjFWzkAVmMNkZh6jIcMzA",
+               "https://1drv.ms/f/s!Agn5nXKXMkK5aigB0g238YxuTxs",
+               "https://pan.baidu.com/s/1GL3zXZuapuXmH9E7Xy8-Fg (Baidu code mtci)"),
+        manual="Eli-YiLi/ScaleNet README 'Trained models' (BaiduYun, extract code f1c5): take "
+               "weights/scalenet101.pth; the same file is models/scalenet/weights/scalenet101.pth in the Eli-YiLi/PMM "
+               "README:25 'pretrained models' folder (OneDrive, or Baidu with code mtci). No public hash or direct "
+               "download exists: the first copy that passes the checks is recorded.",
+    ),
+    WeightsEntry(
+        name="res2net101-v1b-imagenet",
+        file_name="res2net101_v1b_26w_4s-0812c246.pth",
+        title="Res2Net-101 v1b 26w×4s, ImageNet-1k (gasvn/Res2Net-PretrainedModels)",
+        model="seg.backbone res2net101_v1b (PMM's PSPNet backbone; its ImageNet fc is ignored)",
+        origin="Eli-YiLi/WSSS_MMSeg configs/pspnet_wsss/pspnet_res2net_20k_voc12aug_pus.py:3 "
+               "(pretrained='data/models/res2net101_v1b_26w_4s-0812c246.pth'); Res2Net/Res2Net-PretrainedModels "
+               "res2net_v1b.py model_urls",
+        license="Res2Net release (Res2Net/Res2Net-PretrainedModels); ImageNet terms of access",
+        urls=("https://shanghuagao.oss-cn-beijing.aliyuncs.com/res2net/res2net101_v1b_26w_4s-0812c246.pth",),
+        sha256="0812c246",
+        hash_source="SHA-256 prefix in the file name (torch.hub naming convention of the Res2Net release's "
+                    "model_urls; the release loads it with model_zoo.load_url, which does not check it)",
+        check_keys={"conv1.0.weight": (32, 3, 3, 3), "layer3.22.conv3.weight": (1024, 416, 1, 1),
+                    "layer4.2.conv3.weight": (2048, 832, 1, 1), "layer4.2.bn3.running_var": (2048,)},
+        pages=("https://1drv.ms/f/s!Agn5nXKXMkK5aigB0g238YxuTxs",
+               "https://pan.baidu.com/s/1GL3zXZuapuXmH9E7Xy8-Fg (Baidu code mtci)"),
+        manual="Also in the Eli-YiLi/PMM README:25 'pretrained models' folder (OneDrive, or Baidu with code mtci).",
+    ),
+    WeightsEntry(
         name="mit-b1-imagenet",
         file_name="mit_b1.pth",
         title="SegFormer MiT-B1 encoder, ImageNet-1k",
@@ -318,6 +356,7 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
         convertible=("caffemodel-deeplab",),
     ),
 )}
+"""The registry: every released initialisation the configs name, by name (``wsss-blocks weights list``)."""
 
 
 def get_weights_entry(name: str) -> WeightsEntry:
@@ -708,13 +747,24 @@ def default_weights_for(backbone: str, *, stage: str = "cam", style: str = "pyto
         return "deeplabv1-resnet101-coco" if stage == "seg" and style == "caffe" else "resnet101-imagenet"
     if backbone == "mit_b1":
         return "mit-b1-imagenet"
+    if backbone in ("res2net101_v1b", "res2net101"):
+        return "res2net101-v1b-imagenet"
+    if backbone == "scalenet101":
+        return "scalenet101-imagenet"
     return None
 
 
 def _fields(cfg: Any, stages: Sequence[str]) -> list[tuple[str, Any, str, str]]:
     out = []
     if "cam" in stages:
-        out.append(("cam.pretrained", cfg.cam.pretrained, cfg.cam.backbone, "cam"))
+        # a method may build other networks too (PMM's stage C) and may not build the cam.backbone one at all
+        method_cls = cfg.method_class() if hasattr(cfg, "method_class") else None
+        method_cfg = cfg.method_config() if method_cls is not None else None
+        if method_cls is None or getattr(method_cls, "uses_cam_backbone", lambda c: True)(method_cfg):
+            out.append(("cam.pretrained", cfg.cam.pretrained, cfg.cam.backbone, "cam"))
+        if method_cls is not None:
+            for field_name, value, backbone in getattr(method_cls, "extra_weights", lambda c: [])(method_cfg):
+                out.append((field_name, value, backbone, "cam"))
     if "seg" in stages and cfg.seg.source == "deeplab":
         out.append(("seg.pretrained", cfg.seg.pretrained, cfg.seg.backbone, "seg"))
     return out
@@ -727,7 +777,9 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
                       progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Path | None]:
     """Resolve and verify every initialisation of a run before its first training step.
 
-    For ``cam.pretrained`` and (with ``seg.source: deeplab``) ``seg.pretrained``:
+    For ``cam.pretrained`` (unless the method does not build that network), the method's other
+    initialisations (``CAMMethod.extra_weights``, e.g. PMM's ``method_args.stage_c_pretrained``) and (with
+    ``seg.source: deeplab``) ``seg.pretrained``:
 
     * a registry name is fetched if needed and verified; a path must exist;
     * ``none`` trains from random weights, with a warning on real data when the backbone has a released
@@ -736,6 +788,8 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
       initialisation is refused: the config must name the weights, or say ``none`` explicitly;
     * ``synthetic`` (synthetic data only) is skipped and maps to ``None`` here: the trainer pretrains that
       backbone on a disjoint synthetic set when it builds the network (`wsss_blocks.train.synthetic_pretrain`).
+    * ``timm`` (``timm:<name>`` backbones only) lets timm download the model's own weights when the network is
+      built; refused when ``WSSS_BLOCKS_OFFLINE=1``.
 
     Args:
         cfg: a `RunConfig`.
@@ -756,6 +810,16 @@ def check_run_weights(cfg: Any, stages: Sequence[str] = ("cam", "seg"), *, downl
     result: dict[str, Path | None] = {}
     for field_name, value, backbone, stage in _fields(cfg, stages):
         if value == "synthetic" and not real:  # made (once, cached) by the trainer when it builds the network
+            result[field_name] = None
+            continue
+        if value == "timm":  # timm fetches the model's own weights (TimmBackbone)
+            if not str(backbone).startswith("timm:"):
+                raise ValueError(f"{field_name}=timm lets timm download a timm model's weights; backbone "
+                                 f"{backbone!r} is not a 'timm:<name>' backbone")
+            if hub.is_offline():
+                raise WeightsUnavailableError(f"{field_name}=timm: timm would download the weights of {backbone}, but "
+                                              f"{hub.OFFLINE_ENV}=1 forbids downloads; save them to a file and set "
+                                              f"{field_name} to its path")
             result[field_name] = None
             continue
         style = getattr(cfg.seg, "style", "caffe") if stage == "seg" else "pytorch"

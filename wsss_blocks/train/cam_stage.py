@@ -34,8 +34,9 @@ from wsss_blocks.models.weights import check_run_weights
 
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split
+from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split, preflight_data
 from .distributed import DistEnv, barrier, init_distributed
+from .evaluation import evaluate_segmentation
 from .loop import Hook, PhaseSpec, configure_determinism, run_phase, set_seed
 from .methods import CAMMethod, PhaseContext
 from .optim import total_steps_for
@@ -138,6 +139,51 @@ def _overlay_callback(method: CAMMethod, cfg: RunConfig, out: Path, phase: str, 
     return draw
 
 
+def _method_val_hook(cfg: RunConfig, method: CAMMethod, out: Path, env: DistEnv, logger: MetricLogger,
+                     phase_steps: list[int], every: int) -> Hook:
+    """``seg.eval_every`` with ``seg.source: method``: validate the method's own segmentation head during training.
+
+    As the AFA/TSCD releases do (``validate`` in ``scripts/dist_train_voc.py``, every 2,000 iterations): the
+    single-scale val mIoU of `CAMMethod.seg_fn` without flip or CRF, logged as ``val_miou``; the best model ever
+    evaluated in this folder (ties keep the earlier one) is kept in ``<cam>/best.pt`` for ``seg.report: best``.
+    """
+    state: dict[str, Any] = {}
+    best_path = out / "best.pt"
+    k = cfg.data.num_classes
+
+    def hook(info: dict[str, Any]) -> None:
+        step, total = int(info["phase_step"]), int(info["total"])
+        last_phase = len(phase_steps) == len(method.phases)
+        if step % every != 0 and not (last_phase and step == total):
+            return
+        if "ds" not in state:
+            state["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
+                                     root=data_root(cfg, env))
+        was_training = method.training
+        method.eval()
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            res = evaluate_segmentation(cfg, method.seg_fn, data_normalization(cfg.data), state["ds"], env,
+                                        f"val@{info['step']}", single_scale=True)
+        method.train(was_training)
+        miou = float(res["miou"])
+        logger.log({"stage": "cam", "phase": info["phase"], "phase_step": step, "step": int(info["step"]),
+                    "val_miou": miou})
+        if env.is_main:
+            if "best" not in state:  # the best mIoU evaluated so far in this folder (an earlier run's too)
+                state["best"] = float("-inf")
+                if best_path.is_file():
+                    prev = load_checkpoint(best_path, method=cfg.method, num_classes=k, map_location="cpu")
+                    state["best"] = float(prev.get("val_miou", float("-inf")))
+            if miou > state["best"]:
+                save_model_file(best_path, method.state_dict(), method=cfg.method, num_classes=k,
+                                step=int(info["step"]), phase_steps=list(phase_steps), val_miou=miou,
+                                extra=method.extra_state_for_checkpoint(), config=to_dict(cfg))
+                state["best"] = miou
+        barrier()
+
+    return hook
+
+
 def _save_rows(path: Path, imgs: list[torch.Tensor], cams: list[torch.Tensor], labels: list[torch.Tensor],
                save: Any) -> None:
     # images may differ in size: write one grid row per sample via save_cam_overlays' tiling
@@ -169,7 +215,7 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         cfg: the run config.
         out_dir: run folder (the stage writes into ``out_dir/cam``).
         resume: continue from the newest checkpoint (a finished stage is skipped).
-        hooks: called after every optimizer step (see `wsss_blocks.train.loop.run_phase`).
+        hooks: called after every optimizer step (see [`wsss_blocks.train.loop.run_phase`][]).
         env: an already initialised `DistEnv` (default: detect torchrun).
     """
     cfg = resolve_paths(cfg)
@@ -186,6 +232,8 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     start = resolve_resume(out, cfg.method, cfg.data.num_classes, resume, "cam")
     if env.is_main and not start.finished:  # every initialisation fetched and verified before the first step
         check_run_weights(cfg, ("cam",), progress=cfg.runtime.progress)
+    if not start.finished:  # every file the stage reads decoded once (cached) before the first write
+        preflight_data(cfg, ("cam",), env)
     check_run_folder(cfg, out_dir, "cam")
     barrier()
     if env.is_main:
@@ -204,13 +252,13 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     resolve_synthetic_pretrained(cfg, env, ("cam",))  # pretrains once (main rank) when the cache lacks the weights
     method = build_method(cfg, env)
     logger = MetricLogger(out / "log.jsonl", enabled=env.is_main)
-    default_steps = total_steps_for(cfg.cam, len(dataset))
     rp = int(resume_ck["phase_index"]) if resume_ck is not None else -1
     offset = 0
     phase_steps: list[int] = []
     t0 = time.time()
     for i, phase in enumerate(method.phases):
-        steps = int(method.phase_steps(phase, default_steps))
+        optim = method.phase_optim(phase, cfg.cam)
+        steps = int(method.phase_steps(phase, total_steps_for(optim, len(dataset))))
         phase_steps.append(steps)
         resuming = i <= rp
         method.on_phase_start(_phase_ctx(method, i, steps, out, env, resuming, base))
@@ -218,16 +266,21 @@ def train_cam(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
         if i < rp:
             offset += steps
             continue
+        phase_data = method.phase_dataset(phase, base, dataset)
         if not resuming:
             set_seed(cfg.runtime.seed + 1 + i + 1000 * env.rank)
+        phase_hooks = list(hooks)
+        if cfg.seg.source == "method" and cfg.seg.eval_every is not None:
+            phase_hooks.insert(0, _method_val_hook(cfg, method, out, env, logger, phase_steps,
+                                                   int(cfg.seg.eval_every)))
         spec = PhaseSpec(
             stage="cam", phase=phase, module=method, step_fn=method.training_step,
-            param_groups=method.param_groups(cfg.cam.lr, cfg.cam.weight_decay), dataset=dataset, optim=cfg.cam,
+            param_groups=method.param_groups(optim.lr, optim.weight_decay), dataset=phase_data, optim=optim,
             total_steps=steps, ckpt_method=cfg.method, num_classes=cfg.data.num_classes,
             normalize=data_normalization(cfg.data), phase_index=i, step_offset=offset,
             extra_state=method.extra_state_for_checkpoint, load_extra_state=method.load_extra_state,
             on_epoch_end=_overlay_callback(method, cfg, out, phase, env), config=to_dict(cfg))
-        run_phase(spec, cfg.runtime, env, out, logger, resume=resume_ck if i == rp else None, hooks=hooks)
+        run_phase(spec, cfg.runtime, env, out, logger, resume=resume_ck if i == rp else None, hooks=phase_hooks)
         offset += steps
     if env.is_main:
         save_model_file(final, method.state_dict(), method=cfg.method, num_classes=cfg.data.num_classes,

@@ -1,9 +1,9 @@
-"""PMM's cyclic pseudo-mask round around the :class:`~wsss_blocks.pseudo_mask.CyclicPseudoMask` block.
+"""PMM's cyclic pseudo-mask round around the [`CyclicPseudoMask`][wsss_blocks.pseudo_mask.CyclicPseudoMask] block.
 
 The released cycle (``Eli-YiLi/WSSS_MMSeg`` ``tools/run_wsss.sh``): train the segmentation model on the PPMG masks
-with PUF, pick the checkpoint with the best val mIoU (:func:`select_checkpoint`, ``tools/pick_best_pth.py``),
-relabel every training image with it (:func:`relabel`) and train a *fresh* model on the new masks with plain
-cross-entropy (:func:`loss_for_round`).
+with PUF, pick the checkpoint with the best val mIoU ([`select_checkpoint`][], ``tools/pick_best_pth.py``),
+relabel every training image with it ([`relabel`][]) and train a *fresh* model on the new masks with plain
+cross-entropy ([`loss_for_round`][]).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["RelabelResult", "relabel", "select_checkpoint", "loss_for_round"]
 
 @dataclass
 class RelabelResult:
-    """What :func:`relabel` did.
+    """What [`relabel`][] did.
 
     Attributes:
         out_root: the folder holding the new masks.
@@ -54,11 +54,12 @@ def relabel(
     """Predict every sample with ``cyclic`` and write ``<out_root>/<name>.png``.
 
     Masks are uint8 class indices (greyscale like the release unless ``palette=True``), written through
-    :func:`wsss_blocks.data.io.save_label_png`, which writes a temporary file and renames it, so a crash never
-    leaves a partial mask. A finished mask is never recomputed: rerunning after an interruption resumes where it
-    stopped (``overwrite=True`` redoes all). When ``dataset`` has a ``names`` list and integer indexing (like
-    :class:`wsss_blocks.data.VOCSegmentation`), finished samples are not even loaded. ``out_root`` must differ
-    from the old mask folder: new masks go next to the old ones, never over them.
+    [`wsss_blocks.data.io.save_label_png`][wsss_blocks.data.io.save_label_png], which writes a temporary file and
+    renames it, so a crash never leaves a partial mask. A finished mask is never recomputed: rerunning after an
+    interruption resumes where it stopped (``overwrite=True`` redoes all). When ``dataset`` has a ``names`` list and
+    integer indexing (like [`wsss_blocks.data.VOCSegmentation`][wsss_blocks.data.voc.VOCSegmentation]), finished samples
+    are not even loaded. ``out_root`` must differ from the old mask folder: new masks go next to the old ones, never
+    over them.
 
     Args:
         cyclic: the prediction block (scales, flip, slide, CRF, policy).
@@ -72,11 +73,11 @@ def relabel(
         device: where to run the model (default: the images' device, i.e. CPU for a dataset).
         palette: write palette PNGs instead of greyscale (same pixel values).
         overwrite: recompute masks that already exist.
-        result: a :class:`RelabelResult` to count into as masks are written (returned); its counts are what an
+        result: a [`RelabelResult`][] to count into as masks are written (returned); its counts are what an
             interrupted call did when it raises. Default: a new one.
 
     Returns:
-        A :class:`RelabelResult` (folder and counts).
+        A [`RelabelResult`][] (folder and counts).
 
     Examples:
         >>> import tempfile

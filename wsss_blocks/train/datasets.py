@@ -6,6 +6,7 @@ augmentation pipelines with their deterministic per-sample wrapper, and size-gro
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -15,13 +16,18 @@ import torch
 from torch.utils.data import Dataset
 
 from wsss_blocks.data import COCOSegmentation, VOCSegmentation, make_synthetic_voc
+from wsss_blocks.data.check import DataCheckReport, _dataset_mask_mapper, check_data_files, dataset_files
 from wsss_blocks.data.transforms import (
     ColorJitter,
     Compose,
+    PadTo,
+    PhotoMetricDistortion,
     RandomCrop,
+    RandomCropInside,
     RandomHorizontalFlip,
     RandomRescale,
     RandomResizeLong,
+    RandomResizeRatio,
     RandomResizeShort,
     Resize,
     sample_generator,
@@ -35,6 +41,7 @@ from .schema import RunConfig
 __all__ = [
     "cam_train_transform",
     "check_splits",
+    "preflight_data",
     "data_root",
     "default_cache_dir",
     "iter_inference_batches",
@@ -114,6 +121,56 @@ def check_splits(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"
             open_split(cfg, d.val_split, return_mask=True, limit=d.max_eval_images, root=root)
 
 
+def _data_check_cache(cfg: RunConfig, root: Path) -> Path:
+    """The pre-flight check's cache: in the cache folder (never in the run folder), one file per data root."""
+    d = cfg.data
+    base = absolute(d.synthetic.cache_dir) if d.dataset == "synthetic" and d.synthetic.cache_dir else \
+        default_cache_dir()
+    return base / "data_check" / f"{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.json"
+
+
+def preflight_data(cfg: RunConfig, stages: Sequence[str] = ("cam", "pseudo", "seg"), env: DistEnv | None = None
+                   ) -> DataCheckReport | None:
+    """Decode every image and mask the given stages will read, once, and list every problem together.
+
+    The files: the CAM stage's ``data.train_split`` images (with saliency maps and, when labels come from masks,
+    masks), the pseudo-mask split's images and the ``data.cam_eval_split`` images with masks (pseudo stage), the
+    segmentation training images and the ``data.val_split`` images with masks (segmentation stage). See
+    `wsss_blocks.data.check` for what is checked; results are cached per file (path, size, mtime) in the cache
+    folder, so a rerun decodes nothing that did not change. Runs on the main process only; ``data.preflight:
+    false`` (``--skip-data-check``) skips it.
+
+    Raises:
+        wsss_blocks.data.check.DataCheckError: the problems, one ``file: problem`` line each.
+    """
+    d = cfg.data
+    if not d.preflight or (env is not None and not env.is_main):
+        return None
+    root = data_root(cfg)
+    pseudo_split = cfg.pseudo.split or d.train_split
+    specs: list[tuple[str, bool, bool, int | None]] = []  # (split, masks, saliency, limit)
+    if "cam" in stages:
+        specs.append((d.train_split, False, d.saliency_dir is not None, d.max_train_images))
+    if "pseudo" in stages or "seg" in stages:
+        specs.append((pseudo_split, False, False, d.max_train_images))
+    if "pseudo" in stages:
+        specs.append((d.cam_eval_split, True, False, d.max_eval_images))
+    if "seg" in stages:
+        specs.append((d.val_split, True, False, d.max_eval_images))
+    samples = []
+    mapper = None
+    for split, masks, saliency, limit in specs:
+        ds = open_split(cfg, split, return_mask=masks, saliency=saliency, limit=limit, root=root)
+        samples += dataset_files(ds)
+        mapper = mapper or _dataset_mask_mapper(ds)
+    report = check_data_files(samples, num_classes=d.num_classes, max_image_pixels=d.max_image_pixels,
+                              cache_file=_data_check_cache(cfg, root), progress=cfg.runtime.progress,
+                              desc="data check", mask_mapper=mapper)
+    report.raise_if_problems(hint="(data.preflight: false, or --skip-data-check on the command line, skips "
+                                  "this check)")
+    return report
+
+
 class AugmentedDataset(Dataset):
     """Wraps a VOC-style dataset: per-sample deterministic augmentation and a ``valid`` (not padded) mask.
 
@@ -155,14 +212,18 @@ def cam_train_transform(cfg: RunConfig) -> Compose:
     c = cfg.cam
     ts: list[Any] = []
     interp = c.interpolation
+    sal = c.saliency_interpolation
     if c.resize is not None:
-        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp))
+        ts.append(Resize((int(c.resize[0]), int(c.resize[1])), interpolation=interp, saliency_interpolation=sal))
     if c.resize_long is not None:
-        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp))
+        ts.append(RandomResizeLong(int(c.resize_long[0]), int(c.resize_long[1]), interpolation=interp,
+                                   saliency_interpolation=sal))
     if c.resize_short is not None:
-        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp))
+        ts.append(RandomResizeShort(int(c.resize_short[0]), int(c.resize_short[1]), interpolation=interp,
+                                    saliency_interpolation=sal))
     if c.scale_range is not None:
-        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp))
+        ts.append(RandomRescale((float(c.scale_range[0]), float(c.scale_range[1])), interpolation=interp,
+                                saliency_interpolation=sal))
     if c.hflip:
         ts.append(RandomHorizontalFlip())
     if c.color_jitter is not None:
@@ -173,8 +234,25 @@ def cam_train_transform(cfg: RunConfig) -> Compose:
 
 
 def seg_train_transform(cfg: RunConfig) -> Compose:
-    """deeplab-pytorch augmentation: discrete random scale, crop (mask padded with 255), flip."""
+    """Segmentation augmentation: ``seg.augment`` ``deeplab`` or ``mmseg``.
+
+    ``deeplab`` (deeplab-pytorch): discrete random scale, crop (mask padded with 255), flip. ``mmseg``
+    (mmsegmentation, PMM's PSPNet, ``configs/_base_/datasets/pascal_voc12.py``): resize to a random ratio of
+    ``seg.img_scale`` keeping the aspect ratio, a crop inside the image redrawn while one class covers
+    ``seg.cat_max_ratio``, flip, photometric distortion, then padding at the bottom right (image: the mean
+    colour after normalisation, mask: 255).
+    """
     s = cfg.seg
+    if s.augment == "mmseg":
+        mm: list[Any] = [RandomResizeRatio((int(s.img_scale[0]), int(s.img_scale[1])),
+                                           (float(s.ratio_range[0]), float(s.ratio_range[1]))),
+                         RandomCropInside(s.crop_size, cat_max_ratio=s.cat_max_ratio)]
+        if s.hflip:
+            mm.append(RandomHorizontalFlip())
+        if s.photometric_distortion:
+            mm.append(PhotoMetricDistortion())
+        mm.append(PadTo(s.crop_size, pad_image_value=_PAD, pad_mask_value=255))
+        return Compose(mm)
     ts: list[Any] = []
     if s.scales:
         ts.append(RandomRescale(scales=list(s.scales)))

@@ -3,16 +3,16 @@
 What it guarantees:
 
 * **Bit-exact resumption.** The sample order of every epoch is a permutation seeded with
-  ``seed + epoch`` (`wsss_blocks.train.distributed.epoch_batches`), augmentation draws from a per-sample
-  generator seeded with ``(seed, epoch, index)`` (`wsss_blocks.data.transforms.sample_generator`), the
-  learning rate is a pure function of the step (`wsss_blocks.train.optim.lr_factor`), and a checkpoint
+  ``seed + epoch`` ([`wsss_blocks.train.distributed.epoch_batches`][]), augmentation draws from a per-sample
+  generator seeded with ``(seed, epoch, index)`` ([`wsss_blocks.data.transforms.sample_generator`][]), the
+  learning rate is a pure function of the step ([`wsss_blocks.train.optim.lr_factor`][]), and a checkpoint
   holds model, optimizer, AMP scaler, the Python/NumPy/torch RNG states of every rank and the step. A run
   resumed from step ``k`` therefore continues with exactly the batches, augmentations, random draws and
   learning rates of the uninterrupted run (in deterministic mode on the same hardware).
 * **Atomic checkpoints** every ``runtime.checkpoint_every`` steps and at the end of each phase
-  (`wsss_blocks.train.checkpoint.save_checkpoint`).
-* DDP through torchrun (`wsss_blocks.train.distributed`), AMP on CUDA only, a tqdm bar with ETA and a
-  JSONL metric log (`wsss_blocks.train.reporting`), per-epoch callbacks (CAM overlays).
+  ([`wsss_blocks.train.checkpoint.save_checkpoint`][]).
+* DDP through torchrun ([`wsss_blocks.train.distributed`][]), AMP on CUDA only, a tqdm bar with ETA and a
+  JSONL metric log ([`wsss_blocks.train.reporting`][]), per-epoch callbacks (CAM overlays).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from .schema import OptimConfig, RuntimeConfig
 __all__ = ["Hook", "PhaseSpec", "configure_determinism", "run_phase", "save_phase_checkpoint", "set_seed",
            "to_device"]
 
-#: called after every optimizer step with the step's information (see `run_phase`)
 Hook = Callable[[dict[str, Any]], None]
+"""Called after every optimizer step with the step's information (see `run_phase`)."""
 
 
 def set_seed(seed: int) -> None:
@@ -230,7 +230,7 @@ def run_phase(spec: PhaseSpec, runtime: RuntimeConfig, env: DistEnv, out_dir: st
     try:
         while step < total:
             factor = lr_factor(step, total, optim, spe)
-            lr = set_lr(optimizer, optim.lr, factor)
+            lr = set_lr(optimizer, optim.lr, factor, optim.min_lr if optim.lr_schedule == "poly" else 0.0)
             optimizer.zero_grad(set_to_none=True)
             indices: list[int] = []
             metrics: dict[str, float] = {}

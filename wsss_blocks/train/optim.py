@@ -81,11 +81,20 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
-    """Set every group's ``lr = base_lr * lr_mult * factor``; return the base group's lr."""
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float, min_lr: float = 0.0) -> float:
+    """Set every group's ``lr = (base_lr * lr_mult - min_lr) * factor + min_lr``; return the base group's lr.
+
+    ``min_lr`` is mmcv's ``PolyLrUpdaterHook(min_lr=...)`` floor (PMM's PSPNet: 1e-4); 0 gives
+    ``base_lr * lr_mult * factor``.
+
+    Examples:
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> round(set_lr(opt, 0.005, 0.5, min_lr=1e-4), 6)  # halfway between 0.005 and the floor
+        0.00255
+    """
     for g in optimizer.param_groups:
-        g["lr"] = base_lr * float(g.get("lr_mult", 1.0)) * factor
-    return base_lr * factor
+        g["lr"] = (base_lr * float(g.get("lr_mult", 1.0)) - min_lr) * factor + min_lr
+    return (base_lr - min_lr) * factor + min_lr
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, accumulate: int = 1) -> int:

@@ -56,7 +56,7 @@ def default_cache_dir() -> Path:
 
 
 def synthetic_params(data: DataConfig) -> dict[str, Any]:
-    """The `wsss_blocks.data.make_synthetic_voc` arguments of ``data.synthetic``."""
+    """The [`make_synthetic_voc`][wsss_blocks.data.synthetic.make_synthetic_voc] arguments of ``data.synthetic``."""
     s = data.synthetic
     params: dict[str, Any] = {"num_train": s.num_train, "num_val": s.num_val, "image_size": s.image_size,
                               "num_classes": s.num_classes, "seed": s.seed, "max_objects": s.max_objects}

@@ -1,22 +1,23 @@
 """Stage 2: multi-scale + flip CAMs, CAM mIoU sweep, and pseudo masks written atomically and resumably.
 
 1. **CAM evaluation** (``eval_cams``): CAMs of the ``data.cam_eval_split`` images (IRN: VOC *train*, 1,464
-   images, against ``SegmentationClass``) with `wsss_blocks.cam.multiscale_cams` (``pseudo.scales``,
-   flip, summed), normalised (`wsss_blocks.cam.normalize_cams`, the method's mode), absent classes
+   images, against ``SegmentationClass``) with [`wsss_blocks.cam.multiscale_cams`][] (``pseudo.scales``,
+   flip, summed), normalised ([`wsss_blocks.cam.normalize_cams`][], the method's mode), absent classes
    zeroed; the constant-background mIoU is accumulated for every ``pseudo.sweep_thresholds`` value in one
-   pass (`wsss_blocks.metrics.BgScoreSweep`, the streaming form of
-   `wsss_blocks.metrics.sweep_bg_score`; counts summed over DDP ranks). Written to
+   pass ([`wsss_blocks.metrics.BgScoreSweep`][], the streaming form of
+   [`wsss_blocks.metrics.sweep_bg_score`][]; counts summed over DDP ranks). Written to
    ``<out>/pseudo/cam_sweep.json``.
 2. **Pseudo masks** (``make_pseudo_masks``): the same CAMs for every image of ``pseudo.split`` (default
-   ``data.train_split``), turned into masks by the method's rule (`CAMMethod.pseudo_masks`; default the
-   IRN seed rule with ``pseudo.bg_score``, or the swept best score when it is ``"sweep"``), saved as palette
-   PNGs with `wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted
-   run continues where it stopped. Pseudo masks of images in the evaluation split are scored against GT.
+   ``data.train_split``), turned into masks by the configured chain (`wsss_blocks.train.pipeline`:
+   ``pseudo.post`` steps, the ``pseudo.refine`` refiner and the ``pseudo.rule`` rule; the constant background is
+   ``pseudo.bg_score``, or the swept best score when it is ``"sweep"``), saved as palette PNGs with
+   `wsss_blocks.data.save_label_png` (atomic). Existing PNGs are skipped, so an interrupted run continues where it
+   stopped. Pseudo masks of images in the evaluation split are scored against GT. With ``pseudo.refine: irn``
+   IRNet is trained first, in ``<out>/irn`` (`wsss_blocks.train.irn_stage`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -32,10 +33,11 @@ from wsss_blocks.metrics import BgScoreSweep, SegmentationMetric
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir
-from .datasets import data_root, iter_inference_batches, open_split
+from .datasets import data_root, iter_inference_batches, open_split, preflight_data
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
 from .methods import CAMMethod
 from .paths import absolute, resolve_paths
+from .pipeline import PseudoChain
 from .reporting import json_float, track
 from .run_folder import check_run_folder, fingerprint, prepare_stage_folder, stage_settings
 from .schema import RunConfig
@@ -48,6 +50,11 @@ def compute_cams(method: CAMMethod, image01: torch.Tensor, labels: torch.Tensor,
     p = cfg.pseudo
     x = normalize_images(image01, data_normalization(cfg.data))
     use_amp = cfg.runtime.amp and image01.device.type == "cuda"
+    infer = getattr(method, "infer_cams", None)  # a method's own inference (PMM: multi-crop), already normalised
+    with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
+        own = infer(x, labels) if infer is not None else None
+    if own is not None:
+        return own.float() * labels.to(torch.float32)[:, :, None, None]
     with torch.autocast(device_type=image01.device.type, dtype=torch.float16, enabled=use_amp):
         fused = multiscale_cams(method.cam_fn, x, scales=tuple(p.scales), flip=p.flip,
                                 out_size=(int(image01.shape[-2]), int(image01.shape[-1])), reduce=p.reduce,
@@ -170,33 +177,47 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
         check_output_dir(out, cfg.runtime.min_free_mb, create=False)
     root = data_root(cfg, env)
     split = cfg.pseudo.split or cfg.data.train_split
-    ds = open_split(cfg, split, return_mask=False, limit=cfg.data.max_train_images, root=root)
+    sal = cfg.data.saliency_dir is not None and "saliency" in PseudoChain(cfg).needs
+    ds = open_split(cfg, split, return_mask=False, saliency=sal, limit=cfg.data.max_train_images, root=root)
     ev = open_split(cfg, cfg.data.cam_eval_split, return_mask=True, limit=cfg.data.max_eval_images, root=root)
     check_run_folder(cfg, out_dir, "pseudo")
+    from .irn_stage import boundary_fn, check_irn_folder, train_irn, uses_irn
+
+    check_irn_folder(cfg, out_dir)
+    preflight_data(cfg, ("pseudo",), env)  # every file the stage reads decoded once (cached), before any write
     method = _model(cfg, out_dir, env)
+    if callable(getattr(method, "pseudo_masks", None)):
+        raise TypeError(f"method {cfg.method!r} defines pseudo_masks(), which the trainer no longer calls: the "
+                        f"pseudo-mask rule is the config's chain (pseudo.post / pseudo.refine / pseudo.rule); "
+                        f"register the rule with wsss_blocks.train.pipeline.register_step('rule', name) and set "
+                        f"pseudo.rule to it")
+    chain = PseudoChain(cfg, method)
     barrier()
     if env.is_main:
         prepare_stage_folder(cfg, out_dir, "pseudo")
     barrier()
+    if uses_irn(cfg):
+        train_irn(cfg, out_dir, env, lambda img, lab: compute_cams(method, img, lab, cfg), chain)
+        chain.context.irn_boundary = boundary_fn(cfg, out_dir, env)
     kept: dict[str, torch.Tensor] = {}
     sweep = eval_cams(cfg, out_dir, env, method=method, keep=kept)
     bg = float(sweep["best_threshold"]) if cfg.pseudo.bg_score == "sweep" else float(cfg.pseudo.bg_score)
-    pcfg = dataclasses.replace(cfg.pseudo, bg_score=bg)
     mask_dir = out / "masks"
     metric = SegmentationMetric(cfg.data.num_classes + 1, pred_ignore=cfg.pseudo.pred_ignore).to(env.device)
     t0 = time.time()
     eval_written = 0
-    written, scored = _write_and_score(cfg, env, method, pcfg, ds, ev, mask_dir, kept, metric, "pseudo-masks")
+    written, scored = _write_and_score(cfg, env, method, chain, bg, ds, ev, mask_dir, kept, metric,
+                                       "pseudo-masks")
     if cfg.pseudo.score_eval_split:
         # cam_eval_split images outside pseudo.split get masks too (pseudo/eval_masks), so the pseudo-mask mIoU
         # covers the whole evaluation split (PMM scores its PPMG masks on VOC val)
         train_names = set(ds.names)
         extra = [n for n in ev.names if n not in train_names]
         if extra:
-            ev_only = open_split(cfg, cfg.data.cam_eval_split, return_mask=False, limit=cfg.data.max_eval_images,
-                                 root=root)
+            ev_only = open_split(cfg, cfg.data.cam_eval_split, return_mask=False, saliency=sal,
+                                 limit=cfg.data.max_eval_images, root=root)
             ev_only.names = extra
-            eval_written, s2 = _write_and_score(cfg, env, method, pcfg, ev_only, ev, out / "eval_masks", kept,
+            eval_written, s2 = _write_and_score(cfg, env, method, chain, bg, ev_only, ev, out / "eval_masks", kept,
                                                 metric, "eval-masks")
             scored += s2
     all_reduce_sum(metric.confmat)
@@ -210,7 +231,7 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
         "pseudo_miou": float(pseudo["miou"]) if int(counts[1]) else None,
         "pseudo_per_class_iou": [json_float(v) for v in pseudo["iou"].tolist()] if int(counts[1]) else None,
         "num_masks": len(ds), "num_written": int(counts[0]), "num_scored": int(counts[1]),
-        "num_eval_written": int(counts[2]), "pred_ignore": cfg.pseudo.pred_ignore,
+        "num_eval_written": int(counts[2]), "pred_ignore": cfg.pseudo.pred_ignore, "chain": chain.spec.describe(),
         "mask_dir": str(mask_dir), "seconds": round(time.time() - t0, 2),
     }
     if env.is_main:
@@ -220,10 +241,12 @@ def make_pseudo_masks(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv |
     return summary
 
 
-def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, pcfg: Any, ds: Any, ev: Any, mask_dir: Path,
-                     kept: dict[str, torch.Tensor], metric: SegmentationMetric, desc: str) -> tuple[int, int]:
+def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, chain: PseudoChain, bg: float, ds: Any, ev: Any,
+                     mask_dir: Path, kept: dict[str, torch.Tensor], metric: SegmentationMetric, desc: str
+                     ) -> tuple[int, int]:
     """Write the missing masks of ``ds`` to ``mask_dir`` (resumable) and score those of ``ev``'s images."""
     eval_index = {n: i for i, n in enumerate(ev.names)}
+    norm = data_normalization(cfg.data)
     written = scored = 0
     with torch.no_grad():
         todo: list[dict[str, Any]] = []
@@ -237,7 +260,8 @@ def _write_and_score(cfg: RunConfig, env: DistEnv, method: CAMMethod, pcfg: Any,
                 cams = torch.stack([kept.pop(s["name"]) for s in todo]).to(env.device)
             else:
                 cams = compute_cams(method, img, lab, cfg)
-            masks = method.pseudo_masks(cams, lab, img, pcfg)
+            sal = torch.stack([s["saliency"] for s in todo]).to(env.device) if "saliency" in todo[0] else None
+            masks = chain.masks(cams, lab, img, bg, images=normalize_images(img, norm), saliency=sal)
             for k, (s, m) in enumerate(zip(todo, masks.cpu())):
                 save_label_png(mask_dir / f"{s['name']}.png", m.to(torch.uint8).numpy(), palette=True)
                 if cfg.pseudo.save_cams:

@@ -123,7 +123,7 @@ class MetricLogger:
     def log(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` with a ``time`` stamp; NumPy and one-element tensor values become floats.
 
-        A full disk raises `wsss_blocks.data.io.DiskFullError` naming the log file.
+        A full disk raises [`wsss_blocks.data.io.DiskFullError`][] naming the log file.
         """
         if not self.enabled:
             return

@@ -25,11 +25,12 @@ from typing import Any
 from wsss_blocks.data.io import atomic_write, remove_stale_temporaries
 from wsss_blocks.models.weights import check_run_weights
 
-from .cam_stage import prepare_env, train_cam
+from .cam_stage import prepare_env, stage_dir, train_cam
 from .checkpoint import check_output_dir
 from .config import packaged_config
-from .datasets import check_splits
+from .datasets import check_splits, preflight_data
 from .distributed import DistEnv, barrier
+from .irn_stage import check_irn_folder, check_irn_weights, irn_dir
 from .paths import absolute
 from .pseudo_stage import make_pseudo_masks
 from .reporting import MetricLogger
@@ -58,9 +59,11 @@ def format_table(result: dict[str, Any]) -> str:
         ("CAM mIoU", f"{info['cam_eval_split']}, bg {info['bg_score']:.2f}", ours["cam_miou"], paper.get("cam_miou")),
         ("pseudo-mask mIoU", info["cam_eval_split"], ours["pseudo_miou"], paper.get("pseudo_miou")),
         ("segmentation mIoU", info["val_split"] + (" +CRF" if info.get("crf") else "")
-         + (f" +{info['cyclic_rounds']} cyclic" if info.get("cyclic_rounds") else ""), ours["val_miou"],
-         paper.get("val_miou")),
+         + (f" +{info['cyclic_rounds']} cyclic" if info.get("cyclic_rounds") else "")
+         + (", best ckpt" if info.get("seg_report") == "best" else ""), ours["val_miou"], paper.get("val_miou")),
     ]
+    if info.get("seg_report") == "best" and info.get("val_miou_last") is not None:
+        rows.append(("segmentation mIoU", info["val_split"] + ", last ckpt", info["val_miou_last"], None))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     lines = [f"{result['method']} — {result['preset']} ({result['device']}, {result['seconds']:.0f} s)",
@@ -68,9 +71,12 @@ def format_table(result: dict[str, Any]) -> str:
     for name, split, o, p in rows:
         lines.append(f"{name:{w0}}  {split:{w1}}  {_fmt(o):>6}  {_fmt(p):>6}")
     if info.get("seg_rounds"):
-        parts = [f"round {r['round']}: best {_fmt(r['best_val'])} at step {r['best_step']}, last {_fmt(r['last_val'])}"
-                 for r in info["seg_rounds"]]
+        parts = [f"{'CAM stage' if r['round'] == 'cam' else 'round ' + str(r['round'])}: best {_fmt(r['best_val'])} at "
+                 f"step {r['best_step']}, last {_fmt(r['last_val'])}" for r in info["seg_rounds"]]
         lines.append("(val mIoU during training — " + "; ".join(parts) + ")")
+    if info.get("seg_report") == "best" and info.get("best_step") is not None:
+        lines.append(f"(reported: the checkpoint with the best in-training val mIoU, step {info['best_step']} of "
+                     f"{info.get('last_step')}; the last checkpoint is shown below it)")
     if info.get("cam_best_miou") is not None:
         lines.append(f"(CAM sweep best: {_fmt(info['cam_best_miou'])} at bg {info['cam_best_threshold']:.2f})")
     if result.get("paper_source"):
@@ -83,17 +89,23 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _seg_round_history(cfg: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """Per segmentation round, the best and last val mIoU logged by ``seg.eval_every`` (empty without it)."""
-    if cfg.seg.source == "method" or cfg.seg.eval_every is None:
+    """Per segmentation round, the best and last val mIoU logged by ``seg.eval_every`` (empty without it).
+
+    With ``seg.source: method`` the one "round" is the CAM stage, whose method head was validated.
+    """
+    if cfg.seg.eval_every is None:
         return []
     out = []
-    for r in range(cfg.seg.cyclic_rounds + 1):
-        recs = [x for x in MetricLogger(seg_round_dir(out_dir, r) / "log.jsonl", enabled=False).records()
+    logs = [stage_dir(out_dir, "cam") / "log.jsonl"] if cfg.seg.source == "method" else [
+        seg_round_dir(out_dir, r) / "log.jsonl" for r in range(cfg.seg.cyclic_rounds + 1)]
+    for r, log in enumerate(logs):
+        recs = [x for x in MetricLogger(log, enabled=False).records()
                 if "val_miou" in x and "phase_step" in x]
         if not recs:
             continue
         best = max(recs, key=lambda x: (float(x["val_miou"]), -int(x["phase_step"])))
-        out.append({"round": r, "best_val": float(best["val_miou"]), "best_step": int(best["phase_step"]),
+        out.append({"round": "cam" if cfg.seg.source == "method" else r, "best_val": float(best["val_miou"]),
+                    "best_step": int(best["phase_step"]),
                     "last_val": float(recs[-1]["val_miou"]), "last_step": int(recs[-1]["phase_step"])})
     return out
 
@@ -131,8 +143,10 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
     """All stages of ``method`` and the final table; returns a dict (also written to ``<out>/results.json``).
 
     Every check runs before the first write, so a refused run leaves ``out`` as it was: the output folder
-    is writable, every split exists, and each stage already in ``out`` was made with the settings it depends
-    on now (its ``fingerprint.json``, see `wsss_blocks.train.run_folder`). A finished stage with unchanged
+    is writable, every split exists, every image and mask the run reads decodes and is valid (the pre-flight
+    data check, `wsss_blocks.data.check`; ``data.preflight: false`` skips it), and each stage already in
+    ``out`` was made with the settings it depends
+    on now (its ``fingerprint.json``, see [`wsss_blocks.train.run_folder`][]). A finished stage with unchanged
     settings is reused, an interrupted one resumes; a stage made with other settings stops the run with one
     line naming the changed keys, unless ``restart_from`` redoes it.
 
@@ -184,11 +198,16 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
         raise ValueError(f"restart_from must be one of {list(stages)} for this config, got {restart_from!r}")
     states = check_run_folder(cfg, out_dir, stages[-1], restart_from=restart_from,
                               fresh=() if resume else stages, hint="reproduce")
+    # IRNet (pseudo.refine: irn) lives in <out>/irn with its own record: redone with the CAM stage, or with the
+    # pseudo stage when its settings changed; otherwise reused
+    redo_irn = restart_from == "cam" or check_irn_folder(cfg, out_dir, redo=restart_from == "pseudo")
     if env.is_main:
         check_output_dir(out_dir, cfg.runtime.min_free_mb, create=False)
     check_splits(cfg, ("cam", "pseudo", "seg"), env)
     if env.is_main:  # every initialisation is fetched and verified before the first write and step
         check_run_weights(cfg, ("cam", "seg"), progress=cfg.runtime.progress)
+        check_irn_weights(cfg)
+    preflight_data(cfg, stages, env)  # every image and mask of the run decoded once (cached), listed together
     cls = cfg.method_class()
     barrier()
     if env.is_main:
@@ -200,6 +219,8 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
             for st in states[stages.index(restart_from):]:
                 if st.folder.exists():
                     shutil.rmtree(st.folder)
+        if redo_irn and irn_dir(out_dir).exists():
+            shutil.rmtree(irn_dir(out_dir))
         dump_run_config(cfg, out_dir / "config.yaml")
     barrier()
 
@@ -226,7 +247,12 @@ def reproduce(method: str = "baseline", data_root: str | os.PathLike | None = No
                  "cam_best_miou": pseudo["cam_best_miou"], "cam_best_threshold": pseudo["cam_best_threshold"],
                  "val_split": cfg.data.val_split, "crf": cfg.seg.crf, "cyclic_rounds": cfg.seg.cyclic_rounds,
                  "cam_eval_images": pseudo["cam_eval_images"],
-                 "val_images": seg["num_images"], "seg_rounds": rounds},
+                 "val_images": seg["num_images"], "seg_rounds": rounds, "seg_report": cfg.seg.report,
+                 "seg_model": seg.get("model"), "seg_step": seg.get("step"),
+                 "val_miou_last": seg["last"]["miou"] if "last" in seg else None,
+                 "val_miou_best": seg["best"]["miou"] if "best" in seg else None,
+                 "best_step": seg["best"]["step"] if "best" in seg else None,
+                 "last_step": seg["last"]["step"] if "last" in seg else None},
         "stage_seconds": {k: round(v, 1) for k, v in times.items()},
         "seconds": round(time.time() - t0, 1),
     }

@@ -11,9 +11,13 @@ Which settings count (`stage_settings`):
 
 * ``cam``: ``method``, every ``method_args`` value (defaults filled in), the ``data`` section without the
   evaluation-only keys (``cam_eval_split``, ``val_split``, ``max_eval_images``), the ``cam`` section and
-  ``runtime.seed``/``amp``/``sync_bn``;
-* ``pseudo``: the ``cam`` settings and the ``pseudo`` section; with ``pseudo.bg_score: sweep`` also the
-  CAM-evaluation split and cap, which then choose the background score;
+  ``runtime.seed``/``amp``/``sync_bn``; with ``seg.source: method`` and ``seg.eval_every`` (the CAM stage keeps
+  the best val checkpoint of the method's own head) also ``seg.eval_every``, ``data.val_split`` and
+  ``data.max_eval_images``;
+* ``pseudo``: the ``cam`` settings and the ``pseudo`` section, including the pseudo-mask chain (``pseudo.post``,
+  ``pseudo.refine``, ``pseudo.rule`` and the arguments of the steps in the chain, defaults filled in; arguments of
+  steps outside the chain do not count); with ``pseudo.bg_score: sweep`` also the CAM-evaluation split and cap,
+  which then choose the background score;
 * ``seg``: the ``pseudo`` settings and the ``seg`` section; its evaluation keys (``eval_*``, ``crf``,
   ``crf_params``), ``data.val_split`` and ``data.max_eval_images`` count only when they pick or relabel the
   trained model (``seg.eval_every``, ``seg.cyclic_rounds``).
@@ -21,7 +25,9 @@ Which settings count (`stage_settings`):
 Never counted, because they change speed, logging or where a stage runs but not its files: ``runtime``
 ``device``, ``deterministic``, ``num_workers``, ``threads``, ``checkpoint_every``, ``keep_checkpoints``,
 ``log_every``, ``progress``, ``plots``, ``find_unused_parameters``, ``min_free_mb``; ``cam.overlay_samples``;
-``pseudo.batch_size``; how pseudo masks are scored (``pseudo.pred_ignore``, ``pseudo.score_eval_split``),
+the pre-flight data check's ``data.preflight`` and ``data.max_image_pixels``;
+``pseudo.batch_size``; which model is reported (``seg.report``: both are kept); how pseudo masks are scored
+(``pseudo.pred_ignore``, ``pseudo.score_eval_split``),
 which every run recomputes from the mask files; ``description`` and ``quick_overrides``. The
 evaluations (CAM sweep, pseudo-mask and segmentation mIoU) are recomputed (or keyed by their own settings)
 on every run, so changing an evaluation-only setting never needs a restart.
@@ -66,24 +72,27 @@ __all__ = [
     "write_record",
 ]
 
-#: the stages of a run, in order; each one's settings include the previous one's
 STAGES = ("cam", "pseudo", "seg")
-#: the record each stage writes into its folder before its first file
+"""The stages of a run, in order; each one's settings include the previous one's."""
 RECORD_NAME = "fingerprint.json"
+"""The record each stage writes into its folder before its first file."""
 _FORMAT = "wsss-blocks/stage-record/1"
 
-#: settings that never count (speed, logging, where a stage runs)
 IGNORED_KEYS = frozenset({
     "description", "quick_overrides",
     "runtime.device", "runtime.deterministic", "runtime.num_workers", "runtime.threads", "runtime.checkpoint_every",
     "runtime.keep_checkpoints", "runtime.log_every", "runtime.progress", "runtime.plots",
     "runtime.find_unused_parameters", "runtime.min_free_mb",
     "cam.overlay_samples", "pseudo.batch_size", "pseudo.pred_ignore", "pseudo.score_eval_split",
+    "data.preflight", "data.max_image_pixels",
+    "seg.report",
 })
+"""Settings that never count (speed, logging, where a stage runs)."""
 _DATA_EVAL = ("data.cam_eval_split", "data.val_split", "data.max_eval_images")
-#: evaluation settings of the segmentation stage (count only when they select or relabel its model)
 SEG_EVAL_KEYS = ("seg.eval_scales", "seg.eval_flip", "seg.eval_scale_reduce", "seg.eval_flip_reduce",
-                 "seg.eval_resize_long", "seg.crf", "seg.crf_params")
+                 "seg.eval_resize_long", "seg.eval_average", "seg.eval_img_scale", "seg.eval_slide", "seg.crf",
+                 "seg.crf_params")
+"""Evaluation settings of the segmentation stage (count only when they select or relabel its model)."""
 
 
 class StaleRunError(ValueError):
@@ -101,6 +110,9 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
 def _flat_config(cfg: RunConfig) -> dict[str, Any]:
     data = to_dict(cfg)
     data["method_args"] = to_dict(cfg.method_config())  # defaults filled in: writing a default changes nothing
+    from .pipeline import chain_settings
+
+    data["pseudo"].update(chain_settings(cfg))  # the chain: canonical names, its steps' arguments with defaults
     flat: dict[str, Any] = {}
     _flatten(data, "", flat)
     return flat
@@ -131,6 +143,9 @@ def stage_settings(cfg: RunConfig, stage: str, *, for_eval: bool = False) -> dic
                 and k not in IGNORED_KEYS and k not in skip}
 
     out = pick(("method", "method_args", "data", "cam", "runtime"), _DATA_EVAL)
+    if cfg.seg.source == "method" and cfg.seg.eval_every is not None:
+        # the CAM stage validates the method's own head and keeps cam/best.pt: val counts for its files
+        out.update({k: flat[k] for k in ("seg.eval_every", "data.val_split", "data.max_eval_images")})
     if stage == "cam":
         return out
     sweep = cfg.pseudo.bg_score == "sweep"

@@ -3,7 +3,7 @@
 A `RunConfig` has five sections — ``data``, ``cam`` (CAM stage), ``pseudo`` (pseudo-mask stage),
 ``seg`` (segmentation stage), ``runtime`` — plus ``method`` (a registered method name) and
 ``method_args`` (a mapping validated by that method's own ``Config`` dataclass). Loading is strict:
-unknown keys are rejected with the closest valid key suggested (`wsss_blocks.train.config`).
+unknown keys are rejected with the closest valid key suggested ([`wsss_blocks.train.config`][]).
 
 Examples:
     >>> cfg = load_run_config({"method": "baseline", "cam": {"steps": 5}}, ["cam.lr=0.01"])
@@ -42,8 +42,8 @@ __all__ = [
     "load_run_config",
 ]
 
-#: background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
+"""Background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)."""
 
 #: value of ``cam.pretrained`` / ``seg.pretrained`` that selects the backbone pretrained on synthetic data
 #: (`wsss_blocks.train.synthetic_pretrain`): the synthetic presets' stand-in for ImageNet weights
@@ -73,7 +73,7 @@ class SyntheticPretrainConfig:
 
 @dataclass
 class SyntheticDataConfig:
-    """Parameters of `wsss_blocks.data.make_synthetic_voc` (used when ``data.dataset: synthetic``)."""
+    """Arguments of [`make_synthetic_voc`][wsss_blocks.data.synthetic.make_synthetic_voc] (``dataset: synthetic``)."""
 
     num_train: int = 200
     num_val: int = 50
@@ -88,7 +88,7 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and which splits play which role (VOC layout, see `wsss_blocks.data`)."""
+    """Where the data is and which splits play which role (VOC layout, see [`wsss_blocks.data`][])."""
 
     dataset: Literal["voc", "coco", "synthetic"] = "voc"
     root: str | None = None              # VOC2012 root (JPEGImages, ...); synthetic: generated when None
@@ -107,6 +107,8 @@ class DataConfig:
     mean: tuple[float, float, float] | None = None   # RGB mean in [0, 1] replacing ImageNet's (normalize: imagenet)
     std: tuple[float, float, float] | None = None    # RGB std replacing ImageNet's (normalize: imagenet)
     coco_raw_category_ids: bool = False  # COCO masks hold raw category ids 1..90 (coco2voc output)
+    preflight: bool = True               # decode every image/mask the run reads before its first write (cached)
+    max_image_pixels: int | None = 16_000_000  # the pre-flight check refuses larger images (None: no limit)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
 
@@ -122,6 +124,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     lr_schedule: Literal["poly", "step"] = "poly"   # "step": lr × lr_decay_gamma at each of lr_decay_epochs
     poly_power: float = 0.9
+    min_lr: float = 0.0                  # poly floor (mmcv PolyLrUpdaterHook): (lr_group - min_lr)·(1 - t/T)^p + min_lr
     lr_decay_epochs: tuple[int, ...] = ()  # step schedule: epochs (0-based) at whose start the lr is multiplied
     lr_decay_gamma: float = 0.1
     lr_update_every: int = 1             # recompute the lr every N steps (deeplab-pytorch: 10)
@@ -137,7 +140,7 @@ class OptimConfig:
 
 @dataclass
 class CAMStageConfig(OptimConfig):
-    """CAM-stage network and augmentation (see `wsss_blocks.train.cam_stage`)."""
+    """CAM-stage network and augmentation (see [`wsss_blocks.train.cam_stage`][])."""
 
     backbone: str = "resnet50"
     pretrained: str | None = None        # weights-registry name, file or "none" (models/weights.py); "synthetic":
@@ -147,6 +150,7 @@ class CAMStageConfig(OptimConfig):
     resize_short: tuple[int, int] | None = None   # random short side in [lo, hi] (L2G VOC: [512, 512])
     resize: tuple[int, int] | None = None         # warp to a fixed (H, W), aspect not kept (L2G COCO: [448, 448])
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"   # image resizing in the augmentation
+    saliency_interpolation: Literal["bilinear", "nearest"] = "bilinear"   # saliency resizing (L2G VOC: nearest)
     scale_range: tuple[float, float] | None = None
     crop_size: int = 512
     hflip: bool = True
@@ -172,14 +176,19 @@ class PseudoStageConfig:
     #                                     "background" counts them as background, "drop" leaves them out
     score_eval_split: bool = False       # also write (pseudo/eval_masks) and score masks of cam_eval_split images
     #                                     outside pseudo.split (PMM reports its PPMG mIoU on VOC val)
+    # the pseudo-mask chain (wsss_blocks.train.pipeline): post steps on the CAMs, one refiner, one rule
+    post: tuple[str, ...] = ()           # e.g. [cov], [smaf_fusion], [saliency]
+    refine: str = "none"                 # none | crf:<preset> (or a bare preset name) | par | varm | irn | attn_aff
+    rule: str = "argmax"                 # argmax | ppmg | smaf | reliable
+    args: dict[str, dict[str, Any]] = field(default_factory=dict)   # step name -> its arguments (released defaults)
 
 
 @dataclass
 class SegStageConfig(OptimConfig):
-    """Segmentation network on pseudo masks and its evaluation (see `wsss_blocks.train.seg_stage`)."""
+    """Segmentation network on pseudo masks and its evaluation (see [`wsss_blocks.train.seg_stage`][])."""
 
     source: Literal["deeplab", "method"] = "deeplab"   # "method": evaluate the method's own seg head (TSCD)
-    model: Literal["deeplabv2", "deeplabv3plus", "segformer"] = "deeplabv2"
+    model: Literal["deeplabv2", "deeplabv3plus", "segformer", "pspnet"] = "deeplabv2"
     backbone: str = "resnet101"
     pretrained: str | None = None        # as cam.pretrained (registry name, file, "none" or "synthetic")
     style: Literal["caffe", "pytorch"] = "caffe"
@@ -189,20 +198,37 @@ class SegStageConfig(OptimConfig):
     crop_size: int = 321
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
     hflip: bool = True
+    augment: Literal["deeplab", "mmseg"] = "deeplab"   # "mmseg": resize by ratio of img_scale, crop inside the
+    #                                     image (cat_max_ratio), flip, photometric distortion, pad (PMM's PSPNet)
+    img_scale: tuple[int, int] = (2048, 512)          # augment mmseg: (long, short) target scale
+    ratio_range: tuple[float, float] = (0.5, 2.0)     # augment mmseg: uniform ratio of img_scale
+    cat_max_ratio: float = 1.0                        # augment mmseg: redraw crops where one class covers this much
+    photometric_distortion: bool = False              # augment mmseg: mmseg's PhotoMetricDistortion
+    param_groups: Literal["deeplab", "uniform"] = "deeplab"   # "uniform": one lr and weight decay for every
+    #                                     parameter (mmseg's optimizer); "deeplab": backbone 1x, new layers 10x/20x
+    sync_bn: bool = False                 # SyncBatchNorm under DDP (PMM's PSPNet)
     msc_train: tuple[float, ...] = (0.5, 0.75)   # DeepLab-v2 MSC inputs during training (() = off)
-    loss: Literal["ce", "puf"] = "ce"
+    loss: str = "ce"                     # ce | puf | balanced (wsss_blocks.train.pipeline registry)
     loss_at: Literal["logits", "labels"] = "logits"  # "logits": nearest-resize masks to each output
     #                                                  (deeplab-pytorch); "labels": upsample logits (ToCo/AFA)
-    loss_args: dict[str, Any] = field(default_factory=dict)   # PretendedUnderFittingLoss arguments
+    loss_args: dict[str, Any] = field(default_factory=dict)   # arguments of seg.loss (puf: beta, k, mode)
     eval_scales: tuple[float, ...] = (1.0, 0.5, 0.75)
     eval_flip: bool = False
     eval_scale_reduce: Literal["max", "sum", "mean"] = "max"
     eval_flip_reduce: Literal["max", "sum", "mean"] = "mean"
     eval_resize_long: int | None = None  # resize the image's long side to this before multi-scale eval
     #                                      (ToCo/TSCD: 512); logits are resized back to the original size
+    eval_average: Literal["logits", "probs"] = "logits"   # "probs": softmax per pass, mean over all passes
+    #                                      (mmseg aug_test); "logits": fuse logits by eval_*_reduce, then softmax
+    eval_img_scale: tuple[int, int] | None = None   # eval_scales are ratios of this (long, short) keep-ratio scale
+    #                                      (mmseg MultiScaleFlipAug img_scale); None: ratios of the image size
+    eval_slide: tuple[int, int] | None = None       # sliding-window inference [crop, stride] (mmseg mode "slide")
     crf: bool = False
     crf_params: dict[str, Any] = field(default_factory=dict)  # DenseCRF arguments (preset or values)
-    eval_every: int | None = None        # evaluate val every N steps and keep the best model (best.pt)
+    eval_every: int | None = None        # evaluate val every N steps and keep the best model (best.pt); with
+    #                                      source: method, the method's head every N CAM-stage steps
+    report: Literal["last", "best"] = "last"   # which model the segmentation mIoU is reported for: the last
+    #                                      one, or the best val checkpoint (needs eval_every; the last is shown too)
     cyclic_rounds: int = 0               # PMM cyclic pseudo-masks: relabel train with the best model, retrain
     cyclic_loss: Literal["ce", "puf"] = "ce"    # loss of the cyclic rounds (release: plain CE)
     cyclic_select: Literal["best", "last"] = "best"   # which model of a round relabels (release: best val)
@@ -247,7 +273,7 @@ class RunConfig:
     description: str = ""
 
     def method_class(self) -> Any:
-        """The registered `wsss_blocks.train.methods.base.CAMMethod` subclass."""
+        """The registered [`wsss_blocks.train.methods.base.CAMMethod`][] subclass."""
         from .methods import get_method
 
         return get_method(self.method)
@@ -263,6 +289,9 @@ class RunConfig:
 
 
 def _validate(cfg: RunConfig) -> RunConfig:
+    from .pipeline import check_chain, check_moved_method_args
+
+    check_moved_method_args(cfg.method, cfg.method_args)
     cfg.method_config()  # raises ConfigError for unknown/wrongly typed method_args, ValueError for method
     if cfg.data.num_classes < 1:
         raise ConfigError(f"data.num_classes must be >= 1, got {cfg.data.num_classes}")
@@ -308,12 +337,35 @@ def _validate(cfg: RunConfig) -> RunConfig:
     if s.cyclic_rounds > 0 and s.cyclic_select == "best" and s.eval_every is None:
         raise ConfigError("seg.cyclic_select 'best' picks the best val checkpoint and needs seg.eval_every (release: "
                           "2000); set seg.eval_every or seg.cyclic_select: last")
+    if s.report == "best" and s.eval_every is None:
+        raise ConfigError("seg.report 'best' reports the best val checkpoint and needs seg.eval_every; set "
+                          "seg.eval_every or seg.report: last")
+    if s.eval_every is not None and s.source == "method" and not getattr(cfg.method_class(), "has_segmentation",
+                                                                         False):
+        raise ConfigError(f"seg.eval_every with seg.source: method validates the method's segmentation head, but "
+                          f"method {cfg.method!r} has none")
+    if s.eval_slide is not None and min(s.eval_slide) < 1:
+        raise ConfigError(f"seg.eval_slide must be [crop, stride] of positive ints, got {list(s.eval_slide)}")
+    if s.eval_img_scale is not None and min(s.eval_img_scale) < 1:
+        raise ConfigError(f"seg.eval_img_scale must be [long, short] of positive ints, got {list(s.eval_img_scale)}")
+    if s.eval_average == "probs" and (s.eval_scale_reduce != "mean" or s.eval_flip_reduce != "mean"):
+        raise ConfigError("seg.eval_average 'probs' averages every pass (mmseg aug_test); set seg.eval_scale_reduce "
+                          "and seg.eval_flip_reduce to mean")
+    if not 0.0 < s.cat_max_ratio <= 1.0:
+        raise ConfigError(f"seg.cat_max_ratio must lie in (0, 1], got {s.cat_max_ratio}")
+    for sec in ("cam", "seg"):
+        if getattr(cfg, sec).min_lr < 0:
+            raise ConfigError(f"{sec}.min_lr must be >= 0, got {getattr(cfg, sec).min_lr}")
     if s.eval_resize_long is not None and s.eval_resize_long < 1:
         raise ConfigError(f"seg.eval_resize_long must be >= 1 or null, got {s.eval_resize_long}")
     if not cfg.pseudo.scales or any(s <= 0 for s in cfg.pseudo.scales):
         raise ConfigError(f"pseudo.scales must be positive, got {cfg.pseudo.scales}")
     if cfg.runtime.checkpoint_every < 1 or cfg.runtime.log_every < 1:
         raise ConfigError("runtime.checkpoint_every and runtime.log_every must be >= 1")
+    check_chain(cfg)  # unknown steps, bad arguments, needs the run cannot meet: refused before any write
+    from .pipeline import make_seg_loss
+
+    make_seg_loss(cfg.seg.loss, cfg.seg.loss_args)  # seg.loss_args that do not fit seg.loss
     return cfg
 
 
@@ -322,6 +374,8 @@ def _validate_synthetic(cfg: RunConfig) -> None:
     if not 0.0 <= syn.body_evidence <= 1.0:
         raise ConfigError(f"data.synthetic.body_evidence must lie in [0, 1], got {syn.body_evidence}")
     users = [f"{sec}.pretrained" for sec in ("cam", "seg") if getattr(cfg, sec).pretrained == SYNTHETIC_PRETRAINED]
+    users += [name for name, value, _ in cfg.method_class().extra_weights(cfg.method_config())
+              if value == SYNTHETIC_PRETRAINED]  # e.g. PMM's method_args.stage_c_pretrained
     if not users:
         return
     if cfg.data.dataset != "synthetic":
@@ -343,7 +397,7 @@ def load_run_config(source: str | os.PathLike | Mapping[str, Any], overrides: Se
                     quick: bool = False) -> RunConfig:
     """Load a `RunConfig` from a YAML path, a packaged config name or a mapping.
 
-    Every path in the result is absolute (`wsss_blocks.train.paths.resolve_paths`): relative ones are
+    Every path in the result is absolute ([`wsss_blocks.train.paths.resolve_paths`][]): relative ones are
     taken from the working directory, and dataset-internal ones (``data.mask_dir``, ``data.saliency_dir``,
     ``data.labels_file``) from ``data.root``.
 

@@ -4,13 +4,14 @@ Training (``train_seg``) follows deeplab-pytorch ``configs/voc12.yaml`` by defau
 (ResNet-101 + ASPP 6/12/18/24) on ``data.train_split`` with the pseudo masks of stage 2, random scale
 (0.5 … 1.5) + crop 321 + flip, MSC inputs (×1, ×0.5, ×0.75 and their max, the loss summed over all four),
 cross-entropy with ignore 255 — or PMM's pretended under-fitting loss (``seg.loss: puf``,
-`wsss_blocks.losses.PretendedUnderFittingLoss`) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
+[`wsss_blocks.losses.PretendedUnderFittingLoss`][]) — SGD lr 2.5e-4 (ASPP ×10/×20), momentum 0.9,
 weight decay 5e-4, poly 0.9, 20k iterations of batch 5 × 2 accumulated.
 
 Evaluation (``eval_seg``): logits at ``seg.eval_scales`` (optionally + flip) resized to the image, fused
-(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF (`wsss_blocks.crf.DenseCRF`
-with ``seg.crf_params``), argmax, mIoU over ``data.val_split``. With ``seg.source: method`` (TSCD) the
-method's own segmentation head (`CAMMethod.seg_fn`) is evaluated and nothing is trained here.
+(max over scales, as deeplab-pytorch's MSC), softmax, optional dense CRF
+([`wsss_blocks.crf.DenseCRF`][wsss_blocks.crf.dense_crf.DenseCRF] with ``seg.crf_params``), argmax, mIoU over
+``data.val_split``. With ``seg.source: method`` (TSCD) the method's own segmentation head (`CAMMethod.seg_fn`) is
+evaluated and nothing is trained here.
 """
 
 from __future__ import annotations
@@ -27,27 +28,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsss_blocks.cam import multiscale_cams
 from wsss_blocks.data.io import atomic_write
 from wsss_blocks.data.normalization import Normalization, data_normalization, normalize_images
-from wsss_blocks.metrics import SegmentationMetric
 from wsss_blocks.models.weights import check_run_weights
 
 from .cam_stage import prepare_env, restore_method, stage_dir
 from .checkpoint import check_output_dir, load_checkpoint, load_model_state, resolve_resume, save_model_file, set_aside
 from .config import to_dict
-from .datasets import AugmentedDataset, data_root, iter_inference_batches, open_split, seg_train_transform
+from .datasets import AugmentedDataset, data_root, open_split, preflight_data, seg_train_transform
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
+from .evaluation import evaluate_segmentation
 from .loop import Hook, PhaseSpec, run_phase, set_seed
 from .optim import total_steps_for
 from .paths import absolute, resolve_paths
 from .pseudo_stage import pseudo_mask_dir
-from .reporting import MetricLogger, json_float, track
+from .reporting import MetricLogger
 from .run_folder import check_run_folder, prepare_stage_folder
 from .schema import SYNTHETIC_PRETRAINED, RunConfig
 from .synthetic_pretrain import resolve_synthetic_pretrained
 
-__all__ = ["build_seg_model", "eval_seg", "seg_logits", "seg_model_path", "seg_round_dir", "train_seg"]
+__all__ = ["build_seg_model", "eval_seg", "reported_model_paths", "seg_logits", "seg_model_path", "seg_round_dir",
+           "train_seg"]
 
 _LIBRARY_BACKBONES = ("tiny", "resnet38d", "resnet38", "resnet38d_tiny", "wide_resnet38")
 
@@ -58,7 +59,7 @@ def build_seg_model(cfg: RunConfig) -> nn.Module:
     ``seg.pretrained: synthetic`` loads the backbone pretrained on synthetic data (pretrained and cached first
     if needed, `wsss_blocks.train.synthetic_pretrain`).
     """
-    from wsss_blocks.models import DeepLabV2, DeepLabV3Plus, SegFormer, build_backbone
+    from wsss_blocks.models import DeepLabV2, DeepLabV3Plus, PSPNet, SegFormer, build_backbone
 
     s = cfg.seg
     if s.pretrained == SYNTHETIC_PRETRAINED:
@@ -80,13 +81,21 @@ def build_seg_model(cfg: RunConfig) -> nn.Module:
     if s.model == "segformer":
         kw.setdefault("cam_classes", None)
         return SegFormer(k, encoder=s.backbone, pretrained=s.pretrained, **kw)
-    raise ValueError(f"seg.model must be deeplabv2, deeplabv3plus or segformer, got {s.model!r}")
+    if s.model == "pspnet":
+        return PSPNet(k, backbone=s.backbone, pretrained=s.pretrained, backbone_kwargs=dict(s.backbone_kwargs), **kw)
+    raise ValueError(f"seg.model must be deeplabv2, deeplabv3plus, segformer or pspnet, got {s.model!r}")
 
 
 def seg_logits(model: nn.Module, images: Tensor) -> Tensor:
     """B×K×h×w logits of any of the segmentation networks (SegFormer returns a dict)."""
     out = model(images)
     return out["seg"] if isinstance(out, dict) else out
+
+
+def _upsampled(logits: Tensor, labels: Tensor) -> Tensor:
+    if logits.shape[-2:] == labels.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
@@ -96,14 +105,11 @@ def _resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def _make_criterion(cfg: RunConfig, loss: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-    loss = cfg.seg.loss if loss is None else loss
-    if loss == "puf":
-        from wsss_blocks.losses import PretendedUnderFittingLoss
+    from .pipeline import make_seg_loss
 
-        return PretendedUnderFittingLoss(**dict(cfg.seg.loss_args))
-    if cfg.seg.loss_args and cfg.seg.loss != "puf":
-        raise ValueError(f"seg.loss_args apply to seg.loss 'puf' only, got {sorted(cfg.seg.loss_args)} with 'ce'")
-    return lambda logits, target: F.cross_entropy(logits, target, ignore_index=255)
+    loss = cfg.seg.loss if loss is None else loss
+    # seg.loss_args belong to seg.loss; a cyclic round's other loss (seg.cyclic_loss) takes none
+    return make_seg_loss(loss, cfg.seg.loss_args if loss == cfg.seg.loss else {})
 
 
 def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None
@@ -117,12 +123,24 @@ def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None
         logits = logits.float()
         if at_logits:
             return crit(logits, _resize_labels(y, logits.shape[-2:]))
-        if logits.shape[-2:] != y.shape[-2:]:
-            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        return crit(logits, y)
+        return crit(_upsampled(logits, y), y)
+
+    aux_crit = _make_criterion(cfg, loss) if cfg.seg.model == "pspnet" else None  # PUF gates per head
 
     def step(batch: dict[str, Any], step: int, total: int) -> dict[str, Tensor]:
         x, y = batch["image"], batch["mask"].long()
+        if aux_crit is not None:  # PSPNet: decode head + aux_weight · auxiliary head (mmseg, PMM weight 0.4)
+            pspnet = cast(Any, model)
+            decode, aux = pspnet.forward_with_aux(x)
+            main = loss_of(decode, y)
+            if aux is None:
+                return {"loss": main}
+            if at_logits:
+                aux_loss = aux_crit(aux.float(), _resize_labels(y, aux.shape[-2:]))
+            else:
+                aux_loss = aux_crit(_upsampled(aux.float(), y), y)
+            return {"loss": main + float(pspnet.aux_weight) * aux_loss, "loss_decode": main.detach(),
+                    "loss_aux": aux_loss.detach()}
         if cfg.seg.model == "deeplabv2" and msc:
             from wsss_blocks.models import msc_forward
 
@@ -132,6 +150,20 @@ def _seg_step_fn(cfg: RunConfig, model: nn.Module, loss: str | None = None
         return {"loss": loss_of(seg_logits(model, x), y)}
 
     return step
+
+
+def _seg_param_groups(cfg: RunConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """``seg.param_groups``: the DeepLab convention (backbone 1×/2×, new layers 10×/20×) or one uniform group.
+
+    ``"uniform"`` is mmsegmentation's default optimizer (PMM's PSPNet): every parameter, BatchNorm and biases
+    included, at ``seg.lr`` with ``seg.weight_decay``.
+    """
+    if cfg.seg.param_groups == "uniform":
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr_mult": 1.0, "weight_decay": cfg.seg.weight_decay}]
+    from wsss_blocks.models import param_groups
+
+    return param_groups(model, cfg.seg.lr, weight_decay=cfg.seg.weight_decay)
 
 
 def seg_round_dir(out_dir: str | os.PathLike, round_index: int) -> Path:
@@ -174,7 +206,7 @@ def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, phase: str, every: i
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-            res = _evaluate(cfg, _logits_fn(model), cfg.seg.normalize, state["ds"], env, f"val@{step}")
+            res = evaluate_segmentation(cfg, _logits_fn(model), cfg.seg.normalize, state["ds"], env, f"val@{step}")
         model.train(was_training)
         miou = float(res["miou"])
         logger.log({"stage": "seg", "phase": phase, "phase_step": step, "step": step, "val_miou": miou})
@@ -217,9 +249,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
     cfg = resolve_synthetic_pretrained(cfg, env, ("seg",))  # pretrains once (main rank) if the cache lacks them
     set_seed(cfg.runtime.seed + 17)
     model = build_seg_model(cfg).to(env.device)
-    from wsss_blocks.models import param_groups
-
-    groups = param_groups(model, cfg.seg.lr, weight_decay=cfg.seg.weight_decay)
+    groups = _seg_param_groups(cfg, model)
     steps = total_steps_for(cfg.seg, len(dataset))
     logger = MetricLogger(rdir / "log.jsonl", enabled=env.is_main)
     if resume_ck is None:
@@ -233,7 +263,10 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
     spec = PhaseSpec(stage="seg", phase=phase, module=model, step_fn=_seg_step_fn(cfg, model, loss),
                      param_groups=groups, dataset=dataset, optim=cfg.seg, total_steps=steps, ckpt_method=tag,
                      num_classes=k, normalize=cfg.seg.normalize, config=to_dict(cfg))
-    run_phase(spec, cfg.runtime, env, rdir, logger, resume=resume_ck, hooks=all_hooks)
+    # SyncBatchNorm needs an accelerator: under CPU DDP (tests) each process keeps its own BatchNorm statistics
+    sync = cfg.seg.sync_bn and env.device.type != "cpu"
+    runtime = dataclasses.replace(cfg.runtime, sync_bn=True) if sync else cfg.runtime
+    run_phase(spec, runtime, env, rdir, logger, resume=resume_ck, hooks=all_hooks)
     if env.is_main:
         save_model_file(final, model.state_dict(), method=tag, num_classes=k, step=steps, config=to_dict(cfg),
                         seconds=round(time.time() - t0, 2), round=round_index, loss=loss)
@@ -258,7 +291,8 @@ def _relabel(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, env: 
     model = _load_seg_model(cfg, path, env).eval()
     norm: Normalization = s.normalize
     cp = CyclicPseudoMask(scales=tuple(s.cyclic_scales if s.cyclic_scales is not None else s.eval_scales),
-                          flip=s.eval_flip if s.cyclic_flip is None else s.cyclic_flip, img_scale=None, slide=None,
+                          flip=s.eval_flip if s.cyclic_flip is None else s.cyclic_flip, img_scale=s.eval_img_scale,
+                          slide=None if s.eval_slide is None else (int(s.eval_slide[0]), int(s.eval_slide[1])),
                           crf=CYCLIC_CRF if (s.crf if s.cyclic_crf is None else s.cyclic_crf) else None,
                           policy=s.cyclic_policy,
                           preprocess=lambda x: normalize_images(x, norm))
@@ -297,8 +331,8 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     ``tools/pick_best_pth.py``): after round 0 (``seg/``, trained with ``seg.loss`` on the pseudo masks) each
     round r relabels the training split with the previous round's
     ``best.pt`` (``seg.cyclic_select: best``, the release's pick_best_pth) or ``model.pt`` using
-    `wsss_blocks.pseudo_mask.CyclicPseudoMask` (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
-    mean of softmaxes, CRF preset `wsss_blocks.pseudo_mask.CYCLIC_CRF`) into ``seg/cyclic_masks_r<r>``
+    [`wsss_blocks.pseudo_mask.CyclicPseudoMask`][] (``seg.cyclic_scales``/``cyclic_flip``/``cyclic_crf``,
+    mean of softmaxes, CRF preset [`wsss_blocks.pseudo_mask.CYCLIC_CRF`][]) into ``seg/cyclic_masks_r<r>``
     and trains a fresh network on them with ``seg.cyclic_loss`` (release: plain CE) in ``seg/round<r>``.
     The reported model is the last round's ``model.pt`` (`seg_model_path`).
     """
@@ -322,6 +356,7 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     barrier()
     if env.is_main:
         check_run_weights(cfg, ("seg",), progress=cfg.runtime.progress)  # before the first write and step 1
+        preflight_data(cfg, ("seg",), env)  # every file the stage reads decoded once (cached)
         prepare_stage_folder(cfg, out_dir, "seg")
     barrier()
     final, model = _train_round(cfg, out_dir, 0, masks, env, resume, hooks)
@@ -344,24 +379,6 @@ def train_seg(cfg: RunConfig, out_dir: str | os.PathLike, resume: bool = False, 
     return final
 
 
-def _crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
-    """``(image01 B×3×H×W, probs B×K×H×W) -> refined probs`` with `wsss_blocks.crf.DenseCRF`.
-
-    ``seg.crf_params`` holds DenseCRF arguments; a ``preset`` entry names a released parameter set
-    (``deeplab``, ``afa``, ``toco``, ...) that the other entries override.
-    """
-    if not cfg.seg.crf:
-        return None
-    from wsss_blocks.crf import DenseCRF
-
-    crf = DenseCRF.from_config(cfg.seg.crf_params)
-
-    def run(image01: Tensor, probs: Tensor) -> Tensor:
-        return crf(image01.float().clamp(0, 1), probs.float())
-
-    return run
-
-
 def _logits_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     def fn(x: Tensor) -> Tensor:
         return seg_logits(model, x)
@@ -369,57 +386,54 @@ def _logits_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return fn
 
 
-def _resize_long(x: Tensor, long_side: int) -> Tensor:
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    s = long_side / max(h, w)
-    size = (max(1, round(h * s)), max(1, round(w * s)))
-    if size == (h, w):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def _eval_one(cfg: RunConfig, path: Path, env: DistEnv, ds: Any, split: str, model: nn.Module | None = None
+              ) -> dict[str, Any]:
+    """Evaluate the segmentation model (or the method) stored at ``path``; ``model``: already in memory."""
+    normalize: Normalization = cfg.seg.normalize
+    if cfg.seg.source == "method":
+        method = restore_method(cfg, path, env)
+        if not method.has_segmentation:
+            raise ValueError(f"seg.source is 'method' but method {cfg.method!r} has no segmentation head")
+        fn: Callable[[Tensor], Tensor] = method.seg_fn
+        normalize = data_normalization(cfg.data)
+    else:
+        if model is None:
+            model = _load_seg_model(cfg, path, env)
+        model.eval()
+        fn = _logits_fn(model)
+    r = evaluate_segmentation(cfg, fn, normalize, ds, env, f"eval-seg:{split}:{path.stem}")
+    ck = load_checkpoint(path, map_location="cpu")
+    r["model"] = str(path)
+    r["step"] = int(ck.get("step", 0))
+    if ck.get("val_miou") is not None:
+        r["selection_val_miou"] = float(ck["val_miou"])  # the in-training validation score that selected it
+    return r
 
 
-def _evaluate(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normalize: Normalization, ds: Any, env: DistEnv,
-              desc: str) -> dict[str, Any]:
-    """MIoU of ``fn`` (normalised images -> B×K×h×w logits) on ``ds`` with the ``seg`` eval settings (all ranks)."""
-    crf = _crf_fn(cfg)
-    k = cfg.data.num_classes + 1
-    metric = SegmentationMetric(k).to(env.device)
-    s = cfg.seg
-    use_amp = cfg.runtime.amp and env.device.type == "cuda"
-    t0 = time.time()
-    n = 0
-    with torch.no_grad():
-        share = len(shard_indices(len(ds), env.rank, env.world_size))
-        for group in track(iter_inference_batches(ds, env, 1), share, desc, env.is_main and cfg.runtime.progress):
-            img = torch.stack([g["image"] for g in group]).to(env.device)
-            gt = torch.stack([g["mask"] for g in group]).to(env.device)
-            x = normalize_images(img, normalize)
-            if s.eval_resize_long is not None:
-                x = _resize_long(x, int(s.eval_resize_long))
-            with torch.autocast(device_type=env.device.type, dtype=torch.float16, enabled=use_amp):
-                logits = multiscale_cams(fn, x, scales=tuple(s.eval_scales), flip=s.eval_flip,
-                                         out_size=(int(img.shape[-2]), int(img.shape[-1])), reduce=s.eval_scale_reduce,
-                                         flip_reduce=s.eval_flip_reduce if s.eval_flip else None)
-            probs = cast(Tensor, logits).float().softmax(1)
-            if crf is not None:
-                probs = crf(img, probs)
-            metric.update(probs.argmax(1), gt)
-            n += len(group)
-    all_reduce_sum(metric.confmat)
-    cnt = torch.tensor([n], device=env.device)
-    all_reduce_sum(cnt)
-    sc = metric.compute()
-    return {"miou": float(sc["miou"]), "iou": [json_float(v) for v in sc["iou"].tolist()],
-            "pixel_acc": float(sc["pixel_acc"]), "num_images": int(cnt.item()), "seconds": round(time.time() - t0, 2)}
+def reported_model_paths(cfg: RunConfig, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The model files `eval_seg` scores: ``{"last": ...}`` and, with ``seg.report: best``, ``{"best": ...}``.
+
+    Segmentation network: the last round's ``model.pt`` / ``best.pt``; ``seg.source: method``: the CAM stage's
+    ``model.pt`` / ``best.pt`` (the in-training validation of the method's own head, ``seg.eval_every``).
+    """
+    base = stage_dir(out_dir, "cam") if cfg.seg.source == "method" else seg_round_dir(out_dir, cfg.seg.cyclic_rounds)
+    out = {"last": base / "model.pt"}
+    if cfg.seg.report == "best":
+        out["best"] = base / "best.pt"
+    return out
 
 
 def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = None, model: nn.Module | None = None,
              split: str | None = None) -> dict[str, Any]:
     """MIoU of the trained segmentation network (or the method's own head) on ``data.val_split``.
 
-    The network is the reported one (`seg_model_path`: the last cyclic round's ``model.pt``) unless
-    ``model`` is given. Writes ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``,
-    ``pixel_acc``, the inference settings and the image count.
+    The reported network is chosen by ``seg.report``: ``"last"`` (the last cyclic round's ``model.pt``, or the CAM
+    stage's ``model.pt`` with ``seg.source: method``) or ``"best"`` (the ``best.pt`` next to it: the checkpoint with
+    the best in-training validation mIoU, ``seg.eval_every``), in which case the last one is evaluated too and
+    reported under ``"last"``. ``model`` is the last network when it is already in memory. Writes
+    ``<out_dir>/seg/eval_<split>.json`` with ``miou``, per-class ``iou``, ``pixel_acc``, ``report``, the model file
+    and its step, the inference settings, the image count and, with ``report: best``, the ``best`` and ``last``
+    results.
     """
     cfg = resolve_paths(cfg)
     out_dir = absolute(out_dir)
@@ -430,28 +444,25 @@ def eval_seg(cfg: RunConfig, out_dir: str | os.PathLike, env: DistEnv | None = N
     check_run_folder(cfg, out_dir, "seg" if cfg.seg.source != "method" else "cam", for_eval=True)
     barrier()
     split = split or cfg.data.val_split
-    normalize: Normalization = cfg.seg.normalize
-    if cfg.seg.source == "method":
-        method = restore_method(cfg, stage_dir(out_dir, "cam") / "model.pt", env)
-        if not method.has_segmentation:
-            raise ValueError(f"seg.source is 'method' but method {cfg.method!r} has no segmentation head")
-        fn: Callable[[Tensor], Tensor] = method.seg_fn
-        normalize = data_normalization(cfg.data)
-        model_file = stage_dir(out_dir, "cam") / "model.pt"
-    else:
-        model_file = seg_model_path(cfg, out_dir)
-        if model is None:
-            if not model_file.is_file():
-                raise FileNotFoundError(f"no segmentation model at {str(model_file)!r}; run train-seg first")
-            model = _load_seg_model(cfg, model_file, env)
-        model.eval()
-        fn = _logits_fn(model)
+    paths = reported_model_paths(cfg, out_dir)
+    for name, path in paths.items():
+        if not path.is_file():
+            what = "run train-cam first" if cfg.seg.source == "method" else "run train-seg first"
+            if name == "best":
+                what = "it is written by the seg.eval_every evaluations during training"
+            raise FileNotFoundError(f"no {'segmentation ' if cfg.seg.source != 'method' else ''}model at "
+                                    f"{str(path)!r}; {what}")
     ds = open_split(cfg, split, return_mask=True, limit=cfg.data.max_eval_images, root=data_root(cfg, env))
-    r = _evaluate(cfg, fn, normalize, ds, env, f"eval-seg:{split}")
+    results = {name: _eval_one(cfg, path, env, ds, split, model if name == "last" else None)
+               for name, path in paths.items()}
     s = cfg.seg
-    res = {"split": split, **r, "scales": list(s.eval_scales), "flip": s.eval_flip, "crf": s.crf,
-           "source": s.source, "resize_long": s.eval_resize_long, "model": str(model_file),
-           "cyclic_rounds": s.cyclic_rounds}
+    reported = results[s.report]
+    res = {"split": split, **reported, "report": s.report, "scales": list(s.eval_scales), "flip": s.eval_flip,
+           "crf": s.crf, "source": s.source, "resize_long": s.eval_resize_long, "img_scale": s.eval_img_scale,
+           "slide": s.eval_slide, "average": s.eval_average, "cyclic_rounds": s.cyclic_rounds}
+    if s.report == "best":
+        res["best"] = results["best"]
+        res["last"] = results["last"]
     if env.is_main:
         with atomic_write(out / f"eval_{split}.json", "w") as f:
             json.dump(res, f, indent=1)

@@ -2,7 +2,7 @@
 
 The released SMAF (``bupt-ai-cz/SMAF`` ``gen_fused_cam.py``) fuses the frozen teacher's multi-scale maps once per
 full training image and stores them; self-training then cuts every crop's target out of its image's stored map.
-:class:`FusedMapStore` keeps those files: ``<folder>/<name>.npy`` holds the present classes of one image
+[`FusedMapStore`][] keeps those files: ``<folder>/<name>.npy`` holds the present classes of one image
 (ascending class order) as a ``C_present × H × W`` array, ``<folder>/meta.json`` the settings that made them, so
 a later run with other settings is refused instead of training on stale maps. Files are written atomically and
 existing ones are kept, so an interrupted run resumes; under DDP every rank writes its share.
@@ -21,9 +21,9 @@ from torch import Tensor
 
 __all__ = ["FusedMapStore", "FuseFn"]
 
-#: ``fuse(image01, labels) -> maps``: B×3×H×W images in [0, 1] and B×C labels on the teacher's device to the B×C×H×W
-#: fused, per-class max-normalised maps.
 FuseFn = Callable[[Tensor, Tensor], Tensor]
+"""``fuse(image01, labels) -> maps``: B×3×H×W images in [0, 1] and B×C labels on the teacher's device to the B×C×H×W
+fused, per-class max-normalised maps."""
 
 
 class FusedMapStore:
@@ -68,7 +68,7 @@ class FusedMapStore:
         return self.path(name).is_file()
 
     def check_meta(self) -> None:
-        """Raise ``ValueError`` if ``meta.json`` exists and records other settings than :attr:`meta`."""
+        """Raise ``ValueError`` if ``meta.json`` exists and records other settings than `meta`."""
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
             return
@@ -122,7 +122,7 @@ class FusedMapStore:
                    show_progress: bool = False) -> int:
         """Store the map of every image of ``dataset`` (each rank its share under DDP, then a barrier).
 
-        Checks ``meta.json`` first (:meth:`check_meta`) and writes it on rank 0; images whose file exists are
+        Checks ``meta.json`` first ([`check_meta`][]) and writes it on rank 0; images whose file exists are
         skipped without being loaded when ``dataset`` has ``names``. Returns the number of maps this rank wrote.
         """
         from .distributed import barrier, shard_indices

@@ -1,7 +1,7 @@
 """Registry of trainer methods (baseline CAM, L2G, PPL, PMM, SMAF, TSCD).
 
-A method is a :class:`~wsss_blocks.train.methods.base.CAMMethod` subclass registered under its ``name``
-with :func:`register_method`. :func:`get_method` imports ``wsss_blocks.train.methods.<name>`` on first use,
+A method is a [`CAMMethod`][wsss_blocks.train.methods.base.CAMMethod] subclass registered under its ``name``
+with [`register_method`][]. [`get_method`][] imports ``wsss_blocks.train.methods.<name>`` on first use,
 so a method module registers itself when it is imported.
 
 Examples:
@@ -20,8 +20,8 @@ from .base import CAMMethod, NoConfig, PhaseContext
 __all__ = ["CAMMethod", "NoConfig", "PhaseContext", "register_method", "get_method", "available_methods",
            "KNOWN_METHODS"]
 
-#: methods shipped with the library (each in ``wsss_blocks/train/methods/<name>.py``).
 KNOWN_METHODS = ("baseline", "l2g", "ppl", "pmm", "smaf", "tscd")
+"""Methods shipped with the library (each in ``wsss_blocks/train/methods/<name>.py``)."""
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}
 
@@ -29,7 +29,7 @@ M = TypeVar("M", bound=type[CAMMethod])
 
 
 def register_method(cls: M) -> M:
-    """Class decorator: register a :class:`CAMMethod` subclass under ``cls.name``."""
+    """Class decorator: register a [`CAMMethod`][] subclass under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, CAMMethod)):
         raise TypeError(f"register_method needs a CAMMethod subclass, got {cls!r}")
     if not cls.name:

@@ -1,11 +1,12 @@
-"""The method interface of the reference trainer: one :class:`CAMMethod` subclass per paper.
+"""The method interface of the reference trainer: one [`CAMMethod`][] subclass per paper.
 
 A method owns its networks and losses and tells the generic loop three things: how to compute the
-training loss of a batch (:meth:`CAMMethod.training_step`), which parameters get which learning rate
-(:meth:`CAMMethod.param_groups`), and how to turn an image batch into class activation maps at inference
-(:meth:`CAMMethod.cam_fn`, used with :func:`wsss_blocks.cam.multiscale_cams`). Optionally it changes the
-pseudo-mask rule (:meth:`CAMMethod.pseudo_masks`), trains in several phases (:attr:`CAMMethod.phases`,
-:meth:`CAMMethod.on_phase_start`) or predicts segmentation itself (:meth:`CAMMethod.seg_fn`, TSCD).
+training loss of a batch (`CAMMethod.training_step`), which parameters get which learning rate
+(`CAMMethod.param_groups`), and how to turn an image batch into class activation maps at inference
+(`CAMMethod.cam_fn`, used with `wsss_blocks.cam.multiscale_cams`). Optionally it trains in several
+phases (`CAMMethod.phases`, `CAMMethod.on_phase_start`) or predicts segmentation itself
+(`CAMMethod.seg_fn`, TSCD). The pseudo-mask rule is not the method's: the config's ``pseudo`` chain
+(post steps, refiner, rule; `wsss_blocks.train.pipeline`) turns any method's CAMs into masks.
 
 Everything else (data, optimizer, poly schedule, AMP, DDP, checkpoints, logging) is the loop's job.
 """
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from wsss_blocks._checks import check_int
-from wsss_blocks.cam import cams_to_mask
 from wsss_blocks.models import set_bn_eval
 
 __all__ = ["CAMMethod", "PhaseContext", "NoConfig"]
@@ -35,11 +35,11 @@ class NoConfig:
 
 @dataclass
 class PhaseContext:
-    """What :meth:`CAMMethod.on_phase_start` gets to know about the run.
+    """What [`CAMMethod.on_phase_start`][] gets to know about the run.
 
     Attributes:
-        phase: the phase's name (an entry of :attr:`CAMMethod.phases`).
-        index: its position in :attr:`CAMMethod.phases`.
+        phase: the phase's name (an entry of `CAMMethod.phases`).
+        index: its position in `CAMMethod.phases`.
         total_steps: the number of optimizer steps this phase will run.
         out_dir: the CAM stage's output folder (write phase artefacts here, atomically).
         device: the device the method lives on.
@@ -60,23 +60,25 @@ class PhaseContext:
 class CAMMethod(nn.Module):
     """Base class of a WSSS method in the reference trainer (subclass it and register it).
 
-    Class attributes:
+    Attributes:
         name: registry name (``"baseline"``, ``"l2g"``, ...).
         Config: dataclass of the method's own arguments; its defaults are the released values. The run
             config's ``method_args`` mapping is validated against it (unknown keys are rejected).
         paper_numbers: the paper's reported numbers, keys ``cam_miou``, ``pseudo_miou``, ``val_miou``
-            (``None`` where not reported), for the final table of :func:`wsss_blocks.train.reproduce`.
+            (``None`` where not reported), for the final table of
+            [`wsss_blocks.train.reproduce`][wsss_blocks.train.reproduce.reproduce].
         paper_source: one line saying where ``paper_numbers`` come from (paper table, split, backbone).
         phases: names of the training phases, run in order, each with a fresh optimizer and poly
-            schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``.
+            schedule (SMAF: ``("eps", "self_train")``). Default one phase ``("cam",)``. A method whose phases
+            depend on its arguments sets it on the instance in ``__init__`` (PMM).
         cam_normalization: ``"max"`` (IRN) or ``"minmax"`` (ToCo/AFA) normalisation of the fused CAMs
-            before the threshold sweep and :meth:`pseudo_masks`.
-        has_segmentation: True if :meth:`seg_fn` predicts segmentation (TSCD); the segmentation stage then
+            before the threshold sweep and the pseudo-mask chain.
+        has_segmentation: True if `seg_fn` predicts segmentation (TSCD); the segmentation stage then
             may evaluate the method directly (``seg.source: method``) instead of training DeepLab.
 
     Constructor: ``__init__(run_cfg, method_cfg, num_classes)`` — ``run_cfg`` is the whole
-    :class:`~wsss_blocks.train.schema.RunConfig` (read ``run_cfg.model``, ``run_cfg.data`` ...),
-    ``method_cfg`` an instance of :attr:`Config`, ``num_classes`` the foreground class count C.
+    [`RunConfig`][wsss_blocks.train.schema.RunConfig] (read ``run_cfg.model``, ``run_cfg.data`` ...),
+    ``method_cfg`` an instance of `Config`, ``num_classes`` the foreground class count C.
 
     Tensor conventions (the Conventions page of the docs): a batch is a dict with ``image`` (B×3×H×W,
     normalised), ``image01`` (B×3×H×W in [0, 1]), ``labels`` (B×C multi-hot float), ``index`` (B int64 dataset
@@ -107,7 +109,7 @@ class CAMMethod(nn.Module):
     Config: ClassVar[type] = NoConfig
     paper_numbers: ClassVar[dict[str, float | None]] = {}
     paper_source: ClassVar[str] = ""
-    phases: ClassVar[tuple[str, ...]] = ("cam",)
+    phases: tuple[str, ...] = ("cam",)
     cam_normalization: ClassVar[str] = "max"
     has_segmentation: ClassVar[bool] = False
 
@@ -132,9 +134,9 @@ class CAMMethod(nn.Module):
         return bool(getattr(self.cfg, "freeze_bn", False))
 
     def train(self, mode: bool = True) -> CAMMethod:
-        """Set train/eval mode, keeping BatchNorm frozen with :attr:`freeze_bn`.
+        """Set train/eval mode, keeping BatchNorm frozen with [`freeze_bn`][].
 
-        With :attr:`freeze_bn` every BatchNorm stays in eval mode (running statistics used, not updated) with
+        With [`freeze_bn`][] every BatchNorm stays in eval mode (running statistics used, not updated) with
         frozen affine parameters, the "frozen BN" of PSA/SEAM/IRN.
         """
         super().train(mode)
@@ -155,7 +157,8 @@ class CAMMethod(nn.Module):
         """Non-negative B×C×h×w CAMs of (normalised) images, for inference and pseudo-mask generation.
 
         Called in eval mode under ``torch.no_grad``, possibly on a flipped and rescaled batch of 2B
-        images (see :func:`wsss_blocks.cam.multiscale_cams`). Apply the method's per-scale ReLU here.
+        images (see [`wsss_blocks.cam.multiscale_cams`][wsss_blocks.cam.multiscale_cams]). Apply the method's per-scale
+        ReLU here.
         """
         raise NotImplementedError
 
@@ -163,8 +166,8 @@ class CAMMethod(nn.Module):
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups (each with ``params``, ``lr``, ``weight_decay``, ``lr_mult``).
 
-        The default applies :func:`wsss_blocks.models.param_groups` with the PSA/IRN convention
-        (pretrained backbone 1×, backbone biases 2×, new layers 10×/20×); every submodule named
+        The default applies [`wsss_blocks.models.param_groups`][wsss_blocks.models.networks.param_groups] with the
+        PSA/IRN convention (pretrained backbone 1×, backbone biases 2×, new layers 10×/20×); every submodule named
         ``backbone`` or ``encoder`` (at any depth) counts as pretrained. The poly schedule multiplies each
         group's ``lr_mult`` by ``base_lr * (1 - step/total) ** power``.
         """
@@ -174,27 +177,61 @@ class CAMMethod(nn.Module):
                          if n and n.rsplit(".", 1)[-1] in ("backbone", "encoder"))
         return param_groups(self, base_lr, weight_decay=weight_decay, backbone_prefixes=prefixes or ("backbone.",))
 
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """Pseudo masks from fused, normalised CAMs (the method's rule).
+    def phase_steps(self, phase: str, default_steps: int) -> int:
+        """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase.
+
+        ``default_steps`` is computed from [`CAMMethod.phase_optim`][]'s ``steps`` / ``epochs`` / ``batch_size``.
+        """
+        return default_steps
+
+    def phase_optim(self, phase: str, optim: Any) -> Any:
+        """The optimizer and schedule settings of ``phase`` (an ``OptimConfig``); default: the ``cam`` section.
+
+        A method whose phases train different networks returns a modified copy (``dataclasses.replace``), e.g.
+        PMM's stage C with its own batch size, epochs and learning rate.
+        """
+        return optim
+
+    def phase_dataset(self, phase: str, base: Any, default: Any) -> Any:
+        """The training dataset of ``phase``, called after [`CAMMethod.on_phase_start`][]; default: ``default``.
+
+        ``base`` is the un-augmented training split, ``default`` the CAM stage's augmented dataset
+        (`wsss_blocks.train.datasets.AugmentedDataset`); a replacement must be indexed like it, by ``(epoch,
+        index)`` over the same images, and give the same keys (PMM's stage C: tiles with re-derived labels).
+        """
+        return default
+
+    def infer_cams(self, images: Tensor, labels: Tensor) -> Tensor | None:
+        """The method's own CAM inference, or ``None`` for the default (multi-scale + flip [`CAMMethod.cam_fn`][]).
 
         Args:
-            cams: B×C×H×W in [0, 1] at image size (multi-scale + flip, normalised per
-                :attr:`cam_normalization`; absent classes zeroed).
-            labels: B×C multi-hot image labels.
-            image01: B×3×H×W raw images in [0, 1] (for refiners / CRF).
-            cfg: the run's pseudo-stage config; ``cfg.bg_score`` holds the background score in use (the
-                swept best one when ``pseudo.bg_score`` is ``"sweep"``).
+            images: B×3×H×W normalised images.
+            labels: B×C multi-hot labels.
 
         Returns:
-            B×H×W int64 masks: 0 background, c+1 class c, 255 ignore.
-
-        The default is the IRN seed rule :func:`wsss_blocks.cam.cams_to_mask` with ``cfg.bg_score``.
+            B×C×H×W CAMs at the image size, already normalised (``pseudo.scales``/``flip``/``reduce`` and
+            `CAMMethod.cam_normalization` are then not applied), or ``None``. PMM's multi-crop inference is one.
         """
-        return cams_to_mask(cams, labels, float(cfg.bg_score))
+        return None
 
-    def phase_steps(self, phase: str, default_steps: int) -> int:
-        """Optimizer steps of ``phase``; default: the CAM stage's ``steps`` for every phase."""
-        return default_steps
+    @classmethod
+    def phases_for(cls, method_cfg: Any) -> tuple[str, ...]:
+        """The phases a method with arguments ``method_cfg`` trains, without building it; default `phases`."""
+        return tuple(cls.phases)
+
+    @classmethod
+    def uses_cam_backbone(cls, method_cfg: Any) -> bool:
+        """Whether the method builds the ``cam.backbone`` network (and so needs ``cam.pretrained``); default yes."""
+        return True
+
+    @classmethod
+    def extra_weights(cls, method_cfg: Any) -> list[tuple[str, str | None, str]]:
+        """Initialisations the method loads besides ``cam.pretrained``: ``(field, weights, backbone)`` triples.
+
+        `wsss_blocks.models.weights.check_run_weights` fetches and verifies them before the first step, like
+        ``cam.pretrained`` (``field`` names the ``method_args`` key in its messages).
+        """
+        return []
 
     def on_phase_start(self, ctx: PhaseContext) -> None:
         """Hook run before each phase's optimizer is built (e.g. freeze a teacher, build a student).
@@ -204,13 +241,13 @@ class CAMMethod(nn.Module):
         """
 
     def seg_fn(self, images: Tensor) -> Tensor:
-        """Segmentation logits B×(C+1)×h×w, channel 0 = background (only if :attr:`has_segmentation`)."""
+        """Segmentation logits B×(C+1)×h×w, channel 0 = background (only if `has_segmentation`)."""
         raise NotImplementedError(f"method {self.name!r} does not predict segmentation")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
     def make_config(cls, args: Mapping[str, Any] | None = None) -> Any:
-        """Validate a ``method_args`` mapping against :attr:`Config` (unknown keys -> ConfigError)."""
+        """Validate a ``method_args`` mapping against `Config` (unknown keys -> ConfigError)."""
         from wsss_blocks.train.config import from_dict
 
         if not dataclasses.is_dataclass(cls.Config):
@@ -222,4 +259,4 @@ class CAMMethod(nn.Module):
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state_for_checkpoint` returned."""
+        """Restore what [`extra_state_for_checkpoint`][] returned."""

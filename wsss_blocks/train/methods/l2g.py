@@ -5,21 +5,21 @@ Semantic Segmentation", CVPR 2022 (official code PengtaoJiang/L2G).
 
 Per step (``scripts/train_l2g_sal_voc.py``):
 
-1. :class:`~wsss_blocks.local_global.LocalPatchSampler` cuts N patches out of every (normalised) global view
-   (VOC: the four corners + 2 random 320² crops of 448², COCO: 4 random ones) with replicated labels and
+1. [`LocalPatchSampler`][wsss_blocks.local_global.LocalPatchSampler] cuts N patches out of every (normalised) global
+   view (VOC: the four corners + 2 random 320² crops of 448², COCO: 4 random ones) with replicated labels and
    saliency crops.
 2. The **local** network classifies the patches: multi-label soft-margin loss on the spatial mean of its
    foreground maps against the replicated labels. It gets no other loss.
 3. The **global** network sees the whole view; it is trained **only** by the transfer loss
-   (:class:`~wsss_blocks.local_global.LocalToGlobalTransfer`: λ · MSE between the channel softmax of its
-   RoIAligned logits and the target built from the detached local maps, with the saliency shape transfer
+   ([`LocalToGlobalTransfer`][wsss_blocks.local_global.LocalToGlobalTransfer]: λ · MSE between the channel softmax of
+   its RoIAligned logits and the target built from the detached local maps, with the saliency shape transfer
    when saliency is on). Its classification loss is logged, not optimised (``global_cls_weight = 0``).
 4. Total ``L = L_cls(local) + L_kt``.
 
-Both networks are :class:`L2GNet`: ResNet-38 (conv1a/b2 frozen, frozen BN, output stride 8) with the PCM
-head of the release (``models/resnet38.py``): ``F = cam + PCM(cam)`` with K = C + 1 channels, **background
+Both networks are [`L2GNet`][wsss_blocks.models.pcm.L2GNet]: ResNet-38 (conv1a/b2 frozen, frozen BN, output stride 8)
+with the PCM head of the release (``models/resnet38.py``): ``F = cam + PCM(cam)`` with K = C + 1 channels, **background
 last**; logits = spatial mean of the C foreground channels. CAMs at inference come from the global network
-only (:meth:`L2GMethod.cam_fn`), as ``test_l2g_voc.py`` does; the pseudo-mask rule is the default constant
+only (`L2GMethod.cam_fn`), as ``test_l2g_voc.py`` does; the pseudo-mask rule is the default constant
 background argmax (``gen_gt.py``, ``thr = 0.25``).
 """
 
@@ -54,6 +54,10 @@ class L2GConfig:
         use_saliency: saliency shape transfer (the released scripts are saliency-only; needs
             ``data.saliency_dir``). False = plain attention transfer (no saliency in the target).
         keep_max: keep only the per-pixel winning target channel (released).
+        keep_max_ties: which of several equal maximal channels keep-max keeps: ``"argsort"`` (released: row 0
+            of an unstable ``torch.argsort``, device dependent; on CPU mostly the background), ``"lowest"``
+            (lowest channel index) or ``"highest"`` (the background wins its ties); see
+            `wsss_blocks.local_global.l2g_target`.
         roi_aligned: RoIAlign ``aligned`` flag; False keeps the released half-cell shift,
             True is the geometrically exact deviation.
         empty_saliency_fallback: the paper's L_at target for patches with empty saliency (not in the code).
@@ -61,9 +65,9 @@ class L2GConfig:
         pcm: PCM term in both networks (released True).
         frozen: backbone modules without gradient (ResNet-38: conv1a, b2, b2_1, b2_2).
         freeze_bn: BatchNorm in eval mode with frozen affine parameters (released).
-        relu_per_scale: apply ReLU to each scale's map in :meth:`L2GMethod.cam_fn`. Released False: the
+        relu_per_scale: apply ReLU to each scale's map in `L2GMethod.cam_fn`. Released False: the
             8 scale/flip maps are averaged raw and clamped afterwards, which
-            :func:`wsss_blocks.cam.normalize_cams` does.
+            [`wsss_blocks.cam.normalize_cams`][wsss_blocks.cam.normalize_cams] does.
     """
 
     num_patches: int = 6
@@ -74,6 +78,7 @@ class L2GConfig:
     bg_target: Literal["binary", "soft"] = "binary"
     use_saliency: bool = True
     keep_max: bool = True
+    keep_max_ties: Literal["argsort", "lowest", "highest"] = "argsort"
     roi_aligned: bool = False
     empty_saliency_fallback: bool = False
     global_cls_weight: float = 0.0
@@ -91,8 +96,8 @@ class L2GMethod(CAMMethod):
     Semantic Segmentation", CVPR 2022. Release: PengtaoJiang/L2G.
 
     Gradients: ``loss_cls_local`` reaches only ``local_net``; ``loss_kt`` only ``global_net`` (the target is
-    built from detached local maps). Both networks use :class:`L2GNet`; parameter groups follow the PSA
-    convention (backbone 1×/2×, fc8 + PCM 10×/20×) for both.
+    built from detached local maps). Both networks use [`L2GNet`][wsss_blocks.models.pcm.L2GNet]; parameter groups
+    follow the PSA convention (backbone 1×/2×, fc8 + PCM 10×/20×) for both.
 
     Shape:
         - batch["image"]: B×3×H×W (H, W ≥ ``patch_size``); batch["labels"]: B×C; batch["saliency"]:
@@ -119,7 +124,7 @@ class L2GMethod(CAMMethod):
         "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 44.2},
     }
     paper_source = ("L2G (CVPR'22) abstract/README: VOC val 72.1 (test 71.7), COCO val 44.2, DeepLab-v2 R101 with "
-                    "saliency and CRF. Pseudo-label mIoU is not verified from the paper (issue #36 "
+                    "saliency and CRF. Pseudo-label mIoU is not verified from the paper (PengtaoJiang/L2G issue #36 "
                     "reproduces 71.7 on VOC train at bg 0.25), so it is not listed.")
     cam_normalization = "max"
 
@@ -150,7 +155,8 @@ class L2GMethod(CAMMethod):
         self.transfer = LocalToGlobalTransfer(num_classes, stride=self.stride, weight=c.kd_weight,
                                               fg_threshold=c.fg_threshold, bg_channel="last", keep_max=c.keep_max,
                                               bg_target=c.bg_target, roi_aligned=c.roi_aligned,
-                                              empty_saliency_fallback=c.empty_saliency_fallback)
+                                              empty_saliency_fallback=c.empty_saliency_fallback,
+                                              keep_max_ties=c.keep_max_ties)
         if c.freeze_bn:
             set_bn_eval(self)
 

@@ -2,22 +2,22 @@
 
 Li, Jie, Wang, Zhou, Wei, Ma, "Weakly Supervised Semantic Segmentation via Progressive Patch Learning", IEEE
 TMM 2022 (arXiv 2209.07828). The authors released **no code**: the network and schedule are the
-reconstruction of :mod:`wsss_blocks.patch_learning` (tags [S] stated, [F] drawn in a figure, [I] inferred; see
-the PPL page of the docs), and the training recipe is an inferred "R50-IRN" profile (IRN's ResNet-50 CAM
-recipe, every value [I]).
+reconstruction of [`wsss_blocks.patch_learning`][wsss_blocks.patch_learning] (tags [S] stated, [F] drawn in a figure,
+[I] inferred; see the PPL page of the docs), and the training recipe is an inferred "R50-IRN" profile (IRN's ResNet-50
+CAM recipe, every value [I]).
 
-- Network (:class:`~wsss_blocks.patch_learning.PatchLearning`): the backbone as an ordered list of stages;
+- Network ([`PatchLearning`][wsss_blocks.patch_learning.PatchLearning]): the backbone as an ordered list of stages;
   after stage ``s`` the feature map is cut into a 2×2 grid of patches [F], each patch runs through the
   remaining stages with the same weights, the merged patch features are concatenated with the full-map
   features [S] and one bias-free 1×1 classifier + GAP gives the logits; one multi-label soft-margin loss
   [F "cls loss"].
 - ``variant="progressive"`` (default, Fig. 2): one insertion point at a time, moved from low to high by
-  :class:`~wsss_blocks.patch_learning.ProgressiveSchedule` — ``"sequential"`` (a curriculum: stage k for
+  [`ProgressiveSchedule`][wsss_blocks.patch_learning.ProgressiveSchedule] — ``"sequential"`` (a curriculum: stage k for
   its share ``stage_epochs[k] / sum(stage_epochs)`` of the CAM-stage steps, one poly schedule over the whole
   run) or ``"cyclic"`` (every stage on every batch, PMG-like, reading B). The classifier
   (width 2D) is shared by all stages. ``variant="explicit"`` (Fig. 5): all insertion points at once, each
   patch branch input detached [S], one classifier of width (m+1)·D.
-- CAMs (:meth:`PPLMethod.cam_fn`) come from the same graph as training (``cam_source="concat"``,
+- CAMs (`PPLMethod.cam_fn`) come from the same graph as training (``cam_source="concat"``,
   the default) at the last stage's insertion point (the stage-n model [F]); ``"global"`` uses the full-map part
   only (an ablation). Images are zero-padded (in normalised space) to a multiple of
   ``output stride × grid`` and the CAM is cropped back.
@@ -44,7 +44,7 @@ __all__ = ["PPLConfig", "PPLMethod", "stage_list"]
 
 
 def stage_list(backbone: nn.Module) -> list[nn.Module]:
-    """Ordered stages of a backbone (:func:`wsss_blocks.patch_learning.backbone_stages`).
+    """Ordered stages of a backbone ([`backbone_stages`][wsss_blocks.patch_learning.backbone_stages]).
 
     ``TinyBackbone.stages``, or ``[stem, layer1..layer4]`` of a ResNet / timm ``stem`` + ``stages`` model.
     """
@@ -193,7 +193,7 @@ class PPLMethod(CAMMethod):
         return self.schedule.stage_index(epoch)
 
     def current_points(self) -> tuple[int, ...]:
-        """Insertion point(s) used by :meth:`cam_fn` (the current / final stage)."""
+        """Insertion point(s) used by `cam_fn` (the current / final stage)."""
         if self.cfg.variant == "explicit":
             return self.points
         return (self.points[int(self.stage_index)],)

@@ -6,36 +6,37 @@ The first stage is EPS (Lee et al., "Railroad is not a Train: Saliency as Pseudo
 Supervised Semantic Segmentation", CVPR 2021; official code halbielee/EPS), which the SMAF release expects as a
 pre-trained checkpoint.
 
-Two phases (:attr:`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
+Two phases (`SMAFMethod.phases`), each with a fresh optimizer and poly schedule:
 
 1. ``"eps"`` — the classification network (ResNet-38 + SMAF's head ``4096 → 128 → BN → ReLU → C+1``, background
    **last**) trained with the multi-label soft-margin loss on the GAP of the foreground maps plus, when
-   ``eps_saliency`` is on, EPS's saliency loss (:func:`eps_saliency_loss`; EPS ``eps.py``, ``module/train.py``
-   ``train_eps``; ``script/voc12_eps.sh``: tau 0.4, lambda 0.5, 20k iterations, batch 8, crop 448). Without
-   saliency (``eps_saliency: false``) the phase is EPS's own classification-only path (``train_cls``) on the same
-   C+1 network — an **inferred** fallback: the background channel then gets no direct signal.
+   ``eps_saliency`` is on, EPS's saliency loss ([`eps_saliency_loss`][wsss_blocks.losses.eps_saliency_loss]; EPS
+   ``eps.py``, ``module/train.py`` ``train_eps``; ``script/voc12_eps.sh``: tau 0.4, lambda 0.5, 20k iterations, batch 8,
+   crop 448). Without saliency (``eps_saliency: false``) the phase is EPS's own classification-only path (``train_cls``)
+   on the same C+1 network — an **inferred** fallback: the background channel then gets no direct signal.
 2. ``"self_train"`` — a frozen copy of the phase-1 network is the teacher; the student (the phase-1 network
    itself, so it starts from the same weights as released) learns ``100 · MSE(softmax(student), T)`` at 1/4 of
-   the crop resolution (:func:`~wsss_blocks.multiscale_fusion.smaf_loss`), where T is the denoised, reactivated
-   fused multi-scale map of the teacher (:func:`~wsss_blocks.multiscale_fusion.multiscale_attention_fusion`,
-   :func:`~wsss_blocks.multiscale_fusion.smaf_target`; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
+   the crop resolution ([`smaf_loss`][wsss_blocks.multiscale_fusion.smaf_loss]), where T is the denoised, reactivated
+   fused multi-scale map of the teacher
+   ([`multiscale_attention_fusion`][wsss_blocks.multiscale_fusion.multiscale_attention_fusion],
+   [`smaf_target`][wsss_blocks.multiscale_fusion.smaf_target]; scales 0.5/1/1.5/2 + flips, softmax before upsampling,
    class-aware sum, per-class max, background 0.2).
 
-Pseudo masks (:meth:`SMAFMethod.pseudo_masks`): the trainer's multi-scale CAMs of :meth:`SMAFMethod.cam_fn`
-(per-pass softmax over C+1, background dropped, summed, per-class max) thresholded at 0.2 with
-:func:`~wsss_blocks.multiscale_fusion.smaf_pseudo_mask`, refined by the released hard-label dense CRF
-(:meth:`wsss_blocks.crf.DenseCRF.smaf`).
+Pseudo masks (the configs' chain ``pseudo.rule: smaf``, `wsss_blocks.train.pipeline`): the trainer's multi-scale
+CAMs of `SMAFMethod.cam_fn` (per-pass softmax over C+1, background dropped, summed, per-class max) thresholded
+at 0.2 with [`smaf_pseudo_mask`][wsss_blocks.multiscale_fusion.smaf_pseudo_mask], refined by the released
+hard-label dense CRF (`wsss_blocks.crf.DenseCRF.smaf`).
 
 Teacher targets (``target_mode``):
 
 * ``"offline"`` (default, released): at the start of the self-training phase the frozen teacher fuses its maps
-  once per **full** training image (``gen_fused_cam.py``) and :meth:`SMAFMethod.precompute_fused_maps`
+  once per **full** training image (``gen_fused_cam.py``) and [`SMAFMethod.precompute_fused_maps`][]
   stores them under ``<cam stage>/fused_cams/<name>.npy`` (present classes only, ascending class order,
   ``C_present × H × W``; existing files are kept, so an interrupted run resumes). Each training crop's target is
   cut from its image's stored map with the crop's recorded geometry (``batch["geom"]``, see
-  :class:`wsss_blocks.data.transforms.RecordGeometry`): bilinear resize with ``align_corners=True`` to the
-  image's random-resized size, flip, crop with zero padding (``VOC_dataset.py`` ``transform_with_mask``),
-  then denoised and reactivated at 1/4 of the crop; padding becomes pure background.
+  [`wsss_blocks.data.transforms.RecordGeometry`][wsss_blocks.data.transforms.RecordGeometry]): bilinear resize with
+  ``align_corners=True`` to the image's random-resized size, flip, crop with zero padding (``VOC_dataset.py``
+  ``transform_with_mask``), then denoised and reactivated at 1/4 of the crop; padding becomes pure background.
 * ``"online"``: the approximation of earlier versions — the teacher fuses its maps on each training crop
   itself (padded pixels masked to background before the per-class max, which runs over the valid region).
   No files, no geometry needed, but 8 teacher passes per crop and step and a per-crop (not per-image) max.
@@ -46,7 +47,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -58,7 +59,7 @@ from typing_extensions import override
 from wsss_blocks.data.normalization import Normalization, data_normalization
 from wsss_blocks.losses import eps_saliency_loss
 from wsss_blocks.models import SMAFNet, build_frozen_backbone, param_groups, set_bn_eval
-from wsss_blocks.multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_pseudo_mask, smaf_target
+from wsss_blocks.multiscale_fusion import multiscale_attention_fusion, smaf_loss, smaf_target
 from wsss_blocks.train.smaf_store import FusedMapStore
 
 from . import register_method
@@ -66,8 +67,8 @@ from .base import CAMMethod, PhaseContext
 
 __all__ = ["SMAFConfig", "SMAFMethod", "FUSED_DIR"]
 
-#: sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)
 FUSED_DIR = "fused_cams"
+"""Sub-folder of the CAM stage folder holding the offline fused teacher maps (``target_mode: offline``)."""
 
 @dataclass
 class SMAFConfig:
@@ -106,10 +107,8 @@ class SMAFConfig:
         target_bg_score: constant background of the target (0.2).
         target_scale_factor: the target and loss resolution relative to the crop (0.25, 112 for 448).
         loss_weight: weight of the MSE (100).
-        crf: refine the pseudo masks with the hard-label dense CRF (released on).
-        crf_params: that CRF, as everywhere in the configs: a ``preset`` name plus
-            :class:`wsss_blocks.crf.DenseCRF` arguments (``{preset: smaf, backend: auto}``: gt_prob 0.7, Gaussian
-            3/3, bilateral 50/5/10, 10 iterations; ``backend`` ``auto`` = pydensecrf if installed, else PyTorch).
+
+    The pseudo-mask CRF lives in the chain: ``pseudo.args.smaf`` (``crf``, ``crf_params``).
     """
 
     head: Literal["smaf", "eps"] = "smaf"
@@ -133,8 +132,6 @@ class SMAFConfig:
     target_bg_score: float = 0.2
     target_scale_factor: float = 0.25
     loss_weight: float = 100.0
-    crf: bool = True
-    crf_params: dict[str, Any] = field(default_factory=lambda: {"preset": "smaf", "backend": "auto"})
 
 
 def _build_backbone(run_cfg: Any, c: SMAFConfig) -> nn.Module:
@@ -158,8 +155,9 @@ class SMAFMethod(CAMMethod):
     Shape:
         - batch["image"]: B×3×H×W; batch["labels"]: B×C; batch["saliency"]: B×1×H×W (``eps_saliency``);
           batch["valid"]: B×H×W (unpadded pixels, optional); ``target_mode: offline`` also needs
-          batch["geom"]: B×9 (crop geometry, :class:`wsss_blocks.data.transforms.RecordGeometry`) and
-          batch["name"] (B image names)
+          batch["geom"]: B×9 (crop geometry,
+          [`wsss_blocks.data.transforms.RecordGeometry`][wsss_blocks.data.transforms.RecordGeometry]) and batch["name"]
+          (B image names)
         - cam_fn output: B×C×H/8×W/8 foreground softmax probabilities (background dropped)
 
     Examples:
@@ -185,8 +183,8 @@ class SMAFMethod(CAMMethod):
     cam_normalization = "max"
     paper_numbers: ClassVar[dict[str, float | None]] = {"cam_miou": None, "pseudo_miou": 73.88, "val_miou": 72.4}
     paper_source = ("SMAF (arXiv'23) abstract: VOC val 72.4 (test 72.4), DeepLab-v2 R101, EPS saliency; pseudo "
-                    "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the committed evalue_crf.out "
-                    ". No CAM-only number is reported.")
+                    "masks 73.88 on VOC train (1,464) with thr 0.2 + CRF from the authors' log (bupt-ai-cz/SMAF "
+                    "SMAF/smaf/evalue_crf.out). No CAM-only number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: SMAFConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
@@ -245,7 +243,7 @@ class SMAFMethod(CAMMethod):
         """``"eps"``: nothing to build.
 
         ``"self_train"``: freeze a copy of the network as the teacher and, with ``target_mode: offline`` on a fresh (not
-        resuming) phase, store its fused map of every training image (:meth:`precompute_fused_maps`; all ranks take part
+        resuming) phase, store its fused map of every training image ([`precompute_fused_maps`][]; all ranks take part
         under DDP).
         """
         self._phase = ctx.phase
@@ -374,9 +372,9 @@ class SMAFMethod(CAMMethod):
         ``target_scales`` × flips, softmax before upsampling, class mask, sum) and the per-class max over the
         **whole image** (SMAF ``gen_fused_cam.py`` lines 195–206); the present classes (ascending) are written
         as one ``C_present × H × W`` array of ``offline_dtype`` to ``folder/<name>.npy`` (atomic), see
-        :class:`wsss_blocks.train.smaf_store.FusedMapStore`. Existing files are skipped, so an interrupted run
-        resumes. Under DDP every rank does its share and all wait at a barrier. ``folder/meta.json`` records the
-        settings and is checked on later runs.
+        [`wsss_blocks.train.smaf_store.FusedMapStore`][wsss_blocks.train.smaf_store.FusedMapStore]. Existing files are
+        skipped, so an interrupted run resumes. Under DDP every rank does its share and all wait at a barrier.
+        ``folder/meta.json`` records the settings and is checked on later runs.
 
         Returns:
             The number of maps this rank wrote.
@@ -408,8 +406,8 @@ class SMAFMethod(CAMMethod):
 
         The map (present classes) is resized to the crop's random-resized size (bilinear,
         ``align_corners=offline_align_corners``, released True), flipped, cropped with zero padding
-        (:func:`wsss_blocks.data.transforms.apply_geometry`), then denoised and reactivated at
-        ``target_scale_factor`` of the crop: padded pixels get a one-hot background target.
+        ([`wsss_blocks.data.transforms.apply_geometry`][wsss_blocks.data.transforms.apply_geometry]), then denoised and
+        reactivated at ``target_scale_factor`` of the crop: padded pixels get a one-hot background target.
 
         Shape:
             - labels: B×C; geom: B×9 (``batch["geom"]``); names: B strings
@@ -470,13 +468,3 @@ class SMAFMethod(CAMMethod):
     def cam_fn(self, images: Tensor) -> Tensor:
         """Per-pass softmax over the C+1 channels with the background (last) dropped (SMAF fusion order)."""
         return torch.softmax(self.net.cam_logits(images).float(), dim=1)[:, :-1]
-
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """``argmax([bg, A_0..A_{C-1}])`` with ``bg = cfg.bg_score`` (released 0.2), then the hard-label CRF."""
-        crf = None
-        if self.cfg.crf:
-            from wsss_blocks.crf import DenseCRF
-
-            crf = DenseCRF.from_config(self.cfg.crf_params)
-        return smaf_pseudo_mask(cams, labels, bg_score=float(cfg.bg_score), image01=image01, crf=crf,
-                                gt_prob=crf.gt_prob if crf is not None else 0.7)

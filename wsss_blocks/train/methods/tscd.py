@@ -15,18 +15,18 @@ One phase; every step (released ``scripts/dist_train_voc.py`` L296-360):
 3. The SCD view ``x' = ↓0.3(x)`` (bilinear, ``align_corners=True``): a second forward **with grad** (seg logits
    S') and its multi-scale CAM ``T'`` (no grad).
 4. ``Y`` = reliable pseudo labels: ``[τ; T]`` softmax over background + present classes, refined by
-   :class:`~wsss_blocks.refine.VariationAwareRefine` at half resolution, τ_h 0.55 / τ_l 0.35, ignore band
-   (:func:`~wsss_blocks.refine.reliable_pseudo_mask`), padding ignored.
+   [`VariationAwareRefine`][wsss_blocks.refine.VariationAwareRefine] at half resolution, τ_h 0.55 / τ_l 0.35, ignore
+   band ([`reliable_pseudo_mask`][wsss_blocks.refine.reliable_pseudo_mask]), padding ignored.
 5. Losses: ``L_cls`` (multi-label soft margin); ``L_seg`` (½ CE background + ½ CE foreground on ``Y``, logits
    upsampled to the crop with ``align_corners=True``); ``L_aff``
-   (:func:`~wsss_blocks.correspondence.affinity_from_attention_loss`, radius 8 on the /16 grid); ``L_reg`` (Tang et
-   al.'s dense-CRF energy loss, :func:`dense_energy_loss`); ``L_SCD``
-   (:func:`~wsss_blocks.correspondence.self_correspondence_loss` between ``(T, S)`` and ``(T', S')``); ``L_ER``
-   (``mean |↓0.3(T) − T'|`` over channels 1.., gradient-free as released).
+   ([`affinity_from_attention_loss`][wsss_blocks.correspondence.affinity_from_attention_loss], radius 8 on the /16
+   grid); ``L_reg`` (Tang et al.'s dense-CRF energy loss, [`dense_energy_loss`][wsss_blocks.losses.dense_energy_loss]);
+   ``L_SCD`` ([`self_correspondence_loss`][wsss_blocks.correspondence.self_correspondence_loss] between ``(T, S)`` and
+   ``(T', S')``); ``L_ER`` (``mean |↓0.3(T) − T'|`` over channels 1.., gradient-free as released).
    Steps ``0 … cam_iters`` (inclusive): ``L = L_cls + 0·(L_seg + L_reg + L_aff)``; afterwards
    ``L = L_cls + 0.1 L_seg + 0.01 L_reg + 0.1 L_aff + 0.1 L_SCD + 0.1 L_ER``.
 
-The segmentation head is the method's prediction (:attr:`TSCDMethod.has_segmentation`; ``seg.source: method``).
+The segmentation head is the method's prediction (`TSCDMethod.has_segmentation`; ``seg.source: method``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
-from wsss_blocks.cam import cams_to_mask, multiscale_cams, normalize_cams
+from wsss_blocks.cam import multiscale_cams, normalize_cams
 from wsss_blocks.correspondence import (
     affinity_from_attention_loss,
     equivariant_regularization,
@@ -106,10 +106,9 @@ class TSCDConfig:
         cam_pass_runs_decoder: the no-grad CAM passes also run the decoder in train mode, so its BatchNorm
             running statistics see them, as in the release (its ``cam_only`` forward computes ``seg`` too);
             False skips that work.
-        pseudo_rule: stage-2 masks: ``"refined"`` (the VARM labels the seg head trains on) or ``"threshold"``
-            (constant background ``pseudo.bg_score``, the release's ``cam_to_label`` 0.45).
-        pseudo_ignore: for ``"refined"``: ``"background"`` writes the ignore band as background (IRN's
-            convention for scoring), ``"keep"`` keeps 255.
+
+    The stage-2 masks come from the pseudo-mask chain (``pseudo.refine: varm``, ``pseudo.rule: reliable``: the
+    VARM labels the seg head trains on; ``pseudo.rule: argmax`` is the release's ``cam_to_label`` with 0.45).
     """
 
     strides: tuple[int, int, int, int] = (4, 2, 2, 1)
@@ -142,8 +141,6 @@ class TSCDConfig:
     reg_sigma_xy: float = 100.0
     reg_scale_factor: float = 0.5
     cam_pass_runs_decoder: bool = True
-    pseudo_rule: Literal["refined", "threshold"] = "refined"
-    pseudo_ignore: Literal["background", "keep"] = "background"
 
 
 @register_method
@@ -187,7 +184,7 @@ class TSCDMethod(CAMMethod):
         "coco": {"cam_miou": None, "pseudo_miou": None, "val_miou": 40.1},
     }
     paper_source = ("TSCD (AAAI'23) MiT-B1, VOC val 67.3 (test 67.5), COCO val 40.1, multi-scale + flip + CRF "
-                    "(DuPL Tab. 2 / paper listings). No CAM or pseudo-label number is reported.")
+                    "(as listed in DuPL, CVPR 2024, Table 2). No CAM or pseudo-label number is reported.")
 
     def __init__(self, run_cfg: Any, method_cfg: TSCDConfig, num_classes: int):
         super().__init__(run_cfg, method_cfg, num_classes)
@@ -336,17 +333,10 @@ class TSCDMethod(CAMMethod):
         """Segmentation logits B×(C+1)×H/4×W/4 (channel 0 = background)."""
         return self.net.decoder(self.net.encoder(images))
 
-    def pseudo_masks(self, cams: Tensor, labels: Tensor, image01: Tensor, cfg: Any) -> Tensor:
-        """Pseudo masks of the TSCD network.
+    def attention_affinity(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The learned attention affinity ``sigmoid(attn_proj(...))`` (B×N×N) and its h×w token grid.
 
-        ``"refined"``: the VARM reliable labels (τ_h/τ_l) the seg head trains on; ``"threshold"``: the
-        constant-background rule with ``cfg.bg_score`` (released ``cam_to_label`` 0.45).
+        The pseudo-mask chain's ``attn_aff`` refiner (AFA ``propagte_aff_cam_with_bkg``) propagates CAMs with it.
         """
-        if self.cfg.pseudo_rule == "threshold":
-            return cams_to_mask(cams, labels, float(cfg.bg_score))
-        y = reliable_pseudo_mask(self.refiner, image01.float(), cams.float(), labels,
-                                 high_threshold=self.cfg.high_threshold, low_threshold=self.cfg.low_threshold,
-                                 scale_factor=self.cfg.refine_scale_factor)
-        if self.cfg.pseudo_ignore == "background":
-            y = y.masked_fill(y == 255, 0)
-        return y
+        feats, attns = self.net.encoder.forward_with_attention(images)
+        return self._attn_pred(attns), (int(feats[-1].shape[-2]), int(feats[-1].shape[-1]))
