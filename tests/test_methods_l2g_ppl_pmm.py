@@ -270,7 +270,7 @@ def test_pmm_voc_config_equals_release():
     assert m.stage_c_freeze_bn is True
     assert m.stage_c_dropout == 0.0
     assert (m.stage_c_batch_size, m.stage_c_epochs, m.stage_c_lr) == (16, 20, None)  # lr: cam.lr 0.02
-    assert m.crf_channel_order == "bgr"
+    assert chain.args["ppmg"].crf_channel_order == "bgr"
     # the PSPNet recipe (WSSS_MMSeg configs/pspnet_wsss/pspnet_res2net_20k_voc12aug_pus.py and its bases)
     assert (s.model, s.backbone, s.pretrained) == ("pspnet", "res2net101_v1b", "res2net101-v1b-imagenet")
     assert s.model_kwargs == {"channels": 512, "aux_channels": 256, "pool_scales": [1, 2, 3, 6], "dropout": 0.1,

@@ -23,7 +23,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("yaml")
 
 TINY = {"widths": [8, 16, 16], "output_stride": 8}
-ARGS = {"frozen": [], "freeze_bn": False, "foreground": "threshold", "stage_c_backbone": "tiny",
+ARGS = {"frozen": [], "freeze_bn": False, "stage_c_backbone": "tiny",
         "stage_c_backbone_kwargs": TINY, "stage_c_pretrained": "none", "stage_c_frozen": [],
         "stage_c_freeze_bn": False, "crop_scales": [1.0, 2.0], "crop_size": 24, "crop_stride": 16,
         "rough_mask_scales": [1.0, 0.5], "rough_mask_crf": {"preset": "psa", "backend": "torch"},
@@ -33,6 +33,7 @@ ARGS = {"frozen": [], "freeze_bn": False, "foreground": "threshold", "stage_c_ba
 def _cfg(**args):
     return load_run_config({"method": "pmm", "cam": {"backbone": "tiny", "backbone_kwargs": TINY},
                             "data": {"dataset": "synthetic", "num_classes": 5},
+                            "pseudo": {"args": {"ppmg": {"foreground": "threshold"}}},
                             "method_args": {**ARGS, **args}})
 
 
@@ -210,7 +211,7 @@ def test_stage_c_resume_matches_the_uninterrupted_run(tmp_path, trainer_tiny):
     over = [*trainer_tiny, "cam.backbone_kwargs={widths: [8, 8, 16], output_stride: 4}",
             *[f"method_args.{k}={json.dumps(v)}" for k, v in ARGS.items() if k != "stage_c_backbone_kwargs"],
             "method_args.stage_c_backbone_kwargs={widths: [8, 8, 16], output_stride: 4}", "method_args.stage_c_steps=4",
-            "runtime.checkpoint_every=2"]
+            "runtime.checkpoint_every=2", "pseudo.args.ppmg.foreground=threshold"]
     cfg = load_run_config("pmm_synthetic", over)
     a = train_cam(cfg, tmp_path / "a")
 

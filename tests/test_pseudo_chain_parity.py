@@ -48,8 +48,9 @@ CASES: dict[str, tuple[str, list[str], float, str]] = {
     "baseline": ("baseline", [], 0.15, "16e29ac50d9d35f0"),
     "l2g": ("l2g", [], 0.25, "728df0bcec88d56d"),
     "ppl": ("ppl", ["pseudo.refine=none"], 0.15, "16e29ac50d9d35f0"),
-    # method_args.crf_params={preset: pmm-binary, backend: torch}
-    "pmm": ("pmm", ["pseudo.args.ppmg.crf_params={preset: pmm-binary, backend: torch}"], 0.1, "df42b42eba1b3d6e"),
+    # method_args.crf_params={preset: pmm-binary, backend: torch}; the method's rule gave its CRF the RGB image
+    "pmm": ("pmm", ["pseudo.args.ppmg.crf_params={preset: pmm-binary, backend: torch}",
+                    "pseudo.args.ppmg.crf_channel_order=rgb"], 0.1, "df42b42eba1b3d6e"),
     # method_args.foreground=threshold
     "pmm_threshold": ("pmm", ["pseudo.args.ppmg.foreground=threshold"], 0.1, "63692efde4dbaae6"),
     # method_args.crf_params={preset: smaf, backend: torch}
