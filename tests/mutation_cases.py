@@ -181,6 +181,49 @@ def _(h: int, w: int) -> dict[str, Any]:
     return {"cams": r.u(B, C, h, w), "labels": LABELS.clone(), "target": r.mask(B, h, w)}
 
 
+def _coverage(**kw: Any) -> Any:
+    m = wb.RegionCoverage(3)
+    m.update(**kw)
+    return m.compute()
+
+
+@case("region_coverage_counts", "RegionCoverage", batch=("pred_mask", "target_mask", "region_mask"),
+      bad_values={"pred_mask": (-1,), "target_mask": (-1,)}, masks={"region_mask": 3},
+      calls={"region_coverage_counts": lambda **kw: wb.region_coverage_counts(**kw, num_regions=3),
+             "RegionCoverage": _coverage})
+def _(h: int, w: int) -> dict[str, Any]:
+    r = _R()
+    return {"pred_mask": r.mask(B, h, w, ignore=False), "target_mask": r.mask(B, h, w),
+            "region_mask": r.mask(B, h, w, k=3, ignore=False)}
+
+
+def _boundary(**kw: Any) -> Any:
+    m = wb.BoundaryMetric(K, tolerance=1)
+    m.update(**kw)
+    return m.compute()
+
+
+@case("boundary_counts", batch=("pred_mask", "target_mask"), bad_values={"pred_mask": (-1,), "target_mask": (-1,)},
+      calls={"boundary_counts": lambda **kw: wb.boundary_counts(**kw, tolerance=1)})
+def _(h: int, w: int) -> dict[str, Any]:
+    r = _R()
+    return {"pred_mask": r.mask(B, h, w, ignore=False), "target_mask": r.mask(B, h, w)}
+
+
+@case("BoundaryMetric", batch=("pred_mask", "target_mask"), masks={"pred_mask": K, "target_mask": K},
+      calls={"BoundaryMetric": _boundary})
+def _(h: int, w: int) -> dict[str, Any]:
+    r = _R()
+    return {"pred_mask": r.mask(B, h, w, ignore=False), "target_mask": r.mask(B, h, w)}
+
+
+@case("label_boundaries", "boundary_band", bad_values={"mask": (-1,)}, any_rank=("mask",),
+      calls={"label_boundaries": lambda **kw: wb.label_boundaries(**kw),
+             "boundary_band": lambda **kw: wb.boundary_band(**kw, width=1)})
+def _(h: int, w: int) -> dict[str, Any]:
+    return {"mask": _R().mask(B, h, w)}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # dense CRF
 # ----------------------------------------------------------------------------------------------------------

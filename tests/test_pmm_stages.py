@@ -244,7 +244,7 @@ def test_fingerprints_cover_the_stage_b_and_c_settings():
     base = load_run_config("pmm_synthetic")
     for override, key in (("method_args.rough_mask_alpha=11", "method_args.rough_mask_alpha: 24.0 -> 11.0"),
                           ("method_args.crop_stride=30", "method_args.crop_stride: 38 -> 30"),
-                          ("method_args.stage_c_steps=10", "method_args.stage_c_steps: 250 -> 10"),
+                          ("method_args.stage_c_steps=10", "method_args.stage_c_steps: 125 -> 10"),
                           ("method_args.cam_inference=multi_scale",
                            "method_args.cam_inference: multi_crop -> multi_scale")):
         other = load_run_config("pmm_synthetic", [override])

@@ -78,9 +78,12 @@ def test_synthetic_preset_keeps_the_released_method_behaviour():
                                                                                            False)
     assert (syn.cam.optimizer, syn.cam.poly_power, syn.cam.scale_range) == ("adamw", 1.0, (0.5, 2.0))
     # the benchmark protocol sweeps the background score on the training images; TSCD's pseudo masks are its VARM
-    # labels (pseudo_rule: refined), so the score changes the reported CAM mIoU only
+    # labels (pseudo.refine: varm, pseudo.rule: reliable), so the score changes the reported CAM mIoU only
     assert syn.pseudo.bg_score == "sweep"
-    assert c.pseudo_rule == "refined"
+    from wsss_blocks.train.pipeline import chain_spec
+
+    spec = chain_spec(syn)
+    assert (spec.refine, spec.rule) == ("varm", "reliable")
     # the classification-only warm-up keeps the release's share of the schedule (2000 of 20000)
     assert c.cam_iters / syn.cam.steps == pytest.approx(2000 / 20000)
     assert syn.cam.warmup_steps / syn.cam.steps == pytest.approx(1500 / 20000, abs=1 / syn.cam.steps)  # whole steps

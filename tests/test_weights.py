@@ -468,7 +468,8 @@ def test_every_real_data_config_names_registry_weights():
         assert cfg.cam.pretrained == "synthetic", name
         assert cfg.seg.pretrained == ("synthetic" if cfg.seg.source == "deeplab" else None), name
         assert W.check_run_weights(cfg, log=lambda _: None) == {  # made by the trainer, not the registry
-            "cam.pretrained": None, **({"seg.pretrained": None} if cfg.seg.source == "deeplab" else {})}
+            "cam.pretrained": None, **({"seg.pretrained": None} if cfg.seg.source == "deeplab" else {}),
+            **({"method_args.stage_c_pretrained": None} if cfg.method == "pmm" else {})}
 
 
 def test_offline_errors_say_what_how_and_where(cache):

@@ -528,9 +528,19 @@ def sweep_bg_score(
 # ------------------------------------------------------------------------------------------------------------
 # where a mask is right: coverage of given regions, boundaries
 # ------------------------------------------------------------------------------------------------------------
+def _check_label_map(x: object, name: str) -> Tensor:
+    """An integer label map that is not empty and holds no negative label (labels and ignore are >= 0)."""
+    m = _check_int_tensor(x, name)
+    if m.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {shape_str(m)})")
+    if checks_enabled() and int(m.min()) < 0:
+        raise ValueError(f"{name} has negative value {int(m.min())}; labels and ignore_index are >= 0")
+    return m
+
+
 def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
-    p = _check_int_tensor(pred, "pred_mask")
-    t = _check_int_tensor(target, "target_mask")
+    p = _check_label_map(pred, "pred_mask")
+    t = _check_label_map(target, "target_mask")
     if p.shape != t.shape:
         raise ValueError(f"pred_mask and target_mask must have the same shape, got {shape_str(p)} and {shape_str(t)}")
     if p.ndim not in (2, 3):
@@ -636,7 +646,7 @@ def label_boundaries(mask: Tensor, ignore_index: int | None = 255) -> Tensor:
         >>> label_boundaries(torch.tensor([[0, 0, 1, 1]])).int()
         tensor([[0, 1, 1, 0]], dtype=torch.int32)
     """
-    m = _check_int_tensor(mask, "mask")
+    m = _check_label_map(mask, "mask")
     if m.ndim not in (2, 3):
         raise ValueError(f"mask must be H×W or B×H×W, got {shape_str(m)}")
     x = m[None] if m.ndim == 2 else m
@@ -752,6 +762,9 @@ class BoundaryMetric(nn.Module):
     def update(self, pred_mask: Tensor, target_mask: Tensor) -> None:
         """Add one image or a batch."""
         p, t = _check_pair(pred_mask, target_mask)
+        if checks_enabled():
+            check_masks(p, "pred_mask", self.num_classes, self.ignore_index)
+            check_masks(t, "target_mask", self.num_classes, self.ignore_index)
         self.counts += boundary_counts(p, t, self.tolerance, self.ignore_index).to(self.counts.device)
         band = boundary_band(t, self.band_width, self.ignore_index)
         cm = confusion_matrix(p[band], t[band], self.num_classes, self.ignore_index, self.pred_ignore)
@@ -765,8 +778,9 @@ class BoundaryMetric(nn.Module):
         rec = c[2] / c[3] if c[3] > 0 else nan
         f = 2 * prec * rec / (prec + rec) if bool(prec + rec > 0) else (nan if bool(torch.isnan(prec + rec))
                                                                         else torch.zeros_like(c[0]))
-        return {"boundary_precision": prec, "boundary_recall": rec, "boundary_f": f,
-                "trimap_miou": scores_from_confusion(self.confmat)["miou"]}
+        # an empty band (nothing seen, or no boundary in the targets) has no trimap mIoU
+        trimap = scores_from_confusion(self.confmat)["miou"] if bool(self.confmat.sum() > 0) else nan
+        return {"boundary_precision": prec, "boundary_recall": rec, "boundary_f": f, "trimap_miou": trimap}
 
     def reset(self) -> None:
         """Forget everything seen so far."""

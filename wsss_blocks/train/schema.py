@@ -45,9 +45,11 @@ __all__ = [
 DEFAULT_SWEEP: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(96))
 """Background scores tried by the CAM mIoU sweep (0.00 ... 0.95 in steps of 0.01)."""
 
-#: value of ``cam.pretrained`` / ``seg.pretrained`` that selects the backbone pretrained on synthetic data
-#: (`wsss_blocks.train.synthetic_pretrain`): the synthetic presets' stand-in for ImageNet weights
 SYNTHETIC_PRETRAINED = "synthetic"
+"""Value of ``cam.pretrained`` / ``seg.pretrained`` that selects the backbone pretrained on synthetic data.
+
+See `wsss_blocks.train.synthetic_pretrain`: the synthetic presets' stand-in for ImageNet weights.
+"""
 
 
 @dataclass

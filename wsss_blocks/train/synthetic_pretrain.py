@@ -60,8 +60,8 @@ from .schema import SYNTHETIC_PRETRAINED, RunConfig, SyntheticDataConfig
 __all__ = ["PRETRAIN_VERSION", "optimizer_settings", "pretrain_key", "pretrain_synthetic_backbone",
            "pretrained_path", "resolve_synthetic_pretrained"]
 
-#: bumped whenever the pretraining procedure changes (part of the cache key)
 PRETRAIN_VERSION = 2
+"""Bumped whenever the pretraining procedure changes (part of the cache key)."""
 
 _TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                 "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "resnet_tiny")
