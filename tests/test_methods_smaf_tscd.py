@@ -598,7 +598,8 @@ TINY = ["runtime.progress=false", "runtime.plots=false", "data.synthetic.num_tra
     ("smaf", ["method_args.eps_steps=3", "method_args.self_train_steps=2", "seg.steps=2", "cam.batch_size=4",
               "seg.batch_size=4", "cam.resize_long=[48, 72]", "method_args.target_scales=[1.0, 0.5]"]),
     ("tscd", ["cam.steps=4", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
-              "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}"]),
+              "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}",
+              "seg.eval_every=2", "seg.report=best"]),  # tscd_voc's selection (the preset makes no choice on val)
 ])
 @pytest.mark.slow
 def test_synthetic_preset_runs_all_stages(tmp_path, method, extra):
@@ -640,7 +641,7 @@ def test_tscd_best_val_checkpoint_is_reported_and_last_shown(tmp_path):
     from wsss_blocks.train.seg_stage import eval_seg
 
     over = [*TINY, "cam.steps=6", "method_args.cam_iters=1", "cam.batch_size=4", "method_args.scd_num_samples=6",
-            "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}", "seg.eval_every=2", "cam.lr=0.001",
+            "cam.backbone_kwargs={sr_ratios: [2, 1, 1, 1]}", "seg.eval_every=2", "seg.report=best", "cam.lr=0.001",
             f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
     cfg = load_run_config("tscd_synthetic", over)
     assert (cfg.seg.report, cfg.seg.eval_every) == ("best", 2)
