@@ -354,6 +354,18 @@ def _num_text(v: Any) -> str:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else fmt_num(v)
 
 
+def claim_verdict(mine: float, mine_std: float | None, base: float, base_std: float | None,
+                  lower_is_better: bool = False) -> str:
+    """``"better"``, ``"worse"`` or ``"within noise"``: a difference no larger than the larger of the two
+    standard deviations over seeds is not counted as an effect (one seed: no std, the sign decides).
+    """
+    diff = mine - base
+    noise = max(s for s in (mine_std, base_std, 0.0) if s is not None and not math.isnan(s))
+    if abs(diff) <= noise:
+        return "within noise"
+    return "better" if (diff < 0) == lower_is_better else "worse"
+
+
 def goal_figure(row: dict[str, Any]) -> str:
     """The figures a goal row is judged on, in words (``"41.2x"``, ``"agreement 99.9 %"``, ...)."""
     parts = [fmt.format(_num_text(row[k])) for k, fmt in _GOAL_FIGURES if _finite(row.get(k))]
@@ -592,19 +604,18 @@ def grid_tables(src: Source) -> list[str]:
                         and not r.get("error")]
                 theirs = [_value(r, key) for r in recs if r["method"] == base and r.get("init") == init
                           and not r.get("error")]
-                m1, _, n1 = _stats(mine)
-                m0, _, _n0 = _stats(theirs)
+                m1, s1, n1 = _stats(mine)
+                m0, s0, _n0 = _stats(theirs)
                 if not n1:
                     continue
                 delta = "–" if m0 is None or m1 is None else f"{m1 - m0:+.1f}"
                 if m0 is not None and m1 is not None:
-                    better = (m1 < m0) if key in _LOWER_IS_BETTER else (m1 > m0)
-                    delta += " (better)" if better else " (not better)"
+                    delta += f" ({claim_verdict(m1, s1, m0, s0, key in _LOWER_IS_BETTER)})"
                 lines.append(f"| {name} | {_CLAIM_WORDS.get(key, key)} | {init} | {mean_std(mine)} | "
                              f"{base or '–'} {mean_std(theirs)} | {delta} |")
     if lines:
         add("**What each method claims to improve**, against the baseline on the same network (mean over seeds; "
-            "a difference smaller than the standard deviations is not an effect):")
+            "a difference no larger than the larger standard deviation is marked within noise):")
         add("")
         add("| method | claimed quantity | init | method | baseline | difference |")
         add("|---|---|---|---:|---:|---:|")

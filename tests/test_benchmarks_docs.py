@@ -409,6 +409,16 @@ def _grid_file(d):
            command="python -m benchmarks.quality --jobs 2", quick=False)
 
 
+def test_claim_verdict_counts_only_differences_beyond_the_seed_noise():
+    assert rd.claim_verdict(45.5, 0.7, 40.5, 0.7) == "better"
+    assert rd.claim_verdict(34.1, 3.2, 33.6, 4.0) == "within noise"  # +0.5 against stds of 3-4 points
+    assert rd.claim_verdict(30.0, 1.0, 36.0, 1.0) == "worse"
+    assert rd.claim_verdict(2.2, 0.6, 14.1, 0.5, lower_is_better=True) == "better"
+    assert rd.claim_verdict(20.0, 0.0, 10.0, 0.0, lower_is_better=True) == "worse"
+    assert rd.claim_verdict(11.0, None, 10.0, None) == "better"  # one seed: the sign decides
+    assert rd.claim_verdict(10.0, None, 10.0, None) == "within noise"
+
+
 def test_quality_grid_rendering(tmp_path):
     d = tmp_path / "r"
     d.mkdir()
@@ -427,7 +437,7 @@ def test_quality_grid_rendering(tmp_path):
     assert ("| l2g | body recall (completeness) | pretrained | 45.5 ± 0.7 | baseline 40.5 ± 0.7 | +5.0 (better) |"
             in sec)
     assert ("| tscd | background false positives (lower is better) | pretrained | 20.0 ± 0.0 | baseline@mit_tiny "
-            "10.0 ± 0.0 | +10.0 (not better) |") in sec
+            "10.0 ± 0.0 | +10.0 (worse) |") in sec
     assert "- failed: tscd (random, seed 1): RuntimeError: boom" in sec
     assert "`tiny` 86.5 % exact-match on held-out images (36.0 s)" in sec
     assert ("Wall time of the whole grid: 3000 s (50.0 min; of which data and pretraining 120 s), 2 run(s) at a "
