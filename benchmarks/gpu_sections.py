@@ -399,8 +399,8 @@ def _restored_method(cfg: Any, env: Any, out_dir: Path) -> Any:
 
 
 #: extra pseudo-mask rows: ``ppl+irn`` is PPL's CAM network followed by IRN's inference (stride-4 CAMs, IRNet
-#: boundary map, random walk; ``wsss_blocks.irn``), the "R50-IRN" profile that ``ppl_voc`` leaves out (its
-#: documented deviation); the IRNet training stage it needs is not timed
+#: boundary map, random walk; ``wsss_blocks.irn``), the refinement ``ppl_voc`` runs (``pseudo.refine: irn``),
+#: timed apart from the ``ppl`` row; the IRNet training it needs is not timed
 PSEUDO_EXTRA = ("ppl+irn",)
 
 
