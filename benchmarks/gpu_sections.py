@@ -530,14 +530,16 @@ def _train_overrides(m: str, device: str, quick: bool) -> list[str]:
           "cam.lr=1.0e-6"]
     if m == "tscd":
         ov.append("method_args.cam_iters=0")  # every loss on from step 0 (the release's steps after 2,000)
-    if m == "pmm":  # random weights for the stage-C network too
-        ov.append("method_args.stage_c_pretrained=none")
+    if m == "pmm":  # random weights for the stage-C network too; with frozen BN (identity statistics) a random
+        # ScaleNet-101's activations grow to ~1e9 in its 23-block stage and the loss overflows, so its BN uses batch
+        # statistics here (same layers and cost)
+        ov += ["method_args.stage_c_pretrained=none", "method_args.stage_c_freeze_bn=false"]
     if quick:  # toy sizes: ResNet-38 steps cost seconds on one CPU thread even at 32 px
         ov += ["cam.batch_size=2", "runtime.num_workers=0"]
         toy = {"baseline": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
                "ppl": ["cam.crop_size=32", "cam.resize_long=[32, 48]"],
                "pmm": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.stage_c_batch_size=2",
-                       "method_args.crop_size=32", "method_args.crop_stride=24", "method_args.crop_scales=[1.0]",
+                       "method_args.crop_size=64", "method_args.crop_stride=48", "method_args.crop_scales=[1.0]",
                        "method_args.rough_mask_scales=[1.0]"],
                "smaf": ["cam.crop_size=32", "cam.resize_long=[32, 48]", "method_args.target_scales=[1.0]"],
                "l2g": ["cam.crop_size=32", "cam.resize_short=[32, 32]", "method_args.patch_size=16"],
@@ -581,6 +583,7 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for i, phase in enumerate(method.phases):
+            mc = cfg.method_config()
             optim = method.phase_optim(phase, c)  # a phase's own batch size / epochs / lr (PMM's stage C)
             steps = int(method.phase_steps(phase, total_steps_for(optim, VOC_TRAIN_AUG)))
             t0 = time.perf_counter()
@@ -617,7 +620,9 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
                 "name": f"{m}_voc {phase} step",
                 "params": f"batch {optim.batch_size}"
                 + (f" x {optim.accumulate} accumulated" if optim.accumulate > 1 else "")
-                + f", crop {c.crop_size}, {c.backbone}, AMP {'on' if amp else 'off'}"
+                + (f", tile {mc.crop_size}, {mc.stage_c_backbone} (BN batch statistics)"
+                   if m == "pmm" and phase == "stage_c" else f", crop {c.crop_size}, {c.backbone}")
+                + f", AMP {'on' if amp else 'off'}"
                 + (", all TSCD losses (cam_iters 0)" if m == "tscd" else "") + ", random weights, lr 1e-6",
                 "median_ms": step_ms, "steps_per_s": 1e3 / step_ms,
                 "images_per_s": 1e3 * optim.batch_size * optim.accumulate / step_ms, "peak_mem_mb": mem.mib(),
