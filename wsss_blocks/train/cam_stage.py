@@ -36,7 +36,7 @@ from .checkpoint import check_output_dir, load_checkpoint, load_model_state, res
 from .config import to_dict
 from .datasets import AugmentedDataset, cam_train_transform, check_splits, data_root, open_split, preflight_data
 from .distributed import DistEnv, barrier, init_distributed
-from .evaluation import evaluate_segmentation
+from .evaluation import best_val_hook
 from .loop import Hook, PhaseSpec, configure_determinism, run_phase, set_seed
 from .methods import CAMMethod, PhaseContext
 from .optim import total_steps_for
@@ -147,41 +147,13 @@ def _method_val_hook(cfg: RunConfig, method: CAMMethod, out: Path, env: DistEnv,
     single-scale val mIoU of `CAMMethod.seg_fn` without flip or CRF, logged as ``val_miou``; the best model ever
     evaluated in this folder (ties keep the earlier one) is kept in ``<cam>/best.pt`` for ``seg.report: best``.
     """
-    state: dict[str, Any] = {}
-    best_path = out / "best.pt"
-    k = cfg.data.num_classes
-
-    def hook(info: dict[str, Any]) -> None:
-        step, total = int(info["phase_step"]), int(info["total"])
-        last_phase = len(phase_steps) == len(method.phases)
-        if step % every != 0 and not (last_phase and step == total):
-            return
-        if "ds" not in state:
-            state["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
-                                     root=data_root(cfg, env))
-        was_training = method.training
-        method.eval()
-        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-            res = evaluate_segmentation(cfg, method.seg_fn, data_normalization(cfg.data), state["ds"], env,
-                                        f"val@{info['step']}", single_scale=True)
-        method.train(was_training)
-        miou = float(res["miou"])
-        logger.log({"stage": "cam", "phase": info["phase"], "phase_step": step, "step": int(info["step"]),
-                    "val_miou": miou})
-        if env.is_main:
-            if "best" not in state:  # the best mIoU evaluated so far in this folder (an earlier run's too)
-                state["best"] = float("-inf")
-                if best_path.is_file():
-                    prev = load_checkpoint(best_path, method=cfg.method, num_classes=k, map_location="cpu")
-                    state["best"] = float(prev.get("val_miou", float("-inf")))
-            if miou > state["best"]:
-                save_model_file(best_path, method.state_dict(), method=cfg.method, num_classes=k,
-                                step=int(info["step"]), phase_steps=list(phase_steps), val_miou=miou,
-                                extra=method.extra_state_for_checkpoint(), config=to_dict(cfg))
-                state["best"] = miou
-        barrier()
-
-    return hook
+    return best_val_hook(
+        cfg, method, method.seg_fn, data_normalization(cfg.data), env, logger, stage="cam", every=every,
+        best_path=out / "best.pt", tag=cfg.method, num_classes=cfg.data.num_classes,
+        is_final=lambda info: len(phase_steps) == len(method.phases) and info["phase_step"] == info["total"],
+        step_of=lambda info: int(info["step"]),
+        checkpoint_meta=lambda: {"phase_steps": list(phase_steps), "extra": method.extra_state_for_checkpoint()},
+        single_scale=True)
 
 
 def _save_rows(path: Path, imgs: list[torch.Tensor], cams: list[torch.Tensor], labels: list[torch.Tensor],

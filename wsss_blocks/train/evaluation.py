@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -32,12 +33,14 @@ from wsss_blocks.cam import multiscale_cams
 from wsss_blocks.data.normalization import Normalization, normalize_images
 from wsss_blocks.metrics import SegmentationMetric
 
-from .datasets import iter_inference_batches
-from .distributed import DistEnv, all_reduce_sum, shard_indices
-from .reporting import json_float, track
+from .checkpoint import load_checkpoint, save_model_file
+from .config import to_dict
+from .datasets import data_root, iter_inference_batches, open_split
+from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
+from .reporting import MetricLogger, json_float, track
 from .schema import RunConfig
 
-__all__ = ["crf_fn", "evaluate_segmentation", "predict_probs"]
+__all__ = ["best_val_hook", "crf_fn", "evaluate_segmentation", "predict_probs"]
 
 
 def crf_fn(cfg: RunConfig) -> Callable[[Tensor, Tensor], Tensor] | None:
@@ -147,3 +150,51 @@ def evaluate_segmentation(cfg: RunConfig, fn: Callable[[Tensor], Tensor], normal
     sc = metric.compute()
     return {"miou": float(sc["miou"]), "iou": [json_float(v) for v in sc["iou"].tolist()],
             "pixel_acc": float(sc["pixel_acc"]), "num_images": int(cnt.item()), "seconds": round(time.time() - t0, 2)}
+
+
+def best_val_hook(cfg: RunConfig, module: torch.nn.Module, fn: Callable[[Tensor], Tensor], normalize: Normalization,
+                  env: DistEnv, logger: MetricLogger, *, stage: str, every: int, best_path: Path, tag: str,
+                  num_classes: int, is_final: Callable[[dict[str, Any]], bool],
+                  step_of: Callable[[dict[str, Any]], int],
+                  checkpoint_meta: Callable[[], dict[str, Any]] | None = None,
+                  single_scale: bool = False) -> Callable[[dict[str, Any]], None]:
+    """A training-loop hook: val mIoU every ``every`` phase steps (and when ``is_final(info)``), best model kept.
+
+    ``module`` is put in eval mode for the evaluation (and back), the RNG state is forked so that training continues
+    bit-exactly; each mIoU is logged as ``val_miou`` (``stage``, ``phase``, ``phase_step`` and ``step_of(info)``);
+    ``best_path`` holds the best model ever evaluated in this folder (an earlier run's too; ties keep the earlier
+    one) with ``val_miou`` and ``checkpoint_meta()``, written by the main process (``tag`` and ``num_classes`` are
+    the checkpoint's ``method`` and class count). All ranks take part.
+    """
+    state: dict[str, Any] = {}
+    k = num_classes
+
+    def hook(info: dict[str, Any]) -> None:
+        step = int(info["phase_step"])
+        if step % every != 0 and not is_final(info):
+            return
+        if "ds" not in state:
+            state["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
+                                     root=data_root(cfg, env))
+        was_training = module.training
+        module.eval()
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            res = evaluate_segmentation(cfg, fn, normalize, state["ds"], env, f"val@{step_of(info)}",
+                                        single_scale=single_scale)
+        module.train(was_training)
+        miou = float(res["miou"])
+        logger.log({"stage": stage, "phase": info["phase"], "phase_step": step, "step": step_of(info),
+                    "val_miou": miou})
+        if env.is_main:
+            if "best" not in state:  # the best mIoU evaluated so far in this folder (an earlier run's too)
+                state["best"] = float("-inf")
+                if best_path.is_file():
+                    prev = load_checkpoint(best_path, method=tag, num_classes=k, map_location="cpu")
+                    state["best"] = float(prev.get("val_miou", float("-inf")))
+            if miou > state["best"]:
+                save_model_file(best_path, module.state_dict(), method=tag, num_classes=k, step=step_of(info),
+                                val_miou=miou, config=to_dict(cfg), **(checkpoint_meta() if checkpoint_meta else {}))
+                state["best"] = miou
+        barrier()
+
+    return hook

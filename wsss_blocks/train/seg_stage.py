@@ -37,7 +37,7 @@ from .checkpoint import check_output_dir, load_checkpoint, load_model_state, res
 from .config import to_dict
 from .datasets import AugmentedDataset, data_root, open_split, preflight_data, seg_train_transform
 from .distributed import DistEnv, all_reduce_sum, barrier, shard_indices
-from .evaluation import evaluate_segmentation
+from .evaluation import best_val_hook, evaluate_segmentation
 from .loop import Hook, PhaseSpec, run_phase, set_seed
 from .optim import total_steps_for
 from .paths import absolute, resolve_paths
@@ -186,43 +186,16 @@ def _load_seg_model(cfg: RunConfig, path: Path, env: DistEnv) -> nn.Module:
     return model
 
 
-def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, phase: str, every: int, env: DistEnv,
-              logger: MetricLogger, k: int) -> Hook:
+def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, every: int, env: DistEnv, logger: MetricLogger) -> Hook:
     """Evaluate val every ``every`` steps (and at the end); keep the best weights in ``<rdir>/best.pt``.
 
     ``best.pt`` holds the best model ever evaluated in this folder (ties keep the earlier one), with its step
     and mIoU; the mIoU of every evaluation is logged (``val_miou``) with its step.
     """
-    state: dict[str, Any] = {}
-    best_path = rdir / "best.pt"
-
-    def hook(info: dict[str, Any]) -> None:
-        step, total = int(info["phase_step"]), int(info["total"])
-        if step % every != 0 and step != total:
-            return
-        if "ds" not in state:
-            state["ds"] = open_split(cfg, cfg.data.val_split, return_mask=True, limit=cfg.data.max_eval_images,
-                                        root=data_root(cfg, env))
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-            res = evaluate_segmentation(cfg, _logits_fn(model), cfg.seg.normalize, state["ds"], env, f"val@{step}")
-        model.train(was_training)
-        miou = float(res["miou"])
-        logger.log({"stage": "seg", "phase": phase, "phase_step": step, "step": step, "val_miou": miou})
-        if env.is_main:
-            if "best" not in state:  # the best mIoU evaluated so far in this folder (an earlier run's too)
-                state["best"] = float("-inf")
-                if best_path.is_file():
-                    prev = load_checkpoint(best_path, method=f"seg/{cfg.seg.model}", num_classes=k)
-                    state["best"] = float(prev.get("val_miou", float("-inf")))
-            if miou > state["best"]:
-                save_model_file(best_path, model.state_dict(), method=f"seg/{cfg.seg.model}", num_classes=k,
-                                step=step, val_miou=miou, config=to_dict(cfg))
-                state["best"] = miou
-        barrier()
-
-    return hook
+    return best_val_hook(cfg, model, _logits_fn(model), cfg.seg.normalize, env, logger, stage="seg", every=every,
+                         best_path=rdir / "best.pt", tag=f"seg/{cfg.seg.model}", num_classes=cfg.data.num_classes + 1,
+                         is_final=lambda info: info["phase_step"] == info["total"],
+                         step_of=lambda info: int(info["phase_step"]))
 
 
 def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, masks: Path, env: DistEnv,
@@ -258,7 +231,7 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
     phase = "seg" if round_index == 0 else f"seg_round{round_index}"
     all_hooks = list(hooks)
     if cfg.seg.eval_every is not None:
-        all_hooks.insert(0, _val_hook(cfg, model, rdir, phase, int(cfg.seg.eval_every), env, logger, k))
+        all_hooks.insert(0, _val_hook(cfg, model, rdir, int(cfg.seg.eval_every), env, logger))
     t0 = time.time()
     spec = PhaseSpec(stage="seg", phase=phase, module=model, step_fn=_seg_step_fn(cfg, model, loss),
                      param_groups=groups, dataset=dataset, optim=cfg.seg, total_steps=steps, ckpt_method=tag,
