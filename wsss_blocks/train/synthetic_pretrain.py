@@ -58,7 +58,7 @@ from .reporting import progress_bar
 from .schema import SYNTHETIC_PRETRAINED, RunConfig, SyntheticDataConfig
 
 __all__ = ["PRETRAIN_VERSION", "optimizer_settings", "pretrain_key", "pretrain_synthetic_backbone",
-           "pretrained_path", "resolve_synthetic_pretrained"]
+           "pretrained_path", "resolve_synthetic_pretrained", "synthetic_backbone_weights"]
 
 PRETRAIN_VERSION = 2
 """Bumped whenever the pretraining procedure changes (part of the cache key)."""
@@ -271,6 +271,30 @@ def _normalization_of(cfg: RunConfig, section: str) -> Normalization:
     return data_normalization(cfg.data) if section == "cam" else cfg.seg.normalize
 
 
+def synthetic_backbone_weights(cfg: RunConfig, backbone: str, backbone_kwargs: Mapping[str, Any],
+                               normalize: Normalization, setting: str, env: DistEnv | None = None) -> Path:
+    """The cached weights of ``backbone`` pretrained on the run's synthetic data, pretrained first if needed.
+
+    ``setting`` names the config value that asked for them (for the error on real data). With ``env`` the main rank
+    pretrains and every rank waits at a barrier before reading the path (every rank must call this); without, this
+    process pretrains, which is a cache hit once the file exists.
+
+    Raises:
+        ConfigError: ``data.dataset`` is not ``synthetic``.
+    """
+    if cfg.data.dataset != "synthetic":
+        raise ConfigError(f"{setting}: {SYNTHETIC_PRETRAINED!r} needs data.dataset: synthetic")
+    kwargs = dict(backbone_kwargs)
+    if env is None or env.is_main:
+        path = pretrain_synthetic_backbone(backbone, kwargs, cfg.data.synthetic, normalize=normalize,
+                                           progress=cfg.runtime.progress)
+    if env is not None:
+        barrier()
+        path = pretrained_path(pretrain_key(backbone, kwargs, cfg.data.synthetic, normalize),
+                               cfg.data.synthetic.cache_dir)
+    return path
+
+
 def resolve_synthetic_pretrained(cfg: RunConfig, env: DistEnv | None = None,
                                  sections: tuple[str, ...] = ("cam", "seg")) -> RunConfig:
     """``cfg`` with ``cam.pretrained`` / ``seg.pretrained`` equal to ``synthetic`` replaced by the cached weights.
@@ -283,21 +307,10 @@ def resolve_synthetic_pretrained(cfg: RunConfig, env: DistEnv | None = None,
     if bad:
         raise ValueError(f"sections must be 'cam' and/or 'seg', got {bad}")
     sections = tuple(s for s in sections if getattr(cfg, s).pretrained == SYNTHETIC_PRETRAINED)
-    if not sections:
-        return cfg
-    if cfg.data.dataset != "synthetic":
-        raise ConfigError(f"{sections[0]}.pretrained: {SYNTHETIC_PRETRAINED!r} needs data.dataset: synthetic")
     out = cfg
     for sec in sections:
         c = getattr(cfg, sec)
-        kwargs = dict(c.backbone_kwargs)
-        if env is None or env.is_main:
-            path = pretrain_synthetic_backbone(c.backbone, kwargs, cfg.data.synthetic,
-                                               normalize=_normalization_of(cfg, sec),
-                                               progress=cfg.runtime.progress)
-        if env is not None:
-            barrier()
-            path = pretrained_path(pretrain_key(c.backbone, kwargs, cfg.data.synthetic,
-                                                _normalization_of(cfg, sec)), cfg.data.synthetic.cache_dir)
+        path = synthetic_backbone_weights(cfg, c.backbone, c.backbone_kwargs, _normalization_of(cfg, sec),
+                                          f"{sec}.pretrained", env)
         out = dataclasses.replace(out, **{sec: dataclasses.replace(getattr(out, sec), pretrained=str(path))})
     return out

@@ -419,15 +419,20 @@ class PMMMethod(CAMMethod):
         if load_init and not is_random_init(c.stage_c_pretrained):
             init: Any = c.stage_c_pretrained
             if init == "synthetic":  # synthetic presets: the backbone pretrained on a disjoint synthetic set (cached)
-                from wsss_blocks.data.normalization import data_normalization
-                from wsss_blocks.train.synthetic_pretrain import pretrain_synthetic_backbone
+                import torch.distributed as dist
 
-                rc = self.run_cfg
-                if rc is None or rc.data.dataset != "synthetic":
-                    raise ValueError("method_args.stage_c_pretrained: 'synthetic' needs data.dataset: synthetic")
-                init = pretrain_synthetic_backbone(c.stage_c_backbone, dict(c.stage_c_backbone_kwargs),
-                                                   rc.data.synthetic, normalize=data_normalization(rc.data),
-                                                   progress=rc.runtime.progress)
+                from wsss_blocks.data.normalization import data_normalization
+                from wsss_blocks.train.distributed import DistEnv
+                from wsss_blocks.train.synthetic_pretrain import synthetic_backbone_weights
+
+                if self.run_cfg is None:
+                    raise ValueError("method_args.stage_c_pretrained: 'synthetic' needs the run config")
+                # every rank starts stage C together: the main rank pretrains, the others wait (DDP)
+                env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size()) \
+                    if dist.is_available() and dist.is_initialized() else None
+                init = synthetic_backbone_weights(self.run_cfg, c.stage_c_backbone, c.stage_c_backbone_kwargs,
+                                                  data_normalization(self.run_cfg.data),
+                                                  "method_args.stage_c_pretrained", env)
             # network/scalenet_SEAM.py loads the ImageNet ScaleNet with strict=False: the backbone is filled, fc8
             # and the PCM keep their initialisation, the ImageNet classifier is unused
             self.stage_c_init_report = load_pretrained(net.backbone, init, ignore_unexpected=("fc.",))
