@@ -572,6 +572,7 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     cfg = load_run_config(f"{m}_voc", _train_overrides(m, device, quick))
     prepare_env(cfg, env)
     c = cfg.cam
+    mc = cfg.method_config()
     n = c.batch_size * c.accumulate * (1 if quick else 2)
     base = InMemoryVOC(voc_like_samples(n, quick, cfg.data.num_classes, cfg.data.saliency_dir is not None))
     dataset = AugmentedDataset(base, cam_train_transform(cfg), cfg.runtime.seed)
@@ -583,7 +584,6 @@ def _train_method(m: str, device: str, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for i, phase in enumerate(method.phases):
-            mc = cfg.method_config()
             optim = method.phase_optim(phase, c)  # a phase's own batch size / epochs / lr (PMM's stage C)
             steps = int(method.phase_steps(phase, total_steps_for(optim, VOC_TRAIN_AUG)))
             t0 = time.perf_counter()

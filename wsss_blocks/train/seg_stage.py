@@ -186,18 +186,6 @@ def _load_seg_model(cfg: RunConfig, path: Path, env: DistEnv) -> nn.Module:
     return model
 
 
-def _val_hook(cfg: RunConfig, model: nn.Module, rdir: Path, every: int, env: DistEnv, logger: MetricLogger) -> Hook:
-    """Evaluate val every ``every`` steps (and at the end); keep the best weights in ``<rdir>/best.pt``.
-
-    ``best.pt`` holds the best model ever evaluated in this folder (ties keep the earlier one), with its step
-    and mIoU; the mIoU of every evaluation is logged (``val_miou``) with its step.
-    """
-    return best_val_hook(cfg, model, _logits_fn(model), cfg.seg.normalize, env, logger, stage="seg", every=every,
-                         best_path=rdir / "best.pt", tag=f"seg/{cfg.seg.model}", num_classes=cfg.data.num_classes + 1,
-                         is_final=lambda info: info["phase_step"] == info["total"],
-                         step_of=lambda info: int(info["phase_step"]))
-
-
 def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, masks: Path, env: DistEnv,
                  resume: bool, hooks: Sequence[Hook]) -> tuple[Path, nn.Module | None]:
     """Train one segmentation round on ``masks``; returns (``model.pt`` path, the model if trained now)."""
@@ -231,7 +219,11 @@ def _train_round(cfg: RunConfig, out_dir: str | os.PathLike, round_index: int, m
     phase = "seg" if round_index == 0 else f"seg_round{round_index}"
     all_hooks = list(hooks)
     if cfg.seg.eval_every is not None:
-        all_hooks.insert(0, _val_hook(cfg, model, rdir, int(cfg.seg.eval_every), env, logger))
+        # val every seg.eval_every steps and at the end; the best model ever evaluated here goes to <rdir>/best.pt
+        all_hooks.insert(0, best_val_hook(
+            cfg, model, _logits_fn(model), cfg.seg.normalize, env, logger, stage="seg", every=int(cfg.seg.eval_every),
+            best_path=rdir / "best.pt", tag=tag, num_classes=k,
+            is_final=lambda info: info["phase_step"] == info["total"], step_of=lambda info: int(info["phase_step"])))
     t0 = time.time()
     spec = PhaseSpec(stage="seg", phase=phase, module=model, step_fn=_seg_step_fn(cfg, model, loss),
                      param_groups=groups, dataset=dataset, optim=cfg.seg, total_steps=steps, ckpt_method=tag,
